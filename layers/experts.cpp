@@ -1,0 +1,179 @@
+#include "layers/experts.hpp"
+
+#include <cmath>
+
+#include "runtime/gemm.hpp"
+#include "runtime/kernels.hpp"
+
+namespace uoe {
+
+void mlp_experts_forward(float* y, MlpExpertCache& cache, const ExpertRows& rows, const float* W1,
+                         const float* b1, const float* W2, int d, int f) {
+  const int R = rows.rows();
+  cache.h.resize(static_cast<size_t>(R) * f);
+  cache.a.resize(static_cast<size_t>(R) * f);
+  for (int e = 0; e < rows.n_experts; ++e) {
+    const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
+    if (n == 0) continue;
+    float* h = cache.h.data() + static_cast<size_t>(r0) * f;
+    const float* bias = b1 + static_cast<size_t>(e) * f;
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < f; ++j) h[static_cast<size_t>(i) * f + j] = bias[j];
+    gemm(false, false, n, f, d, 1.0f, rows.x.data() + static_cast<size_t>(r0) * d, d,
+         W1 + static_cast<size_t>(e) * d * f, f, 1.0f, h, f);
+    float* a = cache.a.data() + static_cast<size_t>(r0) * f;
+    gelu_forward(a, h, static_cast<int64_t>(n) * f);
+    gemm(false, false, n, d, f, 1.0f, a, f, W2 + static_cast<size_t>(e) * f * d, d, 0.0f,
+         y + static_cast<size_t>(r0) * d, d);
+  }
+}
+
+void mlp_experts_backward(float* dx, float* dW1, float* db1, float* dW2, const float* dy,
+                          const MlpExpertCache& cache, const ExpertRows& rows, const float* W1,
+                          const float* W2, int d, int f) {
+  FloatBuffer dh(static_cast<size_t>(rows.rows()) * f);
+  for (int e = 0; e < rows.n_experts; ++e) {
+    const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
+    if (n == 0) continue;
+    const float* dye = dy + static_cast<size_t>(r0) * d;
+    const float* a = cache.a.data() + static_cast<size_t>(r0) * f;
+    const float* h = cache.h.data() + static_cast<size_t>(r0) * f;
+    float* dhe = dh.data() + static_cast<size_t>(r0) * f;
+    // dW2 += aᵀ·dy ; da = dy·W2ᵀ ; dh = da ⊙ GELU'(h)
+    gemm(true, false, f, d, n, 1.0f, a, f, dye, d, 1.0f, dW2 + static_cast<size_t>(e) * f * d, d);
+    gemm(false, true, n, f, d, 1.0f, dye, d, W2 + static_cast<size_t>(e) * f * d, d, 0.0f, dhe, f);
+    gelu_backward(dhe, h, dhe, static_cast<int64_t>(n) * f);
+    float* db = db1 + static_cast<size_t>(e) * f;
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < f; ++j) db[j] += dhe[static_cast<size_t>(i) * f + j];
+    const float* xe = rows.x.data() + static_cast<size_t>(r0) * d;
+    gemm(true, false, d, f, n, 1.0f, xe, d, dhe, f, 1.0f, dW1 + static_cast<size_t>(e) * d * f, f);
+    gemm(false, true, n, d, f, 1.0f, dhe, f, W1 + static_cast<size_t>(e) * d * f, f, 0.0f,
+         dx + static_cast<size_t>(r0) * d, d);
+  }
+}
+
+namespace {
+// Splits each expert's rows into segments (maximal runs with one seg id, never crossing an
+// expert boundary) and sizes the attention-probability storage: g heads × L² per segment.
+void attn_build_segments(AttnExpertCache& c, const ExpertRows& rows, int g) {
+  c.seg_begin.clear();
+  for (int e = 0; e < rows.n_experts; ++e)
+    for (int r = rows.offsets[e]; r < rows.offsets[e + 1]; ++r)
+      if (r == rows.offsets[e] || rows.seg[r] != rows.seg[r - 1]) c.seg_begin.push_back(r);
+  c.seg_begin.push_back(rows.rows());  // sentinel: segment s spans [seg_begin[s], seg_begin[s+1])
+  c.att_offset.assign(c.seg_begin.size(), 0);
+  for (size_t s = 0; s + 1 < c.seg_begin.size(); ++s) {
+    const int64_t L = c.seg_begin[s + 1] - c.seg_begin[s];
+    c.att_offset[s + 1] = c.att_offset[s] + g * L * L;
+  }
+}
+}  // namespace
+
+void attn_experts_forward(float* y, AttnExpertCache& c, const ExpertRows& rows, const float* Wqkv,
+                          const float* Wo, int d, int g, int dh) {
+  const int R = rows.rows(), gd = g * dh, W3 = 3 * gd;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
+  c.qkv.resize(static_cast<size_t>(R) * W3);
+  c.o.resize(static_cast<size_t>(R) * gd);
+  attn_build_segments(c, rows, g);
+  c.att.resize(static_cast<size_t>(c.att_offset.back()));
+
+  for (int e = 0; e < rows.n_experts; ++e) {
+    const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
+    if (n == 0) continue;
+    gemm(false, false, n, W3, d, 1.0f, rows.x.data() + static_cast<size_t>(r0) * d, d,
+         Wqkv + static_cast<size_t>(e) * d * W3, W3, 0.0f, c.qkv.data() + static_cast<size_t>(r0) * W3, W3);
+  }
+  // RoPE on q and k heads at true positions.
+  for (int r = 0; r < R; ++r) {
+    float* row = c.qkv.data() + static_cast<size_t>(r) * W3;
+    for (int h = 0; h < 2 * g; ++h) rope_row(row + h * dh, dh, rows.pos[r], false);
+  }
+  // Causal attention per segment and head: S = q·kᵀ/√dh (row i sees j ≤ i), P = softmax, o = P·v.
+  const int nseg = static_cast<int>(c.seg_begin.size()) - 1;
+  for (int s = 0; s < nseg; ++s) {
+    const int r0 = c.seg_begin[s], L = c.seg_begin[s + 1] - r0;
+    for (int h = 0; h < g; ++h) {
+      float* P = c.att.data() + c.att_offset[s] + static_cast<int64_t>(h) * L * L;
+      const float* q = c.qkv.data() + static_cast<size_t>(r0) * W3 + h * dh;
+      const float* kk = q + gd;
+      const float* v = q + 2 * gd;
+      gemm(false, true, L, L, dh, scale, q, W3, kk, W3, 0.0f, P, L);
+      for (int i = 0; i < L; ++i) {
+        float* row = P + static_cast<int64_t>(i) * L;
+        softmax_row(row, i + 1);
+        for (int j = i + 1; j < L; ++j) row[j] = 0.0f;
+      }
+      gemm(false, false, L, dh, L, 1.0f, P, L, v, W3, 0.0f, c.o.data() + static_cast<size_t>(r0) * gd + h * dh, gd);
+    }
+  }
+  for (int e = 0; e < rows.n_experts; ++e) {
+    const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
+    if (n == 0) continue;
+    gemm(false, false, n, d, gd, 1.0f, c.o.data() + static_cast<size_t>(r0) * gd, gd,
+         Wo + static_cast<size_t>(e) * gd * d, d, 0.0f, y + static_cast<size_t>(r0) * d, d);
+  }
+}
+
+void attn_experts_backward(float* dx, float* dWqkv, float* dWo, const float* dy, AttnExpertCache& c,
+                           const ExpertRows& rows, const float* Wqkv, const float* Wo, int d, int g, int dh) {
+  const int R = rows.rows(), gd = g * dh, W3 = 3 * gd;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
+  FloatBuffer dO(static_cast<size_t>(R) * gd);
+  FloatBuffer dqkv(static_cast<size_t>(R) * W3);
+  for (int e = 0; e < rows.n_experts; ++e) {
+    const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
+    if (n == 0) continue;
+    const float* dye = dy + static_cast<size_t>(r0) * d;
+    gemm(true, false, gd, d, n, 1.0f, c.o.data() + static_cast<size_t>(r0) * gd, gd, dye, d, 1.0f,
+         dWo + static_cast<size_t>(e) * gd * d, d);
+    gemm(false, true, n, gd, d, 1.0f, dye, d, Wo + static_cast<size_t>(e) * gd * d, d, 0.0f,
+         dO.data() + static_cast<size_t>(r0) * gd, gd);
+  }
+  const int nseg = static_cast<int>(c.seg_begin.size()) - 1;
+  std::vector<float> dP;
+  for (int s = 0; s < nseg; ++s) {
+    const int r0 = c.seg_begin[s], L = c.seg_begin[s + 1] - r0;
+    dP.resize(static_cast<size_t>(L) * L);
+    for (int h = 0; h < g; ++h) {
+      const float* P = c.att.data() + c.att_offset[s] + static_cast<int64_t>(h) * L * L;
+      const float* q = c.qkv.data() + static_cast<size_t>(r0) * W3 + h * dh;
+      const float* kk = q + gd;
+      const float* v = q + 2 * gd;
+      float* dq = dqkv.data() + static_cast<size_t>(r0) * W3 + h * dh;
+      float* dk = dq + gd;
+      float* dv = dq + 2 * gd;
+      const float* dOh = dO.data() + static_cast<size_t>(r0) * gd + h * dh;
+      // dP = dO·vᵀ ; dv = Pᵀ·dO
+      gemm(false, true, L, L, dh, 1.0f, dOh, gd, v, W3, 0.0f, dP.data(), L);
+      gemm(true, false, L, dh, L, 1.0f, P, L, dOh, gd, 0.0f, dv, W3);
+      // dS = softmax'(dP) · scale, causal rows only
+      for (int i = 0; i < L; ++i) {
+        float* row = dP.data() + static_cast<int64_t>(i) * L;
+        softmax_row_backward(row, P + static_cast<int64_t>(i) * L, row, i + 1);
+        for (int j = 0; j <= i; ++j) row[j] *= scale;
+        for (int j = i + 1; j < L; ++j) row[j] = 0.0f;
+      }
+      // dq = dS·k ; dk = dSᵀ·q
+      gemm(false, false, L, dh, L, 1.0f, dP.data(), L, kk, W3, 0.0f, dq, W3);
+      gemm(true, false, L, dh, L, 1.0f, dP.data(), L, q, W3, 0.0f, dk, W3);
+    }
+  }
+  // Undo RoPE on dq and dk (the rotation is orthogonal: backward = inverse rotation).
+  for (int r = 0; r < R; ++r) {
+    float* row = dqkv.data() + static_cast<size_t>(r) * W3;
+    for (int h = 0; h < 2 * g; ++h) rope_row(row + h * dh, dh, rows.pos[r], true);
+  }
+  for (int e = 0; e < rows.n_experts; ++e) {
+    const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
+    if (n == 0) continue;
+    const float* xe = rows.x.data() + static_cast<size_t>(r0) * d;
+    const float* dq = dqkv.data() + static_cast<size_t>(r0) * W3;
+    gemm(true, false, d, W3, n, 1.0f, xe, d, dq, W3, 1.0f, dWqkv + static_cast<size_t>(e) * d * W3, W3);
+    gemm(false, true, n, d, W3, 1.0f, dq, W3, Wqkv + static_cast<size_t>(e) * d * W3, W3, 0.0f,
+         dx + static_cast<size_t>(r0) * d, d);
+  }
+}
+
+}  // namespace uoe

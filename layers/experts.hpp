@@ -1,0 +1,50 @@
+// Expert computation on the OWNER side: whatever rows reached this rank's experts, packed
+// expert-major. Rows of one expert are ordered so that the tokens of one sequence are contiguous
+// and in position order (a "segment"); seg[r] identifies the sequence (unique per source rank and
+// sequence), pos[r] is the token's true position. UoME and SMHA experts share this interface,
+// so the dispatch/combine of parallel/ serves both.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "runtime/tensor.hpp"
+
+namespace uoe {
+
+struct ExpertRows {
+  int n_experts = 0;           // local experts
+  std::vector<int> offsets;    // [n_experts + 1] row ranges
+  FloatBuffer x;               // [R, d] inputs (normalised activations)
+  std::vector<int32_t> seg;    // [R] segment (sequence) id
+  std::vector<int32_t> pos;    // [R] true position in the sequence
+  int rows() const { return offsets.empty() ? 0 : offsets.back(); }
+};
+
+// ---- UoME: expert e computes y = GELU(x·W1_e + b1_e)·W2_e (a partial sum of the dense FFN) ----
+struct MlpExpertCache {
+  FloatBuffer h;  // [R, f] pre-activation
+  FloatBuffer a;  // [R, f] GELU(h)
+};
+// y [R, d]; W1 [n_experts, d, f], b1 [n_experts, f], W2 [n_experts, f, d] (local slabs).
+void mlp_experts_forward(float* y, MlpExpertCache& cache, const ExpertRows& rows, const float* W1,
+                         const float* b1, const float* W2, int d, int f);
+// dx [R, d] (overwritten); dW1, db1, dW2 accumulate.
+void mlp_experts_backward(float* dx, float* dW1, float* db1, float* dW2, const float* dy,
+                          const MlpExpertCache& cache, const ExpertRows& rows, const float* W1,
+                          const float* W2, int d, int f);
+
+// ---- SMHA: expert a owns g heads: qkv = x·Wqkv_a ([d, 3·g·dh]: q heads, k heads, v heads),
+// RoPE at true positions, causal attention within each segment, y = o·Wo_a ([g·dh, d]) ----
+struct AttnExpertCache {
+  FloatBuffer qkv;                  // [R, 3·g·dh] after RoPE on q and k
+  FloatBuffer o;                    // [R, g·dh] attention outputs
+  FloatBuffer att;                  // softmax probabilities, per (segment, head): [L, L] each
+  std::vector<int> seg_begin;       // segment row ranges, over all local experts
+  std::vector<int64_t> att_offset;  // [segments + 1] offsets into att (per segment, g heads)
+};
+void attn_experts_forward(float* y, AttnExpertCache& cache, const ExpertRows& rows, const float* Wqkv,
+                          const float* Wo, int d, int g, int dh);
+void attn_experts_backward(float* dx, float* dWqkv, float* dWo, const float* dy, AttnExpertCache& cache,
+                           const ExpertRows& rows, const float* Wqkv, const float* Wo, int d, int g, int dh);
+
+}  // namespace uoe

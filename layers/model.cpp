@@ -1,0 +1,314 @@
+#include "layers/model.hpp"
+
+#include <cmath>
+#include <cstring>
+
+#include "runtime/error.hpp"
+#include "runtime/gemm.hpp"
+#include "runtime/kernels.hpp"
+
+namespace uoe {
+
+ModelSpec model_spec_from_config(const Config& c, int vocab) {
+  ModelSpec s;
+  s.layers = c.layers;
+  s.d = c.d_model;
+  s.heads = c.heads;
+  s.attn_experts = c.attn_experts;
+  s.attn_topk = c.attn_topk;
+  s.experts = c.experts;
+  s.topk = c.topk;
+  s.d_ff = c.d_ff;
+  s.vocab = vocab;
+  s.seq_len = c.seq_len;
+  s.patch_size = c.patch_size;
+  s.capacity_factor = c.capacity_factor;
+  s.aux_loss = c.aux_loss;
+  s.z_loss = c.z_loss;
+  s.renorm = c.gate == "renorm";
+  return s;
+}
+
+// Everything one block keeps from forward for backward.
+struct Model::BlockCache {
+  bool attention = false;
+  RouterSpec router;
+  FloatBuffer hin;              // [N, d] residual stream entering the block
+  FloatBuffer xn;               // [N, d] normalised input
+  FloatBuffer mean, rstd;       // [N]
+  Routing routing;
+  std::vector<int> src_offsets;     // [E + 1] source rows per global expert (token rows)
+  std::vector<int32_t> src_token;   // [R_src] token of each source row
+  std::vector<int32_t> src_gate;    // [R_src] index into routing.gate (patch·k + slot)
+  std::vector<int32_t> src_seg, src_pos;  // [R_src]
+  FloatBuffer x_src;            // [R_src, d]
+  FloatBuffer y_src;            // [R_src, d] expert outputs back at the source
+  ExchangePlan plan;
+  ExpertRows rows;              // owner side
+  FloatBuffer y_owner;          // [R_dst, d]
+  MlpExpertCache mlp;
+  AttnExpertCache attn;
+};
+
+Model::Model(const ModelSpec& s, uint64_t seed, ExpertExchange* exchange) : spec_(s), exchange_(exchange) {
+  UOE_ASSERT(exchange_ != nullptr);
+  const int d = s.d, L = s.layers, gd = s.heads_per_expert() * s.head_dim(), f = s.expert_ff();
+  exchange_->local_experts(s.attn_experts, &attn_e0_, &attn_e1_);
+  exchange_->local_experts(s.experts, &mlp_e0_, &mlp_e1_);
+  const float std_w = 0.02f;
+  const float std_out = 0.02f / std::sqrt(2.0f * L);  // residual-branch output projections
+  embed_ = params_.add("embed", {s.vocab, d}, InitKind::normal, std_w, true);
+  for (int l = 0; l < L; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    BlockParams a{}, m{};
+    a.norm_scale = params_.add(p + "attn.norm.scale", {d}, InitKind::ones, 0, false);
+    a.norm_bias = params_.add(p + "attn.norm.bias", {d}, InitKind::zeros, 0, false);
+    a.router_w = params_.add(p + "attn.router.weight", {d, s.attn_experts}, InitKind::normal, std_w, true);
+    a.router_b = params_.add(p + "attn.router.bias", {s.attn_experts}, InitKind::zeros, 0, false);
+    a.w_in = params_.add_sharded(p + "attn.wqkv", {s.attn_experts, d, 3 * gd}, attn_e0_, attn_e1_,
+                                 InitKind::normal, std_w, true);
+    a.b_in = -1;
+    a.w_out = params_.add_sharded(p + "attn.wo", {s.attn_experts, gd, d}, attn_e0_, attn_e1_,
+                                  InitKind::normal, std_out, true);
+    a.b_out = params_.add(p + "attn.bo", {d}, InitKind::zeros, 0, false);
+    m.norm_scale = params_.add(p + "mlp.norm.scale", {d}, InitKind::ones, 0, false);
+    m.norm_bias = params_.add(p + "mlp.norm.bias", {d}, InitKind::zeros, 0, false);
+    m.router_w = params_.add(p + "mlp.router.weight", {d, s.experts}, InitKind::normal, std_w, true);
+    m.router_b = params_.add(p + "mlp.router.bias", {s.experts}, InitKind::zeros, 0, false);
+    m.w_in = params_.add_sharded(p + "mlp.w1", {s.experts, d, f}, mlp_e0_, mlp_e1_, InitKind::normal, std_w, true);
+    m.b_in = params_.add_sharded(p + "mlp.b1", {s.experts, f}, mlp_e0_, mlp_e1_, InitKind::zeros, 0, false);
+    m.w_out = params_.add_sharded(p + "mlp.w2", {s.experts, f, d}, mlp_e0_, mlp_e1_, InitKind::normal, std_out, true);
+    m.b_out = params_.add(p + "mlp.b2", {d}, InitKind::zeros, 0, false);
+    blocks_.push_back(a);
+    blocks_.push_back(m);
+  }
+  final_scale_ = params_.add("final_norm.scale", {d}, InitKind::ones, 0, false);
+  final_bias_ = params_.add("final_norm.bias", {d}, InitKind::zeros, 0, false);
+  params_.allocate_and_init(seed);
+
+  for (int b = 0; b < 2 * L; ++b) {
+    auto c = std::make_unique<BlockCache>();
+    c->attention = (b % 2 == 0);
+    c->router.experts = c->attention ? s.attn_experts : s.experts;
+    c->router.topk = c->attention ? s.attn_topk : s.topk;
+    c->router.patch_size = s.patch_size;
+    c->router.capacity_factor = s.capacity_factor;
+    c->router.renorm = s.renorm;
+    c->router.aux_weight = s.aux_loss;
+    c->router.z_weight = s.z_loss;
+    cache_.push_back(std::move(c));
+  }
+}
+
+Model::~Model() = default;
+
+void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs) {
+  BlockCache& c = *cache_[b];
+  const BlockParams& bp = blocks_[b];
+  const ModelSpec& s = spec_;
+  const int d = s.d, T = s.seq_len, ps = s.patch_size;
+  c.hin.resize(static_cast<size_t>(N) * d);
+  std::memcpy(c.hin.data(), h, sizeof(float) * N * d);
+  c.xn.resize(static_cast<size_t>(N) * d);
+  c.mean.resize(N);
+  c.rstd.resize(N);
+  layernorm_forward(c.xn.data(), c.mean.data(), c.rstd.data(), h, params_.value(bp.norm_scale),
+                    params_.value(bp.norm_bias), N, d);
+
+  // 1. Route locally.
+  Routing& r = c.routing;
+  router_forward(r, c.router, c.xn.data(), params_.value(bp.router_w), params_.value(bp.router_b), N, d, dropless);
+
+  // 2. Source rows: kept patches expanded to tokens, grouped by global expert.
+  const int E = r.E;
+  c.src_offsets.assign(E + 1, 0);
+  c.src_token.clear();
+  c.src_gate.clear();
+  for (int e = 0; e < E; ++e) {
+    for (int i = r.row_offsets[e]; i < r.row_offsets[e + 1]; ++i) {
+      const int p = r.row_patch[i];
+      for (int t = 0; t < ps; ++t) {
+        c.src_token.push_back(p * ps + t);
+        c.src_gate.push_back(p * r.k + r.row_slot[i]);
+      }
+    }
+    c.src_offsets[e + 1] = static_cast<int>(c.src_token.size());
+  }
+  const int Rs = static_cast<int>(c.src_token.size());
+  c.src_seg.resize(Rs);
+  c.src_pos.resize(Rs);
+  for (int i = 0; i < Rs; ++i) {
+    c.src_seg[i] = c.src_token[i] / T;
+    c.src_pos[i] = c.src_token[i] % T;
+  }
+  c.x_src.resize(static_cast<size_t>(Rs) * d);
+  gather_rows(c.x_src.data(), c.xn.data(), c.src_token.data(), Rs, d);
+
+  // 3. Dispatch to the owners, run the local experts, bring outputs back.
+  exchange_->dispatch(c.plan, c.src_offsets, c.x_src.data(), c.src_seg.data(), c.src_pos.data(), d, c.rows);
+  c.y_owner.resize(static_cast<size_t>(c.rows.rows()) * d);
+  if (c.attention) {
+    attn_experts_forward(c.y_owner.data(), c.attn, c.rows, params_.value(bp.w_in), params_.value(bp.w_out), d,
+                         s.heads_per_expert(), s.head_dim());
+  } else {
+    mlp_experts_forward(c.y_owner.data(), c.mlp, c.rows, params_.value(bp.w_in), params_.value(bp.b_in),
+                        params_.value(bp.w_out), d, s.expert_ff());
+  }
+  c.y_src.resize(static_cast<size_t>(Rs) * d);
+  exchange_->to_source(c.plan, c.y_owner.data(), c.y_src.data(), d);
+
+  // 4. Combine: h += bias + Σ_kept w_e · y_e, experts in index order (deterministic).
+  const float* bias = params_.value(bp.b_out);
+  for (int t = 0; t < N; ++t)
+    for (int j = 0; j < d; ++j) h[static_cast<size_t>(t) * d + j] += bias[j];
+  for (int i = 0; i < Rs; ++i) {
+    const float w = r.gate[c.src_gate[i]];
+    float* dst = h + static_cast<size_t>(c.src_token[i]) * d;
+    const float* y = c.y_src.data() + static_cast<size_t>(i) * d;
+    for (int j = 0; j < d; ++j) dst[j] += w * y[j];
+  }
+
+  // Forward FLOPs of this block (2 per multiply-add): router, expert GEMMs, attention scores.
+  const double R = Rs;
+  double fl = 2.0 * r.P * d * E;
+  if (c.attention) {
+    const double gd = s.heads_per_expert() * s.head_dim();
+    fl += R * 2.0 * d * 3.0 * gd + R * 2.0 * gd * d;
+    for (size_t g = 0; g + 1 < c.attn.seg_begin.size(); ++g) {
+      const double L = c.attn.seg_begin[g + 1] - c.attn.seg_begin[g];
+      fl += 4.0 * L * L * gd;  // q·kᵀ and P·v over the whole L×L tile
+    }
+  } else {
+    fl += R * 4.0 * d * s.expert_ff();
+  }
+  if (bs) {
+    bs->flops = fl;
+    bs->chosen = r.chosen;
+    bs->patches = r.P;
+    bs->k = r.k;
+    bs->dropped = r.dropped;
+    bs->balance_loss = r.balance_loss;
+    bs->z_loss = r.z_loss;
+  }
+}
+
+void Model::block_backward(int b, float* dh, int N, float loss_scale) {
+  BlockCache& c = *cache_[b];
+  const BlockParams& bp = blocks_[b];
+  const ModelSpec& s = spec_;
+  const int d = s.d;
+  const Routing& r = c.routing;
+  const int Rs = static_cast<int>(c.src_token.size());
+
+  // Output bias.
+  float* dbias = params_.grad(bp.b_out);
+  for (int t = 0; t < N; ++t)
+    for (int j = 0; j < d; ++j) dbias[j] += dh[static_cast<size_t>(t) * d + j];
+
+  // Combine backward: dy = w·dh[token], dgate += <dh[token], y>.
+  std::vector<float> dgate(static_cast<size_t>(r.P) * r.k, 0.0f);
+  FloatBuffer dy_src(static_cast<size_t>(Rs) * d);
+  for (int i = 0; i < Rs; ++i) {
+    const float w = r.gate[c.src_gate[i]];
+    const float* g = dh + static_cast<size_t>(c.src_token[i]) * d;
+    const float* y = c.y_src.data() + static_cast<size_t>(i) * d;
+    float* dy = dy_src.data() + static_cast<size_t>(i) * d;
+    float dot = 0.0f;
+    for (int j = 0; j < d; ++j) {
+      dy[j] = w * g[j];
+      dot += g[j] * y[j];
+    }
+    dgate[c.src_gate[i]] += dot;
+  }
+
+  // Reverse exchanges around the experts' backward.
+  const int Rd = c.rows.rows();
+  FloatBuffer dy_owner(static_cast<size_t>(Rd) * d);
+  exchange_->to_owner(c.plan, dy_src.data(), dy_owner.data(), d);
+  FloatBuffer dx_owner(static_cast<size_t>(Rd) * d);
+  if (c.attention) {
+    attn_experts_backward(dx_owner.data(), params_.grad(bp.w_in), params_.grad(bp.w_out), dy_owner.data(), c.attn,
+                          c.rows, params_.value(bp.w_in), params_.value(bp.w_out), d, s.heads_per_expert(),
+                          s.head_dim());
+  } else {
+    mlp_experts_backward(dx_owner.data(), params_.grad(bp.w_in), params_.grad(bp.b_in), params_.grad(bp.w_out),
+                         dy_owner.data(), c.mlp, c.rows, params_.value(bp.w_in), params_.value(bp.w_out), d,
+                         s.expert_ff());
+  }
+  FloatBuffer dx_src(static_cast<size_t>(Rs) * d);
+  exchange_->to_source(c.plan, dx_owner.data(), dx_src.data(), d);
+
+  // dxn: expert inputs, then the router (gates, balance, z-loss).
+  FloatBuffer dxn(static_cast<size_t>(N) * d);
+  scatter_add_rows(dxn.data(), dx_src.data(), c.src_token.data(), Rs, d, 1.0f);
+  router_backward(r, c.router, dgate.data(), c.xn.data(), params_.value(bp.router_w), dxn.data(),
+                  params_.grad(bp.router_w), params_.grad(bp.router_b), loss_scale);
+
+  // LayerNorm backward into the residual stream's gradient.
+  layernorm_backward(dh, params_.grad(bp.norm_scale), params_.grad(bp.norm_bias), dxn.data(), c.hin.data(),
+                     params_.value(bp.norm_scale), c.mean.data(), c.rstd.data(), N, d);
+}
+
+void Model::forward(const int32_t* inputs, int B, bool dropless, ForwardStats* stats) {
+  const ModelSpec& s = spec_;
+  const int N = B * s.seq_len, d = s.d, V = s.vocab;
+  tokens_.assign(inputs, inputs + N);
+  for (int i = 0; i < N; ++i)
+    if (inputs[i] < 0 || inputs[i] >= V) fail("token id ", inputs[i], " out of range [0, ", V, ")");
+  h_.resize(static_cast<size_t>(N) * d);
+  gather_rows(h_.data(), params_.value(embed_), inputs, N, d);
+  stats->blocks.assign(2 * s.layers, BlockStats{});
+  stats->aux_loss = 0;
+  stats->flops = 0;
+  for (int b = 0; b < 2 * s.layers; ++b) {
+    block_forward(b, h_.data(), N, dropless, &stats->blocks[b]);
+    stats->aux_loss += stats->blocks[b].balance_loss + stats->blocks[b].z_loss;
+    stats->flops += stats->blocks[b].flops;
+  }
+  stats->flops += 2.0 * N * d * V;  // LM head
+  hf_.resize(static_cast<size_t>(N) * d);
+  fmean_.resize(N);
+  frstd_.resize(N);
+  layernorm_forward(hf_.data(), fmean_.data(), frstd_.data(), h_.data(), params_.value(final_scale_),
+                    params_.value(final_bias_), N, d);
+  logits_.resize(static_cast<size_t>(N) * V);
+  gemm(false, true, N, V, d, 1.0f, hf_.data(), d, params_.value(embed_), d, 0.0f, logits_.data(), V);
+  stats->tokens = N;
+}
+
+void Model::forward_backward(const int32_t* inputs, const int32_t* targets, int B, float loss_scale,
+                             ForwardStats* stats) {
+  const ModelSpec& s = spec_;
+  const int N = B * s.seq_len, d = s.d, V = s.vocab;
+  forward(inputs, B, /*dropless=*/false, stats);
+  // Loss = mean CE: dlogits = (softmax − onehot) · loss_scale / N.
+  stats->ce_sum = crossentropy_forward_backward(logits_.data(), targets, N, V, loss_scale / static_cast<float>(N));
+
+  // LM head (tied): logits = hf · Wembᵀ.
+  gemm(true, false, V, d, N, 1.0f, logits_.data(), V, hf_.data(), d, 1.0f, params_.grad(embed_), d);
+  FloatBuffer dhf(static_cast<size_t>(N) * d);
+  gemm(false, false, N, d, V, 1.0f, logits_.data(), V, params_.value(embed_), d, 0.0f, dhf.data(), d);
+  FloatBuffer dh(static_cast<size_t>(N) * d);
+  layernorm_backward(dh.data(), params_.grad(final_scale_), params_.grad(final_bias_), dhf.data(), h_.data(),
+                     params_.value(final_scale_), fmean_.data(), frstd_.data(), N, d);
+  for (int b = 2 * s.layers - 1; b >= 0; --b) block_backward(b, dh.data(), N, loss_scale);
+  scatter_add_rows(params_.grad(embed_), dh.data(), tokens_.data(), N, d, 1.0f);
+}
+
+uint64_t Model::routing_fingerprint() const {
+  uint64_t h = 1469598103934665603ULL;
+  auto mix = [&h](uint64_t v) { h = (h ^ v) * 1099511628211ULL; };
+  for (const auto& c : cache_) {
+    for (int v : c->routing.choice) mix(static_cast<uint64_t>(v));
+    for (uint8_t v : c->routing.kept) mix(v);
+  }
+  return h;
+}
+
+void Model::forward_eval(const int32_t* inputs, const int32_t* targets, int B, ForwardStats* stats) {
+  const int N = B * spec_.seq_len;
+  forward(inputs, B, /*dropless=*/true, stats);
+  stats->ce_sum = crossentropy_forward(logits_.data(), targets, N, spec_.vocab);
+}
+
+}  // namespace uoe

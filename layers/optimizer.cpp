@@ -1,0 +1,50 @@
+#include "layers/optimizer.hpp"
+
+#include <cmath>
+
+namespace uoe {
+
+AdamW::AdamW(const ParamStore& params, const AdamWSpec& spec) : spec_(spec) {
+  m_.resize(params.total());
+  v_.resize(params.total());
+  decay_mask_.resize(params.total());
+  for (const ParamInfo& p : params.infos())
+    for (size_t j = 0; j < p.size; ++j) decay_mask_[p.offset + j] = p.decay ? 1.0f : 0.0f;
+}
+
+void AdamW::update(ParamStore& params, double lr, int64_t step, float grad_scale) {
+  const float b1 = static_cast<float>(spec_.beta1), b2 = static_cast<float>(spec_.beta2);
+  const float c1 = static_cast<float>(1.0 / (1.0 - std::pow(spec_.beta1, static_cast<double>(step))));
+  const float c2 = static_cast<float>(1.0 / (1.0 - std::pow(spec_.beta2, static_cast<double>(step))));
+  const float lrf = static_cast<float>(lr), eps = static_cast<float>(spec_.eps);
+  const float wd = static_cast<float>(lr * spec_.weight_decay);
+  float* w = params.values().data();
+  const float* g = params.grads().data();
+  float* m = m_.data();
+  float* v = v_.data();
+  const float* mask = decay_mask_.data();
+  const size_t n = params.total();
+  for (size_t i = 0; i < n; ++i) {
+    const float gi = g[i] * grad_scale;
+    m[i] = b1 * m[i] + (1.0f - b1) * gi;
+    v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
+    const float mh = m[i] * c1, vh = v[i] * c2;
+    w[i] -= lrf * mh / (std::sqrt(vh) + eps) + wd * mask[i] * w[i];
+  }
+}
+
+double lr_at_step(int64_t s, int64_t steps, int64_t warmup, double lr, double min_lr) {
+  if (warmup > 0 && s <= warmup) return lr * static_cast<double>(s) / static_cast<double>(warmup);
+  const int64_t decay_steps = steps - warmup;
+  if (decay_steps <= 0) return lr;
+  const double t = static_cast<double>(s - warmup) / static_cast<double>(decay_steps);  // (0, 1]
+  return min_lr + 0.5 * (lr - min_lr) * (1.0 + std::cos(M_PI * t));
+}
+
+double grad_sum_squares(const float* g, size_t n) {
+  double s = 0.0;
+  for (size_t i = 0; i < n; ++i) s += static_cast<double>(g[i]) * g[i];
+  return s;
+}
+
+}  // namespace uoe

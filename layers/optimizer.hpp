@@ -1,0 +1,37 @@
+// AdamW over the parameter arena, the warm-up + cosine learning-rate schedule, and global-norm
+// gradient clipping (UOE_MODEL.md §4).
+#pragma once
+#include <cstdint>
+
+#include "layers/params.hpp"
+#include "runtime/tensor.hpp"
+
+namespace uoe {
+
+struct AdamWSpec {
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+};
+
+class AdamW {
+ public:
+  AdamW(const ParamStore& params, const AdamWSpec& spec);
+  // One update with learning rate lr; `step` counts from 1 (bias correction). grad_scale multiplies
+  // every gradient first (clipping). Weight decay (decoupled) only where ParamInfo::decay.
+  void update(ParamStore& params, double lr, int64_t step, float grad_scale);
+  FloatBuffer& m() { return m_; }
+  FloatBuffer& v() { return v_; }
+
+ private:
+  AdamWSpec spec_;
+  FloatBuffer m_, v_;        // first and second moments, same layout as the parameter arena
+  FloatBuffer decay_mask_;   // 1 where weight decay applies, else 0
+};
+
+// Learning rate at step s (1-based) of `steps`: linear from lr/warmup to lr over the first
+// `warmup` steps, then cosine from lr down to min_lr, reached at the last step.
+double lr_at_step(int64_t s, int64_t steps, int64_t warmup, double lr, double min_lr);
+
+// Σ g² over a gradient arena, summed in double in index order (deterministic).
+double grad_sum_squares(const float* g, size_t n);
+
+}  // namespace uoe

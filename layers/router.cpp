@@ -1,0 +1,162 @@
+#include "layers/router.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "runtime/error.hpp"
+#include "runtime/gemm.hpp"
+#include "runtime/kernels.hpp"
+
+namespace uoe {
+
+void router_forward(Routing& r, const RouterSpec& spec, const float* xn, const float* W, const float* b,
+                    int N, int d, bool dropless) {
+  const int E = spec.experts, k = spec.topk, ps = spec.patch_size;
+  UOE_ASSERT(N % ps == 0 && k >= 1 && k <= E);
+  const int P = N / ps;
+  r.N = N; r.P = P; r.E = E; r.k = k; r.patch = ps; r.d = d;
+
+  // Patch means (fp32, summed in token order).
+  const float* x = xn;
+  if (ps > 1) {
+    r.xm.assign(static_cast<size_t>(P) * d, 0.0f);
+    const float inv = 1.0f / static_cast<float>(ps);
+    for (int p = 0; p < P; ++p) {
+      float* m = r.xm.data() + static_cast<size_t>(p) * d;
+      for (int t = 0; t < ps; ++t) {
+        const float* row = xn + static_cast<size_t>(p * ps + t) * d;
+        for (int c = 0; c < d; ++c) m[c] += row[c];
+      }
+      for (int c = 0; c < d; ++c) m[c] *= inv;
+    }
+    x = r.xm.data();
+  } else {
+    r.xm.clear();
+  }
+
+  // Scores.
+  r.probs.resize(static_cast<size_t>(P) * E);
+  for (int p = 0; p < P; ++p) std::copy(b, b + E, r.probs.begin() + static_cast<size_t>(p) * E);
+  gemm(false, false, P, E, d, 1.0f, x, d, W, E, 1.0f, r.probs.data(), E);
+  r.lse.resize(P);
+  for (int p = 0; p < P; ++p) r.lse[p] = softmax_row(r.probs.data() + static_cast<size_t>(p) * E, E);
+
+  // Expert selection.
+  r.choice.resize(static_cast<size_t>(P) * k);
+  r.gate.resize(static_cast<size_t>(P) * k);
+  r.kept.assign(static_cast<size_t>(P) * k, 1);
+  r.chosen.assign(E, 0);
+  for (int p = 0; p < P; ++p) {
+    const float* pr = r.probs.data() + static_cast<size_t>(p) * E;
+    int* ch = r.choice.data() + static_cast<size_t>(p) * k;
+    topk_row(ch, pr, E, k);
+    float s = 0.0f;
+    for (int j = 0; j < k; ++j) s += pr[ch[j]];
+    for (int j = 0; j < k; ++j) {
+      r.gate[static_cast<size_t>(p) * k + j] = spec.renorm ? static_cast<float>(k) * pr[ch[j]] / s : 1.0f;
+      r.chosen[ch[j]]++;
+    }
+  }
+
+  // Patch-wise data selection: per expert, the (patch, slot) pairs that chose it.
+  std::vector<std::vector<std::pair<int, int>>> cand(E);
+  for (int e = 0; e < E; ++e) cand[e].reserve(r.chosen[e]);
+  for (int p = 0; p < P; ++p)
+    for (int j = 0; j < k; ++j) cand[r.choice[static_cast<size_t>(p) * k + j]].push_back({p, j});
+  const bool limited = !dropless && spec.capacity_factor > 0;
+  r.capacity = limited ? static_cast<int>(std::ceil(spec.capacity_factor * P * k / E)) : 0;
+  r.dropped = 0;
+  r.capacity_kept.assign(E, 0);
+  r.row_offsets.assign(E + 1, 0);
+  r.row_patch.clear();
+  r.row_slot.clear();
+  for (int e = 0; e < E; ++e) {
+    auto& c = cand[e];
+    if (limited && static_cast<int>(c.size()) > r.capacity) {
+      // Highest p first; ties → lower patch index. Then keep the first C, back in patch order.
+      std::stable_sort(c.begin(), c.end(), [&](const auto& a, const auto& bb) {
+        return r.probs[static_cast<size_t>(a.first) * E + e] > r.probs[static_cast<size_t>(bb.first) * E + e];
+      });
+      for (size_t i = r.capacity; i < c.size(); ++i) r.kept[static_cast<size_t>(c[i].first) * k + c[i].second] = 0;
+      r.dropped += static_cast<int>(c.size()) - r.capacity;
+      c.resize(r.capacity);
+      std::sort(c.begin(), c.end());
+    }
+    r.capacity_kept[e] = static_cast<int>(c.size());
+    for (const auto& [p, j] : c) {
+      r.row_patch.push_back(p);
+      r.row_slot.push_back(j);
+    }
+    r.row_offsets[e + 1] = static_cast<int>(r.row_patch.size());
+  }
+
+  // Balance loss α·E·Σ f_e·P_e (f_e = chosen_e / (P·k), P_e = mean p_e) and z-loss β·mean(lse²).
+  double bal = 0.0;
+  for (int e = 0; e < E; ++e) {
+    double pe = 0.0;
+    for (int p = 0; p < P; ++p) pe += r.probs[static_cast<size_t>(p) * E + e];
+    bal += (static_cast<double>(r.chosen[e]) / (static_cast<double>(P) * k)) * (pe / P);
+  }
+  r.balance_loss = spec.aux_weight * E * bal;
+  double z = 0.0;
+  for (int p = 0; p < P; ++p) z += static_cast<double>(r.lse[p]) * r.lse[p];
+  r.z_loss = spec.z_weight * z / P;
+}
+
+void router_backward(const Routing& r, const RouterSpec& spec, const float* dgate, const float* xn,
+                     const float* W, float* dxn, float* dW, float* db, float aux_scale) {
+  const int P = r.P, E = r.E, k = r.k, d = r.d, ps = r.patch;
+  std::vector<float> dlogits(static_cast<size_t>(P) * E);
+  std::vector<float> dp(E);
+  // d(balance)/dp[p,e] = α·E·f_e / P  (f_e is a count: no gradient through it)
+  std::vector<float> bal_grad(E);
+  for (int e = 0; e < E; ++e)
+    bal_grad[e] = static_cast<float>(aux_scale * spec.aux_weight * E *
+                                     (static_cast<double>(r.chosen[e]) / (static_cast<double>(P) * k)) / P);
+  const float zscale = static_cast<float>(aux_scale * spec.z_weight * 2.0 / P);
+  for (int p = 0; p < P; ++p) {
+    const float* pr = r.probs.data() + static_cast<size_t>(p) * E;
+    const int* ch = r.choice.data() + static_cast<size_t>(p) * k;
+    for (int e = 0; e < E; ++e) dp[e] = bal_grad[e];
+    if (spec.renorm) {
+      // w_j = k·p_j / S, S = Σ_chosen p:  dp_i += Σ_j dw_j · k · (δ_ij / S − p_j / S²)
+      float s = 0.0f;
+      for (int j = 0; j < k; ++j) s += pr[ch[j]];
+      float dot = 0.0f;  // Σ_j dw_j p_j
+      for (int j = 0; j < k; ++j) {
+        const size_t pj = static_cast<size_t>(p) * k + j;
+        if (r.kept[pj]) dot += dgate[pj] * pr[ch[j]];
+      }
+      for (int j = 0; j < k; ++j) {
+        const size_t pj = static_cast<size_t>(p) * k + j;
+        const float dw = r.kept[pj] ? dgate[pj] : 0.0f;
+        dp[ch[j]] += static_cast<float>(k) * (dw / s - dot / (s * s));
+      }
+    }
+    float* dl = dlogits.data() + static_cast<size_t>(p) * E;
+    softmax_row_backward(dl, pr, dp.data(), E);
+    // z-loss: d(lse²)/dlogits = 2·lse·softmax
+    for (int e = 0; e < E; ++e) dl[e] += zscale * r.lse[p] * pr[e];
+  }
+  // Logits = x̄·W + b.
+  const float* x = ps > 1 ? r.xm.data() : xn;
+  gemm(true, false, d, E, P, 1.0f, x, d, dlogits.data(), E, 1.0f, dW, E);
+  for (int p = 0; p < P; ++p)
+    for (int e = 0; e < E; ++e) db[e] += dlogits[static_cast<size_t>(p) * E + e];
+  if (ps == 1) {
+    gemm(false, true, P, d, E, 1.0f, dlogits.data(), E, W, E, 1.0f, dxn, d);
+  } else {
+    std::vector<float> dxm(static_cast<size_t>(P) * d);
+    gemm(false, true, P, d, E, 1.0f, dlogits.data(), E, W, E, 0.0f, dxm.data(), d);
+    const float inv = 1.0f / static_cast<float>(ps);
+    for (int p = 0; p < P; ++p)
+      for (int t = 0; t < ps; ++t) {
+        float* row = dxn + static_cast<size_t>(p * ps + t) * d;
+        const float* g = dxm.data() + static_cast<size_t>(p) * d;
+        for (int c = 0; c < d; ++c) row[c] += g[c] * inv;
+      }
+  }
+}
+
+}  // namespace uoe

@@ -1,0 +1,57 @@
+// The hierarchical router of one UoE block (UOE_MODEL.md §2), for one micro-batch:
+//   1. expert selection: each patch (patch_size consecutive tokens of one sequence) scores the
+//      mean of its vectors, p = softmax(x̄·Wr + br) in fp32, and picks its top-k experts
+//      (ties → lower expert index);
+//   2. patch-wise data selection: expert e keeps at most C = ceil(cf · patches · k / E) of the
+//      patches that chose it, highest p first (ties → lower patch index = lower sequence, then
+//      position); cf = 0 or evaluation → dropless;
+//   3. gate weights: renorm w = k·p_e / Σ_chosen p, or sum w = 1.
+// Also the balance loss α·E·Σ f_e·P_e and the z-loss β·mean(lse²), with their gradients.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace uoe {
+
+struct RouterSpec {
+  int experts = 1;             // E
+  int topk = 1;                // k
+  int patch_size = 1;
+  double capacity_factor = 0;  // 0 = dropless
+  bool renorm = true;          // gate = renorm (else sum)
+  double aux_weight = 0;       // α
+  double z_weight = 0;         // β
+};
+
+struct Routing {
+  int N = 0, P = 0, E = 0, k = 0, patch = 1, d = 0;
+  std::vector<float> xm;       // [P, d] patch means (empty when patch == 1: the input itself)
+  std::vector<float> probs;    // [P, E]
+  std::vector<float> lse;      // [P] log-sum-exp of the logits
+  std::vector<int> choice;     // [P, k] chosen experts, best first
+  std::vector<float> gate;     // [P, k] gate weight of each choice
+  std::vector<uint8_t> kept;   // [P, k] 1 if the expert kept the patch
+  std::vector<int> chosen;     // [E] patches choosing e in their top-k
+  std::vector<int> capacity_kept;  // [E] patches kept by e
+  // Dispatch rows, expert-major, patches ascending within an expert: row r of expert e is
+  // rows [row_offsets[e], row_offsets[e+1]) of row_patch/row_slot (per patch, not per token).
+  std::vector<int> row_offsets;  // [E + 1]
+  std::vector<int> row_patch;    // [rows]
+  std::vector<int> row_slot;     // [rows] which of the patch's k choices
+  int capacity = 0;              // C (0 = unlimited)
+  double balance_loss = 0;       // α-weighted
+  double z_loss = 0;             // β-weighted
+  int dropped = 0;               // (patch, choice) assignments dropped by capacity
+};
+
+// xn [N, d] (N divisible by patch_size), W [d, E], b [E].
+void router_forward(Routing& r, const RouterSpec& spec, const float* xn, const float* W, const float* b,
+                    int N, int d, bool dropless);
+
+// dgate [P, k]: dLoss/dgate for kept choices (ignored otherwise). Adds to dxn [N, d], dW, db the
+// gradients of: the gates (renorm only), the balance loss and the z-loss, each scaled by
+// aux_scale (the weight of this micro-batch's losses in the step loss).
+void router_backward(const Routing& r, const RouterSpec& spec, const float* dgate, const float* xn,
+                     const float* W, float* dxn, float* dW, float* db, float aux_scale);
+
+}  // namespace uoe

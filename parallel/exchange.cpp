@@ -1,0 +1,32 @@
+#include "parallel/exchange.hpp"
+
+#include <cstring>
+
+namespace uoe {
+
+void LocalExchange::dispatch(ExchangePlan& plan, const std::vector<int>& src_offsets, const float* x_src,
+                             const int32_t* seg_src, const int32_t* pos_src, int d, ExpertRows& dst) {
+  const int R = src_offsets.back();
+  plan.send_rows.assign(1, R);
+  plan.recv_rows.assign(1, R);
+  plan.owner_row.clear();
+  plan.bytes_sent = 0;
+  dst.n_experts = static_cast<int>(src_offsets.size()) - 1;
+  dst.offsets = src_offsets;
+  dst.x.resize(static_cast<size_t>(R) * d);
+  if (R) std::memcpy(dst.x.data(), x_src, sizeof(float) * R * d);
+  dst.seg.assign(seg_src, seg_src + R);
+  dst.pos.assign(pos_src, pos_src + R);
+}
+
+void LocalExchange::to_source(ExchangePlan& plan, const float* owner, float* src, int width) {
+  const int R = plan.send_rows[0];
+  if (R) std::memcpy(src, owner, sizeof(float) * R * width);
+}
+
+void LocalExchange::to_owner(ExchangePlan& plan, const float* src, float* owner, int width) {
+  const int R = plan.send_rows[0];
+  if (R) std::memcpy(owner, src, sizeof(float) * R * width);
+}
+
+}  // namespace uoe

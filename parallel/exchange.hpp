@@ -1,0 +1,52 @@
+// Moving routed rows between the ranks that route them (sources) and the ranks that own their
+// experts (owners). layers/ routes locally and lists its rows grouped by GLOBAL expert; an
+// ExpertExchange brings them to the owners' local experts (dispatch), and moves row blocks back
+// and forth for combine (outputs → sources) and backward (output grads → owners, input grads →
+// sources). The single-rank exchange is the identity; the MPI one is the all-to-all of §6.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "layers/experts.hpp"
+
+namespace uoe {
+
+// What one dispatch decided: enough to move any [rows, width] block the same way again.
+struct ExchangePlan {
+  std::vector<int> send_rows;  // [ranks] rows this rank sends to each owner
+  std::vector<int> recv_rows;  // [ranks] rows this rank receives from each source
+  // Owner order is expert-major; received order is source-major. owner_row[i] = position in owner
+  // order of the i-th received row. Empty for the identity exchange.
+  std::vector<int> owner_row;
+  double bytes_sent = 0;       // payload bytes this rank sent (for metrics)
+};
+
+class ExpertExchange {
+ public:
+  virtual ~ExpertExchange() = default;
+  // Rows on the source side: grouped by global expert (src_offsets [E + 1]), x_src [R_src, d],
+  // seg/pos per row. Fills `dst` (this rank's local experts, expert-major, segments contiguous).
+  virtual void dispatch(ExchangePlan& plan, const std::vector<int>& src_offsets, const float* x_src,
+                        const int32_t* seg_src, const int32_t* pos_src, int d, ExpertRows& dst) = 0;
+  // Owner-order block [R_dst, width] → source order [R_src, width] (outputs; input gradients).
+  virtual void to_source(ExchangePlan& plan, const float* owner, float* src, int width) = 0;
+  // Source-order block [R_src, width] → owner order [R_dst, width] (output gradients).
+  virtual void to_owner(ExchangePlan& plan, const float* src, float* owner, int width) = 0;
+  // Global experts [expert_begin, expert_end) live here, for `experts` global experts.
+  virtual void local_experts(int experts, int* begin, int* end) const = 0;
+};
+
+// One rank owns every expert: rows stay where they are.
+class LocalExchange final : public ExpertExchange {
+ public:
+  void dispatch(ExchangePlan& plan, const std::vector<int>& src_offsets, const float* x_src,
+                const int32_t* seg_src, const int32_t* pos_src, int d, ExpertRows& dst) override;
+  void to_source(ExchangePlan& plan, const float* owner, float* src, int width) override;
+  void to_owner(ExchangePlan& plan, const float* src, float* owner, int width) override;
+  void local_experts(int experts, int* begin, int* end) const override {
+    *begin = 0;
+    *end = experts;
+  }
+};
+
+}  // namespace uoe

@@ -1,0 +1,75 @@
+// Configuration of a run: one struct, read from an INI file (--config) with command-line
+// overrides (Boost.Program_options), validated before any work. Option names are a contract:
+// the launcher, presets and docs use them.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace uoe {
+
+struct Config {
+  // --- data ---
+  std::string config_file;      // --config: INI file; command-line options override it
+  std::string data;             // --data: training text; empty = built-in corpus
+  std::string val_data;         // --val-data: validation text; empty = last --val-fraction of --data
+  double val_fraction = 0.1;    // --val-fraction: share of --data held out for validation, (0, 1)
+  std::string tokenizer = "byte";  // --tokenizer: byte | word
+
+  // --- model ---
+  int layers = 4;               // --layers: L
+  int d_model = 128;            // --d-model: d
+  int heads = 4;                // --heads: H (d % H == 0)
+  int attn_experts = 4;         // --attn-experts: E_a (H % E_a == 0)
+  int attn_topk = 2;            // --attn-topk: k_a (1..E_a)
+  int experts = 4;              // --experts: E MLP experts (d_ff % E == 0)
+  int topk = 2;                 // --topk: k (1..E)
+  int d_ff = 512;               // --d-ff: F, dense MLP hidden width cut into E experts
+  double capacity_factor = 1.25;  // --capacity-factor: 0 = dropless
+  int patch_size = 1;           // --patch-size: tokens per routed patch (divides seq-len)
+  std::string gate = "renorm";  // --gate: renorm | sum
+  double aux_loss = 0.01;       // --aux-loss: balance-loss weight alpha
+  double z_loss = 0.0;          // --z-loss: router z-loss weight
+
+  // --- training ---
+  int seq_len = 128;            // --seq-len: T
+  int batch_size = 16;          // --batch-size: B sequences per rank micro-batch
+  int micro_batches = 1;        // --micro-batches: M accumulated micro-batches per step
+  int steps = 1500;             // --steps
+  double lr = 1e-3;             // --lr: peak learning rate
+  double min_lr = 1e-4;         // --min-lr: reached by the cosine at the last step
+  int warmup = 100;             // --warmup: linear warm-up steps
+  double weight_decay = 0.1;    // --weight-decay: on matrices only
+  double clip = 1.0;            // --clip: global gradient-norm clip (0 = off)
+  uint64_t seed = 1;            // --seed
+
+  // --- evaluation and logging ---
+  int eval_every = 250;         // --eval-every: steps between evaluations (0 = only at the end)
+  int eval_batches = 0;         // --eval-batches: batches of B windows per evaluation (0 = whole split)
+  int log_every = 10;           // --log-every: steps between progress lines
+  std::string metrics;          // --metrics: JSON-lines file (empty = none)
+
+  // --- parallelism ---
+  int ep = 1;                   // --ep: ranks per expert-parallel group
+  int threads = 0;              // --threads: BLAS threads per rank (0 = cores / local ranks)
+};
+
+// Result of parsing: either a config to run, or a request to exit now (e.g. --help was printed).
+struct ConfigParse {
+  Config config;
+  bool exit_now = false;   // true after --help / --version; exit code 0
+};
+
+// Parses argv (and the INI file named by --config, if any), then validates. Throws uoe::Error
+// with a message naming the offending option on anything wrong (unknown option, bad value,
+// inconsistent shapes, missing data file). `help_out` receives --help text.
+ConfigParse config_parse(int argc, const char* const* argv, std::string* help_out);
+
+// Checks the values of a config (called by config_parse; public for tests and for configs built
+// in code). Throws uoe::Error naming the option. Does not touch the file system.
+void config_validate(const Config& c);
+
+// The config as INI text (every option, `name = value` lines), for logs, manifests and repro.
+std::string config_to_ini(const Config& c);
+
+}  // namespace uoe

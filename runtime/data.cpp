@@ -1,0 +1,572 @@
+// Data loading, tokenization, splitting and windowing (see data.hpp for the contract).
+//
+// Built-in corpus grammar. All lowercase ASCII; the only bytes used are a-z, space, newline and
+// ". , :". Every choice is a draw from the counter-based RNG with a fixed seed (kCorpusSeed, stream
+// "data.builtin_corpus", counter = draw index), so the text is the same in every run and build.
+//
+//   corpus     := block ("\n" block)* ; blocks until the text reaches kCorpusBytes, each block
+//                 followed by a blank line
+//   block      := prose (45%) | counting (15%) | sums (15%) | record (25%)
+//   prose      := sentence (" " sentence){2..5} "\n"
+//   sentence   := np_subj[n] verb[n] np_obj [place] [", " conj " " clause] "."        (75%)
+//               | np_subj[n] be[n] adjective [place] "."                              (25%)
+//     clause   := np_subj[n'] verb[n'] np_obj           (its own number n')
+//     np_subj[n] := det[n] [adjective] animate[n]       (adjective 50%)
+//     np_obj     := det[m] [adjective] (thing[m] 70% | animate[m] 30%), m drawn afresh
+//     det[sg]  := "the" | "a" | "this" | "every"  — "a" becomes "an" before a vowel
+//     det[pl]  := "the" | "some" | "these" | number two..twelve
+//     verb[sg] := third-person "-s" form ("sees", "carries"), verb[pl] := base form ("see")
+//     be[sg]   := "is", be[pl] := "are"
+//     n is singular or plural with probability 1/2 each
+//   counting   := line{1..3}, line := k " " k+1 " " ... (4..10 numbers, k in 0..89) "\n"
+//   sums       := sum{2..4}, sum := a " plus " b " is " a+b ".\n"  |  a " minus " b " is " a-b ".\n"
+//                 with a, b in 0..12 (minus only when a >= b)
+//   record     := "name: " name "\nage: " 18..89 "\ncity: " city "\npet: " pet "\nsound: "
+//                 sound(pet) "\ncolour: " colour "\n"   — the sound is a function of the pet
+//   numbers    := spelled out: "zero" .. "nineteen", "twenty", "twenty one", .. "ninety nine"
+//
+// So a small model can learn: agreement (is/are, sees/see, a/an), counting, small sums, record
+// layout and the pet -> sound dependency.
+
+#include "runtime/data.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+
+#include "runtime/error.hpp"
+#include "runtime/rng.hpp"
+
+namespace uoe {
+
+// ---------------------------------------------------------------------------------------------
+// Vocab
+
+int Vocab::size() const {
+  return kind == TokenizerKind::byte ? 256 : static_cast<int>(words.size());
+}
+
+namespace {
+
+// Word-level decode: no space next to a newline, after an opening bracket, or before closing
+// punctuation, so decoded samples read like the text they came from.
+bool space_between(std::string_view prev, std::string_view next) {
+  if (prev == "\n" || next == "\n") return false;
+  if (prev.size() == 1 && std::strchr("([{", prev[0]) != nullptr) return false;
+  if (next.size() == 1 && std::strchr(".,;:!?)]}", next[0]) != nullptr) return false;
+  return true;
+}
+
+}  // namespace
+
+std::string Vocab::decode(const int32_t* ids, size_t n) const {
+  std::string out;
+  if (kind == TokenizerKind::byte) {
+    out.reserve(n);
+    for (size_t i = 0; i < n; ++i) {
+      if (ids[i] >= 0 && ids[i] < 256)
+        out += static_cast<char>(static_cast<unsigned char>(ids[i]));
+      else
+        out += "<?>";
+    }
+    return out;
+  }
+  std::string_view prev;
+  for (size_t i = 0; i < n; ++i) {
+    const bool known = ids[i] >= 0 && static_cast<size_t>(ids[i]) < words.size();
+    const std::string_view word = known ? std::string_view(words[ids[i]]) : std::string_view("<?>");
+    if (i > 0 && space_between(prev, word)) out += ' ';
+    out += word;
+    prev = word;
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokenization and splitting
+
+namespace {
+
+// Letters, digits and apostrophes form words; bytes >= 0x80 too, so UTF-8 letters (and any other
+// non-ASCII sequence) stay inside their word instead of being split into meaningless bytes.
+bool is_word_byte(unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '\'' ||
+         c >= 0x80;
+}
+
+// Printable ASCII that is neither a word byte nor a space: each is a token of its own.
+bool is_punct_byte(unsigned char c) { return c > 0x20 && c < 0x7f && !is_word_byte(c); }
+
+// Word tokens as views into `text` (views, not strings: a large file would otherwise cost one
+// heap string per token). "\n" is a token; other whitespace and control bytes separate tokens.
+std::vector<std::string_view> word_tokenize(std::string_view text) {
+  std::vector<std::string_view> out;
+  const size_t n = text.size();
+  size_t i = 0;
+  while (i < n) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (is_word_byte(c)) {
+      size_t j = i + 1;
+      while (j < n && is_word_byte(static_cast<unsigned char>(text[j]))) ++j;
+      out.push_back(text.substr(i, j - i));
+      i = j;
+    } else {
+      if (c == '\n' || is_punct_byte(c)) out.push_back(text.substr(i, 1));
+      ++i;
+    }
+  }
+  return out;
+}
+
+using WordIds = std::unordered_map<std::string_view, int32_t>;
+
+// Vocabulary of `tokens`: "<unk>" = 0, then words by descending count, ties by byte-wise order
+// (std::string_view compares through char_traits<char>, i.e. like memcmp on unsigned bytes).
+// `ids` receives word -> id; its keys view the same memory as `tokens`.
+Vocab word_vocab_build(const std::vector<std::string_view>& tokens, size_t n_train, WordIds* ids) {
+  std::unordered_map<std::string_view, int64_t> counts;
+  for (size_t i = 0; i < n_train; ++i) ++counts[tokens[i]];
+  std::vector<std::pair<std::string_view, int64_t>> sorted(counts.begin(), counts.end());
+  std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) {
+    return a.second != b.second ? a.second > b.second : a.first < b.first;
+  });
+  if (sorted.size() >= static_cast<size_t>(INT32_MAX))
+    fail("word vocabulary has ", sorted.size(), " distinct words; at most ", INT32_MAX - 1,
+         " fit in 32-bit token ids");
+  Vocab vocab;
+  vocab.kind = TokenizerKind::word;
+  vocab.words.reserve(sorted.size() + 1);
+  vocab.words.emplace_back("<unk>");
+  ids->clear();
+  ids->reserve(sorted.size());
+  for (const auto& [word, count] : sorted) {
+    (*ids)[word] = static_cast<int32_t>(vocab.words.size());
+    vocab.words.emplace_back(word);
+  }
+  return vocab;
+}
+
+std::vector<int32_t> word_ids(const std::vector<std::string_view>& tokens, size_t begin, size_t end,
+                              const WordIds& ids) {
+  std::vector<int32_t> out;
+  out.reserve(end - begin);
+  for (size_t i = begin; i < end; ++i) {
+    const auto it = ids.find(tokens[i]);
+    out.push_back(it == ids.end() ? 0 : it->second);
+  }
+  return out;
+}
+
+std::vector<int32_t> byte_ids(std::string_view text) {
+  std::vector<int32_t> out(text.size());
+  for (size_t i = 0; i < text.size(); ++i) out[i] = static_cast<unsigned char>(text[i]);
+  return out;
+}
+
+// A split must hold one window: T inputs plus the token after the last one.
+void check_split_length(size_t n_tokens, int seq_len, const std::string& what) {
+  if (n_tokens < static_cast<size_t>(seq_len) + 1)
+    fail(what, " has ", n_tokens, " tokens; --seq-len ", seq_len, " needs at least ",
+         static_cast<int64_t>(seq_len) + 1, " (one window of inputs plus the next token)");
+}
+
+// The shared body of data_load and data_from_text. train_label / val_label name the text(s) in
+// error messages (a path, or the source description).
+Dataset dataset_build(const std::string& train_text, const std::string* val_text, double val_fraction,
+                      TokenizerKind kind, int seq_len, const std::string& source,
+                      const std::string& train_label, const std::string& val_label) {
+  if (seq_len < 1) fail("--seq-len must be at least 1, got ", seq_len);
+  if (val_text == nullptr && !(val_fraction > 0.0 && val_fraction < 1.0))
+    fail("--val-fraction must be in (0, 1) when no --val-data is given, got ", val_fraction);
+
+  Dataset ds;
+  ds.source = source;
+  ds.vocab.kind = kind;
+  std::string train_what = "training data " + train_label;
+  std::string val_what = "validation data " + val_label;
+
+  if (val_text == nullptr) {
+    // Split the token stream by count: the last round(n * f) tokens are validation.
+    std::ostringstream frac;
+    frac << val_fraction;
+    train_what = "training split of " + train_label + " (all but the last --val-fraction " +
+                 frac.str() + ")";
+    val_what = "validation split of " + train_label + " (the last --val-fraction " + frac.str() + ")";
+    if (kind == TokenizerKind::byte) {
+      const size_t n = train_text.size();
+      const auto n_val = static_cast<size_t>(std::llround(static_cast<double>(n) * val_fraction));
+      const std::string_view all(train_text);
+      ds.train = byte_ids(all.substr(0, n - n_val));
+      ds.val = byte_ids(all.substr(n - n_val));
+    } else {
+      const std::vector<std::string_view> tokens = word_tokenize(train_text);
+      const size_t n = tokens.size();
+      const auto n_val = static_cast<size_t>(std::llround(static_cast<double>(n) * val_fraction));
+      WordIds ids;
+      ds.vocab = word_vocab_build(tokens, n - n_val, &ids);
+      ds.train = word_ids(tokens, 0, n - n_val, ids);
+      ds.val = word_ids(tokens, n - n_val, n, ids);
+    }
+  } else if (kind == TokenizerKind::byte) {
+    ds.train = byte_ids(train_text);
+    ds.val = byte_ids(*val_text);
+  } else {
+    const std::vector<std::string_view> train_tokens = word_tokenize(train_text);
+    const std::vector<std::string_view> val_tokens = word_tokenize(*val_text);
+    WordIds ids;
+    ds.vocab = word_vocab_build(train_tokens, train_tokens.size(), &ids);
+    ds.train = word_ids(train_tokens, 0, train_tokens.size(), ids);
+    ds.val = word_ids(val_tokens, 0, val_tokens.size(), ids);
+  }
+
+  check_split_length(ds.train.size(), seq_len, train_what);
+  check_split_length(ds.val.size(), seq_len, val_what);
+  return ds;
+}
+
+TokenizerKind tokenizer_parse(const std::string& name) {
+  if (name == "byte") return TokenizerKind::byte;
+  if (name == "word") return TokenizerKind::word;
+  fail("--tokenizer must be 'byte' or 'word', got '", name, "'");
+}
+
+// The whole file, in binary mode. `option` (e.g. "--data") names where the path came from.
+std::string text_file_read(const std::string& path, const char* option) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (st.type() == fs::file_type::not_found) fail(option, " file '", path, "' does not exist");
+  if (st.type() == fs::file_type::directory)
+    fail(option, " '", path, "' is a directory; expected a text file");
+
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    const int err = errno;  // std::ifstream reports nothing itself; open(2) left the reason here
+    fail(option, " file '", path, "' cannot be opened for reading",
+         ec ? " (" + ec.message() + ")" : err != 0 ? std::string(" (") + std::strerror(err) + ")" : "");
+  }
+  std::string text;
+  if (st.type() == fs::file_type::regular) {
+    const auto size = fs::file_size(path, ec);
+    if (!ec) text.reserve(size);
+  }
+  // Read in chunks rather than by size so pipes and special files work too.
+  std::array<char, 1 << 16> buf;
+  while (in.read(buf.data(), buf.size()) || in.gcount() > 0)
+    text.append(buf.data(), static_cast<size_t>(in.gcount()));
+  if (in.bad()) fail(option, " file '", path, "': read error after ", text.size(), " bytes");
+  if (text.empty()) fail(option, " file '", path, "' is empty");
+  return text;
+}
+
+}  // namespace
+
+Dataset data_from_text(const std::string& train_text, const std::string* val_text,
+                       double val_fraction, TokenizerKind kind, int seq_len,
+                       const std::string& source) {
+  return dataset_build(train_text, val_text, val_fraction, kind, seq_len, source, source, source);
+}
+
+Dataset data_load(const Config& cfg) {
+  const TokenizerKind kind = tokenizer_parse(cfg.tokenizer);
+  const bool builtin = cfg.data.empty();
+  const std::string train_text = builtin ? data_builtin_corpus() : text_file_read(cfg.data, "--data");
+  const std::string train_label = builtin ? "the built-in corpus" : "'" + cfg.data + "'";
+  const std::string train_source = builtin ? "built-in corpus" : cfg.data;
+  if (cfg.val_data.empty())
+    return dataset_build(train_text, nullptr, cfg.val_fraction, kind, cfg.seq_len, train_source,
+                         train_label, train_label);
+  const std::string val_text = text_file_read(cfg.val_data, "--val-data");
+  return dataset_build(train_text, &val_text, cfg.val_fraction, kind, cfg.seq_len,
+                       train_source + " (validation: " + cfg.val_data + ")", train_label,
+                       "'" + cfg.val_data + "'");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Built-in corpus (grammar at the top of this file)
+
+namespace {
+
+constexpr uint64_t kCorpusSeed = 0x554f45'636f7270ULL;  // "UOE" "corp": fixed, never --seed
+constexpr size_t kCorpusBytes = 400 * 1000;
+
+// Sequential draws: draw i is rng_bits(kCorpusSeed, stream, i).
+class CorpusDraws {
+ public:
+  CorpusDraws() : stream_(rng_stream("data.builtin_corpus")) {}
+  uint64_t below(uint64_t n) { return rng_below(kCorpusSeed, stream_, counter_++, n); }
+  int between(int lo, int hi) { return lo + static_cast<int>(below(static_cast<uint64_t>(hi - lo + 1))); }
+  bool percent(int p) { return below(100) < static_cast<uint64_t>(p); }
+  template <class Array>
+  const auto& pick(const Array& a) { return a[below(a.size())]; }
+
+ private:
+  uint64_t stream_;
+  uint64_t counter_ = 0;
+};
+
+struct Noun {
+  const char* singular;
+  const char* plural;
+};
+struct Verb {
+  const char* base;   // plural subjects: "see"
+  const char* third;  // singular subjects: "sees"
+};
+struct Pet {
+  const char* name;
+  const char* sound;
+};
+
+constexpr std::array<Noun, 14> kAnimate = {{{"cat", "cats"},         {"dog", "dogs"},
+                                            {"bird", "birds"},       {"fox", "foxes"},
+                                            {"horse", "horses"},     {"mouse", "mice"},
+                                            {"owl", "owls"},         {"child", "children"},
+                                            {"teacher", "teachers"}, {"farmer", "farmers"},
+                                            {"robot", "robots"},     {"king", "kings"},
+                                            {"queen", "queens"},     {"artist", "artists"}}};
+constexpr std::array<Noun, 12> kThings = {{{"ball", "balls"},         {"apple", "apples"},
+                                           {"box", "boxes"},          {"book", "books"},
+                                           {"key", "keys"},           {"stone", "stones"},
+                                           {"cup", "cups"},           {"letter", "letters"},
+                                           {"egg", "eggs"},           {"umbrella", "umbrellas"},
+                                           {"song", "songs"},         {"map", "maps"}}};
+constexpr std::array<const char*, 14> kAdjectives = {"red",   "blue",  "green", "orange", "small",
+                                                     "big",   "old",   "young", "happy",  "angry",
+                                                     "quiet", "heavy", "bright", "empty"};
+constexpr std::array<Verb, 10> kVerbs = {{{"see", "sees"},       {"find", "finds"},
+                                          {"carry", "carries"},  {"want", "wants"},
+                                          {"hold", "holds"},     {"watch", "watches"},
+                                          {"throw", "throws"},   {"like", "likes"},
+                                          {"paint", "paints"},   {"follow", "follows"}}};
+constexpr std::array<const char*, 7> kPlaces = {"in the garden", "near the river", "on the hill",
+                                                "under the table", "at school", "in the old house",
+                                                "by the sea"};
+constexpr std::array<const char*, 5> kConjunctions = {"and", "but", "because", "while", "so"};
+constexpr std::array<const char*, 4> kDetSingular = {"the", "a", "this", "every"};
+constexpr std::array<const char*, 3> kDetPlural = {"the", "some", "these"};
+constexpr std::array<const char*, 16> kNames = {"anna", "ben",   "clara", "david", "emma",  "felix",
+                                                "grace", "hugo", "iris",  "jonas", "lena",  "marco",
+                                                "nora", "oscar", "paula", "sam"};
+constexpr std::array<const char*, 10> kCities = {"oslo",  "paris", "lima",  "rome",  "cairo",
+                                                 "delhi", "tokyo", "berlin", "quito", "dublin"};
+constexpr std::array<Pet, 6> kPets = {{{"cat", "meow"}, {"dog", "woof"}, {"bird", "tweet"},
+                                       {"cow", "moo"},  {"owl", "hoot"}, {"duck", "quack"}}};
+constexpr std::array<const char*, 8> kColours = {"red",    "blue",  "green", "orange",
+                                                 "yellow", "black", "white", "purple"};
+
+// The generators append to `out` (rather than returning and concatenating strings): simpler, and
+// it avoids GCC 12's false -Wrestrict positive on `"literal" + std::string` at -O3.
+
+void append_number(std::string& out, int n) {  // 0..99, spelled out
+  static constexpr std::array<const char*, 20> ones = {
+      "zero",    "one",     "two",       "three",    "four",     "five",    "six",
+      "seven",   "eight",   "nine",      "ten",      "eleven",   "twelve",  "thirteen",
+      "fourteen", "fifteen", "sixteen",  "seventeen", "eighteen", "nineteen"};
+  static constexpr std::array<const char*, 10> tens = {"",      "",      "twenty",  "thirty", "forty",
+                                                       "fifty", "sixty", "seventy", "eighty", "ninety"};
+  UOE_ASSERT(n >= 0 && n < 100, "n = ", n);
+  if (n < 20) {
+    out += ones[n];
+    return;
+  }
+  out += tens[n / 10];
+  if (n % 10 != 0) {
+    out += ' ';
+    out += ones[n % 10];
+  }
+}
+
+// det [adjective] noun with number agreement; "a" becomes "an" before a vowel.
+void append_noun_phrase(CorpusDraws& r, const Noun& noun, bool plural, std::string& out) {
+  int number = -1;  // a plural determiner spelled as a number (two..twelve), or -1
+  const char* det = nullptr;
+  if (plural && r.percent(25))
+    number = r.between(2, 12);
+  else
+    det = plural ? r.pick(kDetPlural) : r.pick(kDetSingular);
+  const char* adjective = r.percent(50) ? r.pick(kAdjectives) : nullptr;
+  const char* word = plural ? noun.plural : noun.singular;
+  if (number >= 0)
+    append_number(out, number);
+  else if (std::strcmp(det, "a") == 0 && std::strchr("aeiou", adjective ? adjective[0] : word[0]))
+    out += "an";
+  else
+    out += det;
+  out += ' ';
+  if (adjective != nullptr) {
+    out += adjective;
+    out += ' ';
+  }
+  out += word;
+}
+
+// np_subj[n] verb[n] np_obj
+void append_clause(CorpusDraws& r, std::string& out) {
+  const bool plural = r.percent(50);
+  append_noun_phrase(r, r.pick(kAnimate), plural, out);
+  const Verb& verb = r.pick(kVerbs);
+  out += ' ';
+  out += plural ? verb.base : verb.third;
+  out += ' ';
+  const Noun& object = r.percent(70) ? r.pick(kThings) : r.pick(kAnimate);
+  append_noun_phrase(r, object, r.percent(50), out);
+}
+
+void append_place(CorpusDraws& r, std::string& out) {
+  out += ' ';
+  out += r.pick(kPlaces);
+}
+
+void append_sentence(CorpusDraws& r, std::string& out) {
+  if (r.percent(75)) {
+    append_clause(r, out);
+    if (r.percent(40)) append_place(r, out);
+    if (r.percent(30)) {
+      out += ", ";
+      out += r.pick(kConjunctions);
+      out += ' ';
+      append_clause(r, out);
+    }
+  } else {
+    const bool plural = r.percent(50);
+    append_noun_phrase(r, r.pick(kAnimate), plural, out);
+    out += plural ? " are " : " is ";
+    out += r.pick(kAdjectives);
+    if (r.percent(50)) append_place(r, out);
+  }
+  out += '.';
+}
+
+void block_prose(CorpusDraws& r, std::string& out) {
+  const int n = r.between(3, 6);
+  for (int i = 0; i < n; ++i) {
+    if (i > 0) out += ' ';
+    append_sentence(r, out);
+  }
+  out += '\n';
+}
+
+void block_counting(CorpusDraws& r, std::string& out) {
+  const int lines = r.between(1, 3);
+  for (int l = 0; l < lines; ++l) {
+    const int first = r.between(0, 89);
+    const int len = r.between(4, 10);
+    for (int k = first; k < first + len && k < 100; ++k) {
+      if (k > first) out += ' ';
+      append_number(out, k);
+    }
+    out += '\n';
+  }
+}
+
+void block_sums(CorpusDraws& r, std::string& out) {
+  const int lines = r.between(2, 4);
+  for (int l = 0; l < lines; ++l) {
+    const int a = r.between(0, 12);
+    const int b = r.between(0, 12);
+    const bool minus = a >= b && r.percent(50);
+    append_number(out, a);
+    out += minus ? " minus " : " plus ";
+    append_number(out, b);
+    out += " is ";
+    append_number(out, minus ? a - b : a + b);
+    out += ".\n";
+  }
+}
+
+void block_record(CorpusDraws& r, std::string& out) {
+  const Pet& pet = r.pick(kPets);
+  out += "name: ";
+  out += r.pick(kNames);
+  out += "\nage: ";
+  append_number(out, r.between(18, 89));
+  out += "\ncity: ";
+  out += r.pick(kCities);
+  out += "\npet: ";
+  out += pet.name;
+  out += "\nsound: ";
+  out += pet.sound;
+  out += "\ncolour: ";
+  out += r.pick(kColours);
+  out += '\n';
+}
+
+}  // namespace
+
+std::string data_builtin_corpus() {
+  CorpusDraws r;
+  std::string out;
+  out.reserve(kCorpusBytes + 1024);
+  while (out.size() < kCorpusBytes) {
+    const uint64_t kind = r.below(100);
+    if (kind < 45)
+      block_prose(r, out);
+    else if (kind < 60)
+      block_counting(r, out);
+    else if (kind < 75)
+      block_sums(r, out);
+    else
+      block_record(r, out);
+    out += '\n';  // blank line between blocks
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Windows
+
+void data_sample_batch(const std::vector<int32_t>& tokens, int T, int B, uint64_t seed,
+                       uint64_t step, uint64_t slot, int32_t* inputs, int32_t* targets) {
+  // Counter layout (step << 32) | (slot << 16) | b: each field must fit its bits, or two
+  // different (step, slot, b) would draw the same window.
+  if (T < 1) fail("data_sample_batch: --seq-len must be at least 1, got ", T);
+  if (B < 1 || B > (1 << 16)) fail("data_sample_batch: --batch-size must be in [1, 65536], got ", B);
+  if (slot >= (uint64_t{1} << 16))
+    fail("data_sample_batch: data-parallel slot (rank * micro-batches + m) must be below 65536, got ",
+         slot);
+  if (step >= (uint64_t{1} << 32)) fail("data_sample_batch: step must be below 2^32, got ", step);
+  const size_t n = tokens.size();
+  if (n < static_cast<size_t>(T) + 1)
+    fail("data_sample_batch: ", n, " training tokens are too few for --seq-len ", T, " (needs ",
+         static_cast<int64_t>(T) + 1, ")");
+
+  const uint64_t stream = rng_stream("data.window");
+  const uint64_t n_starts = n - static_cast<size_t>(T);  // starts 0 .. n-T-1: the last target is tok[n-1]
+  for (int b = 0; b < B; ++b) {
+    const uint64_t counter = (step << 32) | (slot << 16) | static_cast<uint64_t>(b);
+    const size_t start = rng_below(seed, stream, counter, n_starts);
+    const int32_t* src = tokens.data() + start;
+    std::copy(src, src + T, inputs + static_cast<size_t>(b) * T);
+    std::copy(src + 1, src + 1 + T, targets + static_cast<size_t>(b) * T);
+  }
+}
+
+int64_t data_val_window_count(size_t n_tokens, int T) {
+  if (T < 1) fail("data_val_window_count: --seq-len must be at least 1, got ", T);
+  if (n_tokens == 0) return 0;
+  return static_cast<int64_t>((n_tokens - 1) / static_cast<size_t>(T));
+}
+
+void data_val_windows(const std::vector<int32_t>& tokens, int T, int64_t first, int count,
+                      int32_t* inputs, int32_t* targets) {
+  const int64_t total = data_val_window_count(tokens.size(), T);
+  if (first < 0 || count < 0 || first > total - count)
+    fail("data_val_windows: windows [", first, ", ", first + count, ") are outside the ", total,
+         " validation windows of --seq-len ", T);
+  for (int w = 0; w < count; ++w) {
+    const int32_t* src = tokens.data() + static_cast<size_t>(first + w) * T;
+    std::copy(src, src + T, inputs + static_cast<size_t>(w) * T);
+    std::copy(src + 1, src + 1 + T, targets + static_cast<size_t>(w) * T);
+  }
+}
+
+}  // namespace uoe

@@ -1,0 +1,82 @@
+// Data: loading text, tokenizing it (byte- or word-level), splitting it into training and
+// validation token streams, and cutting those streams into training and validation windows.
+//
+// Every draw of a training window is a pure function of (seed, step, slot, b), so the batches a
+// run sees do not depend on world size, thread count or call order (see data_sample_batch).
+// Validation follows UOE_MODEL.md §4: the split is cut into consecutive windows of T inputs with
+// stride T, so the targets tile the split and every token after the first is predicted once.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/config.hpp"
+
+namespace uoe {
+
+enum class TokenizerKind { byte, word };
+
+// Word-level vocabulary; byte-level has none (size 256, id = byte value).
+struct Vocab {
+  TokenizerKind kind = TokenizerKind::byte;
+  std::vector<std::string> words;  // id -> word (word-level only); id 0 = "<unk>"
+  int size() const;                // 256 for byte
+  // Text of a token sequence, for samples and debugging. Byte-level: the bytes themselves.
+  // Word-level: words joined by single spaces, except around "\n" and before closing
+  // punctuation (",", ".", ...), so the text reads naturally. Ids out of range print as "<?>".
+  std::string decode(const int32_t* ids, size_t n) const;
+};
+
+struct Dataset {
+  Vocab vocab;
+  std::vector<int32_t> train;  // [n_train] token ids of the training split
+  std::vector<int32_t> val;    // [n_val] token ids of the validation split
+  std::string source;          // human description: path(s) or "built-in corpus"
+};
+
+// Loads per cfg: cfg.data empty -> built-in corpus; cfg.val_data empty -> the last
+// cfg.val_fraction of the token stream of --data is validation, the rest training (split by
+// token count: n_val = round(n * val_fraction)); else the two files.
+// Byte tokenizer: each byte is a token (V = 256).
+// Word tokenizer: tokens are maximal runs of letters/digits/apostrophes (bytes >= 0x80 count as
+// letters, so UTF-8 words stay whole), each single ASCII punctuation char, and "\n" (kept as a
+// token so text structure survives); other whitespace and control chars separate tokens.
+// Vocabulary built from the TRAINING split only: "<unk>" = 0, then words by descending frequency,
+// ties broken by byte-wise string order; validation words not in it map to 0.
+// Throws uoe::Error naming the file/option and what is wrong: unknown --tokenizer, missing or
+// unreadable file, a directory, an empty file, or a split shorter than seq_len + 1 tokens.
+Dataset data_load(const Config& cfg);
+
+// Same, from in-memory text (used by data_load and tests). val_text == nullptr -> split
+// train_text by val_fraction as above. `source` names the text in messages and Dataset::source.
+Dataset data_from_text(const std::string& train_text, const std::string* val_text,
+                       double val_fraction, TokenizerKind kind, int seq_len,
+                       const std::string& source);
+
+// The built-in corpus: deterministic text (~400 KB) generated in-process from a fixed seed,
+// independent of --seed. Its grammar is documented at the top of data.cpp.
+std::string data_builtin_corpus();
+
+// B random training windows of T tokens, written as inputs[b*T + t] = tokens[start_b + t] and
+// targets[b*T + t] = tokens[start_b + t + 1], start_b uniform in [0, n - T).
+// slot = the data-parallel index of this micro-batch (rank * M + m), so micro-batch m of one rank
+// draws exactly what rank m would draw with M = 1.
+// start_b = rng_below(seed, rng_stream("data.window"), (step << 32) | (slot << 16) | b, n - T):
+// the counter layout is collision-free because b < 2^16, slot < 2^16 and step < 2^32 (checked).
+// Requires tokens.size() >= T + 1. inputs, targets: [B, T].
+void data_sample_batch(const std::vector<int32_t>& tokens, int T, int B, uint64_t seed,
+                       uint64_t step, uint64_t slot, int32_t* inputs, int32_t* targets);
+
+// Number of validation windows of T inputs over n tokens: (n - 1) / T (partial tail dropped);
+// 0 when n < T + 1.
+int64_t data_val_window_count(size_t n_tokens, int T);
+
+// Fills `count` validation windows starting at window index `first`: window w has
+// inputs[(w - first)*T + t] = tokens[w*T + t] and targets[...] = tokens[w*T + t + 1].
+// Requires 0 <= first, 0 <= count, first + count <= data_val_window_count(tokens.size(), T).
+// inputs, targets: [count, T].
+void data_val_windows(const std::vector<int32_t>& tokens, int T, int64_t first, int count,
+                      int32_t* inputs, int32_t* targets);
+
+}  // namespace uoe

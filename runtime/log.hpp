@@ -1,0 +1,18 @@
+// Logging: rank-aware, to stderr for warnings/errors and stdout for progress.
+#pragma once
+#include <cstdio>
+#include <string>
+
+namespace uoe {
+
+// Set once at start-up (after MPI init); rank 0 prints progress, every rank prints errors.
+void log_set_rank(int rank, int world);
+int log_rank();
+bool log_is_root();
+// printf-style; info goes to stdout on rank 0 only, warn/error to stderr on every rank with a
+// "[rank r]" prefix when world > 1.
+void log_info(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_warn(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_error(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+
+}  // namespace uoe

@@ -1,0 +1,43 @@
+// JSON-lines metrics: one object per line, numbers printed with 17 significant digits so that a
+// double read back is bitwise the one written (runs are compared bitwise through these files).
+#pragma once
+#include <cstdio>
+#include <string>
+#include <vector>
+
+namespace uoe {
+
+class JsonLine {
+ public:
+  JsonLine& add(const char* key, double v);
+  JsonLine& add(const char* key, int v) { return add(key, static_cast<long long>(v)); }
+  JsonLine& add(const char* key, long long v);
+  JsonLine& add(const char* key, bool v);
+  JsonLine& add(const char* key, const std::string& v);
+  JsonLine& add(const char* key, const std::vector<double>& v);
+  std::string str() const { return "{" + body_ + "}"; }
+
+ private:
+  void key(const char* k);
+  std::string body_;
+};
+
+// Appends lines to a file (truncated when opened); a no-op without a path. Flushes each line so a
+// killed run keeps what it logged.
+class MetricsWriter {
+ public:
+  explicit MetricsWriter(const std::string& path);
+  ~MetricsWriter();
+  MetricsWriter(const MetricsWriter&) = delete;
+  MetricsWriter& operator=(const MetricsWriter&) = delete;
+  void write(const JsonLine& line);
+
+ private:
+  std::FILE* f_ = nullptr;
+  std::string path_;
+};
+
+// Formats a double so that it round-trips (%.17g; non-finite values as null, which JSON lacks).
+std::string json_number(double v);
+
+}  // namespace uoe

@@ -1,0 +1,331 @@
+// Configuration: defaults, every validation rule, command line + INI precedence, file checks and
+// the config_to_ini round trip.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <initializer_list>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "runtime/config.hpp"
+#include "runtime/error.hpp"
+
+namespace uoe {
+namespace {
+
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+namespace fs = std::filesystem;
+
+ConfigParse parse(std::initializer_list<std::string> args, std::string* help = nullptr) {
+  std::vector<std::string> storage{"uoe-train"};
+  storage.insert(storage.end(), args);
+  std::vector<const char*> argv;
+  for (const std::string& s : storage) argv.push_back(s.c_str());
+  return config_parse(static_cast<int>(argv.size()), argv.data(), help);
+}
+
+// The message of the uoe::Error that `f` throws ("" and a test failure if it throws none).
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected a uoe::Error";
+  return "";
+}
+
+// A fresh directory per test for the files it writes.
+class ConfigFiles : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = fs::path(::testing::TempDir()) / (std::string("uoe_config_") + info->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string write(const std::string& name, const std::string& text) {
+    const fs::path p = dir_ / name;
+    std::ofstream(p) << text;
+    return p.string();
+  }
+
+  fs::path dir_;
+};
+
+TEST(Config, DefaultsValidate) {
+  EXPECT_NO_THROW(config_validate(Config{}));
+  const ConfigParse parsed = parse({});
+  EXPECT_FALSE(parsed.exit_now);
+  EXPECT_EQ(config_to_ini(parsed.config), config_to_ini(Config{}));
+}
+
+TEST(Config, HelpListsGroupsAndExits) {
+  std::string help;
+  // --help wins over everything else on the line, even invalid values.
+  const ConfigParse parsed = parse({"--topk", "99", "--help"}, &help);
+  EXPECT_TRUE(parsed.exit_now);
+  size_t at = 0;
+  for (const char* heading :
+       {"Data:", "Model:", "Training:", "Evaluation and logging:", "Parallelism:", "General:"}) {
+    const size_t found = help.find(heading, at);
+    ASSERT_NE(found, std::string::npos) << heading << " missing or out of order in\n" << help;
+    at = found;
+  }
+  EXPECT_THAT(help, AllOf(HasSubstr("--d-model"), HasSubstr("(=128)"), HasSubstr("--capacity-factor"),
+                          HasSubstr("(=1.25)"), HasSubstr("--config")));
+}
+
+// One invalid setting each; the message must name every option listed.
+struct InvalidCase {
+  const char* what;
+  std::function<void(Config&)> change;
+  std::vector<std::string> names;
+};
+
+TEST(Config, EachInvalidValueNamesItsOption) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  const std::vector<InvalidCase> cases = {
+      {"layers 0", [](Config& c) { c.layers = 0; }, {"--layers"}},
+      {"d-model 0", [](Config& c) { c.d_model = 0; }, {"--d-model"}},
+      {"heads -1", [](Config& c) { c.heads = -1; }, {"--heads"}},
+      {"attn-experts 0", [](Config& c) { c.attn_experts = 0; }, {"--attn-experts"}},
+      {"attn-topk 0", [](Config& c) { c.attn_topk = 0; }, {"--attn-topk"}},
+      {"experts 0", [](Config& c) { c.experts = 0; }, {"--experts"}},
+      {"topk 0", [](Config& c) { c.topk = 0; }, {"--topk"}},
+      {"d-ff 0", [](Config& c) { c.d_ff = 0; }, {"--d-ff"}},
+      {"patch-size 0", [](Config& c) { c.patch_size = 0; }, {"--patch-size"}},
+      {"seq-len 0", [](Config& c) { c.seq_len = 0; }, {"--seq-len"}},
+      {"batch-size 0", [](Config& c) { c.batch_size = 0; }, {"--batch-size"}},
+      {"micro-batches 0", [](Config& c) { c.micro_batches = 0; }, {"--micro-batches"}},
+      {"steps 0", [](Config& c) { c.steps = 0; }, {"--steps"}},
+      {"log-every 0", [](Config& c) { c.log_every = 0; }, {"--log-every"}},
+      {"ep 0", [](Config& c) { c.ep = 0; }, {"--ep"}},
+      {"warmup -1", [](Config& c) { c.warmup = -1; }, {"--warmup"}},
+      {"eval-every -1", [](Config& c) { c.eval_every = -1; }, {"--eval-every"}},
+      {"eval-batches -1", [](Config& c) { c.eval_batches = -1; }, {"--eval-batches"}},
+      {"threads -1", [](Config& c) { c.threads = -1; }, {"--threads"}},
+      {"d % H", [](Config& c) { c.d_model = 130; }, {"--d-model", "--heads"}},
+      {"odd head dim", [](Config& c) { c.d_model = 12; }, {"--d-model", "--heads", "even"}},
+      {"H % E_a", [](Config& c) { c.d_model = 96, c.heads = 3, c.attn_experts = 2; },
+       {"--heads", "--attn-experts"}},
+      {"attn-topk > E_a", [](Config& c) { c.attn_topk = 5; }, {"--attn-topk", "--attn-experts"}},
+      {"topk > E", [](Config& c) { c.topk = 5; }, {"--topk", "--experts"}},
+      {"F % E", [](Config& c) { c.experts = 3, c.topk = 1; }, {"--d-ff", "--experts"}},
+      {"T % patch", [](Config& c) { c.patch_size = 3; }, {"--seq-len", "--patch-size"}},
+      {"E % ep", [](Config& c) { c.ep = 8; }, {"--experts", "--ep"}},
+      {"E_a % ep", [](Config& c) { c.experts = 8, c.ep = 8; }, {"--attn-experts", "--ep"}},
+      {"capacity-factor -1", [](Config& c) { c.capacity_factor = -1; }, {"--capacity-factor", "-1"}},
+      {"capacity-factor nan", [=](Config& c) { c.capacity_factor = nan; }, {"--capacity-factor"}},
+      {"gate bogus", [](Config& c) { c.gate = "bogus"; }, {"--gate", "bogus"}},
+      {"tokenizer bogus", [](Config& c) { c.tokenizer = "bpe"; }, {"--tokenizer", "bpe"}},
+      {"val-fraction 0", [](Config& c) { c.val_fraction = 0; }, {"--val-fraction"}},
+      {"val-fraction 1", [](Config& c) { c.val_fraction = 1; }, {"--val-fraction"}},
+      {"val-fraction nan", [=](Config& c) { c.val_fraction = nan; }, {"--val-fraction"}},
+      {"lr 0", [](Config& c) { c.lr = 0; }, {"--lr"}},
+      {"lr inf", [=](Config& c) { c.lr = inf, c.min_lr = 0; }, {"--lr"}},
+      {"min-lr > lr", [](Config& c) { c.min_lr = 0.01; }, {"--min-lr", "--lr"}},
+      {"min-lr -1", [](Config& c) { c.min_lr = -1; }, {"--min-lr"}},
+      {"weight-decay -1", [](Config& c) { c.weight_decay = -1; }, {"--weight-decay"}},
+      {"clip nan", [=](Config& c) { c.clip = nan; }, {"--clip"}},
+      {"aux-loss -1", [](Config& c) { c.aux_loss = -1; }, {"--aux-loss"}},
+      {"z-loss inf", [=](Config& c) { c.z_loss = inf; }, {"--z-loss"}},
+  };
+  for (const InvalidCase& k : cases) {
+    SCOPED_TRACE(k.what);
+    Config c;
+    k.change(c);
+    const std::string msg = error_of([&] { config_validate(c); });
+    for (const std::string& name : k.names) EXPECT_THAT(msg, HasSubstr(name));
+  }
+}
+
+TEST(Config, ValidEdgeValuesPass) {
+  Config c;
+  c.capacity_factor = 0;  // dropless
+  c.eval_every = 0;
+  c.eval_batches = 0;
+  c.threads = 0;
+  c.clip = 0;
+  c.min_lr = c.lr;
+  c.attn_topk = c.attn_experts;
+  c.topk = c.experts;
+  c.patch_size = c.seq_len;
+  c.ep = 4;
+  EXPECT_NO_THROW(config_validate(c));
+}
+
+TEST(Config, CommandLineValuesReachTheConfig) {
+  const Config c = parse({"--d-model", "64", "--heads=2", "--attn-experts", "2", "--capacity-factor", "0",
+                          "--gate", "sum", "--seed", "18446744073709551615", "--lr", "3e-4"})
+                       .config;
+  EXPECT_EQ(c.d_model, 64);
+  EXPECT_EQ(c.heads, 2);
+  EXPECT_EQ(c.capacity_factor, 0.0);
+  EXPECT_EQ(c.gate, "sum");
+  EXPECT_EQ(c.seed, 18446744073709551615ull);
+  EXPECT_EQ(c.lr, 3e-4);
+}
+
+TEST(Config, CommandLineErrorsNameTheOption) {
+  EXPECT_THAT(error_of([] { parse({"--no-such-option"}); }), HasSubstr("--no-such-option"));
+  EXPECT_THAT(error_of([] { parse({"stray"}); }), HasSubstr("positional"));
+  EXPECT_THAT(error_of([] { parse({"--d-model", "abc"}); }), AllOf(HasSubstr("--d-model"), HasSubstr("abc")));
+  EXPECT_THAT(error_of([] { parse({"--d-model", "1.5"}); }), HasSubstr("--d-model"));
+  EXPECT_THAT(error_of([] { parse({"--steps", "99999999999"}); }), HasSubstr("--steps"));
+  EXPECT_THAT(error_of([] { parse({"--seed", "-1"}); }), AllOf(HasSubstr("--seed"), HasSubstr("-1")));
+  EXPECT_THAT(error_of([] { parse({"--d-model"}); }), HasSubstr("--d-model"));
+  EXPECT_THAT(error_of([] { parse({"--topk", "1", "--topk", "2"}); }), HasSubstr("--topk"));
+  // Abbreviations are not guessed: a typo must not silently select a longer option.
+  EXPECT_THAT(error_of([] { parse({"--capacity", "2"}); }), HasSubstr("--capacity"));
+  EXPECT_THAT(error_of([] { parse({"--capacity-factor", "-1"}); }), HasSubstr("--capacity-factor"));
+  EXPECT_THAT(error_of([] { parse({"--capacity-factor", "nan"}); }), HasSubstr("--capacity-factor"));
+  EXPECT_THAT(error_of([] { parse({"--patch-size", "3", "--seq-len", "128"}); }), HasSubstr("--patch-size"));
+}
+
+TEST_F(ConfigFiles, FileOverriddenByCommandLine) {
+  const std::string ini = write("run.ini",
+                                "# a comment\n"
+                                "d-model = 64\n"
+                                "heads = 2\n"
+                                "attn-experts = 2\n"
+                                "lr = 0.002\n"
+                                "gate = sum\n");
+  const Config c = parse({"--d-model", "32", "--config", ini, "--gate", "renorm"}).config;
+  EXPECT_EQ(c.d_model, 32);     // command line
+  EXPECT_EQ(c.gate, "renorm");  // command line
+  EXPECT_EQ(c.heads, 2);        // file
+  EXPECT_EQ(c.lr, 0.002);       // file
+  EXPECT_EQ(c.layers, Config{}.layers);  // default
+  EXPECT_EQ(c.config_file, ini);
+}
+
+TEST_F(ConfigFiles, FileErrorsNameTheFileAndKey) {
+  const std::string unknown = write("unknown.ini", "d-model = 64\nbogus-key = 3\n");
+  EXPECT_THAT(error_of([&] { parse({"--config", unknown}); }),
+              AllOf(HasSubstr(unknown), HasSubstr("bogus-key")));
+
+  const std::string bad_value = write("bad_value.ini", "heads = four\n");
+  EXPECT_THAT(error_of([&] { parse({"--config", bad_value}); }),
+              AllOf(HasSubstr(bad_value), HasSubstr("heads"), HasSubstr("four")));
+
+  // --config and --help belong to the command line only.
+  const std::string nested = write("nested.ini", "config = other.ini\n");
+  EXPECT_THAT(error_of([&] { parse({"--config", nested}); }),
+              AllOf(HasSubstr(nested), HasSubstr("'config'")));
+
+  // Values from the file are validated like command-line ones.
+  const std::string invalid = write("invalid.ini", "topk = 9\n");
+  EXPECT_THAT(error_of([&] { parse({"--config", invalid}); }), HasSubstr("--topk"));
+
+  EXPECT_THAT(error_of([] { parse({"--config", "/nonexistent.ini"}); }), HasSubstr("/nonexistent.ini"));
+  EXPECT_THAT(error_of([&] { parse({"--config", dir_.string()}); }),
+              AllOf(HasSubstr(dir_.string()), HasSubstr("not a regular file")));
+}
+
+TEST_F(ConfigFiles, DataFilesAreChecked) {
+  const std::string text = write("text.txt", "hello\n");
+  const std::string empty = write("empty.txt", "");
+  EXPECT_EQ(parse({"--data", text, "--val-data", text}).config.data, text);
+
+  EXPECT_THAT(error_of([] { parse({"--data", "/nonexistent/file.txt"}); }),
+              AllOf(HasSubstr("--data"), HasSubstr("/nonexistent/file.txt"), HasSubstr("no such file")));
+  EXPECT_THAT(error_of([&] { parse({"--data", empty}); }), AllOf(HasSubstr(empty), HasSubstr("empty")));
+  EXPECT_THAT(error_of([&] { parse({"--data", dir_.string()}); }), HasSubstr("not a regular file"));
+  EXPECT_THAT(error_of([&] { parse({"--data", text, "--val-data", empty}); }),
+              AllOf(HasSubstr("--val-data"), HasSubstr(empty)));
+}
+
+// Every field differs from its default, and the doubles need all 17 digits to round-trip.
+TEST_F(ConfigFiles, IniRoundTrip) {
+  Config a;
+  a.data = write("train.txt", "abc");
+  a.val_data = write("val.txt", "def");
+  a.val_fraction = 1.0 / 3.0;
+  a.tokenizer = "word";
+  a.layers = 3;
+  a.d_model = 96;
+  a.heads = 6;
+  a.attn_experts = 3;
+  a.attn_topk = 3;
+  a.experts = 6;
+  a.topk = 1;
+  a.d_ff = 384;
+  a.capacity_factor = 0.1;
+  a.patch_size = 4;
+  a.gate = "sum";
+  a.aux_loss = 2.0 / 3.0;
+  a.z_loss = 1e-3;
+  a.seq_len = 64;
+  a.batch_size = 5;
+  a.micro_batches = 2;
+  a.steps = 77;
+  a.lr = 3e-4;
+  a.min_lr = 1.0 / 7e4;
+  a.warmup = 0;
+  a.weight_decay = 0.0;
+  a.clip = 0.7;
+  a.seed = 18446744073709551615ull;
+  a.eval_every = 0;
+  a.eval_batches = 3;
+  a.log_every = 1;
+  a.metrics = (dir_ / "metrics.jsonl").string();
+  a.ep = 3;
+  a.threads = 2;
+  ASSERT_NO_THROW(config_validate(a));
+
+  const std::string ini = write("roundtrip.ini", config_to_ini(a));
+  const Config b = parse({"--config", ini}).config;
+
+  EXPECT_EQ(b.config_file, ini);  // the only field that is not written to the INI
+  EXPECT_EQ(b.data, a.data);
+  EXPECT_EQ(b.val_data, a.val_data);
+  EXPECT_EQ(b.val_fraction, a.val_fraction);
+  EXPECT_EQ(b.tokenizer, a.tokenizer);
+  EXPECT_EQ(b.layers, a.layers);
+  EXPECT_EQ(b.d_model, a.d_model);
+  EXPECT_EQ(b.heads, a.heads);
+  EXPECT_EQ(b.attn_experts, a.attn_experts);
+  EXPECT_EQ(b.attn_topk, a.attn_topk);
+  EXPECT_EQ(b.experts, a.experts);
+  EXPECT_EQ(b.topk, a.topk);
+  EXPECT_EQ(b.d_ff, a.d_ff);
+  EXPECT_EQ(b.capacity_factor, a.capacity_factor);
+  EXPECT_EQ(b.patch_size, a.patch_size);
+  EXPECT_EQ(b.gate, a.gate);
+  EXPECT_EQ(b.aux_loss, a.aux_loss);
+  EXPECT_EQ(b.z_loss, a.z_loss);
+  EXPECT_EQ(b.seq_len, a.seq_len);
+  EXPECT_EQ(b.batch_size, a.batch_size);
+  EXPECT_EQ(b.micro_batches, a.micro_batches);
+  EXPECT_EQ(b.steps, a.steps);
+  EXPECT_EQ(b.lr, a.lr);
+  EXPECT_EQ(b.min_lr, a.min_lr);
+  EXPECT_EQ(b.warmup, a.warmup);
+  EXPECT_EQ(b.weight_decay, a.weight_decay);
+  EXPECT_EQ(b.clip, a.clip);
+  EXPECT_EQ(b.seed, a.seed);
+  EXPECT_EQ(b.eval_every, a.eval_every);
+  EXPECT_EQ(b.eval_batches, a.eval_batches);
+  EXPECT_EQ(b.log_every, a.log_every);
+  EXPECT_EQ(b.metrics, a.metrics);
+  EXPECT_EQ(b.ep, a.ep);
+  EXPECT_EQ(b.threads, a.threads);
+  EXPECT_EQ(config_to_ini(b), config_to_ini(a));
+
+  // Defaults, with their empty paths, round-trip too.
+  const std::string defaults = write("defaults.ini", config_to_ini(Config{}));
+  EXPECT_EQ(config_to_ini(parse({"--config", defaults}).config), config_to_ini(Config{}));
+}
+
+}  // namespace
+}  // namespace uoe
