@@ -173,7 +173,8 @@ ConfigParse config_parse(int argc, const char* const* argv, std::string* help_ou
         po::command_line_parser(argc, argv).options(cmdline_options).style(style).allow_unregistered().run();
     const std::vector<std::string> unknown = po::collect_unrecognized(parsed.options, po::include_positional);
     if (!unknown.empty()) {
-      if (unknown[0].starts_with("-")) fail("command line: unknown option '", unknown[0], "'");
+      if (unknown[0].starts_with("-"))
+        fail("command line: unknown option '", unknown[0].substr(0, unknown[0].find('=')), "'");
       fail("command line: unexpected argument '", unknown[0], "' (options are written --name value)");
     }
     po::store(parsed, vm);

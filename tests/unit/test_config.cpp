@@ -177,8 +177,9 @@ TEST(Config, CommandLineValuesReachTheConfig) {
 }
 
 TEST(Config, CommandLineErrorsNameTheOption) {
-  EXPECT_THAT(error_of([] { parse({"--no-such-option"}); }), HasSubstr("--no-such-option"));
-  EXPECT_THAT(error_of([] { parse({"stray"}); }), HasSubstr("positional"));
+  EXPECT_THAT(error_of([] { parse({"--no-such-option"}); }), HasSubstr("'--no-such-option'"));
+  EXPECT_THAT(error_of([] { parse({"--no-such-option=3"}); }), HasSubstr("'--no-such-option'"));
+  EXPECT_THAT(error_of([] { parse({"stray"}); }), HasSubstr("'stray'"));
   EXPECT_THAT(error_of([] { parse({"--d-model", "abc"}); }), AllOf(HasSubstr("--d-model"), HasSubstr("abc")));
   EXPECT_THAT(error_of([] { parse({"--d-model", "1.5"}); }), HasSubstr("--d-model"));
   EXPECT_THAT(error_of([] { parse({"--steps", "99999999999"}); }), HasSubstr("--steps"));
