@@ -68,6 +68,28 @@ void attn_build_segments(AttnExpertCache& c, const ExpertRows& rows, int g) {
     c.att_offset[s + 1] = c.att_offset[s] + g * L * L;
   }
 }
+// Makes sure the cached RoPE table covers every position in `rows`.
+void attn_ensure_rope(AttnExpertCache& c, const ExpertRows& rows, int half) {
+  int need = 0;
+  for (int32_t p : rows.pos) need = p + 1 > need ? p + 1 : need;
+  if (need <= c.rope_positions && half == c.rope_half) return;
+  c.rope_positions = need > c.rope_positions ? need : c.rope_positions;
+  c.rope_half = half;
+  c.rope_cos.resize(static_cast<size_t>(c.rope_positions) * half);
+  c.rope_sin.resize(static_cast<size_t>(c.rope_positions) * half);
+  rope_table(c.rope_cos.data(), c.rope_sin.data(), c.rope_positions, half);
+}
+
+// RoPE (or its inverse) on the q and k heads of every row of a [R, 3·g·dh] block.
+void attn_apply_rope(float* qkv, const AttnExpertCache& c, const ExpertRows& rows, int g, int dh, bool inverse) {
+  const int half = dh / 2, W3 = 3 * g * dh;
+  for (int r = 0; r < rows.rows(); ++r) {
+    float* row = qkv + static_cast<size_t>(r) * W3;
+    const float* ct = c.rope_cos.data() + static_cast<size_t>(rows.pos[r]) * half;
+    const float* st = c.rope_sin.data() + static_cast<size_t>(rows.pos[r]) * half;
+    for (int h = 0; h < 2 * g; ++h) rope_row(row + h * dh, half, ct, st, inverse);
+  }
+}
 }  // namespace
 
 void attn_experts_forward(float* y, AttnExpertCache& c, const ExpertRows& rows, const float* Wqkv,
@@ -86,10 +108,8 @@ void attn_experts_forward(float* y, AttnExpertCache& c, const ExpertRows& rows, 
          Wqkv + static_cast<size_t>(e) * d * W3, W3, 0.0f, c.qkv.data() + static_cast<size_t>(r0) * W3, W3);
   }
   // RoPE on q and k heads at true positions.
-  for (int r = 0; r < R; ++r) {
-    float* row = c.qkv.data() + static_cast<size_t>(r) * W3;
-    for (int h = 0; h < 2 * g; ++h) rope_row(row + h * dh, dh, rows.pos[r], false);
-  }
+  attn_ensure_rope(c, rows, dh / 2);
+  attn_apply_rope(c.qkv.data(), c, rows, g, dh, false);
   // Causal attention per segment and head: S = q·kᵀ/√dh (row i sees j ≤ i), P = softmax, o = P·v.
   const int nseg = static_cast<int>(c.seg_begin.size()) - 1;
   for (int s = 0; s < nseg; ++s) {
@@ -161,10 +181,7 @@ void attn_experts_backward(float* dx, float* dWqkv, float* dWo, const float* dy,
     }
   }
   // Undo RoPE on dq and dk (the rotation is orthogonal: backward = inverse rotation).
-  for (int r = 0; r < R; ++r) {
-    float* row = dqkv.data() + static_cast<size_t>(r) * W3;
-    for (int h = 0; h < 2 * g; ++h) rope_row(row + h * dh, dh, rows.pos[r], true);
-  }
+  attn_apply_rope(dqkv.data(), c, rows, g, dh, true);
   for (int e = 0; e < rows.n_experts; ++e) {
     const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
     if (n == 0) continue;

@@ -41,6 +41,8 @@ struct AttnExpertCache {
   FloatBuffer att;                  // softmax probabilities, per (segment, head): [L, L] each
   std::vector<int> seg_begin;       // segment row ranges, over all local experts
   std::vector<int64_t> att_offset;  // [segments + 1] offsets into att (per segment, g heads)
+  std::vector<float> rope_cos, rope_sin;  // [positions, dh/2] RoPE table, grown as needed
+  int rope_positions = 0, rope_half = 0;
 };
 void attn_experts_forward(float* y, AttnExpertCache& cache, const ExpertRows& rows, const float* Wqkv,
                           const float* Wo, int d, int g, int dh);

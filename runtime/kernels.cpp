@@ -1,5 +1,6 @@
 #include "runtime/kernels.hpp"
 
+#include <cmath>
 #include <cstring>
 
 namespace uoe {
@@ -15,6 +16,15 @@ void layernorm_backward(float* dx, float* dweight, float* dbias, const float* do
   for (int i = 0; i < N; ++i)
     layernorm_row_backward(dx + (int64_t)i * C, dweight, dbias, dout + (int64_t)i * C, x + (int64_t)i * C,
                            weight, mean[i], rstd[i], C);
+}
+
+void rope_table(float* cos_out, float* sin_out, int T, int half) {
+  for (int p = 0; p < T; ++p)
+    for (int i = 0; i < half; ++i) {
+      const double ang = p * std::pow(10000.0, -static_cast<double>(i) / half);
+      cos_out[static_cast<size_t>(p) * half + i] = static_cast<float>(std::cos(ang));
+      sin_out[static_cast<size_t>(p) * half + i] = static_cast<float>(std::sin(ang));
+    }
 }
 
 void gelu_forward(float* out, const float* x, int64_t n) {

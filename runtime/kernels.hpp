@@ -6,12 +6,59 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "runtime/rng.hpp"  // UOE_HD
 
 namespace uoe {
 
 constexpr float kLayerNormEps = 1e-5f;
+
+// ---- vectorisable elementary functions ----
+// libm's expf/erff are calls the compiler cannot vectorise without -ffast-math (which the reference
+// path forbids), and they dominated the step profile (GELU, softmax, cross-entropy). These are
+// straight-line float arithmetic that GCC turns into AVX-512 loops; their accuracy is tested
+// against libm in test_kernels.cpp.
+
+// e^x: Cody–Waite reduction x = n·ln2 + r, |r| ≤ ln2/2, then Cephes' degree-7 polynomial for e^r
+// (≈ 2 ulp), scaled by 2^n built in the exponent bits. Inputs are clamped to [−87.3, 88.7]: below,
+// the result is ≈ 1e-38 instead of a denormal or 0 (harmless for softmax weights).
+UOE_HD inline float exp_approx(float x) {
+  x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
+  // Round x·log2(e) to nearest with the 1.5·2^23 trick (exact for |v| < 2^22; no rint call).
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = x - n * 0.693359375f;  // ln2 split in two for an exact product with n
+  r = r + n * 2.12194440e-4f;
+  const float z = r * r;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * z + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+#ifdef __CUDA_ARCH__
+  scale = __int_as_float(bits);
+#else
+  std::memcpy(&scale, &bits, sizeof scale);
+#endif
+  return p * scale;
+}
+
+// erf(x): Abramowitz & Stegun 7.1.26, |error| ≤ 1.5e-7 (about float epsilon near 1).
+UOE_HD inline float erf_approx(float x) {
+  const float ax = x < 0.0f ? -x : x;
+  const float t = 1.0f / (1.0f + 0.3275911f * ax);
+  float p = 1.061405429f;
+  p = p * t - 1.453152027f;
+  p = p * t + 1.421413741f;
+  p = p * t - 0.284496736f;
+  p = p * t + 0.254829592f;
+  const float y = 1.0f - p * t * exp_approx(-ax * ax);
+  return x < 0.0f ? -y : y;
+}
 
 // ---- per-row bodies (host and device) ----
 
@@ -60,10 +107,8 @@ UOE_HD inline float softmax_row(float* x, int n) {
   float mx = x[0];
   for (int i = 1; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
   float s = 0.0f;
-  for (int i = 0; i < n; ++i) {
-    x[i] = expf(x[i] - mx);
-    s += x[i];
-  }
+  for (int i = 0; i < n; ++i) x[i] = exp_approx(x[i] - mx);
+  for (int i = 0; i < n; ++i) s += x[i];
   const float inv = 1.0f / s;
   for (int i = 0; i < n; ++i) x[i] *= inv;
   return mx + logf(s);
@@ -76,23 +121,24 @@ UOE_HD inline void softmax_row_backward(float* dx, const float* p, const float* 
   for (int i = 0; i < n; ++i) dx[i] = p[i] * (dp[i] - dot);
 }
 
-// GELU, exact (erf) form, as torch.nn.GELU() by default.
-UOE_HD inline float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+// GELU, erf form (torch.nn.GELU()'s default), with erf to 1.5e-7.
+UOE_HD inline float gelu(float x) { return 0.5f * x * (1.0f + erf_approx(x * 0.70710678118654752f)); }
 UOE_HD inline float gelu_grad(float x) {
-  const float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
-  const float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
+  const float cdf = 0.5f * (1.0f + erf_approx(x * 0.70710678118654752f));
+  const float pdf = 0.39894228040143268f * exp_approx(-0.5f * x * x);
   return cdf + x * pdf;
 }
 
-// RoPE on one head vector of dh = 2·half dims at position pos (rotate-half pairing: dim i with
-// i + half, frequency base^(−i/half)). inverse = true applies the transpose rotation (backward).
-UOE_HD inline void rope_row(float* v, int dh, int pos, bool inverse) {
-  const int half = dh / 2;
+// RoPE angle table for positions [0, T) and dh = 2·half dims: cos/sin [T, half] of
+// pos · 10000^(−i/half) (rotate-half pairing: dim i with i + half). Computed in double once.
+void rope_table(float* cos_out, float* sin_out, int T, int half);
+
+// RoPE on one head vector with that position's table row (cos_t/sin_t [half]). inverse = true
+// applies the transpose rotation (the backward pass).
+UOE_HD inline void rope_row(float* v, int half, const float* cos_t, const float* sin_t, bool inverse) {
   for (int i = 0; i < half; ++i) {
-    const float freq = powf(10000.0f, -static_cast<float>(i) / static_cast<float>(half));
-    const float ang = static_cast<float>(pos) * freq;
-    const float c = cosf(ang);
-    const float s = inverse ? -sinf(ang) : sinf(ang);
+    const float c = cos_t[i];
+    const float s = inverse ? -sin_t[i] : sin_t[i];
     const float a = v[i], b = v[i + half];
     v[i] = a * c - b * s;
     v[i + half] = b * c + a * s;

@@ -423,9 +423,8 @@ inline void randomise_params(uoe::Model& m, uint64_t seed, float mat_std = 0.3f)
     float* v = ps.value(static_cast<int>(i));
     const uint64_t stream = uoe::rng_stream("test/" + info.name);
     const bool is_scale = info.name.size() >= 5 && info.name.compare(info.name.size() - 5, 5, "scale") == 0;
-    const bool is_matrix = info.global_shape.size() >= 2 && !info.expert_sharded ? true
-                           : info.expert_sharded ? info.global_shape.size() >= 3
-                                                 : false;
+    // Matrices: [rows, cols], or [experts, rows, cols] when expert-sharded.
+    const bool is_matrix = info.global_shape.size() >= (info.expert_sharded ? 3u : 2u);
     for (size_t j = 0; j < info.size; ++j) {
       const float n = uoe::rng_normal(seed, stream, j);
       v[j] = is_scale ? 1.0f + 0.2f * n : is_matrix ? mat_std * n : 0.2f * n;

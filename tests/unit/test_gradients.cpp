@@ -97,23 +97,42 @@ TEST(Gradients, GeluAndSoftmax) {
 }
 
 TEST(Gradients, RopeIsARotation) {
-  const int dh = 8;
+  const int dh = 8, half = dh / 2, T = 6;
+  std::vector<float> ct(T * half), st(T * half);
+  rope_table(ct.data(), st.data(), T, half);
   auto v = random_vector(dh, 7, 1.0f);
   std::vector<float> r = v;
-  rope_row(r.data(), dh, 5, false);
+  rope_row(r.data(), half, &ct[5 * half], &st[5 * half], false);
   double n0 = 0, n1 = 0;
   for (int i = 0; i < dh; ++i) {
     n0 += v[i] * v[i];
     n1 += r[i] * r[i];
   }
   EXPECT_NEAR(n0, n1, 1e-5);  // norm preserved
-  // Dim 0 pairs with dim 4 at frequency 1: angle = position.
-  EXPECT_NEAR(r[0], v[0] * std::cos(5.0f) - v[4] * std::sin(5.0f), 1e-5);
-  rope_row(r.data(), dh, 5, true);  // the backward (transpose) undoes it
+  // Dim 0 pairs with dim 4 at frequency 1 (angle = position); dim 1 with dim 5 at 10000^(-1/4).
+  EXPECT_NEAR(r[0], v[0] * std::cos(5.0) - v[4] * std::sin(5.0), 1e-5);
+  EXPECT_NEAR(r[5], v[5] * std::cos(0.5) + v[1] * std::sin(0.5), 1e-5);
+  rope_row(r.data(), half, &ct[5 * half], &st[5 * half], true);  // the backward (transpose) undoes it
   for (int i = 0; i < dh; ++i) EXPECT_NEAR(r[i], v[i], 1e-5);
   std::vector<float> z = v;
-  rope_row(z.data(), dh, 0, false);  // position 0 is the identity
+  rope_row(z.data(), half, &ct[0], &st[0], false);  // position 0 is the identity
   for (int i = 0; i < dh; ++i) EXPECT_FLOAT_EQ(z[i], v[i]);
+}
+
+// The vectorisable exp and erf against libm over the ranges the model uses.
+TEST(Kernels, ExpAndErfApproximations) {
+  double worst_exp = 0, worst_erf = 0;
+  for (int i = 0; i <= 200000; ++i) {
+    const float x = -87.0f + 175.0f * static_cast<float>(i) / 200000.0f;
+    const double ref = std::exp(static_cast<double>(x));
+    worst_exp = std::max(worst_exp, std::fabs(exp_approx(x) - ref) / ref);
+    const float y = -6.0f + 12.0f * static_cast<float>(i) / 200000.0f;
+    worst_erf = std::max(worst_erf, std::fabs(erf_approx(y) - std::erf(static_cast<double>(y))));
+  }
+  EXPECT_LT(worst_exp, 4e-7);  // a few float ulps (ulp = 6e-8 relative)
+  EXPECT_LT(worst_erf, 6e-7);  // A&S 7.1.26 bound 1.5e-7 plus float rounding of the polynomial (measured 4.7e-7)
+  EXPECT_EQ(exp_approx(0.0f), 1.0f);
+  EXPECT_LT(exp_approx(-1000.0f), 1e-37f);  // clamped, not NaN or garbage
 }
 
 ExpertRows make_rows(const std::vector<int>& offsets, const std::vector<int32_t>& seg, const std::vector<int32_t>& pos,
