@@ -24,26 +24,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// This machine's single-precision GEMM rate (GFLOP/s) with the threads the run uses, measured
-// once at start-up on a 512³ product (~0.1 s), so FLOP/s shares are against a figure from the same
-// run and the same cores.
-double measure_sgemm_gflops() {
-  const int n = 512;
-  FloatBuffer a(static_cast<size_t>(n) * n), b(static_cast<size_t>(n) * n), c(static_cast<size_t>(n) * n);
-  for (size_t i = 0; i < a.size(); ++i) {
-    a[i] = static_cast<float>(i % 7) * 0.1f;
-    b[i] = static_cast<float>(i % 5) * 0.1f;
-  }
-  gemm(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);  // warm-up
-  double best = 1e30;
-  for (int rep = 0; rep < 5; ++rep) {
-    const auto t0 = Clock::now();
-    gemm(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
-    best = std::min(best, seconds_since(t0));
-  }
-  return 2.0 * n * n * n / best * 1e-9;
-}
-
 std::string format_duration(double s) {
   char buf[32];
   const int t = static_cast<int>(s + 0.5);
@@ -81,6 +61,42 @@ EvalResult evaluate(Model& model, const Dataset& data, const Config& cfg) {
 
 }  // namespace
 
+StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::vector<int32_t>& train_tokens,
+                       int step, uint64_t slot_base) {
+  const int T = cfg.seq_len, B = cfg.batch_size, M = cfg.micro_batches;
+  const int blocks = 2 * model.spec().layers;
+  std::vector<int32_t> in(static_cast<size_t>(B) * T), tg(static_cast<size_t>(B) * T);
+  StepFigures fig;
+  fig.load_max_over_mean.assign(blocks, 0.0);
+  fig.dropped.assign(blocks, 0);
+  fig.assignments.assign(blocks, 0);
+  model.params().zero_grads();
+  ForwardStats st;
+  for (int m = 0; m < M; ++m) {
+    data_sample_batch(train_tokens, T, B, cfg.seed, static_cast<uint64_t>(step), slot_base + m, in.data(), tg.data());
+    model.forward_backward(in.data(), tg.data(), B, 1.0f / static_cast<float>(M), &st);
+    fig.loss += st.ce_sum / static_cast<double>(st.tokens) / M;
+    fig.aux += st.aux_loss / M;
+    fig.flops += 3.0 * st.flops;
+    fig.tokens += st.tokens;
+    for (int b = 0; b < blocks; ++b) {
+      const BlockStats& bs = st.blocks[b];
+      const int mx = *std::max_element(bs.chosen.begin(), bs.chosen.end());
+      const double mean = static_cast<double>(bs.patches) * bs.k / static_cast<double>(bs.chosen.size());
+      fig.load_max_over_mean[b] = std::max(fig.load_max_over_mean[b], mx / mean);
+      fig.dropped[b] += bs.dropped;
+      fig.assignments[b] += static_cast<int64_t>(bs.patches) * bs.k;
+    }
+  }
+  fig.grad_norm = std::sqrt(grad_sum_squares(model.params().grads().data(), model.params().total()));
+  if (!std::isfinite(fig.loss) || !std::isfinite(fig.grad_norm))
+    fail("non-finite loss or gradient at step ", step, " (loss ", fig.loss, ", gradient norm ", fig.grad_norm, ")");
+  const float clip_scale =
+      (cfg.clip > 0 && fig.grad_norm > cfg.clip) ? static_cast<float>(cfg.clip / fig.grad_norm) : 1.0f;
+  opt.update(model.params(), lr_at_step(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr), step, clip_scale);
+  return fig;
+}
+
 int train_run(const Config& cfg) {
   const auto t_start = Clock::now();
   const int threads = cfg.threads > 0 ? cfg.threads : std::max(1u, std::thread::hardware_concurrency());
@@ -96,7 +112,7 @@ int train_run(const Config& cfg) {
   AdamW opt(model.params(), aspec);
   const bool byte_level = data.vocab.kind == TokenizerKind::byte;
 
-  const double peak = measure_sgemm_gflops();
+  const double peak = gemm_measure_gflops(512, 5);
   log_info("uoe-train: data %s (%s, V=%d, %zu train / %zu val tokens)", data.source.c_str(),
            byte_level ? "byte" : "word", V, data.train.size(), data.val.size());
   log_info("model: %d layers, d %d, %d heads in %d attention experts (top-%d), %d MLP experts of %d (top-%d), "
@@ -109,8 +125,6 @@ int train_run(const Config& cfg) {
            static_cast<unsigned long long>(cfg.seed), threads, peak);
 
   MetricsWriter metrics(cfg.metrics);
-  const int T = cfg.seq_len, B = cfg.batch_size, M = cfg.micro_batches;
-  std::vector<int32_t> in(static_cast<size_t>(B) * T), tg(static_cast<size_t>(B) * T);
   const int blocks = 2 * spec.layers;
 
   // Figures accumulated between log lines.
@@ -142,35 +156,16 @@ int train_run(const Config& cfg) {
 
   for (int step = 1; step <= cfg.steps; ++step) {
     const auto t0 = Clock::now();
-    model.params().zero_grads();
-    double ce = 0, aux = 0, flops = 0;
-    int64_t tokens = 0;
-    ForwardStats st;
-    for (int m = 0; m < M; ++m) {
-      const uint64_t slot = static_cast<uint64_t>(m);  // rank · M + m once ranks exist
-      data_sample_batch(data.train, T, B, cfg.seed, static_cast<uint64_t>(step), slot, in.data(), tg.data());
-      model.forward_backward(in.data(), tg.data(), B, 1.0f / static_cast<float>(M), &st);
-      ce += st.ce_sum / static_cast<double>(st.tokens);
-      aux += st.aux_loss;
-      flops += 3.0 * st.flops;
-      tokens += st.tokens;
-      for (int b = 0; b < blocks; ++b) {
-        const BlockStats& bs = st.blocks[b];
-        const int mx = *std::max_element(bs.chosen.begin(), bs.chosen.end());
-        const double mean = static_cast<double>(bs.patches) * bs.k / static_cast<double>(bs.chosen.size());
-        load_max[b] = std::max(load_max[b], mx / mean);
-        dropped[b] += bs.dropped;
-        assignments[b] += static_cast<int64_t>(bs.patches) * bs.k;
-      }
-    }
-    const double loss = ce / M;
-    const double norm = std::sqrt(grad_sum_squares(model.params().grads().data(), model.params().total()));
-    if (!std::isfinite(loss) || !std::isfinite(norm))
-      fail("non-finite loss or gradient at step ", step, " (loss ", loss, ", gradient norm ", norm, ")");
-    const float clip_scale = (cfg.clip > 0 && norm > cfg.clip) ? static_cast<float>(cfg.clip / norm) : 1.0f;
-    const double lr = lr_at_step(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
-    opt.update(model.params(), lr, step, clip_scale);
+    const StepFigures fig = train_step(model, opt, cfg, data.train, step, 0);
     const double dt = seconds_since(t0);
+    const double loss = fig.loss, norm = fig.grad_norm, flops = fig.flops, aux = fig.aux;
+    const int64_t tokens = fig.tokens;
+    const double lr = lr_at_step(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
+    for (int b = 0; b < blocks; ++b) {
+      load_max[b] = std::max(load_max[b], fig.load_max_over_mean[b]);
+      dropped[b] += fig.dropped[b];
+      assignments[b] += fig.assignments[b];
+    }
 
     win_loss += loss;
     win_time += dt;
@@ -179,7 +174,7 @@ int train_run(const Config& cfg) {
     ++win_steps;
     total_train_time += dt;
     total_tokens += tokens;
-    win_aux += aux / M;
+    win_aux += aux;
 
     if (step % cfg.log_every == 0 || step == cfg.steps) {
       const double tps = win_tokens / win_time;

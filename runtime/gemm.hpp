@@ -7,6 +7,11 @@ namespace uoe {
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
           const float* B, int ldb, float beta, float* C, int ldc);
 
+// This machine's sgemm rate in GFLOP/s for an n×n×n product with the current thread count: the
+// best of `reps` timed runs after a warm-up, so FLOP/s shares can be quoted against a peak measured
+// in the same run on the same cores.
+double gemm_measure_gflops(int n, int reps);
+
 // Sets the BLAS thread count for this process (0 leaves OpenBLAS's default).
 void gemm_set_threads(int n);
 int gemm_get_threads();

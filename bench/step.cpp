@@ -1,0 +1,132 @@
+// bench-step: time of one training step (forward + backward + AdamW) of a UoE model, in tokens/s
+// and in model FLOP/s as a share of this machine's sgemm peak measured in the same run.
+//
+//   build/bin/bench-step [--csv FILE] [--threads N] [--repeats R] [uoe-train model options…]
+//
+// With no model options it runs two configurations: the reference config of the trainer issue
+// (4 layers, d 128) and the same model at d 512 (heads 8, d_ff 2048). Reported: min and median
+// step time over R timed steps after 3 warm-up steps; FLOPs are those the step executed (routed
+// rows and attended segments, backward = 2× forward), so dropped tokens are not counted.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "launcher/train.hpp"
+#include "parallel/exchange.hpp"
+#include "runtime/config.hpp"
+#include "runtime/data.hpp"
+#include "runtime/error.hpp"
+#include "runtime/gemm.hpp"
+
+namespace {
+
+struct Row {
+  std::string name;
+  double tokens_per_s, step_min_ms, step_median_ms, gflops, share;
+};
+
+Row bench_config(const std::string& name, const uoe::Config& cfg, const std::vector<int32_t>& tokens, int repeats,
+                 double peak) {
+  uoe::LocalExchange exchange;
+  uoe::Model model(uoe::model_spec_from_config(cfg, 256), cfg.seed, &exchange);
+  uoe::AdamWSpec aspec;
+  uoe::AdamW opt(model.params(), aspec);
+  std::vector<double> times;
+  double flops = 0;
+  int64_t tok = 0;
+  for (int s = 1; s <= 3 + repeats; ++s) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const uoe::StepFigures fig = uoe::train_step(model, opt, cfg, tokens, s, 0);
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (s > 3) {
+      times.push_back(dt);
+      flops = fig.flops;
+      tok = fig.tokens;
+    }
+  }
+  std::sort(times.begin(), times.end());
+  const double med = times[times.size() / 2];
+  Row r;
+  r.name = name;
+  r.step_min_ms = times.front() * 1e3;
+  r.step_median_ms = med * 1e3;
+  r.tokens_per_s = tok / med;
+  r.gflops = flops / med * 1e-9;
+  r.share = r.gflops / peak;
+  return r;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    std::string csv;
+    int repeats = 20, threads = 0;
+    std::vector<const char*> rest = {argv[0]};
+    for (int i = 1; i < argc; ++i) {
+      if (!std::strcmp(argv[i], "--csv") && i + 1 < argc) csv = argv[++i];
+      else if (!std::strcmp(argv[i], "--repeats") && i + 1 < argc) repeats = std::max(1, std::atoi(argv[++i]));
+      else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
+      else rest.push_back(argv[i]);
+    }
+    uoe::gemm_set_threads(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+    const int nthreads = uoe::gemm_get_threads();
+    // Peak: the best of 512³, 1024³ and 2048³ sgemm on the same threads.
+    double peak = 0;
+    for (int n : {512, 1024, 2048}) peak = std::max(peak, uoe::gemm_measure_gflops(n, 5));
+
+    std::vector<std::pair<std::string, uoe::Config>> configs;
+    uoe::Config base;
+    if (rest.size() > 1) {
+      std::string help;
+      const uoe::ConfigParse parsed = uoe::config_parse(static_cast<int>(rest.size()), rest.data(), &help);
+      if (parsed.exit_now) {
+        std::fputs(help.c_str(), stdout);
+        return 0;
+      }
+      configs.push_back({"custom", parsed.config});
+    } else {
+      configs.push_back({"reference d128", base});  // the Config defaults are the reference config
+      uoe::Config big = base;
+      big.d_model = 512;
+      big.heads = 8;
+      big.attn_experts = 4;
+      big.d_ff = 2048;
+      configs.push_back({"d512", big});
+    }
+    // Windows of the built-in corpus: always present, and real enough that routing is uneven.
+    uoe::Config data_cfg = configs.front().second;
+    std::vector<int32_t> tokens = uoe::data_from_text(uoe::data_builtin_corpus(), nullptr, 0.1,
+                                                      uoe::TokenizerKind::byte, data_cfg.seq_len, "built-in corpus")
+                                      .train;
+
+    std::printf("# bench-step: %d BLAS threads, sgemm peak %.1f GFLOP/s (best of 512/1024/2048 cubed)\n", nthreads, peak);
+    std::printf("%-16s %6s %5s %12s %12s %12s %10s %8s\n", "config", "d", "B·T", "tokens/s", "step min ms",
+                "step med ms", "GFLOP/s", "of peak");
+    std::vector<Row> rows;
+    for (const auto& [name, cfg] : configs) {
+      const Row r = bench_config(name, cfg, tokens, repeats, peak);
+      std::printf("%-16s %6d %5d %12.0f %12.2f %12.2f %10.1f %7.1f%%\n", r.name.c_str(), cfg.d_model,
+                  cfg.batch_size * cfg.seq_len, r.tokens_per_s, r.step_min_ms, r.step_median_ms, r.gflops,
+                  100 * r.share);
+      rows.push_back(r);
+    }
+    if (!csv.empty()) {
+      FILE* f = std::fopen(csv.c_str(), "w");
+      if (!f) uoe::fail("cannot write --csv file '", csv, "'");
+      std::fprintf(f, "config,threads,peak_gflops,tokens_per_s,step_min_ms,step_median_ms,gflops,share_of_peak\n");
+      for (const Row& r : rows)
+        std::fprintf(f, "%s,%d,%.3f,%.1f,%.3f,%.3f,%.3f,%.4f\n", r.name.c_str(), nthreads, peak, r.tokens_per_s,
+                     r.step_min_ms, r.step_median_ms, r.gflops, r.share);
+      std::fclose(f);
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}
