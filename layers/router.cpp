@@ -65,7 +65,10 @@ void router_forward(Routing& r, const RouterSpec& spec, const float* xn, const f
   for (int p = 0; p < P; ++p)
     for (int j = 0; j < k; ++j) cand[r.choice[static_cast<size_t>(p) * k + j]].push_back({p, j});
   const bool limited = !dropless && spec.capacity_factor > 0;
-  r.capacity = limited ? static_cast<int>(std::ceil(spec.capacity_factor * P * k / E)) : 0;
+  // C = ceil(cf·P·k/E). The product is rounded in binary (1.1·100·1/2 = 55.000000000000007), so
+  // shave a relative 1e-12 before the ceiling: exact integers stay put, real fractions still round up.
+  const double cap = spec.capacity_factor * P * k / E;
+  r.capacity = limited ? static_cast<int>(std::ceil(cap - cap * 1e-12)) : 0;
   r.dropped = 0;
   r.capacity_kept.assign(E, 0);
   r.row_offsets.assign(E + 1, 0);

@@ -195,6 +195,7 @@ class MpiCommunicator final : public Communicator {
  private:
   struct Adopt {};
   MpiCommunicator(Adopt, MPI_Comm owned);  // takes ownership of a communicator MPI just created
+  void configure();                        // error handler, rank and size of comm_
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 0;
 };

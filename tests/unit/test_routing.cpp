@@ -173,8 +173,7 @@ TEST(Routing, PartlyDroppedPatchIsNotRenormalised) {
   // E = 2, k = 2: both patches choose both experts. p(patch 0) = (0.6, 0.4), p(patch 1) = (0.3, 0.7).
   // cf = 0.5: C = ceil(0.5·2·2/2) = 1. Expert 0 keeps patch 0 (0.6 > 0.3), expert 1 keeps patch 1.
   const int d = 2, E = 2, k = 2, P = 2;
-  // logits (x0·l, 0) with x0 = 1 / −1 on a W whose column 0 is log(0.6/0.4), column 1 is 0... simpler:
-  // row 0 of x selects W row 0, row 1 selects W row 1 (one-hot x).
+  // One-hot inputs: patch p's logits are row p of W, the logs of its probabilities.
   const std::vector<float> x = {1.0f, 0.0f, 0.0f, 1.0f};
   const std::vector<float> W = {std::log(0.6f), std::log(0.4f), std::log(0.3f), std::log(0.7f)};
   const std::vector<float> b = {0.0f, 0.0f};

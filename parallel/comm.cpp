@@ -1,0 +1,320 @@
+#include "parallel/comm.hpp"
+
+#include <climits>
+#include <string>
+#include <utility>
+
+namespace uoe {
+
+bool mpi_active() {
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  return initialized && !finalized;
+}
+
+void mpi_fail(int code, const char* call, const char* file, int line) {
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  if (MPI_Error_string(code, text, &len) != MPI_SUCCESS) len = 0;
+  int rank = -1;
+  if (mpi_active()) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  fail(call, " failed on rank ", rank, " at ", file, ":", line, ": ",
+       len ? std::string(text, len) : "MPI error code " + std::to_string(code));
+}
+
+MPI_Datatype mpi_datatype(DType t) {
+  switch (t) {
+    case DType::f32: return MPI_FLOAT;
+    case DType::f64: return MPI_DOUBLE;
+    case DType::i32: return MPI_INT32_T;
+    case DType::i64: return MPI_INT64_T;
+    case DType::u64: return MPI_UINT64_T;
+    case DType::u8: return MPI_UINT8_T;
+  }
+  UOE_ASSERT(false, "unknown DType ", static_cast<int>(t));
+}
+
+PeerBlocks PeerBlocks::contiguous(std::span<const int> counts) {
+  PeerBlocks b;
+  b.first.resize(counts.size() + 1);
+  b.offset.resize(counts.size());
+  b.count.assign(counts.begin(), counts.end());
+  int64_t at = 0;
+  for (size_t p = 0; p < counts.size(); ++p) {
+    b.first[p] = static_cast<int>(p);
+    UOE_ASSERT(at <= INT_MAX, "all-to-all buffer exceeds MPI's int offsets");
+    b.offset[p] = static_cast<int>(at);
+    at += counts[p];
+  }
+  b.first[counts.size()] = static_cast<int>(counts.size());
+  return b;
+}
+
+// ---- Communicator: checks shared by every backend ---------------------------------------------
+
+Communicator::Displaced Communicator::displace(std::span<const int> counts, size_t capacity,
+                                              const char* side) const {
+  UOE_ASSERT(static_cast<int>(counts.size()) == size(), side, " counts has ", counts.size(),
+             " entries for ", size(), " ranks");
+  Displaced d;
+  d.counts.assign(counts.begin(), counts.end());
+  d.displs.resize(counts.size());
+  int64_t at = 0;
+  for (size_t p = 0; p < counts.size(); ++p) {
+    UOE_ASSERT(counts[p] >= 0, side, " count for rank ", p, " is ", counts[p]);
+    d.displs[p] = static_cast<int>(at);
+    at += counts[p];
+    UOE_ASSERT(at <= INT_MAX, side, " counts sum past MPI's int displacements");
+  }
+  UOE_ASSERT(static_cast<size_t>(at) <= capacity, side, " counts sum to ", at, " elements, buffer holds ",
+             capacity);
+  return d;
+}
+
+void Communicator::check_layout(const PeerBlocks& l, size_t capacity, const char* side) const {
+  UOE_ASSERT(l.peers() == size(), side, " layout has ", l.peers(), " peers for ", size(), " ranks");
+  UOE_ASSERT(l.first.front() == 0 && l.first.back() == static_cast<int>(l.offset.size()) &&
+                 l.offset.size() == l.count.size(),
+             side, " layout block index is inconsistent");
+  for (int p = 0; p < l.peers(); ++p) UOE_ASSERT(l.first[p] <= l.first[p + 1], side, " layout peer ", p);
+  for (size_t b = 0; b < l.offset.size(); ++b)
+    UOE_ASSERT(l.offset[b] >= 0 && l.count[b] >= 0 &&
+                   static_cast<size_t>(l.offset[b]) + static_cast<size_t>(l.count[b]) <= capacity,
+               side, " layout block ", b, " [", l.offset[b], ", +", l.count[b], ") outside a buffer of ",
+               capacity);
+}
+
+int Communicator::fixed_count(size_t send_size, size_t recv_size) const {
+  const size_t n = static_cast<size_t>(size());
+  UOE_ASSERT(send_size % n == 0 && send_size == recv_size, "all_to_all of ", send_size, " → ", recv_size,
+             " elements over ", n, " ranks");
+  return to_count(send_size / n);
+}
+
+int Communicator::to_count(size_t n) {
+  UOE_ASSERT(n <= static_cast<size_t>(INT_MAX), "collective of ", n, " elements exceeds MPI's int count");
+  return static_cast<int>(n);
+}
+
+// ---- MPI backend ------------------------------------------------------------------------------
+
+namespace {
+
+// A derived datatype, freed when it goes out of scope.
+class MpiType {
+ public:
+  MpiType() = default;
+  MpiType(MpiType&& o) noexcept : t_(std::exchange(o.t_, MPI_DATATYPE_NULL)) {}
+  MpiType& operator=(MpiType&&) = delete;
+  MpiType(const MpiType&) = delete;
+  ~MpiType() {
+    if (t_ != MPI_DATATYPE_NULL && mpi_active()) MPI_Type_free(&t_);
+  }
+  // Blocks of `base` elements at the given element offsets, committed.
+  static MpiType indexed(int blocks, const int* counts, const int* offsets, MPI_Datatype base) {
+    MpiType m;
+    UOE_CHECK_MPI(MPI_Type_indexed(blocks, counts, offsets, base, &m.t_));
+    UOE_CHECK_MPI(MPI_Type_commit(&m.t_));
+    return m;
+  }
+  MPI_Datatype get() const { return t_; }
+
+ private:
+  MPI_Datatype t_ = MPI_DATATYPE_NULL;
+};
+
+// One side of an MPI_Alltoallw: per peer a count, a BYTE displacement and a datatype. A peer with a
+// single block sends it as `count` base elements in place; a peer with several gets an indexed
+// datatype (displacement 0) so MPI reads or writes the blocks directly.
+struct AlltoallwSide {
+  std::vector<int> counts, byte_displs;
+  std::vector<MPI_Datatype> types;
+  std::vector<MpiType> owned;
+
+  AlltoallwSide(const PeerBlocks& l, MPI_Datatype base, int elem_bytes) {
+    const int n = l.peers();
+    counts.assign(n, 0);
+    byte_displs.assign(n, 0);
+    types.assign(n, base);
+    owned.reserve(n);
+    for (int p = 0; p < n; ++p) {
+      const int b0 = l.first[p], nb = l.first[p + 1] - b0;
+      if (nb == 1) {
+        counts[p] = l.count[b0];
+        const int64_t bytes = int64_t{l.offset[b0]} * elem_bytes;
+        UOE_ASSERT(bytes <= INT_MAX, "all-to-all byte displacement ", bytes, " exceeds MPI's int");
+        byte_displs[p] = static_cast<int>(bytes);
+      } else if (nb > 1) {
+        owned.push_back(MpiType::indexed(nb, &l.count[b0], &l.offset[b0], base));
+        types[p] = owned.back().get();
+        counts[p] = 1;
+      }
+    }
+  }
+};
+
+int type_size(MPI_Datatype t) {
+  int s = 0;
+  UOE_CHECK_MPI(MPI_Type_size(t, &s));
+  return s;
+}
+
+// The in-flight state of a non-blocking collective: its request plus whatever arrays MPI may read
+// until it completes (MPI requires count and displacement arrays to stay valid until then).
+template <class Keep>
+class MpiPending final : public Request::Pending {
+ public:
+  explicit MpiPending(Keep keep) : keep_(std::move(keep)) {}
+  ~MpiPending() override {
+    if (req_ != MPI_REQUEST_NULL && mpi_active()) MPI_Wait(&req_, MPI_STATUS_IGNORE);
+  }
+  void wait() override {
+    const int rc = MPI_Wait(&req_, MPI_STATUS_IGNORE);
+    req_ = MPI_REQUEST_NULL;  // never wait twice on a request MPI already completed or failed
+    if (rc != MPI_SUCCESS) mpi_fail(rc, "MPI_Wait(&req_, MPI_STATUS_IGNORE)", __FILE__, __LINE__);
+  }
+  MPI_Request* handle() { return &req_; }
+  Keep& keep() { return keep_; }
+
+ private:
+  Keep keep_;
+  MPI_Request req_ = MPI_REQUEST_NULL;
+};
+
+struct NothingToKeep {};
+
+}  // namespace
+
+MpiCommunicator::MpiCommunicator(MPI_Comm parent) {
+  UOE_CHECK_MPI(MPI_Comm_dup(parent, &comm_));
+  configure();
+}
+
+MpiCommunicator::MpiCommunicator(Adopt, MPI_Comm owned) : comm_(owned) { configure(); }
+
+void MpiCommunicator::configure() {
+  // A throwing constructor runs no destructor: free the new communicator here or it leaks.
+  try {
+    UOE_CHECK_MPI(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+    UOE_CHECK_MPI(MPI_Comm_rank(comm_, &rank_));
+    UOE_CHECK_MPI(MPI_Comm_size(comm_, &size_));
+  } catch (...) {
+    MPI_Comm_free(&comm_);
+    throw;
+  }
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  if (comm_ != MPI_COMM_NULL && mpi_active()) MPI_Comm_free(&comm_);
+}
+
+void MpiCommunicator::close() {
+  if (comm_ != MPI_COMM_NULL) UOE_CHECK_MPI(MPI_Comm_free(&comm_));
+}
+
+std::unique_ptr<MpiCommunicator> MpiCommunicator::split(int color, int key) const {
+  MPI_Comm c = MPI_COMM_NULL;
+  UOE_CHECK_MPI(MPI_Comm_split(comm_, color, key, &c));
+  return std::unique_ptr<MpiCommunicator>(new MpiCommunicator(Adopt{}, c));
+}
+
+void MpiCommunicator::barrier() { UOE_CHECK_MPI(MPI_Barrier(comm_)); }
+
+void MpiCommunicator::do_all_to_all_v(const void* send, const Displaced& s, void* recv, const Displaced& r,
+                                      DType t) {
+  const MPI_Datatype dt = mpi_datatype(t);
+  UOE_CHECK_MPI(MPI_Alltoallv(send, s.counts.data(), s.displs.data(), dt, recv, r.counts.data(),
+                              r.displs.data(), dt, comm_));
+}
+
+Request MpiCommunicator::do_ialltoallv(const void* send, Displaced s, void* recv, Displaced r, DType t) {
+  const MPI_Datatype dt = mpi_datatype(t);
+  auto p = std::make_unique<MpiPending<std::pair<Displaced, Displaced>>>(std::pair{std::move(s), std::move(r)});
+  const Displaced& ks = p->keep().first;
+  const Displaced& kr = p->keep().second;
+  UOE_CHECK_MPI(MPI_Ialltoallv(send, ks.counts.data(), ks.displs.data(), dt, recv, kr.counts.data(),
+                               kr.displs.data(), dt, comm_, p->handle()));
+  return Request(std::move(p));
+}
+
+void MpiCommunicator::do_all_to_all_blocks(const void* send, const PeerBlocks& s, void* recv,
+                                           const PeerBlocks& r, DType t) {
+  const MPI_Datatype dt = mpi_datatype(t);
+  const int bytes = type_size(dt);
+  const AlltoallwSide ws(s, dt, bytes), wr(r, dt, bytes);
+  UOE_CHECK_MPI(MPI_Alltoallw(send, ws.counts.data(), ws.byte_displs.data(), ws.types.data(), recv,
+                              wr.counts.data(), wr.byte_displs.data(), wr.types.data(), comm_));
+}
+
+void MpiCommunicator::do_all_to_all(const void* send, void* recv, int count, DType t) {
+  const MPI_Datatype dt = mpi_datatype(t);
+  UOE_CHECK_MPI(MPI_Alltoall(send, count, dt, recv, count, dt, comm_));
+}
+
+void MpiCommunicator::do_all_reduce_sum(void* data, int count, DType t) {
+  UOE_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, data, count, mpi_datatype(t), MPI_SUM, comm_));
+}
+
+Request MpiCommunicator::do_iallreduce_sum(void* data, int count, DType t) {
+  auto p = std::make_unique<MpiPending<NothingToKeep>>(NothingToKeep{});
+  UOE_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, data, count, mpi_datatype(t), MPI_SUM, comm_, p->handle()));
+  return Request(std::move(p));
+}
+
+void MpiCommunicator::do_broadcast(void* data, int count, DType t, int root) {
+  UOE_CHECK_MPI(MPI_Bcast(data, count, mpi_datatype(t), root, comm_));
+}
+
+// ---- process groups ---------------------------------------------------------------------------
+
+void ProcessGroups::close() {
+  // Reverse order of creation; each close is collective over its own group.
+  if (dp_group) dp_group->close();
+  if (ep_group) ep_group->close();
+  if (world) world->close();
+}
+
+ProcessGroups make_process_groups(MPI_Comm world, int ep) {
+  int world_rank = 0, world_size = 0;
+  UOE_CHECK_MPI(MPI_Comm_rank(world, &world_rank));
+  UOE_CHECK_MPI(MPI_Comm_size(world, &world_size));
+  // Local checks only, before any collective: every rank sees the same numbers and throws the
+  // same error, so no rank is left waiting in a collective the others never join.
+  if (ep < 1 || world_size % ep != 0)
+    fail("--ep ", ep, " must be at least 1 and divide the number of ranks (world size ", world_size,
+         "): each expert-parallel group needs exactly ep ranks");
+  ProcessGroups g;
+  g.ep = ep;
+  g.dp = world_size / ep;
+  g.ep_rank = world_rank % ep;
+  g.dp_rank = world_rank / ep;
+  g.world = std::make_unique<MpiCommunicator>(world);
+  // key = world rank, so each group is ordered by world rank whatever MPI's split does with ties.
+  g.ep_group = g.world->split(g.dp_rank, world_rank);
+  g.dp_group = g.world->split(g.ep_rank, world_rank);
+  UOE_ASSERT(g.ep_group->rank() == g.ep_rank && g.ep_group->size() == ep);
+  UOE_ASSERT(g.dp_group->rank() == g.dp_rank && g.dp_group->size() == g.dp);
+  return g;
+}
+
+// ---- session ----------------------------------------------------------------------------------
+
+MpiSession::MpiSession(int* argc, char*** argv) {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (initialized) fail("MPI is already initialised: create one MpiSession per process");
+  UOE_CHECK_MPI(MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided_));
+  // The default handler aborts inside MPI; make errors come back to UOE_CHECK_MPI instead (the
+  // communicators we create set it again on themselves, duplicates inherit it anyway).
+  UOE_CHECK_MPI(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+  UOE_CHECK_MPI(MPI_Comm_set_errhandler(MPI_COMM_SELF, MPI_ERRORS_RETURN));
+  UOE_CHECK_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
+  UOE_CHECK_MPI(MPI_Comm_size(MPI_COMM_WORLD, &size_));
+}
+
+MpiSession::~MpiSession() {
+  if (mpi_active()) MPI_Finalize();
+}
+
+}  // namespace uoe

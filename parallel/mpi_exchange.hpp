@@ -1,0 +1,60 @@
+// The expert exchange of UOE_MODEL.md §6 over an expert-parallel group of ep ranks.
+//
+// Placement: rank r of the group owns global experts [r·E/ep, (r+1)·E/ep), for attention and MLP
+// experts alike. Source rows arrive grouped by global expert, so the rows for owner q are one
+// contiguous block (its experts, in order) and are sent straight from the caller's buffer.
+//
+// Owner order: for local expert j, the rows from source 0, then source 1, …, each source's rows in
+// the order it sent them (token order, so one sequence's rows stay contiguous and in position order).
+// Received data lands directly in that order: each source's message is scattered into its
+// per-expert blocks by the communicator (PeerBlocks), never staged and permuted afterwards.
+//
+// Segment ids: sequence ids are only unique per source rank, so the owner rewrites them to
+// seg_src + src_rank · 2^20. A source's seg must lie in [0, 2^20) (a micro-batch of at most 2^20
+// sequences), and ep ≤ 2048 keeps the result within int32.
+//
+// Every rank takes part in every exchange, with zero rows when it has none: counts travel first
+// (one all-to-all), then the rows' metadata and payload.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "parallel/comm.hpp"
+#include "parallel/exchange.hpp"
+
+namespace uoe {
+
+class MpiExchange final : public ExpertExchange {
+ public:
+  static constexpr int kSegmentBits = 20;
+  static constexpr int32_t kSegmentsPerRank = int32_t{1} << kSegmentBits;
+
+  // `ep_group` is the expert-parallel group; it must outlive the exchange.
+  explicit MpiExchange(Communicator& ep_group);
+
+  void dispatch(ExchangePlan& plan, const std::vector<int>& src_offsets, const float* x_src,
+                const int32_t* seg_src, const int32_t* pos_src, int d, ExpertRows& dst) override;
+  void to_source(ExchangePlan& plan, const float* owner, float* src, int width) override;
+  void to_owner(ExchangePlan& plan, const float* src, float* owner, int width) override;
+  // Throws uoe::Error if ep does not divide `experts`.
+  void local_experts(int experts, int* begin, int* end) const override;
+
+  // Metrics, accumulated over every call since the last reset_counters(): wall seconds inside the
+  // exchange (collectives, waiting for slower ranks, and the index work around them) and payload
+  // bytes sent to OTHER ranks (rows kept on this rank cost no traffic).
+  double comm_seconds() const { return seconds_; }
+  double bytes_sent() const { return bytes_; }
+  void reset_counters() {
+    seconds_ = 0;
+    bytes_ = 0;
+  }
+
+ private:
+  Communicator& comm_;
+  double seconds_ = 0, bytes_ = 0;
+  // Workspace reused across calls.
+  std::vector<int32_t> header_send_, header_recv_;  // [ep, 1 + E/ep]: status, rows per local expert
+  std::vector<int32_t> meta_send_, meta_recv_;      // [R_src, 2] / [R_dst, 2]: seg, pos
+};
+
+}  // namespace uoe

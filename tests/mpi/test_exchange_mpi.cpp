@@ -1,0 +1,495 @@
+// Multi-rank tests of the communicator, the ep × dp process groups and the MPI expert exchange.
+// Run under mpirun on 2 and 4 ranks (CTest label `mpi`); every test works on any world size.
+//
+// Every rank runs every test in the same order and makes the same collective calls, so checks are
+// non-fatal (EXPECT_*) and come after a test's collectives: a rank that stopped early would leave
+// the others waiting. Data is integer-valued, so everything compares exactly.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "parallel/comm.hpp"
+#include "parallel/exchange.hpp"
+#include "parallel/mpi_exchange.hpp"
+#include "runtime/error.hpp"
+#include "runtime/rng.hpp"
+
+namespace {
+
+using uoe::DTypeOf;
+using uoe::MpiCommunicator;
+using uoe::MpiExchange;
+using uoe::PeerBlocks;
+
+// The uoe::Error message of f(), or "" (and a failure) when it throws none.
+template <class F>
+std::string error_message(F&& f) {
+  try {
+    f();
+  } catch (const uoe::Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected a uoe::Error";
+  return "";
+}
+
+// Every rank's copy of `local` (a variable-length all-gather built from the tested collectives).
+template <class T>
+std::vector<std::vector<T>> all_gather(uoe::Communicator& c, const std::vector<T>& local) {
+  const int n = c.size();
+  const std::vector<int> mine(n, static_cast<int>(local.size()));
+  std::vector<int> theirs(n);
+  c.all_to_all<int>(mine, theirs);
+  std::vector<T> send;
+  for (int p = 0; p < n; ++p) send.insert(send.end(), local.begin(), local.end());
+  std::vector<T> recv(std::accumulate(theirs.begin(), theirs.end(), size_t{0}));
+  c.all_to_all_v<T>(send, mine, recv, theirs);
+  std::vector<std::vector<T>> out(n);
+  for (int p = 0, at = 0; p < n; at += theirs[p], ++p) out[p].assign(recv.begin() + at, recv.begin() + at + theirs[p]);
+  return out;
+}
+
+// ---- Communicator -----------------------------------------------------------------------------
+
+// Elements p sends to q: some pairs send nothing, and the last rank sends nothing at all.
+int a2a_count(int p, int q, int n) { return p == n - 1 ? 0 : (p + 2 * q + 1) % 4; }
+// The k-th element p sends to q; < 256 so that every element type holds it exactly. Never 255
+// (k < 4), which marks elements nothing may write.
+template <class T>
+T a2a_value(int p, int q, int k) {
+  return static_cast<T>((p * 64 + q * 16 + k) & 255);
+}
+template <class T>
+constexpr T kUnwritten = static_cast<T>(255);
+
+template <class T>
+class AllToAllV : public ::testing::Test {};
+using ElementTypes = ::testing::Types<float, double, int32_t, int64_t, uint64_t, uint8_t>;
+TYPED_TEST_SUITE(AllToAllV, ElementTypes);
+
+TYPED_TEST(AllToAllV, DeliversExactlyWithZeroCounts) {
+  using T = TypeParam;
+  MpiCommunicator c(MPI_COMM_WORLD);
+  const int n = c.size(), me = c.rank();
+  std::vector<int> sc(n), rc(n);
+  std::vector<T> send;
+  for (int q = 0; q < n; ++q) {
+    sc[q] = a2a_count(me, q, n);
+    rc[q] = a2a_count(q, me, n);
+    for (int k = 0; k < sc[q]; ++k) send.push_back(a2a_value<T>(me, q, k));
+  }
+  std::vector<T> expect;
+  for (int p = 0; p < n; ++p)
+    for (int k = 0; k < rc[p]; ++k) expect.push_back(a2a_value<T>(p, me, k));
+  // Two spare elements past the counts: nothing may be written there.
+  std::vector<T> blocking(expect.size() + 2, kUnwritten<T>), nonblocking(expect.size() + 2, kUnwritten<T>);
+  c.all_to_all_v<T>(send, sc, blocking, rc);
+  uoe::Request req = c.ialltoallv<T>(send, sc, nonblocking, rc);
+  EXPECT_TRUE(req.pending());
+  req.wait();
+  EXPECT_FALSE(req.pending());
+
+  expect.insert(expect.end(), 2, kUnwritten<T>);
+  EXPECT_EQ(blocking, expect);
+  EXPECT_EQ(nonblocking, expect);
+}
+
+TEST(Communicator, AllToAllVWithBlockLayouts) {
+  // Sender keeps each peer's data as two halves stored second-half-first, peers in reverse order;
+  // receiver wants sources in reverse order. Both layouts must be honoured exactly.
+  MpiCommunicator c(MPI_COMM_WORLD);
+  const int n = c.size(), me = c.rank();
+  const int per = 6;  // elements per (source, destination)
+  std::vector<int64_t> send(static_cast<size_t>(n) * per);
+  PeerBlocks sl{{0}, {}, {}}, rl{{0}, {}, {}};
+  for (int q = 0; q < n; ++q) {
+    const int base = (n - 1 - q) * per;  // peer q's slot
+    for (int k = 0; k < per; ++k) send[base + (k + per / 2) % per] = me * 100 + q * 10 + k;
+    sl.offset.insert(sl.offset.end(), {base + per / 2, base});
+    sl.count.insert(sl.count.end(), {per / 2, per / 2});
+    sl.first.push_back(static_cast<int>(sl.offset.size()));
+    rl.offset.push_back((n - 1 - q) * per);
+    rl.count.push_back(per);
+    rl.first.push_back(static_cast<int>(rl.offset.size()));
+  }
+  std::vector<int64_t> recv(send.size(), -1);
+  c.all_to_all_v<int64_t>(send, sl, recv, rl);
+  std::vector<int64_t> expect(recv.size());
+  for (int p = 0; p < n; ++p)
+    for (int k = 0; k < per; ++k) expect[(n - 1 - p) * per + k] = p * 100 + me * 10 + k;
+  EXPECT_EQ(recv, expect);
+}
+
+TEST(Communicator, AllToAllFixedCount) {
+  MpiCommunicator c(MPI_COMM_WORLD);
+  const int n = c.size(), me = c.rank();
+  std::vector<int32_t> send(2 * n), recv(2 * n, -1), expect(2 * n);
+  for (int q = 0; q < n; ++q) {
+    send[2 * q] = me * 1000 + q;
+    send[2 * q + 1] = -(me * 1000 + q);
+    expect[2 * q] = q * 1000 + me;
+    expect[2 * q + 1] = -(q * 1000 + me);
+  }
+  c.all_to_all<int32_t>(send, recv);
+  EXPECT_EQ(recv, expect);
+}
+
+TEST(Communicator, AllReduceSumAndBroadcast) {
+  MpiCommunicator c(MPI_COMM_WORLD);
+  const int n = c.size(), me = c.rank();
+  std::vector<int64_t> i64(5);
+  std::vector<float> f32(7);
+  std::vector<double> f64(3);
+  for (size_t i = 0; i < i64.size(); ++i) i64[i] = (me + 1) * static_cast<int64_t>(i + 1);
+  for (size_t i = 0; i < f32.size(); ++i) f32[i] = static_cast<float>((me + 1) * (i + 1));
+  for (size_t i = 0; i < f64.size(); ++i) f64[i] = (me + 1) * 0.5 * static_cast<double>(i + 1);
+  c.all_reduce_sum<int64_t>(i64);
+  {
+    uoe::Request r = c.iallreduce_sum<float>(f32);
+    // Dropped without wait(): the destructor must complete it before f32 is read.
+  }
+  uoe::Request r64 = c.iallreduce_sum<double>(f64);
+  r64.wait();
+  std::vector<uint64_t> b(4);
+  if (me == n - 1)
+    for (size_t i = 0; i < b.size(); ++i) b[i] = 0xfeedULL * (i + 1);
+  c.broadcast<uint64_t>(b, n - 1);
+
+  const int64_t tri = int64_t{n} * (n + 1) / 2;  // Σ_r (r + 1)
+  for (size_t i = 0; i < i64.size(); ++i) EXPECT_EQ(i64[i], tri * static_cast<int64_t>(i + 1));
+  for (size_t i = 0; i < f32.size(); ++i) EXPECT_EQ(f32[i], static_cast<float>(tri * (i + 1)));
+  for (size_t i = 0; i < f64.size(); ++i) EXPECT_EQ(f64[i], 0.5 * tri * static_cast<double>(i + 1));
+  for (size_t i = 0; i < b.size(); ++i) EXPECT_EQ(b[i], 0xfeedULL * (i + 1));
+}
+
+TEST(Communicator, MpiErrorsBecomeUoeErrorsNamingTheCall) {
+  MpiCommunicator c(MPI_COMM_WORLD);
+  std::vector<int32_t> v(1);
+  // An out-of-range root fails the same way on every rank, without communicating.
+  const std::string m = error_message([&] { c.broadcast<int32_t>(v, c.size()); });
+  EXPECT_NE(m.find("MPI_Bcast"), std::string::npos) << m;
+  EXPECT_NE(m.find("rank " + std::to_string(c.rank())), std::string::npos) << m;
+  EXPECT_NE(m.find("comm.cpp:"), std::string::npos) << m;
+  EXPECT_NE(m.find("MPI_ERR_ROOT"), std::string::npos) << m;
+  c.barrier();  // every rank is still in step
+}
+
+TEST(Communicator, SecondSessionIsRefused) {
+  int argc = 0;
+  char** argv = nullptr;
+  const std::string m = error_message([&] { uoe::MpiSession again(&argc, &argv); });
+  EXPECT_NE(m.find("already initialised"), std::string::npos) << m;
+}
+
+// ---- process groups ---------------------------------------------------------------------------
+
+// World ranks of a group's members, in group order.
+std::vector<int> members(MpiCommunicator& group, int world_rank) {
+  const std::vector<int> mine(group.size(), world_rank);
+  std::vector<int> all(group.size());
+  group.all_to_all<int>(mine, all);
+  return all;
+}
+
+TEST(ProcessGroups, EpNotDividingWorldThrowsOnEveryRank) {
+  int n = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &n);
+  for (const int ep : {0, -2, n + 1, n == 4 ? 3 : 2 * n}) {
+    const std::string m = error_message([&] { uoe::make_process_groups(MPI_COMM_WORLD, ep); });
+    EXPECT_NE(m.find("--ep " + std::to_string(ep)), std::string::npos) << m;
+    EXPECT_NE(m.find("world size " + std::to_string(n)), std::string::npos) << m;
+  }
+  MpiCommunicator c(MPI_COMM_WORLD);  // collective: only completes if no rank is stuck
+  c.barrier();
+}
+
+TEST(ProcessGroups, GridOfEpAndDpGroups) {
+  int n = 0, wr = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &n);
+  MPI_Comm_rank(MPI_COMM_WORLD, &wr);
+  for (int ep = 1; ep <= n; ++ep) {
+    if (n % ep) continue;
+    uoe::ProcessGroups g = uoe::make_process_groups(MPI_COMM_WORLD, ep);
+    const std::vector<int> ep_members = members(*g.ep_group, wr);
+    const std::vector<int> dp_members = members(*g.dp_group, wr);
+    EXPECT_EQ(g.world->size(), n);
+    EXPECT_EQ(g.world->rank(), wr);
+    EXPECT_EQ(g.ep, ep);
+    EXPECT_EQ(g.dp, n / ep);
+    EXPECT_EQ(g.ep_rank, wr % ep);
+    EXPECT_EQ(g.dp_rank, wr / ep);
+    std::vector<int> want_ep(ep), want_dp(n / ep);
+    for (int i = 0; i < ep; ++i) want_ep[i] = (wr / ep) * ep + i;
+    for (int j = 0; j < n / ep; ++j) want_dp[j] = wr % ep + j * ep;
+    EXPECT_EQ(ep_members, want_ep) << "ep " << ep;
+    EXPECT_EQ(dp_members, want_dp) << "ep " << ep;
+    if (n == 4 && ep == 2) {  // spelled out: ep groups {0,1},{2,3}; dp groups {0,2},{1,3}
+      const std::vector<std::vector<int>> ep_groups{{0, 1}, {0, 1}, {2, 3}, {2, 3}};
+      const std::vector<std::vector<int>> dp_groups{{0, 2}, {1, 3}, {0, 2}, {1, 3}};
+      EXPECT_EQ(ep_members, ep_groups[wr]);
+      EXPECT_EQ(dp_members, dp_groups[wr]);
+    }
+    g.close();
+  }
+}
+
+// ---- MpiExchange ------------------------------------------------------------------------------
+
+// One rank's source rows, as layers/model.cpp builds them: B sequences of T tokens, each token
+// choosing some experts; rows grouped by global expert, token order within an expert.
+struct SourceRows {
+  std::vector<int> offsets;     // [E + 1]
+  std::vector<float> x;         // [R, d]
+  std::vector<int32_t> seg;     // [R] sequence index on this rank
+  std::vector<int32_t> pos;     // [R]
+  int rows() const { return offsets.back(); }
+};
+
+enum class Traffic { random, one_hot_expert, silent_rank, idle_expert, nothing };
+const char* traffic_name(Traffic t) {
+  switch (t) {
+    case Traffic::random: return "random";
+    case Traffic::one_hot_expert: return "one_hot_expert";
+    case Traffic::silent_rank: return "silent_rank";
+    case Traffic::idle_expert: return "idle_expert";
+    case Traffic::nothing: return "nothing";
+  }
+  return "?";
+}
+
+SourceRows make_source_rows(Traffic traffic, int rank, int n, int E, int d) {
+  const int B = 3, T = 5;
+  SourceRows s;
+  s.offsets.assign(E + 1, 0);
+  const bool silent = traffic == Traffic::nothing || (traffic == Traffic::silent_rank && rank == n - 1);
+  for (int e = 0; e < E; ++e) {
+    for (int t = 0; t < B * T && !silent; ++t) {
+      bool chosen = false;
+      switch (traffic) {
+        case Traffic::one_hot_expert: chosen = e == 0; break;
+        case Traffic::idle_expert: chosen = e != E - 1 && uoe::rng_bits(rank, e, t) % 2 == 0; break;
+        default: chosen = uoe::rng_bits(rank, e, t) % 3 != 0; break;
+      }
+      if (!chosen) continue;
+      s.seg.push_back(t / T);
+      s.pos.push_back(t % T);
+      for (int c = 0; c < d; ++c) s.x.push_back(static_cast<float>((rank * 131 + e * 17 + t * 7 + c) % 65521));
+    }
+    s.offsets[e + 1] = static_cast<int>(s.seg.size());
+  }
+  return s;
+}
+
+// What an owner must hold: for each of its experts, each source's LocalExchange rows in source
+// order, with seg made unique by the source rank.
+uoe::ExpertRows expected_owner_rows(const std::vector<SourceRows>& sources, int e0, int e1, int d) {
+  uoe::ExpertRows want;
+  want.n_experts = e1 - e0;
+  want.offsets.assign(1, 0);
+  std::vector<float> x;
+  std::vector<uoe::ExpertRows> local(sources.size());
+  for (size_t s = 0; s < sources.size(); ++s) {
+    uoe::LocalExchange lx;
+    uoe::ExchangePlan plan;
+    const SourceRows& src = sources[s];
+    lx.dispatch(plan, src.offsets, src.x.data(), src.seg.data(), src.pos.data(), d, local[s]);
+  }
+  for (int e = e0; e < e1; ++e) {
+    for (size_t s = 0; s < sources.size(); ++s) {
+      const uoe::ExpertRows& l = local[s];
+      for (int r = l.offsets[e]; r < l.offsets[e + 1]; ++r) {
+        x.insert(x.end(), l.x.begin() + static_cast<size_t>(r) * d, l.x.begin() + static_cast<size_t>(r + 1) * d);
+        want.seg.push_back(l.seg[r] + static_cast<int32_t>(s) * MpiExchange::kSegmentsPerRank);
+        want.pos.push_back(l.pos[r]);
+      }
+    }
+    want.offsets.push_back(static_cast<int>(want.seg.size()));
+  }
+  want.x.resize(x.size());
+  std::copy(x.begin(), x.end(), want.x.begin());
+  return want;
+}
+
+class Exchange : public ::testing::TestWithParam<std::tuple<Traffic, int>> {};
+
+TEST_P(Exchange, OwnerRowsMatchLocalExchangeAndRoundTripsExactly) {
+  const auto [traffic, experts_per_rank] = GetParam();
+  MpiCommunicator c(MPI_COMM_WORLD);
+  const int n = c.size(), me = c.rank(), d = 4, E = experts_per_rank * n;
+  MpiExchange ex(c);
+  const SourceRows src = make_source_rows(traffic, me, n, E, d);
+
+  uoe::ExchangePlan plan;
+  uoe::ExpertRows got;
+  ex.dispatch(plan, src.offsets, src.x.data(), src.seg.data(), src.pos.data(), d, got);
+  // Round trips with the same plan: the owner's rows back to the source, and again to the owner.
+  std::vector<float> back(src.x.size(), -1.0f), again(got.x.size(), -1.0f);
+  ex.to_source(plan, got.x.data(), back.data(), d);
+  ex.to_owner(plan, src.x.data(), again.data(), d);
+  // Another width: owner row r carries (seg, pos); each source row must get its own back.
+  const int w = 3;
+  std::vector<float> tagged(static_cast<size_t>(got.rows()) * w), tags_back(static_cast<size_t>(src.rows()) * w, -1.0f);
+  for (int r = 0; r < got.rows(); ++r)
+    for (int k = 0; k < w; ++k) tagged[r * w + k] = static_cast<float>(got.seg[r] * 8 + got.pos[r] + k);
+  ex.to_source(plan, tagged.data(), tags_back.data(), w);
+
+  // Reference: every source's rows, gathered on every rank.
+  std::vector<SourceRows> all(n);
+  {
+    const auto offs = all_gather(c, src.offsets);
+    const auto xs = all_gather(c, src.x);
+    const auto segs = all_gather(c, src.seg);
+    const auto poss = all_gather(c, src.pos);
+    for (int s = 0; s < n; ++s) all[s] = {offs[s], xs[s], segs[s], poss[s]};
+  }
+  int e0 = 0, e1 = 0;
+  ex.local_experts(E, &e0, &e1);
+  const uoe::ExpertRows want = expected_owner_rows(all, e0, e1, d);
+
+  EXPECT_EQ(got.n_experts, experts_per_rank);
+  EXPECT_EQ(got.offsets, want.offsets);
+  EXPECT_EQ(std::vector<float>(got.x.begin(), got.x.end()), std::vector<float>(want.x.begin(), want.x.end()));
+  EXPECT_EQ(got.seg, want.seg);
+  EXPECT_EQ(got.pos, want.pos);
+  EXPECT_EQ(back, src.x);
+  EXPECT_EQ(again, std::vector<float>(got.x.begin(), got.x.end()));
+  for (int i = 0; i < src.rows(); ++i)
+    for (int k = 0; k < w; ++k)
+      EXPECT_EQ(tags_back[i * w + k], static_cast<float>((src.seg[i] + me * MpiExchange::kSegmentsPerRank) * 8 +
+                                                         src.pos[i] + k))
+          << "source row " << i;
+
+  // The plan: rows per peer agree with what was sent and received, owner_row is a permutation.
+  ASSERT_EQ(static_cast<int>(plan.send_rows.size()), n);
+  ASSERT_EQ(static_cast<int>(plan.recv_rows.size()), n);
+  for (int q = 0; q < n; ++q) {
+    const int from_q = all[q].offsets[e1] - all[q].offsets[e0];
+    EXPECT_EQ(plan.send_rows[q], src.offsets[(q + 1) * experts_per_rank] - src.offsets[q * experts_per_rank]);
+    EXPECT_EQ(plan.recv_rows[q], from_q);
+  }
+  std::vector<int> perm = plan.owner_row;
+  std::sort(perm.begin(), perm.end());
+  std::vector<int> iota(got.rows());
+  std::iota(iota.begin(), iota.end(), 0);
+  EXPECT_EQ(perm, iota);
+  if (traffic == Traffic::random) {
+    EXPECT_GT(got.rows(), 0);  // the test data exercises something
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Traffic, Exchange,
+                         ::testing::Combine(::testing::Values(Traffic::random, Traffic::one_hot_expert,
+                                                              Traffic::silent_rank, Traffic::idle_expert,
+                                                              Traffic::nothing),
+                                            ::testing::Values(1, 2, 3)),
+                         [](const auto& info) {
+                           return std::string(traffic_name(std::get<0>(info.param))) + "_" +
+                                  std::to_string(std::get<1>(info.param)) + "_experts_per_rank";
+                         });
+
+TEST(ExchangeMpi, LocalExpertsAreContiguousBlocks) {
+  MpiCommunicator c(MPI_COMM_WORLD);
+  MpiExchange ex(c);
+  const int n = c.size(), me = c.rank();
+  int b = -1, e = -1;
+  ex.local_experts(3 * n, &b, &e);
+  EXPECT_EQ(b, 3 * me);
+  EXPECT_EQ(e, 3 * me + 3);
+  if (n > 1) {
+    const std::string m = error_message([&] { ex.local_experts(n + 1, &b, &e); });
+    EXPECT_NE(m.find("--ep " + std::to_string(n)), std::string::npos) << m;
+    EXPECT_NE(m.find(std::to_string(n + 1)), std::string::npos) << m;
+  }
+}
+
+TEST(ExchangeMpi, BadSegmentIdThrowsOnEveryRankAndLeavesTheGroupInStep) {
+  MpiCommunicator c(MPI_COMM_WORLD);
+  const int n = c.size(), me = c.rank(), d = 2, E = n;
+  MpiExchange ex(c);
+  SourceRows src = make_source_rows(Traffic::random, me, n, E, d);
+  SourceRows bad = src;
+  if (me == n - 1 && !bad.seg.empty()) bad.seg.back() = MpiExchange::kSegmentsPerRank;
+  const bool has_rows = all_gather(c, std::vector<int>{bad.rows()})[n - 1][0] > 0;
+  uoe::ExchangePlan plan;
+  uoe::ExpertRows rows;
+  const std::string m = error_message(
+      [&] { ex.dispatch(plan, bad.offsets, bad.x.data(), bad.seg.data(), bad.pos.data(), d, rows); });
+  EXPECT_TRUE(has_rows);
+  EXPECT_NE(m.find("2^20"), std::string::npos) << m;
+  if (me == n - 1) {
+    EXPECT_NE(m.find(std::to_string(MpiExchange::kSegmentsPerRank)), std::string::npos) << m;
+  } else {
+    EXPECT_NE(m.find("rank " + std::to_string(n - 1)), std::string::npos) << m;
+  }
+  // The next exchange works: every rank left the failed one at the same point.
+  ex.dispatch(plan, src.offsets, src.x.data(), src.seg.data(), src.pos.data(), d, rows);
+  std::vector<float> back(src.x.size());
+  ex.to_source(plan, rows.x.data(), back.data(), d);
+  EXPECT_EQ(back, src.x);
+}
+
+TEST(ExchangeMpi, CountsBytesSentToOtherRanks) {
+  MpiCommunicator c(MPI_COMM_WORLD);
+  const int n = c.size(), me = c.rank(), d = 8, E = 2 * n;
+  MpiExchange ex(c);
+  const SourceRows src = make_source_rows(Traffic::random, me, n, E, d);
+  uoe::ExchangePlan plan;
+  uoe::ExpertRows rows;
+  ex.dispatch(plan, src.offsets, src.x.data(), src.seg.data(), src.pos.data(), d, rows);
+  std::vector<float> y(src.x.size());
+  ex.to_source(plan, rows.x.data(), y.data(), d);
+  ex.to_owner(plan, y.data(), rows.x.data(), d);
+
+  double out_rows = 0, in_rows = 0;
+  for (int q = 0; q < n; ++q)
+    if (q != me) {
+      out_rows += plan.send_rows[q];
+      in_rows += plan.recv_rows[q];
+    }
+  const double header = (n - 1) * (E / n + 1) * 4.0;  // status + rows per expert, to each other rank
+  EXPECT_EQ(plan.bytes_sent, out_rows * (4.0 * d + 8.0) + header);
+  // dispatch, then to_source sends back what arrived, to_owner sends again what left.
+  EXPECT_EQ(ex.bytes_sent(), plan.bytes_sent + in_rows * 4.0 * d + out_rows * 4.0 * d);
+  EXPECT_GT(ex.comm_seconds(), 0.0);
+  ex.reset_counters();
+  EXPECT_EQ(ex.bytes_sent(), 0.0);
+  EXPECT_EQ(ex.comm_seconds(), 0.0);
+  if (n > 1) {
+    EXPECT_GT(out_rows, 0.0);
+  }
+}
+
+// Non-root ranks print only their failures, tagged with the rank (rank 0 keeps gtest's printer).
+class RankFailurePrinter : public ::testing::EmptyTestEventListener {
+ public:
+  explicit RankFailurePrinter(int rank) : rank_(rank) {}
+  void OnTestPartResult(const ::testing::TestPartResult& r) override {
+    if (r.failed())
+      std::fprintf(stderr, "[rank %d] %s:%d: Failure\n%s\n", rank_, r.file_name() ? r.file_name() : "?",
+                   r.line_number(), r.summary());
+  }
+
+ private:
+  int rank_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  uoe::MpiSession mpi(&argc, &argv);
+  ::testing::InitGoogleTest(&argc, argv);
+  if (mpi.world_rank() != 0) {
+    ::testing::TestEventListeners& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+    listeners.Append(new RankFailurePrinter(mpi.world_rank()));
+  }
+  int rc = RUN_ALL_TESTS();
+  // A failure on any rank fails every rank, so mpirun's exit status cannot depend on which rank
+  // it reports.
+  MPI_Allreduce(MPI_IN_PLACE, &rc, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  return rc;
+}
