@@ -10,8 +10,8 @@ namespace uoe {
 void mlp_experts_forward(float* y, MlpExpertCache& cache, const ExpertRows& rows, const float* W1,
                          const float* b1, const float* W2, int d, int f) {
   const int R = rows.rows();
-  cache.h.resize(static_cast<size_t>(R) * f);
-  cache.a.resize(static_cast<size_t>(R) * f);
+  cache.h.resize_uninit(static_cast<size_t>(R) * f);
+  cache.a.resize_uninit(static_cast<size_t>(R) * f);
   for (int e = 0; e < rows.n_experts; ++e) {
     const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
     if (n == 0) continue;
@@ -29,9 +29,10 @@ void mlp_experts_forward(float* y, MlpExpertCache& cache, const ExpertRows& rows
 }
 
 void mlp_experts_backward(float* dx, float* dW1, float* db1, float* dW2, const float* dy,
-                          const MlpExpertCache& cache, const ExpertRows& rows, const float* W1,
+                          MlpExpertCache& cache, const ExpertRows& rows, const float* W1,
                           const float* W2, int d, int f) {
-  FloatBuffer dh(static_cast<size_t>(rows.rows()) * f);
+  FloatBuffer& dh = cache.dh;
+  dh.resize_uninit(static_cast<size_t>(rows.rows()) * f);
   for (int e = 0; e < rows.n_experts; ++e) {
     const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
     if (n == 0) continue;
@@ -96,10 +97,10 @@ void attn_experts_forward(float* y, AttnExpertCache& c, const ExpertRows& rows, 
                           const float* Wo, int d, int g, int dh) {
   const int R = rows.rows(), gd = g * dh, W3 = 3 * gd;
   const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
-  c.qkv.resize(static_cast<size_t>(R) * W3);
-  c.o.resize(static_cast<size_t>(R) * gd);
+  c.qkv.resize_uninit(static_cast<size_t>(R) * W3);
+  c.o.resize_uninit(static_cast<size_t>(R) * gd);
   attn_build_segments(c, rows, g);
-  c.att.resize(static_cast<size_t>(c.att_offset.back()));
+  c.att.resize_uninit(static_cast<size_t>(c.att_offset.back()));
 
   for (int e = 0; e < rows.n_experts; ++e) {
     const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
@@ -140,8 +141,10 @@ void attn_experts_backward(float* dx, float* dWqkv, float* dWo, const float* dy,
                            const ExpertRows& rows, const float* Wqkv, const float* Wo, int d, int g, int dh) {
   const int R = rows.rows(), gd = g * dh, W3 = 3 * gd;
   const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
-  FloatBuffer dO(static_cast<size_t>(R) * gd);
-  FloatBuffer dqkv(static_cast<size_t>(R) * W3);
+  FloatBuffer& dO = c.d_o;
+  FloatBuffer& dqkv = c.d_qkv;
+  dO.resize_uninit(static_cast<size_t>(R) * gd);
+  dqkv.resize_uninit(static_cast<size_t>(R) * W3);
   for (int e = 0; e < rows.n_experts; ++e) {
     const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
     if (n == 0) continue;
@@ -152,7 +155,7 @@ void attn_experts_backward(float* dx, float* dWqkv, float* dWo, const float* dy,
          dO.data() + static_cast<size_t>(r0) * gd, gd);
   }
   const int nseg = static_cast<int>(c.seg_begin.size()) - 1;
-  std::vector<float> dP;
+  std::vector<float>& dP = c.d_att;
   for (int s = 0; s < nseg; ++s) {
     const int r0 = c.seg_begin[s], L = c.seg_begin[s + 1] - r0;
     dP.resize(static_cast<size_t>(L) * L);

@@ -24,13 +24,14 @@ struct ExpertRows {
 struct MlpExpertCache {
   FloatBuffer h;  // [R, f] pre-activation
   FloatBuffer a;  // [R, f] GELU(h)
+  FloatBuffer dh;  // [R, f] backward workspace
 };
 // y [R, d]; W1 [n_experts, d, f], b1 [n_experts, f], W2 [n_experts, f, d] (local slabs).
 void mlp_experts_forward(float* y, MlpExpertCache& cache, const ExpertRows& rows, const float* W1,
                          const float* b1, const float* W2, int d, int f);
 // dx [R, d] (overwritten); dW1, db1, dW2 accumulate.
 void mlp_experts_backward(float* dx, float* dW1, float* db1, float* dW2, const float* dy,
-                          const MlpExpertCache& cache, const ExpertRows& rows, const float* W1,
+                          MlpExpertCache& cache, const ExpertRows& rows, const float* W1,
                           const float* W2, int d, int f);
 
 // ---- SMHA: expert a owns g heads: qkv = x·Wqkv_a ([d, 3·g·dh]: q heads, k heads, v heads),
@@ -41,6 +42,8 @@ struct AttnExpertCache {
   FloatBuffer att;                  // softmax probabilities, per (segment, head): [L, L] each
   std::vector<int> seg_begin;       // segment row ranges, over all local experts
   std::vector<int64_t> att_offset;  // [segments + 1] offsets into att (per segment, g heads)
+  FloatBuffer d_o, d_qkv;           // backward workspaces [R, g·dh], [R, 3·g·dh]
+  std::vector<float> d_att;         // backward workspace [L, L] of one segment and head
   std::vector<float> rope_cos, rope_sin;  // [positions, dh/2] RoPE table, grown as needed
   int rope_positions = 0, rope_half = 0;
 };

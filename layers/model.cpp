@@ -107,11 +107,11 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
   const BlockParams& bp = blocks_[b];
   const ModelSpec& s = spec_;
   const int d = s.d, T = s.seq_len, ps = s.patch_size;
-  c.hin.resize(static_cast<size_t>(N) * d);
+  c.hin.resize_uninit(static_cast<size_t>(N) * d);
   std::memcpy(c.hin.data(), h, sizeof(float) * N * d);
-  c.xn.resize(static_cast<size_t>(N) * d);
-  c.mean.resize(N);
-  c.rstd.resize(N);
+  c.xn.resize_uninit(static_cast<size_t>(N) * d);
+  c.mean.resize_uninit(N);
+  c.rstd.resize_uninit(N);
   layernorm_forward(c.xn.data(), c.mean.data(), c.rstd.data(), h, params_.value(bp.norm_scale),
                     params_.value(bp.norm_bias), N, d);
 
@@ -141,12 +141,12 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
     c.src_seg[i] = c.src_token[i] / T;
     c.src_pos[i] = c.src_token[i] % T;
   }
-  c.x_src.resize(static_cast<size_t>(Rs) * d);
+  c.x_src.resize_uninit(static_cast<size_t>(Rs) * d);
   gather_rows(c.x_src.data(), c.xn.data(), c.src_token.data(), Rs, d);
 
   // 3. Dispatch to the owners, run the local experts, bring outputs back.
   exchange_->dispatch(c.plan, c.src_offsets, c.x_src.data(), c.src_seg.data(), c.src_pos.data(), d, c.rows);
-  c.y_owner.resize(static_cast<size_t>(c.rows.rows()) * d);
+  c.y_owner.resize_uninit(static_cast<size_t>(c.rows.rows()) * d);
   if (c.attention) {
     attn_experts_forward(c.y_owner.data(), c.attn, c.rows, params_.value(bp.w_in), params_.value(bp.w_out), d,
                          s.heads_per_expert(), s.head_dim());
@@ -154,7 +154,7 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
     mlp_experts_forward(c.y_owner.data(), c.mlp, c.rows, params_.value(bp.w_in), params_.value(bp.b_in),
                         params_.value(bp.w_out), d, s.expert_ff());
   }
-  c.y_src.resize(static_cast<size_t>(Rs) * d);
+  c.y_src.resize_uninit(static_cast<size_t>(Rs) * d);
   exchange_->to_source(c.plan, c.y_owner.data(), c.y_src.data(), d);
 
   // 4. Combine: h += bias + Σ_kept w_e · y_e, experts in index order (deterministic).
@@ -206,8 +206,11 @@ void Model::block_backward(int b, float* dh, int N, float loss_scale) {
     for (int j = 0; j < d; ++j) dbias[j] += dh[static_cast<size_t>(t) * d + j];
 
   // Combine backward: dy = w·dh[token], dgate += <dh[token], y>.
-  std::vector<float> dgate(static_cast<size_t>(r.P) * r.k, 0.0f);
-  FloatBuffer dy_src(static_cast<size_t>(Rs) * d);
+  // Workspaces shared by all blocks (backward runs one block at a time): allocated once.
+  FloatBuffer& dgate = ws_dgate_;
+  FloatBuffer& dy_src = ws_dy_src_;
+  dgate.resize(static_cast<size_t>(r.P) * r.k);
+  dy_src.resize_uninit(static_cast<size_t>(Rs) * d);
   for (int i = 0; i < Rs; ++i) {
     const float w = r.gate[c.src_gate[i]];
     const float* g = dh + static_cast<size_t>(c.src_token[i]) * d;
@@ -223,9 +226,11 @@ void Model::block_backward(int b, float* dh, int N, float loss_scale) {
 
   // Reverse exchanges around the experts' backward.
   const int Rd = c.rows.rows();
-  FloatBuffer dy_owner(static_cast<size_t>(Rd) * d);
+  FloatBuffer& dy_owner = ws_dy_owner_;
+  dy_owner.resize_uninit(static_cast<size_t>(Rd) * d);
   exchange_->to_owner(c.plan, dy_src.data(), dy_owner.data(), d);
-  FloatBuffer dx_owner(static_cast<size_t>(Rd) * d);
+  FloatBuffer& dx_owner = ws_dx_owner_;
+  dx_owner.resize_uninit(static_cast<size_t>(Rd) * d);
   if (c.attention) {
     attn_experts_backward(dx_owner.data(), params_.grad(bp.w_in), params_.grad(bp.w_out), dy_owner.data(), c.attn,
                           c.rows, params_.value(bp.w_in), params_.value(bp.w_out), d, s.heads_per_expert(),
@@ -235,11 +240,13 @@ void Model::block_backward(int b, float* dh, int N, float loss_scale) {
                          dy_owner.data(), c.mlp, c.rows, params_.value(bp.w_in), params_.value(bp.w_out), d,
                          s.expert_ff());
   }
-  FloatBuffer dx_src(static_cast<size_t>(Rs) * d);
+  FloatBuffer& dx_src = ws_dx_src_;
+  dx_src.resize_uninit(static_cast<size_t>(Rs) * d);
   exchange_->to_source(c.plan, dx_owner.data(), dx_src.data(), d);
 
   // dxn: expert inputs, then the router (gates, balance, z-loss).
-  FloatBuffer dxn(static_cast<size_t>(N) * d);
+  FloatBuffer& dxn = ws_dxn_;
+  dxn.resize(static_cast<size_t>(N) * d);  // accumulated into: zeroed
   scatter_add_rows(dxn.data(), dx_src.data(), c.src_token.data(), Rs, d, 1.0f);
   router_backward(r, c.router, dgate.data(), c.xn.data(), params_.value(bp.router_w), dxn.data(),
                   params_.grad(bp.router_w), params_.grad(bp.router_b), loss_scale);
@@ -255,7 +262,7 @@ void Model::forward(const int32_t* inputs, int B, bool dropless, ForwardStats* s
   tokens_.assign(inputs, inputs + N);
   for (int i = 0; i < N; ++i)
     if (inputs[i] < 0 || inputs[i] >= V) fail("token id ", inputs[i], " out of range [0, ", V, ")");
-  h_.resize(static_cast<size_t>(N) * d);
+  h_.resize_uninit(static_cast<size_t>(N) * d);
   gather_rows(h_.data(), params_.value(embed_), inputs, N, d);
   stats->blocks.assign(2 * s.layers, BlockStats{});
   stats->aux_loss = 0;
@@ -266,12 +273,12 @@ void Model::forward(const int32_t* inputs, int B, bool dropless, ForwardStats* s
     stats->flops += stats->blocks[b].flops;
   }
   stats->flops += 2.0 * N * d * V;  // LM head
-  hf_.resize(static_cast<size_t>(N) * d);
-  fmean_.resize(N);
-  frstd_.resize(N);
+  hf_.resize_uninit(static_cast<size_t>(N) * d);
+  fmean_.resize_uninit(N);
+  frstd_.resize_uninit(N);
   layernorm_forward(hf_.data(), fmean_.data(), frstd_.data(), h_.data(), params_.value(final_scale_),
                     params_.value(final_bias_), N, d);
-  logits_.resize(static_cast<size_t>(N) * V);
+  logits_.resize_uninit(static_cast<size_t>(N) * V);
   gemm(false, true, N, V, d, 1.0f, hf_.data(), d, params_.value(embed_), d, 0.0f, logits_.data(), V);
   stats->tokens = N;
 }
@@ -286,9 +293,11 @@ void Model::forward_backward(const int32_t* inputs, const int32_t* targets, int 
 
   // LM head (tied): logits = hf · Wembᵀ.
   gemm(true, false, V, d, N, 1.0f, logits_.data(), V, hf_.data(), d, 1.0f, params_.grad(embed_), d);
-  FloatBuffer dhf(static_cast<size_t>(N) * d);
+  FloatBuffer& dhf = ws_dhf_;
+  dhf.resize_uninit(static_cast<size_t>(N) * d);
   gemm(false, false, N, d, V, 1.0f, logits_.data(), V, params_.value(embed_), d, 0.0f, dhf.data(), d);
-  FloatBuffer dh(static_cast<size_t>(N) * d);
+  FloatBuffer& dh = ws_dh_;
+  dh.resize(static_cast<size_t>(N) * d);  // accumulated into: zeroed
   layernorm_backward(dh.data(), params_.grad(final_scale_), params_.grad(final_bias_), dhf.data(), h_.data(),
                      params_.value(final_scale_), fmean_.data(), frstd_.data(), N, d);
   for (int b = 2 * s.layers - 1; b >= 0; --b) block_backward(b, dh.data(), N, loss_scale);

@@ -99,6 +99,12 @@ class Model {
   FloatBuffer fmean_, frstd_;  // [N]
   FloatBuffer logits_;   // [N, V]
   std::vector<int32_t> tokens_;  // [N]
+  // Backward workspaces, reused by every block and step (no per-step allocation).
+  FloatBuffer ws_dhf_, ws_dh_;                       // [N, d]
+  FloatBuffer ws_dgate_;                             // [P, k]
+  FloatBuffer ws_dy_src_, ws_dx_src_;                // [R_src, d]
+  FloatBuffer ws_dy_owner_, ws_dx_owner_;            // [R_dst, d]
+  FloatBuffer ws_dxn_;                               // [N, d]
 };
 
 }  // namespace uoe

@@ -13,7 +13,7 @@ void LocalExchange::dispatch(ExchangePlan& plan, const std::vector<int>& src_off
   plan.bytes_sent = 0;
   dst.n_experts = static_cast<int>(src_offsets.size()) - 1;
   dst.offsets = src_offsets;
-  dst.x.resize(static_cast<size_t>(R) * d);
+  dst.x.resize_uninit(static_cast<size_t>(R) * d);
   if (R) std::memcpy(dst.x.data(), x_src, sizeof(float) * R * d);
   dst.seg.assign(seg_src, seg_src + R);
   dst.pos.assign(pos_src, pos_src + R);

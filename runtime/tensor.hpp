@@ -31,6 +31,12 @@ class Buffer {
   // Sets the size to n elements, zero-filled. Reuses the allocation when it is big enough, so a
   // buffer resized every step to at most its largest size allocates once (workspace reuse).
   void resize(size_t n) {
+    resize_uninit(n);
+    if (n) std::memset(static_cast<void*>(p_), 0, n * sizeof(T));
+  }
+  // Same, without zero-filling: for buffers the caller overwrites entirely (GEMM outputs with
+  // beta = 0, copies). Contents are unspecified afterwards.
+  void resize_uninit(size_t n) {
     if (n > cap_) {
       std::free(p_);
       // 64-byte alignment: one cache line / one AVX-512 vector.
@@ -40,7 +46,6 @@ class Buffer {
       cap_ = n;
     }
     n_ = n;
-    if (n) std::memset(static_cast<void*>(p_), 0, n * sizeof(T));
   }
   void zero() {
     if (n_) std::memset(static_cast<void*>(p_), 0, n_ * sizeof(T));
