@@ -20,8 +20,8 @@
 #include <boost/program_options.hpp>
 #include <cstdint>
 #include <cstdio>
-#include <fstream>
 #include <iostream>
+#include <memory>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -42,7 +42,9 @@ struct Options {
 };
 
 // Element c of source row i on rank s: an integer below 2^24, exact in float, never negative.
-float row_value(int s, int64_t i, int c) { return static_cast<float>((s * 1000003LL + i * 131 + c) % 16777213); }
+float row_value(int s, int64_t i, int c) {
+  return static_cast<float>((s * 1000003LL + i * 131 + c) % 16777213);
+}
 
 enum class Pattern { even, hot };
 const char* pattern_name(Pattern p) { return p == Pattern::even ? "even" : "hot"; }
@@ -63,20 +65,31 @@ struct Timing {
   double median = 0, min = 0;  // seconds, slowest rank per repeat
 };
 
-template <class F>
-Timing time_op(MPI_Comm comm, const Options& o, F&& op) {
-  for (int i = 0; i < o.warmup; ++i) op();
-  std::vector<double> t(o.iters);
-  for (int i = 0; i < o.iters; ++i) {
+// Times the operations interleaved (repeat i runs each of them once, in turn), so that a machine
+// whose speed drifts during the run shifts all columns alike instead of favouring one.
+template <class... Ops>
+std::vector<Timing> time_ops(MPI_Comm comm, const Options& o, Ops&... ops) {
+  for (int i = 0; i < o.warmup; ++i) (ops(), ...);
+  constexpr size_t K = sizeof...(Ops);
+  std::vector<std::vector<double>> t(K);
+  auto once = [&](auto& op, std::vector<double>& into) {
     UOE_CHECK_MPI(MPI_Barrier(comm));
     const double t0 = MPI_Wtime();
     op();
     double dt = MPI_Wtime() - t0;
     UOE_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &dt, 1, MPI_DOUBLE, MPI_MAX, comm));
-    t[i] = dt;
+    into.push_back(dt);
+  };
+  for (int i = 0; i < o.iters; ++i) {
+    size_t k = 0;
+    (once(ops, t[k++]), ...);
   }
-  std::sort(t.begin(), t.end());
-  return {t[t.size() / 2], t.front()};
+  std::vector<Timing> out;
+  for (auto& v : t) {
+    std::sort(v.begin(), v.end());
+    out.push_back({v[v.size() / 2], v.front()});
+  }
+  return out;
 }
 
 int64_t count_wrong(const std::vector<float>& got, const std::vector<float>& want, MPI_Comm comm) {
@@ -92,7 +105,7 @@ struct Result {
   int64_t wrong;
 };
 
-Options parse(int argc, char** argv, bool* help) {
+Options parse(int argc, char** argv, bool root, bool* help) {
   Options o;
   po::options_description d("bench-alltoall options");
   d.add_options()("help,h", "show this help")
@@ -109,7 +122,7 @@ Options parse(int argc, char** argv, bool* help) {
   po::store(po::parse_command_line(argc, argv, d), vm);
   po::notify(vm);
   *help = vm.count("help") > 0;
-  if (*help) std::cout << d;
+  if (*help && root) std::cout << d;
   if (o.min_bytes < 1 || o.max_bytes < o.min_bytes) uoe::fail("--min-bytes/--max-bytes: need 1 ≤ min ≤ max");
   if (o.factor < 2) uoe::fail("--factor ", o.factor, " must be at least 2");
   if (o.iters < 1 || o.warmup < 0) uoe::fail("--iters must be ≥ 1 and --warmup ≥ 0");
@@ -118,19 +131,19 @@ Options parse(int argc, char** argv, bool* help) {
 }
 
 int run(int argc, char** argv, const uoe::MpiSession& mpi) {
+  const bool root = mpi.world_rank() == 0;
   bool help = false;
-  const Options o = parse(argc, argv, &help);  // same arguments on every rank, so same outcome
+  const Options o = parse(argc, argv, root, &help);  // same arguments on every rank, so same outcome
   if (help) return 0;
   MpiCommunicator comm(MPI_COMM_WORLD);
   const int n = comm.size(), me = comm.rank(), W = o.width, El = o.experts_per_rank, E = El * n;
-  const bool root = me == 0;
   MpiExchange exchange(comm);
 
-  FILE* csv = nullptr;
+  std::unique_ptr<FILE, int (*)(FILE*)> csv(nullptr, &std::fclose);
   if (root && !o.csv.empty()) {
-    csv = std::fopen(o.csv.c_str(), "w");
+    csv.reset(std::fopen(o.csv.c_str(), "w"));
     if (!csv) uoe::fail("--csv ", o.csv, ": cannot open for writing");
-    std::fprintf(csv, "ranks,pattern,bytes,op,time_us_median,time_us_min,algbw_GBps,busbw_GBps,wrong\n");
+    std::fprintf(csv.get(), "ranks,pattern,bytes,op,time_us_median,time_us_min,algbw_GBps,busbw_GBps,wrong\n");
   }
   if (root) {
     char lib[MPI_MAX_LIBRARY_VERSION_STRING];
@@ -145,7 +158,8 @@ int run(int argc, char** argv, const uoe::MpiSession& mpi) {
   for (const Pattern pattern : {Pattern::even, Pattern::hot}) {
     if (root) {
       std::printf("\n# %s traffic%s\n", pattern_name(pattern),
-                  pattern == Pattern::hot ? " (rank 0 receives (n+1)/2 × size; busbw from the busiest rank)" : "");
+                  pattern == Pattern::hot ? " (rank 0 receives (n+1)/2 × size; busbw from the busiest rank)"
+                                          : "");
       std::printf("# %12s %11s | %-38s | %-38s | %-38s | %6s\n", "", "", "  uoe Communicator::all_to_all_v",
                   "  raw MPI_Alltoallv", "  exch MpiExchange::to_owner", "exch/");
       std::printf("# %12s %11s |", "size", "count");
@@ -206,15 +220,16 @@ int run(int argc, char** argv, const uoe::MpiSession& mpi) {
                                     MPI_FLOAT, h));
       };
       auto op_exch = [&] { exchange.to_owner(plan, x.data(), out.data(), W); };
-      // Verify each operation once on a poisoned buffer, then time it.
-      auto measure = [&](const char* name, auto&& op, const std::vector<float>& want) {
+      // Verify each operation once on a poisoned buffer, then time them.
+      auto verify = [&](auto&& op, const std::vector<float>& want) {
         std::fill(out.begin(), out.end(), -1.0f);
         op();
-        const int64_t wrong = count_wrong(out, want, h);
-        return Result{name, time_op(h, o, op), wrong};
+        return count_wrong(out, want, h);
       };
-      const Result res[3] = {measure("uoe", op_uoe, want_packed), measure("raw", op_raw, want_packed),
-                             measure("exch", op_exch, want_owner)};
+      const int64_t wrong[3] = {verify(op_uoe, want_packed), verify(op_raw, want_packed),
+                                verify(op_exch, want_owner)};
+      const std::vector<Timing> t = time_ops(h, o, op_uoe, op_raw, op_exch);
+      const Result res[3] = {{"uoe", t[0], wrong[0]}, {"raw", t[1], wrong[1]}, {"exch", t[2], wrong[2]}};
 
       int64_t bytes = int64_t{R_src} * W * 4;
       if (pattern == Pattern::hot) {
@@ -232,7 +247,7 @@ int run(int argc, char** argv, const uoe::MpiSession& mpi) {
           std::printf(" %9.1f %8.2f %8.2f %9lld |", res[k].t.median * 1e6, algbw, busbw[k],
                       static_cast<long long>(res[k].wrong));
           if (csv)
-            std::fprintf(csv, "%d,%s,%lld,%s,%.3f,%.3f,%.4f,%.4f,%lld\n", n, pattern_name(pattern),
+            std::fprintf(csv.get(), "%d,%s,%lld,%s,%.3f,%.3f,%.4f,%.4f,%lld\n", n, pattern_name(pattern),
                          static_cast<long long>(int64_t{R_src} * W * 4), res[k].op, res[k].t.median * 1e6,
                          res[k].t.min * 1e6, algbw, busbw[k], static_cast<long long>(res[k].wrong));
         }
@@ -240,7 +255,6 @@ int run(int argc, char** argv, const uoe::MpiSession& mpi) {
       }
     }
   }
-  if (csv) std::fclose(csv);
   return 0;
 }
 

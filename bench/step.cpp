@@ -40,7 +40,7 @@ Row bench_config(const std::string& name, const uoe::Config& cfg, const std::vec
   int64_t tok = 0;
   for (int s = 1; s <= 3 + repeats; ++s) {
     const auto t0 = std::chrono::steady_clock::now();
-    const uoe::StepFigures fig = uoe::train_step(model, opt, cfg, tokens, s, 0);
+    const uoe::StepFigures fig = uoe::train_step(model, opt, cfg, tokens, s);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (s > 3) {
       times.push_back(dt);

@@ -1,5 +1,7 @@
 #include "launcher/train.hpp"
 
+#include <mpi.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -11,7 +13,10 @@
 
 #include "layers/model.hpp"
 #include "layers/optimizer.hpp"
+#include "parallel/comm.hpp"
 #include "parallel/exchange.hpp"
+#include "parallel/grad_sync.hpp"
+#include "parallel/mpi_exchange.hpp"
 #include "runtime/data.hpp"
 #include "runtime/error.hpp"
 #include "runtime/gemm.hpp"
@@ -34,61 +39,117 @@ std::string format_duration(double s) {
   return buf;
 }
 
+// Sums a vector of doubles over the world (identity on one process).
+void sum_over_ranks(std::vector<double>& v, const StepRanks& ranks) {
+  if (ranks.world && ranks.world_size > 1) ranks.world->all_reduce_sum(std::span<double>(v));
+}
+
 struct EvalResult {
   double loss = 0;  // mean nats per token
   int64_t tokens = 0;
 };
 
 // Validation: consecutive windows of T with stride T (the targets tile the split), dropless, in
-// batches of up to B windows; eval_batches = 0 evaluates the whole split.
-EvalResult evaluate(Model& model, const Dataset& data, const Config& cfg) {
-  const int T = cfg.seq_len, B = cfg.batch_size;
+// batches of up to B windows; eval_batches = 0 evaluates the whole split. Batch j goes to world
+// rank j mod P; every rank runs the same number of forward passes (an empty one when it has no
+// batch left) because the expert exchanges inside are collective.
+EvalResult evaluate(Model& model, const Dataset& data, const Config& cfg, const StepRanks& ranks) {
+  const int T = cfg.seq_len, B = cfg.batch_size, P = ranks.world_size;
   int64_t windows = data_val_window_count(data.val.size(), T);
   if (cfg.eval_batches > 0) windows = std::min<int64_t>(windows, static_cast<int64_t>(cfg.eval_batches) * B);
+  const int64_t batches = (windows + B - 1) / B;
+  const int64_t rounds = (batches + P - 1) / P;
   std::vector<int32_t> in(static_cast<size_t>(B) * T), tg(static_cast<size_t>(B) * T);
-  double ce = 0;
-  int64_t tokens = 0;
+  std::vector<double> sums = {0.0, 0.0};  // CE, tokens
   ForwardStats st;
-  for (int64_t w = 0; w < windows; w += B) {
-    const int n = static_cast<int>(std::min<int64_t>(B, windows - w));
-    data_val_windows(data.val, T, w, n, in.data(), tg.data());
+  for (int64_t round = 0; round < rounds; ++round) {
+    const int64_t batch = round * P + ranks.world_rank;
+    const int64_t first = batch * B;
+    const int n = first < windows ? static_cast<int>(std::min<int64_t>(B, windows - first)) : 0;
+    if (n) data_val_windows(data.val, T, first, n, in.data(), tg.data());
     model.forward_eval(in.data(), tg.data(), n, &st);
-    ce += st.ce_sum;
-    tokens += st.tokens;
+    sums[0] += st.ce_sum;
+    sums[1] += static_cast<double>(st.tokens);
   }
-  return {tokens ? ce / static_cast<double>(tokens) : 0.0, tokens};
+  sum_over_ranks(sums, ranks);
+  return {sums[1] > 0 ? sums[0] / sums[1] : 0.0, static_cast<int64_t>(sums[1])};
+}
+
+// Ranks on this node (for the default thread count): MPI's shared-memory split of the world.
+int local_ranks() {
+  MPI_Comm node;
+  UOE_CHECK_MPI(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+  int n = 1;
+  UOE_CHECK_MPI(MPI_Comm_size(node, &n));
+  UOE_CHECK_MPI(MPI_Comm_free(&node));
+  return n;
 }
 
 }  // namespace
 
 StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::vector<int32_t>& train_tokens,
-                       int step, uint64_t slot_base) {
+                       int step, const StepRanks& ranks) {
   const int T = cfg.seq_len, B = cfg.batch_size, M = cfg.micro_batches;
   const int blocks = 2 * model.spec().layers;
   std::vector<int32_t> in(static_cast<size_t>(B) * T), tg(static_cast<size_t>(B) * T);
-  StepFigures fig;
-  fig.load_max_over_mean.assign(blocks, 0.0);
-  fig.dropped.assign(blocks, 0);
-  fig.assignments.assign(blocks, 0);
+  // Global figures travel in one vector: loss, aux, flops, tokens, then per block dropped and
+  // assignments, then per block the patches choosing each expert.
+  std::vector<int> experts_of(blocks);
+  size_t load_size = 0;
+  for (int b = 0; b < blocks; ++b) {
+    experts_of[b] = b % 2 == 0 ? model.spec().attn_experts : model.spec().experts;
+    load_size += experts_of[b];
+  }
+  std::vector<double> sums(4 + 2 * blocks + load_size, 0.0);
   model.params().zero_grads();
   ForwardStats st;
+  const float loss_scale = 1.0f / static_cast<float>(M * ranks.world_size);
   for (int m = 0; m < M; ++m) {
-    data_sample_batch(train_tokens, T, B, cfg.seed, static_cast<uint64_t>(step), slot_base + m, in.data(), tg.data());
-    model.forward_backward(in.data(), tg.data(), B, 1.0f / static_cast<float>(M), &st);
-    fig.loss += st.ce_sum / static_cast<double>(st.tokens) / M;
-    fig.aux += st.aux_loss / M;
-    fig.flops += 3.0 * st.flops;
-    fig.tokens += st.tokens;
+    const uint64_t slot = static_cast<uint64_t>(ranks.world_rank) * M + m;
+    data_sample_batch(train_tokens, T, B, cfg.seed, static_cast<uint64_t>(step), slot, in.data(), tg.data());
+    model.forward_backward(in.data(), tg.data(), B, loss_scale, &st);
+    sums[0] += st.ce_sum / static_cast<double>(st.tokens);
+    sums[1] += st.aux_loss;
+    sums[2] += 3.0 * st.flops;
+    sums[3] += static_cast<double>(st.tokens);
+    size_t at = 4 + 2 * blocks;
     for (int b = 0; b < blocks; ++b) {
       const BlockStats& bs = st.blocks[b];
-      const int mx = *std::max_element(bs.chosen.begin(), bs.chosen.end());
-      const double mean = static_cast<double>(bs.patches) * bs.k / static_cast<double>(bs.chosen.size());
-      fig.load_max_over_mean[b] = std::max(fig.load_max_over_mean[b], mx / mean);
-      fig.dropped[b] += bs.dropped;
-      fig.assignments[b] += static_cast<int64_t>(bs.patches) * bs.k;
+      sums[4 + b] += bs.dropped;
+      sums[4 + blocks + b] += static_cast<double>(bs.patches) * bs.k;
+      for (int e = 0; e < experts_of[b]; ++e) sums[at + e] += bs.chosen[e];
+      at += experts_of[b];
     }
   }
-  fig.grad_norm = std::sqrt(grad_sum_squares(model.params().grads().data(), model.params().total()));
+  double sq;
+  if (ranks.sync) {
+    ranks.sync->all_reduce(model.params());
+    sq = ranks.sync->global_sum_squares(model.params());
+  } else {
+    sq = grad_sum_squares(model.params().grads().data(), model.params().total());
+  }
+  sum_over_ranks(sums, ranks);
+
+  StepFigures fig;
+  const double micro = static_cast<double>(M) * ranks.world_size;
+  fig.loss = sums[0] / micro;
+  fig.aux = sums[1] / micro;
+  fig.flops = sums[2];
+  fig.tokens = static_cast<int64_t>(sums[3]);
+  fig.grad_norm = std::sqrt(sq);
+  fig.dropped.resize(blocks);
+  fig.assignments.resize(blocks);
+  fig.load_max_over_mean.resize(blocks);
+  size_t at = 4 + 2 * blocks;
+  for (int b = 0; b < blocks; ++b) {
+    fig.dropped[b] = static_cast<int64_t>(sums[4 + b]);
+    fig.assignments[b] = static_cast<int64_t>(sums[4 + blocks + b]);
+    const double mx = *std::max_element(sums.begin() + at, sums.begin() + at + experts_of[b]);
+    const double mean = sums[4 + blocks + b] / experts_of[b];
+    fig.load_max_over_mean[b] = mean > 0 ? mx / mean : 0.0;
+    at += experts_of[b];
+  }
+  // Every rank sees the same global loss and norm, so every rank stops here together.
   if (!std::isfinite(fig.loss) || !std::isfinite(fig.grad_norm))
     fail("non-finite loss or gradient at step ", step, " (loss ", fig.loss, ", gradient norm ", fig.grad_norm, ")");
   const float clip_scale =
@@ -99,47 +160,60 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
 
 int train_run(const Config& cfg) {
   const auto t_start = Clock::now();
-  const int threads = cfg.threads > 0 ? cfg.threads : std::max(1u, std::thread::hardware_concurrency());
+  ProcessGroups groups = make_process_groups(MPI_COMM_WORLD, cfg.ep);
+  const int world_rank = groups.world->rank(), world_size = groups.world->size();
+  log_set_rank(world_rank, world_size);
+  const int threads = cfg.threads > 0 ? cfg.threads
+                                      : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local_ranks());
   gemm_set_threads(threads);
 
   Dataset data = data_load(cfg);
   const int V = data.vocab.size();
   const ModelSpec spec = model_spec_from_config(cfg, V);
-  LocalExchange exchange;
-  Model model(spec, cfg.seed, &exchange);
+  std::unique_ptr<ExpertExchange> exchange;
+  if (groups.ep > 1) exchange = std::make_unique<MpiExchange>(*groups.ep_group);
+  else exchange = std::make_unique<LocalExchange>();
+  Model model(spec, cfg.seed, exchange.get());
   AdamWSpec aspec;
   aspec.weight_decay = cfg.weight_decay;
   AdamW opt(model.params(), aspec);
+  GradientSync sync(model.params(), *groups.world, *groups.ep_group, *groups.dp_group);
+  StepRanks ranks;
+  ranks.world = groups.world.get();
+  ranks.sync = &sync;
+  ranks.world_rank = world_rank;
+  ranks.world_size = world_size;
   const bool byte_level = data.vocab.kind == TokenizerKind::byte;
 
   const double peak = gemm_measure_gflops(512, 5);
   log_info("uoe-train: data %s (%s, V=%d, %zu train / %zu val tokens)", data.source.c_str(),
            byte_level ? "byte" : "word", V, data.train.size(), data.val.size());
   log_info("model: %d layers, d %d, %d heads in %d attention experts (top-%d), %d MLP experts of %d (top-%d), "
-           "capacity %g, patch %d, gate %s; %zu parameters",
+           "capacity %g, patch %d, gate %s; %zu parameters on rank 0",
            spec.layers, spec.d, spec.heads, spec.attn_experts, spec.attn_topk, spec.experts, spec.expert_ff(),
            spec.topk, spec.capacity_factor, spec.patch_size, cfg.gate.c_str(), model.params().total());
-  log_info("run: %d steps of %d × %d tokens × %d micro-batches, lr %g → %g, warmup %d, seed %llu; "
-           "%d BLAS threads, sgemm peak %.1f GFLOP/s",
-           cfg.steps, cfg.batch_size, cfg.seq_len, cfg.micro_batches, cfg.lr, cfg.min_lr, cfg.warmup,
-           static_cast<unsigned long long>(cfg.seed), threads, peak);
+  log_info("ranks: %d (ep %d × dp %d), %d BLAS threads each, sgemm peak %.1f GFLOP/s per rank", world_size,
+           groups.ep, groups.dp, threads, peak);
+  log_info("run: %d steps of %d ranks × %d micro-batches × %d × %d tokens, lr %g → %g, warmup %d, seed %llu",
+           cfg.steps, world_size, cfg.micro_batches, cfg.batch_size, cfg.seq_len, cfg.lr, cfg.min_lr, cfg.warmup,
+           static_cast<unsigned long long>(cfg.seed));
 
-  MetricsWriter metrics(cfg.metrics);
+  MetricsWriter metrics(world_rank == 0 ? cfg.metrics : std::string());
   const int blocks = 2 * spec.layers;
 
   // Figures accumulated between log lines.
-  double win_loss = 0, win_aux = 0, win_time = 0, win_flops = 0;
+  double win_loss = 0, win_aux = 0, win_time = 0, win_flops = 0, win_comm = 0;
   int64_t win_tokens = 0;
   int win_steps = 0;
   double total_train_time = 0;
   int64_t total_tokens = 0;
-  std::vector<double> load_max(blocks, 0.0);   // max over the window of (max/mean load) per block
+  std::vector<double> load_max(blocks, 0.0);  // max over the window of (max/mean load) per block
   std::vector<int64_t> dropped(blocks, 0), assignments(blocks, 0);
   EvalResult last_eval;
 
   auto run_eval = [&](int step) {
     const auto t0 = Clock::now();
-    last_eval = evaluate(model, data, cfg);
+    last_eval = evaluate(model, data, cfg, ranks);
     const double secs = seconds_since(t0);
     if (byte_level)
       log_info("eval  step %6d | val_loss %.4f | val_bpb %.4f | %lld tokens in %.1fs", step, last_eval.loss,
@@ -156,57 +230,61 @@ int train_run(const Config& cfg) {
 
   for (int step = 1; step <= cfg.steps; ++step) {
     const auto t0 = Clock::now();
-    const StepFigures fig = train_step(model, opt, cfg, data.train, step, 0);
+    exchange->reset_counters();
+    const double sync0 = sync.seconds();
+    const StepFigures fig = train_step(model, opt, cfg, data.train, step, ranks);
     const double dt = seconds_since(t0);
-    const double loss = fig.loss, norm = fig.grad_norm, flops = fig.flops, aux = fig.aux;
-    const int64_t tokens = fig.tokens;
     const double lr = lr_at_step(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
     for (int b = 0; b < blocks; ++b) {
       load_max[b] = std::max(load_max[b], fig.load_max_over_mean[b]);
       dropped[b] += fig.dropped[b];
       assignments[b] += fig.assignments[b];
     }
+    const double comm_s = exchange->comm_seconds() + (sync.seconds() - sync0);
+    const double a2a_bytes = exchange->bytes_sent();
 
-    win_loss += loss;
+    win_loss += fig.loss;
+    win_aux += fig.aux;
     win_time += dt;
-    win_flops += flops;
-    win_tokens += tokens;
+    win_flops += fig.flops;
+    win_tokens += fig.tokens;
+    win_comm += comm_s;
     ++win_steps;
     total_train_time += dt;
-    total_tokens += tokens;
-    win_aux += aux;
+    total_tokens += fig.tokens;
 
     if (step % cfg.log_every == 0 || step == cfg.steps) {
       const double tps = win_tokens / win_time;
-      const double mfu = win_flops / win_time * 1e-9 / peak;
+      const double share = win_flops / world_size / win_time * 1e-9 / peak;  // per rank, against its peak
       const double eta = (cfg.steps - step) * (total_train_time / step);
-      double worst_load = 0, drop_pct = 0;
+      double worst_load = 0;
       int64_t drop_n = 0, assign_n = 0;
       for (int b = 0; b < blocks; ++b) {
         worst_load = std::max(worst_load, load_max[b]);
         drop_n += dropped[b];
         assign_n += assignments[b];
       }
-      drop_pct = assign_n ? 100.0 * drop_n / assign_n : 0.0;
+      const double drop_pct = assign_n ? 100.0 * drop_n / assign_n : 0.0;
       log_info("step %6d/%d | loss %.4f | lr %.3e | %8.0f tok/s | %4.1f%% of sgemm peak | load max/mean %.2f | "
-               "dropped %4.1f%% | ETA %s",
-               step, cfg.steps, win_loss / win_steps, lr, tps, 100.0 * mfu, worst_load, drop_pct,
-               format_duration(eta).c_str());
+               "dropped %4.1f%% | comm %4.1f%% | ETA %s",
+               step, cfg.steps, win_loss / win_steps, lr, tps, 100.0 * share, worst_load, drop_pct,
+               100.0 * win_comm / win_time, format_duration(eta).c_str());
       JsonLine j;
       j.add("step", step).add("train_loss", win_loss / win_steps).add("lr", lr).add("tokens_per_s", tps);
-      j.add("aux_loss", win_aux / win_steps).add("flops_share_of_peak", mfu).add("grad_norm", norm);
-      std::vector<double> loads(load_max.begin(), load_max.end()), drops(blocks);
+      j.add("aux_loss", win_aux / win_steps).add("flops_share_of_peak", share).add("grad_norm", fig.grad_norm);
+      j.add("a2a_bytes", a2a_bytes).add("comm_s", comm_s);
+      std::vector<double> drops(blocks);
       for (int b = 0; b < blocks; ++b) drops[b] = assignments[b] ? static_cast<double>(dropped[b]) / assignments[b] : 0;
-      j.add("load_max_over_mean", loads).add("dropped_share", drops);
+      j.add("load_max_over_mean", load_max).add("dropped_share", drops);
       metrics.write(j);
-      win_loss = win_aux = win_time = win_flops = 0;
+      win_loss = win_aux = win_time = win_flops = win_comm = 0;
       win_tokens = 0;
       win_steps = 0;
       std::fill(load_max.begin(), load_max.end(), 0.0);
       std::fill(dropped.begin(), dropped.end(), 0);
       std::fill(assignments.begin(), assignments.end(), 0);
     }
-    if (cfg.eval_every > 0 && (step % cfg.eval_every == 0) && step != cfg.steps) run_eval(step);
+    if (cfg.eval_every > 0 && step % cfg.eval_every == 0 && step != cfg.steps) run_eval(step);
   }
   run_eval(cfg.steps);  // always evaluate at the end (the loop skips the last step)
 
@@ -220,6 +298,7 @@ int train_run(const Config& cfg) {
   log_info("done: %d steps in %s, %.0f tokens/s, final val_loss %.4f", cfg.steps,
            format_duration(seconds_since(t_start)).c_str(), tps, last_eval.loss);
   if (!cfg.metrics.empty()) log_info("metrics: %s", cfg.metrics.c_str());
+  groups.close();
   return 0;
 }
 

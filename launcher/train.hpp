@@ -1,4 +1,5 @@
-// The training driver behind uoe-train: data, model, optimizer, loop, evaluation, metrics.
+// The training driver behind uoe-train: data, model, optimizer, loop, evaluation, metrics, over
+// one process or many MPI ranks (expert parallel × data parallel).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -9,25 +10,37 @@
 
 namespace uoe {
 
-// What one optimizer step did, on this rank.
+class Communicator;
+class GradientSync;
+
+// The ranks a step runs over. The default is one process without MPI.
+struct StepRanks {
+  Communicator* world = nullptr;  // null: single process
+  GradientSync* sync = nullptr;   // null: single process
+  int world_rank = 0, world_size = 1;
+};
+
+// What one optimizer step did, summed or averaged over every rank (the same on each).
 struct StepFigures {
-  double loss = 0;        // mean cross-entropy over the micro-batches (nats per token)
+  double loss = 0;        // mean cross-entropy over all micro-batches of all ranks (nats per token)
   double aux = 0;         // mean router losses (balance + z, summed over blocks)
-  double flops = 0;       // training FLOPs executed (3 × forward)
+  double flops = 0;       // training FLOPs executed by all ranks (3 × forward)
   double grad_norm = 0;   // global gradient norm before clipping
-  int64_t tokens = 0;
-  std::vector<double> load_max_over_mean;  // [2L] worst expert load / mean load, over micro-batches
+  int64_t tokens = 0;     // tokens trained on by all ranks
+  std::vector<double> load_max_over_mean;     // [2L] busiest expert's patches / mean, all ranks' patches
   std::vector<int64_t> dropped, assignments;  // [2L] capacity drops and (patch, choice) pairs
 };
 
-// One training step: M micro-batches of random windows (micro-batch m uses data slot
-// slot_base + m), gradient accumulation, global-norm clipping, AdamW at the scheduled lr.
-// Throws uoe::Error on a non-finite loss or gradient. Shared by uoe-train and the benchmarks.
+// One training step: each rank runs M micro-batches of random windows (micro-batch m of world
+// rank r uses data slot r·M + m, so one rank with M = P micro-batches sees what P ranks see),
+// gradients are summed over the ranks that share them, clipped by global norm, and AdamW applies
+// the scheduled learning rate. Throws uoe::Error on a non-finite loss or gradient (on every rank).
 StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::vector<int32_t>& train_tokens,
-                       int step, uint64_t slot_base);
+                       int step, const StepRanks& ranks = {});
 
-// Runs a whole training job as configured; returns the process exit code. Throws uoe::Error on
-// bad input discovered at run time (e.g. an unreadable data file).
+// Runs a whole training job as configured; returns the process exit code. Expects MPI to be
+// initialised (uoe-train's main does it; a process started without mpirun is a world of one).
+// Throws uoe::Error on bad input discovered at run time (e.g. an unreadable data file).
 int train_run(const Config& cfg);
 
 }  // namespace uoe

@@ -94,6 +94,10 @@ void router_forward(Routing& r, const RouterSpec& spec, const float* xn, const f
     r.row_offsets[e + 1] = static_cast<int>(r.row_patch.size());
   }
 
+  if (P == 0) {  // an empty micro-batch (e.g. a rank with no evaluation windows left)
+    r.balance_loss = r.z_loss = 0;
+    return;
+  }
   // Balance loss α·E·Σ f_e·P_e (f_e = chosen_e / (P·k), P_e = mean p_e) and z-loss β·mean(lse²).
   double bal = 0.0;
   for (int e = 0; e < E; ++e) {

@@ -97,16 +97,14 @@ class Communicator {
   template <class T>
   void all_to_all_v(std::span<const T> send, std::span<const int> send_counts, std::span<T> recv,
                     std::span<const int> recv_counts) {
-    const Displaced s = displace(send_counts, send.size(), "send");
-    const Displaced r = displace(recv_counts, recv.size(), "recv");
-    do_all_to_all_v(send.data(), s, recv.data(), r, DTypeOf<T>::value);
+    do_all_to_all_v(send.data(), displace(send_counts, send.size(), "send"), recv.data(),
+                    displace(recv_counts, recv.size(), "recv"), DTypeOf<T>::value);
   }
   template <class T>
   [[nodiscard]] Request ialltoallv(std::span<const T> send, std::span<const int> send_counts,
                                    std::span<T> recv, std::span<const int> recv_counts) {
-    Displaced s = displace(send_counts, send.size(), "send");
-    Displaced r = displace(recv_counts, recv.size(), "recv");
-    return do_ialltoallv(send.data(), std::move(s), recv.data(), std::move(r), DTypeOf<T>::value);
+    return do_ialltoallv(send.data(), displace(send_counts, send.size(), "send"), recv.data(),
+                         displace(recv_counts, recv.size(), "recv"), DTypeOf<T>::value);
   }
   // The same exchange with either side (or both) laid out as blocks rather than packed.
   template <class T>

@@ -34,6 +34,11 @@ class ExpertExchange {
   virtual void to_owner(ExchangePlan& plan, const float* src, float* owner, int width) = 0;
   // Global experts [expert_begin, expert_end) live here, for `experts` global experts.
   virtual void local_experts(int experts, int* begin, int* end) const = 0;
+  // Metrics since the last reset_counters(): wall seconds inside exchanges and payload bytes sent
+  // to other ranks. Zero for an exchange that moves nothing between ranks.
+  virtual double comm_seconds() const { return 0; }
+  virtual double bytes_sent() const { return 0; }
+  virtual void reset_counters() {}
 };
 
 // One rank owns every expert: rows stay where they are.

@@ -30,7 +30,10 @@ std::vector<int> scaled(const std::vector<int>& rows, int width) {
 }
 
 // Where each source's rows sit in owner order, as blocks of `width`-element rows: maximal runs of
-// consecutive owner positions in plan.owner_row (one run per local expert the source sent rows to).
+// consecutive owner positions in plan.owner_row (at most one run per local expert and source).
+// dispatch makes owner_row strictly increasing over each source's rows, so "row i+m lies m rows
+// after row i" holds for a prefix of the rest of the source's rows, and each run's end is found by
+// binary search: O(runs · log rows) per call instead of a pass over every row.
 PeerBlocks owner_layout(const ExchangePlan& plan, int width) {
   PeerBlocks l;
   l.first.reserve(plan.recv_rows.size() + 1);
@@ -40,8 +43,14 @@ PeerBlocks owner_layout(const ExchangePlan& plan, int width) {
     const int end = i + rows;
     while (i < end) {
       const int r0 = plan.owner_row[i];
-      int len = 1;
-      while (i + len < end && plan.owner_row[i + len] == r0 + len) ++len;
+      int len = 1, past = end - i;  // the run covers [i, i+len) and ends at or before i+past
+      while (len < past) {
+        const int mid = (len + past) / 2;
+        if (plan.owner_row[i + mid] == r0 + mid)
+          len = mid + 1;
+        else
+          past = mid;
+      }
       const int64_t off = int64_t{r0} * width;
       UOE_ASSERT(off + int64_t{len} * width <= INT_MAX, "owner buffer exceeds MPI's int offsets");
       l.offset.push_back(static_cast<int>(off));
@@ -110,7 +119,8 @@ void MpiExchange::dispatch(ExchangePlan& plan, const std::vector<int>& src_offse
   header_recv_.resize(static_cast<size_t>(n) * H);
   for (int q = 0; q < n; ++q) {
     header_send_[q * H] = status;
-    for (int j = 0; j < El; ++j) header_send_[q * H + 1 + j] = src_offsets[q * El + j + 1] - src_offsets[q * El + j];
+    for (int j = 0; j < El; ++j)
+      header_send_[q * H + 1 + j] = src_offsets[q * El + j + 1] - src_offsets[q * El + j];
   }
   comm_.all_to_all<int32_t>(header_send_, header_recv_);
   for (int s = 0; s < n; ++s)
@@ -167,15 +177,18 @@ void MpiExchange::dispatch(ExchangePlan& plan, const std::vector<int>& src_offse
     }
 
   // 4. Payload, straight from the caller's rows into owner order.
-  dst.x.resize(static_cast<size_t>(R_dst) * d);
+  dst.x.resize_uninit(static_cast<size_t>(R_dst) * d);  // every row is written by the exchange
   comm_.all_to_all_v<float>(std::span<const float>(x_src, static_cast<size_t>(R_src) * d),
                             PeerBlocks::contiguous(scaled(plan.send_rows, d)), dst.x, owner_layout(plan, d));
 
-  plan.bytes_sent = static_cast<double>(remote_rows(plan.send_rows, me)) * (sizeof(float) * d + 2 * sizeof(int32_t)) +
+  const double row_bytes = sizeof(float) * d + 2 * sizeof(int32_t);  // payload + seg, pos
+  plan.bytes_sent = static_cast<double>(remote_rows(plan.send_rows, me)) * row_bytes +
                     static_cast<double>(n - 1) * H * sizeof(int32_t);
   bytes_ += plan.bytes_sent;
 }
 
+// Each owner gathers a source's rows from their per-expert blocks; they land packed by owner on the
+// source, which is the source's own order (rows grouped by global expert).
 void MpiExchange::to_source(ExchangePlan& plan, const float* owner, float* src, int width) {
   const ScopedTimer timer(seconds_);
   const size_t R_dst = plan.owner_row.size(), R_src = total(plan.send_rows);
@@ -185,6 +198,7 @@ void MpiExchange::to_source(ExchangePlan& plan, const float* owner, float* src, 
   bytes_ += static_cast<double>(remote_rows(plan.recv_rows, comm_.rank())) * sizeof(float) * width;
 }
 
+// The reverse: packed by owner on the source, scattered into per-expert blocks on the owner.
 void MpiExchange::to_owner(ExchangePlan& plan, const float* src, float* owner, int width) {
   const ScopedTimer timer(seconds_);
   const size_t R_dst = plan.owner_row.size(), R_src = total(plan.send_rows);

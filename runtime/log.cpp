@@ -10,7 +10,8 @@ int g_world = 1;
 void vlog(FILE* f, const char* level, const char* fmt, va_list ap) {
   char buf[4096];
   vsnprintf(buf, sizeof buf, fmt, ap);
-  if (g_world > 1)
+  // Progress (level "") comes from rank 0 only and needs no prefix; warnings and errors name the rank.
+  if (g_world > 1 && level[0] != '\0')
     fprintf(f, "%s[rank %d] %s\n", level, g_rank, buf);
   else
     fprintf(f, "%s%s\n", level, buf);
