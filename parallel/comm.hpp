@@ -19,9 +19,9 @@ namespace uoe {
 
 // Every MPI call goes through this; MPI_ERRORS_RETURN on every communicator makes failures come
 // back as codes instead of aborting inside MPI, so they reach the check.
-#define UOE_CHECK_MPI(call)                                                        \
-  do {                                                                             \
-    const int uoe_mpi_rc_ = (call);                                                \
+#define UOE_CHECK_MPI(call)                                                                    \
+  do {                                                                                         \
+    const int uoe_mpi_rc_ = (call);                                                            \
     if (uoe_mpi_rc_ != MPI_SUCCESS) ::uoe::mpi_fail(uoe_mpi_rc_, #call, __FILE__, __LINE__); \
   } while (0)
 
@@ -40,7 +40,7 @@ template <> struct DTypeOf<int32_t> { static constexpr DType value = DType::i32;
 template <> struct DTypeOf<int64_t> { static constexpr DType value = DType::i64; };
 template <> struct DTypeOf<uint64_t> { static constexpr DType value = DType::u64; };
 template <> struct DTypeOf<uint8_t> { static constexpr DType value = DType::u8; };
-MPI_Datatype mpi_datatype(DType t);
+MPI_Datatype mpi_datatype(DType t);  // what MPI calls that element type
 
 // ---- layouts ----------------------------------------------------------------------------------
 // Where each peer's part of an all-to-all buffer lies: peer p's data is the concatenation, in
@@ -51,7 +51,7 @@ struct PeerBlocks {
   std::vector<int> first;   // [peers + 1] index of each peer's first block
   std::vector<int> offset;  // [blocks] element offset of each block in the buffer
   std::vector<int> count;   // [blocks] elements in each block
-  // One block per peer, packed back to back in peer order (what plain all_to_all_v uses).
+  // One block per peer, packed back to back in peer order (the layout plain all_to_all_v assumes).
   static PeerBlocks contiguous(std::span<const int> counts);
   int peers() const { return static_cast<int>(first.size()) - 1; }
 };

@@ -42,9 +42,9 @@ class MpiExchange final : public ExpertExchange {
   // Metrics, accumulated over every call since the last reset_counters(): wall seconds inside the
   // exchange (collectives, waiting for slower ranks, and the index work around them) and payload
   // bytes sent to OTHER ranks (rows kept on this rank cost no traffic).
-  double comm_seconds() const { return seconds_; }
-  double bytes_sent() const { return bytes_; }
-  void reset_counters() {
+  double comm_seconds() const override { return seconds_; }
+  double bytes_sent() const override { return bytes_; }
+  void reset_counters() override {
     seconds_ = 0;
     bytes_ = 0;
   }

@@ -49,7 +49,8 @@ std::vector<std::vector<T>> all_gather(uoe::Communicator& c, const std::vector<T
   std::vector<T> recv(std::accumulate(theirs.begin(), theirs.end(), size_t{0}));
   c.all_to_all_v<T>(send, mine, recv, theirs);
   std::vector<std::vector<T>> out(n);
-  for (int p = 0, at = 0; p < n; at += theirs[p], ++p) out[p].assign(recv.begin() + at, recv.begin() + at + theirs[p]);
+  for (int p = 0, at = 0; p < n; at += theirs[p], ++p)
+    out[p].assign(recv.begin() + at, recv.begin() + at + theirs[p]);
   return out;
 }
 
@@ -302,7 +303,8 @@ uoe::ExpertRows expected_owner_rows(const std::vector<SourceRows>& sources, int 
     for (size_t s = 0; s < sources.size(); ++s) {
       const uoe::ExpertRows& l = local[s];
       for (int r = l.offsets[e]; r < l.offsets[e + 1]; ++r) {
-        x.insert(x.end(), l.x.begin() + static_cast<size_t>(r) * d, l.x.begin() + static_cast<size_t>(r + 1) * d);
+        const float* row = l.x.data() + static_cast<size_t>(r) * d;
+        x.insert(x.end(), row, row + d);
         want.seg.push_back(l.seg[r] + static_cast<int32_t>(s) * MpiExchange::kSegmentsPerRank);
         want.pos.push_back(l.pos[r]);
       }
@@ -332,7 +334,8 @@ TEST_P(Exchange, OwnerRowsMatchLocalExchangeAndRoundTripsExactly) {
   ex.to_owner(plan, src.x.data(), again.data(), d);
   // Another width: owner row r carries (seg, pos); each source row must get its own back.
   const int w = 3;
-  std::vector<float> tagged(static_cast<size_t>(got.rows()) * w), tags_back(static_cast<size_t>(src.rows()) * w, -1.0f);
+  std::vector<float> tagged(static_cast<size_t>(got.rows()) * w);
+  std::vector<float> tags_back(static_cast<size_t>(src.rows()) * w, -1.0f);
   for (int r = 0; r < got.rows(); ++r)
     for (int k = 0; k < w; ++k) tagged[r * w + k] = static_cast<float>(got.seg[r] * 8 + got.pos[r] + k);
   ex.to_source(plan, tagged.data(), tags_back.data(), w);
