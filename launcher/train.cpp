@@ -17,6 +17,8 @@
 #include "parallel/exchange.hpp"
 #include "parallel/grad_sync.hpp"
 #include "parallel/mpi_exchange.hpp"
+#include "parallel/scheduler.hpp"
+#include "parallel/sim_link.hpp"
 #include "runtime/data.hpp"
 #include "runtime/error.hpp"
 #include "runtime/gemm.hpp"
@@ -87,6 +89,19 @@ int local_ranks() {
 
 }  // namespace
 
+std::vector<std::vector<int>> model_gradient_buckets(const Model& model) {
+  const int blocks = 2 * model.spec().layers;
+  std::vector<std::vector<int>> buckets;
+  for (int b = blocks - 1; b >= 0; --b) {
+    const BlockParams& p = model.blocks()[b];
+    std::vector<int> list = {p.norm_scale, p.norm_bias, p.router_w, p.router_b, p.w_in, p.w_out, p.b_out};
+    if (p.b_in >= 0) list.push_back(p.b_in);
+    buckets.push_back(std::move(list));
+  }
+  buckets.push_back({model.embed_index(), model.final_norm_scale_index(), model.final_norm_bias_index()});
+  return buckets;
+}
+
 StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::vector<int32_t>& train_tokens,
                        int step, const StepRanks& ranks) {
   const int T = cfg.seq_len, B = cfg.batch_size, M = cfg.micro_batches;
@@ -104,8 +119,16 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
   model.params().zero_grads();
   ForwardStats st;
   const float loss_scale = 1.0f / static_cast<float>(M * ranks.world_size);
+  // On the last micro-batch each block's gradient bucket is reduced as soon as backward finishes
+  // it, behind the backward of the blocks below (on the communication thread when overlapping).
+  auto reduce_when_done = [&](int block) {
+    const size_t bucket = block < 0 ? static_cast<size_t>(blocks) : static_cast<size_t>(blocks - 1 - block);
+    ranks.scheduler->submit([&ranks, &model, bucket] { ranks.sync->reduce_bucket(model.params(), bucket); });
+  };
+  const bool bucketed = ranks.sync && ranks.scheduler && ranks.world_size > 1;
   for (int m = 0; m < M; ++m) {
     const uint64_t slot = static_cast<uint64_t>(ranks.world_rank) * M + m;
+    if (bucketed && m == M - 1) model.set_backward_hook(reduce_when_done);
     data_sample_batch(train_tokens, T, B, cfg.seed, static_cast<uint64_t>(step), slot, in.data(), tg.data());
     model.forward_backward(in.data(), tg.data(), B, loss_scale, &st);
     sums[0] += st.ce_sum / static_cast<double>(st.tokens);
@@ -121,9 +144,11 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
       at += experts_of[b];
     }
   }
+  model.set_backward_hook(nullptr);
   double sq;
   if (ranks.sync) {
-    ranks.sync->all_reduce(model.params());
+    if (bucketed) ranks.scheduler->wait_all();
+    else ranks.sync->all_reduce(model.params());
     sq = ranks.sync->global_sum_squares(model.params());
   } else {
     sq = grad_sum_squares(model.params().grads().data(), model.params().total());
@@ -170,17 +195,43 @@ int train_run(const Config& cfg) {
   Dataset data = data_load(cfg);
   const int V = data.vocab.size();
   const ModelSpec spec = model_spec_from_config(cfg, V);
+  // Simulated links: the model's traffic (expert exchanges, gradient all-reduce) goes through
+  // decorators that make it take as long as it would on the emulated network.
+  Communicator* world_link = groups.world.get();
+  Communicator* ep_link = groups.ep_group.get();
+  Communicator* dp_link = groups.dp_group.get();
+  std::unique_ptr<SimulatedLinkCommunicator> sim_world, sim_ep, sim_dp;
+  if (cfg.sim_link_gbps > 0) {
+    sim_world = std::make_unique<SimulatedLinkCommunicator>(*world_link, cfg.sim_link_gbps, cfg.sim_link_latency_us);
+    sim_ep = std::make_unique<SimulatedLinkCommunicator>(*ep_link, cfg.sim_link_gbps, cfg.sim_link_latency_us);
+    sim_dp = std::make_unique<SimulatedLinkCommunicator>(*dp_link, cfg.sim_link_gbps, cfg.sim_link_latency_us);
+    world_link = sim_world.get();
+    ep_link = sim_ep.get();
+    dp_link = sim_dp.get();
+  }
   std::unique_ptr<ExpertExchange> exchange;
-  if (groups.ep > 1) exchange = std::make_unique<MpiExchange>(*groups.ep_group);
+  if (groups.ep > 1) exchange = std::make_unique<MpiExchange>(*ep_link);
   else exchange = std::make_unique<LocalExchange>();
   Model model(spec, cfg.seed, exchange.get());
+  if (cfg.overlap_chunks > 1) {
+    // Only the communication thread calls MPI during a step, the training thread only between
+    // steps (ordered by the scheduler's queue): MPI_THREAD_SERIALIZED is what that needs.
+    int level = MPI_THREAD_SINGLE;
+    UOE_CHECK_MPI(MPI_Query_thread(&level));
+    if (level < MPI_THREAD_SERIALIZED)
+      fail("--overlap-chunks ", cfg.overlap_chunks, " needs an MPI library with MPI_THREAD_SERIALIZED; this one provides "
+           "level ", level, " (use --overlap-chunks 1)");
+  }
+  CommScheduler scheduler(/*threaded=*/cfg.overlap_chunks > 1);
+  model.set_schedule(&scheduler, cfg.overlap_chunks);
   AdamWSpec aspec;
   aspec.weight_decay = cfg.weight_decay;
   AdamW opt(model.params(), aspec);
-  GradientSync sync(model.params(), *groups.world, *groups.ep_group, *groups.dp_group);
+  GradientSync sync(model.params(), model_gradient_buckets(model), *world_link, *ep_link, *dp_link);
   StepRanks ranks;
   ranks.world = groups.world.get();
   ranks.sync = &sync;
+  ranks.scheduler = &scheduler;
   ranks.world_rank = world_rank;
   ranks.world_size = world_size;
   const bool byte_level = data.vocab.kind == TokenizerKind::byte;
@@ -194,6 +245,11 @@ int train_run(const Config& cfg) {
            spec.topk, spec.capacity_factor, spec.patch_size, cfg.gate.c_str(), model.params().total());
   log_info("ranks: %d (ep %d × dp %d), %d BLAS threads each, sgemm peak %.1f GFLOP/s per rank", world_size,
            groups.ep, groups.dp, threads, peak);
+  if (cfg.overlap_chunks > 1)
+    log_info("overlap: %d chunks per block; exchanges and gradient all-reduce run on a communication thread",
+             cfg.overlap_chunks);
+  if (cfg.sim_link_gbps > 0)
+    log_info("simulated links: %g Gbit/s, %g us per message", cfg.sim_link_gbps, cfg.sim_link_latency_us);
   log_info("run: %d steps of %d ranks × %d micro-batches × %d × %d tokens, lr %g → %g, warmup %d, seed %llu",
            cfg.steps, world_size, cfg.micro_batches, cfg.batch_size, cfg.seq_len, cfg.lr, cfg.min_lr, cfg.warmup,
            static_cast<unsigned long long>(cfg.seed));
@@ -202,7 +258,7 @@ int train_run(const Config& cfg) {
   const int blocks = 2 * spec.layers;
 
   // Figures accumulated between log lines.
-  double win_loss = 0, win_aux = 0, win_time = 0, win_flops = 0, win_comm = 0;
+  double win_loss = 0, win_aux = 0, win_time = 0, win_flops = 0, win_comm = 0, win_exposed = 0;
   int64_t win_tokens = 0;
   int win_steps = 0;
   double total_train_time = 0;
@@ -231,7 +287,7 @@ int train_run(const Config& cfg) {
   for (int step = 1; step <= cfg.steps; ++step) {
     const auto t0 = Clock::now();
     exchange->reset_counters();
-    const double sync0 = sync.seconds();
+    scheduler.reset_counters();
     const StepFigures fig = train_step(model, opt, cfg, data.train, step, ranks);
     const double dt = seconds_since(t0);
     const double lr = lr_at_step(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
@@ -240,7 +296,10 @@ int train_run(const Config& cfg) {
       dropped[b] += fig.dropped[b];
       assignments[b] += fig.assignments[b];
     }
-    const double comm_s = exchange->comm_seconds() + (sync.seconds() - sync0);
+    // Exchange time (the tasks' run time on the communication thread, or in line), exposed time (the
+    // training thread waiting for them) and compute time (the rest of the step).
+    const double comm_s = scheduler.busy_seconds(), exposed_s = scheduler.exposed_seconds();
+    const double compute_s = dt - exposed_s;
     const double a2a_bytes = exchange->bytes_sent();
 
     win_loss += fig.loss;
@@ -249,6 +308,7 @@ int train_run(const Config& cfg) {
     win_flops += fig.flops;
     win_tokens += fig.tokens;
     win_comm += comm_s;
+    win_exposed += exposed_s;
     ++win_steps;
     total_train_time += dt;
     total_tokens += fig.tokens;
@@ -266,18 +326,19 @@ int train_run(const Config& cfg) {
       }
       const double drop_pct = assign_n ? 100.0 * drop_n / assign_n : 0.0;
       log_info("step %6d/%d | loss %.4f | lr %.3e | %8.0f tok/s | %4.1f%% of sgemm peak | load max/mean %.2f | "
-               "dropped %4.1f%% | comm %4.1f%% | ETA %s",
+               "dropped %4.1f%% | comm %4.1f%% of step, %3.0f%% hidden | ETA %s",
                step, cfg.steps, win_loss / win_steps, lr, tps, 100.0 * share, worst_load, drop_pct,
-               100.0 * win_comm / win_time, format_duration(eta).c_str());
+               100.0 * win_comm / win_time, win_comm > 0 ? 100.0 * (1.0 - win_exposed / win_comm) : 0.0,
+               format_duration(eta).c_str());
       JsonLine j;
       j.add("step", step).add("train_loss", win_loss / win_steps).add("lr", lr).add("tokens_per_s", tps);
       j.add("aux_loss", win_aux / win_steps).add("flops_share_of_peak", share).add("grad_norm", fig.grad_norm);
-      j.add("a2a_bytes", a2a_bytes).add("comm_s", comm_s);
+      j.add("a2a_bytes", a2a_bytes).add("comm_s", comm_s).add("compute_s", compute_s).add("comm_exposed_s", exposed_s);
       std::vector<double> drops(blocks);
       for (int b = 0; b < blocks; ++b) drops[b] = assignments[b] ? static_cast<double>(dropped[b]) / assignments[b] : 0;
       j.add("load_max_over_mean", load_max).add("dropped_share", drops);
       metrics.write(j);
-      win_loss = win_aux = win_time = win_flops = win_comm = 0;
+      win_loss = win_aux = win_time = win_flops = win_comm = win_exposed = 0;
       win_tokens = 0;
       win_steps = 0;
       std::fill(load_max.begin(), load_max.end(), 0.0);

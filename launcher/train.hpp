@@ -11,14 +11,20 @@
 namespace uoe {
 
 class Communicator;
+class CommScheduler;
 class GradientSync;
 
 // The ranks a step runs over. The default is one process without MPI.
 struct StepRanks {
-  Communicator* world = nullptr;  // null: single process
-  GradientSync* sync = nullptr;   // null: single process
+  Communicator* world = nullptr;       // null: single process
+  GradientSync* sync = nullptr;        // null: single process; buckets as model_gradient_buckets
+  CommScheduler* scheduler = nullptr;  // runs the gradient all-reduce buckets (with the model's exchanges)
   int world_rank = 0, world_size = 1;
 };
+
+// Gradient buckets in the order backward finishes them: block 2L−1, …, block 0, then the
+// embedding and final norm (see GradientSync). Block b's bucket is 2L−1−b; the last is 2L.
+std::vector<std::vector<int>> model_gradient_buckets(const Model& model);
 
 // What one optimizer step did, summed or averaged over every rank (the same on each).
 struct StepFigures {

@@ -28,30 +28,46 @@ void mlp_experts_forward(float* y, MlpExpertCache& cache, const ExpertRows& rows
   }
 }
 
-void mlp_experts_backward(float* dx, float* dW1, float* db1, float* dW2, const float* dy,
-                          MlpExpertCache& cache, const ExpertRows& rows, const float* W1,
-                          const float* W2, int d, int f) {
+void mlp_experts_backward_data(float* dx, const float* dy, MlpExpertCache& cache, const ExpertRows& rows,
+                               const float* W1, const float* W2, int d, int f) {
   FloatBuffer& dh = cache.dh;
   dh.resize_uninit(static_cast<size_t>(rows.rows()) * f);
   for (int e = 0; e < rows.n_experts; ++e) {
     const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
     if (n == 0) continue;
     const float* dye = dy + static_cast<size_t>(r0) * d;
-    const float* a = cache.a.data() + static_cast<size_t>(r0) * f;
     const float* h = cache.h.data() + static_cast<size_t>(r0) * f;
     float* dhe = dh.data() + static_cast<size_t>(r0) * f;
-    // dW2 += aᵀ·dy ; da = dy·W2ᵀ ; dh = da ⊙ GELU'(h)
-    gemm(true, false, f, d, n, 1.0f, a, f, dye, d, 1.0f, dW2 + static_cast<size_t>(e) * f * d, d);
+    // da = dy·W2ᵀ ; dh = da ⊙ GELU'(h) ; dx = dh·W1ᵀ
     gemm(false, true, n, f, d, 1.0f, dye, d, W2 + static_cast<size_t>(e) * f * d, d, 0.0f, dhe, f);
     gelu_backward(dhe, h, dhe, static_cast<int64_t>(n) * f);
-    float* db = db1 + static_cast<size_t>(e) * f;
-    for (int i = 0; i < n; ++i)
-      for (int j = 0; j < f; ++j) db[j] += dhe[static_cast<size_t>(i) * f + j];
-    const float* xe = rows.x.data() + static_cast<size_t>(r0) * d;
-    gemm(true, false, d, f, n, 1.0f, xe, d, dhe, f, 1.0f, dW1 + static_cast<size_t>(e) * d * f, f);
     gemm(false, true, n, d, f, 1.0f, dhe, f, W1 + static_cast<size_t>(e) * d * f, f, 0.0f,
          dx + static_cast<size_t>(r0) * d, d);
   }
+}
+
+void mlp_experts_backward_weights(float* dW1, float* db1, float* dW2, const float* dy, const MlpExpertCache& cache,
+                                  const ExpertRows& rows, int d, int f) {
+  for (int e = 0; e < rows.n_experts; ++e) {
+    const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
+    if (n == 0) continue;
+    const float* dye = dy + static_cast<size_t>(r0) * d;
+    const float* a = cache.a.data() + static_cast<size_t>(r0) * f;
+    const float* dhe = cache.dh.data() + static_cast<size_t>(r0) * f;
+    // dW2 += aᵀ·dy ; db1 += Σ dh ; dW1 += xᵀ·dh
+    gemm(true, false, f, d, n, 1.0f, a, f, dye, d, 1.0f, dW2 + static_cast<size_t>(e) * f * d, d);
+    float* db = db1 + static_cast<size_t>(e) * f;
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < f; ++j) db[j] += dhe[static_cast<size_t>(i) * f + j];
+    gemm(true, false, d, f, n, 1.0f, rows.x.data() + static_cast<size_t>(r0) * d, d, dhe, f, 1.0f,
+         dW1 + static_cast<size_t>(e) * d * f, f);
+  }
+}
+
+void mlp_experts_backward(float* dx, float* dW1, float* db1, float* dW2, const float* dy, MlpExpertCache& cache,
+                          const ExpertRows& rows, const float* W1, const float* W2, int d, int f) {
+  mlp_experts_backward_data(dx, dy, cache, rows, W1, W2, d, f);
+  mlp_experts_backward_weights(dW1, db1, dW2, dy, cache, rows, d, f);
 }
 
 namespace {
@@ -137,8 +153,8 @@ void attn_experts_forward(float* y, AttnExpertCache& c, const ExpertRows& rows, 
   }
 }
 
-void attn_experts_backward(float* dx, float* dWqkv, float* dWo, const float* dy, AttnExpertCache& c,
-                           const ExpertRows& rows, const float* Wqkv, const float* Wo, int d, int g, int dh) {
+void attn_experts_backward_data(float* dx, const float* dy, AttnExpertCache& c, const ExpertRows& rows,
+                                const float* Wqkv, const float* Wo, int d, int g, int dh) {
   const int R = rows.rows(), gd = g * dh, W3 = 3 * gd;
   const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
   FloatBuffer& dO = c.d_o;
@@ -149,8 +165,6 @@ void attn_experts_backward(float* dx, float* dWqkv, float* dWo, const float* dy,
     const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
     if (n == 0) continue;
     const float* dye = dy + static_cast<size_t>(r0) * d;
-    gemm(true, false, gd, d, n, 1.0f, c.o.data() + static_cast<size_t>(r0) * gd, gd, dye, d, 1.0f,
-         dWo + static_cast<size_t>(e) * gd * d, d);
     gemm(false, true, n, gd, d, 1.0f, dye, d, Wo + static_cast<size_t>(e) * gd * d, d, 0.0f,
          dO.data() + static_cast<size_t>(r0) * gd, gd);
   }
@@ -188,12 +202,30 @@ void attn_experts_backward(float* dx, float* dWqkv, float* dWo, const float* dy,
   for (int e = 0; e < rows.n_experts; ++e) {
     const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
     if (n == 0) continue;
-    const float* xe = rows.x.data() + static_cast<size_t>(r0) * d;
     const float* dq = dqkv.data() + static_cast<size_t>(r0) * W3;
-    gemm(true, false, d, W3, n, 1.0f, xe, d, dq, W3, 1.0f, dWqkv + static_cast<size_t>(e) * d * W3, W3);
     gemm(false, true, n, d, W3, 1.0f, dq, W3, Wqkv + static_cast<size_t>(e) * d * W3, W3, 0.0f,
          dx + static_cast<size_t>(r0) * d, d);
   }
+}
+
+void attn_experts_backward_weights(float* dWqkv, float* dWo, const float* dy, const AttnExpertCache& c,
+                                   const ExpertRows& rows, int d, int g, int dh) {
+  const int gd = g * dh, W3 = 3 * gd;
+  for (int e = 0; e < rows.n_experts; ++e) {
+    const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
+    if (n == 0) continue;
+    // dWo += oᵀ·dy ; dWqkv += xᵀ·dqkv
+    gemm(true, false, gd, d, n, 1.0f, c.o.data() + static_cast<size_t>(r0) * gd, gd, dy + static_cast<size_t>(r0) * d,
+         d, 1.0f, dWo + static_cast<size_t>(e) * gd * d, d);
+    gemm(true, false, d, W3, n, 1.0f, rows.x.data() + static_cast<size_t>(r0) * d, d,
+         c.d_qkv.data() + static_cast<size_t>(r0) * W3, W3, 1.0f, dWqkv + static_cast<size_t>(e) * d * W3, W3);
+  }
+}
+
+void attn_experts_backward(float* dx, float* dWqkv, float* dWo, const float* dy, AttnExpertCache& c,
+                           const ExpertRows& rows, const float* Wqkv, const float* Wo, int d, int g, int dh) {
+  attn_experts_backward_data(dx, dy, c, rows, Wqkv, Wo, d, g, dh);
+  attn_experts_backward_weights(dWqkv, dWo, dy, c, rows, d, g, dh);
 }
 
 }  // namespace uoe

@@ -29,6 +29,13 @@ struct MlpExpertCache {
 // y [R, d]; W1 [n_experts, d, f], b1 [n_experts, f], W2 [n_experts, f, d] (local slabs).
 void mlp_experts_forward(float* y, MlpExpertCache& cache, const ExpertRows& rows, const float* W1,
                          const float* b1, const float* W2, int d, int f);
+// Backward in two halves, so the scheduler can return dx to the sources before the weight
+// gradients are formed: _data writes dx [R, d] (and keeps dh in the cache); _weights then
+// accumulates dW1, db1, dW2. mlp_experts_backward does both.
+void mlp_experts_backward_data(float* dx, const float* dy, MlpExpertCache& cache, const ExpertRows& rows,
+                               const float* W1, const float* W2, int d, int f);
+void mlp_experts_backward_weights(float* dW1, float* db1, float* dW2, const float* dy, const MlpExpertCache& cache,
+                                  const ExpertRows& rows, int d, int f);
 // dx [R, d] (overwritten); dW1, db1, dW2 accumulate.
 void mlp_experts_backward(float* dx, float* dW1, float* db1, float* dW2, const float* dy,
                           MlpExpertCache& cache, const ExpertRows& rows, const float* W1,
@@ -49,6 +56,12 @@ struct AttnExpertCache {
 };
 void attn_experts_forward(float* y, AttnExpertCache& cache, const ExpertRows& rows, const float* Wqkv,
                           const float* Wo, int d, int g, int dh);
+// The same split as the MLP: _data writes dx (keeping dqkv in the cache), _weights accumulates
+// dWqkv and dWo; attn_experts_backward does both.
+void attn_experts_backward_data(float* dx, const float* dy, AttnExpertCache& cache, const ExpertRows& rows,
+                                const float* Wqkv, const float* Wo, int d, int g, int dh);
+void attn_experts_backward_weights(float* dWqkv, float* dWo, const float* dy, const AttnExpertCache& cache,
+                                   const ExpertRows& rows, int d, int g, int dh);
 void attn_experts_backward(float* dx, float* dWqkv, float* dWo, const float* dy, AttnExpertCache& cache,
                            const ExpertRows& rows, const float* Wqkv, const float* Wo, int d, int g, int dh);
 

@@ -1,6 +1,7 @@
 #include "layers/model.hpp"
 
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 
 #include "runtime/error.hpp"
@@ -29,7 +30,22 @@ ModelSpec model_spec_from_config(const Config& c, int vocab) {
   return s;
 }
 
+// The owner side of one chunk of a block: what reached this rank's experts, and their caches.
+struct ExpertChunk {
+  ExchangePlan plan;
+  ExpertRows rows;              // owner side
+  FloatBuffer y_owner;          // [R_dst, d] expert outputs
+  FloatBuffer dy_owner, dx_owner;  // [R_dst, d] backward
+  MlpExpertCache mlp;
+  AttnExpertCache attn;
+};
+
 // Everything one block keeps from forward for backward.
+//
+// Chunks (the overlap scheduler): the micro-batch's sequences are cut into `chunks` groups; source
+// rows are stored chunk-major (chunk c, then expert e, then token order), so each chunk's rows are
+// one contiguous range that is exchanged and computed on its own. A token's rows all lie in its
+// sequence's chunk, in expert order, so the combine sums in the same order whatever the chunk count.
 struct Model::BlockCache {
   bool attention = false;
   RouterSpec router;
@@ -37,20 +53,18 @@ struct Model::BlockCache {
   FloatBuffer xn;               // [N, d] normalised input
   FloatBuffer mean, rstd;       // [N]
   Routing routing;
-  std::vector<int> src_offsets;     // [E + 1] source rows per global expert (token rows)
+  std::vector<int> chunk_begin;            // [chunks + 1] source-row range of each chunk
+  std::vector<std::vector<int>> chunk_offsets;  // [chunks][E + 1] rows per global expert, chunk-relative
   std::vector<int32_t> src_token;   // [R_src] token of each source row
   std::vector<int32_t> src_gate;    // [R_src] index into routing.gate (patch·k + slot)
   std::vector<int32_t> src_seg, src_pos;  // [R_src]
   FloatBuffer x_src;            // [R_src, d]
   FloatBuffer y_src;            // [R_src, d] expert outputs back at the source
-  ExchangePlan plan;
-  ExpertRows rows;              // owner side
-  FloatBuffer y_owner;          // [R_dst, d]
-  MlpExpertCache mlp;
-  AttnExpertCache attn;
+  std::vector<ExpertChunk> chunk;  // [chunks]
 };
 
-Model::Model(const ModelSpec& s, uint64_t seed, ExpertExchange* exchange) : spec_(s), exchange_(exchange) {
+Model::Model(const ModelSpec& s, uint64_t seed, ExpertExchange* exchange)
+    : spec_(s), exchange_(exchange), sync_scheduler_(false), scheduler_(&sync_scheduler_) {
   UOE_ASSERT(exchange_ != nullptr);
   const int d = s.d, L = s.layers, gd = s.heads_per_expert() * s.head_dim(), f = s.expert_ff();
   exchange_->local_experts(s.attn_experts, &attn_e0_, &attn_e1_);
@@ -102,11 +116,17 @@ Model::Model(const ModelSpec& s, uint64_t seed, ExpertExchange* exchange) : spec
 
 Model::~Model() = default;
 
+void Model::set_schedule(CommScheduler* scheduler, int chunks) {
+  UOE_ASSERT(chunks >= 1);
+  scheduler_ = scheduler ? scheduler : &sync_scheduler_;
+  chunks_ = chunks;
+}
+
 void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs) {
   BlockCache& c = *cache_[b];
   const BlockParams& bp = blocks_[b];
   const ModelSpec& s = spec_;
-  const int d = s.d, T = s.seq_len, ps = s.patch_size;
+  const int d = s.d, T = s.seq_len, ps = s.patch_size, B = N / T, C = chunks_;
   c.hin.resize_uninit(static_cast<size_t>(N) * d);
   std::memcpy(c.hin.data(), h, sizeof(float) * N * d);
   c.xn.resize_uninit(static_cast<size_t>(N) * d);
@@ -119,20 +139,33 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
   Routing& r = c.routing;
   router_forward(r, c.router, c.xn.data(), params_.value(bp.router_w), params_.value(bp.router_b), N, d, dropless);
 
-  // 2. Source rows: kept patches expanded to tokens, grouped by global expert.
+  // 2. Source rows: kept patches expanded to tokens, chunk-major, then by global expert. Chunk c
+  //    holds sequences [c·B/C, (c+1)·B/C) (empty when C > B: every rank still takes part).
   const int E = r.E;
-  c.src_offsets.assign(E + 1, 0);
+  c.chunk_begin.assign(C + 1, 0);
+  c.chunk_offsets.assign(C, std::vector<int>(E + 1, 0));
   c.src_token.clear();
   c.src_gate.clear();
-  for (int e = 0; e < E; ++e) {
-    for (int i = r.row_offsets[e]; i < r.row_offsets[e + 1]; ++i) {
-      const int p = r.row_patch[i];
-      for (int t = 0; t < ps; ++t) {
-        c.src_token.push_back(p * ps + t);
-        c.src_gate.push_back(p * r.k + r.row_slot[i]);
+  for (int ch = 0; ch < C; ++ch) {
+    const int tok0 = static_cast<int>(static_cast<int64_t>(ch) * B / C) * T;
+    const int tok1 = static_cast<int>(static_cast<int64_t>(ch + 1) * B / C) * T;
+    for (int e = 0; e < E; ++e) {
+      // Rows of expert e are in patch order: binary-search the chunk's patch range.
+      const int* first = r.row_patch.data() + r.row_offsets[e];
+      const int* last = r.row_patch.data() + r.row_offsets[e + 1];
+      const int* lo = std::lower_bound(first, last, tok0 / ps);
+      const int* hi = std::lower_bound(first, last, tok1 / ps);
+      for (const int* it = lo; it != hi; ++it) {
+        const int i = static_cast<int>(it - r.row_patch.data());
+        const int p = *it;
+        for (int t = 0; t < ps; ++t) {
+          c.src_token.push_back(p * ps + t);
+          c.src_gate.push_back(p * r.k + r.row_slot[i]);
+        }
       }
+      c.chunk_offsets[ch][e + 1] = static_cast<int>(c.src_token.size()) - c.chunk_begin[ch];
     }
-    c.src_offsets[e + 1] = static_cast<int>(c.src_token.size());
+    c.chunk_begin[ch + 1] = static_cast<int>(c.src_token.size());
   }
   const int Rs = static_cast<int>(c.src_token.size());
   c.src_seg.resize(Rs);
@@ -143,19 +176,36 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
   }
   c.x_src.resize_uninit(static_cast<size_t>(Rs) * d);
   gather_rows(c.x_src.data(), c.xn.data(), c.src_token.data(), Rs, d);
-
-  // 3. Dispatch to the owners, run the local experts, bring outputs back.
-  exchange_->dispatch(c.plan, c.src_offsets, c.x_src.data(), c.src_seg.data(), c.src_pos.data(), d, c.rows);
-  c.y_owner.resize_uninit(static_cast<size_t>(c.rows.rows()) * d);
-  if (c.attention) {
-    attn_experts_forward(c.y_owner.data(), c.attn, c.rows, params_.value(bp.w_in), params_.value(bp.w_out), d,
-                         s.heads_per_expert(), s.head_dim());
-  } else {
-    mlp_experts_forward(c.y_owner.data(), c.mlp, c.rows, params_.value(bp.w_in), params_.value(bp.b_in),
-                        params_.value(bp.w_out), d, s.expert_ff());
-  }
   c.y_src.resize_uninit(static_cast<size_t>(Rs) * d);
-  exchange_->to_source(c.plan, c.y_owner.data(), c.y_src.data(), d);
+  if (c.chunk.size() < static_cast<size_t>(C)) c.chunk.resize(C);
+
+  // 3. Pipeline: the exchange of chunk i+1 and the return of chunk i−1 run on the communication
+  //    thread while this thread computes chunk i's experts.
+  CommScheduler& sched = *scheduler_;
+  auto dispatch = [this, &c, d](int ch) {
+    const size_t r0 = c.chunk_begin[ch];
+    return scheduler_->submit([this, &c, ch, r0, d] {
+      exchange_->dispatch(c.chunk[ch].plan, c.chunk_offsets[ch], c.x_src.data() + r0 * d, c.src_seg.data() + r0,
+                          c.src_pos.data() + r0, d, c.chunk[ch].rows);
+    });
+  };
+  CommScheduler::Ticket next = dispatch(0);
+  for (int ch = 0; ch < C; ++ch) {
+    sched.wait(next);
+    if (ch + 1 < C) next = dispatch(ch + 1);
+    ExpertChunk& k = c.chunk[ch];
+    k.y_owner.resize_uninit(static_cast<size_t>(k.rows.rows()) * d);
+    if (c.attention) {
+      attn_experts_forward(k.y_owner.data(), k.attn, k.rows, params_.value(bp.w_in), params_.value(bp.w_out), d,
+                           s.heads_per_expert(), s.head_dim());
+    } else {
+      mlp_experts_forward(k.y_owner.data(), k.mlp, k.rows, params_.value(bp.w_in), params_.value(bp.b_in),
+                          params_.value(bp.w_out), d, s.expert_ff());
+    }
+    const size_t r0 = c.chunk_begin[ch];
+    sched.submit([this, &k, &c, r0, d] { exchange_->to_source(k.plan, k.y_owner.data(), c.y_src.data() + r0 * d, d); });
+  }
+  sched.wait_all();
 
   // 4. Combine: h += bias + Σ_kept w_e · y_e, experts in index order (deterministic).
   const float* bias = params_.value(bp.b_out);
@@ -168,18 +218,22 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
     for (int j = 0; j < d; ++j) dst[j] += w * y[j];
   }
 
-  // Forward FLOPs of this block (2 per multiply-add): router, expert GEMMs, attention scores.
-  const double R = Rs;
+  // Forward FLOPs of this block (2 per multiply-add): the router over this rank's patches, and the
+  // expert GEMMs and attention over the rows this rank's experts computed.
   double fl = 2.0 * r.P * d * E;
-  if (c.attention) {
-    const double gd = s.heads_per_expert() * s.head_dim();
-    fl += R * 2.0 * d * 3.0 * gd + R * 2.0 * gd * d;
-    for (size_t g = 0; g + 1 < c.attn.seg_begin.size(); ++g) {
-      const double L = c.attn.seg_begin[g + 1] - c.attn.seg_begin[g];
-      fl += 4.0 * L * L * gd;  // q·kᵀ and P·v over the whole L×L tile
+  for (int ch = 0; ch < C; ++ch) {
+    const ExpertChunk& k = c.chunk[ch];
+    const double R = k.rows.rows();
+    if (c.attention) {
+      const double gd = s.heads_per_expert() * s.head_dim();
+      fl += R * 2.0 * d * 3.0 * gd + R * 2.0 * gd * d;
+      for (size_t g = 0; g + 1 < k.attn.seg_begin.size(); ++g) {
+        const double L = k.attn.seg_begin[g + 1] - k.attn.seg_begin[g];
+        fl += 4.0 * L * L * gd;  // q·kᵀ and P·v over the whole L×L tile
+      }
+    } else {
+      fl += R * 4.0 * d * s.expert_ff();
     }
-  } else {
-    fl += R * 4.0 * d * s.expert_ff();
   }
   if (bs) {
     bs->flops = fl;
@@ -196,7 +250,7 @@ void Model::block_backward(int b, float* dh, int N, float loss_scale) {
   BlockCache& c = *cache_[b];
   const BlockParams& bp = blocks_[b];
   const ModelSpec& s = spec_;
-  const int d = s.d;
+  const int d = s.d, C = chunks_;
   const Routing& r = c.routing;
   const int Rs = static_cast<int>(c.src_token.size());
 
@@ -209,8 +263,10 @@ void Model::block_backward(int b, float* dh, int N, float loss_scale) {
   // Workspaces shared by all blocks (backward runs one block at a time): allocated once.
   FloatBuffer& dgate = ws_dgate_;
   FloatBuffer& dy_src = ws_dy_src_;
+  FloatBuffer& dx_src = ws_dx_src_;
   dgate.resize(static_cast<size_t>(r.P) * r.k);
   dy_src.resize_uninit(static_cast<size_t>(Rs) * d);
+  dx_src.resize_uninit(static_cast<size_t>(Rs) * d);
   for (int i = 0; i < Rs; ++i) {
     const float w = r.gate[c.src_gate[i]];
     const float* g = dh + static_cast<size_t>(c.src_token[i]) * d;
@@ -224,36 +280,51 @@ void Model::block_backward(int b, float* dh, int N, float loss_scale) {
     dgate[c.src_gate[i]] += dot;
   }
 
-  // Reverse exchanges around the experts' backward.
-  const int Rd = c.rows.rows();
-  FloatBuffer& dy_owner = ws_dy_owner_;
-  dy_owner.resize_uninit(static_cast<size_t>(Rd) * d);
-  exchange_->to_owner(c.plan, dy_src.data(), dy_owner.data(), d);
-  FloatBuffer& dx_owner = ws_dx_owner_;
-  dx_owner.resize_uninit(static_cast<size_t>(Rd) * d);
-  if (c.attention) {
-    attn_experts_backward(dx_owner.data(), params_.grad(bp.w_in), params_.grad(bp.w_out), dy_owner.data(), c.attn,
-                          c.rows, params_.value(bp.w_in), params_.value(bp.w_out), d, s.heads_per_expert(),
-                          s.head_dim());
-  } else {
-    mlp_experts_backward(dx_owner.data(), params_.grad(bp.w_in), params_.grad(bp.b_in), params_.grad(bp.w_out),
-                         dy_owner.data(), c.mlp, c.rows, params_.value(bp.w_in), params_.value(bp.w_out), d,
-                         s.expert_ff());
-  }
-  FloatBuffer& dx_src = ws_dx_src_;
-  dx_src.resize_uninit(static_cast<size_t>(Rs) * d);
-  exchange_->to_source(c.plan, dx_owner.data(), dx_src.data(), d);
-
-  // dxn: expert inputs, then the router (gates, balance, z-loss).
+  // The same pipeline in reverse: output gradients travel to the owners chunk by chunk; each
+  // chunk's input gradient is formed first and sent back at once, and its weight gradients are
+  // computed while that return (and the next chunk's dispatch) is on the wire. The router's
+  // backward needs no expert result, so it fills the wait for the first chunk.
+  CommScheduler& sched = *scheduler_;
+  auto send = [this, &c, &dy_src, d](int ch) {
+    ExpertChunk& k = c.chunk[ch];
+    k.dy_owner.resize_uninit(static_cast<size_t>(k.rows.rows()) * d);
+    const size_t r0 = c.chunk_begin[ch];
+    return scheduler_->submit([this, &k, &dy_src, r0, d] {
+      exchange_->to_owner(k.plan, dy_src.data() + r0 * d, k.dy_owner.data(), d);
+    });
+  };
+  CommScheduler::Ticket next = send(0);
   FloatBuffer& dxn = ws_dxn_;
   dxn.resize(static_cast<size_t>(N) * d);  // accumulated into: zeroed
-  scatter_add_rows(dxn.data(), dx_src.data(), c.src_token.data(), Rs, d, 1.0f);
   router_backward(r, c.router, dgate.data(), c.xn.data(), params_.value(bp.router_w), dxn.data(),
                   params_.grad(bp.router_w), params_.grad(bp.router_b), loss_scale);
+  for (int ch = 0; ch < C; ++ch) {
+    sched.wait(next);
+    if (ch + 1 < C) next = send(ch + 1);
+    ExpertChunk& k = c.chunk[ch];
+    k.dx_owner.resize_uninit(static_cast<size_t>(k.rows.rows()) * d);
+    if (c.attention)
+      attn_experts_backward_data(k.dx_owner.data(), k.dy_owner.data(), k.attn, k.rows, params_.value(bp.w_in),
+                                 params_.value(bp.w_out), d, s.heads_per_expert(), s.head_dim());
+    else
+      mlp_experts_backward_data(k.dx_owner.data(), k.dy_owner.data(), k.mlp, k.rows, params_.value(bp.w_in),
+                                params_.value(bp.w_out), d, s.expert_ff());
+    const size_t r0 = c.chunk_begin[ch];
+    sched.submit([this, &k, &dx_src, r0, d] { exchange_->to_source(k.plan, k.dx_owner.data(), dx_src.data() + r0 * d, d); });
+    if (c.attention)
+      attn_experts_backward_weights(params_.grad(bp.w_in), params_.grad(bp.w_out), k.dy_owner.data(), k.attn, k.rows,
+                                    d, s.heads_per_expert(), s.head_dim());
+    else
+      mlp_experts_backward_weights(params_.grad(bp.w_in), params_.grad(bp.b_in), params_.grad(bp.w_out),
+                                   k.dy_owner.data(), k.mlp, k.rows, d, s.expert_ff());
+  }
+  sched.wait_all();
+  scatter_add_rows(dxn.data(), dx_src.data(), c.src_token.data(), Rs, d, 1.0f);
 
   // LayerNorm backward into the residual stream's gradient.
   layernorm_backward(dh, params_.grad(bp.norm_scale), params_.grad(bp.norm_bias), dxn.data(), c.hin.data(),
                      params_.value(bp.norm_scale), c.mean.data(), c.rstd.data(), N, d);
+  if (on_block_backward_) on_block_backward_(b);
 }
 
 void Model::forward(const int32_t* inputs, int B, bool dropless, ForwardStats* stats) {
@@ -302,6 +373,7 @@ void Model::forward_backward(const int32_t* inputs, const int32_t* targets, int 
                      params_.value(final_scale_), fmean_.data(), frstd_.data(), N, d);
   for (int b = 2 * s.layers - 1; b >= 0; --b) block_backward(b, dh.data(), N, loss_scale);
   scatter_add_rows(params_.grad(embed_), dh.data(), tokens_.data(), N, d, 1.0f);
+  if (on_block_backward_) on_block_backward_(-1);
 }
 
 uint64_t Model::routing_fingerprint() const {

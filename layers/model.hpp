@@ -3,6 +3,7 @@
 // backward are written by hand; activations needed by backward are cached per block.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "layers/params.hpp"
 #include "layers/router.hpp"
 #include "parallel/exchange.hpp"
+#include "parallel/scheduler.hpp"
 #include "runtime/config.hpp"
 
 namespace uoe {
@@ -72,6 +74,13 @@ class Model {
   // Output probabilities [N, V] of the last forward_eval (softmax of the logits).
   const float* last_probs() const { return logits_.data(); }
 
+  // Exchanges run through `scheduler` (null: synchronously on the calling thread), each block
+  // cut into `chunks` pipelined chunks. The scheduler must outlive the model.
+  void set_schedule(CommScheduler* scheduler, int chunks);
+  // Called after block b's backward (its gradients are final for this micro-batch) and with
+  // b = −1 at the end of backward (embedding, final norm): lets gradient all-reduce start early.
+  void set_backward_hook(std::function<void(int block)> hook) { on_block_backward_ = std::move(hook); }
+
   ParamStore& params() { return params_; }
   const ParamStore& params() const { return params_; }
   const ModelSpec& spec() const { return spec_; }
@@ -88,6 +97,10 @@ class Model {
 
   ModelSpec spec_;
   ExpertExchange* exchange_;
+  CommScheduler sync_scheduler_;  // the default: synchronous
+  CommScheduler* scheduler_;
+  int chunks_ = 1;
+  std::function<void(int)> on_block_backward_;
   ParamStore params_;
   int embed_ = -1, final_scale_ = -1, final_bias_ = -1;
   std::vector<BlockParams> blocks_;  // [2L]

@@ -25,6 +25,18 @@ void mpi_fail(int code, const char* call, const char* file, int line) {
        len ? std::string(text, len) : "MPI error code " + std::to_string(code));
 }
 
+size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::f32: return 4;
+    case DType::f64: return 8;
+    case DType::i32: return 4;
+    case DType::i64: return 8;
+    case DType::u64: return 8;
+    case DType::u8: return 1;
+  }
+  return 1;
+}
+
 MPI_Datatype mpi_datatype(DType t) {
   switch (t) {
     case DType::f32: return MPI_FLOAT;

@@ -40,7 +40,9 @@ template <> struct DTypeOf<int32_t> { static constexpr DType value = DType::i32;
 template <> struct DTypeOf<int64_t> { static constexpr DType value = DType::i64; };
 template <> struct DTypeOf<uint64_t> { static constexpr DType value = DType::u64; };
 template <> struct DTypeOf<uint8_t> { static constexpr DType value = DType::u8; };
-MPI_Datatype mpi_datatype(DType t);  // what MPI calls that element type
+MPI_Datatype mpi_datatype(DType t);
+// Bytes per element of a DType.
+size_t dtype_size(DType t);  // what MPI calls that element type
 
 // ---- layouts ----------------------------------------------------------------------------------
 // Where each peer's part of an all-to-all buffer lies: peer p's data is the concatenation, in
@@ -87,6 +89,8 @@ class Request {
 // with matching counts, even when it has nothing to send (empty spans and zero counts).
 class Communicator {
  public:
+  // The simulated-link decorator (sim_link.hpp) forwards to another communicator's backend calls.
+  friend class SimulatedLinkCommunicator;
   virtual ~Communicator() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;

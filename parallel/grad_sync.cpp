@@ -1,53 +1,69 @@
 #include "parallel/grad_sync.hpp"
 
-#include <chrono>
 #include <cstring>
+
+#include "runtime/error.hpp"
 
 namespace uoe {
 
-GradientSync::GradientSync(const ParamStore& params, Communicator& world, Communicator& ep_group,
-                           Communicator& dp_group)
+GradientSync::GradientSync(const ParamStore& params, std::vector<std::vector<int>> buckets, Communicator& world,
+                           Communicator& ep_group, Communicator& dp_group)
     : world_(world), ep_(ep_group), dp_(dp_group) {
-  for (size_t i = 0; i < params.count(); ++i)
-    (params.info(static_cast<int>(i)).expert_sharded ? sharded_ : replicated_).push_back(static_cast<int>(i));
+  std::vector<int> seen(params.count(), 0);
+  for (const auto& list : buckets) {
+    Bucket b;
+    for (int i : list) {
+      UOE_ASSERT(i >= 0 && i < static_cast<int>(params.count()), "bucket names tensor ", i);
+      ++seen[i];
+      (params.info(i).expert_sharded ? b.sharded : b.replicated).push_back(i);
+    }
+    buckets_.push_back(std::move(b));
+  }
+  for (size_t i = 0; i < seen.size(); ++i)
+    UOE_ASSERT(seen[i] == 1, "tensor ", params.info(static_cast<int>(i)).name, " is in ", seen[i], " gradient buckets");
+}
+
+void GradientSync::reduce(ParamStore& params, const std::vector<int>& tensors, Communicator& comm) {
+  if (comm.size() == 1 || tensors.empty()) return;
+  size_t n = 0;
+  for (int i : tensors) n += params.info(i).size;
+  pack_.resize_uninit(n);
+  size_t at = 0;
+  for (int i : tensors) {
+    std::memcpy(pack_.data() + at, params.grad(i), sizeof(float) * params.info(i).size);
+    at += params.info(i).size;
+  }
+  comm.all_reduce_sum(std::span<float>(pack_.data(), n));
+  at = 0;
+  for (int i : tensors) {
+    std::memcpy(params.grad(i), pack_.data() + at, sizeof(float) * params.info(i).size);
+    at += params.info(i).size;
+  }
+}
+
+void GradientSync::reduce_bucket(ParamStore& params, size_t i) {
+  reduce(params, buckets_[i].replicated, world_);
+  reduce(params, buckets_[i].sharded, dp_);
 }
 
 void GradientSync::all_reduce(ParamStore& params) {
-  const auto t0 = std::chrono::steady_clock::now();
-  auto reduce = [&](const std::vector<int>& tensors, Communicator& comm) {
-    if (comm.size() == 1) return;
-    size_t n = 0;
-    for (int i : tensors) n += params.info(i).size;
-    pack_.resize_uninit(n);
-    size_t at = 0;
-    for (int i : tensors) {
-      std::memcpy(pack_.data() + at, params.grad(i), sizeof(float) * params.info(i).size);
-      at += params.info(i).size;
-    }
-    comm.all_reduce_sum(std::span<float>(pack_.data(), n));
-    at = 0;
-    for (int i : tensors) {
-      std::memcpy(params.grad(i), pack_.data() + at, sizeof(float) * params.info(i).size);
-      at += params.info(i).size;
-    }
-  };
-  reduce(replicated_, world_);
-  reduce(sharded_, dp_);
-  seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  for (size_t i = 0; i < buckets_.size(); ++i) reduce_bucket(params, i);
 }
 
 double GradientSync::global_sum_squares(const ParamStore& params) {
-  auto sum_sq = [&](const std::vector<int>& tensors) {
-    double s = 0;
-    for (int i : tensors) {
+  double replicated = 0, expert = 0;
+  for (const Bucket& b : buckets_) {
+    for (int i : b.replicated) {
       const float* g = params.grad(i);
-      for (size_t j = 0; j < params.info(i).size; ++j) s += static_cast<double>(g[j]) * g[j];
+      for (size_t j = 0; j < params.info(i).size; ++j) replicated += static_cast<double>(g[j]) * g[j];
     }
-    return s;
-  };
-  double expert = sum_sq(sharded_);
+    for (int i : b.sharded) {
+      const float* g = params.grad(i);
+      for (size_t j = 0; j < params.info(i).size; ++j) expert += static_cast<double>(g[j]) * g[j];
+    }
+  }
   if (ep_.size() > 1) ep_.all_reduce_sum(std::span<double>(&expert, 1));
-  return sum_sq(replicated_) + expert;
+  return replicated + expert;
 }
 
 }  // namespace uoe

@@ -1,8 +1,10 @@
 // Gradient synchronisation across ranks (UOE_MODEL.md §6): replicated tensors (embedding, norms,
 // routers, output biases) are summed over the whole world; an expert slab over its replicas, the
-// ranks of its data-parallel group. Each class of gradient is packed into one buffer in tensor
-// order and reduced with one collective, so the order of every sum is fixed by the world size
-// alone and runs are bitwise reproducible.
+// ranks of its data-parallel group. Tensors are grouped into buckets (one per block, in the order
+// backward finishes them, so a bucket can be reduced while backward goes on: the scheduler); each
+// bucket packs its replicated and its sharded gradients into one buffer each, reduced by one
+// collective. The buckets and their order depend only on the model, so every sum's order is fixed
+// by the world size and runs are bitwise reproducible.
 #pragma once
 #include <vector>
 
@@ -15,22 +17,30 @@ namespace uoe {
 class GradientSync {
  public:
   // world: every rank; dp_group: the replicas of this rank's experts; ep_group: the ranks that
-  // together hold every expert once (for the gradient norm). Any may be of size 1.
-  GradientSync(const ParamStore& params, Communicator& world, Communicator& ep_group, Communicator& dp_group);
-  // Sums the gradients in place as described above.
+  // together hold every expert once (for the gradient norm). Any may be of size 1. `buckets` lists
+  // tensor indices; together they must name every tensor exactly once.
+  GradientSync(const ParamStore& params, std::vector<std::vector<int>> buckets, Communicator& world,
+               Communicator& ep_group, Communicator& dp_group);
+  size_t buckets() const { return buckets_.size(); }
+  // Sums bucket i's gradients in place (collective: every rank reduces the same buckets in order).
+  void reduce_bucket(ParamStore& params, size_t i);
+  // All buckets, in order.
   void all_reduce(ParamStore& params);
-  // Σ g² over the GLOBAL model after all_reduce: replicated tensors once, every expert slab once
+  // Σ g² over the GLOBAL model after the reduction: replicated tensors once, every expert slab once
   // (summed over the ep group). The same value on every rank.
   double global_sum_squares(const ParamStore& params);
-  double seconds() const { return seconds_; }  // wall time spent in the collectives so far
 
  private:
+  struct Bucket {
+    std::vector<int> replicated, sharded;
+  };
+  void reduce(ParamStore& params, const std::vector<int>& tensors, Communicator& comm);
+
   Communicator& world_;
   Communicator& ep_;
   Communicator& dp_;
-  std::vector<int> replicated_, sharded_;  // tensor indices of each class
+  std::vector<Bucket> buckets_;
   FloatBuffer pack_;
-  double seconds_ = 0;
 };
 
 }  // namespace uoe

@@ -96,7 +96,13 @@ struct OptionGroups {
       ("metrics", bound(&c.metrics), "JSON-lines metrics file (default: none)");
     parallelism.add_options()
       ("ep", bound(&c.ep), "ranks per expert-parallel group")
-      ("threads", bound(&c.threads), "BLAS threads per rank (0 = cores / local ranks)");
+      ("threads", bound(&c.threads), "BLAS threads per rank (0 = cores / local ranks)")
+      ("overlap-chunks", bound(&c.overlap_chunks),
+       "chunks per block pipelined by the communication thread (1 = exchanges in line, no overlap)")
+      ("sim-link-gbps", bound(&c.sim_link_gbps),
+       "emulate a network link of this many Gbit/s per rank (0 = off; see parallel/sim_link.hpp)")
+      ("sim-link-latency-us", bound(&c.sim_link_latency_us),
+       "emulated per-message latency in microseconds (with --sim-link-gbps)");
     general.add_options()
       ("help,h", "print this help and exit")
       ("config", bound(&c.config_file),
@@ -240,6 +246,13 @@ void config_validate(const Config& c) {
   require_non_negative(c.eval_every, "--eval-every");
   require_non_negative(c.eval_batches, "--eval-batches");
   require_non_negative(c.threads, "--threads");
+  require_positive(c.overlap_chunks, "--overlap-chunks");
+  if (!(c.sim_link_gbps >= 0) || !std::isfinite(c.sim_link_gbps))
+    fail("--sim-link-gbps ", c.sim_link_gbps, ": expected 0 (off) or a finite bandwidth > 0");
+  if (!(c.sim_link_latency_us >= 0) || !std::isfinite(c.sim_link_latency_us))
+    fail("--sim-link-latency-us ", c.sim_link_latency_us, ": expected a finite latency >= 0");
+  if (c.sim_link_latency_us > 0 && c.sim_link_gbps == 0)
+    fail("--sim-link-latency-us ", c.sim_link_latency_us, " needs --sim-link-gbps (the link to delay)");
 
   // Shapes (UOE_MODEL.md).
   require_divisible(c.d_model, "--d-model", c.heads, "--heads", "each head gets d-model/heads dimensions");
@@ -324,6 +337,9 @@ std::string config_to_ini(const Config& c) {
   os << "# parallelism\n";
   line("ep", c.ep);
   line("threads", c.threads);
+  line("overlap-chunks", c.overlap_chunks);
+  real("sim-link-gbps", c.sim_link_gbps);
+  real("sim-link-latency-us", c.sim_link_latency_us);
   return os.str();
 }
 

@@ -52,6 +52,9 @@ struct Config {
   // --- parallelism ---
   int ep = 1;                   // --ep: ranks per expert-parallel group
   int threads = 0;              // --threads: BLAS threads per rank (0 = cores / local ranks)
+  int overlap_chunks = 1;       // --overlap-chunks: pipeline chunks per block (1 = serial exchanges)
+  double sim_link_gbps = 0;     // --sim-link-gbps: emulated link bandwidth, Gbit/s (0 = off)
+  double sim_link_latency_us = 0;  // --sim-link-latency-us: emulated per-message latency
 };
 
 // Result of parsing: either a config to run, or a request to exit now (e.g. --help was printed).
