@@ -43,6 +43,11 @@ SimulatedLinkCommunicator::SimulatedLinkCommunicator(Communicator& inner, double
   if (!(latency_us >= 0)) fail("--sim-link-latency-us must be non-negative, got ", latency_us);
 }
 
+void SimulatedLinkCommunicator::delay(Clock::time_point t0, double seconds) {
+  modeled_ += seconds;
+  sleep_until_model(t0, seconds);
+}
+
 int SimulatedLinkCommunicator::log2_ranks() const {
   int steps = 0;
   while ((1 << steps) < size()) ++steps;
@@ -70,19 +75,20 @@ double SimulatedLinkCommunicator::all_reduce_seconds(int count, size_t elem) con
 void SimulatedLinkCommunicator::barrier() {
   const auto t0 = Clock::now();
   inner_.barrier();
-  sleep_until_model(t0, log2_ranks() * latency_s_);
+  delay(t0, log2_ranks() * latency_s_);
 }
 
 void SimulatedLinkCommunicator::do_all_to_all_v(const void* send, const Displaced& s, void* recv, const Displaced& r,
                                                 DType t) {
   const auto t0 = Clock::now();
   inner_.do_all_to_all_v(send, s, recv, r, t);
-  sleep_until_model(t0, all_to_all_seconds(s.counts, r.counts, dtype_size(t)));
+  delay(t0, all_to_all_seconds(s.counts, r.counts, dtype_size(t)));
 }
 
 Request SimulatedLinkCommunicator::do_ialltoallv(const void* send, Displaced s, void* recv, Displaced r, DType t) {
   const auto t0 = Clock::now();
   const double secs = all_to_all_seconds(s.counts, r.counts, dtype_size(t));
+  modeled_ += secs;
   Request inner = inner_.do_ialltoallv(send, std::move(s), recv, std::move(r), t);
   return Request(std::make_unique<DelayedRequest>(std::move(inner), t0, secs));
 }
@@ -91,32 +97,34 @@ void SimulatedLinkCommunicator::do_all_to_all_blocks(const void* send, const Pee
                                                      const PeerBlocks& r, DType t) {
   const auto t0 = Clock::now();
   inner_.do_all_to_all_blocks(send, s, recv, r, t);
-  sleep_until_model(t0, all_to_all_seconds(block_totals(s), block_totals(r), dtype_size(t)));
+  delay(t0, all_to_all_seconds(block_totals(s), block_totals(r), dtype_size(t)));
 }
 
 void SimulatedLinkCommunicator::do_all_to_all(const void* send, void* recv, int count, DType t) {
   const auto t0 = Clock::now();
   inner_.do_all_to_all(send, recv, count, t);
   const std::vector<int> same(size(), count);
-  sleep_until_model(t0, all_to_all_seconds(same, same, dtype_size(t)));
+  delay(t0, all_to_all_seconds(same, same, dtype_size(t)));
 }
 
 void SimulatedLinkCommunicator::do_all_reduce_sum(void* data, int count, DType t) {
   const auto t0 = Clock::now();
   inner_.do_all_reduce_sum(data, count, t);
-  sleep_until_model(t0, all_reduce_seconds(count, dtype_size(t)));
+  delay(t0, all_reduce_seconds(count, dtype_size(t)));
 }
 
 Request SimulatedLinkCommunicator::do_iallreduce_sum(void* data, int count, DType t) {
   const auto t0 = Clock::now();
+  const double secs = all_reduce_seconds(count, dtype_size(t));
+  modeled_ += secs;
   Request inner = inner_.do_iallreduce_sum(data, count, t);
-  return Request(std::make_unique<DelayedRequest>(std::move(inner), t0, all_reduce_seconds(count, dtype_size(t))));
+  return Request(std::make_unique<DelayedRequest>(std::move(inner), t0, secs));
 }
 
 void SimulatedLinkCommunicator::do_broadcast(void* data, int count, DType t, int root) {
   const auto t0 = Clock::now();
   inner_.do_broadcast(data, count, t, root);
-  sleep_until_model(t0, log2_ranks() * link_seconds(static_cast<double>(count) * dtype_size(t), 1));
+  delay(t0, log2_ranks() * link_seconds(static_cast<double>(count) * dtype_size(t), 1));
 }
 
 }  // namespace uoe

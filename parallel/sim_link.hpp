@@ -14,6 +14,8 @@
 // it would beside a real NIC). If the real call took longer than t, nothing is added. Non-blocking
 // collectives apply the delay in wait(). Rows a rank keeps for itself cost nothing.
 #pragma once
+#include <chrono>
+
 #include "parallel/comm.hpp"
 
 namespace uoe {
@@ -27,6 +29,8 @@ class SimulatedLinkCommunicator final : public Communicator {
   void barrier() override;
   // Seconds the model charges for sending `bytes` in `messages` messages.
   double link_seconds(double bytes, double messages) const { return messages * latency_s_ + bytes / bytes_per_s_; }
+  // Total link time the model has charged so far (what the collectives cost on the emulated network).
+  double modeled_seconds() const { return modeled_; }
 
  protected:
   void do_all_to_all_v(const void* send, const Displaced& s, void* recv, const Displaced& r, DType t) override;
@@ -44,8 +48,11 @@ class SimulatedLinkCommunicator final : public Communicator {
   double all_reduce_seconds(int count, size_t elem) const;
   int log2_ranks() const;
 
+  void delay(std::chrono::steady_clock::time_point t0, double seconds);
+
   Communicator& inner_;
   double bytes_per_s_, latency_s_;
+  double modeled_ = 0;
 };
 
 }  // namespace uoe

@@ -1,0 +1,161 @@
+// bench-overlap_layer: how much of the expert exchange the scheduler hides, on one UoE layer
+// (SMHA + UoME blocks) forward + backward, expert-parallel over the ranks of the run (use 2),
+// under simulated links (parallel/sim_link.hpp) chosen so that exchange / compute ≈ the given
+// ratios.
+//
+//   mpirun -np 2 build/bin/bench-overlap_layer [--ratios 0.5,1,2] [--chunks 4,8] [--latency-us 5]
+//                                              [--repeats 10] [--csv FILE] [uoe-train model options]
+//
+// Procedure: (1) time the layer with serial exchanges and no simulated link: compute = step time −
+// exchange time; payload bytes per step come from the exchange's counters. (2) For each ratio r,
+// a link of bandwidth bytes / (r · compute) (plus the latency per message) is emulated; the layer
+// is timed serially (chunks 1, exchanges in line) and pipelined (each chunk count, exchanges on
+// the communication thread). Reported per row: serial time, overlapped time, the ideal
+// max(exchange, compute), the exchange time, the exposed exchange time and hidden % =
+// 1 − exposed / exchange. Medians over the repeats; rank 0's figures (the ranks are symmetric).
+// Every timed run's loss is checked against the serial run's (they must agree).
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "layers/model.hpp"
+#include "parallel/comm.hpp"
+#include "parallel/mpi_exchange.hpp"
+#include "parallel/scheduler.hpp"
+#include "parallel/sim_link.hpp"
+#include "runtime/config.hpp"
+#include "runtime/data.hpp"
+#include "runtime/error.hpp"
+#include "runtime/gemm.hpp"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::vector<double> parse_list(const std::string& s) {
+  std::vector<double> v;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) v.push_back(std::stod(item));
+  return v;
+}
+
+struct Timing {
+  double step = 0, exchange = 0, exposed = 0, bytes = 0, loss = 0;
+};
+
+// Median over `repeats` forward+backward passes of one micro-batch (after 2 warm-ups).
+Timing time_layer(const uoe::Config& cfg, uoe::Communicator& ep, const std::vector<int32_t>& tokens, int chunks,
+                  int repeats) {
+  uoe::MpiExchange exchange(ep);
+  uoe::Model model(uoe::model_spec_from_config(cfg, 256), cfg.seed, &exchange);
+  uoe::CommScheduler sched(chunks > 1);
+  model.set_schedule(&sched, chunks);
+  const int B = cfg.batch_size, T = cfg.seq_len;
+  std::vector<int32_t> in(static_cast<size_t>(B) * T), tg(in.size());
+  uoe::data_sample_batch(tokens, T, B, cfg.seed, 1, static_cast<uint64_t>(ep.rank()), in.data(), tg.data());
+  std::vector<Timing> runs;
+  uoe::ForwardStats st;
+  for (int rep = 0; rep < 2 + repeats; ++rep) {
+    model.params().zero_grads();
+    exchange.reset_counters();
+    sched.reset_counters();
+    MPI_Barrier(MPI_COMM_WORLD);
+    const auto t0 = Clock::now();
+    model.forward_backward(in.data(), tg.data(), B, 1.0f, &st);
+    Timing t;
+    t.step = std::chrono::duration<double>(Clock::now() - t0).count();
+    t.exchange = sched.busy_seconds();
+    t.exposed = sched.exposed_seconds();
+    t.bytes = exchange.bytes_sent();
+    t.loss = st.ce_sum;
+    if (rep >= 2) runs.push_back(t);
+  }
+  std::sort(runs.begin(), runs.end(), [](const Timing& a, const Timing& b) { return a.step < b.step; });
+  return runs[runs.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  uoe::MpiSession mpi(&argc, &argv);
+  try {
+    std::vector<double> ratios = {0.5, 1, 2}, chunk_list = {4, 8};
+    double latency_us = 5;
+    int repeats = 10;
+    std::string csv;
+    std::vector<const char*> rest = {argv[0]};
+    for (int i = 1; i < argc; ++i) {
+      const std::string a = argv[i];
+      if (a == "--ratios" && i + 1 < argc) ratios = parse_list(argv[++i]);
+      else if (a == "--chunks" && i + 1 < argc) chunk_list = parse_list(argv[++i]);
+      else if (a == "--latency-us" && i + 1 < argc) latency_us = std::stod(argv[++i]);
+      else if (a == "--repeats" && i + 1 < argc) repeats = std::max(1, std::atoi(argv[++i]));
+      else if (a == "--csv" && i + 1 < argc) csv = argv[++i];
+      else rest.push_back(argv[i]);
+    }
+    std::string help;
+    uoe::Config cfg = uoe::config_parse(static_cast<int>(rest.size()), rest.data(), &help).config;
+    cfg.layers = 1;  // one UoE layer: an SMHA block and a UoME block
+    uoe::ProcessGroups groups = uoe::make_process_groups(MPI_COMM_WORLD, mpi.world_size());
+    uoe::gemm_set_threads(1);  // one core per rank: the second is the other rank's
+    const std::vector<int32_t> tokens =
+        uoe::data_from_text(uoe::data_builtin_corpus(), nullptr, 0.1, uoe::TokenizerKind::byte, cfg.seq_len, "built-in")
+            .train;
+    const bool root = mpi.world_rank() == 0;
+
+    // (1) Compute time and bytes, serial, no simulated link.
+    const Timing base = time_layer(cfg, *groups.ep_group, tokens, 1, repeats);
+    const double compute = base.step - base.exchange;
+    if (root)
+      std::printf("# bench-overlap_layer: %d ranks, d %d, B %d × T %d, 1 layer; compute %.2f ms, payload %.2f MB "
+                  "sent per rank per fwd+bwd, link latency %g us\n",
+                  mpi.world_size(), cfg.d_model, cfg.batch_size, cfg.seq_len, compute * 1e3, base.bytes / 1e6,
+                  latency_us);
+    if (root)
+      std::printf("%6s %9s %7s %11s %11s %11s %11s %11s %8s %9s\n", "ratio", "Gbit/s", "chunks", "serial ms",
+                  "overlap ms", "ideal ms", "exchange ms", "exposed ms", "hidden", "vs ideal");
+    FILE* out = root && !csv.empty() ? std::fopen(csv.c_str(), "w") : nullptr;
+    if (out)
+      std::fprintf(out, "ratio,gbps,chunks,serial_ms,overlap_ms,ideal_ms,exchange_ms,exposed_ms,hidden,overlap_over_ideal\n");
+    for (double r : ratios) {
+      // Bandwidth such that bytes / bandwidth = r · compute (latency comes on top).
+      const double gbps = base.bytes * 8.0 / (r * compute) / 1e9;
+      uoe::SimulatedLinkCommunicator link(*groups.ep_group, gbps, latency_us);
+      const Timing serial = time_layer(cfg, link, tokens, 1, repeats);
+      if (root)
+        std::printf("# ratio %g: link model charged %.2f ms per fwd+bwd (serial run measured %.2f ms exchanging)\n", r,
+                    link.modeled_seconds() / (2 + repeats) * 1e3, serial.exchange * 1e3);
+      for (double ch : chunk_list) {
+        const Timing piped = time_layer(cfg, link, tokens, static_cast<int>(ch), repeats);
+        if (std::fabs(piped.loss - serial.loss) > 1e-5 * std::fabs(serial.loss))
+          uoe::fail("pipelined loss ", piped.loss, " differs from serial ", serial.loss);
+        const double ideal = std::max(serial.exchange, compute);
+        const double hidden = piped.exchange > 0 ? 1.0 - piped.exposed / piped.exchange : 0.0;
+        if (root) {
+          std::printf("%6.2f %9.3f %7d %11.2f %11.2f %11.2f %11.2f %11.2f %7.1f%% %8.2fx\n", r, gbps,
+                      static_cast<int>(ch), serial.step * 1e3, piped.step * 1e3, ideal * 1e3, piped.exchange * 1e3,
+                      piped.exposed * 1e3, 100 * hidden, piped.step / ideal);
+          if (out)
+            std::fprintf(out, "%g,%.4f,%d,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f\n", r, gbps, static_cast<int>(ch),
+                         serial.step * 1e3, piped.step * 1e3, ideal * 1e3, piped.exchange * 1e3, piped.exposed * 1e3,
+                         hidden, piped.step / ideal);
+        }
+      }
+    }
+    if (out) std::fclose(out);
+    groups.close();
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: [rank %d] %s\n", mpi.world_rank(), e.what());
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
+}
