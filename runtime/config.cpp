@@ -55,6 +55,7 @@ struct OptionGroups {
   po::options_description model{"Model", kHelpWidth, kHelpWidth / 2};
   po::options_description training{"Training", kHelpWidth, kHelpWidth / 2};
   po::options_description evaluation{"Evaluation and logging", kHelpWidth, kHelpWidth / 2};
+  po::options_description checkpointing{"Checkpoints and reliability", kHelpWidth, kHelpWidth / 2};
   po::options_description parallelism{"Parallelism", kHelpWidth, kHelpWidth / 2};
   po::options_description general{"General", kHelpWidth, kHelpWidth / 2};
 
@@ -77,7 +78,10 @@ struct OptionGroups {
       ("patch-size", bound(&c.patch_size), "tokens per routed patch (divides --seq-len)")
       ("gate", bound(&c.gate), "gate weights: renorm | sum")
       ("aux-loss", bound(&c.aux_loss), "load-balance loss weight alpha")
-      ("z-loss", bound(&c.z_loss), "router z-loss weight");
+      ("z-loss", bound(&c.z_loss), "router z-loss weight")
+      ("block-type", bound(&c.block_type),
+       "uoe | dense (the transformer UoE is cut from) | moe (token-choice MoE MLP, dense attention)")
+      ("expert-d-ff", bound(&c.expert_d_ff), "hidden width of each moe expert (0 = d-ff / experts)");
     training.add_options()
       ("seq-len", bound(&c.seq_len), "sequence length T")
       ("batch-size", bound(&c.batch_size), "sequences B per rank micro-batch")
@@ -94,6 +98,14 @@ struct OptionGroups {
       ("eval-batches", bound(&c.eval_batches), "batches per evaluation (0 = the whole split)")
       ("log-every", bound(&c.log_every), "steps between progress lines")
       ("metrics", bound(&c.metrics), "JSON-lines metrics file (default: none)");
+    checkpointing.add_options()
+      ("checkpoint-dir", bound(&c.checkpoint_dir), "directory for sharded HDF5 checkpoints (default: none)")
+      ("checkpoint-every", bound(&c.checkpoint_every), "steps between checkpoints (0 = only at the end)")
+      ("keep-last", bound(&c.keep_last), "committed checkpoints to keep (0 = all)")
+      ("resume", bound(&c.resume), "auto (newest valid checkpoint in --checkpoint-dir) or a checkpoint path")
+      ("collective-timeout", bound(&c.collective_timeout),
+       "seconds an exchange may wait before the job is aborted with a report")
+      ("max-bad-steps", bound(&c.max_bad_steps), "consecutive non-finite steps skipped before stopping");
     parallelism.add_options()
       ("ep", bound(&c.ep), "ranks per expert-parallel group")
       ("threads", bound(&c.threads), "BLAS threads per rank (0 = cores / local ranks)")
@@ -111,12 +123,12 @@ struct OptionGroups {
 
   po::options_description for_file() const {
     po::options_description all;
-    all.add(data).add(model).add(training).add(evaluation).add(parallelism);
+    all.add(data).add(model).add(training).add(evaluation).add(checkpointing).add(parallelism);
     return all;
   }
   po::options_description for_command_line() const {
     po::options_description all(kHelpWidth, kHelpWidth / 2);
-    all.add(data).add(model).add(training).add(evaluation).add(parallelism).add(general);
+    all.add(data).add(model).add(training).add(evaluation).add(checkpointing).add(parallelism).add(general);
     return all;
   }
 };
@@ -246,6 +258,16 @@ void config_validate(const Config& c) {
   require_non_negative(c.eval_every, "--eval-every");
   require_non_negative(c.eval_batches, "--eval-batches");
   require_non_negative(c.threads, "--threads");
+  require_non_negative(c.checkpoint_every, "--checkpoint-every");
+  require_non_negative(c.keep_last, "--keep-last");
+  require_positive(c.max_bad_steps, "--max-bad-steps");
+  if (!(c.collective_timeout > 0) || !std::isfinite(c.collective_timeout))
+    fail("--collective-timeout ", c.collective_timeout, ": expected a finite number of seconds > 0");
+  if (!c.resume.empty() && c.resume == "auto" && c.checkpoint_dir.empty())
+    fail("--resume auto needs --checkpoint-dir (where to look for checkpoints)");
+  if (c.block_type != "uoe" && c.block_type != "dense" && c.block_type != "moe")
+    fail("--block-type '", c.block_type, "': expected uoe, dense or moe");
+  require_non_negative(c.expert_d_ff, "--expert-d-ff");
   require_positive(c.overlap_chunks, "--overlap-chunks");
   if (!(c.sim_link_gbps >= 0) || !std::isfinite(c.sim_link_gbps))
     fail("--sim-link-gbps ", c.sim_link_gbps, ": expected 0 (off) or a finite bandwidth > 0");
@@ -318,6 +340,8 @@ std::string config_to_ini(const Config& c) {
   line("gate", c.gate);
   real("aux-loss", c.aux_loss);
   real("z-loss", c.z_loss);
+  line("block-type", c.block_type);
+  line("expert-d-ff", c.expert_d_ff);
   os << "# training\n";
   line("seq-len", c.seq_len);
   line("batch-size", c.batch_size);
@@ -334,6 +358,13 @@ std::string config_to_ini(const Config& c) {
   line("eval-batches", c.eval_batches);
   line("log-every", c.log_every);
   line("metrics", c.metrics);
+  os << "# checkpoints and reliability\n";
+  line("checkpoint-dir", c.checkpoint_dir);
+  line("checkpoint-every", c.checkpoint_every);
+  line("keep-last", c.keep_last);
+  line("resume", c.resume);
+  real("collective-timeout", c.collective_timeout);
+  line("max-bad-steps", c.max_bad_steps);
   os << "# parallelism\n";
   line("ep", c.ep);
   line("threads", c.threads);

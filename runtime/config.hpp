@@ -30,6 +30,8 @@ struct Config {
   std::string gate = "renorm";  // --gate: renorm | sum
   double aux_loss = 0.01;       // --aux-loss: balance-loss weight alpha
   double z_loss = 0.0;          // --z-loss: router z-loss weight
+  std::string block_type = "uoe";  // --block-type: uoe | dense | moe (baselines for the per-FLOP study)
+  int expert_d_ff = 0;          // --expert-d-ff: width of each moe expert (0 = d_ff / experts)
 
   // --- training ---
   int seq_len = 128;            // --seq-len: T
@@ -48,6 +50,14 @@ struct Config {
   int eval_batches = 0;         // --eval-batches: batches of B windows per evaluation (0 = whole split)
   int log_every = 10;           // --log-every: steps between progress lines
   std::string metrics;          // --metrics: JSON-lines file (empty = none)
+
+  // --- checkpoints and reliability ---
+  std::string checkpoint_dir;   // --checkpoint-dir: where step_N/ checkpoints go (empty = none)
+  int checkpoint_every = 0;     // --checkpoint-every: steps between checkpoints (0 = only at the end)
+  int keep_last = 3;            // --keep-last: committed checkpoints kept (0 = all)
+  std::string resume;           // --resume: auto | PATH (empty = start fresh)
+  double collective_timeout = 300;  // --collective-timeout: seconds before a stuck exchange aborts the job
+  int max_bad_steps = 5;        // --max-bad-steps: consecutive non-finite steps skipped before stopping
 
   // --- parallelism ---
   int ep = 1;                   // --ep: ranks per expert-parallel group
