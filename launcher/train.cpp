@@ -174,9 +174,21 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
     fig.load_max_over_mean[b] = mean > 0 ? mx / mean : 0.0;
     at += experts_of[b];
   }
-  // Every rank sees the same global loss and norm, so every rank stops here together.
-  if (!std::isfinite(fig.loss) || !std::isfinite(fig.grad_norm))
-    fail("non-finite loss or gradient at step ", step, " (loss ", fig.loss, ", gradient norm ", fig.grad_norm, ")");
+  // Every rank sees the same global loss and norm, so every rank skips (or not) together.
+  if (!std::isfinite(fig.loss) || !std::isfinite(fig.grad_norm)) {
+    fig.skipped = true;
+    // Name the first tensor backward reached with a non-finite gradient (buckets are in backward
+    // order, last block first): that is where the fault entered, the rest inherited it.
+    const ParamStore& ps = model.params();
+    for (const std::vector<int>& bucket : model_gradient_buckets(model))
+      for (int i : bucket) {
+        const float* g = ps.grad(i);
+        for (size_t j = 0; j < ps.info(i).size && fig.bad_tensor.empty(); ++j)
+          if (!std::isfinite(g[j])) fig.bad_tensor = ps.info(i).name;
+        if (!fig.bad_tensor.empty()) return fig;
+      }
+    return fig;
+  }
   const float clip_scale =
       (cfg.clip > 0 && fig.grad_norm > cfg.clip) ? static_cast<float>(cfg.clip / fig.grad_norm) : 1.0f;
   opt.update(model.params(), lr_at_step(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr), step, clip_scale);
@@ -266,6 +278,7 @@ int train_run(const Config& cfg) {
   std::vector<double> load_max(blocks, 0.0);  // max over the window of (max/mean load) per block
   std::vector<int64_t> dropped(blocks, 0), assignments(blocks, 0);
   EvalResult last_eval;
+  int bad_steps = 0;  // consecutive skipped steps
 
   auto run_eval = [&](int step) {
     const auto t0 = Clock::now();
@@ -290,6 +303,19 @@ int train_run(const Config& cfg) {
     scheduler.reset_counters();
     const StepFigures fig = train_step(model, opt, cfg, data.train, step, ranks);
     const double dt = seconds_since(t0);
+    if (fig.skipped) {
+      // Non-finite loss or gradient: the update was skipped. A few such steps can be survived (a
+      // bad batch); a run of them means the model has diverged.
+      ++bad_steps;
+      const std::string where = fig.bad_tensor.empty() ? std::string("the loss") : "tensor " + fig.bad_tensor;
+      log_warn("step %d: non-finite loss (%g) or gradient norm (%g), first seen in %s; update skipped (%d of at most "
+               "%d in a row)", step, fig.loss, fig.grad_norm, where.c_str(), bad_steps, cfg.max_bad_steps);
+      if (bad_steps >= cfg.max_bad_steps)
+        fail(bad_steps, " consecutive steps with a non-finite loss or gradient (last at step ", step, ", in ", where,
+             "); stopping without saving: the last committed checkpoint is intact. Lower --lr or check the data.");
+      continue;
+    }
+    bad_steps = 0;
     const double lr = lr_at_step(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
     for (int b = 0; b < blocks; ++b) {
       load_max[b] = std::max(load_max[b], fig.load_max_over_mean[b]);

@@ -2,6 +2,7 @@
 // one process or many MPI ranks (expert parallel × data parallel).
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "layers/model.hpp"
@@ -35,12 +36,15 @@ struct StepFigures {
   int64_t tokens = 0;     // tokens trained on by all ranks
   std::vector<double> load_max_over_mean;     // [2L] busiest expert's patches / mean, all ranks' patches
   std::vector<int64_t> dropped, assignments;  // [2L] capacity drops and (patch, choice) pairs
+  // A non-finite loss or gradient: the update was skipped (on every rank: the figures are global).
+  bool skipped = false;
+  std::string bad_tensor;   // first tensor on this rank with a non-finite gradient ("" if only the loss)
 };
 
 // One training step: each rank runs M micro-batches of random windows (micro-batch m of world
 // rank r uses data slot r·M + m, so one rank with M = P micro-batches sees what P ranks see),
 // gradients are summed over the ranks that share them, clipped by global norm, and AdamW applies
-// the scheduled learning rate. Throws uoe::Error on a non-finite loss or gradient (on every rank).
+// the scheduled learning rate. A non-finite loss or gradient skips the update (fig.skipped).
 StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::vector<int32_t>& train_tokens,
                        int step, const StepRanks& ranks = {});
 
