@@ -1,16 +1,21 @@
 #include "launcher/train.hpp"
 
 #include <mpi.h>
+#include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
+#include <csignal>
 #include <cstdio>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "checkpoints/checkpoint.hpp"
 #include "layers/model.hpp"
 #include "layers/optimizer.hpp"
 #include "parallel/comm.hpp"
@@ -24,6 +29,7 @@
 #include "runtime/gemm.hpp"
 #include "runtime/log.hpp"
 #include "runtime/metrics.hpp"
+#include "runtime/watchdog.hpp"
 
 namespace uoe {
 namespace {
@@ -42,8 +48,36 @@ std::string format_duration(double s) {
 }
 
 // Sums a vector of doubles over the world (identity on one process).
-void sum_over_ranks(std::vector<double>& v, const StepRanks& ranks) {
-  if (ranks.world && ranks.world_size > 1) ranks.world->all_reduce_sum(std::span<double>(v));
+void sum_over_ranks(std::vector<double>& v, const StepRanks& ranks, const char* what) {
+  if (!ranks.world || ranks.world_size == 1) return;
+  WatchScope watch(what);
+  ranks.world->all_reduce_sum(std::span<double>(v));
+}
+
+// Preemption: SIGTERM (what schedulers send before killing a job) and SIGUSR1 (Slurm's warning
+// signal, --signal=USR1@120) ask the run to stop at the end of the current step with a checkpoint.
+volatile sig_atomic_t g_stop_signal = 0;
+extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+// Fault injection for the reliability tests (never set in normal use): UOE_FAULT=KIND:RANK:STEP
+// makes world rank RANK, at the start of step STEP, either die (kill: SIGKILL, as a lost node),
+// hang (stall: sleep forever, as a stuck rank), receive a preemption signal (term: SIGTERM), or
+// see a non-finite loss (nan).
+struct Fault {
+  std::string kind;
+  int rank = -1, step = -1;
+};
+Fault fault_from_env() {
+  Fault f;
+  const char* v = std::getenv("UOE_FAULT");
+  if (!v) return f;
+  char kind[16] = {0};
+  if (std::sscanf(v, "%15[a-z]:%d:%d", kind, &f.rank, &f.step) != 3 ||
+      (std::string(kind) != "kill" && std::string(kind) != "stall" && std::string(kind) != "term" &&
+       std::string(kind) != "nan"))
+    fail("UOE_FAULT='", v, "': expected kill|stall|term|nan:RANK:STEP (a test-only fault injection)");
+  f.kind = kind;
+  return f;
 }
 
 struct EvalResult {
@@ -73,7 +107,7 @@ EvalResult evaluate(Model& model, const Dataset& data, const Config& cfg, const 
     sums[0] += st.ce_sum;
     sums[1] += static_cast<double>(st.tokens);
   }
-  sum_over_ranks(sums, ranks);
+  sum_over_ranks(sums, ranks, "evaluation: loss all-reduce");
   return {sums[1] > 0 ? sums[0] / sums[1] : 0.0, static_cast<int64_t>(sums[1])};
 }
 
@@ -123,7 +157,13 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
   // it, behind the backward of the blocks below (on the communication thread when overlapping).
   auto reduce_when_done = [&](int block) {
     const size_t bucket = block < 0 ? static_cast<size_t>(blocks) : static_cast<size_t>(blocks - 1 - block);
-    ranks.scheduler->submit([&ranks, &model, bucket] { ranks.sync->reduce_bucket(model.params(), bucket); });
+    ranks.scheduler->submit([&ranks, &model, bucket, block] {
+      std::string where = "gradient all-reduce of ";
+      if (block < 0) where += "embedding and final norm";
+      else where += "block " + std::to_string(block);
+      WatchScope watch(where);
+      ranks.sync->reduce_bucket(model.params(), bucket);
+    });
   };
   const bool bucketed = ranks.sync && ranks.scheduler && ranks.world_size > 1;
   for (int m = 0; m < M; ++m) {
@@ -153,7 +193,8 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
   } else {
     sq = grad_sum_squares(model.params().grads().data(), model.params().total());
   }
-  sum_over_ranks(sums, ranks);
+  if (ranks.inject_nan) sums[0] = std::numeric_limits<double>::quiet_NaN();
+  sum_over_ranks(sums, ranks, "step figures: all-reduce");
 
   StepFigures fig;
   const double micro = static_cast<double>(M) * ranks.world_size;
@@ -200,6 +241,9 @@ int train_run(const Config& cfg) {
   ProcessGroups groups = make_process_groups(MPI_COMM_WORLD, cfg.ep);
   const int world_rank = groups.world->rank(), world_size = groups.world->size();
   log_set_rank(world_rank, world_size);
+  const Fault fault = fault_from_env();
+  // A stuck exchange ends the job: every rank's watchdog reports where it waits, then aborts.
+  Watchdog watchdog(cfg.collective_timeout, [](const std::string&) { MPI_Abort(MPI_COMM_WORLD, 3); });
   const int threads = cfg.threads > 0 ? cfg.threads
                                       : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local_ranks());
   gemm_set_threads(threads);
@@ -266,7 +310,35 @@ int train_run(const Config& cfg) {
            cfg.steps, world_size, cfg.micro_batches, cfg.batch_size, cfg.seq_len, cfg.lr, cfg.min_lr, cfg.warmup,
            static_cast<unsigned long long>(cfg.seed));
 
-  MetricsWriter metrics(world_rank == 0 ? cfg.metrics : std::string());
+  // Checkpoints: resume first (every rank loads the slabs it holds, whatever world size wrote them),
+  // then save every --checkpoint-every steps and at the end, asynchronously.
+  int start_step = 1;
+  const std::string resume_path = checkpoint_resolve(cfg.resume, cfg.checkpoint_dir, *groups.world);
+  if (!resume_path.empty()) {
+    const TrainState st = checkpoint_load(resume_path, cfg, model.params(), opt, *groups.world);
+    start_step = static_cast<int>(st.step) + 1;
+    log_info("resumed from %s: step %lld (written by %d ranks, ep %d)", resume_path.c_str(),
+             static_cast<long long>(st.step), st.world, st.ep);
+    if (start_step > cfg.steps) log_info("the checkpoint is at or past --steps %d: nothing left to train", cfg.steps);
+  } else if (cfg.resume == "auto") {
+    log_info("resume auto: no checkpoint in %s yet, starting from step 1", cfg.checkpoint_dir.c_str());
+  }
+  std::unique_ptr<CheckpointWriter> writer;
+  if (!cfg.checkpoint_dir.empty())
+    writer = std::make_unique<CheckpointWriter>(cfg.checkpoint_dir, cfg.keep_last, *groups.world, shard_role(groups));
+  auto save_checkpoint = [&](int step) {
+    if (!writer) return;
+    TrainState st;
+    st.step = step;
+    st.seed = cfg.seed;
+    st.lr = lr_at_step(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
+    st.config_ini = config_to_ini(cfg);
+    writer->save(model.params(), opt, st);  // waits for (and commits) the previous one first
+  };
+  std::signal(SIGTERM, on_stop_signal);
+  std::signal(SIGUSR1, on_stop_signal);
+
+  MetricsWriter metrics(world_rank == 0 ? cfg.metrics : std::string(), /*append=*/start_step > 1);
   const int blocks = 2 * spec.layers;
 
   // Figures accumulated between log lines.
@@ -297,7 +369,16 @@ int train_run(const Config& cfg) {
     metrics.write(j);
   };
 
-  for (int step = 1; step <= cfg.steps; ++step) {
+  int last_step = start_step - 1;
+  bool preempted = false;
+  for (int step = start_step; step <= cfg.steps; ++step) {
+    if (fault.rank == world_rank && fault.step == step) {
+      if (fault.kind == "kill") raise(SIGKILL);
+      if (fault.kind == "term") raise(SIGTERM);
+      if (fault.kind == "stall")
+        for (;;) pause();
+    }
+    ranks.inject_nan = fault.kind == "nan" && fault.rank == world_rank && step >= fault.step;
     const auto t0 = Clock::now();
     exchange->reset_counters();
     scheduler.reset_counters();
@@ -342,7 +423,7 @@ int train_run(const Config& cfg) {
     if (step % cfg.log_every == 0 || step == cfg.steps) {
       const double tps = win_tokens / win_time;
       const double share = win_flops / world_size / win_time * 1e-9 / peak;  // per rank, against its peak
-      const double eta = (cfg.steps - step) * (total_train_time / step);
+      const double eta = (cfg.steps - step) * (total_train_time / (step - start_step + 1));
       double worst_load = 0;
       int64_t drop_n = 0, assign_n = 0;
       for (int b = 0; b < blocks; ++b) {
@@ -371,11 +452,40 @@ int train_run(const Config& cfg) {
       std::fill(dropped.begin(), dropped.end(), 0);
       std::fill(assignments.begin(), assignments.end(), 0);
     }
+    last_step = step;
     if (cfg.eval_every > 0 && step % cfg.eval_every == 0 && step != cfg.steps) run_eval(step);
+    // Between steps, all ranks agree on two things (one small all-reduce): a stop signal, which
+    // may reach only some ranks, and whether every rank has finished writing the in-flight
+    // checkpoint, which is then committed at once (a collective) instead of at the next save.
+    std::vector<double> agree = {g_stop_signal ? 1.0 : 0.0, writer && writer->write_done() ? 1.0 : 0.0};
+    sum_over_ranks(agree, ranks, "step boundary: all-reduce");
+    if (agree[1] == world_size) writer->wait();
+    if (agree[0] > 0 && step < cfg.steps) {
+      log_info("stop signal received: finishing at step %d with a checkpoint", step);
+      save_checkpoint(step);
+      preempted = true;
+      break;
+    }
+    if (cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 && step != cfg.steps) save_checkpoint(step);
   }
+  if (preempted) {
+    if (writer) {
+      writer->wait();
+      log_info("preempted: checkpoint %s committed; resume with --resume auto", writer->last_committed().c_str());
+    } else {
+      log_info("preempted at step %d (no --checkpoint-dir, so nothing was saved)", last_step);
+    }
+    groups.close();
+    return 0;
+  }
+  if (last_step == cfg.steps && start_step <= cfg.steps) save_checkpoint(cfg.steps);
   run_eval(cfg.steps);  // always evaluate at the end (the loop skips the last step)
+  if (writer) {
+    writer->wait();
+    if (!writer->last_committed().empty()) log_info("checkpoint: %s", writer->last_committed().c_str());
+  }
 
-  const double tps = total_tokens / total_train_time;
+  const double tps = total_train_time > 0 ? total_tokens / total_train_time : 0.0;
   JsonLine j;
   j.add("final", true).add("step", cfg.steps).add("val_loss", last_eval.loss);
   if (byte_level) j.add("val_bpb", last_eval.loss / std::log(2.0));

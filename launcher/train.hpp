@@ -21,6 +21,7 @@ struct StepRanks {
   GradientSync* sync = nullptr;        // null: single process; buckets as model_gradient_buckets
   CommScheduler* scheduler = nullptr;  // runs the gradient all-reduce buckets (with the model's exchanges)
   int world_rank = 0, world_size = 1;
+  bool inject_nan = false;  // fault injection (tests): this rank's loss becomes non-finite
 };
 
 // Gradient buckets in the order backward finishes them: block 2L−1, …, block 0, then the

@@ -5,6 +5,7 @@
 // sources). The single-rank exchange is the identity; the MPI one is the all-to-all of §6.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "layers/experts.hpp"
@@ -39,6 +40,12 @@ class ExpertExchange {
   virtual double comm_seconds() const { return 0; }
   virtual double bytes_sent() const { return 0; }
   virtual void reset_counters() {}
+  // Where the caller is (e.g. "layer 2 attention, chunk 1"), for the collective watchdog's report.
+  void set_context(std::string where) { context_ = std::move(where); }
+  const std::string& context() const { return context_; }
+
+ private:
+  std::string context_;
 };
 
 // One rank owns every expert: rows stay where they are.

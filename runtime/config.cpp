@@ -281,18 +281,33 @@ void config_validate(const Config& c) {
   if ((c.d_model / c.heads) % 2 != 0)
     fail("--d-model ", c.d_model, " / --heads ", c.heads, " gives head dimension ", c.d_model / c.heads,
          ": expected an even head dimension (RoPE rotates pairs)");
-  require_divisible(c.heads, "--heads", c.attn_experts, "--attn-experts",
-                    "each attention expert owns heads/attn-experts heads");
-  require_in_range(c.attn_topk, "--attn-topk", c.attn_experts, "--attn-experts");
-  require_in_range(c.topk, "--topk", c.experts, "--experts");
-  require_divisible(c.d_ff, "--d-ff", c.experts, "--experts",
-                    "each MLP expert owns d-ff/experts hidden units");
+  // Block types (layers/model.hpp): uoe routes attention and MLP; moe only the MLP (dense
+  // attention); dense nothing. Expert options of an unrouted part are ignored, so not checked.
+  const bool attn_routed = c.block_type == "uoe", mlp_routed = c.block_type != "dense";
+  if (c.expert_d_ff != 0 && c.block_type != "moe")
+    fail("--expert-d-ff ", c.expert_d_ff, " applies to --block-type moe only (this is --block-type ", c.block_type,
+         "; uoe cuts --d-ff into --experts experts)");
+  if (attn_routed) {
+    require_divisible(c.heads, "--heads", c.attn_experts, "--attn-experts",
+                      "each attention expert owns heads/attn-experts heads");
+    require_in_range(c.attn_topk, "--attn-topk", c.attn_experts, "--attn-experts");
+  }
+  if (mlp_routed) {
+    require_in_range(c.topk, "--topk", c.experts, "--experts");
+    if (c.expert_d_ff == 0)
+      require_divisible(c.d_ff, "--d-ff", c.experts, "--experts",
+                        c.block_type == "moe" ? "moe experts are d-ff/experts wide unless --expert-d-ff is given"
+                                              : "each MLP expert owns d-ff/experts hidden units");
+  }
   require_divisible(c.seq_len, "--seq-len", c.patch_size, "--patch-size", "a patch never crosses a sequence");
-  // Every rank of an expert-parallel group owns the same number of experts of each kind.
-  require_divisible(c.experts, "--experts", c.ep, "--ep",
-                    "each rank of an expert-parallel group owns experts/ep MLP experts");
-  require_divisible(c.attn_experts, "--attn-experts", c.ep, "--ep",
-                    "each rank of an expert-parallel group owns attn-experts/ep attention experts");
+  // Every rank of an expert-parallel group owns the same number of experts of each kind (dense
+  // attention and the dense MLP are replicated on every rank instead).
+  if (mlp_routed)
+    require_divisible(c.experts, "--experts", c.ep, "--ep",
+                      "each rank of an expert-parallel group owns experts/ep MLP experts");
+  if (attn_routed)
+    require_divisible(c.attn_experts, "--attn-experts", c.ep, "--ep",
+                      "each rank of an expert-parallel group owns attn-experts/ep attention experts");
   if (!(c.capacity_factor >= 0) || !std::isfinite(c.capacity_factor))
     fail("--capacity-factor ", c.capacity_factor, ": expected 0 (dropless) or a finite number > 0");
   if (c.gate != "renorm" && c.gate != "sum") fail("--gate '", c.gate, "': expected renorm or sum");

@@ -44,6 +44,7 @@
 
 #include "runtime/error.hpp"
 #include "runtime/rng.hpp"
+#include "runtime/token_file.hpp"
 
 namespace uoe {
 
@@ -275,9 +276,99 @@ Dataset data_from_text(const std::string& train_text, const std::string* val_tex
   return dataset_build(train_text, val_text, val_fraction, kind, seq_len, source, source, source);
 }
 
+namespace {
+
+const char* tokenizer_name(TokenizerKind kind) { return kind == TokenizerKind::word ? "word" : "byte"; }
+
+std::string token_file_summary(const TokenFile& f) {
+  std::ostringstream os;
+  os << f.path() << " (prepared, " << (f.header().dtype_bytes == 2 ? "uint16" : "uint32") << ")";
+  return os.str();
+}
+
+// --data is a token file (uoe-prepare's output). The split follows the text path exactly: the last
+// round(n * val_fraction) tokens when there is no --val-data, so a prepared file and its text give
+// the same token streams whichever is loaded.
+Dataset dataset_from_token_file(const Config& cfg, TokenizerKind kind) {
+  const TokenFile train(cfg.data, "--data");
+  const TokenFileHeader& h = train.header();
+  if (h.tokenizer != kind)
+    fail("--tokenizer ", cfg.tokenizer, " disagrees with --data token file '", cfg.data, "', which was prepared ",
+         tokenizer_name(h.tokenizer), "-level: pass --tokenizer ", tokenizer_name(h.tokenizer));
+  Dataset ds;
+  ds.vocab.kind = kind;
+  if (kind == TokenizerKind::word) {
+    const std::string vocab_path = vocab_path_for(cfg.data);
+    std::error_code ec;
+    if (!std::filesystem::exists(vocab_path, ec))
+      fail("--data token file '", cfg.data, "' is word-level and needs its vocabulary file '", vocab_path,
+           "' (uoe-prepare writes PREFIX.vocab next to PREFIX.train.tok and PREFIX.val.tok)");
+    ds.vocab = vocab_file_read(vocab_path);
+    if (ds.vocab.words.size() != h.vocab_size)
+      fail("vocabulary file '", vocab_path, "' has ", ds.vocab.words.size(), " words but --data token file '", cfg.data,
+           "' was prepared with a vocabulary of ", h.vocab_size, ": they come from different preparations");
+    if (vocab_hash(ds.vocab) != h.vocab_hash)
+      fail("vocabulary file '", vocab_path, "' does not match --data token file '", cfg.data,
+           "' (same size, different words or order): they come from different preparations");
+  }
+  ds.source = token_file_summary(train);
+  const std::string train_label = "'" + cfg.data + "'";
+  std::string train_what = "training data " + train_label, val_what;
+  if (cfg.val_data.empty()) {
+    if (!(cfg.val_fraction > 0.0 && cfg.val_fraction < 1.0))
+      fail("--val-fraction must be in (0, 1) when no --val-data is given, got ", cfg.val_fraction);
+    std::ostringstream frac;
+    frac << cfg.val_fraction;
+    train_what = "training split of " + train_label + " (all but the last --val-fraction " + frac.str() + ")";
+    val_what = "validation split of " + train_label + " (the last --val-fraction " + frac.str() + ")";
+    const size_t n = train.size();
+    const auto n_val = static_cast<size_t>(std::llround(static_cast<double>(n) * cfg.val_fraction));
+    ds.train = train.tokens(0, n - n_val);
+    ds.val = train.tokens(n - n_val, n_val);
+  } else if (token_file_detect(cfg.val_data)) {
+    const TokenFile val(cfg.val_data, "--val-data");
+    const TokenFileHeader& vh = val.header();
+    if (vh.tokenizer != h.tokenizer || vh.vocab_size != h.vocab_size || vh.vocab_hash != h.vocab_hash)
+      fail("--val-data token file '", cfg.val_data, "' (", tokenizer_name(vh.tokenizer), "-level, V=", vh.vocab_size,
+           ") was prepared with a different vocabulary than --data '", cfg.data, "' (", tokenizer_name(h.tokenizer),
+           "-level, V=", h.vocab_size, "): prepare both in one uoe-prepare run");
+    ds.train = train.tokens(0, train.size());
+    ds.val = val.tokens(0, val.size());
+    ds.source += " (validation: " + token_file_summary(val) + ")";
+    val_what = "validation data '" + cfg.val_data + "'";
+  } else {
+    // Validation text, tokenized with the prepared vocabulary (unknown words -> <unk> = 0).
+    const std::string val_text = text_file_read(cfg.val_data, "--val-data");
+    ds.train = train.tokens(0, train.size());
+    if (kind == TokenizerKind::byte) {
+      ds.val = byte_ids(val_text);
+    } else {
+      WordIds ids;
+      for (size_t id = 0; id < ds.vocab.words.size(); ++id) ids[ds.vocab.words[id]] = static_cast<int32_t>(id);
+      const std::vector<std::string_view> tokens = word_tokenize(val_text);
+      ds.val = word_ids(tokens, 0, tokens.size(), ids);
+    }
+    ds.source += " (validation: " + cfg.val_data + ")";
+    val_what = "validation data '" + cfg.val_data + "'";
+  }
+  check_split_length(ds.train.size(), cfg.seq_len, train_what);
+  check_split_length(ds.val.size(), cfg.seq_len, val_what);
+  return ds;
+}
+
+}  // namespace
+
+std::string data_read_text(const std::string& path, const char* option) { return text_file_read(path, option); }
+
 Dataset data_load(const Config& cfg) {
   const TokenizerKind kind = tokenizer_parse(cfg.tokenizer);
   const bool builtin = cfg.data.empty();
+  if (!builtin && token_file_detect(cfg.data)) return dataset_from_token_file(cfg, kind);
+  if (!cfg.val_data.empty() && token_file_detect(cfg.val_data))
+    fail("--val-data '", cfg.val_data, "' is a prepared token file but --data ",
+         builtin ? std::string("is the built-in corpus") : "'" + cfg.data + "' is text",
+         ": token ids mean something only with the vocabulary they were prepared with; prepare both with "
+         "uoe-prepare (--data TEXT --val-data TEXT), or give the validation text");
   const std::string train_text = builtin ? data_builtin_corpus() : text_file_read(cfg.data, "--data");
   const std::string train_label = builtin ? "the built-in corpus" : "'" + cfg.data + "'";
   const std::string train_source = builtin ? "built-in corpus" : cfg.data;

@@ -46,7 +46,23 @@ struct Dataset {
 // ties broken by byte-wise string order; validation words not in it map to 0.
 // Throws uoe::Error naming the file/option and what is wrong: unknown --tokenizer, missing or
 // unreadable file, a directory, an empty file, or a split shorter than seq_len + 1 tokens.
+//
+// Prepared token files (uoe-prepare; format in runtime/token_file.hpp) are recognised by their
+// magic ("UOETOK01") or a name ending in ".tok", memory-mapped, checked and converted to the same
+// int32 streams as the text they came from (so training on either gives the same losses):
+//   --data X.tok [no --val-data]   the last round(n * val_fraction) tokens are validation, as for text;
+//   --data X.tok --val-data Y.tok  both must come from one preparation (same tokenizer, V, vocabulary);
+//   --data X.tok --val-data text   the text is tokenized with X's vocabulary (unknown words -> 0);
+//   --data text --val-data Y.tok   refused (Y's ids belong to another vocabulary).
+// --tokenizer must match the file's tokenizer. Word level reads the vocabulary (V and the words)
+// from vocab_path_for(X) and checks its size and hash against X's header. A foreign or damaged
+// file (magic, version, dtype, truncated, size disagreeing with the token count, an id >= V) is a
+// uoe::Error naming the file and what is wrong.
 Dataset data_load(const Config& cfg);
+
+// The whole file, read in binary mode. Throws uoe::Error naming `option` (e.g. "--data") and the
+// path when it is missing, a directory, unreadable or empty.
+std::string data_read_text(const std::string& path, const char* option);
 
 // Same, from in-memory text (used by data_load and tests). val_text == nullptr -> split
 // train_text by val_fraction as above. `source` names the text in messages and Dataset::source.

@@ -6,6 +6,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstddef>
 #include <cstring>
 
 #include "runtime/rng.hpp"  // UOE_HD
@@ -169,6 +170,102 @@ UOE_HD inline float crossentropy_row_forward(float* logits, int V, int target) {
   return -logf(p > 1e-30f ? p : 1e-30f);
 }
 
+// Cross-entropy forward + backward of one row: logits become (softmax − onehot)·grad_scale in
+// place; returns −log p[target].
+UOE_HD inline float crossentropy_row_forward_backward(float* logits, int V, int target, float grad_scale) {
+  const float loss = crossentropy_row_forward(logits, V, target);
+  logits[target] -= 1.0f;
+  for (int v = 0; v < V; ++v) logits[v] *= grad_scale;
+  return loss;
+}
+
+// One row of a scatter-add: t += scale · s over C columns. Element-wise, so a GPU that splits the
+// columns over threads (calling this with C = 1 per column) computes exactly what the CPU does.
+UOE_HD inline void scatter_add_row(float* t, const float* s, int C, float scale) {
+  for (int c = 0; c < C; ++c) t[c] += scale * s[c];
+}
+
+// AdamW's per-step scalars (UOE_MODEL.md §4), formed once per step on the host.
+struct AdamWScalars {
+  float beta1, beta2;  // β1, β2
+  float bias1, bias2;  // 1 / (1 − β1^t), 1 / (1 − β2^t)
+  float lr, eps;
+  float decay;         // lr · weight_decay (decoupled)
+  float grad_scale;    // multiplies every gradient first (global-norm clipping)
+};
+
+// One AdamW element update; decay_mask is 1 where weight decay applies, else 0. Scalars by value so
+// that, inlined into a loop, the compiler knows stores to w/m/v cannot change them.
+UOE_HD inline void adamw_update_elem(float& w, float& m, float& v, float g, float decay_mask, AdamWScalars s) {
+  const float gi = g * s.grad_scale;
+  m = s.beta1 * m + (1.0f - s.beta1) * gi;
+  v = s.beta2 * v + (1.0f - s.beta2) * gi * gi;
+  const float mh = m * s.bias1, vh = v * s.bias2;
+  w -= s.lr * mh / (sqrtf(vh) + s.eps) + s.decay * decay_mask * w;
+}
+
+// ---- causal attention over one (segment, head), row by row ----
+// A segment holds L rows of one sequence in position order; q, k, v point at the segment's first
+// row of this head's q, k and v vectors (dh floats each), rows ld floats apart. P is the segment's
+// [L, L] probability tile for this head (row i sees columns j ≤ i; columns j > i are 0). These are
+// the bodies the GPU runs (one thread per row); the CPU training path forms the same products with
+// GEMMs (layers/experts.cpp), and test_device.cpp checks the two agree.
+
+// Query row i: p_i = softmax(scale · q_i·kⱼ, j ≤ i), o_i = Σ_j p_ij vⱼ (o_i: dh floats).
+UOE_HD inline void attn_row_forward(float* o_i, float* p_i, const float* q_i, const float* k, const float* v,
+                                    int ld, int i, int L, int dh, float scale) {
+  for (int j = 0; j <= i; ++j) {
+    const float* kj = k + static_cast<int64_t>(j) * ld;
+    float s = 0.0f;
+    for (int t = 0; t < dh; ++t) s += q_i[t] * kj[t];
+    p_i[j] = scale * s;
+  }
+  softmax_row(p_i, i + 1);
+  for (int j = i + 1; j < L; ++j) p_i[j] = 0.0f;
+  for (int t = 0; t < dh; ++t) {
+    float a = 0.0f;
+    for (int j = 0; j <= i; ++j) a += p_i[j] * v[static_cast<int64_t>(j) * ld + t];
+    o_i[t] = a;
+  }
+}
+
+// Backward, query row i: ds_i = scale · softmax'(dp_i) with dp_ij = do_i·vⱼ (j ≤ i; 0 beyond), and
+// dq_i = Σ_j ds_ij kⱼ (overwritten). ds_i is row i of the segment-head's [L, L] dS tile, which the
+// key pass below reads by column.
+UOE_HD inline void attn_row_backward_query(float* dq_i, float* ds_i, const float* do_i, const float* p_i,
+                                           const float* k, const float* v, int ld, int i, int L, int dh,
+                                           float scale) {
+  for (int j = 0; j <= i; ++j) {
+    const float* vj = v + static_cast<int64_t>(j) * ld;
+    float s = 0.0f;
+    for (int t = 0; t < dh; ++t) s += do_i[t] * vj[t];
+    ds_i[j] = s;
+  }
+  softmax_row_backward(ds_i, p_i, ds_i, i + 1);
+  for (int j = 0; j <= i; ++j) ds_i[j] *= scale;
+  for (int j = i + 1; j < L; ++j) ds_i[j] = 0.0f;
+  for (int t = 0; t < dh; ++t) {
+    float a = 0.0f;
+    for (int j = 0; j <= i; ++j) a += ds_i[j] * k[static_cast<int64_t>(j) * ld + t];
+    dq_i[t] = a;
+  }
+}
+
+// Backward, key row j (after every query row's ds): dk_j = Σ_{i≥j} ds_ij q_i and
+// dv_j = Σ_{i≥j} p_ij do_i (both overwritten). ds, p: [L, L] tiles; dO rows are ldo apart.
+UOE_HD inline void attn_row_backward_key(float* dk_j, float* dv_j, const float* ds, const float* p, const float* q,
+                                         const float* dO, int ld, int ldo, int j, int L, int dh) {
+  for (int t = 0; t < dh; ++t) {
+    float a = 0.0f, b = 0.0f;
+    for (int i = j; i < L; ++i) {
+      a += ds[static_cast<int64_t>(i) * L + j] * q[static_cast<int64_t>(i) * ld + t];
+      b += p[static_cast<int64_t>(i) * L + j] * dO[static_cast<int64_t>(i) * ldo + t];
+    }
+    dk_j[t] = a;
+    dv_j[t] = b;
+  }
+}
+
 // ---- CPU loops over rows ----
 
 void layernorm_forward(float* out, float* mean, float* rstd, const float* x, const float* weight,
@@ -186,5 +283,25 @@ void scatter_add_rows(float* table, const float* src, const int32_t* ids, int N,
 double crossentropy_forward_backward(float* logits, const int32_t* targets, int N, int V, float grad_scale);
 // Loss only (logits overwritten with probabilities).
 double crossentropy_forward(float* logits, const int32_t* targets, int N, int V);
+
+// In-place softmax of N rows of n; lse [N] receives each row's log-sum-exp (may be null).
+void softmax_rows(float* x, float* lse, int N, int n);
+// Top-k of each of N rows of n scores: idx [N, k], as topk_row.
+void topk_rows(int* idx, const float* x, int N, int n, int k);
+// RoPE on the first `heads` head vectors (dh floats each, back to back) of each of R rows, rows ld
+// floats apart, row r at position pos[r]; cos/sin tables [positions, dh/2] from rope_table.
+void rope_rows(float* x, const int32_t* pos, const float* cos_table, const float* sin_table, int R, int heads,
+               int dh, int ld, bool inverse);
+// AdamW over n elements (w, m, v updated in place; g gradients; decay_mask [n] of 0/1).
+void adamw_update(float* w, float* m, float* v, const float* g, const float* decay_mask, size_t n,
+                  const AdamWScalars& s);
+// Causal attention over packed segments, g heads: qkv [R, 3·g·dh] (q heads, k heads, v heads, RoPE
+// applied), o [R, g·dh]. Segment s spans rows [seg_begin[s], seg_begin[s+1]); its g probability tiles
+// [L, L] start at att[att_offset[s]] (layout of AttnExpertCache).
+void attn_causal_forward(float* o, float* att, const float* qkv, const int* seg_begin, const int64_t* att_offset,
+                         int nseg, int g, int dh);
+// Its backward: dqkv [R, 3·g·dh] overwritten (before undoing RoPE), ds a workspace shaped like att.
+void attn_causal_backward(float* dqkv, float* ds, const float* d_o, const float* att, const float* qkv,
+                          const int* seg_begin, const int64_t* att_offset, int nseg, int g, int dh);
 
 }  // namespace uoe

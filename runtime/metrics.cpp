@@ -57,9 +57,9 @@ JsonLine& JsonLine::add(const char* k, const std::vector<double>& v) {
   return *this;
 }
 
-MetricsWriter::MetricsWriter(const std::string& path) : path_(path) {
+MetricsWriter::MetricsWriter(const std::string& path, bool append) : path_(path) {
   if (path.empty()) return;
-  f_ = std::fopen(path.c_str(), "w");
+  f_ = std::fopen(path.c_str(), append ? "a" : "w");
   if (!f_) fail("cannot open --metrics file '", path, "': ", std::strerror(errno));
 }
 MetricsWriter::~MetricsWriter() {

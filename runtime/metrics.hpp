@@ -22,11 +22,11 @@ class JsonLine {
   std::string body_;
 };
 
-// Appends lines to a file (truncated when opened); a no-op without a path. Flushes each line so a
-// killed run keeps what it logged.
+// Writes lines to a file (truncated when opened, or appended to when `append`, as a resumed run
+// does); a no-op without a path. Flushes each line so a killed run keeps what it logged.
 class MetricsWriter {
  public:
-  explicit MetricsWriter(const std::string& path);
+  explicit MetricsWriter(const std::string& path, bool append = false);
   ~MetricsWriter();
   MetricsWriter(const MetricsWriter&) = delete;
   MetricsWriter& operator=(const MetricsWriter&) = delete;

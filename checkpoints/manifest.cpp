@@ -1,0 +1,197 @@
+#include "checkpoints/manifest.hpp"
+
+#include <algorithm>
+#include <map>
+#include <sstream>
+
+#include "checkpoints/h5.hpp"
+#include "runtime/error.hpp"
+
+namespace uoe {
+namespace {
+
+std::string shape_text(const std::vector<int64_t>& s) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  os << "]";
+  return os.str();
+}
+
+std::string trim(const std::string& s) {
+  const size_t b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return "";
+  const size_t e = s.find_last_not_of(" \t\r\n");
+  return s.substr(b, e - b + 1);
+}
+
+}  // namespace
+
+void manifest_write(const std::string& path, const Manifest& m) {
+  h5::init_thread();
+  h5::File f = h5::file_create(path);
+  const hid_t root = f.get();
+  h5::attr_write_i64(root, "format_version", m.format_version, path, "/");
+  h5::attr_write_i64(root, "step", m.step, path, "/");
+  h5::attr_write_u64(root, "seed", m.seed, path, "/");
+  h5::attr_write_f64(root, "lr", m.lr, path, "/");
+  h5::attr_write_i64(root, "world", m.world, path, "/");
+  h5::attr_write_i64(root, "ep", m.ep, path, "/");
+  h5::attr_write_str(root, "config_ini", m.config_ini, path, "/");
+  UOE_ASSERT(!m.shard_files.empty(), "manifest without shard files");
+  h5::attr_write_strs(root, "shard_files", m.shard_files, path, "/");
+  {
+    h5::Group index = h5::group_create(root, "index", path);
+    h5::attr_write_str(index.get(), "columns", "shard, slab_begin, slab_end", path, "/index");
+    for (const ManifestTensor& t : m.tensors) {
+      UOE_ASSERT(t.name.find('/') == std::string::npos && !t.name.empty() && t.name != "." && !t.slabs.empty(),
+                 "tensor name '", t.name, "'");
+      std::vector<int64_t> rows;
+      for (const ManifestSlab& s : t.slabs) rows.insert(rows.end(), {s.shard, s.begin, s.end});
+      const std::string name = "/index/" + t.name;
+      h5::Dataset d = h5::dataset_write(index.get(), t.name, {static_cast<int64_t>(t.slabs.size()), 3},
+                                        h5::Elem::i64, rows.data(), path);
+      h5::attr_write_i64s(d.get(), "global_shape", t.global_shape, path, name);
+      d.close(path, name);
+    }
+    index.close(path, "/index");
+  }
+  f.close(path, "");
+}
+
+Manifest manifest_read(const std::string& path) {
+  h5::init_thread();
+  h5::File f = h5::file_open(path);
+  const hid_t root = f.get();
+  Manifest m;
+  // The version first: everything else may mean something else in another version.
+  m.format_version = h5::attr_read_i64(root, "format_version", path, "/");
+  if (m.format_version != kCheckpointFormatVersion)
+    fail(path, ": checkpoint format version ", m.format_version, ", but this build of uoe reads version ",
+         kCheckpointFormatVersion);
+  m.step = h5::attr_read_i64(root, "step", path, "/");
+  m.seed = h5::attr_read_u64(root, "seed", path, "/");
+  m.lr = h5::attr_read_f64(root, "lr", path, "/");
+  m.world = h5::attr_read_i64(root, "world", path, "/");
+  m.ep = h5::attr_read_i64(root, "ep", path, "/");
+  m.config_ini = h5::attr_read_str(root, "config_ini", path, "/");
+  m.shard_files = h5::attr_read_strs(root, "shard_files", path, "/");
+  if (m.step < 0) fail(path, ": step ", m.step, " is negative");
+  for (const std::string& s : m.shard_files)
+    if (s.empty() || s.find('/') != std::string::npos || s == "." || s == "..")
+      fail(path, ": shard file name '", s, "' is not a plain file name");
+
+  h5::Group index = h5::group_open(root, "index", path);
+  for (const std::string& name : h5::group_members(index.get(), path, "/index")) {
+    const std::string where = "/index/" + name;
+    h5::Dataset d = h5::dataset_open(index.get(), name, path);
+    h5::dataset_check_type(d.get(), h5::Elem::i64, path, where);
+    const std::vector<int64_t> dims = h5::dataset_dims(d.get(), path, where);
+    if (dims.size() != 2 || dims[1] != 3 || dims[0] < 1)
+      fail(path, ": ", where, " has shape ", shape_text(dims), ", expected [slabs, 3]");
+    std::vector<int64_t> rows(static_cast<size_t>(dims[0] * 3));
+    h5::dataset_read(d.get(), h5::Elem::i64, rows.data(), path, where);
+    ManifestTensor t;
+    t.name = name;
+    t.global_shape = h5::attr_read_i64s(d.get(), "global_shape", path, where);
+    if (t.global_shape.empty()) fail(path, ": ", where, " has an empty global_shape");
+    for (int64_t s : t.global_shape)
+      if (s <= 0) fail(path, ": ", where, " has global_shape ", shape_text(t.global_shape), " with a dimension <= 0");
+    for (int64_t i = 0; i < dims[0]; ++i) t.slabs.push_back({rows[3 * i], rows[3 * i + 1], rows[3 * i + 2]});
+    m.tensors.push_back(std::move(t));
+  }
+  return m;
+}
+
+void manifest_check_coverage(const Manifest& m, const std::string& where) {
+  const int64_t shards = static_cast<int64_t>(m.shard_files.size());
+  for (const ManifestTensor& t : m.tensors) {
+    UOE_ASSERT(!t.global_shape.empty(), t.name);
+    const int64_t rows = t.global_shape[0];
+    const auto slab_text = [&](const ManifestSlab& s) {
+      std::ostringstream os;
+      os << "[" << s.begin << ", " << s.end << ") in shard " << s.shard;
+      if (s.shard >= 0 && s.shard < shards) os << " (" << m.shard_files[static_cast<size_t>(s.shard)] << ")";
+      return os.str();
+    };
+    std::vector<ManifestSlab> slabs = t.slabs;
+    for (const ManifestSlab& s : slabs) {
+      if (s.shard < 0 || s.shard >= shards)
+        fail(where, ": tensor ", t.name, ": slab ", slab_text(s), " names shard ", s.shard, " but the manifest lists ",
+             shards, " shard files");
+      if (!(0 <= s.begin && s.begin < s.end && s.end <= rows))
+        fail(where, ": tensor ", t.name, ": slab ", slab_text(s), " is empty or outside rows [0, ", rows,
+             ") of global shape ", shape_text(t.global_shape));
+    }
+    std::sort(slabs.begin(), slabs.end(), [](const ManifestSlab& a, const ManifestSlab& b) { return a.begin < b.begin; });
+    int64_t covered = 0;  // rows [0, covered) are held exactly once so far
+    const ManifestSlab* prev = nullptr;
+    for (const ManifestSlab& s : slabs) {
+      if (s.begin < covered)
+        fail(where, ": tensor ", t.name, ": slabs ", slab_text(*prev), " and ", slab_text(s), " overlap in rows [",
+             s.begin, ", ", std::min(covered, s.end), "): every element must be stored exactly once");
+      if (s.begin > covered)
+        fail(where, ": tensor ", t.name, ": no shard holds rows [", covered, ", ", s.begin, ") of ", rows,
+             " (gap in the slabs)");
+      covered = s.end;
+      prev = &s;
+    }
+    if (covered != rows)
+      fail(where, ": tensor ", t.name, ": no shard holds rows [", covered, ", ", rows, ") of ", rows,
+           " (gap in the slabs)");
+  }
+}
+
+const std::vector<std::string>& config_shape_keys() {
+  static const std::vector<std::string> keys = {"layers", "d-model",    "heads", "attn-experts",
+                                                "experts", "d-ff",      "tokenizer"};
+  return keys;
+}
+
+const std::vector<std::string>& config_behaviour_keys() {
+  static const std::vector<std::string> keys = {"attn-topk", "topk",     "capacity-factor", "patch-size",
+                                                "gate",      "aux-loss", "z-loss"};
+  return keys;
+}
+
+std::vector<std::pair<std::string, std::string>> config_ini_entries(const std::string& ini) {
+  std::vector<std::pair<std::string, std::string>> out;
+  std::istringstream in(ini);
+  std::string line;
+  while (std::getline(in, line)) {
+    const std::string t = trim(line);
+    if (t.empty() || t[0] == '#') continue;
+    const size_t eq = t.find('=');
+    if (eq == std::string::npos) continue;
+    out.emplace_back(trim(t.substr(0, eq)), trim(t.substr(eq + 1)));
+  }
+  return out;
+}
+
+std::vector<std::string> config_check_compatible(const std::string& stored_ini, const std::string& current_ini,
+                                                 const std::string& where) {
+  std::map<std::string, std::string> stored, current;
+  for (auto& [k, v] : config_ini_entries(stored_ini)) stored[k] = v;
+  for (auto& [k, v] : config_ini_entries(current_ini)) current[k] = v;
+  const auto value = [](const std::map<std::string, std::string>& m, const std::string& k) -> std::string {
+    const auto it = m.find(k);
+    return it == m.end() ? "(absent)" : it->second;
+  };
+  std::ostringstream mismatches;
+  int n = 0;
+  for (const std::string& k : config_shape_keys()) {
+    if (stored.count(k) && current.count(k) && stored[k] == current[k]) continue;
+    mismatches << (n++ ? "; " : "") << "--" << k << " " << value(stored, k) << " in the checkpoint, "
+               << value(current, k) << " in this run";
+  }
+  if (n)
+    fail(where, ": checkpoint is incompatible with this run's model: ", mismatches.str(),
+         " (model shape options must match; training options such as --lr or --steps may differ)");
+  std::vector<std::string> differ;
+  for (const std::string& k : config_behaviour_keys())
+    if (value(stored, k) != value(current, k))
+      differ.push_back("--" + k + " " + value(stored, k) + " in the checkpoint, " + value(current, k) + " now");
+  return differ;
+}
+
+}  // namespace uoe

@@ -1,0 +1,134 @@
+// cuBLAS expert GEMMs (runtime/cuda/gemm.cuh explains the row-major mapping and the path choice).
+// Compiled only; see docs/gpu.md.
+#include <vector>
+
+#include "runtime/cuda/check.cuh"
+#include "runtime/cuda/gemm.cuh"
+
+namespace uoe::cuda {
+namespace {
+cublasOperation_t op(bool trans) { return trans ? CUBLAS_OP_T : CUBLAS_OP_N; }
+bool changes_nothing(const GemmProblem& p, float beta) { return p.M == 0 || p.N == 0 || (p.K == 0 && beta == 1.0f); }
+}  // namespace
+
+Blas::Blas(cudaStream_t stream, size_t workspace_bytes) : stream_(stream) {
+  UOE_CHECK_CUBLAS(cublasCreate(&handle_));
+  try {
+    UOE_CHECK_CUBLAS(cublasSetStream(handle_, stream_));
+    UOE_CHECK_CUBLAS(cublasSetPointerMode(handle_, CUBLAS_POINTER_MODE_HOST));
+    if (workspace_bytes) {
+      workspace_.resize(workspace_bytes);
+      UOE_CHECK_CUBLAS(cublasSetWorkspace(handle_, workspace_.data(), workspace_bytes));
+    }
+  } catch (...) {
+    cublasDestroy(handle_);
+    throw;
+  }
+}
+
+Blas::~Blas() {
+  if (handle_) (void)cublasDestroy(handle_);
+}
+
+void Blas::set_stream(cudaStream_t s) {
+  stream_ = s;
+  UOE_CHECK_CUBLAS(cublasSetStream(handle_, s));
+  // The workspace is re-bound with the stream (cuBLAS resets it to its default on a stream change).
+  if (workspace_.size()) UOE_CHECK_CUBLAS(cublasSetWorkspace(handle_, workspace_.data(), workspace_.size()));
+}
+
+cublasComputeType_t Blas::compute_type() const {
+  return tf32_ ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+}
+
+void Blas::gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+                int ldb, float beta, float* C, int ldc) {
+  if (M == 0 || N == 0) return;
+  // Column-major Cᵀ[N, M] = op(B)ᵀ · op(A)ᵀ (see the header).
+  UOE_CHECK_CUBLAS(cublasGemmEx(handle_, op(trans_b), op(trans_a), N, M, K, &alpha, B, CUDA_R_32F, ldb, A, CUDA_R_32F,
+                                lda, &beta, C, CUDA_R_32F, ldc, compute_type(), CUBLAS_GEMM_DEFAULT));
+}
+
+void Blas::gemm_strided_batched(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+                                long long stride_a, const float* B, int ldb, long long stride_b, float beta, float* C,
+                                int ldc, long long stride_c, int batch) {
+  if (M == 0 || N == 0 || batch == 0) return;
+  UOE_CHECK_CUBLAS(cublasGemmStridedBatchedEx(handle_, op(trans_b), op(trans_a), N, M, K, &alpha, B, CUDA_R_32F, ldb,
+                                              stride_b, A, CUDA_R_32F, lda, stride_a, &beta, C, CUDA_R_32F, ldc,
+                                              stride_c, batch, compute_type(), CUBLAS_GEMM_DEFAULT));
+}
+
+void Blas::gemm_experts(bool trans_a, bool trans_b, float alpha, int lda, int ldb, float beta, int ldc,
+                        std::span<const GemmProblem> problems) {
+  std::vector<GemmProblem> p;
+  p.reserve(problems.size());
+  for (const GemmProblem& q : problems)
+    if (!changes_nothing(q, beta)) p.push_back(q);
+  last_path_ = ExpertGemmPath::none;
+  if (p.empty()) return;
+
+  // Equal shapes at constant strides → one strided-batched call.
+  bool uniform = true;
+  const long long sa = p.size() > 1 ? p[1].A - p[0].A : 0;
+  const long long sb = p.size() > 1 ? p[1].B - p[0].B : 0;
+  const long long sc = p.size() > 1 ? p[1].C - p[0].C : 0;
+  for (size_t e = 1; e < p.size() && uniform; ++e)
+    uniform = p[e].M == p[0].M && p[e].N == p[0].N && p[e].K == p[0].K && p[e].A - p[e - 1].A == sa &&
+              p[e].B - p[e - 1].B == sb && p[e].C - p[e - 1].C == sc;
+  if (uniform) {
+    gemm_strided_batched(trans_a, trans_b, p[0].M, p[0].N, p[0].K, alpha, p[0].A, lda, sa, p[0].B, ldb, sb, beta,
+                         p[0].C, ldc, sc, static_cast<int>(p.size()));
+    last_path_ = ExpertGemmPath::strided_batched;
+    return;
+  }
+#if CUBLAS_VERSION >= 120500
+  gemm_grouped(trans_a, trans_b, alpha, lda, ldb, beta, ldc, p);
+  last_path_ = ExpertGemmPath::grouped;
+#else
+  for (const GemmProblem& q : p) gemm(trans_a, trans_b, q.M, q.N, q.K, alpha, q.A, lda, q.B, ldb, beta, q.C, ldc);
+  last_path_ = ExpertGemmPath::loop;
+#endif
+}
+
+void Blas::gemm_grouped(bool trans_a, bool trans_b, float alpha, int lda, int ldb, float beta, int ldc,
+                        std::span<const GemmProblem> p) {
+#if CUBLAS_VERSION >= 120500
+  const int G = static_cast<int>(p.size());
+  // Host arrays (one entry per group; every group holds one problem). In column-major terms each
+  // problem is Cᵀ = op(B)ᵀ·op(A)ᵀ: m = N, n = M, cuBLAS's A is our B and its B is our A.
+  std::vector<cublasOperation_t> ta(G, op(trans_b)), tb(G, op(trans_a));
+  std::vector<int> m(G), n(G), k(G), lda_v(G, ldb), ldb_v(G, lda), ldc_v(G, ldc), group_size(G, 1);
+  std::vector<float> alphas(G, alpha), betas(G, beta);
+  for (int e = 0; e < G; ++e) {
+    m[e] = p[e].N;
+    n[e] = p[e].M;
+    k[e] = p[e].K;
+  }
+  // Device pointer arrays [3, G]: cuBLAS-A (our B), cuBLAS-B (our A), C. Staged in a pinned slot
+  // whose previous copy has finished, then copied in stream order before the GEMM reads them.
+  Staging& slot = staging_[next_slot_];
+  next_slot_ = (next_slot_ + 1) % kStagingSlots;
+  if (slot.used) slot.copied.synchronize();  // normally long done: the ring is kStagingSlots deep
+  slot.host.resize(3 * static_cast<size_t>(G));
+  for (int e = 0; e < G; ++e) {
+    slot.host[e] = p[e].B;
+    slot.host[G + e] = p[e].A;
+    slot.host[2 * G + e] = p[e].C;
+  }
+  device_ptrs_.resize(3 * static_cast<size_t>(G));
+  UOE_CHECK_CUDA(cudaMemcpyAsync(device_ptrs_.data(), slot.host.data(), 3 * G * sizeof(const void*),
+                                 cudaMemcpyHostToDevice, stream_));
+  slot.copied.record(stream_);
+  slot.used = true;
+  const void* const* d = device_ptrs_.data();
+  UOE_CHECK_CUBLAS(cublasGemmGroupedBatchedEx(
+      handle_, ta.data(), tb.data(), m.data(), n.data(), k.data(), alphas.data(), d, CUDA_R_32F, lda_v.data(), d + G,
+      CUDA_R_32F, ldb_v.data(), betas.data(), const_cast<void* const*>(d + 2 * G), CUDA_R_32F, ldc_v.data(), G,
+      group_size.data(), compute_type()));
+#else
+  (void)trans_a, (void)trans_b, (void)alpha, (void)lda, (void)ldb, (void)beta, (void)ldc, (void)p;
+  UOE_ASSERT(false, "grouped GEMM needs cuBLAS 12.5 or newer");
+#endif
+}
+
+}  // namespace uoe::cuda

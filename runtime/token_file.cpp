@@ -1,0 +1,383 @@
+// Token files and vocabulary files (format in token_file.hpp).
+#include "runtime/token_file.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string_view>
+#include <unordered_set>
+#include <utility>
+
+#include "runtime/error.hpp"
+
+namespace uoe {
+
+// ---------------------------------------------------------------------------------------------
+// MappedFile
+
+MappedFile::MappedFile(const std::string& path, const char* option) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail(option, " file '", path, "' cannot be opened for reading (", std::strerror(errno), ")");
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    fail(option, " file '", path, "': cannot stat (", std::strerror(err), ")");
+  }
+  if (S_ISDIR(st.st_mode)) {
+    ::close(fd);
+    fail(option, " '", path, "' is a directory; expected a token file");
+  }
+  size_ = static_cast<size_t>(st.st_size);
+  if (size_ > 0) {
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      const int err = errno;
+      ::close(fd);
+      size_ = 0;
+      fail(option, " file '", path, "' cannot be memory-mapped (", std::strerror(err), ")");
+    }
+    data_ = static_cast<const unsigned char*>(p);
+    ::madvise(p, size_, MADV_SEQUENTIAL);  // read front to back once (a hint; failure is harmless)
+  }
+  ::close(fd);  // the mapping keeps the file
+}
+
+MappedFile::~MappedFile() { release(); }
+
+MappedFile::MappedFile(MappedFile&& o) noexcept : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+
+MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
+  if (this != &o) {
+    release();
+    data_ = std::exchange(o.data_, nullptr);
+    size_ = std::exchange(o.size_, 0);
+  }
+  return *this;
+}
+
+void MappedFile::release() noexcept {
+  if (data_ != nullptr) ::munmap(const_cast<unsigned char*>(data_), size_);
+  data_ = nullptr;
+  size_ = 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Little-endian fields
+
+namespace {
+
+template <class T>
+T load_le(const unsigned char* p) {
+  T v = 0;
+  for (size_t i = 0; i < sizeof(T); ++i) v |= static_cast<T>(static_cast<T>(p[i]) << (8 * i));
+  return v;
+}
+
+template <class T>
+void store_le(unsigned char* p, T v) {
+  for (size_t i = 0; i < sizeof(T); ++i) p[i] = static_cast<unsigned char>(v >> (8 * i));
+}
+
+std::array<unsigned char, kTokenFileHeaderBytes> header_encode(const TokenFileHeader& h) {
+  std::array<unsigned char, kTokenFileHeaderBytes> b{};
+  std::memcpy(b.data(), kTokenFileMagic, 8);
+  store_le<uint32_t>(b.data() + 8, h.version);
+  store_le<uint16_t>(b.data() + 12, h.dtype_bytes);
+  store_le<uint16_t>(b.data() + 14, h.tokenizer == TokenizerKind::word ? 1 : 0);
+  store_le<uint32_t>(b.data() + 16, h.vocab_size);
+  store_le<uint32_t>(b.data() + 20, 0);
+  store_le<uint64_t>(b.data() + 24, h.tokens);
+  store_le<uint64_t>(b.data() + 32, h.vocab_hash);
+  return b;
+}
+
+// Printable form of the first bytes of a foreign file, for the "not a token file" message.
+std::string bytes_shown(const unsigned char* p, size_t n) {
+  std::string s;
+  for (size_t i = 0; i < n; ++i) {
+    if (p[i] >= 0x20 && p[i] < 0x7f && p[i] != '\\') {
+      s += static_cast<char>(p[i]);
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", p[i]);
+      s += buf;
+    }
+  }
+  return s;
+}
+
+bool ends_with(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// TokenFile
+
+TokenFile::TokenFile(const std::string& path, const char* option)
+    : path_(path), option_(option), map_(path, option) {
+  const unsigned char* p = map_.data();
+  const size_t size = map_.size();
+  const std::string where = std::string(option) + " token file '" + path + "'";
+  if (size < 8 || std::memcmp(p, kTokenFileMagic, 8) != 0)
+    fail(where, ": not a uoe token file (it starts with \"", bytes_shown(p, std::min<size_t>(size, 8)),
+         "\", expected the magic \"UOETOK01\"); prepare text with uoe-prepare, or give a text file "
+         "whose name does not end in .tok");
+  if (size < kTokenFileHeaderBytes)
+    fail(where, ": truncated header (", size, " bytes; the header is ", kTokenFileHeaderBytes, ")");
+  header_.version = load_le<uint32_t>(p + 8);
+  if (header_.version != kTokenFileVersion)
+    fail(where, ": format version ", header_.version, " is not supported (this build reads version ",
+         kTokenFileVersion, "); prepare the data again with this build's uoe-prepare");
+  header_.dtype_bytes = load_le<uint16_t>(p + 12);
+  if (header_.dtype_bytes != 2 && header_.dtype_bytes != 4)
+    fail(where, ": unknown token dtype code ", header_.dtype_bytes, " (expected 2 for uint16 or 4 for uint32)");
+  const uint16_t tok = load_le<uint16_t>(p + 14);
+  if (tok > 1) fail(where, ": unknown tokenizer code ", tok, " (expected 0 for byte or 1 for word)");
+  header_.tokenizer = tok == 1 ? TokenizerKind::word : TokenizerKind::byte;
+  header_.vocab_size = load_le<uint32_t>(p + 16);
+  header_.tokens = load_le<uint64_t>(p + 24);
+  header_.vocab_hash = load_le<uint64_t>(p + 32);
+  if (header_.vocab_size == 0) fail(where, ": vocabulary size 0 in the header");
+  if (header_.tokenizer == TokenizerKind::byte && header_.vocab_size != 256)
+    fail(where, ": byte-level file with vocabulary size ", header_.vocab_size, " (byte level is always 256)");
+  if (header_.vocab_size > static_cast<uint32_t>(INT32_MAX))
+    fail(where, ": vocabulary size ", header_.vocab_size, " does not fit 32-bit signed token ids");
+  if (header_.dtype_bytes == 2 && header_.vocab_size > 65536)
+    fail(where, ": uint16 tokens cannot hold the ids of a vocabulary of ", header_.vocab_size);
+  const size_t payload = size - kTokenFileHeaderBytes;
+  if (header_.tokens > payload / header_.dtype_bytes || payload != header_.tokens * header_.dtype_bytes)
+    fail(where, ": the header says ", header_.tokens, " tokens of ", header_.dtype_bytes, " bytes (",
+         static_cast<double>(header_.tokens) * header_.dtype_bytes, " bytes) but the file holds ", payload,
+         " bytes after the header: ",
+         payload < header_.tokens * static_cast<double>(header_.dtype_bytes) ? "truncated" : "trailing bytes",
+         " (a partial copy or a damaged file?)");
+}
+
+void TokenFile::copy_tokens(size_t begin, size_t count, int32_t* out) const {
+  UOE_ASSERT(begin <= size() && count <= size() - begin, "tokens [", begin, ", ", begin + count, ") of ", size());
+  const unsigned char* src = map_.data() + kTokenFileHeaderBytes + begin * header_.dtype_bytes;
+  const uint32_t V = header_.vocab_size;
+  uint32_t bad = 0;  // OR of (id >= V) flags: one branch per file, not per token
+  if (header_.dtype_bytes == 2) {
+    for (size_t i = 0; i < count; ++i) {
+      uint16_t v;
+      std::memcpy(&v, src + 2 * i, 2);
+      if constexpr (std::endian::native == std::endian::big) v = load_le<uint16_t>(src + 2 * i);
+      out[i] = static_cast<int32_t>(v);
+      bad |= static_cast<uint32_t>(v >= V);
+    }
+  } else {
+    for (size_t i = 0; i < count; ++i) {
+      uint32_t v;
+      std::memcpy(&v, src + 4 * i, 4);
+      if constexpr (std::endian::native == std::endian::big) v = load_le<uint32_t>(src + 4 * i);
+      out[i] = static_cast<int32_t>(v);
+      bad |= static_cast<uint32_t>(v >= V);
+    }
+  }
+  if (bad) {
+    for (size_t i = 0; i < count; ++i)
+      if (static_cast<uint32_t>(out[i]) >= V)
+        fail(option_, " token file '", path_, "': token ", begin + i, " has id ", static_cast<uint32_t>(out[i]),
+             ", not below the vocabulary size ", V, " (a damaged file)");
+  }
+}
+
+std::vector<int32_t> TokenFile::tokens(size_t begin, size_t count) const {
+  std::vector<int32_t> out(count);
+  copy_tokens(begin, count, out.data());
+  return out;
+}
+
+bool token_file_detect(const std::string& path) {
+  if (ends_with(path, ".tok")) return true;
+  std::ifstream in(path, std::ios::binary);
+  char head[6] = {};
+  if (!in.read(head, sizeof head)) return false;
+  return std::memcmp(head, kTokenFileMagic, sizeof head) == 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+namespace {
+
+// A file written under a temporary name and renamed into place by commit(); removed otherwise.
+class AtomicFile {
+ public:
+  explicit AtomicFile(const std::string& path)
+      : path_(path), tmp_(path + ".tmp" + std::to_string(::getpid())) {
+    f_ = std::fopen(tmp_.c_str(), "wb");
+    if (!f_) fail("cannot create '", tmp_, "' (", std::strerror(errno), ")");
+  }
+  ~AtomicFile() {
+    if (f_) std::fclose(f_);
+    if (!committed_) std::remove(tmp_.c_str());
+  }
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+
+  void write(const void* p, size_t n) {
+    if (n > 0 && std::fwrite(p, 1, n, f_) != n) fail("writing '", tmp_, "' failed (", std::strerror(errno), ")");
+  }
+  void commit() {
+    const int rc = std::fclose(f_);
+    f_ = nullptr;
+    if (rc != 0) fail("writing '", tmp_, "' failed (", std::strerror(errno), ")");
+    if (std::rename(tmp_.c_str(), path_.c_str()) != 0)
+      fail("cannot rename '", tmp_, "' to '", path_, "' (", std::strerror(errno), ")");
+    committed_ = true;
+  }
+
+ private:
+  std::string path_, tmp_;
+  std::FILE* f_ = nullptr;
+  bool committed_ = false;
+};
+
+}  // namespace
+
+void token_file_write(const std::string& path, const int32_t* tokens, size_t n, TokenizerKind tokenizer,
+                      uint32_t vocab_size, uint64_t vocab_hash) {
+  if (vocab_size == 0) fail("token file '", path, "': vocabulary size 0");
+  TokenFileHeader h;
+  h.dtype_bytes = vocab_size <= 65536 ? 2 : 4;
+  h.tokenizer = tokenizer;
+  h.vocab_size = vocab_size;
+  h.tokens = n;
+  h.vocab_hash = vocab_hash;
+  AtomicFile out(path);
+  const auto header = header_encode(h);
+  out.write(header.data(), header.size());
+  std::vector<unsigned char> buf;
+  constexpr size_t kChunk = size_t{1} << 20;
+  for (size_t i0 = 0; i0 < n; i0 += kChunk) {
+    const size_t m = std::min(kChunk, n - i0);
+    buf.resize(m * h.dtype_bytes);
+    for (size_t i = 0; i < m; ++i) {
+      const int32_t id = tokens[i0 + i];
+      if (id < 0 || static_cast<uint32_t>(id) >= vocab_size)
+        fail("token file '", path, "': token ", i0 + i, " has id ", id, ", outside the vocabulary [0, ", vocab_size, ")");
+      if (h.dtype_bytes == 2) store_le<uint16_t>(buf.data() + 2 * i, static_cast<uint16_t>(id));
+      else store_le<uint32_t>(buf.data() + 4 * i, static_cast<uint32_t>(id));
+    }
+    out.write(buf.data(), buf.size());
+  }
+  out.commit();
+}
+
+uint64_t vocab_hash(const Vocab& vocab) {
+  if (vocab.kind == TokenizerKind::byte) return 0;
+  uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a offset basis
+  auto mix = [&h](unsigned char c) {
+    h ^= c;
+    h *= 0x100000001b3ULL;  // FNV prime
+  };
+  for (const std::string& w : vocab.words) {
+    const uint64_t len = w.size();
+    for (int i = 0; i < 8; ++i) mix(static_cast<unsigned char>(len >> (8 * i)));
+    for (char c : w) mix(static_cast<unsigned char>(c));
+  }
+  return h;
+}
+
+std::string vocab_path_for(const std::string& token_path) {
+  // string_view trimming: GCC 12 flags std::string::resize here with a false -Wrestrict at -O3.
+  std::string_view p = token_path;
+  if (ends_with(p, ".tok")) p.remove_suffix(4);
+  for (std::string_view split : {".train", ".val", ".test"})
+    if (ends_with(p, split)) {
+      p.remove_suffix(split.size());
+      break;
+    }
+  std::string out(p);
+  out += ".vocab";
+  return out;
+}
+
+void vocab_file_write(const std::string& path, const Vocab& vocab) {
+  if (vocab.kind != TokenizerKind::word) fail("vocabulary file '", path, "': only word-level vocabularies are written");
+  std::string text;
+  for (const std::string& w : vocab.words) {
+    for (char c : w) {
+      if (c == '\\') text += "\\\\";
+      else if (c == '\n') text += "\\n";
+      else text += c;
+    }
+    text += '\n';
+  }
+  AtomicFile out(path);
+  out.write(text.data(), text.size());
+  out.commit();
+}
+
+Vocab vocab_file_read(const std::string& path) {
+  const MappedFile map(path, "vocabulary");
+  const std::string_view text(reinterpret_cast<const char*>(map.data()), map.size());
+  Vocab vocab;
+  vocab.kind = TokenizerKind::word;
+  std::unordered_set<std::string_view> seen;
+  size_t line_no = 0, i = 0;
+  while (i < text.size()) {
+    ++line_no;
+    size_t end = text.find('\n', i);
+    if (end == std::string_view::npos) end = text.size();  // a missing final newline is fine
+    const std::string_view line = text.substr(i, end - i);
+    i = end + 1;
+    auto bad = [&](const char* what) {
+      fail("vocabulary file '", path, "' line ", line_no, " (id ", line_no - 1, "): ", what);
+    };
+    if (line.empty()) bad("empty line (every line is one word)");
+    std::string word;
+    for (size_t j = 0; j < line.size(); ++j) {
+      const char c = line[j];
+      if (c == '\r') bad("carriage return (the file must use \\n line ends; was it edited on Windows?)");
+      if (c != '\\') {
+        word += c;
+        continue;
+      }
+      if (j + 1 == line.size()) bad("backslash at the end of the line (write a backslash as \\\\)");
+      const char e = line[++j];
+      if (e == '\\') word += '\\';
+      else if (e == 'n') word += '\n';
+      else bad("unknown escape (only \\\\ and \\n are escapes)");
+    }
+    vocab.words.push_back(std::move(word));
+  }
+  if (vocab.words.empty()) fail("vocabulary file '", path, "' is empty");
+  // Duplicates make the word -> id mapping ambiguous: check after reading (views into `words`
+  // would dangle while it grows).
+  for (size_t id = 0; id < vocab.words.size(); ++id)
+    if (!seen.insert(vocab.words[id]).second)
+      fail("vocabulary file '", path, "' line ", id + 1, ": duplicate word '", vocab.words[id], "'");
+  return vocab;
+}
+
+std::vector<std::string> token_files_write(const Dataset& ds, const std::string& prefix) {
+  const uint32_t V = static_cast<uint32_t>(ds.vocab.size());
+  const uint64_t hash = vocab_hash(ds.vocab);
+  std::vector<std::string> written;
+  if (ds.vocab.kind == TokenizerKind::word) {
+    written.push_back(prefix + ".vocab");
+    vocab_file_write(written.back(), ds.vocab);
+  }
+  written.insert(written.begin(), {prefix + ".train.tok", prefix + ".val.tok"});
+  token_file_write(written[0], ds.train.data(), ds.train.size(), ds.vocab.kind, V, hash);
+  token_file_write(written[1], ds.val.data(), ds.val.size(), ds.vocab.kind, V, hash);
+  return written;
+}
+
+}  // namespace uoe

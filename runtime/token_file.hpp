@@ -1,0 +1,121 @@
+// Prepared token files (written by uoe-prepare, read by uoe-train --data / --val-data) and their
+// word-level vocabulary files.
+//
+// Token file, all integers little-endian, 40-byte header then the tokens:
+//
+//   offset size  field
+//        0    8  magic        "UOETOK01" (bytes 55 4f 45 54 4f 4b 30 31)
+//        8    4  version      uint32, 1
+//       12    2  dtype        uint16, bytes per token: 2 (uint16 ids) or 4 (uint32 ids); uoe-prepare
+//                             writes 2 when the vocabulary has at most 65536 entries, else 4
+//       14    2  tokenizer    uint16, 0 = byte (ids are byte values, vocabulary 256), 1 = word
+//       16    4  vocab_size   uint32, V: every token id is < V
+//       20    4  reserved     uint32, 0
+//       24    8  tokens       uint64, n: number of tokens that follow
+//       32    8  vocab_hash   uint64, vocab_hash() of the vocabulary (0 for byte level), so a token
+//                             file is never read with the vocabulary of another preparation
+//       40  n*dtype            the token ids
+//
+// The file size must be exactly 40 + n·dtype. Readers memory-map the file (read-only, RAII).
+//
+// Vocabulary file (word level; PREFIX.vocab next to PREFIX.train.tok / PREFIX.val.tok): UTF-8 or any
+// bytes, one word per line, id = line number counted from 0 (line 1 is "<unk>", id 0). A backslash
+// escapes: "\\" is a backslash, "\n" a newline (the newline token itself is written as the two
+// characters \n). No other escape, no empty line, no carriage return, no duplicate word.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/data.hpp"
+
+namespace uoe {
+
+inline constexpr char kTokenFileMagic[8] = {'U', 'O', 'E', 'T', 'O', 'K', '0', '1'};
+inline constexpr uint32_t kTokenFileVersion = 1;
+inline constexpr size_t kTokenFileHeaderBytes = 40;
+
+struct TokenFileHeader {
+  uint32_t version = kTokenFileVersion;
+  uint16_t dtype_bytes = 2;  // 2: uint16 ids, 4: uint32 ids
+  TokenizerKind tokenizer = TokenizerKind::byte;
+  uint32_t vocab_size = 256;
+  uint64_t tokens = 0;
+  uint64_t vocab_hash = 0;
+};
+
+// A read-only memory map of a whole file (RAII: unmapped and closed on destruction; movable).
+class MappedFile {
+ public:
+  MappedFile() = default;
+  // Maps `path`; throws uoe::Error naming `option` and the path when it cannot.
+  MappedFile(const std::string& path, const char* option);
+  ~MappedFile();
+  MappedFile(MappedFile&& o) noexcept;
+  MappedFile& operator=(MappedFile&& o) noexcept;
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const unsigned char* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  void release() noexcept;
+  const unsigned char* data_ = nullptr;  // null for an empty file
+  size_t size_ = 0;
+};
+
+// An opened token file: header checked against the file size, tokens memory-mapped. Token ids are
+// checked against the vocabulary size when copied out (copy_tokens), the one pass that reads them.
+class TokenFile {
+ public:
+  // Throws uoe::Error naming `option` (e.g. "--data"), the file and what is wrong: not a token
+  // file (magic), unknown version, dtype or tokenizer, byte level with V != 256, uint16 ids with
+  // V > 65536, header shorter than 40 bytes, or a size that disagrees with the token count.
+  TokenFile(const std::string& path, const char* option);
+
+  const TokenFileHeader& header() const { return header_; }
+  const std::string& path() const { return path_; }
+  size_t size() const { return static_cast<size_t>(header_.tokens); }
+
+  // Tokens [begin, begin + count) as int32 ids; throws uoe::Error naming the file and the index of
+  // the first id >= vocab_size (a corrupt file).
+  void copy_tokens(size_t begin, size_t count, int32_t* out) const;
+  std::vector<int32_t> tokens(size_t begin, size_t count) const;
+
+ private:
+  std::string path_;
+  const char* option_;
+  MappedFile map_;
+  TokenFileHeader header_;
+};
+
+// True when `path` should be read as a token file: it starts with "UOETOK", or its name ends in
+// ".tok" (so a foreign or damaged .tok file gets a token-file error rather than being read as text).
+// False for a file that cannot be opened (the text reader reports that).
+bool token_file_detect(const std::string& path);
+
+// Writes a token file atomically (PATH.tmp then rename). dtype: 2 bytes when vocab_size <= 65536,
+// else 4. Throws uoe::Error on an id outside [0, vocab_size) or an I/O failure (naming the file).
+void token_file_write(const std::string& path, const int32_t* tokens, size_t n, TokenizerKind tokenizer,
+                      uint32_t vocab_size, uint64_t vocab_hash);
+
+// FNV-1a (64 bit) over each word's length (8 bytes, little-endian) and bytes: identifies a
+// vocabulary's exact word list and order. 0 for byte level (no words).
+uint64_t vocab_hash(const Vocab& vocab);
+
+// The vocabulary file of a token file: the path without ".tok", without a following ".train",
+// ".val" or ".test", plus ".vocab" (data/wt103.train.tok -> data/wt103.vocab).
+std::string vocab_path_for(const std::string& token_path);
+
+// Writes / reads a word-level vocabulary file (format above). The reader throws uoe::Error naming
+// the file and line for a bad escape, an empty line, a carriage return or a duplicate word.
+void vocab_file_write(const std::string& path, const Vocab& vocab);
+Vocab vocab_file_read(const std::string& path);
+
+// What uoe-prepare writes for a dataset: PREFIX.train.tok, PREFIX.val.tok and, word level,
+// PREFIX.vocab. Returns the paths written, in that order.
+std::vector<std::string> token_files_write(const Dataset& ds, const std::string& prefix);
+
+}  // namespace uoe

@@ -1,0 +1,543 @@
+// Single-process tests of the checkpoint module: bitwise round trip and resume, commit and
+// pruning, `latest` and --resume auto, and one test per kind of damage a checkpoint can suffer
+// (each must end in a uoe::Error whose message names the file or tensor and what is wrong).
+//
+// Collectives go through LocalComm, a one-rank Communicator, so no MPI is needed here; the
+// multi-rank writer and resharding are tested in tests/mpi/test_checkpoint_mpi.cpp.
+#include <gtest/gtest.h>
+#include <hdf5.h>
+#include <stdlib.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "checkpoints/checkpoint.hpp"
+#include "checkpoints/manifest.hpp"
+#include "launcher/train.hpp"
+#include "layers/model.hpp"
+#include "layers/optimizer.hpp"
+#include "parallel/exchange.hpp"
+#include "runtime/config.hpp"
+#include "runtime/data.hpp"
+#include "runtime/error.hpp"
+#include "runtime/rng.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using uoe::Communicator;
+using uoe::Config;
+
+// A communicator of one rank: reductions and broadcasts are the identity. The checkpoint module
+// uses nothing else.
+class LocalComm final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  void barrier() override {}
+
+ protected:
+  void do_all_to_all_v(const void*, const Displaced&, void*, const Displaced&, uoe::DType) override { unused(); }
+  uoe::Request do_ialltoallv(const void*, Displaced, void*, Displaced, uoe::DType) override { unused(); }
+  void do_all_to_all_blocks(const void*, const uoe::PeerBlocks&, void*, const uoe::PeerBlocks&, uoe::DType) override {
+    unused();
+  }
+  void do_all_to_all(const void*, void*, int, uoe::DType) override { unused(); }
+  void do_all_reduce_sum(void*, int, uoe::DType) override {}
+  uoe::Request do_iallreduce_sum(void*, int, uoe::DType) override { return {}; }
+  void do_broadcast(void*, int, uoe::DType, int root) override { EXPECT_EQ(root, 0); }
+
+ private:
+  [[noreturn]] static void unused() { throw std::logic_error("LocalComm: collective not expected here"); }
+};
+
+// The uoe::Error message of f(), or "" (and a failure) when it throws none.
+template <class F>
+std::string error_message(F&& f) {
+  try {
+    f();
+  } catch (const uoe::Error& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected a uoe::Error, got: " << e.what();
+    return "";
+  }
+  ADD_FAILURE() << "expected a uoe::Error";
+  return "";
+}
+
+Config small_config() {
+  Config c;
+  c.layers = 2;
+  c.d_model = 32;
+  c.heads = 4;
+  c.attn_experts = 2;
+  c.attn_topk = 1;
+  c.experts = 4;
+  c.topk = 2;
+  c.d_ff = 64;
+  c.seq_len = 16;
+  c.batch_size = 4;
+  c.steps = 10;
+  c.warmup = 2;
+  c.seed = 7;
+  uoe::config_validate(c);
+  return c;
+}
+
+// A model and its optimizer, on one rank (every expert local).
+struct Trainee {
+  uoe::LocalExchange exchange;
+  std::unique_ptr<uoe::Model> model;
+  std::unique_ptr<uoe::AdamW> opt;
+
+  // `seed` initialises the weights; `moment_seed` != 0 fills the AdamW moments with distinct
+  // values (a fresh optimizer has all-zero moments, which would make their round trip vacuous).
+  Trainee(const Config& c, uint64_t seed, uint64_t moment_seed, int vocab = 256) {
+    model = std::make_unique<uoe::Model>(uoe::model_spec_from_config(c, vocab), seed, &exchange);
+    opt = std::make_unique<uoe::AdamW>(model->params(), uoe::AdamWSpec{});
+    if (moment_seed)
+      for (size_t j = 0; j < opt->m().size(); ++j) {
+        opt->m()[j] = uoe::rng_normal(moment_seed, 1, j);
+        opt->v()[j] = uoe::rng_uniform(moment_seed, 2, j);
+      }
+  }
+  uoe::ParamStore& params() { return model->params(); }
+};
+
+bool bitwise_equal(const uoe::FloatBuffer& a, const uoe::FloatBuffer& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+uoe::TrainState state_at(const Config& c, int64_t step) {
+  uoe::TrainState s;
+  s.step = step;
+  s.seed = c.seed;
+  s.lr = 1e-3 * static_cast<double>(step);
+  s.config_ini = uoe::config_to_ini(c);
+  return s;
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  std::string s;
+  std::getline(in, s);
+  return s;
+}
+
+// Flips one bit in the middle of the first chunk of `dataset`'s stored data (found with
+// H5Dget_chunk_info; H5Dget_offset only works for contiguous datasets). One flipped bit changes a
+// 16-bit word by ±2^k, never by a multiple of 65535, so Fletcher32 always sees it.
+void corrupt_dataset(const std::string& file, const std::string& dataset) {
+  haddr_t addr = HADDR_UNDEF;
+  hsize_t size = 0;
+  {
+    const hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    ASSERT_GE(f, 0) << file;
+    const hid_t d = H5Dopen2(f, dataset.c_str(), H5P_DEFAULT);
+    ASSERT_GE(d, 0) << dataset;
+    const hid_t s = H5Dget_space(d);
+    hsize_t offset[8];
+    unsigned mask = 0;
+    EXPECT_GE(H5Dget_chunk_info(d, s, 0, offset, &mask, &addr, &size), 0);
+    H5Sclose(s);
+    H5Dclose(d);
+    H5Fclose(f);
+  }
+  ASSERT_NE(addr, HADDR_UNDEF);
+  ASSERT_GT(size, 8u);
+  std::fstream io(file, std::ios::in | std::ios::out | std::ios::binary);
+  const auto at = static_cast<std::streamoff>(addr + size / 2);
+  io.seekg(at);
+  char byte = 0;
+  io.read(&byte, 1);
+  byte = static_cast<char>(byte ^ 0x01);
+  io.seekp(at);
+  io.write(&byte, 1);
+  ASSERT_TRUE(io.good());
+}
+
+class Checkpoint : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string pattern = (fs::temp_directory_path() / "uoe-ckpt-XXXXXX").string();
+    ASSERT_NE(mkdtemp(pattern.data()), nullptr);
+    root_ = pattern;
+    dir_ = (fs::path(root_) / "checkpoints").string();
+  }
+  void TearDown() override { fs::remove_all(root_); }
+
+  // Saves `t` at `step` and commits it.
+  void save(Trainee& t, int64_t step, int keep_last = 0) {
+    uoe::CheckpointWriter w(dir_, keep_last, comm_, uoe::shard_role_single());
+    w.save(t.params(), *t.opt, state_at(cfg_, step));
+    w.wait();
+  }
+  std::string step_dir(int64_t step) const { return (fs::path(dir_) / uoe::checkpoint_step_name(step)).string(); }
+  std::string shard_path(int64_t step) const {
+    return (fs::path(step_dir(step)) / uoe::checkpoint_shard_name(0, 1)).string();
+  }
+  std::string manifest_path(int64_t step) const { return (fs::path(step_dir(step)) / "manifest.h5").string(); }
+  uoe::TrainState load(const std::string& path, Trainee& t) { return load(path, t, cfg_); }
+  uoe::TrainState load(const std::string& path, Trainee& t, const Config& c) {
+    return uoe::checkpoint_load(path, c, t.params(), *t.opt, comm_);
+  }
+  // Rewrites the manifest of `step` after `edit` changed it.
+  template <class F>
+  void edit_manifest(int64_t step, F&& edit) {
+    uoe::Manifest m = uoe::manifest_read(manifest_path(step));
+    edit(m);
+    fs::remove(manifest_path(step));
+    uoe::manifest_write(manifest_path(step), m);
+  }
+
+  Config cfg_ = small_config();
+  LocalComm comm_;
+  std::string root_, dir_;
+};
+
+// ---- round trip, commit, pruning ---------------------------------------------------------------
+
+TEST_F(Checkpoint, RoundTripIsBitwise) {
+  Trainee a(cfg_, 7, 99);
+  save(a, 5);
+  EXPECT_TRUE(fs::exists(manifest_path(5)));
+  EXPECT_TRUE(fs::exists(shard_path(5)));
+  EXPECT_FALSE(fs::exists(step_dir(5) + ".tmp"));
+
+  Trainee b(cfg_, 8, 0);  // other weights, zero moments
+  ASSERT_FALSE(bitwise_equal(a.params().values(), b.params().values()));
+  const uoe::TrainState st = load(step_dir(5), b);
+  EXPECT_TRUE(bitwise_equal(a.params().values(), b.params().values()));
+  EXPECT_TRUE(bitwise_equal(a.opt->m(), b.opt->m()));
+  EXPECT_TRUE(bitwise_equal(a.opt->v(), b.opt->v()));
+  EXPECT_EQ(st.step, 5);
+  EXPECT_EQ(st.seed, cfg_.seed);
+  EXPECT_EQ(st.lr, 5e-3);
+  EXPECT_EQ(st.config_ini, uoe::config_to_ini(cfg_));
+  EXPECT_EQ(st.world, 1);
+  EXPECT_EQ(st.ep, 1);
+}
+
+TEST_F(Checkpoint, ResumeContinuesBitwiseIdentically) {
+  // Train 4 steps straight; train 2, save, load into a fresh model and optimizer, train 2 more:
+  // the final weights and moments must be bitwise equal (ARCHITECTURE.md, Determinism).
+  const std::string corpus = uoe::data_builtin_corpus().substr(0, 20000);
+  const uoe::Dataset data =
+      uoe::data_from_text(corpus, nullptr, 0.1, uoe::TokenizerKind::byte, cfg_.seq_len, "built-in");
+  Trainee straight(cfg_, cfg_.seed, 0);
+  for (int s = 1; s <= 4; ++s) uoe::train_step(*straight.model, *straight.opt, cfg_, data.train, s);
+
+  Trainee first(cfg_, cfg_.seed, 0);
+  for (int s = 1; s <= 2; ++s) uoe::train_step(*first.model, *first.opt, cfg_, data.train, s);
+  save(first, 2);
+  Trainee resumed(cfg_, cfg_.seed + 1, 0);
+  const uoe::TrainState st = load(step_dir(2), resumed);
+  for (int s = static_cast<int>(st.step) + 1; s <= 4; ++s)
+    uoe::train_step(*resumed.model, *resumed.opt, cfg_, data.train, s);
+
+  EXPECT_TRUE(bitwise_equal(straight.params().values(), resumed.params().values()));
+  EXPECT_TRUE(bitwise_equal(straight.opt->m(), resumed.opt->m()));
+  EXPECT_TRUE(bitwise_equal(straight.opt->v(), resumed.opt->v()));
+  // Not vacuous: training moved the weights.
+  EXPECT_FALSE(bitwise_equal(straight.params().values(), first.params().values()));
+}
+
+TEST_F(Checkpoint, LatestNamesNewestAndKeepLastPrunesOnlyAfterCommit) {
+  Trainee t(cfg_, 7, 99);
+  uoe::CheckpointWriter w(dir_, /*keep_last=*/2, comm_, uoe::shard_role_single());
+  w.save(t.params(), *t.opt, state_at(cfg_, 1));
+  w.save(t.params(), *t.opt, state_at(cfg_, 2));  // commits step 1 first
+  EXPECT_EQ(read_text(dir_ + "/latest"), "step_00000001");
+  w.save(t.params(), *t.opt, state_at(cfg_, 3));  // commits step 2; step 3 in flight
+  EXPECT_EQ(read_text(dir_ + "/latest"), "step_00000002");
+  EXPECT_TRUE(fs::exists(step_dir(1))) << "pruned before step 3 was committed";
+  EXPECT_TRUE(fs::exists(step_dir(2)));
+  EXPECT_FALSE(fs::exists(step_dir(3)));
+  EXPECT_TRUE(w.in_flight());
+  w.wait();
+  EXPECT_FALSE(w.in_flight());
+  EXPECT_EQ(read_text(dir_ + "/latest"), "step_00000003");
+  EXPECT_EQ(w.last_committed(), step_dir(3));
+  EXPECT_FALSE(fs::exists(step_dir(1)));
+  EXPECT_TRUE(fs::exists(step_dir(2)));
+  EXPECT_TRUE(fs::exists(step_dir(3)));
+  EXPECT_FALSE(fs::exists(step_dir(3) + ".tmp"));
+  w.wait();  // nothing in flight: a no-op
+}
+
+TEST_F(Checkpoint, SavingAnExistingStepReplacesIt) {
+  Trainee a(cfg_, 7, 99);
+  save(a, 3);
+  Trainee b(cfg_, 8, 98);
+  save(b, 3);
+  Trainee c(cfg_, 9, 0);
+  load(step_dir(3), c);
+  EXPECT_TRUE(bitwise_equal(b.params().values(), c.params().values()));
+  EXPECT_TRUE(bitwise_equal(b.opt->v(), c.opt->v()));
+  EXPECT_FALSE(fs::exists(step_dir(3) + ".old"));
+}
+
+TEST_F(Checkpoint, UnwritableDirectoryIsAnError) {
+  const std::string file = root_ + "/a-file";
+  std::ofstream(file) << "x";
+  Trainee t(cfg_, 7, 0);
+  uoe::CheckpointWriter w(file + "/checkpoints", 0, comm_, uoe::shard_role_single());
+  const std::string m = error_message([&] { w.save(t.params(), *t.opt, state_at(cfg_, 1)); });
+  EXPECT_NE(m.find(file + "/checkpoints"), std::string::npos) << m;
+  EXPECT_FALSE(w.in_flight());
+}
+
+TEST_F(Checkpoint, FilesAreReadableByH5dump) {
+  if (std::system("command -v h5dump >/dev/null 2>&1") != 0) GTEST_SKIP() << "h5dump is not installed";
+  Trainee t(cfg_, 7, 99);
+  save(t, 1);
+  for (const std::string& f : {manifest_path(1), shard_path(1)})
+    EXPECT_EQ(std::system(("h5dump -H '" + f + "' >/dev/null 2>&1").c_str()), 0) << f;
+  EXPECT_EQ(std::system(("h5dump -d /model/embed '" + shard_path(1) + "' >/dev/null 2>&1").c_str()), 0);
+}
+
+// ---- damage: each a clear error ---------------------------------------------------------------
+
+TEST_F(Checkpoint, CorruptedShardIsAChecksumErrorNamingTheDataset) {
+  Trainee a(cfg_, 7, 99);
+  save(a, 1);
+  corrupt_dataset(shard_path(1), "/model/layers.0.mlp.w1");
+  Trainee b(cfg_, 8, 0);
+  const std::string m = error_message([&] { load(step_dir(1), b); });
+  EXPECT_NE(m.find("checksum mismatch"), std::string::npos) << m;
+  EXPECT_NE(m.find(shard_path(1)), std::string::npos) << m;
+  EXPECT_NE(m.find("/model/layers.0.mlp.w1"), std::string::npos) << m;
+  const std::string v = error_message([&] { uoe::checkpoint_verify(step_dir(1)); });
+  EXPECT_NE(v.find("checksum mismatch"), std::string::npos) << v;
+  EXPECT_NE(v.find("/model/layers.0.mlp.w1"), std::string::npos) << v;
+}
+
+TEST_F(Checkpoint, CorruptedMomentIsAChecksumError) {
+  Trainee a(cfg_, 7, 99);
+  save(a, 1);
+  corrupt_dataset(shard_path(1), "/optim/v/embed");
+  Trainee b(cfg_, 8, 0);
+  const std::string m = error_message([&] { load(step_dir(1), b); });
+  EXPECT_NE(m.find("checksum mismatch"), std::string::npos) << m;
+  EXPECT_NE(m.find("/optim/v/embed"), std::string::npos) << m;
+}
+
+TEST_F(Checkpoint, TruncatedShardIsAnError) {
+  Trainee a(cfg_, 7, 99);
+  save(a, 1);
+  fs::resize_file(shard_path(1), fs::file_size(shard_path(1)) / 2);
+  Trainee b(cfg_, 8, 0);
+  const std::string m = error_message([&] { load(step_dir(1), b); });
+  EXPECT_NE(m.find("truncated"), std::string::npos) << m;
+  EXPECT_NE(m.find(shard_path(1)), std::string::npos) << m;
+}
+
+TEST_F(Checkpoint, MissingShardIsAnError) {
+  Trainee a(cfg_, 7, 99);
+  save(a, 1);
+  fs::remove(shard_path(1));
+  Trainee b(cfg_, 8, 0);
+  const std::string m = error_message([&] { load(step_dir(1), b); });
+  EXPECT_NE(m.find("shard_00000_of_00001.h5"), std::string::npos) << m;
+  EXPECT_NE(m.find("missing"), std::string::npos) << m;
+}
+
+TEST_F(Checkpoint, MissingManifestIsAnError) {
+  Trainee a(cfg_, 7, 99);
+  save(a, 1);
+  fs::remove(manifest_path(1));
+  Trainee b(cfg_, 8, 0);
+  const std::string m = error_message([&] { load(step_dir(1), b); });
+  EXPECT_NE(m.find("manifest.h5"), std::string::npos) << m;
+  EXPECT_NE(m.find(step_dir(1)), std::string::npos) << m;
+}
+
+TEST_F(Checkpoint, WrongFormatVersionIsAnError) {
+  Trainee a(cfg_, 7, 99);
+  save(a, 1);
+  edit_manifest(1, [](uoe::Manifest& m) { m.format_version = 999; });
+  Trainee b(cfg_, 8, 0);
+  const std::string m = error_message([&] { load(step_dir(1), b); });
+  EXPECT_NE(m.find("format version 999"), std::string::npos) << m;
+  EXPECT_NE(m.find("reads version " + std::to_string(uoe::kCheckpointFormatVersion)), std::string::npos) << m;
+}
+
+TEST_F(Checkpoint, OverlappingSlabsAreAnError) {
+  Trainee a(cfg_, 7, 99);
+  save(a, 1);
+  edit_manifest(1, [](uoe::Manifest& m) {
+    for (uoe::ManifestTensor& t : m.tensors)
+      if (t.name == "layers.1.mlp.w2") t.slabs = {{0, 0, 3}, {0, 2, 4}};
+  });
+  Trainee b(cfg_, 8, 0);
+  const std::string m = error_message([&] { load(step_dir(1), b); });
+  EXPECT_NE(m.find("layers.1.mlp.w2"), std::string::npos) << m;
+  EXPECT_NE(m.find("overlap in rows [2, 3)"), std::string::npos) << m;
+}
+
+TEST_F(Checkpoint, SlabsWithAGapAreAnError) {
+  Trainee a(cfg_, 7, 99);
+  save(a, 1);
+  edit_manifest(1, [](uoe::Manifest& m) {
+    for (uoe::ManifestTensor& t : m.tensors)
+      if (t.name == "layers.0.attn.wqkv") t.slabs = {{0, 0, 1}};  // 2 attention experts, only expert 0 held
+  });
+  Trainee b(cfg_, 8, 0);
+  std::string m = error_message([&] { load(step_dir(1), b); });
+  EXPECT_NE(m.find("layers.0.attn.wqkv"), std::string::npos) << m;
+  EXPECT_NE(m.find("no shard holds rows [1, 2)"), std::string::npos) << m;
+
+  edit_manifest(1, [](uoe::Manifest& m) {
+    for (uoe::ManifestTensor& t : m.tensors) {
+      if (t.name == "layers.0.attn.wqkv") t.slabs = {{0, 0, 2}};
+      if (t.name == "layers.0.mlp.b1") t.slabs = {{0, 0, 1}, {0, 2, 4}};
+    }
+  });
+  m = error_message([&] { load(step_dir(1), b); });
+  EXPECT_NE(m.find("layers.0.mlp.b1"), std::string::npos) << m;
+  EXPECT_NE(m.find("no shard holds rows [1, 2)"), std::string::npos) << m;
+}
+
+TEST_F(Checkpoint, DifferentModelWidthIsAnError) {
+  Trainee a(cfg_, 7, 99);
+  save(a, 1);
+  Config other = cfg_;
+  other.d_model = 64;
+  other.lr = 5e-4;  // training options may differ: not reported
+  Trainee b(other, 8, 0);
+  const std::string m = error_message([&] { load(step_dir(1), b, other); });
+  EXPECT_NE(m.find("--d-model 32 in the checkpoint, 64 in this run"), std::string::npos) << m;
+  EXPECT_EQ(m.find("--lr 0"), std::string::npos) << m;
+}
+
+TEST_F(Checkpoint, TrainingOptionsMayDiffer) {
+  Trainee a(cfg_, 7, 99);
+  save(a, 1);
+  Config other = cfg_;
+  other.lr = 5e-4;
+  other.steps = 100;
+  other.batch_size = 8;
+  other.topk = 1;  // a behaviour option: allowed, with a warning
+  Trainee b(other, 8, 0);
+  load(step_dir(1), b, other);
+  EXPECT_TRUE(bitwise_equal(a.params().values(), b.params().values()));
+}
+
+TEST_F(Checkpoint, DifferentVocabularyIsAnErrorNamingTheTensor) {
+  Trainee a(cfg_, 7, 99);
+  save(a, 1);
+  Trainee b(cfg_, 8, 0, /*vocab=*/300);
+  const std::string m = error_message([&] { load(step_dir(1), b); });
+  EXPECT_NE(m.find("tensor embed: global shape [256, 32] in the checkpoint, [300, 32] in this model"),
+            std::string::npos)
+      << m;
+}
+
+TEST_F(Checkpoint, ShardOfAnotherStepIsAnError) {
+  Trainee a(cfg_, 7, 99);
+  save(a, 1);
+  save(a, 2);
+  fs::copy_file(shard_path(1), shard_path(2), fs::copy_options::overwrite_existing);
+  Trainee b(cfg_, 8, 0);
+  const std::string m = error_message([&] { load(step_dir(2), b); });
+  EXPECT_NE(m.find("shard is from step 1 but the manifest is for step 2"), std::string::npos) << m;
+}
+
+// ---- --resume ----------------------------------------------------------------------------------
+
+TEST_F(Checkpoint, ResolveAutoUsesLatest) {
+  Trainee t(cfg_, 7, 99);
+  save(t, 1);
+  save(t, 2);
+  EXPECT_EQ(uoe::checkpoint_resolve("auto", dir_), step_dir(2));
+  EXPECT_EQ(uoe::checkpoint_resolve("auto", dir_, comm_), step_dir(2));
+  EXPECT_EQ(uoe::checkpoint_resolve("", dir_), "");
+  EXPECT_EQ(uoe::checkpoint_resolve(step_dir(1), dir_), step_dir(1));
+}
+
+TEST_F(Checkpoint, ResolveAutoFallsBackPastACorruptedLatest) {
+  Trainee t(cfg_, 7, 99);
+  save(t, 1);
+  save(t, 2);
+  corrupt_dataset(shard_path(2), "/optim/m/layers.1.attn.wo");
+  ASSERT_EQ(read_text(dir_ + "/latest"), "step_00000002");
+  EXPECT_EQ(uoe::checkpoint_resolve("auto", dir_), step_dir(1));
+  Trainee b(cfg_, 8, 0);
+  EXPECT_EQ(load(uoe::checkpoint_resolve("auto", dir_), b).step, 1);
+  EXPECT_TRUE(bitwise_equal(t.params().values(), b.params().values()));
+}
+
+TEST_F(Checkpoint, ResolveIgnoresALeftoverTmpDirectory) {
+  Trainee t(cfg_, 7, 99);
+  save(t, 1);
+  // A crash after writing step 9's files but before its commit: a complete-looking step_9.tmp.
+  save(t, 9);
+  fs::rename(step_dir(9), step_dir(9) + ".tmp");
+  fs::remove(dir_ + "/latest");
+  EXPECT_EQ(uoe::checkpoint_resolve("auto", dir_), step_dir(1));
+  // The next commit clears the leftover.
+  save(t, 2);
+  EXPECT_FALSE(fs::exists(step_dir(9) + ".tmp"));
+  EXPECT_EQ(uoe::checkpoint_resolve("auto", dir_), step_dir(2));
+}
+
+TEST_F(Checkpoint, ResolveWithNothingToResume) {
+  EXPECT_EQ(uoe::checkpoint_resolve("auto", dir_), "");  // directory does not exist
+  fs::create_directories(dir_);
+  EXPECT_EQ(uoe::checkpoint_resolve("auto", dir_), "");  // empty
+  const std::string m = error_message([&] { uoe::checkpoint_resolve(root_ + "/nowhere", dir_); });
+  EXPECT_NE(m.find("--resume '" + root_ + "/nowhere'"), std::string::npos) << m;
+}
+
+TEST_F(Checkpoint, ResolveRefusesWhenNoCheckpointVerifies) {
+  Trainee t(cfg_, 7, 99);
+  save(t, 1);
+  corrupt_dataset(shard_path(1), "/model/embed");
+  const std::string m = error_message([&] { uoe::checkpoint_resolve("auto", dir_); });
+  EXPECT_NE(m.find("none of the 1 checkpoints"), std::string::npos) << m;
+}
+
+// ---- pieces ------------------------------------------------------------------------------------
+
+TEST(CheckpointManifest, CoverageAcceptsExactTilingInAnyOrder) {
+  uoe::Manifest m;
+  m.shard_files = {"a.h5", "b.h5"};
+  m.tensors.push_back({"w", {4, 3}, {{1, 2, 4}, {0, 0, 2}}});
+  EXPECT_NO_THROW(uoe::manifest_check_coverage(m, "test"));
+  m.tensors[0].slabs.push_back({2, 0, 0});
+  const std::string e = error_message([&] { uoe::manifest_check_coverage(m, "test"); });
+  EXPECT_NE(e.find("names shard 2"), std::string::npos) << e;
+  m.tensors[0].slabs = {{0, 0, 5}};
+  const std::string o = error_message([&] { uoe::manifest_check_coverage(m, "test"); });
+  EXPECT_NE(o.find("outside rows [0, 4)"), std::string::npos) << o;
+}
+
+TEST(CheckpointManifest, ConfigKeysAreComparedByValue) {
+  Config a = small_config(), b = a;
+  b.steps = 99;
+  b.data = "/elsewhere.txt";
+  EXPECT_TRUE(uoe::config_check_compatible(uoe::config_to_ini(a), uoe::config_to_ini(b), "x").empty());
+  b.experts = 8;
+  b.layers = 3;
+  const std::string m = error_message(
+      [&] { uoe::config_check_compatible(uoe::config_to_ini(a), uoe::config_to_ini(b), "x"); });
+  EXPECT_NE(m.find("--layers 2 in the checkpoint, 3 in this run"), std::string::npos) << m;
+  EXPECT_NE(m.find("--experts 4 in the checkpoint, 8 in this run"), std::string::npos) << m;
+  const std::string missing = error_message([&] { uoe::config_check_compatible("", uoe::config_to_ini(a), "x"); });
+  EXPECT_NE(missing.find("--d-model (absent) in the checkpoint"), std::string::npos) << missing;
+}
+
+TEST(CheckpointNames, StepAndShardNames) {
+  EXPECT_EQ(uoe::checkpoint_step_name(1200), "step_00001200");
+  EXPECT_EQ(uoe::checkpoint_shard_name(3, 4), "shard_00003_of_00004.h5");
+}
+
+}  // namespace
