@@ -25,6 +25,7 @@
 #include "parallel/scheduler.hpp"
 #include "parallel/sim_link.hpp"
 #include "runtime/data.hpp"
+#include "runtime/device.hpp"
 #include "runtime/error.hpp"
 #include "runtime/gemm.hpp"
 #include "runtime/log.hpp"
@@ -242,6 +243,13 @@ int train_run(const Config& cfg) {
   const int world_rank = groups.world->rank(), world_size = groups.world->size();
   log_set_rank(world_rank, world_size);
   const Fault fault = fault_from_env();
+  if (device_parse(cfg.device) == Device::cuda) {
+    device_require(Device::cuda);  // no usable GPU: a clear error naming why
+    // The CUDA kernels, cuBLAS GEMMs, NCCL communicator and stream scheduler exist and compile
+    // (runtime/*.cu, parallel/*.cu) but the training loop does not drive them yet.
+    fail("--device cuda: a GPU was found, but uoe-train does not drive the GPU path yet (see docs/gpu.md); "
+         "use --device cpu");
+  }
   // A stuck exchange ends the job: every rank's watchdog reports where it waits, then aborts.
   Watchdog watchdog(cfg.collective_timeout, [](const std::string&) { MPI_Abort(MPI_COMM_WORLD, 3); });
   const int threads = cfg.threads > 0 ? cfg.threads

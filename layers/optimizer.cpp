@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "runtime/kernels.hpp"
+
 namespace uoe {
 
 AdamW::AdamW(const ParamStore& params, const AdamWSpec& spec) : spec_(spec) {
@@ -13,24 +15,18 @@ AdamW::AdamW(const ParamStore& params, const AdamWSpec& spec) : spec_(spec) {
 }
 
 void AdamW::update(ParamStore& params, double lr, int64_t step, float grad_scale) {
-  const float b1 = static_cast<float>(spec_.beta1), b2 = static_cast<float>(spec_.beta2);
-  const float c1 = static_cast<float>(1.0 / (1.0 - std::pow(spec_.beta1, static_cast<double>(step))));
-  const float c2 = static_cast<float>(1.0 / (1.0 - std::pow(spec_.beta2, static_cast<double>(step))));
-  const float lrf = static_cast<float>(lr), eps = static_cast<float>(spec_.eps);
-  const float wd = static_cast<float>(lr * spec_.weight_decay);
-  float* w = params.values().data();
-  const float* g = params.grads().data();
-  float* m = m_.data();
-  float* v = v_.data();
-  const float* mask = decay_mask_.data();
-  const size_t n = params.total();
-  for (size_t i = 0; i < n; ++i) {
-    const float gi = g[i] * grad_scale;
-    m[i] = b1 * m[i] + (1.0f - b1) * gi;
-    v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
-    const float mh = m[i] * c1, vh = v[i] * c2;
-    w[i] -= lrf * mh / (std::sqrt(vh) + eps) + wd * mask[i] * w[i];
-  }
+  AdamWScalars s;
+  s.beta1 = static_cast<float>(spec_.beta1);
+  s.beta2 = static_cast<float>(spec_.beta2);
+  s.bias1 = static_cast<float>(1.0 / (1.0 - std::pow(spec_.beta1, static_cast<double>(step))));
+  s.bias2 = static_cast<float>(1.0 / (1.0 - std::pow(spec_.beta2, static_cast<double>(step))));
+  s.lr = static_cast<float>(lr);
+  s.eps = static_cast<float>(spec_.eps);
+  s.decay = static_cast<float>(lr * spec_.weight_decay);
+  s.grad_scale = grad_scale;
+  // The element update is kernels.hpp's adamw_update_elem, the body the GPU path runs too.
+  adamw_update(params.values().data(), m_.data(), v_.data(), params.grads().data(), decay_mask_.data(),
+               params.total(), s);
 }
 
 double lr_at_step(int64_t s, int64_t steps, int64_t warmup, double lr, double min_lr) {

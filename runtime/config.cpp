@@ -109,6 +109,7 @@ struct OptionGroups {
     parallelism.add_options()
       ("ep", bound(&c.ep), "ranks per expert-parallel group")
       ("threads", bound(&c.threads), "BLAS threads per rank (0 = cores / local ranks)")
+      ("device", bound(&c.device), "cpu | cuda (cuda: see docs/gpu.md for what runs today)")
       ("overlap-chunks", bound(&c.overlap_chunks),
        "chunks per block pipelined by the communication thread (1 = exchanges in line, no overlap)")
       ("sim-link-gbps", bound(&c.sim_link_gbps),
@@ -269,6 +270,7 @@ void config_validate(const Config& c) {
     fail("--block-type '", c.block_type, "': expected uoe, dense or moe");
   require_non_negative(c.expert_d_ff, "--expert-d-ff");
   require_positive(c.overlap_chunks, "--overlap-chunks");
+  if (c.device != "cpu" && c.device != "cuda") fail("--device '", c.device, "': expected cpu or cuda");
   if (!(c.sim_link_gbps >= 0) || !std::isfinite(c.sim_link_gbps))
     fail("--sim-link-gbps ", c.sim_link_gbps, ": expected 0 (off) or a finite bandwidth > 0");
   if (!(c.sim_link_latency_us >= 0) || !std::isfinite(c.sim_link_latency_us))
@@ -383,6 +385,7 @@ std::string config_to_ini(const Config& c) {
   os << "# parallelism\n";
   line("ep", c.ep);
   line("threads", c.threads);
+  line("device", c.device);
   line("overlap-chunks", c.overlap_chunks);
   real("sim-link-gbps", c.sim_link_gbps);
   real("sim-link-latency-us", c.sim_link_latency_us);

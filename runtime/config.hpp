@@ -62,6 +62,7 @@ struct Config {
   // --- parallelism ---
   int ep = 1;                   // --ep: ranks per expert-parallel group
   int threads = 0;              // --threads: BLAS threads per rank (0 = cores / local ranks)
+  std::string device = "cpu";   // --device: cpu | cuda
   int overlap_chunks = 1;       // --overlap-chunks: pipeline chunks per block (1 = serial exchanges)
   double sim_link_gbps = 0;     // --sim-link-gbps: emulated link bandwidth, Gbit/s (0 = off)
   double sim_link_latency_us = 0;  // --sim-link-latency-us: emulated per-message latency

@@ -31,6 +31,9 @@ Blas::~Blas() {
 }
 
 void Blas::set_stream(cudaStream_t s) {
+  if (s == stream_) return;
+  stream_switch_.record(stream_);
+  stream_switch_.wait_in(s);
   stream_ = s;
   UOE_CHECK_CUBLAS(cublasSetStream(handle_, s));
   // The workspace is re-bound with the stream (cuBLAS resets it to its default on a stream change).
@@ -104,22 +107,16 @@ void Blas::gemm_grouped(bool trans_a, bool trans_b, float alpha, int lda, int ld
     n[e] = p[e].M;
     k[e] = p[e].K;
   }
-  // Device pointer arrays [3, G]: cuBLAS-A (our B), cuBLAS-B (our A), C. Staged in a pinned slot
-  // whose previous copy has finished, then copied in stream order before the GEMM reads them.
-  Staging& slot = staging_[next_slot_];
-  next_slot_ = (next_slot_ + 1) % kStagingSlots;
-  if (slot.used) slot.copied.synchronize();  // normally long done: the ring is kStagingSlots deep
-  slot.host.resize(3 * static_cast<size_t>(G));
+  // Device pointer arrays [3, G]: cuBLAS-A (our B), cuBLAS-B (our A), C, copied in stream order
+  // before the GEMM reads them.
+  std::vector<const void*> ptrs(3 * static_cast<size_t>(G));
   for (int e = 0; e < G; ++e) {
-    slot.host[e] = p[e].B;
-    slot.host[G + e] = p[e].A;
-    slot.host[2 * G + e] = p[e].C;
+    ptrs[e] = p[e].B;
+    ptrs[G + e] = p[e].A;
+    ptrs[2 * G + e] = p[e].C;
   }
-  device_ptrs_.resize(3 * static_cast<size_t>(G));
-  UOE_CHECK_CUDA(cudaMemcpyAsync(device_ptrs_.data(), slot.host.data(), 3 * G * sizeof(const void*),
-                                 cudaMemcpyHostToDevice, stream_));
-  slot.copied.record(stream_);
-  slot.used = true;
+  device_ptrs_.resize(ptrs.size());
+  uploader_.copy<const void*>(device_ptrs_.data(), ptrs, stream_);
   const void* const* d = device_ptrs_.data();
   UOE_CHECK_CUBLAS(cublasGemmGroupedBatchedEx(
       handle_, ta.data(), tb.data(), m.data(), n.data(), k.data(), alphas.data(), d, CUDA_R_32F, lda_v.data(), d + G,

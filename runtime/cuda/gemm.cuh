@@ -48,6 +48,8 @@ class Blas {
 
   cublasHandle_t handle() const { return handle_; }
   cudaStream_t stream() const { return stream_; }
+  // Rebinds the handle (and its workspace) to stream s; work queued on s waits for what was
+  // queued on the old stream, so the shared workspace and pointer array are never used twice at once.
   void set_stream(cudaStream_t s);
   void set_tf32(bool on) { tf32_ = on; }
 
@@ -75,17 +77,10 @@ class Blas {
   DeviceBuffer<unsigned char> workspace_;
   bool tf32_ = false;
   ExpertGemmPath last_path_ = ExpertGemmPath::none;
-  // Grouped-call staging: a ring of pinned host slots, each reusable once the copy that read it
-  // (marked by its event) has run, and the device pointer array the copies land in (reused in
-  // stream order, so one suffices).
-  static constexpr int kStagingSlots = 4;
-  struct Staging {
-    PinnedBuffer<const void*> host;
-    Event copied;
-    bool used = false;
-  };
-  Staging staging_[kStagingSlots];
-  int next_slot_ = 0;
+  // Grouped-call pointer arrays: staged through pinned memory (Uploader) into one device array,
+  // reused in stream order; set_stream orders the old stream's last use before the new stream.
+  Uploader uploader_;
+  Event stream_switch_;
   DeviceBuffer<const void*> device_ptrs_;
 };
 

@@ -6,8 +6,10 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <cstring>
 #include <span>
 #include <utility>
+#include <vector>
 
 #include "runtime/cuda/check.cuh"
 
@@ -175,6 +177,43 @@ class Event {
 
  private:
   cudaEvent_t e_ = nullptr;
+};
+
+// Host → device copies of small host arrays (expert offsets, GEMM pointer arrays, segment tables)
+// without a host synchronisation: cudaMemcpyAsync from pageable memory synchronises the stream
+// first, so the bytes are first copied into a pinned slot, and the slot is reused only after the
+// copy that read it has run (its event). With `slots` slots in a ring, waiting on that event is
+// normally a no-op.
+class Uploader {
+ public:
+  explicit Uploader(int slots = 8) : slots_(static_cast<size_t>(slots)) {}
+  Uploader(const Uploader&) = delete;
+  Uploader& operator=(const Uploader&) = delete;
+
+  template <class T>
+  void copy(T* dst_device, std::span<const T> src, cudaStream_t s) {
+    copy_bytes(dst_device, src.data(), src.size_bytes(), s);
+  }
+  void copy_bytes(void* dst_device, const void* src, size_t bytes, cudaStream_t s) {
+    if (bytes == 0) return;
+    Slot& slot = slots_[next_];
+    next_ = (next_ + 1) % slots_.size();
+    if (slot.used) slot.done.synchronize();
+    slot.host.resize(bytes);
+    std::memcpy(slot.host.data(), src, bytes);
+    UOE_CHECK_CUDA(cudaMemcpyAsync(dst_device, slot.host.data(), bytes, cudaMemcpyHostToDevice, s));
+    slot.done.record(s);
+    slot.used = true;
+  }
+
+ private:
+  struct Slot {
+    PinnedBuffer<unsigned char> host;
+    Event done;
+    bool used = false;
+  };
+  std::vector<Slot> slots_;
+  size_t next_ = 0;
 };
 
 }  // namespace uoe::cuda

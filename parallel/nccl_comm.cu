@@ -1,0 +1,385 @@
+// NCCL communicator (parallel/nccl_comm.hpp). Compiled only; see docs/gpu.md.
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "parallel/nccl_comm.hpp"
+#include "runtime/cuda/check.cuh"
+
+namespace uoe {
+
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0)
+#define UOE_NCCL_NONBLOCKING 1  // ncclCommInitRankConfig(blocking = 0), ncclCommFinalize
+#else
+#define UOE_NCCL_NONBLOCKING 0
+#endif
+
+void nccl_fail(ncclResult_t code, const char* call, const char* file, int line) {
+  std::string detail;
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 13, 0)
+  if (const char* last = ncclGetLastError(nullptr); last && *last) detail = std::string(" (") + last + ")";
+#endif
+  fail(call, " failed on rank ", process_rank(), " at ", file, ":", line, ": ", ncclGetErrorString(code), detail);
+}
+
+ncclDataType_t nccl_datatype(DType t) {
+  switch (t) {
+    case DType::f32: return ncclFloat32;
+    case DType::f64: return ncclFloat64;
+    case DType::i32: return ncclInt32;
+    case DType::i64: return ncclInt64;
+    case DType::u64: return ncclUint64;
+    case DType::u8: return ncclUint8;
+  }
+  UOE_ASSERT(false, "unknown DType ", static_cast<int>(t));
+}
+
+namespace {
+using Clock = std::chrono::steady_clock;
+
+// The communicator's checks, with the call's text and site (aborts the communicator on error).
+#define UOE_NCCL_QUEUE(call) check((call), #call, __FILE__, __LINE__)
+
+// Every rank learns whether all ranks got past a local step; a failed rank throws its own
+// message, the others name the lowest failed rank. Keeps a local failure from becoming a hang in
+// the next collective.
+void agree_or_throw(MPI_Comm comm, int rank, const std::string& local_error, const char* step) {
+  int first_failed = local_error.empty() ? INT_MAX : rank;
+  UOE_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &first_failed, 1, MPI_INT, MPI_MIN, comm));
+  if (!local_error.empty()) fail("NcclCommunicator on rank ", rank, ": ", step, ": ", local_error);
+  if (first_failed != INT_MAX)
+    fail("NcclCommunicator on rank ", rank, ": ", step, " failed on rank ", first_failed, " (see its message)");
+}
+}  // namespace
+
+// ---- set-up and teardown ----------------------------------------------------------------------
+
+NcclCommunicator::NcclCommunicator(MPI_Comm parent, double timeout_seconds) : timeout_(timeout_seconds) {
+  try {
+    init(parent);
+  } catch (...) {
+    // A constructor that throws runs no destructor: release what init got this far.
+    if (comm_) (void)ncclCommAbort(comm_);
+    comm_ = nullptr;
+    if (mpi_ != MPI_COMM_NULL && mpi_active()) MPI_Comm_free(&mpi_);
+    throw;
+  }
+}
+
+void NcclCommunicator::init(MPI_Comm parent) {
+  UOE_CHECK_MPI(MPI_Comm_dup(parent, &mpi_));
+  UOE_CHECK_MPI(MPI_Comm_set_errhandler(mpi_, MPI_ERRORS_RETURN));
+  UOE_CHECK_MPI(MPI_Comm_rank(mpi_, &rank_));
+  UOE_CHECK_MPI(MPI_Comm_size(mpi_, &size_));
+
+  // 1. This rank's GPU: node-local rank modulo the GPUs it sees (one rank per GPU; NCCL refuses two
+  //    ranks on one device, so say so here rather than let it fail inside init).
+  MPI_Comm node = MPI_COMM_NULL;
+  UOE_CHECK_MPI(MPI_Comm_split_type(mpi_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
+  int local_size = 1;
+  UOE_CHECK_MPI(MPI_Comm_rank(node, &local_rank_));
+  UOE_CHECK_MPI(MPI_Comm_size(node, &local_size));
+  UOE_CHECK_MPI(MPI_Comm_free(&node));
+  std::string err;
+  int count = 0;
+  if (const cudaError_t rc = cudaGetDeviceCount(&count); rc != cudaSuccess) {
+    err = std::string("no usable GPU: ") + cudaGetErrorString(rc);
+  } else if (count == 0) {
+    err = "no usable GPU: cudaGetDeviceCount found 0 devices";
+  } else if (local_size > count) {
+    err = std::to_string(local_size) + " ranks on this node but " + std::to_string(count) +
+          " GPU(s) visible: NCCL needs one GPU per rank";
+  } else {
+    device_ = local_rank_ % count;
+    if (const cudaError_t rc = cudaSetDevice(device_); rc != cudaSuccess)
+      err = "cudaSetDevice(" + std::to_string(device_) + "): " + cudaGetErrorString(rc);
+  }
+  agree_or_throw(mpi_, rank_, err, "selecting a GPU");
+  stream_ = std::make_unique<cuda::Stream>();
+  done_ = std::make_unique<cuda::Event>();
+  barrier_word_.resize(1);
+
+  // 2. The unique id: rank 0 creates it, everyone receives it with rank 0's status.
+  struct {
+    int ok;
+    ncclUniqueId id;
+  } boot{};
+  if (rank_ == 0) boot.ok = ncclGetUniqueId(&boot.id) == ncclSuccess ? 1 : 0;
+  // The id is an opaque blob: MPI_BYTE is the honest type for it.
+  UOE_CHECK_MPI(MPI_Bcast(&boot, static_cast<int>(sizeof boot), MPI_BYTE, 0, mpi_));
+  if (!boot.ok) fail("NcclCommunicator on rank ", rank_, ": ncclGetUniqueId failed on rank 0");
+
+  // 3. The communicator, watched: a rank that never arrives ends init at the deadline.
+#if UOE_NCCL_NONBLOCKING
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
+  UOE_NCCL_QUEUE(ncclCommInitRankConfig(&comm_, size_, boot.id, rank_, &config));
+#else
+  UOE_NCCL_QUEUE(ncclCommInitRank(&comm_, size_, boot.id, rank_));
+#endif
+  wait_ready("ncclCommInitRank");
+}
+
+NcclCommunicator::~NcclCommunicator() {
+  if (comm_) (void)ncclCommAbort(comm_);
+  if (mpi_ != MPI_COMM_NULL && mpi_active()) MPI_Comm_free(&mpi_);
+}
+
+void NcclCommunicator::close() {
+  if (comm_) {
+#if UOE_NCCL_NONBLOCKING
+    UOE_NCCL_QUEUE(ncclCommFinalize(comm_));
+    wait_ready("ncclCommFinalize");
+#else
+    synchronize("close");
+#endif
+    UOE_CHECK_NCCL(ncclCommDestroy(comm_));
+    comm_ = nullptr;
+  }
+  if (mpi_ != MPI_COMM_NULL && mpi_active()) UOE_CHECK_MPI(MPI_Comm_free(&mpi_));
+  mpi_ = MPI_COMM_NULL;
+}
+
+void NcclCommunicator::abort(const std::string& why) {
+  if (comm_) (void)ncclCommAbort(comm_);
+  comm_ = nullptr;
+  if (aborted_.empty()) aborted_ = why;
+}
+
+void NcclCommunicator::fail_and_abort(const std::string& why) {
+  abort(why);
+  fail(why);
+}
+
+// ---- checks and waits ---------------------------------------------------------------------------
+
+void NcclCommunicator::check(ncclResult_t rc, const char* call, const char* file, int line) {
+  if (rc == ncclSuccess || rc == ncclInProgress) return;
+  const std::string detail = comm_ ? std::string(ncclGetErrorString(rc)) : std::string("no communicator");
+  fail_and_abort(std::string(call) + " failed on rank " + std::to_string(rank_) + " (GPU " + std::to_string(device_) +
+                 ") at " + file + ":" + std::to_string(line) + ": " + detail + "; communicator aborted");
+}
+
+void NcclCommunicator::wait_ready(const char* what) {
+  const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_);
+  for (;;) {
+    ncclResult_t state = ncclSuccess;
+    UOE_CHECK_NCCL(ncclCommGetAsyncError(comm_, &state));
+    if (state == ncclSuccess) return;
+    if (state != ncclInProgress)
+      fail_and_abort(std::string(what) + " failed on rank " + std::to_string(rank_) + " (GPU " +
+                     std::to_string(device_) + "): " + ncclGetErrorString(state) + "; communicator aborted");
+    if (Clock::now() > deadline)
+      fail_and_abort(std::string(what) + " on rank " + std::to_string(rank_) + " did not complete within " +
+                     std::to_string(timeout_) + " s (a peer is dead or stuck); communicator aborted");
+    std::this_thread::yield();
+  }
+}
+
+void NcclCommunicator::wait_event(cuda::Event& ev, const char* what) {
+  const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_);
+  for (;;) {
+    const cudaError_t q = cudaEventQuery(ev.get());
+    if (q == cudaSuccess) return;
+    if (q != cudaErrorNotReady) {
+      abort(std::string(what) + ": CUDA error");
+      UOE_CHECK_CUDA(q);
+    }
+    ncclResult_t state = ncclSuccess;
+    UOE_CHECK_NCCL(ncclCommGetAsyncError(comm_, &state));
+    if (state != ncclSuccess && state != ncclInProgress)
+      fail_and_abort(std::string(what) + " failed on rank " + std::to_string(rank_) + " (GPU " +
+                     std::to_string(device_) + "): " + ncclGetErrorString(state) + "; communicator aborted");
+    if (Clock::now() > deadline)
+      fail_and_abort(std::string(what) + " on rank " + std::to_string(rank_) + " (GPU " + std::to_string(device_) +
+                     ") did not complete within " + std::to_string(timeout_) +
+                     " s (a peer is dead or stuck, or counts do not match); communicator aborted");
+    std::this_thread::yield();
+  }
+}
+
+void NcclCommunicator::synchronize(const char* what) {
+  require_live(what);
+  done_->record(stream());
+  wait_event(*done_, what);
+}
+
+void NcclCommunicator::complete(const char* what) {
+#if UOE_NCCL_NONBLOCKING
+  wait_ready(what);  // the group's enqueue itself may still be in progress
+#endif
+  if (!stream_ordered_) synchronize(what);
+}
+
+void NcclCommunicator::require_live(const char* what) const {
+  if (!aborted_.empty()) fail(what, " on rank ", rank_, ": the NCCL communicator was aborted earlier: ", aborted_);
+  UOE_ASSERT(comm_ != nullptr, what, " on a closed NcclCommunicator");
+}
+
+void NcclCommunicator::require_device_memory(const void* p, const char* what) const {
+  if (!p) return;  // an empty span
+  cudaPointerAttributes a{};
+  UOE_CHECK_CUDA(cudaPointerGetAttributes(&a, p));
+  if (a.type != cudaMemoryTypeDevice && a.type != cudaMemoryTypeManaged)
+    fail("NcclCommunicator::", what, " on rank ", rank_, " got a host pointer: NCCL moves device buffers "
+         "(host data such as row counts goes over the MpiCommunicator)");
+}
+
+// ---- collectives ----------------------------------------------------------------------------------
+
+class NcclPending final : public Request::Pending {
+ public:
+  NcclPending(NcclCommunicator& c, const char* what) : c_(c), what_(what), ev_() { ev_.record(c.stream()); }
+  void wait() override { c_.wait_event(ev_, what_); }
+
+ private:
+  NcclCommunicator& c_;
+  const char* what_;
+  cuda::Event ev_;
+};
+
+void NcclCommunicator::send_recv(const char* send, const int* send_counts, const int* send_displs, char* recv,
+                                 const int* recv_counts, const int* recv_displs, DType t) {
+  const size_t es = dtype_size(t);
+  const ncclDataType_t nt = nccl_datatype(t);
+  // Zero counts post nothing: the contract makes both sides of a pair agree on the count, so an
+  // empty pair is empty on both ends.
+  UOE_NCCL_QUEUE(ncclGroupStart());
+  for (int p = 0; p < size_; ++p) {
+    if (send_counts[p] > 0)
+      UOE_NCCL_QUEUE(ncclSend(send + static_cast<size_t>(send_displs[p]) * es, static_cast<size_t>(send_counts[p]), nt,
+                              p, comm_, stream()));
+    if (recv_counts[p] > 0)
+      UOE_NCCL_QUEUE(ncclRecv(recv + static_cast<size_t>(recv_displs[p]) * es, static_cast<size_t>(recv_counts[p]), nt,
+                              p, comm_, stream()));
+  }
+  UOE_NCCL_QUEUE(ncclGroupEnd());
+}
+
+void NcclCommunicator::do_all_to_all_v(const void* send, const Displaced& s, void* recv, const Displaced& r, DType t) {
+  require_live("all_to_all_v");
+  require_device_memory(send, "all_to_all_v (send)");
+  require_device_memory(recv, "all_to_all_v (recv)");
+  send_recv(static_cast<const char*>(send), s.counts.data(), s.displs.data(), static_cast<char*>(recv),
+            r.counts.data(), r.displs.data(), t);
+  complete("all_to_all_v");
+}
+
+Request NcclCommunicator::do_ialltoallv(const void* send, Displaced s, void* recv, Displaced r, DType t) {
+  require_live("ialltoallv");
+  require_device_memory(send, "ialltoallv (send)");
+  require_device_memory(recv, "ialltoallv (recv)");
+  // NCCL reads the counts while queuing, so the request needs to keep nothing but an event.
+  send_recv(static_cast<const char*>(send), s.counts.data(), s.displs.data(), static_cast<char*>(recv),
+            r.counts.data(), r.displs.data(), t);
+#if UOE_NCCL_NONBLOCKING
+  wait_ready("ialltoallv");
+#endif
+  if (stream_ordered_) return Request();
+  return Request(std::make_unique<NcclPending>(*this, "ialltoallv"));
+}
+
+void NcclCommunicator::do_all_to_all_blocks(const void* send, const PeerBlocks& s, void* recv, const PeerBlocks& r,
+                                            DType t) {
+  require_live("all_to_all_v (blocks)");
+  require_device_memory(send, "all_to_all_v (blocks, send)");
+  require_device_memory(recv, "all_to_all_v (blocks, recv)");
+  const size_t es = dtype_size(t);
+  // Per-peer totals and packed displacements on both sides.
+  auto packed = [&](const PeerBlocks& l, std::vector<int>& counts, std::vector<int>& displs) {
+    counts.assign(size_, 0);
+    displs.assign(size_, 0);
+    int64_t at = 0;
+    for (int p = 0; p < size_; ++p) {
+      displs[p] = static_cast<int>(at);
+      for (int b = l.first[p]; b < l.first[p + 1]; ++b) counts[p] += l.count[b];
+      at += counts[p];
+      UOE_ASSERT(at <= INT_MAX, "all-to-all staging exceeds int displacements");
+    }
+    return static_cast<size_t>(at);
+  };
+  std::vector<int> sc, sd, rc, rd;
+  const size_t send_total = packed(s, sc, sd), recv_total = packed(r, rc, rd);
+  send_stage_.resize(std::max<size_t>(send_total * es, 1));
+  recv_stage_.resize(std::max<size_t>(recv_total * es, 1));
+  // Pack: blocks in peer order, back to back (device-to-device copies on the communication stream;
+  // a batched-copy kernel would cut launch overhead when experts are many).
+  const char* src = static_cast<const char*>(send);
+  size_t at = 0;
+  for (size_t b = 0; b < s.count.size(); ++b) {
+    // Blocks of peer p are first[p] .. first[p+1]-1, and peers are in order, so block order is
+    // packing order.
+    const size_t bytes = static_cast<size_t>(s.count[b]) * es;
+    if (bytes)
+      UOE_CHECK_CUDA(cudaMemcpyAsync(send_stage_.data() + at, src + static_cast<size_t>(s.offset[b]) * es, bytes,
+                                     cudaMemcpyDeviceToDevice, stream()));
+    at += bytes;
+  }
+  send_recv(reinterpret_cast<const char*>(send_stage_.data()), sc.data(), sd.data(),
+            reinterpret_cast<char*>(recv_stage_.data()), rc.data(), rd.data(), t);
+  char* dst = static_cast<char*>(recv);
+  at = 0;
+  for (size_t b = 0; b < r.count.size(); ++b) {
+    const size_t bytes = static_cast<size_t>(r.count[b]) * es;
+    if (bytes)
+      UOE_CHECK_CUDA(cudaMemcpyAsync(dst + static_cast<size_t>(r.offset[b]) * es, recv_stage_.data() + at, bytes,
+                                     cudaMemcpyDeviceToDevice, stream()));
+    at += bytes;
+  }
+  complete("all_to_all_v (blocks)");
+}
+
+void NcclCommunicator::do_all_to_all(const void* send, void* recv, int count, DType t) {
+  require_live("all_to_all");
+  require_device_memory(send, "all_to_all (send)");
+  require_device_memory(recv, "all_to_all (recv)");
+  std::vector<int> counts(size_, count), displs(size_);
+  for (int p = 0; p < size_; ++p) displs[p] = p * count;
+  send_recv(static_cast<const char*>(send), counts.data(), displs.data(), static_cast<char*>(recv), counts.data(),
+            displs.data(), t);
+  complete("all_to_all");
+}
+
+void NcclCommunicator::do_all_reduce_sum(void* data, int count, DType t) {
+  require_live("all_reduce_sum");
+  require_device_memory(data, "all_reduce_sum");
+  if (count > 0)
+    UOE_NCCL_QUEUE(ncclAllReduce(data, data, static_cast<size_t>(count), nccl_datatype(t), ncclSum, comm_, stream()));
+  complete("all_reduce_sum");
+}
+
+Request NcclCommunicator::do_iallreduce_sum(void* data, int count, DType t) {
+  require_live("iallreduce_sum");
+  require_device_memory(data, "iallreduce_sum");
+  if (count > 0)
+    UOE_NCCL_QUEUE(ncclAllReduce(data, data, static_cast<size_t>(count), nccl_datatype(t), ncclSum, comm_, stream()));
+#if UOE_NCCL_NONBLOCKING
+  wait_ready("iallreduce_sum");
+#endif
+  if (stream_ordered_) return Request();
+  return Request(std::make_unique<NcclPending>(*this, "iallreduce_sum"));
+}
+
+void NcclCommunicator::do_broadcast(void* data, int count, DType t, int root) {
+  require_live("broadcast");
+  require_device_memory(data, "broadcast");
+  UOE_ASSERT(root >= 0 && root < size_, "broadcast root ", root, " outside ", size_, " ranks");
+  if (count > 0)
+    UOE_NCCL_QUEUE(ncclBroadcast(data, data, static_cast<size_t>(count), nccl_datatype(t), root, comm_, stream()));
+  complete("broadcast");
+}
+
+void NcclCommunicator::barrier() {
+  require_live("barrier");
+  UOE_NCCL_QUEUE(ncclAllReduce(barrier_word_.data(), barrier_word_.data(), 1, ncclInt32, ncclSum, comm_, stream()));
+#if UOE_NCCL_NONBLOCKING
+  wait_ready("barrier");
+#endif
+  synchronize("barrier");  // a barrier is a host-side promise: always waited for
+}
+
+}  // namespace uoe
