@@ -5,13 +5,27 @@
 #include <cmath>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <string>
 
 #include "launcher/train.hpp"
+#include "parallel/comm.hpp"
 #include "runtime/data.hpp"
 
 namespace uoe {
 namespace {
+
+// train_run expects MPI (a process started without mpirun is a world of one): initialise it once
+// for this executable, and finalise it after the last test.
+class MpiEnvironment : public testing::Environment {
+ public:
+  void SetUp() override { mpi_ = std::make_unique<MpiSession>(nullptr, nullptr); }
+  void TearDown() override { mpi_.reset(); }
+
+ private:
+  std::unique_ptr<MpiSession> mpi_;
+};
+testing::Environment* const g_mpi = testing::AddGlobalTestEnvironment(new MpiEnvironment);
 
 // The last number after "key": in the final JSON line of a metrics file.
 double final_value(const std::string& path, const std::string& key) {
