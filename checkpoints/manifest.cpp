@@ -144,7 +144,7 @@ void manifest_check_coverage(const Manifest& m, const std::string& where) {
 
 const std::vector<std::string>& config_shape_keys() {
   static const std::vector<std::string> keys = {"layers", "d-model",    "heads", "attn-experts",
-                                                "experts", "d-ff",      "tokenizer"};
+                                                "experts", "d-ff",      "tokenizer", "block-type", "expert-d-ff"};
   return keys;
 }
 

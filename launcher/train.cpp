@@ -2,6 +2,7 @@
 
 #include <mpi.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -29,6 +30,7 @@
 #include "runtime/error.hpp"
 #include "runtime/gemm.hpp"
 #include "runtime/log.hpp"
+#include "runtime/memory.hpp"
 #include "runtime/metrics.hpp"
 #include "runtime/watchdog.hpp"
 
@@ -129,8 +131,10 @@ std::vector<std::vector<int>> model_gradient_buckets(const Model& model) {
   std::vector<std::vector<int>> buckets;
   for (int b = blocks - 1; b >= 0; --b) {
     const BlockParams& p = model.blocks()[b];
-    std::vector<int> list = {p.norm_scale, p.norm_bias, p.router_w, p.router_b, p.w_in, p.w_out, p.b_out};
-    if (p.b_in >= 0) list.push_back(p.b_in);
+    std::vector<int> list;
+    // An unrouted block (dense, moe) has no router and no SMHA b_in: index -1.
+    for (int i : {p.norm_scale, p.norm_bias, p.router_w, p.router_b, p.w_in, p.w_out, p.b_out, p.b_in})
+      if (i >= 0) list.push_back(i);
     buckets.push_back(std::move(list));
   }
   buckets.push_back({model.embed_index(), model.final_norm_scale_index(), model.final_norm_bias_index()});
@@ -142,15 +146,20 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
   const int T = cfg.seq_len, B = cfg.batch_size, M = cfg.micro_batches;
   const int blocks = 2 * model.spec().layers;
   std::vector<int32_t> in(static_cast<size_t>(B) * T), tg(static_cast<size_t>(B) * T);
-  // Global figures travel in one vector: loss, aux, flops, tokens, then per block dropped and
-  // assignments, then per block the patches choosing each expert.
+  // Global figures travel in one vector: loss, aux, flops, tokens, then per block dropped,
+  // assignments, router entropy and patches, then per block the tokens processed by 0..K experts
+  // (K the largest top-k), then per block the patches choosing each expert.
+  const ModelSpec& spec = model.spec();
+  const int K = std::max(spec.topk, spec.attn_topk);
   std::vector<int> experts_of(blocks);
   size_t load_size = 0;
   for (int b = 0; b < blocks; ++b) {
-    experts_of[b] = b % 2 == 0 ? model.spec().attn_experts : model.spec().experts;
+    experts_of[b] = spec.block_experts(b);
     load_size += experts_of[b];
   }
-  std::vector<double> sums(4 + 2 * blocks + load_size, 0.0);
+  const size_t at_hist = 4 + 4 * static_cast<size_t>(blocks);
+  const size_t at_load = at_hist + static_cast<size_t>(blocks) * (K + 1);
+  std::vector<double> sums(at_load + load_size, 0.0);
   model.params().zero_grads();
   ForwardStats st;
   const float loss_scale = 1.0f / static_cast<float>(M * ranks.world_size);
@@ -176,11 +185,15 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
     sums[1] += st.aux_loss;
     sums[2] += 3.0 * st.flops;
     sums[3] += static_cast<double>(st.tokens);
-    size_t at = 4 + 2 * blocks;
+    size_t at = at_load;
     for (int b = 0; b < blocks; ++b) {
       const BlockStats& bs = st.blocks[b];
       sums[4 + b] += bs.dropped;
       sums[4 + blocks + b] += static_cast<double>(bs.patches) * bs.k;
+      sums[4 + 2 * blocks + b] += bs.entropy_sum;
+      sums[4 + 3 * blocks + b] += bs.patches;
+      for (size_t j = 0; j < bs.experts_per_token.size() && j <= static_cast<size_t>(K); ++j)
+        sums[at_hist + static_cast<size_t>(b) * (K + 1) + j] += static_cast<double>(bs.experts_per_token[j]);
       for (int e = 0; e < experts_of[b]; ++e) sums[at + e] += bs.chosen[e];
       at += experts_of[b];
     }
@@ -207,8 +220,16 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
   fig.dropped.resize(blocks);
   fig.assignments.resize(blocks);
   fig.load_max_over_mean.resize(blocks);
-  size_t at = 4 + 2 * blocks;
+  fig.router_entropy.assign(blocks, 0.0);
+  fig.experts_per_token.assign(K + 1, std::vector<double>(blocks, 0.0));
+  size_t at = at_load;
   for (int b = 0; b < blocks; ++b) {
+    const double patches = sums[4 + 3 * blocks + b];
+    if (spec.block_routed(b) && patches > 0) fig.router_entropy[b] = sums[4 + 2 * blocks + b] / patches;
+    double tokens_b = 0;
+    for (int j = 0; j <= K; ++j) tokens_b += sums[at_hist + static_cast<size_t>(b) * (K + 1) + j];
+    for (int j = 0; j <= K && tokens_b > 0; ++j)
+      fig.experts_per_token[j][b] = sums[at_hist + static_cast<size_t>(b) * (K + 1) + j] / tokens_b;
     fig.dropped[b] = static_cast<int64_t>(sums[4 + b]);
     fig.assignments[b] = static_cast<int64_t>(sums[4 + blocks + b]);
     const double mx = *std::max_element(sums.begin() + at, sums.begin() + at + experts_of[b]);
@@ -303,9 +324,9 @@ int train_run(const Config& cfg) {
   const double peak = gemm_measure_gflops(512, 5);
   log_info("uoe-train: data %s (%s, V=%d, %zu train / %zu val tokens)", data.source.c_str(),
            byte_level ? "byte" : "word", V, data.train.size(), data.val.size());
-  log_info("model: %d layers, d %d, %d heads in %d attention experts (top-%d), %d MLP experts of %d (top-%d), "
+  log_info("model: %s blocks, %d layers, d %d, %d heads in %d attention experts (top-%d), %d MLP experts of %d (top-%d), "
            "capacity %g, patch %d, gate %s; %zu parameters on rank 0",
-           spec.layers, spec.d, spec.heads, spec.attn_experts, spec.attn_topk, spec.experts, spec.expert_ff(),
+           block_type_name(spec.block_type), spec.layers, spec.d, spec.heads, spec.attn_experts, spec.attn_topk, spec.experts, spec.expert_ff(),
            spec.topk, spec.capacity_factor, spec.patch_size, cfg.gate.c_str(), model.params().total());
   log_info("ranks: %d (ep %d × dp %d), %d BLAS threads each, sgemm peak %.1f GFLOP/s per rank", world_size,
            groups.ep, groups.dp, threads, peak);
@@ -317,6 +338,11 @@ int train_run(const Config& cfg) {
   log_info("run: %d steps of %d ranks × %d micro-batches × %d × %d tokens, lr %g → %g, warmup %d, seed %llu",
            cfg.steps, world_size, cfg.micro_batches, cfg.batch_size, cfg.seq_len, cfg.lr, cfg.min_lr, cfg.warmup,
            static_cast<unsigned long long>(cfg.seed));
+  {
+    const MemoryEstimate mem = memory_estimate(cfg, V, world_size,
+                                               static_cast<int64_t>(data.train.size() + data.val.size()));
+    log_info("memory estimate per rank: %s", mem.summary().c_str());
+  }
 
   // Checkpoints: resume first (every rank loads the slabs it holds, whatever world size wrote them),
   // then save every --checkpoint-every steps and at the end, asynchronously.
@@ -350,12 +376,14 @@ int train_run(const Config& cfg) {
   const int blocks = 2 * spec.layers;
 
   // Figures accumulated between log lines.
-  double win_loss = 0, win_aux = 0, win_time = 0, win_flops = 0, win_comm = 0, win_exposed = 0;
+  double win_loss = 0, win_aux = 0, win_time = 0, win_flops = 0, win_comm = 0, win_exposed = 0, win_bytes = 0;
   int64_t win_tokens = 0;
   int win_steps = 0;
-  double total_train_time = 0;
+  double total_train_time = 0, total_flops = 0;
   int64_t total_tokens = 0;
   std::vector<double> load_max(blocks, 0.0);  // max over the window of (max/mean load) per block
+  std::vector<double> win_entropy(blocks, 0.0);  // Σ over the window of mean router entropy per block
+  std::vector<std::vector<double>> win_ept;      // Σ over the window of experts_per_token [K+1][2L]
   std::vector<int64_t> dropped(blocks, 0), assignments(blocks, 0);
   EvalResult last_eval;
   int bad_steps = 0;  // consecutive skipped steps
@@ -414,7 +442,6 @@ int train_run(const Config& cfg) {
     // Exchange time (the tasks' run time on the communication thread, or in line), exposed time (the
     // training thread waiting for them) and compute time (the rest of the step).
     const double comm_s = scheduler.busy_seconds(), exposed_s = scheduler.exposed_seconds();
-    const double compute_s = dt - exposed_s;
     const double a2a_bytes = exchange->bytes_sent();
 
     win_loss += fig.loss;
@@ -424,6 +451,12 @@ int train_run(const Config& cfg) {
     win_tokens += fig.tokens;
     win_comm += comm_s;
     win_exposed += exposed_s;
+    win_bytes += a2a_bytes;
+    for (int b = 0; b < blocks; ++b) win_entropy[b] += fig.router_entropy[b];
+    if (win_ept.empty()) win_ept.assign(fig.experts_per_token.size(), std::vector<double>(blocks, 0.0));
+    for (size_t jj = 0; jj < win_ept.size(); ++jj)
+      for (int b = 0; b < blocks; ++b) win_ept[jj][b] += fig.experts_per_token[jj][b];
+    total_flops += fig.flops;
     ++win_steps;
     total_train_time += dt;
     total_tokens += fig.tokens;
@@ -445,17 +478,30 @@ int train_run(const Config& cfg) {
                step, cfg.steps, win_loss / win_steps, lr, tps, 100.0 * share, worst_load, drop_pct,
                100.0 * win_comm / win_time, win_comm > 0 ? 100.0 * (1.0 - win_exposed / win_comm) : 0.0,
                format_duration(eta).c_str());
+      // Per-step figures are means over the steps since the last line; "tokens" counts every token
+      // trained on by all ranks since step 1 (the same on a resumed run).
+      const double n = win_steps;
       JsonLine j;
-      j.add("step", step).add("train_loss", win_loss / win_steps).add("lr", lr).add("tokens_per_s", tps);
-      j.add("aux_loss", win_aux / win_steps).add("flops_share_of_peak", share).add("grad_norm", fig.grad_norm);
-      j.add("a2a_bytes", a2a_bytes).add("comm_s", comm_s).add("compute_s", compute_s).add("comm_exposed_s", exposed_s);
+      j.add("step", step).add("tokens", static_cast<double>(step) * fig.tokens);
+      j.add("train_loss", win_loss / n).add("lr", lr).add("tokens_per_s", tps);
+      j.add("aux_loss", win_aux / n).add("flops_share_of_peak", share).add("grad_norm", fig.grad_norm);
+      j.add("a2a_bytes", win_bytes / n).add("comm_s", win_comm / n).add("compute_s", (win_time - win_exposed) / n);
+      j.add("comm_exposed_s", win_exposed / n);
       std::vector<double> drops(blocks);
       for (int b = 0; b < blocks; ++b) drops[b] = assignments[b] ? static_cast<double>(dropped[b]) / assignments[b] : 0;
       j.add("load_max_over_mean", load_max).add("dropped_share", drops);
+      for (double& h : win_entropy) h /= n;
+      j.add("router_entropy", win_entropy);
+      for (size_t jj = 0; jj < win_ept.size(); ++jj) {
+        for (double& v : win_ept[jj]) v /= n;
+        j.add(("experts_per_token_" + std::to_string(jj)).c_str(), win_ept[jj]);
+      }
       metrics.write(j);
-      win_loss = win_aux = win_time = win_flops = win_comm = win_exposed = 0;
+      win_loss = win_aux = win_time = win_flops = win_comm = win_exposed = win_bytes = 0;
       win_tokens = 0;
       win_steps = 0;
+      std::fill(win_entropy.begin(), win_entropy.end(), 0.0);
+      win_ept.clear();
       std::fill(load_max.begin(), load_max.end(), 0.0);
       std::fill(dropped.begin(), dropped.end(), 0);
       std::fill(assignments.begin(), assignments.end(), 0);
@@ -499,9 +545,14 @@ int train_run(const Config& cfg) {
   if (byte_level) j.add("val_bpb", last_eval.loss / std::log(2.0));
   else j.add("val_ppl", std::exp(last_eval.loss));
   j.add("tokens_per_s", tps);
+  // Executed training FLOPs per token (3 × forward, counted from the tokens routed).
+  j.add("flops_per_token", total_tokens > 0 ? total_flops / static_cast<double>(total_tokens) : 0.0);
   metrics.write(j);
   log_info("done: %d steps in %s, %.0f tokens/s, final val_loss %.4f", cfg.steps,
            format_duration(seconds_since(t_start)).c_str(), tps, last_eval.loss);
+  struct rusage usage {};
+  if (getrusage(RUSAGE_SELF, &usage) == 0)  // ru_maxrss is in KiB on Linux
+    log_info("peak memory (RSS) of rank 0: %.1f MiB", static_cast<double>(usage.ru_maxrss) / 1024.0);
   if (!cfg.metrics.empty()) log_info("metrics: %s", cfg.metrics.c_str());
   groups.close();
   return 0;

@@ -37,6 +37,8 @@ struct StepFigures {
   int64_t tokens = 0;     // tokens trained on by all ranks
   std::vector<double> load_max_over_mean;     // [2L] busiest expert's patches / mean, all ranks' patches
   std::vector<int64_t> dropped, assignments;  // [2L] capacity drops and (patch, choice) pairs
+  std::vector<double> router_entropy;         // [2L] mean router entropy per patch (nats; 0 unrouted)
+  std::vector<std::vector<double>> experts_per_token;  // [K+1][2L] share of tokens processed by j experts
   // A non-finite loss or gradient: the update was skipped (on every rank: the figures are global).
   bool skipped = false;
   std::string bad_tensor;   // first tensor on this rank with a non-finite gradient ("" if only the loss)

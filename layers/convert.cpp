@@ -16,7 +16,7 @@ void visit_layer(const Model& model, int layer, Copy copy) {
   const BlockParams& m = model.blocks()[2 * layer + 1];
   for (int idx : {a.w_in, a.w_out, m.w_in, m.b_in, m.w_out}) {
     const ParamInfo& p = model.params().info(idx);
-    if (p.expert_begin != 0 || p.expert_end != p.global_shape[0])
+    if (p.expert_sharded && (p.expert_begin != 0 || p.expert_end != p.global_shape[0]))
       fail("dense conversion needs every expert on this rank; ", p.name, " holds experts [", p.expert_begin, ", ",
            p.expert_end, ")");
   }

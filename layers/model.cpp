@@ -10,8 +10,31 @@
 
 namespace uoe {
 
+BlockType block_type_parse(const std::string& name) {
+  if (name == "uoe") return BlockType::uoe;
+  if (name == "dense") return BlockType::dense;
+  if (name == "moe") return BlockType::moe;
+  fail("block type '", name, "': expected uoe, dense or moe");
+}
+
+const char* block_type_name(BlockType t) {
+  switch (t) {
+    case BlockType::uoe: return "uoe";
+    case BlockType::dense: return "dense";
+    case BlockType::moe: return "moe";
+  }
+  return "?";
+}
+
+ModelSpec model_spec_resolve(ModelSpec s) {
+  if (!s.attn_routed()) s.attn_experts = s.attn_topk = 1;
+  if (!s.mlp_routed()) s.experts = s.topk = 1;
+  return s;
+}
+
 ModelSpec model_spec_from_config(const Config& c, int vocab) {
   ModelSpec s;
+  s.block_type = block_type_parse(c.block_type);
   s.layers = c.layers;
   s.d = c.d_model;
   s.heads = c.heads;
@@ -20,6 +43,8 @@ ModelSpec model_spec_from_config(const Config& c, int vocab) {
   s.experts = c.experts;
   s.topk = c.topk;
   s.d_ff = c.d_ff;
+  // moe: E experts of --expert-d-ff each (default d_ff / E, the uoe cut): F = E·f in all.
+  if (s.block_type == BlockType::moe && c.expert_d_ff > 0) s.d_ff = c.experts * c.expert_d_ff;
   s.vocab = vocab;
   s.seq_len = c.seq_len;
   s.patch_size = c.patch_size;
@@ -27,8 +52,32 @@ ModelSpec model_spec_from_config(const Config& c, int vocab) {
   s.aux_loss = c.aux_loss;
   s.z_loss = c.z_loss;
   s.renorm = c.gate == "renorm";
-  return s;
+  return model_spec_resolve(s);
 }
+
+namespace {
+// The routing of an unrouted block: every token is its own patch, sent to expert 0 with gate 1,
+// nothing dropped, no router losses. Written in the Routing layout so that the rest of the block
+// (source rows, exchange, combine, backward) is the routed code path.
+void routing_all_to_one(Routing& r, int N, int d) {
+  r.N = N; r.P = N; r.E = 1; r.k = 1; r.patch = 1; r.d = d;
+  r.xm.clear();
+  r.probs.assign(N, 1.0f);
+  r.lse.assign(N, 0.0f);
+  r.choice.assign(N, 0);
+  r.gate.assign(N, 1.0f);
+  r.kept.assign(N, 1);
+  r.chosen.assign(1, N);
+  r.capacity_kept.assign(1, N);
+  r.row_offsets.assign({0, N});
+  r.row_patch.resize(N);
+  for (int t = 0; t < N; ++t) r.row_patch[t] = t;
+  r.row_slot.assign(N, 0);
+  r.capacity = 0;
+  r.balance_loss = r.z_loss = 0;
+  r.dropped = 0;
+}
+}  // namespace
 
 // The owner side of one chunk of a block: what reached this rank's experts, and their caches.
 struct ExpertChunk {
@@ -48,6 +97,8 @@ struct ExpertChunk {
 // sequence's chunk, in expert order, so the combine sums in the same order whatever the chunk count.
 struct Model::BlockCache {
   bool attention = false;
+  bool routed = true;           // false: dense attention / dense MLP (routing_all_to_one)
+  ExpertExchange* exchange = nullptr;  // the model's exchange (routed) or its local one (unrouted)
   RouterSpec router;
   FloatBuffer hin;              // [N, d] residual stream entering the block
   FloatBuffer xn;               // [N, d] normalised input
@@ -63,35 +114,44 @@ struct Model::BlockCache {
   std::vector<ExpertChunk> chunk;  // [chunks]
 };
 
-Model::Model(const ModelSpec& s, uint64_t seed, ExpertExchange* exchange)
-    : spec_(s), exchange_(exchange), sync_scheduler_(false), scheduler_(&sync_scheduler_) {
+Model::Model(const ModelSpec& spec, uint64_t seed, ExpertExchange* exchange)
+    : spec_(model_spec_resolve(spec)), exchange_(exchange), sync_scheduler_(false), scheduler_(&sync_scheduler_) {
   UOE_ASSERT(exchange_ != nullptr);
+  const ModelSpec& s = spec_;
   const int d = s.d, L = s.layers, gd = s.heads_per_expert() * s.head_dim(), f = s.expert_ff();
-  exchange_->local_experts(s.attn_experts, &attn_e0_, &attn_e1_);
-  exchange_->local_experts(s.experts, &mlp_e0_, &mlp_e1_);
+  // Routed experts live where the exchange says; unrouted blocks' single expert lives everywhere.
+  (s.attn_routed() ? exchange_ : &local_exchange_)->local_experts(s.attn_experts, &attn_e0_, &attn_e1_);
+  (s.mlp_routed() ? exchange_ : &local_exchange_)->local_experts(s.experts, &mlp_e0_, &mlp_e1_);
   const float std_w = 0.02f;
   const float std_out = 0.02f / std::sqrt(2.0f * L);  // residual-branch output projections
+  // Expert tensors: sharded over the exchange when routed, replicated (expert dimension 1) when not.
+  auto add_experts = [this](bool routed, const std::string& name, std::vector<int64_t> shape, int e0, int e1,
+                            InitKind init, float std, bool decay) {
+    return routed ? params_.add_sharded(name, std::move(shape), e0, e1, init, std, decay)
+                  : params_.add(name, std::move(shape), init, std, decay);
+  };
   embed_ = params_.add("embed", {s.vocab, d}, InitKind::normal, std_w, true);
   for (int l = 0; l < L; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
     BlockParams a{}, m{};
+    const bool ar = s.attn_routed(), mr = s.mlp_routed();
     a.norm_scale = params_.add(p + "attn.norm.scale", {d}, InitKind::ones, 0, false);
     a.norm_bias = params_.add(p + "attn.norm.bias", {d}, InitKind::zeros, 0, false);
-    a.router_w = params_.add(p + "attn.router.weight", {d, s.attn_experts}, InitKind::normal, std_w, true);
-    a.router_b = params_.add(p + "attn.router.bias", {s.attn_experts}, InitKind::zeros, 0, false);
-    a.w_in = params_.add_sharded(p + "attn.wqkv", {s.attn_experts, d, 3 * gd}, attn_e0_, attn_e1_,
-                                 InitKind::normal, std_w, true);
+    a.router_w = ar ? params_.add(p + "attn.router.weight", {d, s.attn_experts}, InitKind::normal, std_w, true) : -1;
+    a.router_b = ar ? params_.add(p + "attn.router.bias", {s.attn_experts}, InitKind::zeros, 0, false) : -1;
+    a.w_in = add_experts(ar, p + "attn.wqkv", {s.attn_experts, d, 3 * gd}, attn_e0_, attn_e1_, InitKind::normal,
+                         std_w, true);
     a.b_in = -1;
-    a.w_out = params_.add_sharded(p + "attn.wo", {s.attn_experts, gd, d}, attn_e0_, attn_e1_,
-                                  InitKind::normal, std_out, true);
+    a.w_out = add_experts(ar, p + "attn.wo", {s.attn_experts, gd, d}, attn_e0_, attn_e1_, InitKind::normal, std_out,
+                          true);
     a.b_out = params_.add(p + "attn.bo", {d}, InitKind::zeros, 0, false);
     m.norm_scale = params_.add(p + "mlp.norm.scale", {d}, InitKind::ones, 0, false);
     m.norm_bias = params_.add(p + "mlp.norm.bias", {d}, InitKind::zeros, 0, false);
-    m.router_w = params_.add(p + "mlp.router.weight", {d, s.experts}, InitKind::normal, std_w, true);
-    m.router_b = params_.add(p + "mlp.router.bias", {s.experts}, InitKind::zeros, 0, false);
-    m.w_in = params_.add_sharded(p + "mlp.w1", {s.experts, d, f}, mlp_e0_, mlp_e1_, InitKind::normal, std_w, true);
-    m.b_in = params_.add_sharded(p + "mlp.b1", {s.experts, f}, mlp_e0_, mlp_e1_, InitKind::zeros, 0, false);
-    m.w_out = params_.add_sharded(p + "mlp.w2", {s.experts, f, d}, mlp_e0_, mlp_e1_, InitKind::normal, std_out, true);
+    m.router_w = mr ? params_.add(p + "mlp.router.weight", {d, s.experts}, InitKind::normal, std_w, true) : -1;
+    m.router_b = mr ? params_.add(p + "mlp.router.bias", {s.experts}, InitKind::zeros, 0, false) : -1;
+    m.w_in = add_experts(mr, p + "mlp.w1", {s.experts, d, f}, mlp_e0_, mlp_e1_, InitKind::normal, std_w, true);
+    m.b_in = add_experts(mr, p + "mlp.b1", {s.experts, f}, mlp_e0_, mlp_e1_, InitKind::zeros, 0, false);
+    m.w_out = add_experts(mr, p + "mlp.w2", {s.experts, f, d}, mlp_e0_, mlp_e1_, InitKind::normal, std_out, true);
     m.b_out = params_.add(p + "mlp.b2", {d}, InitKind::zeros, 0, false);
     blocks_.push_back(a);
     blocks_.push_back(m);
@@ -103,8 +163,10 @@ Model::Model(const ModelSpec& s, uint64_t seed, ExpertExchange* exchange)
   for (int b = 0; b < 2 * L; ++b) {
     auto c = std::make_unique<BlockCache>();
     c->attention = (b % 2 == 0);
-    c->router.experts = c->attention ? s.attn_experts : s.experts;
-    c->router.topk = c->attention ? s.attn_topk : s.topk;
+    c->routed = s.block_routed(b);
+    c->exchange = c->routed ? exchange_ : &local_exchange_;
+    c->router.experts = s.block_experts(b);
+    c->router.topk = s.block_topk(b);
     c->router.patch_size = s.patch_size;
     c->router.capacity_factor = s.capacity_factor;
     c->router.renorm = s.renorm;
@@ -126,7 +188,7 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
   BlockCache& c = *cache_[b];
   const BlockParams& bp = blocks_[b];
   const ModelSpec& s = spec_;
-  const int d = s.d, T = s.seq_len, ps = s.patch_size, B = N / T, C = chunks_;
+  const int d = s.d, T = s.seq_len, B = N / T, C = chunks_;
   c.hin.resize_uninit(static_cast<size_t>(N) * d);
   std::memcpy(c.hin.data(), h, sizeof(float) * N * d);
   c.xn.resize_uninit(static_cast<size_t>(N) * d);
@@ -135,9 +197,13 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
   layernorm_forward(c.xn.data(), c.mean.data(), c.rstd.data(), h, params_.value(bp.norm_scale),
                     params_.value(bp.norm_bias), N, d);
 
-  // 1. Route locally.
+  // 1. Route locally (an unrouted block: every token to its one expert).
   Routing& r = c.routing;
-  router_forward(r, c.router, c.xn.data(), params_.value(bp.router_w), params_.value(bp.router_b), N, d, dropless);
+  if (c.routed)
+    router_forward(r, c.router, c.xn.data(), params_.value(bp.router_w), params_.value(bp.router_b), N, d, dropless);
+  else
+    routing_all_to_one(r, N, d);
+  const int ps = r.patch;
 
   // 2. Source rows: kept patches expanded to tokens, chunk-major, then by global expert. Chunk c
   //    holds sequences [c·B/C, (c+1)·B/C) (empty when C > B: every rank still takes part).
@@ -184,8 +250,8 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
   CommScheduler& sched = *scheduler_;
   auto dispatch = [this, &c, d](int ch) {
     const size_t r0 = c.chunk_begin[ch];
-    return scheduler_->submit([this, &c, ch, r0, d] {
-      exchange_->dispatch(c.chunk[ch].plan, c.chunk_offsets[ch], c.x_src.data() + r0 * d, c.src_seg.data() + r0,
+    return scheduler_->submit([&c, ch, r0, d] {
+      c.exchange->dispatch(c.chunk[ch].plan, c.chunk_offsets[ch], c.x_src.data() + r0 * d, c.src_seg.data() + r0,
                           c.src_pos.data() + r0, d, c.chunk[ch].rows);
     });
   };
@@ -203,7 +269,7 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
                           params_.value(bp.w_out), d, s.expert_ff());
     }
     const size_t r0 = c.chunk_begin[ch];
-    sched.submit([this, &k, &c, r0, d] { exchange_->to_source(k.plan, k.y_owner.data(), c.y_src.data() + r0 * d, d); });
+    sched.submit([&k, &c, r0, d] { c.exchange->to_source(k.plan, k.y_owner.data(), c.y_src.data() + r0 * d, d); });
   }
   sched.wait_all();
 
@@ -218,31 +284,33 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
     for (int j = 0; j < d; ++j) dst[j] += w * y[j];
   }
 
-  // Forward FLOPs of this block (2 per multiply-add): the router over this rank's patches, and the
-  // expert GEMMs and attention over the rows this rank's experts computed.
-  double fl = 2.0 * r.P * d * E;
-  for (int ch = 0; ch < C; ++ch) {
-    const ExpertChunk& k = c.chunk[ch];
-    const double R = k.rows.rows();
-    if (c.attention) {
-      const double gd = s.heads_per_expert() * s.head_dim();
-      fl += R * 2.0 * d * 3.0 * gd + R * 2.0 * gd * d;
-      for (size_t g = 0; g + 1 < k.attn.seg_begin.size(); ++g) {
-        const double L = k.attn.seg_begin[g + 1] - k.attn.seg_begin[g];
-        fl += 4.0 * L * L * gd;  // q·kᵀ and P·v over the whole L×L tile
-      }
-    } else {
-      fl += R * 4.0 * d * s.expert_ff();
-    }
-  }
+  // Figures: FLOPs of this rank's tokens, counted from the routing (layers/flops.hpp; summed over
+  // the ranks this equals what the experts executed wherever they live), and routing diagnostics.
   if (bs) {
-    bs->flops = fl;
+    bs->work = block_work_from_routing(r, T, c.attention, c.routed);
+    bs->flops = flops_block_forward(s, b, bs->work);
     bs->chosen = r.chosen;
     bs->patches = r.P;
     bs->k = r.k;
     bs->dropped = r.dropped;
     bs->balance_loss = r.balance_loss;
     bs->z_loss = r.z_loss;
+    bs->entropy_sum = 0;
+    if (c.routed) {
+      for (int p = 0; p < r.P; ++p) {
+        const float* pr = r.probs.data() + static_cast<size_t>(p) * E;
+        double h = 0;
+        for (int e = 0; e < E; ++e)
+          if (pr[e] > 0) h -= static_cast<double>(pr[e]) * std::log(static_cast<double>(pr[e]));
+        bs->entropy_sum += h;
+      }
+    }
+    bs->experts_per_token.assign(r.k + 1, 0);
+    for (int p = 0; p < r.P; ++p) {
+      int kept = 0;
+      for (int j = 0; j < r.k; ++j) kept += r.kept[static_cast<size_t>(p) * r.k + j];
+      bs->experts_per_token[kept] += ps;
+    }
   }
 }
 
@@ -270,13 +338,12 @@ void Model::block_backward(int b, float* dh, int N, float loss_scale) {
   for (int i = 0; i < Rs; ++i) {
     const float w = r.gate[c.src_gate[i]];
     const float* g = dh + static_cast<size_t>(c.src_token[i]) * d;
-    const float* y = c.y_src.data() + static_cast<size_t>(i) * d;
     float* dy = dy_src.data() + static_cast<size_t>(i) * d;
+    for (int j = 0; j < d; ++j) dy[j] = w * g[j];
+    if (!c.routed) continue;  // gate 1 is a constant: no router to send its gradient to
+    const float* y = c.y_src.data() + static_cast<size_t>(i) * d;
     float dot = 0.0f;
-    for (int j = 0; j < d; ++j) {
-      dy[j] = w * g[j];
-      dot += g[j] * y[j];
-    }
+    for (int j = 0; j < d; ++j) dot += g[j] * y[j];
     dgate[c.src_gate[i]] += dot;
   }
 
@@ -289,15 +356,16 @@ void Model::block_backward(int b, float* dh, int N, float loss_scale) {
     ExpertChunk& k = c.chunk[ch];
     k.dy_owner.resize_uninit(static_cast<size_t>(k.rows.rows()) * d);
     const size_t r0 = c.chunk_begin[ch];
-    return scheduler_->submit([this, &k, &dy_src, r0, d] {
-      exchange_->to_owner(k.plan, dy_src.data() + r0 * d, k.dy_owner.data(), d);
+    return scheduler_->submit([&c, &k, &dy_src, r0, d] {
+      c.exchange->to_owner(k.plan, dy_src.data() + r0 * d, k.dy_owner.data(), d);
     });
   };
   CommScheduler::Ticket next = send(0);
   FloatBuffer& dxn = ws_dxn_;
   dxn.resize(static_cast<size_t>(N) * d);  // accumulated into: zeroed
-  router_backward(r, c.router, dgate.data(), c.xn.data(), params_.value(bp.router_w), dxn.data(),
-                  params_.grad(bp.router_w), params_.grad(bp.router_b), loss_scale);
+  if (c.routed)
+    router_backward(r, c.router, dgate.data(), c.xn.data(), params_.value(bp.router_w), dxn.data(),
+                    params_.grad(bp.router_w), params_.grad(bp.router_b), loss_scale);
   for (int ch = 0; ch < C; ++ch) {
     sched.wait(next);
     if (ch + 1 < C) next = send(ch + 1);
@@ -310,7 +378,7 @@ void Model::block_backward(int b, float* dh, int N, float loss_scale) {
       mlp_experts_backward_data(k.dx_owner.data(), k.dy_owner.data(), k.mlp, k.rows, params_.value(bp.w_in),
                                 params_.value(bp.w_out), d, s.expert_ff());
     const size_t r0 = c.chunk_begin[ch];
-    sched.submit([this, &k, &dx_src, r0, d] { exchange_->to_source(k.plan, k.dx_owner.data(), dx_src.data() + r0 * d, d); });
+    sched.submit([&c, &k, &dx_src, r0, d] { c.exchange->to_source(k.plan, k.dx_owner.data(), dx_src.data() + r0 * d, d); });
     if (c.attention)
       attn_experts_backward_weights(params_.grad(bp.w_in), params_.grad(bp.w_out), k.dy_owner.data(), k.attn, k.rows,
                                     d, s.heads_per_expert(), s.head_dim());
@@ -343,7 +411,7 @@ void Model::forward(const int32_t* inputs, int B, bool dropless, ForwardStats* s
     stats->aux_loss += stats->blocks[b].balance_loss + stats->blocks[b].z_loss;
     stats->flops += stats->blocks[b].flops;
   }
-  stats->flops += 2.0 * N * d * V;  // LM head
+  stats->flops += flops_head_forward(s, N);
   hf_.resize_uninit(static_cast<size_t>(N) * d);
   fmean_.resize_uninit(N);
   frstd_.resize_uninit(N);
@@ -374,6 +442,11 @@ void Model::forward_backward(const int32_t* inputs, const int32_t* targets, int 
   for (int b = 2 * s.layers - 1; b >= 0; --b) block_backward(b, dh.data(), N, loss_scale);
   scatter_add_rows(params_.grad(embed_), dh.data(), tokens_.data(), N, d, 1.0f);
   if (on_block_backward_) on_block_backward_(-1);
+}
+
+const Routing& Model::routing(int b) const {
+  UOE_ASSERT(b >= 0 && b < static_cast<int>(cache_.size()));
+  return cache_[b]->routing;
 }
 
 uint64_t Model::routing_fingerprint() const {

@@ -1,6 +1,26 @@
 // The UoE language model (UOE_MODEL.md §4): tied embedding, L layers of pre-norm SMHA and UoME
 // blocks, final LayerNorm, tied LM head, mean cross-entropy plus router losses. Forward and
 // backward are written by hand; activations needed by backward are cached per block.
+//
+// The same Model also runs the two baselines of the per-FLOP study (UOE_MODEL.md §7), by block type:
+//   uoe    routed SMHA (E_a attention experts, top-k_a) and routed UoME (E MLP experts cut from d_ff).
+//   dense  the transformer the UoE layers are cut from (the equivalence law's limit) with no routing:
+//          attention is ONE expert holding all H heads and the MLP ONE expert of width d_ff; every
+//          token goes to it with gate 1; no routers, no router parameters, no balance loss. The
+//          same expert kernels compute it (standard causal MHA with RoPE; GELU FFN).
+//   moe    a standard token-choice MoE MLP (Switch/GShard) with dense attention as in `dense`.
+//          Its MLP is E independent GELU experts of width f = expert_d_ff, top-k, capacity, the
+//          same router, balance loss and gates as uoe. Note a UoME expert y = GELU(x·W1_e + b1_e)·W2_e
+//          already IS an independent expert without output bias, and the block adds one bias b2:
+//          the moe MLP is exactly that computation with W1 [E, d, f] where f is a free width (the
+//          Switch expert size, typically the dense d_ff) instead of d_ff / E. So moe differs from
+//          uoe in shapes (E·f hidden units in all, E× the dense MLP's parameters when f = d_ff)
+//          and in its dense attention; its MLP code is the UoME code.
+// Unrouted blocks (dense attention, the dense MLP) hold their weights REPLICATED on every rank
+// (gradients all-reduced over the world, like the norms) with expert dimension 1 and the uoe
+// names (attn.wqkv [1, d, 3·d], attn.wo [1, d, d], mlp.w1 [1, d, F], mlp.b1 [1, F], mlp.w2 [1, F, d]),
+// and run on this rank's own tokens, never through the expert exchange: so dense and moe work
+// with any --ep (moe shards its MLP experts over the ep group like uoe).
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -9,6 +29,7 @@
 #include <vector>
 
 #include "layers/experts.hpp"
+#include "layers/flops.hpp"
 #include "layers/params.hpp"
 #include "layers/router.hpp"
 #include "parallel/exchange.hpp"
@@ -17,7 +38,17 @@
 
 namespace uoe {
 
+enum class BlockType { uoe, dense, moe };
+BlockType block_type_parse(const std::string& name);  // "uoe" | "dense" | "moe"; throws otherwise
+const char* block_type_name(BlockType t);
+
+// Shapes and routing of a model. d_ff is the MLP's hidden width summed over its E experts (F = E·f):
+// for uoe the dense width cut into experts, for moe E × the expert width, for dense the FFN width.
+// Unrouted parts count as one expert taking every token: the Model (and model_spec_from_config)
+// resolves attn_experts = attn_topk = 1 for dense and moe, and experts = topk = 1 for dense, so
+// heads_per_expert(), expert_ff() and the per-block expert counts are the executed ones.
 struct ModelSpec {
+  BlockType block_type = BlockType::uoe;
   int layers = 4, d = 128, heads = 4, attn_experts = 4, attn_topk = 2, experts = 4, topk = 2, d_ff = 512;
   int vocab = 256, seq_len = 128, patch_size = 1;
   double capacity_factor = 1.25, aux_loss = 0.01, z_loss = 0.0;
@@ -25,30 +56,45 @@ struct ModelSpec {
   int head_dim() const { return d / heads; }
   int heads_per_expert() const { return heads / attn_experts; }
   int expert_ff() const { return d_ff / experts; }
+  bool attn_routed() const { return block_type == BlockType::uoe; }
+  bool mlp_routed() const { return block_type != BlockType::dense; }
+  bool block_routed(int b) const { return b % 2 == 0 ? attn_routed() : mlp_routed(); }
+  int block_experts(int b) const { return b % 2 == 0 ? attn_experts : experts; }  // E of block b
+  int block_topk(int b) const { return b % 2 == 0 ? attn_topk : topk; }
 };
+// From the trainer's options: --block-type, and for moe d_ff = experts × (--expert-d-ff, or
+// --d-ff / --experts when 0). Resolved (see ModelSpec).
 ModelSpec model_spec_from_config(const Config& c, int vocab);
+// The spec with unrouted parts set to one expert, top-1 (idempotent).
+ModelSpec model_spec_resolve(ModelSpec s);
 
 // Figures of one forward pass, per block (2L blocks: layer l's SMHA is block 2l, UoME 2l+1).
+// An unrouted block (dense attention or MLP) reads as one expert chosen by every token, k = 1,
+// nothing dropped, entropy 0.
 struct BlockStats {
   std::vector<int> chosen;  // [E] patches choosing each expert
   int patches = 0;          // P
   int k = 0;
   int dropped = 0;          // (patch, choice) assignments over capacity
   double balance_loss = 0, z_loss = 0;
-  double flops = 0;         // forward FLOPs of the block on this rank (see ForwardStats)
+  double entropy_sum = 0;   // Σ over patches of the router's entropy −Σ_e p_e·ln p_e (nats); mean = /patches
+  std::vector<int64_t> experts_per_token;  // [k + 1] tokens processed by j = 0..k experts (after capacity)
+  BlockWork work;           // what the block computed for this rank's tokens (layers/flops.hpp)
+  double flops = 0;         // forward FLOPs of that work: flops_block_forward(spec, b, work)
 };
 struct ForwardStats {
   double ce_sum = 0;        // Σ −log p(target) over the tokens
   int64_t tokens = 0;
   double aux_loss = 0;      // Σ balance + z over the 2L routers
-  double flops = 0;         // forward matmul FLOPs actually executed on this rank's tokens
-                            // (rows routed, segments attended); training ≈ 3× this
+  double flops = 0;         // forward matmul FLOPs of this rank's tokens (rows routed, segments
+                            // attended, wherever their experts run): flops_model_forward of the
+                            // blocks' work; training = 3× this
   std::vector<BlockStats> blocks;
 };
 
-// Indices of one block's parameters in the ParamStore.
+// Indices of one block's parameters in the ParamStore (−1: the block has no such tensor).
 struct BlockParams {
-  int norm_scale, norm_bias, router_w, router_b;
+  int norm_scale, norm_bias, router_w, router_b;  // router_w/b −1 for an unrouted block
   int w_in, b_in, w_out, b_out;  // SMHA: wqkv, -1, wo, bo; UoME: w1, b1, w2, b2
 };
 
@@ -71,6 +117,8 @@ class Model {
   // A hash of every block's routing decisions (choices and capacity drops) of the last forward
   // pass: lets tests check that a perturbation did not change which experts were used.
   uint64_t routing_fingerprint() const;
+  // Block b's routing of the last forward pass (an unrouted block: every token to expert 0).
+  const Routing& routing(int b) const;
   // Output probabilities [N, V] of the last forward_eval (softmax of the logits).
   const float* last_probs() const { return logits_.data(); }
 
@@ -96,7 +144,8 @@ class Model {
   void block_backward(int b, float* dh, int N, float loss_scale);
 
   ModelSpec spec_;
-  ExpertExchange* exchange_;
+  ExpertExchange* exchange_;       // routed blocks' experts
+  LocalExchange local_exchange_;   // unrouted blocks: this rank's tokens stay here
   CommScheduler sync_scheduler_;  // the default: synchronous
   CommScheduler* scheduler_;
   int chunks_ = 1;

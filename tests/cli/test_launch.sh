@@ -103,6 +103,16 @@ expect_cmd "shell quoting" "UOE_LAUNCH_EUID=1000" "-n 1 --cores 1 --dry-run -- -
 expect_cmd "extra launcher words" "UOE_LAUNCH_EUID=1000" "-n 2 --cores 2 --dry-run --launcher-args --mca=x" \
   "OMP_NUM_THREADS=1 --mca=x $bin"
 
+# Not a dry run under Slurm: the (fake) srun runs with the command line printed.
+checks=$(( checks + 1 ))
+# shellcheck disable=SC2086  # $slurm is a list of VAR=value words
+out=$(env $slurm bash "$launch" -n 2 --build "$build" -- --steps 3 2>&1)
+if [[ $? -eq 0 && $out == *"+ srun --ntasks=2"* && $out == *"fake srun --ntasks=2"*"$bin --steps 3"* ]]; then
+  echo "ok: Slurm run executes srun"
+else
+  fail "Slurm run: $out"
+fi
+
 # --- refusals: exit 2 with a message ----------------------------------------------------------
 expect_refusal "no -n" "" "-n RANKS is required" --build "$build" --dry-run
 expect_refusal "-n 0" "" "-n 0: expected a whole number" -n 0 --build "$build" --dry-run

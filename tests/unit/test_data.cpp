@@ -5,12 +5,14 @@
 
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <numeric>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "layers/model.hpp"
 #include "runtime/config.hpp"
 #include "runtime/data.hpp"
 #include "runtime/error.hpp"
@@ -391,6 +393,71 @@ TEST(DataErrors, BadOptions) {
   EXPECT_TRUE(contains(
       error_message([&] { uoe::data_from_text(text, nullptr, 0.1, TokenizerKind::byte, 0, "mem"); }),
       "--seq-len"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Presets (launcher/configs/*.ini): each parses and validates as uoe-train would read it, without
+// training. --data / --val-data are overridden with a file that exists (the presets name paths
+// relative to where one runs them, and the WikiText-103 files are prepared by the user).
+
+std::string presets_dir() {
+  return (std::filesystem::path(__FILE__).parent_path() / ".." / ".." / "launcher" / "configs").lexically_normal();
+}
+
+uoe::Config preset_parse(const std::string& ini, const std::string& data) {
+  const std::vector<std::string> args = {"uoe-train", "--config", ini, "--data", data, "--val-data", data};
+  std::vector<const char*> argv;
+  for (const std::string& a : args) argv.push_back(a.c_str());
+  std::string help;
+  const uoe::ConfigParse parsed = uoe::config_parse(static_cast<int>(argv.size()), argv.data(), &help);
+  EXPECT_FALSE(parsed.exit_now);
+  return parsed.config;
+}
+
+TEST(DataPresets, EveryPresetParsesAndValidates) {
+  const TempFile text("preset_data.txt", std::string(4096, 'a'));
+  int presets = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(presets_dir())) {
+    if (entry.path().extension() != ".ini") continue;
+    ++presets;
+    SCOPED_TRACE(entry.path().string());
+    uoe::Config cfg;
+    ASSERT_NO_THROW(cfg = preset_parse(entry.path().string(), text.path));
+    // The model the preset describes can be built (shapes agree), here with a word vocabulary of
+    // 267,735 (WikiText-103's) or the byte vocabulary.
+    EXPECT_NO_THROW(uoe::model_spec_from_config(cfg, cfg.tokenizer == "word" ? 267735 : 256));
+  }
+  EXPECT_GE(presets, 3);
+}
+
+TEST(DataPresets, PresetsSayWhatTheyPromise) {
+  const TempFile text("preset_data2.txt", std::string(4096, 'a'));
+  const uoe::Config tiny = preset_parse(presets_dir() + "/tiny.ini", text.path);
+  EXPECT_EQ(tiny.steps, 300);
+  EXPECT_EQ(tiny.log_every, 25);
+  EXPECT_EQ(tiny.eval_every, 100);
+  EXPECT_EQ(tiny.d_model, 128);
+
+  const uoe::Config ref = preset_parse(presets_dir() + "/shakespeare.ini", text.path);
+  EXPECT_EQ(ref.layers, 4);
+  EXPECT_EQ(ref.d_ff, 512);
+  EXPECT_EQ(ref.batch_size, 16);
+  EXPECT_EQ(ref.steps, 1500);
+  EXPECT_EQ(ref.tokenizer, "byte");
+  EXPECT_DOUBLE_EQ(ref.capacity_factor, 1.25);
+
+  const uoe::Config wt = preset_parse(presets_dir() + "/wikitext103.ini", text.path);
+  EXPECT_EQ(wt.layers, 16);
+  EXPECT_EQ(wt.d_model, 400);
+  EXPECT_EQ(wt.heads, 10);
+  EXPECT_EQ(wt.attn_experts, 10);
+  EXPECT_EQ(wt.attn_topk, 5);
+  EXPECT_EQ(wt.experts, 4);
+  EXPECT_EQ(wt.topk, 2);
+  EXPECT_EQ(wt.d_ff, 2100);
+  EXPECT_EQ(wt.seq_len, 150);
+  EXPECT_EQ(wt.tokenizer, "word");
+  EXPECT_EQ(uoe::model_spec_from_config(wt, 267735).expert_ff(), 525);
 }
 
 }  // namespace

@@ -1,0 +1,528 @@
+#!/usr/bin/python3
+"""torch_uoe.py: the UoE model of UOE_MODEL.md (and the dense GPT it is cut from) in eager PyTorch,
+with the trainer's optimizer, schedule and data windows, as the baseline bench/compare runs beside
+uoe-train on the same cores.
+
+Same model, same data, same start:
+  * model      pre-LN blocks h += SMHA(LN(h)), h += UoME(LN(h)); tied embedding/head; routers
+               p = softmax(x·Wr + br); top-k (ties → lower expert index, via a stable sort);
+               capacity C = ceil(cf·P·k/E), each expert keeping its highest-p patches (ties → lower
+               patch index); renorm gates w = k·p_e/Σ_chosen p (or sum: w = 1); balance loss
+               α·E·Σ f_e·P_e and z-loss β·mean(lse²) per router; attention experts compute q/k/v
+               only for their kept tokens, RoPE (rotate-half, base 1e4) at true positions, causal
+               attention within each sequence's kept tokens; exact-erf GELU; LayerNorm eps 1e-5.
+               Parameter names and layouts are uoe's (layers/model.cpp), e.g. attn.wqkv [Ea, d, 3·g·dh]
+               with per-expert columns q heads | k heads | v heads.
+  * data       byte tokens of --data, the last round(n·val_fraction) held out; training windows
+               drawn exactly as uoe's data_sample_batch (runtime/rng.hpp ported bit for bit:
+               SplitMix64 mixer, FNV-1a stream names, counter (step << 32) | (slot << 16) | b).
+  * optimizer  AdamW β 0.9/0.95, eps 1e-8, decoupled weight decay on matrices (embedding and
+               routers included) only; lr linear warm-up then cosine to min_lr at the last step;
+               global-norm clipping; identical formulas to layers/optimizer.cpp.
+  * start      --init DIR loads a uoe checkpoint (step_N/, any number of shards): parameters AND
+               AdamW moments, and training continues at step N + 1 exactly as `uoe-train --resume DIR`
+               does. Without --init the weights are drawn with torch's RNG (N(0, 0.02), outputs
+               0.02/sqrt(2L)): fine for timing, not for comparing losses.
+
+Threads: set --threads (torch intra-op) and --blas-threads (OpenBLAS, which this torch build calls
+for matmul; must be set before torch loads, so it is an option here rather than a call).
+
+Output: one JSON line per step to --metrics ({"step", "train_loss", "aux_loss", "step_s", "tokens"})
+and a summary on stdout's last line ({"final": true, ...}). --self-test checks the RNG port and the
+window draws against values computed by the C++ code, and exits.
+"""
+import argparse
+import json
+import math
+import os
+import resource
+import sys
+import time
+
+MASK64 = (1 << 64) - 1
+
+
+# ---- runtime/rng.hpp, bit for bit ------------------------------------------------------------
+
+def rng_mix(z):
+    z = (z + 0x9E3779B97F4A7C15) & MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+def rng_stream(name):
+    h = 1469598103934665603
+    for c in name.encode():
+        h = ((h ^ c) * 1099511628211) & MASK64
+    return h
+
+
+def rng_bits(seed, stream, counter):
+    return rng_mix(rng_mix(seed ^ rng_mix(stream)) ^ counter)
+
+
+def rng_below(seed, stream, counter, n):
+    return (rng_bits(seed, stream, counter) * n) >> 64
+
+
+# ---- runtime/data.cpp: byte tokens, split, training windows -----------------------------------
+
+def data_load_bytes(path, val_fraction):
+    """Byte-level tokens of `path`: (train, val) as numpy int64 arrays, split like data_load."""
+    import numpy as np
+    if not os.path.isfile(path):
+        sys.exit(f"torch_uoe.py: --data {path}: no such file")
+    raw = np.fromfile(path, dtype=np.uint8).astype(np.int64)
+    n = len(raw)
+    n_val = int(math.floor(n * val_fraction + 0.5))  # std::llround (n·f > 0: half away from zero)
+    return raw[: n - n_val], raw[n - n_val:]
+
+
+WINDOW_STREAM = rng_stream("data.window")
+
+
+def window_starts(n_tokens, T, B, seed, step, slot=0):
+    """Start of each of the B windows of (step, slot), as data_sample_batch draws them."""
+    n_starts = n_tokens - T
+    return [rng_below(seed, WINDOW_STREAM, (step << 32) | (slot << 16) | b, n_starts) for b in range(B)]
+
+
+def sample_batch(tokens, T, B, seed, step, slot=0):
+    import numpy as np
+    starts = window_starts(len(tokens), T, B, seed, step, slot)
+    idx = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(T + 1, dtype=np.int64)[None, :]
+    win = tokens[idx]  # [B, T + 1]
+    return win[:, :T], win[:, 1:]
+
+
+def lr_at_step(s, steps, warmup, lr, min_lr):
+    """layers/optimizer.cpp's schedule: s counts from 1."""
+    if warmup > 0 and s <= warmup:
+        return lr * s / warmup
+    decay_steps = steps - warmup
+    if decay_steps <= 0:
+        return lr
+    t = (s - warmup) / decay_steps
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * t))
+
+
+# ---- self-test: golden values from the C++ code ----------------------------------------------
+
+def self_test(data_path):
+    """Values printed by a program compiled against runtime/rng.hpp and runtime/data.hpp."""
+    ok = True
+
+    def check(what, got, want):
+        nonlocal ok
+        if got != want:
+            ok = False
+            print(f"FAIL {what}: got {got}, C++ gives {want}")
+
+    check("rng_stream('data.window')", rng_stream("data.window"), 12465526113793502559)
+    check("rng_stream('embed')", rng_stream("embed"), 14880533731917455332)
+    st = WINDOW_STREAM
+    golden_bits = {
+        (1, 0): 4538980370153665997, (1, 1): 5466481907645782589,
+        (1, (3 << 32) | 5): 10505976593487230745, (1, (200 << 32) | (1 << 16) | 15): 10951649107569582153,
+        (2, 0): 2111364579596021575, (2, 1): 1478961300758091770,
+        (12345678901234567, (3 << 32) | 5): 16994570507743546331,
+        (12345678901234567, (200 << 32) | (1 << 16) | 15): 10480213722033815217,
+    }
+    for (seed, c), want in golden_bits.items():
+        check(f"rng_bits({seed}, data.window, {c})", rng_bits(seed, st, c), want)
+    golden_below = {(1, 0): 981034, (1, 7): 754137, (1, 15): 176035, (2, 0): 185655, (2, 7): 700099,
+                    (2, 15): 310857, (100, 0): 911073, (100, 7): 237541, (100, 15): 317102}
+    for (step, b), want in golden_below.items():
+        check(f"rng_below(1, data.window, step {step} b {b}, 1003726)", rng_below(1, st, (step << 32) | b, 1003726),
+              want)
+    if data_path and os.path.exists(data_path):
+        # data_load + data_sample_batch on tinyshakespeare.txt, T 128, B 16, seed 1, slot 0:
+        # (step, b) -> first three inputs, last target, and a 64-bit wrapping hash Σ h·31 + x of the inputs.
+        import numpy as np
+        train, val = data_load_bytes(data_path, 0.1)
+        if len(train) == 1003855 and len(val) == 111539:
+            golden = {
+                (1, 0): (32, 119, 97, 101, -5636078594763862133), (1, 5): (111, 119, 32, 102, -5260277795249938560),
+                (1, 15): (111, 116, 63, 32, -1341515645821709861), (2, 0): (101, 114, 118, 110, -7249738426823993599),
+                (2, 5): (111, 119, 10, 121, -3954472121231467589), (2, 15): (32, 116, 104, 110, -8655112735379840568),
+                (57, 0): (100, 44, 32, 108, -6637271538027265726), (57, 5): (99, 104, 97, 105, -9172497785802745790),
+                (57, 15): (101, 97, 114, 118, 6946476843740331330),
+            }
+            for step in (1, 2, 57):
+                inp, tgt = sample_batch(train, 128, 16, 1, step)
+                for b in (0, 5, 15):
+                    h = 0
+                    for x in inp[b]:
+                        h = (h * 31 + int(x)) & MASK64
+                    h = h - (1 << 64) if h >= (1 << 63) else h
+                    got = (int(inp[b, 0]), int(inp[b, 1]), int(inp[b, 2]), int(tgt[b, -1]), h)
+                    check(f"window step {step} b {b}", got, golden[(step, b)])
+        else:
+            check("tinyshakespeare split sizes", (len(train), len(val)), (1003855, 111539))
+    print("self-test: " + ("PASS" if ok else "FAIL"))
+    return ok
+
+
+# ---- the model --------------------------------------------------------------------------------
+
+def build_model_class(torch):
+    F = torch.nn.functional
+
+    class TorchUoE(torch.nn.Module):
+        """uoe's Model (block_type uoe or dense) with uoe's parameter names and layouts."""
+
+        def __init__(self, a, vocab):
+            super().__init__()
+            self.dense = a.block_type == "dense"
+            self.L, self.d, self.H, self.V = a.layers, a.d_model, a.heads, vocab
+            self.Ea, self.ka = (1, 1) if self.dense else (a.attn_experts, a.attn_topk)
+            self.E, self.k = (1, 1) if self.dense else (a.experts, a.topk)
+            self.dh = a.d_model // a.heads
+            self.g = a.heads // self.Ea
+            self.f = a.d_ff // self.E
+            self.cf, self.renorm = a.capacity_factor, a.gate == "renorm"
+            self.aux_w, self.z_w = a.aux_loss, a.z_loss
+            self.T = a.seq_len
+            self.p = {}  # uoe name -> Parameter, in uoe's order
+            d, L, gd = self.d, self.L, self.g * self.dh
+            std_w, std_out = 0.02, 0.02 / math.sqrt(2.0 * L)
+            self._add("embed", (vocab, d), std_w)
+            for l in range(L):
+                p = f"layers.{l}."
+                self._add(p + "attn.norm.scale", (d,), "ones")
+                self._add(p + "attn.norm.bias", (d,), "zeros")
+                if not self.dense:
+                    self._add(p + "attn.router.weight", (d, self.Ea), std_w)
+                    self._add(p + "attn.router.bias", (self.Ea,), "zeros")
+                self._add(p + "attn.wqkv", (self.Ea, d, 3 * gd), std_w)
+                self._add(p + "attn.wo", (self.Ea, gd, d), std_out)
+                self._add(p + "attn.bo", (d,), "zeros")
+                self._add(p + "mlp.norm.scale", (d,), "ones")
+                self._add(p + "mlp.norm.bias", (d,), "zeros")
+                if not self.dense:
+                    self._add(p + "mlp.router.weight", (d, self.E), std_w)
+                    self._add(p + "mlp.router.bias", (self.E,), "zeros")
+                self._add(p + "mlp.w1", (self.E, d, self.f), std_w)
+                self._add(p + "mlp.b1", (self.E, self.f), "zeros")
+                self._add(p + "mlp.w2", (self.E, self.f, d), std_out)
+                self._add(p + "mlp.b2", (d,), "zeros")
+            self._add("final_norm.scale", (d,), "ones")
+            self._add("final_norm.bias", (d,), "zeros")
+            # RoPE table [T, dh/2]: pos · 10000^(−i/half), in double then float (kernels.cpp rope_table).
+            half = self.dh // 2
+            pos = torch.arange(self.T, dtype=torch.float64)[:, None]
+            inv = torch.pow(torch.tensor(10000.0, dtype=torch.float64),
+                            -torch.arange(half, dtype=torch.float64) / half)[None, :]
+            ang = pos * inv
+            self.rope_cos = torch.cos(ang).float()
+            self.rope_sin = torch.sin(ang).float()
+            self.causal = torch.triu(torch.ones(self.T, self.T, dtype=torch.bool), diagonal=1)  # True = masked
+
+        def _add(self, name, shape, init):
+            t = torch.empty(shape)
+            if init == "ones":
+                t.fill_(1.0)
+            elif init == "zeros":
+                t.zero_()
+            else:
+                t.normal_(0.0, init)
+            prm = torch.nn.Parameter(t)
+            self.register_parameter(name.replace(".", "__"), prm)
+            self.p[name] = prm
+
+        @staticmethod
+        def decays(name):
+            """Weight decay on matrices only (embedding, routers, expert matrices), as uoe."""
+            return name == "embed" or name.endswith((".weight", ".wqkv", ".wo", ".w1", ".w2"))
+
+        # -- routing (layers/router.cpp) --
+        def route(self, xn, Wr, br, E, k, aux):
+            P = xn.shape[0]
+            logits = torch.addmm(br, xn, Wr)  # [P, E]
+            prob = torch.softmax(logits, dim=-1)
+            pd = prob.detach()
+            # top-k, best first; a stable descending sort sends ties to the lower expert index
+            choice = torch.sort(pd, dim=-1, descending=True, stable=True).indices[:, :k]  # [P, k]
+            if self.renorm:
+                psel = prob.gather(1, choice)
+                gate = k * psel / psel.sum(dim=-1, keepdim=True)  # before any capacity drop
+            else:
+                gate = torch.ones(P, k)
+            gate_full = torch.zeros(P, E).scatter(1, choice, gate)  # [P, E], 0 where not chosen
+            chosen = torch.zeros(P, E, dtype=torch.bool).scatter_(1, choice, True)
+            counts = chosen.sum(dim=0)
+            cap = self.cf * P * k / E
+            C = int(math.ceil(cap - cap * 1e-12)) if self.cf > 0 else 0
+            kept = []
+            for e in range(E):
+                if C and int(counts[e]) > C:
+                    # highest p first, ties → lower patch index (stable); then back in patch order
+                    score = torch.where(chosen[:, e], pd[:, e], torch.full_like(pd[:, e], -1.0))
+                    top = torch.sort(score, descending=True, stable=True).indices[:C]
+                    idx = torch.sort(top).values
+                else:
+                    idx = chosen[:, e].nonzero(as_tuple=True)[0]
+                kept.append((idx, gate_full[idx, e]))
+            f = counts.to(torch.float32) / (P * k)
+            aux.append(self.aux_w * E * (f * prob.mean(dim=0)).sum())
+            if self.z_w > 0:
+                aux.append(self.z_w * (torch.logsumexp(logits, dim=-1) ** 2).mean())
+            return kept
+
+        def rope(self, x, pos):  # x [n, heads, dh], pos [n]
+            half = self.dh // 2
+            c = self.rope_cos[pos].unsqueeze(1)
+            s = self.rope_sin[pos].unsqueeze(1)
+            x1, x2 = x[..., :half], x[..., half:]
+            return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
+
+        def attention(self, q, k, v, mask):  # [Bt, g, L, dh] each; mask [L, L] True = masked
+            s = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.dh))
+            s = s.masked_fill(mask, float("-inf"))
+            return torch.matmul(torch.softmax(s, dim=-1), v)
+
+        def attn_block(self, l, h, B, aux):
+            p, N, T, d, g, dh = f"layers.{l}.attn.", h.shape[0], self.T, self.d, self.g, self.dh
+            gd = g * dh
+            xn = F.layer_norm(h, (d,), self.p[p + "norm.scale"], self.p[p + "norm.bias"], 1e-5)
+            Wqkv, Wo = self.p[p + "wqkv"], self.p[p + "wo"]
+            if self.dense:  # standard causal MHA with RoPE
+                qkv = (xn @ Wqkv[0]).view(N, 3, g, dh)
+                pos = torch.arange(T).repeat(B)
+                q, k, v = self.rope(qkv[:, 0], pos), self.rope(qkv[:, 1], pos), qkv[:, 2]
+                q, k, v = (t.reshape(B, T, g, dh).transpose(1, 2) for t in (q, k, v))
+                o = self.attention(q, k, v, self.causal).transpose(1, 2).reshape(N, gd)
+                return h + torch.addmm(self.p[p + "bo"], o, Wo[0])
+            kept = self.route(xn, self.p[p + "router.weight"], self.p[p + "router.bias"], self.Ea, self.ka, aux)
+            # Projections per expert (its kept tokens only); attention of all experts in one batch,
+            # each (expert, sequence) a row packed left in position order and padded to Lmax.
+            qs, ks, vs, grp, slots, idxs, gates = [], [], [], [], [], [], []
+            for a, (idx, gt) in enumerate(kept):
+                n = idx.numel()
+                if n == 0:
+                    continue
+                qkv = (xn.index_select(0, idx) @ Wqkv[a]).view(n, 3, g, dh)
+                pos, seq = idx % T, idx // T
+                qs.append(self.rope(qkv[:, 0], pos))
+                ks.append(self.rope(qkv[:, 1], pos))
+                vs.append(qkv[:, 2])
+                cnt = torch.bincount(seq, minlength=B)
+                start = torch.cumsum(cnt, 0) - cnt
+                slots.append(torch.arange(n) - start[seq])  # position within the expert's kept tokens
+                grp.append(seq + a * B)
+                idxs.append(idx)
+                gates.append(gt)
+            grp_all, slot_all = torch.cat(grp), torch.cat(slots)
+            Lmax = int(slot_all.max()) + 1
+            # Packed rows are in position order, so "pos_j ≤ pos_i" is "slot j ≤ slot i": a causal mask.
+            # Padding sits after a row's last kept token: no kept query sees it.
+            def pack(parts):
+                x = torch.cat(parts)
+                return x.new_zeros(self.Ea * B, Lmax, g, dh).index_put((grp_all, slot_all), x).transpose(1, 2)
+            o = self.attention(pack(qs), pack(ks), pack(vs), self.causal[:Lmax, :Lmax]).transpose(1, 2)
+            o = o[grp_all, slot_all].reshape(-1, gd)  # [rows, g·dh], experts one after another
+            ys, r0 = [], 0
+            for a, (idx, gt) in enumerate(kept):
+                n = idx.numel()
+                if n == 0:
+                    continue
+                ys.append((o[r0:r0 + n] @ Wo[a]) * gt.unsqueeze(1))
+                r0 += n
+            comb = torch.zeros(N, d).index_add(0, torch.cat(idxs), torch.cat(ys))
+            return h + self.p[p + "bo"] + comb
+
+        def mlp_block(self, l, h, aux):
+            p, N, d = f"layers.{l}.mlp.", h.shape[0], self.d
+            xn = F.layer_norm(h, (d,), self.p[p + "norm.scale"], self.p[p + "norm.bias"], 1e-5)
+            W1, b1, W2 = self.p[p + "w1"], self.p[p + "b1"], self.p[p + "w2"]
+            if self.dense:
+                return h + torch.addmm(self.p[p + "b2"], F.gelu(torch.addmm(b1[0], xn, W1[0])), W2[0])
+            kept = self.route(xn, self.p[p + "router.weight"], self.p[p + "router.bias"], self.E, self.k, aux)
+            ys, idxs = [], []
+            for e, (idx, gt) in enumerate(kept):
+                if idx.numel() == 0:
+                    continue
+                y = F.gelu(torch.addmm(b1[e], xn.index_select(0, idx), W1[e])) @ W2[e]
+                ys.append(y * gt.unsqueeze(1))
+                idxs.append(idx)
+            comb = torch.zeros(N, d).index_add(0, torch.cat(idxs), torch.cat(ys))
+            return h + self.p[p + "b2"] + comb
+
+        def forward(self, inputs, targets):
+            """inputs, targets: LongTensor [B, T]. Returns (mean CE, Σ router losses)."""
+            B = inputs.shape[0]
+            h = F.embedding(inputs.reshape(-1), self.p["embed"])  # [N, d]
+            aux = []
+            for l in range(self.L):
+                h = self.attn_block(l, h, B, aux)
+                h = self.mlp_block(l, h, aux)
+            hf = F.layer_norm(h, (self.d,), self.p["final_norm.scale"], self.p["final_norm.bias"], 1e-5)
+            logits = hf @ self.p["embed"].t()
+            ce = F.cross_entropy(logits, targets.reshape(-1))
+            return ce, (sum(aux) if aux else torch.zeros(()))
+
+    return TorchUoE
+
+
+# ---- uoe checkpoints --------------------------------------------------------------------------
+
+def checkpoint_read(path):
+    """{name: numpy array (global shape)} for /model and the AdamW moments, and the step."""
+    import glob
+    import h5py
+    import numpy as np
+    out = {"model": {}, "m": {}, "v": {}}
+    step = None
+    shards = sorted(glob.glob(os.path.join(path, "shard_*.h5")))
+    if not shards:
+        sys.exit(f"torch_uoe.py: no shard_*.h5 in checkpoint {path}")
+    for sh in shards:
+        with h5py.File(sh, "r") as f:
+            step = int(f["state"].attrs["step"])
+            for key, group in (("model", "model"), ("m", "optim/m"), ("v", "optim/v")):
+                if group not in f:
+                    continue
+                for name, ds in f[group].items():
+                    shape = tuple(int(s) for s in ds.attrs["global_shape"])
+                    arr = out[key].setdefault(name, np.zeros(shape, dtype=np.float32))
+                    b0, b1 = int(ds.attrs["slab_begin"]), int(ds.attrs["slab_end"])
+                    arr[b0:b1] = ds[...]
+    return out, step
+
+
+def load_checkpoint(torch, model, opt, path):
+    ck, step = checkpoint_read(path)
+    missing = sorted(set(model.p) ^ set(ck["model"]))
+    if missing:
+        sys.exit(f"torch_uoe.py: checkpoint {path} and the model disagree on tensors: {missing[:8]}")
+    with torch.no_grad():
+        for name, prm in model.p.items():
+            arr = ck["model"][name]
+            if tuple(arr.shape) != tuple(prm.shape):
+                sys.exit(f"torch_uoe.py: {name}: checkpoint shape {arr.shape}, model {tuple(prm.shape)}")
+            prm.copy_(torch.from_numpy(arr))
+            if name in ck["m"]:
+                opt.state[prm] = {"step": torch.tensor(float(step)),
+                                  "exp_avg": torch.from_numpy(ck["m"][name].copy()),
+                                  "exp_avg_sq": torch.from_numpy(ck["v"][name].copy())}
+    return step
+
+
+# ---- training ---------------------------------------------------------------------------------
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ap.add_argument("--data", default=os.path.join(root, "..", "shared", "data", "tinyshakespeare.txt"))
+    ap.add_argument("--val-fraction", type=float, default=0.1)
+    ap.add_argument("--block-type", choices=("uoe", "dense"), default="uoe")
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--attn-experts", type=int, default=4)
+    ap.add_argument("--attn-topk", type=int, default=2)
+    ap.add_argument("--experts", type=int, default=4)
+    ap.add_argument("--topk", type=int, default=2)
+    ap.add_argument("--d-ff", type=int, default=512)
+    ap.add_argument("--capacity-factor", type=float, default=1.25)
+    ap.add_argument("--gate", choices=("renorm", "sum"), default="renorm")
+    ap.add_argument("--aux-loss", type=float, default=0.01)
+    ap.add_argument("--z-loss", type=float, default=0.0)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--min-lr", type=float, default=1e-4)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--weight-decay", type=float, default=0.1)
+    ap.add_argument("--clip", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--init", default="", help="uoe checkpoint directory (step_N/) to start from")
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    ap.add_argument("--blas-threads", type=int, default=1, help="OpenBLAS threads (set before torch loads)")
+    ap.add_argument("--metrics", default="", help="JSON lines, one per step")
+    ap.add_argument("--self-test", action="store_true", help="check the RNG and window port against C++ values")
+    return ap.parse_args(argv)
+
+
+def main(argv):
+    a = parse_args(argv)
+    if a.self_test:
+        return 0 if self_test(a.data) else 1
+    # OpenBLAS reads its thread count when the library loads: before `import torch`.
+    os.environ["OPENBLAS_NUM_THREADS"] = str(a.blas_threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+    import numpy as np
+    import torch
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    if a.d_model % a.heads or a.heads % a.attn_experts or a.d_ff % a.experts:
+        sys.exit("torch_uoe.py: d-model % heads, heads % attn-experts and d-ff % experts must be 0")
+
+    train, _ = data_load_bytes(a.data, a.val_fraction)
+    TorchUoE = build_model_class(torch)
+    model = TorchUoE(a, 256)
+    decay = [p for n, p in model.p.items() if TorchUoE.decays(n)]
+    no_decay = [p for n, p in model.p.items() if not TorchUoE.decays(n)]
+    groups = [{"params": decay, "weight_decay": a.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    try:
+        opt = torch.optim.AdamW(groups, lr=a.lr, betas=(0.9, 0.95), eps=1e-8, foreach=True)
+    except TypeError:  # an older torch without foreach
+        opt = torch.optim.AdamW(groups, lr=a.lr, betas=(0.9, 0.95), eps=1e-8)
+    start = 1
+    if a.init:
+        start = load_checkpoint(torch, model, opt, a.init) + 1
+    params = list(model.p.values())
+
+    # This torch's matmul rate on these threads (so its BLAS is seen not to be the handicap).
+    mm = torch.randn(1024, 1024)
+    for _ in range(2):
+        mm @ mm
+    best = min((lambda t0: (mm @ mm, time.perf_counter() - t0)[1])(time.perf_counter()) for _ in range(5))
+    mm_gflops = 2 * 1024 ** 3 / best * 1e-9
+    del mm
+
+    out = open(a.metrics, "w") if a.metrics else None
+    T, B = a.seq_len, a.batch_size
+    times, last = [], None
+    for step in range(start, a.steps + 1):
+        t0 = time.perf_counter()
+        inp, tgt = sample_batch(train, T, B, a.seed, step)
+        inp, tgt = torch.from_numpy(inp), torch.from_numpy(tgt)
+        ce, aux = model(inp, tgt)
+        (ce + aux).backward()
+        # Global-norm clipping (layers/optimizer + launcher/train.cpp): scale = clip / norm if above.
+        norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params)).item()
+        if a.clip > 0 and norm > a.clip:
+            for p in params:
+                p.grad.mul_(a.clip / norm)
+        lr = lr_at_step(step, a.steps, a.warmup, a.lr, a.min_lr)
+        for gr in opt.param_groups:
+            gr["lr"] = lr
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss = ce.item()
+        dt = time.perf_counter() - t0
+        times.append(dt)
+        last = loss
+        if out:
+            out.write(json.dumps({"step": step, "train_loss": loss, "aux_loss": float(aux), "grad_norm": norm,
+                                  "lr": lr, "step_s": dt, "tokens": B * T}) + "\n")
+            out.flush()
+    if out:
+        out.close()
+    st = sorted(times)
+    med = st[len(st) // 2] if st else float("nan")
+    summary = {"final": True, "block_type": a.block_type, "steps": len(times), "last_step": a.steps,
+               "train_loss": last, "step_s_min": st[0] if st else None, "step_s_median": med,
+               "tokens_per_s": B * T / med if st else None, "threads": a.threads, "blas_threads": a.blas_threads,
+               "matmul_gflops": mm_gflops, "params": sum(p.numel() for p in params),
+               "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

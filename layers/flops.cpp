@@ -1,0 +1,77 @@
+#include "layers/flops.hpp"
+
+#include "layers/model.hpp"
+#include "layers/router.hpp"
+
+namespace uoe {
+
+BlockWork block_work_from_routing(const Routing& r, int seq_len, bool attention, bool routed) {
+  BlockWork w;
+  w.router_rows = routed ? r.P : 0;
+  const int ps = r.patch;
+  for (int e = 0; e < r.E; ++e) {
+    const int n = r.row_offsets[e + 1] - r.row_offsets[e];
+    w.expert_rows += static_cast<double>(n) * ps;
+    if (!attention) continue;
+    // Rows of an expert are in patch order, so one sequence's rows are contiguous: a segment.
+    int seq = -1;
+    double len = 0;
+    for (int i = r.row_offsets[e]; i < r.row_offsets[e + 1]; ++i) {
+      const int s = r.row_patch[i] * ps / seq_len;
+      if (s != seq) {
+        w.attn_tiles += len * len;
+        seq = s;
+        len = 0;
+      }
+      len += ps;
+    }
+    w.attn_tiles += len * len;
+  }
+  return w;
+}
+
+double flops_block_forward(const ModelSpec& s, int b, const BlockWork& w) {
+  const double d = s.d, E = s.block_experts(b);
+  double fl = 2.0 * w.router_rows * d * E;
+  if (b % 2 == 0) {
+    const double gd = static_cast<double>(s.heads_per_expert()) * s.head_dim();
+    fl += w.expert_rows * (2.0 * d * 3.0 * gd + 2.0 * gd * d);  // x·Wqkv, o·Wo
+    fl += 4.0 * gd * w.attn_tiles;                             // q·kᵀ and P·v over L×L tiles
+  } else {
+    const double f = s.expert_ff();
+    fl += w.expert_rows * (2.0 * d * f + 2.0 * f * d);  // x·W1, a·W2
+  }
+  return fl;
+}
+
+double flops_head_forward(const ModelSpec& s, int64_t tokens) {
+  return 2.0 * static_cast<double>(tokens) * s.d * s.vocab;
+}
+
+double flops_model_forward(const ModelSpec& s, int64_t tokens, const std::vector<BlockWork>& blocks) {
+  double fl = 0;
+  for (size_t b = 0; b < blocks.size(); ++b) fl += flops_block_forward(s, static_cast<int>(b), blocks[b]);
+  return fl + flops_head_forward(s, tokens);
+}
+
+BlockWork block_work_expected(const ModelSpec& spec, int b) {
+  const ModelSpec s = model_spec_resolve(spec);
+  const double T = s.seq_len, k = s.block_topk(b), E = s.block_experts(b);
+  BlockWork w;
+  w.router_rows = s.block_routed(b) ? T / s.patch_size : 0;
+  w.expert_rows = T * k;
+  if (b % 2 == 0) {
+    const double L = T * k / E;  // average segment: the sequence's tokens an expert keeps
+    w.attn_tiles = E * L * L;
+  }
+  return w;
+}
+
+double flops_expected_forward_per_token(const ModelSpec& spec) {
+  const ModelSpec s = model_spec_resolve(spec);
+  std::vector<BlockWork> blocks;
+  for (int b = 0; b < 2 * s.layers; ++b) blocks.push_back(block_work_expected(s, b));
+  return flops_model_forward(s, s.seq_len, blocks) / s.seq_len;
+}
+
+}  // namespace uoe

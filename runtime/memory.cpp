@@ -1,0 +1,208 @@
+#include "runtime/memory.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+namespace uoe {
+namespace {
+
+constexpr double kFloat = 4, kInt = 4, kInt64 = 8, kByte = 1;
+constexpr double kMiB = 1024.0 * 1024.0;
+
+// The process before the model: binary and shared libraries (Open MPI, HDF5, OpenBLAS, Boost),
+// OpenBLAS's per-thread GEMM buffers once touched, MPI's shared-memory segments for one rank.
+// Measured on the project's Debian 12 image (uoe-train, 1 rank, 2 BLAS threads, a tiny model):
+// 30–33 MiB without the GPU path; a build with UOE_CUDA=ON also loads cudart, cuBLAS and cuBLASLt
+// at start-up, even for a CPU run, which takes the same process to 231–237 MiB.
+// A constant, reported beside the estimate rather than inside it.
+#ifdef UOE_HAVE_CUDA
+constexpr double kRuntimeOverheadBytes = 230.0 * kMiB;
+#else
+constexpr double kRuntimeOverheadBytes = 30.0 * kMiB;
+#endif
+
+std::string mib(double bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f", bytes / kMiB);
+  return buf;
+}
+
+std::string count(double n) {
+  char buf[32];
+  if (n >= 1e6) std::snprintf(buf, sizeof buf, "%.2fM", n / 1e6);
+  else if (n >= 1e3) std::snprintf(buf, sizeof buf, "%.1fk", n / 1e3);
+  else std::snprintf(buf, sizeof buf, "%.0f", n);
+  return buf;
+}
+
+// One block's shapes as the model executes them (unrouted parts: one expert taking every token).
+struct BlockShape {
+  bool attention = false, routed = false;
+  int64_t E = 1, k = 1, E_local = 1;  // experts, top-k, experts on this rank
+  int64_t P = 0, patch = 1;            // patches routed, tokens per patch
+  int64_t assignments = 0;             // (patch, expert) pairs kept: rows at the source = ·patch
+  int64_t rows = 0;                    // source rows (tokens × kept experts) = owner rows (balanced)
+  int64_t width = 0;                   // MLP: f; attention: g·dh
+  int64_t g = 1, dh = 1;               // attention: heads per expert, head dim
+  int64_t params = 0;                  // this rank's parameters of the block
+};
+
+BlockShape block_shape(const Config& c, bool attention, int64_t N) {
+  BlockShape s;
+  s.attention = attention;
+  const int64_t d = c.d_model, dh = c.d_model / c.heads;
+  const int ep = std::max(1, c.ep);
+  if (attention) {
+    s.routed = c.block_type == "uoe";
+    s.E = s.routed ? c.attn_experts : 1;
+    s.k = s.routed ? c.attn_topk : 1;
+    s.g = c.heads / s.E;
+    s.dh = dh;
+    s.width = s.g * dh;
+  } else {
+    s.routed = c.block_type != "dense";
+    s.E = s.routed ? c.experts : 1;
+    s.k = s.routed ? c.topk : 1;
+    const int64_t F = (c.block_type == "moe" && c.expert_d_ff > 0) ? int64_t{c.experts} * c.expert_d_ff : c.d_ff;
+    s.width = F / s.E;
+  }
+  s.E_local = s.routed ? s.E / ep : s.E;
+  s.patch = s.routed ? c.patch_size : 1;
+  s.P = N / s.patch;
+  if (s.routed && c.capacity_factor > 0) {
+    const double cap = c.capacity_factor * static_cast<double>(s.P) * s.k / s.E;
+    const int64_t C = static_cast<int64_t>(std::ceil(cap - cap * 1e-12));
+    s.assignments = std::min(s.P * s.k, s.E * C);
+  } else {
+    s.assignments = s.P * s.k;
+  }
+  s.rows = s.assignments * s.patch;
+  // Parameters: norm (2d), router (d·E + E) when routed, expert matrices for the local experts,
+  // output bias d.
+  s.params = 2 * d + d + (s.routed ? d * s.E + s.E : 0);
+  if (attention) s.params += s.E_local * (d * 3 * s.width + s.width * d);
+  else s.params += s.E_local * (d * s.width + s.width + s.width * d);
+  return s;
+}
+
+}  // namespace
+
+double MemoryEstimate::total() const {
+  double t = 0;
+  for (const MemoryItem& i : items) t += i.bytes;
+  return t;
+}
+
+double MemoryEstimate::bytes_of(const std::string& name) const {
+  for (const MemoryItem& i : items)
+    if (i.name == name) return i.bytes;
+  return 0;
+}
+
+std::string MemoryEstimate::summary() const {
+  std::string s = mib(total()) + " MiB (";
+  for (size_t i = 0; i < items.size(); ++i) s += (i ? ", " : "") + items[i].name + " " + mib(items[i].bytes);
+  return s + "; runtime about " + mib(runtime_overhead_bytes) + " MiB more)";
+}
+
+std::string MemoryEstimate::table() const {
+  std::string s;
+  char line[256];
+  for (const MemoryItem& i : items) {
+    std::snprintf(line, sizeof line, "  %-40s %9s MiB  %s\n", i.name.c_str(), mib(i.bytes).c_str(), i.detail.c_str());
+    s += line;
+  }
+  std::snprintf(line, sizeof line, "  %-40s %9s MiB  (+ about %s MiB for the process itself)\n", "total",
+                mib(total()).c_str(), mib(runtime_overhead_bytes).c_str());
+  return s + line;
+}
+
+MemoryEstimate memory_estimate(const Config& c, int vocab, int world_size, int64_t data_tokens) {
+  MemoryEstimate est;
+  est.runtime_overhead_bytes = kRuntimeOverheadBytes;
+  const int64_t d = c.d_model, T = c.seq_len, B = c.batch_size, N = B * T, V = vocab, L = c.layers;
+  const int ep = std::max(1, c.ep);
+
+  const BlockShape attn = block_shape(c, true, N), mlp = block_shape(c, false, N);
+  int64_t params = V * d + 2 * d + L * (attn.params + mlp.params);
+  est.params = params;
+  est.rows_per_block = std::max(attn.rows, mlp.rows);
+  const double P = static_cast<double>(params);
+
+  auto add = [&est](const std::string& name, double bytes, const std::string& detail) {
+    est.items.push_back({name, bytes, detail});
+  };
+  add("parameters", kFloat * P, count(P) + " floats");
+  add("gradients", kFloat * P, count(P) + " floats");
+  add("AdamW state", 3 * kFloat * P, "m, v, decay mask: 3 × " + count(P) + " floats");
+
+  // Per block, what BlockCache, ExpertChunk and the expert caches keep (layers/model.cpp,
+  // layers/experts.cpp): activations for backward, the owner-side rows the exchange fills, and
+  // the backward buffers each block keeps at their largest size.
+  double act = 0, owner = 0, back = 0;
+  for (const BlockShape* s : {&attn, &mlp}) {
+    const double R = static_cast<double>(s->rows), A = static_cast<double>(s->assignments);
+    const double Pp = static_cast<double>(s->P), E = static_cast<double>(s->E), k = static_cast<double>(s->k);
+    const double w = static_cast<double>(s->width);
+    double a = 0, o = 0, b = 0;
+    a += kFloat * (2.0 * N * d + 2.0 * N);                     // hin, xn [N, d]; mean, rstd [N]
+    a += kFloat * Pp * E + kFloat * Pp;                          // router probs [P, E], lse [P]
+    a += (kInt + kFloat + kByte) * Pp * k;                       // choice, gate, kept [P, k]
+    a += 2 * kInt * A;                                           // row_patch, row_slot
+    if (s->patch > 1) a += kFloat * Pp * d;                      // patch means
+    a += 4 * kInt * R + 2 * kFloat * R * d;                      // src token/gate/seg/pos; x_src, y_src
+    o += kFloat * 2 * R * d + 2 * kInt * R;                      // rows.x, y_owner [R, d]; seg, pos
+    if (ep > 1 && s->routed) o += kInt * R;                      // plan.owner_row
+    b += 2 * kFloat * R * d;                                     // dy_owner, dx_owner [R, d]
+    if (s->attention) {
+      const double g = static_cast<double>(s->g), dh = static_cast<double>(s->dh);
+      // Segments at the owner: each local expert gets each sequence of each ep source.
+      const double segs = static_cast<double>(s->E_local) * B * (s->routed ? ep : 1);
+      const double len = s->routed ? std::min<double>(T, c.capacity_factor > 0
+                                                             ? c.capacity_factor * T * k / E
+                                                             : T * k / E)
+                                   : static_cast<double>(T);
+      a += kFloat * R * 4 * w;                                   // qkv [R, 3·g·dh], o [R, g·dh]
+      a += kFloat * g * segs * len * len;                        // attention probabilities
+      a += (kInt + kInt64) * (segs + 1) + kFloat * T * dh;       // segment index; RoPE table
+      b += kFloat * R * 4 * w + kFloat * T * T;                  // d_o, d_qkv; one segment's dP
+    } else {
+      a += 2 * kFloat * R * w;                                   // h, a = GELU(h) [R, f]
+      b += kFloat * R * w;                                       // dh [R, f]
+    }
+    act += L * a;
+    owner += L * o;
+    back += L * b;
+  }
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "%lld blocks; rows per block: attention %lld, MLP %lld", static_cast<long long>(2 * L),
+                static_cast<long long>(attn.rows), static_cast<long long>(mlp.rows));
+  add("activations for backward", act, buf);
+  add("exchange buffers", owner, "rows at their experts: x, y [R, d]; seg, pos");
+  add("backward buffers per block", back, "dy, dx at the owner; expert-internal gradients");
+
+  // Model level (layers/model.cpp): residual stream, final norm, logits, shared workspaces.
+  add("residual stream and batch", kFloat * (2.0 * N * d + 2.0 * N) + 3 * kInt * N,
+      "h, hf [N, d]; tokens, inputs, targets");
+  add("logits", kFloat * static_cast<double>(N) * V, "[N, V] = " + count(static_cast<double>(N) * V) + " floats");
+  const double Rmax = static_cast<double>(est.rows_per_block);
+  const double Pk = std::max(static_cast<double>(attn.P * attn.k), static_cast<double>(mlp.P * mlp.k));
+  const double PE = std::max(static_cast<double>(attn.P * attn.E), static_cast<double>(mlp.P * mlp.E));
+  double ws = kFloat * (3.0 * N * d + Pk + 2 * Rmax * d + PE);
+  if (c.patch_size > 1) ws += kFloat * static_cast<double>(attn.P) * d;
+  if (ep > 1) ws += 2 * kInt * 2 * Rmax;  // MpiExchange seg/pos staging, send and receive
+  add("backward workspaces", ws, "dhf, dh, dxn [N, d]; dy, dx at the source; router");
+
+  if (world_size > 1) {
+    const double bucket = std::max<double>(static_cast<double>(V * d + 2 * d),
+                                           static_cast<double>(std::max(attn.params, mlp.params)));
+    add("gradient all-reduce buffer", kFloat * bucket, "largest bucket");
+  }
+  if (!c.checkpoint_dir.empty()) add("checkpoint snapshot", 3 * kFloat * P, "parameters, m, v");
+  if (data_tokens > 0)
+    add("token ids", kInt * static_cast<double>(data_tokens), count(static_cast<double>(data_tokens)) + " tokens");
+  return est;
+}
+
+}  // namespace uoe
