@@ -244,6 +244,18 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
   gather_rows(c.x_src.data(), c.xn.data(), c.src_token.data(), Rs, d);
   c.y_src.resize_uninit(static_cast<size_t>(Rs) * d);
   if (c.chunk.size() < static_cast<size_t>(C)) c.chunk.resize(C);
+  // Where each chunk's exchanges belong, for the collective watchdog's report.
+  for (int ch = 0; ch < C; ++ch) {
+    std::string& where = c.chunk[ch].plan.where;
+    where = "layer ";
+    where += std::to_string(b / 2);
+    where += c.attention ? " attention (block " : " MLP (block ";
+    where += std::to_string(b);
+    where += "), chunk ";
+    where += std::to_string(ch + 1);
+    where += " of ";
+    where += std::to_string(C);
+  }
 
   // 3. Pipeline: the exchange of chunk i+1 and the return of chunk i−1 run on the communication
   //    thread while this thread computes chunk i's experts.

@@ -20,6 +20,9 @@ struct ExchangePlan {
   // order of the i-th received row. Empty for the identity exchange.
   std::vector<int> owner_row;
   double bytes_sent = 0;       // payload bytes this rank sent (for metrics)
+  // Where the caller is (e.g. "layer 2 attention (block 4), chunk 1 of 4"), for the collective
+  // watchdog's report. Kept per plan (per chunk) so the communication thread reads its own copy.
+  std::string where;
 };
 
 class ExpertExchange {
@@ -40,12 +43,6 @@ class ExpertExchange {
   virtual double comm_seconds() const { return 0; }
   virtual double bytes_sent() const { return 0; }
   virtual void reset_counters() {}
-  // Where the caller is (e.g. "layer 2 attention, chunk 1"), for the collective watchdog's report.
-  void set_context(std::string where) { context_ = std::move(where); }
-  const std::string& context() const { return context_; }
-
- private:
-  std::string context_;
 };
 
 // One rank owns every expert: rows stay where they are.

@@ -98,7 +98,7 @@ void MpiExchange::local_experts(int experts, int* begin, int* end) const {
 
 void MpiExchange::dispatch(ExchangePlan& plan, const std::vector<int>& src_offsets, const float* x_src,
                            const int32_t* seg_src, const int32_t* pos_src, int d, ExpertRows& dst) {
-  WatchScope watch("expert exchange (dispatch) " + context());
+  WatchScope watch("expert exchange (dispatch) " + plan.where);
   const ScopedTimer timer(seconds_);
   const int n = comm_.size(), me = comm_.rank();
   const int E = static_cast<int>(src_offsets.size()) - 1;
@@ -193,7 +193,7 @@ void MpiExchange::dispatch(ExchangePlan& plan, const std::vector<int>& src_offse
 // Each owner gathers a source's rows from their per-expert blocks; they land packed by owner on the
 // source, which is the source's own order (rows grouped by global expert).
 void MpiExchange::to_source(ExchangePlan& plan, const float* owner, float* src, int width) {
-  WatchScope watch("expert exchange (return to sources) " + context());
+  WatchScope watch("expert exchange (return to sources) " + plan.where);
   const ScopedTimer timer(seconds_);
   const size_t R_dst = plan.owner_row.size(), R_src = total(plan.send_rows);
   comm_.all_to_all_v<float>(std::span<const float>(owner, R_dst * width), owner_layout(plan, width),
@@ -204,7 +204,7 @@ void MpiExchange::to_source(ExchangePlan& plan, const float* owner, float* src, 
 
 // The reverse: packed by owner on the source, scattered into per-expert blocks on the owner.
 void MpiExchange::to_owner(ExchangePlan& plan, const float* src, float* owner, int width) {
-  WatchScope watch("expert exchange (to owners) " + context());
+  WatchScope watch("expert exchange (to owners) " + plan.where);
   const ScopedTimer timer(seconds_);
   const size_t R_dst = plan.owner_row.size(), R_src = total(plan.send_rows);
   comm_.all_to_all_v<float>(std::span<const float>(src, R_src * width),
