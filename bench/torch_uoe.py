@@ -443,14 +443,34 @@ def parse_args(argv):
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     ap.add_argument("--blas-threads", type=int, default=1, help="OpenBLAS threads (set before torch loads)")
     ap.add_argument("--metrics", default="", help="JSON lines, one per step")
+    ap.add_argument("--ranks", type=int, default=1,
+                    help="data-parallel processes (torch.distributed, gloo): rank r draws uoe's slot r windows, "
+                         "gradients are averaged over ranks in one flat all-reduce per step, as uoe-train -np N")
     ap.add_argument("--self-test", action="store_true", help="check the RNG and window port against C++ values")
     return ap.parse_args(argv)
+
+
+def launch_ranks(argv, ranks):
+    """Starts `ranks` copies of this script as one torch.distributed job on this machine; waits for all."""
+    import socket
+    import subprocess
+    with socket.socket() as sk:  # a free port for the rendezvous
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    procs = []
+    for r in range(ranks):
+        env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(ranks), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv], env=env))
+    return max(p.wait() for p in procs)
 
 
 def main(argv):
     a = parse_args(argv)
     if a.self_test:
         return 0 if self_test(a.data) else 1
+    if a.ranks > 1 and "RANK" not in os.environ:
+        return launch_ranks(argv, a.ranks)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     # OpenBLAS reads its thread count when the library loads: before `import torch`.
     os.environ["OPENBLAS_NUM_THREADS"] = str(a.blas_threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
@@ -458,6 +478,10 @@ def main(argv):
     import torch
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
+    dist = None
+    if world > 1:
+        import torch.distributed as dist
+        dist.init_process_group("gloo", rank=rank, world_size=world)
     if a.d_model % a.heads or a.heads % a.attn_experts or a.d_ff % a.experts:
         sys.exit("torch_uoe.py: d-model % heads, heads % attn-experts and d-ff % experts must be 0")
 
@@ -484,15 +508,29 @@ def main(argv):
     mm_gflops = 2 * 1024 ** 3 / best * 1e-9
     del mm
 
-    out = open(a.metrics, "w") if a.metrics else None
+    out = open(a.metrics, "w") if a.metrics and rank == 0 else None
     T, B = a.seq_len, a.batch_size
     times, last = [], None
     for step in range(start, a.steps + 1):
         t0 = time.perf_counter()
-        inp, tgt = sample_batch(train, T, B, a.seed, step)
+        inp, tgt = sample_batch(train, T, B, a.seed, step, slot=rank)
         inp, tgt = torch.from_numpy(inp), torch.from_numpy(tgt)
         ce, aux = model(inp, tgt)
         (ce + aux).backward()
+        if dist is not None:  # mean over ranks, as uoe-train's gradient sync (one flat buffer)
+            flat = torch.cat([p.grad.reshape(-1) for p in params])
+            figures = torch.tensor([ce.item(), float(aux)], dtype=torch.float64)
+            dist.all_reduce(flat)
+            dist.all_reduce(figures)
+            flat.div_(world)
+            at = 0
+            for p in params:
+                n = p.grad.numel()
+                p.grad.copy_(flat[at:at + n].view_as(p.grad))
+                at += n
+            ce_mean, aux_mean = (figures / world).tolist()
+        else:
+            ce_mean, aux_mean = ce.item(), float(aux)
         # Global-norm clipping (layers/optimizer + launcher/train.cpp): scale = clip / norm if above.
         norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params)).item()
         if a.clip > 0 and norm > a.clip:
@@ -503,21 +541,26 @@ def main(argv):
             gr["lr"] = lr
         opt.step()
         opt.zero_grad(set_to_none=True)
-        loss = ce.item()
+        loss = ce_mean
         dt = time.perf_counter() - t0
         times.append(dt)
         last = loss
         if out:
-            out.write(json.dumps({"step": step, "train_loss": loss, "aux_loss": float(aux), "grad_norm": norm,
-                                  "lr": lr, "step_s": dt, "tokens": B * T}) + "\n")
+            out.write(json.dumps({"step": step, "train_loss": loss, "aux_loss": aux_mean, "grad_norm": norm,
+                                  "lr": lr, "step_s": dt, "tokens": B * T * world}) + "\n")
             out.flush()
     if out:
         out.close()
+    if dist is not None:
+        dist.destroy_process_group()
+    if rank != 0:
+        return 0
     st = sorted(times)
     med = st[len(st) // 2] if st else float("nan")
     summary = {"final": True, "block_type": a.block_type, "steps": len(times), "last_step": a.steps,
                "train_loss": last, "step_s_min": st[0] if st else None, "step_s_median": med,
-               "tokens_per_s": B * T / med if st else None, "threads": a.threads, "blas_threads": a.blas_threads,
+               "tokens_per_s": B * T * world / med if st else None, "ranks": world, "threads": a.threads,
+               "blas_threads": a.blas_threads,
                "matmul_gflops": mm_gflops, "params": sum(p.numel() for p in params),
                "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
     print(json.dumps(summary))
