@@ -44,17 +44,7 @@ std::string shape_text(const std::vector<int64_t>& s) {
 
 std::string join_path(const std::string& dir, const std::string& name) { return (fs::path(dir) / name).string(); }
 
-// "step_00001200" → 1200; anything else (step_5.tmp, latest, step_x) → nullopt.
-std::optional<int64_t> parse_step_name(const std::string& name) {
-  constexpr std::string_view prefix = "step_";
-  if (!name.starts_with(prefix) || name.size() == prefix.size() || name.size() > prefix.size() + 18) return std::nullopt;
-  int64_t step = 0;
-  for (size_t i = prefix.size(); i < name.size(); ++i) {
-    if (name[i] < '0' || name[i] > '9') return std::nullopt;
-    step = step * 10 + (name[i] - '0');
-  }
-  return step;
-}
+// parse_step_name (step directory names) is in manifest.cpp, where the fuzz target reaches it.
 
 // Committed checkpoint directories in `dir`, oldest first.
 std::vector<std::pair<int64_t, std::string>> list_committed(const std::string& dir) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <map>
 #include <sstream>
+#include <string_view>
 
 #include "checkpoints/h5.hpp"
 #include "runtime/error.hpp"
@@ -87,20 +88,47 @@ Manifest manifest_read(const std::string& path) {
     h5::Dataset d = h5::dataset_open(index.get(), name, path);
     h5::dataset_check_type(d.get(), h5::Elem::i64, path, where);
     const std::vector<int64_t> dims = h5::dataset_dims(d.get(), path, where);
-    if (dims.size() != 2 || dims[1] != 3 || dims[0] < 1)
-      fail(path, ": ", where, " has shape ", shape_text(dims), ", expected [slabs, 3]");
-    std::vector<int64_t> rows(static_cast<size_t>(dims[0] * 3));
-    h5::dataset_read(d.get(), h5::Elem::i64, rows.data(), path, where);
     ManifestTensor t;
     t.name = name;
     t.global_shape = h5::attr_read_i64s(d.get(), "global_shape", path, where);
-    if (t.global_shape.empty()) fail(path, ": ", where, " has an empty global_shape");
-    for (int64_t s : t.global_shape)
-      if (s <= 0) fail(path, ": ", where, " has global_shape ", shape_text(t.global_shape), " with a dimension <= 0");
-    for (int64_t i = 0; i < dims[0]; ++i) t.slabs.push_back({rows[3 * i], rows[3 * i + 1], rows[3 * i + 2]});
+    // Before allocating: the slab count comes from the file.
+    manifest_check_index_entry(path, where, dims, t.global_shape, m.shard_files.size());
+    std::vector<int64_t> rows(static_cast<size_t>(dims[0]) * 3);
+    h5::dataset_read(d.get(), h5::Elem::i64, rows.data(), path, where);
+    for (size_t i = 0; i < static_cast<size_t>(dims[0]); ++i)
+      t.slabs.push_back({rows[3 * i], rows[3 * i + 1], rows[3 * i + 2]});
     m.tensors.push_back(std::move(t));
   }
   return m;
+}
+
+void manifest_check_index_entry(const std::string& path, const std::string& where,
+                                const std::vector<int64_t>& index_dims, const std::vector<int64_t>& global_shape,
+                                size_t shard_files) {
+  if (index_dims.size() != 2 || index_dims[1] != 3 || index_dims[0] < 1)
+    fail(path, ": ", where, " has shape ", shape_text(index_dims), ", expected [slabs, 3] with at least one slab");
+  if (static_cast<uint64_t>(index_dims[0]) > shard_files)
+    fail(path, ": ", where, " lists ", index_dims[0], " slabs but the manifest has ", shard_files,
+         " shard files (a shard file holds at most one slab of a tensor)");
+  if (global_shape.empty()) fail(path, ": ", where, " has an empty global_shape");
+  int64_t elements = 1;
+  for (int64_t s : global_shape) {
+    if (s <= 0) fail(path, ": ", where, " has global_shape ", shape_text(global_shape), " with a dimension <= 0");
+    if (s > kCheckpointMaxTensorElements / elements)
+      fail(path, ": ", where, " has global_shape ", shape_text(global_shape), ", more than 2^48 elements");
+    elements *= s;
+  }
+}
+
+std::optional<int64_t> parse_step_name(const std::string& name) {
+  constexpr std::string_view prefix = "step_";
+  if (!name.starts_with(prefix) || name.size() == prefix.size() || name.size() > prefix.size() + 18) return std::nullopt;
+  int64_t step = 0;
+  for (size_t i = prefix.size(); i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return std::nullopt;
+    step = step * 10 + (name[i] - '0');
+  }
+  return step;
 }
 
 void manifest_check_coverage(const Manifest& m, const std::string& where) {

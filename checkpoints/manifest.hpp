@@ -9,6 +9,7 @@
 //                    /optim/v alike; attribute global_shape (int64 array)
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,11 @@ namespace uoe {
 // Bumped whenever the layout of manifest or shard files changes incompatibly; loading refuses any
 // other version.
 inline constexpr int64_t kCheckpointFormatVersion = 1;
+
+// The most elements a checkpointed tensor may have (2^48, a petabyte of float32: far beyond any
+// run). Bounding it keeps every element and byte count derived from a manifest's shapes (slab rows
+// × row elements × 8) inside int64, so a hostile manifest cannot make them overflow.
+inline constexpr int64_t kCheckpointMaxTensorElements = int64_t{1} << 48;
 
 struct ManifestSlab {
   int64_t shard = 0;             // index into Manifest::shard_files
@@ -47,6 +53,20 @@ void manifest_write(const std::string& path, const Manifest& m);
 // version was found and which this build reads) and the structure of every entry; does NOT check
 // coverage (manifest_check_coverage).
 Manifest manifest_read(const std::string& path);
+
+// The checks manifest_read makes on one /index entry before reading its rows (pure, so tests and the
+// fuzz target can reach it): `index_dims` (the dims of /index/<tensor>) must be [slabs, 3] with
+// 1 <= slabs <= shard_files (a shard file holds at most one slab of a tensor), and `global_shape`
+// non-empty with every dimension > 0 and at most kCheckpointMaxTensorElements elements in all.
+// Throws uoe::Error naming `path`, `where` (the entry) and what is wrong.
+void manifest_check_index_entry(const std::string& path, const std::string& where,
+                                const std::vector<int64_t>& index_dims, const std::vector<int64_t>& global_shape,
+                                size_t shard_files);
+
+// "step_00001200" → 1200: "step_" and 1 to 18 decimal digits (so the value fits int64); anything
+// else (step_5.tmp, latest, step_x, step_) → nullopt. Names of checkpoint directories and the
+// contents of `latest` pass through it.
+std::optional<int64_t> parse_step_name(const std::string& name);
 
 // Throws uoe::Error unless, for every tensor, its slabs cover rows [0, global_shape[0]) exactly
 // once (no gap, no overlap, none outside the tensor) and each names an existing shard. `where`

@@ -387,6 +387,7 @@ int train_run(const Config& cfg) {
   std::vector<int64_t> dropped(blocks, 0), assignments(blocks, 0);
   EvalResult last_eval;
   int bad_steps = 0;  // consecutive skipped steps
+  Clock::time_point last_status = Clock::now();
 
   auto run_eval = [&](int step) {
     const auto t0 = Clock::now();
@@ -461,6 +462,13 @@ int train_run(const Config& cfg) {
     total_train_time += dt;
     total_tokens += fig.tokens;
 
+    // On a terminal, a live line between the logged ones (at most ~4 updates a second).
+    if (log_status_enabled() && seconds_since(last_status) > 0.25 && step % cfg.log_every != 0) {
+      last_status = Clock::now();
+      const double eta = (cfg.steps - step) * (total_train_time / (step - start_step + 1));
+      log_status("step %6d/%d | loss %.4f | %8.0f tok/s | ETA %s", step, cfg.steps, fig.loss, win_tokens / win_time,
+                 format_duration(eta).c_str());
+    }
     if (step % cfg.log_every == 0 || step == cfg.steps) {
       const double tps = win_tokens / win_time;
       const double share = win_flops / world_size / win_time * 1e-9 / peak;  // per rank, against its peak

@@ -1,15 +1,28 @@
 #include "runtime/log.hpp"
 
+#include <unistd.h>
+
 #include <cstdarg>
+#include <cstdlib>
+#include <cstring>
 
 namespace uoe {
 namespace {
 int g_rank = 0;
 int g_world = 1;
+bool g_status_shown = false;  // a status line is on the terminal and must be cleared first
+
+void clear_status() {
+  if (!g_status_shown) return;
+  fputs("\r\033[K", stdout);
+  fflush(stdout);
+  g_status_shown = false;
+}
 
 void vlog(FILE* f, const char* level, const char* fmt, va_list ap) {
   char buf[4096];
   vsnprintf(buf, sizeof buf, fmt, ap);
+  clear_status();
   // Progress (level "") comes from rank 0 only and needs no prefix; warnings and errors name the rank.
   if (g_world > 1 && level[0] != '\0')
     fprintf(f, "%s[rank %d] %s\n", level, g_rank, buf);
@@ -33,6 +46,27 @@ void log_info(const char* fmt, ...) {
   vlog(stdout, "", fmt, ap);
   va_end(ap);
 }
+bool log_status_enabled() {
+  static const bool enabled = [] {
+    const char* mode = std::getenv("UOE_PROGRESS");
+    if (mode && std::strcmp(mode, "plain") == 0) return false;
+    return isatty(STDOUT_FILENO) == 1;
+  }();
+  return g_rank == 0 && enabled;
+}
+
+void log_status(const char* fmt, ...) {
+  if (!log_status_enabled()) return;
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  fprintf(stdout, "\r%s\033[K", buf);
+  fflush(stdout);
+  g_status_shown = true;
+}
+
 void log_warn(const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);

@@ -15,4 +15,11 @@ void log_info(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_warn(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_error(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 
+// A live status line (rank 0, only when stdout is a terminal): rewritten in place with '\r', cleared
+// before the next logged line, so a terminal shows progress between the plain log lines while a
+// pipe or file (mpirun's output, a batch job's log) gets only the plain lines. Set UOE_PROGRESS=plain
+// to turn it off on a terminal too.
+bool log_status_enabled();
+void log_status(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+
 }  // namespace uoe
