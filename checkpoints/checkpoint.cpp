@@ -85,27 +85,65 @@ void rename_or_fail(const std::string& from, const std::string& to) {
   if (ec) fail("cannot rename ", from, " to ", to, ": ", ec.message());
 }
 
-// Every rank passes its own error ("" = none). Collective; throws on every rank if any failed: the
-// failing ranks their own message, the others one naming the failing ranks.
-void agree_on_errors(Communicator& world, const std::string& local_error, const std::string& what) {
-  std::vector<int32_t> failed(static_cast<size_t>(world.size()), 0);
-  failed[static_cast<size_t>(world.rank())] = local_error.empty() ? 0 : 1;
-  world.all_reduce_sum(std::span<int32_t>(failed));
-  std::ostringstream ranks;
-  int n = 0;
-  for (int r = 0; r < world.size(); ++r)
-    if (failed[static_cast<size_t>(r)]) ranks << (n++ ? ", " : "") << r;
-  if (n == 0) return;
-  if (!local_error.empty()) throw Error(local_error);
-  fail(what, " failed on rank", n > 1 ? "s " : " ", ranks.str(), " (see the message", n > 1 ? "s" : "",
-       " from there)");
+void broadcast_string(Communicator& world, std::string& s, int root = 0) {
+  int64_t len = static_cast<int64_t>(s.size());
+  world.broadcast(std::span<int64_t>(&len, 1), root);
+  s.resize(static_cast<size_t>(len));
+  if (len) world.broadcast(std::span<uint8_t>(reinterpret_cast<uint8_t*>(s.data()), s.size()), root);
 }
 
-void broadcast_string(Communicator& world, std::string& s) {
-  int64_t len = static_cast<int64_t>(s.size());
-  world.broadcast(std::span<int64_t>(&len, 1), 0);
-  s.resize(static_cast<size_t>(len));
-  if (len) world.broadcast(std::span<uint8_t>(reinterpret_cast<uint8_t*>(s.data()), s.size()), 0);
+// Which ranks failed, from every rank's flag (one all-reduce; collective).
+struct Failures {
+  int count = 0;
+  int first = -1;     // lowest failing rank
+  std::string ranks;  // "rank 1" or "ranks 0, 1"
+};
+Failures failures_from_flags(const std::vector<double>& failed) {
+  Failures f;
+  std::ostringstream list;
+  for (size_t r = 0; r < failed.size(); ++r)
+    if (failed[r] != 0) {
+      list << (f.count++ ? ", " : "") << r;
+      if (f.first < 0) f.first = static_cast<int>(r);
+    }
+  f.ranks = (f.count > 1 ? "ranks " : "rank ") + list.str();
+  return f;
+}
+
+// After every rank has learnt which ranks failed: the lowest failing rank's reason, sent to every
+// rank (collective), so that each rank's message carries it. Under mpirun the first rank to exit
+// may end the job before the others print anything, so no message may say only "see rank r".
+std::string first_reason(Communicator& world, const Failures& f, const std::string& local_error) {
+  std::string reason = world.rank() == f.first ? local_error : std::string();
+  broadcast_string(world, reason, f.first);
+  return reason;
+}
+
+// Every rank passes its own error ("" = none). Collective; if any rank failed, throws
+// CollectiveError on every rank: the failing ranks with their own message, the others with `what`,
+// the failing ranks and the first one's reason.
+void agree_on_errors(Communicator& world, const std::string& local_error, const std::string& what) {
+  std::vector<double> failed(static_cast<size_t>(world.size()), 0.0);
+  failed[static_cast<size_t>(world.rank())] = local_error.empty() ? 0.0 : 1.0;
+  world.all_reduce_sum(std::span<double>(failed));
+  const Failures f = failures_from_flags(failed);
+  if (f.count == 0) return;
+  const std::string reason = first_reason(world, f, local_error);
+  if (!local_error.empty()) throw CollectiveError(local_error);
+  throw CollectiveError(what + " failed on " + f.ranks + "; rank " + std::to_string(f.first) + ": " + reason);
+}
+
+// What `<dir>/latest` names, for messages after a failed checkpoint: "<dir>/latest still names
+// step_X", or that there is none. Reads at most one short line (the file may be anything).
+std::string latest_note(const std::string& dir) {
+  const std::string latest = join_path(dir, "latest");
+  std::ifstream in(latest);
+  if (!in) return "no checkpoint of this directory was committed before (" + latest + " does not exist)";
+  char buf[64] = {0};
+  in.read(buf, sizeof buf - 1);
+  std::string name(buf, static_cast<size_t>(in.gcount()));
+  name = name.substr(0, name.find_first_of("\r\n "));
+  return latest + " still names " + name + ", the last committed checkpoint, untouched";
 }
 
 // ---- shard files ---------------------------------------------------------------------------------
@@ -123,8 +161,9 @@ int64_t row_elems(const std::vector<int64_t>& global_shape) {
   return n;
 }
 
-// Opens a shard file for reading and checks it belongs to the checkpoint of `step`.
-h5::File shard_open(const std::string& path, int64_t step) {
+// Opens a shard file for reading and checks it belongs to the checkpoint of `step`, as shard
+// `shard` of `shards` (its /state says which it is: a shard of a run with another layout is refused).
+h5::File shard_open(const std::string& path, int64_t step, int64_t shard, int64_t shards) {
   h5::File f = h5::file_open(path);
   h5::Group state = h5::group_open(f.get(), "/state", path);
   const int64_t version = h5::attr_read_i64(state.get(), "format_version", path, "/state");
@@ -134,7 +173,27 @@ h5::File shard_open(const std::string& path, int64_t step) {
   if (s != step)
     fail(path, ": shard is from step ", s, " but the manifest is for step ", step,
          " (files of different checkpoints mixed in one directory?)");
+  const int64_t is = h5::attr_read_i64(state.get(), "shard", path, "/state");
+  const int64_t of = h5::attr_read_i64(state.get(), "shards", path, "/state");
+  if (is != shard || of != shards)
+    fail(path, ": /state says this is shard ", is, " of ", of, ", but the manifest lists it as shard ", shard, " of ",
+         shards, " (a shard of a run with another world size or --ep?)");
   return f;
+}
+
+// The manifest's layout must be one a run could have written: ep shard files (one per ep
+// position), a world size that ep divides. Checked before any shard is opened.
+void manifest_check_layout(const Manifest& m, const std::string& where) {
+  const int64_t files = static_cast<int64_t>(m.shard_files.size());
+  if (m.ep < 1 || m.world < 1 || m.world > (int64_t{1} << 24) || m.world % m.ep != 0)
+    fail(where, ": world ", m.world, " and ep ", m.ep, " are not a layout a run can have (1 <= ep, ep divides world)");
+  if (files != m.ep)
+    fail(where, ": lists ", files, " shard files for ep ", m.ep, " (a checkpoint has one shard file per ep position)");
+  for (int64_t i = 0; i < files; ++i) {
+    const std::string want = checkpoint_shard_name(static_cast<int>(i), static_cast<int>(files));
+    if (m.shard_files[static_cast<size_t>(i)] != want)
+      fail(where, ": shard file ", i, " is named ", m.shard_files[static_cast<size_t>(i)], ", expected ", want);
+  }
 }
 
 // Opens <group>/<name> of a shard and checks that it holds rows [begin, end) of a float32 tensor of
@@ -155,6 +214,12 @@ h5::Dataset slab_open(hid_t file, const std::string& path, const char* group, co
   if (gs != global_shape || b != begin || e != end)
     fail(path, ": dataset ", where, " says it holds rows [", b, ", ", e, ") of global shape ", shape_text(gs),
          ", the manifest says rows [", begin, ", ", end, ") of ", shape_text(global_shape));
+  // The manifest's shapes are bounded (kCheckpointMaxTensorElements), so this cannot overflow.
+  const int64_t offset = h5::attr_read_i64(d.get(), "global_offset", path, where);
+  if (offset != begin * row_elems(global_shape))
+    fail(path, ": dataset ", where, " has global_offset ", offset, ", expected ", begin * row_elems(global_shape),
+         " (row ", begin, " of global shape ", shape_text(global_shape), ")");
+  h5::dataset_check_stored(d.get(), h5::Elem::f32, dims, path, where);
   return d;
 }
 
@@ -314,7 +379,7 @@ void shard_write(const Job& job) {
 // Reads the shard back (checksums, shapes, attributes) and compares it bitwise with the snapshot.
 void shard_verify(const Job& job) {
   const std::string& path = job.shard_path;
-  h5::File f = shard_open(path, job.step);
+  h5::File f = shard_open(path, job.step, job.shard, job.shards);
   shard_check_cursors(f.get(), path, job.step, job.state.seed);
   const float* sources[3] = {job.values.data(), job.m.data(), job.v.data()};
   std::vector<float> back;
@@ -396,6 +461,37 @@ CheckpointWriter::~CheckpointWriter() {
     log_warn("checkpoint: step %lld was written but never committed (no wait() before the writer was destroyed); "
              "%s is ignored and will be removed by the next commit",
              static_cast<long long>(job_->step), job_->tmp_dir.c_str());
+}
+
+void CheckpointWriter::prepare() {
+  // World rank 0 creates the directory; every rank learns its outcome (and reason).
+  std::string err;
+  if (world_.rank() == 0) {
+    std::error_code ec;
+    fs::create_directories(dir_, ec);
+    if (ec) err = "cannot create the checkpoint directory " + dir_ + ": " + ec.message();
+    else if (!fs::is_directory(dir_, ec)) err = "the checkpoint directory " + dir_ + " is not a directory";
+  }
+  broadcast_string(world_, err, 0);
+  if (!err.empty()) throw CollectiveError(err + (world_.rank() == 0 ? "" : " (found by world rank 0)"));
+  // Every rank that will write a file there creates and removes one now: an unwritable directory,
+  // or one another node does not see, fails here rather than at the first checkpoint.
+  std::string local;
+  if (role_.writer_of_experts() || role_.writer_of_replicated()) {
+    const std::string probe = join_path(dir_, ".write-test.rank" + std::to_string(world_.rank()));
+    try {
+      write_file_durably(probe, "uoe-train checks that it can write here; safe to delete\n");
+    } catch (const std::exception& e) {
+      local = e.what();
+    }
+    std::error_code ec;
+    fs::remove(probe, ec);
+    if (local.empty() && ec) local = "cannot remove " + probe + ": " + ec.message();
+    if (!local.empty())
+      local = "the checkpoint directory " + dir_ + " is not writable from rank " + std::to_string(world_.rank()) + ": " +
+              local;
+  }
+  agree_on_errors(world_, local, "checking the checkpoint directory " + dir_);
 }
 
 void CheckpointWriter::gather_layout(const ParamStore& params) {
@@ -516,12 +612,10 @@ void CheckpointWriter::save(const ParamStore& params, AdamW& opt, const TrainSta
       err = e.what();
     }
   }
-  int64_t status = err.empty() ? 0 : 1;
-  world_.broadcast(std::span<int64_t>(&status, 1), 0);
-  if (status) {
-    if (world_.rank() == 0) fail("checkpoint step ", state.step, ": ", err);
-    fail("checkpoint step ", state.step, ": world rank 0 could not create ", job->tmp_dir);
-  }
+  broadcast_string(world_, err, 0);  // every rank fails with rank 0's reason, or none does
+  if (!err.empty())
+    throw CollectiveError("checkpoint step " + std::to_string(state.step) + " was not written: " +
+                          (world_.rank() == 0 ? "" : "on world rank 0: ") + err + "; " + latest_note(dir_));
 
   // Snapshot: this rank's tensors, packed. The only part the training step waits for. A failure
   // here (out of memory) must not throw on this rank alone, the others would carry on into the
@@ -614,25 +708,36 @@ void CheckpointWriter::wait() {
   info[static_cast<size_t>(me) * 3 + 1] = job->write_seconds;
   info[static_cast<size_t>(me) * 3 + 2] = job->bytes;
   world_.all_reduce_sum(std::span<double>(info));
-  std::ostringstream failed;
   int n_failed = 0;
   double slowest = 0, bytes = 0;
   for (int r = 0; r < W; ++r) {
-    if (info[static_cast<size_t>(r) * 3] != 0) failed << (n_failed++ ? ", " : "") << r;
+    if (info[static_cast<size_t>(r) * 3] != 0) ++n_failed;
     slowest = std::max(slowest, info[static_cast<size_t>(r) * 3 + 1]);
     bytes += info[static_cast<size_t>(r) * 3 + 2];
   }
   if (n_failed) {
-    // Every rank has joined its writer (the all-reduce is after the join), so the directory is idle.
+    // Every rank has joined its writer (the all-reduce is after the join), so the directory is
+    // idle: rank 0 removes the partial step_N.tmp, and says what `latest` still names. Its note is
+    // broadcast after the removal, so no rank goes on (and ends the job) before that is done.
+    std::string note;
     if (me == 0) {
       std::error_code ec;
       fs::remove_all(job->tmp_dir, ec);
+      note = ec ? "; the partial " + job->tmp_dir + " could not be removed (" + ec.message() +
+                      "): --resume ignores it and the next commit removes it"
+                : "; the partial " + job->tmp_dir + " was removed";
+      note += "; " + latest_note(dir_);
     }
+    broadcast_string(world_, note, 0);
+    std::vector<double> flags(static_cast<size_t>(W));
+    for (int r = 0; r < W; ++r) flags[static_cast<size_t>(r)] = info[static_cast<size_t>(r) * 3];
+    const Failures f = failures_from_flags(flags);
+    const std::string reason = first_reason(world_, f, job->error);
     spare_ = std::move(job);
-    if (!spare_->error.empty())
-      fail("checkpoint step ", spare_->step, " was not committed: ", spare_->error);
-    fail("checkpoint step ", spare_->step, " was not committed: writing it failed on rank", n_failed > 1 ? "s " : " ",
-         failed.str(), " (see the message", n_failed > 1 ? "s" : "", " from there)");
+    const std::string head = "checkpoint step " + std::to_string(spare_->step) + " was not committed: ";
+    if (!spare_->error.empty()) throw CollectiveError(head + spare_->error + note);
+    throw CollectiveError(head + "writing it failed on " + f.ranks + "; rank " + std::to_string(f.first) + ": " +
+                          reason + note);
   }
 
   std::string err;
@@ -640,15 +745,14 @@ void CheckpointWriter::wait() {
     try {
       commit(*job);
     } catch (const std::exception& e) {
-      err = e.what();
+      err = e.what() + ("; " + latest_note(dir_));
     }
   }
-  int64_t status = err.empty() ? 0 : 1;
-  world_.broadcast(std::span<int64_t>(&status, 1), 0);
-  if (status) {
+  broadcast_string(world_, err, 0);
+  if (!err.empty()) {
     spare_ = std::move(job);
-    if (me == 0) fail("checkpoint step ", spare_->step, " was written but could not be committed: ", err);
-    fail("checkpoint step ", spare_->step, " was written but world rank 0 could not commit it");
+    throw CollectiveError("checkpoint step " + std::to_string(spare_->step) + " was written but could not be committed" +
+                          (me == 0 ? ": " : " by world rank 0: ") + err);
   }
   last_committed_ = job->final_dir;
   log_info("checkpoint: step %lld committed to %s (%.1f MB; snapshot %.0f ms, write + verify %.2f s on the slowest rank)",
@@ -672,7 +776,12 @@ void CheckpointWriter::commit(const Job& job) {
     fs::remove_all(displaced, ec);
     rename_or_fail(job.final_dir, displaced);
   }
-  rename_or_fail(job.tmp_dir, job.final_dir);
+  try {
+    rename_or_fail(job.tmp_dir, job.final_dir);
+  } catch (const Error&) {
+    if (!displaced.empty()) fs::rename(displaced, job.final_dir, ec);  // put the old one back
+    throw;
+  }
   h5::fsync_path(dir_, true);
   const std::string latest = join_path(dir_, "latest"), latest_tmp = latest + ".tmp";
   write_file_durably(latest_tmp, checkpoint_step_name(job.step) + "\n");
@@ -725,6 +834,7 @@ struct LoadResult {
 LoadResult load_local(const std::string& path, const Config& current, ParamStore& params, AdamW& opt) {
   const std::string manifest_path = checkpoint_dir_check(path);
   const Manifest m = manifest_read(manifest_path);
+  manifest_check_layout(m, manifest_path);
   LoadResult out;
   out.warnings = config_check_compatible(m.config_ini, config_to_ini(current), manifest_path);
   shards_check_present(m, path);
@@ -767,7 +877,8 @@ LoadResult load_local(const std::string& path, const Config& current, ParamStore
   const auto shard = [&](int64_t s) -> std::pair<hid_t, std::string> {
     const std::string file = join_path(path, m.shard_files[static_cast<size_t>(s)]);
     auto it = shards.find(s);
-    if (it == shards.end()) it = shards.emplace(s, shard_open(file, m.step)).first;
+    if (it == shards.end())
+      it = shards.emplace(s, shard_open(file, m.step, s, static_cast<int64_t>(m.shard_files.size()))).first;
     return {it->second.get(), file};
   };
   float* arenas[3] = {params.values().data(), opt.m().data(), opt.v().data()};
@@ -830,19 +941,22 @@ void checkpoint_verify(const std::string& path) {
   h5::init_thread();
   const std::string manifest_path = checkpoint_dir_check(path);
   const Manifest m = manifest_read(manifest_path);
+  manifest_check_layout(m, manifest_path);
   shards_check_present(m, path);
   manifest_check_coverage(m, manifest_path);
   std::vector<float> buf;
   for (size_t s = 0; s < m.shard_files.size(); ++s) {
     const std::string file = join_path(path, m.shard_files[s]);
-    h5::File f = shard_open(file, m.step);
+    h5::File f = shard_open(file, m.step, static_cast<int64_t>(s), static_cast<int64_t>(m.shard_files.size()));
     shard_check_cursors(f.get(), file, m.step, m.seed);
     for (const ManifestTensor& t : m.tensors)
       for (const ManifestSlab& sl : t.slabs) {
         if (sl.shard != static_cast<int64_t>(s)) continue;
-        buf.resize(static_cast<size_t>((sl.end - sl.begin) * row_elems(t.global_shape)));
         for (const char* g : kGroups) {
+          // slab_open checks the shape, and that the file really stores that much, before the
+          // buffer is sized by it.
           h5::Dataset d = slab_open(f.get(), file, g, t.name, t.global_shape, sl.begin, sl.end);
+          buf.resize(static_cast<size_t>((sl.end - sl.begin) * row_elems(t.global_shape)));
           h5::dataset_read(d.get(), h5::Elem::f32, buf.data(), file, std::string(g) + "/" + t.name);
         }
       }
@@ -876,9 +990,12 @@ std::string checkpoint_resolve(const std::string& resume, const std::string& che
   std::string tried;
   const std::string latest = join_path(checkpoint_dir, "latest");
   if (fs::exists(latest, ec)) {
-    std::ifstream in(latest);
-    std::string name;
-    std::getline(in, name);
+    // One short line is all `latest` ever holds: read no more than that, whatever the file is.
+    std::ifstream in(latest, std::ios::binary);
+    char buf[64] = {0};
+    in.read(buf, sizeof buf - 1);
+    std::string name(buf, static_cast<size_t>(in.gcount()));
+    name = name.substr(0, name.find('\n'));
     while (!name.empty() && (name.back() == '\r' || name.back() == ' ')) name.pop_back();
     if (!parse_step_name(name)) {
       log_warn("checkpoint: %s holds '%s', not a step_* name; ignoring it", latest.c_str(), name.c_str());

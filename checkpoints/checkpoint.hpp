@@ -69,12 +69,19 @@ class CheckpointWriter {
   CheckpointWriter(const CheckpointWriter&) = delete;
   CheckpointWriter& operator=(const CheckpointWriter&) = delete;
 
+  // Collective, optional (the trainer calls it at start-up). Creates the checkpoint directory and
+  // checks that every rank that writes a shard can create a file in it, so a directory that cannot
+  // be written fails before any training, on every rank (CollectiveError naming the directory and
+  // the OS's reason), not at the first checkpoint.
+  void prepare();
   // Collective. Snapshot at `state.step` and start writing; returns once the snapshot is taken.
   // `opt` is not modified (non-const only because AdamW has no const accessors for its moments).
   void save(const ParamStore& params, AdamW& opt, const TrainState& state);
   // Collective. Waits for the in-flight write, agrees across ranks that every shard was written
-  // and verified, then (rank 0) commits and prunes. Throws uoe::Error on every rank if any rank
-  // failed (naming the ranks; a failing rank gives its own reason). No-op when nothing is in flight.
+  // and verified, then (rank 0) commits and prunes. If any rank failed, rank 0 removes the partial
+  // step_N.tmp and every rank throws CollectiveError (a failing rank with its own reason, the
+  // others naming the failing ranks and the first one's reason, all saying what `latest` still
+  // names); the previous checkpoint and `latest` are untouched. No-op when nothing is in flight.
   void wait();
 
   bool in_flight() const { return job_ != nullptr; }

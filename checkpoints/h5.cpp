@@ -19,6 +19,12 @@ namespace {
 // little it does not need.
 constexpr int64_t kChunkBytes = int64_t{1} << 20;
 
+// Bounds on what an attribute read from a file may hold, checked before allocating for it: a
+// damaged or forged file must give an error, not a huge allocation. Far above anything written
+// (shapes have a few values; the longest string is the config INI, a few KB).
+constexpr hssize_t kMaxAttributeValues = 1 << 16;
+constexpr size_t kMaxAttributeStringBytes = size_t{1} << 24;
+
 std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
   return s;
@@ -74,6 +80,49 @@ herr_t collect_error(unsigned /*n*/, const H5E_error2_t* err, void* data) {
   return 0;
 }
 
+// The messages of this thread's error stack, outermost first; clears the stack.
+std::vector<std::string> stack_messages() {
+  std::vector<std::string> msgs;
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect_error, &msgs);
+  H5Eclear2(H5E_DEFAULT);
+  return msgs;
+}
+
+// Outermost (what the API call could not do) and innermost (why): the middle frames repeat them.
+std::string stack_text(const std::vector<std::string>& msgs) {
+  if (msgs.empty()) return "";
+  if (msgs.size() == 1 || msgs.front() == msgs.back()) return msgs.front();
+  return msgs.front() + ": " + msgs.back();
+}
+
+// HDF5's POSIX driver reports a failed system call inside its message: "file write failed: time =
+// ..., errno = 28, error message = 'No space left on device', ...". Returns the OS's reason as
+// "No space left on device (errno 28)", or "" when no message of the stack carries one.
+std::string os_reason(const std::vector<std::string>& msgs) {
+  for (auto it = msgs.rbegin(); it != msgs.rend(); ++it) {
+    const size_t e = it->find("errno = ");
+    const size_t m = it->find("error message = '");
+    if (e == std::string::npos || m == std::string::npos) continue;
+    const size_t text_begin = m + std::strlen("error message = '");
+    const size_t text_end = it->find('\'', text_begin);
+    if (text_end == std::string::npos) continue;
+    size_t digits = e + std::strlen("errno = ");
+    std::string number;
+    while (digits < it->size() && std::isdigit(static_cast<unsigned char>((*it)[digits]))) number += (*it)[digits++];
+    return it->substr(text_begin, text_end - text_begin) + (number.empty() ? "" : " (errno " + number + ")");
+  }
+  return "";
+}
+
+// A message up to its first ':' ("file write failed: time = ..., filename = ..." -> "file write
+// failed"): the head of a driver message, without the addresses and timestamps that follow.
+std::string message_head(const std::string& m) {
+  const size_t colon = m.find(':');
+  std::string head = colon == std::string::npos ? m : m.substr(0, colon);
+  while (!head.empty() && std::isspace(static_cast<unsigned char>(head.back()))) head.pop_back();
+  return head;
+}
+
 Space space_simple(const std::vector<int64_t>& dims, const std::string& file, const std::string& object) {
   std::vector<hsize_t> d(dims.begin(), dims.end());
   return Space(UOE_CHECK_H5(H5Screate_simple(static_cast<int>(d.size()), d.data(), nullptr), file, object));
@@ -108,6 +157,10 @@ Attr attr_open(hid_t obj, const char* name, H5T_class_t want, const char* want_t
     ::uoe::fail(file, ": attribute '", name, "' of ", where, " is ", describe_type(t.get()), ", expected ", want_text);
   Space s(UOE_CHECK_H5(H5Aget_space(a.get()), file, object));
   const hssize_t n = UOE_CHECK_H5(H5Sget_simple_extent_npoints(s.get()), file, object);
+  // Before anything is allocated for it: the count comes from the file.
+  if (n > kMaxAttributeValues)
+    ::uoe::fail(file, ": attribute '", name, "' of ", where, " holds ", n, " values, more than the ",
+                kMaxAttributeValues, " a checkpoint attribute may hold (damaged or forged file)");
   *count = static_cast<size_t>(n);
   return a;
 }
@@ -140,19 +193,13 @@ bool library_threadsafe() {
   return H5is_library_threadsafe(&ts) >= 0 && ts;
 }
 
-std::string error_stack_text() {
-  std::vector<std::string> msgs;
-  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect_error, &msgs);
-  H5Eclear2(H5E_DEFAULT);
-  if (msgs.empty()) return "";
-  // Outermost (what the API call could not do) and innermost (why): the middle frames repeat them.
-  if (msgs.size() == 1 || msgs.front() == msgs.back()) return msgs.front();
-  return msgs.front() + ": " + msgs.back();
-}
+std::string error_stack_text() { return stack_text(stack_messages()); }
 
 void fail_call(const char* call, const char* src_file, int src_line, const std::string& file, const std::string& object) {
-  const std::string text = error_stack_text();
+  const std::vector<std::string> msgs = stack_messages();
+  const std::string text = stack_text(msgs);
   const std::string l = lower(text);
+  const std::string os_error = os_reason(msgs);
   const std::string hdf5 = text.empty() ? "" : " (HDF5: " + text + ")";
   std::ostringstream os;
   if (l.find("checksum") != std::string::npos) {
@@ -163,6 +210,21 @@ void fail_call(const char* call, const char* src_file, int src_line, const std::
     os << file << " is truncated (shorter than HDF5 says it should be)" << hdf5;
   } else if (l.find("signature") != std::string::npos) {
     os << file << " is not an HDF5 file, or its header is damaged" << hdf5;
+  } else if (!os_error.empty()) {
+    // A system call failed under HDF5 (a full disk, a file-size limit, a directory that is not
+    // one): say so in plain words, with the OS's reason first and HDF5's context after.
+    const std::string inner = lower(msgs.back());
+    const std::string c = call;
+    const char* op = c.find("H5Fcreate") != std::string::npos ? "cannot create"
+                     : inner.find("write") != std::string::npos ? "cannot write"
+                     : inner.find("read") != std::string::npos  ? "cannot read"
+                     : inner.find("open") != std::string::npos  ? "cannot open"
+                                                                : "I/O error on";
+    os << op << " " << file;
+    if (!object.empty()) os << " (at " << object << ")";
+    os << ": " << os_error << " (HDF5: " << msgs.front();
+    if (msgs.size() > 1) os << ": " << message_head(msgs.back());
+    os << ")";
   } else {
     // Not a damaged file: name the call and where it was made, for whoever debugs it.
     os << "HDF5 call " << call << " failed on " << where_text(file, object) << hdf5 << " [" << src_file << ":"
@@ -199,6 +261,8 @@ File file_open(const std::string& path, bool writable) {
   const auto st = std::filesystem::status(path, ec);
   if (st.type() == std::filesystem::file_type::not_found) ::uoe::fail(path, ": no such file");
   if (!std::filesystem::is_regular_file(st)) ::uoe::fail(path, ": not a regular file");
+  if (std::filesystem::file_size(path, ec) == 0 && !ec)
+    ::uoe::fail(path, " is empty (0 bytes), not an HDF5 file (a write that never completed?)");
   const Plist fapl = file_access(path);
   return File(UOE_CHECK_H5(H5Fopen(path.c_str(), writable ? H5F_ACC_RDWR : H5F_ACC_RDONLY, fapl.get()), path, ""));
 }
@@ -302,6 +366,10 @@ std::vector<std::string> attr_read_strs(hid_t obj, const char* name, const std::
   if (UOE_CHECK_H5(H5Tis_variable_str(ft.get()), file, object) > 0)
     ::uoe::fail(file, ": attribute '", name, "' of ", where, " is a variable-length string; expected fixed-length");
   const size_t width = H5Tget_size(ft.get());
+  if (width == 0 || width > kMaxAttributeStringBytes || width * n > kMaxAttributeStringBytes)
+    ::uoe::fail(file, ": attribute '", name, "' of ", where, " holds ", n, " strings of ", width,
+                " bytes, outside what a checkpoint attribute may hold (1 to ", kMaxAttributeStringBytes,
+                " bytes in all; damaged or forged file)");
   std::vector<char> buf(width * n + 1, '\0');
   const Type mt = string_type(width, file, object);
   if (n) UOE_CHECK_H5(H5Aread(a.get(), mt.get(), buf.data()), file, object);
@@ -360,6 +428,30 @@ void dataset_check_type(hid_t dset, Elem elem, const std::string& file, const st
                   (elem == Elem::f32 ? cls == H5T_FLOAT
                                      : cls == H5T_INTEGER && (H5Tget_sign(t.get()) == H5T_SGN_NONE) == (elem == Elem::u64));
   if (!ok) ::uoe::fail(file, ": dataset ", name, " is ", describe_type(t.get()), ", expected ", elem_name(elem));
+}
+
+void dataset_check_stored(hid_t dset, Elem elem, const std::vector<int64_t>& dims, const std::string& file,
+                          const std::string& name) {
+  // The declared size, without overflow: every dimension is checked against what is left.
+  constexpr int64_t kMaxBytes = int64_t{1} << 62;
+  int64_t bytes = static_cast<int64_t>(elem_size(elem));
+  for (int64_t d : dims) {
+    if (d < 0 || (d > 0 && bytes > kMaxBytes / d))
+      ::uoe::fail(file, ": dataset ", name, " declares a shape with ", d, " in one dimension: too large for any file");
+    bytes *= d;
+  }
+  const hid_t fid = UOE_CHECK_H5(H5Iget_file_id(dset), file, name);
+  hsize_t file_bytes = 0;
+  const herr_t rc = H5Fget_filesize(fid, &file_bytes);
+  H5Fclose(fid);  // H5Iget_file_id took a reference
+  UOE_CHECK_H5(rc, file, name);
+  const hsize_t stored = H5Dget_storage_size(dset);
+  if (static_cast<uint64_t>(bytes) > file_bytes)
+    ::uoe::fail(file, ": dataset ", name, " declares ", bytes, " bytes of ", elem_name(elem), " data, more than the whole file (",
+                file_bytes, " bytes): damaged or forged");
+  if (static_cast<uint64_t>(bytes) > stored)
+    ::uoe::fail(file, ": dataset ", name, " declares ", bytes, " bytes of ", elem_name(elem), " data but stores only ", stored,
+                " (chunks never written: an incomplete or forged file)");
 }
 
 void dataset_read_rows(hid_t dset, Elem elem, int64_t row_begin, int64_t row_end, void* out, const std::string& file,

@@ -102,8 +102,8 @@ using Type = Handle<H5Tclose>;
 // Creates a new file (fails if it exists). Objects use the 1.10 formats, whose object headers
 // carry checksums, so attributes and the index are protected as well as the data.
 File file_create(const std::string& path);
-// Opens an existing file; a missing file, a truncated one or a non-HDF5 one each get a message
-// that names the file and says which.
+// Opens an existing file; a missing file, an empty one, a truncated one or a non-HDF5 one each get
+// a message that names the file and says which.
 File file_open(const std::string& path, bool writable = false);
 
 Group group_create(hid_t loc, const std::string& name, const std::string& file);
@@ -126,7 +126,8 @@ void attr_write_strs(hid_t obj, const char* name, const std::vector<std::string>
                      const std::string& where);
 
 // Readers check that the attribute exists and has the right kind (integer, float, string) and
-// element count; each failure names file, object and attribute.
+// element count (bounded before anything is allocated for it: at most 65536 values, strings at
+// most 16 MiB in all); each failure names file, object and attribute.
 int64_t attr_read_i64(hid_t obj, const char* name, const std::string& file, const std::string& where);
 std::vector<int64_t> attr_read_i64s(hid_t obj, const char* name, const std::string& file, const std::string& where);
 uint64_t attr_read_u64(hid_t obj, const char* name, const std::string& file, const std::string& where);
@@ -149,6 +150,12 @@ Dataset dataset_open(hid_t loc, const std::string& name, const std::string& file
 std::vector<int64_t> dataset_dims(hid_t dset, const std::string& file, const std::string& name);
 // Throws unless the dataset's stored type is `elem` (class and size), e.g. "is int32, expected float32".
 void dataset_check_type(hid_t dset, Elem elem, const std::string& file, const std::string& name);
+// Throws unless the dataset, of shape `dims` and element type `elem` (both already checked), stores
+// all its data: its declared size must fit in the file and in the chunks actually stored. Checked
+// before allocating for a read, so a forged shape cannot cause a huge allocation, and a dataset
+// whose chunks were never written is an error rather than a read of fill values.
+void dataset_check_stored(hid_t dset, Elem elem, const std::vector<int64_t>& dims, const std::string& file,
+                          const std::string& name);
 // Reads rows [row_begin, row_end) along dimension 0 (all of every other dimension) into `out`.
 // A Fletcher32 mismatch in any chunk touched is reported as a checksum mismatch naming the dataset.
 void dataset_read_rows(hid_t dset, Elem elem, int64_t row_begin, int64_t row_end, void* out,

@@ -260,6 +260,10 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
 
 int train_run(const Config& cfg) {
   const auto t_start = Clock::now();
+  // A file-size limit (ulimit -f) must not kill the run with SIGXFSZ in the middle of a write:
+  // ignored, the write fails with EFBIG, and the checkpoint or metrics writer reports it, naming
+  // the file (a checkpoint write that fails leaves the previous checkpoint intact).
+  std::signal(SIGXFSZ, SIG_IGN);
   ProcessGroups groups = make_process_groups(MPI_COMM_WORLD, cfg.ep);
   const int world_rank = groups.world->rank(), world_size = groups.world->size();
   log_set_rank(world_rank, world_size);
@@ -344,12 +348,22 @@ int train_run(const Config& cfg) {
     log_info("memory estimate per rank: %s", mem.summary().c_str());
   }
 
-  // Checkpoints: resume first (every rank loads the slabs it holds, whatever world size wrote them),
-  // then save every --checkpoint-every steps and at the end, asynchronously.
+  // Checkpoints: the directory is checked first (an unwritable one fails now, on every rank, not
+  // at the first save), then resume (every rank loads the slabs it holds, whatever world size
+  // wrote them), then save every --checkpoint-every steps and at the end, asynchronously. A save
+  // that fails (full disk, file-size limit, directory gone) ends the run on every rank with the
+  // reason, the previous checkpoint intact: see checkpoints/README.md, "When a save fails".
+  std::unique_ptr<CheckpointWriter> writer;
+  if (!cfg.checkpoint_dir.empty()) {
+    writer = std::make_unique<CheckpointWriter>(cfg.checkpoint_dir, cfg.keep_last, *groups.world, shard_role(groups));
+    writer->prepare();
+  }
   int start_step = 1;
   const std::string resume_path = checkpoint_resolve(cfg.resume, cfg.checkpoint_dir, *groups.world);
   if (!resume_path.empty()) {
     const TrainState st = checkpoint_load(resume_path, cfg, model.params(), opt, *groups.world);
+    if (st.step >= std::numeric_limits<int>::max())
+      fail("checkpoint ", resume_path, " is of step ", st.step, ", beyond any --steps this build can run");
     start_step = static_cast<int>(st.step) + 1;
     log_info("resumed from %s: step %lld (written by %d ranks, ep %d)", resume_path.c_str(),
              static_cast<long long>(st.step), st.world, st.ep);
@@ -357,9 +371,6 @@ int train_run(const Config& cfg) {
   } else if (cfg.resume == "auto") {
     log_info("resume auto: no checkpoint in %s yet, starting from step 1", cfg.checkpoint_dir.c_str());
   }
-  std::unique_ptr<CheckpointWriter> writer;
-  if (!cfg.checkpoint_dir.empty())
-    writer = std::make_unique<CheckpointWriter>(cfg.checkpoint_dir, cfg.keep_last, *groups.world, shard_role(groups));
   auto save_checkpoint = [&](int step) {
     if (!writer) return;
     TrainState st;

@@ -3,8 +3,11 @@
 // Exit codes: 0 success (or --help), 2 bad configuration or command line, 1 any other failure.
 // Under MPI an error on any rank aborts the whole job (MPI_Abort), so no rank is left waiting in
 // a collective for one that has gone: every rank exits non-zero and the message says which rank.
+// An error the ranks have agreed on (uoe::CollectiveError) ends every rank with its own message,
+// MPI_Finalize and exit code 1, without an abort.
 #include <mpi.h>
 
+#include <csignal>
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -17,17 +20,23 @@
 
 namespace {
 
-int fail_job(const uoe::MpiSession& mpi, const char* what, int code) {
-  uoe::log_error("%s", what);
+int fail_job(const uoe::MpiSession& mpi, const std::exception& e, int code) {
+  uoe::log_error("%s", e.what());
   // Every rank parses the same command line, so config errors happen on all ranks alike; a rank
-  // that fails alone must not leave the others in a collective.
-  if (mpi.world_size() > 1) MPI_Abort(MPI_COMM_WORLD, code);
+  // that fails alone must not leave the others in a collective. A CollectiveError is thrown by
+  // every rank at the same point (agreed through a collective, e.g. a failed checkpoint write):
+  // then every rank prints its message and returns, and MPI_Finalize ends the job cleanly.
+  if (mpi.world_size() > 1 && dynamic_cast<const uoe::CollectiveError*>(&e) == nullptr)
+    MPI_Abort(MPI_COMM_WORLD, code);
   return code;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Under a file-size limit (ulimit -f) a write past it fails with EFBIG, reported with the file's
+  // name, instead of killing the process with SIGXFSZ (train_run does the same for its callers).
+  std::signal(SIGXFSZ, SIG_IGN);
   uoe::MpiSession mpi(&argc, &argv);
   uoe::log_set_rank(mpi.world_rank(), mpi.world_size());
   uoe::Config cfg;
@@ -40,12 +49,12 @@ int main(int argc, char** argv) {
     }
     cfg = parsed.config;
   } catch (const std::exception& e) {
-    return fail_job(mpi, e.what(), 2);
+    return fail_job(mpi, e, 2);
   }
 
   try {
     return uoe::train_run(cfg);
   } catch (const std::exception& e) {
-    return fail_job(mpi, e.what(), 1);
+    return fail_job(mpi, e, 1);
   }
 }

@@ -14,6 +14,16 @@ class Error : public std::runtime_error {
   explicit Error(const std::string& what) : std::runtime_error(what) {}
 };
 
+// An error that every rank of the job throws at the same point, after agreeing on it through a
+// collective (e.g. a checkpoint write that failed on one rank, reported to all with its reason).
+// No rank is left waiting in a collective for another, so uoe-train ends such a job with
+// MPI_Finalize and exit code 1 on every rank, each printing the message, instead of MPI_Abort
+// (which may kill the other ranks before they print theirs).
+class CollectiveError : public Error {
+ public:
+  explicit CollectiveError(const std::string& what) : Error(what) {}
+};
+
 // Builds a message from streamable pieces: uoe::fail("--topk ", k, " exceeds --experts ", e).
 template <class... Args>
 [[noreturn]] inline void fail(const Args&... args) {

@@ -50,6 +50,11 @@ bool log_status_enabled() {
   static const bool enabled = [] {
     const char* mode = std::getenv("UOE_PROGRESS");
     if (mode && std::strcmp(mode, "plain") == 0) return false;
+    if (mode && std::strcmp(mode, "live") == 0) return true;
+    // Under a launcher stdout may be a pseudo-terminal that ends in a log file (Open MPI gives
+    // ranks one): only a launcher that knows (uoe-launch sets UOE_PROGRESS) turns the line on.
+    for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_PROCID"})
+      if (std::getenv(var)) return false;
     return isatty(STDOUT_FILENO) == 1;
   }();
   return g_rank == 0 && enabled;

@@ -17,8 +17,9 @@ void log_error(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 
 // A live status line (rank 0, only when stdout is a terminal): rewritten in place with '\r', cleared
 // before the next logged line, so a terminal shows progress between the plain log lines while a
-// pipe or file (mpirun's output, a batch job's log) gets only the plain lines. Set UOE_PROGRESS=plain
-// to turn it off on a terminal too.
+// pipe or file (a batch job's log) gets only the plain lines. UOE_PROGRESS=plain turns it off,
+// UOE_PROGRESS=live on; under mpirun/srun it is off unless set (launcher/uoe-launch sets it from
+// whether its own output is a terminal).
 bool log_status_enabled();
 void log_status(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -101,7 +101,7 @@ expect_cmd "Slurm, mpirun asked for" "$slurm UOE_LAUNCH_EUID=1000" "-n 2 --cores
 expect_cmd "shell quoting" "UOE_LAUNCH_EUID=1000" "-n 1 --cores 1 --dry-run -- --data a.txt --metrics it's.jsonl" \
   "--metrics 'it'\\''s.jsonl'"
 expect_cmd "extra launcher words" "UOE_LAUNCH_EUID=1000" "-n 2 --cores 2 --dry-run --launcher-args --mca=x" \
-  "OMP_NUM_THREADS=1 --mca=x $bin"
+  "UOE_PROGRESS=plain --mca=x $bin"
 
 # Not a dry run under Slurm: the (fake) srun runs with the command line printed.
 checks=$(( checks + 1 ))
