@@ -186,7 +186,18 @@ T attr_read_scalar(hid_t obj, const char* name, H5T_class_t cls, const char* cls
 
 }  // namespace
 
-void init_thread() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+void init_thread() {
+  // Once per process, before the library initialises: no HDF5 clean-up at exit. After a write
+  // fails (full disk, file-size limit) HDF5 cannot close the file, and its exit-time clean-up then
+  // crashes on it (HDF5 1.10: H5F__close_cb), turning a reported error into a segfault. Every file
+  // is closed explicitly on the paths that succeed, so the clean-up has nothing else to do.
+  static const bool no_atexit = [] {
+    H5dont_atexit();
+    return true;
+  }();
+  (void)no_atexit;
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+}
 
 bool library_threadsafe() {
   hbool_t ts = 0;

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
 #include <system_error>
@@ -134,6 +135,27 @@ struct OptionGroups {
   }
 };
 
+// Boost.Program_options (1.74) builds an error message by replacing each placeholder of its
+// template (%option%, %value%, %canonical_option%, ...) with a name or value from the input, again
+// and again until none is left. An input that contains its own placeholder ("--d-model %value%", an
+// INI key "x%canonical_option%") makes what() loop forever. So when any of those texts holds a '%',
+// each '%' is written as the four characters \x25 before the message is built: with no '%' in what
+// is substituted, every replacement removes two '%' from the message and the formatting ends.
+struct PoErrorTexts : po::error_with_option_name {  // only to name the protected member
+  static constexpr auto texts = &PoErrorTexts::m_substitutions;
+};
+
+std::string po_message(po::error& e) {
+  if (auto* named = dynamic_cast<po::error_with_option_name*>(&e)) {
+    std::map<std::string, std::string>& texts = named->*PoErrorTexts::texts;
+    for (auto& entry : texts) {
+      std::string& text = entry.second;
+      for (size_t at = text.find('%'); at != std::string::npos; at = text.find('%', at + 4)) text.replace(at, 1, "\\x25");
+    }
+  }
+  return e.what();
+}
+
 uint64_t seed_parse(const std::string& text) {
   uint64_t seed = 0;
   const char* end = text.data() + text.size();
@@ -200,8 +222,8 @@ ConfigParse config_parse(int argc, const char* const* argv, std::string* help_ou
       fail("command line: unexpected argument '", unknown[0], "' (options are written --name value)");
     }
     po::store(parsed, vm);
-  } catch (const po::error& e) {
-    fail("command line: ", e.what());
+  } catch (po::error& e) {
+    fail("command line: ", po_message(e));
   }
 
   if (vm.count("help")) {
@@ -221,14 +243,14 @@ ConfigParse config_parse(int argc, const char* const* argv, std::string* help_ou
     std::ifstream in(path);
     try {
       po::store(po::parse_config_file(in, groups.for_file()), vm);
-    } catch (const po::error& e) {
-      fail("--config file '", path, "': ", e.what());
+    } catch (po::error& e) {
+      fail("--config file '", path, "': ", po_message(e));
     }
   }
   try {
     po::notify(vm);
-  } catch (const po::error& e) {
-    fail(e.what());
+  } catch (po::error& e) {
+    fail(po_message(e));
   }
 
   c.seed = seed_parse(seed_text);

@@ -26,7 +26,8 @@ namespace uoe {
 // MappedFile
 
 MappedFile::MappedFile(const std::string& path, const char* option) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: a FIFO named as a data file must not block the open (it is refused below).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) fail(option, " file '", path, "' cannot be opened for reading (", std::strerror(errno), ")");
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
@@ -36,7 +37,11 @@ MappedFile::MappedFile(const std::string& path, const char* option) {
   }
   if (S_ISDIR(st.st_mode)) {
     ::close(fd);
-    fail(option, " '", path, "' is a directory; expected a token file");
+    fail(option, " '", path, "' is a directory; expected a file");
+  }
+  if (!S_ISREG(st.st_mode)) {  // a FIFO, socket or device: no size to check the contents against
+    ::close(fd);
+    fail(option, " '", path, "' is not a regular file");
   }
   size_ = static_cast<size_t>(st.st_size);
   if (size_ > 0) {
@@ -358,6 +363,10 @@ Vocab vocab_file_read(const std::string& path) {
     vocab.words.push_back(std::move(word));
   }
   if (vocab.words.empty()) fail("vocabulary file '", path, "' is empty");
+  // Id 0 is what unknown words become; a file that starts otherwise was not written by uoe-prepare.
+  if (vocab.words[0] != "<unk>")
+    fail("vocabulary file '", path, "' line 1 (id 0): '", vocab.words[0].substr(0, 40),
+         vocab.words[0].size() > 40 ? "...' " : "' ", "where '<unk>' (the unknown word) must be");
   // Duplicates make the word -> id mapping ambiguous: check after reading (views into `words`
   // would dangle while it grows).
   for (size_t id = 0; id < vocab.words.size(); ++id)

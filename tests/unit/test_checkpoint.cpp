@@ -8,11 +8,13 @@
 #include <hdf5.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -162,6 +164,120 @@ void corrupt_dataset(const std::string& file, const std::string& dataset) {
   io.seekp(at);
   io.write(&byte, 1);
   ASSERT_TRUE(io.good());
+}
+
+// ---- forging malformed files (HDF5 C API) ------------------------------------------------------
+// Each helper throws std::runtime_error when HDF5 refuses, which fails the test that called it.
+
+void h5_ok(int64_t rc, const std::string& what) {
+  if (rc < 0) throw std::runtime_error("test forging helper: HDF5 refused to " + what);
+}
+
+// Opens `file` read-write for the duration of f(file id).
+template <class F>
+void h5_edit(const std::string& file, F&& f) {
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  const hid_t fid = H5Fopen(file.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  h5_ok(fid, "open " + file);
+  try {
+    f(fid);
+  } catch (...) {
+    H5Fclose(fid);
+    throw;
+  }
+  h5_ok(H5Fclose(fid), "close " + file);
+}
+
+// Writes attribute `name` of object `obj` (replacing it): int64 values, a scalar when `scalar`.
+void forge_attr_i64(hid_t fid, const std::string& obj, const char* name, const std::vector<int64_t>& v,
+                    bool scalar) {
+  const hid_t o = H5Oopen(fid, obj.c_str(), H5P_DEFAULT);
+  h5_ok(o, "open " + obj);
+  if (H5Aexists(o, name) > 0) h5_ok(H5Adelete(o, name), std::string("delete attribute ") + name);
+  const hsize_t n = v.size();
+  const hid_t space = scalar ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, &n, nullptr);
+  const hid_t a = H5Acreate2(o, name, H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT);
+  h5_ok(a, std::string("create attribute ") + name);
+  h5_ok(H5Awrite(a, H5T_NATIVE_INT64, v.data()), std::string("write attribute ") + name);
+  H5Aclose(a);
+  H5Sclose(space);
+  H5Oclose(o);
+}
+
+// What the writer records on a slab dataset.
+struct SlabAttrs {
+  std::vector<int64_t> global_shape;
+  int64_t begin = 0, end = 0, offset = 0;
+};
+
+std::vector<hsize_t> forge_dims(hid_t fid, const std::string& path) {
+  const hid_t d = H5Dopen2(fid, path.c_str(), H5P_DEFAULT);
+  h5_ok(d, "open " + path);
+  const hid_t s = H5Dget_space(d);
+  std::vector<hsize_t> dims(static_cast<size_t>(H5Sget_simple_extent_ndims(s)));
+  H5Sget_simple_extent_dims(s, dims.data(), nullptr);
+  H5Sclose(s);
+  H5Dclose(d);
+  return dims;
+}
+
+SlabAttrs forge_read_slab_attrs(hid_t fid, const std::string& path) {
+  const hid_t d = H5Dopen2(fid, path.c_str(), H5P_DEFAULT);
+  h5_ok(d, "open " + path);
+  SlabAttrs out;
+  const auto scalar = [&](const char* name) {
+    int64_t v = 0;
+    const hid_t a = H5Aopen(d, name, H5P_DEFAULT);
+    h5_ok(a, std::string("open attribute ") + name);
+    h5_ok(H5Aread(a, H5T_NATIVE_INT64, &v), std::string("read attribute ") + name);
+    H5Aclose(a);
+    return v;
+  };
+  out.begin = scalar("slab_begin");
+  out.end = scalar("slab_end");
+  out.offset = scalar("global_offset");
+  const hid_t a = H5Aopen(d, "global_shape", H5P_DEFAULT);
+  h5_ok(a, "open attribute global_shape");
+  const hid_t s = H5Aget_space(a);
+  out.global_shape.resize(static_cast<size_t>(H5Sget_simple_extent_npoints(s)));
+  h5_ok(H5Aread(a, H5T_NATIVE_INT64, out.global_shape.data()), "read attribute global_shape");
+  H5Sclose(s);
+  H5Aclose(a);
+  H5Dclose(d);
+  return out;
+}
+
+// Replaces dataset `path` by a chunked one of stored type `type` and shape `dims`, with the slab
+// attributes `attrs`. `write_data`: zeros are written; otherwise no chunk is ever written (so the
+// shape may be anything, even far larger than the file).
+void forge_dataset(hid_t fid, const std::string& path, hid_t type, const std::vector<hsize_t>& dims,
+                   const SlabAttrs& attrs, bool write_data) {
+  h5_ok(H5Ldelete(fid, path.c_str(), H5P_DEFAULT), "delete " + path);
+  std::vector<hsize_t> chunk(dims);
+  for (hsize_t& c : chunk) c = std::min<hsize_t>(std::max<hsize_t>(c, 1), 64);
+  const hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+  h5_ok(H5Pset_chunk(dcpl, static_cast<int>(chunk.size()), chunk.data()), "set chunk");
+  const hid_t space = H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr);
+  const hid_t d = H5Dcreate2(fid, path.c_str(), type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+  h5_ok(d, "create " + path);
+  if (write_data) {
+    hsize_t n = 1;
+    for (hsize_t x : dims) n *= x;
+    std::vector<char> zeros(static_cast<size_t>(n) * H5Tget_size(type), 0);
+    h5_ok(H5Dwrite(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, zeros.data()), "write " + path);
+  }
+  H5Dclose(d);
+  H5Sclose(space);
+  H5Pclose(dcpl);
+  forge_attr_i64(fid, path, "global_shape", attrs.global_shape, false);
+  forge_attr_i64(fid, path, "slab_begin", {attrs.begin}, true);
+  forge_attr_i64(fid, path, "slab_end", {attrs.end}, true);
+  forge_attr_i64(fid, path, "global_offset", {attrs.offset}, true);
+}
+
+// Every substring of `want` is in `message` (each failure reported with the whole message).
+void expect_mentions(const std::string& message, const std::vector<std::string>& want) {
+  for (const std::string& w : want) EXPECT_NE(message.find(w), std::string::npos) << "'" << w << "' not in: " << message;
 }
 
 class Checkpoint : public ::testing::Test {
@@ -449,6 +565,266 @@ TEST_F(Checkpoint, ShardOfAnotherStepIsAnError) {
   Trainee b(cfg_, 8, 0);
   const std::string m = error_message([&] { load(step_dir(2), b); });
   EXPECT_NE(m.find("shard is from step 1 but the manifest is for step 2"), std::string::npos) << m;
+}
+
+// ---- malformed files: every size, shape, offset and count is checked before it is used ----------
+// (The file is untrusted: each must end in a uoe::Error naming the file, the object and what was
+// expected, never a bad_alloc, a crash or a read of garbage. error_message() fails the test on any
+// other exception.)
+
+TEST_F(Checkpoint, DatasetOfWrongDtypeIsAnError) {
+  Trainee a(cfg_, 7, 99);
+  save(a, 1);
+  h5_edit(shard_path(1), [](hid_t f) {
+    forge_dataset(f, "/model/layers.0.mlp.w1", H5T_IEEE_F64LE, forge_dims(f, "/model/layers.0.mlp.w1"),
+                  forge_read_slab_attrs(f, "/model/layers.0.mlp.w1"), true);
+  });
+  Trainee b(cfg_, 8, 0);
+  std::string m = error_message([&] { load(step_dir(1), b); });
+  expect_mentions(m, {shard_path(1), "/model/layers.0.mlp.w1", "is float64, expected float32"});
+  m = error_message([&] { uoe::checkpoint_verify(step_dir(1)); });
+  expect_mentions(m, {shard_path(1), "/model/layers.0.mlp.w1", "is float64, expected float32"});
+
+  save(a, 2);
+  h5_edit(shard_path(2), [](hid_t f) {
+    forge_dataset(f, "/optim/m/embed", H5T_STD_I32LE, forge_dims(f, "/optim/m/embed"),
+                  forge_read_slab_attrs(f, "/optim/m/embed"), true);
+  });
+  m = error_message([&] { load(step_dir(2), b); });
+  expect_mentions(m, {shard_path(2), "/optim/m/embed", "is int32, expected float32"});
+
+  // The random and data state are integers: a float there is refused too.
+  save(a, 3);
+  h5_edit(shard_path(3), [](hid_t f) {
+    h5_ok(H5Ldelete(f, "/data_cursor", H5P_DEFAULT), "delete /data_cursor");
+    const hsize_t one = 1;
+    const double v = 3;
+    const hid_t s = H5Screate_simple(1, &one, nullptr);
+    const hid_t d = H5Dcreate2(f, "/data_cursor", H5T_IEEE_F64LE, s, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    h5_ok(H5Dwrite(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, &v), "write /data_cursor");
+    H5Dclose(d);
+    H5Sclose(s);
+  });
+  m = error_message([&] { uoe::checkpoint_verify(step_dir(3)); });
+  expect_mentions(m, {shard_path(3), "/data_cursor", "is float64, expected int64"});
+}
+
+TEST_F(Checkpoint, HugeOrNegativeSlabAttributesAreAnError) {
+  Trainee a(cfg_, 7, 99);
+  Trainee b(cfg_, 8, 0);
+  const std::string w1 = "/model/layers.0.mlp.w1";
+  int64_t step = 0;
+  // Each forged attribute value, and what the message must then say.
+  const auto check = [&](const char* attr, const std::vector<int64_t>& value, bool scalar,
+                         const std::vector<std::string>& want) {
+    save(a, ++step);
+    h5_edit(shard_path(step), [&](hid_t f) { forge_attr_i64(f, w1, attr, value, scalar); });
+    std::vector<std::string> all = {shard_path(step), w1};
+    all.insert(all.end(), want.begin(), want.end());
+    expect_mentions(error_message([&] { load(step_dir(step), b); }), all);
+    expect_mentions(error_message([&] { uoe::checkpoint_verify(step_dir(step)); }), all);
+  };
+  constexpr int64_t kHuge = std::numeric_limits<int64_t>::max();
+  check("slab_end", {kHuge}, true, {"says it holds rows [0, 9223372036854775807)", "the manifest says rows [0, 4)"});
+  check("slab_begin", {-3}, true, {"says it holds rows [-3, 4)", "the manifest says rows [0, 4)"});
+  check("global_shape", {kHuge, kHuge}, false, {"of global shape [9223372036854775807, 9223372036854775807]"});
+  check("global_shape", {-4, 32, 16}, false, {"of global shape [-4, 32, 16]"});
+  check("global_offset", {-1}, true, {"global_offset -1, expected 0"});
+  check("global_offset", {kHuge}, true, {"global_offset 9223372036854775807, expected 0"});
+  // An attribute claiming more values than any checkpoint writes: refused before it is read.
+  check("global_shape", std::vector<int64_t>(100000, 1), false, {"'global_shape'", "holds 100000 values, more than"});
+  // The wrong kind of value.
+  save(a, ++step);
+  h5_edit(shard_path(step), [&](hid_t f) {
+    const hid_t o = H5Oopen(f, w1.c_str(), H5P_DEFAULT);
+    h5_ok(H5Adelete(o, "slab_begin"), "delete slab_begin");
+    const hid_t s = H5Screate(H5S_SCALAR);
+    const double v = 0.5;
+    const hid_t at = H5Acreate2(o, "slab_begin", H5T_IEEE_F64LE, s, H5P_DEFAULT, H5P_DEFAULT);
+    h5_ok(H5Awrite(at, H5T_NATIVE_DOUBLE, &v), "write slab_begin");
+    H5Aclose(at);
+    H5Sclose(s);
+    H5Oclose(o);
+  });
+  expect_mentions(error_message([&] { load(step_dir(step), b); }),
+                  {shard_path(step), w1, "'slab_begin'", "is float64, expected an integer"});
+}
+
+TEST_F(Checkpoint, DatasetShapeThatDisagreesWithItsSlabIsAnError) {
+  Trainee a(cfg_, 7, 99);
+  save(a, 1);
+  const std::string w2 = "/optim/v/layers.1.mlp.w2";
+  std::vector<hsize_t> dims;
+  h5_edit(shard_path(1), [&](hid_t f) {
+    dims = forge_dims(f, w2);
+    std::vector<hsize_t> wider = dims;
+    wider.back() += 1;
+    forge_dataset(f, w2, H5T_IEEE_F32LE, wider, forge_read_slab_attrs(f, w2), true);
+  });
+  ASSERT_EQ(dims.size(), 3u);
+  const std::string want = "[" + std::to_string(dims[0]) + ", " + std::to_string(dims[1]) + ", " +
+                           std::to_string(dims[2]) + "]";
+  const std::string got = "[" + std::to_string(dims[0]) + ", " + std::to_string(dims[1]) + ", " +
+                          std::to_string(dims[2] + 1) + "]";
+  Trainee b(cfg_, 8, 0);
+  expect_mentions(error_message([&] { load(step_dir(1), b); }),
+                  {shard_path(1), w2, "has shape " + got + ", expected " + want});
+  expect_mentions(error_message([&] { uoe::checkpoint_verify(step_dir(1)); }),
+                  {shard_path(1), w2, "has shape " + got + ", expected " + want});
+}
+
+TEST_F(Checkpoint, ForgedHugeTensorIsRefusedBeforeAnyAllocation) {
+  // A manifest and shard that agree on a tensor of 2^40 rows (4 TiB of float32), never written:
+  // verification must refuse it from the file's size, not try to allocate or read it.
+  Trainee a(cfg_, 7, 99);
+  save(a, 1);
+  constexpr int64_t kRows = int64_t{1} << 40;
+  edit_manifest(1, [&](uoe::Manifest& m) {
+    for (uoe::ManifestTensor& t : m.tensors)
+      if (t.name == "embed") {
+        t.global_shape[0] = kRows;
+        t.slabs = {{0, 0, kRows}};
+      }
+  });
+  h5_edit(shard_path(1), [&](hid_t f) {
+    for (const char* g : {"/model/embed", "/optim/m/embed", "/optim/v/embed"}) {
+      SlabAttrs at = forge_read_slab_attrs(f, g);
+      at.global_shape[0] = kRows;
+      at.end = kRows;
+      forge_dataset(f, g, H5T_IEEE_F32LE, {static_cast<hsize_t>(kRows), static_cast<hsize_t>(at.global_shape[1])}, at,
+                    false);
+    }
+  });
+  const std::string v = error_message([&] { uoe::checkpoint_verify(step_dir(1)); });
+  expect_mentions(v, {shard_path(1), "/model/embed", "more than the whole file"});
+  // Loading compares with the model first.
+  Trainee b(cfg_, 8, 0);
+  expect_mentions(error_message([&] { load(step_dir(1), b); }),
+                  {manifest_path(1), "tensor embed: global shape [1099511627776, 32] in the checkpoint, [256, 32]"});
+  // --resume auto skips it rather than failing on it.
+  EXPECT_EQ(uoe::checkpoint_resolve("auto", dir_), "") << "an unverifiable checkpoint was chosen";
+}
+
+TEST_F(Checkpoint, DatasetWhoseChunksWereNeverWrittenIsAnError) {
+  // The right type, shape and attributes, but no data: reading it would give fill values.
+  Trainee a(cfg_, 7, 99);
+  save(a, 1);
+  h5_edit(shard_path(1), [](hid_t f) {
+    forge_dataset(f, "/optim/m/layers.0.attn.wqkv", H5T_IEEE_F32LE, forge_dims(f, "/optim/m/layers.0.attn.wqkv"),
+                  forge_read_slab_attrs(f, "/optim/m/layers.0.attn.wqkv"), false);
+  });
+  Trainee b(cfg_, 8, 0);
+  expect_mentions(error_message([&] { load(step_dir(1), b); }),
+                  {shard_path(1), "/optim/m/layers.0.attn.wqkv", "but stores only 0"});
+}
+
+TEST_F(Checkpoint, ManifestIndexWithBadSizesIsAnError) {
+  Trainee a(cfg_, 7, 99);
+  Trainee b(cfg_, 8, 0);
+  int64_t step = 0;
+  // Each an edit of the manifest's index, and what the message must say besides the file.
+  const auto check = [&](auto&& edit, const std::vector<std::string>& want) {
+    save(a, ++step);
+    edit_manifest(step, edit);
+    std::vector<std::string> all = {manifest_path(step)};
+    all.insert(all.end(), want.begin(), want.end());
+    expect_mentions(error_message([&] { load(step_dir(step), b); }), all);
+    expect_mentions(error_message([&] { uoe::checkpoint_verify(step_dir(step)); }), all);
+  };
+  const auto for_tensor = [](const char* name, auto&& f) {
+    return [name, f](uoe::Manifest& m) {
+      for (uoe::ManifestTensor& t : m.tensors)
+        if (t.name == name) f(t);
+    };
+  };
+  check(for_tensor("embed", [](uoe::ManifestTensor& t) { t.global_shape = {-5, 32}; }),
+        {"/index/embed", "global_shape [-5, 32]", "<= 0"});
+  check(for_tensor("embed", [](uoe::ManifestTensor& t) { t.global_shape = {int64_t{1} << 40, int64_t{1} << 40}; }),
+        {"/index/embed", "global_shape [1099511627776, 1099511627776]"});
+  check(for_tensor("layers.0.mlp.b1", [](uoe::ManifestTensor& t) { t.slabs = {{0, -2, int64_t{1} << 62}}; }),
+        {"layers.0.mlp.b1", "[-2, 4611686018427387904)", "outside rows [0, 4)"});
+  check(for_tensor("layers.0.mlp.b1", [](uoe::ManifestTensor& t) { t.slabs = {{-1, 0, 4}}; }),
+        {"layers.0.mlp.b1", "names shard -1"});
+
+  // The index itself forged: the wrong width, the wrong type, a huge slab count never written.
+  const auto check_index = [&](hid_t type, std::vector<hsize_t> dims, bool write, const std::vector<std::string>& want) {
+    save(a, ++step);
+    h5_edit(manifest_path(step), [&](hid_t f) {
+      const SlabAttrs keep{{256, 32}, 0, 0, 0};
+      forge_dataset(f, "/index/embed", type, dims, keep, write);
+    });
+    std::vector<std::string> all = {manifest_path(step), "/index/embed"};
+    all.insert(all.end(), want.begin(), want.end());
+    expect_mentions(error_message([&] { uoe::checkpoint_verify(step_dir(step)); }), all);
+  };
+  check_index(H5T_STD_I64LE, {1, 4}, true, {"has shape [1, 4], expected [slabs, 3]"});
+  check_index(H5T_IEEE_F64LE, {1, 3}, true, {"is float64, expected int64"});
+  check_index(H5T_STD_I64LE, {hsize_t{1} << 40, 3}, false, {"1099511627776"});
+}
+
+TEST_F(Checkpoint, ManifestNamingAbsentOrForeignShardsIsAnError) {
+  Trainee a(cfg_, 7, 99);
+  Trainee b(cfg_, 8, 0);
+  // A layout no run writes: ep 2 with one shard file.
+  save(a, 1);
+  edit_manifest(1, [](uoe::Manifest& m) { m.ep = 2, m.world = 2; });
+  expect_mentions(error_message([&] { load(step_dir(1), b); }), {manifest_path(1), "1 shard files for ep 2"});
+  // ep 2 with two shard files, the second absent.
+  save(a, 2);
+  edit_manifest(2, [](uoe::Manifest& m) {
+    m.ep = 2, m.world = 2;
+    m.shard_files = {uoe::checkpoint_shard_name(0, 2), uoe::checkpoint_shard_name(1, 2)};
+  });
+  fs::rename(shard_path(2), step_dir(2) + "/" + uoe::checkpoint_shard_name(0, 2));
+  expect_mentions(error_message([&] { load(step_dir(2), b); }),
+                  {step_dir(2), "shard_00001_of_00002.h5 listed in manifest.h5 is missing"});
+  // Both present, but the shard was written by a run of one shard (ep 1): another world size.
+  fs::copy_file(step_dir(2) + "/" + uoe::checkpoint_shard_name(0, 2),
+                step_dir(2) + "/" + uoe::checkpoint_shard_name(1, 2));
+  const std::string foreign = step_dir(2) + "/" + uoe::checkpoint_shard_name(0, 2);
+  expect_mentions(error_message([&] { load(step_dir(2), b); }),
+                  {foreign, "says this is shard 0 of 1, but the manifest lists it as shard 0 of 2"});
+  // A shard file name that is not the one its position must have.
+  save(a, 3);
+  edit_manifest(3, [](uoe::Manifest& m) { m.shard_files = {"shard_00000_of_00007.h5"}; });
+  expect_mentions(error_message([&] { uoe::checkpoint_verify(step_dir(3)); }),
+                  {manifest_path(3), "is named shard_00000_of_00007.h5, expected shard_00000_of_00001.h5"});
+}
+
+TEST_F(Checkpoint, TruncatedEmptyOrForeignManifestIsAnError) {
+  Trainee a(cfg_, 7, 99);
+  Trainee b(cfg_, 8, 0);
+  save(a, 1);
+  fs::resize_file(manifest_path(1), fs::file_size(manifest_path(1)) / 2);
+  std::string m = error_message([&] { load(step_dir(1), b); });
+  expect_mentions(m, {manifest_path(1)});
+  EXPECT_TRUE(m.find("truncated") != std::string::npos || m.find("damaged") != std::string::npos) << m;
+
+  save(a, 2);
+  fs::resize_file(manifest_path(2), 0);
+  expect_mentions(error_message([&] { load(step_dir(2), b); }), {manifest_path(2), "is empty (0 bytes)"});
+
+  save(a, 3);
+  std::ofstream(manifest_path(3), std::ios::trunc) << "format_version = 1\nstep = 3\n";  // not HDF5 at all
+  expect_mentions(error_message([&] { load(step_dir(3), b); }), {manifest_path(3), "is not an HDF5 file"});
+  expect_mentions(error_message([&] { uoe::checkpoint_verify(step_dir(3)); }), {manifest_path(3)});
+
+  // A shard that is not HDF5 either.
+  save(a, 4);
+  std::ofstream(shard_path(4), std::ios::trunc) << std::string(4096, 'x');
+  expect_mentions(error_message([&] { load(step_dir(4), b); }), {shard_path(4), "is not an HDF5 file"});
+
+  // None of them is chosen by --resume auto; with nothing valid left it refuses to start over them.
+  expect_mentions(error_message([&] { uoe::checkpoint_resolve("auto", dir_); }), {"none of the 4 checkpoints"});
+}
+
+TEST_F(Checkpoint, LatestHoldingGarbageIsIgnored) {
+  Trainee a(cfg_, 7, 99);
+  save(a, 1);
+  std::ofstream(dir_ + "/latest", std::ios::trunc) << std::string(1 << 20, 'x');  // no newline, 1 MiB
+  EXPECT_EQ(uoe::checkpoint_resolve("auto", dir_), step_dir(1));
+  std::ofstream(dir_ + "/latest", std::ios::trunc) << "step_99999999999999999999999\n";  // overflows int64
+  EXPECT_EQ(uoe::checkpoint_resolve("auto", dir_), step_dir(1));
 }
 
 // ---- --resume ----------------------------------------------------------------------------------
