@@ -52,6 +52,7 @@ ModelSpec model_spec_from_config(const Config& c, int vocab) {
   s.aux_loss = c.aux_loss;
   s.z_loss = c.z_loss;
   s.renorm = c.gate == "renorm";
+  s.prob_gate = c.gate == "prob";
   return model_spec_resolve(s);
 }
 
@@ -170,6 +171,7 @@ Model::Model(const ModelSpec& spec, uint64_t seed, ExpertExchange* exchange)
     c->router.patch_size = s.patch_size;
     c->router.capacity_factor = s.capacity_factor;
     c->router.renorm = s.renorm;
+    c->router.prob = s.prob_gate;
     c->router.aux_weight = s.aux_loss;
     c->router.z_weight = s.z_loss;
     cache_.push_back(std::move(c));

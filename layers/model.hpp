@@ -53,6 +53,7 @@ struct ModelSpec {
   int vocab = 256, seq_len = 128, patch_size = 1;
   double capacity_factor = 1.25, aux_loss = 0.01, z_loss = 0.0;
   bool renorm = true;
+  bool prob_gate = false;  // --gate prob: w = p_e
   int head_dim() const { return d / heads; }
   int heads_per_expert() const { return heads / attn_experts; }
   int expert_ff() const { return d_ff / experts; }

@@ -54,7 +54,10 @@ void router_forward(Routing& r, const RouterSpec& spec, const float* xn, const f
     float s = 0.0f;
     for (int j = 0; j < k; ++j) s += pr[ch[j]];
     for (int j = 0; j < k; ++j) {
-      r.gate[static_cast<size_t>(p) * k + j] = spec.renorm ? static_cast<float>(k) * pr[ch[j]] / s : 1.0f;
+      float w = 1.0f;
+      if (spec.prob) w = pr[ch[j]];
+      else if (spec.renorm) w = static_cast<float>(k) * pr[ch[j]] / s;
+      r.gate[static_cast<size_t>(p) * k + j] = w;
       r.chosen[ch[j]]++;
     }
   }
@@ -126,7 +129,13 @@ void router_backward(const Routing& r, const RouterSpec& spec, const float* dgat
     const float* pr = r.probs.data() + static_cast<size_t>(p) * E;
     const int* ch = r.choice.data() + static_cast<size_t>(p) * k;
     for (int e = 0; e < E; ++e) dp[e] = bal_grad[e];
-    if (spec.renorm) {
+    if (spec.prob) {
+      // w_j = p_j: dp_j += dw_j
+      for (int j = 0; j < k; ++j) {
+        const size_t pj = static_cast<size_t>(p) * k + j;
+        if (r.kept[pj]) dp[ch[j]] += dgate[pj];
+      }
+    } else if (spec.renorm) {
       // w_j = k·p_j / S, S = Σ_chosen p:  dp_i += Σ_j dw_j · k · (δ_ij / S − p_j / S²)
       float s = 0.0f;
       for (int j = 0; j < k; ++j) s += pr[ch[j]];

@@ -5,7 +5,7 @@
 //   2. patch-wise data selection: expert e keeps at most C = ceil(cf · patches · k / E) of the
 //      patches that chose it, highest p first (ties → lower patch index = lower sequence, then
 //      position); cf = 0 or evaluation → dropless;
-//   3. gate weights: renorm w = k·p_e / Σ_chosen p, or sum w = 1.
+//   3. gate weights: renorm w = k·p_e / Σ_chosen p, sum w = 1, or prob w = p_e (Switch / GShard).
 // Also the balance loss α·E·Σ f_e·P_e and the z-loss β·mean(lse²), with their gradients.
 #pragma once
 #include <cstdint>
@@ -19,6 +19,7 @@ struct RouterSpec {
   int patch_size = 1;
   double capacity_factor = 0;  // 0 = dropless
   bool renorm = true;          // gate = renorm (else sum)
+  bool prob = false;           // gate = prob: w = p_e (takes precedence over renorm)
   double aux_weight = 0;       // α
   double z_weight = 0;         // β
 };
@@ -49,7 +50,7 @@ void router_forward(Routing& r, const RouterSpec& spec, const float* xn, const f
                     int N, int d, bool dropless);
 
 // dgate [P, k]: dLoss/dgate for kept choices (ignored otherwise). Adds to dxn [N, d], dW, db the
-// gradients of: the gates (renorm only), the balance loss and the z-loss, each scaled by
+// gradients of: the gates (renorm and prob), the balance loss and the z-loss, each scaled by
 // aux_scale (the weight of this micro-batch's losses in the step loss).
 void router_backward(const Routing& r, const RouterSpec& spec, const float* dgate, const float* xn,
                      const float* W, float* dxn, float* dW, float* db, float aux_scale);

@@ -77,7 +77,7 @@ struct OptionGroups {
       ("d-ff", bound(&c.d_ff), "dense MLP hidden width F, cut into E experts")
       ("capacity-factor", bound(&c.capacity_factor), "expert capacity factor (0 = dropless)")
       ("patch-size", bound(&c.patch_size), "tokens per routed patch (divides --seq-len)")
-      ("gate", bound(&c.gate), "gate weights: renorm | sum")
+      ("gate", bound(&c.gate), "gate weights: renorm (k·p/Σp) | sum (1) | prob (p, as Switch)")
       ("aux-loss", bound(&c.aux_loss), "load-balance loss weight alpha")
       ("z-loss", bound(&c.z_loss), "router z-loss weight")
       ("block-type", bound(&c.block_type),
@@ -141,6 +141,7 @@ struct OptionGroups {
 // INI key "x%canonical_option%") makes what() loop forever. So when any of those texts holds a '%',
 // each '%' is written as the four characters \x25 before the message is built: with no '%' in what
 // is substituted, every replacement removes two '%' from the message and the formatting ends.
+// Each text is also cut to kShown bytes, so that a 100 KB line of garbage does not become the message.
 struct PoErrorTexts : po::error_with_option_name {  // only to name the protected member
   static constexpr auto texts = &PoErrorTexts::m_substitutions;
 };
@@ -148,8 +149,10 @@ struct PoErrorTexts : po::error_with_option_name {  // only to name the protecte
 std::string po_message(po::error& e) {
   if (auto* named = dynamic_cast<po::error_with_option_name*>(&e)) {
     std::map<std::string, std::string>& texts = named->*PoErrorTexts::texts;
+    constexpr size_t kShown = 200;
     for (auto& entry : texts) {
       std::string& text = entry.second;
+      if (text.size() > kShown) text = text.substr(0, kShown) + "...";
       for (size_t at = text.find('%'); at != std::string::npos; at = text.find('%', at + 4)) text.replace(at, 1, "\\x25");
     }
   }
@@ -334,7 +337,8 @@ void config_validate(const Config& c) {
                       "each rank of an expert-parallel group owns attn-experts/ep attention experts");
   if (!(c.capacity_factor >= 0) || !std::isfinite(c.capacity_factor))
     fail("--capacity-factor ", c.capacity_factor, ": expected 0 (dropless) or a finite number > 0");
-  if (c.gate != "renorm" && c.gate != "sum") fail("--gate '", c.gate, "': expected renorm or sum");
+  if (c.gate != "renorm" && c.gate != "sum" && c.gate != "prob")
+    fail("--gate '", c.gate, "': expected renorm, sum or prob");
   require_non_negative(c.aux_loss, "--aux-loss");
   require_non_negative(c.z_loss, "--z-loss");
 

@@ -199,15 +199,16 @@ TEST(Gradients, AttentionExperts) {
   check_gradient("dWo", Wo, dWo, loss, 1e-2f, 5e-4, 2e-2);
 }
 
-// Router with renorm gates, capacity dropping, balance and z-losses, patches of 2 tokens.
-TEST(Gradients, RouterRenormWithCapacity) {
+// Router with renorm (or prob) gates, capacity dropping, balance and z-losses, patches of 2 tokens.
+void check_router(bool prob) {
   const int d = 4, E = 4, N = 16;
   RouterSpec spec;
   spec.experts = E;
   spec.topk = 2;
   spec.patch_size = 2;
   spec.capacity_factor = 1.0;
-  spec.renorm = true;
+  spec.renorm = !prob;
+  spec.prob = prob;
   spec.aux_weight = 0.3;
   spec.z_weight = 0.05;
   auto xn = random_vector(N * d, 30, 1.0f), W = random_vector(d * E, 31, 1.0f), b = random_vector(E, 32, 0.3f);
@@ -237,6 +238,9 @@ TEST(Gradients, RouterRenormWithCapacity) {
   check_gradient("dxn", xn, dxn, loss, 1e-3f, 2e-4, 2e-2);
   EXPECT_FALSE(routing_changed) << "a perturbation changed the routing: the check is not valid";
 }
+
+TEST(Gradients, RouterRenormWithCapacity) { check_router(false); }
+TEST(Gradients, RouterProbGateWithCapacity) { check_router(true); }
 
 ModelSpec small_spec() {
   ModelSpec s;
@@ -269,6 +273,14 @@ TEST(Gradients, WholeModelSumGateDropless) {
   s.renorm = false;
   s.capacity_factor = 0;
   check_model(s, "sum");
+}
+
+TEST(Gradients, WholeModelProbGateTop1) {
+  ModelSpec s = small_spec();
+  s.prob_gate = true;
+  s.attn_topk = 1;
+  s.topk = 1;
+  check_model(s, "prob top-1");
 }
 
 }  // namespace
