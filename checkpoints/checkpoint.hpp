@@ -75,6 +75,7 @@ class CheckpointWriter {
   // the OS's reason), not at the first checkpoint.
   void prepare();
   // Collective. Snapshot at `state.step` and start writing; returns once the snapshot is taken.
+  // Throws CollectiveError on every rank, with world rank 0's reason, if step_N.tmp cannot be made.
   // `opt` is not modified (non-const only because AdamW has no const accessors for its moments).
   void save(const ParamStore& params, AdamW& opt, const TrainState& state);
   // Collective. Waits for the in-flight write, agrees across ranks that every shard was written

@@ -19,7 +19,8 @@
 namespace uoe::h5 {
 
 // Turns off HDF5's automatic error printing for the calling thread: errors are reported by
-// UOE_CHECK_H5 instead, once, with context. Idempotent.
+// UOE_CHECK_H5 instead, once, with context. Idempotent. The first call in the process also turns
+// off HDF5's clean-up at exit (H5dont_atexit; see h5.cpp).
 void init_thread();
 // Whether the linked HDF5 serialises calls from several threads itself (H5is_library_threadsafe).
 bool library_threadsafe();
@@ -30,7 +31,9 @@ std::string error_stack_text();
 
 // Throws uoe::Error for a failed HDF5 call. A failure whose error stack mentions a checksum
 // (Fletcher32 on data, or a metadata checksum) is reported as "checksum mismatch in FILE
-// dataset OBJECT", the one failure a user most needs to recognise.
+// dataset OBJECT", the one failure a user most needs to recognise; a failed system call (a full
+// disk, a file-size limit, a missing directory: HDF5 records errno and its text) as "cannot write
+// FILE (at OBJECT): No space left on device (errno 28) (HDF5: ...)".
 [[noreturn]] void fail_call(const char* call, const char* src_file, int src_line, const std::string& file,
                        const std::string& object);
 
