@@ -401,12 +401,19 @@ Dataset dataset_write(hid_t loc, const std::string& name, const std::vector<int6
   UOE_ASSERT(!dims.empty(), "dataset ", name, " has no dimensions");
   for (int64_t d : dims) UOE_ASSERT(d > 0, "dataset ", name, " has an empty dimension");
   // Chunk: whole trailing dimensions while they fit in kChunkBytes, the rest cut down from the front.
+  // The dimension that is cut is cut into equal pieces (the last one possibly a little shorter), not
+  // into pieces of `fit` and a remainder: HDF5 stores edge chunks whole, so 1024 rows cut at 341 would
+  // store 4 x 341 rows, the last chunk holding 1 (a third more bytes to write, checksum and read);
+  // 4 x 256 store none extra. Dimensions before the cut one get chunk extent 1.
   const int rank = static_cast<int>(dims.size());
   std::vector<hsize_t> chunk(dims.begin(), dims.end());
   int64_t inner = 1;  // elements in chunk[i+1..]
+  bool cut = false;
   for (int i = rank - 1; i >= 0; --i) {
-    const int64_t fit = std::max<int64_t>(1, kChunkBytes / static_cast<int64_t>(elem_size(elem)) / inner);
-    chunk[i] = static_cast<hsize_t>(std::min<int64_t>(dims[i], fit));
+    const int64_t fit = cut ? 1 : std::max<int64_t>(1, kChunkBytes / static_cast<int64_t>(elem_size(elem)) / inner);
+    const int64_t pieces = (dims[i] + fit - 1) / fit;
+    chunk[i] = static_cast<hsize_t>((dims[i] + pieces - 1) / pieces);
+    cut = cut || pieces > 1;
     inner *= static_cast<int64_t>(chunk[i]);
   }
   Plist dcpl(UOE_CHECK_H5(H5Pcreate(H5P_DATASET_CREATE), file, name));
