@@ -60,6 +60,46 @@ Row bench_config(const std::string& name, const uoe::Config& cfg, const std::vec
   return r;
 }
 
+
+// The expert GEMMs alone, as layers/experts.cpp issues them for an MLP block: per expert e with
+// n_e rows, forward x·W1 [n,d]×[d,f] and a·W2 [n,f]×[f,d], backward-data dy·W2ᵀ and dh·W1ᵀ, and
+// weight gradients aᵀ·dy and xᵀ·dh. `rows` holds n_e per expert; one entry = one dense GEMM set over
+// all the rows with the same d and f, i.e. the same FLOPs. Returns the median seconds of `repeats`.
+double time_expert_gemms(const std::vector<int>& rows, int d, int f, int repeats) {
+  int total = 0;
+  for (int n : rows) total += n;
+  const size_t E = rows.size();
+  std::vector<float> x(static_cast<size_t>(total) * d, 0.01f), a(static_cast<size_t>(total) * f, 0.02f);
+  std::vector<float> y(static_cast<size_t>(total) * d), dy(static_cast<size_t>(total) * d, 0.03f);
+  std::vector<float> dh(static_cast<size_t>(total) * f), dx(static_cast<size_t>(total) * d);
+  std::vector<float> W1(E * d * f, 0.01f), W2(E * f * d, 0.01f), dW1(E * d * f), dW2(E * f * d);
+  auto once = [&] {
+    size_t r0 = 0;
+    for (size_t e = 0; e < E; ++e) {
+      const int n = rows[e];
+      const float *xe = x.data() + r0 * d, *dye = dy.data() + r0 * d, *w1 = W1.data() + e * d * f,
+                  *w2 = W2.data() + e * f * d;
+      float *ae = a.data() + r0 * f, *dhe = dh.data() + r0 * f;
+      uoe::gemm(false, false, n, f, d, 1.0f, xe, d, w1, f, 0.0f, ae, f);
+      uoe::gemm(false, false, n, d, f, 1.0f, ae, f, w2, d, 0.0f, y.data() + r0 * d, d);
+      uoe::gemm(false, true, n, f, d, 1.0f, dye, d, w2, d, 0.0f, dhe, f);
+      uoe::gemm(false, true, n, d, f, 1.0f, dhe, f, w1, f, 0.0f, dx.data() + r0 * d, d);
+      uoe::gemm(true, false, f, d, n, 1.0f, ae, f, dye, d, 0.0f, dW2.data() + e * f * d, d);
+      uoe::gemm(true, false, d, f, n, 1.0f, xe, d, dhe, f, 0.0f, dW1.data() + e * d * f, f);
+      r0 += static_cast<size_t>(n);
+    }
+  };
+  once();
+  std::vector<double> t;
+  for (int i = 0; i < repeats; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    once();
+    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -114,6 +154,29 @@ int main(int argc, char** argv) {
                   cfg.batch_size * cfg.seq_len, r.tokens_per_s, r.step_min_ms, r.step_median_ms, r.gflops,
                   100 * r.share);
       rows.push_back(r);
+    }
+    if (rest.size() == 1) {
+      // The MLP block of each default config: 2048 tokens × top-2 over 4 experts of f = d_ff / 4
+      // (4096 rows; capacity 1.25 allows up to 1280 per expert): equal loads, and a skew like early
+      // training's.
+      for (const int d : {128, 512}) {
+        const int f = d;
+        std::printf("\n# expert GEMMs alone (d %d, f %d, 4096 rows): 4 experts vs one dense GEMM set of the same FLOPs\n",
+                    d, f);
+        std::printf("%-28s %10s %10s %10s\n", "rows per expert", "ms", "GFLOP/s", "of dense");
+        const double dense_s = time_expert_gemms({4096}, d, f, 5 * repeats);
+        const double flops = 6.0 * 2.0 * 4096.0 * d * f;
+        std::printf("%-28s %10.2f %10.1f %9.1f%%\n", "dense (1 x 4096)", dense_s * 1e3, flops / dense_s * 1e-9, 100.0);
+        for (const auto& split : std::vector<std::vector<int>>{{1024, 1024, 1024, 1024}, {1280, 1280, 1024, 512}}) {
+          const double t = time_expert_gemms(split, d, f, 5 * repeats);
+          std::string label;
+          for (int n : split) {
+            if (!label.empty()) label += '/';
+            label += std::to_string(n);
+          }
+          std::printf("%-28s %10.2f %10.1f %9.1f%%\n", label.c_str(), t * 1e3, flops / t * 1e-9, 100.0 * dense_s / t);
+        }
+      }
     }
     if (!csv.empty()) {
       FILE* f = std::fopen(csv.c_str(), "w");
