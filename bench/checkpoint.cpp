@@ -61,28 +61,6 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// A communicator of one rank: reductions and broadcasts are the identity (the checkpoint module
-// uses nothing else). The same as tests/unit/test_checkpoint.cpp's.
-class LocalComm final : public uoe::Communicator {
- public:
-  int rank() const override { return 0; }
-  int size() const override { return 1; }
-  void barrier() override {}
-
- protected:
-  void do_all_to_all_v(const void*, const Displaced&, void*, const Displaced&, uoe::DType) override { unused(); }
-  uoe::Request do_ialltoallv(const void*, Displaced, void*, Displaced, uoe::DType) override { unused(); }
-  void do_all_to_all_blocks(const void*, const uoe::PeerBlocks&, void*, const uoe::PeerBlocks&, uoe::DType) override {
-    unused();
-  }
-  void do_all_to_all(const void*, void*, int, uoe::DType) override { unused(); }
-  void do_all_reduce_sum(void*, int, uoe::DType) override {}
-  uoe::Request do_iallreduce_sum(void*, int, uoe::DType) override { return {}; }
-  void do_broadcast(void*, int, uoe::DType, int) override {}
-
- private:
-  [[noreturn]] static void unused() { throw std::logic_error("LocalComm: collective not expected here"); }
-};
 
 // ---- page cache ----------------------------------------------------------------------------------
 
@@ -442,7 +420,7 @@ int main(int argc, char** argv) {
       configs.push_back({"reference d128", base});  // the Config defaults are the reference config
     }
     fs::create_directories(dir);
-    LocalComm comm;
+    uoe::SelfCommunicator comm;
     std::vector<int32_t> tokens =
         uoe::data_from_text(uoe::data_builtin_corpus(), nullptr, 0.1, uoe::TokenizerKind::byte,
                             configs.front().second.seq_len, "built-in corpus")

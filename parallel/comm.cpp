@@ -366,4 +366,57 @@ MpiSession::~MpiSession() {
   if (mpi_active()) MPI_Finalize();
 }
 
+// ---- one rank ---------------------------------------------------------------------------------
+
+// The base class has checked that counts are per peer (one here) and fit the buffers.
+void SelfCommunicator::do_all_to_all_v(const void* send, const Displaced& s, void* recv, const Displaced& r,
+                                       DType t) {
+  if (s.counts[0] != r.counts[0])
+    fail("all_to_all_v on one rank: sends ", s.counts[0], " elements to itself but expects ", r.counts[0]);
+  const size_t es = dtype_size(t);
+  if (s.counts[0] > 0)
+    std::memmove(static_cast<char*>(recv) + static_cast<size_t>(r.displs[0]) * es,
+                 static_cast<const char*>(send) + static_cast<size_t>(s.displs[0]) * es,
+                 static_cast<size_t>(s.counts[0]) * es);
+}
+
+Request SelfCommunicator::do_ialltoallv(const void* send, Displaced s, void* recv, Displaced r, DType t) {
+  do_all_to_all_v(send, s, recv, r, t);
+  return {};
+}
+
+void SelfCommunicator::do_all_to_all_blocks(const void* send, const PeerBlocks& s, void* recv, const PeerBlocks& r,
+                                            DType t) {
+  // The blocks of both sides, in order, as one stream of elements.
+  size_t sent = 0, received = 0;
+  for (int b = s.first[0]; b < s.first[1]; ++b) sent += static_cast<size_t>(s.count[b]);
+  for (int b = r.first[0]; b < r.first[1]; ++b) received += static_cast<size_t>(r.count[b]);
+  if (sent != received) fail("all_to_all_v on one rank: sends ", sent, " elements to itself but expects ", received);
+  const size_t es = dtype_size(t);
+  int rb = r.first[0];
+  size_t r_done = 0;  // elements already filled in block rb
+  for (int sb = s.first[0]; sb < s.first[1]; ++sb) {
+    size_t s_done = 0;
+    while (s_done < static_cast<size_t>(s.count[sb])) {
+      while (r_done == static_cast<size_t>(r.count[rb])) {
+        ++rb;
+        r_done = 0;
+      }
+      const size_t n = std::min(static_cast<size_t>(s.count[sb]) - s_done, static_cast<size_t>(r.count[rb]) - r_done);
+      std::memmove(static_cast<char*>(recv) + (static_cast<size_t>(r.offset[rb]) + r_done) * es,
+                   static_cast<const char*>(send) + (static_cast<size_t>(s.offset[sb]) + s_done) * es, n * es);
+      s_done += n;
+      r_done += n;
+    }
+  }
+}
+
+void SelfCommunicator::do_all_to_all(const void* send, void* recv, int count, DType t) {
+  if (count > 0) std::memmove(recv, send, static_cast<size_t>(count) * dtype_size(t));
+}
+
+void SelfCommunicator::do_broadcast(void*, int, DType, int root) {
+  if (root != 0) fail("broadcast on one rank from root ", root);
+}
+
 }  // namespace uoe

@@ -162,6 +162,28 @@ class Communicator {
   static int to_count(size_t n);
 };
 
+// ---- one rank -----------------------------------------------------------------------------------
+
+// A world of one rank without MPI: every exchange is a copy to itself, reductions and broadcasts
+// leave the data as it is. For single-process tools and tests of code that takes a Communicator
+// (checkpoints, gradient sync).
+class SelfCommunicator final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  void barrier() override {}
+
+ protected:
+  void do_all_to_all_v(const void* send, const Displaced& s, void* recv, const Displaced& r, DType t) override;
+  Request do_ialltoallv(const void* send, Displaced s, void* recv, Displaced r, DType t) override;
+  void do_all_to_all_blocks(const void* send, const PeerBlocks& s, void* recv, const PeerBlocks& r,
+                            DType t) override;
+  void do_all_to_all(const void* send, void* recv, int count, DType t) override;
+  void do_all_reduce_sum(void*, int, DType) override {}
+  Request do_iallreduce_sum(void*, int, DType) override { return {}; }
+  void do_broadcast(void*, int, DType, int root) override;
+};
+
 // ---- MPI --------------------------------------------------------------------------------------
 class MpiCommunicator final : public Communicator {
  public:

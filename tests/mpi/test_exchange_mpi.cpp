@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/common/errors.hpp"
 #include "parallel/comm.hpp"
 #include "parallel/exchange.hpp"
 #include "parallel/mpi_exchange.hpp"
@@ -20,22 +21,13 @@
 
 namespace {
 
+using uoe::testing_support::contains;
+using uoe::testing_support::error_message;
+
 using uoe::DTypeOf;
 using uoe::MpiCommunicator;
 using uoe::MpiExchange;
 using uoe::PeerBlocks;
-
-// The uoe::Error message of f(), or "" (and a failure) when it throws none.
-template <class F>
-std::string error_message(F&& f) {
-  try {
-    f();
-  } catch (const uoe::Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a uoe::Error";
-  return "";
-}
 
 // Every rank's copy of `local` (a variable-length all-gather built from the tested collectives).
 template <class T>

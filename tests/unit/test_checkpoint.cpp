@@ -2,7 +2,7 @@
 // pruning, `latest` and --resume auto, and one test per kind of damage a checkpoint can suffer
 // (each must end in a uoe::Error whose message names the file or tensor and what is wrong).
 //
-// Collectives go through LocalComm, a one-rank Communicator, so no MPI is needed here; the
+// Collectives go through uoe::SelfCommunicator, a one-rank Communicator, so no MPI is needed here; the
 // multi-rank writer and resharding are tested in tests/mpi/test_checkpoint_mpi.cpp.
 #include <gtest/gtest.h>
 #include <hdf5.h>
@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/common/errors.hpp"
 #include "checkpoints/checkpoint.hpp"
 #include "checkpoints/manifest.hpp"
 #include "launcher/train.hpp"
@@ -33,47 +34,13 @@
 
 namespace {
 
+using uoe::testing_support::contains;
+using uoe::testing_support::error_message;
+
 namespace fs = std::filesystem;
 using uoe::Communicator;
 using uoe::Config;
 
-// A communicator of one rank: reductions and broadcasts are the identity. The checkpoint module
-// uses nothing else.
-class LocalComm final : public Communicator {
- public:
-  int rank() const override { return 0; }
-  int size() const override { return 1; }
-  void barrier() override {}
-
- protected:
-  void do_all_to_all_v(const void*, const Displaced&, void*, const Displaced&, uoe::DType) override { unused(); }
-  uoe::Request do_ialltoallv(const void*, Displaced, void*, Displaced, uoe::DType) override { unused(); }
-  void do_all_to_all_blocks(const void*, const uoe::PeerBlocks&, void*, const uoe::PeerBlocks&, uoe::DType) override {
-    unused();
-  }
-  void do_all_to_all(const void*, void*, int, uoe::DType) override { unused(); }
-  void do_all_reduce_sum(void*, int, uoe::DType) override {}
-  uoe::Request do_iallreduce_sum(void*, int, uoe::DType) override { return {}; }
-  void do_broadcast(void*, int, uoe::DType, int root) override { EXPECT_EQ(root, 0); }
-
- private:
-  [[noreturn]] static void unused() { throw std::logic_error("LocalComm: collective not expected here"); }
-};
-
-// The uoe::Error message of f(), or "" (and a failure) when it throws none.
-template <class F>
-std::string error_message(F&& f) {
-  try {
-    f();
-  } catch (const uoe::Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected a uoe::Error, got: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected a uoe::Error";
-  return "";
-}
 
 Config small_config() {
   Config c;
@@ -329,7 +296,7 @@ class Checkpoint : public ::testing::Test {
   }
 
   Config cfg_ = small_config();
-  LocalComm comm_;
+  uoe::SelfCommunicator comm_;
   std::string root_, dir_;
 };
 

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/common/errors.hpp"
 #include "layers/model.hpp"
 #include "runtime/config.hpp"
 #include "runtime/data.hpp"
@@ -20,21 +21,10 @@
 
 namespace {
 
+using uoe::testing_support::contains;
+using uoe::testing_support::error_message;
+
 using uoe::TokenizerKind;
-
-// The uoe::Error message of f(), or a test failure when f() doesn't throw one.
-template <class F>
-std::string error_message(F&& f) {
-  try {
-    f();
-  } catch (const uoe::Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected uoe::Error, nothing was thrown";
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 // A file under the test temp dir, unique to this process so parallel test runs don't collide.
 std::string temp_path(const std::string& name) {

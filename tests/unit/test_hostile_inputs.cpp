@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/common/errors.hpp"
 #include "checkpoints/manifest.hpp"
 #include "runtime/config.hpp"
 #include "runtime/data.hpp"
@@ -32,6 +33,9 @@
 #include "runtime/token_file.hpp"
 
 namespace {
+
+using uoe::testing_support::contains;
+using uoe::testing_support::error_message;
 
 using uoe::TokenizerKind;
 namespace fs = std::filesystem;
@@ -63,8 +67,6 @@ std::string error_of(const std::function<void()>& f, int seconds = 30) {
   if (std::getenv("UOE_TEST_SHOW_ERRORS")) std::fprintf(stderr, "  message: %s\n", msg.c_str());  // to review them
   return msg;
 }
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 // A directory unique to this test and process, removed with everything in it.
 class Hostile : public ::testing::Test {

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/common/errors.hpp"
 #include "runtime/config.hpp"
 #include "runtime/data.hpp"
 #include "runtime/error.hpp"
@@ -19,20 +20,10 @@
 
 namespace {
 
+using uoe::testing_support::contains;
+using uoe::testing_support::error_message;
+
 using uoe::TokenizerKind;
-
-template <class F>
-std::string error_message(F&& f) {
-  try {
-    f();
-  } catch (const uoe::Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected uoe::Error, nothing was thrown";
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 // A directory unique to this process (parallel CTest runs), removed with everything in it.
 struct TempDir {
