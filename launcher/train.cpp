@@ -411,7 +411,8 @@ int train_run(const Config& cfg) {
       log_info("eval  step %6d | val_loss %.4f | val_ppl %.2f | %lld tokens in %.1fs", step, last_eval.loss,
                std::exp(last_eval.loss), static_cast<long long>(last_eval.tokens), secs);
     JsonLine j;
-    j.add("step", step).add("val_loss", last_eval.loss);
+    const double tokens_per_step = static_cast<double>(cfg.batch_size) * cfg.seq_len * cfg.micro_batches * world_size;
+    j.add("step", step).add("tokens", step * tokens_per_step).add("val_loss", last_eval.loss);
     if (byte_level) j.add("val_bpb", last_eval.loss / std::log(2.0));
     else j.add("val_ppl", std::exp(last_eval.loss));
     metrics.write(j);
