@@ -24,6 +24,7 @@
 // (default: all cores, then 1), K rounds of two windows of N train steps: one with nothing in
 // flight, one started right after save() returned (see bench_train). DIR defaults to
 // build/bench-checkpoint; everything written there is removed.
+#include "bench/bench_config.hpp"
 #include "checkpoints/checkpoint.hpp"
 
 #include <fcntl.h>
@@ -31,6 +32,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <optional>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -401,13 +403,9 @@ int main(int argc, char** argv) {
     std::vector<std::pair<std::string, uoe::Config>> configs;
     uoe::Config base;
     if (rest.size() > 1) {
-      std::string help;
-      const uoe::ConfigParse parsed = uoe::config_parse(static_cast<int>(rest.size()), rest.data(), &help);
-      if (parsed.exit_now) {
-        std::fputs(help.c_str(), stdout);
-        return 0;
-      }
-      configs.push_back({"custom", parsed.config});
+      const std::optional<uoe::Config> custom = uoe::bench::model_config(rest);
+      if (!custom) return 0;
+      configs.push_back({"custom", *custom});
     } else {
       uoe::Config big = base;
       big.d_model = 1024;

@@ -22,10 +22,12 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "bench/bench_config.hpp"
 #include "layers/model.hpp"
 #include "parallel/comm.hpp"
 #include "parallel/mpi_exchange.hpp"
@@ -102,8 +104,9 @@ int main(int argc, char** argv) {
       else if (a == "--csv" && i + 1 < argc) csv = argv[++i];
       else rest.push_back(argv[i]);
     }
-    std::string help;
-    uoe::Config cfg = uoe::config_parse(static_cast<int>(rest.size()), rest.data(), &help).config;
+    const std::optional<uoe::Config> parsed = uoe::bench::model_config(rest);
+    if (!parsed) return 0;
+    uoe::Config cfg = *parsed;
     cfg.layers = 1;  // one UoE layer: an SMHA block and a UoME block
     uoe::ProcessGroups groups = uoe::make_process_groups(MPI_COMM_WORLD, mpi.world_size());
     uoe::gemm_set_threads(1);  // one core per rank: the second is the other rank's

@@ -8,6 +8,7 @@
 // step time over R timed steps after 3 warm-up steps; FLOPs are those the step executed (routed
 // rows and attended segments, backward = 2× forward), so dropped tokens are not counted.
 #include <algorithm>
+#include <optional>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -15,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_config.hpp"
 #include "launcher/train.hpp"
 #include "parallel/exchange.hpp"
 #include "runtime/config.hpp"
@@ -122,13 +124,9 @@ int main(int argc, char** argv) {
     std::vector<std::pair<std::string, uoe::Config>> configs;
     uoe::Config base;
     if (rest.size() > 1) {
-      std::string help;
-      const uoe::ConfigParse parsed = uoe::config_parse(static_cast<int>(rest.size()), rest.data(), &help);
-      if (parsed.exit_now) {
-        std::fputs(help.c_str(), stdout);
-        return 0;
-      }
-      configs.push_back({"custom", parsed.config});
+      const std::optional<uoe::Config> custom = uoe::bench::model_config(rest);
+      if (!custom) return 0;
+      configs.push_back({"custom", *custom});
     } else {
       configs.push_back({"reference d128", base});  // the Config defaults are the reference config
       uoe::Config big = base;

@@ -38,6 +38,18 @@ ncclDataType_t nccl_datatype(DType t) {
   UOE_ASSERT(false, "unknown DType ", static_cast<int>(t));
 }
 
+ncclUniqueId nccl_unique_id_over_mpi(MPI_Comm comm, int rank, const char* who) {
+  struct {
+    int ok;
+    ncclUniqueId id;
+  } boot{};
+  if (rank == 0) boot.ok = ncclGetUniqueId(&boot.id) == ncclSuccess ? 1 : 0;
+  // The id is an opaque blob: MPI_BYTE is the honest type for it.
+  UOE_CHECK_MPI(MPI_Bcast(&boot, static_cast<int>(sizeof boot), MPI_BYTE, 0, comm));
+  if (!boot.ok) fail(who, " on rank ", rank, ": ncclGetUniqueId failed on rank 0");
+  return boot.id;
+}
+
 namespace {
 using Clock = std::chrono::steady_clock;
 
@@ -104,22 +116,15 @@ void NcclCommunicator::init(MPI_Comm parent) {
   barrier_word_.resize(1);
 
   // 2. The unique id: rank 0 creates it, everyone receives it with rank 0's status.
-  struct {
-    int ok;
-    ncclUniqueId id;
-  } boot{};
-  if (rank_ == 0) boot.ok = ncclGetUniqueId(&boot.id) == ncclSuccess ? 1 : 0;
-  // The id is an opaque blob: MPI_BYTE is the honest type for it.
-  UOE_CHECK_MPI(MPI_Bcast(&boot, static_cast<int>(sizeof boot), MPI_BYTE, 0, mpi_));
-  if (!boot.ok) fail("NcclCommunicator on rank ", rank_, ": ncclGetUniqueId failed on rank 0");
+  const ncclUniqueId id = nccl_unique_id_over_mpi(mpi_, rank_, "NcclCommunicator");
 
   // 3. The communicator, watched: a rank that never arrives ends init at the deadline.
 #if UOE_NCCL_NONBLOCKING
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   config.blocking = 0;
-  UOE_NCCL_QUEUE(ncclCommInitRankConfig(&comm_, size_, boot.id, rank_, &config));
+  UOE_NCCL_QUEUE(ncclCommInitRankConfig(&comm_, size_, id, rank_, &config));
 #else
-  UOE_NCCL_QUEUE(ncclCommInitRank(&comm_, size_, boot.id, rank_));
+  UOE_NCCL_QUEUE(ncclCommInitRank(&comm_, size_, id, rank_));
 #endif
   wait_ready("ncclCommInitRank");
 }

@@ -54,6 +54,9 @@ namespace uoe {
 
 // DType → NCCL's datatype (every DType has one).
 ncclDataType_t nccl_datatype(DType t);
+// NCCL's unique id, created by rank 0 of `comm` and broadcast to every rank over MPI (a rank-0
+// failure is reported on every rank). Collective over `comm`.
+ncclUniqueId nccl_unique_id_over_mpi(MPI_Comm comm, int rank, const char* who);
 
 class NcclCommunicator final : public Communicator {
  public:

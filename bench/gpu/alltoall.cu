@@ -63,14 +63,8 @@ __global__ void check_recv_kernel(const float* p, int me, int n, int64_t count, 
 class RawNccl {
  public:
   RawNccl(MPI_Comm world, int rank, int size, double timeout) : rank_(rank), size_(size), timeout_(timeout) {
-    struct {
-      int ok;
-      ncclUniqueId id;
-    } boot{};
-    if (rank == 0) boot.ok = ncclGetUniqueId(&boot.id) == ncclSuccess ? 1 : 0;
-    UOE_CHECK_MPI(MPI_Bcast(&boot, static_cast<int>(sizeof boot), MPI_BYTE, 0, world));
-    if (!boot.ok) fail("raw NCCL communicator: ncclGetUniqueId failed on rank 0");
-    UOE_CHECK_NCCL(ncclCommInitRank(&comm_, size, boot.id, rank));
+    const ncclUniqueId id = nccl_unique_id_over_mpi(world, rank, "raw NCCL communicator");
+    UOE_CHECK_NCCL(ncclCommInitRank(&comm_, size, id, rank));
   }
   ~RawNccl() {
     if (comm_) (void)ncclCommAbort(comm_);
