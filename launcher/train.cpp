@@ -400,6 +400,9 @@ int train_run(const Config& cfg) {
   int bad_steps = 0;  // consecutive skipped steps
   Clock::time_point last_status = Clock::now();
 
+  // Tokens one step trains on, all ranks together (what train_step reports as fig.tokens).
+  const double tokens_per_step = static_cast<double>(cfg.batch_size) * cfg.seq_len * cfg.micro_batches * world_size;
+  auto eta_seconds = [&](int step) { return (cfg.steps - step) * (total_train_time / (step - start_step + 1)); };
   auto run_eval = [&](int step) {
     const auto t0 = Clock::now();
     last_eval = evaluate(model, data, cfg, ranks);
@@ -411,7 +414,6 @@ int train_run(const Config& cfg) {
       log_info("eval  step %6d | val_loss %.4f | val_ppl %.2f | %lld tokens in %.1fs", step, last_eval.loss,
                std::exp(last_eval.loss), static_cast<long long>(last_eval.tokens), secs);
     JsonLine j;
-    const double tokens_per_step = static_cast<double>(cfg.batch_size) * cfg.seq_len * cfg.micro_batches * world_size;
     j.add("step", step).add("tokens", step * tokens_per_step).add("val_loss", last_eval.loss);
     if (byte_level) j.add("val_bpb", last_eval.loss / std::log(2.0));
     else j.add("val_ppl", std::exp(last_eval.loss));
@@ -477,14 +479,13 @@ int train_run(const Config& cfg) {
     // On a terminal, a live line between the logged ones (at most ~4 updates a second).
     if (log_status_enabled() && seconds_since(last_status) > 0.25 && step % cfg.log_every != 0) {
       last_status = Clock::now();
-      const double eta = (cfg.steps - step) * (total_train_time / (step - start_step + 1));
       log_status("step %6d/%d | loss %.4f | %8.0f tok/s | ETA %s", step, cfg.steps, fig.loss, win_tokens / win_time,
-                 format_duration(eta).c_str());
+                 format_duration(eta_seconds(step)).c_str());
     }
     if (step % cfg.log_every == 0 || step == cfg.steps) {
       const double tps = win_tokens / win_time;
       const double share = win_flops / world_size / win_time * 1e-9 / peak;  // per rank, against its peak
-      const double eta = (cfg.steps - step) * (total_train_time / (step - start_step + 1));
+      const double eta = eta_seconds(step);
       double worst_load = 0;
       int64_t drop_n = 0, assign_n = 0;
       for (int b = 0; b < blocks; ++b) {
@@ -502,7 +503,7 @@ int train_run(const Config& cfg) {
       // trained on by all ranks since step 1 (the same on a resumed run).
       const double n = win_steps;
       JsonLine j;
-      j.add("step", step).add("tokens", static_cast<double>(step) * fig.tokens);
+      j.add("step", step).add("tokens", step * tokens_per_step);
       j.add("train_loss", win_loss / n).add("lr", lr).add("tokens_per_s", tps);
       j.add("aux_loss", win_aux / n).add("flops_share_of_peak", share).add("grad_norm", fig.grad_norm);
       j.add("a2a_bytes", win_bytes / n).add("comm_s", win_comm / n).add("compute_s", (win_time - win_exposed) / n);
