@@ -296,6 +296,66 @@ void MpiCommunicator::do_all_to_all_blocks(const void* send, const PeerBlocks& s
                               wr.counts.data(), wr.byte_displs.data(), wr.types.data(), comm_));
 }
 
+// Point-to-point messages of one matched exchange. Within one (sender, receiver, communicator, tag)
+// MPI delivers in posting order, so one tag serves every block; collectives on the same
+// communicator never match point-to-point traffic.
+constexpr int kMatchedTag = 0x5545;
+
+void MpiCommunicator::do_all_to_all_matched(const void* send, const PeerBlocks& s, void* recv,
+                                            const PeerBlocks& r, DType t) {
+  const MPI_Datatype dt = mpi_datatype(t);
+  const size_t es = dtype_size(t);
+  copy_own_part(static_cast<const char*>(send), s, static_cast<char*>(recv), r, rank_, es);
+  requests_.clear();
+  request_block_.clear();
+  // Receives first (no unexpected-message copies), then sends; both sweep the peers starting after
+  // this rank so that not every rank sends to rank 0 first.
+  for (int k = 1; k < size_; ++k) {
+    const int p = (rank_ + size_ - k) % size_;
+    for (int b = r.first[p]; b < r.first[p + 1]; ++b) {
+      if (r.count[b] == 0) continue;
+      requests_.emplace_back();
+      request_block_.push_back(b);
+      UOE_CHECK_MPI(MPI_Irecv(static_cast<char*>(recv) + static_cast<size_t>(r.offset[b]) * es, r.count[b], dt, p,
+                              kMatchedTag, comm_, &requests_.back()));
+    }
+  }
+  for (int k = 1; k < size_; ++k) {
+    const int p = (rank_ + k) % size_;
+    for (int b = s.first[p]; b < s.first[p + 1]; ++b) {
+      if (s.count[b] == 0) continue;
+      requests_.emplace_back();
+      request_block_.push_back(-1);
+      UOE_CHECK_MPI(MPI_Isend(static_cast<const char*>(send) + static_cast<size_t>(s.offset[b]) * es, s.count[b], dt,
+                              p, kMatchedTag, comm_, &requests_.back()));
+    }
+  }
+  std::vector<MPI_Status>& st = statuses_;
+  st.resize(requests_.size());
+  const int rc = MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), st.data());
+  if (rc != MPI_SUCCESS) {
+    // MPI_ERR_IN_STATUS leaves the requests that had not completed pending: finish them, or this
+    // rank's sends would never reach peers that are still waiting for them.
+    for (size_t i = 0; i < st.size(); ++i)
+      if (rc == MPI_ERR_IN_STATUS && st[i].MPI_ERROR == MPI_ERR_PENDING)
+        MPI_Wait(&requests_[i], &st[i]);
+    // A receive shorter than the block it landed in fails with MPI_ERR_TRUNCATE: say which.
+    for (size_t i = 0; i < st.size(); ++i)
+      if (request_block_[i] >= 0 && st[i].MPI_ERROR == MPI_ERR_TRUNCATE)
+        fail("matched all-to-all: rank ", st[i].MPI_SOURCE, " sent rank ", rank_,
+             " a block larger than the ", r.count[request_block_[i]], " elements expected (layouts do not match)");
+    mpi_fail(rc, "MPI_Waitall (matched all-to-all)", __FILE__, __LINE__);
+  }
+  for (size_t i = 0; i < st.size(); ++i) {
+    if (request_block_[i] < 0) continue;
+    int got = 0;
+    UOE_CHECK_MPI(MPI_Get_count(&st[i], dt, &got));
+    if (got != r.count[request_block_[i]])
+      fail("matched all-to-all: rank ", st[i].MPI_SOURCE, " sent rank ", rank_, " a block of ", got,
+           " elements where ", r.count[request_block_[i]], " were expected (layouts do not match)");
+  }
+}
+
 void MpiCommunicator::do_all_to_all(const void* send, void* recv, int count, DType t) {
   const MPI_Datatype dt = mpi_datatype(t);
   UOE_CHECK_MPI(MPI_Alltoall(send, count, dt, recv, count, dt, comm_));

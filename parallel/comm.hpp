@@ -118,6 +118,19 @@ class Communicator {
     check_layout(recv_layout, recv.size(), "recv");
     do_all_to_all_blocks(send.data(), send_layout, recv.data(), recv_layout, DTypeOf<T>::value);
   }
+  // The block form where both sides cut each peer's data the same way: the k-th block this rank
+  // sends to p has as many elements as the k-th block p receives from this rank (zero-element
+  // blocks included, on both sides). Then every block can travel as its own contiguous message,
+  // which reaches shared-memory single-copy paths that derived datatypes miss (Open MPI's CMA:
+  // bench/README-alltoall.md). A mismatch the backend can see throws; backends without a faster
+  // path run it as the general block form.
+  template <class T>
+  void all_to_all_matched(std::span<const T> send, const PeerBlocks& send_layout, std::span<T> recv,
+                          const PeerBlocks& recv_layout) {
+    check_layout(send_layout, send.size(), "send");
+    check_layout(recv_layout, recv.size(), "recv");
+    do_all_to_all_matched(send.data(), send_layout, recv.data(), recv_layout, DTypeOf<T>::value);
+  }
   // Fixed count per peer: send.size() / size() elements to each (used to exchange counts).
   template <class T>
   void all_to_all(std::span<const T> send, std::span<T> recv) {
@@ -148,6 +161,10 @@ class Communicator {
   virtual Request do_ialltoallv(const void* send, Displaced s, void* recv, Displaced r, DType t) = 0;
   virtual void do_all_to_all_blocks(const void* send, const PeerBlocks& s, void* recv, const PeerBlocks& r,
                                     DType t) = 0;
+  virtual void do_all_to_all_matched(const void* send, const PeerBlocks& s, void* recv, const PeerBlocks& r,
+                                     DType t) {
+    do_all_to_all_blocks(send, s, recv, r, t);
+  }
   virtual void do_all_to_all(const void* send, void* recv, int count, DType t) = 0;
   virtual void do_all_reduce_sum(void* data, int count, DType t) = 0;
   virtual Request do_iallreduce_sum(void* data, int count, DType t) = 0;
@@ -211,6 +228,9 @@ class MpiCommunicator final : public Communicator {
   Request do_ialltoallv(const void* send, Displaced s, void* recv, Displaced r, DType t) override;
   void do_all_to_all_blocks(const void* send, const PeerBlocks& s, void* recv, const PeerBlocks& r,
                             DType t) override;
+  // One MPI_Isend/MPI_Irecv per non-empty block; received sizes are checked against the layout.
+  void do_all_to_all_matched(const void* send, const PeerBlocks& s, void* recv, const PeerBlocks& r,
+                             DType t) override;
   void do_all_to_all(const void* send, void* recv, int count, DType t) override;
   void do_all_reduce_sum(void* data, int count, DType t) override;
   Request do_iallreduce_sum(void* data, int count, DType t) override;
@@ -222,6 +242,9 @@ class MpiCommunicator final : public Communicator {
   void configure();                        // error handler, rank and size of comm_
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 0;
+  std::vector<MPI_Request> requests_;  // do_all_to_all_matched's, reused
+  std::vector<int> request_block_;     // its receive block per request (-1: a send)
+  std::vector<MPI_Status> statuses_;
 };
 
 // ---- the ep × dp grid (UOE_MODEL.md §6) -------------------------------------------------------

@@ -9,7 +9,9 @@ void LocalExchange::dispatch(ExchangePlan& plan, const std::vector<int>& src_off
   const int R = src_offsets.back();
   plan.send_rows.assign(1, R);
   plan.recv_rows.assign(1, R);
-  plan.owner_row.clear();
+  plan.send_blocks.clear();
+  plan.recv_blocks.clear();
+  plan.owner_offsets.clear();
   plan.bytes_sent = 0;
   dst.n_experts = static_cast<int>(src_offsets.size()) - 1;
   dst.offsets = src_offsets;

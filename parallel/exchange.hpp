@@ -16,9 +16,11 @@ namespace uoe {
 struct ExchangePlan {
   std::vector<int> send_rows;  // [ranks] rows this rank sends to each owner
   std::vector<int> recv_rows;  // [ranks] rows this rank receives from each source
-  // Owner order is expert-major; received order is source-major. owner_row[i] = position in owner
-  // order of the i-th received row. Empty for the identity exchange.
-  std::vector<int> owner_row;
+  // The same, per expert: send_blocks[q·El + j] rows go to owner q's j-th local expert, and
+  // recv_blocks[s·El + j] rows come from source s for this rank's j-th local expert (El experts
+  // per rank). owner_offsets [El + 1]: where each local expert's rows start in owner order
+  // (expert-major, sources in rank order within an expert). Empty for the identity exchange.
+  std::vector<int> send_blocks, recv_blocks, owner_offsets;
   double bytes_sent = 0;       // payload bytes this rank sent (for metrics)
   // Where the caller is (e.g. "layer 2 attention (block 4), chunk 1 of 4"), for the collective
   // watchdog's report. Kept per plan (per chunk) so the communication thread reads its own copy.

@@ -20,47 +20,52 @@ class ScopedTimer {
   std::chrono::steady_clock::time_point t0_;
 };
 
-// Per-peer element counts for rows of `width` elements.
-std::vector<int> scaled(const std::vector<int>& rows, int width) {
-  std::vector<int> c(rows.size());
-  for (size_t p = 0; p < rows.size(); ++p) {
-    const int64_t n = int64_t{rows[p]} * width;
-    UOE_ASSERT(n <= INT_MAX, "exchange of ", n, " elements to one rank exceeds MPI's int counts");
-    c[p] = static_cast<int>(n);
+// Both sides of a row exchange cut each peer's rows into one block per expert of the owner, so
+// that the communicator can move every block as its own contiguous message (all_to_all_matched).
+// Source side: the rows for owner q are contiguous (grouped by global expert), cut at its experts.
+PeerBlocks source_layout(const ExchangePlan& plan, int width) {
+  const int n = static_cast<int>(plan.send_rows.size());
+  const int El = n ? static_cast<int>(plan.send_blocks.size()) / n : 0;
+  PeerBlocks l;
+  l.first.resize(n + 1);
+  l.offset.resize(plan.send_blocks.size());
+  l.count.resize(plan.send_blocks.size());
+  int64_t row = 0;
+  for (int q = 0; q < n; ++q) {
+    l.first[q] = q * El;
+    for (int j = 0; j < El; ++j) {
+      const int b = q * El + j;
+      UOE_ASSERT((row + plan.send_blocks[b]) * width <= INT_MAX, "source buffer exceeds MPI's int offsets");
+      l.offset[b] = static_cast<int>(row * width);
+      l.count[b] = plan.send_blocks[b] * width;
+      row += plan.send_blocks[b];
+    }
   }
-  return c;
+  l.first[n] = n * El;
+  return l;
 }
 
-// Where each source's rows sit in owner order, as blocks of `width`-element rows: maximal runs of
-// consecutive owner positions in plan.owner_row (at most one run per local expert and source).
-// dispatch makes owner_row strictly increasing over each source's rows, so "row i+m lies m rows
-// after row i" holds for a prefix of the rest of the source's rows, and each run's end is found by
-// binary search: O(runs · log rows) per call instead of a pass over every row.
+// Owner side: source s's rows for local expert j sit after the rows of sources 0..s-1 in that
+// expert's part of owner order.
 PeerBlocks owner_layout(const ExchangePlan& plan, int width) {
+  const int n = static_cast<int>(plan.recv_rows.size());
+  const int El = static_cast<int>(plan.owner_offsets.size()) - 1;
   PeerBlocks l;
-  l.first.reserve(plan.recv_rows.size() + 1);
-  l.first.push_back(0);
-  int i = 0;
-  for (const int rows : plan.recv_rows) {
-    const int end = i + rows;
-    while (i < end) {
-      const int r0 = plan.owner_row[i];
-      int len = 1, past = end - i;  // the run covers [i, i+len) and ends at or before i+past
-      while (len < past) {
-        const int mid = (len + past) / 2;
-        if (plan.owner_row[i + mid] == r0 + mid)
-          len = mid + 1;
-        else
-          past = mid;
-      }
-      const int64_t off = int64_t{r0} * width;
-      UOE_ASSERT(off + int64_t{len} * width <= INT_MAX, "owner buffer exceeds MPI's int offsets");
-      l.offset.push_back(static_cast<int>(off));
-      l.count.push_back(len * width);
-      i += len;
+  l.first.resize(n + 1);
+  l.offset.resize(plan.recv_blocks.size());
+  l.count.resize(plan.recv_blocks.size());
+  std::vector<int64_t> next(plan.owner_offsets.begin(), plan.owner_offsets.end() - 1);  // [El]
+  for (int s = 0; s < n; ++s) {
+    l.first[s] = s * El;
+    for (int j = 0; j < El; ++j) {
+      const int b = s * El + j;
+      UOE_ASSERT((next[j] + plan.recv_blocks[b]) * width <= INT_MAX, "owner buffer exceeds MPI's int offsets");
+      l.offset[b] = static_cast<int>(next[j] * width);
+      l.count[b] = plan.recv_blocks[b] * width;
+      next[j] += plan.recv_blocks[b];
     }
-    l.first.push_back(static_cast<int>(l.offset.size()));
   }
+  l.first[n] = n * El;
   return l;
 }
 
@@ -136,10 +141,19 @@ void MpiExchange::dispatch(ExchangePlan& plan, const std::vector<int>& src_offse
     }
   auto rows_from = [&](int s, int j) { return header_recv_[s * H + 1 + j]; };
 
-  // 2. The plan: rows per peer, owner offsets per local expert, and owner_row.
+  // 2. The plan: rows per peer and per (peer, expert) block, owner offsets per local expert.
   plan.send_rows.assign(n, 0);
   plan.recv_rows.assign(n, 0);
-  for (int q = 0; q < n; ++q) plan.send_rows[q] = src_offsets[(q + 1) * El] - src_offsets[q * El];
+  plan.send_blocks.resize(static_cast<size_t>(n) * El);
+  plan.recv_blocks.resize(static_cast<size_t>(n) * El);
+  for (int q = 0; q < n; ++q) {
+    plan.send_rows[q] = src_offsets[(q + 1) * El] - src_offsets[q * El];
+    for (int j = 0; j < El; ++j) {
+      plan.send_blocks[q * El + j] = src_offsets[q * El + j + 1] - src_offsets[q * El + j];
+      plan.recv_blocks[q * El + j] = rows_from(q, j);
+      plan.recv_rows[q] += rows_from(q, j);
+    }
+  }
   dst.n_experts = El;
   dst.offsets.assign(El + 1, 0);
   for (int j = 0; j < El; ++j) {
@@ -147,19 +161,9 @@ void MpiExchange::dispatch(ExchangePlan& plan, const std::vector<int>& src_offse
     for (int s = 0; s < n; ++s) rows += rows_from(s, j);
     dst.offsets[j + 1] = dst.offsets[j] + rows;
   }
+  plan.owner_offsets = dst.offsets;
   const int R_dst = dst.offsets[El];
-  plan.owner_row.resize(R_dst);
-  {
-    std::vector<int> next(dst.offsets.begin(), dst.offsets.end() - 1);  // [El] next free owner row
-    int i = 0;
-    for (int s = 0; s < n; ++s)
-      for (int j = 0; j < El; ++j) {
-        const int c = rows_from(s, j);
-        for (int k = 0; k < c; ++k) plan.owner_row[i++] = next[j] + k;
-        next[j] += c;
-        plan.recv_rows[s] += c;
-      }
-  }
+  const PeerBlocks src2 = source_layout(plan, 2), own2 = owner_layout(plan, 2);
 
   // 3. Metadata, (seg, pos) per row, landing in owner order; then seg made unique per source.
   meta_send_.resize(static_cast<size_t>(R_src) * 2);
@@ -168,21 +172,22 @@ void MpiExchange::dispatch(ExchangePlan& plan, const std::vector<int>& src_offse
     meta_send_[2 * i + 1] = pos_src[i];
   }
   meta_recv_.resize(static_cast<size_t>(R_dst) * 2);
-  comm_.all_to_all_v<int32_t>(meta_send_, PeerBlocks::contiguous(scaled(plan.send_rows, 2)), meta_recv_,
-                              owner_layout(plan, 2));
+  comm_.all_to_all_matched<int32_t>(meta_send_, src2, meta_recv_, own2);
   dst.seg.resize(R_dst);
   dst.pos.resize(R_dst);
-  for (int s = 0, i = 0; s < n; ++s)
-    for (int k = 0; k < plan.recv_rows[s]; ++k, ++i) {
-      const int r = plan.owner_row[i];
-      dst.seg[r] = meta_recv_[2 * r] + s * kSegmentsPerRank;
-      dst.pos[r] = meta_recv_[2 * r + 1];
+  for (int s = 0; s < n; ++s)
+    for (int j = 0; j < El; ++j) {
+      const int b = s * El + j, r0 = own2.offset[b] / 2;
+      for (int r = r0; r < r0 + plan.recv_blocks[b]; ++r) {
+        dst.seg[r] = meta_recv_[2 * r] + s * kSegmentsPerRank;
+        dst.pos[r] = meta_recv_[2 * r + 1];
+      }
     }
 
   // 4. Payload, straight from the caller's rows into owner order.
   dst.x.resize_uninit(static_cast<size_t>(R_dst) * d);  // every row is written by the exchange
-  comm_.all_to_all_v<float>(std::span<const float>(x_src, static_cast<size_t>(R_src) * d),
-                            PeerBlocks::contiguous(scaled(plan.send_rows, d)), dst.x, owner_layout(plan, d));
+  comm_.all_to_all_matched<float>(std::span<const float>(x_src, static_cast<size_t>(R_src) * d),
+                                  source_layout(plan, d), dst.x, owner_layout(plan, d));
 
   const double row_bytes = sizeof(float) * d + 2 * sizeof(int32_t);  // payload + seg, pos
   plan.bytes_sent = static_cast<double>(remote_rows(plan.send_rows, me)) * row_bytes +
@@ -195,10 +200,9 @@ void MpiExchange::dispatch(ExchangePlan& plan, const std::vector<int>& src_offse
 void MpiExchange::to_source(ExchangePlan& plan, const float* owner, float* src, int width) {
   WatchScope watch("expert exchange (return to sources) " + plan.where);
   const ScopedTimer timer(seconds_);
-  const size_t R_dst = plan.owner_row.size(), R_src = total(plan.send_rows);
-  comm_.all_to_all_v<float>(std::span<const float>(owner, R_dst * width), owner_layout(plan, width),
-                            std::span<float>(src, R_src * width),
-                            PeerBlocks::contiguous(scaled(plan.send_rows, width)));
+  const size_t R_dst = plan.owner_offsets.back(), R_src = total(plan.send_rows);
+  comm_.all_to_all_matched<float>(std::span<const float>(owner, R_dst * width), owner_layout(plan, width),
+                                  std::span<float>(src, R_src * width), source_layout(plan, width));
   bytes_ += static_cast<double>(remote_rows(plan.recv_rows, comm_.rank())) * sizeof(float) * width;
 }
 
@@ -206,10 +210,9 @@ void MpiExchange::to_source(ExchangePlan& plan, const float* owner, float* src, 
 void MpiExchange::to_owner(ExchangePlan& plan, const float* src, float* owner, int width) {
   WatchScope watch("expert exchange (to owners) " + plan.where);
   const ScopedTimer timer(seconds_);
-  const size_t R_dst = plan.owner_row.size(), R_src = total(plan.send_rows);
-  comm_.all_to_all_v<float>(std::span<const float>(src, R_src * width),
-                            PeerBlocks::contiguous(scaled(plan.send_rows, width)),
-                            std::span<float>(owner, R_dst * width), owner_layout(plan, width));
+  const size_t R_dst = plan.owner_offsets.back(), R_src = total(plan.send_rows);
+  comm_.all_to_all_matched<float>(std::span<const float>(src, R_src * width), source_layout(plan, width),
+                                  std::span<float>(owner, R_dst * width), owner_layout(plan, width));
   bytes_ += static_cast<double>(remote_rows(plan.send_rows, comm_.rank())) * sizeof(float) * width;
 }
 

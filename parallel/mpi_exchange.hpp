@@ -6,8 +6,12 @@
 //
 // Owner order: for local expert j, the rows from source 0, then source 1, …, each source's rows in
 // the order it sent them (token order, so one sequence's rows stay contiguous and in position order).
-// Received data lands directly in that order: each source's message is scattered into its
-// per-expert blocks by the communicator (PeerBlocks), never staged and permuted afterwards.
+// Received data lands directly in that order, never staged and permuted afterwards: both sides cut
+// a peer's rows into one block per expert of the owner, and each block travels as its own
+// contiguous message (Communicator::all_to_all_matched). An earlier form received each source's
+// rows as one message scattered by a derived datatype; Open MPI's shared-memory single-copy path
+// (CMA) does not take those, and the exchange ran at 45-86% of raw MPI_Alltoallv at 1-4 MB
+// (bench/README-alltoall.md).
 //
 // Segment ids: sequence ids are only unique per source rank, so the owner rewrites them to
 // seg_src + src_rank · 2^20. A source's seg must lie in [0, 2^20) (a micro-batch of at most 2^20

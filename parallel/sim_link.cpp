@@ -100,6 +100,13 @@ void SimulatedLinkCommunicator::do_all_to_all_blocks(const void* send, const Pee
   delay(t0, all_to_all_seconds(block_totals(s), block_totals(r), dtype_size(t)));
 }
 
+void SimulatedLinkCommunicator::do_all_to_all_matched(const void* send, const PeerBlocks& s, void* recv,
+                                                      const PeerBlocks& r, DType t) {
+  const auto t0 = Clock::now();
+  inner_.do_all_to_all_matched(send, s, recv, r, t);
+  delay(t0, all_to_all_seconds(block_totals(s), block_totals(r), dtype_size(t)));
+}
+
 void SimulatedLinkCommunicator::do_all_to_all(const void* send, void* recv, int count, DType t) {
   const auto t0 = Clock::now();
   inner_.do_all_to_all(send, recv, count, t);

@@ -153,7 +153,6 @@ MemoryEstimate memory_estimate(const Config& c, int vocab, int world_size, int64
     if (s->patch > 1) a += kFloat * Pp * d;                      // patch means
     a += 4 * kInt * R + 2 * kFloat * R * d;                      // src token/gate/seg/pos; x_src, y_src
     o += kFloat * 2 * R * d + 2 * kInt * R;                      // rows.x, y_owner [R, d]; seg, pos
-    if (ep > 1 && s->routed) o += kInt * R;                      // plan.owner_row
     b += 2 * kFloat * R * d;                                     // dy_owner, dx_owner [R, d]
     if (s->attention) {
       const double g = static_cast<double>(s->g), dh = static_cast<double>(s->dh);
