@@ -5,7 +5,8 @@
 // bench/README-checkpoint.md.
 //
 //   build/bin/bench-checkpoint [--csv FILE] [--dir DIR] [--repeats R] [--rounds K] [--threads LIST]
-//                              [--window X] [--drop-caches] [--no-train] [uoe-train model options…]
+//                              [--window X] [--shares LIST] [--drop-caches] [--no-train]
+//                              [uoe-train model options…]
 //
 // One process, a world of one rank (a one-rank Communicator, as tests/unit/test_checkpoint.cpp).
 // With no model options it runs two configurations: d 1024 (4 layers, 16 heads, d_ff 4096, batch 4:
@@ -21,8 +22,9 @@
 // Before each timed part: sync(2); with --drop-caches also `echo 3 > /proc/sys/vm/drop_caches`
 // (root only; it makes the next write slower and disturbs every other process, so it is off).
 // Then, for the first configuration only (unless --no-train), per BLAS thread count in LIST
-// (default: all cores, then 1), K rounds of two windows of N train steps: one with nothing in
-// flight, one started right after save() returned (see bench_train). DIR defaults to
+// (default: all cores, then 1) and writer share in LIST (CheckpointWriter::set_background_share;
+// default 1,0.1), K rounds of two windows of N train steps: one with nothing in flight, one started
+// right after save() returned (see bench_train). DIR defaults to
 // build/bench-checkpoint; everything written there is removed.
 #include "bench/bench_config.hpp"
 #include "checkpoints/checkpoint.hpp"
@@ -283,6 +285,7 @@ WriteRow bench_write(const std::string& name, const uoe::Config& cfg, Trainee& t
 
 struct TrainRow {
   int threads = 0;
+  double share = 1;  // CheckpointWriter::set_background_share
   int steps = 0;  // train steps per window
   // Per round: tokens/s of a window of `steps` steps with nothing in flight and of one started
   // right after save() returned; the write's duration seen from the training thread (save()
@@ -307,21 +310,24 @@ double train_window(const uoe::Config& cfg, Trainee& tr, const std::vector<int32
 // save() returned and joined before wait(): the writer is only read, never changed, while it
 // runs). save() (the snapshot, on the training thread) is reported apart.
 TrainRow bench_train(const uoe::Config& cfg, Trainee& tr, const std::vector<int32_t>& tokens, const std::string& dir,
-                     int threads, int rounds, double write_alone_s, double window_factor, uoe::Communicator& comm,
-                     int& step) {
+                     int threads, double share, int rounds, double write_alone_s, double window_factor,
+                     uoe::Communicator& comm, int& step) {
   uoe::gemm_set_threads(threads);
   TrainRow row;
   row.threads = uoe::gemm_get_threads();
+  row.share = share;
   std::error_code ec;
   fs::remove_all(dir + "/train", ec);
   uoe::CheckpointWriter w(dir + "/train", 1, comm, uoe::shard_role_single());
+  w.set_background_share(share);
   int64_t tok = 0;
   train_window(cfg, tr, tokens, 1, step, tok);  // warm-up
   tok = 0;
   const double t_step = train_window(cfg, tr, tokens, 2, step, tok) / 2;
   w.save(tr.model->params(), *tr.opt, state_at(cfg, step));  // first save: allocates the snapshot buffers
   w.wait();
-  row.steps = std::clamp(static_cast<int>(std::ceil(window_factor * write_alone_s / t_step)), 3, 40);
+  // A paced write lasts about its CPU time (≈ the unpaced write) / share.
+  row.steps = std::clamp(static_cast<int>(std::ceil(window_factor * write_alone_s / std::min(1.0, share) / t_step)), 3, 80);
   for (int k = 0; k < rounds; ++k) {
     double idle = 0, window = 0, written = 0, save_s = 0;
     int64_t tok_idle = 0, tok_window = 0;
@@ -350,9 +356,9 @@ TrainRow bench_train(const uoe::Config& cfg, Trainee& tr, const std::vector<int3
     row.slowdown.push_back(100.0 * (window - idle) / written);
     row.save_s.push_back(save_s);
     std::fprintf(stderr,
-                 "  [train %d threads, round %d/%d] %d steps: %.2f s idle, %.2f s with the write in flight "
-                 "(write %.2f s, %.1f%% slower while in flight%s); save %.3f s\n",
-                 row.threads, k + 1, rounds, row.steps, idle, window, written, row.slowdown.back(),
+                 "  [train %d threads, writer share %.2f, round %d/%d] %d steps: %.2f s idle, %.2f s with the "
+                 "write in flight (write %.2f s, %.1f%% slower while in flight%s); save %.3f s\n",
+                 row.threads, share, k + 1, rounds, row.steps, idle, window, written, row.slowdown.back(),
                  written > window ? ", but the write outlasted the window" : "", save_s);
   }
   fs::remove_all(dir + "/train", ec);
@@ -367,12 +373,25 @@ std::vector<int> parse_list(const char* s) {
   return out;
 }
 
+std::vector<double> parse_shares(const char* s) {
+  std::vector<double> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    const double v = std::atof(item.c_str());
+    if (!(v > 0 && v <= 1)) uoe::fail("--shares: '", item, "' is not a share of one core in (0, 1]");
+    out.push_back(v);
+  }
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
     std::string csv, dir = "build/bench-checkpoint";
     int repeats = 3, rounds = 3;
+    std::vector<double> shares = {1.0, 0.1};
     double window = 3;
     bool train = true, drop = false;
     std::vector<int> threads;
@@ -388,6 +407,8 @@ int main(int argc, char** argv) {
         rounds = std::max(1, std::atoi(argv[++i]));
       else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc)
         threads = parse_list(argv[++i]);
+      else if (!std::strcmp(argv[i], "--shares") && i + 1 < argc)
+        shares = parse_shares(argv[++i]);
       else if (!std::strcmp(argv[i], "--no-train"))
         train = false;
       else if (!std::strcmp(argv[i], "--drop-caches"))
@@ -437,8 +458,9 @@ int main(int argc, char** argv) {
       if (c == 0 && train) {
         int step = 100;
         for (int t : threads)
-          trows.push_back(
-              bench_train(cfg, tr, tokens, dir, t, rounds, median(wrows.back().ck_bg_s), window, comm, step));
+          for (double sh : shares)
+            trows.push_back(
+                bench_train(cfg, tr, tokens, dir, t, sh, rounds, median(wrows.back().ck_bg_s), window, comm, step));
       }
     }
     std::printf("# page cache: %s before each timed write\n", dropped ? "sync + drop_caches"
@@ -471,11 +493,11 @@ int main(int argc, char** argv) {
           "# training with a write in flight: %s, %d tokens a step; windows of N steps idle and right after "
           "save(); slowdown = extra window time / write time; median / best of %d rounds\n",
           configs.front().first.c_str(), cfg.batch_size * cfg.seq_len, rounds);
-      std::printf("%-7s %4s %17s %17s %15s %15s %17s %9s\n", "threads", "N", "tokens/s idle", "tokens/s window",
-                  "write s", "extra s", "slowdown %", "save s");
+      std::printf("%-7s %5s %4s %17s %17s %15s %15s %17s %9s\n", "threads", "share", "N", "tokens/s idle",
+                  "tokens/s window", "write s", "extra s", "slowdown %", "save s");
       for (const TrainRow& r : trows)
-        std::printf("%-7d %4d %8.0f /%7.0f %8.0f /%7.0f %7.2f /%6.2f %7.2f /%6.2f %8.1f /%7.1f %9.3f\n", r.threads,
-                    r.steps, median(r.idle_tps), best(r.idle_tps), median(r.window_tps), best(r.window_tps),
+        std::printf("%-7d %5.2f %4d %8.0f /%7.0f %8.0f /%7.0f %7.2f /%6.2f %7.2f /%6.2f %8.1f /%7.1f %9.3f\n",
+                    r.threads, r.share, r.steps, median(r.idle_tps), best(r.idle_tps), median(r.window_tps), best(r.window_tps),
                     median(r.write_s), least(r.write_s), median(r.extra_s), least(r.extra_s), median(r.slowdown),
                     least(r.slowdown), median(r.save_s));
     }
@@ -488,18 +510,18 @@ int main(int argc, char** argv) {
                    "kind,config,threads,repeat,file_bytes,payload_bytes,raw_write_s,raw_fsync_s,raw_readback_s,"
                    "raw_write_fsync_mbs,raw_write_fsync_readback_mbs,ckpt_save_s,ckpt_background_s,ckpt_commit_s,"
                    "ckpt_cpu_s,ckpt_mbs,tokens_per_s_idle,tokens_per_s_window,write_in_flight_s,window_extra_s,"
-                   "slowdown_pct,window_steps\n");
+                   "slowdown_pct,window_steps,writer_share\n");
       for (const WriteRow& r : wrows)
         for (size_t i = 0; i < r.ck.size(); ++i)
-          std::fprintf(f, "write,%s,,%zu,%llu,%llu,%.4f,%.4f,%.4f,%.1f,%.1f,%.4f,%.4f,%.4f,%.3f,%.1f,,,,,,\n",
+          std::fprintf(f, "write,%s,,%zu,%llu,%llu,%.4f,%.4f,%.4f,%.1f,%.1f,%.4f,%.4f,%.4f,%.3f,%.1f,,,,,,,1\n",
                        r.config.c_str(), i, static_cast<unsigned long long>(r.bytes),
                        static_cast<unsigned long long>(r.payload), r.raw_cache_s[i], r.raw_fsync_s[i], r.raw_read_s[i],
                        r.raw_w[i], r.raw_wr[i], r.ck_save_s[i], r.ck_bg_s[i], r.ck_commit_s[i], r.ck_cpu_s[i], r.ck[i]);
       for (const TrainRow& r : trows)
         for (size_t i = 0; i < r.idle_tps.size(); ++i)
-          std::fprintf(f, "train,%s,%d,%zu,,,,,,,,%.4f,,,,,%.1f,%.1f,%.4f,%.4f,%.2f,%d\n",
+          std::fprintf(f, "train,%s,%d,%zu,,,,,,,,%.4f,,,,,%.1f,%.1f,%.4f,%.4f,%.2f,%d,%.3f\n",
                        configs.front().first.c_str(), r.threads, i, r.save_s[i], r.idle_tps[i], r.window_tps[i],
-                       r.write_s[i], r.extra_s[i], r.slowdown[i], r.steps);
+                       r.write_s[i], r.extra_s[i], r.slowdown[i], r.steps, r.share);
       std::fclose(f);
     }
     std::error_code ec;

@@ -16,6 +16,8 @@
 #include <span>
 #include <sstream>
 #include <system_error>
+#include <thread>
+#include <time.h>
 
 #include "checkpoints/h5.hpp"
 #include "checkpoints/manifest.hpp"
@@ -312,9 +314,14 @@ struct CheckpointWriter::Job {
   std::string shard_path;            // "" when this rank writes no shard
   int shard = -1, shards = 0;
   std::vector<Tensor> tensors;
-  std::vector<float> values, m, v;   // snapshot, tensors packed back to back
+  // Snapshot, tensors packed back to back, each vector one element longer than the tensors: the
+  // writer borrows the 4 bytes after each chunk (h5::dataset_write_in_place).
+  std::vector<float> values, m, v;
+  size_t elements = 0;               // of the tensors (the vectors hold one more)
   std::optional<Manifest> manifest;  // world rank 0 only
   double snapshot_seconds = 0;
+  double share = 1.0;                // of one core the writer may use until `hurry` (see Pacer)
+  std::atomic<bool> hurry{false};    // set by wait(): write at full speed from now on
   // Written by the background thread.
   std::atomic<bool> done{false};     // set last, after everything else the thread writes
   std::string error;
@@ -326,7 +333,36 @@ namespace {
 
 using Job = CheckpointWriter::Job;
 
-void shard_write(const Job& job) {
+double thread_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+// Keeps the background writer's CPU time within job.share of its wall time: called between
+// datasets, it sleeps (in slices, so that a wait() that sets `hurry` is noticed within ~10 ms)
+// until CPU / share seconds have passed since the job started. Uses the thread's measured CPU
+// time, so kernel copies into the page cache count too; time blocked in fsync does not.
+class Pacer {
+ public:
+  explicit Pacer(const Job& job) : job_(job), t0_(Clock::now()), cpu0_(thread_cpu_seconds()) {}
+  void operator()() const {
+    if (job_.share >= 1.0) return;
+    const double due = (thread_cpu_seconds() - cpu0_) / job_.share;  // wall seconds the CPU used so far needs
+    while (!job_.hurry.load(std::memory_order_relaxed)) {
+      const double left = due - seconds_since(t0_);
+      if (left <= 0) return;
+      std::this_thread::sleep_for(std::chrono::duration<double>(std::min(left, 0.01)));
+    }
+  }
+
+ private:
+  const Job& job_;
+  Clock::time_point t0_;
+  double cpu0_;
+};
+
+void shard_write(Job& job, const Pacer& pace) {
   const std::string& path = job.shard_path;
   h5::File f = h5::file_create(path);
   const hid_t file = f.get();
@@ -356,12 +392,20 @@ void shard_write(const Job& job) {
   h5::Group gm = h5::group_create(file, "/optim/m", path);
   h5::Group gv = h5::group_create(file, "/optim/v", path);
   const hid_t groups[3] = {model.get(), gm.get(), gv.get()};
-  const float* sources[3] = {job.values.data(), job.m.data(), job.v.data()};
+  float* sources[3] = {job.values.data(), job.m.data(), job.v.data()};
+  constexpr double kWritebackBytes = 32.0 * (1 << 20);  // start the device on every ~32 MiB written
+  double unsynced = 0;
   for (const Job::Tensor& t : job.tensors) {
     const std::vector<int64_t> dims = slab_dims(t.global_shape, t.begin, t.end);
+    unsynced += 3.0 * static_cast<double>(t.size) * sizeof(float);
+    if (unsynced >= kWritebackBytes) {
+      h5::start_writeback(file, path);
+      unsynced = 0;
+    }
     for (int g = 0; g < 3; ++g) {
+      pace();
       const std::string where = std::string(kGroups[g]) + "/" + t.name;
-      h5::Dataset d = h5::dataset_write(groups[g], t.name, dims, h5::Elem::f32, sources[g] + t.packed, path);
+      h5::Dataset d = h5::dataset_write_in_place(groups[g], t.name, dims, h5::Elem::f32, sources[g] + t.packed, path);
       h5::attr_write_i64s(d.get(), "global_shape", t.global_shape, path, where);
       h5::attr_write_i64(d.get(), "slab_begin", t.begin, path, where);
       h5::attr_write_i64(d.get(), "slab_end", t.end, path, where);
@@ -376,21 +420,20 @@ void shard_write(const Job& job) {
   f.close(path, "");
 }
 
-// Reads the shard back (checksums, shapes, attributes) and compares it bitwise with the snapshot.
-void shard_verify(const Job& job) {
+// Reads the shard back (shapes, attributes; every chunk raw) and compares it bitwise with the snapshot
+// and the checksums it must carry.
+void shard_verify(const Job& job, const Pacer& pace) {
   const std::string& path = job.shard_path;
   h5::File f = shard_open(path, job.step, job.shard, job.shards);
   shard_check_cursors(f.get(), path, job.step, job.state.seed);
   const float* sources[3] = {job.values.data(), job.m.data(), job.v.data()};
-  std::vector<float> back;
   for (const Job::Tensor& t : job.tensors)
     for (int g = 0; g < 3; ++g) {
+      pace();
       const std::string where = std::string(kGroups[g]) + "/" + t.name;
       h5::Dataset d = slab_open(f.get(), path, kGroups[g], t.name, t.global_shape, t.begin, t.end);
-      back.resize(t.size);
-      h5::dataset_read(d.get(), h5::Elem::f32, back.data(), path, where);
-      if (std::memcmp(back.data(), sources[g] + t.packed, t.size * sizeof(float)) != 0)
-        fail(path, ": dataset ", where, " reads back different from what was written");
+      h5::dataset_verify_chunks(d.get(), h5::Elem::f32, slab_dims(t.global_shape, t.begin, t.end),
+                                sources[g] + t.packed, path, where);
     }
 }
 
@@ -420,10 +463,13 @@ void job_run(Job& job) noexcept {
   try {
     h5::init_thread();
     if (!job.shard_path.empty()) {
-      shard_write(job);
+      // Verified from the page cache while the device writes (start_writeback), then made durable:
+      // nothing is committed unless both succeed.
+      const Pacer pace(job);
+      shard_write(job, pace);
+      shard_verify(job, pace);
       h5::fsync_path(job.shard_path, false);
-      shard_verify(job);
-      job.bytes += 3.0 * static_cast<double>(job.values.size()) * sizeof(float);
+      job.bytes += 3.0 * static_cast<double>(job.elements) * sizeof(float);
     }
     if (job.manifest) {
       const std::string path = join_path(job.tmp_dir, "manifest.h5");
@@ -456,6 +502,7 @@ CheckpointWriter::CheckpointWriter(std::string checkpoint_dir, int keep_last, Co
     : dir_(std::move(checkpoint_dir)), keep_last_(keep_last), world_(world), role_(role) {}
 
 CheckpointWriter::~CheckpointWriter() {
+  if (job_) job_->hurry.store(true, std::memory_order_relaxed);
   if (thread_.joinable()) thread_.join();
   if (job_)
     log_warn("checkpoint: step %lld was written but never committed (no wait() before the writer was destroyed); "
@@ -590,6 +637,7 @@ void CheckpointWriter::save(const ParamStore& params, AdamW& opt, const TrainSta
     spare_.reset();
   }
   job->step = state.step;
+  job->share = share_;
   job->state = state;
   job->state.world = role_.world_size;
   job->state.ep = role_.ep;
@@ -665,9 +713,10 @@ void CheckpointWriter::snapshot(const ParamStore& params, AdamW& opt, const Trai
     total += p.size;
     job->tensors.push_back(std::move(t));
   }
-  job->values.resize(total);
-  job->m.resize(total);
-  job->v.resize(total);
+  job->elements = total;
+  job->values.resize(total + 1);
+  job->m.resize(total + 1);
+  job->v.resize(total + 1);
   for (size_t k = 0; k < job->tensors.size(); ++k) {
     const ParamInfo& p = params.info(layout_->mine[k]);
     const size_t at = job->tensors[k].packed, bytes = p.size * sizeof(float);
@@ -695,8 +744,14 @@ void CheckpointWriter::snapshot(const ParamStore& params, AdamW& opt, const Trai
   }
 }
 
+void CheckpointWriter::set_background_share(double share) {
+  if (!(share > 0)) fail("checkpoint writer share must be positive (1 = unpaced), got ", share);
+  share_ = share;
+}
+
 void CheckpointWriter::wait() {
   if (!job_) return;
+  job_->hurry.store(true, std::memory_order_relaxed);
   if (thread_.joinable()) thread_.join();
   std::unique_ptr<Job> job = std::move(job_);
   h5::init_thread();

@@ -85,6 +85,14 @@ class CheckpointWriter {
   // names); the previous checkpoint and `latest` are untouched. No-op when nothing is in flight.
   void wait();
 
+  // Pacing of the background writer: while training runs, it uses at most `share` of one core
+  // (CPU time of its thread over wall time since it started, both measured; it sleeps between
+  // datasets to stay under), so that a write in flight slows the training threads it shares cores
+  // with by little (bench/README-checkpoint.md). wait(), and so the next save() and the end of a
+  // run, lifts the limit for the write it waits for. 1 (or more) = never paced. Applies from the
+  // next save(). Throws uoe::Error unless 0 < share.
+  void set_background_share(double share);
+
   bool in_flight() const { return job_ != nullptr; }
   // Local: this rank's shard of the in-flight checkpoint is written and verified (so wait() would
   // not block on this rank). The trainer agrees on it across ranks each step and then commits, so
@@ -107,6 +115,7 @@ class CheckpointWriter {
   Communicator& world_;
   ShardRole role_;
   std::unique_ptr<Layout> layout_;  // who writes which slab; gathered at the first save
+  double share_ = 1.0;              // set_background_share
   std::unique_ptr<Job> job_;        // in flight (written or being written, not yet committed)
   std::unique_ptr<Job> spare_;      // the last finished job, whose snapshot buffers save() reuses
   std::thread thread_;

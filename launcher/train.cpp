@@ -356,6 +356,7 @@ int train_run(const Config& cfg) {
   std::unique_ptr<CheckpointWriter> writer;
   if (!cfg.checkpoint_dir.empty()) {
     writer = std::make_unique<CheckpointWriter>(cfg.checkpoint_dir, cfg.keep_last, *groups.world, shard_role(groups));
+    writer->set_background_share(cfg.checkpoint_share);
     writer->prepare();
   }
   int start_step = 1;

@@ -103,6 +103,8 @@ struct OptionGroups {
       ("checkpoint-dir", bound(&c.checkpoint_dir), "directory for sharded HDF5 checkpoints (default: none)")
       ("checkpoint-every", bound(&c.checkpoint_every), "steps between checkpoints (0 = only at the end)")
       ("keep-last", bound(&c.keep_last), "committed checkpoints to keep (0 = all)")
+      ("checkpoint-writer-share", bound(&c.checkpoint_share),
+       "share of one core the background checkpoint writer may use while training runs (1 = unpaced)")
       ("resume", bound(&c.resume), "auto (newest valid checkpoint in --checkpoint-dir) or a checkpoint path")
       ("collective-timeout", bound(&c.collective_timeout),
        "seconds an exchange may wait before the job is aborted with a report")
@@ -286,6 +288,8 @@ void config_validate(const Config& c) {
   require_non_negative(c.threads, "--threads");
   require_non_negative(c.checkpoint_every, "--checkpoint-every");
   require_non_negative(c.keep_last, "--keep-last");
+  if (!(c.checkpoint_share > 0 && c.checkpoint_share <= 1))
+    fail("--checkpoint-writer-share ", c.checkpoint_share, ": expected a share of one core in (0, 1]");
   require_positive(c.max_bad_steps, "--max-bad-steps");
   if (!(c.collective_timeout > 0) || !std::isfinite(c.collective_timeout))
     fail("--collective-timeout ", c.collective_timeout, ": expected a finite number of seconds > 0");
@@ -405,6 +409,7 @@ std::string config_to_ini(const Config& c) {
   line("checkpoint-dir", c.checkpoint_dir);
   line("checkpoint-every", c.checkpoint_every);
   line("keep-last", c.keep_last);
+  real("checkpoint-writer-share", c.checkpoint_share);
   line("resume", c.resume);
   real("collective-timeout", c.collective_timeout);
   line("max-bad-steps", c.max_bad_steps);

@@ -370,6 +370,26 @@ TEST_F(Checkpoint, LatestNamesNewestAndKeepLastPrunesOnlyAfterCommit) {
   w.wait();  // nothing in flight: a no-op
 }
 
+// A paced writer (a share so small that, unhurried, it would write for hours) still commits a
+// checkpoint that loads bitwise: wait() lifts the pacing (a hang here is a test timeout), and the
+// snapshot it wrote from (whose bytes the in-place writer borrows) is what was saved.
+TEST_F(Checkpoint, PacedWriterIsHurriedByWaitAndWritesTheSnapshot) {
+  Trainee t(cfg_, 7, 99);
+  uoe::CheckpointWriter w(dir_, 0, comm_, uoe::shard_role_single());
+  EXPECT_THROW(w.set_background_share(0), uoe::Error);
+  EXPECT_THROW(w.set_background_share(-1), uoe::Error);
+  w.set_background_share(1e-6);
+  w.save(t.params(), *t.opt, state_at(cfg_, 4));
+  w.wait();
+  EXPECT_EQ(read_text(dir_ + "/latest"), "step_00000004");
+  Trainee back(cfg_, 9, 0);
+  load(step_dir(4), back);
+  EXPECT_TRUE(bitwise_equal(t.params().values(), back.params().values()));
+  EXPECT_TRUE(bitwise_equal(t.opt->m(), back.opt->m()));
+  EXPECT_TRUE(bitwise_equal(t.opt->v(), back.opt->v()));
+  uoe::checkpoint_verify(step_dir(4));
+}
+
 TEST_F(Checkpoint, SavingAnExistingStepReplacesIt) {
   Trainee a(cfg_, 7, 99);
   save(a, 3);
