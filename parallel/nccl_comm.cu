@@ -338,6 +338,32 @@ void NcclCommunicator::do_all_to_all_blocks(const void* send, const PeerBlocks& 
   complete("all_to_all_v (blocks)");
 }
 
+void NcclCommunicator::do_all_to_all_matched(const void* send, const PeerBlocks& s, void* recv, const PeerBlocks& r,
+                                             DType t) {
+  require_live("all_to_all_v (matched blocks)");
+  require_device_memory(send, "all_to_all_v (matched blocks, send)");
+  require_device_memory(recv, "all_to_all_v (matched blocks, recv)");
+  const size_t es = dtype_size(t);
+  const ncclDataType_t nt = nccl_datatype(t);
+  const char* src = static_cast<const char*>(send);
+  char* dst = static_cast<char*>(recv);
+  // The self blocks travel through NCCL too (a send to and receive from this rank, matched in
+  // order like any other pair), so no host-side pairing of differently cut blocks is needed.
+  UOE_NCCL_QUEUE(ncclGroupStart());
+  for (int p = 0; p < size_; ++p) {
+    for (int b = s.first[p]; b < s.first[p + 1]; ++b)
+      if (s.count[b] > 0)
+        UOE_NCCL_QUEUE(ncclSend(src + static_cast<size_t>(s.offset[b]) * es, static_cast<size_t>(s.count[b]), nt, p,
+                                comm_, stream()));
+    for (int b = r.first[p]; b < r.first[p + 1]; ++b)
+      if (r.count[b] > 0)
+        UOE_NCCL_QUEUE(ncclRecv(dst + static_cast<size_t>(r.offset[b]) * es, static_cast<size_t>(r.count[b]), nt, p,
+                                comm_, stream()));
+  }
+  UOE_NCCL_QUEUE(ncclGroupEnd());
+  complete("all_to_all_v (matched blocks)");
+}
+
 void NcclCommunicator::do_all_to_all(const void* send, void* recv, int count, DType t) {
   require_live("all_to_all");
   require_device_memory(send, "all_to_all (send)");

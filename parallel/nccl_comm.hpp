@@ -103,6 +103,10 @@ class NcclCommunicator final : public Communicator {
   Request do_ialltoallv(const void* send, Displaced s, void* recv, Displaced r, DType t) override;
   void do_all_to_all_blocks(const void* send, const PeerBlocks& s, void* recv, const PeerBlocks& r,
                             DType t) override;
+  // Matched blocks need no staging: one ncclSend/ncclRecv per non-empty block inside one group
+  // (NCCL matches a pair's operations in the order they are queued, as MPI does).
+  void do_all_to_all_matched(const void* send, const PeerBlocks& s, void* recv, const PeerBlocks& r,
+                             DType t) override;
   void do_all_to_all(const void* send, void* recv, int count, DType t) override;
   void do_all_reduce_sum(void* data, int count, DType t) override;
   Request do_iallreduce_sum(void* data, int count, DType t) override;
