@@ -433,6 +433,18 @@ struct ChunkGrid {
       UOE_ASSERT(i < cut ? chunk[i] == 1 : i > cut ? chunk[i] == static_cast<hsize_t>(dims[i]) : true,
                  "unexpected chunk shape");
   }
+  // Calls f(c, offset, first_byte, valid_bytes) for every chunk c in C order over the grid: its
+  // logical offset, the byte where its data starts in the C-order data, and how many of its bytes
+  // are data (the rest of the stored chunk is padding).
+  template <class F>
+  void each(const std::vector<int64_t>& dims, size_t elem_bytes, F&& f) const {
+    std::vector<hsize_t> offset;
+    for (int64_t c = 0; c < chunks; ++c) {
+      int64_t first = 0, valid = 0;
+      locate(c, dims, offset, &first, &valid);
+      f(c, offset, static_cast<size_t>(first) * elem_bytes, static_cast<size_t>(valid) * elem_bytes);
+    }
+  }
   // Chunk c (C order over the grid): its logical offset, first element in the data, and how many
   // of its elements are data (the rest is padding).
   void locate(int64_t c, const std::vector<int64_t>& dims, std::vector<hsize_t>& offset, int64_t* first,
@@ -487,15 +499,11 @@ Dataset write_chunks(hid_t loc, const std::string& name, const std::vector<int64
   const size_t chunk_bytes = static_cast<size_t>(grid.chunk_elems) * es;
   thread_local std::vector<unsigned char> stage;
   stage.resize(chunk_bytes + sizeof(uint32_t));
-  std::vector<hsize_t> offset;
-  for (int64_t c = 0; c < grid.chunks; ++c) {
-    int64_t first = 0, valid = 0;
-    grid.locate(c, dims, offset, &first, &valid);
-    const size_t valid_bytes = static_cast<size_t>(valid) * es;
+  grid.each(dims, es, [&](int64_t, const std::vector<hsize_t>& offset, size_t first, size_t valid_bytes) {
     if (in_place && valid_bytes == chunk_bytes) {
       // A whole chunk, straight from the caller's memory: its checksum goes into the 4 bytes after
       // it for the write, and they get their own value back at once.
-      unsigned char* at = in_place + static_cast<size_t>(first) * es;
+      unsigned char* at = in_place + first;
       unsigned char saved[sizeof(uint32_t)];
       std::memcpy(saved, at + chunk_bytes, sizeof saved);
       const uint32_t sum = fletcher32(at, chunk_bytes);
@@ -503,14 +511,14 @@ Dataset write_chunks(hid_t loc, const std::string& name, const std::vector<int64
       const herr_t rc = H5Dwrite_chunk(d.get(), H5P_DEFAULT, 0, offset.data(), chunk_bytes + sizeof sum, at);
       std::memcpy(at + chunk_bytes, saved, sizeof saved);
       UOE_CHECK_H5(rc, file, name);
-      continue;
+      return;
     }
-    std::memcpy(stage.data(), static_cast<const unsigned char*>(data) + static_cast<size_t>(first) * es, valid_bytes);
+    std::memcpy(stage.data(), static_cast<const unsigned char*>(data) + first, valid_bytes);
     if (valid_bytes < chunk_bytes) std::memset(stage.data() + valid_bytes, 0, chunk_bytes - valid_bytes);
     const uint32_t sum = fletcher32(stage.data(), chunk_bytes);
     std::memcpy(stage.data() + chunk_bytes, &sum, sizeof sum);
     UOE_CHECK_H5(H5Dwrite_chunk(d.get(), H5P_DEFAULT, 0, offset.data(), stage.size(), stage.data()), file, name);
-  }
+  });
   return d;
 }
 
@@ -533,27 +541,23 @@ void dataset_verify_chunks(hid_t dset, Elem elem, const std::vector<int64_t>& di
   const size_t chunk_bytes = static_cast<size_t>(grid.chunk_elems) * es;
   thread_local std::vector<unsigned char> back;
   back.resize(chunk_bytes + sizeof(uint32_t));
-  std::vector<hsize_t> offset;
-  for (int64_t c = 0; c < grid.chunks; ++c) {
-    int64_t first = 0, valid = 0;
-    grid.locate(c, dims, offset, &first, &valid);
+  grid.each(dims, es, [&](int64_t c, const std::vector<hsize_t>& offset, size_t first, size_t valid_bytes) {
     hsize_t stored = 0;
     UOE_CHECK_H5(H5Dget_chunk_storage_size(dset, offset.data(), &stored), file, name);
     if (stored != back.size())
       ::uoe::fail(file, ": dataset ", name, " chunk ", c, " stores ", stored, " bytes, expected ", back.size());
     uint32_t filters = 0;
     UOE_CHECK_H5(H5Dread_chunk(dset, H5P_DEFAULT, offset.data(), &filters, back.data()), file, name);
-    const size_t valid_bytes = static_cast<size_t>(valid) * es;
     uint32_t sum = 0;
     std::memcpy(&sum, back.data() + chunk_bytes, sizeof sum);
-    const bool padding_zero =
-        std::all_of(back.begin() + static_cast<std::ptrdiff_t>(valid_bytes), back.begin() + static_cast<std::ptrdiff_t>(chunk_bytes),
-                    [](unsigned char x) { return x == 0; });
+    const bool padding_zero = std::all_of(back.begin() + static_cast<std::ptrdiff_t>(valid_bytes),
+                                          back.begin() + static_cast<std::ptrdiff_t>(chunk_bytes),
+                                          [](unsigned char x) { return x == 0; });
     if (filters != 0 || !padding_zero ||
-        std::memcmp(back.data(), static_cast<const unsigned char*>(data) + static_cast<size_t>(first) * es, valid_bytes) != 0 ||
+        std::memcmp(back.data(), static_cast<const unsigned char*>(data) + first, valid_bytes) != 0 ||
         sum != fletcher32(back.data(), chunk_bytes))
       ::uoe::fail(file, ": dataset ", name, " reads back different from what was written (chunk ", c, ")");
-  }
+  });
 }
 
 Dataset dataset_open(hid_t loc, const std::string& name, const std::string& file) {
