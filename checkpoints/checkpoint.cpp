@@ -7,11 +7,15 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <deque>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <sstream>
@@ -362,7 +366,81 @@ class Pacer {
   double cpu0_;
 };
 
-void shard_write(Job& job, const Pacer& pace) {
+// Verifies datasets of the shard while the writer thread writes the next ones (ChunkCheck::data:
+// raw chunks read back and compared with the snapshot, on the file still open for writing; the
+// chunk index and filter masks are checked after reopening, in shard_verify). HDF5 serialises the
+// two threads' calls, but the checksums, compares and the writer's own checksums run side by side.
+// Used when the writer is not paced (share 1): a paced writer has time, not cores, to spare.
+class ConcurrentVerifier {
+ public:
+  explicit ConcurrentVerifier(const std::string& path) : path_(path), thread_([this] { run(); }) {}
+  // Stops and joins without reporting (the writer is already failing when this runs first).
+  ~ConcurrentVerifier() { stop(); }
+  ConcurrentVerifier(const ConcurrentVerifier&) = delete;
+  ConcurrentVerifier& operator=(const ConcurrentVerifier&) = delete;
+
+  // Dataset `name` of group `group` (an open hid_t that outlives finish()), shape `dims`, must hold
+  // `data` (which nobody writes until finish()).
+  void add(hid_t group, std::string name, std::vector<int64_t> dims, const float* data) {
+    {
+      const std::lock_guard<std::mutex> lock(mu_);
+      tasks_.push_back(Task{group, std::move(name), std::move(dims), data});
+    }
+    cv_.notify_one();
+  }
+  // Verifies what is queued, stops the thread, and rethrows the first failure.
+  void finish() {
+    stop();
+    if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
+  }
+
+ private:
+  void stop() {
+    {
+      const std::lock_guard<std::mutex> lock(mu_);
+      closing_ = true;
+    }
+    cv_.notify_one();
+    if (thread_.joinable()) thread_.join();
+  }
+  struct Task {
+    hid_t group;
+    std::string name;
+    std::vector<int64_t> dims;
+    const float* data;
+  };
+  void run() {
+    h5::init_thread();
+    for (;;) {
+      Task t;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return closing_ || !tasks_.empty(); });
+        if (tasks_.empty()) return;
+        t = std::move(tasks_.front());
+        tasks_.pop_front();
+      }
+      if (error_) continue;  // drain after a failure; the first one is reported
+      try {
+        h5::Dataset d = h5::dataset_open(t.group, t.name, path_);
+        h5::dataset_verify_chunks(d.get(), h5::Elem::f32, t.dims, t.data, path_, t.name, h5::ChunkCheck::data);
+      } catch (...) {
+        error_ = std::current_exception();
+      }
+    }
+  }
+  const std::string path_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Task> tasks_;
+  bool closing_ = false;
+  std::exception_ptr error_;  // written by the thread, read after join
+  std::thread thread_;        // last: starts after everything it uses exists
+};
+
+// Writes this rank's shard; with verify_concurrently, each dataset is verified (ChunkCheck::data) by
+// a ConcurrentVerifier while the next ones are written.
+void shard_write(Job& job, const Pacer& pace, bool verify_concurrently) {
   const std::string& path = job.shard_path;
   h5::File f = h5::file_create(path);
   const hid_t file = f.get();
@@ -395,6 +473,8 @@ void shard_write(Job& job, const Pacer& pace) {
   float* sources[3] = {job.values.data(), job.m.data(), job.v.data()};
   constexpr double kWritebackBytes = 32.0 * (1 << 20);  // start the device on every ~32 MiB written
   double unsynced = 0;
+  std::optional<ConcurrentVerifier> verifier;  // destroyed (joined) before the groups it reads
+  if (verify_concurrently) verifier.emplace(path);
   for (const Job::Tensor& t : job.tensors) {
     const std::vector<int64_t> dims = slab_dims(t.global_shape, t.begin, t.end);
     unsynced += 3.0 * static_cast<double>(t.size) * sizeof(float);
@@ -411,8 +491,10 @@ void shard_write(Job& job, const Pacer& pace) {
       h5::attr_write_i64(d.get(), "slab_end", t.end, path, where);
       h5::attr_write_i64(d.get(), "global_offset", t.begin * row_elems(t.global_shape), path, where);
       d.close(path, where);
+      if (verifier) verifier->add(groups[g], t.name, dims, sources[g] + t.packed);
     }
   }
+  if (verifier) verifier->finish();
   gv.close(path, "/optim/v");
   gm.close(path, "/optim/m");
   optim.close(path, "/optim");
@@ -422,7 +504,7 @@ void shard_write(Job& job, const Pacer& pace) {
 
 // Reads the shard back (shapes, attributes; every chunk raw) and compares it bitwise with the snapshot
 // and the checksums it must carry.
-void shard_verify(const Job& job, const Pacer& pace) {
+void shard_verify(const Job& job, const Pacer& pace, h5::ChunkCheck check) {
   const std::string& path = job.shard_path;
   h5::File f = shard_open(path, job.step, job.shard, job.shards);
   shard_check_cursors(f.get(), path, job.step, job.state.seed);
@@ -433,7 +515,7 @@ void shard_verify(const Job& job, const Pacer& pace) {
       const std::string where = std::string(kGroups[g]) + "/" + t.name;
       h5::Dataset d = slab_open(f.get(), path, kGroups[g], t.name, t.global_shape, t.begin, t.end);
       h5::dataset_verify_chunks(d.get(), h5::Elem::f32, slab_dims(t.global_shape, t.begin, t.end),
-                                sources[g] + t.packed, path, where);
+                                sources[g] + t.packed, path, where, check);
     }
 }
 
@@ -465,9 +547,12 @@ void job_run(Job& job) noexcept {
     if (!job.shard_path.empty()) {
       // Verified from the page cache while the device writes (start_writeback), then made durable:
       // nothing is committed unless both succeed.
+      // Unpaced, the data is verified while the next datasets are written and the reopened file's
+      // chunk index afterwards; paced, everything is verified after writing, on this thread.
       const Pacer pace(job);
-      shard_write(job, pace);
-      shard_verify(job, pace);
+      const bool concurrent = job.share >= 1.0;
+      shard_write(job, pace, concurrent);
+      shard_verify(job, pace, concurrent ? h5::ChunkCheck::index : h5::ChunkCheck::all);
       h5::fsync_path(job.shard_path, false);
       job.bytes += 3.0 * static_cast<double>(job.elements) * sizeof(float);
     }

@@ -154,12 +154,21 @@ Dataset dataset_write(hid_t loc, const std::string& name, const std::vector<int6
 // else may read [data, data + bytes + 4) meanwhile; on return `data` holds what it held before.
 Dataset dataset_write_in_place(hid_t loc, const std::string& name, const std::vector<int64_t>& dims, Elem elem,
                                void* data, const std::string& file);
-// Reads back every stored chunk of a dataset written by dataset_write (raw, H5Dread_chunk) and
-// throws unless each holds exactly `data`'s part, zero padding and its correct Fletcher32, stored
-// with the filter marked as applied. Use it on a reopened file: HDF5 1.10.8 reports a filter mask
-// of all ones for chunks written directly through the same open file.
+// What dataset_verify_chunks checks of every stored chunk of a dataset written by dataset_write.
+enum class ChunkCheck {
+  // Index and data: stored size, filter mask 0 (checksum applied), and the raw bytes
+  // (H5Dread_chunk): exactly `data`'s part, zero padding, the correct Fletcher32. Use on a
+  // reopened file: HDF5 1.10.8 reports a filter mask of all ones for chunks written directly
+  // through the same open file.
+  all,
+  // Data only (sizes and raw bytes as above, no filter mask): usable on the file being written.
+  data,
+  // Index only (every chunk present with its stored size and filter mask 0); `data` is not read.
+  index,
+};
+// Throws, naming the dataset and chunk, unless every chunk passes `check`.
 void dataset_verify_chunks(hid_t dset, Elem elem, const std::vector<int64_t>& dims, const void* data,
-                           const std::string& file, const std::string& name);
+                           const std::string& file, const std::string& name, ChunkCheck check = ChunkCheck::all);
 
 Dataset dataset_open(hid_t loc, const std::string& name, const std::string& file);
 std::vector<int64_t> dataset_dims(hid_t dset, const std::string& file, const std::string& name);
