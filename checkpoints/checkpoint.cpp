@@ -366,16 +366,20 @@ class Pacer {
   double cpu0_;
 };
 
-// Verifies datasets of the shard while the writer thread writes the next ones (ChunkCheck::data:
-// raw chunks read back and compared with the snapshot, on the file still open for writing; the
-// chunk index and filter masks are checked after reopening, in shard_verify). HDF5 serialises the
-// two threads' calls, but the checksums, compares and the writer's own checksums run side by side.
+// Verifies datasets of the shard while the writer thread writes the next ones: each dataset's raw
+// chunks are read back with pread on a descriptor of its own and compared with the snapshot
+// (h5::dataset_verify_chunks_pread: only the chunk lookup takes HDF5's lock, so the reads and
+// compares run beside the writer's HDF5 calls); the chunk index and filter masks are checked
+// after reopening, in shard_verify.
 // Used when the writer is not paced (share 1): a paced writer has time, not cores, to spare.
 class ConcurrentVerifier {
  public:
-  explicit ConcurrentVerifier(const std::string& path) : path_(path), thread_([this] { run(); }) {}
+  explicit ConcurrentVerifier(const std::string& path) : path_(path), fd_(open_read(path)), thread_([this] { run(); }) {}
   // Stops and joins without reporting (the writer is already failing when this runs first).
-  ~ConcurrentVerifier() { stop(); }
+  ~ConcurrentVerifier() {
+    stop();
+    ::close(fd_);
+  }
   ConcurrentVerifier(const ConcurrentVerifier&) = delete;
   ConcurrentVerifier& operator=(const ConcurrentVerifier&) = delete;
 
@@ -423,13 +427,19 @@ class ConcurrentVerifier {
       if (error_) continue;  // drain after a failure; the first one is reported
       try {
         h5::Dataset d = h5::dataset_open(t.group, t.name, path_);
-        h5::dataset_verify_chunks(d.get(), h5::Elem::f32, t.dims, t.data, path_, t.name, h5::ChunkCheck::data);
+        h5::dataset_verify_chunks_pread(d.get(), fd_, h5::Elem::f32, t.dims, t.data, path_, t.name);
       } catch (...) {
         error_ = std::current_exception();
       }
     }
   }
+  static int open_read(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) fail("cannot open ", path, " to verify it: ", std::strerror(errno));
+    return fd;
+  }
   const std::string path_;
+  const int fd_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Task> tasks_;
@@ -438,8 +448,8 @@ class ConcurrentVerifier {
   std::thread thread_;        // last: starts after everything it uses exists
 };
 
-// Writes this rank's shard; with verify_concurrently, each dataset is verified (ChunkCheck::data) by
-// a ConcurrentVerifier while the next ones are written.
+// Writes this rank's shard; with verify_concurrently, each dataset's data is verified by a
+// ConcurrentVerifier while the next ones are written.
 void shard_write(Job& job, const Pacer& pace, bool verify_concurrently) {
   const std::string& path = job.shard_path;
   h5::File f = h5::file_create(path);

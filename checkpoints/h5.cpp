@@ -534,6 +534,21 @@ Dataset dataset_write_in_place(hid_t loc, const std::string& name, const std::ve
   return write_chunks(loc, name, dims, elem, data, static_cast<unsigned char*>(data), file);
 }
 
+namespace {
+
+// A stored chunk `back` (chunk_bytes of data and padding, then the checksum) holds `valid` bytes of
+// `data`, zeros after them, and the Fletcher32 of both.
+bool chunk_holds(const std::vector<unsigned char>& back, size_t chunk_bytes, const unsigned char* data, size_t valid) {
+  uint32_t sum = 0;
+  std::memcpy(&sum, back.data() + chunk_bytes, sizeof sum);
+  return std::memcmp(back.data(), data, valid) == 0 &&
+         std::all_of(back.begin() + static_cast<std::ptrdiff_t>(valid),
+                     back.begin() + static_cast<std::ptrdiff_t>(chunk_bytes), [](unsigned char x) { return x == 0; }) &&
+         sum == fletcher32(back.data(), chunk_bytes);
+}
+
+}  // namespace
+
 void dataset_verify_chunks(hid_t dset, Elem elem, const std::vector<int64_t>& dims, const void* data,
                            const std::string& file, const std::string& name, ChunkCheck check) {
   const size_t es = elem_size(elem);
@@ -544,13 +559,9 @@ void dataset_verify_chunks(hid_t dset, Elem elem, const std::vector<int64_t>& di
   grid.each(dims, es, [&](int64_t c, const std::vector<hsize_t>& offset, size_t first, size_t valid_bytes) {
     hsize_t stored = 0;
     unsigned mask = 0;
-    if (check == ChunkCheck::data) {
-      UOE_CHECK_H5(H5Dget_chunk_storage_size(dset, offset.data(), &stored), file, name);
-    } else {
-      haddr_t addr = 0;
-      UOE_CHECK_H5(H5Dget_chunk_info_by_coord(dset, offset.data(), &mask, &addr, &stored), file, name);
-      if (addr == HADDR_UNDEF) ::uoe::fail(file, ": dataset ", name, " chunk ", c, " was never written");
-    }
+    haddr_t addr = 0;
+    UOE_CHECK_H5(H5Dget_chunk_info_by_coord(dset, offset.data(), &mask, &addr, &stored), file, name);
+    if (addr == HADDR_UNDEF) ::uoe::fail(file, ": dataset ", name, " chunk ", c, " was never written");
     if (stored != back.size())
       ::uoe::fail(file, ": dataset ", name, " chunk ", c, " stores ", stored, " bytes, expected ", back.size());
     if (mask != 0)
@@ -559,17 +570,47 @@ void dataset_verify_chunks(hid_t dset, Elem elem, const std::vector<int64_t>& di
     if (check == ChunkCheck::index) return;
     uint32_t filters = 0;
     UOE_CHECK_H5(H5Dread_chunk(dset, H5P_DEFAULT, offset.data(), &filters, back.data()), file, name);
-    if (check == ChunkCheck::data) filters = 0;  // see ChunkCheck::all
-    uint32_t sum = 0;
-    std::memcpy(&sum, back.data() + chunk_bytes, sizeof sum);
-    const bool padding_zero = std::all_of(back.begin() + static_cast<std::ptrdiff_t>(valid_bytes),
-                                          back.begin() + static_cast<std::ptrdiff_t>(chunk_bytes),
-                                          [](unsigned char x) { return x == 0; });
-    if (filters != 0 || !padding_zero ||
-        std::memcmp(back.data(), static_cast<const unsigned char*>(data) + first, valid_bytes) != 0 ||
-        sum != fletcher32(back.data(), chunk_bytes))
+    if (filters != 0 || !chunk_holds(back, chunk_bytes, static_cast<const unsigned char*>(data) + first, valid_bytes))
       ::uoe::fail(file, ": dataset ", name, " reads back different from what was written (chunk ", c, ")");
   });
+}
+
+void dataset_verify_chunks_pread(hid_t dset, int fd, Elem elem, const std::vector<int64_t>& dims, const void* data,
+                                 const std::string& file, const std::string& name) {
+  const size_t es = elem_size(elem);
+  const ChunkGrid grid(dims, es);
+  const size_t chunk_bytes = static_cast<size_t>(grid.chunk_elems) * es;
+  struct Where {
+    haddr_t addr;
+    size_t first, valid;
+  };
+  std::vector<Where> where;  // 1. from the index, under HDF5's lock
+  where.reserve(static_cast<size_t>(grid.chunks));
+  grid.each(dims, es, [&](int64_t c, const std::vector<hsize_t>& offset, size_t first, size_t valid_bytes) {
+    hsize_t stored = 0;
+    unsigned mask = 0;
+    haddr_t addr = 0;
+    UOE_CHECK_H5(H5Dget_chunk_info_by_coord(dset, offset.data(), &mask, &addr, &stored), file, name);
+    if (addr == HADDR_UNDEF || stored != chunk_bytes + sizeof(uint32_t))
+      ::uoe::fail(file, ": dataset ", name, " chunk ", c, " stores ", stored, " bytes, expected ",
+                  chunk_bytes + sizeof(uint32_t));
+    where.push_back(Where{addr, first, valid_bytes});
+  });
+  thread_local std::vector<unsigned char> back;  // 2. the bytes, without HDF5
+  back.resize(chunk_bytes + sizeof(uint32_t));
+  for (size_t c = 0; c < where.size(); ++c) {
+    size_t got = 0;
+    while (got < back.size()) {
+      const ssize_t n = ::pread(fd, back.data() + got, back.size() - got, static_cast<off_t>(where[c].addr + got));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0)
+        ::uoe::fail(file, ": dataset ", name, " chunk ", c, " cannot be read back: ",
+                    n < 0 ? std::strerror(errno) : "end of file");
+      got += static_cast<size_t>(n);
+    }
+    if (!chunk_holds(back, chunk_bytes, static_cast<const unsigned char*>(data) + where[c].first, where[c].valid))
+      ::uoe::fail(file, ": dataset ", name, " reads back different from what was written (chunk ", c, ")");
+  }
 }
 
 Dataset dataset_open(hid_t loc, const std::string& name, const std::string& file) {

@@ -161,14 +161,21 @@ enum class ChunkCheck {
   // reopened file: HDF5 1.10.8 reports a filter mask of all ones for chunks written directly
   // through the same open file.
   all,
-  // Data only (sizes and raw bytes as above, no filter mask): usable on the file being written.
-  data,
   // Index only (every chunk present with its stored size and filter mask 0); `data` is not read.
   index,
 };
 // Throws, naming the dataset and chunk, unless every chunk passes `check`.
 void dataset_verify_chunks(hid_t dset, Elem elem, const std::vector<int64_t>& dims, const void* data,
                            const std::string& file, const std::string& name, ChunkCheck check = ChunkCheck::all);
+// The data part of that check on a file still open for writing, mostly outside HDF5: the chunks'
+// addresses and stored sizes come from the index (a few HDF5 calls), then each chunk is read with
+// pread(2) from `fd` (a descriptor of the same file, opened by the caller) and compared as above
+// (data, zero padding, Fletcher32). HDF5 serialises its calls behind one lock; the reads and
+// compares here do not take it, so they run beside another thread's HDF5 writes. Relies on raw
+// chunk data reaching the file when H5Dwrite_chunk returns (sec2 driver, no page buffer: true for
+// the files h5:: creates) and on a file without a user block (addresses are file offsets).
+void dataset_verify_chunks_pread(hid_t dset, int fd, Elem elem, const std::vector<int64_t>& dims, const void* data,
+                                 const std::string& file, const std::string& name);
 
 Dataset dataset_open(hid_t loc, const std::string& name, const std::string& file);
 std::vector<int64_t> dataset_dims(hid_t dset, const std::string& file, const std::string& name);

@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 #include <hdf5.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cstring>
 #include <filesystem>
 #include <random>
@@ -117,6 +120,17 @@ TEST_F(H5Chunks, DirectChunkWritesReadBackThroughHdf5sVerifyingFilter) {
       EXPECT_EQ(copy, data.back());
       return w;
     }();
+    // On the file still open for writing, through a descriptor of its own (the concurrent verifier's
+    // way): every chunk already holds its bytes; a different source is caught.
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0);
+    EXPECT_NO_THROW(uoe::h5::dataset_verify_chunks_pread(d.get(), fd, uoe::h5::Elem::f32, shapes[k], data.back().data(),
+                                                         path, "t"));
+    std::vector<float> other = data.back();
+    other.back() = -other.back() - 1.0f;  // the last element: in a partial chunk where there is one
+    EXPECT_THROW(uoe::h5::dataset_verify_chunks_pread(d.get(), fd, uoe::h5::Elem::f32, shapes[k], other.data(), path, "t"),
+                 uoe::Error);
+    ::close(fd);
     d.close(path, "t");
   }
   f.close(path, "");
