@@ -374,7 +374,14 @@ class Pacer {
 // Used when the writer is not paced (share 1): a paced writer has time, not cores, to spare.
 class ConcurrentVerifier {
  public:
-  explicit ConcurrentVerifier(const std::string& path) : path_(path), fd_(open_read(path)), thread_([this] { run(); }) {}
+  explicit ConcurrentVerifier(const std::string& path) : path_(path), fd_(open_read(path)) {
+    try {
+      thread_ = std::thread([this] { run(); });
+    } catch (...) {
+      ::close(fd_);  // a throwing constructor runs no destructor
+      throw;
+    }
+  }
   // Stops and joins without reporting (the writer is already failing when this runs first).
   ~ConcurrentVerifier() {
     stop();
@@ -445,7 +452,7 @@ class ConcurrentVerifier {
   std::deque<Task> tasks_;
   bool closing_ = false;
   std::exception_ptr error_;  // written by the thread, read after join
-  std::thread thread_;        // last: starts after everything it uses exists
+  std::thread thread_;
 };
 
 // Writes this rank's shard; with verify_concurrently, each dataset's data is verified by a
