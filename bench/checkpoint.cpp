@@ -365,24 +365,22 @@ TrainRow bench_train(const uoe::Config& cfg, Trainee& tr, const std::vector<int3
   return row;
 }
 
-std::vector<int> parse_list(const char* s) {
-  std::vector<int> out;
+// The comma-separated items of `s`, each converted by `convert`.
+template <class T, class F>
+std::vector<T> parse_list(const char* s, F convert) {
+  std::vector<T> out;
   std::stringstream ss(s);
   std::string item;
-  while (std::getline(ss, item, ',')) out.push_back(std::atoi(item.c_str()));
+  while (std::getline(ss, item, ',')) out.push_back(convert(item));
   return out;
 }
 
-std::vector<double> parse_shares(const char* s) {
-  std::vector<double> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    const double v = std::atof(item.c_str());
-    if (!(v > 0 && v <= 1)) uoe::fail("--shares: '", item, "' is not a share of one core in (0, 1]");
-    out.push_back(v);
-  }
-  return out;
+int parse_threads(const std::string& item) { return std::atoi(item.c_str()); }
+
+double parse_share(const std::string& item) {
+  const double v = std::atof(item.c_str());
+  if (!(v > 0 && v <= 1)) uoe::fail("--shares: '", item, "' is not a share of one core in (0, 1]");
+  return v;
 }
 
 }  // namespace
@@ -406,9 +404,9 @@ int main(int argc, char** argv) {
       else if (!std::strcmp(argv[i], "--rounds") && i + 1 < argc)
         rounds = std::max(1, std::atoi(argv[++i]));
       else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc)
-        threads = parse_list(argv[++i]);
+        threads = parse_list<int>(argv[++i], parse_threads);
       else if (!std::strcmp(argv[i], "--shares") && i + 1 < argc)
-        shares = parse_shares(argv[++i]);
+        shares = parse_list<double>(argv[++i], parse_share);
       else if (!std::strcmp(argv[i], "--no-train"))
         train = false;
       else if (!std::strcmp(argv[i], "--drop-caches"))
