@@ -356,9 +356,7 @@ void Model::block_backward(int b, float* dh, int N, float loss_scale) {
     for (int j = 0; j < d; ++j) dy[j] = w * g[j];
     if (!c.routed) continue;  // gate 1 is a constant: no router to send its gradient to
     const float* y = c.y_src.data() + static_cast<size_t>(i) * d;
-    float dot = 0.0f;
-    for (int j = 0; j < d; ++j) dot += g[j] * y[j];
-    dgate[c.src_gate[i]] += dot;
+    dgate[c.src_gate[i]] += dot_lanes(g, y, d);
   }
 
   // The same pipeline in reverse: output gradients travel to the owners chunk by chunk; each

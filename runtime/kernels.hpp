@@ -61,20 +61,54 @@ UOE_HD inline float erf_approx(float x) {
   return x < 0.0f ? -y : y;
 }
 
+// ---- fixed-order sums that vectorise ----
+// Without -ffast-math (forbidden here) a compiler must add `s += x[i]` one term at a time, in index
+// order, and row reductions (LayerNorm, softmax, dot products) ran as scalar chains. sum_terms keeps
+// kSumLanes partial sums (term i goes to lane i mod kSumLanes) and adds the lanes in a fixed tree at
+// the end: one summation order on every machine, host and device, and an inner loop GCC turns into
+// vector adds. term(i) is inlined (a lambda), so the terms themselves vectorise too.
+constexpr int kSumLanes = 16;
+template <class Term>
+UOE_HD inline float sum_terms(int n, Term term) {
+  float acc[kSumLanes];
+  for (int l = 0; l < kSumLanes; ++l) acc[l] = 0.0f;
+  int i = 0;
+  for (; i + kSumLanes <= n; i += kSumLanes)
+    for (int l = 0; l < kSumLanes; ++l) acc[l] += term(i + l);
+  for (int l = 0; i + l < n; ++l) acc[l] += term(i + l);
+  for (int w = kSumLanes / 2; w > 0; w /= 2)
+    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  return acc[0];
+}
+// max of x[0..n), n ≥ 1, in lanes like sum_terms (a max is exact in any order; the lanes only let
+// it vectorise).
+UOE_HD inline float max_lanes(const float* x, int n) {
+  float acc[kSumLanes];
+  for (int l = 0; l < kSumLanes; ++l) acc[l] = x[0];
+  int i = 0;
+  for (; i + kSumLanes <= n; i += kSumLanes)
+    for (int l = 0; l < kSumLanes; ++l) acc[l] = x[i + l] > acc[l] ? x[i + l] : acc[l];
+  for (int l = 0; i + l < n; ++l) acc[l] = x[i + l] > acc[l] ? x[i + l] : acc[l];
+  for (int w = kSumLanes / 2; w > 0; w /= 2)
+    for (int l = 0; l < w; ++l) acc[l] = acc[l + w] > acc[l] ? acc[l + w] : acc[l];
+  return acc[0];
+}
+// Σ a[i]·b[i] in sum_terms' order.
+UOE_HD inline float dot_lanes(const float* a, const float* b, int n) {
+  return sum_terms(n, [a, b](int i) { return a[i] * b[i]; });
+}
+
 // ---- per-row bodies (host and device) ----
 
 // out = (x - mean) * rstd * weight + bias; returns mean and rstd for the backward pass.
 UOE_HD inline void layernorm_row_forward(float* out, float* mean_out, float* rstd_out,
                                          const float* x, const float* weight, const float* bias, int C) {
-  float m = 0.0f;
-  for (int i = 0; i < C; ++i) m += x[i];
-  m /= static_cast<float>(C);
-  float v = 0.0f;
-  for (int i = 0; i < C; ++i) {
-    const float d = x[i] - m;
-    v += d * d;
-  }
-  v /= static_cast<float>(C);
+  const float m = sum_terms(C, [x](int i) { return x[i]; }) / static_cast<float>(C);
+  const float v = sum_terms(C, [x, m](int i) {
+                    const float d = x[i] - m;
+                    return d * d;
+                  }) /
+                  static_cast<float>(C);
   const float s = 1.0f / sqrtf(v + kLayerNormEps);
   for (int i = 0; i < C; ++i) out[i] = (x[i] - m) * s * weight[i] + bias[i];
   *mean_out = m;
@@ -85,15 +119,12 @@ UOE_HD inline void layernorm_row_forward(float* out, float* mean_out, float* rst
 UOE_HD inline void layernorm_row_backward(float* dx, float* dweight, float* dbias, const float* dout,
                                           const float* x, const float* weight, float mean, float rstd,
                                           int C) {
-  float sum_dn = 0.0f, sum_dn_n = 0.0f;  // Σ dnorm, Σ dnorm·norm
-  for (int i = 0; i < C; ++i) {
-    const float n = (x[i] - mean) * rstd;
-    const float dn = dout[i] * weight[i];
-    sum_dn += dn;
-    sum_dn_n += dn * n;
-  }
-  sum_dn /= static_cast<float>(C);
-  sum_dn_n /= static_cast<float>(C);
+  // mean of dnorm and of dnorm·norm
+  const float sum_dn = sum_terms(C, [dout, weight](int i) { return dout[i] * weight[i]; }) / static_cast<float>(C);
+  const float sum_dn_n = sum_terms(C, [dout, weight, x, mean, rstd](int i) {
+                           return dout[i] * weight[i] * ((x[i] - mean) * rstd);
+                         }) /
+                         static_cast<float>(C);
   for (int i = 0; i < C; ++i) {
     const float n = (x[i] - mean) * rstd;
     const float dn = dout[i] * weight[i];
@@ -105,11 +136,9 @@ UOE_HD inline void layernorm_row_backward(float* dx, float* dweight, float* dbia
 
 // In-place softmax of one row of length n; returns log-sum-exp of the input row.
 UOE_HD inline float softmax_row(float* x, int n) {
-  float mx = x[0];
-  for (int i = 1; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
-  float s = 0.0f;
+  const float mx = max_lanes(x, n);
   for (int i = 0; i < n; ++i) x[i] = exp_approx(x[i] - mx);
-  for (int i = 0; i < n; ++i) s += x[i];
+  const float s = sum_terms(n, [x](int i) { return x[i]; });
   const float inv = 1.0f / s;
   for (int i = 0; i < n; ++i) x[i] *= inv;
   return mx + logf(s);
@@ -117,8 +146,7 @@ UOE_HD inline float softmax_row(float* x, int n) {
 
 // dx = p ⊙ (dp − Σ p⊙dp): backward of softmax, given its output p and the output gradient dp.
 UOE_HD inline void softmax_row_backward(float* dx, const float* p, const float* dp, int n) {
-  float dot = 0.0f;
-  for (int i = 0; i < n; ++i) dot += p[i] * dp[i];
+  const float dot = dot_lanes(p, dp, n);
   for (int i = 0; i < n; ++i) dx[i] = p[i] * (dp[i] - dot);
 }
 
