@@ -242,8 +242,13 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
     c.src_seg[i] = c.src_token[i] / T;
     c.src_pos[i] = c.src_token[i] % T;
   }
-  c.x_src.resize_uninit(static_cast<size_t>(Rs) * d);
-  gather_rows(c.x_src.data(), c.xn.data(), c.src_token.data(), Rs, d);
+  // An identity exchange (every expert here) moves nothing: each chunk's rows are gathered
+  // straight into its ExpertRows and the experts write their outputs in source order (y_src).
+  const bool identity = c.exchange->identity();
+  if (!identity) {
+    c.x_src.resize_uninit(static_cast<size_t>(Rs) * d);
+    gather_rows(c.x_src.data(), c.xn.data(), c.src_token.data(), Rs, d);
+  }
   c.y_src.resize_uninit(static_cast<size_t>(Rs) * d);
   if (c.chunk.size() < static_cast<size_t>(C)) c.chunk.resize(C);
   // Where each chunk's exchanges belong, for the collective watchdog's report.
@@ -269,21 +274,36 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
                           c.src_pos.data() + r0, d, c.chunk[ch].rows);
     });
   };
-  CommScheduler::Ticket next = dispatch(0);
+  CommScheduler::Ticket next = identity ? 0 : dispatch(0);
   for (int ch = 0; ch < C; ++ch) {
-    sched.wait(next);
-    if (ch + 1 < C) next = dispatch(ch + 1);
     ExpertChunk& k = c.chunk[ch];
-    k.y_owner.resize_uninit(static_cast<size_t>(k.rows.rows()) * d);
+    const size_t r0 = c.chunk_begin[ch];
+    float* y;
+    if (identity) {
+      const int n = c.chunk_begin[ch + 1] - c.chunk_begin[ch];
+      ExpertRows& rows = k.rows;
+      rows.n_experts = E;
+      rows.offsets = c.chunk_offsets[ch];
+      rows.x.resize_uninit(static_cast<size_t>(n) * d);
+      gather_rows(rows.x.data(), c.xn.data(), c.src_token.data() + r0, n, d);
+      rows.seg.assign(c.src_seg.begin() + r0, c.src_seg.begin() + r0 + n);
+      rows.pos.assign(c.src_pos.begin() + r0, c.src_pos.begin() + r0 + n);
+      y = c.y_src.data() + r0 * d;
+    } else {
+      sched.wait(next);
+      if (ch + 1 < C) next = dispatch(ch + 1);
+      k.y_owner.resize_uninit(static_cast<size_t>(k.rows.rows()) * d);
+      y = k.y_owner.data();
+    }
     if (c.attention) {
-      attn_experts_forward(k.y_owner.data(), k.attn, k.rows, params_.value(bp.w_in), params_.value(bp.w_out), d,
+      attn_experts_forward(y, k.attn, k.rows, params_.value(bp.w_in), params_.value(bp.w_out), d,
                            s.heads_per_expert(), s.head_dim());
     } else {
-      mlp_experts_forward(k.y_owner.data(), k.mlp, k.rows, params_.value(bp.w_in), params_.value(bp.b_in),
-                          params_.value(bp.w_out), d, s.expert_ff());
+      mlp_experts_forward(y, k.mlp, k.rows, params_.value(bp.w_in), params_.value(bp.b_in), params_.value(bp.w_out),
+                          d, s.expert_ff());
     }
-    const size_t r0 = c.chunk_begin[ch];
-    sched.submit([&k, &c, r0, d] { c.exchange->to_source(k.plan, k.y_owner.data(), c.y_src.data() + r0 * d, d); });
+    if (!identity)
+      sched.submit([&k, &c, r0, d] { c.exchange->to_source(k.plan, k.y_owner.data(), c.y_src.data() + r0 * d, d); });
   }
   sched.wait_all();
 
@@ -372,31 +392,42 @@ void Model::block_backward(int b, float* dh, int N, float loss_scale) {
       c.exchange->to_owner(k.plan, dy_src.data() + r0 * d, k.dy_owner.data(), d);
     });
   };
-  CommScheduler::Ticket next = send(0);
+  const bool identity = c.exchange->identity();  // as in block_forward: experts read/write source order
+  CommScheduler::Ticket next = identity ? 0 : send(0);
   FloatBuffer& dxn = ws_dxn_;
   dxn.resize(static_cast<size_t>(N) * d);  // accumulated into: zeroed
   if (c.routed)
     router_backward(r, c.router, dgate.data(), c.xn.data(), params_.value(bp.router_w), dxn.data(),
                     params_.grad(bp.router_w), params_.grad(bp.router_b), loss_scale);
   for (int ch = 0; ch < C; ++ch) {
-    sched.wait(next);
-    if (ch + 1 < C) next = send(ch + 1);
     ExpertChunk& k = c.chunk[ch];
-    k.dx_owner.resize_uninit(static_cast<size_t>(k.rows.rows()) * d);
-    if (c.attention)
-      attn_experts_backward_data(k.dx_owner.data(), k.dy_owner.data(), k.attn, k.rows, params_.value(bp.w_in),
-                                 params_.value(bp.w_out), d, s.heads_per_expert(), s.head_dim());
-    else
-      mlp_experts_backward_data(k.dx_owner.data(), k.dy_owner.data(), k.mlp, k.rows, params_.value(bp.w_in),
-                                params_.value(bp.w_out), d, s.expert_ff());
     const size_t r0 = c.chunk_begin[ch];
-    sched.submit([&c, &k, &dx_src, r0, d] { c.exchange->to_source(k.plan, k.dx_owner.data(), dx_src.data() + r0 * d, d); });
+    const float* dy;
+    float* dx;
+    if (identity) {
+      dy = dy_src.data() + r0 * d;
+      dx = dx_src.data() + r0 * d;
+    } else {
+      sched.wait(next);
+      if (ch + 1 < C) next = send(ch + 1);
+      k.dx_owner.resize_uninit(static_cast<size_t>(k.rows.rows()) * d);
+      dy = k.dy_owner.data();
+      dx = k.dx_owner.data();
+    }
     if (c.attention)
-      attn_experts_backward_weights(params_.grad(bp.w_in), params_.grad(bp.w_out), k.dy_owner.data(), k.attn, k.rows,
-                                    d, s.heads_per_expert(), s.head_dim());
+      attn_experts_backward_data(dx, dy, k.attn, k.rows, params_.value(bp.w_in), params_.value(bp.w_out), d,
+                                 s.heads_per_expert(), s.head_dim());
     else
-      mlp_experts_backward_weights(params_.grad(bp.w_in), params_.grad(bp.b_in), params_.grad(bp.w_out),
-                                   k.dy_owner.data(), k.mlp, k.rows, d, s.expert_ff());
+      mlp_experts_backward_data(dx, dy, k.mlp, k.rows, params_.value(bp.w_in), params_.value(bp.w_out), d,
+                                s.expert_ff());
+    if (!identity)
+      sched.submit([&c, &k, &dx_src, r0, d] { c.exchange->to_source(k.plan, k.dx_owner.data(), dx_src.data() + r0 * d, d); });
+    if (c.attention)
+      attn_experts_backward_weights(params_.grad(bp.w_in), params_.grad(bp.w_out), dy, k.attn, k.rows, d,
+                                    s.heads_per_expert(), s.head_dim());
+    else
+      mlp_experts_backward_weights(params_.grad(bp.w_in), params_.grad(bp.b_in), params_.grad(bp.w_out), dy, k.mlp,
+                                   k.rows, d, s.expert_ff());
   }
   sched.wait_all();
   scatter_add_rows(dxn.data(), dx_src.data(), c.src_token.data(), Rs, d, 1.0f);

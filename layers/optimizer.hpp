@@ -31,7 +31,7 @@ class AdamW {
 // `warmup` steps, then cosine from lr down to min_lr, reached at the last step.
 double lr_at_step(int64_t s, int64_t steps, int64_t warmup, double lr, double min_lr);
 
-// Σ g² over a gradient arena, summed in double in index order (deterministic).
+// Σ g² over a gradient arena, in double, in a fixed order (8 interleaved partial sums: deterministic).
 double grad_sum_squares(const float* g, size_t n);
 
 }  // namespace uoe

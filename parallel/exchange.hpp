@@ -40,6 +40,10 @@ class ExpertExchange {
   virtual void to_owner(ExchangePlan& plan, const float* src, float* owner, int width) = 0;
   // Global experts [expert_begin, expert_end) live here, for `experts` global experts.
   virtual void local_experts(int experts, int* begin, int* end) const = 0;
+  // True when owner order IS source order and nothing moves (one rank owns every expert): the
+  // model then gathers rows straight into ExpertRows and lets the experts read and write its
+  // source-order buffers, skipping the four copies an identity exchange would make per block.
+  virtual bool identity() const { return false; }
   // Metrics since the last reset_counters(): wall seconds inside exchanges and payload bytes sent
   // to other ranks. Zero for an exchange that moves nothing between ranks.
   virtual double comm_seconds() const { return 0; }
@@ -58,6 +62,7 @@ class LocalExchange final : public ExpertExchange {
     *begin = 0;
     *end = experts;
   }
+  bool identity() const override { return true; }
 };
 
 }  // namespace uoe

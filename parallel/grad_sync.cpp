@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "layers/optimizer.hpp"
 #include "runtime/error.hpp"
 
 namespace uoe {
@@ -54,12 +55,10 @@ double GradientSync::global_sum_squares(const ParamStore& params) {
   double replicated = 0, expert = 0;
   for (const Bucket& b : buckets_) {
     for (int i : b.replicated) {
-      const float* g = params.grad(i);
-      for (size_t j = 0; j < params.info(i).size; ++j) replicated += static_cast<double>(g[j]) * g[j];
+      replicated += grad_sum_squares(params.grad(i), params.info(i).size);
     }
     for (int i : b.sharded) {
-      const float* g = params.grad(i);
-      for (size_t j = 0; j < params.info(i).size; ++j) expert += static_cast<double>(g[j]) * g[j];
+      expert += grad_sum_squares(params.grad(i), params.info(i).size);
     }
   }
   if (ep_.size() > 1) ep_.all_reduce_sum(std::span<double>(&expert, 1));

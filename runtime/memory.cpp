@@ -151,9 +151,12 @@ MemoryEstimate memory_estimate(const Config& c, int vocab, int world_size, int64
     a += (kInt + kFloat + kByte) * Pp * k;                       // choice, gate, kept [P, k]
     a += 2 * kInt * A;                                           // row_patch, row_slot
     if (s->patch > 1) a += kFloat * Pp * d;                      // patch means
-    a += 4 * kInt * R + 2 * kFloat * R * d;                      // src token/gate/seg/pos; x_src, y_src
-    o += kFloat * 2 * R * d + 2 * kInt * R;                      // rows.x, y_owner [R, d]; seg, pos
-    b += 2 * kFloat * R * d;                                     // dy_owner, dx_owner [R, d]
+    // An identity exchange (ep 1, or an unrouted block) has no x_src, y_owner, dy_owner, dx_owner:
+    // the experts read and write the source-order buffers (Model::block_forward).
+    const double moved = (s->routed && ep > 1) ? 1.0 : 0.0;
+    a += 4 * kInt * R + (1 + moved) * kFloat * R * d;            // src token/gate/seg/pos; y_src, x_src
+    o += kFloat * (1 + moved) * R * d + 2 * kInt * R;            // rows.x, y_owner [R, d]; seg, pos
+    b += moved * 2 * kFloat * R * d;                             // dy_owner, dx_owner [R, d]
     if (s->attention) {
       const double g = static_cast<double>(s->g), dh = static_cast<double>(s->dh);
       // Segments at the owner: each local expert gets each sequence of each ep source.
