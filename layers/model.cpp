@@ -191,12 +191,13 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
   const BlockParams& bp = blocks_[b];
   const ModelSpec& s = spec_;
   const int d = s.d, T = s.seq_len, B = N / T, C = chunks_;
-  c.hin.resize_uninit(static_cast<size_t>(N) * d);
-  std::memcpy(c.hin.data(), h, sizeof(float) * N * d);
+  // The block reads its input from c.hin (kept for backward; forward() wrote it there) and writes
+  // hin + its output to h: no copy of the residual stream per block.
+  const float* hin = c.hin.data();
   c.xn.resize_uninit(static_cast<size_t>(N) * d);
   c.mean.resize_uninit(N);
   c.rstd.resize_uninit(N);
-  layernorm_forward(c.xn.data(), c.mean.data(), c.rstd.data(), h, params_.value(bp.norm_scale),
+  layernorm_forward(c.xn.data(), c.mean.data(), c.rstd.data(), hin, params_.value(bp.norm_scale),
                     params_.value(bp.norm_bias), N, d);
 
   // 1. Route locally (an unrouted block: every token to its one expert).
@@ -307,10 +308,10 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
   }
   sched.wait_all();
 
-  // 4. Combine: h += bias + Σ_kept w_e · y_e, experts in index order (deterministic).
+  // 4. Combine: h = hin + bias + Σ_kept w_e · y_e, experts in index order (deterministic).
   const float* bias = params_.value(bp.b_out);
   for (int t = 0; t < N; ++t)
-    for (int j = 0; j < d; ++j) h[static_cast<size_t>(t) * d + j] += bias[j];
+    for (int j = 0; j < d; ++j) h[static_cast<size_t>(t) * d + j] = hin[static_cast<size_t>(t) * d + j] + bias[j];
   for (int i = 0; i < Rs; ++i) {
     const float w = r.gate[c.src_gate[i]];
     float* dst = h + static_cast<size_t>(c.src_token[i]) * d;
@@ -444,13 +445,17 @@ void Model::forward(const int32_t* inputs, int B, bool dropless, ForwardStats* s
   tokens_.assign(inputs, inputs + N);
   for (int i = 0; i < N; ++i)
     if (inputs[i] < 0 || inputs[i] >= V) fail("token id ", inputs[i], " out of range [0, ", V, ")");
+  // The residual stream: block b reads cache_[b]->hin and writes the next block's hin (the last
+  // one writes h_), so every block's input stays for backward without a copy.
+  const int nb = 2 * s.layers;
   h_.resize_uninit(static_cast<size_t>(N) * d);
-  gather_rows(h_.data(), params_.value(embed_), inputs, N, d);
+  for (int b = 0; b < nb; ++b) cache_[b]->hin.resize_uninit(static_cast<size_t>(N) * d);
+  gather_rows(nb > 0 ? cache_[0]->hin.data() : h_.data(), params_.value(embed_), inputs, N, d);
   stats->blocks.assign(2 * s.layers, BlockStats{});
   stats->aux_loss = 0;
   stats->flops = 0;
   for (int b = 0; b < 2 * s.layers; ++b) {
-    block_forward(b, h_.data(), N, dropless, &stats->blocks[b]);
+    block_forward(b, b + 1 < nb ? cache_[b + 1]->hin.data() : h_.data(), N, dropless, &stats->blocks[b]);
     stats->aux_loss += stats->blocks[b].balance_loss + stats->blocks[b].z_loss;
     stats->flops += stats->blocks[b].flops;
   }

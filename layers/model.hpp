@@ -157,7 +157,7 @@ class Model {
   int attn_e0_ = 0, attn_e1_ = 0, mlp_e0_ = 0, mlp_e1_ = 0;  // local expert ranges
   std::vector<std::unique_ptr<BlockCache>> cache_;           // [2L]
   // Model-level activations.
-  FloatBuffer h_;        // [N, d] residual stream
+  FloatBuffer h_;        // [N, d] residual stream after the last block (block inputs: BlockCache::hin)
   FloatBuffer hf_;       // [N, d] final-normed
   FloatBuffer fmean_, frstd_;  // [N]
   FloatBuffer logits_;   // [N, V]

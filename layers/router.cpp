@@ -80,9 +80,13 @@ void router_forward(Routing& r, const RouterSpec& spec, const float* xn, const f
   for (int e = 0; e < E; ++e) {
     auto& c = cand[e];
     if (limited && static_cast<int>(c.size()) > r.capacity) {
-      // Highest p first; ties → lower patch index. Then keep the first C, back in patch order.
-      std::stable_sort(c.begin(), c.end(), [&](const auto& a, const auto& bb) {
-        return r.probs[static_cast<size_t>(a.first) * E + e] > r.probs[static_cast<size_t>(bb.first) * E + e];
+      // Highest p first; ties → lower patch index (c is in patch order and a patch appears once per
+      // expert, so this is a strict total order and the C kept are those a stable sort by p would
+      // keep). Only the partition matters: nth_element, then the kept back in patch order.
+      std::nth_element(c.begin(), c.begin() + r.capacity, c.end(), [&](const auto& a, const auto& bb) {
+        const float pa = r.probs[static_cast<size_t>(a.first) * E + e];
+        const float pb = r.probs[static_cast<size_t>(bb.first) * E + e];
+        return pa > pb || (pa == pb && a.first < bb.first);
       });
       for (size_t i = r.capacity; i < c.size(); ++i) r.kept[static_cast<size_t>(c[i].first) * k + c[i].second] = 0;
       r.dropped += static_cast<int>(c.size()) - r.capacity;
