@@ -10,19 +10,19 @@ namespace uoe {
 void mlp_experts_forward(float* y, MlpExpertCache& cache, const ExpertRows& rows, const float* W1,
                          const float* b1, const float* W2, int d, int f) {
   const int R = rows.rows();
-  cache.h.resize_uninit(static_cast<size_t>(R) * f);
+  cache.g.resize_uninit(static_cast<size_t>(R) * f);
   cache.a.resize_uninit(static_cast<size_t>(R) * f);
   for (int e = 0; e < rows.n_experts; ++e) {
     const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
     if (n == 0) continue;
-    float* h = cache.h.data() + static_cast<size_t>(r0) * f;
+    float* h = cache.g.data() + static_cast<size_t>(r0) * f;
     const float* bias = b1 + static_cast<size_t>(e) * f;
     for (int i = 0; i < n; ++i)
       for (int j = 0; j < f; ++j) h[static_cast<size_t>(i) * f + j] = bias[j];
     gemm(false, false, n, f, d, 1.0f, rows.x.data() + static_cast<size_t>(r0) * d, d,
          W1 + static_cast<size_t>(e) * d * f, f, 1.0f, h, f);
     float* a = cache.a.data() + static_cast<size_t>(r0) * f;
-    gelu_forward(a, h, static_cast<int64_t>(n) * f);
+    gelu_forward_keep_grad(a, h, static_cast<int64_t>(n) * f);  // h becomes GELU'(h)
     gemm(false, false, n, d, f, 1.0f, a, f, W2 + static_cast<size_t>(e) * f * d, d, 0.0f,
          y + static_cast<size_t>(r0) * d, d);
   }
@@ -36,11 +36,11 @@ void mlp_experts_backward_data(float* dx, const float* dy, MlpExpertCache& cache
     const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
     if (n == 0) continue;
     const float* dye = dy + static_cast<size_t>(r0) * d;
-    const float* h = cache.h.data() + static_cast<size_t>(r0) * f;
+    const float* g = cache.g.data() + static_cast<size_t>(r0) * f;
     float* dhe = dh.data() + static_cast<size_t>(r0) * f;
     // da = dy·W2ᵀ ; dh = da ⊙ GELU'(h) ; dx = dh·W1ᵀ
     gemm(false, true, n, f, d, 1.0f, dye, d, W2 + static_cast<size_t>(e) * f * d, d, 0.0f, dhe, f);
-    gelu_backward(dhe, h, dhe, static_cast<int64_t>(n) * f);
+    for (int64_t i = 0; i < static_cast<int64_t>(n) * f; ++i) dhe[i] *= g[i];
     gemm(false, true, n, d, f, 1.0f, dhe, f, W1 + static_cast<size_t>(e) * d * f, f, 0.0f,
          dx + static_cast<size_t>(r0) * d, d);
   }

@@ -22,7 +22,7 @@ struct ExpertRows {
 
 // ---- UoME: expert e computes y = GELU(x·W1_e + b1_e)·W2_e (a partial sum of the dense FFN) ----
 struct MlpExpertCache {
-  FloatBuffer h;  // [R, f] pre-activation
+  FloatBuffer g;  // [R, f] GELU'(h) of the pre-activation h (forward writes h here, then its derivative)
   FloatBuffer a;  // [R, f] GELU(h)
   FloatBuffer dh;  // [R, f] backward workspace
 };

@@ -35,6 +35,10 @@ void gelu_backward(float* dx, const float* x, const float* dout, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dx[i] = dout[i] * gelu_grad(x[i]);
 }
 
+void gelu_forward_keep_grad(float* __restrict__ out, float* __restrict__ x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) gelu_with_grad(x[i], &out[i], &x[i]);
+}
+
 void gather_rows(float* out, const float* table, const int32_t* ids, int N, int C) {
   for (int i = 0; i < N; ++i)
     std::memcpy(out + (int64_t)i * C, table + (int64_t)ids[i] * C, sizeof(float) * C);

@@ -68,8 +68,15 @@ UOE_HD inline float erf_approx(float x) {
 // the end: one summation order on every machine, host and device, and an inner loop GCC turns into
 // vector adds. term(i) is inlined (a lambda), so the terms themselves vectorise too.
 constexpr int kSumLanes = 16;
+// Rows shorter than kSumLanes (a router's E scores) are summed in index order: the lanes would only
+// add zeros there.
 template <class Term>
 UOE_HD inline float sum_terms(int n, Term term) {
+  if (n < kSumLanes) {
+    float s = 0.0f;
+    for (int i = 0; i < n; ++i) s += term(i);
+    return s;
+  }
   float acc[kSumLanes];
   for (int l = 0; l < kSumLanes; ++l) acc[l] = 0.0f;
   int i = 0;
@@ -83,6 +90,11 @@ UOE_HD inline float sum_terms(int n, Term term) {
 // max of x[0..n), n ≥ 1, in lanes like sum_terms (a max is exact in any order; the lanes only let
 // it vectorise).
 UOE_HD inline float max_lanes(const float* x, int n) {
+  if (n < kSumLanes) {
+    float m = x[0];
+    for (int i = 1; i < n; ++i) m = x[i] > m ? x[i] : m;
+    return m;
+  }
   float acc[kSumLanes];
   for (int l = 0; l < kSumLanes; ++l) acc[l] = x[0];
   int i = 0;
@@ -159,6 +171,14 @@ UOE_HD inline float gelu_grad(float x) {
   const float cdf = 0.5f * (1.0f + erf_approx(x * 0.70710678118654752f));
   const float pdf = 0.39894228040143268f * exp_approx(-0.5f * x * x);
   return cdf + x * pdf;
+}
+// GELU(x) and GELU'(x) together, sharing one erf: what the MLP experts' forward keeps for backward.
+UOE_HD inline void gelu_with_grad(float x, float* out, float* grad) {
+  const float e = erf_approx(x * 0.70710678118654752f);
+  *out = 0.5f * x * (1.0f + e);
+  const float cdf = 0.5f * (1.0f + e);
+  const float pdf = 0.39894228040143268f * exp_approx(-0.5f * x * x);
+  *grad = cdf + x * pdf;
 }
 
 // RoPE angle table for positions [0, T) and dh = 2·half dims: cos/sin [T, half] of
@@ -305,6 +325,9 @@ void layernorm_backward(float* dx, float* dweight, float* dbias, const float* do
                         const float* weight, const float* mean, const float* rstd, int N, int C);
 void gelu_forward(float* out, const float* x, int64_t n);
 void gelu_backward(float* dx, const float* x, const float* dout, int64_t n);  // dx = dout·gelu'(x)
+// out = gelu(x), and x is overwritten with gelu'(x) (the forward keeps the derivative, so backward
+// is one multiply); out and x must not overlap.
+void gelu_forward_keep_grad(float* out, float* x, int64_t n);
 // out[i, :] = table[ids[i], :]  (out [N, C], table [rows, C])
 void gather_rows(float* out, const float* table, const int32_t* ids, int N, int C);
 // table[ids[i], :] += scale · src[i, :], in order of i (deterministic)
