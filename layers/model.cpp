@@ -112,6 +112,7 @@ struct Model::BlockCache {
   std::vector<int32_t> src_seg, src_pos;  // [R_src]
   FloatBuffer x_src;            // [R_src, d]
   FloatBuffer y_src;            // [R_src, d] expert outputs back at the source
+  std::vector<int> token_first_row, token_rows;  // combine: each token's source rows (CSR)
   std::vector<ExpertChunk> chunk;  // [chunks]
 };
 
@@ -309,14 +310,29 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
   sched.wait_all();
 
   // 4. Combine: h = hin + bias + Σ_kept w_e · y_e, experts in index order (deterministic).
+  //    One pass over the tokens: each token's rows (at most k, listed in row order = expert order,
+  //    since a token's rows all lie in its sequence's chunk) are summed into its output while it is
+  //    in cache: the same additions in the same order as bias first, then a scatter-add by row.
+  std::vector<int>& first = c.token_first_row;  // [N + 1] CSR over tokens
+  std::vector<int>& rows_of = c.token_rows;     // [Rs] source rows, token-major
+  first.assign(N + 1, 0);
+  for (int i = 0; i < Rs; ++i) ++first[c.src_token[i] + 1];
+  for (int t = 0; t < N; ++t) first[t + 1] += first[t];
+  rows_of.resize(Rs);
+  for (int i = 0; i < Rs; ++i) rows_of[first[c.src_token[i]]++] = i;  // first[t] ends at t's end …
+  for (int t = N; t > 0; --t) first[t] = first[t - 1];                 // … shift back to the starts
+  first[0] = 0;
   const float* bias = params_.value(bp.b_out);
-  for (int t = 0; t < N; ++t)
-    for (int j = 0; j < d; ++j) h[static_cast<size_t>(t) * d + j] = hin[static_cast<size_t>(t) * d + j] + bias[j];
-  for (int i = 0; i < Rs; ++i) {
-    const float w = r.gate[c.src_gate[i]];
-    float* dst = h + static_cast<size_t>(c.src_token[i]) * d;
-    const float* y = c.y_src.data() + static_cast<size_t>(i) * d;
-    for (int j = 0; j < d; ++j) dst[j] += w * y[j];
+  for (int t = 0; t < N; ++t) {
+    float* out = h + static_cast<size_t>(t) * d;
+    const float* x = hin + static_cast<size_t>(t) * d;
+    for (int j = 0; j < d; ++j) out[j] = x[j] + bias[j];
+    for (int q = first[t]; q < first[t + 1]; ++q) {
+      const int i = rows_of[q];
+      const float w = r.gate[c.src_gate[i]];
+      const float* y = c.y_src.data() + static_cast<size_t>(i) * d;
+      for (int j = 0; j < d; ++j) out[j] += w * y[j];
+    }
   }
 
   // Figures: FLOPs of this rank's tokens, counted from the routing (layers/flops.hpp; summed over

@@ -155,6 +155,7 @@ MemoryEstimate memory_estimate(const Config& c, int vocab, int world_size, int64
     // the experts read and write the source-order buffers (Model::block_forward).
     const double moved = (s->routed && ep > 1) ? 1.0 : 0.0;
     a += 4 * kInt * R + (1 + moved) * kFloat * R * d;            // src token/gate/seg/pos; y_src, x_src
+    a += kInt * (N + 1 + R);                                     // combine's per-token rows (CSR)
     o += kFloat * (1 + moved) * R * d + 2 * kInt * R;            // rows.x, y_owner [R, d]; seg, pos
     b += moved * 2 * kFloat * R * d;                             // dy_owner, dx_owner [R, d]
     if (s->attention) {
