@@ -1,5 +1,6 @@
 #include "parallel/grad_sync.hpp"
 
+#include <algorithm>
 #include <cstring>
 
 #include "layers/optimizer.hpp"
@@ -17,7 +18,9 @@ GradientSync::GradientSync(const ParamStore& params, std::vector<std::vector<int
       UOE_ASSERT(i >= 0 && i < static_cast<int>(params.count()), "bucket names tensor ", i);
       ++seen[i];
       (params.info(i).expert_sharded ? b.sharded : b.replicated).push_back(i);
+      b.all.push_back(i);
     }
+    std::sort(b.all.begin(), b.all.end());
     buckets_.push_back(std::move(b));
   }
   for (size_t i = 0; i < seen.size(); ++i)
@@ -27,7 +30,16 @@ GradientSync::GradientSync(const ParamStore& params, std::vector<std::vector<int
 void GradientSync::reduce(ParamStore& params, const std::vector<int>& tensors, Communicator& comm) {
   if (comm.size() == 1 || tensors.empty()) return;
   size_t n = 0;
-  for (int i : tensors) n += params.info(i).size;
+  bool adjacent = true;  // each tensor's gradient starts where the previous one's ends
+  for (size_t q = 0; q < tensors.size(); ++q) {
+    if (q > 0 && params.grad(tensors[q]) != params.grad(tensors[q - 1]) + params.info(tensors[q - 1]).size)
+      adjacent = false;
+    n += params.info(tensors[q]).size;
+  }
+  if (adjacent) {  // one span of the gradient arena: reduced in place, nothing packed
+    comm.all_reduce_sum(std::span<float>(params.grad(tensors[0]), n));
+    return;
+  }
   pack_.resize_uninit(n);
   size_t at = 0;
   for (int i : tensors) {
@@ -43,6 +55,10 @@ void GradientSync::reduce(ParamStore& params, const std::vector<int>& tensors, C
 }
 
 void GradientSync::reduce_bucket(ParamStore& params, size_t i) {
+  if (ep_.size() == 1) {  // dp = world: one reduction over the bucket (in place when it is one span)
+    reduce(params, buckets_[i].all, world_);
+    return;
+  }
   reduce(params, buckets_[i].replicated, world_);
   reduce(params, buckets_[i].sharded, dp_);
 }

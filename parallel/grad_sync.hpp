@@ -3,7 +3,8 @@
 // ranks of its data-parallel group. Tensors are grouped into buckets (one per block, in the order
 // backward finishes them, so a bucket can be reduced while backward goes on: the scheduler); each
 // bucket packs its replicated and its sharded gradients into one buffer each, reduced by one
-// collective. The buckets and their order depend only on the model, so every sum's order is fixed
+// collective (with ep = 1 both go over the world, together; gradients that lie in one span of the
+// arena are reduced in place, without packing). The buckets and their order depend only on the model, so every sum's order is fixed
 // by the world size and runs are bitwise reproducible.
 #pragma once
 #include <vector>
@@ -33,6 +34,7 @@ class GradientSync {
  private:
   struct Bucket {
     std::vector<int> replicated, sharded;
+    std::vector<int> all;  // both, in index order (reduced together when ep = 1)
   };
   void reduce(ParamStore& params, const std::vector<int>& tensors, Communicator& comm);
 
