@@ -233,5 +233,55 @@ TEST(SharedBodies, SoftmaxAndTopkRows) {
   }
 }
 
+// The fixed-lane reductions (sum_terms, max_lanes, dot_lanes): against double sums over lengths on
+// both sides of the lane count, exact where the terms are integers (any order gives the same sum),
+// the exact maximum wherever it sits, and the same bits on a second call (one fixed order).
+TEST(SharedBodies, LaneReductions) {
+  for (int n : {1, 2, 4, 15, 16, 17, 31, 32, 33, 100, 128, 1000}) {
+    const auto a = random_vector(static_cast<size_t>(n), 100 + n, 2.0f);
+    const auto b = random_vector(static_cast<size_t>(n), 200 + n, 2.0f);
+    double s = 0, dot = 0, abs_sum = 0, abs_dot = 0;
+    for (int i = 0; i < n; ++i) {
+      s += a[i];
+      abs_sum += std::fabs(a[i]);
+      dot += static_cast<double>(a[i]) * b[i];
+      abs_dot += std::fabs(static_cast<double>(a[i]) * b[i]);
+    }
+    const float got = sum_terms(n, [&a](int i) { return a[i]; });
+    EXPECT_NEAR(got, s, 1e-6 * abs_sum + 1e-7) << "n " << n;
+    EXPECT_NEAR(dot_lanes(a.data(), b.data(), n), dot, 1e-6 * abs_dot + 1e-7) << "n " << n;
+    EXPECT_EQ(got, sum_terms(n, [&a](int i) { return a[i]; })) << "n " << n;
+    std::vector<float> ints(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) ints[i] = static_cast<float>((i * 7) % 13) - 6.0f;
+    double isum = 0;
+    for (float v : ints) isum += v;
+    EXPECT_EQ(sum_terms(n, [&ints](int i) { return ints[i]; }), static_cast<float>(isum)) << "n " << n;
+    for (int at : {0, n / 2, n - 1}) {
+      std::vector<float> m = a;
+      m[at] = 50.0f;
+      EXPECT_EQ(max_lanes(m.data(), n), 50.0f) << "n " << n << " at " << at;
+    }
+  }
+}
+
+// GELU with its derivative in one pass computes what gelu() and gelu_grad() do (the MLP experts keep
+// the derivative from the forward; their backward relies on it). The same arithmetic, but not
+// always the same bits: where the compiler fuses a·b + c into one FMA differs between this
+// vectorised loop and a scalar call, so the bound is a few float ulps of the terms.
+TEST(SharedBodies, GeluWithGradMatchesSeparateBodies) {
+  auto x = random_vector(4099, 7, 6.0f);
+  x[0] = 0.0f;
+  x[1] = -40.0f;
+  x[2] = 40.0f;
+  std::vector<float> out(x.size()), g = x;
+  gelu_forward_keep_grad(out.data(), g.data(), static_cast<int64_t>(x.size()));
+  for (size_t i = 0; i < x.size(); ++i) {
+    // Bounds relative to the size of the terms (GELU' = cdf + x·pdf cancels near x = −0.75).
+    const float tol = 3e-7f * (1.0f + std::fabs(x[i]));
+    EXPECT_NEAR(out[i], gelu(x[i]), tol) << x[i];
+    EXPECT_NEAR(g[i], gelu_grad(x[i]), tol) << x[i];
+  }
+}
+
 }  // namespace
 }  // namespace uoe
