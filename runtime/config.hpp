@@ -55,7 +55,7 @@ struct Config {
   std::string checkpoint_dir;   // --checkpoint-dir: where step_N/ checkpoints go (empty = none)
   int checkpoint_every = 0;     // --checkpoint-every: steps between checkpoints (0 = only at the end)
   int keep_last = 3;            // --keep-last: committed checkpoints kept (0 = all)
-  double checkpoint_share = 0.1;  // --checkpoint-writer-share: core share of the background writer (1 = unpaced)
+  double checkpoint_share = 0.07;  // --checkpoint-writer-share: core share of the background writer (1 = unpaced)
   std::string resume;           // --resume: auto | PATH (empty = start fresh)
   double collective_timeout = 300;  // --collective-timeout: seconds before a stuck exchange aborts the job
   int max_bad_steps = 5;        // --max-bad-steps: consecutive non-finite steps skipped before stopping
