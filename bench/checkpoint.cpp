@@ -23,8 +23,8 @@
 // (root only; it makes the next write slower and disturbs every other process, so it is off).
 // Then, for the first configuration only (unless --no-train), per BLAS thread count in LIST
 // (default: all cores, then 1) and writer share in LIST (CheckpointWriter::set_background_share;
-// default 1,0.1), K rounds of two windows of N train steps: one with nothing in flight, one started
-// right after save() returned (see bench_train). DIR defaults to
+// default 1 and the trainer's default share), K rounds of two windows of N train steps: one with
+// nothing in flight, one started right after save() returned (see bench_train). DIR defaults to
 // build/bench-checkpoint; everything written there is removed.
 #include "bench/bench_config.hpp"
 #include "checkpoints/checkpoint.hpp"
@@ -389,7 +389,7 @@ int main(int argc, char** argv) {
   try {
     std::string csv, dir = "build/bench-checkpoint";
     int repeats = 3, rounds = 3;
-    std::vector<double> shares = {1.0, 0.1};
+    std::vector<double> shares = {1.0, uoe::Config{}.checkpoint_share};  // unpaced, and the trainer's default
     double window = 3;
     bool train = true, drop = false;
     std::vector<int> threads;
