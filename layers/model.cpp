@@ -112,7 +112,6 @@ struct Model::BlockCache {
   std::vector<int32_t> src_seg, src_pos;  // [R_src]
   FloatBuffer x_src;            // [R_src, d]
   FloatBuffer y_src;            // [R_src, d] expert outputs back at the source
-  std::vector<int> token_first_row, token_rows;  // combine: each token's source rows (CSR)
   std::vector<ExpertChunk> chunk;  // [chunks]
 };
 
@@ -313,8 +312,8 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
   //    One pass over the tokens: each token's rows (at most k, listed in row order = expert order,
   //    since a token's rows all lie in its sequence's chunk) are summed into its output while it is
   //    in cache: the same additions in the same order as bias first, then a scatter-add by row.
-  std::vector<int>& first = c.token_first_row;  // [N + 1] CSR over tokens
-  std::vector<int>& rows_of = c.token_rows;     // [Rs] source rows, token-major
+  std::vector<int>& first = ws_token_first_;  // [N + 1] CSR over tokens (shared workspace)
+  std::vector<int>& rows_of = ws_token_rows_;  // [Rs] source rows, token-major
   first.assign(N + 1, 0);
   for (int i = 0; i < Rs; ++i) ++first[c.src_token[i] + 1];
   for (int t = 0; t < N; ++t) first[t + 1] += first[t];

@@ -166,19 +166,21 @@ UOE_HD inline void softmax_row_backward(float* dx, const float* p, const float* 
 }
 
 // GELU, erf form (torch.nn.GELU()'s default), with erf to 1.5e-7.
-UOE_HD inline float gelu(float x) { return 0.5f * x * (1.0f + erf_approx(x * 0.70710678118654752f)); }
-UOE_HD inline float gelu_grad(float x) {
-  const float cdf = 0.5f * (1.0f + erf_approx(x * 0.70710678118654752f));
+// Both from e = erf(x/√2), so the fused form below shares one erf with the same formulas.
+UOE_HD inline float gelu_erf_arg(float x) { return x * 0.70710678118654752f; }
+UOE_HD inline float gelu_from_erf(float x, float e) { return 0.5f * x * (1.0f + e); }
+UOE_HD inline float gelu_grad_from_erf(float x, float e) {
+  const float cdf = 0.5f * (1.0f + e);
   const float pdf = 0.39894228040143268f * exp_approx(-0.5f * x * x);
   return cdf + x * pdf;
 }
+UOE_HD inline float gelu(float x) { return gelu_from_erf(x, erf_approx(gelu_erf_arg(x))); }
+UOE_HD inline float gelu_grad(float x) { return gelu_grad_from_erf(x, erf_approx(gelu_erf_arg(x))); }
 // GELU(x) and GELU'(x) together, sharing one erf: what the MLP experts' forward keeps for backward.
 UOE_HD inline void gelu_with_grad(float x, float* out, float* grad) {
-  const float e = erf_approx(x * 0.70710678118654752f);
-  *out = 0.5f * x * (1.0f + e);
-  const float cdf = 0.5f * (1.0f + e);
-  const float pdf = 0.39894228040143268f * exp_approx(-0.5f * x * x);
-  *grad = cdf + x * pdf;
+  const float e = erf_approx(gelu_erf_arg(x));
+  *out = gelu_from_erf(x, e);
+  *grad = gelu_grad_from_erf(x, e);
 }
 
 // RoPE angle table for positions [0, T) and dh = 2·half dims: cos/sin [T, half] of

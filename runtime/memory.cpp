@@ -155,7 +155,6 @@ MemoryEstimate memory_estimate(const Config& c, int vocab, int world_size, int64
     // the experts read and write the source-order buffers (Model::block_forward).
     const double moved = (s->routed && ep > 1) ? 1.0 : 0.0;
     a += 4 * kInt * R + (1 + moved) * kFloat * R * d;            // src token/gate/seg/pos; y_src, x_src
-    a += kInt * (N + 1 + R);                                     // combine's per-token rows (CSR)
     o += kFloat * (1 + moved) * R * d + 2 * kInt * R;            // rows.x, y_owner [R, d]; seg, pos
     b += moved * 2 * kFloat * R * d;                             // dy_owner, dx_owner [R, d]
     if (s->attention) {
@@ -195,7 +194,8 @@ MemoryEstimate memory_estimate(const Config& c, int vocab, int world_size, int64
   double ws = kFloat * (3.0 * N * d + Pk + 2 * Rmax * d + PE);
   if (c.patch_size > 1) ws += kFloat * static_cast<double>(attn.P) * d;
   if (ep > 1) ws += 2 * kInt * 2 * Rmax;  // MpiExchange seg/pos staging, send and receive
-  add("backward workspaces", ws, "dhf, dh, dxn [N, d]; dy, dx at the source; router");
+  ws += kInt * (N + 1 + Rmax);             // the forward combine's per-token rows (CSR)
+  add("backward workspaces", ws, "dhf, dh, dxn [N, d]; dy, dx at the source; router; combine rows");
 
   if (world_size > 1) {
     const double bucket = std::max<double>(static_cast<double>(V * d + 2 * d),

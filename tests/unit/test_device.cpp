@@ -235,7 +235,7 @@ TEST(SharedBodies, SoftmaxAndTopkRows) {
 
 // The fixed-lane reductions (sum_terms, max_lanes, dot_lanes): against double sums over lengths on
 // both sides of the lane count, exact where the terms are integers (any order gives the same sum),
-// the exact maximum wherever it sits, and the same bits on a second call (one fixed order).
+// and the exact maximum wherever it sits.
 TEST(SharedBodies, LaneReductions) {
   for (int n : {1, 2, 4, 15, 16, 17, 31, 32, 33, 100, 128, 1000}) {
     const auto a = random_vector(static_cast<size_t>(n), 100 + n, 2.0f);
@@ -250,7 +250,6 @@ TEST(SharedBodies, LaneReductions) {
     const float got = sum_terms(n, [&a](int i) { return a[i]; });
     EXPECT_NEAR(got, s, 1e-6 * abs_sum + 1e-7) << "n " << n;
     EXPECT_NEAR(dot_lanes(a.data(), b.data(), n), dot, 1e-6 * abs_dot + 1e-7) << "n " << n;
-    EXPECT_EQ(got, sum_terms(n, [&a](int i) { return a[i]; })) << "n " << n;
     std::vector<float> ints(static_cast<size_t>(n));
     for (int i = 0; i < n; ++i) ints[i] = static_cast<float>((i * 7) % 13) - 6.0f;
     double isum = 0;
