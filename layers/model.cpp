@@ -56,7 +56,6 @@ ModelSpec model_spec_from_config(const Config& c, int vocab) {
   return model_spec_resolve(s);
 }
 
-namespace {
 // The routing of an unrouted block: every token is its own patch, sent to expert 0 with gate 1,
 // nothing dropped, no router losses. Written in the Routing layout so that the rest of the block
 // (source rows, exchange, combine, backward) is the routed code path.
@@ -78,7 +77,98 @@ void routing_all_to_one(Routing& r, int N, int d) {
   r.balance_loss = r.z_loss = 0;
   r.dropped = 0;
 }
-}  // namespace
+
+RouterSpec block_router_spec(const ModelSpec& s, int b) {
+  RouterSpec r;
+  r.experts = s.block_experts(b);
+  r.topk = s.block_topk(b);
+  r.patch_size = s.patch_size;
+  r.capacity_factor = s.capacity_factor;
+  r.renorm = s.renorm;
+  r.prob = s.prob_gate;
+  r.aux_weight = s.aux_loss;
+  r.z_weight = s.z_loss;
+  return r;
+}
+
+void source_rows_build(SourceRows& src, const Routing& r, int B, int T, int chunks) {
+  // Kept patches expanded to tokens, chunk-major, then by global expert. Chunk c holds sequences
+  // [c·B/C, (c+1)·B/C) (empty when C > B: every rank still takes part).
+  const int E = r.E, C = chunks, ps = r.patch;
+  src.chunk_begin.assign(C + 1, 0);
+  src.chunk_offsets.assign(C, std::vector<int>(E + 1, 0));
+  src.token.clear();
+  src.gate.clear();
+  for (int ch = 0; ch < C; ++ch) {
+    const int tok0 = static_cast<int>(static_cast<int64_t>(ch) * B / C) * T;
+    const int tok1 = static_cast<int>(static_cast<int64_t>(ch + 1) * B / C) * T;
+    for (int e = 0; e < E; ++e) {
+      // Rows of expert e are in patch order: binary-search the chunk's patch range.
+      const int* first = r.row_patch.data() + r.row_offsets[e];
+      const int* last = r.row_patch.data() + r.row_offsets[e + 1];
+      const int* lo = std::lower_bound(first, last, tok0 / ps);
+      const int* hi = std::lower_bound(first, last, tok1 / ps);
+      for (const int* it = lo; it != hi; ++it) {
+        const int i = static_cast<int>(it - r.row_patch.data());
+        const int p = *it;
+        for (int t = 0; t < ps; ++t) {
+          src.token.push_back(p * ps + t);
+          src.gate.push_back(p * r.k + r.row_slot[i]);
+        }
+      }
+      src.chunk_offsets[ch][e + 1] = static_cast<int>(src.token.size()) - src.chunk_begin[ch];
+    }
+    src.chunk_begin[ch + 1] = static_cast<int>(src.token.size());
+  }
+  const int Rs = src.rows();
+  src.seg.resize(Rs);
+  src.pos.resize(Rs);
+  for (int i = 0; i < Rs; ++i) {
+    src.seg[i] = src.token[i] / T;
+    src.pos[i] = src.token[i] % T;
+  }
+}
+
+void source_rows_by_token(const SourceRows& src, int N, std::vector<int>& first, std::vector<int>& rows) {
+  const int Rs = src.rows();
+  first.assign(N + 1, 0);
+  for (int i = 0; i < Rs; ++i) ++first[src.token[i] + 1];
+  for (int t = 0; t < N; ++t) first[t + 1] += first[t];
+  rows.resize(Rs);
+  for (int i = 0; i < Rs; ++i) rows[first[src.token[i]]++] = i;  // first[t] ends at t's end …
+  for (int t = N; t > 0; --t) first[t] = first[t - 1];           // … shift back to the starts
+  first[0] = 0;
+}
+
+void block_stats_from_routing(BlockStats* bs, const ModelSpec& s, int b, const Routing& r, int T, bool attention,
+                              bool routed) {
+  // FLOPs of this rank's tokens, counted from the routing (layers/flops.hpp; summed over the ranks
+  // this equals what the experts executed wherever they live), and routing diagnostics.
+  bs->work = block_work_from_routing(r, T, attention, routed);
+  bs->flops = flops_block_forward(s, b, bs->work);
+  bs->chosen = r.chosen;
+  bs->patches = r.P;
+  bs->k = r.k;
+  bs->dropped = r.dropped;
+  bs->balance_loss = r.balance_loss;
+  bs->z_loss = r.z_loss;
+  bs->entropy_sum = 0;
+  if (routed) {
+    for (int p = 0; p < r.P; ++p) {
+      const float* pr = r.probs.data() + static_cast<size_t>(p) * r.E;
+      double h = 0;
+      for (int e = 0; e < r.E; ++e)
+        if (pr[e] > 0) h -= static_cast<double>(pr[e]) * std::log(static_cast<double>(pr[e]));
+      bs->entropy_sum += h;
+    }
+  }
+  bs->experts_per_token.assign(r.k + 1, 0);
+  for (int p = 0; p < r.P; ++p) {
+    int kept = 0;
+    for (int j = 0; j < r.k; ++j) kept += r.kept[static_cast<size_t>(p) * r.k + j];
+    bs->experts_per_token[kept] += r.patch;
+  }
+}
 
 // The owner side of one chunk of a block: what reached this rank's experts, and their caches.
 struct ExpertChunk {
@@ -105,11 +195,7 @@ struct Model::BlockCache {
   FloatBuffer xn;               // [N, d] normalised input
   FloatBuffer mean, rstd;       // [N]
   Routing routing;
-  std::vector<int> chunk_begin;            // [chunks + 1] source-row range of each chunk
-  std::vector<std::vector<int>> chunk_offsets;  // [chunks][E + 1] rows per global expert, chunk-relative
-  std::vector<int32_t> src_token;   // [R_src] token of each source row
-  std::vector<int32_t> src_gate;    // [R_src] index into routing.gate (patch·k + slot)
-  std::vector<int32_t> src_seg, src_pos;  // [R_src]
+  SourceRows src;               // the routed rows, chunk-major (source_rows_build)
   FloatBuffer x_src;            // [R_src, d]
   FloatBuffer y_src;            // [R_src, d] expert outputs back at the source
   std::vector<ExpertChunk> chunk;  // [chunks]
@@ -166,14 +252,7 @@ Model::Model(const ModelSpec& spec, uint64_t seed, ExpertExchange* exchange)
     c->attention = (b % 2 == 0);
     c->routed = s.block_routed(b);
     c->exchange = c->routed ? exchange_ : &local_exchange_;
-    c->router.experts = s.block_experts(b);
-    c->router.topk = s.block_topk(b);
-    c->router.patch_size = s.patch_size;
-    c->router.capacity_factor = s.capacity_factor;
-    c->router.renorm = s.renorm;
-    c->router.prob = s.prob_gate;
-    c->router.aux_weight = s.aux_loss;
-    c->router.z_weight = s.z_loss;
+    c->router = block_router_spec(s, b);
     cache_.push_back(std::move(c));
   }
 }
@@ -206,49 +285,16 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
     router_forward(r, c.router, c.xn.data(), params_.value(bp.router_w), params_.value(bp.router_b), N, d, dropless);
   else
     routing_all_to_one(r, N, d);
-  const int ps = r.patch;
-
-  // 2. Source rows: kept patches expanded to tokens, chunk-major, then by global expert. Chunk c
-  //    holds sequences [c·B/C, (c+1)·B/C) (empty when C > B: every rank still takes part).
+  // 2. Source rows: kept patches expanded to tokens, chunk-major, then by global expert.
+  source_rows_build(c.src, r, B, T, C);
   const int E = r.E;
-  c.chunk_begin.assign(C + 1, 0);
-  c.chunk_offsets.assign(C, std::vector<int>(E + 1, 0));
-  c.src_token.clear();
-  c.src_gate.clear();
-  for (int ch = 0; ch < C; ++ch) {
-    const int tok0 = static_cast<int>(static_cast<int64_t>(ch) * B / C) * T;
-    const int tok1 = static_cast<int>(static_cast<int64_t>(ch + 1) * B / C) * T;
-    for (int e = 0; e < E; ++e) {
-      // Rows of expert e are in patch order: binary-search the chunk's patch range.
-      const int* first = r.row_patch.data() + r.row_offsets[e];
-      const int* last = r.row_patch.data() + r.row_offsets[e + 1];
-      const int* lo = std::lower_bound(first, last, tok0 / ps);
-      const int* hi = std::lower_bound(first, last, tok1 / ps);
-      for (const int* it = lo; it != hi; ++it) {
-        const int i = static_cast<int>(it - r.row_patch.data());
-        const int p = *it;
-        for (int t = 0; t < ps; ++t) {
-          c.src_token.push_back(p * ps + t);
-          c.src_gate.push_back(p * r.k + r.row_slot[i]);
-        }
-      }
-      c.chunk_offsets[ch][e + 1] = static_cast<int>(c.src_token.size()) - c.chunk_begin[ch];
-    }
-    c.chunk_begin[ch + 1] = static_cast<int>(c.src_token.size());
-  }
-  const int Rs = static_cast<int>(c.src_token.size());
-  c.src_seg.resize(Rs);
-  c.src_pos.resize(Rs);
-  for (int i = 0; i < Rs; ++i) {
-    c.src_seg[i] = c.src_token[i] / T;
-    c.src_pos[i] = c.src_token[i] % T;
-  }
+  const int Rs = c.src.rows();
   // An identity exchange (every expert here) moves nothing: each chunk's rows are gathered
   // straight into its ExpertRows and the experts write their outputs in source order (y_src).
   const bool identity = c.exchange->identity();
   if (!identity) {
     c.x_src.resize_uninit(static_cast<size_t>(Rs) * d);
-    gather_rows(c.x_src.data(), c.xn.data(), c.src_token.data(), Rs, d);
+    gather_rows(c.x_src.data(), c.xn.data(), c.src.token.data(), Rs, d);
   }
   c.y_src.resize_uninit(static_cast<size_t>(Rs) * d);
   if (c.chunk.size() < static_cast<size_t>(C)) c.chunk.resize(C);
@@ -269,26 +315,26 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
   //    thread while this thread computes chunk i's experts.
   CommScheduler& sched = *scheduler_;
   auto dispatch = [this, &c, d](int ch) {
-    const size_t r0 = c.chunk_begin[ch];
+    const size_t r0 = c.src.chunk_begin[ch];
     return scheduler_->submit([&c, ch, r0, d] {
-      c.exchange->dispatch(c.chunk[ch].plan, c.chunk_offsets[ch], c.x_src.data() + r0 * d, c.src_seg.data() + r0,
-                          c.src_pos.data() + r0, d, c.chunk[ch].rows);
+      c.exchange->dispatch(c.chunk[ch].plan, c.src.chunk_offsets[ch], c.x_src.data() + r0 * d, c.src.seg.data() + r0,
+                          c.src.pos.data() + r0, d, c.chunk[ch].rows);
     });
   };
   CommScheduler::Ticket next = identity ? 0 : dispatch(0);
   for (int ch = 0; ch < C; ++ch) {
     ExpertChunk& k = c.chunk[ch];
-    const size_t r0 = c.chunk_begin[ch];
+    const size_t r0 = c.src.chunk_begin[ch];
     float* y;
     if (identity) {
-      const int n = c.chunk_begin[ch + 1] - c.chunk_begin[ch];
+      const int n = c.src.chunk_begin[ch + 1] - c.src.chunk_begin[ch];
       ExpertRows& rows = k.rows;
       rows.n_experts = E;
-      rows.offsets = c.chunk_offsets[ch];
+      rows.offsets = c.src.chunk_offsets[ch];
       rows.x.resize_uninit(static_cast<size_t>(n) * d);
-      gather_rows(rows.x.data(), c.xn.data(), c.src_token.data() + r0, n, d);
-      rows.seg.assign(c.src_seg.begin() + r0, c.src_seg.begin() + r0 + n);
-      rows.pos.assign(c.src_pos.begin() + r0, c.src_pos.begin() + r0 + n);
+      gather_rows(rows.x.data(), c.xn.data(), c.src.token.data() + r0, n, d);
+      rows.seg.assign(c.src.seg.begin() + r0, c.src.seg.begin() + r0 + n);
+      rows.pos.assign(c.src.pos.begin() + r0, c.src.pos.begin() + r0 + n);
       y = c.y_src.data() + r0 * d;
     } else {
       sched.wait(next);
@@ -314,54 +360,18 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
   //    in cache: the same additions in the same order as bias first, then a scatter-add by row.
   std::vector<int>& first = ws_token_first_;  // [N + 1] CSR over tokens (shared workspace)
   std::vector<int>& rows_of = ws_token_rows_;  // [Rs] source rows, token-major
-  first.assign(N + 1, 0);
-  for (int i = 0; i < Rs; ++i) ++first[c.src_token[i] + 1];
-  for (int t = 0; t < N; ++t) first[t + 1] += first[t];
-  rows_of.resize(Rs);
-  for (int i = 0; i < Rs; ++i) rows_of[first[c.src_token[i]]++] = i;  // first[t] ends at t's end …
-  for (int t = N; t > 0; --t) first[t] = first[t - 1];                 // … shift back to the starts
-  first[0] = 0;
+  source_rows_by_token(c.src, N, first, rows_of);
   const float* bias = params_.value(bp.b_out);
   for (int t = 0; t < N; ++t) {
     float* out = h + static_cast<size_t>(t) * d;
-    const float* x = hin + static_cast<size_t>(t) * d;
-    for (int j = 0; j < d; ++j) out[j] = x[j] + bias[j];
+    residual_bias_row(out, hin + static_cast<size_t>(t) * d, bias, d);
     for (int q = first[t]; q < first[t + 1]; ++q) {
       const int i = rows_of[q];
-      const float w = r.gate[c.src_gate[i]];
-      const float* y = c.y_src.data() + static_cast<size_t>(i) * d;
-      for (int j = 0; j < d; ++j) out[j] += w * y[j];
+      scatter_add_row(out, c.y_src.data() + static_cast<size_t>(i) * d, d, r.gate[c.src.gate[i]]);
     }
   }
 
-  // Figures: FLOPs of this rank's tokens, counted from the routing (layers/flops.hpp; summed over
-  // the ranks this equals what the experts executed wherever they live), and routing diagnostics.
-  if (bs) {
-    bs->work = block_work_from_routing(r, T, c.attention, c.routed);
-    bs->flops = flops_block_forward(s, b, bs->work);
-    bs->chosen = r.chosen;
-    bs->patches = r.P;
-    bs->k = r.k;
-    bs->dropped = r.dropped;
-    bs->balance_loss = r.balance_loss;
-    bs->z_loss = r.z_loss;
-    bs->entropy_sum = 0;
-    if (c.routed) {
-      for (int p = 0; p < r.P; ++p) {
-        const float* pr = r.probs.data() + static_cast<size_t>(p) * E;
-        double h = 0;
-        for (int e = 0; e < E; ++e)
-          if (pr[e] > 0) h -= static_cast<double>(pr[e]) * std::log(static_cast<double>(pr[e]));
-        bs->entropy_sum += h;
-      }
-    }
-    bs->experts_per_token.assign(r.k + 1, 0);
-    for (int p = 0; p < r.P; ++p) {
-      int kept = 0;
-      for (int j = 0; j < r.k; ++j) kept += r.kept[static_cast<size_t>(p) * r.k + j];
-      bs->experts_per_token[kept] += ps;
-    }
-  }
+  if (bs) block_stats_from_routing(bs, s, b, r, T, c.attention, c.routed);
 }
 
 void Model::block_backward(int b, float* dh, int N, float loss_scale) {
@@ -370,7 +380,7 @@ void Model::block_backward(int b, float* dh, int N, float loss_scale) {
   const ModelSpec& s = spec_;
   const int d = s.d, C = chunks_;
   const Routing& r = c.routing;
-  const int Rs = static_cast<int>(c.src_token.size());
+  const int Rs = static_cast<int>(c.src.token.size());
 
   // Output bias.
   float* dbias = params_.grad(bp.b_out);
@@ -386,13 +396,12 @@ void Model::block_backward(int b, float* dh, int N, float loss_scale) {
   dy_src.resize_uninit(static_cast<size_t>(Rs) * d);
   dx_src.resize_uninit(static_cast<size_t>(Rs) * d);
   for (int i = 0; i < Rs; ++i) {
-    const float w = r.gate[c.src_gate[i]];
-    const float* g = dh + static_cast<size_t>(c.src_token[i]) * d;
-    float* dy = dy_src.data() + static_cast<size_t>(i) * d;
-    for (int j = 0; j < d; ++j) dy[j] = w * g[j];
+    const float w = r.gate[c.src.gate[i]];
+    const float* g = dh + static_cast<size_t>(c.src.token[i]) * d;
+    scale_row(dy_src.data() + static_cast<size_t>(i) * d, g, d, w);
     if (!c.routed) continue;  // gate 1 is a constant: no router to send its gradient to
     const float* y = c.y_src.data() + static_cast<size_t>(i) * d;
-    dgate[c.src_gate[i]] += dot_lanes(g, y, d);
+    dgate[c.src.gate[i]] += dot_lanes(g, y, d);
   }
 
   // The same pipeline in reverse: output gradients travel to the owners chunk by chunk; each
@@ -403,7 +412,7 @@ void Model::block_backward(int b, float* dh, int N, float loss_scale) {
   auto send = [this, &c, &dy_src, d](int ch) {
     ExpertChunk& k = c.chunk[ch];
     k.dy_owner.resize_uninit(static_cast<size_t>(k.rows.rows()) * d);
-    const size_t r0 = c.chunk_begin[ch];
+    const size_t r0 = c.src.chunk_begin[ch];
     return scheduler_->submit([&c, &k, &dy_src, r0, d] {
       c.exchange->to_owner(k.plan, dy_src.data() + r0 * d, k.dy_owner.data(), d);
     });
@@ -417,7 +426,7 @@ void Model::block_backward(int b, float* dh, int N, float loss_scale) {
                     params_.grad(bp.router_w), params_.grad(bp.router_b), loss_scale);
   for (int ch = 0; ch < C; ++ch) {
     ExpertChunk& k = c.chunk[ch];
-    const size_t r0 = c.chunk_begin[ch];
+    const size_t r0 = c.src.chunk_begin[ch];
     const float* dy;
     float* dx;
     if (identity) {
@@ -446,7 +455,7 @@ void Model::block_backward(int b, float* dh, int N, float loss_scale) {
                                    k.rows, d, s.expert_ff());
   }
   sched.wait_all();
-  scatter_add_rows(dxn.data(), dx_src.data(), c.src_token.data(), Rs, d, 1.0f);
+  scatter_add_rows(dxn.data(), dx_src.data(), c.src.token.data(), Rs, d, 1.0f);
 
   // LayerNorm backward into the residual stream's gradient.
   layernorm_backward(dh, params_.grad(bp.norm_scale), params_.grad(bp.norm_bias), dxn.data(), c.hin.data(),

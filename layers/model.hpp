@@ -93,6 +93,34 @@ struct ForwardStats {
   std::vector<BlockStats> blocks;
 };
 
+// Host-side bookkeeping of one block's routed rows, shared by the CPU Model and the device model
+// (layers/device_model.hpp), so both run the same routing → rows → combine order.
+//
+// Source rows are the (token, expert) pairs a rank sends to the experts: kept patches expanded to
+// their tokens, chunk-major (chunk c holds sequences [c·B/C, (c+1)·B/C)), then by global expert,
+// then token order. A token's rows all lie in its sequence's chunk, in expert order, so the
+// combine sums in the same order whatever the chunk count.
+struct SourceRows {
+  std::vector<int> chunk_begin;                 // [chunks + 1] source-row range of each chunk
+  std::vector<std::vector<int>> chunk_offsets;  // [chunks][E + 1] rows per global expert, chunk-relative
+  std::vector<int32_t> token;                   // [R_src] token of each source row
+  std::vector<int32_t> gate;                    // [R_src] index into Routing::gate (patch·k + slot)
+  std::vector<int32_t> seg, pos;                // [R_src] sequence and position of the token
+  int rows() const { return static_cast<int>(token.size()); }
+};
+// From a micro-batch of B sequences of T tokens, routed as r, cut into `chunks` chunks.
+void source_rows_build(SourceRows& src, const Routing& r, int B, int T, int chunks);
+// Each token's source rows as CSR: rows[first[t] .. first[t+1]) ascending (first [N + 1], rows [R_src]).
+void source_rows_by_token(const SourceRows& src, int N, std::vector<int>& first, std::vector<int>& rows);
+// The routing of an unrouted block: every token its own patch, to expert 0 with gate 1, nothing
+// dropped, no router losses (the Routing layout, so the rest of the block is the routed code path).
+void routing_all_to_one(Routing& r, int N, int d);
+// The router of block b (used by routed blocks only).
+RouterSpec block_router_spec(const ModelSpec& s, int b);
+// Block b's figures (work, FLOPs, loads, losses, entropy, experts per token) from its routing.
+void block_stats_from_routing(BlockStats* bs, const ModelSpec& s, int b, const Routing& r, int T, bool attention,
+                              bool routed);
+
 // Indices of one block's parameters in the ParamStore (−1: the block has no such tensor).
 struct BlockParams {
   int norm_scale, norm_bias, router_w, router_b;  // router_w/b −1 for an unrouted block
@@ -129,6 +157,11 @@ class Model {
   // Called after block b's backward (its gradients are final for this micro-batch) and with
   // b = −1 at the end of backward (embedding, final norm): lets gradient all-reduce start early.
   void set_backward_hook(std::function<void(int block)> hook) { on_block_backward_ = std::move(hook); }
+
+  // True when this rank holds every expert of every block (ep 1): the exchange moves nothing.
+  bool all_experts_local() const {
+    return attn_e1_ - attn_e0_ == spec_.attn_experts && mlp_e1_ - mlp_e0_ == spec_.experts;
+  }
 
   ParamStore& params() { return params_; }
   const ParamStore& params() const { return params_; }

@@ -192,6 +192,28 @@ __global__ void attn_backward_key_kernel(float* dqkv, const float* ds, const flo
                           ds + tile, att + tile, q, dOh, W3, gd, j, L, dh);
 }
 
+// ---- the combine of a block (kernels.hpp's residual_bias_row, scatter_add_row, scale_row, dot_lanes) ----
+__global__ void residual_bias_rows_kernel(float* out, const float* x, const float* bias, int N, int C) {
+  const int64_t total = static_cast<int64_t>(N) * C;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    residual_bias_row(out + e, x + e, bias + e % C, 1);
+}
+__global__ void gather_rows_scaled_kernel(float* out, const float* table, const int32_t* ids, const float* row_scale,
+                                          int N, int C) {
+  const int64_t total = static_cast<int64_t>(N) * C;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = e / C, c = e % C;
+    scale_row(out + e, table + static_cast<int64_t>(ids[i]) * C + c, 1, row_scale[i]);
+  }
+}
+__global__ void row_dots_kernel(float* out, const float* a, const int32_t* a_ids, const float* b, int N, int C) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= N) return;
+  out[i] = dot_lanes(a + static_cast<int64_t>(a_ids[i]) * C, b + static_cast<int64_t>(i) * C, C);
+}
+
 // ---- expert helpers ----
 __global__ void broadcast_expert_bias_kernel(float* y, const float* bias, const int* offsets, int E, int rows, int C) {
   const int64_t total = static_cast<int64_t>(rows) * C;
@@ -383,6 +405,27 @@ void attn_causal_backward(float* dqkv, float* ds, const float* d_o, const float*
   attn_backward_key_kernel<<<static_cast<unsigned>(nseg * g), kRowThreads, 0, stream>>>(dqkv, ds, d_o, att, qkv,
                                                                                         seg_begin, att_offset, g, dh);
   UOE_CHECK_LAUNCH("attn_backward_key_kernel");
+}
+
+void residual_bias_rows(float* out, const float* x, const float* bias, int N, int C, cudaStream_t stream) {
+  const int64_t n = static_cast<int64_t>(N) * C;
+  if (n <= 0) return;
+  residual_bias_rows_kernel<<<blocks_for(n, kElemThreads), kElemThreads, 0, stream>>>(out, x, bias, N, C);
+  UOE_CHECK_LAUNCH("residual_bias_rows_kernel");
+}
+
+void gather_rows_scaled(float* out, const float* table, const int32_t* ids, const float* row_scale, int N, int C,
+                        cudaStream_t stream) {
+  const int64_t n = static_cast<int64_t>(N) * C;
+  if (n <= 0) return;
+  gather_rows_scaled_kernel<<<blocks_for(n, kElemThreads), kElemThreads, 0, stream>>>(out, table, ids, row_scale, N, C);
+  UOE_CHECK_LAUNCH("gather_rows_scaled_kernel");
+}
+
+void row_dots(float* out, const float* a, const int32_t* a_ids, const float* b, int N, int C, cudaStream_t stream) {
+  if (N <= 0) return;
+  row_dots_kernel<<<blocks_for(N, kRowThreads), kRowThreads, 0, stream>>>(out, a, a_ids, b, N, C);
+  UOE_CHECK_LAUNCH("row_dots_kernel");
 }
 
 void broadcast_expert_bias(float* y, const float* bias, const int* offsets, int n_experts, int rows, int C,

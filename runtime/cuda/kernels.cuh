@@ -103,6 +103,15 @@ void attn_causal_backward(float* dqkv, float* ds, const float* d_o, const float*
                           const int* seg_begin, const int64_t* att_offset, int nseg, int g, int dh,
                           cudaStream_t stream);
 
+// The combine of a block (layers/model.cpp's loops, element for element): out = x + bias (then
+// scatter_add_rows with the rows' gates as row_scale); out[i] = row_scale[i] · table[ids[i]] (the
+// output gradient of each expert row); out[i] = <a[a_ids[i]], b[i]> in dot_lanes' order (the
+// gate gradient of each row; one thread per row).
+void residual_bias_rows(float* out, const float* x, const float* bias, int N, int C, cudaStream_t stream);
+void gather_rows_scaled(float* out, const float* table, const int32_t* ids, const float* row_scale, int N, int C,
+                        cudaStream_t stream);
+void row_dots(float* out, const float* a, const int32_t* a_ids, const float* b, int N, int C, cudaStream_t stream);
+
 // Small helpers the expert path needs.
 // y[r, :] = bias[e(r), :] for rows r of expert e (rows [offsets[e], offsets[e+1])); offsets on the device.
 void broadcast_expert_bias(float* y, const float* bias, const int* offsets, int n_experts, int rows, int C,

@@ -1,0 +1,62 @@
+// The training step on a GPU (--device cuda): the forward and backward pass of a host Model computed
+// on this rank's GPU with the CUDA twins of the CPU kernels (runtime/cuda/*.cuh), cuBLAS for every
+// GEMM and the grouped/strided expert GEMMs.
+//
+// The host Model stays the master copy of the training state: its ParamStore holds the parameters
+// that AdamW updates, that GradientSync all-reduces over MPI and that checkpoints save and resume,
+// so all of that runs unchanged (and tested) with --device cuda. Each forward_backward uploads the
+// parameters (one copy of the arena), computes on the GPU, and adds the gradients it formed into the
+// host's gradient arena (one copy back) — "optimizer on the host" in the manner of ZeRO-offload,
+// chosen here because it reuses the tested optimizer, all-reduce and checkpoint code; the cost is
+// two copies of the parameters over PCIe per micro-batch.
+//
+// Routing runs on the host with the CPU router (layers/router.cpp): each routed block copies its
+// normalised input [N, d] to the host, routes, and uploads the row tables; in backward the gate
+// gradients (one float per row) come back and the router's input gradient [N, d] goes up. These are
+// the step's host synchronisations besides the two arena copies. Row bookkeeping (source rows,
+// combine order) is layers/model.hpp's shared code, so the GPU combines in the CPU's order.
+//
+// Scope: every expert on this rank (--ep 1; data parallel over ranks is fine) and whole blocks (no
+// chunked overlap: there is no exchange to hide). Expert parallelism on the device needs the
+// dispatch/combine over NcclCommunicator (parallel/nccl_comm.hpp), which is not wired yet.
+//
+// STATUS: compiled, never run — no machine this project is built on has a GPU. See docs/gpu.md.
+// Host-only declarations (no CUDA headers): launcher/train.cpp includes this with g++.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "layers/model.hpp"
+
+namespace uoe {
+
+class DeviceModel {
+ public:
+  // `host` must outlive this and hold every expert (host.all_experts_local()); throws uoe::Error
+  // otherwise. Picks the GPU node-local MPI rank mod the number of GPUs.
+  explicit DeviceModel(Model& host);
+  ~DeviceModel();
+  DeviceModel(const DeviceModel&) = delete;
+  DeviceModel& operator=(const DeviceModel&) = delete;
+
+  // Model::forward_backward's contract, computed on the GPU: adds the gradient of
+  // loss_scale · (mean CE + router losses) into host.params().grads().
+  void forward_backward(const int32_t* inputs, const int32_t* targets, int B, float loss_scale, ForwardStats* stats);
+  // Model::forward_eval's contract (dropless; ce_sum and tokens in stats).
+  void forward_eval(const int32_t* inputs, const int32_t* targets, int B, ForwardStats* stats);
+  // As Model::set_backward_hook: called for every block (last first), then with −1, once the
+  // gradients of the call are in the host arena.
+  void set_backward_hook(std::function<void(int block)> hook);
+  // Block b's routing of the last forward pass.
+  const Routing& routing(int b) const;
+  // "GPU 0 of 8: NVIDIA H200 (sm_90)" — for the start-up log.
+  std::string describe() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace uoe
