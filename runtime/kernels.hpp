@@ -49,7 +49,8 @@ UOE_HD inline float exp_approx(float x) {
 }
 
 // erf(x): Abramowitz & Stegun 7.1.26, |error| ≤ 1.5e-7 (about float epsilon near 1).
-UOE_HD inline float erf_approx(float x) {
+// erf(x) given ex2 = e^(−x²) (exp_approx(−x·x)): callers that need e^(−x²) too share one exp.
+UOE_HD inline float erf_from_exp(float x, float ex2) {
   const float ax = x < 0.0f ? -x : x;
   const float t = 1.0f / (1.0f + 0.3275911f * ax);
   float p = 1.061405429f;
@@ -57,9 +58,10 @@ UOE_HD inline float erf_approx(float x) {
   p = p * t + 1.421413741f;
   p = p * t - 0.284496736f;
   p = p * t + 0.254829592f;
-  const float y = 1.0f - p * t * exp_approx(-ax * ax);
+  const float y = 1.0f - p * t * ex2;
   return x < 0.0f ? -y : y;
 }
+UOE_HD inline float erf_approx(float x) { return erf_from_exp(x, exp_approx(-x * x)); }
 
 // ---- fixed-order sums that vectorise ----
 // Without -ffast-math (forbidden here) a compiler must add `s += x[i]` one term at a time, in index
@@ -165,22 +167,28 @@ UOE_HD inline void softmax_row_backward(float* dx, const float* p, const float* 
   for (int i = 0; i < n; ++i) dx[i] = p[i] * (dp[i] - dot);
 }
 
-// GELU, erf form (torch.nn.GELU()'s default), with erf to 1.5e-7.
-// Both from e = erf(x/√2), so the fused form below shares one erf with the same formulas.
+// GELU, erf form (torch.nn.GELU()'s default), with erf to 1.5e-7. With z = x/√2, e = erf(z) and
+// ez = e^(−z²) = e^(−x²/2): GELU = x·(1 + e)/2 and GELU' = (1 + e)/2 + x·ez/√(2π), so one exp
+// serves erf and the normal density, and the fused form below shares both with the same formulas.
 UOE_HD inline float gelu_erf_arg(float x) { return x * 0.70710678118654752f; }
 UOE_HD inline float gelu_from_erf(float x, float e) { return 0.5f * x * (1.0f + e); }
-UOE_HD inline float gelu_grad_from_erf(float x, float e) {
+UOE_HD inline float gelu_grad_from_erf(float x, float e, float ez) {
   const float cdf = 0.5f * (1.0f + e);
-  const float pdf = 0.39894228040143268f * exp_approx(-0.5f * x * x);
+  const float pdf = 0.39894228040143268f * ez;
   return cdf + x * pdf;
 }
 UOE_HD inline float gelu(float x) { return gelu_from_erf(x, erf_approx(gelu_erf_arg(x))); }
-UOE_HD inline float gelu_grad(float x) { return gelu_grad_from_erf(x, erf_approx(gelu_erf_arg(x))); }
-// GELU(x) and GELU'(x) together, sharing one erf: what the MLP experts' forward keeps for backward.
+UOE_HD inline float gelu_grad(float x) {
+  const float z = gelu_erf_arg(x), ez = exp_approx(-z * z);
+  return gelu_grad_from_erf(x, erf_from_exp(z, ez), ez);
+}
+// GELU(x) and GELU'(x) together, sharing one erf and one exp: what the MLP experts' forward keeps
+// for backward.
 UOE_HD inline void gelu_with_grad(float x, float* out, float* grad) {
-  const float e = erf_approx(gelu_erf_arg(x));
+  const float z = gelu_erf_arg(x), ez = exp_approx(-z * z);
+  const float e = erf_from_exp(z, ez);
   *out = gelu_from_erf(x, e);
-  *grad = gelu_grad_from_erf(x, e);
+  *grad = gelu_grad_from_erf(x, e, ez);
 }
 
 // RoPE angle table for positions [0, T) and dh = 2·half dims: cos/sin [T, half] of

@@ -136,6 +136,23 @@ TEST(Kernels, ExpAndErfApproximations) {
   EXPECT_LT(exp_approx(-1000.0f), 1e-37f);  // clamped, not NaN or garbage
 }
 
+// GELU and GELU' (which share one exp between erf and the normal density) against the exact erf
+// forms in double: GELU = x·Φ(x), GELU' = Φ(x) + x·φ(x).
+TEST(Kernels, GeluAndDerivativeAgainstExactForms) {
+  double worst = 0, worst_grad = 0;
+  for (int i = 0; i <= 200000; ++i) {
+    const float x = -10.0f + 20.0f * static_cast<float>(i) / 200000.0f;
+    const double xd = x, cdf = 0.5 * (1.0 + std::erf(xd / std::sqrt(2.0)));
+    const double pdf = std::exp(-0.5 * xd * xd) / std::sqrt(2.0 * M_PI);
+    worst = std::max(worst, std::fabs(gelu(x) - xd * cdf) / (1.0 + std::fabs(xd)));
+    worst_grad = std::max(worst_grad, std::fabs(gelu_grad(x) - (cdf + xd * pdf)) / (1.0 + std::fabs(xd)));
+  }
+  // erf's error (above) scaled by |x|/2, plus the float rounding of the last products (measured
+  // 1.1e-7 and 2.5e-7 with GCC 12, AVX-512).
+  EXPECT_LT(worst, 4e-7);
+  EXPECT_LT(worst_grad, 4e-7);
+}
+
 ExpertRows make_rows(const std::vector<int>& offsets, const std::vector<int32_t>& seg, const std::vector<int32_t>& pos,
                      const std::vector<float>& x) {
   ExpertRows r;
