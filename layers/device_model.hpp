@@ -5,10 +5,13 @@
 // The host Model stays the master copy of the training state: its ParamStore holds the parameters
 // that AdamW updates, that GradientSync all-reduces over MPI and that checkpoints save and resume,
 // so all of that runs unchanged (and tested) with --device cuda. Each forward_backward uploads the
-// parameters (one copy of the arena), computes on the GPU, and adds the gradients it formed into the
-// host's gradient arena (one copy back) — "optimizer on the host" in the manner of ZeRO-offload,
-// chosen here because it reuses the tested optimizer, all-reduce and checkpoint code; the cost is
-// two copies of the parameters over PCIe per micro-batch.
+// parameter and gradient arenas, computes on the GPU (the gradients continuing from the host's, so
+// micro-batches accumulate in the CPU model's order), and copies the gradients back — "optimizer on
+// the host" in the manner of ZeRO-offload, chosen because it reuses the tested optimizer, all-reduce
+// and checkpoint code; the cost is three arena copies over PCIe per micro-batch.
+//
+// The step itself is layers/device_step.hpp's DeviceStep over the CUDA backend; its CPU tests run the
+// same orchestration over CPU kernels and match the CPU Model bit for bit (test_device_step.cpp).
 //
 // Routing runs on the host with the CPU router (layers/router.cpp): each routed block copies its
 // normalised input [N, d] to the host, routes, and uploads the row tables; in backward the gate

@@ -1,0 +1,277 @@
+// The device training step, written once over a backend (layers/device_model.hpp explains the
+// design). DeviceStep<Backend> is Model::forward_backward / forward_eval for one rank holding every
+// expert, with whole blocks (chunks = 1), expressed as calls into a Backend:
+//   - CudaStepBackend (layers/device_model.cu): cuda:: kernels, cuBLAS, device buffers — the GPU path;
+//   - tests/unit/step_backend_cpu.hpp: the CPU kernels on host buffers — so that this orchestration
+//     (which rows go where, what accumulates and what overwrites, the order of every sum) runs in
+//     the CPU tests against the CPU Model (test_device_step.cpp), not only on a GPU.
+//
+// A Backend provides:
+//   template <class T> Buffer      resize(n) (grow-only, contents undefined after growth), data(), size()
+//   Rows, MlpCache, AttnCache      the experts' input rows and caches
+//   Scatter                        a plan for scatter-adds by destination (sources in ascending order)
+//   upload(Buffer&, span), download(const Buffer&, span), zero(Buffer&), synchronize()
+//   layernorm_forward/_backward, gather_rows, gather_rows_scaled, row_dots, residual_bias_rows,
+//   scatter_plan, scatter_add, bias_grad, cross_entropy (returns the loss sum), gemm,
+//   set_rows (experts' rows from source rows), mlp_/attn_ forward, backward_data, backward_weights
+// with the semantics of the CPU kernels of the same names (runtime/kernels.hpp, layers/experts.hpp).
+#pragma once
+#include <algorithm>
+#include <functional>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "layers/model.hpp"
+#include "layers/router.hpp"
+#include "runtime/error.hpp"
+
+namespace uoe {
+
+template <class Be>
+class DeviceStep {
+ public:
+  // `host` keeps the master parameters (see layers/device_model.hpp); it must hold every expert.
+  DeviceStep(Model& host, Be& be) : host_(host), be_(be), spec_(host.spec()) {
+    if (!host_.all_experts_local())
+      fail("--device cuda: this rank holds only part of the experts (--ep > 1); the GPU path runs with --ep 1 "
+           "for now (expert parallelism on the device, over NCCL, is not wired: docs/gpu.md)");
+    is_router_.assign(host_.params().count(), false);
+    for (int b = 0; b < 2 * spec_.layers; ++b) {
+      for (int i : {host_.blocks()[b].router_w, host_.blocks()[b].router_b})
+        if (i >= 0) is_router_[i] = true;
+      auto c = std::make_unique<Block>();
+      c->attention = b % 2 == 0;
+      c->routed = spec_.block_routed(b);
+      c->router = block_router_spec(spec_, b);
+      blocks_.push_back(std::move(c));
+    }
+  }
+
+  void set_backward_hook(std::function<void(int)> hook) { hook_ = std::move(hook); }
+  const Routing& routing(int b) const { return blocks_.at(b)->routing; }
+
+  // Model::forward_backward's contract: adds the gradient of loss_scale · (mean CE + router losses)
+  // into host.params().grads(), in the Model's order (the device continues from the host's values).
+  void forward_backward(const int32_t* inputs, const int32_t* targets, int B, float loss_scale, ForwardStats* stats) {
+    if (B <= 0) fail("device step: empty micro-batch");
+    const int N = B * spec_.seq_len, d = spec_.d, V = spec_.vocab, nb = 2 * spec_.layers;
+    const size_t total = host_.params().total();
+    upload_params();
+    // The device gradients continue from the host's (earlier micro-batches of the step), so every
+    // sum runs in the CPU model's order; only the routers' gradients accumulate on the host.
+    grads_.resize(total);
+    be_.upload(grads_, std::span<const float>(host_.params().grads().data(), total));
+    forward(inputs, B, /*dropless=*/false, stats);
+    // Loss = mean CE: dlogits = (softmax − onehot) · loss_scale / N.
+    be_.upload(targets_, std::span<const int32_t>(targets, N));
+    stats->ce_sum = be_.cross_entropy(/*backward=*/true, logits_.data(), targets_.data(), N, V,
+                                      loss_scale / static_cast<float>(N));
+    const int embed = host_.embed_index();
+    be_.gemm(true, false, V, d, N, 1.0f, logits_.data(), V, hf_.data(), d, 1.0f, grad(embed), d);
+    dhf_.resize(static_cast<size_t>(N) * d);
+    be_.gemm(false, false, N, d, V, 1.0f, logits_.data(), V, val(embed), d, 0.0f, dhf_.data(), d);
+    dh_.resize(static_cast<size_t>(N) * d);
+    be_.zero(dh_);
+    be_.layernorm_backward(dh_.data(), grad(host_.final_norm_scale_index()), grad(host_.final_norm_bias_index()),
+                           dhf_.data(), h_.data(), val(host_.final_norm_scale_index()), fmean_.data(), frstd_.data(),
+                           N, d);
+    for (int b = nb - 1; b >= 0; --b) block_backward(b, N, loss_scale);
+    be_.scatter_plan(embed_plan_, tokens_.data(), N, V);
+    be_.scatter_add(grad(embed), dh_.data(), embed_plan_, d, nullptr);
+    // The gradients come back to the host's arena, all but the routers' (accumulated there directly;
+    // their device copies are stale).
+    grads_host_.resize(total);
+    be_.download(grads_, std::span<float>(grads_host_.data(), total));
+    be_.synchronize();
+    ParamStore& ps = host_.params();
+    for (size_t i = 0; i < ps.count(); ++i) {
+      const int t = static_cast<int>(i);
+      if (is_router_[i]) continue;
+      std::copy_n(grads_host_.data() + ps.info(t).offset, ps.info(t).size, ps.grad(t));
+    }
+    if (hook_) {
+      for (int b = nb - 1; b >= 0; --b) hook_(b);
+      hook_(-1);
+    }
+  }
+
+  // Model::forward_eval's contract (dropless; ce_sum and tokens).
+  void forward_eval(const int32_t* inputs, const int32_t* targets, int B, ForwardStats* stats) {
+    const int N = B * spec_.seq_len;
+    if (N == 0) {  // a rank with no evaluation batch left (every expert is here: nothing collective)
+      stats->blocks.assign(2 * spec_.layers, BlockStats{});
+      stats->ce_sum = 0;
+      stats->tokens = 0;
+      stats->aux_loss = stats->flops = 0;
+      return;
+    }
+    upload_params();
+    forward(inputs, B, /*dropless=*/true, stats);
+    be_.upload(targets_, std::span<const int32_t>(targets, N));
+    stats->ce_sum = be_.cross_entropy(/*backward=*/false, logits_.data(), targets_.data(), N, spec_.vocab, 1.0f);
+  }
+
+ private:
+  template <class T>
+  using Buf = typename Be::template Buffer<T>;
+
+  // One block's state (Model::BlockCache's counterpart).
+  struct Block {
+    bool attention = false, routed = true;
+    RouterSpec router;
+    Buf<float> hin, xn, mean, rstd;  // [N, d], [N, d], [N], [N]
+    std::vector<float> xn_host;      // routed: the router's input on the host
+    Routing routing;
+    SourceRows src;
+    std::vector<float> row_gate;     // [R] gate weight of each source row
+    Buf<int32_t> token;              // [R] src.token
+    Buf<float> gate;                 // [R] row_gate
+    typename Be::Scatter by_token;   // source rows by token, ascending
+    typename Be::Rows rows;          // the experts' input rows (source order: the exchange is the identity)
+    Buf<float> y;                    // [R, d] expert outputs
+    typename Be::MlpCache mlp;
+    typename Be::AttnCache attn;
+  };
+
+  const float* val(int i) const { return values_.data() + host_.params().info(i).offset; }
+  float* grad(int i) { return grads_.data() + host_.params().info(i).offset; }
+  void upload_params() {
+    const size_t total = host_.params().total();
+    values_.resize(total);
+    be_.upload(values_, std::span<const float>(host_.params().values().data(), total));
+  }
+
+  // Model::block_forward with chunks = 1 and an identity exchange.
+  void block_forward(int b, float* out, int B, bool dropless, BlockStats* bs) {
+    Block& c = *blocks_[b];
+    const BlockParams& bp = host_.blocks()[b];
+    const int d = spec_.d, T = spec_.seq_len, N = B * T;
+    c.xn.resize(static_cast<size_t>(N) * d);
+    c.mean.resize(N);
+    c.rstd.resize(N);
+    be_.layernorm_forward(c.xn.data(), c.mean.data(), c.rstd.data(), c.hin.data(), val(bp.norm_scale),
+                          val(bp.norm_bias), N, d);
+    // 1. Route on the host with the CPU router (on the host's master router weights).
+    Routing& r = c.routing;
+    if (c.routed) {
+      c.xn_host.resize(static_cast<size_t>(N) * d);
+      be_.download(c.xn, std::span<float>(c.xn_host));
+      be_.synchronize();
+      router_forward(r, c.router, c.xn_host.data(), host_.params().value(bp.router_w),
+                     host_.params().value(bp.router_b), N, d, dropless);
+    } else {
+      routing_all_to_one(r, N, d);
+    }
+    // 2. Source rows (the CPU model's code) and their tables on the device.
+    source_rows_build(c.src, r, B, T, 1);
+    const int R = c.src.rows();
+    c.row_gate.resize(R);
+    for (int i = 0; i < R; ++i) c.row_gate[i] = r.gate[c.src.gate[i]];
+    c.token.resize(R);
+    c.gate.resize(R);
+    be_.upload(c.token, std::span<const int32_t>(c.src.token));
+    be_.upload(c.gate, std::span<const float>(c.row_gate));
+    be_.set_rows(c.rows, c.src, r.E, c.xn.data(), c.token.data(), d);
+    // 3. Experts, outputs in source order.
+    c.y.resize(static_cast<size_t>(R) * d);
+    if (c.attention)
+      be_.attn_forward(c.y.data(), c.attn, c.rows, val(bp.w_in), val(bp.w_out), d, spec_.heads_per_expert(),
+                       spec_.head_dim());
+    else
+      be_.mlp_forward(c.y.data(), c.mlp, c.rows, val(bp.w_in), val(bp.b_in), val(bp.w_out), d, spec_.expert_ff());
+    // 4. Combine: out = hin + bias, then each token's rows in ascending row order, gate-weighted.
+    be_.residual_bias_rows(out, c.hin.data(), val(bp.b_out), N, d);
+    be_.scatter_plan(c.by_token, c.token.data(), R, N);
+    be_.scatter_add(out, c.y.data(), c.by_token, d, c.gate.data());
+    if (bs) block_stats_from_routing(bs, spec_, b, r, T, c.attention, c.routed);
+  }
+
+  // Model::block_backward with chunks = 1 and an identity exchange; dh_ is the residual gradient.
+  void block_backward(int b, int N, float loss_scale) {
+    Block& c = *blocks_[b];
+    const BlockParams& bp = host_.blocks()[b];
+    const int d = spec_.d, R = c.src.rows();
+    const Routing& r = c.routing;
+    be_.bias_grad(grad(bp.b_out), dh_.data(), N, d);
+    // Combine backward: dy = w·dh[token]; the gate gradients <dh[token], y> go to the host router.
+    dy_.resize(static_cast<size_t>(R) * d);
+    dx_.resize(static_cast<size_t>(R) * d);
+    be_.gather_rows_scaled(dy_.data(), dh_.data(), c.token.data(), c.gate.data(), R, d);
+    dxn_.resize(static_cast<size_t>(N) * d);
+    if (c.routed) {
+      rowdot_.resize(R);
+      be_.row_dots(rowdot_.data(), dh_.data(), c.token.data(), c.y.data(), R, d);
+      rowdot_host_.resize(R);
+      be_.download(rowdot_, std::span<float>(rowdot_host_));
+      be_.synchronize();
+      dgate_host_.assign(static_cast<size_t>(r.P) * r.k, 0.0f);
+      for (int i = 0; i < R; ++i) dgate_host_[c.src.gate[i]] += rowdot_host_[i];  // the CPU model's order
+      dxn_host_.assign(static_cast<size_t>(N) * d, 0.0f);
+      router_backward(r, c.router, dgate_host_.data(), c.xn_host.data(), host_.params().value(bp.router_w),
+                      dxn_host_.data(), host_.params().grad(bp.router_w), host_.params().grad(bp.router_b),
+                      loss_scale);
+      be_.upload(dxn_, std::span<const float>(dxn_host_));
+    } else {
+      be_.zero(dxn_);
+    }
+    if (c.attention) {
+      be_.attn_backward_data(dx_.data(), dy_.data(), c.attn, c.rows, val(bp.w_in), val(bp.w_out), d,
+                             spec_.heads_per_expert(), spec_.head_dim());
+      be_.attn_backward_weights(grad(bp.w_in), grad(bp.w_out), dy_.data(), c.attn, c.rows, d,
+                                spec_.heads_per_expert(), spec_.head_dim());
+    } else {
+      be_.mlp_backward_data(dx_.data(), dy_.data(), c.mlp, c.rows, val(bp.w_in), val(bp.w_out), d, spec_.expert_ff());
+      be_.mlp_backward_weights(grad(bp.w_in), grad(bp.b_in), grad(bp.w_out), dy_.data(), c.mlp, c.rows, d,
+                               spec_.expert_ff());
+    }
+    be_.scatter_add(dxn_.data(), dx_.data(), c.by_token, d, nullptr);
+    be_.layernorm_backward(dh_.data(), grad(bp.norm_scale), grad(bp.norm_bias), dxn_.data(), c.hin.data(),
+                           val(bp.norm_scale), c.mean.data(), c.rstd.data(), N, d);
+  }
+
+  // Model::forward: embedding, blocks (block b writes block b+1's input), final norm, logits.
+  void forward(const int32_t* inputs, int B, bool dropless, ForwardStats* stats) {
+    const int N = B * spec_.seq_len, d = spec_.d, V = spec_.vocab, nb = 2 * spec_.layers;
+    for (int i = 0; i < N; ++i)
+      if (inputs[i] < 0 || inputs[i] >= V) fail("token id ", inputs[i], " out of range [0, ", V, ")");
+    tokens_.resize(N);
+    be_.upload(tokens_, std::span<const int32_t>(inputs, N));
+    h_.resize(static_cast<size_t>(N) * d);
+    for (auto& c : blocks_) c->hin.resize(static_cast<size_t>(N) * d);
+    be_.gather_rows(nb > 0 ? blocks_[0]->hin.data() : h_.data(), val(host_.embed_index()), tokens_.data(), N, d);
+    stats->blocks.assign(nb, BlockStats{});
+    stats->aux_loss = 0;
+    stats->flops = 0;
+    for (int b = 0; b < nb; ++b) {
+      block_forward(b, b + 1 < nb ? blocks_[b + 1]->hin.data() : h_.data(), B, dropless, &stats->blocks[b]);
+      stats->aux_loss += stats->blocks[b].balance_loss + stats->blocks[b].z_loss;
+      stats->flops += stats->blocks[b].flops;
+    }
+    stats->flops += flops_head_forward(spec_, N);
+    hf_.resize(static_cast<size_t>(N) * d);
+    fmean_.resize(N);
+    frstd_.resize(N);
+    be_.layernorm_forward(hf_.data(), fmean_.data(), frstd_.data(), h_.data(), val(host_.final_norm_scale_index()),
+                          val(host_.final_norm_bias_index()), N, d);
+    logits_.resize(static_cast<size_t>(N) * V);
+    be_.gemm(false, true, N, V, d, 1.0f, hf_.data(), d, val(host_.embed_index()), d, 0.0f, logits_.data(), V);
+    stats->tokens = N;
+  }
+
+  Model& host_;
+  Be& be_;
+  ModelSpec spec_;
+  std::vector<std::unique_ptr<Block>> blocks_;  // [2L] (blocks own non-movable device state)
+  Buf<float> values_, grads_;                   // the ParamStore's arenas, same layout
+  std::vector<float> grads_host_;
+  std::vector<bool> is_router_;                 // [tensors] router weights and biases
+  Buf<int32_t> tokens_, targets_;
+  typename Be::Scatter embed_plan_;
+  Buf<float> h_, hf_, fmean_, frstd_, logits_;
+  Buf<float> dhf_, dh_, dy_, dx_, dxn_, rowdot_;
+  std::vector<float> rowdot_host_, dgate_host_, dxn_host_;
+  std::function<void(int)> hook_;
+};
+
+}  // namespace uoe
