@@ -279,12 +279,10 @@ int train_run(const Config& cfg) {
   const bool on_gpu = device_parse(cfg.device) == Device::cuda;
   if (on_gpu) {
     device_require(Device::cuda);  // no usable GPU: a clear error naming why
-    // What the device step (layers/device_model.hpp) does not cover yet, refused before any work.
-    if (groups.ep > 1)
-      fail("--device cuda runs with --ep 1 for now (every rank holds all experts; ranks are data parallel): the "
-           "expert exchange over NCCL is not wired into the model yet (docs/gpu.md)");
+    // What the device step (layers/device_step.hpp) does not cover yet, refused before any work.
     if (cfg.overlap_chunks > 1)
-      fail("--device cuda: --overlap-chunks ", cfg.overlap_chunks, " has nothing to overlap with --ep 1; use 1");
+      fail("--device cuda runs whole blocks for now: --overlap-chunks ", cfg.overlap_chunks,
+           " needs the stream scheduler inside the device step (docs/gpu.md); use --overlap-chunks 1");
   }
   // A stuck exchange ends the job: every rank's watchdog reports where it waits, then aborts.
   Watchdog watchdog(cfg.collective_timeout, [](const std::string&) { MPI_Abort(MPI_COMM_WORLD, 3); });

@@ -131,6 +131,16 @@ struct CudaStepBackend {
     rows.x.resize(static_cast<size_t>(src.rows()) * d);
     cuda::gather_rows(rows.x.data(), xn, token, src.rows(), d, s());
   }
+  // Rows that reached this rank's experts over the exchange (host) → the device.
+  void set_owner_rows(Rows& rows, const ExpertRows& arrived, int d) {
+    rows.n_experts = arrived.n_experts;
+    rows.offsets = arrived.offsets;
+    rows.seg = arrived.seg;
+    rows.pos = arrived.pos;
+    rows.offsets_dev.upload(std::span<const int>(rows.offsets), s());
+    rows.pos_dev.upload(std::span<const int32_t>(rows.pos), s());
+    rows.x.upload(std::span<const float>(arrived.x.data(), static_cast<size_t>(arrived.rows()) * d), s());
+  }
   void mlp_forward(float* y, MlpCache& c, const Rows& r, const float* W1, const float* b1, const float* W2, int d,
                    int f) {
     cuda::mlp_experts_forward(y, c, r, W1, b1, W2, d, f, blas);

@@ -19,10 +19,11 @@
 // the step's host synchronisations besides the two arena copies. Row bookkeeping (source rows,
 // combine order) is layers/model.hpp's shared code, so the GPU combines in the CPU's order.
 //
-// Scope: every expert on this rank (--ep 1; data parallel over ranks is fine) and whole blocks (no
-// chunked overlap: there is no exchange to hide). Expert parallelism on the device needs the
-// dispatch/combine over NcclCommunicator (parallel/nccl_comm.hpp), which is not wired yet.
-//
+// Scope: whole blocks (no chunked overlap). With every expert on this rank (--ep 1) rows never leave
+// the GPU; with --ep > 1 they travel through the host over the Model's MPI exchange (download, the
+// tested CPU exchange, upload) — expert parallelism works, at the cost of host staging; the
+// exchange over NcclCommunicator (parallel/nccl_comm.hpp) that would keep them on the GPUs is not
+// wired yet.
 // STATUS: compiled, never run — no machine this project is built on has a GPU. See docs/gpu.md.
 // Host-only declarations (no CUDA headers): launcher/train.cpp includes this with g++.
 #pragma once
@@ -37,8 +38,7 @@ namespace uoe {
 
 class DeviceModel {
  public:
-  // `host` must outlive this and hold every expert (host.all_experts_local()); throws uoe::Error
-  // otherwise. Picks the GPU node-local MPI rank mod the number of GPUs.
+  // `host` must outlive this. Picks the GPU node-local MPI rank mod the number of GPUs.
   explicit DeviceModel(Model& host);
   ~DeviceModel();
   DeviceModel(const DeviceModel&) = delete;

@@ -1,6 +1,7 @@
 // The device training step, written once over a backend (layers/device_model.hpp explains the
-// design). DeviceStep<Backend> is Model::forward_backward / forward_eval for one rank holding every
-// expert, with whole blocks (chunks = 1), expressed as calls into a Backend:
+// design). DeviceStep<Backend> is Model::forward_backward / forward_eval with whole blocks
+// (chunks = 1), expressed as calls into a Backend. With every expert on this rank the rows never
+// leave the device; with ep > 1 they travel through the host over the Model's own exchange (MPI).
 //   - CudaStepBackend (layers/device_model.cu): cuda:: kernels, cuBLAS, device buffers — the GPU path;
 //   - tests/unit/step_backend_cpu.hpp: the CPU kernels on host buffers — so that this orchestration
 //     (which rows go where, what accumulates and what overwrites, the order of every sum) runs in
@@ -13,18 +14,22 @@
 //   upload(Buffer&, span), download(const Buffer&, span), zero(Buffer&), synchronize()
 //   layernorm_forward/_backward, gather_rows, gather_rows_scaled, row_dots, residual_bias_rows,
 //   scatter_plan, scatter_add, bias_grad, cross_entropy (returns the loss sum), gemm,
-//   set_rows (experts' rows from source rows), mlp_/attn_ forward, backward_data, backward_weights
+//   set_rows (experts' rows gathered from source rows), set_owner_rows (rows that arrived, from the
+//   host), mlp_/attn_ forward, backward_data, backward_weights
 // with the semantics of the CPU kernels of the same names (runtime/kernels.hpp, layers/experts.hpp).
 #pragma once
 #include <algorithm>
 #include <functional>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "layers/model.hpp"
 #include "layers/router.hpp"
+#include "parallel/exchange.hpp"
 #include "runtime/error.hpp"
+#include "runtime/kernels.hpp"
 
 namespace uoe {
 
@@ -33,9 +38,6 @@ class DeviceStep {
  public:
   // `host` keeps the master parameters (see layers/device_model.hpp); it must hold every expert.
   DeviceStep(Model& host, Be& be) : host_(host), be_(be), spec_(host.spec()) {
-    if (!host_.all_experts_local())
-      fail("--device cuda: this rank holds only part of the experts (--ep > 1); the GPU path runs with --ep 1 "
-           "for now (expert parallelism on the device, over NCCL, is not wired: docs/gpu.md)");
     is_router_.assign(host_.params().count(), false);
     for (int b = 0; b < 2 * spec_.layers; ++b) {
       for (int i : {host_.blocks()[b].router_w, host_.blocks()[b].router_b})
@@ -44,6 +46,11 @@ class DeviceStep {
       c->attention = b % 2 == 0;
       c->routed = spec_.block_routed(b);
       c->router = block_router_spec(spec_, b);
+      // Routed blocks exchange rows through the host Model's exchange; an identity one (every
+      // expert here) and unrouted blocks keep them on the device.
+      c->exchange = c->routed && !host_.exchange()->identity() ? host_.exchange() : nullptr;
+      c->plan.where = "layer " + std::to_string(b / 2) + (c->attention ? " attention (block " : " MLP (block ") +
+                      std::to_string(b) + "), device step";
       blocks_.push_back(std::move(c));
     }
   }
@@ -99,7 +106,7 @@ class DeviceStep {
   // Model::forward_eval's contract (dropless; ce_sum and tokens).
   void forward_eval(const int32_t* inputs, const int32_t* targets, int B, ForwardStats* stats) {
     const int N = B * spec_.seq_len;
-    if (N == 0) {  // a rank with no evaluation batch left (every expert is here: nothing collective)
+    if (N == 0 && !exchanges()) {  // no batch left, and nothing collective inside to take part in
       stats->blocks.assign(2 * spec_.layers, BlockStats{});
       stats->ce_sum = 0;
       stats->tokens = 0;
@@ -108,6 +115,10 @@ class DeviceStep {
     }
     upload_params();
     forward(inputs, B, /*dropless=*/true, stats);
+    if (N == 0) {  // took part in the exchanges with nothing of its own
+      stats->ce_sum = 0;
+      return;
+    }
     be_.upload(targets_, std::span<const int32_t>(targets, N));
     stats->ce_sum = be_.cross_entropy(/*backward=*/false, logits_.data(), targets_.data(), N, spec_.vocab, 1.0f);
   }
@@ -132,7 +143,29 @@ class DeviceStep {
     Buf<float> y;                    // [R, d] expert outputs
     typename Be::MlpCache mlp;
     typename Be::AttnCache attn;
+    // Expert parallelism (ep > 1): rows travel through the host over the MPI exchange.
+    ExpertExchange* exchange = nullptr;  // null: every expert of the block is here
+    ExchangePlan plan;
+    ExpertRows owner_host;               // what reached this rank's experts
+    Buf<float> y_owner;                  // [R_dst, d] expert outputs, owner order
   };
+
+  bool exchanges() const {
+    for (const auto& c : blocks_)
+      if (c->exchange) return true;
+    return false;
+  }
+  // Host staging of one exchange: device [rows, width] → host → exchange → host → device.
+  template <class Move>
+  void staged(const Buf<float>& from, size_t from_n, Buf<float>& to, size_t to_n, Move move) {
+    stage_in_.resize(from_n);
+    stage_out_.resize(to_n);
+    be_.download(from, std::span<float>(stage_in_.data(), from_n));
+    be_.synchronize();
+    move(stage_in_.data(), stage_out_.data());
+    to.resize(to_n);
+    be_.upload(to, std::span<const float>(stage_out_.data(), to_n));
+  }
 
   const float* val(int i) const { return values_.data() + host_.params().info(i).offset; }
   float* grad(int i) { return grads_.data() + host_.params().info(i).offset; }
@@ -172,14 +205,29 @@ class DeviceStep {
     c.gate.resize(R);
     be_.upload(c.token, std::span<const int32_t>(c.src.token));
     be_.upload(c.gate, std::span<const float>(c.row_gate));
-    be_.set_rows(c.rows, c.src, r.E, c.xn.data(), c.token.data(), d);
-    // 3. Experts, outputs in source order.
     c.y.resize(static_cast<size_t>(R) * d);
+    float* y = c.y.data();
+    if (!c.exchange) {
+      // 3. Experts on the source rows (every expert here), outputs in source order.
+      be_.set_rows(c.rows, c.src, r.E, c.xn.data(), c.token.data(), d);
+    } else {
+      // 3. The rows travel to their experts' ranks through the host (the CPU model's exchange on the
+      //    router's copy of xn), the experts run here on what arrived, outputs go back the same way.
+      stage_in_.resize(static_cast<size_t>(R) * d);
+      gather_rows(stage_in_.data(), c.xn_host.data(), c.src.token.data(), R, d);
+      c.exchange->dispatch(c.plan, c.src.chunk_offsets[0], stage_in_.data(), c.src.seg.data(), c.src.pos.data(), d,
+                           c.owner_host);
+      be_.set_owner_rows(c.rows, c.owner_host, d);
+      c.y_owner.resize(static_cast<size_t>(c.owner_host.rows()) * d);
+      y = c.y_owner.data();
+    }
     if (c.attention)
-      be_.attn_forward(c.y.data(), c.attn, c.rows, val(bp.w_in), val(bp.w_out), d, spec_.heads_per_expert(),
-                       spec_.head_dim());
+      be_.attn_forward(y, c.attn, c.rows, val(bp.w_in), val(bp.w_out), d, spec_.heads_per_expert(), spec_.head_dim());
     else
-      be_.mlp_forward(c.y.data(), c.mlp, c.rows, val(bp.w_in), val(bp.b_in), val(bp.w_out), d, spec_.expert_ff());
+      be_.mlp_forward(y, c.mlp, c.rows, val(bp.w_in), val(bp.b_in), val(bp.w_out), d, spec_.expert_ff());
+    if (c.exchange)
+      staged(c.y_owner, static_cast<size_t>(c.owner_host.rows()) * d, c.y, static_cast<size_t>(R) * d,
+             [&c, d](const float* owner, float* src) { c.exchange->to_source(c.plan, owner, src, d); });
     // 4. Combine: out = hin + bias, then each token's rows in ascending row order, gate-weighted.
     be_.residual_bias_rows(out, c.hin.data(), val(bp.b_out), N, d);
     be_.scatter_plan(c.by_token, c.token.data(), R, N);
@@ -215,16 +263,31 @@ class DeviceStep {
     } else {
       be_.zero(dxn_);
     }
-    if (c.attention) {
-      be_.attn_backward_data(dx_.data(), dy_.data(), c.attn, c.rows, val(bp.w_in), val(bp.w_out), d,
-                             spec_.heads_per_expert(), spec_.head_dim());
-      be_.attn_backward_weights(grad(bp.w_in), grad(bp.w_out), dy_.data(), c.attn, c.rows, d,
-                                spec_.heads_per_expert(), spec_.head_dim());
-    } else {
-      be_.mlp_backward_data(dx_.data(), dy_.data(), c.mlp, c.rows, val(bp.w_in), val(bp.w_out), d, spec_.expert_ff());
-      be_.mlp_backward_weights(grad(bp.w_in), grad(bp.b_in), grad(bp.w_out), dy_.data(), c.mlp, c.rows, d,
-                               spec_.expert_ff());
+    // Experts' backward on the rows they computed (owner order when rows travelled: the output
+    // gradients go there first, the input gradients come back).
+    const float* dy = dy_.data();
+    float* dx = dx_.data();
+    const size_t owner_n = c.exchange ? static_cast<size_t>(c.owner_host.rows()) * d : 0;
+    if (c.exchange) {
+      staged(dy_, static_cast<size_t>(R) * d, dy_owner_, owner_n,
+             [&c, d](const float* src, float* owner) { c.exchange->to_owner(c.plan, src, owner, d); });
+      dx_owner_.resize(owner_n);
+      dy = dy_owner_.data();
+      dx = dx_owner_.data();
     }
+    if (c.attention)
+      be_.attn_backward_data(dx, dy, c.attn, c.rows, val(bp.w_in), val(bp.w_out), d, spec_.heads_per_expert(),
+                             spec_.head_dim());
+    else
+      be_.mlp_backward_data(dx, dy, c.mlp, c.rows, val(bp.w_in), val(bp.w_out), d, spec_.expert_ff());
+    if (c.exchange)
+      staged(dx_owner_, owner_n, dx_, static_cast<size_t>(R) * d,
+             [&c, d](const float* owner, float* src) { c.exchange->to_source(c.plan, owner, src, d); });
+    if (c.attention)
+      be_.attn_backward_weights(grad(bp.w_in), grad(bp.w_out), dy, c.attn, c.rows, d, spec_.heads_per_expert(),
+                                spec_.head_dim());
+    else
+      be_.mlp_backward_weights(grad(bp.w_in), grad(bp.b_in), grad(bp.w_out), dy, c.mlp, c.rows, d, spec_.expert_ff());
     be_.scatter_add(dxn_.data(), dx_.data(), c.by_token, d, nullptr);
     be_.layernorm_backward(dh_.data(), grad(bp.norm_scale), grad(bp.norm_bias), dxn_.data(), c.hin.data(),
                            val(bp.norm_scale), c.mean.data(), c.rstd.data(), N, d);
@@ -270,6 +333,8 @@ class DeviceStep {
   typename Be::Scatter embed_plan_;
   Buf<float> h_, hf_, fmean_, frstd_, logits_;
   Buf<float> dhf_, dh_, dy_, dx_, dxn_, rowdot_;
+  Buf<float> dy_owner_, dx_owner_;              // ep > 1: backward rows in owner order
+  std::vector<float> stage_in_, stage_out_;     // ep > 1: host staging of the exchanges
   std::vector<float> rowdot_host_, dgate_host_, dxn_host_;
   std::function<void(int)> hook_;
 };

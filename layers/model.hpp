@@ -158,10 +158,8 @@ class Model {
   // b = −1 at the end of backward (embedding, final norm): lets gradient all-reduce start early.
   void set_backward_hook(std::function<void(int block)> hook) { on_block_backward_ = std::move(hook); }
 
-  // True when this rank holds every expert of every block (ep 1): the exchange moves nothing.
-  bool all_experts_local() const {
-    return attn_e1_ - attn_e0_ == spec_.attn_experts && mlp_e1_ - mlp_e0_ == spec_.experts;
-  }
+  // The exchange of the routed blocks (unrouted blocks keep their tokens on this rank).
+  ExpertExchange* exchange() const { return exchange_; }
 
   ParamStore& params() { return params_; }
   const ParamStore& params() const { return params_; }
