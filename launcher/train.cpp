@@ -344,8 +344,8 @@ int train_run(const Config& cfg) {
            "capacity %g, patch %d, gate %s; %zu parameters on rank 0",
            block_type_name(spec.block_type), spec.layers, spec.d, spec.heads, spec.attn_experts, spec.attn_topk, spec.experts, spec.expert_ff(),
            spec.topk, spec.capacity_factor, spec.patch_size, cfg.gate.c_str(), model.params().total());
-  log_info("ranks: %d (ep %d × dp %d), %d BLAS threads each, sgemm peak %.1f GFLOP/s per rank", world_size,
-           groups.ep, groups.dp, threads, peak);
+  log_info("ranks: %d (ep %d × dp %d), %d BLAS threads each (%s), sgemm peak %.1f GFLOP/s per rank", world_size,
+           groups.ep, groups.dp, threads, gemm_describe().c_str(), peak);
   if (device_model)
     log_info("device: rank 0 computes on %s; parameters, optimizer and gradient all-reduce stay on the host "
              "(layers/device_model.hpp)", device_model->describe().c_str());

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cctype>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -15,9 +17,21 @@ constexpr int kMinPiece = 16;       // thinner pieces would lose more than packi
 constexpr int kMinRowsToTranspose = 128;     // NT → NN only when the copy of B is amortised
 constexpr size_t kMaxTransposed = 1 << 18;  // and B is a weight-sized operand (≤ 1 MB)
 int g_threads = openblas_get_num_threads();  // kept by gemm_set_threads
+// OpenBLAS has small-matrix sgemm kernels (from 0.3.17) for its AVX-512 x86 cores only; elsewhere
+// the pieces would take the packed path with fewer rows, which is slower, so they stay whole. The
+// decision depends on the library and the CPU only, never on a timing, so runs stay reproducible.
+bool blas_has_small_kernels() {
+  int major = 0, minor = 0, patch = 0;
+  if (std::sscanf(openblas_get_config(), "OpenBLAS %d.%d.%d", &major, &minor, &patch) != 3) return false;
+  if (major == 0 && (minor < 3 || (minor == 3 && patch < 17))) return false;
+  std::string core = openblas_get_corename();
+  std::transform(core.begin(), core.end(), core.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  return core == "skylakex" || core == "cooperlake" || core == "sapphirerapids";
+}
 const bool g_split = [] {
   const char* e = std::getenv("UOE_GEMM_SPLIT");
-  return !(e && std::string(e) == "0");
+  if (e && std::string(e) == "0") return false;
+  return blas_has_small_kernels();
 }();
 }  // namespace
 
@@ -52,7 +66,8 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
   // NN products give each element the sum of the whole product; cut TN products add K in pieces
   // (C + A₁ᵀB₁ + A₂ᵀB₂ …), a fixed order, so results stay bitwise reproducible for a given BLAS
   // thread count (they differ in the last bits from --threads 2, which calls the packed path).
-  // UOE_GEMM_SPLIT=0 in the environment turns this off (for comparisons).
+  // Only where OpenBLAS has those kernels (blas_has_small_kernels); UOE_GEMM_SPLIT=0 in the
+  // environment turns this off (for comparisons).
   if (g_split && g_threads == 1 && trans_b && !trans_a && M >= kMinRowsToTranspose &&
       static_cast<size_t>(N) * K <= kMaxTransposed && static_cast<double>(M) * N * K > kSmallGemm) {
     // An NT product with a small B (a weight, in backward) becomes an NN one on a transposed copy of
@@ -108,5 +123,11 @@ void gemm_set_threads(int n) {
   g_threads = openblas_get_num_threads();
 }
 int gemm_get_threads() { return openblas_get_num_threads(); }
+
+std::string gemm_describe() {
+  std::string s = std::string("OpenBLAS ") + openblas_get_corename();
+  if (!g_split) return s + ", whole GEMMs";
+  return s + (g_threads == 1 ? ", small-matrix GEMM pieces" : ", whole GEMMs (pieces only with 1 thread)");
+}
 
 }  // namespace uoe

@@ -1,6 +1,7 @@
 // GEMM on the reference path: row-major single-precision through OpenBLAS (cblas_sgemm).
 // C[M,N] = alpha * op(A)[M,K] · op(B)[K,N] + beta * C, leading dimensions in elements.
 #pragma once
+#include <string>
 
 namespace uoe {
 
@@ -15,5 +16,8 @@ double gemm_measure_gflops(int n, int reps);
 // Sets the BLAS thread count for this process (0 leaves OpenBLAS's default).
 void gemm_set_threads(int n);
 int gemm_get_threads();
+// "OpenBLAS Cooperlake, small-matrix GEMM pieces": the library's core and how gemm() calls it (for
+// the start-up log).
+std::string gemm_describe();
 
 }  // namespace uoe
