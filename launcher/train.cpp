@@ -312,7 +312,7 @@ int train_run(const Config& cfg) {
   else exchange = std::make_unique<LocalExchange>();
   Model model(spec, cfg.seed, exchange.get());
   std::unique_ptr<DeviceModel> device_model;
-  if (on_gpu) device_model = std::make_unique<DeviceModel>(model);
+  if (on_gpu) device_model = std::make_unique<DeviceModel>(model, groups.ep_group.get());
   if (cfg.overlap_chunks > 1) {
     // Only the communication thread calls MPI during a step, the training thread only between
     // steps (ordered by the scheduler's queue): MPI_THREAD_SERIALIZED is what that needs.
@@ -566,6 +566,7 @@ int train_run(const Config& cfg) {
     } else {
       log_info("preempted at step %d (no --checkpoint-dir, so nothing was saved)", last_step);
     }
+    if (device_model) device_model->close();
     groups.close();
     return 0;
   }
@@ -591,6 +592,7 @@ int train_run(const Config& cfg) {
   if (getrusage(RUSAGE_SELF, &usage) == 0)  // ru_maxrss is in KiB on Linux
     log_info("peak memory (RSS) of rank 0: %.1f MiB", static_cast<double>(usage.ru_maxrss) / 1024.0);
   if (!cfg.metrics.empty()) log_info("metrics: %s", cfg.metrics.c_str());
+  if (device_model) device_model->close();
   groups.close();
   return 0;
 }

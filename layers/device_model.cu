@@ -13,6 +13,8 @@
 #include "layers/device_step.hpp"
 #include "layers/router.hpp"
 #include "parallel/comm.hpp"
+#include "parallel/mpi_exchange.hpp"
+#include "parallel/nccl_comm.hpp"
 #include "runtime/cuda/check.cuh"
 #include "runtime/cuda/experts.cuh"
 #include "runtime/cuda/gemm.cuh"
@@ -131,15 +133,16 @@ struct CudaStepBackend {
     rows.x.resize(static_cast<size_t>(src.rows()) * d);
     cuda::gather_rows(rows.x.data(), xn, token, src.rows(), d, s());
   }
-  // Rows that reached this rank's experts over the exchange (host) → the device.
-  void set_owner_rows(Rows& rows, const ExpertRows& arrived, int d) {
-    rows.n_experts = arrived.n_experts;
-    rows.offsets = arrived.offsets;
-    rows.seg = arrived.seg;
-    rows.pos = arrived.pos;
+  // The tables of the rows that will reach this rank's experts; x is sized for them (the exchange
+  // fills it over NCCL).
+  void set_owner_rows(Rows& rows, const ExpertRows& meta, int d) {
+    rows.n_experts = meta.n_experts;
+    rows.offsets = meta.offsets;
+    rows.seg = meta.seg;
+    rows.pos = meta.pos;
     rows.offsets_dev.upload(std::span<const int>(rows.offsets), s());
     rows.pos_dev.upload(std::span<const int32_t>(rows.pos), s());
-    rows.x.upload(std::span<const float>(arrived.x.data(), static_cast<size_t>(arrived.rows()) * d), s());
+    rows.x.resize(static_cast<size_t>(meta.rows()) * d);
   }
   void mlp_forward(float* y, MlpCache& c, const Rows& r, const float* W1, const float* b1, const float* W2, int d,
                    int f) {
@@ -166,14 +169,33 @@ struct CudaStepBackend {
   }
 };
 
+// Expert parallelism on GPUs: the rows' communicator (NCCL over the expert-parallel group), or
+// null when every expert is on this rank.
+std::unique_ptr<NcclCommunicator> rows_communicator(const Model& host, MpiCommunicator* ep_group) {
+  if (host.exchange()->identity()) return nullptr;
+  if (!ep_group) fail("--device cuda: expert parallelism needs the expert-parallel group");
+  return std::make_unique<NcclCommunicator>(ep_group->handle());
+}
+
 struct DeviceModel::Impl {
   int device;
   CudaStepBackend be;
+  std::unique_ptr<NcclCommunicator> nccl;  // ep > 1: rows GPU to GPU
+  std::unique_ptr<MpiExchange> exchange;   // ep > 1: counts and metadata over MPI, rows over nccl
   DeviceStep<CudaStepBackend> step;
-  explicit Impl(Model& host) : device(pick_device()), be(), step(host, be) {}
+  Impl(Model& host, MpiCommunicator* ep_group)
+      : device(pick_device()),
+        be(),
+        nccl(rows_communicator(host, ep_group)),
+        exchange(nccl ? std::make_unique<MpiExchange>(*ep_group, nccl.get()) : nullptr),
+        step(host, be, exchange.get()) {}
 };
 
-DeviceModel::DeviceModel(Model& host) : impl_(std::make_unique<Impl>(host)) {}
+DeviceModel::DeviceModel(Model& host, MpiCommunicator* ep_group) : impl_(std::make_unique<Impl>(host, ep_group)) {}
+
+void DeviceModel::close() {
+  if (impl_->nccl) impl_->nccl->close();
+}
 DeviceModel::~DeviceModel() = default;
 
 void DeviceModel::forward_backward(const int32_t* inputs, const int32_t* targets, int B, float loss_scale,

@@ -19,11 +19,10 @@
 // the step's host synchronisations besides the two arena copies. Row bookkeeping (source rows,
 // combine order) is layers/model.hpp's shared code, so the GPU combines in the CPU's order.
 //
-// Scope: whole blocks (no chunked overlap). With every expert on this rank (--ep 1) rows never leave
-// the GPU; with --ep > 1 they travel through the host over the Model's MPI exchange (download, the
-// tested CPU exchange, upload) — expert parallelism works, at the cost of host staging; the
-// exchange over NcclCommunicator (parallel/nccl_comm.hpp) that would keep them on the GPUs is not
-// wired yet.
+// Scope: whole blocks (no chunked overlap). With --ep > 1 the routed rows travel GPU to GPU over
+// NCCL (an MpiExchange whose payload communicator is an NcclCommunicator; counts and row metadata
+// over MPI from the host, as on the CPU path); each exchange host-waits for the compute queued
+// before it (the StreamScheduler that would overlap them is not wired into the step yet).
 // STATUS: compiled, never run — no machine this project is built on has a GPU. See docs/gpu.md.
 // Host-only declarations (no CUDA headers): launcher/train.cpp includes this with g++.
 #pragma once
@@ -36,10 +35,15 @@
 
 namespace uoe {
 
+class MpiCommunicator;
+
 class DeviceModel {
  public:
-  // `host` must outlive this. Picks the GPU node-local MPI rank mod the number of GPUs.
-  explicit DeviceModel(Model& host);
+  // `host` must outlive this. Picks the GPU node-local MPI rank mod the number of GPUs. With
+  // expert parallelism (the host's exchange is not the identity) `ep_group` is the expert-parallel
+  // group: counts and row metadata travel over it (MPI), the rows over an NCCL communicator built
+  // on it (collective over the group; one GPU per rank).
+  DeviceModel(Model& host, MpiCommunicator* ep_group);
   ~DeviceModel();
   DeviceModel(const DeviceModel&) = delete;
   DeviceModel& operator=(const DeviceModel&) = delete;
@@ -56,6 +60,9 @@ class DeviceModel {
   const Routing& routing(int b) const;
   // "GPU 0 of 8: NVIDIA H200 (sm_90)" — for the start-up log.
   std::string describe() const;
+  // Frees the NCCL communicator, if any (collective over the expert-parallel group): call at the
+  // end of a run, before the MPI groups are freed. Without it the destructor aborts NCCL (local).
+  void close();
 
  private:
   struct Impl;

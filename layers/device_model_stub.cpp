@@ -8,7 +8,7 @@ namespace uoe {
 
 struct DeviceModel::Impl {};
 
-DeviceModel::DeviceModel(Model&) { fail("--device cuda: built without CUDA (reconfigure with -DUOE_CUDA=ON)"); }
+DeviceModel::DeviceModel(Model&, MpiCommunicator*) { fail("--device cuda: built without CUDA (reconfigure with -DUOE_CUDA=ON)"); }
 DeviceModel::~DeviceModel() = default;
 void DeviceModel::forward_backward(const int32_t*, const int32_t*, int, float, ForwardStats*) {
   fail("--device cuda: built without CUDA");
@@ -19,6 +19,7 @@ void DeviceModel::forward_eval(const int32_t*, const int32_t*, int, ForwardStats
 void DeviceModel::set_backward_hook(std::function<void(int)>) {}
 const Routing& DeviceModel::routing(int) const { fail("--device cuda: built without CUDA"); }
 std::string DeviceModel::describe() const { return "no GPU (built without CUDA)"; }
+void DeviceModel::close() {}
 
 }  // namespace uoe
 #endif

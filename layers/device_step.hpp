@@ -1,7 +1,8 @@
 // The device training step, written once over a backend (layers/device_model.hpp explains the
 // design). DeviceStep<Backend> is Model::forward_backward / forward_eval with whole blocks
-// (chunks = 1), expressed as calls into a Backend. With every expert on this rank the rows never
-// leave the device; with ep > 1 they travel through the host over the Model's own exchange (MPI).
+// (chunks = 1), expressed as calls into a Backend. With ep > 1 the routed rows travel between ranks
+// through an ExpertExchange: plan and metadata over MPI from the host, rows in the backend's memory
+// (on GPUs an MpiExchange with an NCCL payload communicator; in the CPU tests the MPI one).
 //   - CudaStepBackend (layers/device_model.cu): cuda:: kernels, cuBLAS, device buffers — the GPU path;
 //   - tests/unit/step_backend_cpu.hpp: the CPU kernels on host buffers — so that this orchestration
 //     (which rows go where, what accumulates and what overwrites, the order of every sum) runs in
@@ -14,8 +15,8 @@
 //   upload(Buffer&, span), download(const Buffer&, span), zero(Buffer&), synchronize()
 //   layernorm_forward/_backward, gather_rows, gather_rows_scaled, row_dots, residual_bias_rows,
 //   scatter_plan, scatter_add, bias_grad, cross_entropy (returns the loss sum), gemm,
-//   set_rows (experts' rows gathered from source rows), set_owner_rows (rows that arrived, from the
-//   host), mlp_/attn_ forward, backward_data, backward_weights
+//   set_rows (experts' rows gathered from source rows), set_owner_rows (tables of the rows that will
+//   arrive; x sized for them), mlp_/attn_ forward, backward_data, backward_weights
 // with the semantics of the CPU kernels of the same names (runtime/kernels.hpp, layers/experts.hpp).
 #pragma once
 #include <algorithm>
@@ -36,8 +37,13 @@ namespace uoe {
 template <class Be>
 class DeviceStep {
  public:
-  // `host` keeps the master parameters (see layers/device_model.hpp); it must hold every expert.
-  DeviceStep(Model& host, Be& be) : host_(host), be_(be), spec_(host.spec()) {
+  // `host` keeps the master parameters (see layers/device_model.hpp). `exchange` moves the routed
+  // rows when this rank does not hold every expert: the host Model's plan and metadata logic with
+  // its payload in the backend's memory (on a GPU: an MpiExchange whose payload communicator is
+  // NCCL); null takes the host Model's own exchange (host memory: the CPU backend).
+  DeviceStep(Model& host, Be& be, ExpertExchange* exchange = nullptr)
+      : host_(host), be_(be), spec_(host.spec()) {
+    ExpertExchange* rows_exchange = exchange ? exchange : host_.exchange();
     is_router_.assign(host_.params().count(), false);
     for (int b = 0; b < 2 * spec_.layers; ++b) {
       for (int i : {host_.blocks()[b].router_w, host_.blocks()[b].router_b})
@@ -48,7 +54,7 @@ class DeviceStep {
       c->router = block_router_spec(spec_, b);
       // Routed blocks exchange rows through the host Model's exchange; an identity one (every
       // expert here) and unrouted blocks keep them on the device.
-      c->exchange = c->routed && !host_.exchange()->identity() ? host_.exchange() : nullptr;
+      c->exchange = c->routed && !host_.exchange()->identity() ? rows_exchange : nullptr;
       c->plan.where = "layer " + std::to_string(b / 2) + (c->attention ? " attention (block " : " MLP (block ") +
                       std::to_string(b) + "), device step";
       blocks_.push_back(std::move(c));
@@ -143,10 +149,12 @@ class DeviceStep {
     Buf<float> y;                    // [R, d] expert outputs
     typename Be::MlpCache mlp;
     typename Be::AttnCache attn;
-    // Expert parallelism (ep > 1): rows travel through the host over the MPI exchange.
+    // Expert parallelism (ep > 1): the exchange's plan and row metadata on the host, rows in the
+    // backend's memory.
     ExpertExchange* exchange = nullptr;  // null: every expert of the block is here
     ExchangePlan plan;
-    ExpertRows owner_host;               // what reached this rank's experts
+    ExpertRows owner_meta;               // what reaches this rank's experts: offsets, seg, pos (no x)
+    Buf<float> x_src;                    // [R, d] rows to send, source order
     Buf<float> y_owner;                  // [R_dst, d] expert outputs, owner order
   };
 
@@ -155,18 +163,6 @@ class DeviceStep {
       if (c->exchange) return true;
     return false;
   }
-  // Host staging of one exchange: device [rows, width] → host → exchange → host → device.
-  template <class Move>
-  void staged(const Buf<float>& from, size_t from_n, Buf<float>& to, size_t to_n, Move move) {
-    stage_in_.resize(from_n);
-    stage_out_.resize(to_n);
-    be_.download(from, std::span<float>(stage_in_.data(), from_n));
-    be_.synchronize();
-    move(stage_in_.data(), stage_out_.data());
-    to.resize(to_n);
-    be_.upload(to, std::span<const float>(stage_out_.data(), to_n));
-  }
-
   const float* val(int i) const { return values_.data() + host_.params().info(i).offset; }
   float* grad(int i) { return grads_.data() + host_.params().info(i).offset; }
   void upload_params() {
@@ -211,23 +207,28 @@ class DeviceStep {
       // 3. Experts on the source rows (every expert here), outputs in source order.
       be_.set_rows(c.rows, c.src, r.E, c.xn.data(), c.token.data(), d);
     } else {
-      // 3. The rows travel to their experts' ranks through the host (the CPU model's exchange on the
-      //    router's copy of xn), the experts run here on what arrived, outputs go back the same way.
-      stage_in_.resize(static_cast<size_t>(R) * d);
-      gather_rows(stage_in_.data(), c.xn_host.data(), c.src.token.data(), R, d);
-      c.exchange->dispatch(c.plan, c.src.chunk_offsets[0], stage_in_.data(), c.src.seg.data(), c.src.pos.data(), d,
-                           c.owner_host);
-      be_.set_owner_rows(c.rows, c.owner_host, d);
-      c.y_owner.resize(static_cast<size_t>(c.owner_host.rows()) * d);
+      // 3. The rows travel to their experts' ranks (counts and metadata over MPI from the host,
+      //    rows between the backends' buffers), the experts run here on what arrived, and the
+      //    outputs go back the same way. Each exchange waits for the work queued before it.
+      c.exchange->dispatch_metadata(c.plan, c.src.chunk_offsets[0], c.src.seg.data(), c.src.pos.data(),
+                                    c.owner_meta);
+      const int R_dst = c.owner_meta.rows();
+      c.x_src.resize(static_cast<size_t>(R) * d);
+      be_.gather_rows(c.x_src.data(), c.xn.data(), c.token.data(), R, d);
+      be_.set_owner_rows(c.rows, c.owner_meta, d);  // tables up; x sized [R_dst, d]
+      be_.synchronize();
+      c.exchange->to_owner(c.plan, c.x_src.data(), c.rows.x.data(), d);
+      c.y_owner.resize(static_cast<size_t>(R_dst) * d);
       y = c.y_owner.data();
     }
     if (c.attention)
       be_.attn_forward(y, c.attn, c.rows, val(bp.w_in), val(bp.w_out), d, spec_.heads_per_expert(), spec_.head_dim());
     else
       be_.mlp_forward(y, c.mlp, c.rows, val(bp.w_in), val(bp.b_in), val(bp.w_out), d, spec_.expert_ff());
-    if (c.exchange)
-      staged(c.y_owner, static_cast<size_t>(c.owner_host.rows()) * d, c.y, static_cast<size_t>(R) * d,
-             [&c, d](const float* owner, float* src) { c.exchange->to_source(c.plan, owner, src, d); });
+    if (c.exchange) {
+      be_.synchronize();
+      c.exchange->to_source(c.plan, c.y_owner.data(), c.y.data(), d);
+    }
     // 4. Combine: out = hin + bias, then each token's rows in ascending row order, gate-weighted.
     be_.residual_bias_rows(out, c.hin.data(), val(bp.b_out), N, d);
     be_.scatter_plan(c.by_token, c.token.data(), R, N);
@@ -267,11 +268,12 @@ class DeviceStep {
     // gradients go there first, the input gradients come back).
     const float* dy = dy_.data();
     float* dx = dx_.data();
-    const size_t owner_n = c.exchange ? static_cast<size_t>(c.owner_host.rows()) * d : 0;
     if (c.exchange) {
-      staged(dy_, static_cast<size_t>(R) * d, dy_owner_, owner_n,
-             [&c, d](const float* src, float* owner) { c.exchange->to_owner(c.plan, src, owner, d); });
+      const size_t owner_n = static_cast<size_t>(c.owner_meta.rows()) * d;
+      dy_owner_.resize(owner_n);
       dx_owner_.resize(owner_n);
+      be_.synchronize();
+      c.exchange->to_owner(c.plan, dy_.data(), dy_owner_.data(), d);
       dy = dy_owner_.data();
       dx = dx_owner_.data();
     }
@@ -280,9 +282,10 @@ class DeviceStep {
                              spec_.head_dim());
     else
       be_.mlp_backward_data(dx, dy, c.mlp, c.rows, val(bp.w_in), val(bp.w_out), d, spec_.expert_ff());
-    if (c.exchange)
-      staged(dx_owner_, owner_n, dx_, static_cast<size_t>(R) * d,
-             [&c, d](const float* owner, float* src) { c.exchange->to_source(c.plan, owner, src, d); });
+    if (c.exchange) {
+      be_.synchronize();
+      c.exchange->to_source(c.plan, dx_owner_.data(), dx_.data(), d);
+    }
     if (c.attention)
       be_.attn_backward_weights(grad(bp.w_in), grad(bp.w_out), dy, c.attn, c.rows, d, spec_.heads_per_expert(),
                                 spec_.head_dim());
@@ -334,7 +337,6 @@ class DeviceStep {
   Buf<float> h_, hf_, fmean_, frstd_, logits_;
   Buf<float> dhf_, dh_, dy_, dx_, dxn_, rowdot_;
   Buf<float> dy_owner_, dx_owner_;              // ep > 1: backward rows in owner order
-  std::vector<float> stage_in_, stage_out_;     // ep > 1: host staging of the exchanges
   std::vector<float> rowdot_host_, dgate_host_, dxn_host_;
   std::function<void(int)> hook_;
 };

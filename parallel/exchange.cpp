@@ -2,10 +2,17 @@
 
 #include <cstring>
 
+#include "runtime/error.hpp"
+
 namespace uoe {
 
-void LocalExchange::dispatch(ExchangePlan& plan, const std::vector<int>& src_offsets, const float* x_src,
-                             const int32_t* seg_src, const int32_t* pos_src, int d, ExpertRows& dst) {
+void ExpertExchange::dispatch_metadata(ExchangePlan&, const std::vector<int>&, const int32_t*, const int32_t*,
+                                       ExpertRows&) {
+  fail("this expert exchange cannot dispatch row metadata apart from the rows");
+}
+
+void LocalExchange::dispatch_metadata(ExchangePlan& plan, const std::vector<int>& src_offsets, const int32_t* seg_src,
+                                      const int32_t* pos_src, ExpertRows& dst) {
   const int R = src_offsets.back();
   plan.send_rows.assign(1, R);
   plan.recv_rows.assign(1, R);
@@ -15,10 +22,16 @@ void LocalExchange::dispatch(ExchangePlan& plan, const std::vector<int>& src_off
   plan.bytes_sent = 0;
   dst.n_experts = static_cast<int>(src_offsets.size()) - 1;
   dst.offsets = src_offsets;
-  dst.x.resize_uninit(static_cast<size_t>(R) * d);
-  if (R) std::memcpy(dst.x.data(), x_src, sizeof(float) * R * d);
   dst.seg.assign(seg_src, seg_src + R);
   dst.pos.assign(pos_src, pos_src + R);
+}
+
+void LocalExchange::dispatch(ExchangePlan& plan, const std::vector<int>& src_offsets, const float* x_src,
+                             const int32_t* seg_src, const int32_t* pos_src, int d, ExpertRows& dst) {
+  dispatch_metadata(plan, src_offsets, seg_src, pos_src, dst);
+  const int R = src_offsets.back();
+  dst.x.resize_uninit(static_cast<size_t>(R) * d);
+  if (R) std::memcpy(dst.x.data(), x_src, sizeof(float) * R * d);
 }
 
 void LocalExchange::to_source(ExchangePlan& plan, const float* owner, float* src, int width) {

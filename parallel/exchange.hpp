@@ -34,6 +34,12 @@ class ExpertExchange {
   // seg/pos per row. Fills `dst` (this rank's local experts, expert-major, segments contiguous).
   virtual void dispatch(ExchangePlan& plan, const std::vector<int>& src_offsets, const float* x_src,
                         const int32_t* seg_src, const int32_t* pos_src, int d, ExpertRows& dst) = 0;
+  // dispatch without the payload: fills the plan and dst's n_experts, offsets, seg and pos (host
+  // data), leaving dst.x alone; to_owner(plan, x_src, x_owner, d) then moves the rows, so a caller
+  // whose rows live elsewhere (the device step's, on a GPU) moves them with the same plan. dispatch
+  // is exactly this followed by that.
+  virtual void dispatch_metadata(ExchangePlan& plan, const std::vector<int>& src_offsets, const int32_t* seg_src,
+                                 const int32_t* pos_src, ExpertRows& dst);
   // Owner-order block [R_dst, width] → source order [R_src, width] (outputs; input gradients).
   virtual void to_source(ExchangePlan& plan, const float* owner, float* src, int width) = 0;
   // Source-order block [R_src, width] → owner order [R_dst, width] (output gradients).
@@ -56,6 +62,8 @@ class LocalExchange final : public ExpertExchange {
  public:
   void dispatch(ExchangePlan& plan, const std::vector<int>& src_offsets, const float* x_src,
                 const int32_t* seg_src, const int32_t* pos_src, int d, ExpertRows& dst) override;
+  void dispatch_metadata(ExchangePlan& plan, const std::vector<int>& src_offsets, const int32_t* seg_src,
+                         const int32_t* pos_src, ExpertRows& dst) override;
   void to_source(ExchangePlan& plan, const float* owner, float* src, int width) override;
   void to_owner(ExchangePlan& plan, const float* src, float* owner, int width) override;
   void local_experts(int experts, int* begin, int* end) const override {

@@ -85,7 +85,11 @@ int64_t remote_rows(const std::vector<int>& rows, int me) {
 
 }  // namespace
 
-MpiExchange::MpiExchange(Communicator& ep_group) : comm_(ep_group) {
+MpiExchange::MpiExchange(Communicator& ep_group, Communicator* payload)
+    : comm_(ep_group), data_(payload ? *payload : ep_group) {
+  if (data_.size() != comm_.size() || data_.rank() != comm_.rank())
+    fail("expert exchange: the payload communicator (rank ", data_.rank(), " of ", data_.size(),
+         ") is not the expert-parallel group (rank ", comm_.rank(), " of ", comm_.size(), ")");
   // src_rank · 2^20 must fit in int32 for the largest source rank.
   if (comm_.size() > (INT32_MAX >> kSegmentBits) + 1)
     fail("--ep ", comm_.size(), " exceeds ", (INT32_MAX >> kSegmentBits) + 1,
@@ -103,6 +107,21 @@ void MpiExchange::local_experts(int experts, int* begin, int* end) const {
 
 void MpiExchange::dispatch(ExchangePlan& plan, const std::vector<int>& src_offsets, const float* x_src,
                            const int32_t* seg_src, const int32_t* pos_src, int d, ExpertRows& dst) {
+  dispatch_metadata(plan, src_offsets, seg_src, pos_src, dst);
+  WatchScope watch("expert exchange (dispatch) " + plan.where);
+  const ScopedTimer timer(seconds_);
+  // Payload, straight from the caller's rows into owner order.
+  const int R_src = src_offsets.back(), R_dst = dst.offsets.back();
+  dst.x.resize_uninit(static_cast<size_t>(R_dst) * d);  // every row is written by the exchange
+  data_.all_to_all_matched<float>(std::span<const float>(x_src, static_cast<size_t>(R_src) * d),
+                                  source_layout(plan, d), dst.x, owner_layout(plan, d));
+  const double payload = static_cast<double>(remote_rows(plan.send_rows, comm_.rank())) * sizeof(float) * d;
+  plan.bytes_sent += payload;
+  bytes_ += payload;
+}
+
+void MpiExchange::dispatch_metadata(ExchangePlan& plan, const std::vector<int>& src_offsets, const int32_t* seg_src,
+                                    const int32_t* pos_src, ExpertRows& dst) {
   WatchScope watch("expert exchange (dispatch) " + plan.where);
   const ScopedTimer timer(seconds_);
   const int n = comm_.size(), me = comm_.rank();
@@ -184,13 +203,8 @@ void MpiExchange::dispatch(ExchangePlan& plan, const std::vector<int>& src_offse
       }
     }
 
-  // 4. Payload, straight from the caller's rows into owner order.
-  dst.x.resize_uninit(static_cast<size_t>(R_dst) * d);  // every row is written by the exchange
-  comm_.all_to_all_matched<float>(std::span<const float>(x_src, static_cast<size_t>(R_src) * d),
-                                  source_layout(plan, d), dst.x, owner_layout(plan, d));
-
-  const double row_bytes = sizeof(float) * d + 2 * sizeof(int32_t);  // payload + seg, pos
-  plan.bytes_sent = static_cast<double>(remote_rows(plan.send_rows, me)) * row_bytes +
+  // The rows' metadata and the headers; the payload is counted by whoever moves it.
+  plan.bytes_sent = static_cast<double>(remote_rows(plan.send_rows, me)) * 2 * sizeof(int32_t) +
                     static_cast<double>(n - 1) * H * sizeof(int32_t);
   bytes_ += plan.bytes_sent;
 }
@@ -201,7 +215,7 @@ void MpiExchange::to_source(ExchangePlan& plan, const float* owner, float* src, 
   WatchScope watch("expert exchange (return to sources) " + plan.where);
   const ScopedTimer timer(seconds_);
   const size_t R_dst = plan.owner_offsets.back(), R_src = total(plan.send_rows);
-  comm_.all_to_all_matched<float>(std::span<const float>(owner, R_dst * width), owner_layout(plan, width),
+  data_.all_to_all_matched<float>(std::span<const float>(owner, R_dst * width), owner_layout(plan, width),
                                   std::span<float>(src, R_src * width), source_layout(plan, width));
   bytes_ += static_cast<double>(remote_rows(plan.recv_rows, comm_.rank())) * sizeof(float) * width;
 }
@@ -211,7 +225,7 @@ void MpiExchange::to_owner(ExchangePlan& plan, const float* src, float* owner, i
   WatchScope watch("expert exchange (to owners) " + plan.where);
   const ScopedTimer timer(seconds_);
   const size_t R_dst = plan.owner_offsets.back(), R_src = total(plan.send_rows);
-  comm_.all_to_all_matched<float>(std::span<const float>(src, R_src * width), source_layout(plan, width),
+  data_.all_to_all_matched<float>(std::span<const float>(src, R_src * width), source_layout(plan, width),
                                   std::span<float>(owner, R_dst * width), owner_layout(plan, width));
   bytes_ += static_cast<double>(remote_rows(plan.send_rows, comm_.rank())) * sizeof(float) * width;
 }

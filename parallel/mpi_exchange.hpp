@@ -33,11 +33,16 @@ class MpiExchange final : public ExpertExchange {
   static constexpr int kSegmentBits = 20;
   static constexpr int32_t kSegmentsPerRank = int32_t{1} << kSegmentBits;
 
-  // `ep_group` is the expert-parallel group; it must outlive the exchange.
-  explicit MpiExchange(Communicator& ep_group);
+  // `ep_group` is the expert-parallel group; it must outlive the exchange. Counts and row metadata
+  // always travel over it (host data); the rows themselves (dispatch's payload, to_source,
+  // to_owner) over `payload` when given — the same ranks in the same order, e.g. an
+  // NcclCommunicator whose spans are device memory — else over ep_group too.
+  explicit MpiExchange(Communicator& ep_group, Communicator* payload = nullptr);
 
   void dispatch(ExchangePlan& plan, const std::vector<int>& src_offsets, const float* x_src,
                 const int32_t* seg_src, const int32_t* pos_src, int d, ExpertRows& dst) override;
+  void dispatch_metadata(ExchangePlan& plan, const std::vector<int>& src_offsets, const int32_t* seg_src,
+                         const int32_t* pos_src, ExpertRows& dst) override;
   void to_source(ExchangePlan& plan, const float* owner, float* src, int width) override;
   void to_owner(ExchangePlan& plan, const float* src, float* owner, int width) override;
   // Throws uoe::Error if ep does not divide `experts`.
@@ -55,6 +60,7 @@ class MpiExchange final : public ExpertExchange {
 
  private:
   Communicator& comm_;
+  Communicator& data_;  // the rows' communicator (comm_ unless a payload one was given)
   double seconds_ = 0, bytes_ = 0;
   // Workspace reused across calls.
   std::vector<int32_t> header_send_, header_recv_;  // [ep, 1 + E/ep]: status, rows per local expert

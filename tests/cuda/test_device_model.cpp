@@ -52,7 +52,7 @@ void expect_step_matches(BlockType type) {
   const ModelSpec spec = small_spec(type);
   LocalExchange ex_cpu, ex_host;
   Model cpu(spec, 7, &ex_cpu), host(spec, 7, &ex_host);
-  DeviceModel dev(host);
+  DeviceModel dev(host, nullptr);  // every expert here: no expert-parallel group
   const int B = 4, N = B * spec.seq_len;
   const auto in = tokens(N, spec.vocab, 1), tg = tokens(N, spec.vocab, 2);
 

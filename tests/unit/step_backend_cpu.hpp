@@ -100,14 +100,12 @@ struct CpuStepBackend {
     rows.x.resize_uninit(static_cast<size_t>(src.rows()) * d);
     uoe::gather_rows(rows.x.data(), xn, token, src.rows(), d);
   }
-  void set_owner_rows(Rows& rows, const ExpertRows& arrived, int d) {
-    rows.n_experts = arrived.n_experts;
-    rows.offsets = arrived.offsets;
-    rows.seg = arrived.seg;
-    rows.pos = arrived.pos;
-    const size_t n = static_cast<size_t>(arrived.rows()) * d;
-    rows.x.resize_uninit(n);
-    std::copy(arrived.x.data(), arrived.x.data() + n, rows.x.data());
+  void set_owner_rows(Rows& rows, const ExpertRows& meta, int d) {
+    rows.n_experts = meta.n_experts;
+    rows.offsets = meta.offsets;
+    rows.seg = meta.seg;
+    rows.pos = meta.pos;
+    rows.x.resize_uninit(static_cast<size_t>(meta.rows()) * d);
   }
   void mlp_forward(float* y, MlpCache& c, const Rows& r, const float* W1, const float* b1, const float* W2, int d,
                    int f) {
