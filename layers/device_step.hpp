@@ -52,8 +52,8 @@ class DeviceStep {
       c->attention = b % 2 == 0;
       c->routed = spec_.block_routed(b);
       c->router = block_router_spec(spec_, b);
-      // Routed blocks exchange rows through the host Model's exchange; an identity one (every
-      // expert here) and unrouted blocks keep them on the device.
+      // Routed blocks exchange rows when the host Model's exchange is not the identity (ep > 1);
+      // otherwise, and in unrouted blocks, rows stay in this rank's buffers.
       c->exchange = c->routed && !host_.exchange()->identity() ? rows_exchange : nullptr;
       c->plan.where = "layer " + std::to_string(b / 2) + (c->attention ? " attention (block " : " MLP (block ") +
                       std::to_string(b) + "), device step";
