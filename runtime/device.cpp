@@ -15,7 +15,12 @@ DeviceProbe device_probe() {
   return cuda_device_probe();
 #else
   DeviceProbe p;
+#ifdef UOE_CUDA_BUILT
+  p.message = "built without CUDA: this is the CPU build; uoe-train-cuda beside it has the GPU path "
+              "(uoe-launch picks it for --device cuda)";
+#else
   p.message = "built without CUDA (configure with -DUOE_CUDA=ON where nvcc is installed, e.g. cmake --preset cuda)";
+#endif
   return p;
 #endif
 }

@@ -13,8 +13,9 @@ constexpr double kMiB = 1024.0 * 1024.0;
 // The process before the model: binary and shared libraries (Open MPI, HDF5, OpenBLAS, Boost),
 // OpenBLAS's per-thread GEMM buffers once touched, MPI's shared-memory segments for one rank.
 // Measured on the project's Debian 12 image (uoe-train, 1 rank, 2 BLAS threads, a tiny model):
-// 30–33 MiB without the GPU path; a build with UOE_CUDA=ON also loads cudart, cuBLAS and cuBLASLt
-// at start-up, even for a CPU run, which takes the same process to 231–237 MiB.
+// 30–33 MiB without the GPU path; the GPU build (uoe-train-cuda) also loads cudart, cuBLAS,
+// cuBLASLt and NCCL at start-up, which takes the same process to 231–237 MiB (uoe-train, the CPU
+// build, loads none of them).
 // A constant, reported beside the estimate rather than inside it.
 #ifdef UOE_HAVE_CUDA
 constexpr double kRuntimeOverheadBytes = 230.0 * kMiB;

@@ -75,6 +75,23 @@ printf 'steps = 3\nep = 3\n' > "$tmp/ep3.ini"
 expect_cmd "root, one host, a core per rank" "UOE_LAUNCH_EUID=0" "-n 2 --cores 2 --ep 2 --dry-run -- --steps 3" \
   "mpirun -np 2 --allow-run-as-root" "--bind-to core --map-by core" \
   "-x OPENBLAS_NUM_THREADS=1 -x OMP_NUM_THREADS=1" "$bin --steps 3 --ep 2" -- "--oversubscribe" "srun"
+# --device cuda (on the command line or in the config) starts the GPU build, uoe-train-cuda; without
+# that build (UOE_CUDA=OFF) the launcher says so.
+mkdir -p "$tmp/fakebuild/bin"
+printf '#!/bin/sh\n' > "$tmp/fakebuild/bin/uoe-train"
+cp "$tmp/fakebuild/bin/uoe-train" "$tmp/fakebuild/bin/uoe-train-cuda"
+chmod +x "$tmp/fakebuild/bin/uoe-train" "$tmp/fakebuild/bin/uoe-train-cuda"
+printf 'device = cuda\n' > "$tmp/cuda.ini"
+expect_cmd "--device cuda: the GPU build" "UOE_LAUNCH_EUID=1000" \
+  "-n 2 --cores 2 --build $tmp/fakebuild --dry-run -- --device cuda --steps 3" "bin/uoe-train-cuda --device cuda"
+expect_cmd "device = cuda in the config: the GPU build" "UOE_LAUNCH_EUID=1000" \
+  "-n 2 --cores 2 --build $tmp/fakebuild --dry-run -- --config $tmp/cuda.ini" "bin/uoe-train-cuda --config"
+expect_cmd "--device cpu overrides the config" "UOE_LAUNCH_EUID=1000" \
+  "-n 2 --cores 2 --build $tmp/fakebuild --dry-run -- --config $tmp/cuda.ini --device cpu" "bin/uoe-train --config" -- \
+  "uoe-train-cuda"
+rm "$tmp/fakebuild/bin/uoe-train-cuda"
+expect_refusal "--device cuda without the GPU build" "UOE_LAUNCH_EUID=1000" "uoe-train-cuda.*nvcc" \
+  -n 2 --build "$tmp/fakebuild" --dry-run -- --device cuda
 expect_cmd "non-root" "UOE_LAUNCH_EUID=1000" "-n 2 --cores 2 --dry-run" \
   "mpirun -np 2 --bind-to core" -- "--allow-run-as-root" "--ep"
 expect_cmd "oversubscribed" "UOE_LAUNCH_EUID=1000" "-n 8 --cores 2 --ep 4 --dry-run" \
