@@ -33,9 +33,7 @@ const bool g_split = [] {
   if (e && std::string(e) == "0") return false;
   return blas_has_small_kernels();
 }();
-}  // namespace
 
-namespace {
 // out [K, N] (leading dimension ldo) = in [N, K]ᵀ, in 16 × 16 tiles that stay in L1.
 void transpose(float* __restrict__ out, int ldo, const float* __restrict__ in, int ldi, int N, int K) {
   constexpr int kTile = 16;

@@ -1,0 +1,66 @@
+// uoe::gemm (runtime/gemm.cpp) against a naive product, for every transpose, padded leading
+// dimensions, alpha and beta, at shapes below and above the small-matrix limit: with one BLAS
+// thread on a core with OpenBLAS's small-matrix kernels, the larger NN products are cut into row
+// pieces, TN products into K pieces (beta on the first only), and NT products with a weight-sized B
+// run as NN on a transposed copy. Inputs are small integers and alpha, beta powers of two or
+// sums of them, so every order of summation gives the exact result: equality is required.
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "runtime/gemm.hpp"
+#include "runtime/rng.hpp"
+
+namespace uoe {
+namespace {
+
+std::vector<float> ints(size_t n, uint64_t stream) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = static_cast<float>(static_cast<int>(rng_below(23, stream, i, 7)) - 3);
+  return v;
+}
+
+void check(bool ta, bool tb, int M, int N, int K, float beta) {
+  const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 5, ldc = N + 2;
+  const auto A = ints(static_cast<size_t>(ta ? K : M) * lda, 1);
+  const auto B = ints(static_cast<size_t>(tb ? N : K) * ldb, 2);
+  auto C = ints(static_cast<size_t>(M) * ldc, 3);
+  std::vector<float> want = C;
+  const float alpha = 0.5f;
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) {
+      double s = 0;
+      for (int k = 0; k < K; ++k) {
+        const double a = ta ? A[static_cast<size_t>(k) * lda + i] : A[static_cast<size_t>(i) * lda + k];
+        const double b = tb ? B[static_cast<size_t>(j) * ldb + k] : B[static_cast<size_t>(k) * ldb + j];
+        s += a * b;
+      }
+      float& w = want[static_cast<size_t>(i) * ldc + j];
+      w = static_cast<float>(alpha * s + (beta == 0.0f ? 0.0 : static_cast<double>(beta) * w));
+    }
+  gemm(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, C.data(), ldc);
+  size_t bad = 0;
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) bad += C[static_cast<size_t>(i) * ldc + j] != want[static_cast<size_t>(i) * ldc + j];
+  EXPECT_EQ(bad, 0u) << (ta ? "T" : "N") << (tb ? "T" : "N") << " M " << M << " N " << N << " K " << K << " beta "
+                     << beta;
+}
+
+TEST(Gemm, MatchesNaiveProductAcrossPiecesAndTransposes) {
+  const int threads = gemm_get_threads();
+  for (int t : {1, 2}) {
+    gemm_set_threads(t);
+    for (float beta : {0.0f, 0.75f})
+      for (bool ta : {false, true})
+        for (bool tb : {false, true}) {
+          check(ta, tb, 7, 5, 3, beta);        // tiny
+          check(ta, tb, 300, 128, 128, beta);  // NN: row pieces of 61; NT: transposed B
+          check(ta, tb, 128, 96, 500, beta);   // TN: K pieces of 81
+          check(ta, tb, 1030, 130, 33, beta);  // ragged pieces
+        }
+  }
+  gemm_set_threads(threads);
+}
+
+}  // namespace
+}  // namespace uoe
