@@ -322,6 +322,17 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
     });
   };
   CommScheduler::Ticket next = identity ? 0 : dispatch(0);
+  // While the first dispatch is on the wire: what needs no expert output — the combine's token
+  // lists, the block's figures and, when rows travel, the combine's residual + bias part (with an
+  // identity exchange that stays fused into the combine below, one pass over h).
+  std::vector<int>& first = ws_token_first_;  // [N + 1] CSR over tokens (shared workspace)
+  std::vector<int>& rows_of = ws_token_rows_;  // [Rs] source rows, token-major
+  source_rows_by_token(c.src, N, first, rows_of);
+  const float* bias = params_.value(bp.b_out);
+  if (!identity)
+    for (int t = 0; t < N; ++t)
+      residual_bias_row(h + static_cast<size_t>(t) * d, hin + static_cast<size_t>(t) * d, bias, d);
+  if (bs) block_stats_from_routing(bs, s, b, r, T, c.attention, c.routed);
   for (int ch = 0; ch < C; ++ch) {
     ExpertChunk& k = c.chunk[ch];
     const size_t r0 = c.src.chunk_begin[ch];
@@ -358,20 +369,14 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
   //    One pass over the tokens: each token's rows (at most k, listed in row order = expert order,
   //    since a token's rows all lie in its sequence's chunk) are summed into its output while it is
   //    in cache: the same additions in the same order as bias first, then a scatter-add by row.
-  std::vector<int>& first = ws_token_first_;  // [N + 1] CSR over tokens (shared workspace)
-  std::vector<int>& rows_of = ws_token_rows_;  // [Rs] source rows, token-major
-  source_rows_by_token(c.src, N, first, rows_of);
-  const float* bias = params_.value(bp.b_out);
   for (int t = 0; t < N; ++t) {
     float* out = h + static_cast<size_t>(t) * d;
-    residual_bias_row(out, hin + static_cast<size_t>(t) * d, bias, d);
+    if (identity) residual_bias_row(out, hin + static_cast<size_t>(t) * d, bias, d);
     for (int q = first[t]; q < first[t + 1]; ++q) {
       const int i = rows_of[q];
       scatter_add_row(out, c.y_src.data() + static_cast<size_t>(i) * d, d, r.gate[c.src.gate[i]]);
     }
   }
-
-  if (bs) block_stats_from_routing(bs, s, b, r, T, c.attention, c.routed);
 }
 
 void Model::block_backward(int b, float* dh, int N, float loss_scale) {
@@ -382,32 +387,44 @@ void Model::block_backward(int b, float* dh, int N, float loss_scale) {
   const Routing& r = c.routing;
   const int Rs = static_cast<int>(c.src.token.size());
 
-  // Output bias.
-  float* dbias = params_.grad(bp.b_out);
-  for (int t = 0; t < N; ++t)
-    for (int j = 0; j < d; ++j) dbias[j] += dh[static_cast<size_t>(t) * d + j];
-
-  // Combine backward: dy = w·dh[token], dgate += <dh[token], y>.
-  // Workspaces shared by all blocks (backward runs one block at a time): allocated once.
+  // Combine backward: dy = w·dh[token], dgate += <dh[token], y> (rows in ascending order), and
+  // the output bias's gradient. Workspaces shared by all blocks (backward runs one block at a
+  // time): allocated once.
   FloatBuffer& dgate = ws_dgate_;
   FloatBuffer& dy_src = ws_dy_src_;
   FloatBuffer& dx_src = ws_dx_src_;
   dgate.resize(static_cast<size_t>(r.P) * r.k);
   dy_src.resize_uninit(static_cast<size_t>(Rs) * d);
   dx_src.resize_uninit(static_cast<size_t>(Rs) * d);
-  for (int i = 0; i < Rs; ++i) {
-    const float w = r.gate[c.src.gate[i]];
-    const float* g = dh + static_cast<size_t>(c.src.token[i]) * d;
-    scale_row(dy_src.data() + static_cast<size_t>(i) * d, g, d, w);
-    if (!c.routed) continue;  // gate 1 is a constant: no router to send its gradient to
-    const float* y = c.y_src.data() + static_cast<size_t>(i) * d;
-    dgate[c.src.gate[i]] += dot_lanes(g, y, d);
-  }
+  auto output_grads = [&](int i0, int i1) {
+    for (int i = i0; i < i1; ++i)
+      scale_row(dy_src.data() + static_cast<size_t>(i) * d, dh + static_cast<size_t>(c.src.token[i]) * d, d,
+                r.gate[c.src.gate[i]]);
+  };
+  auto gate_grads = [&](int i0, int i1) {
+    if (!c.routed) return;  // gate 1 is a constant: no router to send its gradient to
+    for (int i = i0; i < i1; ++i)
+      dgate[c.src.gate[i]] += dot_lanes(dh + static_cast<size_t>(c.src.token[i]) * d,
+                                        c.y_src.data() + static_cast<size_t>(i) * d, d);
+  };
+  auto output_and_gate_grads = [&](int i0, int i1) {  // both in one pass over each row
+    for (int i = i0; i < i1; ++i) {
+      const float* g = dh + static_cast<size_t>(c.src.token[i]) * d;
+      scale_row(dy_src.data() + static_cast<size_t>(i) * d, g, d, r.gate[c.src.gate[i]]);
+      if (c.routed) dgate[c.src.gate[i]] += dot_lanes(g, c.y_src.data() + static_cast<size_t>(i) * d, d);
+    }
+  };
+  auto bias_grad = [&] {
+    float* dbias = params_.grad(bp.b_out);
+    for (int t = 0; t < N; ++t)
+      for (int j = 0; j < d; ++j) dbias[j] += dh[static_cast<size_t>(t) * d + j];
+  };
 
   // The same pipeline in reverse: output gradients travel to the owners chunk by chunk; each
   // chunk's input gradient is formed first and sent back at once, and its weight gradients are
-  // computed while that return (and the next chunk's dispatch) is on the wire. The router's
-  // backward needs no expert result, so it fills the wait for the first chunk.
+  // computed while that return (and the next chunk's dispatch) is on the wire. Only the first
+  // chunk's output gradients are needed before its send; the rest of the combine backward, the
+  // bias gradient and the router's backward (no expert result needed) fill the wait for it.
   CommScheduler& sched = *scheduler_;
   auto send = [this, &c, &dy_src, d](int ch) {
     ExpertChunk& k = c.chunk[ch];
@@ -418,7 +435,17 @@ void Model::block_backward(int b, float* dh, int N, float loss_scale) {
     });
   };
   const bool identity = c.exchange->identity();  // as in block_forward: experts read/write source order
-  CommScheduler::Ticket next = identity ? 0 : send(0);
+  CommScheduler::Ticket next = 0;
+  if (identity) {
+    output_and_gate_grads(0, Rs);
+  } else {
+    const int first_end = c.src.chunk_begin[1];
+    output_grads(0, first_end);
+    next = send(0);
+    gate_grads(0, first_end);
+    output_and_gate_grads(first_end, Rs);
+  }
+  bias_grad();
   FloatBuffer& dxn = ws_dxn_;
   dxn.resize(static_cast<size_t>(N) * d);  // accumulated into: zeroed
   if (c.routed)
