@@ -333,6 +333,8 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
     for (int t = 0; t < N; ++t)
       residual_bias_row(h + static_cast<size_t>(t) * d, hin + static_cast<size_t>(t) * d, bias, d);
   if (bs) block_stats_from_routing(bs, s, b, r, T, c.attention, c.routed);
+  std::vector<CommScheduler::Ticket>& returned = ws_returned_;  // [C] each chunk's return to the sources
+  returned.assign(C, 0);
   for (int ch = 0; ch < C; ++ch) {
     ExpertChunk& k = c.chunk[ch];
     const size_t r0 = c.src.chunk_begin[ch];
@@ -361,22 +363,30 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
                           d, s.expert_ff());
     }
     if (!identity)
-      sched.submit([&k, &c, r0, d] { c.exchange->to_source(k.plan, k.y_owner.data(), c.y_src.data() + r0 * d, d); });
+      returned[ch] =
+          sched.submit([&k, &c, r0, d] { c.exchange->to_source(k.plan, k.y_owner.data(), c.y_src.data() + r0 * d, d); });
   }
-  sched.wait_all();
 
   // 4. Combine: h = hin + bias + Σ_kept w_e · y_e, experts in index order (deterministic).
   //    One pass over the tokens: each token's rows (at most k, listed in row order = expert order,
   //    since a token's rows all lie in its sequence's chunk) are summed into its output while it is
   //    in cache: the same additions in the same order as bias first, then a scatter-add by row.
-  for (int t = 0; t < N; ++t) {
-    float* out = h + static_cast<size_t>(t) * d;
-    if (identity) residual_bias_row(out, hin + static_cast<size_t>(t) * d, bias, d);
-    for (int q = first[t]; q < first[t + 1]; ++q) {
-      const int i = rows_of[q];
-      scatter_add_row(out, c.y_src.data() + static_cast<size_t>(i) * d, d, r.gate[c.src.gate[i]]);
+  //    Chunk by chunk (a chunk's tokens have rows in that chunk only), each once its rows are back:
+  //    the earlier chunks' combine runs while the last chunk's return is still on the wire.
+  for (int ch = 0; ch < C; ++ch) {
+    if (!identity) sched.wait(returned[ch]);
+    const int tok0 = static_cast<int>(static_cast<int64_t>(ch) * B / C) * T;
+    const int tok1 = static_cast<int>(static_cast<int64_t>(ch + 1) * B / C) * T;
+    for (int t = tok0; t < tok1; ++t) {
+      float* out = h + static_cast<size_t>(t) * d;
+      if (identity) residual_bias_row(out, hin + static_cast<size_t>(t) * d, bias, d);
+      for (int q = first[t]; q < first[t + 1]; ++q) {
+        const int i = rows_of[q];
+        scatter_add_row(out, c.y_src.data() + static_cast<size_t>(i) * d, d, r.gate[c.src.gate[i]]);
+      }
     }
   }
+  sched.wait_all();
 }
 
 void Model::block_backward(int b, float* dh, int N, float loss_scale) {
