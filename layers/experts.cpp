@@ -57,9 +57,7 @@ void mlp_experts_backward_weights(float* dW1, float* db1, float* dW2, const floa
     const float* dhe = cache.dh.data() + static_cast<size_t>(r0) * f;
     // dW2 += aᵀ·dy ; db1 += Σ dh ; dW1 += xᵀ·dh
     gemm(true, false, f, d, n, 1.0f, a, f, dye, d, 1.0f, dW2 + static_cast<size_t>(e) * f * d, d);
-    float* db = db1 + static_cast<size_t>(e) * f;
-    for (int i = 0; i < n; ++i)
-      for (int j = 0; j < f; ++j) db[j] += dhe[static_cast<size_t>(i) * f + j];
+    sum_rows_into(db1 + static_cast<size_t>(e) * f, dhe, n, f);
     gemm(true, false, d, f, n, 1.0f, rows.x.data() + static_cast<size_t>(r0) * d, d, dhe, f, 1.0f,
          dW1 + static_cast<size_t>(e) * d * f, f);
   }

@@ -78,6 +78,12 @@ void routing_all_to_one(Routing& r, int N, int d) {
   r.dropped = 0;
 }
 
+namespace {
+// First token of chunk ch of a micro-batch of B sequences of T tokens cut into C chunks (chunk ch
+// holds sequences [ch·B/C, (ch+1)·B/C); empty when C > B).
+int chunk_first_token(int ch, int B, int T, int C) { return static_cast<int>(static_cast<int64_t>(ch) * B / C) * T; }
+}  // namespace
+
 RouterSpec block_router_spec(const ModelSpec& s, int b) {
   RouterSpec r;
   r.experts = s.block_experts(b);
@@ -100,8 +106,7 @@ void source_rows_build(SourceRows& src, const Routing& r, int B, int T, int chun
   src.token.clear();
   src.gate.clear();
   for (int ch = 0; ch < C; ++ch) {
-    const int tok0 = static_cast<int>(static_cast<int64_t>(ch) * B / C) * T;
-    const int tok1 = static_cast<int>(static_cast<int64_t>(ch + 1) * B / C) * T;
+    const int tok0 = chunk_first_token(ch, B, T, C), tok1 = chunk_first_token(ch + 1, B, T, C);
     for (int e = 0; e < E; ++e) {
       // Rows of expert e are in patch order: binary-search the chunk's patch range.
       const int* first = r.row_patch.data() + r.row_offsets[e];
@@ -375,9 +380,7 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
   //    the earlier chunks' combine runs while the last chunk's return is still on the wire.
   for (int ch = 0; ch < C; ++ch) {
     if (!identity) sched.wait(returned[ch]);
-    const int tok0 = static_cast<int>(static_cast<int64_t>(ch) * B / C) * T;
-    const int tok1 = static_cast<int>(static_cast<int64_t>(ch + 1) * B / C) * T;
-    for (int t = tok0; t < tok1; ++t) {
+    for (int t = chunk_first_token(ch, B, T, C); t < chunk_first_token(ch + 1, B, T, C); ++t) {
       float* out = h + static_cast<size_t>(t) * d;
       if (identity) residual_bias_row(out, hin + static_cast<size_t>(t) * d, bias, d);
       for (int q = first[t]; q < first[t + 1]; ++q) {
@@ -406,28 +409,15 @@ void Model::block_backward(int b, float* dh, int N, float loss_scale) {
   dgate.resize(static_cast<size_t>(r.P) * r.k);
   dy_src.resize_uninit(static_cast<size_t>(Rs) * d);
   dx_src.resize_uninit(static_cast<size_t>(Rs) * d);
-  auto output_grads = [&](int i0, int i1) {
-    for (int i = i0; i < i1; ++i)
-      scale_row(dy_src.data() + static_cast<size_t>(i) * d, dh + static_cast<size_t>(c.src.token[i]) * d, d,
-                r.gate[c.src.gate[i]]);
-  };
-  auto gate_grads = [&](int i0, int i1) {
-    if (!c.routed) return;  // gate 1 is a constant: no router to send its gradient to
-    for (int i = i0; i < i1; ++i)
-      dgate[c.src.gate[i]] += dot_lanes(dh + static_cast<size_t>(c.src.token[i]) * d,
-                                        c.y_src.data() + static_cast<size_t>(i) * d, d);
-  };
-  auto output_and_gate_grads = [&](int i0, int i1) {  // both in one pass over each row
+  // Rows [i0, i1): their output gradients and/or their gates' gradients, in one pass over each row.
+  // An unrouted block's gate 1 is a constant: no router to send its gradient to.
+  auto combine_backward = [&](int i0, int i1, bool output, bool gate) {
+    gate = gate && c.routed;
     for (int i = i0; i < i1; ++i) {
       const float* g = dh + static_cast<size_t>(c.src.token[i]) * d;
-      scale_row(dy_src.data() + static_cast<size_t>(i) * d, g, d, r.gate[c.src.gate[i]]);
-      if (c.routed) dgate[c.src.gate[i]] += dot_lanes(g, c.y_src.data() + static_cast<size_t>(i) * d, d);
+      if (output) scale_row(dy_src.data() + static_cast<size_t>(i) * d, g, d, r.gate[c.src.gate[i]]);
+      if (gate) dgate[c.src.gate[i]] += dot_lanes(g, c.y_src.data() + static_cast<size_t>(i) * d, d);
     }
-  };
-  auto bias_grad = [&] {
-    float* dbias = params_.grad(bp.b_out);
-    for (int t = 0; t < N; ++t)
-      for (int j = 0; j < d; ++j) dbias[j] += dh[static_cast<size_t>(t) * d + j];
   };
 
   // The same pipeline in reverse: output gradients travel to the owners chunk by chunk; each
@@ -447,15 +437,15 @@ void Model::block_backward(int b, float* dh, int N, float loss_scale) {
   const bool identity = c.exchange->identity();  // as in block_forward: experts read/write source order
   CommScheduler::Ticket next = 0;
   if (identity) {
-    output_and_gate_grads(0, Rs);
+    combine_backward(0, Rs, true, true);
   } else {
     const int first_end = c.src.chunk_begin[1];
-    output_grads(0, first_end);
+    combine_backward(0, first_end, true, false);
     next = send(0);
-    gate_grads(0, first_end);
-    output_and_gate_grads(first_end, Rs);
+    combine_backward(0, first_end, false, true);
+    combine_backward(first_end, Rs, true, true);
   }
-  bias_grad();
+  sum_rows_into(params_.grad(bp.b_out), dh, N, d);
   FloatBuffer& dxn = ws_dxn_;
   dxn.resize(static_cast<size_t>(N) * d);  // accumulated into: zeroed
   if (c.routed)

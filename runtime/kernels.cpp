@@ -44,6 +44,11 @@ void gather_rows(float* out, const float* table, const int32_t* ids, int N, int 
     std::memcpy(out + (int64_t)i * C, table + (int64_t)ids[i] * C, sizeof(float) * C);
 }
 
+void sum_rows_into(float* acc, const float* x, int N, int C) {
+  for (int i = 0; i < N; ++i)
+    for (int c = 0; c < C; ++c) acc[c] += x[static_cast<int64_t>(i) * C + c];
+}
+
 void scatter_add_rows(float* table, const float* src, const int32_t* ids, int N, int C, float scale) {
   for (int i = 0; i < N; ++i) {
     scatter_add_row(table + (int64_t)ids[i] * C, src + (int64_t)i * C, C, scale);

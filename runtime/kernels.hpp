@@ -351,6 +351,8 @@ void gelu_backward(float* dx, const float* x, const float* dout, int64_t n);  //
 void gelu_forward_keep_grad(float* out, float* x, int64_t n);
 // out[i, :] = table[ids[i], :]  (out [N, C], table [rows, C])
 void gather_rows(float* out, const float* table, const int32_t* ids, int N, int C);
+// acc[:] += Σ_i x[i, :], rows in order (bias gradients; x [N, C], acc [C])
+void sum_rows_into(float* acc, const float* x, int N, int C);
 // table[ids[i], :] += scale · src[i, :], in order of i (deterministic)
 void scatter_add_rows(float* table, const float* src, const int32_t* ids, int N, int C, float scale);
 // Cross-entropy over N rows: logits [N, V] become dlogits = (softmax − onehot)·grad_scale in

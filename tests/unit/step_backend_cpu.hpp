@@ -80,10 +80,7 @@ struct CpuStepBackend {
     for (size_t i = 0; i < plan.ids.size(); ++i)
       scatter_add_row(table + static_cast<size_t>(plan.ids[i]) * C, src + i * C, C, row_scale ? row_scale[i] : 1.0f);
   }
-  void bias_grad(float* db, const float* dh, int N, int C) {
-    for (int t = 0; t < N; ++t)
-      for (int j = 0; j < C; ++j) db[j] += dh[static_cast<size_t>(t) * C + j];
-  }
+  void bias_grad(float* db, const float* dh, int N, int C) { sum_rows_into(db, dh, N, C); }
   double cross_entropy(bool backward, float* logits, const int32_t* targets, int N, int V, float grad_scale) {
     return backward ? crossentropy_forward_backward(logits, targets, N, V, grad_scale)
                     : crossentropy_forward(logits, targets, N, V);
