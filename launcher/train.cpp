@@ -277,13 +277,7 @@ int train_run(const Config& cfg) {
   log_set_rank(world_rank, world_size);
   const Fault fault = fault_from_env();
   const bool on_gpu = device_parse(cfg.device) == Device::cuda;
-  if (on_gpu) {
-    device_require(Device::cuda);  // no usable GPU: a clear error naming why
-    // What the device step (layers/device_step.hpp) does not cover yet, refused before any work.
-    if (cfg.overlap_chunks > 1)
-      fail("--device cuda runs whole blocks for now: --overlap-chunks ", cfg.overlap_chunks,
-           " needs the stream scheduler inside the device step (docs/gpu.md); use --overlap-chunks 1");
-  }
+  if (on_gpu) device_require(Device::cuda);  // no usable GPU: a clear error naming why
   // A stuck exchange ends the job: every rank's watchdog reports where it waits, then aborts.
   Watchdog watchdog(cfg.collective_timeout, [](const std::string&) { MPI_Abort(MPI_COMM_WORLD, 3); });
   const int threads = cfg.threads > 0 ? cfg.threads
@@ -312,7 +306,7 @@ int train_run(const Config& cfg) {
   else exchange = std::make_unique<LocalExchange>();
   Model model(spec, cfg.seed, exchange.get());
   std::unique_ptr<DeviceModel> device_model;
-  if (on_gpu) device_model = std::make_unique<DeviceModel>(model, groups.ep_group.get());
+  if (on_gpu) device_model = std::make_unique<DeviceModel>(model, groups.ep_group.get(), cfg.overlap_chunks);
   if (cfg.overlap_chunks > 1) {
     // Only the communication thread calls MPI during a step, the training thread only between
     // steps (ordered by the scheduler's queue): MPI_THREAD_SERIALIZED is what that needs.
@@ -349,7 +343,10 @@ int train_run(const Config& cfg) {
   if (device_model)
     log_info("device: rank 0 computes on %s; parameters, optimizer and gradient all-reduce stay on the host "
              "(layers/device_model.hpp)", device_model->describe().c_str());
-  if (cfg.overlap_chunks > 1)
+  if (cfg.overlap_chunks > 1 && device_model)
+    log_info("overlap: %d chunks per block; expert exchanges on the GPU's communication stream, gradient all-reduce "
+             "on a communication thread", cfg.overlap_chunks);
+  else if (cfg.overlap_chunks > 1)
     log_info("overlap: %d chunks per block; exchanges and gradient all-reduce run on a communication thread",
              cfg.overlap_chunks);
   if (cfg.sim_link_gbps > 0)
@@ -449,6 +446,10 @@ int train_run(const Config& cfg) {
     const auto t0 = Clock::now();
     exchange->reset_counters();
     scheduler.reset_counters();
+    if (device_model) {  // what evaluation exchanged is not this step's
+      double busy, exposed;
+      device_model->take_exchange_seconds(&busy, &exposed);
+    }
     const StepFigures fig = train_step(model, opt, cfg, data.train, step, ranks);
     const double dt = seconds_since(t0);
     if (fig.skipped) {
@@ -472,7 +473,13 @@ int train_run(const Config& cfg) {
     }
     // Exchange time (the tasks' run time on the communication thread, or in line), exposed time (the
     // training thread waiting for them) and compute time (the rest of the step).
-    const double comm_s = scheduler.busy_seconds(), exposed_s = scheduler.exposed_seconds();
+    double comm_s = scheduler.busy_seconds(), exposed_s = scheduler.exposed_seconds();
+    if (device_model) {  // the expert exchanges ran on the GPU's communication stream
+      double busy = 0, exposed = 0;
+      device_model->take_exchange_seconds(&busy, &exposed);
+      comm_s += busy;
+      exposed_s += exposed;
+    }
     const double a2a_bytes = exchange->bytes_sent();
 
     win_loss += fig.loss;

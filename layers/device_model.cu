@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -15,6 +17,7 @@
 #include "parallel/comm.hpp"
 #include "parallel/mpi_exchange.hpp"
 #include "parallel/nccl_comm.hpp"
+#include "parallel/stream_scheduler.hpp"
 #include "runtime/cuda/check.cuh"
 #include "runtime/cuda/experts.cuh"
 #include "runtime/cuda/gemm.cuh"
@@ -64,6 +67,20 @@ struct CudaStepBackend {
   int all_rows_n = -1;
 
   cudaStream_t s() const { return stream.get(); }
+
+  // Exchanges (ep > 1): the StreamScheduler on the NCCL communicator's stream, ordered against the
+  // compute stream by events; the host does not wait for them inside a step (end_step does).
+  using Ticket = StreamScheduler::Ticket;
+  std::unique_ptr<StreamScheduler> sched;  // null while every expert is on this rank (nothing travels)
+  Ticket submit(const std::function<void()>& fn) {
+    UOE_ASSERT(sched != nullptr, "device step: an exchange without a communication stream");
+    return sched->submit([&fn](cudaStream_t) { fn(); });
+  }
+  void wait(Ticket t) { sched->wait(t); }
+  void wait_all() { sched->wait_all(); }
+  void end_step() {
+    if (sched) sched->synchronize();
+  }
   template <class T>
   void upload(Buffer<T>& b, std::span<const T> host) { b.upload(host, s()); }
   template <class T>
@@ -123,15 +140,16 @@ struct CudaStepBackend {
     blas.gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   }
   // The experts' input rows, source order (identity exchange): x gathered from xn by token.
-  void set_rows(Rows& rows, const SourceRows& src, int n_experts, const float* xn, const int32_t* token, int d) {
-    rows.n_experts = n_experts;
-    rows.offsets = src.chunk_offsets[0];
-    rows.seg = src.seg;
-    rows.pos = src.pos;
+  void set_rows(Rows& rows, const std::vector<int>& offsets, const int32_t* seg, const int32_t* pos, const float* xn,
+                const int32_t* token, int n, int d) {
+    rows.n_experts = static_cast<int>(offsets.size()) - 1;
+    rows.offsets = offsets;
+    rows.seg.assign(seg, seg + n);
+    rows.pos.assign(pos, pos + n);
     rows.offsets_dev.upload(std::span<const int>(rows.offsets), s());
     rows.pos_dev.upload(std::span<const int32_t>(rows.pos), s());
-    rows.x.resize(static_cast<size_t>(src.rows()) * d);
-    cuda::gather_rows(rows.x.data(), xn, token, src.rows(), d, s());
+    rows.x.resize(static_cast<size_t>(n) * d);
+    cuda::gather_rows(rows.x.data(), xn, token, n, d, s());
   }
   // The tables of the rows that will reach this rank's experts; x is sized for them (the exchange
   // fills it over NCCL).
@@ -183,15 +201,26 @@ struct DeviceModel::Impl {
   std::unique_ptr<NcclCommunicator> nccl;  // ep > 1: rows GPU to GPU
   std::unique_ptr<MpiExchange> exchange;   // ep > 1: counts and metadata over MPI, rows over nccl
   DeviceStep<CudaStepBackend> step;
-  Impl(Model& host, MpiCommunicator* ep_group)
+  Impl(Model& host, MpiCommunicator* ep_group, int chunks)
       : device(pick_device()),
         be(),
         nccl(rows_communicator(host, ep_group)),
         exchange(nccl ? std::make_unique<MpiExchange>(*ep_group, nccl.get()) : nullptr),
-        step(host, be, exchange.get()) {}
+        step(host, be, exchange.get()) {
+    if (nccl) be.sched = std::make_unique<StreamScheduler>(be.s(), nccl->stream(), nccl.get());
+    step.set_chunks(chunks);
+  }
 };
 
-DeviceModel::DeviceModel(Model& host, MpiCommunicator* ep_group) : impl_(std::make_unique<Impl>(host, ep_group)) {}
+DeviceModel::DeviceModel(Model& host, MpiCommunicator* ep_group, int chunks)
+    : impl_(std::make_unique<Impl>(host, ep_group, chunks)) {}
+
+void DeviceModel::take_exchange_seconds(double* busy, double* exposed) {
+  const StreamScheduler* sched = impl_->be.sched.get();
+  *busy = sched ? sched->busy_seconds() : 0.0;
+  *exposed = sched ? sched->exposed_seconds() : 0.0;
+  if (impl_->be.sched) impl_->be.sched->reset_counters();
+}
 
 void DeviceModel::close() {
   if (impl_->nccl) impl_->nccl->close();

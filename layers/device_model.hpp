@@ -19,10 +19,13 @@
 // the step's host synchronisations besides the two arena copies. Row bookkeeping (source rows,
 // combine order) is layers/model.hpp's shared code, so the GPU combines in the CPU's order.
 //
-// Scope: whole blocks (no chunked overlap). With --ep > 1 the routed rows travel GPU to GPU over
-// NCCL (an MpiExchange whose payload communicator is an NcclCommunicator; counts and row metadata
-// over MPI from the host, as on the CPU path); each exchange host-waits for the compute queued
-// before it (the StreamScheduler that would overlap them is not wired into the step yet).
+// Expert parallelism: with --ep > 1 the routed rows travel GPU to GPU over NCCL (an MpiExchange
+// whose payload communicator is an NcclCommunicator; counts and row metadata over MPI from the
+// host, as on the CPU path), scheduled by the StreamScheduler (parallel/stream_scheduler.hpp): rows
+// move on the NCCL stream while the compute stream runs the experts, chunk by chunk with
+// --overlap-chunks (the CPU path's pipeline), ordered by events; the host waits for the exchanges
+// only at the end of the step. Per routed block the host still synchronises for routing (the
+// normalised input down, the gate gradients down) and exchanges every chunk's counts over MPI.
 // STATUS: compiled, never run — no machine this project is built on has a GPU. See docs/gpu.md.
 // Host-only declarations (no CUDA headers): launcher/train.cpp includes this with g++.
 #pragma once
@@ -43,7 +46,8 @@ class DeviceModel {
   // expert parallelism (the host's exchange is not the identity) `ep_group` is the expert-parallel
   // group: counts and row metadata travel over it (MPI), the rows over an NCCL communicator built
   // on it (collective over the group; one GPU per rank).
-  DeviceModel(Model& host, MpiCommunicator* ep_group);
+  // `chunks`: Model::set_schedule's chunk count (the same rows and sums as the CPU path at that count).
+  DeviceModel(Model& host, MpiCommunicator* ep_group, int chunks = 1);
   ~DeviceModel();
   DeviceModel(const DeviceModel&) = delete;
   DeviceModel& operator=(const DeviceModel&) = delete;
@@ -56,6 +60,9 @@ class DeviceModel {
   // As Model::set_backward_hook: called for every block (last first), then with −1, once the
   // gradients of the call are in the host arena.
   void set_backward_hook(std::function<void(int block)> hook);
+  // Seconds the expert exchanges ran on the communication stream (busy) and the compute stream
+  // stalled waiting for them (exposed) since the last call; zero without expert parallelism.
+  void take_exchange_seconds(double* busy, double* exposed);
   // Block b's routing of the last forward pass.
   const Routing& routing(int b) const;
   // "GPU 0 of 8: NVIDIA H200 (sm_90)" — for the start-up log.

@@ -8,7 +8,7 @@ namespace uoe {
 
 struct DeviceModel::Impl {};
 
-DeviceModel::DeviceModel(Model&, MpiCommunicator*) { fail("--device cuda: built without CUDA (reconfigure with -DUOE_CUDA=ON)"); }
+DeviceModel::DeviceModel(Model&, MpiCommunicator*, int) { fail("--device cuda: built without CUDA (reconfigure with -DUOE_CUDA=ON)"); }
 DeviceModel::~DeviceModel() = default;
 void DeviceModel::forward_backward(const int32_t*, const int32_t*, int, float, ForwardStats*) {
   fail("--device cuda: built without CUDA");
@@ -20,6 +20,7 @@ void DeviceModel::set_backward_hook(std::function<void(int)>) {}
 const Routing& DeviceModel::routing(int) const { fail("--device cuda: built without CUDA"); }
 std::string DeviceModel::describe() const { return "no GPU (built without CUDA)"; }
 void DeviceModel::close() {}
+void DeviceModel::take_exchange_seconds(double* busy, double* exposed) { *busy = *exposed = 0; }
 
 }  // namespace uoe
 #endif

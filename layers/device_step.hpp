@@ -1,8 +1,13 @@
 // The device training step, written once over a backend (layers/device_model.hpp explains the
-// design). DeviceStep<Backend> is Model::forward_backward / forward_eval with whole blocks
-// (chunks = 1), expressed as calls into a Backend. With ep > 1 the routed rows travel between ranks
-// through an ExpertExchange: plan and metadata over MPI from the host, rows in the backend's memory
-// (on GPUs an MpiExchange with an NCCL payload communicator; in the CPU tests the MPI one).
+// design). DeviceStep<Backend> is Model::forward_backward / forward_eval expressed as calls into a
+// Backend, with the Model's chunks (set_chunks): each block's source rows are cut into the same
+// chunks, and the experts run chunk by chunk in the same order, so the results are the Model's bit
+// for bit at the same chunk count. With ep > 1 the routed rows travel between ranks through an
+// ExpertExchange: plan and metadata over MPI from the host (every chunk's, before the block's rows
+// move: the one host-side exchange per block), rows in the backend's memory (on GPUs an MpiExchange
+// with an NCCL payload communicator; in the CPU tests the MPI one), as scheduled exchanges — the
+// scheduler issue's pipeline: chunk c's experts run while chunk c+1's rows travel to their owners
+// and chunk c−1's outputs travel back, in forward and (output / input gradients) in backward.
 //   - CudaStepBackend (layers/device_model.cu): cuda:: kernels, cuBLAS, device buffers — the GPU path;
 //   - tests/unit/step_backend_cpu.hpp: the CPU kernels on host buffers — so that this orchestration
 //     (which rows go where, what accumulates and what overwrites, the order of every sum) runs in
@@ -17,7 +22,13 @@
 //   scatter_plan, scatter_add, bias_grad, cross_entropy (returns the loss sum), gemm,
 //   set_rows (experts' rows gathered from source rows), set_owner_rows (tables of the rows that will
 //   arrive; x sized for them), mlp_/attn_ forward, backward_data, backward_weights
-// with the semantics of the CPU kernels of the same names (runtime/kernels.hpp, layers/experts.hpp).
+// with the semantics of the CPU kernels of the same names (runtime/kernels.hpp, layers/experts.hpp),
+// and the exchange schedule of parallel/scheduler.hpp:
+//   Ticket (a type), Ticket submit(std::function<void()>)  queue an exchange (it reads what compute queued before it)
+//   wait(Ticket), wait_all()              compute goes on only once that exchange is complete
+//   end_step()                            everything of the step finished (timings, error checks)
+// (the CPU backend: a CommScheduler — a communication thread or in line; the CUDA backend: the
+// StreamScheduler — a communication stream ordered against the compute stream by events).
 #pragma once
 #include <algorithm>
 #include <functional>
@@ -55,13 +66,17 @@ class DeviceStep {
       // Routed blocks exchange rows when the host Model's exchange is not the identity (ep > 1);
       // otherwise, and in unrouted blocks, rows stay in this rank's buffers.
       c->exchange = c->routed && !host_.exchange()->identity() ? rows_exchange : nullptr;
-      c->plan.where = "layer " + std::to_string(b / 2) + (c->attention ? " attention (block " : " MLP (block ") +
-                      std::to_string(b) + "), device step";
       blocks_.push_back(std::move(c));
     }
   }
 
   void set_backward_hook(std::function<void(int)> hook) { hook_ = std::move(hook); }
+  // Model::set_schedule's chunk count: each block's rows are exchanged and computed in `chunks`
+  // pieces (the Model's chunks: same rows, same order of every sum at the same count).
+  void set_chunks(int chunks) {
+    if (chunks < 1) fail("device step: chunks must be at least 1, got ", chunks);
+    chunks_ = chunks;
+  }
   const Routing& routing(int b) const { return blocks_.at(b)->routing; }
 
   // Model::forward_backward's contract: adds the gradient of loss_scale · (mean CE + router losses)
@@ -96,6 +111,7 @@ class DeviceStep {
     // their device copies are stale).
     grads_host_.resize(total);
     be_.download(grads_, std::span<float>(grads_host_.data(), total));
+    be_.end_step();
     be_.synchronize();
     ParamStore& ps = host_.params();
     for (size_t i = 0; i < ps.count(); ++i) {
@@ -121,6 +137,7 @@ class DeviceStep {
     }
     upload_params();
     forward(inputs, B, /*dropless=*/true, stats);
+    be_.end_step();
     if (N == 0) {  // took part in the exchanges with nothing of its own
       stats->ce_sum = 0;
       return;
@@ -132,6 +149,18 @@ class DeviceStep {
  private:
   template <class T>
   using Buf = typename Be::template Buffer<T>;
+
+  // One chunk of a block's rows as its experts see them (Model::ExpertChunk's counterpart).
+  struct Chunk {
+    typename Be::Rows rows;  // the experts' input rows: source order, or owner order when rows travel
+    typename Be::MlpCache mlp;
+    typename Be::AttnCache attn;
+    // Expert parallelism (ep > 1): the chunk's exchange plan and row metadata on the host, its rows
+    // at the owner in the backend's memory.
+    ExchangePlan plan;
+    ExpertRows owner_meta;                   // what reaches this rank's experts: offsets, seg, pos (no x)
+    Buf<float> y_owner, dy_owner, dx_owner;  // [R_dst, d] expert outputs, output / input gradients
+  };
 
   // One block's state (Model::BlockCache's counterpart).
   struct Block {
@@ -145,17 +174,10 @@ class DeviceStep {
     Buf<int32_t> token;              // [R] src.token
     Buf<float> gate;                 // [R] row_gate
     typename Be::Scatter by_token;   // source rows by token, ascending
-    typename Be::Rows rows;          // the experts' input rows (source order: the exchange is the identity)
-    Buf<float> y;                    // [R, d] expert outputs
-    typename Be::MlpCache mlp;
-    typename Be::AttnCache attn;
-    // Expert parallelism (ep > 1): the exchange's plan and row metadata on the host, rows in the
-    // backend's memory.
+    Buf<float> y;                    // [R, d] expert outputs, source order
+    std::vector<std::unique_ptr<Chunk>> chunk;  // [≥ chunks] (chunks own non-movable device state)
     ExpertExchange* exchange = nullptr;  // null: every expert of the block is here
-    ExchangePlan plan;
-    ExpertRows owner_meta;               // what reaches this rank's experts: offsets, seg, pos (no x)
-    Buf<float> x_src;                    // [R, d] rows to send, source order
-    Buf<float> y_owner;                  // [R_dst, d] expert outputs, owner order
+    Buf<float> x_src;                    // ep > 1: [R, d] rows to send, source order
   };
 
   bool exchanges() const {
@@ -171,11 +193,21 @@ class DeviceStep {
     be_.upload(values_, std::span<const float>(host_.params().values().data(), total));
   }
 
-  // Model::block_forward with chunks = 1 and an identity exchange.
+  // The chunks of block c, each with its plan's name for the collective watchdog's report.
+  void ensure_chunks(Block& c, int b) {
+    const int C = chunks_;
+    while (static_cast<int>(c.chunk.size()) < C) c.chunk.push_back(std::make_unique<Chunk>());
+    for (int ch = 0; ch < C; ++ch)
+      c.chunk[ch]->plan.where = "layer " + std::to_string(b / 2) + (c.attention ? " attention (block " : " MLP (block ") +
+                                std::to_string(b) + "), chunk " + std::to_string(ch + 1) + " of " +
+                                std::to_string(C) + ", device step";
+  }
+
+  // Model::block_forward.
   void block_forward(int b, float* out, int B, bool dropless, BlockStats* bs) {
     Block& c = *blocks_[b];
     const BlockParams& bp = host_.blocks()[b];
-    const int d = spec_.d, T = spec_.seq_len, N = B * T;
+    const int d = spec_.d, T = spec_.seq_len, N = B * T, C = chunks_;
     c.xn.resize(static_cast<size_t>(N) * d);
     c.mean.resize(N);
     c.rstd.resize(N);
@@ -192,8 +224,8 @@ class DeviceStep {
     } else {
       routing_all_to_one(r, N, d);
     }
-    // 2. Source rows (the CPU model's code) and their tables on the device.
-    source_rows_build(c.src, r, B, T, 1);
+    // 2. Source rows, chunk-major (the CPU model's code), and their tables on the device.
+    source_rows_build(c.src, r, B, T, C);
     const int R = c.src.rows();
     c.row_gate.resize(R);
     for (int i = 0; i < R; ++i) c.row_gate[i] = r.gate[c.src.gate[i]];
@@ -202,51 +234,90 @@ class DeviceStep {
     be_.upload(c.token, std::span<const int32_t>(c.src.token));
     be_.upload(c.gate, std::span<const float>(c.row_gate));
     c.y.resize(static_cast<size_t>(R) * d);
-    float* y = c.y.data();
-    if (!c.exchange) {
-      // 3. Experts on the source rows (every expert here), outputs in source order.
-      be_.set_rows(c.rows, c.src, r.E, c.xn.data(), c.token.data(), d);
-    } else {
-      // 3. The rows travel to their experts' ranks (counts and metadata over MPI from the host,
-      //    rows between the backends' buffers), the experts run here on what arrived, and the
-      //    outputs go back the same way. Each exchange waits for the work queued before it.
-      c.exchange->dispatch_metadata(c.plan, c.src.chunk_offsets[0], c.src.seg.data(), c.src.pos.data(),
-                                    c.owner_meta);
-      const int R_dst = c.owner_meta.rows();
+    ensure_chunks(c, b);
+    const bool travel = c.exchange != nullptr;
+    if (travel) {
+      // Every chunk's counts and row metadata over MPI from the host, then the rows to send; each
+      // chunk's owner-side tables and buffers are sized before any exchange is queued.
+      for (int ch = 0; ch < C; ++ch) {
+        Chunk& k = *c.chunk[ch];
+        const int r0 = c.src.chunk_begin[ch];
+        c.exchange->dispatch_metadata(k.plan, c.src.chunk_offsets[ch], c.src.seg.data() + r0, c.src.pos.data() + r0,
+                                      k.owner_meta);
+        be_.set_owner_rows(k.rows, k.owner_meta, d);
+        k.y_owner.resize(static_cast<size_t>(k.owner_meta.rows()) * d);
+      }
       c.x_src.resize(static_cast<size_t>(R) * d);
       be_.gather_rows(c.x_src.data(), c.xn.data(), c.token.data(), R, d);
-      be_.set_owner_rows(c.rows, c.owner_meta, d);  // tables up; x sized [R_dst, d]
-      be_.synchronize();
-      c.exchange->to_owner(c.plan, c.x_src.data(), c.rows.x.data(), d);
-      c.y_owner.resize(static_cast<size_t>(R_dst) * d);
-      y = c.y_owner.data();
     }
-    if (c.attention)
-      be_.attn_forward(y, c.attn, c.rows, val(bp.w_in), val(bp.w_out), d, spec_.heads_per_expert(), spec_.head_dim());
-    else
-      be_.mlp_forward(y, c.mlp, c.rows, val(bp.w_in), val(bp.b_in), val(bp.w_out), d, spec_.expert_ff());
-    if (c.exchange) {
-      be_.synchronize();
-      c.exchange->to_source(c.plan, c.y_owner.data(), c.y.data(), d);
+    // 3. The pipeline: chunk c's experts run while chunk c+1's rows travel to their owners and
+    //    chunk c−1's outputs travel back (with every expert here, nothing travels).
+    auto dispatch = [this, &c, d](int ch) {
+      Chunk& k = *c.chunk[ch];
+      const size_t r0 = c.src.chunk_begin[ch];
+      return be_.submit([&c, &k, r0, d] { c.exchange->to_owner(k.plan, c.x_src.data() + r0 * d, k.rows.x.data(), d); });
+    };
+    typename Be::Ticket next = travel ? dispatch(0) : typename Be::Ticket{};
+    for (int ch = 0; ch < C; ++ch) {
+      Chunk& k = *c.chunk[ch];
+      const int r0 = c.src.chunk_begin[ch], n = c.src.chunk_begin[ch + 1] - r0;
+      float* y = c.y.data() + static_cast<size_t>(r0) * d;
+      if (travel) {
+        be_.wait(next);
+        if (ch + 1 < C) next = dispatch(ch + 1);
+        y = k.y_owner.data();
+      } else {
+        be_.set_rows(k.rows, c.src.chunk_offsets[ch], c.src.seg.data() + r0, c.src.pos.data() + r0, c.xn.data(),
+                     c.token.data() + r0, n, d);
+      }
+      if (c.attention)
+        be_.attn_forward(y, k.attn, k.rows, val(bp.w_in), val(bp.w_out), d, spec_.heads_per_expert(),
+                         spec_.head_dim());
+      else
+        be_.mlp_forward(y, k.mlp, k.rows, val(bp.w_in), val(bp.b_in), val(bp.w_out), d, spec_.expert_ff());
+      if (travel)
+        be_.submit([&c, &k, r0, d] {
+          c.exchange->to_source(k.plan, k.y_owner.data(), c.y.data() + static_cast<size_t>(r0) * d, d);
+        });
     }
     // 4. Combine: out = hin + bias, then each token's rows in ascending row order, gate-weighted.
     be_.residual_bias_rows(out, c.hin.data(), val(bp.b_out), N, d);
     be_.scatter_plan(c.by_token, c.token.data(), R, N);
-    be_.scatter_add(out, c.y.data(), c.by_token, d, c.gate.data());
     if (bs) block_stats_from_routing(bs, spec_, b, r, T, c.attention, c.routed);
+    if (travel) be_.wait_all();
+    be_.scatter_add(out, c.y.data(), c.by_token, d, c.gate.data());
   }
 
-  // Model::block_backward with chunks = 1 and an identity exchange; dh_ is the residual gradient.
+  // Model::block_backward; dh_ is the residual gradient.
   void block_backward(int b, int N, float loss_scale) {
     Block& c = *blocks_[b];
     const BlockParams& bp = host_.blocks()[b];
-    const int d = spec_.d, R = c.src.rows();
+    const int d = spec_.d, R = c.src.rows(), C = chunks_;
     const Routing& r = c.routing;
-    be_.bias_grad(grad(bp.b_out), dh_.data(), N, d);
+    const bool travel = c.exchange != nullptr;
     // Combine backward: dy = w·dh[token]; the gate gradients <dh[token], y> go to the host router.
     dy_.resize(static_cast<size_t>(R) * d);
     dx_.resize(static_cast<size_t>(R) * d);
     be_.gather_rows_scaled(dy_.data(), dh_.data(), c.token.data(), c.gate.data(), R, d);
+    // The output gradients travel to the owners chunk by chunk; each chunk's input gradients are
+    // formed first and sent back at once, its weight gradients computed while they travel. The
+    // first chunk's send is queued before the bias and router work, which needs no expert result.
+    auto send = [this, &c, d](int ch) {
+      Chunk& k = *c.chunk[ch];
+      const size_t r0 = c.src.chunk_begin[ch];
+      return be_.submit([this, &c, &k, r0, d] { c.exchange->to_owner(k.plan, dy_.data() + r0 * d, k.dy_owner.data(), d); });
+    };
+    typename Be::Ticket next{};
+    if (travel) {
+      for (int ch = 0; ch < C; ++ch) {
+        Chunk& k = *c.chunk[ch];
+        const size_t owner_n = static_cast<size_t>(k.owner_meta.rows()) * d;
+        k.dy_owner.resize(owner_n);
+        k.dx_owner.resize(owner_n);
+      }
+      next = send(0);
+    }
+    be_.bias_grad(grad(bp.b_out), dh_.data(), N, d);
     dxn_.resize(static_cast<size_t>(N) * d);
     if (c.routed) {
       rowdot_.resize(R);
@@ -264,33 +335,33 @@ class DeviceStep {
     } else {
       be_.zero(dxn_);
     }
-    // Experts' backward on the rows they computed (owner order when rows travelled: the output
-    // gradients go there first, the input gradients come back).
-    const float* dy = dy_.data();
-    float* dx = dx_.data();
-    if (c.exchange) {
-      const size_t owner_n = static_cast<size_t>(c.owner_meta.rows()) * d;
-      dy_owner_.resize(owner_n);
-      dx_owner_.resize(owner_n);
-      be_.synchronize();
-      c.exchange->to_owner(c.plan, dy_.data(), dy_owner_.data(), d);
-      dy = dy_owner_.data();
-      dx = dx_owner_.data();
+    // Experts' backward on the rows they computed (owner order when rows travelled).
+    for (int ch = 0; ch < C; ++ch) {
+      Chunk& k = *c.chunk[ch];
+      const size_t r0 = c.src.chunk_begin[ch];
+      const float* dy = dy_.data() + r0 * d;
+      float* dx = dx_.data() + r0 * d;
+      if (travel) {
+        be_.wait(next);
+        if (ch + 1 < C) next = send(ch + 1);
+        dy = k.dy_owner.data();
+        dx = k.dx_owner.data();
+      }
+      if (c.attention)
+        be_.attn_backward_data(dx, dy, k.attn, k.rows, val(bp.w_in), val(bp.w_out), d, spec_.heads_per_expert(),
+                               spec_.head_dim());
+      else
+        be_.mlp_backward_data(dx, dy, k.mlp, k.rows, val(bp.w_in), val(bp.w_out), d, spec_.expert_ff());
+      if (travel)
+        be_.submit([this, &k, &c, r0, d] { c.exchange->to_source(k.plan, k.dx_owner.data(), dx_.data() + r0 * d, d); });
+      if (c.attention)
+        be_.attn_backward_weights(grad(bp.w_in), grad(bp.w_out), dy, k.attn, k.rows, d, spec_.heads_per_expert(),
+                                  spec_.head_dim());
+      else
+        be_.mlp_backward_weights(grad(bp.w_in), grad(bp.b_in), grad(bp.w_out), dy, k.mlp, k.rows, d,
+                                 spec_.expert_ff());
     }
-    if (c.attention)
-      be_.attn_backward_data(dx, dy, c.attn, c.rows, val(bp.w_in), val(bp.w_out), d, spec_.heads_per_expert(),
-                             spec_.head_dim());
-    else
-      be_.mlp_backward_data(dx, dy, c.mlp, c.rows, val(bp.w_in), val(bp.w_out), d, spec_.expert_ff());
-    if (c.exchange) {
-      be_.synchronize();
-      c.exchange->to_source(c.plan, dx_owner_.data(), dx_.data(), d);
-    }
-    if (c.attention)
-      be_.attn_backward_weights(grad(bp.w_in), grad(bp.w_out), dy, c.attn, c.rows, d, spec_.heads_per_expert(),
-                                spec_.head_dim());
-    else
-      be_.mlp_backward_weights(grad(bp.w_in), grad(bp.b_in), grad(bp.w_out), dy, c.mlp, c.rows, d, spec_.expert_ff());
+    if (travel) be_.wait_all();
     be_.scatter_add(dxn_.data(), dx_.data(), c.by_token, d, nullptr);
     be_.layernorm_backward(dh_.data(), grad(bp.norm_scale), grad(bp.norm_bias), dxn_.data(), c.hin.data(),
                            val(bp.norm_scale), c.mean.data(), c.rstd.data(), N, d);
@@ -336,9 +407,9 @@ class DeviceStep {
   typename Be::Scatter embed_plan_;
   Buf<float> h_, hf_, fmean_, frstd_, logits_;
   Buf<float> dhf_, dh_, dy_, dx_, dxn_, rowdot_;
-  Buf<float> dy_owner_, dx_owner_;              // ep > 1: backward rows in owner order
   std::vector<float> rowdot_host_, dgate_host_, dxn_host_;
   std::function<void(int)> hook_;
+  int chunks_ = 1;
 };
 
 }  // namespace uoe

@@ -19,6 +19,7 @@
 #include "parallel/comm.hpp"
 #include "parallel/exchange.hpp"
 #include "parallel/mpi_exchange.hpp"
+#include "parallel/scheduler.hpp"
 #include "runtime/error.hpp"
 #include "runtime/rng.hpp"
 
@@ -452,8 +453,10 @@ INSTANTIATE_TEST_SUITE_P(Traffic, Exchange,
 // The device step's expert-parallel path (layers/device_step.hpp: rows travel through the host over
 // the Model's MPI exchange) over the CPU backend, against the CPU Model with ep = world size: both
 // must compute the same losses, routing and local gradients bit for bit; then an evaluation in which
-// odd ranks have no batch must still take part in every exchange (no hang) and match.
-TEST(DeviceStepMpi, ExpertParallelMatchesModelBitwise) {
+// odd ranks have no batch must still take part in every exchange (no hang) and match. With chunks,
+// both pipelines run their exchanges on a communication thread (3 sequences in 4 chunks: one chunk
+// is empty on every rank).
+void expect_device_step_matches_model(int chunks) {
   MpiCommunicator c(MPI_COMM_WORLD);
   const int n = c.size(), me = c.rank();
   uoe::ModelSpec s;  // 2 experts of each kind per rank, heads of 8
@@ -470,8 +473,12 @@ TEST(DeviceStepMpi, ExpertParallelMatchesModelBitwise) {
   s.capacity_factor = 1.0;
   MpiExchange ex_ref(c), ex_dev(c);
   uoe::Model ref(s, 5, &ex_ref), host(s, 5, &ex_dev);
+  uoe::CommScheduler sched_ref(chunks > 1), sched_dev(chunks > 1);
+  ref.set_schedule(&sched_ref, chunks);
   uoe::CpuStepBackend be;
+  be.sched = &sched_dev;
   uoe::DeviceStep<uoe::CpuStepBackend> step(host, be);
+  step.set_chunks(chunks);
   const int B = 3, N = B * s.seq_len;
   std::vector<int32_t> in(N), tg(N);
   for (int i = 0; i < N; ++i) {
@@ -506,6 +513,14 @@ TEST(DeviceStepMpi, ExpertParallelMatchesModelBitwise) {
   step.forward_eval(in.data(), tg.data(), Be, &ed);
   EXPECT_EQ(ed.ce_sum, er.ce_sum);
   EXPECT_EQ(ed.tokens, er.tokens);
+}
+
+TEST(DeviceStepMpi, ExpertParallelMatchesModelBitwise) { expect_device_step_matches_model(1); }
+TEST(DeviceStepMpi, ChunkedPipelineMatchesModelBitwise) {
+  for (int chunks : {2, 4}) {
+    SCOPED_TRACE(std::to_string(chunks) + " chunks");
+    expect_device_step_matches_model(chunks);
+  }
 }
 
 TEST(ExchangeMpi, LocalExpertsAreContiguousBlocks) {

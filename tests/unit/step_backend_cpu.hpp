@@ -4,11 +4,13 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
 #include "layers/experts.hpp"
 #include "layers/model.hpp"
+#include "parallel/scheduler.hpp"
 #include "runtime/gemm.hpp"
 #include "runtime/kernels.hpp"
 
@@ -34,6 +36,15 @@ struct CpuStepBackend {
   };
 
   int uploads = 0, downloads = 0, syncs = 0;  // traffic the GPU path would have (for the tests)
+
+  // Exchanges: on the communication thread of a threaded CommScheduler, or in line (the default).
+  using Ticket = CommScheduler::Ticket;
+  CommScheduler in_line{false};
+  CommScheduler* sched = &in_line;
+  Ticket submit(std::function<void()> fn) { return sched->submit(std::move(fn)); }
+  void wait(Ticket t) { sched->wait(t); }
+  void wait_all() { sched->wait_all(); }
+  void end_step() { sched->wait_all(); }
 
   template <class T>
   void upload(Buffer<T>& b, std::span<const T> host) {
@@ -89,13 +100,14 @@ struct CpuStepBackend {
             float beta, float* C, int ldc) {
     uoe::gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   }
-  void set_rows(Rows& rows, const SourceRows& src, int n_experts, const float* xn, const int32_t* token, int d) {
-    rows.n_experts = n_experts;
-    rows.offsets = src.chunk_offsets[0];
-    rows.seg = src.seg;
-    rows.pos = src.pos;
-    rows.x.resize_uninit(static_cast<size_t>(src.rows()) * d);
-    uoe::gather_rows(rows.x.data(), xn, token, src.rows(), d);
+  void set_rows(Rows& rows, const std::vector<int>& offsets, const int32_t* seg, const int32_t* pos, const float* xn,
+                const int32_t* token, int n, int d) {
+    rows.n_experts = static_cast<int>(offsets.size()) - 1;
+    rows.offsets = offsets;
+    rows.seg.assign(seg, seg + n);
+    rows.pos.assign(pos, pos + n);
+    rows.x.resize_uninit(static_cast<size_t>(n) * d);
+    uoe::gather_rows(rows.x.data(), xn, token, n, d);
   }
   void set_owner_rows(Rows& rows, const ExpertRows& meta, int d) {
     rows.n_experts = meta.n_experts;

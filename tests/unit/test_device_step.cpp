@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "layers/device_step.hpp"
@@ -54,11 +55,14 @@ size_t bit_differences(const float* a, const float* b, size_t n) {
   return bad;
 }
 
-void expect_same_as_model(const ModelSpec& spec, int micro_batches) {
+// `chunks`: both cut each block's rows into that many chunks (the Model's overlap schedule, in line).
+void expect_same_as_model(const ModelSpec& spec, int micro_batches, int chunks = 1) {
   LocalExchange ex_ref, ex_dev;
   Model ref(spec, 11, &ex_ref), host(spec, 11, &ex_dev);
+  ref.set_schedule(nullptr, chunks);
   CpuStepBackend be;
   DeviceStep<CpuStepBackend> step(host, be);
+  step.set_chunks(chunks);
   AdamW opt_ref(ref.params(), AdamWSpec{}), opt_dev(host.params(), AdamWSpec{});
   std::vector<int> hooked;
   step.set_backward_hook([&hooked](int b) { hooked.push_back(b); });
@@ -124,6 +128,14 @@ TEST(DeviceStep, UoePatchesZLossMicroBatchesMatchModelBitwise) {
 TEST(DeviceStep, ProbGateMatchesModelBitwise) { expect_same_as_model(spec_of(BlockType::uoe, 1, 0.0, true), 1); }
 TEST(DeviceStep, DenseMatchesModelBitwise) { expect_same_as_model(spec_of(BlockType::dense, 1, 0.0, false), 1); }
 TEST(DeviceStep, MoeMatchesModelBitwise) { expect_same_as_model(spec_of(BlockType::moe, 1, 0.0, false), 2); }
+// Chunks (3 sequences: with 4 chunks one is empty): the experts run chunk by chunk on both sides.
+TEST(DeviceStep, ChunkedMatchesChunkedModelBitwise) {
+  for (int chunks : {2, 4}) {
+    SCOPED_TRACE(std::to_string(chunks) + " chunks");
+    expect_same_as_model(spec_of(BlockType::uoe, 1, 0.0, false), 1, chunks);
+    expect_same_as_model(spec_of(BlockType::moe, 2, 1e-3, false), 2, chunks);
+  }
+}
 
 TEST(DeviceStep, EmptyMicroBatchIsRefused) {
   const ModelSpec spec = spec_of(BlockType::uoe, 1, 0.0, false);
