@@ -1,5 +1,6 @@
 #include "layers/model.hpp"
 
+#include <chrono>
 #include <cmath>
 #include <algorithm>
 #include <cstring>
@@ -270,6 +271,19 @@ void Model::set_schedule(CommScheduler* scheduler, int chunks) {
   chunks_ = chunks;
 }
 
+template <class Pass>
+void Model::timed_phase(int b, bool backward, Pass&& pass) {
+  if (!phase_log_) {
+    pass();
+    return;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  const double busy0 = scheduler_->busy_seconds();
+  pass();
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  phase_log_->push_back({b, backward, wall, scheduler_->busy_seconds() - busy0});
+}
+
 void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs) {
   BlockCache& c = *cache_[b];
   const BlockParams& bp = blocks_[b];
@@ -506,7 +520,9 @@ void Model::forward(const int32_t* inputs, int B, bool dropless, ForwardStats* s
   stats->aux_loss = 0;
   stats->flops = 0;
   for (int b = 0; b < 2 * s.layers; ++b) {
-    block_forward(b, b + 1 < nb ? cache_[b + 1]->hin.data() : h_.data(), N, dropless, &stats->blocks[b]);
+    timed_phase(b, false, [&] {
+      block_forward(b, b + 1 < nb ? cache_[b + 1]->hin.data() : h_.data(), N, dropless, &stats->blocks[b]);
+    });
     stats->aux_loss += stats->blocks[b].balance_loss + stats->blocks[b].z_loss;
     stats->flops += stats->blocks[b].flops;
   }
@@ -538,7 +554,7 @@ void Model::forward_backward(const int32_t* inputs, const int32_t* targets, int 
   dh.resize(static_cast<size_t>(N) * d);  // accumulated into: zeroed
   layernorm_backward(dh.data(), params_.grad(final_scale_), params_.grad(final_bias_), dhf.data(), h_.data(),
                      params_.value(final_scale_), fmean_.data(), frstd_.data(), N, d);
-  for (int b = 2 * s.layers - 1; b >= 0; --b) block_backward(b, dh.data(), N, loss_scale);
+  for (int b = 2 * s.layers - 1; b >= 0; --b) timed_phase(b, true, [&] { block_backward(b, dh.data(), N, loss_scale); });
   scatter_add_rows(params_.grad(embed_), dh.data(), tokens_.data(), N, d, 1.0f);
   if (on_block_backward_) on_block_backward_(-1);
 }

@@ -157,6 +157,15 @@ class Model {
   // Called after block b's backward (its gradients are final for this micro-batch) and with
   // b = −1 at the end of backward (embedding, final norm): lets gradient all-reduce start early.
   void set_backward_hook(std::function<void(int block)> hook) { on_block_backward_ = std::move(hook); }
+  // Wall seconds of each block's forward and backward pass and the exchange seconds in them (the
+  // scheduler's busy time; with a synchronous scheduler the exchanges run inside the pass), appended
+  // to *log while it is set: bench/overlap's per-pass bound on what any schedule can hide.
+  struct PhaseTime {
+    int block;
+    bool backward;
+    double seconds, exchange_seconds;
+  };
+  void set_phase_log(std::vector<PhaseTime>* log) { phase_log_ = log; }
 
   // The exchange of the routed blocks (unrouted blocks keep their tokens on this rank).
   ExpertExchange* exchange() const { return exchange_; }
@@ -174,6 +183,9 @@ class Model {
   void forward(const int32_t* inputs, int B, bool dropless, ForwardStats* stats);
   void block_forward(int b, float* h, int N, bool dropless, BlockStats* bs);
   void block_backward(int b, float* dh, int N, float loss_scale);
+  // Runs block b's forward or backward pass, timed into phase_log_ when that is set.
+  template <class Pass>
+  void timed_phase(int b, bool backward, Pass&& pass);
 
   ModelSpec spec_;
   ExpertExchange* exchange_;       // routed blocks' experts
@@ -182,6 +194,7 @@ class Model {
   CommScheduler* scheduler_;
   int chunks_ = 1;
   std::function<void(int)> on_block_backward_;
+  std::vector<PhaseTime>* phase_log_ = nullptr;
   ParamStore params_;
   int embed_ = -1, final_scale_ = -1, final_bias_ = -1;
   std::vector<BlockParams> blocks_;  // [2L]
