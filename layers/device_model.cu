@@ -139,9 +139,9 @@ struct CudaStepBackend {
             float beta, float* C, int ldc) {
     blas.gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   }
-  // The experts' input rows, source order (identity exchange): x gathered from xn by token.
-  void set_rows(Rows& rows, const std::vector<int>& offsets, const int32_t* seg, const int32_t* pos, const float* xn,
-                const int32_t* token, int n, int d) {
+  // The experts' row tables (host, and device copies of the offsets and positions); x sized for
+  // the n rows (gathered by the step, or filled by the exchange over NCCL).
+  void set_rows(Rows& rows, const std::vector<int>& offsets, const int32_t* seg, const int32_t* pos, int n, int d) {
     rows.n_experts = static_cast<int>(offsets.size()) - 1;
     rows.offsets = offsets;
     rows.seg.assign(seg, seg + n);
@@ -149,18 +149,6 @@ struct CudaStepBackend {
     rows.offsets_dev.upload(std::span<const int>(rows.offsets), s());
     rows.pos_dev.upload(std::span<const int32_t>(rows.pos), s());
     rows.x.resize(static_cast<size_t>(n) * d);
-    cuda::gather_rows(rows.x.data(), xn, token, n, d, s());
-  }
-  // The tables of the rows that will reach this rank's experts; x is sized for them (the exchange
-  // fills it over NCCL).
-  void set_owner_rows(Rows& rows, const ExpertRows& meta, int d) {
-    rows.n_experts = meta.n_experts;
-    rows.offsets = meta.offsets;
-    rows.seg = meta.seg;
-    rows.pos = meta.pos;
-    rows.offsets_dev.upload(std::span<const int>(rows.offsets), s());
-    rows.pos_dev.upload(std::span<const int32_t>(rows.pos), s());
-    rows.x.resize(static_cast<size_t>(meta.rows()) * d);
   }
   void mlp_forward(float* y, MlpCache& c, const Rows& r, const float* W1, const float* b1, const float* W2, int d,
                    int f) {

@@ -20,8 +20,8 @@
 //   upload(Buffer&, span), download(const Buffer&, span), zero(Buffer&), synchronize()
 //   layernorm_forward/_backward, gather_rows, gather_rows_scaled, row_dots, residual_bias_rows,
 //   scatter_plan, scatter_add, bias_grad, cross_entropy (returns the loss sum), gemm,
-//   set_rows (experts' rows gathered from source rows), set_owner_rows (tables of the rows that will
-//   arrive; x sized for them), mlp_/attn_ forward, backward_data, backward_weights
+//   set_rows (the experts' row tables: offsets per expert, sequence and position of each row; x
+//   sized for the rows), mlp_/attn_ forward, backward_data, backward_weights
 // with the semantics of the CPU kernels of the same names (runtime/kernels.hpp, layers/experts.hpp),
 // and the exchange schedule of parallel/scheduler.hpp:
 //   Ticket (a type), Ticket submit(std::function<void()>)  queue an exchange (it reads what compute queued before it)
@@ -244,7 +244,8 @@ class DeviceStep {
         const int r0 = c.src.chunk_begin[ch];
         c.exchange->dispatch_metadata(k.plan, c.src.chunk_offsets[ch], c.src.seg.data() + r0, c.src.pos.data() + r0,
                                       k.owner_meta);
-        be_.set_owner_rows(k.rows, k.owner_meta, d);
+        be_.set_rows(k.rows, k.owner_meta.offsets, k.owner_meta.seg.data(), k.owner_meta.pos.data(),
+                     k.owner_meta.rows(), d);
         k.y_owner.resize(static_cast<size_t>(k.owner_meta.rows()) * d);
       }
       c.x_src.resize(static_cast<size_t>(R) * d);
@@ -267,8 +268,8 @@ class DeviceStep {
         if (ch + 1 < C) next = dispatch(ch + 1);
         y = k.y_owner.data();
       } else {
-        be_.set_rows(k.rows, c.src.chunk_offsets[ch], c.src.seg.data() + r0, c.src.pos.data() + r0, c.xn.data(),
-                     c.token.data() + r0, n, d);
+        be_.set_rows(k.rows, c.src.chunk_offsets[ch], c.src.seg.data() + r0, c.src.pos.data() + r0, n, d);
+        be_.gather_rows(k.rows.x.data(), c.xn.data(), c.token.data() + r0, n, d);
       }
       if (c.attention)
         be_.attn_forward(y, k.attn, k.rows, val(bp.w_in), val(bp.w_out), d, spec_.heads_per_expert(),

@@ -100,21 +100,12 @@ struct CpuStepBackend {
             float beta, float* C, int ldc) {
     uoe::gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   }
-  void set_rows(Rows& rows, const std::vector<int>& offsets, const int32_t* seg, const int32_t* pos, const float* xn,
-                const int32_t* token, int n, int d) {
+  void set_rows(Rows& rows, const std::vector<int>& offsets, const int32_t* seg, const int32_t* pos, int n, int d) {
     rows.n_experts = static_cast<int>(offsets.size()) - 1;
     rows.offsets = offsets;
     rows.seg.assign(seg, seg + n);
     rows.pos.assign(pos, pos + n);
     rows.x.resize_uninit(static_cast<size_t>(n) * d);
-    uoe::gather_rows(rows.x.data(), xn, token, n, d);
-  }
-  void set_owner_rows(Rows& rows, const ExpertRows& meta, int d) {
-    rows.n_experts = meta.n_experts;
-    rows.offsets = meta.offsets;
-    rows.seg = meta.seg;
-    rows.pos = meta.pos;
-    rows.x.resize_uninit(static_cast<size_t>(meta.rows()) * d);
   }
   void mlp_forward(float* y, MlpCache& c, const Rows& r, const float* W1, const float* b1, const float* W2, int d,
                    int f) {
