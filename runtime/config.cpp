@@ -114,7 +114,7 @@ struct OptionGroups {
       ("threads", bound(&c.threads), "BLAS threads per rank (0 = cores / local ranks)")
       ("device", bound(&c.device), "cpu | cuda (cuda: see docs/gpu.md for what runs today)")
       ("overlap-chunks", bound(&c.overlap_chunks),
-       "chunks per block pipelined by the communication thread (1 = exchanges in line, no overlap)")
+       "chunks per block, exchanges pipelined on a communication thread (cuda: stream); 1 = in line, no overlap")
       ("sim-link-gbps", bound(&c.sim_link_gbps),
        "emulate a network link of this many Gbit/s per rank (0 = off; see parallel/sim_link.hpp)")
       ("sim-link-latency-us", bound(&c.sim_link_latency_us),
