@@ -24,7 +24,8 @@
 //   sized for the rows), mlp_/attn_ forward, backward_data, backward_weights
 // with the semantics of the CPU kernels of the same names (runtime/kernels.hpp, layers/experts.hpp),
 // and the exchange schedule of parallel/scheduler.hpp:
-//   Ticket (a type), Ticket submit(std::function<void()>)  queue an exchange (it reads what compute queued before it)
+//   Ticket                                a type naming a queued exchange
+//   submit(std::function<void()>)         queues an exchange (it reads what compute queued before it)
 //   wait(Ticket), wait_all()              compute goes on only once that exchange is complete
 //   end_step()                            everything of the step finished (timings, error checks)
 // (the CPU backend: a CommScheduler — a communication thread or in line; the CUDA backend: the
