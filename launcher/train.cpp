@@ -349,6 +349,10 @@ int train_run(const Config& cfg) {
   else if (cfg.overlap_chunks > 1)
     log_info("overlap: %d chunks per block; exchanges and gradient all-reduce run on a communication thread",
              cfg.overlap_chunks);
+  if (cfg.overlap_chunks > cfg.batch_size && world_rank == 0)  // the same on every rank: said once
+    log_warn("--overlap-chunks %d exceeds --batch-size %d: a chunk holds whole sequences, so %d chunks of every "
+             "block stay empty (they still cost an exchange each)", cfg.overlap_chunks, cfg.batch_size,
+             cfg.overlap_chunks - cfg.batch_size);
   if (cfg.sim_link_gbps > 0)
     log_info("simulated links: %g Gbit/s, %g us per message", cfg.sim_link_gbps, cfg.sim_link_latency_us);
   log_info("run: %d steps of %d ranks × %d micro-batches × %d × %d tokens, lr %g → %g, warmup %d, seed %llu",

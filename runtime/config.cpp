@@ -299,10 +299,6 @@ void config_validate(const Config& c) {
     fail("--block-type '", c.block_type, "': expected uoe, dense or moe");
   require_non_negative(c.expert_d_ff, "--expert-d-ff");
   require_positive(c.overlap_chunks, "--overlap-chunks");
-  if (c.batch_size > 0 && c.overlap_chunks > c.batch_size)
-    fail("--overlap-chunks ", c.overlap_chunks, " exceeds --batch-size ", c.batch_size,
-         ": a chunk holds whole sequences, so more chunks than sequences stay empty (use at most ", c.batch_size,
-         ")");
   if (c.device != "cpu" && c.device != "cuda") fail("--device '", c.device, "': expected cpu or cuda");
   if (!(c.sim_link_gbps >= 0) || !std::isfinite(c.sim_link_gbps))
     fail("--sim-link-gbps ", c.sim_link_gbps, ": expected 0 (off) or a finite bandwidth > 0");
