@@ -105,7 +105,7 @@ struct Bounds {
 
 Bounds hidden_bounds(const Timing& serial) {
   Bounds out;
-  double e_all = 0, c_blocks = 0, exposed_block = 0, exposed_wave = 0, pool_e = 0, pool_c = 0;
+  double e_all = 0, c_blocks = 0, block_wall = 0, exposed_block = 0, exposed_wave = 0, pool_e = 0, pool_c = 0;
   int last_forward = -1;
   for (const auto& p : serial.phases)
     if (!p.backward) last_forward = std::max(last_forward, p.block);
@@ -113,6 +113,7 @@ Bounds hidden_bounds(const Timing& serial) {
   for (const auto& p : serial.phases) {
     const double e = p.exchange_seconds, c = p.seconds - e;
     e_all += e;
+    block_wall += p.seconds;
     c_blocks += c;
     exposed_block += std::max(0.0, e - c);
     if (!p.backward && p.block != last_forward) {
@@ -125,8 +126,6 @@ Bounds hidden_bounds(const Timing& serial) {
                   p.block, e * 1e3, c * 1e3);
     out.phases += buf;
   }
-  double block_wall = 0;
-  for (const auto& p : serial.phases) block_wall += p.seconds;
   const double head_c = std::max(0.0, serial.step - block_wall - (serial.exchange - e_all));
   std::snprintf(buf, sizeof buf, ", head 0/%.1f", head_c * 1e3);
   out.phases += buf;

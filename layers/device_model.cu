@@ -204,10 +204,12 @@ DeviceModel::DeviceModel(Model& host, MpiCommunicator* ep_group, int chunks)
     : impl_(std::make_unique<Impl>(host, ep_group, chunks)) {}
 
 void DeviceModel::take_exchange_seconds(double* busy, double* exposed) {
-  const StreamScheduler* sched = impl_->be.sched.get();
-  *busy = sched ? sched->busy_seconds() : 0.0;
-  *exposed = sched ? sched->exposed_seconds() : 0.0;
-  if (impl_->be.sched) impl_->be.sched->reset_counters();
+  StreamScheduler* sched = impl_->be.sched.get();
+  *busy = *exposed = 0;
+  if (!sched) return;  // every expert on this rank: nothing travels
+  *busy = sched->busy_seconds();
+  *exposed = sched->exposed_seconds();
+  sched->reset_counters();
 }
 
 void DeviceModel::close() {
