@@ -12,7 +12,10 @@
 // is timed serially (chunks 1, exchanges in line) and pipelined (each chunk count, exchanges on
 // the communication thread). Reported per row: serial time, overlapped time, the ideal
 // max(exchange, compute), the exchange time, the exposed exchange time and hidden % =
-// 1 − exposed / exchange. Medians over the repeats; rank 0's figures (the ranks are symmetric).
+// 1 − exposed / exchange. Medians over the repeats. The figures are the critical rank's: the one
+// with the most compute (routing leaves the ranks unequal loads, and the step waits for the heaviest);
+// "all" is 1 − Σ exposed / Σ exchange over every rank, whose lighter ranks also wait out the
+// imbalance, which no schedule can hide.
 // Every timed run's loss is checked against the serial run's (they must agree).
 #include <mpi.h>
 
@@ -169,32 +172,38 @@ int main(int argc, char** argv) {
     const std::vector<int32_t> tokens =
         uoe::data_from_text(uoe::data_builtin_corpus(), nullptr, 0.1, uoe::TokenizerKind::byte, cfg.seq_len, "built-in")
             .train;
-    const bool root = mpi.world_rank() == 0;
-
     // (1) Compute time and bytes, serial, no simulated link.
     const Timing base = time_layer(cfg, *groups.ep_group, tokens, 1, repeats);
     const double compute = base.step - base.exchange;
+    // The critical rank (most compute) reports, and its link calibration decides for everyone.
+    struct {
+      double value;
+      int rank;
+    } mine{compute, mpi.world_rank()}, heaviest{};
+    MPI_Allreduce(&mine, &heaviest, 1, MPI_DOUBLE_INT, MPI_MAXLOC, MPI_COMM_WORLD);
+    const int critical = heaviest.rank;
+    const bool root = mpi.world_rank() == critical;
     if (root)
       std::printf("# bench-overlap_layer: %d ranks, d %d, B %d × T %d, 1 layer; compute %.2f ms, payload %.2f MB "
-                  "sent per rank per fwd+bwd, link latency %g us\n",
+                  "sent per rank per fwd+bwd, link latency %g us; figures of rank %d (the most compute)\n",
                   mpi.world_size(), cfg.d_model, cfg.batch_size, cfg.seq_len, compute * 1e3, base.bytes / 1e6,
-                  latency_us);
+                  latency_us, critical);
     if (root)
-      std::printf("%6s %9s %7s %11s %11s %11s %11s %11s %8s %9s\n", "ratio", "Gbit/s", "chunks", "serial ms",
-                  "overlap ms", "ideal ms", "exchange ms", "exposed ms", "hidden", "vs ideal");
+      std::printf("%6s %9s %7s %11s %11s %11s %11s %11s %8s %8s %9s\n", "ratio", "Gbit/s", "chunks", "serial ms",
+                  "overlap ms", "ideal ms", "exchange ms", "exposed ms", "hidden", "all", "vs ideal");
     FILE* out = root && !csv.empty() ? std::fopen(csv.c_str(), "w") : nullptr;
     if (out)
-      std::fprintf(out, "ratio,gbps,chunks,serial_ms,overlap_ms,ideal_ms,exchange_ms,exposed_ms,hidden,overlap_over_ideal\n");
+      std::fprintf(out, "ratio,gbps,chunks,serial_ms,overlap_ms,ideal_ms,exchange_ms,exposed_ms,hidden,hidden_all_ranks,overlap_over_ideal\n");
     for (double r : ratios) {
       // The link: the serial run's measured exchange time must come to r · compute. It is
       // latency per message, the real exchange's own time, and bytes / bandwidth: a first link
       // with bytes / bandwidth = r · compute measures the rest (a), a second one takes it off.
-      // Rank 0's figures decide, so both ranks emulate the same link.
+      // The critical rank's figures decide, so every rank emulates the same link.
       double gbps = base.bytes * 8.0 / (r * compute) / 1e9;
       Timing serial;
       std::unique_ptr<uoe::SimulatedLinkCommunicator> link_owner;
       for (int pass = 0; pass < 2; ++pass) {
-        MPI_Bcast(&gbps, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+        MPI_Bcast(&gbps, 1, MPI_DOUBLE, critical, MPI_COMM_WORLD);
         link_owner = std::make_unique<uoe::SimulatedLinkCommunicator>(*groups.ep_group, gbps, latency_us);
         serial = time_layer(cfg, *link_owner, tokens, 1, repeats);
         if (pass == 0) {
@@ -222,14 +231,17 @@ int main(int argc, char** argv) {
           uoe::fail("pipelined loss ", piped.loss, " differs from serial ", serial.loss);
         const double ideal = std::max(serial.exchange, compute);
         const double hidden = piped.exchange > 0 ? 1.0 - piped.exposed / piped.exchange : 0.0;
+        double sums[2] = {piped.exposed, piped.exchange};
+        MPI_Allreduce(MPI_IN_PLACE, sums, 2, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+        const double hidden_all = sums[1] > 0 ? 1.0 - sums[0] / sums[1] : 0.0;
         if (root) {
-          std::printf("%6.2f %9.3f %7d %11.2f %11.2f %11.2f %11.2f %11.2f %7.1f%% %8.2fx\n", r, gbps,
+          std::printf("%6.2f %9.3f %7d %11.2f %11.2f %11.2f %11.2f %11.2f %7.1f%% %7.1f%% %8.2fx\n", r, gbps,
                       static_cast<int>(ch), serial.step * 1e3, piped.step * 1e3, ideal * 1e3, piped.exchange * 1e3,
-                      piped.exposed * 1e3, 100 * hidden, piped.step / ideal);
+                      piped.exposed * 1e3, 100 * hidden, 100 * hidden_all, piped.step / ideal);
           if (out)
-            std::fprintf(out, "%g,%.4f,%d,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f\n", r, gbps, static_cast<int>(ch),
+            std::fprintf(out, "%g,%.4f,%d,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f\n", r, gbps, static_cast<int>(ch),
                          serial.step * 1e3, piped.step * 1e3, ideal * 1e3, piped.exchange * 1e3, piped.exposed * 1e3,
-                         hidden, piped.step / ideal);
+                         hidden, hidden_all, piped.step / ideal);
         }
       }
     }

@@ -238,13 +238,18 @@ class DeviceStep {
     ensure_chunks(c, b);
     const bool travel = c.exchange != nullptr;
     if (travel) {
-      // Every chunk's counts and row metadata over MPI from the host, then the rows to send; each
-      // chunk's owner-side tables and buffers are sized before any exchange is queued.
+      // Every chunk's counts and row metadata over MPI from the host (one collective each for all the
+      // chunks), then the rows to send; each chunk's owner-side tables and buffers are sized before
+      // any exchange is queued.
+      meta_.resize(C);
+      for (int ch = 0; ch < C; ++ch) {
+        const int r0 = c.src.chunk_begin[ch];
+        meta_[ch] = {&c.chunk[ch]->plan, &c.src.chunk_offsets[ch], c.src.seg.data() + r0, c.src.pos.data() + r0,
+                     &c.chunk[ch]->owner_meta};
+      }
+      c.exchange->dispatch_metadata_chunks(meta_);
       for (int ch = 0; ch < C; ++ch) {
         Chunk& k = *c.chunk[ch];
-        const int r0 = c.src.chunk_begin[ch];
-        c.exchange->dispatch_metadata(k.plan, c.src.chunk_offsets[ch], c.src.seg.data() + r0, c.src.pos.data() + r0,
-                                      k.owner_meta);
         be_.set_rows(k.rows, k.owner_meta.offsets, k.owner_meta.seg.data(), k.owner_meta.pos.data(),
                      k.owner_meta.rows(), d);
         k.y_owner.resize(static_cast<size_t>(k.owner_meta.rows()) * d);
@@ -252,21 +257,23 @@ class DeviceStep {
       c.x_src.resize(static_cast<size_t>(R) * d);
       be_.gather_rows(c.x_src.data(), c.xn.data(), c.token.data(), R, d);
     }
-    // 3. The pipeline: chunk c's experts run while chunk c+1's rows travel to their owners and
-    //    chunk c−1's outputs travel back (with every expert here, nothing travels).
+    // 3. The pipeline: chunk c's experts run while chunks c+1.. travel to their owners and chunk
+    //    c−1's outputs travel back (with every expert here, nothing travels).
     auto dispatch = [this, &c, d](int ch) {
       Chunk& k = *c.chunk[ch];
       const size_t r0 = c.src.chunk_begin[ch];
       return be_.submit([&c, &k, r0, d] { c.exchange->to_owner(k.plan, c.x_src.data() + r0 * d, k.rows.x.data(), d); });
     };
-    typename Be::Ticket next = travel ? dispatch(0) : typename Be::Ticket{};
+    // Every chunk's rows queued at once, ahead of the returns (Model::block_forward says why).
+    arrived_.assign(C, typename Be::Ticket{});
+    if (travel)
+      for (int ch = 0; ch < C; ++ch) arrived_[ch] = dispatch(ch);
     for (int ch = 0; ch < C; ++ch) {
       Chunk& k = *c.chunk[ch];
       const int r0 = c.src.chunk_begin[ch], n = c.src.chunk_begin[ch + 1] - r0;
       float* y = c.y.data() + static_cast<size_t>(r0) * d;
       if (travel) {
-        be_.wait(next);
-        if (ch + 1 < C) next = dispatch(ch + 1);
+        be_.wait(arrived_[ch]);
         y = k.y_owner.data();
       } else {
         be_.set_rows(k.rows, c.src.chunk_offsets[ch], c.src.seg.data() + r0, c.src.pos.data() + r0, n, d);
@@ -411,6 +418,8 @@ class DeviceStep {
   Buf<float> dhf_, dh_, dy_, dx_, dxn_, rowdot_;
   std::vector<float> rowdot_host_, dgate_host_, dxn_host_;
   std::function<void(int)> hook_;
+  std::vector<typename Be::Ticket> arrived_;    // [chunks] forward: each chunk's rows at their owners
+  std::vector<ChunkMetadata> meta_;             // [chunks] forward: the chunks' metadata exchange
   int chunks_ = 1;
 };
 

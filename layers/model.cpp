@@ -330,8 +330,8 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
     where += std::to_string(C);
   }
 
-  // 3. Pipeline: the exchange of chunk i+1 and the return of chunk i−1 run on the communication
-  //    thread while this thread computes chunk i's experts.
+  // 3. Pipeline: the exchanges of chunks i+1.. and the return of chunk i−1 run on the
+  //    communication thread while this thread computes chunk i's experts.
   CommScheduler& sched = *scheduler_;
   auto dispatch = [this, &c, d](int ch) {
     const size_t r0 = c.src.chunk_begin[ch];
@@ -340,7 +340,17 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
                           c.src.pos.data() + r0, d, c.chunk[ch].rows);
     });
   };
-  CommScheduler::Ticket next = identity ? 0 : dispatch(0);
+  // Every chunk's rows are queued at once, ahead of any return: a forward pass moves as many bytes
+  // as a backward pass for about half its compute, so it is exchange-bound and its link must not
+  // wait for the compute (dispatching one chunk ahead left the link idle between a chunk's return
+  // and the next dispatch: bench-overlap_layer at ratio 1, 4 chunks, 60% → 73% hidden). Each chunk
+  // carries its own counts and metadata: sending every chunk's first, in one collective each
+  // (dispatch_metadata_chunks, as the device step does to save host synchronisations), delays the
+  // first chunk's rows and measured 1-3% slower end to end here.
+  std::vector<CommScheduler::Ticket>& arrived = ws_arrived_;  // [C] each chunk's rows at their owners
+  arrived.assign(C, 0);
+  if (!identity)
+    for (int ch = 0; ch < C; ++ch) arrived[ch] = dispatch(ch);
   // While the first dispatch is on the wire: what needs no expert output — the combine's token
   // lists, the block's figures and, when rows travel, the combine's residual + bias part (with an
   // identity exchange that stays fused into the combine below, one pass over h).
@@ -369,8 +379,7 @@ void Model::block_forward(int b, float* h, int N, bool dropless, BlockStats* bs)
       rows.pos.assign(c.src.pos.begin() + r0, c.src.pos.begin() + r0 + n);
       y = c.y_src.data() + r0 * d;
     } else {
-      sched.wait(next);
-      if (ch + 1 < C) next = dispatch(ch + 1);
+      sched.wait(arrived[ch]);
       k.y_owner.resize_uninit(static_cast<size_t>(k.rows.rows()) * d);
       y = k.y_owner.data();
     }

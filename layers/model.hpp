@@ -213,7 +213,7 @@ class Model {
   FloatBuffer ws_dy_owner_, ws_dx_owner_;            // [R_dst, d]
   FloatBuffer ws_dxn_;                               // [N, d]
   std::vector<int> ws_token_first_, ws_token_rows_;  // forward combine: each token's rows [N + 1], [R_src]
-  std::vector<CommScheduler::Ticket> ws_returned_;   // forward: each chunk's return ticket [chunks]
+  std::vector<CommScheduler::Ticket> ws_arrived_, ws_returned_;  // forward: each chunk's rows at the owners, back [chunks]
 };
 
 }  // namespace uoe

@@ -11,6 +11,10 @@ void ExpertExchange::dispatch_metadata(ExchangePlan&, const std::vector<int>&, c
   fail("this expert exchange cannot dispatch row metadata apart from the rows");
 }
 
+void ExpertExchange::dispatch_metadata_chunks(std::span<const ChunkMetadata> chunks) {
+  for (const ChunkMetadata& c : chunks) dispatch_metadata(*c.plan, *c.src_offsets, c.seg_src, c.pos_src, *c.dst);
+}
+
 void LocalExchange::dispatch_metadata(ExchangePlan& plan, const std::vector<int>& src_offsets, const int32_t* seg_src,
                                       const int32_t* pos_src, ExpertRows& dst) {
   const int R = src_offsets.back();

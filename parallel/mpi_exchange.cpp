@@ -2,7 +2,9 @@
 
 #include "runtime/watchdog.hpp"
 
+#include <algorithm>
 #include <chrono>
+#include <string>
 #include <climits>
 #include <span>
 
@@ -122,32 +124,46 @@ void MpiExchange::dispatch(ExchangePlan& plan, const std::vector<int>& src_offse
 
 void MpiExchange::dispatch_metadata(ExchangePlan& plan, const std::vector<int>& src_offsets, const int32_t* seg_src,
                                     const int32_t* pos_src, ExpertRows& dst) {
-  WatchScope watch("expert exchange (dispatch) " + plan.where);
+  const ChunkMetadata one{&plan, &src_offsets, seg_src, pos_src, &dst};
+  dispatch_metadata_chunks(std::span<const ChunkMetadata>(&one, 1));
+}
+
+void MpiExchange::dispatch_metadata_chunks(std::span<const ChunkMetadata> chunks) {
+  const int C = static_cast<int>(chunks.size());
+  UOE_ASSERT(C > 0);
+  WatchScope watch(C == 1 ? "expert exchange (dispatch) " + chunks[0].plan->where
+                          : "expert exchange (dispatch, the metadata of all " + std::to_string(C) + " chunks) " +
+                                chunks[0].plan->where);
   const ScopedTimer timer(seconds_);
   const int n = comm_.size(), me = comm_.rank();
-  const int E = static_cast<int>(src_offsets.size()) - 1;
+  const int E = static_cast<int>(chunks[0].src_offsets->size()) - 1;
   int e0 = 0, e1 = 0;
   local_experts(E, &e0, &e1);  // same E on every rank, so a throw here is a throw everywhere
   const int El = e1 - e0;
-  UOE_ASSERT(src_offsets[0] == 0);
-  const int R_src = src_offsets[E];
 
-  // 1. Headers: for each owner, [status, rows for each of its El experts]. A bad segment id is
-  // found locally, but throwing before this collective would leave the other ranks waiting in it;
-  // the status travels with the counts so that every rank of the group throws together.
+  // 1. Headers: for each owner, [status, then for each chunk the rows for each of its El experts].
+  // A bad segment id is found locally, but throwing before this collective would leave the other
+  // ranks waiting in it; the status travels with the counts so that every rank of the group throws
+  // together.
   int32_t status = 0, bad_seg = 0;
-  for (int i = 0; i < R_src && status == 0; ++i)
-    if (seg_src[i] < 0 || seg_src[i] >= kSegmentsPerRank) {
-      status = 1;
-      bad_seg = seg_src[i];
-    }
-  const int H = El + 1;
+  for (const ChunkMetadata& k : chunks) {
+    const std::vector<int>& off = *k.src_offsets;
+    UOE_ASSERT(static_cast<int>(off.size()) == E + 1 && off[0] == 0);
+    for (int i = 0; i < off[E] && status == 0; ++i)
+      if (k.seg_src[i] < 0 || k.seg_src[i] >= kSegmentsPerRank) {
+        status = 1;
+        bad_seg = k.seg_src[i];
+      }
+  }
+  const int H = 1 + C * El;
   header_send_.resize(static_cast<size_t>(n) * H);
   header_recv_.resize(static_cast<size_t>(n) * H);
   for (int q = 0; q < n; ++q) {
     header_send_[q * H] = status;
-    for (int j = 0; j < El; ++j)
-      header_send_[q * H + 1 + j] = src_offsets[q * El + j + 1] - src_offsets[q * El + j];
+    for (int ch = 0; ch < C; ++ch) {
+      const std::vector<int>& off = *chunks[ch].src_offsets;
+      for (int j = 0; j < El; ++j) header_send_[q * H + 1 + ch * El + j] = off[q * El + j + 1] - off[q * El + j];
+    }
   }
   comm_.all_to_all<int32_t>(header_send_, header_recv_);
   for (int s = 0; s < n; ++s)
@@ -158,55 +174,94 @@ void MpiExchange::dispatch_metadata(ExchangePlan& plan, const std::vector<int>& 
       fail("rank ", s, " of the expert-parallel group sent a segment id outside [0, 2^", kSegmentBits,
            ") (see that rank's error)");
     }
-  auto rows_from = [&](int s, int j) { return header_recv_[s * H + 1 + j]; };
 
-  // 2. The plan: rows per peer and per (peer, expert) block, owner offsets per local expert.
-  plan.send_rows.assign(n, 0);
-  plan.recv_rows.assign(n, 0);
-  plan.send_blocks.resize(static_cast<size_t>(n) * El);
-  plan.recv_blocks.resize(static_cast<size_t>(n) * El);
-  for (int q = 0; q < n; ++q) {
-    plan.send_rows[q] = src_offsets[(q + 1) * El] - src_offsets[q * El];
-    for (int j = 0; j < El; ++j) {
-      plan.send_blocks[q * El + j] = src_offsets[q * El + j + 1] - src_offsets[q * El + j];
-      plan.recv_blocks[q * El + j] = rows_from(q, j);
-      plan.recv_rows[q] += rows_from(q, j);
-    }
-  }
-  dst.n_experts = El;
-  dst.offsets.assign(El + 1, 0);
-  for (int j = 0; j < El; ++j) {
-    int rows = 0;
-    for (int s = 0; s < n; ++s) rows += rows_from(s, j);
-    dst.offsets[j + 1] = dst.offsets[j] + rows;
-  }
-  plan.owner_offsets = dst.offsets;
-  const int R_dst = dst.offsets[El];
-  const PeerBlocks src2 = source_layout(plan, 2), own2 = owner_layout(plan, 2);
-
-  // 3. Metadata, (seg, pos) per row, landing in owner order; then seg made unique per source.
-  meta_send_.resize(static_cast<size_t>(R_src) * 2);
-  for (int i = 0; i < R_src; ++i) {
-    meta_send_[2 * i] = seg_src[i];
-    meta_send_[2 * i + 1] = pos_src[i];
-  }
-  meta_recv_.resize(static_cast<size_t>(R_dst) * 2);
-  comm_.all_to_all_matched<int32_t>(meta_send_, src2, meta_recv_, own2);
-  dst.seg.resize(R_dst);
-  dst.pos.resize(R_dst);
-  for (int s = 0; s < n; ++s)
-    for (int j = 0; j < El; ++j) {
-      const int b = s * El + j, r0 = own2.offset[b] / 2;
-      for (int r = r0; r < r0 + plan.recv_blocks[b]; ++r) {
-        dst.seg[r] = meta_recv_[2 * r] + s * kSegmentsPerRank;
-        dst.pos[r] = meta_recv_[2 * r + 1];
+  // 2. Each chunk's plan: rows per peer and per (peer, expert) block, owner offsets per local expert.
+  // Its metadata goes in one collective with every other chunk's: for each peer, chunk after chunk,
+  // the chunk's blocks at their place in the chunks' concatenated buffers.
+  src_base_.assign(C + 1, 0);
+  dst_base_.assign(C + 1, 0);
+  PeerBlocks send_l, recv_l;
+  send_l.first.resize(n + 1);
+  recv_l.first.resize(n + 1);
+  for (int q = 0; q <= n; ++q) send_l.first[q] = recv_l.first[q] = q * C * El;
+  send_l.offset.resize(static_cast<size_t>(n) * C * El);
+  send_l.count.resize(send_l.offset.size());
+  recv_l.offset.resize(send_l.offset.size());
+  recv_l.count.resize(send_l.offset.size());
+  double bytes = static_cast<double>(n - 1) * H * sizeof(int32_t);
+  for (int ch = 0; ch < C; ++ch) {
+    ExchangePlan& plan = *chunks[ch].plan;
+    ExpertRows& dst = *chunks[ch].dst;
+    const std::vector<int>& off = *chunks[ch].src_offsets;
+    auto rows_from = [&](int s, int j) { return header_recv_[s * H + 1 + ch * El + j]; };
+    plan.send_rows.assign(n, 0);
+    plan.recv_rows.assign(n, 0);
+    plan.send_blocks.resize(static_cast<size_t>(n) * El);
+    plan.recv_blocks.resize(static_cast<size_t>(n) * El);
+    for (int q = 0; q < n; ++q) {
+      plan.send_rows[q] = off[(q + 1) * El] - off[q * El];
+      for (int j = 0; j < El; ++j) {
+        plan.send_blocks[q * El + j] = off[q * El + j + 1] - off[q * El + j];
+        plan.recv_blocks[q * El + j] = rows_from(q, j);
+        plan.recv_rows[q] += rows_from(q, j);
       }
     }
+    dst.n_experts = El;
+    dst.offsets.assign(El + 1, 0);
+    for (int j = 0; j < El; ++j) {
+      int rows = 0;
+      for (int s = 0; s < n; ++s) rows += rows_from(s, j);
+      dst.offsets[j + 1] = dst.offsets[j] + rows;
+    }
+    plan.owner_offsets = dst.offsets;
+    src_base_[ch + 1] = src_base_[ch] + off[E];
+    dst_base_[ch + 1] = dst_base_[ch] + dst.offsets[El];
+    UOE_ASSERT(2 * std::max(src_base_[ch + 1], dst_base_[ch + 1]) <= INT_MAX, "row metadata exceeds MPI's int offsets");
+    const PeerBlocks src2 = source_layout(plan, 2), own2 = owner_layout(plan, 2);
+    for (int q = 0; q < n; ++q)
+      for (int j = 0; j < El; ++j) {
+        const size_t b = q * El + j, at = (static_cast<size_t>(q) * C + ch) * El + j;
+        send_l.offset[at] = src2.offset[b] + static_cast<int>(2 * src_base_[ch]);
+        send_l.count[at] = src2.count[b];
+        recv_l.offset[at] = own2.offset[b] + static_cast<int>(2 * dst_base_[ch]);
+        recv_l.count[at] = own2.count[b];
+      }
+    // The rows' metadata (and the headers, on the first chunk); the payload is counted by whoever
+    // moves it.
+    plan.bytes_sent = static_cast<double>(remote_rows(plan.send_rows, me)) * 2 * sizeof(int32_t) +
+                      (ch == 0 ? bytes : 0.0);
+  }
+  for (const ChunkMetadata& k : chunks) bytes_ += k.plan->bytes_sent;
 
-  // The rows' metadata and the headers; the payload is counted by whoever moves it.
-  plan.bytes_sent = static_cast<double>(remote_rows(plan.send_rows, me)) * 2 * sizeof(int32_t) +
-                    static_cast<double>(n - 1) * H * sizeof(int32_t);
-  bytes_ += plan.bytes_sent;
+  // 3. Metadata, (seg, pos) per row, landing in owner order; then seg made unique per source.
+  meta_send_.resize(static_cast<size_t>(src_base_[C]) * 2);
+  meta_recv_.resize(static_cast<size_t>(dst_base_[C]) * 2);
+  for (int ch = 0; ch < C; ++ch) {
+    int32_t* out = meta_send_.data() + 2 * src_base_[ch];
+    for (int64_t i = 0; i < src_base_[ch + 1] - src_base_[ch]; ++i) {
+      out[2 * i] = chunks[ch].seg_src[i];
+      out[2 * i + 1] = chunks[ch].pos_src[i];
+    }
+  }
+  comm_.all_to_all_matched<int32_t>(meta_send_, send_l, meta_recv_, recv_l);
+  for (int ch = 0; ch < C; ++ch) {
+    const ExchangePlan& plan = *chunks[ch].plan;
+    ExpertRows& dst = *chunks[ch].dst;
+    const int32_t* in = meta_recv_.data() + 2 * dst_base_[ch];
+    const int R_dst = dst.offsets[El];
+    dst.seg.resize(R_dst);
+    dst.pos.resize(R_dst);
+    std::vector<int> next(dst.offsets.begin(), dst.offsets.end() - 1);  // [El] owner order
+    for (int s = 0; s < n; ++s)
+      for (int j = 0; j < El; ++j) {
+        const int r1 = next[j] + plan.recv_blocks[s * El + j];
+        for (int r = next[j]; r < r1; ++r) {
+          dst.seg[r] = in[2 * r] + s * kSegmentsPerRank;
+          dst.pos[r] = in[2 * r + 1];
+        }
+        next[j] = r1;
+      }
+  }
 }
 
 // Each owner gathers a source's rows from their per-expert blocks; they land packed by owner on the

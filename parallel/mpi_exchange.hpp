@@ -18,7 +18,9 @@
 // sequences), and ep ≤ 2048 keeps the result within int32.
 //
 // Every rank takes part in every exchange, with zero rows when it has none: counts travel first
-// (one all-to-all), then the rows' metadata and payload.
+// (one all-to-all), then the rows' metadata and payload. A block cut into chunks sends every
+// chunk's counts in one all-to-all and every chunk's metadata in one more (dispatch_metadata_chunks),
+// then each chunk's rows on their own.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -43,6 +45,7 @@ class MpiExchange final : public ExpertExchange {
                 const int32_t* seg_src, const int32_t* pos_src, int d, ExpertRows& dst) override;
   void dispatch_metadata(ExchangePlan& plan, const std::vector<int>& src_offsets, const int32_t* seg_src,
                          const int32_t* pos_src, ExpertRows& dst) override;
+  void dispatch_metadata_chunks(std::span<const ChunkMetadata> chunks) override;
   void to_source(ExchangePlan& plan, const float* owner, float* src, int width) override;
   void to_owner(ExchangePlan& plan, const float* src, float* owner, int width) override;
   // Throws uoe::Error if ep does not divide `experts`.
@@ -63,8 +66,9 @@ class MpiExchange final : public ExpertExchange {
   Communicator& data_;  // the rows' communicator (comm_ unless a payload one was given)
   double seconds_ = 0, bytes_ = 0;
   // Workspace reused across calls.
-  std::vector<int32_t> header_send_, header_recv_;  // [ep, 1 + E/ep]: status, rows per local expert
-  std::vector<int32_t> meta_send_, meta_recv_;      // [R_src, 2] / [R_dst, 2]: seg, pos
+  std::vector<int32_t> header_send_, header_recv_;  // [ep, 1 + chunks·E/ep]: status, rows per chunk and local expert
+  std::vector<int32_t> meta_send_, meta_recv_;      // [Σ R_src, 2] / [Σ R_dst, 2]: seg, pos, chunk after chunk
+  std::vector<int64_t> src_base_, dst_base_;        // [chunks] each chunk's first row in meta_send_ / meta_recv_
 };
 
 }  // namespace uoe

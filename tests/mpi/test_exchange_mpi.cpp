@@ -595,6 +595,68 @@ TEST(ExchangeMpi, CountsBytesSentToOtherRanks) {
   }
 }
 
+// A block's chunks in one metadata exchange (dispatch_metadata_chunks: one header and one metadata
+// collective for all of them) against one dispatch per chunk: the same plans and owner rows; then
+// each chunk's rows moved with its plan (to_owner) equal what dispatch moved. Chunks with rows,
+// without any, and silent on one rank; a bad segment id in the last chunk throws on every rank.
+TEST(ExchangeMpi, ChunkedMetadataMatchesOneDispatchPerChunk) {
+  MpiCommunicator c(MPI_COMM_WORLD);
+  const int n = c.size(), me = c.rank(), d = 3, El = 2, E = El * n, C = 4;
+  const Traffic kinds[C] = {Traffic::random, Traffic::nothing, Traffic::silent_rank, Traffic::idle_expert};
+  std::vector<SourceRows> src(C);
+  for (int ch = 0; ch < C; ++ch)  // silent_rank keys its silence to the rank: other chunks vary the rows
+    src[ch] = make_source_rows(kinds[ch], kinds[ch] == Traffic::silent_rank ? me : me + 7 * (ch + 1), n, E, d);
+  MpiExchange one_by_one(c), batched(c);
+  std::vector<uoe::ExchangePlan> want_plan(C), got_plan(C);
+  std::vector<uoe::ExpertRows> want(C), got(C);
+  std::vector<uoe::ChunkMetadata> meta(C);
+  for (int ch = 0; ch < C; ++ch) {
+    one_by_one.dispatch(want_plan[ch], src[ch].offsets, src[ch].x.data(), src[ch].seg.data(), src[ch].pos.data(), d,
+                        want[ch]);
+    meta[ch] = {&got_plan[ch], &src[ch].offsets, src[ch].seg.data(), src[ch].pos.data(), &got[ch]};
+  }
+  batched.dispatch_metadata_chunks(meta);
+  double remote_out = 0;
+  int total_rows = 0;
+  for (int ch = 0; ch < C; ++ch) {
+    SCOPED_TRACE("chunk " + std::to_string(ch));
+    EXPECT_EQ(got_plan[ch].send_rows, want_plan[ch].send_rows);
+    EXPECT_EQ(got_plan[ch].recv_rows, want_plan[ch].recv_rows);
+    EXPECT_EQ(got_plan[ch].send_blocks, want_plan[ch].send_blocks);
+    EXPECT_EQ(got_plan[ch].recv_blocks, want_plan[ch].recv_blocks);
+    EXPECT_EQ(got_plan[ch].owner_offsets, want_plan[ch].owner_offsets);
+    EXPECT_EQ(got[ch].n_experts, El);
+    EXPECT_EQ(got[ch].offsets, want[ch].offsets);
+    EXPECT_EQ(got[ch].seg, want[ch].seg);
+    EXPECT_EQ(got[ch].pos, want[ch].pos);
+    std::vector<float> x(static_cast<size_t>(got[ch].rows()) * d, -1.0f);
+    batched.to_owner(got_plan[ch], src[ch].x.data(), x.data(), d);
+    EXPECT_EQ(x, std::vector<float>(want[ch].x.begin(), want[ch].x.end()));
+    for (int q = 0; q < n; ++q)
+      if (q != me) remote_out += got_plan[ch].send_rows[q];
+    total_rows += got[ch].rows();
+  }
+  EXPECT_EQ(got[1].rows(), 0);  // the empty chunk
+  EXPECT_GT(all_gather(c, std::vector<int>{total_rows})[0][0], 0);
+  // Bytes: every chunk's (seg, pos) to other ranks, and one header per other rank for all chunks.
+  batched.reset_counters();
+  batched.dispatch_metadata_chunks(meta);
+  EXPECT_EQ(batched.bytes_sent(), remote_out * 8.0 + (n - 1) * (1 + C * El) * 4.0);
+
+  // A bad segment id in the last chunk of the last rank: every rank throws, the group stays in step.
+  std::vector<SourceRows> bad = src;
+  if (me == n - 1) {
+    if (bad[C - 1].seg.empty()) bad[C - 1] = make_source_rows(Traffic::random, me, n, E, d);
+    bad[C - 1].seg.back() = -1;
+    meta[C - 1] = {&got_plan[C - 1], &bad[C - 1].offsets, bad[C - 1].seg.data(), bad[C - 1].pos.data(), &got[C - 1]};
+  }
+  const std::string m = error_message([&] { batched.dispatch_metadata_chunks(meta); });
+  EXPECT_NE(m.find("2^20"), std::string::npos) << m;
+  meta[C - 1] = {&got_plan[C - 1], &src[C - 1].offsets, src[C - 1].seg.data(), src[C - 1].pos.data(), &got[C - 1]};
+  batched.dispatch_metadata_chunks(meta);
+  EXPECT_EQ(got[C - 1].seg, want[C - 1].seg);
+}
+
 // Non-root ranks print only their failures, tagged with the rank (rank 0 keeps gtest's printer).
 class RankFailurePrinter : public ::testing::EmptyTestEventListener {
  public:
