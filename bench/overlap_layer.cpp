@@ -15,7 +15,9 @@
 // 1 − exposed / exchange. Medians over the repeats. The figures are the critical rank's: the one
 // with the most compute (routing leaves the ranks unequal loads, and the step waits for the heaviest);
 // "all" is 1 − Σ exposed / Σ exchange over every rank, whose lighter ranks also wait out the
-// imbalance, which no schedule can hide.
+// imbalance, which no schedule can hide. Each pipelined row is followed by its processor time
+// (the compute thread's and the exchange tasks', thread CPU clocks) and the bound that sets when
+// the node's ranks share its cores: no step under (Σ compute + Σ exchange processor time) / cores.
 // Every timed run's loss is checked against the serial run's (they must agree).
 #include <mpi.h>
 
@@ -28,7 +30,10 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include <time.h>
 
 #include "bench/bench_config.hpp"
 #include "layers/model.hpp"
@@ -55,8 +60,15 @@ std::vector<double> parse_list(const std::string& s) {
 
 struct Timing {
   double step = 0, exchange = 0, exposed = 0, bytes = 0, loss = 0;
+  double cpu_compute = 0, cpu_exchange = 0;  // processor seconds: the compute's, the exchanges' tasks
   std::vector<uoe::Model::PhaseTime> phases;  // each block pass's wall and exchange seconds
 };
+
+double thread_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
 
 // Median over `repeats` forward+backward passes of one micro-batch (after 2 warm-ups).
 Timing time_layer(const uoe::Config& cfg, uoe::Communicator& ep, const std::vector<int32_t>& tokens, int chunks,
@@ -78,9 +90,12 @@ Timing time_layer(const uoe::Config& cfg, uoe::Communicator& ep, const std::vect
     model.set_phase_log(&phases);
     MPI_Barrier(MPI_COMM_WORLD);
     const auto t0 = Clock::now();
+    const double c0 = thread_cpu_seconds();
     model.forward_backward(in.data(), tg.data(), B, 1.0f, &st);
     Timing t;
     t.step = std::chrono::duration<double>(Clock::now() - t0).count();
+    t.cpu_exchange = sched.cpu_seconds();
+    t.cpu_compute = thread_cpu_seconds() - c0 - (sched.threaded() ? 0.0 : t.cpu_exchange);
     t.exchange = sched.busy_seconds();
     t.exposed = sched.exposed_seconds();
     t.bytes = exchange.bytes_sent();
@@ -182,12 +197,19 @@ int main(int argc, char** argv) {
     } mine{compute, mpi.world_rank()}, heaviest{};
     MPI_Allreduce(&mine, &heaviest, 1, MPI_DOUBLE_INT, MPI_MAXLOC, MPI_COMM_WORLD);
     const int critical = heaviest.rank;
+    // The ranks on this node and its cores (for the processor-time bound).
+    MPI_Comm node = MPI_COMM_NULL;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+    int node_ranks = 1;
+    MPI_Comm_size(node, &node_ranks);
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     const bool root = mpi.world_rank() == critical;
     if (root)
       std::printf("# bench-overlap_layer: %d ranks, d %d, B %d × T %d, 1 layer; compute %.2f ms, payload %.2f MB "
-                  "sent per rank per fwd+bwd, link latency %g us; figures of rank %d (the most compute)\n",
+                  "sent per rank per fwd+bwd (exchanges without a link: %.2f ms, %.2f ms of processor time), link "
+                  "latency %g us; figures of rank %d (the most compute)\n",
                   mpi.world_size(), cfg.d_model, cfg.batch_size, cfg.seq_len, compute * 1e3, base.bytes / 1e6,
-                  latency_us, critical);
+                  base.exchange * 1e3, base.cpu_exchange * 1e3, latency_us, critical);
     if (root)
       std::printf("%6s %9s %7s %11s %11s %11s %11s %11s %8s %8s %9s\n", "ratio", "Gbit/s", "chunks", "serial ms",
                   "overlap ms", "ideal ms", "exchange ms", "exposed ms", "hidden", "all", "vs ideal");
@@ -234,10 +256,20 @@ int main(int argc, char** argv) {
         double sums[2] = {piped.exposed, piped.exchange};
         MPI_Allreduce(MPI_IN_PLACE, sums, 2, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
         const double hidden_all = sums[1] > 0 ? 1.0 - sums[0] / sums[1] : 0.0;
+        // Processor time: the node's ranks share its cores, so no schedule can finish a step before
+        // all their compute and exchange work has had a core (the exchanges' share is MPI copying
+        // rows between the processes, and polling while a peer is late; a NIC would do the copies).
+        double node_cpu = piped.cpu_compute + piped.cpu_exchange;
+        MPI_Allreduce(MPI_IN_PLACE, &node_cpu, 1, MPI_DOUBLE, MPI_SUM, node);
+        const double cpu_bound = node_cpu / cores;
         if (root) {
           std::printf("%6.2f %9.3f %7d %11.2f %11.2f %11.2f %11.2f %11.2f %7.1f%% %7.1f%% %8.2fx\n", r, gbps,
                       static_cast<int>(ch), serial.step * 1e3, piped.step * 1e3, ideal * 1e3, piped.exchange * 1e3,
                       piped.exposed * 1e3, 100 * hidden, 100 * hidden_all, piped.step / ideal);
+          std::printf("#   processor time: compute %.1f ms, exchanges %.1f ms on this rank; the node's %d ranks "
+                      "need %.1f ms on %d cores: no step under %.1f ms (%.2fx the ideal)\n",
+                      piped.cpu_compute * 1e3, piped.cpu_exchange * 1e3, node_ranks, node_cpu * 1e3, cores,
+                      cpu_bound * 1e3, cpu_bound / ideal);
           if (out)
             std::fprintf(out, "%g,%.4f,%d,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f\n", r, gbps, static_cast<int>(ch),
                          serial.step * 1e3, piped.step * 1e3, ideal * 1e3, piped.exchange * 1e3, piped.exposed * 1e3,
@@ -246,6 +278,7 @@ int main(int argc, char** argv) {
       }
     }
     if (out) std::fclose(out);
+    MPI_Comm_free(&node);
     groups.close();
     return 0;
   } catch (const std::exception& e) {

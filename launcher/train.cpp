@@ -405,6 +405,7 @@ int train_run(const Config& cfg) {
 
   // Figures accumulated between log lines.
   double win_loss = 0, win_aux = 0, win_time = 0, win_flops = 0, win_comm = 0, win_exposed = 0, win_bytes = 0;
+  double win_comm_cpu = 0;
   int64_t win_tokens = 0;
   int win_steps = 0;
   double total_train_time = 0, total_flops = 0;
@@ -478,6 +479,7 @@ int train_run(const Config& cfg) {
     // Exchange time (the tasks' run time on the communication thread, or in line), exposed time (the
     // training thread waiting for them) and compute time (the rest of the step).
     double comm_s = scheduler.busy_seconds(), exposed_s = scheduler.exposed_seconds();
+    const double comm_cpu_s = scheduler.cpu_seconds();  // processor time of the host's exchanges
     if (device_model) {  // the expert exchanges ran on the GPU's communication stream
       double busy = 0, exposed = 0;
       device_model->take_exchange_seconds(&busy, &exposed);
@@ -493,6 +495,7 @@ int train_run(const Config& cfg) {
     win_tokens += fig.tokens;
     win_comm += comm_s;
     win_exposed += exposed_s;
+    win_comm_cpu += comm_cpu_s;
     win_bytes += a2a_bytes;
     for (int b = 0; b < blocks; ++b) win_entropy[b] += fig.router_entropy[b];
     if (win_ept.empty()) win_ept.assign(fig.experts_per_token.size(), std::vector<double>(blocks, 0.0));
@@ -541,7 +544,7 @@ int train_run(const Config& cfg) {
       else j.add("flops_share_of_peak", share);
       j.add("grad_norm", fig.grad_norm);
       j.add("a2a_bytes", win_bytes / n).add("comm_s", win_comm / n).add("compute_s", (win_time - win_exposed) / n);
-      j.add("comm_exposed_s", win_exposed / n);
+      j.add("comm_exposed_s", win_exposed / n).add("comm_cpu_s", win_comm_cpu / n);
       std::vector<double> drops(blocks);
       for (int b = 0; b < blocks; ++b) drops[b] = assignments[b] ? static_cast<double>(dropped[b]) / assignments[b] : 0;
       j.add("load_max_over_mean", load_max).add("dropped_share", drops);
@@ -552,7 +555,7 @@ int train_run(const Config& cfg) {
         j.add(("experts_per_token_" + std::to_string(jj)).c_str(), win_ept[jj]);
       }
       metrics.write(j);
-      win_loss = win_aux = win_time = win_flops = win_comm = win_exposed = win_bytes = 0;
+      win_loss = win_aux = win_time = win_flops = win_comm = win_exposed = win_bytes = win_comm_cpu = 0;
       win_tokens = 0;
       win_steps = 0;
       std::fill(win_entropy.begin(), win_entropy.end(), 0.0);

@@ -1,11 +1,19 @@
 #include "parallel/scheduler.hpp"
 
+#include <time.h>
+
 #include <chrono>
 
 namespace uoe {
 namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+// Processor time of the calling thread, in seconds.
+double thread_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
 }  // namespace
 
 CommScheduler::CommScheduler(bool threaded) : threaded_(threaded) {
@@ -27,6 +35,7 @@ CommScheduler::Ticket CommScheduler::submit(std::function<void()> fn) {
     const Ticket t = ++submitted_;
     if (!failure_) {
       const auto t0 = Clock::now();
+      const double c0 = thread_cpu_seconds();
       try {
         fn();
       } catch (...) {
@@ -35,6 +44,7 @@ CommScheduler::Ticket CommScheduler::submit(std::function<void()> fn) {
       }
       const double dt = since(t0);
       busy_ += dt;
+      cpu_ += thread_cpu_seconds() - c0;
       exposed_ += dt;  // the caller waited for all of it
     }
     completed_ = t;
@@ -67,16 +77,18 @@ void CommScheduler::run_worker() {
       }
     }
     const auto t0 = Clock::now();
+    const double c0 = thread_cpu_seconds();
     std::exception_ptr err;
     try {
       task.second();
     } catch (...) {
       err = std::current_exception();
     }
-    const double dt = since(t0);
+    const double dt = since(t0), cpu = thread_cpu_seconds() - c0;
     {
       std::lock_guard<std::mutex> lock(mu_);
       busy_ += dt;
+      cpu_ += cpu;
       if (err && !failure_) {
         failure_ = err;
         failed_at_ = task.first;
@@ -117,10 +129,16 @@ double CommScheduler::busy_seconds() const {
   return busy_;
 }
 
+double CommScheduler::cpu_seconds() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return cpu_;
+}
+
 void CommScheduler::reset_counters() {
   std::lock_guard<std::mutex> lock(mu_);
   busy_ = 0;
   exposed_ = 0;
+  cpu_ = 0;
 }
 
 }  // namespace uoe

@@ -12,7 +12,9 @@
 //
 // Accounting, per step (reset() between steps):
 //   busy     — seconds the tasks took to run (the exchange time);
-//   exposed  — seconds the compute thread spent blocked in wait()/wait_all() (exchange not hidden).
+//   exposed  — seconds the compute thread spent blocked in wait()/wait_all() (exchange not hidden);
+//   cpu      — processor seconds the tasks used (MPI's copies, and its polling while a peer is late):
+//              what the exchanges take from the cores the compute runs on, when there is no spare one.
 // comm hidden % = 1 − exposed / busy.
 #pragma once
 #include <condition_variable>
@@ -44,6 +46,7 @@ class CommScheduler {
 
   double busy_seconds() const;
   double exposed_seconds() const { return exposed_; }
+  double cpu_seconds() const;
   void reset_counters();
 
  private:
@@ -58,7 +61,7 @@ class CommScheduler {
   Ticket failed_at_ = 0;           // ticket of the first failed task (0: none)
   std::exception_ptr failure_;
   bool stop_ = false;
-  double busy_ = 0, exposed_ = 0;
+  double busy_ = 0, exposed_ = 0, cpu_ = 0;
   std::thread worker_;
 };
 

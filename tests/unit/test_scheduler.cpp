@@ -8,6 +8,8 @@
 #include <thread>
 #include <vector>
 
+#include <time.h>
+
 #include "layers/model.hpp"
 #include "parallel/exchange.hpp"
 #include "parallel/scheduler.hpp"
@@ -44,6 +46,34 @@ TEST(Scheduler, OverlapIsMeasured) {
   inline_mode.submit([] { std::this_thread::sleep_for(std::chrono::milliseconds(5)); });
   EXPECT_GT(inline_mode.busy_seconds(), 0.004);
   EXPECT_DOUBLE_EQ(inline_mode.busy_seconds(), inline_mode.exposed_seconds());
+}
+
+// Processor time: a task that computes for 20 ms of its thread's CPU clock is charged at least
+// that; one that sleeps 20 ms is charged a small part of its run time. Both modes.
+TEST(Scheduler, ProcessorTimeOfTheTasksIsMeasured) {
+  auto thread_cpu = [] {
+    timespec ts{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+  };
+  for (const bool threaded : {true, false}) {
+    SCOPED_TRACE(threaded ? "threaded" : "in line");
+    CommScheduler s(threaded);
+    s.submit([&] {
+      const double c0 = thread_cpu();
+      volatile double x = 0;
+      while (thread_cpu() - c0 < 0.02) x = x + 1;
+    });
+    s.wait_all();
+    EXPECT_GE(s.cpu_seconds(), 0.02);
+    EXPECT_GE(s.busy_seconds(), s.cpu_seconds());
+    s.reset_counters();
+    EXPECT_EQ(s.cpu_seconds(), 0.0);
+    s.submit([] { std::this_thread::sleep_for(std::chrono::milliseconds(20)); });
+    s.wait_all();
+    EXPECT_GE(s.busy_seconds(), 0.019);
+    EXPECT_LT(s.cpu_seconds(), 0.5 * s.busy_seconds());
+  }
 }
 
 TEST(Scheduler, FailureReachesTheWaiterAndLaterTasksAreSkipped) {
