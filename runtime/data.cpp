@@ -270,6 +270,15 @@ std::string text_file_read(const std::string& path, const char* option) {
 
 }  // namespace
 
+std::vector<int32_t> Vocab::encode(std::string_view text) const {
+  if (kind == TokenizerKind::byte) return byte_ids(text);
+  WordIds ids;
+  ids.reserve(words.size());
+  for (size_t i = 1; i < words.size(); ++i) ids.emplace(words[i], static_cast<int32_t>(i));
+  const std::vector<std::string_view> tokens = word_tokenize(text);
+  return word_ids(tokens, 0, tokens.size(), ids);
+}
+
 Dataset data_from_text(const std::string& train_text, const std::string* val_text,
                        double val_fraction, TokenizerKind kind, int seq_len,
                        const std::string& source) {

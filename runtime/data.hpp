@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "runtime/config.hpp"
@@ -26,6 +27,8 @@ struct Vocab {
   // Word-level: words joined by single spaces, except around "\n" and before closing
   // punctuation (",", ".", ...), so the text reads naturally. Ids out of range print as "<?>".
   std::string decode(const int32_t* ids, size_t n) const;
+  // Token ids of a text, tokenized as the training data is (words not in the vocabulary: 0).
+  std::vector<int32_t> encode(std::string_view text) const;
 };
 
 struct Dataset {

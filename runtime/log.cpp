@@ -11,6 +11,7 @@ namespace {
 int g_rank = 0;
 int g_world = 1;
 bool g_status_shown = false;  // a status line is on the terminal and must be cleared first
+FILE* g_info = nullptr;       // where log_info writes (null: stdout)
 
 void clear_status() {
   if (!g_status_shown) return;
@@ -43,9 +44,10 @@ void log_info(const char* fmt, ...) {
   if (g_rank != 0) return;
   va_list ap;
   va_start(ap, fmt);
-  vlog(stdout, "", fmt, ap);
+  vlog(g_info ? g_info : stdout, "", fmt, ap);
   va_end(ap);
 }
+void log_info_to_stderr() { g_info = stderr; }
 bool log_status_enabled() {
   static const bool enabled = [] {
     const char* mode = std::getenv("UOE_PROGRESS");

@@ -12,6 +12,8 @@ bool log_is_root();
 // printf-style; info goes to stdout on rank 0 only, warn/error to stderr on every rank with a
 // "[rank r]" prefix when world > 1.
 void log_info(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+// Sends info lines to stderr instead, for tools whose stdout is their product (uoe-sample's text).
+void log_info_to_stderr();
 void log_warn(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_error(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -1,0 +1,199 @@
+// uoe-sample: text from a trained checkpoint.
+//
+//   uoe-sample --checkpoint DIR [--prompt TEXT] [--tokens 256] [--temperature 0.8] [--top-k 0]
+//              [--seed 1] [--data FILE] [--threads N]
+//
+// DIR is a checkpoint (a step_N directory) or a run's --checkpoint-dir (then the checkpoint its
+// `latest` file names). The model's options come from the checkpoint; it is loaded on this one
+// process whatever the number of ranks that wrote it (resharding, as a resume on another world size
+// does) and runs dropless (layers/generate.hpp). A word-level model's vocabulary is rebuilt from its
+// training data: the run's --data (stored in the checkpoint), or --data here if the file moved.
+// The prompt and the generated text go to stdout as they are drawn; everything else to stderr.
+// Exit codes: 0 success (or --help), 2 bad command line, 1 any other failure (checkpoint, data).
+#include <boost/program_options.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "checkpoints/checkpoint.hpp"
+#include "checkpoints/manifest.hpp"
+#include "layers/generate.hpp"
+#include "layers/model.hpp"
+#include "layers/optimizer.hpp"
+#include "parallel/comm.hpp"
+#include "parallel/exchange.hpp"
+#include "runtime/config.hpp"
+#include "runtime/data.hpp"
+#include "runtime/error.hpp"
+#include "runtime/gemm.hpp"
+#include "runtime/log.hpp"
+
+namespace po = boost::program_options;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct SampleArgs {
+  std::string checkpoint, prompt = "\n", data;
+  int tokens = 256, threads = 0;
+  uoe::SampleOptions sample;
+};
+
+// Parses the command line; returns false after --help. Throws uoe::Error naming the option.
+bool parse(int argc, char** argv, SampleArgs& a) {
+  po::options_description desc("Options", 100, 50);
+  desc.add_options()
+      ("checkpoint", po::value(&a.checkpoint), "a checkpoint (step_N directory) or a run's --checkpoint-dir (its latest)")
+      ("prompt", po::value(&a.prompt)->default_value("\n", "newline"), "text the generation continues")
+      ("tokens", po::value(&a.tokens)->default_value(256), "tokens to generate")
+      ("temperature", po::value(&a.sample.temperature)->default_value(0.8, "0.8"), "sharpens (< 1) or flattens (> 1) the model's distribution; 0 = always the most probable token")
+      ("top-k", po::value(&a.sample.top_k)->default_value(0), "draw among the k most probable tokens only (0 = all)")
+      ("seed", po::value(&a.sample.seed)->default_value(1), "random seed of the draws (same seed, same text)")
+      ("data", po::value(&a.data), "word-level models: the training text, if not where the run read it")
+      ("threads", po::value(&a.threads)->default_value(0), "BLAS threads (0 = every core)")
+      ("help,h", "print this help and exit");
+  po::variables_map vm;
+  try {
+    const int style = po::command_line_style::default_style & ~po::command_line_style::allow_guessing;
+    const po::parsed_options parsed =
+        po::command_line_parser(argc, argv).options(desc).style(style).allow_unregistered().run();
+    const std::vector<std::string> unknown = po::collect_unrecognized(parsed.options, po::include_positional);
+    if (!unknown.empty()) {
+      if (unknown[0].starts_with("-")) uoe::fail("command line: unknown option '", unknown[0].substr(0, unknown[0].find('=')), "'");
+      uoe::fail("command line: unexpected argument '", unknown[0], "' (options are written --name value)");
+    }
+    po::store(parsed, vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    uoe::fail("command line: ", e.what());
+  }
+  if (vm.count("help")) {
+    std::cout << "Usage: uoe-sample --checkpoint DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] "
+                 "[--seed S]\n\n"
+                 "Continues a prompt with a trained model: loads the checkpoint on this one process (whatever\n"
+                 "the ranks that wrote it) and writes the prompt and the generated text to stdout.\n\n"
+              << desc;
+    return false;
+  }
+  if (a.checkpoint.empty()) uoe::fail("--checkpoint DIR is required (a step_N directory or a run's --checkpoint-dir)");
+  if (a.tokens < 0) uoe::fail("--tokens must be at least 0, got ", a.tokens);
+  if (!(a.sample.temperature >= 0)) uoe::fail("--temperature must be at least 0, got ", a.sample.temperature);
+  if (a.sample.top_k < 0) uoe::fail("--top-k must be at least 0 (0 = every token), got ", a.sample.top_k);
+  if (a.threads < 0) uoe::fail("--threads must be at least 0, got ", a.threads);
+  return true;
+}
+
+// A step directory as is; a checkpoint directory through its `latest` file.
+std::string checkpoint_path(const std::string& arg) {
+  if (fs::exists(fs::path(arg) / "manifest.h5")) return arg;
+  if (!fs::is_directory(arg)) uoe::fail("--checkpoint: '", arg, "' is not a directory");
+  std::ifstream latest(fs::path(arg) / "latest");
+  std::string name;
+  if (!latest || !std::getline(latest, name) || name.empty())
+    uoe::fail("--checkpoint: '", arg, "' holds neither a checkpoint (manifest.h5) nor a 'latest' file naming one");
+  const fs::path step = fs::path(arg) / name;
+  if (!fs::exists(step / "manifest.h5"))
+    uoe::fail("--checkpoint: '", (fs::path(arg) / "latest").string(), "' names '", name, "', which is not a checkpoint");
+  return step.string();
+}
+
+// The run's model, data and sequence options from the checkpoint's stored config; the rest keep
+// their defaults (they do not affect a forward pass).
+uoe::Config stored_config(const std::string& ini, const std::string& data_override) {
+  static const std::set<std::string> extra = {"data", "val-data", "val-fraction", "seq-len", "seed"};
+  std::set<std::string> keys(extra);
+  for (const auto& k : uoe::config_shape_keys()) keys.insert(k);
+  for (const auto& k : uoe::config_behaviour_keys()) keys.insert(k);
+  std::vector<std::string> args = {"uoe-sample"};
+  for (const auto& [k, v] : uoe::config_ini_entries(ini))
+    if (keys.count(k) && !v.empty() && !(k == "data" && !data_override.empty())) {
+      args.push_back("--" + k);
+      args.push_back(v);
+    }
+  if (!data_override.empty()) {
+    args.push_back("--data");
+    args.push_back(data_override);
+  }
+  std::vector<const char*> argv;
+  for (const auto& s : args) argv.push_back(s.c_str());
+  std::string help;
+  return uoe::config_parse(static_cast<int>(argv.size()), argv.data(), &help).config;
+}
+
+int run(const SampleArgs& a) {
+  uoe::log_info_to_stderr();
+  const std::string path = checkpoint_path(a.checkpoint);
+  const uoe::Manifest manifest = uoe::manifest_read((fs::path(path) / "manifest.h5").string());
+  const uoe::Config cfg = stored_config(manifest.config_ini, a.data);
+  uoe::gemm_set_threads(a.threads > 0 ? a.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+
+  // The vocabulary: bytes need none; words are rebuilt from the training split, as the run did.
+  uoe::Vocab vocab;
+  if (cfg.tokenizer == "word") {
+    std::fprintf(stderr, "uoe-sample: rebuilding the word vocabulary from %s\n",
+                 cfg.data.empty() ? "the built-in corpus" : cfg.data.c_str());
+    vocab = uoe::data_load(cfg).vocab;
+  }
+  const uoe::ModelSpec spec = uoe::model_spec_from_config(cfg, vocab.size());
+  uoe::LocalExchange local;
+  uoe::Model model(spec, cfg.seed, &local);
+  uoe::AdamW opt(model.params(), uoe::AdamWSpec{});
+  uoe::SelfCommunicator self;
+  const uoe::TrainState st = uoe::checkpoint_load(path, cfg, model.params(), opt, self);
+
+  const int32_t newline = vocab.encode("\n").empty() ? 0 : vocab.encode("\n")[0];
+  std::vector<int32_t> prompt = vocab.encode(a.prompt);
+  if (prompt.empty()) prompt = {newline};
+  std::fprintf(stderr, "uoe-sample: %s (step %lld), %s model, %d layers, d %d, %d-token windows; %d tokens at "
+                       "temperature %g%s, seed %llu\n",
+               path.c_str(), static_cast<long long>(st.step), cfg.block_type.c_str(), spec.layers, spec.d,
+               spec.seq_len, a.tokens, a.sample.temperature,
+               a.sample.top_k > 0 ? (", top-k " + std::to_string(a.sample.top_k)).c_str() : "",
+               static_cast<unsigned long long>(a.sample.seed));
+
+  // Stream the text: the prompt as the model reads it, then each token as it is drawn (word level
+  // decodes the whole sequence, so spacing follows the decoder's rules, and prints what is new).
+  std::vector<int32_t> shown = prompt;
+  std::string printed = vocab.decode(prompt.data(), prompt.size());
+  std::fwrite(printed.data(), 1, printed.size(), stdout);
+  std::fflush(stdout);
+  const auto t0 = std::chrono::steady_clock::now();
+  uoe::generate(model, prompt, a.tokens, a.sample, newline, [&](int32_t token) {
+    shown.push_back(token);
+    const std::string text = vocab.decode(shown.data(), shown.size());
+    std::fwrite(text.data() + printed.size(), 1, text.size() - printed.size(), stdout);
+    std::fflush(stdout);
+    printed = text;
+  });
+  if (printed.empty() || printed.back() != '\n') std::fputc('\n', stdout);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::fprintf(stderr, "uoe-sample: %d tokens in %.2f s (%.0f tokens/s)\n", a.tokens, secs,
+               secs > 0 ? a.tokens / secs : 0.0);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  SampleArgs a;
+  try {
+    if (!parse(argc, argv, a)) return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "uoe-sample: error: %s\n", e.what());
+    return 2;
+  }
+  try {
+    return run(a);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "uoe-sample: error: %s\n", e.what());
+    return 1;
+  }
+}
