@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/cli.hpp"
 #include "runtime/data.hpp"
 #include "runtime/error.hpp"
 #include "runtime/token_file.hpp"
@@ -44,20 +45,7 @@ bool parse(int argc, char** argv, PrepareOptions& o) {
       ("output", po::value(&o.output), "output prefix: writes PREFIX.train.tok, PREFIX.val.tok (and PREFIX.vocab for word)")
       ("help,h", "print this help and exit");
   po::variables_map vm;
-  try {
-    const int style = po::command_line_style::default_style & ~po::command_line_style::allow_guessing;
-    const po::parsed_options parsed =
-        po::command_line_parser(argc, argv).options(desc).style(style).allow_unregistered().run();
-    const std::vector<std::string> unknown = po::collect_unrecognized(parsed.options, po::include_positional);
-    if (!unknown.empty()) {
-      if (unknown[0].starts_with("-")) uoe::fail("command line: unknown option '", unknown[0].substr(0, unknown[0].find('=')), "'");
-      uoe::fail("command line: unexpected argument '", unknown[0], "' (options are written --name value)");
-    }
-    po::store(parsed, vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    uoe::fail("command line: ", e.what());
-  }
+  uoe::cli_parse(argc, argv, desc, vm);
   if (vm.count("help")) {
     std::cout << "Usage: uoe-prepare [--data TEXT] [--val-data TEXT | --val-fraction F] [--tokenizer byte|word] "
                  "--output PREFIX\n\n"
@@ -126,16 +114,5 @@ int run(const PrepareOptions& o) {
 
 int main(int argc, char** argv) {
   PrepareOptions o;
-  try {
-    if (!parse(argc, argv, o)) return 0;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "uoe-prepare: error: %s\n", e.what());
-    return 2;
-  }
-  try {
-    return run(o);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "uoe-prepare: error: %s\n", e.what());
-    return 1;
-  }
+  return uoe::cli_main("uoe-prepare", [&] { return parse(argc, argv, o); }, [&] { return run(o); });
 }

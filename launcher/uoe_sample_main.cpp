@@ -31,6 +31,7 @@
 #include "parallel/comm.hpp"
 #include "parallel/exchange.hpp"
 #include "runtime/config.hpp"
+#include "runtime/cli.hpp"
 #include "runtime/data.hpp"
 #include "runtime/error.hpp"
 #include "runtime/gemm.hpp"
@@ -61,20 +62,7 @@ bool parse(int argc, char** argv, SampleArgs& a) {
       ("threads", po::value(&a.threads)->default_value(0), "BLAS threads (0 = every core)")
       ("help,h", "print this help and exit");
   po::variables_map vm;
-  try {
-    const int style = po::command_line_style::default_style & ~po::command_line_style::allow_guessing;
-    const po::parsed_options parsed =
-        po::command_line_parser(argc, argv).options(desc).style(style).allow_unregistered().run();
-    const std::vector<std::string> unknown = po::collect_unrecognized(parsed.options, po::include_positional);
-    if (!unknown.empty()) {
-      if (unknown[0].starts_with("-")) uoe::fail("command line: unknown option '", unknown[0].substr(0, unknown[0].find('=')), "'");
-      uoe::fail("command line: unexpected argument '", unknown[0], "' (options are written --name value)");
-    }
-    po::store(parsed, vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    uoe::fail("command line: ", e.what());
-  }
+  uoe::cli_parse(argc, argv, desc, vm);
   if (vm.count("help")) {
     std::cout << "Usage: uoe-sample --checkpoint DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] "
                  "[--seed S]\n\n"
@@ -184,16 +172,5 @@ int run(const SampleArgs& a) {
 
 int main(int argc, char** argv) {
   SampleArgs a;
-  try {
-    if (!parse(argc, argv, a)) return 0;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "uoe-sample: error: %s\n", e.what());
-    return 2;
-  }
-  try {
-    return run(a);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "uoe-sample: error: %s\n", e.what());
-    return 1;
-  }
+  return uoe::cli_main("uoe-sample", [&] { return parse(argc, argv, a); }, [&] { return run(a); });
 }

@@ -1,5 +1,7 @@
 #include "runtime/config.hpp"
 
+#include "runtime/cli.hpp"
+
 #include <boost/program_options.hpp>
 #include <charconv>
 #include <cmath>
@@ -137,30 +139,6 @@ struct OptionGroups {
   }
 };
 
-// Boost.Program_options (1.74) builds an error message by replacing each placeholder of its
-// template (%option%, %value%, %canonical_option%, ...) with a name or value from the input, again
-// and again until none is left. An input that contains its own placeholder ("--d-model %value%", an
-// INI key "x%canonical_option%") makes what() loop forever. So when any of those texts holds a '%',
-// each '%' is written as the four characters \x25 before the message is built: with no '%' in what
-// is substituted, every replacement removes two '%' from the message and the formatting ends.
-// Each text is also cut to kShown bytes, so that a 100 KB line of garbage does not become the message.
-struct PoErrorTexts : po::error_with_option_name {  // only to name the protected member
-  static constexpr auto texts = &PoErrorTexts::m_substitutions;
-};
-
-std::string po_message(po::error& e) {
-  if (auto* named = dynamic_cast<po::error_with_option_name*>(&e)) {
-    std::map<std::string, std::string>& texts = named->*PoErrorTexts::texts;
-    constexpr size_t kShown = 200;
-    for (auto& entry : texts) {
-      std::string& text = entry.second;
-      if (text.size() > kShown) text = text.substr(0, kShown) + "...";
-      for (size_t at = text.find('%'); at != std::string::npos; at = text.find('%', at + 4)) text.replace(at, 1, "\\x25");
-    }
-  }
-  return e.what();
-}
-
 uint64_t seed_parse(const std::string& text) {
   uint64_t seed = 0;
   const char* end = text.data() + text.size();
@@ -213,23 +191,7 @@ ConfigParse config_parse(int argc, const char* const* argv, std::string* help_ou
   const po::options_description cmdline_options = groups.for_command_line();
 
   po::variables_map vm;
-  try {
-    // No guessing: "--lr" must never silently resolve to a longer option name.
-    const int style = po::command_line_style::default_style & ~po::command_line_style::allow_guessing;
-    // Unregistered tokens are collected rather than thrown so that the message can name a stray
-    // argument (Boost would silently drop it, there being no positional options).
-    const po::parsed_options parsed =
-        po::command_line_parser(argc, argv).options(cmdline_options).style(style).allow_unregistered().run();
-    const std::vector<std::string> unknown = po::collect_unrecognized(parsed.options, po::include_positional);
-    if (!unknown.empty()) {
-      if (unknown[0].starts_with("-"))
-        fail("command line: unknown option '", unknown[0].substr(0, unknown[0].find('=')), "'");
-      fail("command line: unexpected argument '", unknown[0], "' (options are written --name value)");
-    }
-    po::store(parsed, vm);
-  } catch (po::error& e) {
-    fail("command line: ", po_message(e));
-  }
+  cli_parse(argc, argv, cmdline_options, vm, /*notify=*/false);  // the --config file is stored next
 
   if (vm.count("help")) {
     if (help_out) {
@@ -249,13 +211,13 @@ ConfigParse config_parse(int argc, const char* const* argv, std::string* help_ou
     try {
       po::store(po::parse_config_file(in, groups.for_file()), vm);
     } catch (po::error& e) {
-      fail("--config file '", path, "': ", po_message(e));
+      fail("--config file '", path, "': ", cli_error_message(e));
     }
   }
   try {
     po::notify(vm);
   } catch (po::error& e) {
-    fail(po_message(e));
+    fail(cli_error_message(e));
   }
 
   c.seed = seed_parse(seed_text);

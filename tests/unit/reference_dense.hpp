@@ -416,6 +416,24 @@ inline RefUoeResult ref_uoe_forward(const RefModel& M, const RefRouteSpec& s, co
 // Moves every parameter of a model off its initialisation so nothing relies on init values:
 // norm scales 1 + 0.2·n, biases 0.2·n, matrices std `mat_std` (large enough for non-trivial
 // attention patterns and non-uniform output probabilities at d ≈ 16).
+// A small UoE model (2 layers, d 16, 4 heads as 2 attention experts top-1, 4 MLP experts top-2,
+// V 32, T 16), quick enough for tests that run many forward passes.
+inline uoe::ModelSpec small_uoe_spec(int patch_size = 1) {
+  uoe::ModelSpec s;
+  s.layers = 2;
+  s.d = 16;
+  s.heads = 4;
+  s.attn_experts = 2;
+  s.attn_topk = 1;
+  s.experts = 4;
+  s.topk = 2;
+  s.d_ff = 32;
+  s.vocab = 32;
+  s.seq_len = 16;
+  s.patch_size = patch_size;
+  return s;
+}
+
 inline void randomise_params(uoe::Model& m, uint64_t seed, float mat_std = 0.3f) {
   uoe::ParamStore& ps = m.params();
   for (size_t i = 0; i < ps.count(); ++i) {

@@ -15,24 +15,7 @@
 
 namespace {
 
-uoe::ModelSpec causal_spec() {
-  uoe::ModelSpec s;
-  s.layers = 2;
-  s.d = 16;
-  s.heads = 4;
-  s.attn_experts = 2;
-  s.attn_topk = 1;
-  s.experts = 4;
-  s.topk = 2;
-  s.d_ff = 32;
-  s.vocab = 32;
-  s.seq_len = 16;
-  s.patch_size = 1;
-  s.capacity_factor = 1.25;  // ignored by forward_eval
-  s.aux_loss = 0.01;
-  s.renorm = true;
-  return s;
-}
+uoe::ModelSpec causal_spec() { return uoe_ref::small_uoe_spec(); }  // capacity 1.25: ignored by forward_eval
 
 // The same arithmetic in a different GEMM shape (other rows routed alongside) may round
 // differently: probabilities ~1/V = 0.03 agree to a few float ulps; atol 1e-6 + rtol 1e-5 allows

@@ -67,21 +67,7 @@ TEST(Generate, WindowIsTheContextsLastWholePatches) {
   EXPECT_EQ(in, (std::vector<int32_t>{4, 5, 6, 7, 8, 9, 10, 11}));
 }
 
-uoe::ModelSpec small_spec(int patch) {
-  uoe::ModelSpec s;
-  s.layers = 2;
-  s.d = 16;
-  s.heads = 4;
-  s.attn_experts = 2;
-  s.attn_topk = 1;
-  s.experts = 4;
-  s.topk = 2;
-  s.d_ff = 32;
-  s.vocab = 32;
-  s.seq_len = 16;
-  s.patch_size = patch;
-  return s;
-}
+uoe::ModelSpec small_spec(int patch) { return uoe_ref::small_uoe_spec(patch); }
 
 // The next-token distribution of a window does not depend on what fills the positions after it:
 // replacing the padding with other tokens leaves position W − 1 unchanged (tolerances as in

@@ -15,6 +15,7 @@
 #include "parallel/exchange.hpp"
 #include "runtime/kernels.hpp"
 #include "runtime/rng.hpp"
+#include "reference_dense.hpp"
 #include "grad_check.hpp"
 
 namespace uoe {
@@ -260,15 +261,7 @@ TEST(Gradients, RouterRenormWithCapacity) { check_router(false); }
 TEST(Gradients, RouterProbGateWithCapacity) { check_router(true); }
 
 ModelSpec small_spec() {
-  ModelSpec s;
-  s.layers = 2;
-  s.d = 16;
-  s.heads = 4;
-  s.attn_experts = 2;
-  s.attn_topk = 1;
-  s.experts = 4;
-  s.topk = 2;
-  s.d_ff = 32;
+  ModelSpec s = uoe_ref::small_uoe_spec();
   s.vocab = 11;
   s.seq_len = 8;
   s.capacity_factor = 1.0;

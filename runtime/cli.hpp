@@ -1,0 +1,28 @@
+// Command lines of the tools (uoe-train's config, uoe-prepare, uoe-sample), one way: Boost.Program_options
+// without guessing (an abbreviation never silently resolves to a longer option), stray tokens named
+// in the error, and Boost's messages made safe to build (see cli_error_message).
+#pragma once
+#include <boost/program_options.hpp>
+
+#include <functional>
+#include <string>
+
+namespace uoe {
+
+// A tool's main(): parse() (false: --help was printed, exit 0), then run(); an exception from
+// parse() exits 2, one from run() 1, each printed as "<tool>: error: <what>" on stderr.
+int cli_main(const char* tool, const std::function<bool()>& parse, const std::function<int()>& run);
+
+// Parses argv against `desc` into `vm`, then notifies (bound variables set) unless `notify` is
+// false (a caller that stores more sources first: uoe-train's --config file). Throws uoe::Error
+// "command line: …" naming an unknown option, a stray argument, or what Boost found wrong.
+void cli_parse(int argc, const char* const* argv, const boost::program_options::options_description& desc,
+               boost::program_options::variables_map& vm, bool notify = true);
+
+// Boost's message for e, built safely: Boost (1.74) fills its message template by replacing each
+// placeholder (%option%, %value%, …) with text from the input again and again until none is left,
+// so an input holding a placeholder ("--tokens %value%") made what() loop forever. Every '%' in the
+// substituted texts is written as the four characters \x25 first, and each text is cut to 200 bytes.
+std::string cli_error_message(boost::program_options::error& e);
+
+}  // namespace uoe
