@@ -28,6 +28,7 @@
 
 #include "parallel/comm.hpp"
 #include "parallel/mpi_exchange.hpp"
+#include "runtime/cli.hpp"
 
 namespace {
 
@@ -119,8 +120,7 @@ Options parse(int argc, char** argv, bool root, bool* help) {
        "experts each rank owns (rows land expert-major)")
       ("csv", po::value(&o.csv), "also write the results to this CSV file");
   po::variables_map vm;
-  po::store(po::parse_command_line(argc, argv, d), vm);
-  po::notify(vm);
+  uoe::cli_parse(argc, argv, d, vm);  // no guessing, stray tokens named, safe messages
   *help = vm.count("help") > 0;
   if (*help && root) std::cout << d;
   if (o.min_bytes < 1 || o.max_bytes < o.min_bytes) uoe::fail("--min-bytes/--max-bytes: need 1 ≤ min ≤ max");
