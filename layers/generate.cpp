@@ -13,20 +13,22 @@ namespace uoe {
 int sample_token(const float* p, int V, double temperature, int top_k, double u) {
   if (!(temperature >= 0)) fail("sampling: the temperature must be at least 0, got ", temperature);
   if (top_k < 0) fail("sampling: top-k must be at least 0 (0 = every token), got ", top_k);
+  // A non-finite entry counts as 0, so the order below stays a strict weak ordering.
+  const auto prob = [p](int i) { return std::isfinite(p[i]) && p[i] > 0 ? static_cast<double>(p[i]) : 0.0; };
   // Tokens by descending probability, ties by id: the order the cumulative distribution runs in.
   std::vector<int> order(V);
   std::iota(order.begin(), order.end(), 0);
-  const auto before = [p](int a, int b) { return p[a] != p[b] ? p[a] > p[b] : a < b; };
+  const auto before = [&prob](int a, int b) { return prob(a) != prob(b) ? prob(a) > prob(b) : a < b; };
   const int k = top_k > 0 ? std::min(top_k, V) : V;
   std::partial_sort(order.begin(), order.begin() + k, order.end(), before);
-  if (!(p[order[0]] > 0)) fail("sampling: no token has a positive probability (the model's output is not finite?)");
+  if (!(prob(order[0]) > 0)) fail("sampling: no token has a finite positive probability (is the model's output finite?)");
   if (temperature == 0 || k == 1) return order[0];
   // p^(1/t) relative to the largest, in double: exp((log p − log p_max) / t).
   std::vector<double> w(k);
-  const double log_max = std::log(static_cast<double>(p[order[0]]));
+  const double log_max = std::log(prob(order[0]));
   double total = 0;
   for (int i = 0; i < k; ++i) {
-    const double pi = p[order[i]];
+    const double pi = prob(order[i]);
     w[i] = pi > 0 ? std::exp((std::log(pi) - log_max) / temperature) : 0.0;
     total += w[i];
   }

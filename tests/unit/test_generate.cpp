@@ -43,6 +43,18 @@ TEST(Sample, InvertsTheCumulativeDistributionInDescendingOrder) {
   EXPECT_EQ(uoe::sample_token(q.data(), 3, 3.0, 0, 0.999999), 2);
 }
 
+TEST(Sample, NonFiniteProbabilitiesAreNeverDrawn) {
+  const float nan = std::nanf(""), inf = INFINITY;
+  const std::vector<float> p = {nan, 0.25f, inf, 0.75f};
+  for (double u : {0.01, 0.3, 0.999999}) {
+    const int t = uoe::sample_token(p.data(), 4, 1.0, 0, u);
+    EXPECT_TRUE(t == 1 || t == 3) << t;
+  }
+  EXPECT_EQ(uoe::sample_token(p.data(), 4, 0.0, 0, 0.5), 3);
+  const std::vector<float> bad = {nan, nan};
+  EXPECT_THROW(uoe::sample_token(bad.data(), 2, 1.0, 0, 0.5), uoe::Error);
+}
+
 TEST(Sample, RefusesBadArguments) {
   const std::vector<float> p = {0.5f, 0.5f}, zero = {0.0f, 0.0f};
   EXPECT_THROW(uoe::sample_token(p.data(), 2, -0.1, 0, 0.5), uoe::Error);
