@@ -7,7 +7,8 @@
 // `latest` file names). The model's options come from the checkpoint; it is loaded on this one
 // process whatever the number of ranks that wrote it (resharding, as a resume on another world size
 // does) and runs dropless (layers/generate.hpp). A word-level model's vocabulary is rebuilt from its
-// training data: the run's --data (stored in the checkpoint), or --data here if the file moved.
+// training data: the run's --data and --val-data (stored in the checkpoint), or the files given here
+// if they moved (the vocabulary comes from the training split, which --val-data decides).
 // The prompt and the generated text go to stdout as they are drawn; everything else to stderr.
 // Exit codes: 0 success (or --help), 2 bad command line, 1 any other failure (checkpoint, data).
 #include <boost/program_options.hpp>
@@ -43,7 +44,7 @@ namespace fs = std::filesystem;
 namespace {
 
 struct SampleArgs {
-  std::string checkpoint, prompt = "\n", data;
+  std::string checkpoint, prompt = "\n", data, val_data;
   int tokens = 256, threads = 0;
   uoe::SampleOptions sample;
 };
@@ -58,7 +59,8 @@ bool parse(int argc, char** argv, SampleArgs& a) {
       ("temperature", po::value(&a.sample.temperature)->default_value(0.8, "0.8"), "sharpens (< 1) or flattens (> 1) the model's distribution; 0 = always the most probable token")
       ("top-k", po::value(&a.sample.top_k)->default_value(0), "draw among the k most probable tokens only (0 = all)")
       ("seed", po::value(&a.sample.seed)->default_value(1), "random seed of the draws (same seed, same text)")
-      ("data", po::value(&a.data), "word-level models: the training text, if not where the run read it")
+      ("data", po::value(&a.data), "word-level models: the run's --data, if not where the run read it")
+      ("val-data", po::value(&a.val_data), "word-level models: the run's --val-data, if it had one and it moved")
       ("threads", po::value(&a.threads)->default_value(0), "BLAS threads (0 = every core)")
       ("help,h", "print this help and exit");
   po::variables_map vm;
@@ -93,34 +95,44 @@ std::string checkpoint_path(const std::string& arg) {
   return step.string();
 }
 
-// The run's model, data and sequence options from the checkpoint's stored config; the rest keep
-// their defaults (they do not affect a forward pass).
-uoe::Config stored_config(const std::string& ini, const std::string& data_override) {
-  static const std::set<std::string> extra = {"data", "val-data", "val-fraction", "seq-len", "seed"};
-  std::set<std::string> keys(extra);
+// The run's model, sequence and (word level only: the vocabulary comes from them) data options from
+// the checkpoint's stored config; the rest keep their defaults (they do not affect a forward pass).
+uoe::Config stored_config(const std::string& ini, const SampleArgs& a) {
+  const auto entries = uoe::config_ini_entries(ini);
+  bool word = false;
+  for (const auto& [k, v] : entries) word = word || (k == "tokenizer" && v == "word");
+  std::set<std::string> keys = {"seq-len", "seed"};
+  if (word) keys.insert({"data", "val-data", "val-fraction"});
   for (const auto& k : uoe::config_shape_keys()) keys.insert(k);
   for (const auto& k : uoe::config_behaviour_keys()) keys.insert(k);
   std::vector<std::string> args = {"uoe-sample"};
-  for (const auto& [k, v] : uoe::config_ini_entries(ini))
-    if (keys.count(k) && !v.empty() && !(k == "data" && !data_override.empty())) {
+  for (const auto& [k, v] : entries)
+    if (keys.count(k) && !v.empty() && !(k == "data" && !a.data.empty()) && !(k == "val-data" && !a.val_data.empty())) {
       args.push_back("--" + k);
       args.push_back(v);
     }
-  if (!data_override.empty()) {
-    args.push_back("--data");
-    args.push_back(data_override);
-  }
+  for (const auto& [option, value] : {std::pair{"--data", &a.data}, std::pair{"--val-data", &a.val_data}})
+    if (word && !value->empty()) {
+      args.push_back(option);
+      args.push_back(*value);
+    }
   std::vector<const char*> argv;
   for (const auto& s : args) argv.push_back(s.c_str());
   std::string help;
-  return uoe::config_parse(static_cast<int>(argv.size()), argv.data(), &help).config;
+  try {
+    return uoe::config_parse(static_cast<int>(argv.size()), argv.data(), &help).config;
+  } catch (const uoe::Error& e) {
+    if (!word) throw;
+    uoe::fail("a word-level model's vocabulary is rebuilt from its training data: ", e.what(),
+              " (give uoe-sample the run's --data, and its --val-data if it had one)");
+  }
 }
 
 int run(const SampleArgs& a) {
   uoe::log_info_to_stderr();
   const std::string path = checkpoint_path(a.checkpoint);
   const uoe::Manifest manifest = uoe::manifest_read((fs::path(path) / "manifest.h5").string());
-  const uoe::Config cfg = stored_config(manifest.config_ini, a.data);
+  const uoe::Config cfg = stored_config(manifest.config_ini, a);
   uoe::gemm_set_threads(a.threads > 0 ? a.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
 
   // The vocabulary: bytes need none; words are rebuilt from the training split, as the run did.

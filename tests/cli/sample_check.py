@@ -3,8 +3,11 @@
 
 usage: sample_check.py OUTDIR UOE_SAMPLE TRAIN_CMD...
 
-Runs TRAIN_CMD with `--checkpoint-dir OUTDIR/ck` appended (any launcher and rank count: the sampler
-loads the checkpoint on one process, resharding as needed), then checks that uoe-sample
+Runs TRAIN_CMD (which names `--data FILE`) on a copy of FILE, with `--checkpoint-dir OUTDIR/ck`
+appended (any launcher and rank count: the sampler loads the checkpoint on one process, resharding
+as needed), moves the copy away, then checks that uoe-sample
+- needs no data for a byte-level model, and for a word-level one refuses (exit 1, naming --data)
+  until given the moved file;
 - continues the prompt (stdout starts with it) with text of the model's vocabulary, given either
   the checkpoint directory (its `latest`) or the step directory;
 - draws the same text for the same seed, and other text for another seed (at temperature 1 an
@@ -13,6 +16,7 @@ loads the checkpoint on one process, resharding as needed), then checks that uoe
 - refuses a missing checkpoint (exit 1, naming it) and a bad option (exit 2), printing no text.
 """
 import os
+import shutil
 import subprocess
 import sys
 
@@ -32,11 +36,25 @@ def main():
     ck = os.path.join(out, "ck")
     subprocess.run(["rm", "-rf", ck])
     os.makedirs(out, exist_ok=True)
+    # Train on a copy of --data that is moved away afterwards: a byte-level model needs no data to
+    # sample, a word-level one must be given the file (its vocabulary is rebuilt from it).
+    at = train.index("--data")
+    here, moved = os.path.join(out, "train.txt"), os.path.join(out, "moved.txt")
+    shutil.copyfile(train[at + 1], here)
+    train = train[:at + 1] + [here] + train[at + 2:]
+    word = "word" in train
     with open(os.path.join(out, "train.log"), "w") as log:
         if subprocess.call(train + ["--checkpoint-dir", ck], stdout=log, stderr=subprocess.STDOUT, timeout=600) != 0:
             fail("training failed:\n" + open(os.path.join(out, "train.log")).read())
+    os.replace(here, moved)
     prompt = "ROMEO:"
+    data_args = ["--data", moved] if word else []
     base = ["--prompt", prompt, "--tokens", "60", "--temperature", "1"]
+    if word:
+        rc, o, err = sample(exe, "--checkpoint", ck, *base)
+        if rc != 1 or o or "--data" not in err:
+            fail(f"a word-level model whose data moved: exit {rc}, stdout {o!r}, stderr {err!r}")
+        base += data_args
     rc, a, err = sample(exe, "--checkpoint", ck, *base, "--seed", "3")
     if rc != 0:
         fail(f"uoe-sample exited {rc}:\n{err}")
@@ -50,10 +68,10 @@ def main():
     rc, c, err = sample(exe, "--checkpoint", ck, *base, "--seed", "4")
     if rc != 0 or c == a:
         fail(f"another seed drew the same text (exit {rc}): {c!r}\n{err}")
-    greedy = ["--checkpoint", ck, "--prompt", prompt, "--tokens", "30", "--temperature", "0"]
+    greedy = ["--checkpoint", ck, "--prompt", prompt, "--tokens", "30", "--temperature", "0"] + data_args
     rc1, g1, _ = sample(exe, *greedy, "--seed", "1")
     rc2, g2, _ = sample(exe, *greedy, "--seed", "2")
-    if rc1 != 0 or rc2 != 0 or g1 != g2:
+    if rc1 != 0 or rc2 != 0 or g1 != g2 or not g1:
         fail(f"greedy sampling depends on the seed: {g1!r} vs {g2!r}")
     rc, o, err = sample(exe, "--checkpoint", os.path.join(out, "nonexistent"))
     if rc != 1 or o or "nonexistent" not in err:
