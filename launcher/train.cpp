@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -513,6 +514,12 @@ int train_run(const Config& cfg) {
                  format_duration(eta_seconds(step)).c_str());
     }
     if (step % cfg.log_every == 0 || step == cfg.steps) {
+      // The exchange figures are each rank's own and differ (a lighter rank also waits out the
+      // routing imbalance): the line and the metrics show their mean over the ranks.
+      std::array<double, 3> comm = {win_comm, win_exposed, win_comm_cpu};
+      groups.world->all_reduce_sum(std::span<double>(comm));
+      for (double& x : comm) x /= world_size;
+      const auto [mean_comm, mean_exposed, mean_comm_cpu] = comm;
       const double tps = win_tokens / win_time;
       const double share = win_flops / world_size / win_time * 1e-9 / peak;  // per rank, against its peak
       const double eta = eta_seconds(step);
@@ -531,7 +538,7 @@ int train_run(const Config& cfg) {
       log_info("step %6d/%d | loss %.4f | lr %.3e | %8.0f tok/s | %s | load max/mean %.2f | "
                "dropped %4.1f%% | comm %4.1f%% of step, %3.0f%% hidden | ETA %s",
                step, cfg.steps, win_loss / win_steps, lr, tps, rate, worst_load, drop_pct,
-               100.0 * win_comm / win_time, win_comm > 0 ? 100.0 * (1.0 - win_exposed / win_comm) : 0.0,
+               100.0 * mean_comm / win_time, mean_comm > 0 ? 100.0 * (1.0 - mean_exposed / mean_comm) : 0.0,
                format_duration(eta).c_str());
       // Per-step figures are means over the steps since the last line; "tokens" counts every token
       // trained on by all ranks since step 1 (the same on a resumed run).
@@ -543,8 +550,8 @@ int train_run(const Config& cfg) {
       if (device_model) j.add("model_flops_per_s", win_flops / win_time);
       else j.add("flops_share_of_peak", share);
       j.add("grad_norm", fig.grad_norm);
-      j.add("a2a_bytes", win_bytes / n).add("comm_s", win_comm / n).add("compute_s", (win_time - win_exposed) / n);
-      j.add("comm_exposed_s", win_exposed / n).add("comm_cpu_s", win_comm_cpu / n);
+      j.add("a2a_bytes", win_bytes / n).add("comm_s", mean_comm / n).add("compute_s", (win_time - mean_exposed) / n);
+      j.add("comm_exposed_s", mean_exposed / n).add("comm_cpu_s", mean_comm_cpu / n);
       std::vector<double> drops(blocks);
       for (int b = 0; b < blocks; ++b) drops[b] = assignments[b] ? static_cast<double>(dropped[b]) / assignments[b] : 0;
       j.add("load_max_over_mean", load_max).add("dropped_share", drops);
