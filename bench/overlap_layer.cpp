@@ -33,14 +33,13 @@
 #include <thread>
 #include <vector>
 
-#include <time.h>
-
 #include "bench/bench_config.hpp"
 #include "layers/model.hpp"
 #include "parallel/comm.hpp"
 #include "parallel/mpi_exchange.hpp"
 #include "parallel/scheduler.hpp"
 #include "parallel/sim_link.hpp"
+#include "runtime/clock.hpp"
 #include "runtime/config.hpp"
 #include "runtime/data.hpp"
 #include "runtime/error.hpp"
@@ -64,12 +63,6 @@ struct Timing {
   std::vector<uoe::Model::PhaseTime> phases;  // each block pass's wall and exchange seconds
 };
 
-double thread_cpu_seconds() {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-}
-
 // Median over `repeats` forward+backward passes of one micro-batch (after 2 warm-ups).
 Timing time_layer(const uoe::Config& cfg, uoe::Communicator& ep, const std::vector<int32_t>& tokens, int chunks,
                   int repeats) {
@@ -90,12 +83,12 @@ Timing time_layer(const uoe::Config& cfg, uoe::Communicator& ep, const std::vect
     model.set_phase_log(&phases);
     MPI_Barrier(MPI_COMM_WORLD);
     const auto t0 = Clock::now();
-    const double c0 = thread_cpu_seconds();
+    const double c0 = uoe::thread_cpu_seconds();
     model.forward_backward(in.data(), tg.data(), B, 1.0f, &st);
     Timing t;
     t.step = std::chrono::duration<double>(Clock::now() - t0).count();
     t.cpu_exchange = sched.cpu_seconds();
-    t.cpu_compute = thread_cpu_seconds() - c0 - (sched.threaded() ? 0.0 : t.cpu_exchange);
+    t.cpu_compute = uoe::thread_cpu_seconds() - c0 - (sched.threaded() ? 0.0 : t.cpu_exchange);
     t.exchange = sched.busy_seconds();
     t.exposed = sched.exposed_seconds();
     t.bytes = exchange.bytes_sent();

@@ -21,10 +21,10 @@
 #include <sstream>
 #include <system_error>
 #include <thread>
-#include <time.h>
 
 #include "checkpoints/h5.hpp"
 #include "checkpoints/manifest.hpp"
+#include "runtime/clock.hpp"
 #include "runtime/error.hpp"
 #include "runtime/log.hpp"
 #include "runtime/rng.hpp"
@@ -336,12 +336,6 @@ struct CheckpointWriter::Job {
 namespace {
 
 using Job = CheckpointWriter::Job;
-
-double thread_cpu_seconds() {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-}
 
 // Keeps the background writer's CPU time within job.share of its wall time: called between
 // datasets, it sleeps (in slices, so that a wait() that sets `hurry` is noticed within ~10 ms)
@@ -988,7 +982,8 @@ struct LoadResult {
   std::vector<std::string> warnings;
 };
 
-LoadResult load_local(const std::string& path, const Config& current, ParamStore& params, AdamW& opt) {
+// opt null: the parameters only (the moments are neither read nor needed).
+LoadResult load_local(const std::string& path, const Config& current, ParamStore& params, AdamW* opt) {
   const std::string manifest_path = checkpoint_dir_check(path);
   const Manifest m = manifest_read(manifest_path);
   manifest_check_layout(m, manifest_path);
@@ -1025,8 +1020,8 @@ LoadResult load_local(const std::string& path, const Config& current, ParamStore
     fail(manifest_path, ": the checkpoint does not match this model (", problems.size(), " problem",
          problems.size() > 1 ? "s" : "", "): ", os.str(), " (different model options or vocabulary?)");
   }
-  UOE_ASSERT(opt.m().size() == params.total() && opt.v().size() == params.total(), "AdamW moments of ",
-             opt.m().size(), " elements for ", params.total(), " parameters");
+  UOE_ASSERT(!opt || (opt->m().size() == params.total() && opt->v().size() == params.total()),
+             "AdamW moments of ", opt ? opt->m().size() : 0, " elements for ", params.total(), " parameters");
 
   // Each rank reads only the rows it holds, from whichever shards hold them; shards are opened on
   // first use and checked to be of this step.
@@ -1038,7 +1033,8 @@ LoadResult load_local(const std::string& path, const Config& current, ParamStore
       it = shards.emplace(s, shard_open(file, m.step, s, static_cast<int64_t>(m.shard_files.size()))).first;
     return {it->second.get(), file};
   };
-  float* arenas[3] = {params.values().data(), opt.m().data(), opt.v().data()};
+  float* arenas[3] = {params.values().data(), opt ? opt->m().data() : nullptr, opt ? opt->v().data() : nullptr};
+  const int groups = opt ? 3 : 1;  // kGroups: /model, then /optim/m and /optim/v
   for (size_t i = 0; i < params.count(); ++i) {
     const ParamInfo& p = params.info(static_cast<int>(i));
     const int64_t lb = p.expert_sharded ? p.expert_begin : 0;
@@ -1048,7 +1044,7 @@ LoadResult load_local(const std::string& path, const Config& current, ParamStore
       const int64_t a = std::max(lb, s.begin), b = std::min(le, s.end);
       if (a >= b) continue;
       const auto [file, file_path] = shard(s.shard);
-      for (int g = 0; g < 3; ++g) {
+      for (int g = 0; g < groups; ++g) {
         h5::Dataset d = slab_open(file, file_path, kGroups[g], p.name, p.global_shape, s.begin, s.end);
         float* dst = arenas[g] + p.offset + static_cast<size_t>((a - lb) * row);
         h5::dataset_read_rows(d.get(), h5::Elem::f32, a - s.begin, b - s.begin, dst, file_path,
@@ -1073,8 +1069,10 @@ LoadResult load_local(const std::string& path, const Config& current, ParamStore
 
 }  // namespace
 
-TrainState checkpoint_load(const std::string& path, const Config& current, ParamStore& params, AdamW& opt,
-                           Communicator& world) {
+namespace {
+
+TrainState load_agreed(const std::string& path, const Config& current, ParamStore& params, AdamW* opt,
+                       Communicator& world) {
   h5::init_thread();
   const auto t0 = Clock::now();
   LoadResult r;
@@ -1092,6 +1090,18 @@ TrainState checkpoint_load(const std::string& path, const Config& current, Param
   log_info("checkpoint: loaded step %lld from %s (written by %d ranks, ep %d) in %.2f s",
            static_cast<long long>(r.state.step), path.c_str(), r.state.world, r.state.ep, seconds_since(t0));
   return r.state;
+}
+
+}  // namespace
+
+TrainState checkpoint_load(const std::string& path, const Config& current, ParamStore& params, AdamW& opt,
+                           Communicator& world) {
+  return load_agreed(path, current, params, &opt, world);
+}
+
+TrainState checkpoint_load_params(const std::string& path, const Config& current, ParamStore& params,
+                                  Communicator& world) {
+  return load_agreed(path, current, params, nullptr, world);
 }
 
 void checkpoint_verify(const std::string& path) {

@@ -132,6 +132,9 @@ class CheckpointWriter {
 // of every chunk read. If any rank fails, every rank throws. Returns the saved TrainState.
 TrainState checkpoint_load(const std::string& path, const Config& current, ParamStore& params, AdamW& opt,
                            Communicator& world);
+// The same for the parameters alone (sampling, evaluation): the AdamW moments are not read.
+TrainState checkpoint_load_params(const std::string& path, const Config& current, ParamStore& params,
+                                  Communicator& world);
 
 // Local. Reads all of a checkpoint (manifest, coverage, every shard file, every dataset with its
 // checksums, shapes and attributes) without loading it; throws uoe::Error on the first problem.

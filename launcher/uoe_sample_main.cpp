@@ -28,7 +28,6 @@
 #include "checkpoints/manifest.hpp"
 #include "layers/generate.hpp"
 #include "layers/model.hpp"
-#include "layers/optimizer.hpp"
 #include "parallel/comm.hpp"
 #include "parallel/exchange.hpp"
 #include "runtime/config.hpp"
@@ -145,11 +144,11 @@ int run(const SampleArgs& a) {
   const uoe::ModelSpec spec = uoe::model_spec_from_config(cfg, vocab.size());
   uoe::LocalExchange local;
   uoe::Model model(spec, cfg.seed, &local);
-  uoe::AdamW opt(model.params(), uoe::AdamWSpec{});
   uoe::SelfCommunicator self;
-  const uoe::TrainState st = uoe::checkpoint_load(path, cfg, model.params(), opt, self);
+  const uoe::TrainState st = uoe::checkpoint_load_params(path, cfg, model.params(), self);
 
-  const int32_t newline = vocab.encode("\n").empty() ? 0 : vocab.encode("\n")[0];
+  const std::vector<int32_t> newline_ids = vocab.encode("\n");
+  const int32_t newline = newline_ids.empty() ? 0 : newline_ids[0];
   std::vector<int32_t> prompt = vocab.encode(a.prompt);
   if (prompt.empty()) prompt = {newline};
   std::fprintf(stderr, "uoe-sample: %s (step %lld), %s model, %d layers, d %d, %d-token windows; %d tokens at "

@@ -1,19 +1,13 @@
 #include "parallel/scheduler.hpp"
 
-#include <time.h>
-
 #include <chrono>
+
+#include "runtime/clock.hpp"
 
 namespace uoe {
 namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-// Processor time of the calling thread, in seconds.
-double thread_cpu_seconds() {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-}
 }  // namespace
 
 CommScheduler::CommScheduler(bool threaded) : threaded_(threaded) {

@@ -37,7 +37,6 @@ std::string cli_error_message(po::error& e) {
   return e.what();
 }
 
-
 void cli_parse(int argc, const char* const* argv, const po::options_description& desc, po::variables_map& vm,
                bool notify) {
   try {

@@ -1,7 +1,5 @@
 #include "runtime/config.hpp"
 
-#include "runtime/cli.hpp"
-
 #include <boost/program_options.hpp>
 #include <charconv>
 #include <cmath>
@@ -14,6 +12,7 @@
 #include <system_error>
 #include <vector>
 
+#include "runtime/cli.hpp"
 #include "runtime/error.hpp"
 
 namespace uoe {

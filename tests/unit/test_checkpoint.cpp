@@ -323,6 +323,22 @@ TEST_F(Checkpoint, RoundTripIsBitwise) {
   EXPECT_EQ(st.ep, 1);
 }
 
+// The parameters alone (uoe-sample): the same values; the moments are not read.
+TEST_F(Checkpoint, ParametersOnlyLoadLeavesTheMomentsAlone) {
+  Trainee a(cfg_, 7, 99);
+  save(a, 5);
+  Trainee b(cfg_, 8, 0);  // other weights, zero moments
+  const auto moments = [](Trainee& t) {
+    return std::vector<float>(t.opt->m().data(), t.opt->m().data() + t.opt->m().size());
+  };
+  const std::vector<float> m0 = moments(b);
+  ASSERT_NE(moments(a), m0);
+  const uoe::TrainState st = uoe::checkpoint_load_params(step_dir(5), cfg_, b.params(), comm_);
+  EXPECT_TRUE(bitwise_equal(a.params().values(), b.params().values()));
+  EXPECT_EQ(moments(b), m0);
+  EXPECT_EQ(st.step, 5);
+}
+
 TEST_F(Checkpoint, ResumeContinuesBitwiseIdentically) {
   // Train 4 steps straight; train 2, save, load into a fresh model and optimizer, train 2 more:
   // the final weights and moments must be bitwise equal (ARCHITECTURE.md, Determinism).

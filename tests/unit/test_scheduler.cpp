@@ -8,11 +8,10 @@
 #include <thread>
 #include <vector>
 
-#include <time.h>
-
 #include "layers/model.hpp"
 #include "parallel/exchange.hpp"
 #include "parallel/scheduler.hpp"
+#include "runtime/clock.hpp"
 #include "runtime/rng.hpp"
 
 namespace uoe {
@@ -51,18 +50,13 @@ TEST(Scheduler, OverlapIsMeasured) {
 // Processor time: a task that computes for 20 ms of its thread's CPU clock is charged at least
 // that; one that sleeps 20 ms is charged a small part of its run time. Both modes.
 TEST(Scheduler, ProcessorTimeOfTheTasksIsMeasured) {
-  auto thread_cpu = [] {
-    timespec ts{};
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-  };
   for (const bool threaded : {true, false}) {
     SCOPED_TRACE(threaded ? "threaded" : "in line");
     CommScheduler s(threaded);
     s.submit([&] {
-      const double c0 = thread_cpu();
+      const double c0 = thread_cpu_seconds();
       volatile double x = 0;
-      while (thread_cpu() - c0 < 0.02) x = x + 1;
+      while (thread_cpu_seconds() - c0 < 0.02) x = x + 1;
     });
     s.wait_all();
     EXPECT_GE(s.cpu_seconds(), 0.02);
