@@ -415,7 +415,7 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    ap.add_argument("--data", default=os.path.join(root, "..", "shared", "data", "tinyshakespeare.txt"))
+    ap.add_argument("--data", default=os.path.join(root, "data", "tinyshakespeare.txt"))
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--block-type", choices=("uoe", "dense"), default="uoe")
     ap.add_argument("--layers", type=int, default=4)
