@@ -18,7 +18,7 @@ struct RouterSpec {
   int topk = 1;                // k
   int patch_size = 1;
   double capacity_factor = 0;  // 0 = dropless
-  bool renorm = true;          // gate = renorm (else sum)
+  bool renorm = true;          // gate = renorm (else sum, unless prob)
   bool prob = false;           // gate = prob: w = p_e (takes precedence over renorm)
   double aux_weight = 0;       // α
   double z_weight = 0;         // β

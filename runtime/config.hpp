@@ -27,7 +27,7 @@ struct Config {
   int d_ff = 512;               // --d-ff: F, dense MLP hidden width cut into E experts
   double capacity_factor = 1.25;  // --capacity-factor: 0 = dropless
   int patch_size = 1;           // --patch-size: tokens per routed patch (divides seq-len)
-  std::string gate = "renorm";  // --gate: renorm | sum
+  std::string gate = "renorm";  // --gate: renorm | sum | prob (docs/model.md, Gates)
   double aux_loss = 0.01;       // --aux-loss: balance-loss weight alpha
   double z_loss = 0.0;          // --z-loss: router z-loss weight
   std::string block_type = "uoe";  // --block-type: uoe | dense | moe (baselines for the per-FLOP study)
