@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""torch_uoe.py: the UoE model of UOE_MODEL.md (and the dense GPT it is cut from) in eager PyTorch,
+"""torch_uoe.py: the UoE model of docs/model.md (and the dense GPT it is cut from) in eager PyTorch,
 with the trainer's optimizer, schedule and data windows, as the baseline bench/compare runs beside
 uoe-train on the same cores.
 

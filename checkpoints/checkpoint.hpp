@@ -34,7 +34,7 @@ struct TrainState {
   int world = 1, ep = 1;   // layout of the writing run (filled by checkpoint_load; save uses ShardRole)
 };
 
-// This rank's place in the ep × dp grid (UOE_MODEL.md §6), as far as checkpoints care.
+// This rank's place in the ep × dp grid (docs/model.md, Expert parallelism), as far as checkpoints care.
 struct ShardRole {
   int world_rank = 0, world_size = 1;
   int ep = 1, ep_rank = 0, dp_rank = 0;

@@ -1,5 +1,5 @@
-// Dense ↔ UoE weight conversion (UOE_MODEL.md §1): the UoE layer is the dense layer cut the way
-// tensor parallelism cuts it, so the conversion is a permutation of columns/rows:
+// Dense ↔ UoE weight conversion (docs/model.md, Experts by equivalent decomposition): the UoE layer is
+// the dense layer cut the way tensor parallelism cuts it, so the conversion is a permutation of columns/rows:
 //   attention expert a owns heads [a·g, (a+1)·g): Wqkv_a = [Wq | Wk | Wv][:, heads of a], Wo_a = Wo[rows of a, :]
 //   MLP expert e owns hidden units [e·f, (e+1)·f): W1_e = W1[:, units], b1_e = b1[units], W2_e = W2[units, :]
 // Only the decomposed tensors change; norms, routers, biases bo/b2 and the embedding are shared.

@@ -1,4 +1,4 @@
-// Model FLOPs, counted from the layer shapes and the tokens actually routed (UOE_MODEL.md §7), for
+// Model FLOPs, counted from the layer shapes and the tokens actually routed (docs/model.md, FLOP counts), for
 // every block type. 2 FLOPs per multiply-add; matmuls only (router scores, expert GEMMs, attention
 // scores and values, LM head); norms, GELU, softmax, RoPE and the combine are not counted.
 // Training = 3 × forward (backward is two matmuls per forward matmul: data and weights).

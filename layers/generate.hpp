@@ -1,4 +1,4 @@
-// Text generation from a trained model. UOE_MODEL.md ("Causality"): generation runs dropless, so the
+// Text generation from a trained model. docs/model.md, Causality: generation runs dropless, so the
 // distribution of the next token depends only on the tokens before it in its sequence — not on
 // capacity, batch size or other sequences.
 //

@@ -1,8 +1,8 @@
-// The UoE language model (UOE_MODEL.md §4): tied embedding, L layers of pre-norm SMHA and UoME
+// The UoE language model (docs/model.md, The network): tied embedding, L layers of pre-norm SMHA and UoME
 // blocks, final LayerNorm, tied LM head, mean cross-entropy plus router losses. Forward and
 // backward are written by hand; activations needed by backward are cached per block.
 //
-// The same Model also runs the two baselines of the per-FLOP study (UOE_MODEL.md §7), by block type:
+// The same Model also runs the two baselines of the per-FLOP study (docs/model.md, FLOP counts), by block type:
 //   uoe    routed SMHA (E_a attention experts, top-k_a) and routed UoME (E MLP experts cut from d_ff).
 //   dense  the transformer the UoE layers are cut from (the equivalence law's limit) with no routing:
 //          attention is ONE expert holding all H heads and the MLP ONE expert of width d_ff; every

@@ -1,5 +1,5 @@
 // AdamW over the parameter arena, the warm-up + cosine learning-rate schedule, and global-norm
-// gradient clipping (UOE_MODEL.md §4).
+// gradient clipping (docs/model.md, Optimiser).
 #pragma once
 #include <cstdint>
 

@@ -1,4 +1,4 @@
-// The hierarchical router of one UoE block (UOE_MODEL.md §2), for one micro-batch:
+// The hierarchical router of one UoE block (docs/model.md, Routing), for one micro-batch:
 //   1. expert selection: each patch (patch_size consecutive tokens of one sequence) scores the
 //      mean of its vectors, p = softmax(x̄·Wr + br) in fp32, and picks its top-k experts
 //      (ties → lower expert index);

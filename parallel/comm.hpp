@@ -1,7 +1,7 @@
 // Communicators: the collectives the trainer needs, over typed spans. Counts are ELEMENTS, never
-// bytes, and the span's element type says which datatype travels (PRACTICES.md 3). The interface
+// bytes, and the span's element type says which datatype travels (docs/architecture.md, Conventions). The interface
 // (Communicator) is what parallel/ codes against; MpiCommunicator implements it over an MPI_Comm
-// it owns. ProcessGroups cuts the world into the ep × dp grid of UOE_MODEL.md §6.
+// it owns. ProcessGroups cuts the world into the ep × dp grid of docs/model.md, Expert parallelism.
 #pragma once
 #include <mpi.h>
 
@@ -247,7 +247,7 @@ class MpiCommunicator final : public Communicator {
   std::vector<MPI_Status> statuses_;
 };
 
-// ---- the ep × dp grid (UOE_MODEL.md §6) -------------------------------------------------------
+// ---- the ep × dp grid (docs/model.md, Expert parallelism) --------------------------------------
 // World ranks [g·ep, (g+1)·ep) form expert-parallel group g; ranks with the same position in their
 // ep group (ep_rank) form a data-parallel group (the replicas of the same experts). Within each
 // group ranks are ordered by world rank.
@@ -267,7 +267,7 @@ ProcessGroups make_process_groups(MPI_Comm world, int ep);
 // MPI_Init_thread on construction, MPI_Finalize on destruction. Works when the program was not
 // started by mpirun (Open MPI then runs it as a singleton world of one rank). Asks for
 // MPI_THREAD_SERIALIZED because the overlap scheduler issues collectives from a communication
-// thread (ARCHITECTURE.md); what MPI granted is in thread_level().
+// thread (docs/architecture.md, The two paths); what MPI granted is in thread_level().
 class MpiSession {
  public:
   MpiSession(int* argc, char*** argv);

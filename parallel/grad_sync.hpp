@@ -1,4 +1,4 @@
-// Gradient synchronisation across ranks (UOE_MODEL.md §6): replicated tensors (embedding, norms,
+// Gradient synchronisation across ranks (docs/model.md, Expert parallelism): replicated tensors (embedding, norms,
 // routers, output biases) are summed over the whole world; an expert slab over its replicas, the
 // ranks of its data-parallel group. Tensors are grouped into buckets (one per block, in the order
 // backward finishes them, so a bucket can be reduced while backward goes on: the scheduler); each

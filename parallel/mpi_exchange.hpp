@@ -1,4 +1,4 @@
-// The expert exchange of UOE_MODEL.md §6 over an expert-parallel group of ep ranks.
+// The expert exchange of docs/model.md (Expert parallelism) over an expert-parallel group of ep ranks.
 //
 // Placement: rank r of the group owns global experts [r·E/ep, (r+1)·E/ep), for attention and MLP
 // experts alike. Source rows arrive grouped by global expert, so the rows for owner q are one

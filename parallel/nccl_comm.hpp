@@ -18,7 +18,7 @@
 // once, and ordering is the stream's: work queued after them on the communication stream, or on a
 // stream that waits on its events, sees the results, and the host never waits.
 //
-// No hangs (ARCHITECTURE.md): the communicator is created non-blocking (NCCL ≥ 2.14), and every host
+// No hangs (docs/architecture.md, Contracts): the communicator is created non-blocking (NCCL ≥ 2.14), and every host
 // wait polls ncclCommGetAsyncError and the stream's event against a deadline (timeout_seconds). An
 // NCCL error or a missed deadline — a dead or stuck peer — aborts the communicator (ncclCommAbort,
 // which also frees peers' pending operations to fail) and throws uoe::Error naming this rank, its

@@ -268,7 +268,7 @@ void config_validate(const Config& c) {
   if (c.sim_link_latency_us > 0 && c.sim_link_gbps == 0)
     fail("--sim-link-latency-us ", c.sim_link_latency_us, " needs --sim-link-gbps (the link to delay)");
 
-  // Shapes (UOE_MODEL.md).
+  // Shapes (docs/model.md, Notation).
   require_divisible(c.d_model, "--d-model", c.heads, "--heads", "each head gets d-model/heads dimensions");
   if ((c.d_model / c.heads) % 2 != 0)
     fail("--d-model ", c.d_model, " / --heads ", c.heads, " gives head dimension ", c.d_model / c.heads,

@@ -3,7 +3,7 @@
 //
 // Every draw of a training window is a pure function of (seed, step, slot, b), so the batches a
 // run sees do not depend on world size, thread count or call order (see data_sample_batch).
-// Validation follows UOE_MODEL.md §4: the split is cut into consecutive windows of T inputs with
+// Validation follows docs/model.md, Validation: the split is cut into consecutive windows of T inputs with
 // stride T, so the targets tile the split and every token after the first is predicted once.
 #pragma once
 #include <cstddef>

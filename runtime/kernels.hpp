@@ -246,7 +246,7 @@ UOE_HD inline void scatter_add_row(float* t, const float* s, int C, float scale)
   for (int c = 0; c < C; ++c) t[c] += scale * s[c];
 }
 
-// The combine of a UoE block (UOE_MODEL.md §4), per token row: out = x + bias, then
+// The combine of a UoE block (docs/model.md, Routing), per token row: out = x + bias, then
 // scatter_add_row(out, y_i, C, w_i) for each of the token's expert rows in row order. Backward:
 // each row's output gradient is w_i · g (scale_row) and its gate's gradient <g, y_i> (dot_lanes).
 // Element-wise like scatter_add_row: a GPU that gives each thread one column computes the same.
@@ -257,7 +257,7 @@ UOE_HD inline void scale_row(float* out, const float* x, int C, float scale) {
   for (int c = 0; c < C; ++c) out[c] = scale * x[c];
 }
 
-// AdamW's per-step scalars (UOE_MODEL.md §4), formed once per step on the host.
+// AdamW's per-step scalars (docs/model.md, Optimiser), formed once per step on the host.
 struct AdamWScalars {
   float beta1, beta2;  // β1, β2
   float bias1, bias2;  // 1 / (1 − β1^t), 1 / (1 − β2^t)

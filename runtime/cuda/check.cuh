@@ -1,4 +1,4 @@
-// Status checks for the CUDA runtime and cuBLAS (PRACTICES.md 2): every call goes through one of
+// Status checks for the CUDA runtime and cuBLAS (docs/architecture.md, Conventions): every call goes through one of
 // these macros, which throw uoe::Error naming the call, the library's own message, file:line and the
 // MPI world rank (−1 outside MPI). Host-only declarations: g++ and nvcc can both include this.
 #pragma once

@@ -1,7 +1,7 @@
 // The stream scheduler's chunked pipeline without NCCL (single GPU): "dispatch" and "return" are
 // device copies on the communication stream, the "expert" a GELU on the compute stream. The result
 // must equal the CPU's GELU of every chunk, whatever the overlap; the accounting must see the
-// exchanges (busy > 0). No timing is asserted (PRACTICES.md 7).
+// exchanges (busy > 0). No timing is asserted (docs/architecture.md, Conventions).
 #include "gpu_test.hpp"
 #include "parallel/stream_scheduler.hpp"
 #include "runtime/cuda/kernels.cuh"

@@ -1,5 +1,6 @@
 // Test oracles, written independently of layers/: plain loops in double over the weights of a
-// uoe::Model read back as a DENSE transformer (UOE_MODEL.md §1, §3, §4).
+// uoe::Model read back as a DENSE transformer (docs/model.md: Experts by equivalent decomposition,
+// Selective attention, The network).
 //   - ref_dense_forward: the dense pre-LN transformer (causal MHA with RoPE, GELU FFN, tied head).
 //   - ref_uoe_forward:   the same weights cut into experts and routed as §2 says (patch means,
 //                        top-k, capacity highest-p first, renorm/sum gates, bias-only for a patch
@@ -253,7 +254,7 @@ inline double ref_ce_sum(const Vec& probs, const int32_t* targets, int N, int V)
   return s;
 }
 
-// ---- routing (UOE_MODEL.md §2), naive ----
+// ---- routing (docs/model.md, Routing), naive ----
 
 struct RefRouteSpec {
   int attn_topk = 1, topk = 1, patch = 1;

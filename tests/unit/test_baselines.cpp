@@ -363,7 +363,7 @@ TEST(Baselines, SpecFromConfig) {
   EXPECT_EQ(model_spec_from_config(Config{}, 256).block_type, BlockType::uoe);
 }
 
-// The study's equal-parameter pair (UOE_MODEL.md §7): a Switch MoE of 4 × 512 top-1 and a UoE cut
+// The study's equal-parameter pair (docs/model.md, FLOP counts): a Switch MoE of 4 × 512 top-1 and a UoE cut
 // from d_ff 2048 into 8 experts, both ≈ 2.41 M parameters.
 TEST(Baselines, EqualParameterPairOfTheStudy) {
   Config moe;

@@ -1,4 +1,4 @@
-// Causality and independence in evaluation (UOE_MODEL.md §2, "Causality"): dropless evaluation
+// Causality and independence in evaluation (docs/model.md, Causality): dropless evaluation
 // makes a token's output depend only on itself and the earlier tokens of its own sequence — not on
 // later tokens, batch size or the other sequences. And determinism: the same seed trains to
 // bitwise the same parameters.

@@ -341,7 +341,7 @@ TEST_F(Checkpoint, ParametersOnlyLoadLeavesTheMomentsAlone) {
 
 TEST_F(Checkpoint, ResumeContinuesBitwiseIdentically) {
   // Train 4 steps straight; train 2, save, load into a fresh model and optimizer, train 2 more:
-  // the final weights and moments must be bitwise equal (ARCHITECTURE.md, Determinism).
+  // the final weights and moments must be bitwise equal (docs/architecture.md, Contracts).
   const std::string corpus = uoe::data_builtin_corpus().substr(0, 20000);
   const uoe::Dataset data =
       uoe::data_from_text(corpus, nullptr, 0.1, uoe::TokenizerKind::byte, cfg_.seq_len, "built-in");

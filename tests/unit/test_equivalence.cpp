@@ -1,4 +1,4 @@
-// The equivalence law (UOE_MODEL.md §1): when every token selects every expert, nothing is dropped
+// The equivalence law (docs/model.md, Equivalence law): when every token selects every expert, nothing is dropped
 // and gate weights are 1, a UoE layer computes exactly the dense layer it was cut from. Checked
 // against an independent dense transformer in plain double loops (reference_dense.hpp), at the
 // level of whole models and of single expert kernels, plus the dense ↔ UoE weight conversion.
@@ -216,7 +216,7 @@ TEST(Equivalence, MlpExpertsSumToDenseFfn) {
   EXPECT_EQ(c.bad, 0u) << describe(c);
 }
 
-// Cuts dense q/k/v/o weights into attention experts the way UOE_MODEL.md §1 says (expert a owns
+// Cuts dense q/k/v/o weights into attention experts the way docs/model.md says (expert a owns
 // heads [a·g, (a+1)·g); Wqkv_a = [q heads | k heads | v heads], Wo_a = rows of its heads).
 struct AttnCut {
   std::vector<float> wqkv;  // [Ea, d, 3·g·dh]
@@ -280,7 +280,7 @@ TEST(Equivalence, AttentionExpertsSumToDenseMha) {
   EXPECT_EQ(c.bad, 0u) << describe(c);
 }
 
-// Selective attention (UOE_MODEL.md §3): an expert attends causally only among the tokens it
+// Selective attention (docs/model.md, Selective attention): an expert attends causally only among the tokens it
 // kept, with RoPE at their TRUE positions, one segment per sequence; a segment never spans two
 // sequences nor two experts, even when the same sequence id ends one expert and begins the next.
 TEST(Equivalence, AttentionExpertAttendsWithinKeptTokensAtTruePositions) {

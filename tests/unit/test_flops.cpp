@@ -1,5 +1,5 @@
 // Model FLOPs (layers/flops.hpp): hand counts from the layer shapes for small configs of each
-// block type, the analytic planning figures of UOE_MODEL.md §7, and the executed count of real
+// block type, the analytic planning figures of docs/model.md (FLOP counts), and the executed count of real
 // forward passes (ForwardStats::flops) against the function applied to that pass's routing, which
 // the test reads back from the model and counts on its own. Also the routing diagnostics.
 #include <gtest/gtest.h>
@@ -99,7 +99,7 @@ TEST(Flops, HandCountMoe) {
   EXPECT_DOUBLE_EQ(flops_expected_forward_per_token(m.spec()), 8704.0 / 8);
 }
 
-// The analytic figures of UOE_MODEL.md §7 at the reference width (d 128, 4 layers, T 128, V 256).
+// The analytic figures of docs/model.md (FLOP counts) at the reference width (d 128, 4 layers, T 128, V 256).
 TEST(Flops, ReferenceConfigsOfTheStudy) {
   ModelSpec ref;  // the defaults: 4 attention experts top-2, 4 MLP experts top-2 of d_ff 512
   // Per layer: attention 2·128·4 + 2·8·128·32 + 4·32·128·4/4 = 1024 + 65536 + 16384;

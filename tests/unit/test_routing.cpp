@@ -1,4 +1,4 @@
-// Hierarchical routing (UOE_MODEL.md §2): router_forward on hand-built inputs whose probabilities
+// Hierarchical routing (docs/model.md, Routing): router_forward on hand-built inputs whose probabilities
 // are known, then whole models against the naive UoE reference (reference_dense.hpp) where
 // capacity drops and patches are in play.
 #include <gtest/gtest.h>
