@@ -2,7 +2,8 @@
 // experts (owners). layers/ routes locally and lists its rows grouped by GLOBAL expert; an
 // ExpertExchange brings them to the owners' local experts (dispatch), and moves row blocks back
 // and forth for combine (outputs → sources) and backward (output grads → owners, input grads →
-// sources). The single-rank exchange is the identity; the MPI one is the all-to-all of §6.
+// sources). The single-rank exchange is the identity; the MPI one is the all-to-all of
+// docs/model.md, Expert parallelism.
 #pragma once
 #include <cstdint>
 #include <span>

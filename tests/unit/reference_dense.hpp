@@ -2,7 +2,7 @@
 // uoe::Model read back as a DENSE transformer (docs/model.md: Experts by equivalent decomposition,
 // Selective attention, The network).
 //   - ref_dense_forward: the dense pre-LN transformer (causal MHA with RoPE, GELU FFN, tied head).
-//   - ref_uoe_forward:   the same weights cut into experts and routed as §2 says (patch means,
+//   - ref_uoe_forward:   the same weights cut into experts and routed as docs/model.md, Routing says (patch means,
 //                        top-k, capacity highest-p first, renorm/sum gates, bias-only for a patch
 //                        dropped by every expert it chose), also in plain loops.
 // The building blocks (LayerNorm, RoPE, attention over a set of heads and tokens, FFN over a set of

@@ -384,7 +384,7 @@ TEST(Equivalence, ConvertDenseToModelAndBackIsExact) {
     EXPECT_EQ(back.b1, dense[l].b1) << "layer " << l;
     EXPECT_EQ(back.w2, dense[l].w2) << "layer " << l;
   }
-  // Only the decomposed tensors change: norms, routers, bo/b2, embedding are shared (§1).
+  // Only the decomposed tensors change: norms, routers, bo/b2, embedding are shared (docs/model.md).
   for (size_t i = 0; i < m.params().count(); ++i) {
     const uoe::ParamInfo& p = m.params().info(static_cast<int>(i));
     if (p.expert_sharded) continue;

@@ -370,7 +370,8 @@ TEST(Routing, ModelWithCapacityMatchesNaiveUoeInTraining) {
       << "the drops do not change the loss: the comparison would not see them";
 }
 
-// A patch dropped by every expert it chose gets only the block's bias (§2.3). Routers forced:
+// A patch dropped by every expert it chose gets only the block's bias (docs/model.md, Routing, step
+// 4). Routers forced:
 // attention W = 0, b = 0 (ties: every patch picks experts 0..k−1, kept lowest patches first), MLP
 // W = 0, b = (2, 1, 0, −1) (every patch picks experts 0 and 1 with renorm gates 2·p/(p0 + p1)).
 // T = 16, patch 1, cf 0.5: attention C = ceil(0.5·16·2/2) = 8 keeps tokens 0..7; MLP
