@@ -237,8 +237,8 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
       ranks.sync->all_reduce(ps);
     }
     if (ranks.fault_expert_scale != 1.0f)
-      for (size_t i = 0; i < ps.count(); ++i)
-        if (ps.info(static_cast<int>(i)).expert_sharded) scale_grads(ps, {static_cast<int>(i)}, ranks.fault_expert_scale);
+      for (int i = 0; i < static_cast<int>(ps.count()); ++i)
+        if (ps.info(i).expert_sharded) scale_grads(ps, {i}, ranks.fault_expert_scale);
     sq = ranks.sync->global_sum_squares(ps);
   } else {
     sq = grad_sum_squares(ps.grads().data(), ps.total());
@@ -249,10 +249,10 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
     if (ranks.sync) {
       fig.grad_fingerprint = ranks.sync->global_fingerprint(ps);
     } else {
-      fig.grad_fingerprint.resize(2 * ps.count());
-      for (size_t i = 0; i < ps.count(); ++i)
-        tensor_grad_fingerprint(ps.info(static_cast<int>(i)), ps.grad(static_cast<int>(i)), &fig.grad_fingerprint[2 * i],
-                                &fig.grad_fingerprint[2 * i + 1]);
+      std::vector<double>& f = fig.grad_fingerprint;
+      f.resize(2 * ps.count());
+      for (int i = 0; i < static_cast<int>(ps.count()); ++i)
+        tensor_grad_fingerprint(ps.info(i), ps.grad(i), &f[2 * i], &f[2 * i + 1]);
     }
   }
   if (ranks.inject_nan) sums[0] = std::numeric_limits<double>::quiet_NaN();
