@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Runs two training commands and compares every loss they log, and optionally every gradient.
 
-usage: compare_runs.py OUTDIR RTOL [--grads GRTOL] [--min-lr LR] [--fault-a SPEC] CMD_A... --then CMD_B...
+usage: compare_runs.py OUTDIR RTOL [--grads GRTOL] [--grad-steps N] [--min-lr LR] [--fault-a SPEC]
+                      CMD_A... --then CMD_B...
 
 Each command gets `--metrics OUTDIR.{a,b}.jsonl` appended. Passes when both exit 0, log the same
 number of train_loss and val_loss values (at least 3), and every pair agrees within relative
@@ -17,6 +18,11 @@ one rank with P micro-batches) and overlap equivalence (chunked vs serial exchan
                Σ δg·w has standard deviation |δg| ≤ ε·|g| when the gradients differ by relative ε;
                relative to Σ g·w itself (which cancels towards 0) no tolerance would be meaningful.
                A mismatch prints "gradient mismatch" with the step, the tensor and both values.
+--grad-steps N compares the gradients of the logged steps up to step N only (default: all). Two
+               layouts' parameters drift apart as training compounds their rounding differences,
+               until a routing decision at a capacity limit or a top-k tie flips, changing one
+               step's gradient by far more than rounding: losses average that out, one tensor's
+               gradient at one step does not.
 --min-lr LR    fails unless some logged step of A trained at a learning rate of at least LR: AdamW's
                update hardly depends on a gradient's scale, so a comparison of losses during the
                first steps of warm-up cannot see a gradient that is wrong by a factor.
@@ -55,9 +61,10 @@ def run(cmd, metrics, log, fault=None):
         sys.exit(1)
 
 
-def compare_grads(path_a, path_b, gtol):
+def compare_grads(path_a, path_b, gtol, last_step):
     """Returns (failures, steps compared, fingerprints compared, worst relative difference)."""
-    a, b = lines(path_a, "grads"), lines(path_b, "grads")
+    a = [j for j in lines(path_a, "grads") if last_step is None or j["step"] <= last_step]
+    b = [j for j in lines(path_b, "grads") if last_step is None or j["step"] <= last_step]
     if len(a) != len(b) or len(a) < 3:
         return [f"gradient fingerprints of {len(a)} steps from A, {len(b)} from B (need the same, at least 3)"], 0, 0, 0.0
     failures, count, worst = [], 0, 0.0
@@ -107,11 +114,13 @@ def compare_grads(path_a, path_b, gtol):
 def main():
     out, rtol = sys.argv[1], float(sys.argv[2])
     args = sys.argv[3:]
-    gtol, min_lr, fault = None, None, None
-    while args and args[0] in ("--grads", "--min-lr", "--fault-a"):
+    gtol, grad_steps, min_lr, fault = None, None, None, None
+    while args and args[0] in ("--grads", "--grad-steps", "--min-lr", "--fault-a"):
         flag, value, args = args[0], args[1], args[2:]
         if flag == "--grads":
             gtol = float(value)
+        elif flag == "--grad-steps":
+            grad_steps = int(value)
         elif flag == "--min-lr":
             min_lr = float(value)
         else:
@@ -131,7 +140,7 @@ def main():
                             "warm-up for the comparison to see a gradient's scale")
     grad_summary = ""
     if gtol is not None:
-        grad_failures, steps, count, gworst = compare_grads(f"{out}.a.jsonl", f"{out}.b.jsonl", gtol)
+        grad_failures, steps, count, gworst = compare_grads(f"{out}.a.jsonl", f"{out}.b.jsonl", gtol, grad_steps)
         if len(grad_failures) > 11:  # the first 10, and the differing tensors' list
             failures.append(f"{len(grad_failures) - 1} gradient disagreements, the first 10:")
             grad_failures = grad_failures[:10] + grad_failures[-1:]
