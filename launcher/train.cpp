@@ -65,25 +65,40 @@ void sum_over_ranks(std::vector<double>& v, const StepRanks& ranks, const char* 
 volatile sig_atomic_t g_stop_signal = 0;
 extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
 
-// Fault injection for the reliability tests (never set in normal use): UOE_FAULT=KIND:RANK:STEP
-// makes world rank RANK, at the start of step STEP, either die (kill: SIGKILL, as a lost node),
-// hang (stall: sleep forever, as a stuck rank), receive a preemption signal (term: SIGTERM), or
-// see a non-finite loss (nan).
+// Fault injection for the reliability and equivalence tests (never set in normal use):
+// UOE_FAULT=KIND:RANK:STEP makes world rank RANK (-1: every rank), at the start of step STEP,
+// either die (kill: SIGKILL, as a lost node), hang (stall: sleep forever, as a stuck rank), receive
+// a preemption signal (term: SIGTERM), or, from step STEP on, see a non-finite loss (nan), send
+// twice its gradient into the all-reduce (gradx2: one replica's gradient scaled by 2; on every
+// rank, a constant factor, as a sum where a mean belongs), or keep expert-sharded gradients ep
+// times too large (expert_group: each expert slab's gradient averaged over its replica group, dp
+// ranks, where every rank's tokens reached it: it needs the world's mean, P = ep·dp ranks). The
+// gradient faults exist so the equivalence tests can prove they catch such bugs.
 struct Fault {
   std::string kind;
-  int rank = -1, step = -1;
+  int rank = -2, step = -1;
+  bool on(int world_rank) const { return rank == -1 || rank == world_rank; }
 };
 Fault fault_from_env() {
   Fault f;
   const char* v = std::getenv("UOE_FAULT");
   if (!v) return f;
   char kind[16] = {0};
-  if (std::sscanf(v, "%15[a-z]:%d:%d", kind, &f.rank, &f.step) != 3 ||
-      (std::string(kind) != "kill" && std::string(kind) != "stall" && std::string(kind) != "term" &&
-       std::string(kind) != "nan"))
-    fail("UOE_FAULT='", v, "': expected kill|stall|term|nan:RANK:STEP (a test-only fault injection)");
-  f.kind = kind;
+  const std::string k = std::sscanf(v, "%15[a-z0-9_]:%d:%d", kind, &f.rank, &f.step) == 3 ? kind : "";
+  if ((k != "kill" && k != "stall" && k != "term" && k != "nan" && k != "gradx2" && k != "expert_group") ||
+      f.rank < -1)
+    fail("UOE_FAULT='", v, "': expected kill|stall|term|nan|gradx2|expert_group:RANK:STEP, RANK -1 for every rank "
+         "(a test-only fault injection)");
+  f.kind = k;
   return f;
+}
+
+// Multiplies the gradients of `tensors` by s (fault injection only).
+void scale_grads(ParamStore& params, const std::vector<int>& tensors, float s) {
+  for (int i : tensors) {
+    float* g = params.grad(i);
+    for (size_t j = 0; j < params.info(i).size; ++j) g[j] *= s;
+  }
 }
 
 struct EvalResult {
@@ -175,6 +190,8 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
       std::string where = "gradient all-reduce of ";
       if (block < 0) where += "embedding and final norm";
       else where += "block " + std::to_string(block);
+      if (ranks.fault_grad_scale != 1.0f)
+        scale_grads(model.params(), model_gradient_buckets(model)[bucket], ranks.fault_grad_scale);
       WatchScope watch(where);
       ranks.sync->reduce_bucket(model.params(), bucket);
     });
@@ -209,17 +226,38 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
   }
   set_hook(nullptr);
   double sq;
+  StepFigures fig;
+  ParamStore& ps = model.params();
   if (ranks.sync) {
-    if (bucketed) ranks.scheduler->wait_all();
-    else ranks.sync->all_reduce(model.params());
-    sq = ranks.sync->global_sum_squares(model.params());
+    if (bucketed) {
+      ranks.scheduler->wait_all();
+    } else {
+      if (ranks.fault_grad_scale != 1.0f)
+        for (const std::vector<int>& b : model_gradient_buckets(model)) scale_grads(ps, b, ranks.fault_grad_scale);
+      ranks.sync->all_reduce(ps);
+    }
+    if (ranks.fault_expert_scale != 1.0f)
+      for (int i = 0; i < static_cast<int>(ps.count()); ++i)
+        if (ps.info(i).expert_sharded) scale_grads(ps, {i}, ranks.fault_expert_scale);
+    sq = ranks.sync->global_sum_squares(ps);
   } else {
-    sq = grad_sum_squares(model.params().grads().data(), model.params().total());
+    sq = grad_sum_squares(ps.grads().data(), ps.total());
+  }
+  // The fingerprint of what the optimizer receives (before clipping, which scales every tensor by
+  // one factor that grad_norm determines), on the steps that write a metrics line.
+  if (cfg.metrics_grads && (step % cfg.log_every == 0 || step == cfg.steps)) {
+    if (ranks.sync) {
+      fig.grad_fingerprint = ranks.sync->global_fingerprint(ps);
+    } else {
+      std::vector<double>& f = fig.grad_fingerprint;
+      f.resize(2 * ps.count());
+      for (int i = 0; i < static_cast<int>(ps.count()); ++i)
+        tensor_grad_fingerprint(ps.info(i), ps.grad(i), &f[2 * i], &f[2 * i + 1]);
+    }
   }
   if (ranks.inject_nan) sums[0] = std::numeric_limits<double>::quiet_NaN();
   sum_over_ranks(sums, ranks, "step figures: all-reduce");
 
-  StepFigures fig;
   const double micro = static_cast<double>(M) * ranks.world_size;
   fig.loss = sums[0] / micro;
   fig.aux = sums[1] / micro;
@@ -251,7 +289,6 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
     fig.skipped = true;
     // Name the first tensor backward reached with a non-finite gradient (buckets are in backward
     // order, last block first): that is where the fault entered, the rest inherited it.
-    const ParamStore& ps = model.params();
     for (const std::vector<int>& bucket : model_gradient_buckets(model))
       for (int i : bucket) {
         const float* g = ps.grad(i);
@@ -442,13 +479,16 @@ int train_run(const Config& cfg) {
   int last_step = start_step - 1;
   bool preempted = false;
   for (int step = start_step; step <= cfg.steps; ++step) {
-    if (fault.rank == world_rank && fault.step == step) {
+    if (fault.on(world_rank) && fault.step == step) {
       if (fault.kind == "kill") raise(SIGKILL);
       if (fault.kind == "term") raise(SIGTERM);
       if (fault.kind == "stall")
         for (;;) pause();
     }
-    ranks.inject_nan = fault.kind == "nan" && fault.rank == world_rank && step >= fault.step;
+    const bool faulty = fault.on(world_rank) && step >= fault.step;
+    ranks.inject_nan = faulty && fault.kind == "nan";
+    ranks.fault_grad_scale = faulty && fault.kind == "gradx2" ? 2.0f : 1.0f;
+    ranks.fault_expert_scale = faulty && fault.kind == "expert_group" ? static_cast<float>(groups.ep) : 1.0f;
     const auto t0 = Clock::now();
     exchange->reset_counters();
     scheduler.reset_counters();
@@ -550,6 +590,13 @@ int train_run(const Config& cfg) {
       if (device_model) j.add("model_flops_per_s", win_flops / win_time);
       else j.add("flops_share_of_peak", share);
       j.add("grad_norm", fig.grad_norm);
+      if (!fig.grad_fingerprint.empty()) {  // this step's, by global tensor name: [Σ g², Σ g·w]
+        JsonLine grads;
+        for (size_t i = 0; i < model.params().count(); ++i)
+          grads.add(model.params().info(static_cast<int>(i)).name.c_str(),
+                    std::vector<double>{fig.grad_fingerprint[2 * i], fig.grad_fingerprint[2 * i + 1]});
+        j.add("grads", grads);
+      }
       j.add("a2a_bytes", win_bytes / n).add("comm_s", mean_comm / n).add("compute_s", (win_time - mean_exposed) / n);
       j.add("comm_exposed_s", mean_exposed / n).add("comm_cpu_s", mean_comm_cpu / n);
       std::vector<double> drops(blocks);

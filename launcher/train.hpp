@@ -24,6 +24,10 @@ struct StepRanks {
   DeviceModel* device = nullptr;       // --device cuda: forward/backward on the GPU (the Model keeps the state)
   int world_rank = 0, world_size = 1;
   bool inject_nan = false;  // fault injection (tests): this rank's loss becomes non-finite
+  // Fault injection (tests; 1 = off, costing one comparison): this rank's gradient is multiplied
+  // by fault_grad_scale before the all-reduce, its expert-sharded gradients by fault_expert_scale
+  // after it. See UOE_FAULT in launcher/train.cpp.
+  float fault_grad_scale = 1.0f, fault_expert_scale = 1.0f;
 };
 
 // Gradient buckets in the order backward finishes them: block 2L−1, …, block 0, then the
@@ -44,6 +48,10 @@ struct StepFigures {
   // A non-finite loss or gradient: the update was skipped (on every rank: the figures are global).
   bool skipped = false;
   std::string bad_tensor;   // first tensor on this rank with a non-finite gradient ("" if only the loss)
+  // With --metrics-grads, on steps that write a metrics line: per tensor (index order) Σ g² and the
+  // checksum Σ g·w of the global gradient the optimizer receives (synchronised, before clipping);
+  // see GradientSync::global_fingerprint. Empty otherwise.
+  std::vector<double> grad_fingerprint;
 };
 
 // One training step: each rank runs M micro-batches of random windows (micro-batch m of world

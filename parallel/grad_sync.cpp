@@ -5,6 +5,7 @@
 
 #include "layers/optimizer.hpp"
 #include "runtime/error.hpp"
+#include "runtime/rng.hpp"
 
 namespace uoe {
 
@@ -79,6 +80,43 @@ double GradientSync::global_sum_squares(const ParamStore& params) {
   }
   if (ep_.size() > 1) ep_.all_reduce_sum(std::span<double>(&expert, 1));
   return replicated + expert;
+}
+
+float grad_fingerprint_weight(uint64_t name_stream, int64_t global_index) {
+  return (rng_bits(0x67726164u /* "grad" */, name_stream, static_cast<uint64_t>(global_index)) >> 63) ? 1.0f : -1.0f;
+}
+
+void tensor_grad_fingerprint(const ParamInfo& info, const float* grad, double* sum_squares, double* checksum) {
+  const uint64_t stream = rng_stream(info.name);
+  const int64_t g0 = info.global_offset();
+  double sq = 0, dot = 0;
+  for (size_t j = 0; j < info.size; ++j) {
+    const double g = grad[j];
+    sq += g * g;
+    dot += g * grad_fingerprint_weight(stream, g0 + static_cast<int64_t>(j));
+  }
+  *sum_squares = sq;
+  *checksum = dot;
+}
+
+std::vector<double> GradientSync::global_fingerprint(const ParamStore& params) {
+  const size_t n = params.count();
+  std::vector<double> out(2 * n, 0.0), sharded;
+  for (size_t i = 0; i < n; ++i) {
+    tensor_grad_fingerprint(params.info(static_cast<int>(i)), params.grad(static_cast<int>(i)), &out[2 * i],
+                            &out[2 * i + 1]);
+    if (params.info(static_cast<int>(i)).expert_sharded) sharded.insert(sharded.end(), {out[2 * i], out[2 * i + 1]});
+  }
+  if (ep_.size() == 1 || sharded.empty()) return out;
+  // Replicated tensors are whole on every rank; expert slabs add up over the ep group.
+  ep_.all_reduce_sum(std::span<double>(sharded));
+  size_t at = 0;
+  for (size_t i = 0; i < n; ++i)
+    if (params.info(static_cast<int>(i)).expert_sharded) {
+      out[2 * i] = sharded[at++];
+      out[2 * i + 1] = sharded[at++];
+    }
+  return out;
 }
 
 }  // namespace uoe

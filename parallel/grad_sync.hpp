@@ -7,6 +7,7 @@
 // arena are reduced in place, without packing). The buckets and their order depend only on the model, so every sum's order is fixed
 // by the world size and runs are bitwise reproducible.
 #pragma once
+#include <cstdint>
 #include <vector>
 
 #include "layers/params.hpp"
@@ -14,6 +15,16 @@
 #include "runtime/tensor.hpp"
 
 namespace uoe {
+
+// The fixed weight w(i) = ±1 of global element i of tensor `name` in the gradient checksum: a pure
+// function of the tensor's global name and the element's global index, so the checksum does not
+// depend on how the tensor is sharded, and pseudo-random, so an error pattern in the gradient
+// (a slab zeroed, halved or swapped) cannot line up with it.
+float grad_fingerprint_weight(uint64_t name_stream, int64_t global_index);
+
+// Σ g² and Σ g[i]·w(global index of i) over this rank's part of tensor `info` (in double, in a
+// fixed order). Summed over the ranks holding the parts, they are the whole tensor's.
+void tensor_grad_fingerprint(const ParamInfo& info, const float* grad, double* sum_squares, double* checksum);
 
 class GradientSync {
  public:
@@ -30,6 +41,11 @@ class GradientSync {
   // Σ g² over the GLOBAL model after the reduction: replicated tensors once, every expert slab once
   // (summed over the ep group). The same value on every rank.
   double global_sum_squares(const ParamStore& params);
+  // The per-tensor gradient fingerprint (see tensor_grad_fingerprint) of the GLOBAL model: an
+  // expert-sharded tensor's is summed over the ep group, so every layout reports the same figures
+  // for the same gradient. Returns 2 values per tensor, in index order: Σ g², Σ g·w. Collective
+  // over the ep group (every rank calls it at the same steps); the same on every rank.
+  std::vector<double> global_fingerprint(const ParamStore& params);
 
  private:
   struct Bucket {

@@ -99,7 +99,10 @@ struct OptionGroups {
       ("eval-every", bound(&c.eval_every), "steps between evaluations (0 = only at the end)")
       ("eval-batches", bound(&c.eval_batches), "batches per evaluation (0 = the whole split)")
       ("log-every", bound(&c.log_every), "steps between progress lines")
-      ("metrics", bound(&c.metrics), "JSON-lines metrics file (default: none)");
+      ("metrics", bound(&c.metrics), "JSON-lines metrics file (default: none)")
+      ("metrics-grads", bound(&c.metrics_grads)->implicit_value(true),
+       "add each tensor's gradient fingerprint (sum of squares, checksum) to the metrics lines (for the "
+       "equivalence tests: one pass over the gradients per line)");
     checkpointing.add_options()
       ("checkpoint-dir", bound(&c.checkpoint_dir), "directory for sharded HDF5 checkpoints (default: none)")
       ("checkpoint-every", bound(&c.checkpoint_every), "steps between checkpoints (0 = only at the end)")
@@ -366,6 +369,7 @@ std::string config_to_ini(const Config& c) {
   line("eval-batches", c.eval_batches);
   line("log-every", c.log_every);
   line("metrics", c.metrics);
+  line("metrics-grads", c.metrics_grads);
   os << "# checkpoints and reliability\n";
   line("checkpoint-dir", c.checkpoint_dir);
   line("checkpoint-every", c.checkpoint_every);

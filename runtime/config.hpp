@@ -50,6 +50,7 @@ struct Config {
   int eval_batches = 0;         // --eval-batches: batches of B windows per evaluation (0 = whole split)
   int log_every = 10;           // --log-every: steps between progress lines
   std::string metrics;          // --metrics: JSON-lines file (empty = none)
+  bool metrics_grads = false;   // --metrics-grads: per-tensor gradient fingerprints in the metrics (tests)
 
   // --- checkpoints and reliability ---
   std::string checkpoint_dir;   // --checkpoint-dir: where step_N/ checkpoints go (empty = none)

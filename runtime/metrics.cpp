@@ -57,6 +57,12 @@ JsonLine& JsonLine::add(const char* k, const std::vector<double>& v) {
   return *this;
 }
 
+JsonLine& JsonLine::add(const char* k, const JsonLine& object) {
+  key(k);
+  body_ += object.str();
+  return *this;
+}
+
 MetricsWriter::MetricsWriter(const std::string& path, bool append) : path_(path) {
   if (path.empty()) return;
   f_ = std::fopen(path.c_str(), append ? "a" : "w");

@@ -15,6 +15,7 @@ class JsonLine {
   JsonLine& add(const char* key, bool v);
   JsonLine& add(const char* key, const std::string& v);
   JsonLine& add(const char* key, const std::vector<double>& v);
+  JsonLine& add(const char* key, const JsonLine& object);  // a nested object
   std::string str() const { return "{" + body_ + "}"; }
 
  private:

@@ -5,8 +5,10 @@
 // difference carries rounding noise of about 1e-7·|L| / ε: ε and atol are set for that.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "layers/experts.hpp"
@@ -292,6 +294,57 @@ TEST(Gradients, WholeModelProbGateTop1) {
   s.topk = 1;
   check_model(s, "prob top-1");
 }
+
+// Negative tests: a backward that gets one slab of one tensor wrong must fail the check. The slab
+// (one index of dimension 0: an expert's block of an expert tensor, a row of others) is chosen to hold none of the
+// tensor's 3 largest gradients, the ones the check always looks at: the random elements must find
+// it. Returns the hook for GradCheckOptions::after_backward; `slab_out` says which slab it broke.
+std::function<void(ParamStore&)> break_slab(const std::string& tensor, float factor, int64_t* slab_out) {
+  return [tensor, factor, slab_out](ParamStore& ps) {
+    const int t = ps.find(tensor);
+    ASSERT_GE(t, 0) << tensor;
+    const ParamInfo& p = ps.info(t);
+    float* g = ps.grad(t);
+    const int64_t rows = p.global_shape[0], slab = p.slab_size();
+    ASSERT_EQ(static_cast<int64_t>(p.size), rows * slab) << tensor << " is not whole in one process";
+    std::vector<size_t> idx(p.size);
+    for (size_t j = 0; j < p.size; ++j) idx[j] = j;
+    std::partial_sort(idx.begin(), idx.begin() + 3, idx.end(),
+                      [&](size_t a, size_t b) { return std::fabs(g[a]) > std::fabs(g[b]); });
+    int64_t best = -1;
+    double best_sq = -1;
+    for (int64_t e = 0; e < rows; ++e) {
+      const bool holds_top = std::any_of(idx.begin(), idx.begin() + 3, [&](size_t j) {
+        return static_cast<int64_t>(j) / slab == e;
+      });
+      double sq = 0;
+      for (int64_t j = e * slab; j < (e + 1) * slab; ++j) sq += static_cast<double>(g[j]) * g[j];
+      if (!holds_top && sq > best_sq) best = e, best_sq = sq;
+    }
+    ASSERT_GE(best, 0) << tensor << ": every slab holds one of the 3 largest gradients";
+    ASSERT_GT(best_sq, 0) << tensor << ": slab " << best << " has no gradient to break";
+    for (int64_t j = best * slab; j < (best + 1) * slab; ++j) g[j] *= factor;
+    *slab_out = best;
+  };
+}
+
+void expect_check_catches(const std::string& tensor, float factor) {
+  int64_t slab = -1;
+  GradCheckOptions broken;
+  broken.after_backward = break_slab(tensor, factor, &slab);
+  const GradCheckResult r = model_gradient_check(small_spec(), broken);
+  EXPECT_FALSE(r.ok()) << tensor << " slab " << slab << " ×" << factor << " passed: " << r.report();
+  EXPECT_EQ(r.failed_tensors, std::vector<std::string>{tensor}) << r.report();
+  // The largest elements alone (the check as it was) cannot see it: the random ones are what count.
+  GradCheckOptions largest_only = broken;
+  largest_only.random = 0;
+  EXPECT_TRUE(model_gradient_check(small_spec(), largest_only).ok()) << tensor << " slab " << slab;
+}
+
+TEST(Gradients, WholeModelCheckCatchesAHalvedExpertSlab) { expect_check_catches("layers.0.mlp.w1", 0.5f); }
+TEST(Gradients, WholeModelCheckCatchesAZeroedExpertSlab) { expect_check_catches("layers.1.mlp.w2", 0.0f); }
+// A replicated tensor's slab: one token's embedding row (1/11 of the tensor).
+TEST(Gradients, WholeModelCheckCatchesAZeroedEmbeddingRow) { expect_check_catches("embed", 0.0f); }
 
 }  // namespace
 }  // namespace uoe
