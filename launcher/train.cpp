@@ -337,9 +337,10 @@ int train_run(const Config& cfg) {
   // Two peaks per rank, on its own BLAS threads (under mpirun every rank of a node measures at
   // the same time, so each gets its share of the node): the BLAS's sgemm rate, and the hardware's
   // FMA rate (runtime/fma_peak.hpp). Utilisation is quoted against the FMA peak: with generic
-  // kernels the sgemm peak is itself crippled, and a share of it hides that.
-  const double sgemm_peak = gemm_measure_gflops(512, 5);
+  // kernels the sgemm peak is itself crippled, and a share of it hides that. The probe goes first:
+  // after a GEMM, OpenBLAS's idle threads spin for a while on the cores the probe needs.
   const FmaPeak fma = fma_peak_measure(cpu_features_detect(), threads);
+  const double sgemm_peak = gemm_measure_gflops(512, 5);
   const double peak = fma.gflops;
   // A rank not running the kernels it chose (exec failed, core not in this OpenBLAS) says so itself.
   if (blas_kernels_as_chosen()) log_info("cpu: %s", blas_kernels_summary().c_str());
