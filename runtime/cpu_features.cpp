@@ -46,6 +46,16 @@ const char* isa_name(VectorIsa isa) {
 // SkylakeX pick on a CPU with BF16 runs the same sgemm kernels as Cooperlake and is kept.
 VectorIsa sgemm_class(VectorIsa isa) { return isa == VectorIsa::avx512_bf16 ? VectorIsa::avx512 : isa; }
 
+// A pick's sgemm standing: its class, and within AVX2 + FMA, Zen below Haswell. OpenBLAS 0.3.21's
+// Zen and Haswell cores share the AVX2 sgemm microkernel but not its blocking, and on the expert
+// GEMMs' shapes Haswell's measured faster on an AMD EPYC Zen 3: +8-10% on the d 128 NN and NT
+// products (1024×128×128), +0-2% on the rest, best of 40, 1 and 2 threads, 3 alternations each
+// (bench-sgemm_shapes, bench/README.md). So a Zen pick is not kept; a Haswell one is.
+int sgemm_rank(const std::string& core, VectorIsa isa) {
+  const int rank = 2 * static_cast<int>(sgemm_class(isa));
+  return lower(core) == "zen" ? rank - 1 : rank;
+}
+
 #ifdef UOE_X86
 uint64_t read_xcr0() {
   uint32_t lo = 0, hi = 0;
@@ -193,13 +203,15 @@ KernelDecision blas_kernels_decide(const CpuFeatures& f, const std::string& blas
     d.reason = "core '" + blas_core + "' is not in uoe's table of OpenBLAS cores: left as the library picked it";
     return d;
   }
-  if (sgemm_class(picked) >= sgemm_class(cpu)) {
+  if (sgemm_rank(blas_core, picked) >= sgemm_rank(target, sgemm_class(cpu))) {
     d.reason = std::string("the library's pick uses ") + isa_name(sgemm_class(cpu)) + " like the CPU allows: kept";
     return d;
   }
   d.action = KernelAction::set_coretype;
   d.coretype = target;
   d.reason = "OpenBLAS picked " + blas_core + " (" + isa_name(picked) + ") on a CPU with " + isa_name(cpu);
+  if (sgemm_class(picked) == sgemm_class(cpu))
+    d.reason += ": " + std::string(target) + "'s sgemm blocking measured faster on the expert GEMMs";
   return d;
 }
 
@@ -219,10 +231,7 @@ void blas_kernels_select() {
     g_state.simulated = std::getenv(kTestCore) != nullptr;
     g_state.decision.action = KernelAction::set_coretype;
     g_state.decision.coretype = sep == std::string::npos ? std::string() : g.substr(sep + 1);
-    VectorIsa picked = VectorIsa::baseline;
-    blas_core_isa(g_state.picked, &picked);
-    g_state.decision.reason = "OpenBLAS picked " + g_state.picked + " (" + isa_name(picked) + ") on a CPU with " +
-                              isa_name(cpu_vector_isa(f));
+    g_state.decision.reason = blas_kernels_decide(f, g_state.picked, nullptr).reason;
     unsetenv(kGuard);
     unsetenv("OPENBLAS_CORETYPE");
     return;

@@ -49,9 +49,10 @@ struct KernelDecision {
 };
 // The pure decision. `blas_core` is what openblas_get_corename() reports; `user_coretype` is the
 // user's OPENBLAS_CORETYPE (null or empty: not set). Targets, by features: AVX-512 F+BW+VL+DQ with
-// BF16 → Cooperlake, without → SkylakeX, AVX2+FMA → Haswell; a pick of the same class or better is
-// kept (Zen on an AVX2 CPU: its sgemm is Haswell's microkernel with other blocking, measured equal
-// on the expert GEMMs' shapes, see bench/README.md).
+// BF16 → Cooperlake, without → SkylakeX, AVX2+FMA → Haswell; a pick of the same class is kept
+// (SapphireRapids, Cooperlake or SkylakeX on an AVX-512 CPU: one sgemm), except Zen on an AVX2
+// CPU: its sgemm is Haswell's microkernel with other blocking, measured 8-10% slower on the expert
+// GEMMs' d 128 shapes on an AMD Zen 3 (bench/README.md), so it becomes Haswell.
 KernelDecision blas_kernels_decide(const CpuFeatures& f, const std::string& blas_core, const char* user_coretype);
 
 // At the top of main, before MPI_Init and before any thread starts: when blas_kernels_decide says
