@@ -18,11 +18,12 @@ if [[ $mode == user && -z $user ]]; then
   user=Prescott
   export OPENBLAS_CORETYPE=$user
 fi
-output=$("$@" 2>&1)
+command=("$@")
+output=$("${command[@]}" 2>&1)
 status=$?
 line=$(grep -m1 'cpu: ' <<<"$output")
 fail() {
-  echo "FAIL: $1 (exit $status) from: $*"
+  echo "FAIL: $1 (exit $status) from: ${command[*]}"
   printf '%s\n' "--- output ---" "$output"
   exit 1
 }
