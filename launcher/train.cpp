@@ -341,7 +341,11 @@ int train_run(const Config& cfg) {
   // after a GEMM, OpenBLAS's idle threads spin for a while on the cores the probe needs.
   const FmaPeak fma = fma_peak_measure(cpu_features_detect(), threads);
   const double sgemm_peak = gemm_measure_gflops(512, 5);
-  const double peak = fma.gflops;
+  // The probe keeps each thread's best interval, a whole core's rate: with more threads on the node
+  // than cores (an oversubscribed run), a rank's peak is its share of the node's cores.
+  const int node_threads = local_ranks() * threads;
+  const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  const double peak = fma.gflops * std::min(1.0, static_cast<double>(cores) / node_threads);
   // A rank not running the kernels it chose (exec failed, core not in this OpenBLAS) says so itself.
   if (blas_kernels_as_chosen()) log_info("cpu: %s", blas_kernels_summary().c_str());
   else log_warn("cpu: %s", blas_kernels_summary().c_str());
@@ -353,8 +357,12 @@ int train_run(const Config& cfg) {
            spec.topk, spec.capacity_factor, spec.patch_size, cfg.gate.c_str(), model.params().total());
   log_info("ranks: %d (ep %d × dp %d), %d BLAS threads each (%s), sgemm peak %.1f GFLOP/s per rank", world_size,
            groups.ep, groups.dp, threads, gemm_describe().c_str(), sgemm_peak);
-  log_info("FMA peak %.1f GFLOP/s per rank: %s; utilisation = model FLOP/s per rank against it (sgemm reaches "
-           "%.0f%% of it)", peak, fma_peak_describe(fma).c_str(), 100.0 * sgemm_peak / peak);
+  log_info("FMA peak %.1f GFLOP/s per rank: %s%s; utilisation = model FLOP/s per rank against it (sgemm reaches "
+           "%.0f%% of the probe's rate)", peak, fma_peak_describe(fma).c_str(),
+           node_threads > cores ? (", × " + std::to_string(cores) + " cores / " + std::to_string(node_threads) +
+                                   " threads on this node").c_str()
+                                : "",
+           100.0 * sgemm_peak / fma.gflops);
   if (device_model)
     log_info("device: rank 0 computes on %s; parameters, optimizer and gradient all-reduce stay on the host "
              "(layers/device_model.hpp)", device_model->describe().c_str());
