@@ -54,6 +54,7 @@
 #include "layers/optimizer.hpp"
 #include "parallel/exchange.hpp"
 #include "runtime/config.hpp"
+#include "runtime/cpu_features.hpp"
 #include "runtime/data.hpp"
 #include "runtime/error.hpp"
 #include "runtime/gemm.hpp"
@@ -386,6 +387,7 @@ double parse_share(const std::string& item) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  uoe::blas_kernels_select();  // the training it times runs the BLAS kernels for this CPU's ISA
   try {
     std::string csv, dir = "build/bench-checkpoint";
     int repeats = 3, rounds = 3;

@@ -41,6 +41,7 @@
 #include "parallel/sim_link.hpp"
 #include "runtime/clock.hpp"
 #include "runtime/config.hpp"
+#include "runtime/cpu_features.hpp"
 #include "runtime/data.hpp"
 #include "runtime/error.hpp"
 #include "runtime/gemm.hpp"
@@ -155,6 +156,7 @@ Bounds hidden_bounds(const Timing& serial) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  uoe::blas_kernels_select();  // the BLAS kernels for this CPU's ISA: before MPI_Init (may re-execute)
   uoe::MpiSession mpi(&argc, &argv);
   try {
     std::vector<double> ratios = {0.5, 1, 2}, chunk_list = {4, 8};

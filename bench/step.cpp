@@ -1,5 +1,9 @@
-// bench-step: time of one training step (forward + backward + AdamW) of a UoE model, in tokens/s
-// and in model FLOP/s as a share of this machine's sgemm peak measured in the same run.
+// bench-step: time of one training step (forward + backward + AdamW) of a UoE model, in tokens/s,
+// in model FLOP/s as a share of this machine's FMA peak measured in the same run (runtime/fma_peak;
+// the sgemm peak beside it), and where the step's time goes: GEMM / attention / routing / exchange
+// / optimizer / other (runtime/profile.hpp's scoped timers, exclusive: a GEMM inside attention is
+// GEMM; per phase the median over the timed steps). One process: the exchange is local (no MPI), so
+// its time is the routed rows' gathering only.
 //
 //   build/bin/bench-step [--csv FILE] [--threads N] [--repeats R] [uoe-train model options…]
 //
@@ -20,15 +24,19 @@
 #include "launcher/train.hpp"
 #include "parallel/exchange.hpp"
 #include "runtime/config.hpp"
+#include "runtime/cpu_features.hpp"
 #include "runtime/data.hpp"
 #include "runtime/error.hpp"
+#include "runtime/fma_peak.hpp"
 #include "runtime/gemm.hpp"
+#include "runtime/profile.hpp"
 
 namespace {
 
 struct Row {
   std::string name;
   double tokens_per_s, step_min_ms, step_median_ms, gflops, share;
+  uoe::PhaseSeconds phases;  // median seconds of each phase over the timed steps
 };
 
 Row bench_config(const std::string& name, const uoe::Config& cfg, const std::vector<int32_t>& tokens, int repeats,
@@ -38,20 +46,29 @@ Row bench_config(const std::string& name, const uoe::Config& cfg, const std::vec
   uoe::AdamWSpec aspec;
   uoe::AdamW opt(model.params(), aspec);
   std::vector<double> times;
+  std::vector<std::vector<double>> phase_times(uoe::kPhases);
   double flops = 0;
   int64_t tok = 0;
   for (int s = 1; s <= 3 + repeats; ++s) {
     const auto t0 = std::chrono::steady_clock::now();
+    uoe::profile_start();
     const uoe::StepFigures fig = uoe::train_step(model, opt, cfg, tokens, s);
+    const uoe::PhaseSeconds ph = uoe::profile_stop();
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (s > 3) {
       times.push_back(dt);
+      for (int p = 0; p < uoe::kPhases; ++p) phase_times[p].push_back(ph.seconds[p]);
       flops = fig.flops;
       tok = fig.tokens;
     }
   }
   std::sort(times.begin(), times.end());
   const double med = times[times.size() / 2];
+  uoe::PhaseSeconds phases;
+  for (int p = 0; p < uoe::kPhases; ++p) {
+    std::sort(phase_times[p].begin(), phase_times[p].end());
+    phases.seconds[p] = phase_times[p][phase_times[p].size() / 2];
+  }
   Row r;
   r.name = name;
   r.step_min_ms = times.front() * 1e3;
@@ -59,6 +76,7 @@ Row bench_config(const std::string& name, const uoe::Config& cfg, const std::vec
   r.tokens_per_s = tok / med;
   r.gflops = flops / med * 1e-9;
   r.share = r.gflops / peak;
+  r.phases = phases;
   return r;
 }
 
@@ -105,6 +123,7 @@ double time_expert_gemms(const std::vector<int>& rows, int d, int f, int repeats
 }  // namespace
 
 int main(int argc, char** argv) {
+  uoe::blas_kernels_select();  // the BLAS kernels for this CPU's ISA (may re-execute once)
   try {
     std::string csv;
     int repeats = 20, threads = 0;
@@ -117,9 +136,12 @@ int main(int argc, char** argv) {
     }
     uoe::gemm_set_threads(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
     const int nthreads = uoe::gemm_get_threads();
-    // Peak: the best of 512³, 1024³ and 2048³ sgemm on the same threads.
-    double peak = 0;
-    for (int n : {512, 1024, 2048}) peak = std::max(peak, uoe::gemm_measure_gflops(n, 5));
+    // Peaks on the same threads: the hardware's FMA rate (what shares are quoted against) and the
+    // BLAS's, the best of 512³, 1024³ and 2048³ sgemm.
+    const uoe::FmaPeak fma = uoe::fma_peak_measure(uoe::cpu_features_detect(), nthreads);
+    const double peak = fma.gflops;
+    double sgemm_peak = 0;
+    for (int n : {512, 1024, 2048}) sgemm_peak = std::max(sgemm_peak, uoe::gemm_measure_gflops(n, 5));
 
     std::vector<std::pair<std::string, uoe::Config>> configs;
     uoe::Config base;
@@ -142,9 +164,12 @@ int main(int argc, char** argv) {
                                                       uoe::TokenizerKind::byte, data_cfg.seq_len, "built-in corpus")
                                       .train;
 
-    std::printf("# bench-step: %d BLAS threads, sgemm peak %.1f GFLOP/s (best of 512/1024/2048 cubed)\n", nthreads, peak);
+    std::printf("# bench-step: %s\n", uoe::blas_kernels_summary().c_str());
+    std::printf("# %d BLAS threads, FMA peak %.1f GFLOP/s (%s), sgemm peak %.1f GFLOP/s (best of 512/1024/2048 "
+                "cubed, %.0f%% of the FMA peak)\n",
+                nthreads, peak, uoe::fma_peak_describe(fma).c_str(), sgemm_peak, 100.0 * sgemm_peak / peak);
     std::printf("%-16s %6s %5s %12s %12s %12s %10s %8s\n", "config", "d", "B·T", "tokens/s", "step min ms",
-                "step med ms", "GFLOP/s", "of peak");
+                "step med ms", "GFLOP/s", "of FMA");
     std::vector<Row> rows;
     for (const auto& [name, cfg] : configs) {
       const Row r = bench_config(name, cfg, tokens, repeats, peak);
@@ -152,6 +177,20 @@ int main(int argc, char** argv) {
                   cfg.batch_size * cfg.seq_len, r.tokens_per_s, r.step_min_ms, r.step_median_ms, r.gflops,
                   100 * r.share);
       rows.push_back(r);
+    }
+    std::printf("\n# where the time goes: median ms per step of each phase over %d steps (exclusive: a GEMM inside "
+                "attention or routing is GEMM), share of their sum\n", repeats);
+    std::printf("%-16s", "config");
+    for (int p = 0; p < uoe::kPhases; ++p) std::printf(" %16s", uoe::phase_name(static_cast<uoe::Phase>((p + 1) % uoe::kPhases)));
+    std::printf(" %9s %12s\n", "sum ms", "step med ms");
+    for (const Row& r : rows) {
+      std::printf("%-16s", r.name.c_str());
+      const double sum = r.phases.total();
+      for (int p = 0; p < uoe::kPhases; ++p) {
+        const double s = r.phases.seconds[(p + 1) % uoe::kPhases];  // "other" last
+        std::printf(" %8.2f (%4.1f%%)", s * 1e3, 100.0 * s / sum);
+      }
+      std::printf(" %9.2f %12.2f\n", sum * 1e3, r.step_median_ms);
     }
     if (rest.size() == 1) {
       // The MLP block of each default config: 2048 tokens × top-2 over 4 experts of f = d_ff / 4
@@ -179,10 +218,15 @@ int main(int argc, char** argv) {
     if (!csv.empty()) {
       FILE* f = std::fopen(csv.c_str(), "w");
       if (!f) uoe::fail("cannot write --csv file '", csv, "'");
-      std::fprintf(f, "config,threads,peak_gflops,tokens_per_s,step_min_ms,step_median_ms,gflops,share_of_peak\n");
-      for (const Row& r : rows)
-        std::fprintf(f, "%s,%d,%.3f,%.1f,%.3f,%.3f,%.3f,%.4f\n", r.name.c_str(), nthreads, peak, r.tokens_per_s,
-                     r.step_min_ms, r.step_median_ms, r.gflops, r.share);
+      // share_of_peak is against the FMA peak; the phase columns are median ms per step.
+      std::fprintf(f, "config,threads,fma_peak_gflops,sgemm_peak_gflops,tokens_per_s,step_min_ms,step_median_ms,gflops,"
+                      "share_of_peak,gemm_ms,attention_ms,routing_ms,exchange_ms,optimizer_ms,other_ms\n");
+      for (const Row& r : rows) {
+        std::fprintf(f, "%s,%d,%.3f,%.3f,%.1f,%.3f,%.3f,%.3f,%.4f", r.name.c_str(), nthreads, peak, sgemm_peak,
+                     r.tokens_per_s, r.step_min_ms, r.step_median_ms, r.gflops, r.share);
+        for (int p = 0; p < uoe::kPhases; ++p) std::fprintf(f, ",%.3f", r.phases.seconds[(p + 1) % uoe::kPhases] * 1e3);
+        std::fprintf(f, "\n");
+      }
       std::fclose(f);
     }
     return 0;

@@ -28,9 +28,11 @@
 #include "parallel/mpi_exchange.hpp"
 #include "parallel/scheduler.hpp"
 #include "parallel/sim_link.hpp"
+#include "runtime/cpu_features.hpp"
 #include "runtime/data.hpp"
 #include "runtime/device.hpp"
 #include "runtime/error.hpp"
+#include "runtime/fma_peak.hpp"
 #include "runtime/gemm.hpp"
 #include "runtime/log.hpp"
 #include "runtime/memory.hpp"
@@ -369,7 +371,21 @@ int train_run(const Config& cfg) {
   ranks.world_size = world_size;
   const bool byte_level = data.vocab.kind == TokenizerKind::byte;
 
-  const double peak = gemm_measure_gflops(512, 5);
+  // Two peaks per rank, on its own BLAS threads (under mpirun every rank of a node measures at
+  // the same time, so each gets its share of the node): the BLAS's sgemm rate, and the hardware's
+  // FMA rate (runtime/fma_peak.hpp). Utilisation is quoted against the FMA peak: with generic
+  // kernels the sgemm peak is itself crippled, and a share of it hides that. The probe goes first:
+  // after a GEMM, OpenBLAS's idle threads spin for a while on the cores the probe needs.
+  const FmaPeak fma = fma_peak_measure(cpu_features_detect(), threads);
+  const double sgemm_peak = gemm_measure_gflops(512, 5);
+  // The probe keeps each thread's best interval, a whole core's rate: with more threads on the node
+  // than cores (an oversubscribed run), a rank's peak is its share of the node's cores.
+  const int node_threads = local_ranks() * threads;
+  const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  const double peak = fma.gflops * std::min(1.0, static_cast<double>(cores) / node_threads);
+  // A rank not running the kernels it chose (exec failed, core not in this OpenBLAS) says so itself.
+  if (blas_kernels_as_chosen()) log_info("cpu: %s", blas_kernels_summary().c_str());
+  else log_warn("cpu: %s", blas_kernels_summary().c_str());
   log_info("uoe-train: data %s (%s, V=%d, %zu train / %zu val tokens)", data.source.c_str(),
            byte_level ? "byte" : "word", V, data.train.size(), data.val.size());
   log_info("model: %s blocks, %d layers, d %d, %d heads in %d attention experts (top-%d), %d MLP experts of %d (top-%d), "
@@ -377,7 +393,13 @@ int train_run(const Config& cfg) {
            block_type_name(spec.block_type), spec.layers, spec.d, spec.heads, spec.attn_experts, spec.attn_topk, spec.experts, spec.expert_ff(),
            spec.topk, spec.capacity_factor, spec.patch_size, cfg.gate.c_str(), model.params().total());
   log_info("ranks: %d (ep %d × dp %d), %d BLAS threads each (%s), sgemm peak %.1f GFLOP/s per rank", world_size,
-           groups.ep, groups.dp, threads, gemm_describe().c_str(), peak);
+           groups.ep, groups.dp, threads, gemm_describe().c_str(), sgemm_peak);
+  log_info("FMA peak %.1f GFLOP/s per rank: %s%s; utilisation = model FLOP/s per rank against it (sgemm reaches "
+           "%.0f%% of the probe's rate)", peak, fma_peak_describe(fma).c_str(),
+           node_threads > cores ? (", × " + std::to_string(cores) + " cores / " + std::to_string(node_threads) +
+                                   " threads on this node").c_str()
+                                : "",
+           100.0 * sgemm_peak / fma.gflops);
   if (device_model)
     log_info("device: rank 0 computes on %s; parameters, optimizer and gradient all-reduce stay on the host "
              "(layers/device_model.hpp)", device_model->describe().c_str());
@@ -561,7 +583,10 @@ int train_run(const Config& cfg) {
       for (double& x : comm) x /= world_size;
       const auto [mean_comm, mean_exposed, mean_comm_cpu] = comm;
       const double tps = win_tokens / win_time;
-      const double share = win_flops / world_size / win_time * 1e-9 / peak;  // per rank, against its peak
+      // Per rank against its FMA peak: the ranks' mean model FLOP/s over rank 0's peak, which is its
+      // threads' share of the node (all ranks probe at once), so this is also node FLOP/s over the
+      // node's peak when the ranks are alike.
+      const double share = win_flops / world_size / win_time * 1e-9 / peak;
       const double eta = eta_seconds(step);
       double worst_load = 0;
       int64_t drop_n = 0, assign_n = 0;
@@ -571,10 +596,10 @@ int train_run(const Config& cfg) {
         assign_n += assignments[b];
       }
       const double drop_pct = assign_n ? 100.0 * drop_n / assign_n : 0.0;
-      // The sgemm peak is the host CPU's: on the GPU path the model FLOP/s are shown as they are.
+      // The FMA peak is the host CPU's: on the GPU path the model FLOP/s are shown as they are.
       char rate[40];
       if (device_model) std::snprintf(rate, sizeof rate, "%.2f model TFLOP/s", win_flops / win_time * 1e-12);
-      else std::snprintf(rate, sizeof rate, "%4.1f%% of sgemm peak", 100.0 * share);
+      else std::snprintf(rate, sizeof rate, "%4.1f%% of FMA peak", 100.0 * share);
       log_info("step %6d/%d | loss %.4f | lr %.3e | %8.0f tok/s | %s | load max/mean %.2f | "
                "dropped %4.1f%% | comm %4.1f%% of step, %3.0f%% hidden | ETA %s",
                step, cfg.steps, win_loss / win_steps, lr, tps, rate, worst_load, drop_pct,
@@ -588,7 +613,7 @@ int train_run(const Config& cfg) {
       j.add("train_loss", win_loss / n).add("lr", lr).add("tokens_per_s", tps);
       j.add("aux_loss", win_aux / n);
       if (device_model) j.add("model_flops_per_s", win_flops / win_time);
-      else j.add("flops_share_of_peak", share);
+      else j.add("flops_share_of_peak", share).add("fma_peak_gflops", peak).add("sgemm_peak_gflops", sgemm_peak);
       j.add("grad_norm", fig.grad_norm);
       if (!fig.grad_fingerprint.empty()) {  // this step's, by global tensor name: [Σ g², Σ g·w]
         JsonLine grads;

@@ -31,6 +31,7 @@
 #include "parallel/comm.hpp"
 #include "parallel/exchange.hpp"
 #include "runtime/config.hpp"
+#include "runtime/cpu_features.hpp"
 #include "runtime/cli.hpp"
 #include "runtime/data.hpp"
 #include "runtime/error.hpp"
@@ -133,6 +134,7 @@ int run(const SampleArgs& a) {
   const uoe::Manifest manifest = uoe::manifest_read((fs::path(path) / "manifest.h5").string());
   const uoe::Config cfg = stored_config(manifest.config_ini, a);
   uoe::gemm_set_threads(a.threads > 0 ? a.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  std::fprintf(stderr, "uoe-sample: %s\n", uoe::blas_kernels_summary().c_str());
 
   // The vocabulary: bytes need none; words are rebuilt from the training split, as the run did.
   uoe::Vocab vocab;
@@ -182,6 +184,7 @@ int run(const SampleArgs& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  uoe::blas_kernels_select();  // the BLAS kernels for this CPU's ISA (may re-execute once)
   SampleArgs a;
   return uoe::cli_main("uoe-sample", [&] { return parse(argc, argv, a); }, [&] { return run(a); });
 }

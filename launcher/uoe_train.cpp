@@ -15,6 +15,7 @@
 #include "launcher/train.hpp"
 #include "parallel/comm.hpp"
 #include "runtime/config.hpp"
+#include "runtime/cpu_features.hpp"
 #include "runtime/error.hpp"
 #include "runtime/log.hpp"
 
@@ -37,6 +38,9 @@ int main(int argc, char** argv) {
   // Under a file-size limit (ulimit -f) a write past it fails with EFBIG, reported with the file's
   // name, instead of killing the process with SIGXFSZ (train_run does the same for its callers).
   std::signal(SIGXFSZ, SIG_IGN);
+  // The BLAS kernels for this CPU's vector ISA: may re-execute the process once, so before
+  // MPI_Init (Open MPI allows an exec before it) and before any thread of ours starts.
+  uoe::blas_kernels_select();
   uoe::MpiSession mpi(&argc, &argv);
   uoe::log_set_rank(mpi.world_rank(), mpi.world_size());
   uoe::Config cfg;

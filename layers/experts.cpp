@@ -5,6 +5,7 @@
 
 #include "runtime/gemm.hpp"
 #include "runtime/kernels.hpp"
+#include "runtime/profile.hpp"
 
 namespace uoe {
 
@@ -116,6 +117,7 @@ void attn_apply_rope(float* qkv, const AttnExpertCache& c, const ExpertRows& row
 
 void attn_experts_forward(float* y, AttnExpertCache& c, const ExpertRows& rows, const float* Wqkv,
                           const float* Wo, int d, int g, int dh) {
+  const ProfileScope profile(Phase::attention);
   const int R = rows.rows(), gd = g * dh, W3 = 3 * gd;
   const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
   c.qkv.resize_uninit(static_cast<size_t>(R) * W3);
@@ -172,6 +174,7 @@ void attn_experts_forward(float* y, AttnExpertCache& c, const ExpertRows& rows, 
 
 void attn_experts_backward_data(float* dx, const float* dy, AttnExpertCache& c, const ExpertRows& rows,
                                 const float* Wqkv, const float* Wo, int d, int g, int dh) {
+  const ProfileScope profile(Phase::attention);
   const int R = rows.rows(), gd = g * dh, W3 = 3 * gd;
   const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
   FloatBuffer& dO = c.d_o;
@@ -239,6 +242,7 @@ void attn_experts_backward_data(float* dx, const float* dy, AttnExpertCache& c, 
 
 void attn_experts_backward_weights(float* dWqkv, float* dWo, const float* dy, const AttnExpertCache& c,
                                    const ExpertRows& rows, int d, int g, int dh) {
+  const ProfileScope profile(Phase::attention);
   const int gd = g * dh, W3 = 3 * gd;
   for (int e = 0; e < rows.n_experts; ++e) {
     const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;

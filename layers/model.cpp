@@ -8,6 +8,7 @@
 #include "runtime/error.hpp"
 #include "runtime/gemm.hpp"
 #include "runtime/kernels.hpp"
+#include "runtime/profile.hpp"
 
 namespace uoe {
 
@@ -99,6 +100,7 @@ RouterSpec block_router_spec(const ModelSpec& s, int b) {
 }
 
 void source_rows_build(SourceRows& src, const Routing& r, int B, int T, int chunks) {
+  const ProfileScope profile(Phase::routing);
   // Kept patches expanded to tokens, chunk-major, then by global expert. Chunk c holds sequences
   // [c·B/C, (c+1)·B/C) (empty when C > B: every rank still takes part).
   const int E = r.E, C = chunks, ps = r.patch;

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "runtime/kernels.hpp"
+#include "runtime/profile.hpp"
 
 namespace uoe {
 
@@ -15,6 +16,7 @@ AdamW::AdamW(const ParamStore& params, const AdamWSpec& spec) : spec_(spec) {
 }
 
 void AdamW::update(ParamStore& params, double lr, int64_t step, float grad_scale) {
+  const ProfileScope profile(Phase::optimizer);
   AdamWScalars s;
   s.beta1 = static_cast<float>(spec_.beta1);
   s.beta2 = static_cast<float>(spec_.beta2);
@@ -38,6 +40,7 @@ double lr_at_step(int64_t s, int64_t steps, int64_t warmup, double lr, double mi
 }
 
 double grad_sum_squares(const float* g, size_t n) {
+  const ProfileScope profile(Phase::optimizer);
   // 8 partial sums in double (element i to lane i mod 8), added in a fixed order: the same result
   // on every run, and a loop that vectorises (one serial chain of double adds cannot).
   constexpr size_t kLanes = 8;

@@ -7,11 +7,13 @@
 #include "runtime/error.hpp"
 #include "runtime/gemm.hpp"
 #include "runtime/kernels.hpp"
+#include "runtime/profile.hpp"
 
 namespace uoe {
 
 void router_forward(Routing& r, const RouterSpec& spec, const float* xn, const float* W, const float* b,
                     int N, int d, bool dropless) {
+  const ProfileScope profile(Phase::routing);
   const int E = spec.experts, k = spec.topk, ps = spec.patch_size;
   UOE_ASSERT(N % ps == 0 && k >= 1 && k <= E);
   const int P = N / ps;
@@ -120,6 +122,7 @@ void router_forward(Routing& r, const RouterSpec& spec, const float* xn, const f
 
 void router_backward(const Routing& r, const RouterSpec& spec, const float* dgate, const float* xn,
                      const float* W, float* dxn, float* dW, float* db, float aux_scale) {
+  const ProfileScope profile(Phase::routing);
   const int P = r.P, E = r.E, k = r.k, d = r.d, ps = r.patch;
   std::vector<float> dlogits(static_cast<size_t>(P) * E);
   std::vector<float> dp(E);

@@ -5,6 +5,7 @@
 
 #include "layers/optimizer.hpp"
 #include "runtime/error.hpp"
+#include "runtime/profile.hpp"
 #include "runtime/rng.hpp"
 
 namespace uoe {
@@ -56,6 +57,7 @@ void GradientSync::reduce(ParamStore& params, const std::vector<int>& tensors, C
 }
 
 void GradientSync::reduce_bucket(ParamStore& params, size_t i) {
+  const ProfileScope profile(Phase::exchange);
   if (ep_.size() == 1) {  // dp = world: one reduction over the bucket (in place when it is one span)
     reduce(params, buckets_[i].all, world_);
     return;
@@ -65,10 +67,12 @@ void GradientSync::reduce_bucket(ParamStore& params, size_t i) {
 }
 
 void GradientSync::all_reduce(ParamStore& params) {
+  const ProfileScope profile(Phase::exchange);
   for (size_t i = 0; i < buckets_.size(); ++i) reduce_bucket(params, i);
 }
 
 double GradientSync::global_sum_squares(const ParamStore& params) {
+  const ProfileScope profile(Phase::exchange);
   double replicated = 0, expert = 0;
   for (const Bucket& b : buckets_) {
     for (int i : b.replicated) {

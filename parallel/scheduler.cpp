@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "runtime/clock.hpp"
+#include "runtime/profile.hpp"
 
 namespace uoe {
 namespace {
@@ -31,6 +32,7 @@ CommScheduler::Ticket CommScheduler::submit(std::function<void()> fn) {
       const auto t0 = Clock::now();
       const double c0 = thread_cpu_seconds();
       try {
+        const ProfileScope profile(Phase::exchange);
         fn();
       } catch (...) {
         failure_ = std::current_exception();
@@ -103,6 +105,7 @@ void CommScheduler::wait(Ticket t) {
     return;
   }
   const auto t0 = Clock::now();
+  const ProfileScope profile(Phase::exchange);  // the exchange's exposed time
   std::unique_lock<std::mutex> lock(mu_);
   cv_.wait(lock, [&] { return completed_ >= t; });
   exposed_ += since(t0);

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "runtime/profile.hpp"
+
 namespace uoe {
 namespace {
 constexpr double kSmallGemm = 1e6;  // OpenBLAS's small-matrix limit on M·N·K (sgemm, SKYLAKEX kernels)
@@ -48,6 +50,7 @@ void transpose(float* __restrict__ out, int ldo, const float* __restrict__ in, i
 
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
           const float* B, int ldb, float beta, float* C, int ldc) {
+  const ProfileScope profile(Phase::gemm);
   if (M == 0 || N == 0) return;
   if (K == 0) {
     // BLAS leaves C untouched for K = 0 only when beta = 1; make the beta scaling explicit.

@@ -1,0 +1,82 @@
+// bench-sgemm_shapes: the BLAS's sgemm on the expert GEMMs' real shapes, best of R runs each, against
+// the FMA peak of the same threads: how the kernels OpenBLAS runs (or OPENBLAS_CORETYPE forces)
+// compare on what the model issues, robust to a loaded machine (a best interval, not a mean).
+//
+//   build/bin/bench-sgemm_shapes [--threads N] [--repeats R] [--rows N]
+//   OPENBLAS_CORETYPE=Haswell build/bin/bench-sgemm_shapes    # another core's kernels (the user's choice)
+//
+// Shapes: one expert of an MLP block with `rows` routed rows (default 1024: 2048 tokens × top-2 over
+// 4 experts), d = f = 128 (reference config) and 512 (d 512): forward x·W1 and a·W2 (NN),
+// backward-data dy·W2ᵀ (NT), weight gradient xᵀ·dh (TN), and a 512³ square for reference.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "runtime/cpu_features.hpp"
+#include "runtime/fma_peak.hpp"
+#include "runtime/gemm.hpp"
+
+namespace {
+
+double best_gflops(bool ta, bool tb, int M, int N, int K, int repeats) {
+  std::vector<float> A(static_cast<size_t>(M) * K, 0.01f), B(static_cast<size_t>(K) * N, 0.02f),
+      C(static_cast<size_t>(M) * N);
+  const int lda = ta ? M : K, ldb = tb ? K : N;
+  uoe::gemm(ta, tb, M, N, K, 1.0f, A.data(), lda, B.data(), ldb, 0.0f, C.data(), N);
+  double best = 1e30;
+  for (int r = 0; r < repeats; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    uoe::gemm(ta, tb, M, N, K, 1.0f, A.data(), lda, B.data(), ldb, 0.0f, C.data(), N);
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  if (C[0] != C[0]) std::fputs("NaN\n", stderr);  // the result is used
+  return 2.0 * M * N * static_cast<double>(K) / best * 1e-9;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  uoe::blas_kernels_select();
+  int threads = 1, repeats = 30, rows = 1024;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::max(1, std::atoi(argv[++i]));
+    else if (!std::strcmp(argv[i], "--repeats") && i + 1 < argc) repeats = std::max(1, std::atoi(argv[++i]));
+    else if (!std::strcmp(argv[i], "--rows") && i + 1 < argc) rows = std::max(1, std::atoi(argv[++i]));
+    else {
+      std::fprintf(stderr, "bench-sgemm_shapes: unknown argument '%s' (--threads N, --repeats R, --rows N)\n", argv[i]);
+      return 2;
+    }
+  }
+  uoe::gemm_set_threads(threads);
+  const uoe::FmaPeak fma = uoe::fma_peak_measure(uoe::cpu_features_detect(), threads);
+  std::printf("# bench-sgemm_shapes: %s\n", uoe::blas_kernels_summary().c_str());
+  std::printf("# %s; %s; best of %d\n", uoe::gemm_describe().c_str(), uoe::fma_peak_describe(fma).c_str(), repeats);
+  std::printf("%-34s %10s %8s\n", "GEMM (MxNxK)", "GFLOP/s", "of FMA");
+  struct Shape {
+    const char* what;
+    bool ta, tb;
+    int M, N, K;
+  };
+  std::vector<Shape> shapes;
+  for (int d : {128, 512}) {
+    shapes.push_back({"x*W1 NN", false, false, rows, d, d});
+    shapes.push_back({"dy*W2^T NT", false, true, rows, d, d});
+    shapes.push_back({"x^T*dh TN", true, false, d, d, rows});
+  }
+  shapes.push_back({"square NN", false, false, 512, 512, 512});
+  double sum = 0;
+  for (const Shape& s : shapes) {
+    const double g = best_gflops(s.ta, s.tb, s.M, s.N, s.K, repeats);
+    sum += g;
+    char label[64];
+    std::snprintf(label, sizeof label, "%s %dx%dx%d", s.what, s.M, s.N, s.K);
+    std::printf("%-34s %10.1f %7.1f%%\n", label, g, 100.0 * g / fma.gflops);
+  }
+  std::printf("%-34s %10.1f\n", "mean", sum / static_cast<double>(shapes.size()));
+  return 0;
+}
