@@ -261,9 +261,8 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
       }
     return fig;
   }
-  const float clip_scale =
-      (cfg.clip > 0 && fig.grad_norm > cfg.clip) ? static_cast<float>(cfg.clip / fig.grad_norm) : 1.0f;
-  opt.update(model.params(), lr_at_step(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr), step, clip_scale);
+  opt.update(model.params(), lr_at_step(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr), step,
+             clip_scale(cfg.clip, fig.grad_norm));
   return fig;
 }
 
