@@ -35,6 +35,7 @@
 #include "runtime/log.hpp"
 #include "runtime/memory.hpp"
 #include "runtime/metrics.hpp"
+#include "runtime/version.hpp"
 #include "runtime/watchdog.hpp"
 
 namespace uoe {
@@ -275,6 +276,8 @@ int train_run(const Config& cfg) {
   ProcessGroups groups = make_process_groups(MPI_COMM_WORLD, cfg.ep);
   const int world_rank = groups.world->rank(), world_size = groups.world->size();
   log_set_rank(world_rank, world_size);
+  // First, so that every log (a failed start's too) names the code and libraries that ran.
+  log_info("build: %s", build_info().c_str());
   const Fault fault = fault_from_env();
   const bool on_gpu = device_parse(cfg.device) == Device::cuda;
   if (on_gpu) device_require(Device::cuda);  // no usable GPU: a clear error naming why
