@@ -28,6 +28,7 @@
 #include "runtime/error.hpp"
 #include "runtime/log.hpp"
 #include "runtime/rng.hpp"
+#include "runtime/version.hpp"
 
 namespace uoe {
 namespace fs = std::filesystem;
@@ -832,6 +833,7 @@ void CheckpointWriter::snapshot(const ParamStore& params, AdamW& opt, const Trai
     m.seed = state.seed;
     m.lr = state.lr;
     m.config_ini = state.config_ini;
+    m.build = build_info();
     m.world = role_.world_size;
     m.ep = role_.ep;
     m.shard_files = layout_->shard_files;
@@ -1062,6 +1064,7 @@ LoadResult load_local(const std::string& path, const Config& current, ParamStore
   out.state.seed = m.seed;
   out.state.lr = m.lr;
   out.state.config_ini = m.config_ini;
+  out.state.build = m.build;
   out.state.world = static_cast<int>(m.world);
   out.state.ep = static_cast<int>(m.ep);
   return out;

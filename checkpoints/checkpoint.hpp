@@ -31,6 +31,7 @@ struct TrainState {
   uint64_t seed = 0;
   double lr = 0;           // learning rate of that step (information; the schedule recomputes it)
   std::string config_ini;  // config_to_ini() of the run; loading checks its model-shape options
+  std::string build;       // the writing binary's build_info() (filled by checkpoint_load; "" in old checkpoints)
   int world = 1, ep = 1;   // layout of the writing run (filled by checkpoint_load; save uses ShardRole)
 };
 

@@ -358,6 +358,10 @@ void attr_write_strs(hid_t obj, const char* name, const std::vector<std::string>
   attr_write_raw(obj, name, t.get(), t.get(), buf.data(), v.size(), false, file, where);
 }
 
+bool attr_exists(hid_t obj, const char* name, const std::string& file, const std::string& where) {
+  return UOE_CHECK_H5(H5Aexists(obj, name), file, where + "@" + name) > 0;
+}
+
 int64_t attr_read_i64(hid_t obj, const char* name, const std::string& file, const std::string& where) {
   return attr_read_scalar<int64_t>(obj, name, H5T_INTEGER, "an integer", H5T_NATIVE_INT64, file, where);
 }

@@ -128,6 +128,10 @@ void attr_write_str(hid_t obj, const char* name, const std::string& v, const std
 void attr_write_strs(hid_t obj, const char* name, const std::vector<std::string>& v, const std::string& file,
                      const std::string& where);
 
+// Whether `obj` has attribute `name` (for attributes added after the format was fixed: absent
+// from older files, so optional when reading).
+bool attr_exists(hid_t obj, const char* name, const std::string& file, const std::string& where);
+
 // Readers check that the attribute exists and has the right kind (integer, float, string) and
 // element count (bounded before anything is allocated for it: at most 65536 values, strings at
 // most 16 MiB in all); each failure names file, object and attribute.

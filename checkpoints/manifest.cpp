@@ -39,6 +39,7 @@ void manifest_write(const std::string& path, const Manifest& m) {
   h5::attr_write_i64(root, "world", m.world, path, "/");
   h5::attr_write_i64(root, "ep", m.ep, path, "/");
   h5::attr_write_str(root, "config_ini", m.config_ini, path, "/");
+  h5::attr_write_str(root, "build", m.build, path, "/");
   UOE_ASSERT(!m.shard_files.empty(), "manifest without shard files");
   h5::attr_write_strs(root, "shard_files", m.shard_files, path, "/");
   {
@@ -76,6 +77,7 @@ Manifest manifest_read(const std::string& path) {
   m.world = h5::attr_read_i64(root, "world", path, "/");
   m.ep = h5::attr_read_i64(root, "ep", path, "/");
   m.config_ini = h5::attr_read_str(root, "config_ini", path, "/");
+  if (h5::attr_exists(root, "build", path, "/")) m.build = h5::attr_read_str(root, "build", path, "/");
   m.shard_files = h5::attr_read_strs(root, "shard_files", path, "/");
   if (m.step < 0) fail(path, ": step ", m.step, " is negative");
   for (const std::string& s : m.shard_files)

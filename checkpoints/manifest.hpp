@@ -3,7 +3,9 @@
 //
 // File layout (h5dump -A manifest.h5 shows it):
 //   / attributes     format_version, step, seed, lr, world, ep (int64 / uint64 / float64),
-//                    config_ini (the run's config as INI text), shard_files (file names, in shard order)
+//                    config_ini (the run's config as INI text), shard_files (file names, in shard order),
+//                    build (the writing binary's build_info(): version, commit, libraries; information
+//                    only, and absent from checkpoints written before it was added: not required)
 //   /index/<tensor>  int64 [slabs, 3] rows (shard, slab_begin, slab_end): shard `shard` holds rows
 //                    [slab_begin, slab_end) along dimension 0 of the tensor, in /model, /optim/m and
 //                    /optim/v alike; attribute global_shape (int64 array)
@@ -41,6 +43,7 @@ struct Manifest {
   uint64_t seed = 0;
   double lr = 0;
   std::string config_ini;
+  std::string build;                     // runtime/version.hpp's build_info() of the writer ("" if absent)
   int64_t world = 1, ep = 1;              // layout of the run that wrote it (information only)
   std::vector<std::string> shard_files;  // names relative to the checkpoint directory
   std::vector<ManifestTensor> tensors;   // in no particular order (read back in name order)

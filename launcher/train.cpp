@@ -37,6 +37,7 @@
 #include "runtime/log.hpp"
 #include "runtime/memory.hpp"
 #include "runtime/metrics.hpp"
+#include "runtime/version.hpp"
 #include "runtime/watchdog.hpp"
 
 namespace uoe {
@@ -300,9 +301,8 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
       }
     return fig;
   }
-  const float clip_scale =
-      (cfg.clip > 0 && fig.grad_norm > cfg.clip) ? static_cast<float>(cfg.clip / fig.grad_norm) : 1.0f;
-  opt.update(model.params(), lr_at_step(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr), step, clip_scale);
+  opt.update(model.params(), lr_at_step(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr), step,
+             clip_scale(cfg.clip, fig.grad_norm));
   return fig;
 }
 
@@ -315,6 +315,8 @@ int train_run(const Config& cfg) {
   ProcessGroups groups = make_process_groups(MPI_COMM_WORLD, cfg.ep);
   const int world_rank = groups.world->rank(), world_size = groups.world->size();
   log_set_rank(world_rank, world_size);
+  // First, so that every log (a failed start's too) names the code and libraries that ran.
+  log_info("build: %s", build_info().c_str());
   const Fault fault = fault_from_env();
   const bool on_gpu = device_parse(cfg.device) == Device::cuda;
   if (on_gpu) device_require(Device::cuda);  // no usable GPU: a clear error naming why

@@ -8,7 +8,7 @@
 // (data_from_text), so `uoe-train --data P.train.tok --val-data P.val.tok` trains on exactly the
 // token streams that `uoe-train --data corpus.txt` (same --val-data / --val-fraction / --tokenizer)
 // builds from the text, and logs the same losses; it just skips reading and tokenizing the text.
-// Exit codes: 0 success (or --help), 2 bad command line, 1 any other failure (unreadable text, ...).
+// Exit codes: 0 success (or --help, --version), 2 bad command line, 1 any other failure (unreadable text, ...).
 #include <boost/program_options.hpp>
 
 #include <chrono>
@@ -24,6 +24,7 @@
 #include "runtime/data.hpp"
 #include "runtime/error.hpp"
 #include "runtime/token_file.hpp"
+#include "runtime/version.hpp"
 
 namespace po = boost::program_options;
 
@@ -34,7 +35,7 @@ struct PrepareOptions {
   double val_fraction = 0.1;
 };
 
-// Parses the command line; returns false after --help. Throws uoe::Error naming the option.
+// Parses the command line; returns false after --help or --version. Throws uoe::Error naming the option.
 bool parse(int argc, char** argv, PrepareOptions& o) {
   po::options_description desc("Options", 100, 50);
   desc.add_options()
@@ -42,10 +43,14 @@ bool parse(int argc, char** argv, PrepareOptions& o) {
       ("val-data", po::value(&o.val_data), "validation text file (default: the last --val-fraction of --data)")
       ("val-fraction", po::value(&o.val_fraction)->default_value(0.1, "0.1"), "share of --data held out for validation, in (0, 1)")
       ("tokenizer", po::value(&o.tokenizer)->default_value("byte"), "byte | word")
-      ("output", po::value(&o.output), "output prefix: writes PREFIX.train.tok, PREFIX.val.tok (and PREFIX.vocab for word)")
-      ("help,h", "print this help and exit");
+      ("output", po::value(&o.output), "output prefix: writes PREFIX.train.tok, PREFIX.val.tok (and PREFIX.vocab for word)");
+  uoe::cli_add_help_and_version(desc);
   po::variables_map vm;
   uoe::cli_parse(argc, argv, desc, vm);
+  if (vm.count("version")) {
+    std::cout << uoe::version_report("uoe-prepare");
+    return false;
+  }
   if (vm.count("help")) {
     std::cout << "Usage: uoe-prepare [--data TEXT] [--val-data TEXT | --val-fraction F] [--tokenizer byte|word] "
                  "--output PREFIX\n\n"

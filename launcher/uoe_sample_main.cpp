@@ -10,7 +10,7 @@
 // training data: the run's --data and --val-data (stored in the checkpoint), or the files given here
 // if they moved (the vocabulary comes from the training split, which --val-data decides).
 // The prompt and the generated text go to stdout as they are drawn; everything else to stderr.
-// Exit codes: 0 success (or --help), 2 bad command line, 1 any other failure (checkpoint, data).
+// Exit codes: 0 success (or --help, --version), 2 bad command line, 1 any other failure (checkpoint, data).
 #include <boost/program_options.hpp>
 
 #include <chrono>
@@ -37,6 +37,7 @@
 #include "runtime/error.hpp"
 #include "runtime/gemm.hpp"
 #include "runtime/log.hpp"
+#include "runtime/version.hpp"
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;
@@ -49,7 +50,7 @@ struct SampleArgs {
   uoe::SampleOptions sample;
 };
 
-// Parses the command line; returns false after --help. Throws uoe::Error naming the option.
+// Parses the command line; returns false after --help or --version. Throws uoe::Error naming the option.
 bool parse(int argc, char** argv, SampleArgs& a) {
   po::options_description desc("Options", 100, 50);
   desc.add_options()
@@ -61,10 +62,14 @@ bool parse(int argc, char** argv, SampleArgs& a) {
       ("seed", po::value(&a.sample.seed)->default_value(1), "random seed of the draws (same seed, same text)")
       ("data", po::value(&a.data), "word-level models: the run's --data, if not where the run read it")
       ("val-data", po::value(&a.val_data), "word-level models: the run's --val-data, if it had one and it moved")
-      ("threads", po::value(&a.threads)->default_value(0), "BLAS threads (0 = every core)")
-      ("help,h", "print this help and exit");
+      ("threads", po::value(&a.threads)->default_value(0), "BLAS threads (0 = every core)");
+  uoe::cli_add_help_and_version(desc);
   po::variables_map vm;
   uoe::cli_parse(argc, argv, desc, vm);
+  if (vm.count("version")) {
+    std::cout << uoe::version_report("uoe-sample");
+    return false;
+  }
   if (vm.count("help")) {
     std::cout << "Usage: uoe-sample --checkpoint DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] "
                  "[--seed S]\n\n"

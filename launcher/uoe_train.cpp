@@ -1,6 +1,6 @@
 // uoe-train: parse and validate the configuration, then run the training job, on one process or
 // under mpirun / srun.
-// Exit codes: 0 success (or --help), 2 bad configuration or command line, 1 any other failure.
+// Exit codes: 0 success (or --help, --version), 2 bad configuration or command line, 1 any other failure.
 // Under MPI an error on any rank aborts the whole job (MPI_Abort), so no rank is left waiting in
 // a collective for one that has gone: every rank exits non-zero and the message says which rank.
 // An error the ranks have agreed on (uoe::CollectiveError) ends every rank with its own message,
@@ -18,6 +18,7 @@
 #include "runtime/cpu_features.hpp"
 #include "runtime/error.hpp"
 #include "runtime/log.hpp"
+#include "runtime/version.hpp"
 
 namespace {
 
@@ -48,7 +49,8 @@ int main(int argc, char** argv) {
     std::string help;
     const uoe::ConfigParse parsed = uoe::config_parse(argc, argv, &help);
     if (parsed.exit_now) {
-      if (mpi.world_rank() == 0) std::fputs(help.c_str(), stdout);
+      if (mpi.world_rank() == 0)
+        std::fputs(parsed.version ? uoe::version_report("uoe-train").c_str() : help.c_str(), stdout);
       return 0;
     }
     cfg = parsed.config;

@@ -39,6 +39,10 @@ double lr_at_step(int64_t s, int64_t steps, int64_t warmup, double lr, double mi
   return min_lr + 0.5 * (lr - min_lr) * (1.0 + std::cos(M_PI * t));
 }
 
+float clip_scale(double clip, double grad_norm) {
+  return (clip > 0 && grad_norm > clip) ? static_cast<float>(clip / grad_norm) : 1.0f;
+}
+
 double grad_sum_squares(const float* g, size_t n) {
   const ProfileScope profile(Phase::optimizer);
   // 8 partial sums in double (element i to lane i mod 8), added in a fixed order: the same result

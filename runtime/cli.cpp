@@ -59,6 +59,12 @@ void cli_parse(int argc, const char* const* argv, const po::options_description&
   }
 }
 
+void cli_add_help_and_version(po::options_description& desc) {
+  desc.add_options()
+      ("help,h", "print this help and exit")
+      ("version", "print the version, git commit, build type and libraries (BLAS, MPI, CUDA), and exit");
+}
+
 int cli_main(const char* tool, const std::function<bool()>& parse, const std::function<int()>& run) {
   try {
     if (!parse()) return 0;

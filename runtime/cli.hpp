@@ -13,6 +13,11 @@ namespace uoe {
 // parse() exits 2, one from run() 1, each printed as "<tool>: error: <what>" on stderr.
 int cli_main(const char* tool, const std::function<bool()>& parse, const std::function<int()>& run);
 
+// Adds the options every tool has: --help (-h) and --version. A tool that finds "version" set prints
+// version_report(tool) (runtime/version.hpp: version, git commit, build type, BLAS, MPI, CUDA/NCCL)
+// and exits 0, as after --help.
+void cli_add_help_and_version(boost::program_options::options_description& desc);
+
 // Parses argv against `desc` into `vm`, then notifies (bound variables set) unless `notify` is
 // false (a caller that stores more sources first: uoe-train's --config file). Throws uoe::Error
 // "command line: …" naming an unknown option, a stray argument, or what Boost found wrong.

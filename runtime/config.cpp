@@ -123,8 +123,8 @@ struct OptionGroups {
        "emulate a network link of this many Gbit/s per rank (0 = off; see parallel/sim_link.hpp)")
       ("sim-link-latency-us", bound(&c.sim_link_latency_us),
        "emulated per-message latency in microseconds (with --sim-link-gbps)");
+    cli_add_help_and_version(general);
     general.add_options()
-      ("help,h", "print this help and exit")
       ("config", bound(&c.config_file),
        "INI file of `name = value` lines, names as above without dashes; the command line overrides it");
   }
@@ -202,6 +202,10 @@ ConfigParse config_parse(int argc, const char* const* argv, std::string* help_ou
       *help_out = os.str();
     }
     out.exit_now = true;
+    return out;
+  }
+  if (vm.count("version")) {
+    out.version = out.exit_now = true;
     return out;
   }
 

@@ -74,6 +74,7 @@ struct Config {
 struct ConfigParse {
   Config config;
   bool exit_now = false;   // true after --help / --version; exit code 0
+  bool version = false;    // --version: the caller prints version_report (runtime/version.hpp)
 };
 
 // Parses argv (and the INI file named by --config, if any), then validates. Throws uoe::Error

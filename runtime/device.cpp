@@ -1,6 +1,7 @@
 #include "runtime/device.hpp"
 
 #include "runtime/error.hpp"
+#include "runtime/version.hpp"
 
 namespace uoe {
 
@@ -8,7 +9,16 @@ namespace uoe {
 // runtime/device_cuda.cu: the cudaGetDeviceCount probe (kept out of this file so that it needs no
 // CUDA header).
 DeviceProbe cuda_device_probe();
+std::string cuda_library_versions();
 #endif
+
+std::string device_library_versions() {
+#ifdef UOE_HAVE_CUDA
+  return cuda_library_versions();
+#else
+  return "";
+#endif
+}
 
 DeviceProbe device_probe() {
 #ifdef UOE_HAVE_CUDA

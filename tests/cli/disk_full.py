@@ -1,30 +1,35 @@
 #!/usr/bin/env python3
 """A checkpoint that cannot be written ends the run cleanly on every rank, and loses nothing.
 
-usage: disk_full.py OUTDIR CMD...
+usage: disk_full.py [--case core|limit_one_rank|pinned_tmp|full_disk] OUTDIR CMD...
 
 CMD is a 2-rank training command (mpirun ... -np 2 .../uoe-train OPTIONS) with --ep 2, --steps 16
 and --checkpoint-every 4; this script appends --checkpoint-dir, --metrics and --resume. The faults
-are injected from outside the ranks, each in its own run resumed from the last commit:
+are injected from outside the ranks, each in its own run resumed from the last commit (a run
+preempted at step 5). --case core (the default) runs those every machine can inject:
 
   limit, all ranks    a file-size limit (bash `ulimit -f`, inherited by uoe-train; it ignores
                       SIGXFSZ, so the write fails with EFBIG) between the two shards' sizes: rank 0's
                       shard of step 8 cannot be written, rank 1's can;
-  limit, rank 1 only  the limit on rank 1 alone (needs the MPI's rank variable; skipped without);
   not a directory     --checkpoint-dir under a regular file (root ignores permissions, ENOTDIR does
                       not): refused at start-up, before any training;
-  stale, pinned       (when chattr works) a step_00000008.tmp holding an immutable file, which rank 0
-                      cannot clear before writing step 8;
-  full disk           (when tmpfs can be mounted) the checkpoint directory on a tmpfs with room for
-                      less than one more checkpoint: ENOSPC;
-  final save          the limit again, on a run whose only save left is the final one (step 16).
+  final save          the limit again, on a run whose only save left is the final one (step 16);
+
+the other cases one each, and each exits 77 (CTest: skipped, with the reason) before training when
+the machine cannot inject its fault:
+
+  limit_one_rank      the limit on rank 1 alone (needs the MPI's rank variable in its processes);
+  pinned_tmp          a step_00000008.tmp holding an immutable file, which rank 0 cannot clear
+                      before writing step 8 (needs chattr +i: CAP_LINUX_IMMUTABLE);
+  full_disk           the checkpoint directory on a tmpfs with room for less than one more
+                      checkpoint: ENOSPC (needs to mount a tmpfs: root, CAP_SYS_ADMIN).
 
 (Under the limit Open MPI may warn that it could not size its shared-memory segment; it falls back
 and the run goes on, so the warning is expected in those logs.)
 
 Each must end with exit status != 0, no hang, an error line from every rank naming the file or
 directory and the OS's reason, no step_*.tmp or new step_* left, and `latest` and every committed
-checkpoint byte for byte as before. Finally a plain --resume auto run finishes, and its losses, final
+checkpoint byte for byte as before. Finally (core) a plain --resume auto run finishes, and its losses, final
 val_loss and final checkpoint (every tensor, moments, step, RNG and data state) equal an
 uninterrupted run's, bitwise.
 """
@@ -112,16 +117,60 @@ def expect_clean_failure(name, rc, log, ckpt, before, patterns, before_training=
     print(f"ok: {name}: exit {rc}; rank 0 said: {[l for l in text.splitlines() if l.startswith('error: [rank 0]')][0]}")
 
 
+CASES = ("core", "limit_one_rank", "pinned_tmp", "full_disk")
+
+
+def skip(why):
+    """A case this machine cannot run: CTest's SKIP_RETURN_CODE (77) reports it as skipped."""
+    print(f"SKIPPED: {why}")
+    sys.exit(77)
+
+
+def probe(case, cmd, train_at, out):
+    """Before any training: can this machine inject the case's fault? If not, skip."""
+    if case == "limit_one_rank":
+        # The limit goes on one rank through the MPI's rank variable, read by LIMIT_WRAPPER.
+        show = 'echo "rank=${OMPI_COMM_WORLD_RANK:-${PMI_RANK:-${PMIX_RANK:-}}}"'
+        got = subprocess.run(cmd[:train_at] + ["bash", "-c", show], capture_output=True, text=True, timeout=60).stdout
+        if sorted(re.findall(r"^rank=(\d+)$", got, re.M)) != ["0", "1"]:
+            skip(f"this MPI sets no rank variable in its processes (they printed {got.split()})")
+    elif case == "pinned_tmp":
+        f = f"{out}/probe-immutable"
+        open(f, "w").write("x")
+        if not shutil.which("chattr") or subprocess.call(["chattr", "+i", f], stdout=subprocess.DEVNULL,
+                                                         stderr=subprocess.DEVNULL) != 0:
+            skip("chattr +i is not permitted here (needs CAP_LINUX_IMMUTABLE and a file system with the flag)")
+        subprocess.check_call(["chattr", "-i", f])
+        os.remove(f)
+    elif case == "full_disk":
+        mnt = f"{out}/probe-tmpfs"
+        os.makedirs(mnt)
+        if os.geteuid() != 0 or not shutil.which("mount") or \
+                subprocess.call(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", mnt],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) != 0:
+            skip("cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN)")
+        subprocess.check_call(["umount", mnt])
+        os.rmdir(mnt)
+
+
 def main():
-    out, cmd = os.path.abspath(sys.argv[1]), sys.argv[2:]
+    args = sys.argv[1:]
+    case = "core"
+    if args[:1] == ["--case"]:
+        case, args = args[1], args[2:]
+    if case not in CASES or len(args) < 2:
+        sys.exit(f"usage: disk_full.py [--case {'|'.join(CASES)}] OUTDIR mpirun ... uoe-train OPTIONS")
+    out, cmd = os.path.abspath(args[0]), args[1:]
     train_at = next((i for i, a in enumerate(cmd) if os.path.basename(a).startswith("uoe-train")), None)
     if train_at is None:
-        sys.exit("usage: disk_full.py OUTDIR mpirun ... uoe-train OPTIONS")
+        sys.exit("usage: disk_full.py [--case CASE] OUTDIR mpirun ... uoe-train OPTIONS")
     mnt = f"{out}/tmpfs"
-    if os.path.ismount(mnt):
-        subprocess.call(["umount", mnt])
+    for m in (mnt, f"{out}/probe-tmpfs"):
+        if os.path.ismount(m):
+            subprocess.call(["umount", m])
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
+    probe(case, cmd, train_at, out)
     ckpt, log = f"{out}/ckpt", lambda n: f"{out}/{n}.log"
 
     def leg(name, extra, env=None, limited=False, ckpt_dir=None):
@@ -132,7 +181,8 @@ def main():
         return run(c, log(name), env)
 
     # The reference: uninterrupted.
-    if run(cmd + ["--checkpoint-dir", f"{out}/ref_ckpt", "--metrics", f"{out}/ref.jsonl"], log("ref")) != 0:
+    if case == "core" and \
+            run(cmd + ["--checkpoint-dir", f"{out}/ref_ckpt", "--metrics", f"{out}/ref.jsonl"], log("ref")) != 0:
         raise Fail(f"the uninterrupted run failed; log {log('ref')}")
     # Preempted at step 5: steps 4 and 5 committed.
     if leg("preempt", [], {"UOE_FAULT": "term:0:5"}) != 0 or open(f"{ckpt}/latest").read().strip() != "step_00000005":
@@ -143,41 +193,24 @@ def main():
         raise Fail(f"shard sizes {shard0} and {shard1}: need rank 0's larger to put a limit between them")
     before = tree_hashes(ckpt)
     resume = ["--resume", "auto"]
-
-    # 1. A file-size limit on every rank, between the shards' sizes: rank 0 fails at step 8.
     kb = (shard0 + shard1) // 2 // 1024
-    rc = leg("limit_all", resume, {"UOE_TEST_FSIZE_KB": str(kb)}, limited=True)
-    expect_clean_failure("file-size limit on every rank", rc, log("limit_all"), ckpt, before,
-                         [r"checkpoint step 8 was not committed", r"step_00000008\.tmp/shard_00000_of_00002\.h5",
-                          r"File too large", r"latest still names step_00000005"])
 
-    # 2. The limit on rank 1 only: rank 0 must report rank 1's reason.
-    rc = leg("limit_rank1", resume, {"UOE_TEST_FSIZE_KB": str(shard1 // 2 // 1024), "UOE_TEST_FSIZE_RANK": "1"},
-             limited=True)
-    if rc == 97 or "no MPI rank variable" in open(log("limit_rank1")).read():
-        print("SKIP: file-size limit on rank 1 only (this MPI sets no rank variable)")
-    else:
+    if case == "limit_one_rank":
+        # The limit on rank 1 only: rank 0 must report rank 1's reason.
+        rc = leg("limit_rank1", resume, {"UOE_TEST_FSIZE_KB": str(shard1 // 2 // 1024), "UOE_TEST_FSIZE_RANK": "1"},
+                 limited=True)
         expect_clean_failure("file-size limit on rank 1 only", rc, log("limit_rank1"), ckpt, before,
                              [r"checkpoint step 8 was not committed", r"shard_00001_of_00002\.h5", r"File too large"])
+        return
 
-    # 3. A checkpoint directory that cannot exist (its parent is a regular file): refused at start-up.
-    blocker = f"{out}/a-regular-file"
-    open(blocker, "w").write("not a directory\n")
-    rc = leg("not_a_directory", ["--resume", f"{ckpt}/step_00000005"], ckpt_dir=f"{blocker}/ckpt")
-    expect_clean_failure("checkpoint directory under a regular file", rc, log("not_a_directory"), ckpt, before,
-                         [re.escape(f"{blocker}/ckpt"), r"Not a directory"], before_training=True)
-
-    # 4. A stale step_00000008.tmp that cannot be cleared (an immutable file in it): the save of
-    #    step 8 fails before writing anything.
-    stale = f"{ckpt}/step_00000008.tmp"
-    os.makedirs(stale)
-    open(f"{stale}/pinned", "w").write("x")
-    if not shutil.which("chattr") or \
-            subprocess.call(["chattr", "+i", f"{stale}/pinned"], stderr=subprocess.DEVNULL) != 0:
-        print("SKIP: unclearable step_*.tmp (chattr +i is not permitted here)")
-        shutil.rmtree(stale)
-    else:
+    if case == "pinned_tmp":
+        # A stale step_00000008.tmp that cannot be cleared (an immutable file in it): the save of
+        # step 8 fails before writing anything.
+        stale = f"{ckpt}/step_00000008.tmp"
+        os.makedirs(stale)
+        open(f"{stale}/pinned", "w").write("x")
         try:
+            subprocess.check_call(["chattr", "+i", f"{stale}/pinned"])
             rc = leg("stale_pinned", resume)
             subprocess.check_call(["chattr", "-i", f"{stale}/pinned"])
             shutil.rmtree(stale)
@@ -186,16 +219,14 @@ def main():
         finally:
             subprocess.call(["chattr", "-i", f"{stale}/pinned"], stderr=subprocess.DEVNULL)
             shutil.rmtree(stale, ignore_errors=True)
+        return
 
-    # 5. A full disk: the checkpoint directory on a tmpfs with room for less than one more checkpoint.
-    os.makedirs(mnt)
-    used = sum(os.path.getsize(f) for f in glob.glob(f"{ckpt}/**", recursive=True) if os.path.isfile(f))
-    size_kb = (used + 64 * 1024) // 1024 + 64  # the files, 4 KiB pages of small ones, less than a shard more
-    if os.geteuid() != 0 or not shutil.which("mount") or \
-            subprocess.call(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", mnt],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) != 0:
-        print("SKIP: full disk (cannot mount a tmpfs here)")
-    else:
+    if case == "full_disk":
+        # The checkpoint directory on a tmpfs with room for less than one more checkpoint: ENOSPC.
+        os.makedirs(mnt)
+        used = sum(os.path.getsize(f) for f in glob.glob(f"{ckpt}/**", recursive=True) if os.path.isfile(f))
+        size_kb = (used + 64 * 1024) // 1024 + 64  # the files, 4 KiB pages of small ones, less than a shard more
+        subprocess.check_call(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", mnt])
         try:
             small = f"{mnt}/ckpt"
             shutil.copytree(ckpt, small)
@@ -205,8 +236,22 @@ def main():
                                  [r"checkpoint step 8 was not committed", r"No space left on device"])
         finally:
             subprocess.call(["umount", mnt])
+        return
 
-    # 6. The final save fails: first a preempted run to step 14 (commits 8, 12, 14), then the limit.
+    # core. 1. A file-size limit on every rank, between the shards' sizes: rank 0 fails at step 8.
+    rc = leg("limit_all", resume, {"UOE_TEST_FSIZE_KB": str(kb)}, limited=True)
+    expect_clean_failure("file-size limit on every rank", rc, log("limit_all"), ckpt, before,
+                         [r"checkpoint step 8 was not committed", r"step_00000008\.tmp/shard_00000_of_00002\.h5",
+                          r"File too large", r"latest still names step_00000005"])
+
+    # 2. A checkpoint directory that cannot exist (its parent is a regular file): refused at start-up.
+    blocker = f"{out}/a-regular-file"
+    open(blocker, "w").write("not a directory\n")
+    rc = leg("not_a_directory", ["--resume", f"{ckpt}/step_00000005"], ckpt_dir=f"{blocker}/ckpt")
+    expect_clean_failure("checkpoint directory under a regular file", rc, log("not_a_directory"), ckpt, before,
+                         [re.escape(f"{blocker}/ckpt"), r"Not a directory"], before_training=True)
+
+    # 3. The final save fails: first a preempted run to step 14 (commits 8, 12, 14), then the limit.
     if leg("preempt14", resume, {"UOE_FAULT": "term:0:14"}) != 0 or \
             open(f"{ckpt}/latest").read().strip() != "step_00000014":
         raise Fail(f"the run preempted at step 14 did not commit it; log {log('preempt14')}")
@@ -218,7 +263,7 @@ def main():
     if any(json.loads(l).get("final") for l in open(f"{out}/run.jsonl")):
         raise Fail("a run whose final checkpoint failed wrote a final metrics line")
 
-    # 7. Nothing was lost: a plain resume finishes where the uninterrupted run did, bitwise.
+    # 4. Nothing was lost: a plain resume finishes where the uninterrupted run did, bitwise.
     if leg("resume", resume) != 0:
         raise Fail(f"the resumed run failed; log {log('resume')}")
     ref_train, ref_final = metrics(f"{out}/ref.jsonl")

@@ -17,6 +17,7 @@
 #include "parallel/nccl_comm.hpp"
 #include "runtime/cuda/memory.cuh"
 #include "runtime/device.hpp"
+#include "tests/common/mpi_gtest.hpp"
 
 namespace {
 
@@ -184,6 +185,7 @@ TEST(Nccl, HostPointerIsRefused) {
 int main(int argc, char** argv) {
   uoe::MpiSession mpi(&argc, &argv);
   ::testing::InitGoogleTest(&argc, argv);
+  uoe_test::agree_on_shuffle_seed();
   // Skip on every rank when any rank cannot have a GPU of its own.
   const uoe::DeviceProbe probe = uoe::device_probe();
   MPI_Comm node;

@@ -28,6 +28,7 @@
 #include "runtime/config.hpp"
 #include "runtime/error.hpp"
 #include "runtime/rng.hpp"
+#include "tests/common/mpi_gtest.hpp"
 
 namespace {
 
@@ -289,7 +290,9 @@ TEST(CheckpointMpi, CorruptShardMakesEveryRankFail) {
 }
 
 TEST(CheckpointMpi, ResolveGivesEveryRankTheSamePath) {
-  const std::string dir = g_root + "/ep_full";  // written by the first test
+  // Its own checkpoint (tests run in any order, shuffled in CI).
+  const std::string dir = g_root + "/resolve";
+  write_checkpoint(dir, world_size());
   uoe::MpiCommunicator world(MPI_COMM_WORLD);
   const std::string path = uoe::checkpoint_resolve("auto", dir, world);
   EXPECT_EQ(path, (fs::path(dir) / uoe::checkpoint_step_name(7)).string());
@@ -321,6 +324,7 @@ class RankFailurePrinter : public ::testing::EmptyTestEventListener {
 int main(int argc, char** argv) {
   uoe::MpiSession mpi(&argc, &argv);
   ::testing::InitGoogleTest(&argc, argv);
+  uoe_test::agree_on_shuffle_seed();
   if (mpi.world_rank() != 0) {
     ::testing::TestEventListeners& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());

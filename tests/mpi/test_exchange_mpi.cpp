@@ -15,6 +15,7 @@
 #include "layers/device_step.hpp"
 #include "layers/model.hpp"
 #include "tests/common/errors.hpp"
+#include "tests/common/mpi_gtest.hpp"
 #include "tests/unit/step_backend_cpu.hpp"
 #include "parallel/comm.hpp"
 #include "parallel/exchange.hpp"
@@ -680,6 +681,7 @@ class RankFailurePrinter : public ::testing::EmptyTestEventListener {
 int main(int argc, char** argv) {
   uoe::MpiSession mpi(&argc, &argv);
   ::testing::InitGoogleTest(&argc, argv);
+  uoe_test::agree_on_shuffle_seed();
   if (mpi.world_rank() != 0) {
     ::testing::TestEventListeners& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());

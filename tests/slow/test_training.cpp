@@ -1,6 +1,7 @@
 // End-to-end training through the real entry point (train_run): the model must learn the built-in
 // corpus far beyond what its byte statistics alone give.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <fstream>
@@ -50,7 +51,7 @@ TEST(Training, LearnsTheBuiltInCorpus) {
   cfg.steps = 300;
   cfg.eval_every = 0;
   cfg.log_every = 100;
-  cfg.metrics = testing::TempDir() + "/uoe_training_metrics.jsonl";
+  cfg.metrics = testing::TempDir() + "/uoe_training_metrics_" + std::to_string(::getpid()) + ".jsonl";
   ASSERT_EQ(train_run(cfg), 0);
   const double val = final_value(cfg.metrics, "val_loss");
   ASSERT_TRUE(std::isfinite(val)) << "no final val_loss in " << cfg.metrics;

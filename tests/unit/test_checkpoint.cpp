@@ -31,6 +31,7 @@
 #include "runtime/data.hpp"
 #include "runtime/error.hpp"
 #include "runtime/rng.hpp"
+#include "runtime/version.hpp"
 
 namespace {
 
@@ -321,6 +322,41 @@ TEST_F(Checkpoint, RoundTripIsBitwise) {
   EXPECT_EQ(st.config_ini, uoe::config_to_ini(cfg_));
   EXPECT_EQ(st.world, 1);
   EXPECT_EQ(st.ep, 1);
+}
+
+// The manifest records the build that wrote it (attribute "build", runtime/version.hpp), read here
+// straight from the file; a checkpoint written before the attribute existed (removed here) still
+// loads, with an empty build.
+TEST_F(Checkpoint, ManifestStoresTheBuildAndLoadsWithoutIt) {
+  Trainee a(cfg_, 7, 99);
+  save(a, 5);
+  std::string stored;
+  h5_edit(manifest_path(5), [&](hid_t fid) {
+    ASSERT_GT(H5Aexists(fid, "build"), 0);
+    const hid_t attr = H5Aopen(fid, "build", H5P_DEFAULT);
+    const hid_t type = H5Aget_type(attr);
+    ASSERT_EQ(H5Tget_class(type), H5T_STRING);
+    std::string text(H5Tget_size(type), '\0');
+    const hid_t mem = H5Tcopy(H5T_C_S1);
+    H5Tset_size(mem, text.size());
+    h5_ok(H5Aread(attr, mem, text.data()), "read build");
+    H5Tclose(mem);
+    H5Tclose(type);
+    H5Aclose(attr);
+    stored = text.c_str();
+  });
+  EXPECT_EQ(stored, uoe::build_info());
+  EXPECT_TRUE(contains(stored, "uoe " + uoe::build_info_fields().version)) << stored;
+  EXPECT_TRUE(contains(stored, "commit ")) << stored;
+  Trainee b(cfg_, 8, 0);
+  EXPECT_EQ(load(step_dir(5), b).build, uoe::build_info());
+
+  h5_edit(manifest_path(5), [](hid_t fid) { h5_ok(H5Adelete(fid, "build"), "delete build"); });
+  Trainee c(cfg_, 8, 0);
+  const uoe::TrainState st = load(step_dir(5), c);
+  EXPECT_EQ(st.build, "");
+  EXPECT_EQ(st.step, 5);
+  EXPECT_TRUE(bitwise_equal(a.params().values(), c.params().values()));
 }
 
 // The parameters alone (uoe-sample): the same values; the moments are not read.

@@ -2,6 +2,7 @@
 // the config_to_ini round trip.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
@@ -46,7 +47,8 @@ class ConfigFiles : public ::testing::Test {
  protected:
   void SetUp() override {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::path(::testing::TempDir()) / (std::string("uoe_config_") + info->name());
+    // The process id too: unit.all_shuffled runs this test beside CTest's own run of it.
+    dir_ = fs::path(::testing::TempDir()) / ("uoe_config_" + std::to_string(::getpid()) + "_" + info->name());
     fs::remove_all(dir_);
     fs::create_directories(dir_);
   }

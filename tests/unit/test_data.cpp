@@ -390,9 +390,9 @@ TEST(DataErrors, BadOptions) {
 // training. --data / --val-data are overridden with a file that exists (the presets name paths
 // relative to where one runs them, and the WikiText-103 files are prepared by the user).
 
-std::string presets_dir() {
-  return (std::filesystem::path(__FILE__).parent_path() / ".." / ".." / "launcher" / "configs").lexically_normal();
-}
+// From the source tree's absolute path (CMakeLists.txt): __FILE__ may be relative to the build
+// directory, which made these tests pass only when run from there.
+std::string presets_dir() { return std::string(UOE_SOURCE_DIR) + "/launcher/configs"; }
 
 uoe::Config preset_parse(const std::string& ini, const std::string& data) {
   const std::vector<std::string> args = {"uoe-train", "--config", ini, "--data", data, "--val-data", data};
