@@ -10,8 +10,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -257,7 +259,13 @@ void blas_kernels_select() {
   args.push_back(nullptr);
   setenv("OPENBLAS_CORETYPE", g_state.decision.coretype.c_str(), 1);
   setenv(kGuard, (g_state.picked + ">" + g_state.decision.coretype).c_str(), 1);
-  if (!words.empty()) execv("/proc/self/exe", args.data());
+  // The binary's own path, not /proc/self/exe: the kernel names the new image after the file it
+  // ran, and "exe" would replace "uoe-train" in ps, top, pkill and the soak bench's rank lookup.
+  // /proc/self/exe only where the link cannot be read or its file is gone (rebuilt meanwhile).
+  std::error_code ec;
+  std::string self = std::filesystem::read_symlink("/proc/self/exe", ec).string();
+  if (ec || self.empty() || access(self.c_str(), X_OK) != 0) self = "/proc/self/exe";
+  if (!words.empty()) execv(self.c_str(), args.data());
   // Only reached when the exec failed: run on with the library's kernels and say so.
   g_state.exec_error = words.empty() ? std::string("/proc/self/cmdline unreadable") : std::strerror(errno);
   unsetenv(kGuard);

@@ -43,6 +43,26 @@ elif grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo; then
   [[ ${BASH_REMATCH[1]} == "${BASH_REMATCH[2]}" ]] || fail "asked for ${BASH_REMATCH[2]}, OpenBLAS runs ${BASH_REMATCH[1]}"
   [[ ${BASH_REMATCH[2]} =~ ^(Haswell|SkylakeX|Cooperlake)$ ]] || fail "unexpected target ${BASH_REMATCH[2]}"
   [[ $line == *"[pick simulated by UOE_TEST_BLAS_CORENAME]"* ]] || fail "the simulation is not said"
+  # The re-executed process keeps its name (ps, pkill and bench/soak find ranks by it): run the
+  # command once more (one process only) and read /proc/PID/comm once the re-exec has happened
+  # (the guard variable is in the new image's environment).
+  if [[ $(basename "${command[0]}") == uoe-* ]]; then
+    "${command[@]}" >/dev/null 2>&1 &
+    pid=$!
+    name=""
+    for _ in $(seq 1000); do
+      if tr '\0' '\n' < /proc/$pid/environ 2>/dev/null | grep -q '^UOE_BLAS_REEXEC='; then
+        name=$(cat /proc/$pid/comm 2>/dev/null)
+        break
+      fi
+      kill -0 $pid 2>/dev/null || break
+      sleep 0.005
+    done
+    wait $pid
+    [[ -n $name ]] || fail "could not see the re-executed process (ended too soon?)"
+    [[ $name == "$(basename "${command[0]}" | cut -c1-15)" ]] || fail "the re-executed process is named '$name', not $(basename "${command[0]}")"
+    echo "re-executed process name: $name"
+  fi
 else
   [[ $line == *"no AVX2 + FMA on this CPU"* ]] || fail "a CPU without AVX2 + FMA should keep the library's pick"
 fi
