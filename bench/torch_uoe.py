@@ -1,7 +1,7 @@
-#!/usr/bin/python3
-"""torch_uoe.py: the UoE model of docs/model.md (and the dense GPT it is cut from) in eager PyTorch,
-with the trainer's optimizer, schedule and data windows, as the baseline bench/compare runs beside
-uoe-train on the same cores.
+#!/usr/bin/env python3
+"""torch_uoe.py: the UoE model of docs/model.md (and the dense GPT it is cut from) in PyTorch, eager or under
+torch.compile, with the trainer's optimizer, schedule and data windows, as the peer bench/compare
+runs beside uoe-train on the same cores.
 
 Same model, same data, same start:
   * model      pre-LN blocks h += SMHA(LN(h)), h += UoME(LN(h)); tied embedding/head; routers
@@ -24,12 +24,23 @@ Same model, same data, same start:
                does. Without --init the weights are drawn with torch's RNG (N(0, 0.02), outputs
                0.02/sqrt(2L)): fine for timing, not for comparing losses.
 
-Threads: set --threads (torch intra-op) and --blas-threads (OpenBLAS, which this torch build calls
-for matmul; must be set before torch loads, so it is an option here rather than a call).
+Threads: --threads sets torch's intra-op pool and, before torch loads, OMP_NUM_THREADS,
+MKL_NUM_THREADS and OPENBLAS_NUM_THREADS (PyPI's torch calls MKL for matmul, Debian's calls
+OpenBLAS); inter-op threads 1. --blas-threads overrides the BLAS libraries' count alone (0: the same).
+One pool per process: with --ranks N give each rank cores / N threads.
+
+Processes: --ranks N starts N copies as one torch.distributed (gloo) job; the model is wrapped in
+DistributedDataParallel (bucketed gradient all-reduce overlapping backward), rank r draws uoe's
+slot-r windows, as uoe-train under mpirun with --batch-size B per rank.
+
+--compile wraps the model (after DDP) in torch.compile(dynamic=True): routing gives every expert a
+different row count each step, so static shapes would recompile every step. The first steps
+include the compilation; bench/compare drops them (--metrics has every step's time).
 
 Output: one JSON line per step to --metrics ({"step", "train_loss", "aux_loss", "step_s", "tokens"})
 and a summary on stdout's last line ({"final": true, ...}). --self-test checks the RNG port and the
-window draws against values computed by the C++ code, and exits.
+window draws against values computed by the C++ code, and exits. --info prints one JSON line
+(torch version, CPU capability, BLAS, oneDNN, OpenMP, compile support) and exits.
 """
 import argparse
 import json
@@ -440,13 +451,16 @@ def parse_args(argv):
     ap.add_argument("--clip", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--init", default="", help="uoe checkpoint directory (step_N/) to start from")
-    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    ap.add_argument("--blas-threads", type=int, default=1, help="OpenBLAS threads (set before torch loads)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (and OpenMP / BLAS threads)")
+    ap.add_argument("--blas-threads", type=int, default=0,
+                    help="MKL / OpenBLAS threads if not --threads (set before torch loads; 0 = --threads)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile(dynamic=True) the model")
     ap.add_argument("--metrics", default="", help="JSON lines, one per step")
     ap.add_argument("--ranks", type=int, default=1,
-                    help="data-parallel processes (torch.distributed, gloo): rank r draws uoe's slot r windows, "
-                         "gradients are averaged over ranks in one flat all-reduce per step, as uoe-train -np N")
+                    help="data-parallel processes (torch.distributed gloo, DistributedDataParallel): rank r draws "
+                         "uoe's slot r windows, gradients are averaged over ranks, as uoe-train -np N")
     ap.add_argument("--self-test", action="store_true", help="check the RNG and window port against C++ values")
+    ap.add_argument("--info", action="store_true", help="print this torch's version, kernels and threads; exit")
     return ap.parse_args(argv)
 
 
@@ -464,6 +478,26 @@ def launch_ranks(argv, ranks):
     return max(p.wait() for p in procs)
 
 
+def torch_info(torch):
+    """What this torch runs on: version, CPU kernels, BLAS, oneDNN, OpenMP (from torch.__config__.show())."""
+    cfg = torch.__config__.show()
+    cap = None
+    try:
+        cap = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:  # torch before 2.0
+        pass
+    lines = [ln.strip(" -") for ln in cfg.splitlines()]
+
+    def line(*keys):
+        return next((ln for ln in lines if any(k in ln for k in keys)), None)
+
+    blas = next((kv.split("=", 1)[1] for kv in cfg.replace(",", " ").split() if kv.startswith("BLAS_INFO=")), None)
+    mkl = line("Math Kernel Library")
+    return {"torch": torch.__version__, "cpu_capability": cap or line("CPU capability"), "blas": blas,
+            "mkl": mkl.split(" for ")[0] if mkl else None, "onednn": line("MKL-DNN", "oneDNN"),
+            "openmp": line("OpenMP"), "compile": hasattr(torch, "compile"), "threads": torch.get_num_threads()}
+
+
 def main(argv):
     a = parse_args(argv)
     if a.self_test:
@@ -471,12 +505,29 @@ def main(argv):
     if a.ranks > 1 and "RANK" not in os.environ:
         return launch_ranks(argv, a.ranks)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    # OpenBLAS reads its thread count when the library loads: before `import torch`.
-    os.environ["OPENBLAS_NUM_THREADS"] = str(a.blas_threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+    # The BLAS libraries and OpenMP read their thread counts when they load: before `import torch`.
+    # One pool of --threads per process (a second pool on the same cores only stalls the first).
+    blas = a.blas_threads or a.threads
+    os.environ["OMP_NUM_THREADS"] = str(a.threads)
+    os.environ["MKL_NUM_THREADS"] = str(blas)
+    os.environ["OPENBLAS_NUM_THREADS"] = str(blas)
+    if a.compile and world > 1:
+        # torch 2.15's inductor cache fails its guard check on the graphs DDP splits at its buckets
+        # (KeyError '___stack0' in FxGraphCache.find_guarded_entry): compile those afresh.
+        os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "0")
+        os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "0")
     import numpy as np
     import torch
     torch.set_num_threads(a.threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set (e.g. a warm interpreter)
+        pass
+    if a.info:
+        print(json.dumps(torch_info(torch)))
+        return 0
+    if a.compile and not hasattr(torch, "compile"):
+        sys.exit(f"torch_uoe.py: --compile needs torch 2.0 or later (this is {torch.__version__})")
     torch.manual_seed(a.seed)
     dist = None
     if world > 1:
@@ -508,6 +559,11 @@ def main(argv):
     mm_gflops = 2 * 1024 ** 3 / best * 1e-9
     del mm
 
+    # Data parallel: DDP all-reduces (averages) the gradients in buckets while backward runs.
+    net = torch.nn.parallel.DistributedDataParallel(model) if dist is not None else model
+    if a.compile:
+        net = torch.compile(net, dynamic=True)
+
     out = open(a.metrics, "w") if a.metrics and rank == 0 else None
     T, B = a.seq_len, a.batch_size
     times, last = [], None
@@ -515,22 +571,14 @@ def main(argv):
         t0 = time.perf_counter()
         inp, tgt = sample_batch(train, T, B, a.seed, step, slot=rank)
         inp, tgt = torch.from_numpy(inp), torch.from_numpy(tgt)
-        ce, aux = model(inp, tgt)
+        ce, aux = net(inp, tgt)
         (ce + aux).backward()
-        if dist is not None:  # mean over ranks, as uoe-train's gradient sync (one flat buffer)
-            flat = torch.cat([p.grad.reshape(-1) for p in params])
-            figures = torch.tensor([ce.item(), float(aux)], dtype=torch.float64)
-            dist.all_reduce(flat)
+        if dist is not None:  # the logged loss: the mean over ranks, as uoe-train's
+            figures = torch.tensor([ce.item(), float(aux.detach())], dtype=torch.float64)
             dist.all_reduce(figures)
-            flat.div_(world)
-            at = 0
-            for p in params:
-                n = p.grad.numel()
-                p.grad.copy_(flat[at:at + n].view_as(p.grad))
-                at += n
             ce_mean, aux_mean = (figures / world).tolist()
         else:
-            ce_mean, aux_mean = ce.item(), float(aux)
+            ce_mean, aux_mean = ce.item(), float(aux.detach())
         # Global-norm clipping (layers/optimizer + launcher/train.cpp): scale = clip / norm if above.
         norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params)).item()
         if a.clip > 0 and norm > a.clip:
@@ -560,7 +608,7 @@ def main(argv):
     summary = {"final": True, "block_type": a.block_type, "steps": len(times), "last_step": a.steps,
                "train_loss": last, "step_s_min": st[0] if st else None, "step_s_median": med,
                "tokens_per_s": B * T * world / med if st else None, "ranks": world, "threads": a.threads,
-               "blas_threads": a.blas_threads,
+               "blas_threads": blas, "compile": a.compile, "torch": torch.__version__,
                "matmul_gflops": mm_gflops, "params": sum(p.numel() for p in params),
                "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
     print(json.dumps(summary))
