@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "layers/params.hpp"
+#include "runtime/sum_squares.hpp"  // grad_sum_squares, for the optimizer's callers
 #include "runtime/tensor.hpp"
 
 namespace uoe {
@@ -34,8 +35,5 @@ double lr_at_step(int64_t s, int64_t steps, int64_t warmup, double lr, double mi
 // Global-norm clipping: the factor every gradient is multiplied by, clip / grad_norm when the norm
 // exceeds `clip`, else 1 (clip <= 0: off). A non-finite norm never reaches here (the step is skipped).
 float clip_scale(double clip, double grad_norm);
-
-// Σ g² over a gradient arena, in double, in a fixed order (8 interleaved partial sums: deterministic).
-double grad_sum_squares(const float* g, size_t n);
 
 }  // namespace uoe

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "parallel/grad_tensor.hpp"
 #include "runtime/tensor.hpp"
 
 namespace uoe {
@@ -62,5 +63,11 @@ class ParamStore {
   FloatBuffer values_;  // all parameters, tensor after tensor
   FloatBuffer grads_;   // same layout
 };
+
+// Tensor i's gradient as parallel/ takes it (GradientSync, tensor_grad_fingerprint): a view into
+// the store's gradient arena and names, valid while the store lives (the arena is allocated once).
+GradTensor grad_tensor(ParamStore& store, int i);
+// Every tensor's, in index order.
+std::vector<GradTensor> grad_tensors(ParamStore& store);
 
 }  // namespace uoe
