@@ -13,18 +13,16 @@ struct AdamWSpec {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
 };
 
-class AdamW {
+// The moments live in OptimizerMoments (runtime/param_store.hpp), the part checkpoints save.
+class AdamW : public OptimizerMoments {
  public:
   AdamW(const ParamStore& params, const AdamWSpec& spec);
   // One update with learning rate lr; `step` counts from 1 (bias correction). grad_scale multiplies
   // every gradient first (clipping). Weight decay (decoupled) only where ParamInfo::decay.
   void update(ParamStore& params, double lr, int64_t step, float grad_scale);
-  FloatBuffer& m() { return m_; }
-  FloatBuffer& v() { return v_; }
 
  private:
   AdamWSpec spec_;
-  FloatBuffer m_, v_;        // first and second moments, same layout as the parameter arena
   FloatBuffer decay_mask_;   // 1 where weight decay applies, else 0
 };
 

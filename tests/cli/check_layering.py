@@ -54,10 +54,6 @@ ALLOWED = {
         "the device step builds its own communicators until the one-pipeline redesign",
     ("layers/device_model.cu", "parallel/nccl_comm.hpp"):
         "the device step builds its own communicators until the one-pipeline redesign",
-    ("checkpoints/checkpoint.hpp", "layers/params.hpp"):
-        "checkpoints save ParamStore until the named-tensor registry moves to runtime",
-    ("checkpoints/checkpoint.hpp", "layers/optimizer.hpp"):
-        "checkpoints save AdamW's moments until the named-tensor registry moves to runtime",
     ("bench/step.cpp", "launcher/train.hpp"):
         "bench-step times train_step, which leaves launcher/ with the Trainer split",
     ("bench/checkpoint.cpp", "launcher/train.hpp"):
