@@ -718,7 +718,7 @@ void CheckpointWriter::gather_layout(const ParamStore& params) {
   layout_ = std::move(layout);
 }
 
-void CheckpointWriter::save(const ParamStore& params, AdamW& opt, const TrainState& state) {
+void CheckpointWriter::save(const ParamStore& params, OptimizerMoments& opt, const TrainState& state) {
   wait();
   h5::init_thread();
   if (!layout_) gather_layout(params);
@@ -794,7 +794,7 @@ void CheckpointWriter::save(const ParamStore& params, AdamW& opt, const TrainSta
 
 bool CheckpointWriter::write_done() const { return job_ && job_->done.load(std::memory_order_acquire); }
 
-void CheckpointWriter::snapshot(const ParamStore& params, AdamW& opt, const TrainState& state) {
+void CheckpointWriter::snapshot(const ParamStore& params, OptimizerMoments& opt, const TrainState& state) {
   Job* job = job_.get();
   const auto t0 = Clock::now();
   size_t total = 0;
@@ -985,7 +985,7 @@ struct LoadResult {
 };
 
 // opt null: the parameters only (the moments are neither read nor needed).
-LoadResult load_local(const std::string& path, const Config& current, ParamStore& params, AdamW* opt) {
+LoadResult load_local(const std::string& path, const Config& current, ParamStore& params, OptimizerMoments* opt) {
   const std::string manifest_path = checkpoint_dir_check(path);
   const Manifest m = manifest_read(manifest_path);
   manifest_check_layout(m, manifest_path);
@@ -1074,7 +1074,7 @@ LoadResult load_local(const std::string& path, const Config& current, ParamStore
 
 namespace {
 
-TrainState load_agreed(const std::string& path, const Config& current, ParamStore& params, AdamW* opt,
+TrainState load_agreed(const std::string& path, const Config& current, ParamStore& params, OptimizerMoments* opt,
                        Communicator& world) {
   h5::init_thread();
   const auto t0 = Clock::now();
@@ -1097,7 +1097,7 @@ TrainState load_agreed(const std::string& path, const Config& current, ParamStor
 
 }  // namespace
 
-TrainState checkpoint_load(const std::string& path, const Config& current, ParamStore& params, AdamW& opt,
+TrainState checkpoint_load(const std::string& path, const Config& current, ParamStore& params, OptimizerMoments& opt,
                            Communicator& world) {
   return load_agreed(path, current, params, &opt, world);
 }

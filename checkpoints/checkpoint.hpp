@@ -17,10 +17,9 @@
 #include <string>
 #include <thread>
 
-#include "layers/optimizer.hpp"
-#include "layers/params.hpp"
 #include "parallel/comm.hpp"
 #include "runtime/config.hpp"
+#include "runtime/param_store.hpp"
 
 namespace uoe {
 
@@ -77,8 +76,8 @@ class CheckpointWriter {
   void prepare();
   // Collective. Snapshot at `state.step` and start writing; returns once the snapshot is taken.
   // Throws CollectiveError on every rank, with world rank 0's reason, if step_N.tmp cannot be made.
-  // `opt` is not modified (non-const only because AdamW has no const accessors for its moments).
-  void save(const ParamStore& params, AdamW& opt, const TrainState& state);
+  // `opt` is not modified (non-const only because OptimizerMoments has no const accessors).
+  void save(const ParamStore& params, OptimizerMoments& opt, const TrainState& state);
   // Collective. Waits for the in-flight write, agrees across ranks that every shard was written
   // and verified, then (rank 0) commits and prunes. If any rank failed, rank 0 removes the partial
   // step_N.tmp and every rank throws CollectiveError (a failing rank with its own reason, the
@@ -107,7 +106,7 @@ class CheckpointWriter {
  private:
   struct Layout;
   void gather_layout(const ParamStore& params);
-  void snapshot(const ParamStore& params, AdamW& opt, const TrainState& state);  // into job_
+  void snapshot(const ParamStore& params, OptimizerMoments& opt, const TrainState& state);  // into job_
   void commit(const Job& job);  // rank 0 only
   void prune(int64_t committed_step);
 
@@ -131,7 +130,7 @@ class CheckpointWriter {
 // tensor by the manifest's slabs (before reading any data); every tensor present, shape, float32,
 // slab attributes; every shard file listed present and from the same step; checksums (Fletcher32)
 // of every chunk read. If any rank fails, every rank throws. Returns the saved TrainState.
-TrainState checkpoint_load(const std::string& path, const Config& current, ParamStore& params, AdamW& opt,
+TrainState checkpoint_load(const std::string& path, const Config& current, ParamStore& params, OptimizerMoments& opt,
                            Communicator& world);
 // The same for the parameters alone (sampling, evaluation): the AdamW moments are not read.
 TrainState checkpoint_load_params(const std::string& path, const Config& current, ParamStore& params,

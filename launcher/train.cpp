@@ -196,7 +196,7 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
       if (ranks.fault_grad_scale != 1.0f)
         scale_grads(model.params(), model_gradient_buckets(model)[bucket], ranks.fault_grad_scale);
       WatchScope watch(where);
-      ranks.sync->reduce_bucket(model.params(), bucket);
+      ranks.sync->reduce_bucket(bucket);
     });
   };
   const bool bucketed = ranks.sync && ranks.scheduler && ranks.world_size > 1;
@@ -237,12 +237,12 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
     } else {
       if (ranks.fault_grad_scale != 1.0f)
         for (const std::vector<int>& b : model_gradient_buckets(model)) scale_grads(ps, b, ranks.fault_grad_scale);
-      ranks.sync->all_reduce(ps);
+      ranks.sync->all_reduce();
     }
     if (ranks.fault_expert_scale != 1.0f)
       for (int i = 0; i < static_cast<int>(ps.count()); ++i)
         if (ps.info(i).expert_sharded) scale_grads(ps, {i}, ranks.fault_expert_scale);
-    sq = ranks.sync->global_sum_squares(ps);
+    sq = ranks.sync->global_sum_squares();
   } else {
     sq = grad_sum_squares(ps.grads().data(), ps.total());
   }
@@ -250,12 +250,12 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
   // one factor that grad_norm determines), on the steps that write a metrics line.
   if (cfg.metrics_grads && (step % cfg.log_every == 0 || step == cfg.steps)) {
     if (ranks.sync) {
-      fig.grad_fingerprint = ranks.sync->global_fingerprint(ps);
+      fig.grad_fingerprint = ranks.sync->global_fingerprint();
     } else {
       std::vector<double>& f = fig.grad_fingerprint;
       f.resize(2 * ps.count());
       for (int i = 0; i < static_cast<int>(ps.count()); ++i)
-        tensor_grad_fingerprint(ps.info(i), ps.grad(i), &f[2 * i], &f[2 * i + 1]);
+        tensor_grad_fingerprint(grad_tensor(ps, i), &f[2 * i], &f[2 * i + 1]);
     }
   }
   if (ranks.inject_nan) sums[0] = std::numeric_limits<double>::quiet_NaN();
@@ -363,7 +363,7 @@ int train_run(const Config& cfg) {
   AdamWSpec aspec;
   aspec.weight_decay = cfg.weight_decay;
   AdamW opt(model.params(), aspec);
-  GradientSync sync(model.params(), model_gradient_buckets(model), *world_link, *ep_link, *dp_link);
+  GradientSync sync(grad_tensors(model.params()), model_gradient_buckets(model), *world_link, *ep_link, *dp_link);
   StepRanks ranks;
   ranks.world = groups.world.get();
   ranks.sync = &sync;

@@ -1,24 +1,16 @@
 // Expert computation on the OWNER side: whatever rows reached this rank's experts, packed
 // expert-major. Rows of one expert are ordered so that the tokens of one sequence are contiguous
 // and in position order (a "segment"); seg[r] identifies the sequence (unique per source rank and
-// sequence), pos[r] is the token's true position. UoME and SMHA experts share this interface,
-// so the dispatch/combine of parallel/ serves both.
+// sequence), pos[r] is the token's true position (ExpertRows, parallel/expert_rows.hpp). UoME and
+// SMHA experts share this interface, so the dispatch/combine of parallel/ serves both.
 #pragma once
 #include <cstdint>
 #include <vector>
 
+#include "parallel/expert_rows.hpp"  // the rows, as the exchange delivers them
 #include "runtime/tensor.hpp"
 
 namespace uoe {
-
-struct ExpertRows {
-  int n_experts = 0;           // local experts
-  std::vector<int> offsets;    // [n_experts + 1] row ranges
-  FloatBuffer x;               // [R, d] inputs (normalised activations)
-  std::vector<int32_t> seg;    // [R] segment (sequence) id
-  std::vector<int32_t> pos;    // [R] true position in the sequence
-  int rows() const { return offsets.empty() ? 0 : offsets.back(); }
-};
 
 // ---- UoME: expert e computes y = GELU(x·W1_e + b1_e)·W2_e (a partial sum of the dense FFN) ----
 struct MlpExpertCache {

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "layers/params.hpp"
+#include "runtime/sum_squares.hpp"  // grad_sum_squares, for the optimizer's callers
 #include "runtime/tensor.hpp"
 
 namespace uoe {
@@ -12,18 +13,16 @@ struct AdamWSpec {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
 };
 
-class AdamW {
+// The moments live in OptimizerMoments (runtime/param_store.hpp), the part checkpoints save.
+class AdamW : public OptimizerMoments {
  public:
   AdamW(const ParamStore& params, const AdamWSpec& spec);
   // One update with learning rate lr; `step` counts from 1 (bias correction). grad_scale multiplies
   // every gradient first (clipping). Weight decay (decoupled) only where ParamInfo::decay.
   void update(ParamStore& params, double lr, int64_t step, float grad_scale);
-  FloatBuffer& m() { return m_; }
-  FloatBuffer& v() { return v_; }
 
  private:
   AdamWSpec spec_;
-  FloatBuffer m_, v_;        // first and second moments, same layout as the parameter arena
   FloatBuffer decay_mask_;   // 1 where weight decay applies, else 0
 };
 
@@ -34,8 +33,5 @@ double lr_at_step(int64_t s, int64_t steps, int64_t warmup, double lr, double mi
 // Global-norm clipping: the factor every gradient is multiplied by, clip / grad_norm when the norm
 // exceeds `clip`, else 1 (clip <= 0: off). A non-finite norm never reaches here (the step is skipped).
 float clip_scale(double clip, double grad_norm);
-
-// Σ g² over a gradient arena, in double, in a fixed order (8 interleaved partial sums: deterministic).
-double grad_sum_squares(const float* g, size_t n);
 
 }  // namespace uoe

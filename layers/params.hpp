@@ -1,66 +1,17 @@
-// Parameters carved from one arena (values) with a twin arena for gradients, as in llm.c.
-// Every tensor has a global name and global shape; an expert-sharded tensor (first dimension =
-// experts) holds only the slab [expert_begin, expert_end) of this rank, and is initialised from
-// the GLOBAL element index, so the same model comes out whatever the world size or ep.
+// The model's parameters: a ParamStore (runtime/param_store.hpp, the named-tensor registry that
+// checkpoints save) and the view of its gradients that parallel/'s GradientSync takes.
 #pragma once
-#include <cstdint>
-#include <string>
 #include <vector>
 
-#include "runtime/tensor.hpp"
+#include "parallel/grad_tensor.hpp"
+#include "runtime/param_store.hpp"
 
 namespace uoe {
 
-enum class InitKind { zeros, ones, normal };
-
-struct ParamInfo {
-  std::string name;                   // e.g. "layers.0.mlp.w1"
-  std::vector<int64_t> global_shape;  // the whole tensor
-  bool expert_sharded = false;        // first dim = experts, sliced [expert_begin, expert_end)
-  int64_t expert_begin = 0, expert_end = 0;
-  size_t offset = 0;                  // into the arenas (elements)
-  size_t size = 0;                    // local elements
-  bool decay = false;                 // weight decay applies (matrices)
-  InitKind init = InitKind::zeros;
-  float init_std = 0.0f;              // for InitKind::normal
-
-  int64_t global_size() const;
-  int64_t slab_size() const;          // elements per expert (expert_sharded only)
-  int64_t global_offset() const;      // global index of the first local element
-};
-
-class ParamStore {
- public:
-  // Adds a replicated tensor; returns its index.
-  int add(const std::string& name, std::vector<int64_t> shape, InitKind init, float std, bool decay);
-  // Adds an expert-sharded tensor [experts, ...] holding experts [begin, end) locally.
-  int add_sharded(const std::string& name, std::vector<int64_t> shape, int64_t begin, int64_t end,
-                  InitKind init, float std, bool decay);
-  // Allocates values and gradients (after all add calls) and initialises values from `seed`.
-  void allocate_and_init(uint64_t seed);
-
-  size_t count() const { return infos_.size(); }
-  const ParamInfo& info(int i) const { return infos_[i]; }
-  const std::vector<ParamInfo>& infos() const { return infos_; }
-  int find(const std::string& name) const;  // -1 when absent
-
-  float* value(int i) { return values_.data() + infos_[i].offset; }
-  const float* value(int i) const { return values_.data() + infos_[i].offset; }
-  float* grad(int i) { return grads_.data() + infos_[i].offset; }
-  const float* grad(int i) const { return grads_.data() + infos_[i].offset; }
-
-  FloatBuffer& values() { return values_; }
-  FloatBuffer& grads() { return grads_; }
-  const FloatBuffer& values() const { return values_; }
-  const FloatBuffer& grads() const { return grads_; }
-  size_t total() const { return total_; }
-  void zero_grads() { grads_.zero(); }
-
- private:
-  std::vector<ParamInfo> infos_;
-  size_t total_ = 0;
-  FloatBuffer values_;  // all parameters, tensor after tensor
-  FloatBuffer grads_;   // same layout
-};
+// Tensor i's gradient as parallel/ takes it (GradientSync, tensor_grad_fingerprint): a view into
+// the store's gradient arena and names, valid while the store lives (the arena is allocated once).
+GradTensor grad_tensor(ParamStore& store, int i);
+// Every tensor's, in index order.
+std::vector<GradTensor> grad_tensors(ParamStore& store);
 
 }  // namespace uoe

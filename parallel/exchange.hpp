@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "layers/experts.hpp"
+#include "parallel/expert_rows.hpp"
 
 namespace uoe {
 

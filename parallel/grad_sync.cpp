@@ -2,84 +2,90 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
-#include "layers/optimizer.hpp"
 #include "runtime/error.hpp"
 #include "runtime/profile.hpp"
 #include "runtime/rng.hpp"
+#include "runtime/sum_squares.hpp"
 
 namespace uoe {
 
-GradientSync::GradientSync(const ParamStore& params, std::vector<std::vector<int>> buckets, Communicator& world,
+GradientSync::GradientSync(std::vector<GradTensor> tensors, std::vector<std::vector<int>> buckets, Communicator& world,
                            Communicator& ep_group, Communicator& dp_group)
-    : world_(world), ep_(ep_group), dp_(dp_group) {
-  std::vector<int> seen(params.count(), 0);
+    : tensors_(std::move(tensors)), world_(world), ep_(ep_group), dp_(dp_group) {
+  std::vector<int> seen(tensors_.size(), 0);
   for (const auto& list : buckets) {
     Bucket b;
     for (int i : list) {
-      UOE_ASSERT(i >= 0 && i < static_cast<int>(params.count()), "bucket names tensor ", i);
+      UOE_ASSERT(i >= 0 && i < static_cast<int>(tensors_.size()), "bucket names tensor ", i);
       ++seen[i];
-      (params.info(i).expert_sharded ? b.sharded : b.replicated).push_back(i);
+      (tensors_[i].expert_sharded ? b.sharded : b.replicated).push_back(i);
       b.all.push_back(i);
     }
     std::sort(b.all.begin(), b.all.end());
     buckets_.push_back(std::move(b));
   }
   for (size_t i = 0; i < seen.size(); ++i)
-    UOE_ASSERT(seen[i] == 1, "tensor ", params.info(static_cast<int>(i)).name, " is in ", seen[i], " gradient buckets");
+    UOE_ASSERT(seen[i] == 1, "tensor ", tensors_[i].name, " is in ", seen[i], " gradient buckets");
 }
 
-void GradientSync::reduce(ParamStore& params, const std::vector<int>& tensors, Communicator& comm) {
+void GradientSync::reduce(const std::vector<int>& tensors, Communicator& comm) {
   if (comm.size() == 1 || tensors.empty()) return;
   size_t n = 0;
   bool adjacent = true;  // each tensor's gradient starts where the previous one's ends
   for (size_t q = 0; q < tensors.size(); ++q) {
-    if (q > 0 && params.grad(tensors[q]) != params.grad(tensors[q - 1]) + params.info(tensors[q - 1]).size)
-      adjacent = false;
-    n += params.info(tensors[q]).size;
+    const std::span<float> g = tensors_[tensors[q]].grad;
+    if (q > 0) {
+      const std::span<float> prev = tensors_[tensors[q - 1]].grad;
+      if (g.data() != prev.data() + prev.size()) adjacent = false;
+    }
+    n += g.size();
   }
   if (adjacent) {  // one span of the gradient arena: reduced in place, nothing packed
-    comm.all_reduce_sum(std::span<float>(params.grad(tensors[0]), n));
+    comm.all_reduce_sum(std::span<float>(tensors_[tensors[0]].grad.data(), n));
     return;
   }
   pack_.resize_uninit(n);
   size_t at = 0;
   for (int i : tensors) {
-    std::memcpy(pack_.data() + at, params.grad(i), sizeof(float) * params.info(i).size);
-    at += params.info(i).size;
+    const std::span<float> g = tensors_[i].grad;
+    std::memcpy(pack_.data() + at, g.data(), sizeof(float) * g.size());
+    at += g.size();
   }
   comm.all_reduce_sum(std::span<float>(pack_.data(), n));
   at = 0;
   for (int i : tensors) {
-    std::memcpy(params.grad(i), pack_.data() + at, sizeof(float) * params.info(i).size);
-    at += params.info(i).size;
+    const std::span<float> g = tensors_[i].grad;
+    std::memcpy(g.data(), pack_.data() + at, sizeof(float) * g.size());
+    at += g.size();
   }
 }
 
-void GradientSync::reduce_bucket(ParamStore& params, size_t i) {
+void GradientSync::reduce_bucket(size_t i) {
   const ProfileScope profile(Phase::exchange);
   if (ep_.size() == 1) {  // dp = world: one reduction over the bucket (in place when it is one span)
-    reduce(params, buckets_[i].all, world_);
+    reduce(buckets_[i].all, world_);
     return;
   }
-  reduce(params, buckets_[i].replicated, world_);
-  reduce(params, buckets_[i].sharded, dp_);
+  reduce(buckets_[i].replicated, world_);
+  reduce(buckets_[i].sharded, dp_);
 }
 
-void GradientSync::all_reduce(ParamStore& params) {
+void GradientSync::all_reduce() {
   const ProfileScope profile(Phase::exchange);
-  for (size_t i = 0; i < buckets_.size(); ++i) reduce_bucket(params, i);
+  for (size_t i = 0; i < buckets_.size(); ++i) reduce_bucket(i);
 }
 
-double GradientSync::global_sum_squares(const ParamStore& params) {
+double GradientSync::global_sum_squares() {
   const ProfileScope profile(Phase::exchange);
   double replicated = 0, expert = 0;
   for (const Bucket& b : buckets_) {
     for (int i : b.replicated) {
-      replicated += grad_sum_squares(params.grad(i), params.info(i).size);
+      replicated += grad_sum_squares(tensors_[i].grad.data(), tensors_[i].grad.size());
     }
     for (int i : b.sharded) {
-      expert += grad_sum_squares(params.grad(i), params.info(i).size);
+      expert += grad_sum_squares(tensors_[i].grad.data(), tensors_[i].grad.size());
     }
   }
   if (ep_.size() > 1) ep_.all_reduce_sum(std::span<double>(&expert, 1));
@@ -90,12 +96,12 @@ float grad_fingerprint_weight(uint64_t name_stream, int64_t global_index) {
   return (rng_bits(0x67726164u /* "grad" */, name_stream, static_cast<uint64_t>(global_index)) >> 63) ? 1.0f : -1.0f;
 }
 
-void tensor_grad_fingerprint(const ParamInfo& info, const float* grad, double* sum_squares, double* checksum) {
-  const uint64_t stream = rng_stream(info.name);
-  const int64_t g0 = info.global_offset();
+void tensor_grad_fingerprint(const GradTensor& t, double* sum_squares, double* checksum) {
+  const uint64_t stream = rng_stream(t.name);
+  const int64_t g0 = t.global_offset;
   double sq = 0, dot = 0;
-  for (size_t j = 0; j < info.size; ++j) {
-    const double g = grad[j];
+  for (size_t j = 0; j < t.grad.size(); ++j) {
+    const double g = t.grad[j];
     sq += g * g;
     dot += g * grad_fingerprint_weight(stream, g0 + static_cast<int64_t>(j));
   }
@@ -103,20 +109,19 @@ void tensor_grad_fingerprint(const ParamInfo& info, const float* grad, double* s
   *checksum = dot;
 }
 
-std::vector<double> GradientSync::global_fingerprint(const ParamStore& params) {
-  const size_t n = params.count();
+std::vector<double> GradientSync::global_fingerprint() {
+  const size_t n = tensors_.size();
   std::vector<double> out(2 * n, 0.0), sharded;
   for (size_t i = 0; i < n; ++i) {
-    tensor_grad_fingerprint(params.info(static_cast<int>(i)), params.grad(static_cast<int>(i)), &out[2 * i],
-                            &out[2 * i + 1]);
-    if (params.info(static_cast<int>(i)).expert_sharded) sharded.insert(sharded.end(), {out[2 * i], out[2 * i + 1]});
+    tensor_grad_fingerprint(tensors_[i], &out[2 * i], &out[2 * i + 1]);
+    if (tensors_[i].expert_sharded) sharded.insert(sharded.end(), {out[2 * i], out[2 * i + 1]});
   }
   if (ep_.size() == 1 || sharded.empty()) return out;
   // Replicated tensors are whole on every rank; expert slabs add up over the ep group.
   ep_.all_reduce_sum(std::span<double>(sharded));
   size_t at = 0;
   for (size_t i = 0; i < n; ++i)
-    if (params.info(static_cast<int>(i)).expert_sharded) {
+    if (tensors_[i].expert_sharded) {
       out[2 * i] = sharded[at++];
       out[2 * i + 1] = sharded[at++];
     }

@@ -6,12 +6,15 @@
 // collective (with ep = 1 both go over the world, together; gradients that lie in one span of the
 // arena are reduced in place, without packing). The buckets and their order depend only on the model, so every sum's order is fixed
 // by the world size and runs are bitwise reproducible.
+//
+// The tensors arrive as named flat spans (GradTensor), which must stay valid while the
+// GradientSync lives (the model's gradient arena is allocated once).
 #pragma once
 #include <cstdint>
 #include <vector>
 
-#include "layers/params.hpp"
 #include "parallel/comm.hpp"
+#include "parallel/grad_tensor.hpp"
 #include "runtime/tensor.hpp"
 
 namespace uoe {
@@ -22,38 +25,39 @@ namespace uoe {
 // (a slab zeroed, halved or swapped) cannot line up with it.
 float grad_fingerprint_weight(uint64_t name_stream, int64_t global_index);
 
-// Σ g² and Σ g[i]·w(global index of i) over this rank's part of tensor `info` (in double, in a
+// Σ g² and Σ g[i]·w(global index of i) over this rank's part of tensor `t` (in double, in a
 // fixed order). Summed over the ranks holding the parts, they are the whole tensor's.
-void tensor_grad_fingerprint(const ParamInfo& info, const float* grad, double* sum_squares, double* checksum);
+void tensor_grad_fingerprint(const GradTensor& t, double* sum_squares, double* checksum);
 
 class GradientSync {
  public:
   // world: every rank; dp_group: the replicas of this rank's experts; ep_group: the ranks that
   // together hold every expert once (for the gradient norm). Any may be of size 1. `buckets` lists
-  // tensor indices; together they must name every tensor exactly once.
-  GradientSync(const ParamStore& params, std::vector<std::vector<int>> buckets, Communicator& world,
+  // indices into `tensors`; together they must name every tensor exactly once.
+  GradientSync(std::vector<GradTensor> tensors, std::vector<std::vector<int>> buckets, Communicator& world,
                Communicator& ep_group, Communicator& dp_group);
   size_t buckets() const { return buckets_.size(); }
   // Sums bucket i's gradients in place (collective: every rank reduces the same buckets in order).
-  void reduce_bucket(ParamStore& params, size_t i);
+  void reduce_bucket(size_t i);
   // All buckets, in order.
-  void all_reduce(ParamStore& params);
+  void all_reduce();
   // Σ g² over the GLOBAL model after the reduction: replicated tensors once, every expert slab once
   // (summed over the ep group). The same value on every rank.
-  double global_sum_squares(const ParamStore& params);
+  double global_sum_squares();
   // The per-tensor gradient fingerprint (see tensor_grad_fingerprint) of the GLOBAL model: an
   // expert-sharded tensor's is summed over the ep group, so every layout reports the same figures
   // for the same gradient. Returns 2 values per tensor, in index order: Σ g², Σ g·w. Collective
   // over the ep group (every rank calls it at the same steps); the same on every rank.
-  std::vector<double> global_fingerprint(const ParamStore& params);
+  std::vector<double> global_fingerprint();
 
  private:
   struct Bucket {
     std::vector<int> replicated, sharded;
     std::vector<int> all;  // both, in index order (reduced together when ep = 1)
   };
-  void reduce(ParamStore& params, const std::vector<int>& tensors, Communicator& comm);
+  void reduce(const std::vector<int>& tensors, Communicator& comm);
 
+  std::vector<GradTensor> tensors_;
   Communicator& world_;
   Communicator& ep_;
   Communicator& dp_;

@@ -27,9 +27,9 @@ struct Part {
     ps.allocate_and_init(1);
     std::memcpy(ps.grad(t), global.data() + e0 * kSlab, sizeof(float) * (e1 - e0) * kSlab);
   }
-  std::pair<double, double> fingerprint() const {
+  std::pair<double, double> fingerprint() {  // not const: a GradTensor views a writable gradient
     double sq, dot;
-    tensor_grad_fingerprint(ps.info(t), ps.grad(t), &sq, &dot);
+    tensor_grad_fingerprint(grad_tensor(ps, t), &sq, &dot);
     return {sq, dot};
   }
 };
