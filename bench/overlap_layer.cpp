@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "bench/bench_config.hpp"
+#include "layers/cpu_backend.hpp"
 #include "layers/model.hpp"
 #include "parallel/comm.hpp"
 #include "parallel/mpi_exchange.hpp"
@@ -61,7 +62,7 @@ std::vector<double> parse_list(const std::string& s) {
 struct Timing {
   double step = 0, exchange = 0, exposed = 0, bytes = 0, loss = 0;
   double cpu_compute = 0, cpu_exchange = 0;  // processor seconds: the compute's, the exchanges' tasks
-  std::vector<uoe::Model::PhaseTime> phases;  // each block pass's wall and exchange seconds
+  std::vector<uoe::ModelStep::PhaseTime> phases;  // each block pass's wall and exchange seconds
 };
 
 // Median over `repeats` forward+backward passes of one micro-batch (after 2 warm-ups).
@@ -70,7 +71,9 @@ Timing time_layer(const uoe::Config& cfg, uoe::Communicator& ep, const std::vect
   uoe::MpiExchange exchange(ep);
   uoe::Model model(uoe::model_spec_from_config(cfg, 256), cfg.seed, &exchange);
   uoe::CommScheduler sched(chunks > 1);
-  model.set_schedule(&sched, chunks);
+  uoe::CpuStep step(model);
+  step.backend().set_scheduler(&sched);
+  step.set_chunks(chunks);
   const int B = cfg.batch_size, T = cfg.seq_len;
   std::vector<int32_t> in(static_cast<size_t>(B) * T), tg(in.size());
   uoe::data_sample_batch(tokens, T, B, cfg.seed, 1, static_cast<uint64_t>(ep.rank()), in.data(), tg.data());
@@ -80,12 +83,12 @@ Timing time_layer(const uoe::Config& cfg, uoe::Communicator& ep, const std::vect
     model.params().zero_grads();
     exchange.reset_counters();
     sched.reset_counters();
-    std::vector<uoe::Model::PhaseTime> phases;
-    model.set_phase_log(&phases);
+    std::vector<uoe::ModelStep::PhaseTime> phases;
+    step.set_phase_log(&phases);
     MPI_Barrier(MPI_COMM_WORLD);
     const auto t0 = Clock::now();
     const double c0 = uoe::thread_cpu_seconds();
-    model.forward_backward(in.data(), tg.data(), B, 1.0f, &st);
+    step.forward_backward(in.data(), tg.data(), B, 1.0f, &st);
     Timing t;
     t.step = std::chrono::duration<double>(Clock::now() - t0).count();
     t.cpu_exchange = sched.cpu_seconds();

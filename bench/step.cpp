@@ -22,6 +22,7 @@
 
 #include "bench/bench_config.hpp"
 #include "launcher/train.hpp"
+#include "layers/cpu_backend.hpp"
 #include "parallel/exchange.hpp"
 #include "runtime/config.hpp"
 #include "runtime/cpu_features.hpp"
@@ -45,6 +46,9 @@ Row bench_config(const std::string& name, const uoe::Config& cfg, const std::vec
   uoe::Model model(uoe::model_spec_from_config(cfg, 256), cfg.seed, &exchange);
   uoe::AdamWSpec aspec;
   uoe::AdamW opt(model.params(), aspec);
+  uoe::CpuStep step(model);
+  uoe::StepRanks ranks;
+  ranks.step = &step;
   std::vector<double> times;
   std::vector<std::vector<double>> phase_times(uoe::kPhases);
   double flops = 0;
@@ -52,7 +56,7 @@ Row bench_config(const std::string& name, const uoe::Config& cfg, const std::vec
   for (int s = 1; s <= 3 + repeats; ++s) {
     const auto t0 = std::chrono::steady_clock::now();
     uoe::profile_start();
-    const uoe::StepFigures fig = uoe::train_step(model, opt, cfg, tokens, s);
+    const uoe::StepFigures fig = uoe::train_step(model, opt, cfg, tokens, s, ranks);
     const uoe::PhaseSeconds ph = uoe::profile_stop();
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (s > 3) {

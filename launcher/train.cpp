@@ -19,7 +19,8 @@
 #include <vector>
 
 #include "checkpoints/checkpoint.hpp"
-#include "layers/device_model.hpp"
+#include "layers/cpu_backend.hpp"
+#include "launcher/make_step.hpp"
 #include "layers/model.hpp"
 #include "layers/optimizer.hpp"
 #include "parallel/comm.hpp"
@@ -113,7 +114,7 @@ struct EvalResult {
 // batches of up to B windows; eval_batches = 0 evaluates the whole split. Batch j goes to world
 // rank j mod P; every rank runs the same number of forward passes (an empty one when it has no
 // batch left) because the expert exchanges inside are collective.
-EvalResult evaluate(Model& model, const Dataset& data, const Config& cfg, const StepRanks& ranks) {
+EvalResult evaluate(ModelStep& step, const Dataset& data, const Config& cfg, const StepRanks& ranks) {
   const int T = cfg.seq_len, B = cfg.batch_size, P = ranks.world_size;
   int64_t windows = data_val_window_count(data.val.size(), T);
   if (cfg.eval_batches > 0) windows = std::min<int64_t>(windows, static_cast<int64_t>(cfg.eval_batches) * B);
@@ -127,8 +128,7 @@ EvalResult evaluate(Model& model, const Dataset& data, const Config& cfg, const 
     const int64_t first = batch * B;
     const int n = first < windows ? static_cast<int>(std::min<int64_t>(B, windows - first)) : 0;
     if (n) data_val_windows(data.val, T, first, n, in.data(), tg.data());
-    if (ranks.device) ranks.device->forward_eval(in.data(), tg.data(), n, &st);
-    else model.forward_eval(in.data(), tg.data(), n, &st);
+    step.forward_eval(in.data(), tg.data(), n, &st);
     sums[0] += st.ce_sum;
     sums[1] += static_cast<double>(st.tokens);
   }
@@ -137,6 +137,16 @@ EvalResult evaluate(Model& model, const Dataset& data, const Config& cfg, const 
 }
 
 // Ranks on this node (for the default thread count): MPI's shared-memory split of the world.
+// This rank's index among the ranks of its node (a GPU run's device is this mod the node's GPUs).
+int node_rank() {
+  MPI_Comm node;
+  UOE_CHECK_MPI(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+  int r = 0;
+  UOE_CHECK_MPI(MPI_Comm_rank(node, &r));
+  UOE_CHECK_MPI(MPI_Comm_free(&node));
+  return r;
+}
+
 int local_ranks() {
   MPI_Comm node;
   UOE_CHECK_MPI(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
@@ -165,6 +175,13 @@ std::vector<std::vector<int>> model_gradient_buckets(const Model& model) {
 
 StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::vector<int32_t>& train_tokens,
                        int step, const StepRanks& ranks) {
+  // Without a step of the caller's, a CPU step for this call (its buffers allocated each call).
+  std::unique_ptr<CpuStep> own_step;
+  ModelStep* step_runner = ranks.step;
+  if (!step_runner) {
+    own_step = std::make_unique<CpuStep>(model);
+    step_runner = own_step.get();
+  }
   const int T = cfg.seq_len, B = cfg.batch_size, M = cfg.micro_batches;
   const int blocks = 2 * model.spec().layers;
   std::vector<int32_t> in(static_cast<size_t>(B) * T), tg(static_cast<size_t>(B) * T);
@@ -201,15 +218,13 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
   };
   const bool bucketed = ranks.sync && ranks.scheduler && ranks.world_size > 1;
   auto set_hook = [&](std::function<void(int)> hook) {
-    if (ranks.device) ranks.device->set_backward_hook(std::move(hook));
-    else model.set_backward_hook(std::move(hook));
+    step_runner->set_backward_hook(std::move(hook));
   };
   for (int m = 0; m < M; ++m) {
     const uint64_t slot = static_cast<uint64_t>(ranks.world_rank) * M + m;
     if (bucketed && m == M - 1) set_hook(reduce_when_done);
     data_sample_batch(train_tokens, T, B, cfg.seed, static_cast<uint64_t>(step), slot, in.data(), tg.data());
-    if (ranks.device) ranks.device->forward_backward(in.data(), tg.data(), B, loss_scale, &st);
-    else model.forward_backward(in.data(), tg.data(), B, loss_scale, &st);
+    step_runner->forward_backward(in.data(), tg.data(), B, loss_scale, &st);
     sums[0] += st.ce_sum / static_cast<double>(st.tokens);
     sums[1] += st.aux_loss;
     sums[2] += 3.0 * st.flops;
@@ -347,8 +362,6 @@ int train_run(const Config& cfg) {
   if (groups.ep > 1) exchange = std::make_unique<MpiExchange>(*ep_link);
   else exchange = std::make_unique<LocalExchange>();
   Model model(spec, cfg.seed, exchange.get());
-  std::unique_ptr<DeviceModel> device_model;
-  if (on_gpu) device_model = std::make_unique<DeviceModel>(model, groups.ep_group.get(), cfg.overlap_chunks);
   if (cfg.overlap_chunks > 1) {
     // Only the communication thread calls MPI during a step, the training thread only between
     // steps (ordered by the scheduler's queue): MPI_THREAD_SERIALIZED is what that needs.
@@ -359,7 +372,11 @@ int train_run(const Config& cfg) {
            "level ", level, " (use --overlap-chunks 1)");
   }
   CommScheduler scheduler(/*threaded=*/cfg.overlap_chunks > 1);
-  model.set_schedule(&scheduler, cfg.overlap_chunks);
+  StepSetup setup;
+  setup.scheduler = &scheduler;
+  setup.ep_group = groups.ep_group.get();
+  setup.node_rank = node_rank();
+  const std::unique_ptr<ModelStep> step_runner = make_step(cfg, model, setup);
   AdamWSpec aspec;
   aspec.weight_decay = cfg.weight_decay;
   AdamW opt(model.params(), aspec);
@@ -368,7 +385,7 @@ int train_run(const Config& cfg) {
   ranks.world = groups.world.get();
   ranks.sync = &sync;
   ranks.scheduler = &scheduler;
-  ranks.device = device_model.get();
+  ranks.step = step_runner.get();
   ranks.world_rank = world_rank;
   ranks.world_size = world_size;
   const bool byte_level = data.vocab.kind == TokenizerKind::byte;
@@ -402,10 +419,10 @@ int train_run(const Config& cfg) {
                                    " threads on this node").c_str()
                                 : "",
            100.0 * sgemm_peak / fma.gflops);
-  if (device_model)
+  if (on_gpu)
     log_info("device: rank 0 computes on %s; parameters, optimizer and gradient all-reduce stay on the host "
-             "(layers/device_model.hpp)", device_model->describe().c_str());
-  if (cfg.overlap_chunks > 1 && device_model)
+             "(layers/step_cuda.hpp)", step_runner->describe().c_str());
+  if (cfg.overlap_chunks > 1 && on_gpu)
     log_info("overlap: %d chunks per block; expert exchanges on the GPU's communication stream, gradient all-reduce "
              "on a communication thread", cfg.overlap_chunks);
   else if (cfg.overlap_chunks > 1)
@@ -485,7 +502,7 @@ int train_run(const Config& cfg) {
   auto eta_seconds = [&](int step) { return (cfg.steps - step) * (total_train_time / (step - start_step + 1)); };
   auto run_eval = [&](int step) {
     const auto t0 = Clock::now();
-    last_eval = evaluate(model, data, cfg, ranks);
+    last_eval = evaluate(*step_runner, data, cfg, ranks);
     const double secs = seconds_since(t0);
     if (byte_level)
       log_info("eval  step %6d | val_loss %.4f | val_bpb %.4f | %lld tokens in %.1fs", step, last_eval.loss,
@@ -516,9 +533,9 @@ int train_run(const Config& cfg) {
     const auto t0 = Clock::now();
     exchange->reset_counters();
     scheduler.reset_counters();
-    if (device_model) {  // what evaluation exchanged is not this step's
+    {  // what evaluation exchanged is not this step's
       double busy, exposed;
-      device_model->take_exchange_seconds(&busy, &exposed);
+      step_runner->take_exchange_seconds(&busy, &exposed);
     }
     const StepFigures fig = train_step(model, opt, cfg, data.train, step, ranks);
     const double dt = seconds_since(t0);
@@ -545,9 +562,9 @@ int train_run(const Config& cfg) {
     // training thread waiting for them) and compute time (the rest of the step).
     double comm_s = scheduler.busy_seconds(), exposed_s = scheduler.exposed_seconds();
     const double comm_cpu_s = scheduler.cpu_seconds();  // processor time of the host's exchanges
-    if (device_model) {  // the expert exchanges ran on the GPU's communication stream
+    {  // exchanges the backend ran elsewhere (a GPU's communication stream); the CPU's are above
       double busy = 0, exposed = 0;
-      device_model->take_exchange_seconds(&busy, &exposed);
+      step_runner->take_exchange_seconds(&busy, &exposed);
       comm_s += busy;
       exposed_s += exposed;
     }
@@ -600,7 +617,7 @@ int train_run(const Config& cfg) {
       const double drop_pct = assign_n ? 100.0 * drop_n / assign_n : 0.0;
       // The FMA peak is the host CPU's: on the GPU path the model FLOP/s are shown as they are.
       char rate[40];
-      if (device_model) std::snprintf(rate, sizeof rate, "%.2f model TFLOP/s", win_flops / win_time * 1e-12);
+      if (on_gpu) std::snprintf(rate, sizeof rate, "%.2f model TFLOP/s", win_flops / win_time * 1e-12);
       else std::snprintf(rate, sizeof rate, "%4.1f%% of FMA peak", 100.0 * share);
       log_info("step %6d/%d | loss %.4f | lr %.3e | %8.0f tok/s | %s | load max/mean %.2f | "
                "dropped %4.1f%% | comm %4.1f%% of step, %3.0f%% hidden | ETA %s",
@@ -614,7 +631,7 @@ int train_run(const Config& cfg) {
       j.add("step", step).add("tokens", step * tokens_per_step);
       j.add("train_loss", win_loss / n).add("lr", lr).add("tokens_per_s", tps);
       j.add("aux_loss", win_aux / n);
-      if (device_model) j.add("model_flops_per_s", win_flops / win_time);
+      if (on_gpu) j.add("model_flops_per_s", win_flops / win_time);
       else j.add("flops_share_of_peak", share).add("fma_peak_gflops", peak).add("sgemm_peak_gflops", sgemm_peak);
       j.add("grad_norm", fig.grad_norm);
       if (!fig.grad_fingerprint.empty()) {  // this step's, by global tensor name: [Σ g², Σ g·w]
@@ -668,7 +685,7 @@ int train_run(const Config& cfg) {
     } else {
       log_info("preempted at step %d (no --checkpoint-dir, so nothing was saved)", last_step);
     }
-    if (device_model) device_model->close();
+    step_runner->close();
     groups.close();
     return 0;
   }
@@ -694,7 +711,7 @@ int train_run(const Config& cfg) {
   if (getrusage(RUSAGE_SELF, &usage) == 0)  // ru_maxrss is in KiB on Linux
     log_info("peak memory (RSS) of rank 0: %.1f MiB", static_cast<double>(usage.ru_maxrss) / 1024.0);
   if (!cfg.metrics.empty()) log_info("metrics: %s", cfg.metrics.c_str());
-  if (device_model) device_model->close();
+  step_runner->close();
   groups.close();
   return 0;
 }

@@ -14,14 +14,14 @@ namespace uoe {
 class Communicator;
 class CommScheduler;
 class GradientSync;
-class DeviceModel;
+class ModelStep;
 
 // The ranks a step runs over. The default is one process without MPI.
 struct StepRanks {
   Communicator* world = nullptr;       // null: single process
   GradientSync* sync = nullptr;        // null: single process; buckets as model_gradient_buckets
   CommScheduler* scheduler = nullptr;  // runs the gradient all-reduce buckets (with the model's exchanges)
-  DeviceModel* device = nullptr;       // --device cuda: forward/backward on the GPU (the Model keeps the state)
+  ModelStep* step = nullptr;           // runs forward/backward (layers/step.hpp); null: a CPU step per call
   int world_rank = 0, world_size = 1;
   bool inject_nan = false;  // fault injection (tests): this rank's loss becomes non-finite
   // Fault injection (tests; 1 = off, costing one comparison): this rank's gradient is multiplied

@@ -26,6 +26,7 @@
 
 #include "checkpoints/checkpoint.hpp"
 #include "checkpoints/manifest.hpp"
+#include "layers/cpu_backend.hpp"
 #include "layers/generate.hpp"
 #include "layers/model.hpp"
 #include "parallel/comm.hpp"
@@ -172,7 +173,8 @@ int run(const SampleArgs& a) {
   std::fwrite(printed.data(), 1, printed.size(), stdout);
   std::fflush(stdout);
   const auto t0 = std::chrono::steady_clock::now();
-  uoe::generate(model, prompt, a.tokens, a.sample, newline, [&](int32_t token) {
+  uoe::CpuStep step(model);
+  uoe::generate(step, prompt, a.tokens, a.sample, newline, [&](int32_t token) {
     shown.push_back(token);
     const std::string text = vocab.decode(shown.data(), shown.size());
     std::fwrite(text.data() + printed.size(), 1, text.size() - printed.size(), stdout);

@@ -57,9 +57,10 @@ int generation_window(const std::vector<int32_t>& context, int seq_len, int patc
   return W;
 }
 
-std::vector<int32_t> generate(Model& model, std::vector<int32_t> prompt, int n, const SampleOptions& o, int32_t pad,
+std::vector<int32_t> generate(ModelStep& step, std::vector<int32_t> prompt, int n, const SampleOptions& o, int32_t pad,
                               const std::function<void(int32_t)>& on_token) {
   if (prompt.empty()) fail("generate: the prompt must hold at least one token");
+  const Model& model = step.model();
   if (!model.exchange() || !model.exchange()->identity())
     fail("generate: the model must hold every expert (one rank, a LocalExchange)");
   const ModelSpec& s = model.spec();
@@ -69,8 +70,8 @@ std::vector<int32_t> generate(Model& model, std::vector<int32_t> prompt, int n, 
   ForwardStats stats;
   for (int i = 0; i < n; ++i) {
     const int W = generation_window(prompt, T, s.patch_size, pad, inputs.data());
-    model.forward_eval(inputs.data(), targets.data(), 1, &stats);
-    const float* p = model.last_probs() + static_cast<size_t>(W - 1) * V;
+    step.forward_eval(inputs.data(), targets.data(), 1, &stats);
+    const float* p = step.probs() + static_cast<size_t>(W - 1) * V;
     const int token = sample_token(p, V, o.temperature, o.top_k, rng_uniform(o.seed, stream, static_cast<uint64_t>(i)));
     prompt.push_back(token);
     if (on_token) on_token(token);

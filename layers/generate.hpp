@@ -12,7 +12,7 @@
 #include <functional>
 #include <vector>
 
-#include "layers/model.hpp"
+#include "layers/step.hpp"
 
 namespace uoe {
 
@@ -36,7 +36,7 @@ int generation_window(const std::vector<int32_t>& context, int seq_len, int patc
 // Appends n tokens to `prompt` (non-empty), drawing token i with u = rng_uniform(seed,
 // rng_stream("sample"), i); calls on_token for each as it is drawn (may be empty). The model must
 // hold every expert (a LocalExchange): generation is one sequence on one rank.
-std::vector<int32_t> generate(Model& model, std::vector<int32_t> prompt, int n, const SampleOptions& o, int32_t pad,
+std::vector<int32_t> generate(ModelStep& step, std::vector<int32_t> prompt, int n, const SampleOptions& o, int32_t pad,
                               const std::function<void(int32_t)>& on_token);
 
 }  // namespace uoe

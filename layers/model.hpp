@@ -1,6 +1,7 @@
 // The UoE language model (docs/model.md, The network): tied embedding, L layers of pre-norm SMHA and UoME
-// blocks, final LayerNorm, tied LM head, mean cross-entropy plus router losses. Forward and
-// backward are written by hand; activations needed by backward are cached per block.
+// blocks, final LayerNorm, tied LM head, mean cross-entropy plus router losses. The Model is what is
+// model: its spec, its parameters and which experts live on this rank. A step (layers/step.hpp)
+// runs it — forward and backward, written by hand, on a backend.
 //
 // The same Model also runs the two baselines of the per-FLOP study (docs/model.md, FLOP counts), by block type:
 //   uoe    routed SMHA (E_a attention experts, top-k_a) and routed UoME (E MLP experts cut from d_ff).
@@ -23,8 +24,6 @@
 // with any --ep (moe shards its MLP experts over the ep group like uoe).
 #pragma once
 #include <cstdint>
-#include <functional>
-#include <memory>
 #include <string>
 #include <vector>
 
@@ -33,7 +32,6 @@
 #include "layers/params.hpp"
 #include "layers/router.hpp"
 #include "parallel/exchange.hpp"
-#include "parallel/scheduler.hpp"
 #include "runtime/config.hpp"
 
 namespace uoe {
@@ -93,8 +91,8 @@ struct ForwardStats {
   std::vector<BlockStats> blocks;
 };
 
-// Host-side bookkeeping of one block's routed rows, shared by the CPU Model and the device model
-// (layers/device_model.hpp), so both run the same routing → rows → combine order.
+// Host-side bookkeeping of one block's routed rows (layers/step.hpp runs routing → rows → combine
+// in this order for every backend).
 //
 // Source rows are the (token, expert) pairs a rank sends to the experts: kept patches expanded to
 // their tokens, chunk-major (chunk c holds sequences [c·B/C, (c+1)·B/C)), then by global expert,
@@ -110,6 +108,11 @@ struct SourceRows {
 };
 // From a micro-batch of B sequences of T tokens, routed as r, cut into `chunks` chunks.
 void source_rows_build(SourceRows& src, const Routing& r, int B, int T, int chunks);
+// First token of chunk ch of a micro-batch of B sequences of T tokens cut into C chunks (chunk ch
+// holds sequences [ch·B/C, (ch+1)·B/C); empty when C > B).
+inline int chunk_first_token(int ch, int B, int T, int C) {
+  return static_cast<int>(static_cast<int64_t>(ch) * B / C) * T;
+}
 // Each token's source rows as CSR: rows[first[t] .. first[t+1]) ascending (first [N + 1], rows [R_src]).
 void source_rows_by_token(const SourceRows& src, int N, std::vector<int>& first, std::vector<int>& rows);
 // The routing of an unrouted block: every token its own patch, to expert 0 with gate 1, nothing
@@ -131,43 +134,11 @@ class Model {
  public:
   // `exchange` decides which experts live on this rank; it must outlive the model.
   Model(const ModelSpec& spec, uint64_t seed, ExpertExchange* exchange);
-  ~Model();
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
 
-  // One micro-batch of B sequences: inputs/targets [B·T]. Accumulates into params().grads() the
-  // gradient of loss_scale · (mean CE + router losses). seg_base offsets the sequence ids this
-  // rank gives its rows (unique across the ranks of an exchange).
-  void forward_backward(const int32_t* inputs, const int32_t* targets, int B, float loss_scale,
-                        ForwardStats* stats);
-  // Forward only, dropless (evaluation): returns stats with the CE sum. Writes logits' CE only.
-  void forward_eval(const int32_t* inputs, const int32_t* targets, int B, ForwardStats* stats);
-
-  // A hash of every block's routing decisions (choices and capacity drops) of the last forward
-  // pass: lets tests check that a perturbation did not change which experts were used.
-  uint64_t routing_fingerprint() const;
-  // Block b's routing of the last forward pass (an unrouted block: every token to expert 0).
-  const Routing& routing(int b) const;
-  // Output probabilities [N, V] of the last forward_eval (softmax of the logits).
-  const float* last_probs() const { return logits_.data(); }
-
-  // Exchanges run through `scheduler` (null: synchronously on the calling thread), each block
-  // cut into `chunks` pipelined chunks. The scheduler must outlive the model.
-  void set_schedule(CommScheduler* scheduler, int chunks);
-  // Called after block b's backward (its gradients are final for this micro-batch) and with
-  // b = −1 at the end of backward (embedding, final norm): lets gradient all-reduce start early.
-  void set_backward_hook(std::function<void(int block)> hook) { on_block_backward_ = std::move(hook); }
-  // Wall seconds of each block's forward and backward pass and the exchange seconds in them (the
-  // scheduler's busy time; with a synchronous scheduler the exchanges run inside the pass), appended
-  // to *log while it is set: bench/overlap's per-pass bound on what any schedule can hide.
-  struct PhaseTime {
-    int block;
-    bool backward;
-    double seconds, exchange_seconds;
-  };
-  void set_phase_log(std::vector<PhaseTime>* log) { phase_log_ = log; }
-
-  // The exchange of the routed blocks (unrouted blocks keep their tokens on this rank).
+  // The exchange of the routed blocks (unrouted blocks keep their tokens on this rank). A step
+  // (layers/step.hpp) moves rows through it unless it is given another with the same experts.
   ExpertExchange* exchange() const { return exchange_; }
 
   ParamStore& params() { return params_; }
@@ -179,41 +150,11 @@ class Model {
   int final_norm_bias_index() const { return final_bias_; }
 
  private:
-  struct BlockCache;
-  void forward(const int32_t* inputs, int B, bool dropless, ForwardStats* stats);
-  void block_forward(int b, float* h, int N, bool dropless, BlockStats* bs);
-  void block_backward(int b, float* dh, int N, float loss_scale);
-  // Runs block b's forward or backward pass, timed into phase_log_ when that is set.
-  template <class Pass>
-  void timed_phase(int b, bool backward, Pass&& pass);
-
   ModelSpec spec_;
-  ExpertExchange* exchange_;       // routed blocks' experts
-  LocalExchange local_exchange_;   // unrouted blocks: this rank's tokens stay here
-  CommScheduler sync_scheduler_;  // the default: synchronous
-  CommScheduler* scheduler_;
-  int chunks_ = 1;
-  std::function<void(int)> on_block_backward_;
-  std::vector<PhaseTime>* phase_log_ = nullptr;
+  ExpertExchange* exchange_;  // routed blocks' experts
   ParamStore params_;
   int embed_ = -1, final_scale_ = -1, final_bias_ = -1;
   std::vector<BlockParams> blocks_;  // [2L]
-  int attn_e0_ = 0, attn_e1_ = 0, mlp_e0_ = 0, mlp_e1_ = 0;  // local expert ranges
-  std::vector<std::unique_ptr<BlockCache>> cache_;           // [2L]
-  // Model-level activations.
-  FloatBuffer h_;        // [N, d] residual stream after the last block (block inputs: BlockCache::hin)
-  FloatBuffer hf_;       // [N, d] final-normed
-  FloatBuffer fmean_, frstd_;  // [N]
-  FloatBuffer logits_;   // [N, V]
-  std::vector<int32_t> tokens_;  // [N]
-  // Backward workspaces, reused by every block and step (no per-step allocation).
-  FloatBuffer ws_dhf_, ws_dh_;                       // [N, d]
-  FloatBuffer ws_dgate_;                             // [P, k]
-  FloatBuffer ws_dy_src_, ws_dx_src_;                // [R_src, d]
-  FloatBuffer ws_dy_owner_, ws_dx_owner_;            // [R_dst, d]
-  FloatBuffer ws_dxn_;                               // [N, d]
-  std::vector<int> ws_token_first_, ws_token_rows_;  // forward combine: each token's rows [N + 1], [R_src]
-  std::vector<CommScheduler::Ticket> ws_arrived_, ws_returned_;  // forward: each chunk's rows at the owners, back [chunks]
 };
 
 }  // namespace uoe

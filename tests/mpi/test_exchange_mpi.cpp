@@ -12,11 +12,12 @@
 #include <string>
 #include <vector>
 
-#include "layers/device_step.hpp"
+#include "layers/step.hpp"
 #include "layers/model.hpp"
 #include "tests/common/errors.hpp"
 #include "tests/common/mpi_gtest.hpp"
-#include "tests/unit/step_backend_cpu.hpp"
+#include "layers/cpu_backend.hpp"
+#include "tests/unit/step_backend_device_like.hpp"
 #include "parallel/comm.hpp"
 #include "parallel/exchange.hpp"
 #include "parallel/mpi_exchange.hpp"
@@ -451,8 +452,9 @@ INSTANTIATE_TEST_SUITE_P(Traffic, Exchange,
                                   std::to_string(std::get<1>(info.param)) + "_experts_per_rank";
                          });
 
-// The device step's expert-parallel path (layers/device_step.hpp: rows travel through the host over
-// the Model's MPI exchange) over the CPU backend, against the CPU Model with ep = world size: both
+// The one step's expert-parallel path (layers/step.hpp: rows travel over the Model's MPI exchange)
+// over the device-like backend (batched metadata, arena copies), against the CPU backend with
+// ep = world size: both
 // must compute the same losses, routing and local gradients bit for bit; then an evaluation in which
 // odd ranks have no batch must still take part in every exchange (no hang) and match. With chunks,
 // both pipelines run their exchanges on a communication thread (3 sequences in 4 chunks: one chunk
@@ -473,12 +475,13 @@ void expect_device_step_matches_model(int chunks) {
   s.seq_len = 12;
   s.capacity_factor = 1.0;
   MpiExchange ex_ref(c), ex_dev(c);
-  uoe::Model ref(s, 5, &ex_ref), host(s, 5, &ex_dev);
+  uoe::Model ref_model(s, 5, &ex_ref), host(s, 5, &ex_dev);
   uoe::CommScheduler sched_ref(chunks > 1), sched_dev(chunks > 1);
-  ref.set_schedule(&sched_ref, chunks);
-  uoe::CpuStepBackend be;
-  be.sched = &sched_dev;
-  uoe::DeviceStep<uoe::CpuStepBackend> step(host, be);
+  uoe::CpuStep ref(ref_model);
+  ref.backend().set_scheduler(&sched_ref);
+  ref.set_chunks(chunks);
+  uoe::Step<uoe::DeviceLikeBackend> step(host);
+  step.backend().set_scheduler(&sched_dev);
   step.set_chunks(chunks);
   const int B = 3, N = B * s.seq_len;
   std::vector<int32_t> in(N), tg(N);
@@ -495,7 +498,7 @@ void expect_device_step_matches_model(int chunks) {
     EXPECT_EQ(step.routing(b).choice, ref.routing(b).choice) << "block " << b;
     EXPECT_EQ(step.routing(b).kept, ref.routing(b).kept) << "block " << b;
   }
-  const uoe::ParamStore& pr = ref.params();
+  const uoe::ParamStore& pr = ref_model.params();
   const uoe::ParamStore& pd = host.params();
   double norm = 0;
   for (size_t i = 0; i < pr.count(); ++i) {
@@ -516,8 +519,8 @@ void expect_device_step_matches_model(int chunks) {
   EXPECT_EQ(ed.tokens, er.tokens);
 }
 
-TEST(DeviceStepMpi, ExpertParallelMatchesModelBitwise) { expect_device_step_matches_model(1); }
-TEST(DeviceStepMpi, ChunkedPipelineMatchesModelBitwise) {
+TEST(StepBackendsMpi, ExpertParallelMatchesCpuBackendBitwise) { expect_device_step_matches_model(1); }
+TEST(StepBackendsMpi, ChunkedPipelineMatchesCpuBackendBitwise) {
   for (int chunks : {2, 4}) {
     SCOPED_TRACE(std::to_string(chunks) + " chunks");
     expect_device_step_matches_model(chunks);

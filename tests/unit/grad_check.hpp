@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/common/stepped_model.hpp"
 #include "layers/model.hpp"
 #include "parallel/exchange.hpp"
 #include "runtime/rng.hpp"
@@ -52,7 +53,7 @@ struct GradCheckResult {
 // fingerprint). Returns the verdict; check_model turns it into test failures.
 inline GradCheckResult model_gradient_check(ModelSpec spec, const GradCheckOptions& opt = {}) {
   LocalExchange ex;
-  Model model(spec, 7, &ex);
+  uoe_test::SteppedModel model(spec, 7, &ex);
   // Move away from the near-symmetric initialisation so every path carries gradient.
   FloatBuffer& vals = model.params().values();
   for (size_t i = 0; i < vals.size(); ++i) vals[i] += 0.15f * rng_normal(99, 1, i);

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/common/stepped_model.hpp"
 #include "grad_check.hpp"
 #include "layers/convert.hpp"
 #include "layers/model.hpp"
@@ -48,12 +49,12 @@ ModelSpec limit_spec(BlockType type) {
   return s;
 }
 
-float* value(Model& m, const std::string& name) {
+float* value(uoe_test::SteppedModel& m, const std::string& name) {
   const int i = m.params().find(name);
   if (i < 0) fail("no parameter ", name);
   return m.params().value(i);
 }
-const ParamInfo& info(const Model& m, const std::string& name) {
+const ParamInfo& info(const uoe_test::SteppedModel& m, const std::string& name) {
   const int i = m.params().find(name);
   if (i < 0) fail("no parameter ", name);
   return m.params().info(i);
@@ -90,9 +91,9 @@ DenseExperts dense_experts_from(const DenseLayerWeights& w, int d) {
 
 // The dense-layout expert tensors of a single-rank uoe model's values (or, through a scratch
 // model, of its gradients), layer by layer.
-std::vector<DenseExperts> dense_layout_of(const Model& uoe, const float* values) {
+std::vector<DenseExperts> dense_layout_of(const uoe_test::SteppedModel& uoe, const float* values) {
   LocalExchange ex;
-  Model scratch(uoe.spec(), 1, &ex);
+  uoe_test::SteppedModel scratch(uoe.spec(), 1, &ex);
   std::memcpy(scratch.params().values().data(), values, sizeof(float) * uoe.params().total());
   std::vector<DenseExperts> out;
   for (int l = 0; l < uoe.spec().layers; ++l) out.push_back(dense_experts_from(dense_from_uoe(scratch, l), uoe.spec().d));
@@ -105,7 +106,7 @@ void expect_close(const float* got, const std::vector<float>& ref, const std::st
 }
 
 // A dense model holding exactly the weights of `uoe` (shared tensors by name, experts cut back).
-void copy_uoe_into_dense(const Model& uoe, Model& dense) {
+void copy_uoe_into_dense(const uoe_test::SteppedModel& uoe, uoe_test::SteppedModel& dense) {
   for (const ParamInfo& p : dense.params().infos())
     if (shared_tensor(p.name)) std::memcpy(value(dense, p.name), uoe.params().value(uoe.params().find(p.name)), sizeof(float) * p.size);
   const auto layers = dense_layout_of(uoe, uoe.params().values().data());
@@ -122,7 +123,7 @@ void copy_uoe_into_dense(const Model& uoe, Model& dense) {
 
 TEST(Baselines, DenseHasNoRoutersAndReplicatedSingleExperts) {
   LocalExchange ex;
-  Model m(limit_spec(BlockType::dense), 1, &ex);
+  uoe_test::SteppedModel m(limit_spec(BlockType::dense), 1, &ex);
   for (const ParamInfo& p : m.params().infos()) {
     EXPECT_EQ(p.name.find("router"), std::string::npos) << p.name;
     EXPECT_FALSE(p.expert_sharded) << p.name << ": dense weights are replicated";
@@ -138,7 +139,7 @@ TEST(Baselines, DenseHasNoRoutersAndReplicatedSingleExperts) {
   }
   // The same tensors as the uoe model less its routers.
   LocalExchange ex2;
-  Model u(limit_spec(BlockType::uoe), 1, &ex2);
+  uoe_test::SteppedModel u(limit_spec(BlockType::uoe), 1, &ex2);
   size_t routers = 0;
   for (const ParamInfo& p : u.params().infos()) routers += p.name.find("router") != std::string::npos ? p.size : 0;
   EXPECT_EQ(m.params().total(), u.params().total() - routers);
@@ -148,7 +149,7 @@ TEST(Baselines, MoeLayout) {
   ModelSpec s = limit_spec(BlockType::moe);
   s.d_ff = 4 * 24;  // 4 experts of 24 (wider than d_ff/E of a uoe cut)
   LocalExchange ex;
-  Model m(s, 1, &ex);
+  uoe_test::SteppedModel m(s, 1, &ex);
   EXPECT_EQ(m.params().find("layers.0.attn.router.weight"), -1);
   EXPECT_EQ(info(m, "layers.0.mlp.router.weight").global_shape, (std::vector<int64_t>{16, 4}));
   EXPECT_TRUE(info(m, "layers.0.mlp.w1").expert_sharded);
@@ -162,8 +163,8 @@ TEST(Baselines, MoeLayout) {
 // transformer; the dense block type computes it without routing, on the same weights.
 TEST(Baselines, DenseEqualsUoeInTheEquivalenceLimit) {
   LocalExchange ex_u, ex_d;
-  Model u(limit_spec(BlockType::uoe), 3, &ex_u);
-  Model dn(limit_spec(BlockType::dense), 4, &ex_d);
+  uoe_test::SteppedModel u(limit_spec(BlockType::uoe), 3, &ex_u);
+  uoe_test::SteppedModel dn(limit_spec(BlockType::dense), 4, &ex_d);
   uoe_ref::randomise_params(u, 31);
   copy_uoe_into_dense(u, dn);
   const int B = 2, N = B * u.spec().seq_len, V = u.spec().vocab;
@@ -204,7 +205,7 @@ TEST(Baselines, DenseEqualsUoeInTheEquivalenceLimit) {
   partial.topk = 2;
   partial.attn_topk = 1;
   LocalExchange ex_p;
-  Model up(partial, 3, &ex_p);
+  uoe_test::SteppedModel up(partial, 3, &ex_p);
   std::memcpy(up.params().values().data(), u.params().values().data(), sizeof(float) * u.params().total());
   up.forward_eval(tokens.data(), targets.data(), B, &su);
   const auto c = compare_close(up.last_probs(), dn.last_probs(), static_cast<size_t>(N) * V, kProbAtol, kProbRtol);
@@ -223,8 +224,8 @@ TEST(Baselines, MoeWithAllExpertsEqualsDenseFfnOfConcatenatedWidth) {
   ModelSpec ds = limit_spec(BlockType::dense);
   ds.d_ff = E * f;
   LocalExchange ex_m, ex_d;
-  Model mo(ms, 5, &ex_m);
-  Model dn(ds, 6, &ex_d);
+  uoe_test::SteppedModel mo(ms, 5, &ex_m);
+  uoe_test::SteppedModel dn(ds, 6, &ex_d);
   uoe_ref::randomise_params(mo, 51);
   // Every tensor the two share by name and shape is copied (attention, norms, biases, embedding);
   // the MLP experts are concatenated.
@@ -283,7 +284,7 @@ TEST(Baselines, MoeWithAllExpertsEqualsDenseFfnOfConcatenatedWidth) {
   ModelSpec top1 = ms;
   top1.topk = 1;
   LocalExchange ex_1;
-  Model m1(top1, 5, &ex_1);
+  uoe_test::SteppedModel m1(top1, 5, &ex_1);
   std::memcpy(m1.params().values().data(), mo.params().values().data(), sizeof(float) * mo.params().total());
   m1.forward_eval(tokens.data(), targets.data(), B, &sm);
   const auto c = compare_close(m1.last_probs(), dn.last_probs(), static_cast<size_t>(N) * V, kProbAtol, kProbRtol);
@@ -298,7 +299,7 @@ TEST(Baselines, CausalInEvaluation) {
     s.topk = 2;
     s.capacity_factor = 1.0;
     LocalExchange ex;
-    Model m(s, 7, &ex);
+    uoe_test::SteppedModel m(s, 7, &ex);
     uoe_ref::randomise_params(m, 71);
     const int N = s.seq_len, V = s.vocab;
     auto tokens = uoe_ref::random_tokens(N, V, 72);
@@ -375,8 +376,8 @@ TEST(Baselines, EqualParameterPairOfTheStudy) {
   uoe.experts = 8;
   uoe.attn_topk = 4;
   LocalExchange e1, e2;
-  Model mm(model_spec_from_config(moe, 256), 1, &e1);
-  Model mu(model_spec_from_config(uoe, 256), 1, &e2);
+  uoe_test::SteppedModel mm(model_spec_from_config(moe, 256), 1, &e1);
+  uoe_test::SteppedModel mu(model_spec_from_config(uoe, 256), 1, &e2);
   EXPECT_NEAR(mm.params().total() / 1e6, 2.41, 0.01);
   EXPECT_NEAR(mu.params().total() / 1e6, 2.41, 0.01);
 }

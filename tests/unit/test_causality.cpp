@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "tests/common/stepped_model.hpp"
 #include "layers/model.hpp"
 #include "layers/optimizer.hpp"
 #include "parallel/exchange.hpp"
@@ -22,7 +23,7 @@ uoe::ModelSpec causal_spec() { return uoe_ref::small_uoe_spec(); }  // capacity 
 // that while any real dependence (a different routing or attention input) moves them by ≥ 1e-3.
 constexpr double kAtol = 1e-6, kRtol = 1e-5;
 
-std::vector<float> probs_of(uoe::Model& m, const std::vector<int32_t>& tokens, int B) {
+std::vector<float> probs_of(uoe_test::SteppedModel& m, const std::vector<int32_t>& tokens, int B) {
   uoe::ForwardStats st;
   m.forward_eval(tokens.data(), tokens.data(), B, &st);
   const size_t n = static_cast<size_t>(B) * m.spec().seq_len * m.spec().vocab;
@@ -32,7 +33,7 @@ std::vector<float> probs_of(uoe::Model& m, const std::vector<int32_t>& tokens, i
 TEST(Causality, LaterTokensDoNotChangeEarlierOutputs) {
   const uoe::ModelSpec s = causal_spec();
   uoe::LocalExchange ex;
-  uoe::Model m(s, 31, &ex);
+  uoe_test::SteppedModel m(s, 31, &ex);
   uoe_ref::randomise_params(m, 131);
   const int B = 2, T = s.seq_len, V = s.vocab;
   const auto tokens = uoe_ref::random_tokens(B * T, V, 61);
@@ -62,7 +63,7 @@ TEST(Causality, LaterTokensDoNotChangeEarlierOutputs) {
 TEST(Causality, SequenceOutputIndependentOfBatchAndSlot) {
   const uoe::ModelSpec s = causal_spec();
   uoe::LocalExchange ex;
-  uoe::Model m(s, 32, &ex);
+  uoe_test::SteppedModel m(s, 32, &ex);
   uoe_ref::randomise_params(m, 132);
   const int T = s.seq_len, V = s.vocab;
   std::vector<std::vector<int32_t>> seqs;
@@ -88,7 +89,7 @@ TEST(Causality, SequenceOutputIndependentOfBatchAndSlot) {
 TEST(Causality, SingleSequenceBatchWorks) {
   const uoe::ModelSpec s = causal_spec();
   uoe::LocalExchange ex;
-  uoe::Model m(s, 33, &ex);
+  uoe_test::SteppedModel m(s, 33, &ex);
   uoe_ref::randomise_params(m, 133);
   const int T = s.seq_len, V = s.vocab;
   const auto tokens = uoe_ref::random_tokens(T, V, 81);
@@ -126,7 +127,7 @@ struct TrainRecord {
 TrainRecord train_five_steps(uint64_t seed) {
   const uoe::ModelSpec s = causal_spec();
   uoe::LocalExchange ex;
-  uoe::Model m(s, seed, &ex);
+  uoe_test::SteppedModel m(s, seed, &ex);
   uoe::AdamW opt(m.params(), uoe::AdamWSpec{});
   const int B = 2, N = B * s.seq_len;
   TrainRecord rec;

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "tests/common/stepped_model.hpp"
 #include "layers/convert.hpp"
 #include "layers/experts.hpp"
 #include "layers/model.hpp"
@@ -48,7 +49,7 @@ uoe::ModelSpec full_routing_spec() {
 // leaves ~10× margin while a wrong head, unit, position or bias moves probabilities by ≥ 1e-3.
 constexpr double kProbAtol = 1e-6, kProbRtol = 1e-4;
 
-void zero_param(uoe::Model& m, int idx) {
+void zero_param(uoe_test::SteppedModel& m, int idx) {
   std::fill(m.params().value(idx), m.params().value(idx) + m.params().info(idx).size, 0.0f);
 }
 
@@ -69,7 +70,7 @@ void expect_non_trivial_probs(const float* p, int N, int V) {
 TEST(Equivalence, FullRoutingSumGatesEqualsDenseTransformer) {
   const uoe::ModelSpec s = full_routing_spec();
   uoe::LocalExchange ex;
-  uoe::Model m(s, 11, &ex);
+  uoe_test::SteppedModel m(s, 11, &ex);
   uoe_ref::randomise_params(m, 101);
   const int B = 2, N = B * s.seq_len;
   const auto tokens = uoe_ref::random_tokens(N, s.vocab, 5);
@@ -96,7 +97,7 @@ TEST(Equivalence, PartialRoutingDiffersFromDenseTransformer) {
   s.topk = 2;
   s.attn_topk = 1;
   uoe::LocalExchange ex;
-  uoe::Model m(s, 11, &ex);
+  uoe_test::SteppedModel m(s, 11, &ex);
   uoe_ref::randomise_params(m, 101);
   const int B = 2, N = B * s.seq_len;
   const auto tokens = uoe_ref::random_tokens(N, s.vocab, 5);
@@ -115,7 +116,7 @@ TEST(Equivalence, UniformRouterRenormGatesEqualsDenseInTraining) {
   s.renorm = true;
   s.capacity_factor = 1.0;
   uoe::LocalExchange ex;
-  uoe::Model m(s, 12, &ex);
+  uoe_test::SteppedModel m(s, 12, &ex);
   uoe_ref::randomise_params(m, 102);
   for (const uoe::BlockParams& bp : m.blocks()) {
     zero_param(m, bp.router_w);
@@ -151,7 +152,7 @@ TEST(Equivalence, UniformRouterRenormGatesEqualsDenseInTraining) {
   uoe::ModelSpec s2 = s;
   s2.capacity_factor = 0.9;
   uoe::LocalExchange ex2;
-  uoe::Model m2(s2, 12, &ex2);
+  uoe_test::SteppedModel m2(s2, 12, &ex2);
   std::memcpy(m2.params().values().data(), m.params().values().data(), sizeof(float) * m.params().total());
   uoe::ForwardStats tr2;
   m2.forward_backward(tokens.data(), targets.data(), B, 1.0f, &tr2);
@@ -355,7 +356,7 @@ uoe::DenseLayerWeights random_dense(const uoe::ModelSpec& s, uint64_t seed) {
 TEST(Equivalence, ConvertModelToDenseAndBackIsBitwiseIdentity) {
   const uoe::ModelSpec s = full_routing_spec();
   uoe::LocalExchange ex;
-  uoe::Model m(s, 13, &ex);
+  uoe_test::SteppedModel m(s, 13, &ex);
   uoe_ref::randomise_params(m, 103);
   const std::vector<float> before(m.params().values().begin(), m.params().values().end());
   for (int l = 0; l < s.layers; ++l) uoe::dense_to_uoe(uoe::dense_from_uoe(m, l), m, l);
@@ -366,7 +367,7 @@ TEST(Equivalence, ConvertModelToDenseAndBackIsBitwiseIdentity) {
 TEST(Equivalence, ConvertDenseToModelAndBackIsExact) {
   const uoe::ModelSpec s = full_routing_spec();
   uoe::LocalExchange ex;
-  uoe::Model m(s, 14, &ex);
+  uoe_test::SteppedModel m(s, 14, &ex);
   uoe_ref::randomise_params(m, 104);
   const std::vector<float> before(m.params().values().begin(), m.params().values().end());
   std::vector<uoe::DenseLayerWeights> dense;
@@ -398,7 +399,7 @@ TEST(Equivalence, ConvertDenseToModelAndBackIsExact) {
 TEST(Equivalence, ConvertFollowsDocumentedLayout) {
   const uoe::ModelSpec s = full_routing_spec();
   uoe::LocalExchange ex;
-  uoe::Model m(s, 15, &ex);
+  uoe_test::SteppedModel m(s, 15, &ex);
   const uoe::DenseLayerWeights w = random_dense(s, 300);
   uoe::dense_to_uoe(w, m, 1);
   const uoe::BlockParams& a = m.blocks()[2];

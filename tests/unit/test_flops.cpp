@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "tests/common/stepped_model.hpp"
 #include "layers/flops.hpp"
 #include "layers/model.hpp"
 #include "parallel/exchange.hpp"
@@ -36,7 +37,7 @@ ModelSpec tiny_spec(BlockType type) {
 }
 
 // Every MLP token to expert 1 (zero router weights, bias favouring 1) so the routing is known.
-void force_mlp_expert_1(Model& m) {
+void force_mlp_expert_1(uoe_test::SteppedModel& m) {
   for (int b = 1; b < 2 * m.spec().layers; b += 2) {
     const BlockParams& bp = m.blocks()[b];
     std::fill(m.params().value(bp.router_w), m.params().value(bp.router_w) + m.params().info(bp.router_w).size, 0.0f);
@@ -45,7 +46,7 @@ void force_mlp_expert_1(Model& m) {
   }
 }
 
-double forward_flops(Model& m, int B) {
+double forward_flops(uoe_test::SteppedModel& m, int B) {
   const int N = B * m.spec().seq_len;
   const auto tokens = uoe_ref::random_tokens(N, m.spec().vocab, 3);
   ForwardStats st;
@@ -55,7 +56,7 @@ double forward_flops(Model& m, int B) {
 
 TEST(Flops, HandCountUoe) {
   LocalExchange ex;
-  Model m(tiny_spec(BlockType::uoe), 1, &ex);
+  uoe_test::SteppedModel m(tiny_spec(BlockType::uoe), 1, &ex);
   force_mlp_expert_1(m);
   // N = 8 tokens, d = 8, V = 10.
   // Attention block: E_a 2, g·dh = gd = 4, every token in both experts (k_a = 2):
@@ -77,7 +78,7 @@ TEST(Flops, HandCountUoe) {
 
 TEST(Flops, HandCountDense) {
   LocalExchange ex;
-  Model m(tiny_spec(BlockType::dense), 1, &ex);
+  uoe_test::SteppedModel m(tiny_spec(BlockType::dense), 1, &ex);
   EXPECT_EQ(m.spec().attn_experts, 1);
   EXPECT_EQ(m.spec().experts, 1);
   // Attention: one expert of all heads (gd = 8), every token once, one segment per sequence:
@@ -90,7 +91,7 @@ TEST(Flops, HandCountDense) {
 
 TEST(Flops, HandCountMoe) {
   LocalExchange ex;
-  Model m(tiny_spec(BlockType::moe), 1, &ex);
+  uoe_test::SteppedModel m(tiny_spec(BlockType::moe), 1, &ex);
   force_mlp_expert_1(m);
   EXPECT_EQ(m.spec().attn_experts, 1);
   EXPECT_EQ(m.spec().expert_ff(), 8);
@@ -148,7 +149,7 @@ BlockWork count_work(const Routing& r, int T, bool attention, bool routed) {
 
 void expect_flops_follow_routing(ModelSpec s, bool train) {
   LocalExchange ex;
-  Model m(s, 5, &ex);
+  uoe_test::SteppedModel m(s, 5, &ex);
   uoe_ref::randomise_params(m, 17, 0.5f);
   const int B = 3, N = B * s.seq_len;
   const auto tokens = uoe_ref::random_tokens(N, s.vocab, 9);
@@ -210,7 +211,7 @@ TEST(Flops, ExecutedCountFollowsTheRoutingBaselines) {
 TEST(Flops, ChunksDoNotChangeTheCount) {
   const ModelSpec s = varied_spec(BlockType::uoe);
   LocalExchange ex;
-  Model m(s, 5, &ex);
+  uoe_test::SteppedModel m(s, 5, &ex);
   uoe_ref::randomise_params(m, 17, 0.5f);
   const int B = 3, N = B * s.seq_len;
   const auto tokens = uoe_ref::random_tokens(N, s.vocab, 9);
@@ -224,7 +225,7 @@ TEST(Flops, ChunksDoNotChangeTheCount) {
 TEST(RoutingDiagnostics, HistogramAndEntropy) {
   ModelSpec s = varied_spec(BlockType::uoe);
   LocalExchange ex;
-  Model m(s, 5, &ex);
+  uoe_test::SteppedModel m(s, 5, &ex);
   uoe_ref::randomise_params(m, 17, 0.5f);
   const int B = 3, N = B * s.seq_len;
   const auto tokens = uoe_ref::random_tokens(N, s.vocab, 9);
@@ -272,7 +273,7 @@ TEST(RoutingDiagnostics, HistogramAndEntropy) {
 
 TEST(RoutingDiagnostics, UnroutedBlocksReadAsOneExpert) {
   LocalExchange ex;
-  Model m(varied_spec(BlockType::dense), 5, &ex);
+  uoe_test::SteppedModel m(varied_spec(BlockType::dense), 5, &ex);
   const int B = 2, N = B * m.spec().seq_len;
   const auto tokens = uoe_ref::random_tokens(N, m.spec().vocab, 9);
   ForwardStats st;

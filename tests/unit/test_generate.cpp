@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/common/stepped_model.hpp"
 #include "layers/generate.hpp"
 #include "layers/model.hpp"
 #include "parallel/exchange.hpp"
@@ -90,7 +91,7 @@ TEST(Generate, NextTokenDependsOnlyOnTheWindow) {
     SCOPED_TRACE("patch size " + std::to_string(patch));
     const uoe::ModelSpec s = small_spec(patch);
     uoe::LocalExchange ex;
-    uoe::Model m(s, 17, &ex);
+    uoe_test::SteppedModel m(s, 17, &ex);
     uoe_ref::randomise_params(m, 71);
     const int T = s.seq_len, V = s.vocab;
     const auto stream = uoe_ref::random_tokens(40, V, 5);
@@ -123,7 +124,7 @@ TEST(Generate, NextTokenDependsOnlyOnTheWindow) {
 TEST(Generate, DeterministicPerSeedAndGreedyIsArgmax) {
   const uoe::ModelSpec s = small_spec(1);
   uoe::LocalExchange ex;
-  uoe::Model m(s, 23, &ex);
+  uoe_test::SteppedModel m(s, 23, &ex);
   uoe_ref::randomise_params(m, 29);
   const std::vector<int32_t> prompt = {3, 1, 4};
   uoe::SampleOptions o;
@@ -155,7 +156,7 @@ TEST(Generate, DeterministicPerSeedAndGreedyIsArgmax) {
 TEST(Generate, RefusesAnEmptyPrompt) {
   const uoe::ModelSpec s = small_spec(1);
   uoe::LocalExchange ex;
-  uoe::Model m(s, 23, &ex);
+  uoe_test::SteppedModel m(s, 23, &ex);
   EXPECT_THROW(uoe::generate(m, {}, 1, uoe::SampleOptions{}, 0, {}), uoe::Error);
 }
 

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <vector>
 
+#include "tests/common/stepped_model.hpp"
 #include "layers/model.hpp"
 #include "layers/router.hpp"
 #include "parallel/exchange.hpp"
@@ -313,7 +314,7 @@ constexpr double kProbAtol = 1e-6, kProbRtol = 1e-4;
 TEST(Routing, ModelWithPatchesMatchesNaiveUoeInEvaluation) {
   const uoe::ModelSpec s = routed_spec();
   uoe::LocalExchange ex;
-  uoe::Model m(s, 21, &ex);
+  uoe_test::SteppedModel m(s, 21, &ex);
   uoe_ref::randomise_params(m, 121);
   const int B = 3, N = B * s.seq_len;
   const auto tokens = uoe_ref::random_tokens(N, s.vocab, 31);
@@ -343,7 +344,7 @@ TEST(Routing, ModelWithPatchesMatchesNaiveUoeInEvaluation) {
 TEST(Routing, ModelWithCapacityMatchesNaiveUoeInTraining) {
   const uoe::ModelSpec s = routed_spec();
   uoe::LocalExchange ex;
-  uoe::Model m(s, 22, &ex);
+  uoe_test::SteppedModel m(s, 22, &ex);
   uoe_ref::randomise_params(m, 122);
   const int B = 3, N = B * s.seq_len;
   const auto tokens = uoe_ref::random_tokens(N, s.vocab, 41);
@@ -383,7 +384,7 @@ TEST(Routing, PatchDroppedByAllItsExpertsGetsOnlyTheBias) {
   s.attn_topk = 2;
   s.capacity_factor = 0.5;
   uoe::LocalExchange ex;
-  uoe::Model m(s, 23, &ex);
+  uoe_test::SteppedModel m(s, 23, &ex);
   uoe_ref::randomise_params(m, 123);
   for (int b = 0; b < 2 * s.layers; ++b) {
     const uoe::BlockParams& bp = m.blocks()[b];

@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/common/stepped_model.hpp"
 #include "layers/model.hpp"
 #include "parallel/exchange.hpp"
 #include "parallel/scheduler.hpp"
@@ -124,7 +125,7 @@ ModelSpec pipeline_spec() {
 std::pair<double, std::vector<float>> run(int chunks, bool threaded, int B, float router_bias0 = 0) {
   LocalExchange ex;
   const ModelSpec spec = pipeline_spec();
-  Model model(spec, 3, &ex);
+  uoe_test::SteppedModel model(spec, 3, &ex);
   CommScheduler sched(threaded);
   model.set_schedule(&sched, chunks);
   if (router_bias0 != 0)  // skew: every patch picks expert 0 first

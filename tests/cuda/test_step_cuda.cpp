@@ -1,4 +1,4 @@
-// The GPU training step (layers/device_model.hpp) against the CPU Model (layers/model.cpp): one
+// The one step over the CUDA backend (layers/step_cuda.hpp) against it over the CPU backend: one
 // forward_backward of a small model from the same weights on the same batch, for the UoE blocks and
 // both baselines (dense, moe), then a dropless evaluation.
 //
@@ -11,17 +11,19 @@
 // gaps of the differing patch before relaxing anything).
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #include "gpu_test.hpp"
-#include "layers/device_model.hpp"
+#include "layers/cpu_backend.hpp"
+#include "layers/step_cuda.hpp"
 #include "layers/model.hpp"
 #include "parallel/exchange.hpp"
 
 namespace uoe::gpu_test {
 namespace {
 
-using DeviceModelGpu = Gpu;
+using StepCudaGpu = Gpu;
 
 ModelSpec small_spec(BlockType t) {
   ModelSpec s;
@@ -51,8 +53,10 @@ std::vector<int32_t> tokens(int n, int V, uint64_t stream) {
 void expect_step_matches(BlockType type) {
   const ModelSpec spec = small_spec(type);
   LocalExchange ex_cpu, ex_host;
-  Model cpu(spec, 7, &ex_cpu), host(spec, 7, &ex_host);
-  DeviceModel dev(host, nullptr);  // every expert here: no expert-parallel group
+  Model cpu_model(spec, 7, &ex_cpu), host(spec, 7, &ex_host);
+  CpuStep cpu(cpu_model);
+  const std::unique_ptr<ModelStep> gpu = make_cuda_step(host, CudaStepOptions{});  // every expert here
+  ModelStep& dev = *gpu;
   const int B = 4, N = B * spec.seq_len;
   const auto in = tokens(N, spec.vocab, 1), tg = tokens(N, spec.vocab, 2);
 
@@ -71,7 +75,7 @@ void expect_step_matches(BlockType type) {
   EXPECT_NEAR(sg.aux_loss, sc.aux_loss, 1e-4 * std::fabs(sc.aux_loss) + 1e-9);
   EXPECT_DOUBLE_EQ(sg.flops, sc.flops);  // counted from the (identical) routing
 
-  const ParamStore& pc = cpu.params();
+  const ParamStore& pc = cpu_model.params();
   const ParamStore& pg = host.params();
   for (size_t i = 0; i < pc.count(); ++i) {
     const int t = static_cast<int>(i);
@@ -93,9 +97,9 @@ void expect_step_matches(BlockType type) {
   EXPECT_NEAR(eg.ce_sum, ec.ce_sum, 1e-5 * std::fabs(ec.ce_sum));
 }
 
-TEST_F(DeviceModelGpu, UoeTrainingStepMatchesCpu) { expect_step_matches(BlockType::uoe); }
-TEST_F(DeviceModelGpu, DenseTrainingStepMatchesCpu) { expect_step_matches(BlockType::dense); }
-TEST_F(DeviceModelGpu, MoeTrainingStepMatchesCpu) { expect_step_matches(BlockType::moe); }
+TEST_F(StepCudaGpu, UoeTrainingStepMatchesCpu) { expect_step_matches(BlockType::uoe); }
+TEST_F(StepCudaGpu, DenseTrainingStepMatchesCpu) { expect_step_matches(BlockType::dense); }
+TEST_F(StepCudaGpu, MoeTrainingStepMatchesCpu) { expect_step_matches(BlockType::moe); }
 
 }  // namespace
 }  // namespace uoe::gpu_test

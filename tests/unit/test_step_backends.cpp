@@ -1,21 +1,22 @@
-// The device training step's orchestration (layers/device_step.hpp — what `uoe-train --device cuda`
-// runs, over the CUDA backend) over a CPU backend (step_backend_cpu.hpp), against the CPU Model.
-// Every backend call is a CPU kernel the Model also calls, in the same order per element, so the
-// two must agree BIT FOR BIT: losses, router figures, routing, every gradient, and the parameters
-// after several AdamW steps. What this cannot check — the CUDA kernels against these CPU kernels —
-// is what the gpu.* tests do on a machine with a GPU.
+// The one step (layers/step.hpp) over its two CPU-run backends: CpuBackend (the production CPU
+// path) and DeviceLikeBackend (step_backend_device_like.hpp: CPU kernels with the CUDA backend's
+// policies — arena copies, hooks at the end, batched metadata, unfused combine, poisoned buffers).
+// Every kernel is the same per element, so the two must agree BIT FOR BIT: losses, router figures,
+// routing, every gradient, and the parameters after several AdamW steps. What this cannot check —
+// the CUDA kernels against these CPU kernels — is what the gpu.* tests do on a machine with a GPU.
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <string>
 #include <vector>
 
-#include "layers/device_step.hpp"
+#include "layers/cpu_backend.hpp"
+#include "layers/step.hpp"
 #include "layers/model.hpp"
 #include "layers/optimizer.hpp"
 #include "parallel/exchange.hpp"
 #include "runtime/rng.hpp"
-#include "step_backend_cpu.hpp"
+#include "step_backend_device_like.hpp"
 
 namespace uoe {
 namespace {
@@ -55,20 +56,21 @@ size_t bit_differences(const float* a, const float* b, size_t n) {
   return bad;
 }
 
-// `chunks`: both cut each block's rows into that many chunks (the Model's overlap schedule, in line).
-void expect_same_as_model(const ModelSpec& spec, int micro_batches, int chunks = 1) {
+// `chunks`: both cut each block's rows into that many chunks (exchanges in line).
+void expect_same_as_cpu_backend(const ModelSpec& spec, int micro_batches, int chunks = 1) {
   LocalExchange ex_ref, ex_dev;
-  Model ref(spec, 11, &ex_ref), host(spec, 11, &ex_dev);
-  ref.set_schedule(nullptr, chunks);
-  CpuStepBackend be;
-  DeviceStep<CpuStepBackend> step(host, be);
+  Model ref_model(spec, 11, &ex_ref), host(spec, 11, &ex_dev);
+  CpuStep ref(ref_model);
+  ref.set_chunks(chunks);
+  Step<DeviceLikeBackend> step(host);
   step.set_chunks(chunks);
-  AdamW opt_ref(ref.params(), AdamWSpec{}), opt_dev(host.params(), AdamWSpec{});
+  const DeviceLikeBackend& be = step.backend();
+  AdamW opt_ref(ref_model.params(), AdamWSpec{}), opt_dev(host.params(), AdamWSpec{});
   std::vector<int> hooked;
   step.set_backward_hook([&hooked](int b) { hooked.push_back(b); });
   const int B = 3, N = B * spec.seq_len, blocks = 2 * spec.layers;
   for (int it = 1; it <= 3; ++it) {
-    ref.params().zero_grads();
+    ref_model.params().zero_grads();
     host.params().zero_grads();
     for (int m = 0; m < micro_batches; ++m) {
       const auto in = tokens(N, spec.vocab, 2 * (it * 8 + m)), tg = tokens(N, spec.vocab, 2 * (it * 8 + m) + 1);
@@ -92,7 +94,7 @@ void expect_same_as_model(const ModelSpec& spec, int micro_batches, int chunks =
       for (int b = blocks - 1; b >= -1; --b) want.push_back(b);
       EXPECT_EQ(hooked, want);
     }
-    const ParamStore& pr = ref.params();
+    const ParamStore& pr = ref_model.params();
     const ParamStore& pd = host.params();
     for (size_t i = 0; i < pr.count(); ++i) {
       const int t = static_cast<int>(i);
@@ -101,7 +103,7 @@ void expect_same_as_model(const ModelSpec& spec, int micro_batches, int chunks =
     }
     // Not all zero: the comparison above compared something.
     EXPECT_GT(grad_sum_squares(pr.grads().data(), pr.total()), 0.0);
-    opt_ref.update(ref.params(), 1e-2, it, 1.0f);
+    opt_ref.update(ref_model.params(), 1e-2, it, 1.0f);
     opt_dev.update(host.params(), 1e-2, it, 1.0f);
     EXPECT_EQ(bit_differences(pd.values().data(), pr.values().data(), pr.total()), 0u) << "parameters, step " << it;
   }
@@ -121,30 +123,31 @@ void expect_same_as_model(const ModelSpec& spec, int micro_batches, int chunks =
   EXPECT_GT(be.downloads, 0);
 }
 
-TEST(DeviceStep, UoeMatchesModelBitwise) { expect_same_as_model(spec_of(BlockType::uoe, 1, 0.0, false), 1); }
-TEST(DeviceStep, UoePatchesZLossMicroBatchesMatchModelBitwise) {
-  expect_same_as_model(spec_of(BlockType::uoe, 2, 1e-3, false), 2);
+TEST(StepBackends, UoeMatchesCpuBackendBitwise) { expect_same_as_cpu_backend(spec_of(BlockType::uoe, 1, 0.0, false), 1); }
+TEST(StepBackends, UoePatchesZLossMicroBatchesMatchCpuBackendBitwise) {
+  expect_same_as_cpu_backend(spec_of(BlockType::uoe, 2, 1e-3, false), 2);
 }
-TEST(DeviceStep, ProbGateMatchesModelBitwise) { expect_same_as_model(spec_of(BlockType::uoe, 1, 0.0, true), 1); }
-TEST(DeviceStep, DenseMatchesModelBitwise) { expect_same_as_model(spec_of(BlockType::dense, 1, 0.0, false), 1); }
-TEST(DeviceStep, MoeMatchesModelBitwise) { expect_same_as_model(spec_of(BlockType::moe, 1, 0.0, false), 2); }
+TEST(StepBackends, ProbGateMatchesCpuBackendBitwise) { expect_same_as_cpu_backend(spec_of(BlockType::uoe, 1, 0.0, true), 1); }
+TEST(StepBackends, DenseMatchesCpuBackendBitwise) { expect_same_as_cpu_backend(spec_of(BlockType::dense, 1, 0.0, false), 1); }
+TEST(StepBackends, MoeMatchesCpuBackendBitwise) { expect_same_as_cpu_backend(spec_of(BlockType::moe, 1, 0.0, false), 2); }
 // Chunks (3 sequences: with 4 chunks one is empty): the experts run chunk by chunk on both sides.
-TEST(DeviceStep, ChunkedMatchesChunkedModelBitwise) {
+TEST(StepBackends, ChunkedMatchesChunkedCpuBackendBitwise) {
   for (int chunks : {2, 4}) {
     SCOPED_TRACE(std::to_string(chunks) + " chunks");
-    expect_same_as_model(spec_of(BlockType::uoe, 1, 0.0, false), 1, chunks);
-    expect_same_as_model(spec_of(BlockType::moe, 2, 1e-3, false), 2, chunks);
+    expect_same_as_cpu_backend(spec_of(BlockType::uoe, 1, 0.0, false), 1, chunks);
+    expect_same_as_cpu_backend(spec_of(BlockType::moe, 2, 1e-3, false), 2, chunks);
   }
 }
 
-TEST(DeviceStep, EmptyMicroBatchIsRefused) {
+TEST(StepBackends, EmptyMicroBatchIsRefused) {
   const ModelSpec spec = spec_of(BlockType::uoe, 1, 0.0, false);
   LocalExchange ex;
   Model host(spec, 1, &ex);
-  CpuStepBackend be;
-  DeviceStep<CpuStepBackend> step(host, be);
+  CpuStep cpu(host);
+  Step<DeviceLikeBackend> device_like(host);
   ForwardStats st;
-  EXPECT_THROW(step.forward_backward(nullptr, nullptr, 0, 1.0f, &st), Error);
+  EXPECT_THROW(cpu.forward_backward(nullptr, nullptr, 0, 1.0f, &st), Error);
+  EXPECT_THROW(device_like.forward_backward(nullptr, nullptr, 0, 1.0f, &st), Error);
 }
 
 }  // namespace

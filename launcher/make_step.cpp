@@ -1,0 +1,90 @@
+// Compiled into both library variants (CMakeLists.txt, uoe_variant_sources): with UOE_HAVE_CUDA it
+// can build the GPU step; without, --device cuda is refused here (uoe-train refuses it earlier, in
+// device_require, with the same reason).
+#include "launcher/make_step.hpp"
+
+#include <string>
+
+#include "layers/cpu_backend.hpp"
+#include "runtime/device.hpp"
+#include "runtime/error.hpp"
+#ifdef UOE_HAVE_CUDA
+#include <cuda_runtime_api.h>
+
+#include "layers/step_cuda.hpp"
+#include "parallel/comm.hpp"
+#include "parallel/mpi_exchange.hpp"
+#include "parallel/nccl_comm.hpp"
+#include "runtime/cuda/check.cuh"
+#endif
+
+namespace uoe {
+namespace {
+
+#ifdef UOE_HAVE_CUDA
+// The GPU step with the communicators it moves rows through (ep > 1): NCCL over the expert-parallel
+// group for the rows, MPI over it for counts and metadata. Forwards everything to the step.
+class GpuStep final : public ModelStep {
+ public:
+  GpuStep(Model& model, const Config& cfg, const StepSetup& setup) : ModelStep(model) {
+    int count = 0;
+    UOE_CHECK_CUDA(cudaGetDeviceCount(&count));
+    if (count <= 0) fail("--device cuda: no GPU found on this node");
+    CudaStepOptions o;
+    o.device = setup.node_rank % count;
+    o.chunks = cfg.overlap_chunks;
+    UOE_CHECK_CUDA(cudaSetDevice(o.device));
+    if (!model.exchange()->identity()) {
+      if (!setup.ep_group) fail("--device cuda: expert parallelism needs the expert-parallel group");
+      nccl_ = std::make_unique<NcclCommunicator>(setup.ep_group->handle());
+      exchange_ = std::make_unique<MpiExchange>(*setup.ep_group, nccl_.get());
+      o.rows_exchange = exchange_.get();
+      o.nccl = nccl_.get();
+      o.comm_stream = nccl_->stream();
+    }
+    step_ = make_cuda_step(model, o);
+  }
+  void forward_backward(const int32_t* inputs, const int32_t* targets, int B, float loss_scale,
+                        ForwardStats* stats) override {
+    step_->forward_backward(inputs, targets, B, loss_scale, stats);
+  }
+  void forward_eval(const int32_t* inputs, const int32_t* targets, int B, ForwardStats* stats) override {
+    step_->forward_eval(inputs, targets, B, stats);
+  }
+  void set_backward_hook(std::function<void(int)> hook) override { step_->set_backward_hook(std::move(hook)); }
+  const Routing& routing(int b) const override { return step_->routing(b); }
+  const float* probs() override { return step_->probs(); }
+  void take_exchange_seconds(double* busy, double* exposed) override { step_->take_exchange_seconds(busy, exposed); }
+  std::string describe() const override { return step_->describe(); }
+  void set_phase_log(std::vector<PhaseTime>* log) override { step_->set_phase_log(log); }
+  // Frees the NCCL communicator (collective over the expert-parallel group); without it the
+  // destructor aborts NCCL (local).
+  void close() override {
+    step_->close();
+    if (nccl_) nccl_->close();
+  }
+
+ private:
+  std::unique_ptr<NcclCommunicator> nccl_;  // ep > 1: rows GPU to GPU
+  std::unique_ptr<MpiExchange> exchange_;   // ep > 1: counts and metadata over MPI, rows over nccl_
+  std::unique_ptr<ModelStep> step_;
+};
+#endif
+
+}  // namespace
+
+std::unique_ptr<ModelStep> make_step(const Config& cfg, Model& model, const StepSetup& setup) {
+  if (device_parse(cfg.device) == Device::cuda) {
+#ifdef UOE_HAVE_CUDA
+    return std::make_unique<GpuStep>(model, cfg, setup);
+#else
+    fail("--device cuda: built without CUDA (reconfigure with -DUOE_CUDA=ON)");
+#endif
+  }
+  auto step = std::make_unique<CpuStep>(model);
+  step->backend().set_scheduler(setup.scheduler);
+  step->set_chunks(cfg.overlap_chunks);
+  return step;
+}
+
+}  // namespace uoe

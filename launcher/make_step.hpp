@@ -1,0 +1,23 @@
+// The step the trainer drives (layers/step.hpp), on the backend --device names: built in this one
+// place, with the communicators it needs (the launcher builds every exchange; layers only use them).
+#pragma once
+#include <memory>
+
+#include "layers/step.hpp"
+#include "runtime/config.hpp"
+
+namespace uoe {
+
+class CommScheduler;
+class MpiCommunicator;
+
+struct StepSetup {
+  CommScheduler* scheduler = nullptr;  // CPU: where exchanges run (null: in line)
+  MpiCommunicator* ep_group = nullptr;  // GPU with ep > 1: the rows' NCCL communicator is built over it
+  int node_rank = 0;                    // GPU: this rank's GPU is node_rank mod the node's GPUs
+};
+
+// The CPU step, or with --device cuda the GPU step (a build without CUDA refuses it, naming why).
+std::unique_ptr<ModelStep> make_step(const Config& cfg, Model& model, const StepSetup& setup);
+
+}  // namespace uoe

@@ -1,0 +1,105 @@
+#include "layers/cpu_backend.hpp"
+
+#include "runtime/gemm.hpp"
+#include "runtime/kernels.hpp"
+
+namespace uoe {
+
+template class Step<CpuBackend>;
+
+void CpuBackend::take_exchange_seconds(double* busy, double* exposed) {
+  // The CPU exchanges share the trainer's communication thread with the gradient all-reduce: the
+  // trainer reads that scheduler's figures itself (launcher/train.cpp). In line, nothing overlaps.
+  *busy = *exposed = 0;
+}
+
+void CpuBackend::layernorm_forward(float* out, float* mean, float* rstd, const float* x, const float* w,
+                                   const float* b, int N, int C) {
+  uoe::layernorm_forward(out, mean, rstd, x, w, b, N, C);
+}
+void CpuBackend::layernorm_backward(float* dx, float* dw, float* db, const float* dout, const float* x,
+                                    const float* w, const float* mean, const float* rstd, int N, int C) {
+  uoe::layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, N, C);
+}
+void CpuBackend::gather_rows(float* out, const float* table, const int32_t* ids, int N, int C) {
+  uoe::gather_rows(out, table, ids, N, C);
+}
+void CpuBackend::residual_bias_rows(float* out, const float* x, const float* bias, int N, int C) {
+  for (int t = 0; t < N; ++t)
+    residual_bias_row(out + static_cast<size_t>(t) * C, x + static_cast<size_t>(t) * C, bias, C);
+}
+void CpuBackend::bias_grad(float* db, const float* dh, int N, int C) { sum_rows_into(db, dh, N, C); }
+void CpuBackend::gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+                      int ldb, float beta, float* C, int ldc) {
+  uoe::gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+double CpuBackend::cross_entropy(bool backward, float* logits, const int32_t* targets_host, int N, int V,
+                                 float grad_scale) {
+  return backward ? crossentropy_forward_backward(logits, targets_host, N, V, grad_scale)
+                  : crossentropy_forward(logits, targets_host, N, V);
+}
+void CpuBackend::embedding_backward(float* dtable, const float* dh, const Buffer<int32_t>& tokens, int N, int /*V*/,
+                                    int d) {
+  scatter_add_rows(dtable, dh, tokens.data(), N, d, 1.0f);
+}
+
+void CpuBackend::route(Routing& r, RouteCache&, const RouterSpec& spec, const float* xn, const float* w,
+                       const float* b, int N, int d, bool dropless) {
+  router_forward(r, spec, xn, w, b, N, d, dropless);
+}
+void CpuBackend::route_backward(const Routing& r, RouteCache&, const RouterSpec& spec, const float* dgate_host,
+                                const float* xn, const float* w, float* dxn, float* dw, float* db, float loss_scale) {
+  router_backward(r, spec, dgate_host, xn, w, dxn, dw, db, loss_scale);
+}
+
+void CpuBackend::gather_source_rows(float* out, const float* xn, const CombineTables& t, int r0, int n, int d) {
+  uoe::gather_rows(out, xn, t.src->token.data() + r0, n, d);
+}
+
+void CpuBackend::set_rows(Rows& rows, const std::vector<int>& offsets, const int32_t* seg, const int32_t* pos, int n,
+                          int d) {
+  rows.n_experts = static_cast<int>(offsets.size()) - 1;
+  rows.offsets = offsets;
+  rows.x.resize_uninit(static_cast<size_t>(n) * d);
+  rows.seg.assign(seg, seg + n);
+  rows.pos.assign(pos, pos + n);
+}
+
+void CpuBackend::combine_prepare(CombineTables& t, int N, int B, int T, int C) {
+  source_rows_by_token(*t.src, N, t.first, t.rows);
+  t.B = B;
+  t.T = T;
+  t.C = C;
+}
+
+void CpuBackend::combine_chunk(float* out, const float* hin, const float* bias, const float* y, const CombineTables& t,
+                               int ch, int d) {
+  const SourceRows& src = *t.src;
+  const std::vector<float>& gate = t.routing->gate;
+  const int t0 = chunk_first_token(ch, t.B, t.T, t.C), t1 = chunk_first_token(ch + 1, t.B, t.T, t.C);
+  for (int tok = t0; tok < t1; ++tok) {
+    float* o = out + static_cast<size_t>(tok) * d;
+    if (hin) residual_bias_row(o, hin + static_cast<size_t>(tok) * d, bias, d);
+    for (int q = t.first[tok]; q < t.first[tok + 1]; ++q) {
+      const int i = t.rows[q];
+      scatter_add_row(o, y + static_cast<size_t>(i) * d, d, gate[src.gate[i]]);
+    }
+  }
+}
+
+void CpuBackend::combine_backward(float* dy, float* dgate_host, const float* dh, const CombineTables& t,
+                                  const float* y, int i0, int i1, bool output, bool gate, int d) {
+  const SourceRows& src = *t.src;
+  const std::vector<float>& w = t.routing->gate;
+  for (int i = i0; i < i1; ++i) {
+    const float* g = dh + static_cast<size_t>(src.token[i]) * d;
+    if (output) scale_row(dy + static_cast<size_t>(i) * d, g, d, w[src.gate[i]]);
+    if (gate) dgate_host[src.gate[i]] += dot_lanes(g, y + static_cast<size_t>(i) * d, d);
+  }
+}
+
+void CpuBackend::combine_backward_inputs(float* dxn, const float* dx, const CombineTables& t, int d) {
+  scatter_add_rows(dxn, dx, t.src->token.data(), t.src->rows(), d, 1.0f);
+}
+
+}  // namespace uoe

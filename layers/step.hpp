@@ -1,0 +1,542 @@
+// One training step for every backend (docs/architecture.md, One step): Step<Backend> runs a Model's
+// forward and backward pass — embedding, then per block norm → route → source rows → chunked
+// exchange → experts → combine, the final norm, the tied head, the loss — and the evaluation pass
+// that generation uses, as calls into a Backend. The CPU backend (layers/cpu_backend.hpp) is the
+// production CPU path; the CUDA backend (layers/step_cuda.cu) is the GPU path; the pipeline —
+// which rows go where, what accumulates and what overwrites, the order of every sum — is written
+// once, here, and every CPU test exercises it.
+//
+// The Model (layers/model.hpp) is what is model: the spec, the parameters and their layout, which
+// experts live on this rank. The Step is what runs it: activations, caches, the backend's buffers.
+//
+// A backend says where it differs by policy, and keeps its fusions private (as ggml keeps fusion
+// inside one backend):
+//   kHostMemory        its buffers are host memory and it computes in the ParamStore's arenas in
+//                      place: no arena copies, gradients final block by block (the backward hook
+//                      runs per block, letting the all-reduce start early);
+//   kBatchedMetadata   every chunk's counts and row metadata travel in one collective before any
+//                      row moves (saves host synchronisations on a GPU); otherwise each chunk's
+//                      metadata travels with its rows (the CPU: batching measured 1–3% slower
+//                      there, as it delays the first chunk's rows).
+// The operations are checked by the StepBackend concept below: a missing one is a compile error
+// naming it.
+#pragma once
+#include <chrono>
+#include <concepts>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "layers/expert_kinds.hpp"
+#include "layers/model.hpp"
+#include "layers/router.hpp"
+#include "parallel/exchange.hpp"
+#include "runtime/error.hpp"
+#include "runtime/tensor.hpp"
+
+namespace uoe {
+
+// What the trainer, evaluation, generation and the benches drive: one backend's Step behind a
+// virtual interface, so the backend is chosen at run time (--device) in one place.
+class ModelStep {
+ public:
+  virtual ~ModelStep() = default;
+  // One micro-batch of B sequences: inputs/targets [B·T]. Adds into model().params().grads() the
+  // gradient of loss_scale · (mean CE + router losses).
+  virtual void forward_backward(const int32_t* inputs, const int32_t* targets, int B, float loss_scale,
+                                ForwardStats* stats) = 0;
+  // Forward only, dropless (evaluation): stats with the CE sum and tokens. B may be 0 on a rank
+  // with no batch left: it still takes part in the collective exchanges.
+  virtual void forward_eval(const int32_t* inputs, const int32_t* targets, int B, ForwardStats* stats) = 0;
+  // Called after block b's gradients are final for this micro-batch (last block first) and with
+  // b = −1 once the embedding's and final norm's are: lets the gradient all-reduce start early.
+  virtual void set_backward_hook(std::function<void(int block)> hook) = 0;
+  // Block b's routing of the last forward pass (an unrouted block: every token to expert 0).
+  virtual const Routing& routing(int b) const = 0;
+  // Output probabilities [N, V] of the last forward_eval (the softmax of the logits), on the host.
+  virtual const float* probs() = 0;
+  // Seconds the expert exchanges were busy and the compute waited for them, since the last call
+  // (the backend's exchange queue: a communication thread or stream).
+  virtual void take_exchange_seconds(double* busy, double* exposed) = 0;
+  // "CPU" or "GPU 0 of 8: NVIDIA H200 (sm_90)" — for the start-up log.
+  virtual std::string describe() const = 0;
+  // Frees what is collective to free (an NCCL communicator): call at the end of a run.
+  virtual void close() {}
+  // The wall seconds of each block's forward and backward pass and the exchange seconds in them,
+  // appended to *log while it is set (bench/overlap's per-pass bound).
+  struct PhaseTime {
+    int block;
+    bool backward;
+    double seconds, exchange_seconds;
+  };
+  virtual void set_phase_log(std::vector<PhaseTime>* log) = 0;
+
+  Model& model() { return *model_; }
+  const Model& model() const { return *model_; }
+  // A hash of every block's routing decisions (choices and capacity drops) of the last forward
+  // pass: lets tests check that a perturbation did not change which experts were used.
+  uint64_t routing_fingerprint() const;
+
+ protected:
+  explicit ModelStep(Model& m) : model_(&m) {}
+  Model* model_;
+};
+
+// The backend contract. Shapes: N tokens, d model width, V vocabulary, R source rows; pointers are
+// the backend's memory unless named _host. Semantics are those of the CPU kernels of the same
+// names (runtime/kernels.hpp, layers/experts.hpp, layers/router.hpp); CpuBackend documents each.
+template <class Be>
+concept StepBackend = requires(Be& be, typename Be::template Buffer<float>& fbuf,
+                               typename Be::template Buffer<int32_t>& ibuf, float* f, const float* cf,
+                               const int32_t* ci, int n, bool flag, ParamStore& ps, Routing& r, const Routing& cr,
+                               const RouterSpec& rs, typename Be::RouteCache& rc, typename Be::Rows& rows,
+                               const typename Be::Rows& crows, typename Be::MlpCache& mc, typename Be::AttnCache& ac,
+                               typename Be::CombineTables& tab, const SourceRows& src, const std::vector<int>& offsets,
+                               std::function<void()> task, typename Be::Ticket ticket) {
+  { Be::kHostMemory } -> std::convertible_to<bool>;
+  { Be::kBatchedMetadata } -> std::convertible_to<bool>;
+  // Buffers: grow-only, contents undefined after growth.
+  fbuf.resize(size_t{});
+  { fbuf.data() } -> std::convertible_to<float*>;
+  { ibuf.data() } -> std::convertible_to<int32_t*>;
+  be.upload(ibuf, std::span<const int32_t>{});
+  be.download(fbuf, std::span<float>{});
+  be.zero(fbuf);
+  // The parameter and gradient arenas (ParamStore layout) for one pass, and back.
+  be.begin_step(ps, flag);
+  be.end_step(ps, flag);
+  { be.values() } -> std::convertible_to<float*>;
+  { be.grads() } -> std::convertible_to<float*>;
+  // Dense kernels.
+  be.layernorm_forward(f, f, f, cf, cf, cf, n, n);
+  be.layernorm_backward(f, f, f, cf, cf, cf, cf, cf, n, n);
+  be.gather_rows(f, cf, ci, n, n);
+  be.residual_bias_rows(f, cf, cf, n, n);
+  be.bias_grad(f, cf, n, n);
+  be.gemm(flag, flag, n, n, n, 1.0f, cf, n, cf, n, 0.0f, f, n);
+  { be.cross_entropy(flag, f, ci, n, n, 1.0f) } -> std::convertible_to<double>;
+  be.embedding_backward(f, cf, ibuf, n, n, n);
+  // Routing: decided in fp32 by the rule of layers/router.hpp; dgate is on the host.
+  be.route(r, rc, rs, cf, cf, cf, n, n, flag);
+  be.route_backward(cr, rc, rs, cf, cf, cf, f, f, f, 1.0f);
+  // Rows and the combine.
+  be.row_tables(tab, src, cr);
+  be.gather_source_rows(f, cf, tab, n, n, n);
+  be.set_rows(rows, offsets, ci, ci, n, n);
+  be.combine_prepare(tab, n, n, n, n);
+  be.combine_chunk(f, cf, cf, cf, tab, n, n);
+  be.combine_backward(f, f, cf, tab, cf, n, n, flag, flag, n);
+  be.combine_backward_inputs(f, cf, tab, n);
+  // Experts (layers/expert_kinds.hpp calls these).
+  be.mlp_forward(f, mc, crows, cf, cf, cf, n, n);
+  be.mlp_backward_data(f, cf, mc, crows, cf, cf, n, n);
+  be.mlp_backward_weights(f, f, f, cf, mc, crows, n, n);
+  be.attn_forward(f, ac, crows, cf, cf, n, n, n);
+  be.attn_backward_data(f, cf, ac, crows, cf, cf, n, n, n);
+  be.attn_backward_weights(f, f, cf, ac, crows, n, n, n);
+  // The exchange queue (parallel/scheduler.hpp's contract).
+  { be.submit(task) } -> std::same_as<typename Be::Ticket>;
+  be.wait(ticket);
+  be.wait_all();
+  { be.exchange_busy_seconds() } -> std::convertible_to<double>;
+};
+
+template <StepBackend Be>
+class Step final : public ModelStep {
+ public:
+  // `exchange` moves the routed rows when this rank does not hold every expert (null: the Model's
+  // own exchange, whose payload is host memory); the backend is built from `args`.
+  template <class... Args>
+  explicit Step(Model& model, ExpertExchange* exchange = nullptr, Args&&... args)
+      : ModelStep(model), be_(std::forward<Args>(args)...), spec_(model.spec()) {
+    ExpertExchange* rows_exchange = exchange ? exchange : model.exchange();
+    for (int b = 0; b < 2 * spec_.layers; ++b) {
+      auto c = std::make_unique<Block>();
+      c->kind = block_expert_kind(spec_, b);
+      c->routed = spec_.block_routed(b);
+      c->router = block_router_spec(spec_, b);
+      // Routed blocks exchange rows when the Model's exchange is not the identity (ep > 1);
+      // otherwise, and in unrouted blocks, rows stay in this rank's buffers.
+      c->exchange = c->routed && !model.exchange()->identity() ? rows_exchange : nullptr;
+      blocks_.push_back(std::move(c));
+    }
+  }
+
+  Be& backend() { return be_; }
+  // Each block's rows are exchanged and computed in `chunks` pieces (the same rows and the same
+  // order of every sum at any count; docs/model.md, Chunks).
+  void set_chunks(int chunks) {
+    if (chunks < 1) fail("step: chunks must be at least 1, got ", chunks);
+    chunks_ = chunks;
+  }
+
+  void forward_backward(const int32_t* inputs, const int32_t* targets, int B, float loss_scale,
+                        ForwardStats* stats) override {
+    if (B <= 0) fail("step: empty micro-batch");
+    Model& m = *model_;
+    const int N = B * spec_.seq_len, d = spec_.d, V = spec_.vocab, nb = 2 * spec_.layers;
+    be_.begin_step(m.params(), /*with_grads=*/true);
+    forward(inputs, B, /*dropless=*/false, stats);
+    // Loss = mean CE: dlogits = (softmax − onehot) · loss_scale / N.
+    stats->ce_sum = be_.cross_entropy(/*backward=*/true, logits_.data(), targets, N, V,
+                                      loss_scale / static_cast<float>(N));
+    // LM head (tied): logits = hf · Wembᵀ.
+    const int embed = m.embed_index();
+    be_.gemm(true, false, V, d, N, 1.0f, logits_.data(), V, hf_.data(), d, 1.0f, grad(embed), d);
+    dhf_.resize(static_cast<size_t>(N) * d);
+    be_.gemm(false, false, N, d, V, 1.0f, logits_.data(), V, val(embed), d, 0.0f, dhf_.data(), d);
+    dh_.resize(static_cast<size_t>(N) * d);
+    be_.zero(dh_);  // accumulated into
+    be_.layernorm_backward(dh_.data(), grad(m.final_norm_scale_index()), grad(m.final_norm_bias_index()),
+                           dhf_.data(), h_.data(), val(m.final_norm_scale_index()), fmean_.data(), frstd_.data(), N,
+                           d);
+    for (int b = nb - 1; b >= 0; --b) timed_phase(b, true, [&] { block_backward(b, N, loss_scale); });
+    be_.embedding_backward(grad(embed), dh_.data(), tokens_, N, V, d);
+    be_.end_step(m.params(), /*with_grads=*/true);
+    if (hook_) {
+      if constexpr (!Be::kHostMemory)  // the gradients reached the host arena only now
+        for (int b = nb - 1; b >= 0; --b) hook_(b);
+      hook_(-1);
+    }
+  }
+
+  void forward_eval(const int32_t* inputs, const int32_t* targets, int B, ForwardStats* stats) override {
+    const int N = B * spec_.seq_len;
+    if (N == 0 && !exchanges()) {  // no batch left, and nothing collective inside to take part in
+      stats->blocks.assign(2 * spec_.layers, BlockStats{});
+      stats->ce_sum = 0;
+      stats->tokens = 0;
+      stats->aux_loss = stats->flops = 0;
+      return;
+    }
+    be_.begin_step(model_->params(), /*with_grads=*/false);
+    forward(inputs, B, /*dropless=*/true, stats);
+    be_.end_step(model_->params(), /*with_grads=*/false);
+    stats->ce_sum = N == 0 ? 0.0  // took part in the exchanges with nothing of its own
+                           : be_.cross_entropy(/*backward=*/false, logits_.data(), targets, N, spec_.vocab, 1.0f);
+    probs_rows_ = N;
+  }
+
+  void set_backward_hook(std::function<void(int)> hook) override { hook_ = std::move(hook); }
+  const Routing& routing(int b) const override { return blocks_.at(b)->routing; }
+  const float* probs() override {
+    if constexpr (Be::kHostMemory) {
+      return logits_.data();
+    } else {
+      probs_host_.resize(static_cast<size_t>(probs_rows_) * spec_.vocab);
+      be_.download(logits_, std::span<float>(probs_host_.data(), probs_host_.size()));
+      be_.synchronize();
+      return probs_host_.data();
+    }
+  }
+  void take_exchange_seconds(double* busy, double* exposed) override { be_.take_exchange_seconds(busy, exposed); }
+  std::string describe() const override { return be_.describe(); }
+  void close() override { be_.close(); }
+  void set_phase_log(std::vector<PhaseTime>* log) override { phase_log_ = log; }
+
+ private:
+  template <class T>
+  using Buf = typename Be::template Buffer<T>;
+
+  // The owner side of one chunk of a block: what reached this rank's experts, and their caches.
+  struct Chunk {
+    typename Be::Rows rows;  // the experts' input rows: source order, or owner order when rows travel
+    typename Be::MlpCache mlp;
+    typename Be::AttnCache attn;
+    ExchangePlan plan;                       // rows travel: the chunk's plan (host)
+    ExpertRows owner_meta;                   // batched metadata: what reaches this rank's experts (no x)
+    Buf<float> y_owner, dy_owner, dx_owner;  // rows travel: [R_dst, d] outputs, output / input gradients
+  };
+
+  // Everything one block keeps from forward for backward.
+  struct Block {
+    ExpertKind kind = ExpertKind::mlp;
+    bool routed = true;                  // false: dense attention / dense MLP (routing_all_to_one)
+    RouterSpec router;
+    ExpertExchange* exchange = nullptr;  // null: every expert of the block is here, nothing travels
+    Buf<float> hin, xn, mean, rstd;      // [N, d] residual stream entering the block, normalised; [N], [N]
+    typename Be::RouteCache route;       // what the backend keeps of routing for its backward
+    Routing routing;
+    SourceRows src;                      // the routed rows, chunk-major (source_rows_build; host)
+    typename Be::CombineTables tables;   // the rows' tokens and gates, and the combine's order
+    Buf<float> x_src;                    // rows travel: [R, d] rows to send, source order
+    Buf<float> y;                        // [R, d] expert outputs, source order
+    std::vector<std::unique_ptr<Chunk>> chunk;  // [≥ chunks] (chunks own non-movable device state)
+  };
+
+  bool exchanges() const {
+    for (const auto& c : blocks_)
+      if (c->exchange) return true;
+    return false;
+  }
+  const float* val(int i) { return be_.values() + model_->params().info(i).offset; }
+  float* grad(int i) { return be_.grads() + model_->params().info(i).offset; }
+
+  template <class Pass>
+  void timed_phase(int b, bool backward, Pass&& pass) {
+    if (!phase_log_) {
+      pass();
+      return;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    const double busy0 = be_.exchange_busy_seconds();
+    pass();
+    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    phase_log_->push_back({b, backward, wall, be_.exchange_busy_seconds() - busy0});
+  }
+
+  // The chunks of block c, each with its plan's name for the collective watchdog's report.
+  void ensure_chunks(Block& c, int b) {
+    const int C = chunks_;
+    while (static_cast<int>(c.chunk.size()) < C) c.chunk.push_back(std::make_unique<Chunk>());
+    for (int ch = 0; ch < C; ++ch) {
+      std::string& where = c.chunk[ch]->plan.where;
+      where = "layer ";
+      where += std::to_string(b / 2);
+      where += c.kind == ExpertKind::attention ? " attention (block " : " MLP (block ";
+      where += std::to_string(b);
+      where += "), chunk ";
+      where += std::to_string(ch + 1);
+      where += " of ";
+      where += std::to_string(C);
+    }
+  }
+
+  // Embedding, blocks (block b writes block b+1's input, so every block's input stays for
+  // backward without a copy), final norm, logits.
+  void forward(const int32_t* inputs, int B, bool dropless, ForwardStats* stats) {
+    const Model& m = *model_;
+    const int N = B * spec_.seq_len, d = spec_.d, V = spec_.vocab, nb = 2 * spec_.layers;
+    for (int i = 0; i < N; ++i)
+      if (inputs[i] < 0 || inputs[i] >= V) fail("token id ", inputs[i], " out of range [0, ", V, ")");
+    tokens_.resize(N);
+    be_.upload(tokens_, std::span<const int32_t>(inputs, N));
+    h_.resize(static_cast<size_t>(N) * d);
+    for (auto& c : blocks_) c->hin.resize(static_cast<size_t>(N) * d);
+    be_.gather_rows(nb > 0 ? blocks_[0]->hin.data() : h_.data(), val(m.embed_index()), tokens_.data(), N, d);
+    stats->blocks.assign(nb, BlockStats{});
+    stats->aux_loss = 0;
+    stats->flops = 0;
+    for (int b = 0; b < nb; ++b) {
+      timed_phase(b, false, [&] {
+        block_forward(b, b + 1 < nb ? blocks_[b + 1]->hin.data() : h_.data(), B, dropless, &stats->blocks[b]);
+      });
+      stats->aux_loss += stats->blocks[b].balance_loss + stats->blocks[b].z_loss;
+      stats->flops += stats->blocks[b].flops;
+    }
+    stats->flops += flops_head_forward(spec_, N);
+    hf_.resize(static_cast<size_t>(N) * d);
+    fmean_.resize(N);
+    frstd_.resize(N);
+    be_.layernorm_forward(hf_.data(), fmean_.data(), frstd_.data(), h_.data(), val(m.final_norm_scale_index()),
+                          val(m.final_norm_bias_index()), N, d);
+    logits_.resize(static_cast<size_t>(N) * V);
+    be_.gemm(false, true, N, V, d, 1.0f, hf_.data(), d, val(m.embed_index()), d, 0.0f, logits_.data(), V);
+    stats->tokens = N;
+  }
+
+  // Block b: out = hin + b_out + Σ_kept w_e · expert_e(LayerNorm(hin)).
+  void block_forward(int b, float* out, int B, bool dropless, BlockStats* bs) {
+    Block& c = *blocks_[b];
+    const BlockParams& bp = model_->blocks()[b];
+    const int d = spec_.d, T = spec_.seq_len, N = B * T, C = chunks_;
+    const float* hin = c.hin.data();
+    c.xn.resize(static_cast<size_t>(N) * d);
+    c.mean.resize(N);
+    c.rstd.resize(N);
+    be_.layernorm_forward(c.xn.data(), c.mean.data(), c.rstd.data(), hin, val(bp.norm_scale), val(bp.norm_bias), N,
+                          d);
+    // 1. Route (an unrouted block: every token to its one expert).
+    Routing& r = c.routing;
+    if (c.routed)
+      be_.route(r, c.route, c.router, c.xn.data(), val(bp.router_w), val(bp.router_b), N, d, dropless);
+    else
+      routing_all_to_one(r, N, d);
+    // 2. Source rows: kept patches expanded to tokens, chunk-major, then by global expert.
+    source_rows_build(c.src, r, B, T, C);
+    const int R = c.src.rows();
+    be_.row_tables(c.tables, c.src, r);
+    c.y.resize(static_cast<size_t>(R) * d);
+    ensure_chunks(c, b);
+    const bool travel = c.exchange != nullptr;
+
+    // 3. The pipeline: chunk c's experts run while the rows of chunks c+1.. travel to their owners
+    //    and chunk c−1's outputs travel back. Every chunk's rows are queued at once, ahead of any
+    //    return: a forward pass moves as many bytes as a backward pass for about half its compute,
+    //    so it is exchange-bound and its link must not wait for the compute (dispatching one chunk
+    //    ahead left the link idle between a chunk's return and the next dispatch: bench-overlap_layer
+    //    at ratio 1, 4 chunks, 60% → 73% hidden).
+    arrived_.assign(C, typename Be::Ticket{});
+    if (travel) {
+      c.x_src.resize(static_cast<size_t>(R) * d);
+      be_.gather_source_rows(c.x_src.data(), c.xn.data(), c.tables, 0, R, d);
+      if constexpr (Be::kBatchedMetadata) {
+        // Every chunk's counts and metadata in one collective each, then the rows alone.
+        meta_.resize(C);
+        for (int ch = 0; ch < C; ++ch) {
+          const int r0 = c.src.chunk_begin[ch];
+          meta_[ch] = {&c.chunk[ch]->plan, &c.src.chunk_offsets[ch], c.src.seg.data() + r0, c.src.pos.data() + r0,
+                       &c.chunk[ch]->owner_meta};
+        }
+        c.exchange->dispatch_metadata_chunks(meta_);
+        for (int ch = 0; ch < C; ++ch) {
+          Chunk& k = *c.chunk[ch];
+          be_.set_rows(k.rows, k.owner_meta.offsets, k.owner_meta.seg.data(), k.owner_meta.pos.data(),
+                       k.owner_meta.rows(), d);
+          k.y_owner.resize(static_cast<size_t>(k.owner_meta.rows()) * d);
+        }
+        for (int ch = 0; ch < C; ++ch) {
+          Chunk& k = *c.chunk[ch];
+          const size_t r0 = c.src.chunk_begin[ch];
+          arrived_[ch] =
+              be_.submit([&c, &k, r0, d] { c.exchange->to_owner(k.plan, c.x_src.data() + r0 * d, k.rows.x.data(), d); });
+        }
+      } else {
+        // Each chunk's counts and metadata travel with its rows (the exchange fills the rows' tables).
+        for (int ch = 0; ch < C; ++ch) {
+          const size_t r0 = c.src.chunk_begin[ch];
+          arrived_[ch] = be_.submit([&c, ch, r0, d] {
+            c.exchange->dispatch(c.chunk[ch]->plan, c.src.chunk_offsets[ch], c.x_src.data() + r0 * d,
+                                 c.src.seg.data() + r0, c.src.pos.data() + r0, d, c.chunk[ch]->rows);
+          });
+        }
+      }
+    }
+    // While the rows are on the wire: what needs no expert output — the combine's order, the block's
+    // figures and, when rows travel, the residual + bias part of the combine (otherwise the backend
+    // may fuse it into the combine, one pass over the output).
+    be_.combine_prepare(c.tables, N, B, T, C);
+    const float* bias = val(bp.b_out);
+    if (travel) be_.residual_bias_rows(out, hin, bias, N, d);
+    if (bs) block_stats_from_routing(bs, spec_, b, r, T, c.kind == ExpertKind::attention, c.routed);
+    returned_.assign(C, typename Be::Ticket{});
+    const ExpertWeights w = expert_weights(bp);
+    for (int ch = 0; ch < C; ++ch) {
+      Chunk& k = *c.chunk[ch];
+      const int r0 = c.src.chunk_begin[ch], n = c.src.chunk_begin[ch + 1] - r0;
+      float* y;
+      if (travel) {
+        be_.wait(arrived_[ch]);
+        if constexpr (!Be::kBatchedMetadata) k.y_owner.resize(static_cast<size_t>(k.rows.rows()) * d);
+        y = k.y_owner.data();
+      } else {
+        be_.set_rows(k.rows, c.src.chunk_offsets[ch], c.src.seg.data() + r0, c.src.pos.data() + r0, n, d);
+        be_.gather_source_rows(k.rows.x.data(), c.xn.data(), c.tables, r0, n, d);
+        y = c.y.data() + static_cast<size_t>(r0) * d;
+      }
+      visit_expert_kind(c.kind, [&](auto kind) { kind.forward(be_, y, k, w, spec_); });
+      if (travel)
+        returned_[ch] = be_.submit([&c, &k, r0, d] {
+          c.exchange->to_source(k.plan, k.y_owner.data(), c.y.data() + static_cast<size_t>(r0) * d, d);
+        });
+    }
+    // 4. Combine: out = hin + bias + Σ_kept w_e · y_e, each token's rows in ascending row order
+    //    (expert order: deterministic whatever the chunk count), chunk by chunk as the rows return —
+    //    the earlier chunks' combine runs while the last chunk's return is still on the wire.
+    for (int ch = 0; ch < C; ++ch) {
+      if (travel) be_.wait(returned_[ch]);
+      be_.combine_chunk(out, travel ? nullptr : hin, bias, c.y.data(), c.tables, ch, d);
+    }
+    be_.wait_all();
+  }
+
+  // Block b's backward; dh_ is the residual stream's gradient (in and out).
+  void block_backward(int b, int N, float loss_scale) {
+    Block& c = *blocks_[b];
+    const BlockParams& bp = model_->blocks()[b];
+    const int d = spec_.d, R = c.src.rows(), C = chunks_;
+    const Routing& r = c.routing;
+    const bool travel = c.exchange != nullptr;
+    const float* dh = dh_.data();
+    // Combine backward: dy = w·dh[token] and dgate += <dh[token], y> (rows in ascending order).
+    // Workspaces shared by every block (backward runs one block at a time): allocated once.
+    dgate_.resize(static_cast<size_t>(r.P) * r.k);  // host, accumulated into: zeroed
+    dy_.resize(static_cast<size_t>(R) * d);
+    dx_.resize(static_cast<size_t>(R) * d);
+    // The same pipeline in reverse: output gradients travel to the owners chunk by chunk; each
+    // chunk's input gradient is formed first and sent back at once, and its weight gradients are
+    // computed while that return (and the next chunk's dispatch) is on the wire. Only the first
+    // chunk's output gradients are needed before its send; the rest of the combine backward, the
+    // bias gradient and the router's backward (no expert result needed) fill the wait for it.
+    auto send = [this, &c, d](int ch) {
+      Chunk& k = *c.chunk[ch];
+      const size_t r0 = c.src.chunk_begin[ch];
+      return be_.submit([this, &c, &k, r0, d] { c.exchange->to_owner(k.plan, dy_.data() + r0 * d, k.dy_owner.data(), d); });
+    };
+    typename Be::Ticket next{};
+    if (!travel) {
+      be_.combine_backward(dy_.data(), dgate_.data(), dh, c.tables, c.y.data(), 0, R, true, c.routed, d);
+    } else {
+      for (int ch = 0; ch < C; ++ch) {
+        Chunk& k = *c.chunk[ch];
+        const size_t owner_n = static_cast<size_t>(k.rows.rows()) * d;
+        k.dy_owner.resize(owner_n);
+        k.dx_owner.resize(owner_n);
+      }
+      const int first_end = c.src.chunk_begin[1];
+      be_.combine_backward(dy_.data(), dgate_.data(), dh, c.tables, c.y.data(), 0, first_end, true, false, d);
+      next = send(0);
+      be_.combine_backward(dy_.data(), dgate_.data(), dh, c.tables, c.y.data(), 0, first_end, false, c.routed, d);
+      be_.combine_backward(dy_.data(), dgate_.data(), dh, c.tables, c.y.data(), first_end, R, true, c.routed, d);
+    }
+    be_.bias_grad(grad(bp.b_out), dh, N, d);
+    dxn_.resize(static_cast<size_t>(N) * d);
+    be_.zero(dxn_);  // accumulated into
+    if (c.routed)
+      be_.route_backward(r, c.route, c.router, dgate_.data(), c.xn.data(), val(bp.router_w), dxn_.data(),
+                         grad(bp.router_w), grad(bp.router_b), loss_scale);
+    // The experts' backward on the rows they computed (owner order when rows travelled).
+    const ExpertWeights w = expert_weights(bp);
+    ExpertWeightGrads gw = expert_weight_grads(bp);
+    for (int ch = 0; ch < C; ++ch) {
+      Chunk& k = *c.chunk[ch];
+      const size_t r0 = c.src.chunk_begin[ch];
+      const float* dy = dy_.data() + r0 * d;
+      float* dx = dx_.data() + r0 * d;
+      if (travel) {
+        be_.wait(next);
+        if (ch + 1 < C) next = send(ch + 1);
+        dy = k.dy_owner.data();
+        dx = k.dx_owner.data();
+      }
+      visit_expert_kind(c.kind, [&](auto kind) { kind.backward_data(be_, dx, dy, k, w, spec_); });
+      if (travel)
+        be_.submit([this, &c, &k, r0, d] { c.exchange->to_source(k.plan, k.dx_owner.data(), dx_.data() + r0 * d, d); });
+      visit_expert_kind(c.kind, [&](auto kind) { kind.backward_weights(be_, gw, dy, k, spec_); });
+    }
+    be_.wait_all();
+    be_.combine_backward_inputs(dxn_.data(), dx_.data(), c.tables, d);
+    // LayerNorm backward into the residual stream's gradient.
+    be_.layernorm_backward(dh_.data(), grad(bp.norm_scale), grad(bp.norm_bias), dxn_.data(), c.hin.data(),
+                           val(bp.norm_scale), c.mean.data(), c.rstd.data(), N, d);
+    if constexpr (Be::kHostMemory)
+      if (hook_) hook_(b);
+  }
+
+  ExpertWeights expert_weights(const BlockParams& bp) {
+    return {val(bp.w_in), bp.b_in >= 0 ? val(bp.b_in) : nullptr, val(bp.w_out)};
+  }
+  ExpertWeightGrads expert_weight_grads(const BlockParams& bp) {
+    return {grad(bp.w_in), bp.b_in >= 0 ? grad(bp.b_in) : nullptr, grad(bp.w_out)};
+  }
+
+  Be be_;
+  ModelSpec spec_;
+  std::vector<std::unique_ptr<Block>> blocks_;  // [2L] (blocks own non-movable device state)
+  int chunks_ = 1;
+  std::function<void(int)> hook_;
+  std::vector<PhaseTime>* phase_log_ = nullptr;
+  Buf<int32_t> tokens_;                          // [N]
+  Buf<float> h_, hf_, fmean_, frstd_, logits_;   // [N, d] after the last block, final-normed; [N]; [N, V]
+  Buf<float> dhf_, dh_, dy_, dx_, dxn_;          // backward workspaces, reused by every block and step
+  FloatBuffer dgate_;                            // [P, k] on the host
+  std::vector<typename Be::Ticket> arrived_, returned_;  // [chunks] forward: rows at the owners, back
+  std::vector<ChunkMetadata> meta_;              // [chunks] batched metadata
+  std::vector<float> probs_host_;
+  int probs_rows_ = 0;
+};
+
+}  // namespace uoe

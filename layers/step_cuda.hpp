@@ -1,0 +1,42 @@
+// The training step on a GPU (--device cuda): the one step (layers/step.hpp) over the CUDA backend
+// (layers/step_cuda.cu) — the CUDA twins of the CPU kernels (runtime/cuda/*.cuh), cuBLAS for every
+// GEMM and the grouped/strided expert GEMMs. The pipeline is the CPU path's, line for line; what
+// differs is the backend's memory and two policies (layers/step.hpp): the parameter and gradient
+// arenas are copied to the GPU for each micro-batch and the gradients back ("optimizer on the host"
+// in the manner of ZeRO-offload: AdamW, clipping, the all-reduce and checkpoints stay the tested host
+// code), and every chunk's row metadata travels in one collective per block.
+//
+// Routing runs on the host with the CPU router (layers/router.cpp): each routed block copies its
+// normalised input [N, d] and router weights to the host, routes, and uploads the row tables; in
+// backward the gate gradients (one float per row) come back and the router's input gradient [N, d]
+// and weight gradients go up. These are the step's host synchronisations besides the arena copies.
+//
+// Expert parallelism: with --ep > 1 the routed rows travel GPU to GPU over NCCL (an MpiExchange
+// whose payload communicator is an NcclCommunicator; counts and row metadata over MPI from the
+// host), scheduled by the StreamScheduler (parallel/stream_scheduler.hpp): rows move on the NCCL
+// stream while the compute stream runs the experts, chunk by chunk, ordered by events. The launcher
+// builds those communicators (launcher/make_step.cpp); this layer only uses them.
+// STATUS: compiled, never run — no machine this project is built on has a GPU. See docs/gpu.md.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <memory>
+
+#include "layers/step.hpp"
+
+namespace uoe {
+
+class NcclCommunicator;
+
+struct CudaStepOptions {
+  int device = 0;                         // the GPU (cudaSetDevice)
+  ExpertExchange* rows_exchange = nullptr;  // ep > 1: moves rows in GPU memory; null: every expert here
+  NcclCommunicator* nccl = nullptr;       // the exchange's payload communicator (its watchdog scope)
+  cudaStream_t comm_stream = nullptr;     // and its stream: where the rows move
+  int chunks = 1;                         // the step's chunk count (the CPU path's rows and sums at that count)
+};
+
+// The step on GPU o.device for `model` (which must outlive it).
+std::unique_ptr<ModelStep> make_cuda_step(Model& model, const CudaStepOptions& o);
+
+}  // namespace uoe
