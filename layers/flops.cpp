@@ -1,5 +1,6 @@
 #include "layers/flops.hpp"
 
+#include "layers/expert_kinds.hpp"
 #include "layers/model.hpp"
 #include "layers/router.hpp"
 
@@ -32,16 +33,12 @@ BlockWork block_work_from_routing(const Routing& r, int seq_len, bool attention,
 
 double flops_block_forward(const ModelSpec& s, int b, const BlockWork& w) {
   const double d = s.d, E = s.block_experts(b);
-  double fl = 2.0 * w.router_rows * d * E;
-  if (b % 2 == 0) {
-    const double gd = static_cast<double>(s.heads_per_expert()) * s.head_dim();
-    fl += w.expert_rows * (2.0 * d * 3.0 * gd + 2.0 * gd * d);  // x·Wqkv, o·Wo
-    fl += 4.0 * gd * w.attn_tiles;                             // q·kᵀ and P·v over L×L tiles
-  } else {
-    const double f = s.expert_ff();
-    fl += w.expert_rows * (2.0 * d * f + 2.0 * f * d);  // x·W1, a·W2
-  }
-  return fl;
+  // The router, then the block's expert kind (layers/expert_kinds.hpp): per row, and per L² tile
+  // of an (expert, sequence) segment.
+  const double router = 2.0 * w.router_rows * d * E;
+  return visit_expert_kind(block_expert_kind(s, b), [&](auto kind) {
+    return router + w.expert_rows * kind.flops_per_row(s) + kind.flops_per_tile(s) * w.attn_tiles;
+  });
 }
 
 double flops_head_forward(const ModelSpec& s, int64_t tokens) {

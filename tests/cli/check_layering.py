@@ -46,14 +46,6 @@ ALLOWED = {
         "CUDA error messages name the world rank (MPI_Comm_rank on MPI_COMM_WORLD, no communication)",
     ("runtime/device_cuda.cu", "nccl.h"):
         "--version names the NCCL library (ncclGetVersion: no communicator)",
-    ("layers/device_model.cu", "mpi.h"):
-        "the device step builds its own communicators until the one-pipeline redesign",
-    ("layers/device_model.cu", "parallel/comm.hpp"):
-        "the device step builds its own communicators until the one-pipeline redesign",
-    ("layers/device_model.cu", "parallel/mpi_exchange.hpp"):
-        "the device step builds its own communicators until the one-pipeline redesign",
-    ("layers/device_model.cu", "parallel/nccl_comm.hpp"):
-        "the device step builds its own communicators until the one-pipeline redesign",
     ("bench/step.cpp", "launcher/train.hpp"):
         "bench-step times train_step, which leaves launcher/ with the Trainer split",
     ("bench/checkpoint.cpp", "launcher/train.hpp"):

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "layers/cpu_backend.hpp"
 #include "layers/experts.hpp"
 #include "layers/model.hpp"
 #include "layers/router.hpp"
@@ -28,7 +29,8 @@
 
 namespace uoe {
 
-class DeviceLikeBackend {
+// The kernels, experts and exchange queue are CpuBackend's (inherited); what differs is below.
+class DeviceLikeBackend : public CpuBackend {
  public:
   static constexpr bool kHostMemory = false;
   static constexpr bool kBatchedMetadata = true;
@@ -48,10 +50,6 @@ class DeviceLikeBackend {
    private:
     std::vector<T> v_;
   };
-  // The experts' rows: the CPU kernels take ExpertRows (its own buffers).
-  using Rows = ExpertRows;
-  using MlpCache = MlpExpertCache;
-  using AttnCache = AttnExpertCache;
   struct RouteCache {
     std::vector<float> xn, w, b;
   };
@@ -64,15 +62,7 @@ class DeviceLikeBackend {
 
   int uploads = 0, downloads = 0;  // transfers the GPU path would make (the tests count them)
 
-  using Ticket = CommScheduler::Ticket;
-  void set_scheduler(CommScheduler* sched) { sched_ = sched ? sched : &in_line_; }
-  Ticket submit(std::function<void()> fn) { return sched_->submit(std::move(fn)); }
-  void wait(Ticket t) { sched_->wait(t); }
-  void wait_all() { sched_->wait_all(); }
-  double exchange_busy_seconds() const { return sched_->busy_seconds(); }
-  void take_exchange_seconds(double* busy, double* exposed) { *busy = *exposed = 0; }
   std::string describe() const { return "CPU, device-like"; }
-  void close() {}
 
   template <class T>
   void upload(Buffer<T>& b, std::span<const T> host) {
@@ -89,39 +79,18 @@ class DeviceLikeBackend {
   void zero(Buffer<T>& b) {
     std::fill(b.data(), b.data() + b.size(), T{});
   }
-  void synchronize() {}
 
   void begin_step(ParamStore& ps, bool with_grads) {
     upload(values_, std::span<const float>(ps.values().data(), ps.total()));
     if (with_grads) upload(grads_, std::span<const float>(ps.grads().data(), ps.total()));
   }
   void end_step(ParamStore& ps, bool with_grads) {
-    sched_->wait_all();
+    wait_all();
     if (with_grads) download(grads_, std::span<float>(ps.grads().data(), ps.total()));
   }
   float* values() { return values_.data(); }
   float* grads() { return grads_.data(); }
 
-  void layernorm_forward(float* out, float* mean, float* rstd, const float* x, const float* w, const float* b, int N,
-                         int C) {
-    uoe::layernorm_forward(out, mean, rstd, x, w, b, N, C);
-  }
-  void layernorm_backward(float* dx, float* dw, float* db, const float* dout, const float* x, const float* w,
-                          const float* mean, const float* rstd, int N, int C) {
-    uoe::layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, N, C);
-  }
-  void gather_rows(float* out, const float* table, const int32_t* ids, int N, int C) {
-    uoe::gather_rows(out, table, ids, N, C);
-  }
-  void residual_bias_rows(float* out, const float* x, const float* bias, int N, int C) {
-    for (int t = 0; t < N; ++t)
-      residual_bias_row(out + static_cast<size_t>(t) * C, x + static_cast<size_t>(t) * C, bias, C);
-  }
-  void bias_grad(float* db, const float* dh, int N, int C) { sum_rows_into(db, dh, N, C); }
-  void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
-            float beta, float* C, int ldc) {
-    uoe::gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  }
   double cross_entropy(bool backward, float* logits, const int32_t* targets_host, int N, int V, float grad_scale) {
     upload(targets_, std::span<const int32_t>(targets_host, N));
     return backward ? crossentropy_forward_backward(logits, targets_.data(), N, V, grad_scale)
@@ -211,35 +180,9 @@ class DeviceLikeBackend {
         scatter_add_row(dxn + static_cast<size_t>(t.token.data()[i]) * d, dx + static_cast<size_t>(i) * d, d, 1.0f);
   }
 
-  void mlp_forward(float* y, MlpCache& c, const Rows& r, const float* W1, const float* b1, const float* W2, int d,
-                   int f) {
-    mlp_experts_forward(y, c, r, W1, b1, W2, d, f);
-  }
-  void mlp_backward_data(float* dx, const float* dy, MlpCache& c, const Rows& r, const float* W1, const float* W2,
-                         int d, int f) {
-    mlp_experts_backward_data(dx, dy, c, r, W1, W2, d, f);
-  }
-  void mlp_backward_weights(float* dW1, float* db1, float* dW2, const float* dy, const MlpCache& c, const Rows& r,
-                            int d, int f) {
-    mlp_experts_backward_weights(dW1, db1, dW2, dy, c, r, d, f);
-  }
-  void attn_forward(float* y, AttnCache& c, const Rows& r, const float* Wqkv, const float* Wo, int d, int g, int dh) {
-    attn_experts_forward(y, c, r, Wqkv, Wo, d, g, dh);
-  }
-  void attn_backward_data(float* dx, const float* dy, AttnCache& c, const Rows& r, const float* Wqkv,
-                          const float* Wo, int d, int g, int dh) {
-    attn_experts_backward_data(dx, dy, c, r, Wqkv, Wo, d, g, dh);
-  }
-  void attn_backward_weights(float* dWqkv, float* dWo, const float* dy, const AttnCache& c, const Rows& r, int d,
-                             int g, int dh) {
-    attn_experts_backward_weights(dWqkv, dWo, dy, c, r, d, g, dh);
-  }
-
  private:
   Buffer<float> values_, grads_;
   Buffer<int32_t> targets_;
-  CommScheduler in_line_{false};
-  CommScheduler* sched_ = &in_line_;
 };
 
 }  // namespace uoe
