@@ -24,6 +24,7 @@
 
 #include "checkpoints/h5.hpp"
 #include "checkpoints/manifest.hpp"
+#include "runtime/atomic_file.hpp"
 #include "runtime/clock.hpp"
 #include "runtime/error.hpp"
 #include "runtime/log.hpp"
@@ -64,32 +65,6 @@ std::vector<std::pair<int64_t, std::string>> list_committed(const std::string& d
   }
   std::sort(out.begin(), out.end());
   return out;
-}
-
-// Writes `text` to `path` and fsyncs it (POSIX, so that a failure to persist is seen).
-void write_file_durably(const std::string& path, const std::string& text) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) fail("cannot create ", path, ": ", std::strerror(errno));
-  size_t done = 0;
-  while (done < text.size()) {
-    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int err = errno;
-      ::close(fd);
-      fail("cannot write ", path, ": ", std::strerror(err));
-    }
-    done += static_cast<size_t>(n);
-  }
-  const int rc = ::fsync(fd);
-  const int err = errno;
-  if (::close(fd) != 0 || rc != 0) fail("cannot write ", path, " durably: ", std::strerror(rc ? err : errno));
-}
-
-void rename_or_fail(const std::string& from, const std::string& to) {
-  std::error_code ec;
-  fs::rename(from, to, ec);
-  if (ec) fail("cannot rename ", from, " to ", to, ": ", ec.message());
 }
 
 void broadcast_string(Communicator& world, std::string& s, int root = 0) {
@@ -565,13 +540,13 @@ void job_run(Job& job) noexcept {
       const bool concurrent = job.share >= 1.0;
       shard_write(job, pace, concurrent);
       shard_verify(job, pace, concurrent ? h5::ChunkCheck::index : h5::ChunkCheck::all);
-      h5::fsync_path(job.shard_path, false);
+      fsync_file(job.shard_path);
       job.bytes += 3.0 * static_cast<double>(job.elements) * sizeof(float);
     }
     if (job.manifest) {
       const std::string path = join_path(job.tmp_dir, "manifest.h5");
       manifest_write(path, *job.manifest);
-      h5::fsync_path(path, false);
+      fsync_file(path);
       manifest_verify(path, *job.manifest);
     }
   } catch (const std::exception& e) {
@@ -624,7 +599,7 @@ void CheckpointWriter::prepare() {
   if (role_.writer_of_experts() || role_.writer_of_replicated()) {
     const std::string probe = join_path(dir_, ".write-test.rank" + std::to_string(world_.rank()));
     try {
-      write_file_durably(probe, "uoe-train checks that it can write here; safe to delete\n");
+      atomic_write_file(probe, "uoe-train checks that it can write here; safe to delete\n");
     } catch (const std::exception& e) {
       local = e.what();
     }
@@ -917,9 +892,10 @@ void CheckpointWriter::wait() {
 
 void CheckpointWriter::commit(const Job& job) {
   // Order matters for crash safety: the shard and manifest files are already fsync'ed by their
-  // writers; persist the tmp directory's entries, rename it (atomic), persist that rename, and only
-  // then point `latest` at it (written aside, fsync'ed, renamed over: atomic too).
-  h5::fsync_path(job.tmp_dir, true);
+  // writers; persist the tmp directory's entries, rename it (atomic) and persist that rename, and
+  // only then point `latest` at it (runtime/atomic_file.hpp: written aside, fsync'ed, renamed over,
+  // the directory fsync'ed).
+  fsync_directory(job.tmp_dir);
   std::error_code ec;
   std::string displaced;
   if (fs::exists(job.final_dir, ec)) {
@@ -927,19 +903,15 @@ void CheckpointWriter::commit(const Job& job) {
     // will not replace a non-empty directory, so move the old one aside first.
     displaced = job.final_dir + ".old";
     fs::remove_all(displaced, ec);
-    rename_or_fail(job.final_dir, displaced);
+    rename_durably(job.final_dir, displaced);
   }
   try {
-    rename_or_fail(job.tmp_dir, job.final_dir);
+    rename_durably(job.tmp_dir, job.final_dir);
   } catch (const Error&) {
     if (!displaced.empty()) fs::rename(displaced, job.final_dir, ec);  // put the old one back
     throw;
   }
-  h5::fsync_path(dir_, true);
-  const std::string latest = join_path(dir_, "latest"), latest_tmp = latest + ".tmp";
-  write_file_durably(latest_tmp, checkpoint_step_name(job.step) + "\n");
-  rename_or_fail(latest_tmp, latest);
-  h5::fsync_path(dir_, true);
+  atomic_write_file(join_path(dir_, "latest"), checkpoint_step_name(job.step) + "\n");
   if (!displaced.empty()) fs::remove_all(displaced, ec);
 }
 
