@@ -101,7 +101,7 @@ class CheckpointWriter {
   // Directory of the last checkpoint committed by this writer ("" before the first).
   const std::string& last_committed() const { return last_committed_; }
 
-  struct Job;  // one checkpoint between snapshot and commit (defined in checkpoint.cpp)
+  struct Job;  // one checkpoint between snapshot and commit (defined in writer_job.hpp)
 
  private:
   struct Layout;

@@ -698,13 +698,4 @@ void start_writeback(hid_t file, const std::string& path) {
   (void)::sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
 }
 
-void fsync_path(const std::string& path, bool directory) {
-  const int fd = ::open(path.c_str(), O_RDONLY | (directory ? O_DIRECTORY : 0) | O_CLOEXEC);
-  if (fd < 0) ::uoe::fail("cannot open ", path, " to fsync it: ", std::strerror(errno));
-  const int rc = ::fsync(fd);
-  const int err = errno;
-  ::close(fd);
-  if (rc != 0) ::uoe::fail("fsync of ", path, " failed: ", std::strerror(err));
-}
-
 }  // namespace uoe::h5

@@ -201,9 +201,7 @@ void dataset_read(hid_t dset, Elem elem, void* out, const std::string& file, con
 // ---- POSIX helpers used around HDF5 files ------------------------------------------------------------
 // Asks the kernel to start writing `file`'s dirty pages to the device now (sync_file_range with
 // SYNC_FILE_RANGE_WRITE): the device then works while the writer goes on, and the fsync at the end
-// waits for less. Durability still comes only from fsync_path.
+// waits for less. Durability still comes only from fsync (runtime/atomic_file.hpp: fsync_file).
 void start_writeback(hid_t file, const std::string& path);
-// fsync(2) on a file or directory; throws naming the path and errno's text.
-void fsync_path(const std::string& path, bool directory);
 
 }  // namespace uoe::h5

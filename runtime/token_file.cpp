@@ -18,6 +18,7 @@
 #include <unordered_set>
 #include <utility>
 
+#include "runtime/atomic_file.hpp"
 #include "runtime/error.hpp"
 
 namespace uoe {
@@ -218,42 +219,8 @@ bool token_file_detect(const std::string& path) {
 // ---------------------------------------------------------------------------------------------
 // Writing
 
-namespace {
-
-// A file written under a temporary name and renamed into place by commit(); removed otherwise.
-class AtomicFile {
- public:
-  explicit AtomicFile(const std::string& path)
-      : path_(path), tmp_(path + ".tmp" + std::to_string(::getpid())) {
-    f_ = std::fopen(tmp_.c_str(), "wb");
-    if (!f_) fail("cannot create '", tmp_, "' (", std::strerror(errno), ")");
-  }
-  ~AtomicFile() {
-    if (f_) std::fclose(f_);
-    if (!committed_) std::remove(tmp_.c_str());
-  }
-  AtomicFile(const AtomicFile&) = delete;
-  AtomicFile& operator=(const AtomicFile&) = delete;
-
-  void write(const void* p, size_t n) {
-    if (n > 0 && std::fwrite(p, 1, n, f_) != n) fail("writing '", tmp_, "' failed (", std::strerror(errno), ")");
-  }
-  void commit() {
-    const int rc = std::fclose(f_);
-    f_ = nullptr;
-    if (rc != 0) fail("writing '", tmp_, "' failed (", std::strerror(errno), ")");
-    if (std::rename(tmp_.c_str(), path_.c_str()) != 0)
-      fail("cannot rename '", tmp_, "' to '", path_, "' (", std::strerror(errno), ")");
-    committed_ = true;
-  }
-
- private:
-  std::string path_, tmp_;
-  std::FILE* f_ = nullptr;
-  bool committed_ = false;
-};
-
-}  // namespace
+// Files are replaced atomically and durably (runtime/atomic_file.hpp: a temporary in the same
+// directory, fsync, rename over the target, fsync of the directory).
 
 void token_file_write(const std::string& path, const int32_t* tokens, size_t n, TokenizerKind tokenizer,
                       uint32_t vocab_size, uint64_t vocab_hash) {

@@ -96,7 +96,7 @@ class TokenFile {
 // False for a file that cannot be opened (the text reader reports that).
 bool token_file_detect(const std::string& path);
 
-// Writes a token file atomically (PATH.tmp then rename). dtype: 2 bytes when vocab_size <= 65536,
+// Writes a token file atomically and durably (runtime/atomic_file.hpp). dtype: 2 bytes when vocab_size <= 65536,
 // else 4. Throws uoe::Error on an id outside [0, vocab_size) or an I/O failure (naming the file).
 void token_file_write(const std::string& path, const int32_t* tokens, size_t n, TokenizerKind tokenizer,
                       uint32_t vocab_size, uint64_t vocab_hash);

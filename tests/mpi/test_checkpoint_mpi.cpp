@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -28,6 +29,7 @@
 #include "runtime/config.hpp"
 #include "runtime/error.hpp"
 #include "runtime/rng.hpp"
+#include "tests/common/checkpoint_fixture.hpp"
 #include "tests/common/mpi_gtest.hpp"
 
 namespace {
@@ -297,6 +299,57 @@ TEST(CheckpointMpi, ResolveGivesEveryRankTheSamePath) {
   const std::string path = uoe::checkpoint_resolve("auto", dir, world);
   EXPECT_EQ(path, (fs::path(dir) / uoe::checkpoint_step_name(7)).string());
   world.close();
+}
+
+// tests/fixtures/checkpoint-af0762b (written by 2 ranks, ep 2, at commit af0762b) loads on the
+// world as ep 2 (on 4 ranks with 2 replicas of each position): the slabs of every rank, gathered
+// (their float bits summed into zeros: exact), are bitwise the recorded global tensors, and every
+// replica holds the same slab as the rank that contributed it.
+TEST(CheckpointMpi, FixtureOfAnOlderBuildLoadsBitwiseWithEp2) {
+  namespace ts = uoe::testing_support;
+  if (world_size() % 2 != 0) GTEST_SKIP() << "needs an even number of ranks";
+  const Config cfg = ts::fixture_config();
+  uoe::ProcessGroups g = uoe::make_process_groups(MPI_COMM_WORLD, 2);
+  RangeExchange exchange(g.ep_rank, 2);
+  uoe::Model model(uoe::model_spec_from_config(cfg, ts::kFixtureVocab), cfg.seed + 1, &exchange);
+  uoe::AdamW opt(model.params(), uoe::AdamWSpec{});
+  std::string err;
+  try {
+    const uoe::TrainState st = uoe::checkpoint_load(ts::kFixtureCheckpoint, cfg, model.params(), opt, *g.world);
+    EXPECT_EQ(st.step, 3);
+  } catch (const uoe::Error& e) {
+    err = e.what();
+  }
+  EXPECT_EQ(err, "");
+  ts::FixtureCheck check;
+  int replica_mismatches = 0;
+  const uoe::ParamStore& ps = model.params();
+  for (size_t i = 0; i < ps.count(); ++i) {
+    const uoe::ParamInfo& p = ps.info(static_cast<int>(i));
+    const float* arenas[3] = {ps.value(static_cast<int>(i)), opt.m().data() + p.offset, opt.v().data() + p.offset};
+    const bool contributes = p.expert_sharded ? g.dp_rank == 0 : g.world->rank() == 0;
+    const size_t at = static_cast<size_t>(p.global_offset());
+    for (int k = 0; k < 3; ++k) {
+      std::vector<int64_t> bits(static_cast<size_t>(p.global_size()), 0);
+      for (size_t j = 0; contributes && j < p.size; ++j) {
+        uint32_t b = 0;
+        std::memcpy(&b, arenas[k] + j, sizeof b);
+        bits[at + j] = b;
+      }
+      g.world->all_reduce_sum(std::span<int64_t>(bits));
+      std::vector<float> global(bits.size());
+      for (size_t j = 0; j < bits.size(); ++j) {
+        const auto b = static_cast<uint32_t>(bits[j]);
+        std::memcpy(&global[j], &b, sizeof b);
+      }
+      const std::string key = std::string(ts::kFixtureGroups[k]) + "/" + p.name;
+      check.add(key, p.global_shape, global.data(), global.size());
+      if (std::memcmp(global.data() + at, arenas[k], p.size * sizeof(float)) != 0 && replica_mismatches++ == 0)
+        ADD_FAILURE() << key << ": this rank's slab differs from the one its first replica loaded";
+    }
+  }
+  for (const std::string& problem : check.finish()) ADD_FAILURE() << problem << " (world rank " << g.world->rank() << ")";
+  g.close();
 }
 
 // Non-root ranks print only their failures, tagged with the rank (rank 0 keeps gtest's printer).

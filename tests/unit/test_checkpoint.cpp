@@ -9,6 +9,7 @@
 #include <stdlib.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -20,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/common/checkpoint_fixture.hpp"
 #include "tests/common/errors.hpp"
 #include "checkpoints/checkpoint.hpp"
 #include "checkpoints/manifest.hpp"
@@ -934,6 +936,58 @@ TEST_F(Checkpoint, ResolveRefusesWhenNoCheckpointVerifies) {
   corrupt_dataset(shard_path(1), "/model/embed");
   const std::string m = error_message([&] { uoe::checkpoint_resolve("auto", dir_); });
   EXPECT_NE(m.find("none of the 1 checkpoints"), std::string::npos) << m;
+}
+
+// ---- a checkpoint written by an older build ----------------------------------------------------
+
+// tests/fixtures/checkpoint-af0762b: written by 2 ranks with --ep 2 at commit af0762b, so loading it
+// on one rank reshards it. Every parameter and both AdamW moments must load bitwise as recorded
+// (tests/common/checkpoint_fixture.hpp).
+struct FixtureTrainee {
+  Config cfg = uoe::testing_support::fixture_config();
+  Trainee t{cfg, cfg.seed + 1, 0, uoe::testing_support::kFixtureVocab};  // other weights, zero moments
+  uoe::SelfCommunicator comm;
+  uoe::TrainState load() {
+    return uoe::checkpoint_load(uoe::testing_support::kFixtureCheckpoint, cfg, t.params(), *t.opt, comm);
+  }
+};
+
+TEST(CheckpointFixture, WrittenByAnOlderBuildLoadsBitwise) {
+  FixtureTrainee f;
+  const uoe::TrainState st = f.load();
+  EXPECT_EQ(st.step, 3);
+  EXPECT_EQ(st.seed, f.cfg.seed);
+  EXPECT_EQ(st.world, 2);
+  EXPECT_EQ(st.ep, 2);
+  EXPECT_TRUE(contains(st.build, "commit af0762b")) << st.build;
+  uoe::testing_support::FixtureCheck check;
+  const uoe::ParamStore& ps = f.t.params();
+  for (size_t i = 0; i < ps.count(); ++i) {
+    const uoe::ParamInfo& p = ps.info(static_cast<int>(i));
+    ASSERT_EQ(static_cast<int64_t>(p.size), p.global_size()) << p.name << ": one rank holds every expert";
+    const float* arenas[3] = {ps.value(static_cast<int>(i)), f.t.opt->m().data() + p.offset,
+                              f.t.opt->v().data() + p.offset};
+    for (int g = 0; g < 3; ++g)
+      check.add(std::string(uoe::testing_support::kFixtureGroups[g]) + "/" + p.name, p.global_shape, arenas[g], p.size);
+  }
+  const std::vector<std::string> problems = check.finish();
+  for (const std::string& p : problems) ADD_FAILURE() << p;
+}
+
+TEST(CheckpointFixture, ResumesAndTrainsOneStep) {
+  FixtureTrainee f;
+  const uoe::TrainState st = f.load();
+  const std::vector<float> before(f.t.params().values().data(),
+                                  f.t.params().values().data() + f.t.params().values().size());
+  const uoe::Dataset data = uoe::data_from_text(uoe::data_builtin_corpus().substr(0, 20000), nullptr, 0.1,
+                                                uoe::TokenizerKind::byte, f.cfg.seq_len, "built-in");
+  const uoe::StepFigures fig =
+      uoe::train_step(*f.t.model, *f.t.opt, f.cfg, data.train, static_cast<int>(st.step) + 1);
+  EXPECT_FALSE(fig.skipped) << fig.bad_tensor;
+  EXPECT_TRUE(std::isfinite(fig.loss)) << fig.loss;
+  EXPECT_GT(fig.loss, 0);
+  EXPECT_NE(std::memcmp(before.data(), f.t.params().values().data(), before.size() * sizeof(float)), 0)
+      << "the step did not change the weights";
 }
 
 // ---- pieces ------------------------------------------------------------------------------------
