@@ -393,6 +393,18 @@ TEST(ConfigTable, IniReaderNamesWhereAndTheKey) {
   }
 }
 
+// A bool option is a flag: given bare it is set, and it takes an explicit 0 too.
+TEST(ConfigTable, BoolOptionsAreFlags) {
+  for (const Option& o : config_options()) {
+    const auto* member = std::get_if<bool Config::*>(&o.field);
+    if (!member) continue;
+    SCOPED_TRACE(o.name);
+    const std::string flag = std::string("--") + o.name;
+    EXPECT_TRUE(parse({flag}).config.**member);
+    EXPECT_FALSE(parse({flag + "=0"}).config.**member);
+  }
+}
+
 // (b) Every option is listed by --help under its topic, and (unless command line only) is one key
 // of the INI text, which is what a checkpoint's manifest stores and loading compares.
 TEST(ConfigTable, EveryOptionIsInHelpAndInTheManifestKeys) {
