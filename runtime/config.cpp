@@ -75,9 +75,9 @@ void add_option(po::options_description& desc, const Option& o, Config& c, TextV
       o.field);
 }
 
-// The option groups in the order --help prints them (OptionGroup), each holding its rows of the
-// table bound to `c`, after Boost has parsed and notified. Everything except "General" may also
-// come from the --config file.
+// The option groups in the order --help prints them (OptionGroup), each with its rows of the table
+// bound to the members of `c` (set when Boost notifies). Everything except "General" may also come
+// from the --config file.
 struct OptionGroups {
   static constexpr unsigned kHelpWidth = 100;  // columns of --help; descriptions start at most halfway
   std::vector<std::unique_ptr<po::options_description>> groups;  // indexed by OptionGroup
@@ -115,7 +115,8 @@ uint64_t uint64_parse(const std::string& text, const char* name) {
 // After Boost's notify: the members read as text get their values.
 void text_values_store(Config& c, const TextValues& texts) {
   for (const Option& o : config_options())
-    if (const auto* member = std::get_if<uint64_t Config::*>(&o.field)) c.**member = uint64_parse(texts.at(o.name), o.name);
+    if (const auto* member = std::get_if<uint64_t Config::*>(&o.field))
+      c.**member = uint64_parse(texts.at(o.name), o.name);
 }
 
 // How messages name an option: through the table, so a name is spelled only there.
