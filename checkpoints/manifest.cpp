@@ -7,6 +7,7 @@
 
 #include "checkpoints/h5.hpp"
 #include "runtime/error.hpp"
+#include "runtime/options.hpp"
 
 namespace uoe {
 namespace {
@@ -24,6 +25,14 @@ std::string trim(const std::string& s) {
   if (b == std::string::npos) return "";
   const size_t e = s.find_last_not_of(" \t\r\n");
   return s.substr(b, e - b + 1);
+}
+
+// The INI keys of the options whose on_resume is `on_resume`, in table order (runtime/options.hpp).
+std::vector<std::string> keys_on_resume(OnResume on_resume) {
+  std::vector<std::string> keys;
+  for (const Option& o : config_options())
+    if (o.on_resume == on_resume) keys.push_back(o.name);
+  return keys;
 }
 
 }  // namespace
@@ -173,14 +182,12 @@ void manifest_check_coverage(const Manifest& m, const std::string& where) {
 }
 
 const std::vector<std::string>& config_shape_keys() {
-  static const std::vector<std::string> keys = {"layers", "d-model",    "heads", "attn-experts",
-                                                "experts", "d-ff",      "tokenizer", "block-type", "expert-d-ff"};
+  static const std::vector<std::string> keys = keys_on_resume(OnResume::shape);
   return keys;
 }
 
 const std::vector<std::string>& config_behaviour_keys() {
-  static const std::vector<std::string> keys = {"attn-topk", "topk",     "capacity-factor", "patch-size",
-                                                "gate",      "aux-loss", "z-loss"};
+  static const std::vector<std::string> keys = keys_on_resume(OnResume::behaviour);
   return keys;
 }
 
@@ -216,7 +223,8 @@ std::vector<std::string> config_check_compatible(const std::string& stored_ini, 
   }
   if (n)
     fail(where, ": checkpoint is incompatible with this run's model: ", mismatches.str(),
-         " (model shape options must match; training options such as --lr or --steps may differ)");
+         " (model shape options must match; training options such as ", option_flag(&Config::lr), " or ",
+         option_flag(&Config::steps), " may differ)");
   std::vector<std::string> differ;
   for (const std::string& k : config_behaviour_keys())
     if (value(stored, k) != value(current, k))

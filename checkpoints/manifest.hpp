@@ -77,10 +77,11 @@ std::optional<int64_t> parse_step_name(const std::string& name);
 void manifest_check_coverage(const Manifest& m, const std::string& where);
 
 // Model-shape options (INI keys) that must be equal between a checkpoint and the run loading it:
-// they fix the shapes and the meaning of the parameters.
+// they fix the shapes and the meaning of the parameters. The rows of the option table
+// (runtime/options.hpp) marked OnResume::shape, in table order.
 const std::vector<std::string>& config_shape_keys();
 // Options that change what the model computes but not its shapes (top-k, capacity, gates, router
-// losses): a difference is allowed (fine-tuning) but reported.
+// losses): a difference is allowed (fine-tuning) but reported. The rows marked OnResume::behaviour.
 const std::vector<std::string>& config_behaviour_keys();
 
 // `key = value` lines of an INI text ('#' comments and blank lines skipped, spaces trimmed).

@@ -1,19 +1,24 @@
 #include "runtime/config.hpp"
 
 #include <boost/program_options.hpp>
+#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <system_error>
+#include <type_traits>
+#include <variant>
 #include <vector>
 
 #include "runtime/cli.hpp"
 #include "runtime/error.hpp"
+#include "runtime/options.hpp"
 
 namespace uoe {
 namespace {
@@ -48,111 +53,78 @@ po::typed_value<std::string>* bound(std::string* field) {
   return po::value<std::string>(field)->default_value(*field);
 }
 
-// The option groups in the order --help prints them. Everything except "General" may also come
-// from the --config file. The seed is read as text because Boost's lexical_cast turns "-1" into
-// 2^64 - 1 for unsigned types; seed_parse() reads it strictly.
+// Options whose value Boost reads as text, by name: uint64_t ones, because Boost's lexical_cast
+// turns "-1" into 2^64 - 1 for unsigned types; text_values_store() converts them strictly.
+using TextValues = std::map<std::string, std::string>;
+
+// Binds one row of the option table (runtime/options.hpp) to its member of `c`.
+void add_option(po::options_description& desc, const Option& o, Config& c, TextValues& texts) {
+  std::visit(
+      [&](auto member) {
+        auto& field = c.*member;
+        using T = std::remove_cvref_t<decltype(field)>;
+        if constexpr (std::is_same_v<T, uint64_t>) {
+          std::string& text = texts[o.name] = std::to_string(field);
+          desc.add_options()(o.name, po::value<std::string>(&text)->default_value(text), o.help);
+        } else if constexpr (std::is_same_v<T, bool>) {
+          desc.add_options()(o.name, bound(&field)->implicit_value(true), o.help);  // a bare --flag is 1
+        } else {
+          desc.add_options()(o.name, bound(&field), o.help);
+        }
+      },
+      o.field);
+}
+
+// The option groups in the order --help prints them (OptionGroup), each with its rows of the table
+// bound to the members of `c` (set when Boost notifies). Everything except "General" may also come
+// from the --config file.
 struct OptionGroups {
   static constexpr unsigned kHelpWidth = 100;  // columns of --help; descriptions start at most halfway
-  po::options_description data{"Data", kHelpWidth, kHelpWidth / 2};
-  po::options_description model{"Model", kHelpWidth, kHelpWidth / 2};
-  po::options_description training{"Training", kHelpWidth, kHelpWidth / 2};
-  po::options_description evaluation{"Evaluation and logging", kHelpWidth, kHelpWidth / 2};
-  po::options_description checkpointing{"Checkpoints and reliability", kHelpWidth, kHelpWidth / 2};
-  po::options_description parallelism{"Parallelism", kHelpWidth, kHelpWidth / 2};
-  po::options_description general{"General", kHelpWidth, kHelpWidth / 2};
+  std::vector<std::unique_ptr<po::options_description>> groups;  // indexed by OptionGroup
 
-  OptionGroups(Config& c, std::string& seed_text) {
-    data.add_options()
-      ("data", bound(&c.data), "training text file (default: the built-in corpus)")
-      ("val-data", bound(&c.val_data), "validation text file (default: the last --val-fraction of --data)")
-      ("val-fraction", bound(&c.val_fraction), "share of --data held out for validation, in (0, 1)")
-      ("tokenizer", bound(&c.tokenizer), "byte | word");
-    model.add_options()
-      ("layers", bound(&c.layers), "transformer blocks L")
-      ("d-model", bound(&c.d_model), "model width d (divisible by --heads)")
-      ("heads", bound(&c.heads), "attention heads H (divisible by --attn-experts; d/H even)")
-      ("attn-experts", bound(&c.attn_experts), "attention experts E_a")
-      ("attn-topk", bound(&c.attn_topk), "attention experts per patch k_a, 1..E_a")
-      ("experts", bound(&c.experts), "MLP experts E (divide --d-ff)")
-      ("topk", bound(&c.topk), "MLP experts per patch k, 1..E")
-      ("d-ff", bound(&c.d_ff), "dense MLP hidden width F, cut into E experts")
-      ("capacity-factor", bound(&c.capacity_factor), "expert capacity factor (0 = dropless)")
-      ("patch-size", bound(&c.patch_size), "tokens per routed patch (divides --seq-len)")
-      ("gate", bound(&c.gate), "gate weights: renorm (k·p/Σp) | sum (1) | prob (p, as Switch)")
-      ("aux-loss", bound(&c.aux_loss), "load-balance loss weight alpha")
-      ("z-loss", bound(&c.z_loss), "router z-loss weight")
-      ("block-type", bound(&c.block_type),
-       "uoe | dense (the transformer UoE is cut from) | moe (token-choice MoE MLP, dense attention)")
-      ("expert-d-ff", bound(&c.expert_d_ff), "hidden width of each moe expert (0 = d-ff / experts)");
-    training.add_options()
-      ("seq-len", bound(&c.seq_len), "sequence length T")
-      ("batch-size", bound(&c.batch_size), "sequences B per rank micro-batch")
-      ("micro-batches", bound(&c.micro_batches), "micro-batches M accumulated per step")
-      ("steps", bound(&c.steps), "optimizer steps")
-      ("lr", bound(&c.lr), "peak learning rate")
-      ("min-lr", bound(&c.min_lr), "learning rate reached by the cosine at the last step")
-      ("warmup", bound(&c.warmup), "linear warm-up steps")
-      ("weight-decay", bound(&c.weight_decay), "AdamW weight decay (matrices only)")
-      ("clip", bound(&c.clip), "global gradient-norm clip (0 = off)")
-      ("seed", po::value<std::string>(&seed_text)->default_value(seed_text), "random seed");
-    evaluation.add_options()
-      ("eval-every", bound(&c.eval_every), "steps between evaluations (0 = only at the end)")
-      ("eval-batches", bound(&c.eval_batches), "batches per evaluation (0 = the whole split)")
-      ("log-every", bound(&c.log_every), "steps between progress lines")
-      ("metrics", bound(&c.metrics), "JSON-lines metrics file (default: none)")
-      ("metrics-grads", bound(&c.metrics_grads)->implicit_value(true),
-       "add each tensor's gradient fingerprint (sum of squares, checksum) to the metrics lines (for the "
-       "equivalence tests: one pass over the gradients per line)");
-    checkpointing.add_options()
-      ("checkpoint-dir", bound(&c.checkpoint_dir), "directory for sharded HDF5 checkpoints (default: none)")
-      ("checkpoint-every", bound(&c.checkpoint_every), "steps between checkpoints (0 = only at the end)")
-      ("keep-last", bound(&c.keep_last), "committed checkpoints to keep (0 = all)")
-      ("checkpoint-writer-share", bound(&c.checkpoint_share),
-       "share of one core the background checkpoint writer may use while training runs (1 = unpaced)")
-      ("resume", bound(&c.resume), "auto (newest valid checkpoint in --checkpoint-dir) or a checkpoint path")
-      ("collective-timeout", bound(&c.collective_timeout),
-       "seconds an exchange may wait before the job is aborted with a report")
-      ("max-bad-steps", bound(&c.max_bad_steps), "consecutive non-finite steps skipped before stopping");
-    parallelism.add_options()
-      ("ep", bound(&c.ep), "ranks per expert-parallel group")
-      ("threads", bound(&c.threads), "BLAS threads per rank (0 = cores / local ranks)")
-      ("device", bound(&c.device), "cpu | cuda (cuda: see docs/gpu.md for what runs today)")
-      ("overlap-chunks", bound(&c.overlap_chunks),
-       "chunks per block, exchanges pipelined on a communication thread (cuda: stream); 1 = in line, no overlap")
-      ("sim-link-gbps", bound(&c.sim_link_gbps),
-       "emulate a network link of this many Gbit/s per rank (0 = off; see parallel/sim_link.hpp)")
-      ("sim-link-latency-us", bound(&c.sim_link_latency_us),
-       "emulated per-message latency in microseconds (with --sim-link-gbps)");
-    cli_add_help_and_version(general);
-    general.add_options()
-      ("config", bound(&c.config_file),
-       "INI file of `name = value` lines, names as above without dashes; the command line overrides it");
+  OptionGroups(Config& c, TextValues& texts) {
+    for (OptionGroup g : kOptionGroups)
+      groups.push_back(std::make_unique<po::options_description>(option_group_title(g), kHelpWidth, kHelpWidth / 2));
+    cli_add_help_and_version(group(OptionGroup::general));
+    for (const Option& o : config_options()) add_option(group(o.group), o, c, texts);
   }
+  po::options_description& group(OptionGroup g) const { return *groups[static_cast<size_t>(g)]; }
 
   po::options_description for_file() const {
     po::options_description all;
-    all.add(data).add(model).add(training).add(evaluation).add(checkpointing).add(parallelism);
+    for (OptionGroup g : kOptionGroups)
+      if (g != OptionGroup::general) all.add(group(g));
     return all;
   }
   po::options_description for_command_line() const {
     po::options_description all(kHelpWidth, kHelpWidth / 2);
-    all.add(data).add(model).add(training).add(evaluation).add(checkpointing).add(parallelism).add(general);
+    for (OptionGroup g : kOptionGroups) all.add(group(g));
     return all;
   }
 };
 
-uint64_t seed_parse(const std::string& text) {
-  uint64_t seed = 0;
+uint64_t uint64_parse(const std::string& text, const char* name) {
+  uint64_t value = 0;
   const char* end = text.data() + text.size();
-  auto [ptr, ec] = std::from_chars(text.data(), end, seed);
+  auto [ptr, ec] = std::from_chars(text.data(), end, value);
   if (ec != std::errc() || ptr != end || text.empty())
-    fail("--seed '", text, "': expected an integer in [0, 2^64)");
-  return seed;
+    fail("--", name, " '", text, "': expected an integer in [0, 2^64)");
+  return value;
 }
+
+// After Boost's notify: the members read as text get their values.
+void text_values_store(Config& c, const TextValues& texts) {
+  for (const Option& o : config_options())
+    if (const auto* member = std::get_if<uint64_t Config::*>(&o.field))
+      c.**member = uint64_parse(texts.at(o.name), o.name);
+}
+
+// How messages name an option: through the table, so a name is spelled only there.
+std::string flag(OptionField field) { return option_flag(field); }
 
 // A file the run reads: it must exist, be a regular readable file and (unless allow_empty) hold
 // at least one byte. `option` names where the path came from.
-void input_file_check(const std::string& path, const char* option, bool allow_empty) {
+void input_file_check(const std::string& path, const std::string& option, bool allow_empty) {
   namespace fs = std::filesystem;
   std::error_code ec;
   const fs::file_status st = fs::status(path, ec);
@@ -165,22 +137,39 @@ void input_file_check(const std::string& path, const char* option, bool allow_em
     fail(option, " '", path, "': file is empty");
 }
 
-void require_positive(int v, const char* option) {
-  if (v <= 0) fail(option, " ", v, ": expected a positive integer");
+// The checks of config_validate, each naming the option(s) through the table.
+void require_positive(const Config& c, int Config::*v) {
+  if (c.*v <= 0) fail(flag(v), " ", c.*v, ": expected a positive integer");
 }
-void require_non_negative(int v, const char* option) {
-  if (v < 0) fail(option, " ", v, ": expected an integer >= 0");
+void require_non_negative(const Config& c, int Config::*v) {
+  if (c.*v < 0) fail(flag(v), " ", c.*v, ": expected an integer >= 0");
 }
 // Written as !(v >= 0) so that NaN fails too.
-void require_non_negative(double v, const char* option) {
-  if (!(v >= 0) || !std::isfinite(v)) fail(option, " ", v, ": expected a finite number >= 0");
+void require_non_negative(const Config& c, double Config::*v) {
+  if (!(c.*v >= 0) || !std::isfinite(c.*v)) fail(flag(v), " ", c.*v, ": expected a finite number >= 0");
 }
-void require_divisible(int a, const char* a_option, int b, const char* b_option, const char* why) {
-  if (a % b != 0) fail(a_option, " ", a, " is not divisible by ", b_option, " ", b, " (", why, ")");
+void require_divisible(const Config& c, int Config::*a, int Config::*b, const std::string& why) {
+  if (c.*a % c.*b != 0) fail(flag(a), " ", c.*a, " is not divisible by ", flag(b), " ", c.*b, " (", why, ")");
 }
-void require_in_range(int v, const char* option, int hi, const char* hi_option) {
-  if (v < 1 || v > hi)
-    fail(option, " ", v, ": expected 1 <= ", option, " <= ", hi_option, " (", hi, ")");
+void require_in_range(const Config& c, int Config::*v, int Config::*hi) {
+  if (c.*v < 1 || c.*v > c.*hi)
+    fail(flag(v), " ", c.*v, ": expected 1 <= ", flag(v), " <= ", flag(hi), " (", c.*hi, ")");
+}
+
+// The INI text of one option's value: doubles with every digit, bools as 0 | 1.
+std::string ini_value(const Config& c, const Option& o) {
+  return std::visit(
+      [&c](auto member) {
+        const auto& value = c.*member;
+        if constexpr (std::is_same_v<std::remove_cvref_t<decltype(value)>, double>) {
+          return format_exact(value);
+        } else {
+          std::ostringstream os;
+          os << value;
+          return os.str();
+        }
+      },
+      o.field);
 }
 
 }  // namespace
@@ -188,8 +177,8 @@ void require_in_range(int v, const char* option, int hi, const char* hi_option) 
 ConfigParse config_parse(int argc, const char* const* argv, std::string* help_out) {
   ConfigParse out;
   Config& c = out.config;
-  std::string seed_text = std::to_string(c.seed);
-  const OptionGroups groups(c, seed_text);
+  TextValues texts;
+  const OptionGroups groups(c, texts);
   const po::options_description cmdline_options = groups.for_command_line();
 
   po::variables_map vm;
@@ -210,14 +199,15 @@ ConfigParse config_parse(int argc, const char* const* argv, std::string* help_ou
   }
 
   // Values stored first win, so the file only fills what the command line left unset.
-  if (vm.count("config")) {
-    const std::string path = vm["config"].as<std::string>();
-    input_file_check(path, "--config", /*allow_empty=*/true);
+  const Option& config = config_option(&Config::config_file);
+  if (vm.count(config.name)) {
+    const std::string path = vm[config.name].as<std::string>();
+    input_file_check(path, flag(&Config::config_file), /*allow_empty=*/true);
     std::ifstream in(path);
     try {
       po::store(po::parse_config_file(in, groups.for_file()), vm);
     } catch (po::error& e) {
-      fail("--config file '", path, "': ", cli_error_message(e));
+      fail(flag(&Config::config_file), " file '", path, "': ", cli_error_message(e));
     }
   }
   try {
@@ -226,169 +216,125 @@ ConfigParse config_parse(int argc, const char* const* argv, std::string* help_ou
     fail(cli_error_message(e));
   }
 
-  c.seed = seed_parse(seed_text);
+  text_values_store(c, texts);
   config_validate(c);
-  if (!c.data.empty()) input_file_check(c.data, "--data", /*allow_empty=*/false);
-  if (!c.val_data.empty()) input_file_check(c.val_data, "--val-data", /*allow_empty=*/false);
+  if (!c.data.empty()) input_file_check(c.data, flag(&Config::data), /*allow_empty=*/false);
+  if (!c.val_data.empty()) input_file_check(c.val_data, flag(&Config::val_data), /*allow_empty=*/false);
   return out;
 }
 
+Config config_from_ini(const std::string& ini, const std::string& where) {
+  Config c;
+  TextValues texts;
+  const OptionGroups groups(c, texts);
+  po::variables_map vm;
+  std::istringstream in(ini);
+  try {
+    po::store(po::parse_config_file(in, groups.for_file()), vm);
+    po::notify(vm);
+  } catch (po::error& e) {
+    fail(where, ": ", cli_error_message(e));
+  }
+  text_values_store(c, texts);
+  return c;
+}
+
 void config_validate(const Config& c) {
+  using C = Config;
   // Sizes and counts first, so the relations below never divide by zero.
-  require_positive(c.layers, "--layers");
-  require_positive(c.d_model, "--d-model");
-  require_positive(c.heads, "--heads");
-  require_positive(c.attn_experts, "--attn-experts");
-  require_positive(c.attn_topk, "--attn-topk");
-  require_positive(c.experts, "--experts");
-  require_positive(c.topk, "--topk");
-  require_positive(c.d_ff, "--d-ff");
-  require_positive(c.patch_size, "--patch-size");
-  require_positive(c.seq_len, "--seq-len");
-  require_positive(c.batch_size, "--batch-size");
-  require_positive(c.micro_batches, "--micro-batches");
-  require_positive(c.steps, "--steps");
-  require_positive(c.log_every, "--log-every");
-  require_positive(c.ep, "--ep");
-  require_non_negative(c.warmup, "--warmup");
-  require_non_negative(c.eval_every, "--eval-every");
-  require_non_negative(c.eval_batches, "--eval-batches");
-  require_non_negative(c.threads, "--threads");
-  require_non_negative(c.checkpoint_every, "--checkpoint-every");
-  require_non_negative(c.keep_last, "--keep-last");
+  for (int C::*v : {&C::layers, &C::d_model, &C::heads, &C::attn_experts, &C::attn_topk, &C::experts, &C::topk,
+                    &C::d_ff, &C::patch_size, &C::seq_len, &C::batch_size, &C::micro_batches, &C::steps,
+                    &C::log_every, &C::ep})
+    require_positive(c, v);
+  for (int C::*v : {&C::warmup, &C::eval_every, &C::eval_batches, &C::threads, &C::checkpoint_every, &C::keep_last})
+    require_non_negative(c, v);
   if (!(c.checkpoint_share > 0 && c.checkpoint_share <= 1))
-    fail("--checkpoint-writer-share ", c.checkpoint_share, ": expected a share of one core in (0, 1]");
-  require_positive(c.max_bad_steps, "--max-bad-steps");
+    fail(flag(&C::checkpoint_share), " ", c.checkpoint_share, ": expected a share of one core in (0, 1]");
+  require_positive(c, &C::max_bad_steps);
   if (!(c.collective_timeout > 0) || !std::isfinite(c.collective_timeout))
-    fail("--collective-timeout ", c.collective_timeout, ": expected a finite number of seconds > 0");
+    fail(flag(&C::collective_timeout), " ", c.collective_timeout, ": expected a finite number of seconds > 0");
   if (!c.resume.empty() && c.resume == "auto" && c.checkpoint_dir.empty())
-    fail("--resume auto needs --checkpoint-dir (where to look for checkpoints)");
+    fail(flag(&C::resume), " auto needs ", flag(&C::checkpoint_dir), " (where to look for checkpoints)");
   if (c.block_type != "uoe" && c.block_type != "dense" && c.block_type != "moe")
-    fail("--block-type '", c.block_type, "': expected uoe, dense or moe");
-  require_non_negative(c.expert_d_ff, "--expert-d-ff");
-  require_positive(c.overlap_chunks, "--overlap-chunks");
-  if (c.device != "cpu" && c.device != "cuda") fail("--device '", c.device, "': expected cpu or cuda");
+    fail(flag(&C::block_type), " '", c.block_type, "': expected uoe, dense or moe");
+  require_non_negative(c, &C::expert_d_ff);
+  require_positive(c, &C::overlap_chunks);
+  if (c.device != "cpu" && c.device != "cuda") fail(flag(&C::device), " '", c.device, "': expected cpu or cuda");
   if (!(c.sim_link_gbps >= 0) || !std::isfinite(c.sim_link_gbps))
-    fail("--sim-link-gbps ", c.sim_link_gbps, ": expected 0 (off) or a finite bandwidth > 0");
+    fail(flag(&C::sim_link_gbps), " ", c.sim_link_gbps, ": expected 0 (off) or a finite bandwidth > 0");
   if (!(c.sim_link_latency_us >= 0) || !std::isfinite(c.sim_link_latency_us))
-    fail("--sim-link-latency-us ", c.sim_link_latency_us, ": expected a finite latency >= 0");
+    fail(flag(&C::sim_link_latency_us), " ", c.sim_link_latency_us, ": expected a finite latency >= 0");
   if (c.sim_link_latency_us > 0 && c.sim_link_gbps == 0)
-    fail("--sim-link-latency-us ", c.sim_link_latency_us, " needs --sim-link-gbps (the link to delay)");
+    fail(flag(&C::sim_link_latency_us), " ", c.sim_link_latency_us, " needs ", flag(&C::sim_link_gbps),
+         " (the link to delay)");
 
   // Shapes (docs/model.md, Notation).
-  require_divisible(c.d_model, "--d-model", c.heads, "--heads", "each head gets d-model/heads dimensions");
+  require_divisible(c, &C::d_model, &C::heads, "each head gets d-model/heads dimensions");
   if ((c.d_model / c.heads) % 2 != 0)
-    fail("--d-model ", c.d_model, " / --heads ", c.heads, " gives head dimension ", c.d_model / c.heads,
-         ": expected an even head dimension (RoPE rotates pairs)");
+    fail(flag(&C::d_model), " ", c.d_model, " / ", flag(&C::heads), " ", c.heads, " gives head dimension ",
+         c.d_model / c.heads, ": expected an even head dimension (RoPE rotates pairs)");
   // Block types (layers/model.hpp): uoe routes attention and MLP; moe only the MLP (dense
   // attention); dense nothing. Expert options of an unrouted part are ignored, so not checked.
   const bool attn_routed = c.block_type == "uoe", mlp_routed = c.block_type != "dense";
   if (c.expert_d_ff != 0 && c.block_type != "moe")
-    fail("--expert-d-ff ", c.expert_d_ff, " applies to --block-type moe only (this is --block-type ", c.block_type,
-         "; uoe cuts --d-ff into --experts experts)");
+    fail(flag(&C::expert_d_ff), " ", c.expert_d_ff, " applies to ", flag(&C::block_type), " moe only (this is ",
+         flag(&C::block_type), " ", c.block_type, "; uoe cuts ", flag(&C::d_ff), " into ", flag(&C::experts),
+         " experts)");
   if (attn_routed) {
-    require_divisible(c.heads, "--heads", c.attn_experts, "--attn-experts",
-                      "each attention expert owns heads/attn-experts heads");
-    require_in_range(c.attn_topk, "--attn-topk", c.attn_experts, "--attn-experts");
+    require_divisible(c, &C::heads, &C::attn_experts, "each attention expert owns heads/attn-experts heads");
+    require_in_range(c, &C::attn_topk, &C::attn_experts);
   }
   if (mlp_routed) {
-    require_in_range(c.topk, "--topk", c.experts, "--experts");
+    require_in_range(c, &C::topk, &C::experts);
     if (c.expert_d_ff == 0)
-      require_divisible(c.d_ff, "--d-ff", c.experts, "--experts",
-                        c.block_type == "moe" ? "moe experts are d-ff/experts wide unless --expert-d-ff is given"
-                                              : "each MLP expert owns d-ff/experts hidden units");
+      require_divisible(c, &C::d_ff, &C::experts,
+                        c.block_type == "moe"
+                            ? "moe experts are d-ff/experts wide unless " + flag(&C::expert_d_ff) + " is given"
+                            : "each MLP expert owns d-ff/experts hidden units");
   }
-  require_divisible(c.seq_len, "--seq-len", c.patch_size, "--patch-size", "a patch never crosses a sequence");
+  require_divisible(c, &C::seq_len, &C::patch_size, "a patch never crosses a sequence");
   // Every rank of an expert-parallel group owns the same number of experts of each kind (dense
   // attention and the dense MLP are replicated on every rank instead).
   if (mlp_routed)
-    require_divisible(c.experts, "--experts", c.ep, "--ep",
-                      "each rank of an expert-parallel group owns experts/ep MLP experts");
+    require_divisible(c, &C::experts, &C::ep, "each rank of an expert-parallel group owns experts/ep MLP experts");
   if (attn_routed)
-    require_divisible(c.attn_experts, "--attn-experts", c.ep, "--ep",
+    require_divisible(c, &C::attn_experts, &C::ep,
                       "each rank of an expert-parallel group owns attn-experts/ep attention experts");
   if (!(c.capacity_factor >= 0) || !std::isfinite(c.capacity_factor))
-    fail("--capacity-factor ", c.capacity_factor, ": expected 0 (dropless) or a finite number > 0");
+    fail(flag(&C::capacity_factor), " ", c.capacity_factor, ": expected 0 (dropless) or a finite number > 0");
   if (c.gate != "renorm" && c.gate != "sum" && c.gate != "prob")
-    fail("--gate '", c.gate, "': expected renorm, sum or prob");
-  require_non_negative(c.aux_loss, "--aux-loss");
-  require_non_negative(c.z_loss, "--z-loss");
+    fail(flag(&C::gate), " '", c.gate, "': expected renorm, sum or prob");
+  require_non_negative(c, &C::aux_loss);
+  require_non_negative(c, &C::z_loss);
 
   // Data.
   if (c.tokenizer != "byte" && c.tokenizer != "word")
-    fail("--tokenizer '", c.tokenizer, "': expected byte or word");
+    fail(flag(&C::tokenizer), " '", c.tokenizer, "': expected byte or word");
   if (!(c.val_fraction > 0 && c.val_fraction < 1))
-    fail("--val-fraction ", c.val_fraction, ": expected a number strictly between 0 and 1");
+    fail(flag(&C::val_fraction), " ", c.val_fraction, ": expected a number strictly between 0 and 1");
 
   // Optimisation.
-  if (!(c.lr > 0) || !std::isfinite(c.lr)) fail("--lr ", c.lr, ": expected a finite number > 0");
+  if (!(c.lr > 0) || !std::isfinite(c.lr)) fail(flag(&C::lr), " ", c.lr, ": expected a finite number > 0");
   if (!(c.min_lr >= 0 && c.min_lr <= c.lr))
-    fail("--min-lr ", c.min_lr, ": expected 0 <= --min-lr <= --lr (", c.lr, ")");
-  require_non_negative(c.weight_decay, "--weight-decay");
-  require_non_negative(c.clip, "--clip");
+    fail(flag(&C::min_lr), " ", c.min_lr, ": expected 0 <= ", flag(&C::min_lr), " <= ", flag(&C::lr), " (", c.lr, ")");
+  require_non_negative(c, &C::weight_decay);
+  require_non_negative(c, &C::clip);
 }
 
-// Every option of the file parser, one `name = value` line each; config_parse reads it back to
-// the same Config. --config itself is left out (the text is the config). Boost's INI reader trims
-// values and cuts them at '#', so strings with those (e.g. such paths) do not round-trip.
+// Every option of the file parser, one `name = value` line each under a `# topic` comment;
+// config_parse reads it back to the same Config. The General options (--config) are left out (the
+// text is the config). Boost's INI reader trims values and cuts them at '#', so strings with those
+// (e.g. such paths) do not round-trip.
 std::string config_to_ini(const Config& c) {
   std::ostringstream os;
-  const auto line = [&os](const char* name, const auto& value) { os << name << " = " << value << "\n"; };
-  const auto real = [&line](const char* name, double value) { line(name, format_exact(value)); };
-
-  os << "# data\n";
-  line("data", c.data);
-  line("val-data", c.val_data);
-  real("val-fraction", c.val_fraction);
-  line("tokenizer", c.tokenizer);
-  os << "# model\n";
-  line("layers", c.layers);
-  line("d-model", c.d_model);
-  line("heads", c.heads);
-  line("attn-experts", c.attn_experts);
-  line("attn-topk", c.attn_topk);
-  line("experts", c.experts);
-  line("topk", c.topk);
-  line("d-ff", c.d_ff);
-  real("capacity-factor", c.capacity_factor);
-  line("patch-size", c.patch_size);
-  line("gate", c.gate);
-  real("aux-loss", c.aux_loss);
-  real("z-loss", c.z_loss);
-  line("block-type", c.block_type);
-  line("expert-d-ff", c.expert_d_ff);
-  os << "# training\n";
-  line("seq-len", c.seq_len);
-  line("batch-size", c.batch_size);
-  line("micro-batches", c.micro_batches);
-  line("steps", c.steps);
-  real("lr", c.lr);
-  real("min-lr", c.min_lr);
-  line("warmup", c.warmup);
-  real("weight-decay", c.weight_decay);
-  real("clip", c.clip);
-  line("seed", c.seed);
-  os << "# evaluation and logging\n";
-  line("eval-every", c.eval_every);
-  line("eval-batches", c.eval_batches);
-  line("log-every", c.log_every);
-  line("metrics", c.metrics);
-  line("metrics-grads", c.metrics_grads);
-  os << "# checkpoints and reliability\n";
-  line("checkpoint-dir", c.checkpoint_dir);
-  line("checkpoint-every", c.checkpoint_every);
-  line("keep-last", c.keep_last);
-  real("checkpoint-writer-share", c.checkpoint_share);
-  line("resume", c.resume);
-  real("collective-timeout", c.collective_timeout);
-  line("max-bad-steps", c.max_bad_steps);
-  os << "# parallelism\n";
-  line("ep", c.ep);
-  line("threads", c.threads);
-  line("device", c.device);
-  line("overlap-chunks", c.overlap_chunks);
-  real("sim-link-gbps", c.sim_link_gbps);
-  real("sim-link-latency-us", c.sim_link_latency_us);
+  for (OptionGroup g : kOptionGroups) {
+    if (g == OptionGroup::general) continue;
+    std::string topic = option_group_title(g);
+    for (char& ch : topic) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    os << "# " << topic << "\n";
+    for (const Option& o : config_options())
+      if (o.group == g) os << o.name << " = " << ini_value(c, o) << "\n";
+  }
   return os.str();
 }
 

@@ -1,6 +1,7 @@
 // Configuration of a run: one struct, read from an INI file (--config) with command-line
-// overrides (Boost.Program_options), validated before any work. Option names are a contract:
-// the launcher, presets and docs use them.
+// overrides (Boost.Program_options), validated before any work. Each member is set by one option of
+// the table in runtime/options.cpp (its name, topic, help, and what a difference on resume means);
+// the member's initialiser here is the option's default.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -10,64 +11,64 @@ namespace uoe {
 
 struct Config {
   // --- data ---
-  std::string config_file;      // --config: INI file; command-line options override it
-  std::string data;             // --data: training text; empty = built-in corpus
-  std::string val_data;         // --val-data: validation text; empty = last --val-fraction of --data
-  double val_fraction = 0.1;    // --val-fraction: share of --data held out for validation, (0, 1)
-  std::string tokenizer = "byte";  // --tokenizer: byte | word
+  std::string config_file;      // INI file; command-line options override it
+  std::string data;             // training text; empty = built-in corpus
+  std::string val_data;         // validation text; empty = last --val-fraction of --data
+  double val_fraction = 0.1;    // share of --data held out for validation, (0, 1)
+  std::string tokenizer = "byte";  // byte | word
 
   // --- model ---
-  int layers = 4;               // --layers: L
-  int d_model = 128;            // --d-model: d
-  int heads = 4;                // --heads: H (d % H == 0)
-  int attn_experts = 4;         // --attn-experts: E_a (H % E_a == 0)
-  int attn_topk = 2;            // --attn-topk: k_a (1..E_a)
-  int experts = 4;              // --experts: E MLP experts (d_ff % E == 0)
-  int topk = 2;                 // --topk: k (1..E)
-  int d_ff = 512;               // --d-ff: F, dense MLP hidden width cut into E experts
-  double capacity_factor = 1.25;  // --capacity-factor: 0 = dropless
-  int patch_size = 1;           // --patch-size: tokens per routed patch (divides seq-len)
-  std::string gate = "renorm";  // --gate: renorm | sum | prob (docs/model.md, Gates)
-  double aux_loss = 0.01;       // --aux-loss: balance-loss weight alpha
-  double z_loss = 0.0;          // --z-loss: router z-loss weight
-  std::string block_type = "uoe";  // --block-type: uoe | dense | moe (baselines for the per-FLOP study)
-  int expert_d_ff = 0;          // --expert-d-ff: width of each moe expert (0 = d_ff / experts)
+  int layers = 4;               // L
+  int d_model = 128;            // d
+  int heads = 4;                // H (d % H == 0)
+  int attn_experts = 4;         // E_a (H % E_a == 0)
+  int attn_topk = 2;            // k_a (1..E_a)
+  int experts = 4;              // E MLP experts (d_ff % E == 0)
+  int topk = 2;                 // k (1..E)
+  int d_ff = 512;               // F, dense MLP hidden width cut into E experts
+  double capacity_factor = 1.25;  // 0 = dropless
+  int patch_size = 1;           // tokens per routed patch (divides seq-len)
+  std::string gate = "renorm";  // renorm | sum | prob (docs/model.md, Gates)
+  double aux_loss = 0.01;       // balance-loss weight alpha
+  double z_loss = 0.0;          // router z-loss weight
+  std::string block_type = "uoe";  // uoe | dense | moe (baselines for the per-FLOP study)
+  int expert_d_ff = 0;          // width of each moe expert (0 = d_ff / experts)
 
   // --- training ---
-  int seq_len = 128;            // --seq-len: T
-  int batch_size = 16;          // --batch-size: B sequences per rank micro-batch
-  int micro_batches = 1;        // --micro-batches: M accumulated micro-batches per step
-  int steps = 1500;             // --steps
-  double lr = 1e-3;             // --lr: peak learning rate
-  double min_lr = 1e-4;         // --min-lr: reached by the cosine at the last step
-  int warmup = 100;             // --warmup: linear warm-up steps
-  double weight_decay = 0.1;    // --weight-decay: on matrices only
-  double clip = 1.0;            // --clip: global gradient-norm clip (0 = off)
-  uint64_t seed = 1;            // --seed
+  int seq_len = 128;            // T
+  int batch_size = 16;          // B sequences per rank micro-batch
+  int micro_batches = 1;        // M accumulated micro-batches per step
+  int steps = 1500;             // optimizer steps
+  double lr = 1e-3;             // peak learning rate
+  double min_lr = 1e-4;         // reached by the cosine at the last step
+  int warmup = 100;             // linear warm-up steps
+  double weight_decay = 0.1;    // on matrices only
+  double clip = 1.0;            // global gradient-norm clip (0 = off)
+  uint64_t seed = 1;
 
   // --- evaluation and logging ---
-  int eval_every = 250;         // --eval-every: steps between evaluations (0 = only at the end)
-  int eval_batches = 0;         // --eval-batches: batches of B windows per evaluation (0 = whole split)
-  int log_every = 10;           // --log-every: steps between progress lines
-  std::string metrics;          // --metrics: JSON-lines file (empty = none)
-  bool metrics_grads = false;   // --metrics-grads: per-tensor gradient fingerprints in the metrics (tests)
+  int eval_every = 250;         // steps between evaluations (0 = only at the end)
+  int eval_batches = 0;         // batches of B windows per evaluation (0 = whole split)
+  int log_every = 10;           // steps between progress lines
+  std::string metrics;          // JSON-lines file (empty = none)
+  bool metrics_grads = false;   // per-tensor gradient fingerprints in the metrics (tests)
 
   // --- checkpoints and reliability ---
-  std::string checkpoint_dir;   // --checkpoint-dir: where step_N/ checkpoints go (empty = none)
-  int checkpoint_every = 0;     // --checkpoint-every: steps between checkpoints (0 = only at the end)
-  int keep_last = 3;            // --keep-last: committed checkpoints kept (0 = all)
-  double checkpoint_share = 0.07;  // --checkpoint-writer-share: core share of the background writer (1 = unpaced)
-  std::string resume;           // --resume: auto | PATH (empty = start fresh)
-  double collective_timeout = 300;  // --collective-timeout: seconds before a stuck exchange aborts the job
-  int max_bad_steps = 5;        // --max-bad-steps: consecutive non-finite steps skipped before stopping
+  std::string checkpoint_dir;   // where step_N/ checkpoints go (empty = none)
+  int checkpoint_every = 0;     // steps between checkpoints (0 = only at the end)
+  int keep_last = 3;            // committed checkpoints kept (0 = all)
+  double checkpoint_share = 0.07;  // core share of the background writer (1 = unpaced)
+  std::string resume;           // auto | PATH (empty = start fresh)
+  double collective_timeout = 300;  // seconds before a stuck exchange aborts the job
+  int max_bad_steps = 5;        // consecutive non-finite steps skipped before stopping
 
   // --- parallelism ---
-  int ep = 1;                   // --ep: ranks per expert-parallel group
-  int threads = 0;              // --threads: BLAS threads per rank (0 = cores / local ranks)
-  std::string device = "cpu";   // --device: cpu | cuda
-  int overlap_chunks = 1;       // --overlap-chunks: pipeline chunks per block (1 = serial exchanges)
-  double sim_link_gbps = 0;     // --sim-link-gbps: emulated link bandwidth, Gbit/s (0 = off)
-  double sim_link_latency_us = 0;  // --sim-link-latency-us: emulated per-message latency
+  int ep = 1;                   // ranks per expert-parallel group
+  int threads = 0;              // BLAS threads per rank (0 = cores / local ranks)
+  std::string device = "cpu";   // cpu | cuda
+  int overlap_chunks = 1;       // pipeline chunks per block (1 = serial exchanges)
+  double sim_link_gbps = 0;     // emulated link bandwidth, Gbit/s (0 = off)
+  double sim_link_latency_us = 0;  // emulated per-message latency
 };
 
 // Result of parsing: either a config to run, or a request to exit now (e.g. --help was printed).
@@ -88,5 +89,11 @@ void config_validate(const Config& c);
 
 // The config as INI text (every option, `name = value` lines), for logs, manifests and repro.
 std::string config_to_ini(const Config& c);
+
+// Reads INI text as --config does (keys the options of the file, each value converted to its
+// member's type) over the defaults, without validating (config_validate) or checking data files:
+// for a config stored elsewhere (a checkpoint's config_ini) and for tests. Throws uoe::Error naming
+// `where` and the key.
+Config config_from_ini(const std::string& ini, const std::string& where);
 
 }  // namespace uoe

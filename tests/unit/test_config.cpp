@@ -1,20 +1,29 @@
-// Configuration: defaults, every validation rule, command line + INI precedence, file checks and
-// the config_to_ini round trip.
+// Configuration: defaults, every validation rule, command line + INI precedence, file checks, the
+// config_to_ini round trip, and the option table (runtime/options.hpp) against what is generated
+// from it: the parser, --help, the INI text and the keys a checkpoint's config is compared by.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <initializer_list>
 #include <limits>
+#include <map>
+#include <regex>
+#include <set>
 #include <string>
+#include <type_traits>
+#include <variant>
 #include <vector>
 
+#include "checkpoints/manifest.hpp"
 #include "runtime/config.hpp"
 #include "runtime/error.hpp"
+#include "runtime/options.hpp"
 
 namespace uoe {
 namespace {
@@ -62,6 +71,37 @@ class ConfigFiles : public ::testing::Test {
 
   fs::path dir_;
 };
+
+// Whether a and b hold the same value for option o.
+bool same_value(const Config& a, const Config& b, const Option& o) {
+  return std::visit([&](auto member) { return a.*member == b.*member; }, o.field);
+}
+
+// Sets option o of c to a value other than the one it holds, chosen from the member's type alone
+// (so that every row of the table is covered, a new one included). Not necessarily valid
+// (config_validate): the round trip below does not validate. Doubles need all 17 digits to read
+// back; the uint64_t value is above 2^63.
+void set_other_value(Config& c, const Option& o) {
+  std::visit(
+      [&](auto member) {
+        auto& field = c.*member;
+        using T = std::remove_cvref_t<decltype(field)>;
+        if constexpr (std::is_same_v<T, std::string>)
+          field = field + "other-" + o.name;
+        else if constexpr (std::is_same_v<T, bool>)
+          field = !field;
+        else if constexpr (std::is_same_v<T, double>)
+          field = field + 1.0 / 3.0;
+        else if constexpr (std::is_same_v<T, uint64_t>)
+          field = ~field;
+        else
+          field = field + 7;
+      },
+      o.field);
+}
+
+// Options that only the command line takes (not read from --config, not in the INI text).
+bool command_line_only(const Option& o) { return o.group == OptionGroup::general; }
 
 TEST(Config, DefaultsValidate) {
   EXPECT_NO_THROW(config_validate(Config{}));
@@ -290,44 +330,168 @@ TEST_F(ConfigFiles, IniRoundTrip) {
   const Config b = parse({"--config", ini}).config;
 
   EXPECT_EQ(b.config_file, ini);  // the only field that is not written to the INI
-  EXPECT_EQ(b.data, a.data);
-  EXPECT_EQ(b.val_data, a.val_data);
-  EXPECT_EQ(b.val_fraction, a.val_fraction);
-  EXPECT_EQ(b.tokenizer, a.tokenizer);
-  EXPECT_EQ(b.layers, a.layers);
-  EXPECT_EQ(b.d_model, a.d_model);
-  EXPECT_EQ(b.heads, a.heads);
-  EXPECT_EQ(b.attn_experts, a.attn_experts);
-  EXPECT_EQ(b.attn_topk, a.attn_topk);
-  EXPECT_EQ(b.experts, a.experts);
-  EXPECT_EQ(b.topk, a.topk);
-  EXPECT_EQ(b.d_ff, a.d_ff);
-  EXPECT_EQ(b.capacity_factor, a.capacity_factor);
-  EXPECT_EQ(b.patch_size, a.patch_size);
-  EXPECT_EQ(b.gate, a.gate);
-  EXPECT_EQ(b.aux_loss, a.aux_loss);
-  EXPECT_EQ(b.z_loss, a.z_loss);
-  EXPECT_EQ(b.seq_len, a.seq_len);
-  EXPECT_EQ(b.batch_size, a.batch_size);
-  EXPECT_EQ(b.micro_batches, a.micro_batches);
-  EXPECT_EQ(b.steps, a.steps);
-  EXPECT_EQ(b.lr, a.lr);
-  EXPECT_EQ(b.min_lr, a.min_lr);
-  EXPECT_EQ(b.warmup, a.warmup);
-  EXPECT_EQ(b.weight_decay, a.weight_decay);
-  EXPECT_EQ(b.clip, a.clip);
-  EXPECT_EQ(b.seed, a.seed);
-  EXPECT_EQ(b.eval_every, a.eval_every);
-  EXPECT_EQ(b.eval_batches, a.eval_batches);
-  EXPECT_EQ(b.log_every, a.log_every);
-  EXPECT_EQ(b.metrics, a.metrics);
-  EXPECT_EQ(b.ep, a.ep);
-  EXPECT_EQ(b.threads, a.threads);
+  for (const Option& o : config_options()) {
+    if (!command_line_only(o)) {
+      EXPECT_TRUE(same_value(a, b, o)) << "--" << o.name;
+    }
+  }
   EXPECT_EQ(config_to_ini(b), config_to_ini(a));
 
   // Defaults, with their empty paths, round-trip too.
   const std::string defaults = write("defaults.ini", config_to_ini(Config{}));
   EXPECT_EQ(config_to_ini(parse({"--config", defaults}).config), config_to_ini(Config{}));
+}
+
+// --- the option table --------------------------------------------------------------------------
+
+TEST(ConfigTable, OneRowPerMemberAndName) {
+  std::set<std::string> names;
+  for (const Option& o : config_options()) {
+    SCOPED_TRACE(o.name);
+    EXPECT_TRUE(names.insert(o.name).second) << "two rows named " << o.name;
+    // A name is an INI key and a --flag: lower case words joined by dashes.
+    EXPECT_TRUE(std::regex_match(o.name, std::regex("[a-z][a-z0-9]*(-[a-z0-9]+)*")));
+    EXPECT_EQ(&config_option(o.field), &o) << "the member is bound by another row too";
+    EXPECT_EQ(option_flag(o.field), std::string("--") + o.name);
+    EXPECT_NE(std::string(o.help), "");
+  }
+}
+
+// (a) Every option, set alone and all together to another value, reads back from its INI text.
+TEST(ConfigTable, EveryOptionRoundTripsThroughIni) {
+  Config all;
+  for (const Option& o : config_options()) {
+    SCOPED_TRACE(o.name);
+    Config a;
+    set_other_value(a, o);
+    ASSERT_FALSE(same_value(a, Config{}, o));
+    const Config b = config_from_ini(config_to_ini(a), "test");
+    for (const Option& p : config_options()) {
+      if (p.field == o.field && command_line_only(o)) {
+        EXPECT_TRUE(same_value(b, Config{}, p)) << "--" << p.name << " is command line only, so not in the INI";
+      } else {
+        EXPECT_TRUE(same_value(a, b, p)) << "--" << p.name;
+      }
+    }
+    if (!command_line_only(o)) set_other_value(all, o);
+  }
+  const Config b = config_from_ini(config_to_ini(all), "test");
+  for (const Option& o : config_options()) EXPECT_TRUE(same_value(all, b, o)) << "--" << o.name;
+  EXPECT_EQ(config_to_ini(b), config_to_ini(all));
+}
+
+TEST(ConfigTable, IniReaderNamesWhereAndTheKey) {
+  EXPECT_THAT(error_of([] { config_from_ini("layers = four\n", "stored.ini"); }),
+              AllOf(HasSubstr("stored.ini"), HasSubstr("layers"), HasSubstr("four")));
+  EXPECT_THAT(error_of([] { config_from_ini("seed = -1\n", "stored.ini"); }),
+              AllOf(HasSubstr("--seed"), HasSubstr("-1")));
+  for (const Option& o : config_options()) {
+    if (command_line_only(o)) {
+      EXPECT_THAT(error_of([&] { config_from_ini(std::string(o.name) + " = x\n", "stored.ini"); }),
+                  HasSubstr(std::string("'") + o.name + "'"));
+    }
+  }
+}
+
+// A bool option is a flag: given bare it is set, and it takes an explicit 0 too.
+TEST(ConfigTable, BoolOptionsAreFlags) {
+  for (const Option& o : config_options()) {
+    const auto* member = std::get_if<bool Config::*>(&o.field);
+    if (!member) continue;
+    SCOPED_TRACE(o.name);
+    const std::string flag = std::string("--") + o.name;
+    EXPECT_TRUE(parse({flag}).config.**member);
+    EXPECT_FALSE(parse({flag + "=0"}).config.**member);
+  }
+}
+
+// (b) Every option is listed by --help under its topic, and (unless command line only) is one key
+// of the INI text, which is what a checkpoint's manifest stores and loading compares.
+TEST(ConfigTable, EveryOptionIsInHelpAndInTheManifestKeys) {
+  std::string help;
+  ASSERT_TRUE(parse({"--help"}, &help).exit_now);
+  std::map<std::string, int> keys;
+  const auto entries = config_ini_entries(config_to_ini(Config{}));
+  for (const auto& [k, v] : entries) ++keys[k];
+  const auto listed = [](const std::vector<std::string>& v, const char* name) {
+    return std::count(v.begin(), v.end(), name);
+  };
+  size_t written = 0;
+  for (const Option& o : config_options()) {
+    SCOPED_TRACE(o.name);
+    const std::string heading = std::string("\n") + option_group_title(o.group) + ":\n";
+    const size_t begin = help.find(heading);
+    ASSERT_NE(begin, std::string::npos) << heading << " missing from\n" << help;
+    const size_t end = help.find("\n\n", begin + 1);  // the blank line before the next heading, or npos
+    const size_t at = help.find(std::string("\n  --") + o.name + " ", begin);
+    EXPECT_TRUE(at != std::string::npos && at < end) << "--" << o.name << " not under " << heading << " in\n" << help;
+
+    EXPECT_EQ(keys[o.name], command_line_only(o) ? 0 : 1);
+    written += !command_line_only(o);
+    EXPECT_EQ(listed(config_shape_keys(), o.name), o.on_resume == OnResume::shape ? 1 : 0);
+    EXPECT_EQ(listed(config_behaviour_keys(), o.name), o.on_resume == OnResume::behaviour ? 1 : 0);
+  }
+  EXPECT_EQ(entries.size(), written) << "an INI key that is no option of the table";
+}
+
+// The help texts name only options that exist (they refer to each other as --name).
+TEST(ConfigTable, HelpTextsNameRealOptions) {
+  std::set<std::string> names;
+  for (const Option& o : config_options()) names.insert(o.name);
+  const std::regex flag("--([a-z0-9-]+)");
+  for (const Option& o : config_options()) {
+    const std::string help = o.help;
+    for (auto it = std::sregex_iterator(help.begin(), help.end(), flag); it != std::sregex_iterator(); ++it)
+      EXPECT_TRUE(names.count((*it)[1].str())) << "--" << o.name << "'s help names " << (*it)[0].str();
+  }
+}
+
+// (c) On resume, a differing shape option is refused naming it and both values, a behaviour option
+// is reported, any other is accepted silently.
+TEST(ConfigTable, ResumeRefusesADifferentShapeOptionByName) {
+  const std::string stored = config_to_ini(Config{});
+  for (const Option& o : config_options()) {
+    if (command_line_only(o)) continue;
+    SCOPED_TRACE(o.name);
+    Config now;
+    set_other_value(now, o);
+    const std::string flag = std::string("--") + o.name;
+    std::string old_value, new_value;
+    for (const auto& [k, v] : config_ini_entries(stored))
+      if (k == o.name) old_value = v;
+    for (const auto& [k, v] : config_ini_entries(config_to_ini(now)))
+      if (k == o.name) new_value = v;
+    const auto check = [&] { return config_check_compatible(stored, config_to_ini(now), "step_5/manifest.h5"); };
+    switch (o.on_resume) {
+      case OnResume::shape:
+        EXPECT_THAT(error_of([&] { check(); }),
+                    AllOf(HasSubstr("step_5/manifest.h5"),
+                          HasSubstr(flag + " " + old_value + " in the checkpoint, " + new_value + " in this run")));
+        break;
+      case OnResume::behaviour: {
+        const std::vector<std::string> warnings = check();
+        ASSERT_EQ(warnings.size(), 1u);
+        EXPECT_THAT(warnings[0], HasSubstr(flag + " " + old_value + " in the checkpoint"));
+        break;
+      }
+      case OnResume::free:
+        EXPECT_EQ(check(), std::vector<std::string>{});
+        break;
+    }
+  }
+}
+
+// Which options must match is a contract with every checkpoint written so far: marking another
+// option `shape` refuses those that differ in it, unmarking one loads a checkpoint into a model it
+// does not fit. Change these lists only with the table, deliberately.
+TEST(ConfigTable, ResumeComparesTheModelShapeOptions) {
+  using Keys = std::set<std::string>;
+  const std::vector<std::string>& shape = config_shape_keys();
+  const std::vector<std::string>& behaviour = config_behaviour_keys();
+  EXPECT_EQ(Keys(shape.begin(), shape.end()), (Keys{"layers", "d-model", "heads", "attn-experts", "experts", "d-ff",
+                                                   "tokenizer", "block-type", "expert-d-ff"}));
+  EXPECT_EQ(Keys(behaviour.begin(), behaviour.end()),
+            (Keys{"attn-topk", "topk", "capacity-factor", "patch-size", "gate", "aux-loss", "z-loss"}));
 }
 
 }  // namespace
