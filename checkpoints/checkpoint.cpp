@@ -24,6 +24,7 @@
 
 #include "checkpoints/h5.hpp"
 #include "checkpoints/manifest.hpp"
+#include "parallel/mpi_version.hpp"
 #include "runtime/clock.hpp"
 #include "runtime/error.hpp"
 #include "runtime/log.hpp"
@@ -833,7 +834,7 @@ void CheckpointWriter::snapshot(const ParamStore& params, OptimizerMoments& opt,
     m.seed = state.seed;
     m.lr = state.lr;
     m.config_ini = state.config_ini;
-    m.build = build_info();
+    m.build = build_info(comm_library_versions());
     m.world = role_.world_size;
     m.ep = role_.ep;
     m.shard_files = layout_->shard_files;
