@@ -26,6 +26,7 @@
 #include "parallel/exchange.hpp"
 #include "parallel/grad_sync.hpp"
 #include "parallel/mpi_exchange.hpp"
+#include "parallel/mpi_version.hpp"
 #include "parallel/scheduler.hpp"
 #include "parallel/sim_link.hpp"
 #include "runtime/cpu_features.hpp"
@@ -134,16 +135,6 @@ EvalResult evaluate(Model& model, const Dataset& data, const Config& cfg, const 
   }
   sum_over_ranks(sums, ranks, "evaluation: loss all-reduce");
   return {sums[1] > 0 ? sums[0] / sums[1] : 0.0, static_cast<int64_t>(sums[1])};
-}
-
-// Ranks on this node (for the default thread count): MPI's shared-memory split of the world.
-int local_ranks() {
-  MPI_Comm node;
-  UOE_CHECK_MPI(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
-  int n = 1;
-  UOE_CHECK_MPI(MPI_Comm_size(node, &n));
-  UOE_CHECK_MPI(MPI_Comm_free(&node));
-  return n;
 }
 
 }  // namespace
@@ -316,14 +307,14 @@ int train_run(const Config& cfg) {
   const int world_rank = groups.world->rank(), world_size = groups.world->size();
   log_set_rank(world_rank, world_size);
   // First, so that every log (a failed start's too) names the code and libraries that ran.
-  log_info("build: %s", build_info().c_str());
+  log_info("build: %s", build_info(comm_library_versions()).c_str());
   const Fault fault = fault_from_env();
   const bool on_gpu = device_parse(cfg.device) == Device::cuda;
   if (on_gpu) device_require(Device::cuda);  // no usable GPU: a clear error naming why
   // A stuck exchange ends the job: every rank's watchdog reports where it waits, then aborts.
   Watchdog watchdog(cfg.collective_timeout, [](const std::string&) { MPI_Abort(MPI_COMM_WORLD, 3); });
   const int threads = cfg.threads > 0 ? cfg.threads
-                                      : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local_ranks());
+                                      : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / groups.node_size);
   gemm_set_threads(threads);
 
   Dataset data = data_load(cfg);
@@ -382,7 +373,7 @@ int train_run(const Config& cfg) {
   const double sgemm_peak = gemm_measure_gflops(512, 5);
   // The probe keeps each thread's best interval, a whole core's rate: with more threads on the node
   // than cores (an oversubscribed run), a rank's peak is its share of the node's cores.
-  const int node_threads = local_ranks() * threads;
+  const int node_threads = groups.node_size * threads;
   const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   const double peak = fma.gflops * std::min(1.0, static_cast<double>(cores) / node_threads);
   // A rank not running the kernels it chose (exec failed, core not in this OpenBLAS) says so itself.

@@ -14,6 +14,7 @@
 
 #include "launcher/train.hpp"
 #include "parallel/comm.hpp"
+#include "parallel/mpi_version.hpp"
 #include "runtime/config.hpp"
 #include "runtime/cpu_features.hpp"
 #include "runtime/error.hpp"
@@ -50,7 +51,7 @@ int main(int argc, char** argv) {
     const uoe::ConfigParse parsed = uoe::config_parse(argc, argv, &help);
     if (parsed.exit_now) {
       if (mpi.world_rank() == 0)
-        std::fputs(parsed.version ? uoe::version_report("uoe-train").c_str() : help.c_str(), stdout);
+        std::fputs(parsed.version ? uoe::version_report("uoe-train", uoe::comm_library_versions()).c_str() : help.c_str(), stdout);
       return 0;
     }
     cfg = parsed.config;

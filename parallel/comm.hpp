@@ -217,6 +217,9 @@ class MpiCommunicator final : public Communicator {
   void close();
   // Ranks with the same colour form a new communicator, ordered by key (collective).
   std::unique_ptr<MpiCommunicator> split(int color, int key) const;
+  // The ranks that share memory with this one (MPI_COMM_TYPE_SHARED: its node), ordered by rank
+  // here (collective). The one place the project asks MPI for a node.
+  std::unique_ptr<MpiCommunicator> split_node() const;
   MPI_Comm handle() const { return comm_; }
 
   int rank() const override { return rank_; }
@@ -253,15 +256,31 @@ class MpiCommunicator final : public Communicator {
 // group ranks are ordered by world rank.
 struct ProcessGroups {
   std::unique_ptr<MpiCommunicator> world, ep_group, dp_group;
+  std::unique_ptr<MpiCommunicator> node_group;  // the world's ranks on this rank's node
   int ep = 1;       // ranks per expert-parallel group
   int dp = 1;       // number of expert-parallel groups (world size / ep)
   int ep_rank = 0;  // rank within the ep group
   int dp_rank = 0;  // rank within the dp group (= index of this rank's ep group)
-  // Frees the three communicators (collective), before MPI_Finalize.
+  // This rank's place on its node (node_group: the world's ranks that share its memory, its host):
+  // its rank there, ordered by world rank, and how many ranks run there. What picks a GPU
+  // (node_rank modulo the GPUs visible) and splits a node's cores between its ranks.
+  int node_rank = 0;
+  int node_size = 1;
+  // Frees the four communicators (collective), before MPI_Finalize.
   void close();
 };
 // Throws uoe::Error on every rank, before any collective, if ep does not divide the world size.
 ProcessGroups make_process_groups(MPI_Comm world, int ep);
+
+// The ranks of `comm` on this rank's node (MpiCommunicator::split_node): this rank's position among
+// them, ordered by rank in comm, and their number. Collective over comm. make_process_groups
+// computes it once for the world (ProcessGroups::node_rank, node_size); this is for callers without
+// the groups.
+struct NodeRanks {
+  int rank = 0;
+  int size = 1;
+};
+NodeRanks node_ranks(MPI_Comm comm);
 
 // ---- process lifetime -------------------------------------------------------------------------
 // MPI_Init_thread on construction, MPI_Finalize on destruction. Works when the program was not
