@@ -21,7 +21,7 @@
 #include <vector>
 
 #include "bench/bench_config.hpp"
-#include "launcher/train.hpp"
+#include "layers/train_step.hpp"
 #include "parallel/exchange.hpp"
 #include "runtime/config.hpp"
 #include "runtime/cpu_features.hpp"

@@ -54,10 +54,6 @@ ALLOWED = {
         "the device step builds its own communicators until the one-pipeline redesign",
     ("layers/device_model.cu", "parallel/nccl_comm.hpp"):
         "the device step builds its own communicators until the one-pipeline redesign",
-    ("bench/step.cpp", "launcher/train.hpp"):
-        "bench-step times train_step, which leaves launcher/ with the Trainer split",
-    ("bench/checkpoint.cpp", "launcher/train.hpp"):
-        "bench-checkpoint drives train_step, which leaves launcher/ with the Trainer split",
 }
 
 SOURCE_SUFFIXES = (".cpp", ".hpp", ".h", ".cc", ".cu", ".cuh")

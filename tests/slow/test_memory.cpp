@@ -9,7 +9,7 @@
 #include <exception>
 #include <string>
 
-#include "launcher/train.hpp"
+#include "layers/train_step.hpp"
 #include "layers/model.hpp"
 #include "layers/optimizer.hpp"
 #include "parallel/exchange.hpp"
