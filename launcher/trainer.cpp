@@ -18,6 +18,7 @@
 
 #include "checkpoints/checkpoint.hpp"
 #include "layers/device_model.hpp"
+#include "layers/memory.hpp"
 #include "parallel/exchange.hpp"
 #include "parallel/grad_sync.hpp"
 #include "parallel/mpi_exchange.hpp"
@@ -28,7 +29,6 @@
 #include "runtime/error.hpp"
 #include "runtime/gemm.hpp"
 #include "runtime/log.hpp"
-#include "runtime/memory.hpp"
 #include "runtime/version.hpp"
 #include "runtime/watchdog.hpp"
 
@@ -221,7 +221,7 @@ void Trainer::describe() const {
            cfg.steps, world_size, cfg.micro_batches, cfg.batch_size, cfg.seq_len, cfg.lr, cfg.min_lr, cfg.warmup,
            static_cast<unsigned long long>(cfg.seed));
   {
-    const MemoryEstimate mem = memory_estimate(cfg, V, world_size,
+    const MemoryEstimate mem = memory_estimate(spec, memory_run_from_config(cfg, world_size),
                                                static_cast<int64_t>(data_.train.size() + data_.val.size()));
     log_info("memory estimate per rank: %s", mem.summary().c_str());
   }
