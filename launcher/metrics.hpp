@@ -1,6 +1,6 @@
 // The trainer's metrics (--metrics FILE, JSON lines; runtime/metrics.hpp writes them): one line per
 // log line with the window's means, one per evaluation and a final one. Their keys are the schema
-// tests/cli/metrics_schema.py checks; see README.md, Metrics.
+// tests/cli/metrics_schema.py checks against README.md's example lines (Training).
 #pragma once
 #include "launcher/progress.hpp"
 #include "layers/train_step.hpp"
