@@ -9,6 +9,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <memory>
 #include <span>
@@ -40,29 +41,6 @@ namespace {
 volatile sig_atomic_t g_stop_signal = 0;
 extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
 
-// Fault injection for the reliability and equivalence tests (never set in normal use):
-// UOE_FAULT=KIND:RANK:STEP makes world rank RANK (-1: every rank), at the start of step STEP,
-// either die (kill: SIGKILL, as a lost node), hang (stall: sleep forever, as a stuck rank), receive
-// a preemption signal (term: SIGTERM), or, from step STEP on, see a non-finite loss (nan), send
-// twice its gradient into the all-reduce (gradx2: one replica's gradient scaled by 2; on every
-// rank, a constant factor, as a sum where a mean belongs), or keep expert-sharded gradients ep
-// times too large (expert_group: each expert slab's gradient averaged over its replica group, dp
-// ranks, where every rank's tokens reached it: it needs the world's mean, P = ep·dp ranks). The
-// gradient faults exist so the equivalence tests can prove they catch such bugs.
-Fault fault_from_env() {
-  Fault f;
-  const char* v = std::getenv("UOE_FAULT");
-  if (!v) return f;
-  char kind[16] = {0};
-  const std::string k = std::sscanf(v, "%15[a-z0-9_]:%d:%d", kind, &f.rank, &f.step) == 3 ? kind : "";
-  if ((k != "kill" && k != "stall" && k != "term" && k != "nan" && k != "gradx2" && k != "expert_group") ||
-      f.rank < -1)
-    fail("UOE_FAULT='", v, "': expected kill|stall|term|nan|gradx2|expert_group:RANK:STEP, RANK -1 for every rank "
-         "(a test-only fault injection)");
-  f.kind = k;
-  return f;
-}
-
 // Ranks on this node (for the default thread count): MPI's shared-memory split of the world.
 int local_ranks() {
   MPI_Comm node;
@@ -76,6 +54,29 @@ int local_ranks() {
 }  // namespace
 
 // ---- set-up ------------------------------------------------------------------------------------
+
+// Fault injection for the reliability and equivalence tests (never set in normal use):
+// UOE_FAULT=KIND:RANK:STEP makes world rank RANK (-1: every rank), at the start of step STEP,
+// either die (kill: SIGKILL, as a lost node), hang (stall: sleep forever, as a stuck rank), receive
+// a preemption signal (term: SIGTERM), or, from step STEP on, see a non-finite loss (nan), send
+// twice its gradient into the all-reduce (gradx2: one replica's gradient scaled by 2; on every
+// rank, a constant factor, as a sum where a mean belongs), or keep expert-sharded gradients ep
+// times too large (expert_group: each expert slab's gradient averaged over its replica group, dp
+// ranks, where every rank's tokens reached it: it needs the world's mean, P = ep·dp ranks). The
+// gradient faults exist so the equivalence tests can prove they catch such bugs.
+Trainer::Fault Trainer::fault_from_env() {
+  Fault f;
+  const char* v = std::getenv("UOE_FAULT");
+  if (!v) return f;
+  char kind[16] = {0};
+  const std::string k = std::sscanf(v, "%15[a-z0-9_]:%d:%d", kind, &f.rank, &f.step) == 3 ? kind : "";
+  if ((k != "kill" && k != "stall" && k != "term" && k != "nan" && k != "gradx2" && k != "expert_group") ||
+      f.rank < -1)
+    fail("UOE_FAULT='", v, "': expected kill|stall|term|nan|gradx2|expert_group:RANK:STEP, RANK -1 for every rank "
+         "(a test-only fault injection)");
+  f.kind = k;
+  return f;
+}
 
 Trainer::Trainer(const Config& cfg) : cfg_(cfg), t_start_(Clock::now()) {
   // A file-size limit (ulimit -f) must not kill the run with SIGXFSZ in the middle of a write:

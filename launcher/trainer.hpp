@@ -27,13 +27,6 @@ class GradientSync;
 class SimulatedLinkCommunicator;
 class Watchdog;
 
-// Fault injection for the tests (UOE_FAULT; see launcher/trainer.cpp).
-struct Fault {
-  std::string kind;
-  int rank = -2, step = -1;
-  bool on(int world_rank) const { return rank == -1 || rank == world_rank; }
-};
-
 class Trainer {
  public:
   // Sets the run up as configured: ranks, threads, data, model, optimizer, peaks, checkpoints
@@ -50,6 +43,14 @@ class Trainer {
   int run();
 
  private:
+  // Fault injection for the tests (UOE_FAULT, see launcher/trainer.cpp): none unless set.
+  struct Fault {
+    std::string kind;
+    int rank = -2, step = -1;
+    bool on(int world_rank) const { return rank == -1 || rank == world_rank; }
+  };
+  static Fault fault_from_env();
+
   // Set-up, in this order.
   void start_ranks();      // process groups, build line, faults, device check, watchdog, BLAS threads
   void build_model();      // data, links, exchange, model (and device model), scheduler, optimizer, sync
