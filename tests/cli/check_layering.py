@@ -65,12 +65,6 @@ ALLOWED = {
         "the device step builds its own communicators until the one-pipeline redesign",
     ("layers/device_model.cu", "parallel/nccl_comm.hpp"):
         "the device step builds its own communicators until the one-pipeline redesign",
-    # (Their executables link uoe_launcher too: uoe_benches_using_launcher in CMakeLists.txt, which
-    # loses the bench with its entry here.)
-    ("bench/step.cpp", "launcher/train.hpp"):
-        "bench-step times train_step, which leaves launcher/ with the Trainer split",
-    ("bench/checkpoint.cpp", "launcher/train.hpp"):
-        "bench-checkpoint drives train_step, which leaves launcher/ with the Trainer split",
 }
 
 SOURCE_SUFFIXES = (".cpp", ".hpp", ".h", ".cc", ".cu", ".cuh")

@@ -25,7 +25,7 @@
 #include "tests/common/errors.hpp"
 #include "checkpoints/checkpoint.hpp"
 #include "checkpoints/manifest.hpp"
-#include "launcher/train.hpp"
+#include "layers/train_step.hpp"
 #include "layers/model.hpp"
 #include "layers/optimizer.hpp"
 #include "parallel/exchange.hpp"
