@@ -49,7 +49,7 @@
 #include <thread>
 #include <vector>
 
-#include "launcher/train.hpp"
+#include "layers/train_step.hpp"
 #include "layers/model.hpp"
 #include "layers/optimizer.hpp"
 #include "parallel/exchange.hpp"

@@ -28,6 +28,7 @@
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <span>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -196,10 +197,7 @@ int main(int argc, char** argv) {
     MPI_Allreduce(&mine, &heaviest, 1, MPI_DOUBLE_INT, MPI_MAXLOC, MPI_COMM_WORLD);
     const int critical = heaviest.rank;
     // The ranks on this node and its cores (for the processor-time bound).
-    MPI_Comm node = MPI_COMM_NULL;
-    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
-    int node_ranks = 1;
-    MPI_Comm_size(node, &node_ranks);
+    const int node_ranks = groups.node_size;
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     const bool root = mpi.world_rank() == critical;
     if (root)
@@ -258,7 +256,7 @@ int main(int argc, char** argv) {
         // all their compute and exchange work has had a core (the exchanges' share is MPI copying
         // rows between the processes, and polling while a peer is late; a NIC would do the copies).
         double node_cpu = piped.cpu_compute + piped.cpu_exchange;
-        MPI_Allreduce(MPI_IN_PLACE, &node_cpu, 1, MPI_DOUBLE, MPI_SUM, node);
+        groups.node_group->all_reduce_sum(std::span<double>(&node_cpu, 1));
         const double cpu_bound = node_cpu / cores;
         if (root) {
           std::printf("%6.2f %9.3f %7d %11.2f %11.2f %11.2f %11.2f %11.2f %7.1f%% %7.1f%% %8.2fx\n", r, gbps,
@@ -276,7 +274,6 @@ int main(int argc, char** argv) {
       }
     }
     if (out) std::fclose(out);
-    MPI_Comm_free(&node);
     groups.close();
     return 0;
   } catch (const std::exception& e) {

@@ -21,8 +21,9 @@
 #include <vector>
 
 #include "bench/bench_config.hpp"
-#include "launcher/train.hpp"
 #include "layers/cpu_backend.hpp"
+#include "layers/router.hpp"
+#include "layers/train_step.hpp"
 #include "parallel/exchange.hpp"
 #include "runtime/config.hpp"
 #include "runtime/cpu_features.hpp"
@@ -198,8 +199,9 @@ int main(int argc, char** argv) {
     }
     if (rest.size() == 1) {
       // The MLP block of each default config: 2048 tokens × top-2 over 4 experts of f = d_ff / 4
-      // (4096 rows; capacity 1.25 allows up to 1280 per expert): equal loads, and a skew like early
-      // training's.
+      // (4096 rows; capacity 1.25 allows up to C = 1280 per expert): equal loads, and a skew like
+      // early training's (two experts full, one at the mean, the last with the rest).
+      const int C = static_cast<int>(uoe::expert_capacity(2048, 2, 4, base.capacity_factor));
       for (const int d : {128, 512}) {
         const int f = d;
         std::printf("\n# expert GEMMs alone (d %d, f %d, 4096 rows): 4 experts vs one dense GEMM set of the same FLOPs\n",
@@ -208,7 +210,7 @@ int main(int argc, char** argv) {
         const double dense_s = time_expert_gemms({4096}, d, f, 5 * repeats);
         const double flops = 6.0 * 2.0 * 4096.0 * d * f;
         std::printf("%-28s %10.2f %10.1f %9.1f%%\n", "dense (1 x 4096)", dense_s * 1e3, flops / dense_s * 1e-9, 100.0);
-        for (const auto& split : std::vector<std::vector<int>>{{1024, 1024, 1024, 1024}, {1280, 1280, 1024, 512}}) {
+        for (const auto& split : std::vector<std::vector<int>>{{1024, 1024, 1024, 1024}, {C, C, 1024, 4096 - 2 * C - 1024}}) {
           const double t = time_expert_gemms(split, d, f, 5 * repeats);
           std::string label;
           for (int n : split) {

@@ -579,7 +579,7 @@ def main(argv):
             ce_mean, aux_mean = (figures / world).tolist()
         else:
             ce_mean, aux_mean = ce.item(), float(aux.detach())
-        # Global-norm clipping (layers/optimizer + launcher/train.cpp): scale = clip / norm if above.
+        # Global-norm clipping (layers/optimizer + layers/train_step.cpp): scale = clip / norm if above.
         norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params)).item()
         if a.clip > 0 and norm > a.clip:
             for p in params:

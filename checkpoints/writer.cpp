@@ -14,6 +14,7 @@
 #include "checkpoints/common.hpp"
 #include "checkpoints/h5.hpp"
 #include "checkpoints/manifest.hpp"
+#include "parallel/mpi_version.hpp"
 #include "checkpoints/writer_job.hpp"
 #include "runtime/atomic_file.hpp"
 #include "runtime/error.hpp"
@@ -300,7 +301,7 @@ void CheckpointWriter::snapshot(const ParamStore& params, OptimizerMoments& opt,
     m.seed = state.seed;
     m.lr = state.lr;
     m.config_ini = state.config_ini;
-    m.build = build_info();
+    m.build = build_info(comm_library_versions());
     m.world = role_.world_size;
     m.ep = role_.ep;
     m.shard_files = layout_->shard_files;

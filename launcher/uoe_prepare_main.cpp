@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "parallel/mpi_version.hpp"
 #include "runtime/cli.hpp"
 #include "runtime/data.hpp"
 #include "runtime/error.hpp"
@@ -48,7 +49,7 @@ bool parse(int argc, char** argv, PrepareOptions& o) {
   po::variables_map vm;
   uoe::cli_parse(argc, argv, desc, vm);
   if (vm.count("version")) {
-    std::cout << uoe::version_report("uoe-prepare");
+    std::cout << uoe::version_report("uoe-prepare", uoe::comm_library_versions());
     return false;
   }
   if (vm.count("help")) {

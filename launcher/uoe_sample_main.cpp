@@ -31,6 +31,7 @@
 #include "layers/model.hpp"
 #include "parallel/comm.hpp"
 #include "parallel/exchange.hpp"
+#include "parallel/mpi_version.hpp"
 #include "runtime/config.hpp"
 #include "runtime/cpu_features.hpp"
 #include "runtime/cli.hpp"
@@ -68,7 +69,7 @@ bool parse(int argc, char** argv, SampleArgs& a) {
   po::variables_map vm;
   uoe::cli_parse(argc, argv, desc, vm);
   if (vm.count("version")) {
-    std::cout << uoe::version_report("uoe-sample");
+    std::cout << uoe::version_report("uoe-sample", uoe::comm_library_versions());
     return false;
   }
   if (vm.count("help")) {

@@ -12,8 +12,9 @@
 #include <exception>
 #include <string>
 
-#include "launcher/train.hpp"
+#include "launcher/trainer.hpp"
 #include "parallel/comm.hpp"
+#include "parallel/mpi_version.hpp"
 #include "runtime/config.hpp"
 #include "runtime/cpu_features.hpp"
 #include "runtime/error.hpp"
@@ -37,7 +38,7 @@ int fail_job(const uoe::MpiSession& mpi, const std::exception& e, int code) {
 
 int main(int argc, char** argv) {
   // Under a file-size limit (ulimit -f) a write past it fails with EFBIG, reported with the file's
-  // name, instead of killing the process with SIGXFSZ (train_run does the same for its callers).
+  // name, instead of killing the process with SIGXFSZ (the Trainer does the same for its callers).
   std::signal(SIGXFSZ, SIG_IGN);
   // The BLAS kernels for this CPU's vector ISA: may re-execute the process once, so before
   // MPI_Init (Open MPI allows an exec before it) and before any thread of ours starts.
@@ -50,7 +51,7 @@ int main(int argc, char** argv) {
     const uoe::ConfigParse parsed = uoe::config_parse(argc, argv, &help);
     if (parsed.exit_now) {
       if (mpi.world_rank() == 0)
-        std::fputs(parsed.version ? uoe::version_report("uoe-train").c_str() : help.c_str(), stdout);
+        std::fputs(parsed.version ? uoe::version_report("uoe-train", uoe::comm_library_versions()).c_str() : help.c_str(), stdout);
       return 0;
     }
     cfg = parsed.config;
@@ -59,7 +60,8 @@ int main(int argc, char** argv) {
   }
 
   try {
-    return uoe::train_run(cfg);
+    uoe::Trainer trainer(cfg);
+    return trainer.run();
   } catch (const std::exception& e) {
     return fail_job(mpi, e, 1);
   }

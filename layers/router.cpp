@@ -11,6 +11,15 @@
 
 namespace uoe {
 
+int64_t expert_capacity(int64_t patches, int k, int experts, double capacity_factor) {
+  UOE_ASSERT(patches >= 0 && k >= 1 && experts >= k && capacity_factor >= 0);
+  if (capacity_factor == 0) return patches;
+  // The product is rounded in binary, so shave a relative 1e-12 before the ceiling: exact integers
+  // stay put, real fractions still round up.
+  const double cap = capacity_factor * static_cast<double>(patches) * k / experts;
+  return std::min(patches, static_cast<int64_t>(std::ceil(cap - cap * 1e-12)));
+}
+
 void router_forward(Routing& r, const RouterSpec& spec, const float* xn, const float* W, const float* b,
                     int N, int d, bool dropless) {
   const ProfileScope profile(Phase::routing);
@@ -70,10 +79,7 @@ void router_forward(Routing& r, const RouterSpec& spec, const float* xn, const f
   for (int p = 0; p < P; ++p)
     for (int j = 0; j < k; ++j) cand[r.choice[static_cast<size_t>(p) * k + j]].push_back({p, j});
   const bool limited = !dropless && spec.capacity_factor > 0;
-  // C = ceil(cf·P·k/E). The product is rounded in binary (1.1·100·1/2 = 55.000000000000007), so
-  // shave a relative 1e-12 before the ceiling: exact integers stay put, real fractions still round up.
-  const double cap = spec.capacity_factor * P * k / E;
-  r.capacity = limited ? static_cast<int>(std::ceil(cap - cap * 1e-12)) : 0;
+  r.capacity = limited ? static_cast<int>(expert_capacity(P, k, E, spec.capacity_factor)) : 0;
   r.dropped = 0;
   r.capacity_kept.assign(E, 0);
   r.row_offsets.assign(E + 1, 0);

@@ -39,11 +39,19 @@ struct Routing {
   std::vector<int> row_offsets;  // [E + 1]
   std::vector<int> row_patch;    // [rows]
   std::vector<int> row_slot;     // [rows] which of the patch's k choices
-  int capacity = 0;              // C (0 = unlimited)
+  int capacity = 0;              // C = expert_capacity (0 = unlimited: dropless)
   double balance_loss = 0;       // α-weighted
   double z_loss = 0;             // β-weighted
   int dropped = 0;               // (patch, choice) assignments dropped by capacity
 };
+
+// The most patches one expert keeps of a micro-batch of `patches` patches routed top-k over
+// `experts` experts (docs/model.md, Capacity): C = ceil(cf · patches · k / E), with a relative 1e-12
+// shaved off the product first, so that a product that is an integer in exact arithmetic is not
+// rounded up by binary error (1.1·100·1/2 = 55.000000000000007); never more than `patches` (a
+// patch chooses an expert at most once). cf = 0 (dropless): `patches`. What router_forward keeps,
+// what the memory estimate (layers/memory.hpp) and the benches plan with.
+int64_t expert_capacity(int64_t patches, int k, int experts, double capacity_factor);
 
 // xn [N, d] (N divisible by patch_size), W [d, E], b [E].
 void router_forward(Routing& r, const RouterSpec& spec, const float* xn, const float* W, const float* b,

@@ -6,6 +6,8 @@
 #include <string>
 #include <utility>
 
+#include "runtime/log.hpp"
+
 namespace uoe {
 
 bool mpi_active() {
@@ -267,6 +269,13 @@ std::unique_ptr<MpiCommunicator> MpiCommunicator::split(int color, int key) cons
   return std::unique_ptr<MpiCommunicator>(new MpiCommunicator(Adopt{}, c));
 }
 
+std::unique_ptr<MpiCommunicator> MpiCommunicator::split_node() const {
+  MPI_Comm c = MPI_COMM_NULL;
+  // key = rank here, so the node's ranks keep this communicator's order whatever MPI does with ties.
+  UOE_CHECK_MPI(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &c));
+  return std::unique_ptr<MpiCommunicator>(new MpiCommunicator(Adopt{}, c));
+}
+
 void MpiCommunicator::barrier() { UOE_CHECK_MPI(MPI_Barrier(comm_)); }
 
 void MpiCommunicator::do_all_to_all_v(const void* send, const Displaced& s, void* recv, const Displaced& r,
@@ -377,8 +386,18 @@ void MpiCommunicator::do_broadcast(void* data, int count, DType t, int root) {
 
 // ---- process groups ---------------------------------------------------------------------------
 
+NodeRanks node_ranks(MPI_Comm comm) {
+  MpiCommunicator parent(comm);
+  std::unique_ptr<MpiCommunicator> node = parent.split_node();
+  const NodeRanks n{node->rank(), node->size()};
+  node->close();
+  parent.close();
+  return n;
+}
+
 void ProcessGroups::close() {
   // Reverse order of creation; each close is collective over its own group.
+  if (node_group) node_group->close();
   if (dp_group) dp_group->close();
   if (ep_group) ep_group->close();
   if (world) world->close();
@@ -404,6 +423,9 @@ ProcessGroups make_process_groups(MPI_Comm world, int ep) {
   g.dp_group = g.world->split(g.ep_rank, world_rank);
   UOE_ASSERT(g.ep_group->rank() == g.ep_rank && g.ep_group->size() == ep);
   UOE_ASSERT(g.dp_group->rank() == g.dp_rank && g.dp_group->size() == g.dp);
+  g.node_group = g.world->split_node();
+  g.node_rank = g.node_group->rank();
+  g.node_size = g.node_group->size();
   return g;
 }
 
@@ -420,9 +442,11 @@ MpiSession::MpiSession(int* argc, char*** argv) {
   UOE_CHECK_MPI(MPI_Comm_set_errhandler(MPI_COMM_SELF, MPI_ERRORS_RETURN));
   UOE_CHECK_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
   UOE_CHECK_MPI(MPI_Comm_size(MPI_COMM_WORLD, &size_));
+  set_process_rank(rank_);  // for the error messages of runtime/'s CUDA checks
 }
 
 MpiSession::~MpiSession() {
+  set_process_rank(-1);
   if (mpi_active()) MPI_Finalize();
 }
 

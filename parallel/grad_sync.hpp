@@ -13,7 +13,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "parallel/comm.hpp"
+#include "parallel/communicator.hpp"
 #include "parallel/grad_tensor.hpp"
 #include "runtime/tensor.hpp"
 

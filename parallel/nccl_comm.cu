@@ -26,6 +26,16 @@ void nccl_fail(ncclResult_t code, const char* call, const char* file, int line) 
   fail(call, " failed on rank ", process_rank(), " at ", file, ":", line, ": ", ncclGetErrorString(code), detail);
 }
 
+// parallel/mpi_version.cpp's NCCL half (its GPU build): the library this process loaded, no GPU needed.
+std::string nccl_library_version() {
+  int code = 0;
+  if (ncclGetVersion(&code) != ncclSuccess) return "";
+  // NCCL's code is major·10000 + minor·100 + patch since 2.9 (major·1000 + … before).
+  const int major = code >= 10000 ? code / 10000 : code / 1000;
+  const int minor = code >= 10000 ? code % 10000 / 100 : code % 1000 / 100;
+  return std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(code % 100);
+}
+
 ncclDataType_t nccl_datatype(DType t) {
   switch (t) {
     case DType::f32: return ncclFloat32;
@@ -70,9 +80,13 @@ void agree_or_throw(MPI_Comm comm, int rank, const std::string& local_error, con
 
 // ---- set-up and teardown ----------------------------------------------------------------------
 
-NcclCommunicator::NcclCommunicator(MPI_Comm parent, double timeout_seconds) : timeout_(timeout_seconds) {
+NcclCommunicator::NcclCommunicator(MPI_Comm parent, double timeout_seconds)
+    : NcclCommunicator(parent, node_ranks(parent), timeout_seconds) {}
+
+NcclCommunicator::NcclCommunicator(MPI_Comm parent, NodeRanks node, double timeout_seconds)
+    : timeout_(timeout_seconds) {
   try {
-    init(parent);
+    init(parent, node);
   } catch (...) {
     // A constructor that throws runs no destructor: release what init got this far.
     if (comm_) (void)ncclCommAbort(comm_);
@@ -82,7 +96,7 @@ NcclCommunicator::NcclCommunicator(MPI_Comm parent, double timeout_seconds) : ti
   }
 }
 
-void NcclCommunicator::init(MPI_Comm parent) {
+void NcclCommunicator::init(MPI_Comm parent, NodeRanks node) {
   UOE_CHECK_MPI(MPI_Comm_dup(parent, &mpi_));
   UOE_CHECK_MPI(MPI_Comm_set_errhandler(mpi_, MPI_ERRORS_RETURN));
   UOE_CHECK_MPI(MPI_Comm_rank(mpi_, &rank_));
@@ -90,15 +104,14 @@ void NcclCommunicator::init(MPI_Comm parent) {
 
   // 1. This rank's GPU: node-local rank modulo the GPUs it sees (one rank per GPU; NCCL refuses two
   //    ranks on one device, so say so here rather than let it fail inside init).
-  MPI_Comm node = MPI_COMM_NULL;
-  UOE_CHECK_MPI(MPI_Comm_split_type(mpi_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
-  int local_size = 1;
-  UOE_CHECK_MPI(MPI_Comm_rank(node, &local_rank_));
-  UOE_CHECK_MPI(MPI_Comm_size(node, &local_size));
-  UOE_CHECK_MPI(MPI_Comm_free(&node));
+  local_rank_ = node.rank;
+  const int local_size = node.size;
   std::string err;
   int count = 0;
-  if (const cudaError_t rc = cudaGetDeviceCount(&count); rc != cudaSuccess) {
+  if (node.rank < 0 || node.size < 1 || node.rank >= node.size) {
+    err = "node rank " + std::to_string(node.rank) + " of " + std::to_string(node.size) +
+          " ranks on this node: pass ProcessGroups' node_rank and node_size";
+  } else if (const cudaError_t rc = cudaGetDeviceCount(&count); rc != cudaSuccess) {
     err = std::string("no usable GPU: ") + cudaGetErrorString(rc);
   } else if (count == 0) {
     err = "no usable GPU: cudaGetDeviceCount found 0 devices";

@@ -3,9 +3,9 @@
 // memory (a host pointer is refused with an error naming the call). Host data — the per-peer row
 // counts a step exchanges first — keeps travelling over an MpiCommunicator.
 //
-// Bootstrap over MPI: every rank of `parent` picks its GPU from its node-local rank
-// (MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)), the ranks agree that all of them succeeded, rank 0
-// calls ncclGetUniqueId and MPI_Bcast's it, and all call ncclCommInitRankConfig.
+// Bootstrap over MPI: every rank of `parent` picks its GPU from its node-local rank (ProcessGroups'
+// node_rank, parallel/comm.hpp), the ranks agree that all of them succeeded, rank 0 calls
+// ncclGetUniqueId and MPI_Bcast's it, and all call ncclCommInitRankConfig.
 //
 // all_to_all_v is ncclSend/ncclRecv pairs inside ncclGroupStart/End (NCCL has no alltoallv); the
 // PeerBlocks form packs the blocks into contiguous staging first (device-to-device copies) because
@@ -60,8 +60,12 @@ ncclUniqueId nccl_unique_id_over_mpi(MPI_Comm comm, int rank, const char* who);
 
 class NcclCommunicator final : public Communicator {
  public:
-  // Collective over `parent` (duplicated; the caller keeps it). Selects and sets this rank's GPU,
-  // creates the communication stream, and initialises NCCL; throws on every rank if any rank fails.
+  // Collective over `parent` (duplicated; the caller keeps it). Selects and sets this rank's GPU
+  // (node.rank modulo the GPUs visible; node is ProcessGroups' node_rank and node_size, the world's
+  // ranks on this node, so ranks of different groups on one node never share a GPU), creates the
+  // communication stream, and initialises NCCL; throws on every rank if any rank fails.
+  NcclCommunicator(MPI_Comm parent, NodeRanks node, double timeout_seconds = 300.0);
+  // The same with node_ranks(parent): right where parent holds every rank of its nodes (the world).
   explicit NcclCommunicator(MPI_Comm parent, double timeout_seconds = 300.0);
   // Aborts the NCCL communicator if close() was not called (abort is local and safe mid-error;
   // a collective teardown could hang behind a failed peer).
@@ -114,7 +118,7 @@ class NcclCommunicator final : public Communicator {
 
  private:
   friend class NcclPending;
-  void init(MPI_Comm parent);  // the constructor's work (the constructor cleans up if it throws)
+  void init(MPI_Comm parent, NodeRanks node);  // the constructor's work (the constructor cleans up if it throws)
   // Accepts ncclSuccess and (non-blocking communicators) ncclInProgress, then waits for the
   // communicator to be ready; anything else aborts and throws.
   void check(ncclResult_t rc, const char* call, const char* file, int line);

@@ -17,8 +17,8 @@
 //                                              exposed = Σ spans the compute stream stalled in
 //                                              wait() (events recorded just before and after it)
 //
-// The model's schedule then maps one to one (layers/model.cpp's block_forward, run on the GPU by
-// layers/device_step.hpp through CudaStepBackend's submit / wait): for each chunk c,
+// The step's schedule then maps one to one (layers/step.hpp's block_forward, over the CUDA backend's
+// submit / wait): for each chunk c,
 // dispatch(c + 1) is submitted before chunk c's GEMMs are queued on the compute stream, and each
 // chunk's return is submitted right after its GEMMs, so on the device chunk c's expert GEMMs overlap
 // chunk c+1's dispatch and chunk c−1's return:
@@ -30,7 +30,7 @@
 // Every rank submits the same collectives in the same order (program order), which is what NCCL
 // needs to match them; nothing waits on the host inside a step except the per-chunk count exchange
 // (over MPI) that sizes the receive buffers, and synchronize() at the end of the step (the device
-// step itself also synchronises for its host-side routing: layers/device_model.hpp). Exchanges run
+// step itself also synchronises for its host-side routing: layers/step_cuda.hpp). Exchanges run
 // inside the NcclCommunicator's stream-ordered scope, so its calls return once queued.
 //
 // Failure: an NCCL call that fails while queuing throws from submit() (the communicator is aborted);

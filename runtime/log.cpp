@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdarg>
 #include <cstdlib>
 #include <cstring>
@@ -10,6 +11,7 @@ namespace uoe {
 namespace {
 int g_rank = 0;
 int g_world = 1;
+std::atomic<int> g_process_rank{-1};  // read by error paths on any thread
 bool g_status_shown = false;  // a status line is on the terminal and must be cleared first
 FILE* g_info = nullptr;       // where log_info writes (null: stdout)
 
@@ -39,6 +41,9 @@ void log_set_rank(int rank, int world) {
 }
 int log_rank() { return g_rank; }
 bool log_is_root() { return g_rank == 0; }
+
+void set_process_rank(int rank) { g_process_rank.store(rank, std::memory_order_relaxed); }
+int process_rank() { return g_process_rank.load(std::memory_order_relaxed); }
 
 void log_info(const char* fmt, ...) {
   if (g_rank != 0) return;

@@ -9,6 +9,10 @@ namespace uoe {
 void log_set_rank(int rank, int world);
 int log_rank();
 bool log_is_root();
+// The MPI world rank that error messages name (the CUDA, cuBLAS and NCCL status checks), −1 before
+// MPI_Init and after MPI_Finalize. parallel/'s MpiSession sets it, since runtime/ knows no MPI.
+void set_process_rank(int rank);
+int process_rank();
 // printf-style; info goes to stdout on rank 0 only, warn/error to stderr on every rank with a
 // "[rank r]" prefix when world > 1.
 void log_info(const char* fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -1,7 +1,6 @@
 #include "runtime/version.hpp"
 
 #include <cblas.h>
-#include <mpi.h>
 
 #include <string>
 
@@ -24,36 +23,29 @@ std::string first_line(std::string s) {
 
 }  // namespace
 
-BuildInfo build_info_fields() {
+BuildInfo build_info_fields(const CommLibraries& comm) {
   BuildInfo b;
   b.version = UOE_VERSION;
   b.commit = std::string(UOE_GIT_COMMIT) + (UOE_GIT_DIRTY ? "-dirty" : "");
   b.build_type = UOE_BUILD_TYPE;
   const char* blas = openblas_get_config();
   b.blas = blas ? first_line(blas) : "OpenBLAS (no configuration string)";
-  // MPI_Get_library_version may be called before MPI_Init and after MPI_Finalize.
-  char mpi[MPI_MAX_LIBRARY_VERSION_STRING] = {0};
-  int len = 0;
-  // (len may count the terminating NUL: read up to it.)
-  if (MPI_Get_library_version(mpi, &len) == MPI_SUCCESS) b.mpi = first_line(std::string(mpi));
+  b.mpi = first_line(comm.mpi);
   if (b.mpi.empty()) b.mpi = "unknown";
   b.cuda = device_library_versions();
+  if (!b.cuda.empty()) b.cuda += ", NCCL " + (comm.nccl.empty() ? std::string("unknown") : comm.nccl);
   return b;
 }
 
-std::string build_info() {
-  // Asked for at start-up and by every checkpoint save: built once.
-  static const std::string line = [] {
-    const BuildInfo b = build_info_fields();
-    std::string s = "uoe " + b.version + ", commit " + b.commit + ", " + b.build_type + "; BLAS " + b.blas + "; MPI " + b.mpi;
-    if (!b.cuda.empty()) s += "; " + b.cuda;
-    return s;
-  }();
-  return line;
+std::string build_info(const CommLibraries& comm) {
+  const BuildInfo b = build_info_fields(comm);
+  std::string s = "uoe " + b.version + ", commit " + b.commit + ", " + b.build_type + "; BLAS " + b.blas + "; MPI " + b.mpi;
+  if (!b.cuda.empty()) s += "; " + b.cuda;
+  return s;
 }
 
-std::string version_report(const char* tool) {
-  const BuildInfo b = build_info_fields();
+std::string version_report(const char* tool, const CommLibraries& comm) {
+  const BuildInfo b = build_info_fields(comm);
   std::string s = std::string(tool) + " " + b.version + "\n";
   s += "commit: " + b.commit + "\n";
   s += "build type: " + b.build_type + "\n";

@@ -3,7 +3,8 @@
 // type, and the libraries it runs on — BLAS (OpenBLAS's own configuration string), MPI (the
 // library's version string) and, in the GPU build, the CUDA runtime and NCCL. `--version` prints
 // version_report(); uoe-train logs build_info() at start-up and checkpoints store it (the manifest's
-// `build` attribute), so a result can be traced to the code and libraries that produced it.
+// `build` attribute), so a result can be traced to the code and libraries that produced it. The MPI
+// and NCCL versions come from parallel/ (parallel/mpi_version.hpp): the caller passes them in.
 #pragma once
 #include <string>
 
@@ -18,16 +19,24 @@ struct BuildInfo {
   std::string cuda;        // "CUDA runtime 13.0, NCCL 2.27.7"; "" in the CPU build
 };
 
-BuildInfo build_info_fields();
+// What runtime/ cannot ask for itself (it knows no communication): the communication libraries
+// this process loaded, from parallel/mpi_version.hpp's comm_library_versions(). The callers of
+// build_info and version_report combine the two.
+struct CommLibraries {
+  std::string mpi;   // MPI_Get_library_version's string (its first line is kept; "" = "unknown")
+  std::string nccl;  // "2.27.7" in the GPU build, "" in the CPU build
+};
+
+BuildInfo build_info_fields(const CommLibraries& comm);
 
 // One line: "uoe 0.1.0, commit 792740c1ab2f, Release; BLAS …; MPI …[; CUDA …]".
-std::string build_info();
+std::string build_info(const CommLibraries& comm);
 
 // --version's text: `tool` and the version, then one "name: value" line per field.
-std::string version_report(const char* tool);
+std::string version_report(const char* tool, const CommLibraries& comm);
 
-// The GPU build's CUDA runtime and NCCL versions, "" in the CPU build (defined with the sources
-// that differ between the two builds: runtime/device.cpp).
+// The GPU build's CUDA runtime version ("CUDA runtime 13.0"), "" in the CPU build (defined with the
+// sources that differ between the two builds: runtime/device.cpp).
 std::string device_library_versions();
 
 }  // namespace uoe

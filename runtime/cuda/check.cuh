@@ -6,11 +6,9 @@
 #include <cuda_runtime_api.h>
 
 #include "runtime/error.hpp"
+#include "runtime/log.hpp"  // process_rank()
 
 namespace uoe {
-
-// This process's MPI world rank, or −1 before MPI_Init / after MPI_Finalize.
-int process_rank();
 
 [[noreturn]] void cuda_fail(cudaError_t code, const char* call, const char* file, int line);
 [[noreturn]] void cublas_fail(cublasStatus_t code, const char* call, const char* file, int line);

@@ -3,7 +3,7 @@
 
 usage: resume_matches.py FAULT OUTDIR CMD...
 
-FAULT is a UOE_FAULT value (launcher/train.cpp): kill:RANK:STEP (the job must fail: a lost rank)
+FAULT is a UOE_FAULT value (launcher/trainer.cpp): kill:RANK:STEP (the job must fail: a lost rank)
 or term:RANK:STEP (preemption: the job must exit 0 after committing a checkpoint). CMD is the
 training command (mpirun ... uoe-train ...); this script appends --checkpoint-dir, --metrics and,
 for the second leg, --resume auto. Passes when the resumed run's final val_loss and every

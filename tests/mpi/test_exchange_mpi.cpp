@@ -459,7 +459,7 @@ INSTANTIATE_TEST_SUITE_P(Traffic, Exchange,
 // odd ranks have no batch must still take part in every exchange (no hang) and match. With chunks,
 // both pipelines run their exchanges on a communication thread (3 sequences in 4 chunks: one chunk
 // is empty on every rank).
-void expect_device_step_matches_model(int chunks) {
+void expect_device_like_matches_cpu_backend(int chunks) {
   MpiCommunicator c(MPI_COMM_WORLD);
   const int n = c.size(), me = c.rank();
   uoe::ModelSpec s;  // 2 experts of each kind per rank, heads of 8
@@ -519,11 +519,11 @@ void expect_device_step_matches_model(int chunks) {
   EXPECT_EQ(ed.tokens, er.tokens);
 }
 
-TEST(StepBackendsMpi, ExpertParallelMatchesCpuBackendBitwise) { expect_device_step_matches_model(1); }
+TEST(StepBackendsMpi, ExpertParallelMatchesCpuBackendBitwise) { expect_device_like_matches_cpu_backend(1); }
 TEST(StepBackendsMpi, ChunkedPipelineMatchesCpuBackendBitwise) {
   for (int chunks : {2, 4}) {
     SCOPED_TRACE(std::to_string(chunks) + " chunks");
-    expect_device_step_matches_model(chunks);
+    expect_device_like_matches_cpu_backend(chunks);
   }
 }
 

@@ -1,4 +1,4 @@
-// runtime/memory.hpp's estimate against the real thing: the parameter count of every block type
+// layers/memory.hpp's estimate against the real thing: the parameter count of every block type
 // and expert sharding, and the peak RSS growth of training at the reference config.
 #include <gtest/gtest.h>
 #include <sys/resource.h>
@@ -9,13 +9,13 @@
 #include <exception>
 #include <string>
 
-#include "launcher/train.hpp"
+#include "layers/memory.hpp"
 #include "layers/model.hpp"
 #include "layers/optimizer.hpp"
+#include "layers/train_step.hpp"
 #include "parallel/exchange.hpp"
 #include "runtime/data.hpp"
 #include "runtime/gemm.hpp"
-#include "runtime/memory.hpp"
 
 namespace uoe {
 namespace {

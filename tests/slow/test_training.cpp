@@ -9,7 +9,7 @@
 #include <memory>
 #include <string>
 
-#include "launcher/train.hpp"
+#include "launcher/trainer.hpp"
 #include "parallel/comm.hpp"
 #include "runtime/data.hpp"
 

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "launcher/train.hpp"
+#include "layers/train_step.hpp"
 #include "layers/model.hpp"
 #include "layers/optimizer.hpp"
 #include "layers/params.hpp"

@@ -1,8 +1,10 @@
-#include "runtime/memory.hpp"
+#include "layers/memory.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+
+#include "layers/router.hpp"
 
 namespace uoe {
 namespace {
@@ -42,6 +44,7 @@ struct BlockShape {
   bool attention = false, routed = false;
   int64_t E = 1, k = 1, E_local = 1;  // experts, top-k, experts on this rank
   int64_t P = 0, patch = 1;            // patches routed, tokens per patch
+  int64_t capacity = 0;                // the most patches one expert keeps (expert_capacity)
   int64_t assignments = 0;             // (patch, expert) pairs kept: rows at the source = ·patch
   int64_t rows = 0;                    // source rows (tokens × kept experts) = owner rows (balanced)
   int64_t width = 0;                   // MLP: f; attention: g·dh
@@ -49,40 +52,32 @@ struct BlockShape {
   int64_t params = 0;                  // this rank's parameters of the block
 };
 
-BlockShape block_shape(const Config& c, bool attention, int64_t N) {
+// Block `b` (even: attention, odd: MLP) of a resolved spec, for a micro-batch of N tokens.
+BlockShape block_shape(const ModelSpec& spec, int b, int ep, int64_t N) {
   BlockShape s;
-  s.attention = attention;
-  const int64_t d = c.d_model, dh = c.d_model / c.heads;
-  const int ep = std::max(1, c.ep);
-  if (attention) {
-    s.routed = c.block_type == "uoe";
-    s.E = s.routed ? c.attn_experts : 1;
-    s.k = s.routed ? c.attn_topk : 1;
-    s.g = c.heads / s.E;
-    s.dh = dh;
-    s.width = s.g * dh;
+  s.attention = b % 2 == 0;
+  const int64_t d = spec.d;
+  s.routed = spec.block_routed(b);
+  s.E = spec.block_experts(b);  // 1 for an unrouted block
+  s.k = spec.block_topk(b);
+  if (s.attention) {
+    s.g = spec.heads_per_expert();
+    s.dh = spec.head_dim();
+    s.width = s.g * s.dh;
   } else {
-    s.routed = c.block_type != "dense";
-    s.E = s.routed ? c.experts : 1;
-    s.k = s.routed ? c.topk : 1;
-    const int64_t F = (c.block_type == "moe" && c.expert_d_ff > 0) ? int64_t{c.experts} * c.expert_d_ff : c.d_ff;
-    s.width = F / s.E;
+    s.width = spec.expert_ff();
   }
   s.E_local = s.routed ? s.E / ep : s.E;
-  s.patch = s.routed ? c.patch_size : 1;
+  s.patch = s.routed ? spec.patch_size : 1;
   s.P = N / s.patch;
-  if (s.routed && c.capacity_factor > 0) {
-    const double cap = c.capacity_factor * static_cast<double>(s.P) * s.k / s.E;
-    const int64_t C = static_cast<int64_t>(std::ceil(cap - cap * 1e-12));
-    s.assignments = std::min(s.P * s.k, s.E * C);
-  } else {
-    s.assignments = s.P * s.k;
-  }
+  s.capacity = s.routed ? expert_capacity(s.P, static_cast<int>(s.k), static_cast<int>(s.E), spec.capacity_factor)
+                        : s.P;
+  s.assignments = std::min(s.P * s.k, s.E * s.capacity);
   s.rows = s.assignments * s.patch;
   // Parameters: norm (2d), router (d·E + E) when routed, expert matrices for the local experts,
   // output bias d.
   s.params = 2 * d + d + (s.routed ? d * s.E + s.E : 0);
-  if (attention) s.params += s.E_local * (d * 3 * s.width + s.width * d);
+  if (s.attention) s.params += s.E_local * (d * 3 * s.width + s.width * d);
   else s.params += s.E_local * (d * s.width + s.width + s.width * d);
   return s;
 }
@@ -119,13 +114,27 @@ std::string MemoryEstimate::table() const {
   return s + line;
 }
 
-MemoryEstimate memory_estimate(const Config& c, int vocab, int world_size, int64_t data_tokens) {
+MemoryRun memory_run_from_config(const Config& cfg, int world_size) {
+  MemoryRun run;
+  run.batch_size = cfg.batch_size;
+  run.ep = cfg.ep;
+  run.world_size = world_size;
+  run.checkpoints = !cfg.checkpoint_dir.empty();
+  return run;
+}
+
+MemoryEstimate memory_estimate(const Config& cfg, int vocab, int world_size, int64_t data_tokens) {
+  return memory_estimate(model_spec_from_config(cfg, vocab), memory_run_from_config(cfg, world_size), data_tokens);
+}
+
+MemoryEstimate memory_estimate(const ModelSpec& spec, const MemoryRun& run, int64_t data_tokens) {
   MemoryEstimate est;
   est.runtime_overhead_bytes = kRuntimeOverheadBytes;
-  const int64_t d = c.d_model, T = c.seq_len, B = c.batch_size, N = B * T, V = vocab, L = c.layers;
-  const int ep = std::max(1, c.ep);
+  const int64_t d = spec.d, T = spec.seq_len, B = run.batch_size, N = B * T, V = spec.vocab, L = spec.layers;
+  const int ep = std::max(1, run.ep);
+  const int world_size = run.world_size;
 
-  const BlockShape attn = block_shape(c, true, N), mlp = block_shape(c, false, N);
+  const BlockShape attn = block_shape(spec, 0, ep, N), mlp = block_shape(spec, 1, ep, N);
   int64_t params = V * d + 2 * d + L * (attn.params + mlp.params);
   est.params = params;
   est.rows_per_block = std::max(attn.rows, mlp.rows);
@@ -162,10 +171,11 @@ MemoryEstimate memory_estimate(const Config& c, int vocab, int world_size, int64
       const double g = static_cast<double>(s->g), dh = static_cast<double>(s->dh);
       // Segments at the owner: each local expert gets each sequence of each ep source.
       const double segs = static_cast<double>(s->E_local) * B * (s->routed ? ep : 1);
-      const double len = s->routed ? std::min<double>(T, c.capacity_factor > 0
-                                                             ? c.capacity_factor * T * k / E
-                                                             : T * k / E)
-                                   : static_cast<double>(T);
+      // Every expert at capacity (C patches of `patch` tokens), spread evenly over the B
+      // sequences; dropless, the mean share T·k/E.
+      const double at_capacity =
+          spec.capacity_factor > 0 ? static_cast<double>(s->capacity) * s->patch / B : T * k / E;
+      const double len = s->routed ? std::min<double>(T, at_capacity) : static_cast<double>(T);
       a += kFloat * R * 4 * w;                                   // qkv [R, 3·g·dh], o [R, g·dh]
       a += kFloat * g * segs * len * len;                        // attention probabilities
       a += (kInt + kInt64) * (segs + 1) + kFloat * T * dh;       // segment index; RoPE table
@@ -193,7 +203,7 @@ MemoryEstimate memory_estimate(const Config& c, int vocab, int world_size, int64
   const double Pk = std::max(static_cast<double>(attn.P * attn.k), static_cast<double>(mlp.P * mlp.k));
   const double PE = std::max(static_cast<double>(attn.P * attn.E), static_cast<double>(mlp.P * mlp.E));
   double ws = kFloat * (3.0 * N * d + Pk + 2 * Rmax * d + PE);
-  if (c.patch_size > 1) ws += kFloat * static_cast<double>(attn.P) * d;
+  if (spec.patch_size > 1) ws += kFloat * static_cast<double>(attn.P) * d;
   if (ep > 1) ws += 2 * kInt * 2 * Rmax;  // MpiExchange seg/pos staging, send and receive
   ws += kInt * (N + 1 + Rmax);             // the forward combine's per-token rows (CSR)
   add("backward workspaces", ws, "dhf, dh, dxn [N, d]; dy, dx at the source; router; combine rows");
@@ -203,7 +213,7 @@ MemoryEstimate memory_estimate(const Config& c, int vocab, int world_size, int64
                                            static_cast<double>(std::max(attn.params, mlp.params)));
     add("gradient all-reduce buffer", kFloat * bucket, "largest bucket");
   }
-  if (!c.checkpoint_dir.empty()) add("checkpoint snapshot", 3 * kFloat * P, "parameters, m, v");
+  if (run.checkpoints) add("checkpoint snapshot", 3 * kFloat * P, "parameters, m, v");
   if (data_tokens > 0)
     add("token ids", kInt * static_cast<double>(data_tokens), count(static_cast<double>(data_tokens)) + " tokens");
   return est;

@@ -1,5 +1,8 @@
-// The training driver behind uoe-train: data, model, optimizer, loop, evaluation, metrics, over
-// one process or many MPI ranks (expert parallel × data parallel).
+// One optimizer step of the training loop, as the trainer (launcher/trainer.hpp) and the benches
+// (bench/step.cpp, bench/checkpoint.cpp) run it: micro-batches through the model (or the device
+// model), the gradient all-reduce in buckets, the global norm, clipping and AdamW, and the step's
+// figures summed over the ranks. The collectives go through parallel/'s interfaces (GradientSync,
+// Communicator, CommScheduler); the launcher builds them.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -26,7 +29,7 @@ struct StepRanks {
   bool inject_nan = false;  // fault injection (tests): this rank's loss becomes non-finite
   // Fault injection (tests; 1 = off, costing one comparison): this rank's gradient is multiplied
   // by fault_grad_scale before the all-reduce, its expert-sharded gradients by fault_expert_scale
-  // after it. See UOE_FAULT in launcher/train.cpp.
+  // after it. See UOE_FAULT in launcher/trainer.cpp.
   float fault_grad_scale = 1.0f, fault_expert_scale = 1.0f;
 };
 
@@ -61,9 +64,7 @@ struct StepFigures {
 StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::vector<int32_t>& train_tokens,
                        int step, const StepRanks& ranks = {});
 
-// Runs a whole training job as configured; returns the process exit code. Expects MPI to be
-// initialised (uoe-train's main does it; a process started without mpirun is a world of one).
-// Throws uoe::Error on bad input discovered at run time (e.g. an unreadable data file).
-int train_run(const Config& cfg);
+// Sums v over the world in place (identity on one process), under the collective watchdog as `what`.
+void sum_over_ranks(std::vector<double>& v, const StepRanks& ranks, const char* what);
 
 }  // namespace uoe

@@ -1,16 +1,19 @@
-// An analytic estimate of one rank's memory in training, from the configuration alone, itemised
+// An analytic estimate of one rank's memory in training, from the model's spec (layers/model.hpp)
+// and the run's batch, ep and world size alone, itemised
 // (parameters, gradients, AdamW state, activations kept for backward, backward buffers, exchange
 // buffers, logits, workspaces, data), so a run can print what it expects before it starts and a
 // test can hold the implementation to it (tests/slow/test_memory.cpp).
 //
 // What is counted is what layers/model.cpp, layers/experts.cpp, layers/router.cpp, the exchanges
-// and launcher/train.cpp allocate and touch. Every buffer there keeps its largest size across
+// and the training step (layers/train_step.cpp) allocate and touch. Every buffer there keeps its largest size across
 // blocks and steps (FloatBuffer reuses its allocation), so the figure is the steady state after the
 // first steps, which is also the peak. Rows per block are taken at their bound: a routed block
-// sends min(P·k, E·C) patch-expert assignments (C = ceil(cf·P·k/E), P = B·T/patch), i.e. all P·k
-// unless capacity binds below that. Two figures depend on routing and use a balanced assumption:
+// sends min(P·k, E·C) patch-expert assignments (C = expert_capacity, layers/router.hpp, of
+// P = B·T/patch patches), i.e. all P·k unless capacity binds below that. Two figures depend on
+// routing and use a balanced assumption:
 //   - attention probabilities, per (attention expert, sequence) segment of L kept tokens, g·L²
-//     floats: L = min(T, cf·T·k_a/E_a), every expert at capacity, spread evenly over sequences;
+//     floats: L = min(T, C·patch/B), every expert at capacity, spread evenly over sequences
+//     (dropless: L = T·k_a/E_a, the mean);
 //   - with ep > 1, rows received by a rank's experts = rows it sends (balanced experts).
 // Not counted: the process itself (binary, libraries, MPI and BLAS thread buffers), about 30 MiB
 // (230 MiB in a UOE_CUDA build, which loads cuBLAS at start-up), reported separately as
@@ -28,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "layers/model.hpp"
 #include "runtime/config.hpp"
 
 namespace uoe {
@@ -52,8 +56,20 @@ struct MemoryEstimate {
   std::string table() const;
 };
 
-// Estimate for one rank of a run of `world_size` ranks with this config (cfg.ep ranks per expert
-// group). vocab: V; data_tokens: training + validation token ids held in memory (0 = leave out).
+// What the estimate needs of a run besides the model's shapes.
+struct MemoryRun {
+  int batch_size = 16;       // B sequences per micro-batch
+  int ep = 1;                // ranks per expert group (experts are sharded over them)
+  int world_size = 1;        // > 1: the gradient all-reduce's buffer
+  bool checkpoints = false;  // checkpoints are written: the snapshot's buffers
+};
+// The run figures of a config: --batch-size, --ep, whether --checkpoint-dir is set.
+MemoryRun memory_run_from_config(const Config& cfg, int world_size = 1);
+
+// Estimate for one rank of `run` training a model of `spec` (resolved, as model_spec_from_config
+// returns it); data_tokens: training + validation token ids held in memory (0 = leave out).
+MemoryEstimate memory_estimate(const ModelSpec& spec, const MemoryRun& run, int64_t data_tokens = 0);
+// The same for a config and vocabulary size: model_spec_from_config and memory_run_from_config.
 MemoryEstimate memory_estimate(const Config& cfg, int vocab, int world_size = 1, int64_t data_tokens = 0);
 
 }  // namespace uoe

@@ -1,0 +1,201 @@
+#include "layers/train_step.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <functional>
+#include <limits>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "layers/cpu_backend.hpp"
+#include "parallel/communicator.hpp"
+#include "parallel/grad_sync.hpp"
+#include "parallel/scheduler.hpp"
+#include "runtime/data.hpp"
+#include "runtime/watchdog.hpp"
+
+namespace uoe {
+namespace {
+
+// Multiplies the gradients of `tensors` by s (fault injection only).
+void scale_grads(ParamStore& params, const std::vector<int>& tensors, float s) {
+  for (int i : tensors) {
+    float* g = params.grad(i);
+    for (size_t j = 0; j < params.info(i).size; ++j) g[j] *= s;
+  }
+}
+
+}  // namespace
+
+void sum_over_ranks(std::vector<double>& v, const StepRanks& ranks, const char* what) {
+  if (!ranks.world || ranks.world_size == 1) return;
+  WatchScope watch(what);
+  ranks.world->all_reduce_sum(std::span<double>(v));
+}
+
+std::vector<std::vector<int>> model_gradient_buckets(const Model& model) {
+  const int blocks = 2 * model.spec().layers;
+  std::vector<std::vector<int>> buckets;
+  for (int b = blocks - 1; b >= 0; --b) {
+    const BlockParams& p = model.blocks()[b];
+    std::vector<int> list;
+    // An unrouted block (dense, moe) has no router and no SMHA b_in: index -1.
+    for (int i : {p.norm_scale, p.norm_bias, p.router_w, p.router_b, p.w_in, p.w_out, p.b_out, p.b_in})
+      if (i >= 0) list.push_back(i);
+    buckets.push_back(std::move(list));
+  }
+  buckets.push_back({model.embed_index(), model.final_norm_scale_index(), model.final_norm_bias_index()});
+  return buckets;
+}
+
+StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::vector<int32_t>& train_tokens,
+                       int step, const StepRanks& ranks) {
+  // Without a step of the caller's, a CPU step for this call (its buffers allocated each call).
+  std::unique_ptr<CpuStep> own_step;
+  ModelStep* step_runner = ranks.step;
+  if (!step_runner) {
+    own_step = std::make_unique<CpuStep>(model);
+    step_runner = own_step.get();
+  }
+  const int T = cfg.seq_len, B = cfg.batch_size, M = cfg.micro_batches;
+  const int blocks = 2 * model.spec().layers;
+  std::vector<int32_t> in(static_cast<size_t>(B) * T), tg(static_cast<size_t>(B) * T);
+  // Global figures travel in one vector: loss, aux, flops, tokens, then per block dropped,
+  // assignments, router entropy and patches, then per block the tokens processed by 0..K experts
+  // (K the largest top-k), then per block the patches choosing each expert.
+  const ModelSpec& spec = model.spec();
+  const int K = std::max(spec.topk, spec.attn_topk);
+  std::vector<int> experts_of(blocks);
+  size_t load_size = 0;
+  for (int b = 0; b < blocks; ++b) {
+    experts_of[b] = spec.block_experts(b);
+    load_size += experts_of[b];
+  }
+  const size_t at_hist = 4 + 4 * static_cast<size_t>(blocks);
+  const size_t at_load = at_hist + static_cast<size_t>(blocks) * (K + 1);
+  std::vector<double> sums(at_load + load_size, 0.0);
+  model.params().zero_grads();
+  ForwardStats st;
+  const float loss_scale = 1.0f / static_cast<float>(M * ranks.world_size);
+  // On the last micro-batch each block's gradient bucket is reduced as soon as backward finishes
+  // it, behind the backward of the blocks below (on the communication thread when overlapping).
+  auto reduce_when_done = [&](int block) {
+    const size_t bucket = block < 0 ? static_cast<size_t>(blocks) : static_cast<size_t>(blocks - 1 - block);
+    ranks.scheduler->submit([&ranks, &model, bucket, block] {
+      std::string where = "gradient all-reduce of ";
+      if (block < 0) where += "embedding and final norm";
+      else where += "block " + std::to_string(block);
+      if (ranks.fault_grad_scale != 1.0f)
+        scale_grads(model.params(), model_gradient_buckets(model)[bucket], ranks.fault_grad_scale);
+      WatchScope watch(where);
+      ranks.sync->reduce_bucket(bucket);
+    });
+  };
+  const bool bucketed = ranks.sync && ranks.scheduler && ranks.world_size > 1;
+  auto set_hook = [&](std::function<void(int)> hook) {
+    step_runner->set_backward_hook(std::move(hook));
+  };
+  for (int m = 0; m < M; ++m) {
+    const uint64_t slot = static_cast<uint64_t>(ranks.world_rank) * M + m;
+    if (bucketed && m == M - 1) set_hook(reduce_when_done);
+    data_sample_batch(train_tokens, T, B, cfg.seed, static_cast<uint64_t>(step), slot, in.data(), tg.data());
+    step_runner->forward_backward(in.data(), tg.data(), B, loss_scale, &st);
+    sums[0] += st.ce_sum / static_cast<double>(st.tokens);
+    sums[1] += st.aux_loss;
+    sums[2] += 3.0 * st.flops;
+    sums[3] += static_cast<double>(st.tokens);
+    size_t at = at_load;
+    for (int b = 0; b < blocks; ++b) {
+      const BlockStats& bs = st.blocks[b];
+      sums[4 + b] += bs.dropped;
+      sums[4 + blocks + b] += static_cast<double>(bs.patches) * bs.k;
+      sums[4 + 2 * blocks + b] += bs.entropy_sum;
+      sums[4 + 3 * blocks + b] += bs.patches;
+      for (size_t j = 0; j < bs.experts_per_token.size() && j <= static_cast<size_t>(K); ++j)
+        sums[at_hist + static_cast<size_t>(b) * (K + 1) + j] += static_cast<double>(bs.experts_per_token[j]);
+      for (int e = 0; e < experts_of[b]; ++e) sums[at + e] += bs.chosen[e];
+      at += experts_of[b];
+    }
+  }
+  set_hook(nullptr);
+  double sq;
+  StepFigures fig;
+  ParamStore& ps = model.params();
+  if (ranks.sync) {
+    if (bucketed) {
+      ranks.scheduler->wait_all();
+    } else {
+      if (ranks.fault_grad_scale != 1.0f)
+        for (const std::vector<int>& b : model_gradient_buckets(model)) scale_grads(ps, b, ranks.fault_grad_scale);
+      ranks.sync->all_reduce();
+    }
+    if (ranks.fault_expert_scale != 1.0f)
+      for (int i = 0; i < static_cast<int>(ps.count()); ++i)
+        if (ps.info(i).expert_sharded) scale_grads(ps, {i}, ranks.fault_expert_scale);
+    sq = ranks.sync->global_sum_squares();
+  } else {
+    sq = grad_sum_squares(ps.grads().data(), ps.total());
+  }
+  // The fingerprint of what the optimizer receives (before clipping, which scales every tensor by
+  // one factor that grad_norm determines), on the steps that write a metrics line.
+  if (cfg.metrics_grads && (step % cfg.log_every == 0 || step == cfg.steps)) {
+    if (ranks.sync) {
+      fig.grad_fingerprint = ranks.sync->global_fingerprint();
+    } else {
+      std::vector<double>& f = fig.grad_fingerprint;
+      f.resize(2 * ps.count());
+      for (int i = 0; i < static_cast<int>(ps.count()); ++i)
+        tensor_grad_fingerprint(grad_tensor(ps, i), &f[2 * i], &f[2 * i + 1]);
+    }
+  }
+  if (ranks.inject_nan) sums[0] = std::numeric_limits<double>::quiet_NaN();
+  sum_over_ranks(sums, ranks, "step figures: all-reduce");
+
+  const double micro = static_cast<double>(M) * ranks.world_size;
+  fig.loss = sums[0] / micro;
+  fig.aux = sums[1] / micro;
+  fig.flops = sums[2];
+  fig.tokens = static_cast<int64_t>(sums[3]);
+  fig.grad_norm = std::sqrt(sq);
+  fig.dropped.resize(blocks);
+  fig.assignments.resize(blocks);
+  fig.load_max_over_mean.resize(blocks);
+  fig.router_entropy.assign(blocks, 0.0);
+  fig.experts_per_token.assign(K + 1, std::vector<double>(blocks, 0.0));
+  size_t at = at_load;
+  for (int b = 0; b < blocks; ++b) {
+    const double patches = sums[4 + 3 * blocks + b];
+    if (spec.block_routed(b) && patches > 0) fig.router_entropy[b] = sums[4 + 2 * blocks + b] / patches;
+    double tokens_b = 0;
+    for (int j = 0; j <= K; ++j) tokens_b += sums[at_hist + static_cast<size_t>(b) * (K + 1) + j];
+    for (int j = 0; j <= K && tokens_b > 0; ++j)
+      fig.experts_per_token[j][b] = sums[at_hist + static_cast<size_t>(b) * (K + 1) + j] / tokens_b;
+    fig.dropped[b] = static_cast<int64_t>(sums[4 + b]);
+    fig.assignments[b] = static_cast<int64_t>(sums[4 + blocks + b]);
+    const double mx = *std::max_element(sums.begin() + at, sums.begin() + at + experts_of[b]);
+    const double mean = sums[4 + blocks + b] / experts_of[b];
+    fig.load_max_over_mean[b] = mean > 0 ? mx / mean : 0.0;
+    at += experts_of[b];
+  }
+  // Every rank sees the same global loss and norm, so every rank skips (or not) together.
+  if (!std::isfinite(fig.loss) || !std::isfinite(fig.grad_norm)) {
+    fig.skipped = true;
+    // Name the first tensor backward reached with a non-finite gradient (buckets are in backward
+    // order, last block first): that is where the fault entered, the rest inherited it.
+    for (const std::vector<int>& bucket : model_gradient_buckets(model))
+      for (int i : bucket) {
+        const float* g = ps.grad(i);
+        for (size_t j = 0; j < ps.info(i).size && fig.bad_tensor.empty(); ++j)
+          if (!std::isfinite(g[j])) fig.bad_tensor = ps.info(i).name;
+        if (!fig.bad_tensor.empty()) return fig;
+      }
+    return fig;
+  }
+  opt.update(model.params(), lr_at_step(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr), step,
+             clip_scale(cfg.clip, fig.grad_norm));
+  return fig;
+}
+
+}  // namespace uoe
