@@ -57,6 +57,11 @@ class GpuStep final : public ModelStep {
   void take_exchange_seconds(double* busy, double* exposed) override { step_->take_exchange_seconds(busy, exposed); }
   std::string describe() const override { return step_->describe(); }
   void set_phase_log(std::vector<PhaseTime>* log) override { step_->set_phase_log(log); }
+  void reduce_gradients(GradientSync& sync, int bucket) override { step_->reduce_gradients(sync, bucket); }
+  double gradient_sum_squares(GradientSync* sync) override { return step_->gradient_sum_squares(sync); }
+  void optimizer_update(AdamW& opt, double lr, int step, float clip_scale) override {
+    step_->optimizer_update(opt, lr, step, clip_scale);
+  }
   // Frees the NCCL communicator (collective over the expert-parallel group); without it the
   // destructor aborts NCCL (local).
   void close() override {

@@ -394,7 +394,6 @@ EvalResult Trainer::evaluate() {
   const Config& cfg = cfg_;
   const Dataset& data = data_;
   const StepRanks& ranks = ranks_;
-  Model& model = *model_;
   const int T = cfg.seq_len, B = cfg.batch_size, P = ranks.world_size;
   int64_t windows = data_val_window_count(data.val.size(), T);
   if (cfg.eval_batches > 0) windows = std::min<int64_t>(windows, static_cast<int64_t>(cfg.eval_batches) * B);

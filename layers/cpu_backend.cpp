@@ -1,6 +1,8 @@
 #include "layers/cpu_backend.hpp"
 
+#include "parallel/grad_sync.hpp"
 #include "runtime/gemm.hpp"
+#include "runtime/sum_squares.hpp"
 #include "runtime/kernels.hpp"
 
 namespace uoe {
@@ -100,6 +102,15 @@ void CpuBackend::combine_backward(float* dy, float* dgate_host, const float* dh,
 
 void CpuBackend::combine_backward_inputs(float* dxn, const float* dx, const CombineTables& t, int d) {
   scatter_add_rows(dxn, dx, t.src->token.data(), t.src->rows(), d, 1.0f);
+}
+
+void CpuBackend::reduce_gradients(GradientSync& sync, ParamStore&, int bucket) {
+  if (bucket < 0) sync.all_reduce();
+  else sync.reduce_bucket(static_cast<size_t>(bucket));
+}
+
+double CpuBackend::gradient_sum_squares(GradientSync* sync, ParamStore& ps) {
+  return sync ? sync->global_sum_squares() : grad_sum_squares(ps.grads().data(), ps.total());
 }
 
 }  // namespace uoe

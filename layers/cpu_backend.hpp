@@ -141,6 +141,13 @@ class CpuBackend {
     attn_experts_backward_weights(dWqkv, dWo, dy, c, r, d, g, dh);
   }
 
+  // The update side, on the host arenas (GradientSync holds spans of them).
+  static void reduce_gradients(GradientSync& sync, ParamStore& ps, int bucket);
+  static double gradient_sum_squares(GradientSync* sync, ParamStore& ps);
+  static void adamw_update(AdamW& opt, ParamStore& ps, double lr, int step, float clip_scale) {
+    opt.update(ps, lr, step, clip_scale);
+  }
+
  private:
   ParamStore* ps_ = nullptr;
   CommScheduler in_line_{false};

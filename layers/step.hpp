@@ -32,12 +32,15 @@
 
 #include "layers/expert_kinds.hpp"
 #include "layers/model.hpp"
+#include "layers/optimizer.hpp"
 #include "layers/router.hpp"
 #include "parallel/exchange.hpp"
 #include "runtime/error.hpp"
 #include "runtime/tensor.hpp"
 
 namespace uoe {
+
+class GradientSync;
 
 // What the trainer, evaluation, generation and the benches drive: one backend's Step behind a
 // virtual interface, so the backend is chosen at run time (--device) in one place.
@@ -74,6 +77,14 @@ class ModelStep {
   };
   virtual void set_phase_log(std::vector<PhaseTime>* log) = 0;
 
+  // The update side of a training step, where the backend keeps the gradients and the optimizer
+  // state (the CPU backend and today's CUDA backend: the host arenas, after forward_backward):
+  // the gradient all-reduce (one bucket, or every bucket in order), the Σ g² of the global
+  // gradient (through `sync`) or of this rank's (without), and AdamW with the clip scale.
+  virtual void reduce_gradients(GradientSync& sync, int bucket) = 0;  // bucket −1: all of them
+  virtual double gradient_sum_squares(GradientSync* sync) = 0;
+  virtual void optimizer_update(AdamW& opt, double lr, int step, float clip_scale) = 0;
+
   Model& model() { return *model_; }
   const Model& model() const { return *model_; }
   // A hash of every block's routing decisions (choices and capacity drops) of the last forward
@@ -95,7 +106,8 @@ concept StepBackend = requires(Be& be, typename Be::template Buffer<float>& fbuf
                                const RouterSpec& rs, typename Be::RouteCache& rc, typename Be::Rows& rows,
                                const typename Be::Rows& crows, typename Be::MlpCache& mc, typename Be::AttnCache& ac,
                                typename Be::CombineTables& tab, const SourceRows& src, const std::vector<int>& offsets,
-                               std::function<void()> task, typename Be::Ticket ticket) {
+                               std::function<void()> task, typename Be::Ticket ticket, GradientSync& sync,
+                               AdamW& opt) {
   { Be::kHostMemory } -> std::convertible_to<bool>;
   { Be::kBatchedMetadata } -> std::convertible_to<bool>;
   // Buffers: grow-only, contents undefined after growth.
@@ -142,6 +154,10 @@ concept StepBackend = requires(Be& be, typename Be::template Buffer<float>& fbuf
   be.wait(ticket);
   be.wait_all();
   { be.exchange_busy_seconds() } -> std::convertible_to<double>;
+  // The update side (ModelStep::reduce_gradients, gradient_sum_squares, optimizer_update).
+  be.reduce_gradients(sync, ps, n);
+  { be.gradient_sum_squares(&sync, ps) } -> std::convertible_to<double>;
+  be.adamw_update(opt, ps, 1.0, n, 1.0f);
 };
 
 template <StepBackend Be>
@@ -236,6 +252,13 @@ class Step final : public ModelStep {
   std::string describe() const override { return be_.describe(); }
   void close() override { be_.close(); }
   void set_phase_log(std::vector<PhaseTime>* log) override { phase_log_ = log; }
+  void reduce_gradients(GradientSync& sync, int bucket) override {
+    be_.reduce_gradients(sync, model_->params(), bucket);
+  }
+  double gradient_sum_squares(GradientSync* sync) override { return be_.gradient_sum_squares(sync, model_->params()); }
+  void optimizer_update(AdamW& opt, double lr, int step, float clip_scale) override {
+    be_.adamw_update(opt, model_->params(), lr, step, clip_scale);
+  }
 
  private:
   template <class T>

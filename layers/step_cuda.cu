@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "layers/cpu_backend.hpp"
 #include "layers/router.hpp"
 #include "layers/step_cuda.hpp"
 #include "parallel/stream_scheduler.hpp"
@@ -273,6 +274,16 @@ class CudaBackend {
   void attn_backward_weights(float* dWqkv, float* dWo, const float* dy, const AttnCache& c, const Rows& r, int d,
                              int g, int dh) {
     cuda::attn_experts_backward_weights(dWqkv, dWo, dy, c, r, d, g, dh, blas);
+  }
+
+  // The update side stays on the host for now: end_step downloaded the gradients into the host
+  // arena (the master copy), the next begin_step uploads what AdamW made of the parameters.
+  void reduce_gradients(GradientSync& sync, ParamStore& ps, int bucket) {
+    CpuBackend::reduce_gradients(sync, ps, bucket);
+  }
+  double gradient_sum_squares(GradientSync* sync, ParamStore& ps) { return CpuBackend::gradient_sum_squares(sync, ps); }
+  void adamw_update(AdamW& opt, ParamStore& ps, double lr, int step, float clip_scale) {
+    CpuBackend::adamw_update(opt, ps, lr, step, clip_scale);
   }
 
  private:

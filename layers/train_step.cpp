@@ -83,14 +83,14 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
   // it, behind the backward of the blocks below (on the communication thread when overlapping).
   auto reduce_when_done = [&](int block) {
     const size_t bucket = block < 0 ? static_cast<size_t>(blocks) : static_cast<size_t>(blocks - 1 - block);
-    ranks.scheduler->submit([&ranks, &model, bucket, block] {
+    ranks.scheduler->submit([&ranks, &model, step_runner, bucket, block] {
       std::string where = "gradient all-reduce of ";
       if (block < 0) where += "embedding and final norm";
       else where += "block " + std::to_string(block);
       if (ranks.fault_grad_scale != 1.0f)
         scale_grads(model.params(), model_gradient_buckets(model)[bucket], ranks.fault_grad_scale);
       WatchScope watch(where);
-      ranks.sync->reduce_bucket(bucket);
+      step_runner->reduce_gradients(*ranks.sync, static_cast<int>(bucket));
     });
   };
   const bool bucketed = ranks.sync && ranks.scheduler && ranks.world_size > 1;
@@ -129,14 +129,14 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
     } else {
       if (ranks.fault_grad_scale != 1.0f)
         for (const std::vector<int>& b : model_gradient_buckets(model)) scale_grads(ps, b, ranks.fault_grad_scale);
-      ranks.sync->all_reduce();
+      step_runner->reduce_gradients(*ranks.sync, -1);
     }
     if (ranks.fault_expert_scale != 1.0f)
       for (int i = 0; i < static_cast<int>(ps.count()); ++i)
         if (ps.info(i).expert_sharded) scale_grads(ps, {i}, ranks.fault_expert_scale);
-    sq = ranks.sync->global_sum_squares();
+    sq = step_runner->gradient_sum_squares(ranks.sync);
   } else {
-    sq = grad_sum_squares(ps.grads().data(), ps.total());
+    sq = step_runner->gradient_sum_squares(nullptr);
   }
   // The fingerprint of what the optimizer receives (before clipping, which scales every tensor by
   // one factor that grad_norm determines), on the steps that write a metrics line.
@@ -193,8 +193,8 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
       }
     return fig;
   }
-  opt.update(model.params(), lr_at_step(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr), step,
-             clip_scale(cfg.clip, fig.grad_norm));
+  step_runner->optimizer_update(opt, lr_at_step(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr), step,
+                                clip_scale(cfg.clip, fig.grad_norm));
   return fig;
 }
 
