@@ -140,7 +140,8 @@ TrainState checkpoint_load_params(const std::string& path, const Config& current
                                   Communicator& world);
 
 // Local. Reads all of a checkpoint (manifest, coverage, every shard file, every dataset with its
-// checksums, shapes and attributes) without loading it; throws uoe::Error on the first problem.
+// checksums, shapes and attributes; no shard holding a tensor the index does not give it) without
+// loading it; throws uoe::Error on the first problem.
 void checkpoint_verify(const std::string& path);
 // Local. The same checks, going on past each problem wherever the rest can still be checked (the
 // other tensors' coverage, the other shards, the other datasets): every problem found, each a
