@@ -135,6 +135,10 @@ def main():
 
     rc, o, e = run(exe, "info", step)
     missing = [f"{g}/{n}" for (g, n) in expected if n not in o]
+    with h5py.File(os.path.join(step, "manifest.h5"), "r") as m:
+        build = m.attrs["build"]
+        build = build.decode() if isinstance(build, bytes) else str(build)
+    check(rc == 0 and build in o, "info names the build that wrote the checkpoint", o + e)
     check(rc == 0 and not missing and all(g in o for g in GROUPS), f"info lists every tensor ({missing} missing)",
           o + e)
     rc, o, e = run(exe, "info", "--json", source)
@@ -160,10 +164,10 @@ def main():
             "\n  " + w for w in wrong[:5]))
         with h5py.File(os.path.join(step, "manifest.h5"), "r") as m:
             attrs = {k: m.attrs[k] for k in ("format_version", "step", "world", "ep")}
-            config = m.attrs["config_ini"]
-            config = config.decode() if isinstance(config, bytes) else str(config)
-        check(all(j[k] == int(v) for k, v in attrs.items()) and j["config_ini"] == config and
-              j["checkpoint"] == step, f"info --json: manifest fields {attrs} and the stored options")
+            text = {k: m.attrs[k] for k in ("config_ini", "build")}
+            text = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in text.items()}
+        check(all(j[k] == int(v) for k, v in attrs.items()) and all(j[k] == v for k, v in text.items()) and
+              j["checkpoint"] == step, f"info --json: manifest fields {attrs}, the build string and the stored options")
 
     # --- one flipped byte per kind of dataset ---
     def pick(group):
