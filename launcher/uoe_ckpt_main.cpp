@@ -71,7 +71,7 @@ bool ckpt_parse(int argc, char** argv, const char* usage_line, po::options_descr
     return false;
   }
   if (vm.count("help")) {
-    std::cout << "Usage: " << usage_line << "\n" << desc;
+    std::cout << "Usage: " << usage_line << "\n\n" << desc;
     return false;
   }
   for (size_t i = 0; i < positional.size(); ++i)
