@@ -55,16 +55,12 @@ namespace uoe {
 bool ckpt_parse(int argc, char** argv, const char* usage_line, po::options_description& desc,
                 const std::vector<std::pair<const char*, std::string*>>& positional, po::variables_map& vm) {
   cli_add_help_and_version(desc);
+  // Every bare argument is collected here, so that one too many is named in the error.
+  std::vector<std::string> bare;
   po::options_description all;
-  all.add(desc);
+  all.add(desc).add_options()("bare arguments", po::value(&bare));
   po::positional_options_description pos;
-  std::vector<std::string> names;
-  names.reserve(positional.size());
-  for (const auto& [name, value] : positional) {
-    names.push_back(std::string("positional ") + name);
-    all.add_options()(names.back().c_str(), po::value(value));
-    pos.add(names.back().c_str(), 1);
-  }
+  pos.add("bare arguments", -1);
   cli_parse(argc, argv, all, vm, true, &pos);
   if (vm.count("version")) {
     std::cout << version_report("uoe-ckpt");
@@ -74,8 +70,11 @@ bool ckpt_parse(int argc, char** argv, const char* usage_line, po::options_descr
     std::cout << "Usage: " << usage_line << "\n\n" << desc;
     return false;
   }
-  for (size_t i = 0; i < positional.size(); ++i)
-    if (!vm.count(names[i])) fail("command line: ", positional[i].first, " is required (usage: ", usage_line, ")");
+  if (bare.size() > positional.size())
+    fail("command line: unexpected argument '", bare[positional.size()], "' (usage: ", usage_line, ")");
+  if (bare.size() < positional.size())
+    fail("command line: ", positional[bare.size()].first, " is required (usage: ", usage_line, ")");
+  for (size_t i = 0; i < positional.size(); ++i) *positional[i].second = bare[i];
   return true;
 }
 
