@@ -281,6 +281,10 @@ def main():
                  ["verify", "--all=3", source], ["--bogus"]):
         rc, o, e = run(exe, *args)
         check(rc == 2 and "error" in e and not o.strip(), f"uoe-ckpt {' '.join(args)}: exit 2, a message", o + e)
+    for args, named in ((["verify", step, "stray"], "'stray'"), (["info", "--bogus", step], "--bogus"),
+                        (["bogus"], "'bogus'"), (["verify"], "CKPT is required")):
+        rc, o, e = run(exe, *args)
+        check(rc == 2 and named in e, f"uoe-ckpt {' '.join(args)}: the message names {named}", o + e)
     for args in (["--help"], ["info", "--help"], ["verify", "--help"]):
         rc, o, e = run(exe, *args)
         check(rc == 0 and "Usage:" in o, f"uoe-ckpt {' '.join(args)}: exit 0, the usage", o + e)
