@@ -2,7 +2,8 @@
 // table). A sub-command is a function with main()'s signature, called with argv[0] = its name, that
 // returns the exit code: 0 ok (or --help, --version), 1 a failure (the message names the file), 2 a
 // bad command line — as uoe-train (runtime/cli.hpp: cli_main). Adding one: declare it here, define
-// it in launcher/uoe_ckpt_<name>.cpp, add its line to kSubCommands.
+// it in launcher/uoe_ckpt_<name>.cpp (add the file to uoe-ckpt in CMakeLists.txt), add its line to
+// kSubCommands.
 #pragma once
 #include <boost/program_options.hpp>
 
