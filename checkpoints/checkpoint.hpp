@@ -13,9 +13,12 @@
 // checkpoints/README.md.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "parallel/comm.hpp"
 #include "runtime/config.hpp"
@@ -137,8 +140,26 @@ TrainState checkpoint_load_params(const std::string& path, const Config& current
                                   Communicator& world);
 
 // Local. Reads all of a checkpoint (manifest, coverage, every shard file, every dataset with its
-// checksums, shapes and attributes) without loading it; throws uoe::Error on the first problem.
+// checksums, shapes and attributes; no shard holding a tensor the index does not give it) without
+// loading it; throws uoe::Error on the first problem.
 void checkpoint_verify(const std::string& path);
+// Local. The same checks, going on past each problem wherever the rest can still be checked (the
+// other tensors' coverage, the other shards, the other datasets): every problem found, each a
+// message naming the file, the dataset or attribute, and what was expected. Empty: it verifies.
+// Only a missing or unreadable manifest ends the walk at once (uoe-ckpt verify).
+std::vector<std::string> checkpoint_verify_report(const std::string& path);
+
+// What `--resume auto` takes in `checkpoint_dir`: the directory `latest` names if it verifies, else
+// the newest committed step_* that verifies (step_*.tmp never). `verify(path)` says whether a
+// directory verifies: "" if it does, else why not (checkpoint_resolve runs checkpoint_verify;
+// uoe-ckpt verify --all the report it has already made).
+struct ResumeChoice {
+  std::string path;  // "" = none: there is no checkpoint (candidates 0), or none verifies
+  int candidates = 0;  // directories tried
+  std::vector<std::pair<bool, std::string>> notes;  // (is a warning, text): what was tried and why, in order
+};
+ResumeChoice checkpoint_choose_auto(const std::string& checkpoint_dir,
+                                    const std::function<std::string(const std::string&)>& verify);
 
 // Local. Resolves --resume: "auto" = <checkpoint_dir>/latest if it verifies, else the newest
 // committed step_* that verifies (step_*.tmp are never considered), logging which and why; returns

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <optional>
 #include <span>
 #include <sstream>
@@ -23,6 +24,17 @@ std::string shape_text(const std::vector<int64_t>& s) {
 }
 
 std::string join_path(const std::string& dir, const std::string& name) { return (fs::path(dir) / name).string(); }
+
+std::string read_latest(const std::string& latest_path) {
+  // One short line is all `latest` ever holds: read no more than that, whatever the file is.
+  std::ifstream in(latest_path, std::ios::binary);
+  char buf[64] = {0};
+  in.read(buf, sizeof buf - 1);
+  std::string name(buf, static_cast<size_t>(in.gcount()));
+  name = name.substr(0, name.find('\n'));
+  while (!name.empty() && (name.back() == '\r' || name.back() == ' ')) name.pop_back();
+  return name;
+}
 
 std::vector<std::pair<int64_t, std::string>> list_committed(const std::string& dir) {
   std::vector<std::pair<int64_t, std::string>> out;

@@ -23,6 +23,10 @@ std::string join_path(const std::string& dir, const std::string& name);
 
 // parse_step_name (step directory names) is in manifest.cpp, where the fuzz target reaches it.
 
+// What `<dir>/latest` holds: its first line, trailing spaces and CR removed; at most 63 bytes are
+// read, whatever the file is. Not checked to be a step name (parse_step_name).
+std::string read_latest(const std::string& latest_path);
+
 // Committed checkpoint directories in `dir`, oldest first.
 std::vector<std::pair<int64_t, std::string>> list_committed(const std::string& dir);
 

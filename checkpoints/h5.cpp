@@ -630,6 +630,11 @@ std::vector<int64_t> dataset_dims(hid_t dset, const std::string& file, const std
   return {d.begin(), d.end()};
 }
 
+std::string dataset_type_name(hid_t dset, const std::string& file, const std::string& name) {
+  Type t(UOE_CHECK_H5(H5Dget_type(dset), file, name));
+  return describe_type(t.get());
+}
+
 void dataset_check_type(hid_t dset, Elem elem, const std::string& file, const std::string& name) {
   Type t(UOE_CHECK_H5(H5Dget_type(dset), file, name));
   const H5T_class_t cls = H5Tget_class(t.get());

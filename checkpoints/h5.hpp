@@ -183,6 +183,8 @@ void dataset_verify_chunks_pread(hid_t dset, int fd, Elem elem, const std::vecto
 
 Dataset dataset_open(hid_t loc, const std::string& name, const std::string& file);
 std::vector<int64_t> dataset_dims(hid_t dset, const std::string& file, const std::string& name);
+// The dataset's stored type in words: "float32", "int64", "uint8", "string", ...
+std::string dataset_type_name(hid_t dset, const std::string& file, const std::string& name);
 // Throws unless the dataset's stored type is `elem` (class and size), e.g. "is int32, expected float32".
 void dataset_check_type(hid_t dset, Elem elem, const std::string& file, const std::string& name);
 // Throws unless the dataset, of shape `dims` and element type `elem` (both already checked), stores

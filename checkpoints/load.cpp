@@ -1,6 +1,7 @@
 // Loading and resharding (checkpoints/README.md, "Loading and resharding"), and verifying a
 // checkpoint without loading it.
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <sstream>
 #include <string>
@@ -147,30 +148,85 @@ TrainState checkpoint_load_params(const std::string& path, const Config& current
   return load_agreed(path, current, params, nullptr, world);
 }
 
-void checkpoint_verify(const std::string& path) {
+namespace {
+
+// checkpoint_verify's walk (checkpoints/README.md, "Loading and resharding": the loader's checks,
+// with every dataset read in full). Each problem goes to `problem`, which either throws
+// (checkpoint_verify: the first problem ends it) or records it, and then the walk goes on with
+// whatever can still be checked: the other tensors' coverage, the other shards, the other datasets.
+void verify_walk(const std::string& path, const std::function<void(const std::string&)>& problem) {
   h5::init_thread();
-  const std::string manifest_path = checkpoint_dir_check(path);
-  const Manifest m = manifest_read(manifest_path);
-  manifest_check_layout(m, manifest_path);
-  shards_check_present(m, path);
-  manifest_check_coverage(m, manifest_path);
+  const auto check = [&](const auto& step) {
+    try {
+      step();
+      return true;
+    } catch (const std::exception& e) {
+      problem(e.what());
+      return false;
+    }
+  };
+  // Without a manifest that reads and describes a possible layout, nothing else can be checked.
+  std::string manifest_path;
+  Manifest m;
+  if (!check([&] {
+        manifest_path = checkpoint_dir_check(path);
+        m = manifest_read(manifest_path);
+        manifest_check_layout(m, manifest_path);
+      }))
+    return;
+  for (const ManifestTensor& t : m.tensors) check([&] { manifest_check_tensor_coverage(m, t, manifest_path); });
   std::vector<float> buf;
   for (size_t s = 0; s < m.shard_files.size(); ++s) {
     const std::string file = join_path(path, m.shard_files[s]);
-    h5::File f = shard_open(file, m.step, static_cast<int64_t>(s), static_cast<int64_t>(m.shard_files.size()));
-    shard_check_cursors(f.get(), file, m.step, m.seed);
+    h5::File f;
+    if (!check([&] {
+          shard_check_present(path, m.shard_files[s]);
+          f = shard_open(file, m.step, static_cast<int64_t>(s), static_cast<int64_t>(m.shard_files.size()));
+        }))
+      continue;
+    check([&] { shard_check_cursors(f.get(), file, m.step, m.seed); });
     for (const ManifestTensor& t : m.tensors)
       for (const ManifestSlab& sl : t.slabs) {
         if (sl.shard != static_cast<int64_t>(s)) continue;
-        for (const char* g : kGroups) {
-          // slab_open checks the shape, and that the file really stores that much, before the
-          // buffer is sized by it.
-          h5::Dataset d = slab_open(f.get(), file, g, t.name, t.global_shape, sl.begin, sl.end);
-          buf.resize(static_cast<size_t>((sl.end - sl.begin) * row_elems(t.global_shape)));
-          h5::dataset_read(d.get(), h5::Elem::f32, buf.data(), file, std::string(g) + "/" + t.name);
-        }
+        for (const char* g : kGroups)
+          check([&] {
+            // slab_open checks the shape, and that the file really stores that much, before the
+            // buffer is sized by it.
+            h5::Dataset d = slab_open(f.get(), file, g, t.name, t.global_shape, sl.begin, sl.end);
+            buf.resize(static_cast<size_t>((sl.end - sl.begin) * row_elems(t.global_shape)));
+            h5::dataset_read(d.get(), h5::Elem::f32, buf.data(), file, std::string(g) + "/" + t.name);
+          });
       }
+    // A tensor the manifest does not give this shard would be a second copy of rows another shard
+    // holds (or a tensor outside the index): every element is stored exactly once.
+    for (const char* g : kGroups)
+      check([&] {
+        h5::Group group = h5::group_open(f.get(), g, file);
+        for (const std::string& name : h5::group_members(group.get(), file, g)) {
+          const auto listed = std::find_if(m.tensors.begin(), m.tensors.end(), [&](const ManifestTensor& t) {
+            return t.name == name && std::any_of(t.slabs.begin(), t.slabs.end(), [&](const ManifestSlab& sl) {
+                     return sl.shard == static_cast<int64_t>(s);
+                   });
+          });
+          if (listed == m.tensors.end())
+            fail(file, ": dataset ", g, "/", name, " is not in the manifest's index for this shard (",
+                 manifest_path, "): a tensor the checkpoint does not list, or a second copy of rows another "
+                 "shard holds");
+        }
+      });
   }
+}
+
+}  // namespace
+
+void checkpoint_verify(const std::string& path) {
+  verify_walk(path, [](const std::string& what) { throw Error(what); });
+}
+
+std::vector<std::string> checkpoint_verify_report(const std::string& path) {
+  std::vector<std::string> problems;
+  verify_walk(path, [&](const std::string& what) { problems.push_back(what); });
+  return problems;
 }
 
 }  // namespace uoe

@@ -143,42 +143,44 @@ std::optional<int64_t> parse_step_name(const std::string& name) {
 }
 
 void manifest_check_coverage(const Manifest& m, const std::string& where) {
+  for (const ManifestTensor& t : m.tensors) manifest_check_tensor_coverage(m, t, where);
+}
+
+void manifest_check_tensor_coverage(const Manifest& m, const ManifestTensor& t, const std::string& where) {
   const int64_t shards = static_cast<int64_t>(m.shard_files.size());
-  for (const ManifestTensor& t : m.tensors) {
-    UOE_ASSERT(!t.global_shape.empty(), t.name);
-    const int64_t rows = t.global_shape[0];
-    const auto slab_text = [&](const ManifestSlab& s) {
-      std::ostringstream os;
-      os << "[" << s.begin << ", " << s.end << ") in shard " << s.shard;
-      if (s.shard >= 0 && s.shard < shards) os << " (" << m.shard_files[static_cast<size_t>(s.shard)] << ")";
-      return os.str();
-    };
-    std::vector<ManifestSlab> slabs = t.slabs;
-    for (const ManifestSlab& s : slabs) {
-      if (s.shard < 0 || s.shard >= shards)
-        fail(where, ": tensor ", t.name, ": slab ", slab_text(s), " names shard ", s.shard, " but the manifest lists ",
-             shards, " shard files");
-      if (!(0 <= s.begin && s.begin < s.end && s.end <= rows))
-        fail(where, ": tensor ", t.name, ": slab ", slab_text(s), " is empty or outside rows [0, ", rows,
-             ") of global shape ", shape_text(t.global_shape));
-    }
-    std::sort(slabs.begin(), slabs.end(), [](const ManifestSlab& a, const ManifestSlab& b) { return a.begin < b.begin; });
-    int64_t covered = 0;  // rows [0, covered) are held exactly once so far
-    const ManifestSlab* prev = nullptr;
-    for (const ManifestSlab& s : slabs) {
-      if (s.begin < covered)
-        fail(where, ": tensor ", t.name, ": slabs ", slab_text(*prev), " and ", slab_text(s), " overlap in rows [",
-             s.begin, ", ", std::min(covered, s.end), "): every element must be stored exactly once");
-      if (s.begin > covered)
-        fail(where, ": tensor ", t.name, ": no shard holds rows [", covered, ", ", s.begin, ") of ", rows,
-             " (gap in the slabs)");
-      covered = s.end;
-      prev = &s;
-    }
-    if (covered != rows)
-      fail(where, ": tensor ", t.name, ": no shard holds rows [", covered, ", ", rows, ") of ", rows,
-           " (gap in the slabs)");
+  UOE_ASSERT(!t.global_shape.empty(), t.name);
+  const int64_t rows = t.global_shape[0];
+  const auto slab_text = [&](const ManifestSlab& s) {
+    std::ostringstream os;
+    os << "[" << s.begin << ", " << s.end << ") in shard " << s.shard;
+    if (s.shard >= 0 && s.shard < shards) os << " (" << m.shard_files[static_cast<size_t>(s.shard)] << ")";
+    return os.str();
+  };
+  std::vector<ManifestSlab> slabs = t.slabs;
+  for (const ManifestSlab& s : slabs) {
+    if (s.shard < 0 || s.shard >= shards)
+      fail(where, ": tensor ", t.name, ": slab ", slab_text(s), " names shard ", s.shard, " but the manifest lists ",
+           shards, " shard files");
+    if (!(0 <= s.begin && s.begin < s.end && s.end <= rows))
+      fail(where, ": tensor ", t.name, ": slab ", slab_text(s), " is empty or outside rows [0, ", rows,
+           ") of global shape ", shape_text(t.global_shape));
   }
+  std::sort(slabs.begin(), slabs.end(), [](const ManifestSlab& a, const ManifestSlab& b) { return a.begin < b.begin; });
+  int64_t covered = 0;  // rows [0, covered) are held exactly once so far
+  const ManifestSlab* prev = nullptr;
+  for (const ManifestSlab& s : slabs) {
+    if (s.begin < covered)
+      fail(where, ": tensor ", t.name, ": slabs ", slab_text(*prev), " and ", slab_text(s), " overlap in rows [",
+           s.begin, ", ", std::min(covered, s.end), "): every element must be stored exactly once");
+    if (s.begin > covered)
+      fail(where, ": tensor ", t.name, ": no shard holds rows [", covered, ", ", s.begin, ") of ", rows,
+           " (gap in the slabs)");
+    covered = s.end;
+    prev = &s;
+  }
+  if (covered != rows)
+    fail(where, ": tensor ", t.name, ": no shard holds rows [", covered, ", ", rows, ") of ", rows,
+         " (gap in the slabs)");
 }
 
 const std::vector<std::string>& config_shape_keys() {

@@ -75,6 +75,8 @@ std::optional<int64_t> parse_step_name(const std::string& name);
 // once (no gap, no overlap, none outside the tensor) and each names an existing shard. `where`
 // names the manifest file in the message.
 void manifest_check_coverage(const Manifest& m, const std::string& where);
+// The same for one tensor `t` of `m` (uoe-ckpt verify reports each tensor's problem).
+void manifest_check_tensor_coverage(const Manifest& m, const ManifestTensor& t, const std::string& where);
 
 // Model-shape options (INI keys) that must be equal between a checkpoint and the run loading it:
 // they fix the shapes and the meaning of the parameters. The rows of the option table

@@ -1,7 +1,6 @@
 // Resolving --resume (checkpoints/README.md, "--resume"): `latest` if it verifies, else the newest
 // committed step that verifies.
 #include <filesystem>
-#include <fstream>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -16,6 +15,53 @@ namespace uoe {
 namespace fs = std::filesystem;
 using namespace ckpt;
 
+ResumeChoice checkpoint_choose_auto(const std::string& checkpoint_dir,
+                                    const std::function<std::string(const std::string&)>& verify) {
+  ResumeChoice c;
+  const auto note = [&](bool warning, std::string text) { c.notes.push_back({warning, std::move(text)}); };
+  std::error_code ec;
+  if (!fs::is_directory(checkpoint_dir, ec)) {
+    note(false, "--resume auto: " + checkpoint_dir + " does not exist yet, starting from scratch");
+    return c;
+  }
+  std::string tried;
+  const std::string latest = join_path(checkpoint_dir, "latest");
+  if (fs::exists(latest, ec)) {
+    const std::string name = read_latest(latest);
+    if (!parse_step_name(name)) {
+      note(true, latest + " holds '" + name + "', not a step_* name; ignoring it");
+    } else {
+      ++c.candidates;
+      tried = name;
+      const std::string path = join_path(checkpoint_dir, name);
+      const std::string why = verify(path);
+      if (why.empty()) {
+        note(false, "--resume auto: resuming from " + path + " (named by " + latest + ")");
+        c.path = path;
+        return c;
+      }
+      note(true, latest + " names " + path + ", which does not verify: " + why + "; trying older checkpoints");
+    }
+  } else {
+    note(false, "--resume auto: no " + latest + "; looking for step_* directories");
+  }
+  std::vector<std::pair<int64_t, std::string>> committed = list_committed(checkpoint_dir);
+  for (auto it = committed.rbegin(); it != committed.rend(); ++it) {
+    if (it->second == tried) continue;
+    ++c.candidates;
+    const std::string path = join_path(checkpoint_dir, it->second);
+    const std::string why = verify(path);
+    if (why.empty()) {
+      note(false, "--resume auto: resuming from " + path + ", the newest committed checkpoint that verifies");
+      c.path = path;
+      return c;
+    }
+    note(true, path + " does not verify: " + why + "; skipping it");
+  }
+  if (c.candidates == 0) note(false, "--resume auto: no checkpoint in " + checkpoint_dir + ", starting from scratch");
+  return c;
+}
+
 std::string checkpoint_resolve(const std::string& resume, const std::string& checkpoint_dir) {
   if (resume.empty()) return "";
   std::error_code ec;
@@ -24,66 +70,25 @@ std::string checkpoint_resolve(const std::string& resume, const std::string& che
       fail("--resume '", resume, "': no such checkpoint directory (give a step_* directory, or 'auto')");
     return resume;
   }
-  if (!fs::is_directory(checkpoint_dir, ec)) {
-    log_info("checkpoint: --resume auto: %s does not exist yet, starting from scratch", checkpoint_dir.c_str());
-    return "";
-  }
-  const auto try_verify = [](const std::string& path, std::string* why) {
+  const ResumeChoice c = checkpoint_choose_auto(checkpoint_dir, [](const std::string& path) -> std::string {
     try {
       checkpoint_verify(path);
-      return true;
+      return "";
     } catch (const std::exception& e) {
-      *why = e.what();
-      return false;
+      return e.what();
     }
-  };
-  int candidates = 0;
-  std::string tried;
-  const std::string latest = join_path(checkpoint_dir, "latest");
-  if (fs::exists(latest, ec)) {
-    // One short line is all `latest` ever holds: read no more than that, whatever the file is.
-    std::ifstream in(latest, std::ios::binary);
-    char buf[64] = {0};
-    in.read(buf, sizeof buf - 1);
-    std::string name(buf, static_cast<size_t>(in.gcount()));
-    name = name.substr(0, name.find('\n'));
-    while (!name.empty() && (name.back() == '\r' || name.back() == ' ')) name.pop_back();
-    if (!parse_step_name(name)) {
-      log_warn("checkpoint: %s holds '%s', not a step_* name; ignoring it", latest.c_str(), name.c_str());
-    } else {
-      ++candidates;
-      tried = name;
-      const std::string path = join_path(checkpoint_dir, name);
-      std::string why;
-      if (try_verify(path, &why)) {
-        log_info("checkpoint: --resume auto: resuming from %s (named by %s)", path.c_str(), latest.c_str());
-        return path;
-      }
-      log_warn("checkpoint: %s names %s, which does not verify: %s; trying older checkpoints", latest.c_str(),
-               path.c_str(), why.c_str());
-    }
-  } else {
-    log_info("checkpoint: --resume auto: no %s; looking for step_* directories", latest.c_str());
+  });
+  for (const auto& [warning, text] : c.notes) {
+    if (warning)
+      log_warn("checkpoint: %s", text.c_str());
+    else
+      log_info("checkpoint: %s", text.c_str());
   }
-  std::vector<std::pair<int64_t, std::string>> committed = list_committed(checkpoint_dir);
-  for (auto it = committed.rbegin(); it != committed.rend(); ++it) {
-    if (it->second == tried) continue;
-    ++candidates;
-    const std::string path = join_path(checkpoint_dir, it->second);
-    std::string why;
-    if (try_verify(path, &why)) {
-      log_info("checkpoint: --resume auto: resuming from %s, the newest committed checkpoint that verifies",
-               path.c_str());
-      return path;
-    }
-    log_warn("checkpoint: %s does not verify: %s; skipping it", path.c_str(), why.c_str());
-  }
-  if (candidates > 0)
-    fail("--resume auto: none of the ", candidates, " checkpoints in ", checkpoint_dir,
+  if (c.path.empty() && c.candidates > 0)
+    fail("--resume auto: none of the ", c.candidates, " checkpoints in ", checkpoint_dir,
          " verifies (see the warnings above); refusing to start from scratch over them: move them away or give "
          "--resume a directory");
-  log_info("checkpoint: --resume auto: no checkpoint in %s, starting from scratch", checkpoint_dir.c_str());
-  return "";
+  return c.path;
 }
 
 std::string checkpoint_resolve(const std::string& resume, const std::string& checkpoint_dir, Communicator& world) {

@@ -109,10 +109,13 @@ std::string checkpoint_dir_check(const std::string& path) {
 }
 
 void shards_check_present(const Manifest& m, const std::string& path) {
+  for (const std::string& f : m.shard_files) shard_check_present(path, f);
+}
+
+void shard_check_present(const std::string& path, const std::string& file) {
   std::error_code ec;
-  for (const std::string& f : m.shard_files)
-    if (!fs::exists(join_path(path, f), ec))
-      fail("checkpoint ", path, ": shard file ", f, " listed in manifest.h5 is missing");
+  if (!fs::exists(join_path(path, file), ec))
+    fail("checkpoint ", path, ": shard file ", file, " listed in manifest.h5 is missing");
 }
 
 }  // namespace ckpt

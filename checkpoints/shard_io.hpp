@@ -42,5 +42,7 @@ std::string checkpoint_dir_check(const std::string& path);
 
 // Every shard file the manifest lists is present in `path`.
 void shards_check_present(const Manifest& m, const std::string& path);
+// Shard file `file` (a name the manifest lists) is present in `path`.
+void shard_check_present(const std::string& path, const std::string& file);
 
 }  // namespace uoe::ckpt

@@ -38,15 +38,19 @@ std::string cli_error_message(po::error& e) {
 }
 
 void cli_parse(int argc, const char* const* argv, const po::options_description& desc, po::variables_map& vm,
-               bool notify) {
+               bool notify, const po::positional_options_description* positional) {
   try {
     // No guessing: "--lr" must never silently resolve to a longer option name.
     const int style = po::command_line_style::default_style & ~po::command_line_style::allow_guessing;
     // Unregistered tokens are collected rather than thrown so that the message can name a stray
     // argument (Boost would silently drop it, there being no positional options).
-    const po::parsed_options parsed =
-        po::command_line_parser(argc, argv).options(desc).style(style).allow_unregistered().run();
-    const std::vector<std::string> unknown = po::collect_unrecognized(parsed.options, po::include_positional);
+    po::command_line_parser parser(argc, argv);
+    parser.options(desc).style(style).allow_unregistered();
+    if (positional) parser.positional(*positional);
+    const po::parsed_options parsed = parser.run();
+    // Bare arguments `positional` maps are options; more of them than it takes Boost refuses.
+    const std::vector<std::string> unknown =
+        po::collect_unrecognized(parsed.options, positional ? po::exclude_positional : po::include_positional);
     if (!unknown.empty()) {
       if (unknown[0].starts_with("-"))
         fail("command line: unknown option '", unknown[0].substr(0, unknown[0].find('=')), "'");

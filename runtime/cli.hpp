@@ -1,4 +1,4 @@
-// Command lines of the tools (uoe-train's config, uoe-prepare, uoe-sample), one way: Boost.Program_options
+// Command lines of the tools (uoe-train's config, uoe-prepare, uoe-sample, uoe-ckpt), one way: Boost.Program_options
 // without guessing (an abbreviation never silently resolves to a longer option), stray tokens named
 // in the error, and Boost's messages made safe to build (see cli_error_message).
 #pragma once
@@ -21,8 +21,11 @@ void cli_add_help_and_version(boost::program_options::options_description& desc)
 // Parses argv against `desc` into `vm`, then notifies (bound variables set) unless `notify` is
 // false (a caller that stores more sources first: uoe-train's --config file). Throws uoe::Error
 // "command line: …" naming an unknown option, a stray argument, or what Boost found wrong.
+// `positional` (uoe-ckpt's CKPT) names the options that bare arguments fill; without it every bare
+// argument is an error.
 void cli_parse(int argc, const char* const* argv, const boost::program_options::options_description& desc,
-               boost::program_options::variables_map& vm, bool notify = true);
+               boost::program_options::variables_map& vm, bool notify = true,
+               const boost::program_options::positional_options_description* positional = nullptr);
 
 // Boost's message for e, built safely: Boost (1.74) fills its message template by replacing each
 // placeholder (%option%, %value%, …) with text from the input again and again until none is left,
