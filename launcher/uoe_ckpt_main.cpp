@@ -14,6 +14,7 @@
 #include "launcher/uoe_ckpt.hpp"
 #include "runtime/cli.hpp"
 #include "runtime/error.hpp"
+#include "parallel/mpi_version.hpp"
 #include "runtime/version.hpp"
 
 namespace po = boost::program_options;
@@ -63,7 +64,7 @@ bool ckpt_parse(int argc, char** argv, const char* usage_line, po::options_descr
   pos.add("bare arguments", -1);
   cli_parse(argc, argv, all, vm, true, &pos);
   if (vm.count("version")) {
-    std::cout << version_report("uoe-ckpt");
+    std::cout << version_report("uoe-ckpt", uoe::comm_library_versions());
     return false;
   }
   if (vm.count("help")) {
@@ -91,7 +92,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (command == "--version") {
-    std::cout << uoe::version_report("uoe-ckpt");
+    std::cout << uoe::version_report("uoe-ckpt", uoe::comm_library_versions());
     return 0;
   }
   for (const SubCommand& c : kSubCommands)
