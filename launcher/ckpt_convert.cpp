@@ -51,13 +51,21 @@ WeightTransfer convert_weights(const Model& src, Model& dst) {
           if (idx >= 0) done.insert(m->params().info(idx).name);
   }
 
-  // Everything else by name: the embedding, norms, output biases; routers where both have them.
+  // Routers are never carried over: a dense block has none, and experts cut anew (other counts, or
+  // the same counts from a dense model) get a fresh router each, as a new run would.
+  std::set<std::string> routers;
+  for (const Model* m : {&src, static_cast<const Model*>(&dst)})
+    for (const BlockParams& bp : m->blocks())
+      for (int idx : {bp.router_w, bp.router_b})
+        if (idx >= 0) routers.insert(m->params().info(idx).name);
+
+  // Everything else by name: the embedding, norms, output biases.
   WeightTransfer t;
   std::set<std::string> copied;
   for (size_t i = 0; i < dst.params().count(); ++i) {
     const ParamInfo& d = dst.params().info(static_cast<int>(i));
     if (done.count(d.name)) continue;
-    const int j = src.params().find(d.name);
+    const int j = routers.count(d.name) ? -1 : src.params().find(d.name);
     if (j < 0) {
       t.initialised.push_back(d.name);
       continue;

@@ -20,16 +20,16 @@ ModelSpec equivalence_limit(ModelSpec s);
 
 // What convert_weights did besides the decomposed tensors.
 struct WeightTransfer {
-  std::vector<std::string> dropped;    // src tensors dst has no place for (routers, converting to dense)
-  std::vector<std::string> initialised;  // dst tensors src lacks, left as dst's constructor made them (routers)
+  std::vector<std::string> dropped;      // src tensors not carried over (its routers)
+  std::vector<std::string> initialised;  // dst tensors left as dst's constructor made them (its routers)
 };
 
 // Copies the weights of `src` into `dst`: both single-rank models (every expert held), of block
 // type dense or uoe (moe experts are not cut from a dense layer: refused), with the same layers,
-// d, heads, d_ff and vocabulary; the expert counts may differ. dst's routers that src lacks keep
-// the values dst was constructed with, i.e. a fresh run's initialisation for dst's seed (the
-// ParamStore draws each element from (seed, tensor name, global index)). Throws uoe::Error naming
-// what differs.
+// d, heads, d_ff and vocabulary; the expert counts may differ. Routers are never carried over (a
+// dense block has none; experts cut anew get fresh ones, even uoe → uoe): dst's keep the values dst
+// was constructed with, i.e. a fresh run's initialisation for dst's seed (the ParamStore draws each
+// element from (seed, tensor name, global index)). Throws uoe::Error naming what differs.
 WeightTransfer convert_weights(const Model& src, Model& dst);
 
 // Fixed token sequences for checks: B sequences of T tokens in [0, V), the same in every build and run.

@@ -122,12 +122,14 @@ std::string checkpoint_path(const std::string& arg) {
   return resolved;
 }
 
-// "uoe, 4 attention experts of 1 head (top-2), 4 MLP experts of 128 (top-2)" or "dense".
+// "uoe, 4 attention experts of 1 head, 4 MLP experts of 128 units (2 layers, d 128, 4 heads, d-ff 512)",
+// or "dense (...)".
 std::string describe(const uoe::ModelSpec& s) {
   std::string t = uoe::block_type_name(s.block_type);
   if (s.block_type == uoe::BlockType::uoe)
     t += ", " + std::to_string(s.attn_experts) + " attention experts of " + std::to_string(s.heads_per_expert()) +
-         " heads, " + std::to_string(s.experts) + " MLP experts of " + std::to_string(s.expert_ff()) + " units";
+         (s.heads_per_expert() == 1 ? " head, " : " heads, ") + std::to_string(s.experts) + " MLP experts of " +
+         std::to_string(s.expert_ff()) + " units";
   return t + " (" + std::to_string(s.layers) + " layers, d " + std::to_string(s.d) + ", " + std::to_string(s.heads) +
          " heads, d-ff " + std::to_string(s.d_ff) + ")";
 }
@@ -214,7 +216,9 @@ int run(const ConvertArgs& a) {
               describe(src_spec).c_str());
   std::printf("uoe-ckpt convert: converted to %s\n", describe(dst_spec).c_str());
   if (!transfer.dropped.empty())
-    std::printf("uoe-ckpt convert: routers dropped (a dense block has none): %s\n",
+    std::printf("uoe-ckpt convert: routers dropped (%s): %s\n",
+                dst_spec.block_type == uoe::BlockType::dense ? "a dense block has none"
+                                                             : "experts cut anew get fresh routers",
                 join(transfer.dropped, 4).c_str());
   if (!transfer.initialised.empty())
     std::printf("uoe-ckpt convert: routers initialised as `uoe-train --seed %llu` initialises them (the same seed "

@@ -176,6 +176,29 @@ TEST(CkptConvert, UoeToDenseToUoeKeepsExpertsAndReinitialisesRouters) {
   EXPECT_EQ(static_cast<int>(t.initialised.size()), routers);
 }
 
+// UoE → UoE with other expert counts (a re-cut): the same dense model in the equivalence limit,
+// the routers fresh (never carried over, even where the names match).
+TEST(CkptConvert, RecutUoeComputesTheSameModelWithFreshRouters) {
+  uoe::LocalExchange ex1, ex2, ex3;
+  uoe::Model up(uoe::equivalence_limit(uoe_spec()), 8, &ex1);
+  uoe_ref::randomise_params(up, 45);
+  uoe::ModelSpec other = uoe_spec();
+  other.attn_experts = 4;
+  other.experts = 2;
+  uoe::Model recut(uoe::equivalence_limit(other), 8, &ex2);
+  const uoe::WeightTransfer t = uoe::convert_weights(up, recut);
+  EXPECT_EQ(t.dropped.size(), 4u * other.layers);
+  EXPECT_EQ(t.initialised.size(), 4u * other.layers);
+  uoe::Model fresh(other, 8, &ex3);
+  for (const std::string& name : t.initialised) EXPECT_TRUE(same_tensor(fresh, recut, name)) << name;
+  const int B = 2;
+  const std::vector<int32_t> tokens = uoe::check_tokens(B, up.spec().seq_len, up.spec().vocab);
+  const uoe::ProbsComparison c = uoe::compare_probs(uoe::model_output_probs(up, tokens, B),
+                                                    uoe::model_output_probs(recut, tokens, B), uoe::kConvertCheckRtol,
+                                                    uoe::kConvertCheckAtol);
+  EXPECT_TRUE(c.ok) << "max |diff| " << c.max_abs_diff << ", " << c.max_ratio << " of the bound";
+}
+
 TEST(CkptConvert, RefusesOtherShapesAndMoe) {
   uoe::LocalExchange ex1, ex2, ex3;
   uoe::Model dense(dense_spec(), 1, &ex1);
