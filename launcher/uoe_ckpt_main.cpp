@@ -11,6 +11,7 @@
 #include <iostream>
 #include <string>
 
+#include "launcher/ckpt_convert.hpp"
 #include "launcher/uoe_ckpt.hpp"
 #include "runtime/cli.hpp"
 #include "runtime/error.hpp"
@@ -31,6 +32,7 @@ struct SubCommand {
 constexpr SubCommand kSubCommands[] = {
     {"info", uoe::ckpt_info_main, "what a checkpoint holds: manifest, the run's options, the tensor table (--json)"},
     {"verify", uoe::ckpt_verify_main, "read every dataset: checksums, shapes, dtypes, coverage (--all: every step)"},
+    {"convert", ckpt_convert_main, "dense <-> UoE through the equivalence law, a new checkpoint to resume (--check)"},
 };
 
 std::string usage() {
