@@ -36,6 +36,7 @@
 #include "runtime/error.hpp"
 #include "runtime/gemm.hpp"
 #include "runtime/log.hpp"
+#include "parallel/mpi_version.hpp"
 #include "runtime/version.hpp"
 
 namespace po = boost::program_options;
@@ -82,7 +83,7 @@ bool parse(int argc, char** argv, ConvertArgs& a) {
   po::variables_map vm;
   uoe::cli_parse(static_cast<int>(rest.size()), rest.data(), desc, vm);
   if (vm.count("version")) {
-    std::fputs(uoe::version_report("uoe-ckpt").c_str(), stdout);
+    std::fputs(uoe::version_report("uoe-ckpt", uoe::comm_library_versions()).c_str(), stdout);
     return false;
   }
   if (vm.count("help")) {
