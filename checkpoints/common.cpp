@@ -15,14 +15,6 @@
 namespace uoe::ckpt {
 namespace fs = std::filesystem;
 
-std::string shape_text(const std::vector<int64_t>& s) {
-  std::ostringstream os;
-  os << "[";
-  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
-  os << "]";
-  return os.str();
-}
-
 std::string join_path(const std::string& dir, const std::string& name) { return (fs::path(dir) / name).string(); }
 
 std::string read_latest(const std::string& latest_path) {

@@ -17,8 +17,7 @@ inline double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// "[4, 3]".
-std::string shape_text(const std::vector<int64_t>& s);
+// shape_text ("[4, 3]") is in manifest.hpp, with the manifest's checks that use it.
 std::string join_path(const std::string& dir, const std::string& name);
 
 // parse_step_name (step directory names) is in manifest.cpp, where the fuzz target reaches it.

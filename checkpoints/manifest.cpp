@@ -10,7 +10,6 @@
 #include "runtime/options.hpp"
 
 namespace uoe {
-namespace {
 
 std::string shape_text(const std::vector<int64_t>& s) {
   std::ostringstream os;
@@ -19,6 +18,8 @@ std::string shape_text(const std::vector<int64_t>& s) {
   os << "]";
   return os.str();
 }
+
+namespace {
 
 std::string trim(const std::string& s) {
   const size_t b = s.find_first_not_of(" \t\r\n");

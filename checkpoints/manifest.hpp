@@ -51,6 +51,8 @@ struct Manifest {
 
 // Writes `path` (which must not exist). Throws uoe::Error naming the file on failure.
 void manifest_write(const std::string& path, const Manifest& m);
+// A shape as errors print it: "[4, 3]".
+std::string shape_text(const std::vector<int64_t>& s);
 
 // Reads `path`. Checks the format version first (any other version: a uoe::Error saying which
 // version was found and which this build reads) and the structure of every entry; does NOT check
