@@ -38,7 +38,7 @@ constexpr SubCommand kSubCommands[] = {
 std::string usage() {
   std::string s =
       "Usage: uoe-ckpt COMMAND [OPTIONS] ...   (uoe-ckpt COMMAND --help for each)\n\n"
-      "Looks at and checks uoe checkpoints on one process, whatever world size and --ep wrote them.\n"
+      "Looks at, checks and converts uoe checkpoints on one process, whatever world size and --ep wrote them.\n"
       "CKPT is a step directory (step_00001200) or a run's --checkpoint-dir (the step its 'latest' names).\n\n"
       "Commands:\n";
   for (const SubCommand& c : kSubCommands) {
