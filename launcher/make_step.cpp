@@ -36,7 +36,9 @@ class GpuStep final : public ModelStep {
     UOE_CHECK_CUDA(cudaSetDevice(o.device));
     if (!model.exchange()->identity()) {
       if (!setup.ep_group) fail("--device cuda: expert parallelism needs the expert-parallel group");
-      nccl_ = std::make_unique<NcclCommunicator>(setup.ep_group->handle());
+      // The node placement of the world (ProcessGroups), not of the ep group: with dp > 1 on a node
+      // the ep group does not hold every rank of it, and its own split would give two ranks one GPU.
+      nccl_ = std::make_unique<NcclCommunicator>(setup.ep_group->handle(), NodeRanks{setup.node_rank, setup.node_size});
       exchange_ = std::make_unique<MpiExchange>(*setup.ep_group, nccl_.get());
       o.rows_exchange = exchange_.get();
       o.nccl = nccl_.get();

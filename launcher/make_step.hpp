@@ -14,7 +14,7 @@ class MpiCommunicator;
 struct StepSetup {
   CommScheduler* scheduler = nullptr;  // CPU: where exchanges run (null: in line)
   MpiCommunicator* ep_group = nullptr;  // GPU with ep > 1: the rows' NCCL communicator is built over it
-  int node_rank = 0;                    // GPU: this rank's GPU is node_rank mod the node's GPUs
+  int node_rank = 0, node_size = 1;     // GPU: this rank's GPU is node_rank mod the node's GPUs (ProcessGroups)
 };
 
 // The CPU step, or with --device cuda the GPU step (a build without CUDA refuses it, naming why).

@@ -139,6 +139,7 @@ void Trainer::build_model() {
   setup.scheduler = scheduler_.get();
   setup.ep_group = groups.ep_group.get();
   setup.node_rank = groups.node_rank;
+  setup.node_size = groups.node_size;
   step_ = make_step(cfg, model, setup);
   AdamWSpec aspec;
   aspec.weight_decay = cfg.weight_decay;
