@@ -48,6 +48,12 @@ struct ExpertParamSite {
   }
 };
 
+// What a kind's memory depends on besides the spec (layers/memory.cpp): the rows its experts hold
+// on this rank, and for attention the (expert, sequence) segments and their length.
+struct ExpertMemoryShape {
+  double rows = 0, segments = 0, segment_len = 0, seq_len = 0;
+};
+
 struct AttentionExperts {
   static constexpr ExpertKind kind = ExpertKind::attention;
   static constexpr const char* name = "attention";
@@ -79,6 +85,21 @@ struct AttentionExperts {
     return 8.0 * s.d * gd;
   }
   static double flops_per_tile(const ModelSpec& s) { return 4.0 * s.heads_per_expert() * s.head_dim(); }
+  // Memory: the parameters of one expert, and the bytes its caches keep for backward (qkv, o, the
+  // attention probabilities of each segment, the segment index, the RoPE table) and its backward
+  // workspaces (d_o, d_qkv, one segment's dP) — layers/experts.hpp, AttnExpertCache.
+  static int64_t params_per_expert(const ModelSpec& s) {
+    const int64_t d = s.d, w = int64_t{s.heads_per_expert()} * s.head_dim();
+    return d * 3 * w + w * d;
+  }
+  static void cache_bytes(const ModelSpec& s, const ExpertMemoryShape& m, double* kept, double* backward) {
+    const double w = static_cast<double>(int64_t{s.heads_per_expert()} * s.head_dim());
+    const double g = s.heads_per_expert(), dh = s.head_dim(), R = m.rows, len = m.segment_len, T = m.seq_len;
+    *kept += 4.0 * R * 4 * w;                                 // qkv [R, 3·g·dh], o [R, g·dh]
+    *kept += 4.0 * g * m.segments * len * len;                // attention probabilities
+    *kept += (4.0 + 8.0) * (m.segments + 1) + 4.0 * T * dh;   // segment index; RoPE table
+    *backward += 4.0 * R * 4 * w + 4.0 * T * T;               // d_o, d_qkv; one segment's dP
+  }
 };
 
 struct MlpExperts {
@@ -108,6 +129,17 @@ struct MlpExperts {
   }
   static double flops_per_row(const ModelSpec& s) { return 4.0 * s.d * s.expert_ff(); }
   static double flops_per_tile(const ModelSpec&) { return 0; }
+  // Memory: W1, b1, W2 of one expert; caches h and a = GELU(h) [R, f], backward workspace dh [R, f]
+  // (layers/experts.hpp, MlpExpertCache).
+  static int64_t params_per_expert(const ModelSpec& s) {
+    const int64_t d = s.d, w = s.expert_ff();
+    return d * w + w + w * d;
+  }
+  static void cache_bytes(const ModelSpec& s, const ExpertMemoryShape& m, double* kept, double* backward) {
+    const double w = s.expert_ff();
+    *kept += 2 * 4.0 * m.rows * w;
+    *backward += 4.0 * m.rows * w;
+  }
 };
 
 // Calls f with the kind's type (an empty object): `visit_expert_kind(k, [&](auto kind) { … })`.

@@ -4,12 +4,13 @@
 #include <cmath>
 #include <cstdio>
 
+#include "layers/expert_kinds.hpp"
 #include "layers/router.hpp"
 
 namespace uoe {
 namespace {
 
-constexpr double kFloat = 4, kInt = 4, kInt64 = 8, kByte = 1;
+constexpr double kFloat = 4, kInt = 4, kByte = 1;
 constexpr double kMiB = 1024.0 * 1024.0;
 
 // The process before the model: binary and shared libraries (Open MPI, HDF5, OpenBLAS, Boost),
@@ -41,32 +42,24 @@ std::string count(double n) {
 
 // One block's shapes as the model executes them (unrouted parts: one expert taking every token).
 struct BlockShape {
-  bool attention = false, routed = false;
+  ExpertKind kind = ExpertKind::mlp;
+  bool routed = false;
   int64_t E = 1, k = 1, E_local = 1;  // experts, top-k, experts on this rank
   int64_t P = 0, patch = 1;            // patches routed, tokens per patch
   int64_t capacity = 0;                // the most patches one expert keeps (expert_capacity)
   int64_t assignments = 0;             // (patch, expert) pairs kept: rows at the source = ·patch
   int64_t rows = 0;                    // source rows (tokens × kept experts) = owner rows (balanced)
-  int64_t width = 0;                   // MLP: f; attention: g·dh
-  int64_t g = 1, dh = 1;               // attention: heads per expert, head dim
   int64_t params = 0;                  // this rank's parameters of the block
 };
 
-// Block `b` (even: attention, odd: MLP) of a resolved spec, for a micro-batch of N tokens.
+// Block `b` of a resolved spec (its expert kind: layers/expert_kinds.hpp), for a micro-batch of N tokens.
 BlockShape block_shape(const ModelSpec& spec, int b, int ep, int64_t N) {
   BlockShape s;
-  s.attention = b % 2 == 0;
+  s.kind = block_expert_kind(spec, b);
   const int64_t d = spec.d;
   s.routed = spec.block_routed(b);
   s.E = spec.block_experts(b);  // 1 for an unrouted block
   s.k = spec.block_topk(b);
-  if (s.attention) {
-    s.g = spec.heads_per_expert();
-    s.dh = spec.head_dim();
-    s.width = s.g * s.dh;
-  } else {
-    s.width = spec.expert_ff();
-  }
   s.E_local = s.routed ? s.E / ep : s.E;
   s.patch = s.routed ? spec.patch_size : 1;
   s.P = N / s.patch;
@@ -77,8 +70,7 @@ BlockShape block_shape(const ModelSpec& spec, int b, int ep, int64_t N) {
   // Parameters: norm (2d), router (d·E + E) when routed, expert matrices for the local experts,
   // output bias d.
   s.params = 2 * d + d + (s.routed ? d * s.E + s.E : 0);
-  if (s.attention) s.params += s.E_local * (d * 3 * s.width + s.width * d);
-  else s.params += s.E_local * (d * s.width + s.width + s.width * d);
+  s.params += s.E_local * visit_expert_kind(s.kind, [&](auto kind) { return kind.params_per_expert(spec); });
   return s;
 }
 
@@ -147,14 +139,13 @@ MemoryEstimate memory_estimate(const ModelSpec& spec, const MemoryRun& run, int6
   add("gradients", kFloat * P, count(P) + " floats");
   add("AdamW state", 3 * kFloat * P, "m, v, decay mask: 3 × " + count(P) + " floats");
 
-  // Per block, what BlockCache, ExpertChunk and the expert caches keep (layers/model.cpp,
+  // Per block, what the step's Block and Chunk and the expert caches keep (layers/step.hpp,
   // layers/experts.cpp): activations for backward, the owner-side rows the exchange fills, and
   // the backward buffers each block keeps at their largest size.
   double act = 0, owner = 0, back = 0;
   for (const BlockShape* s : {&attn, &mlp}) {
     const double R = static_cast<double>(s->rows), A = static_cast<double>(s->assignments);
     const double Pp = static_cast<double>(s->P), E = static_cast<double>(s->E), k = static_cast<double>(s->k);
-    const double w = static_cast<double>(s->width);
     double a = 0, o = 0, b = 0;
     a += kFloat * (2.0 * N * d + 2.0 * N);                     // hin, xn [N, d]; mean, rstd [N]
     a += kFloat * Pp * E + kFloat * Pp;                          // router probs [P, E], lse [P]
@@ -162,28 +153,22 @@ MemoryEstimate memory_estimate(const ModelSpec& spec, const MemoryRun& run, int6
     a += 2 * kInt * A;                                           // row_patch, row_slot
     if (s->patch > 1) a += kFloat * Pp * d;                      // patch means
     // An identity exchange (ep 1, or an unrouted block) has no x_src, y_owner, dy_owner, dx_owner:
-    // the experts read and write the source-order buffers (Model::block_forward).
+    // the experts read and write the source-order buffers (Step::block_forward).
     const double moved = (s->routed && ep > 1) ? 1.0 : 0.0;
     a += 4 * kInt * R + (1 + moved) * kFloat * R * d;            // src token/gate/seg/pos; y_src, x_src
     o += kFloat * (1 + moved) * R * d + 2 * kInt * R;            // rows.x, y_owner [R, d]; seg, pos
     b += moved * 2 * kFloat * R * d;                             // dy_owner, dx_owner [R, d]
-    if (s->attention) {
-      const double g = static_cast<double>(s->g), dh = static_cast<double>(s->dh);
-      // Segments at the owner: each local expert gets each sequence of each ep source.
-      const double segs = static_cast<double>(s->E_local) * B * (s->routed ? ep : 1);
-      // Every expert at capacity (C patches of `patch` tokens), spread evenly over the B
-      // sequences; dropless, the mean share T·k/E.
-      const double at_capacity =
-          spec.capacity_factor > 0 ? static_cast<double>(s->capacity) * s->patch / B : T * k / E;
-      const double len = s->routed ? std::min<double>(T, at_capacity) : static_cast<double>(T);
-      a += kFloat * R * 4 * w;                                   // qkv [R, 3·g·dh], o [R, g·dh]
-      a += kFloat * g * segs * len * len;                        // attention probabilities
-      a += (kInt + kInt64) * (segs + 1) + kFloat * T * dh;       // segment index; RoPE table
-      b += kFloat * R * 4 * w + kFloat * T * T;                  // d_o, d_qkv; one segment's dP
-    } else {
-      a += 2 * kFloat * R * w;                                   // h, a = GELU(h) [R, f]
-      b += kFloat * R * w;                                       // dh [R, f]
-    }
+    // The experts' caches, by their kind (layers/expert_kinds.hpp). Attention's segments at the
+    // owner: each local expert gets each sequence of each ep source; every expert at capacity (C
+    // patches of `patch` tokens), spread evenly over the B sequences; dropless, the mean share T·k/E.
+    ExpertMemoryShape m;
+    m.rows = R;
+    m.segments = static_cast<double>(s->E_local) * B * (s->routed ? ep : 1);
+    const double at_capacity =
+        spec.capacity_factor > 0 ? static_cast<double>(s->capacity) * s->patch / B : T * k / E;
+    m.segment_len = s->routed ? std::min<double>(T, at_capacity) : static_cast<double>(T);
+    m.seq_len = static_cast<double>(T);
+    visit_expert_kind(s->kind, [&](auto kind) { kind.cache_bytes(spec, m, &a, &b); });
     act += L * a;
     owner += L * o;
     back += L * b;
@@ -195,7 +180,7 @@ MemoryEstimate memory_estimate(const ModelSpec& spec, const MemoryRun& run, int6
   add("exchange buffers", owner, "rows at their experts: x, y [R, d]; seg, pos");
   add("backward buffers per block", back, "dy, dx at the owner; expert-internal gradients");
 
-  // Model level (layers/model.cpp): residual stream, final norm, logits, shared workspaces.
+  // Step level (layers/step.hpp): residual stream, final norm, logits, shared workspaces.
   add("residual stream and batch", kFloat * (2.0 * N * d + 2.0 * N) + 3 * kInt * N,
       "h, hf [N, d]; tokens, inputs, targets");
   add("logits", kFloat * static_cast<double>(N) * V, "[N, V] = " + count(static_cast<double>(N) * V) + " floats");

@@ -4,7 +4,7 @@
 // buffers, logits, workspaces, data), so a run can print what it expects before it starts and a
 // test can hold the implementation to it (tests/slow/test_memory.cpp).
 //
-// What is counted is what layers/model.cpp, layers/experts.cpp, layers/router.cpp, the exchanges
+// What is counted is what layers/step.hpp, layers/experts.cpp, layers/router.cpp, the exchanges
 // and the training step (layers/train_step.cpp) allocate and touch. Every buffer there keeps its largest size across
 // blocks and steps (FloatBuffer reuses its allocation), so the figure is the steady state after the
 // first steps, which is also the peak. Rows per block are taken at their bound: a routed block
