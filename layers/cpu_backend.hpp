@@ -58,7 +58,6 @@ class CpuBackend {
   // Exchanges: on `sched` (the trainer's communication thread), in line by default.
   using Ticket = CommScheduler::Ticket;
   void set_scheduler(CommScheduler* sched) { sched_ = sched ? sched : &in_line_; }
-  CommScheduler& scheduler() { return *sched_; }
   Ticket submit(std::function<void()> fn) { return sched_->submit(std::move(fn)); }
   void wait(Ticket t) { sched_->wait(t); }
   void wait_all() { sched_->wait_all(); }

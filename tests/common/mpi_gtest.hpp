@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <string>
 
 namespace uoe_test {
 
@@ -26,5 +27,23 @@ inline void agree_on_shuffle_seed(MPI_Comm comm = MPI_COMM_WORLD) {
   GTEST_FLAG_SET(random_seed, seed);
   if (rank == 0 && GTEST_FLAG_GET(shuffle)) std::printf("shuffled with --gtest_random_seed=%d on every rank\n", seed);
 }
+
+// Non-root ranks print only their failures, tagged with the rank (rank 0 keeps gtest's printer).
+class RankFailurePrinter : public ::testing::EmptyTestEventListener {
+ public:
+  explicit RankFailurePrinter(int rank) : rank_(rank) {}
+  // The test's name is taken here: gtest holds its lock during OnTestPartResult, so asking for
+  // current_test_info() there would deadlock.
+  void OnTestStart(const ::testing::TestInfo& t) override { name_ = std::string(t.test_suite_name()) + "." + t.name(); }
+  void OnTestPartResult(const ::testing::TestPartResult& r) override {
+    if (!r.failed()) return;
+    std::fprintf(stderr, "[rank %d] %s: %s:%d: Failure\n%s\n", rank_, name_.c_str(),
+                 r.file_name() ? r.file_name() : "?", r.line_number(), r.summary());
+  }
+
+ private:
+  int rank_;
+  std::string name_;
+};
 
 }  // namespace uoe_test

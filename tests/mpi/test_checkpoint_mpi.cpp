@@ -355,22 +355,6 @@ TEST(CheckpointMpi, FixtureOfAnOlderBuildLoadsBitwiseWithEp2) {
 // Non-root ranks print only their failures, tagged with the rank (rank 0 keeps gtest's printer).
 // The test's name is taken in OnTestStart: OnTestPartResult runs with gtest's UnitTest mutex held,
 // so calling UnitTest::current_test_info() there deadlocks (gtest 1.12).
-class RankFailurePrinter : public ::testing::EmptyTestEventListener {
- public:
-  explicit RankFailurePrinter(int rank) : rank_(rank) {}
-  void OnTestStart(const ::testing::TestInfo& t) override {
-    test_ = std::string(t.test_suite_name()) + "." + t.name();
-  }
-  void OnTestPartResult(const ::testing::TestPartResult& r) override {
-    if (!r.failed()) return;
-    std::fprintf(stderr, "[rank %d] %s: %s:%d: Failure\n%s\n", rank_, test_.c_str(),
-                 r.file_name() ? r.file_name() : "?", r.line_number(), r.summary());
-  }
-
- private:
-  int rank_;
-  std::string test_ = "?";
-};
 
 }  // namespace
 
@@ -381,7 +365,7 @@ int main(int argc, char** argv) {
   if (mpi.world_rank() != 0) {
     ::testing::TestEventListeners& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());
-    listeners.Append(new RankFailurePrinter(mpi.world_rank()));
+    listeners.Append(new uoe_test::RankFailurePrinter(mpi.world_rank()));
   }
   // A scratch directory every rank sees (the ranks of these tests share one machine).
   char root[4096] = {0};

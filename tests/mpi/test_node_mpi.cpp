@@ -106,21 +106,6 @@ TEST(ProcessRank, IsTheWorldRankWhileMpiRuns) {
   EXPECT_EQ(uoe::process_rank(), world_rank());
 }
 
-// Non-root ranks print only their failures, tagged with the rank (rank 0 keeps gtest's printer).
-class RankFailurePrinter : public ::testing::EmptyTestEventListener {
- public:
-  explicit RankFailurePrinter(int rank) : rank_(rank) {}
-  void OnTestStart(const ::testing::TestInfo& t) override { name_ = std::string(t.test_suite_name()) + "." + t.name(); }
-  void OnTestPartResult(const ::testing::TestPartResult& r) override {
-    if (!r.failed()) return;
-    std::fprintf(stderr, "[rank %d] %s: %s:%d: Failure\n%s\n", rank_, name_.c_str(),
-                 r.file_name() ? r.file_name() : "?", r.line_number(), r.summary());
-  }
-
- private:
-  int rank_;
-  std::string name_;
-};
 
 }  // namespace
 
@@ -133,7 +118,7 @@ int main(int argc, char** argv) {
     if (mpi.world_rank() != 0) {
       ::testing::TestEventListeners& listeners = ::testing::UnitTest::GetInstance()->listeners();
       delete listeners.Release(listeners.default_result_printer());
-      listeners.Append(new RankFailurePrinter(mpi.world_rank()));
+      listeners.Append(new uoe_test::RankFailurePrinter(mpi.world_rank()));
     }
     rc = RUN_ALL_TESTS();
     // A failure on any rank fails every rank, so mpirun's exit status cannot depend on which rank
