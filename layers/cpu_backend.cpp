@@ -4,8 +4,12 @@
 #include "runtime/gemm.hpp"
 #include "runtime/sum_squares.hpp"
 #include "runtime/kernels.hpp"
+#include "runtime/threads.hpp"
 
 namespace uoe {
+namespace {
+constexpr int64_t kGrainTokens = 64;  // tokens (rows of d floats) per thread at least
+}  // namespace
 
 template class Step<CpuBackend>;
 
@@ -27,8 +31,9 @@ void CpuBackend::gather_rows(float* out, const float* table, const int32_t* ids,
   uoe::gather_rows(out, table, ids, N, C);
 }
 void CpuBackend::residual_bias_rows(float* out, const float* x, const float* bias, int N, int C) {
-  for (int t = 0; t < N; ++t)
-    residual_bias_row(out + static_cast<size_t>(t) * C, x + static_cast<size_t>(t) * C, bias, C);
+  parallel_ranges(N, kGrainTokens, [=](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) residual_bias_row(out + t * C, x + t * C, bias, C);
+  });
 }
 void CpuBackend::bias_grad(float* db, const float* dh, int N, int C) { sum_rows_into(db, dh, N, C); }
 void CpuBackend::gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
@@ -79,29 +84,43 @@ void CpuBackend::combine_chunk(float* out, const float* hin, const float* bias, 
   const SourceRows& src = *t.src;
   const std::vector<float>& gate = t.routing->gate;
   const int t0 = chunk_first_token(ch, t.B, t.T, t.C), t1 = chunk_first_token(ch + 1, t.B, t.T, t.C);
-  for (int tok = t0; tok < t1; ++tok) {
-    float* o = out + static_cast<size_t>(tok) * d;
-    if (hin) residual_bias_row(o, hin + static_cast<size_t>(tok) * d, bias, d);
-    for (int q = t.first[tok]; q < t.first[tok + 1]; ++q) {
-      const int i = t.rows[q];
-      scatter_add_row(o, y + static_cast<size_t>(i) * d, d, gate[src.gate[i]]);
+  // Each token is its own output row: tokens split over threads freely.
+  parallel_ranges(t1 - t0, kGrainTokens, [&](int64_t a, int64_t b) {
+    for (int tok = t0 + static_cast<int>(a); tok < t0 + b; ++tok) {
+      float* o = out + static_cast<size_t>(tok) * d;
+      if (hin) residual_bias_row(o, hin + static_cast<size_t>(tok) * d, bias, d);
+      for (int q = t.first[tok]; q < t.first[tok + 1]; ++q) {
+        const int i = t.rows[q];
+        scatter_add_row(o, y + static_cast<size_t>(i) * d, d, gate[src.gate[i]]);
+      }
     }
-  }
+  });
 }
 
 void CpuBackend::combine_backward(float* dy, float* dgate_host, const float* dh, const CombineTables& t,
                                   const float* y, int i0, int i1, bool output, bool gate, int d) {
   const SourceRows& src = *t.src;
   const std::vector<float>& w = t.routing->gate;
-  for (int i = i0; i < i1; ++i) {
-    const float* g = dh + static_cast<size_t>(src.token[i]) * d;
-    if (output) scale_row(dy + static_cast<size_t>(i) * d, g, d, w[src.gate[i]]);
-    if (gate) dgate_host[src.gate[i]] += dot_lanes(g, y + static_cast<size_t>(i) * d, d);
-  }
+  if (output)
+    parallel_ranges(i1 - i0, kGrainTokens, [&](int64_t a, int64_t b) {
+      for (int i = i0 + static_cast<int>(a); i < i0 + b; ++i)
+        scale_row(dy + static_cast<size_t>(i) * d, dh + static_cast<size_t>(src.token[i]) * d, d, w[src.gate[i]]);
+    });
+  // A gate (patch, slot) collects the rows of its patch's tokens, in row order: one thread.
+  if (gate)
+    for (int i = i0; i < i1; ++i)
+      dgate_host[src.gate[i]] += dot_lanes(dh + static_cast<size_t>(src.token[i]) * d, y + static_cast<size_t>(i) * d, d);
 }
 
 void CpuBackend::combine_backward_inputs(float* dxn, const float* dx, const CombineTables& t, int d) {
-  scatter_add_rows(dxn, dx, t.src->token.data(), t.src->rows(), d, 1.0f);
+  // By token through the combine's CSR (each token's rows ascending): the additions of a scatter-add
+  // in row order, each token on one thread.
+  const int N = static_cast<int>(t.first.size()) - 1;
+  parallel_ranges(N, kGrainTokens, [&](int64_t a, int64_t b) {
+    for (int64_t tok = a; tok < b; ++tok)
+      for (int q = t.first[tok]; q < t.first[tok + 1]; ++q)
+        scatter_add_row(dxn + tok * d, dx + static_cast<size_t>(t.rows[q]) * d, d, 1.0f);
+  });
 }
 
 void CpuBackend::reduce_gradients(GradientSync& sync, ParamStore&, int bucket) {

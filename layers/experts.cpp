@@ -6,6 +6,7 @@
 #include "runtime/gemm.hpp"
 #include "runtime/kernels.hpp"
 #include "runtime/profile.hpp"
+#include "runtime/threads.hpp"
 
 namespace uoe {
 
@@ -19,8 +20,9 @@ void mlp_experts_forward(float* y, MlpExpertCache& cache, const ExpertRows& rows
     if (n == 0) continue;
     float* h = cache.g.data() + static_cast<size_t>(r0) * f;
     const float* bias = b1 + static_cast<size_t>(e) * f;
-    for (int i = 0; i < n; ++i)
-      for (int j = 0; j < f; ++j) h[static_cast<size_t>(i) * f + j] = bias[j];
+    parallel_ranges(n, 64, [=](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) std::copy(bias, bias + f, h + i * f);
+    });
     gemm(false, false, n, f, d, 1.0f, rows.x.data() + static_cast<size_t>(r0) * d, d,
          W1 + static_cast<size_t>(e) * d * f, f, 1.0f, h, f);
     float* a = cache.a.data() + static_cast<size_t>(r0) * f;
@@ -42,7 +44,9 @@ void mlp_experts_backward_data(float* dx, const float* dy, MlpExpertCache& cache
     float* dhe = dh.data() + static_cast<size_t>(r0) * f;
     // da = dy·W2ᵀ ; dh = da ⊙ GELU'(h) ; dx = dh·W1ᵀ
     gemm(false, true, n, f, d, 1.0f, dye, d, W2 + static_cast<size_t>(e) * f * d, d, 0.0f, dhe, f);
-    for (int64_t i = 0; i < static_cast<int64_t>(n) * f; ++i) dhe[i] *= g[i];
+    parallel_ranges(static_cast<int64_t>(n) * f, 16384, [=](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) dhe[i] *= g[i];
+    });
     gemm(false, true, n, d, f, 1.0f, dhe, f, W1 + static_cast<size_t>(e) * d * f, f, 0.0f,
          dx + static_cast<size_t>(r0) * d, d);
   }
@@ -106,12 +110,14 @@ int causal_row_blocks(int L) { return std::max(1, L / 16); }
 // RoPE (or its inverse) on the q and k heads of every row of a [R, 3·g·dh] block.
 void attn_apply_rope(float* qkv, const AttnExpertCache& c, const ExpertRows& rows, int g, int dh, bool inverse) {
   const int half = dh / 2, W3 = 3 * g * dh;
-  for (int r = 0; r < rows.rows(); ++r) {
-    float* row = qkv + static_cast<size_t>(r) * W3;
-    const float* ct = c.rope_cos.data() + static_cast<size_t>(rows.pos[r]) * half;
-    const float* st = c.rope_sin.data() + static_cast<size_t>(rows.pos[r]) * half;
-    for (int h = 0; h < 2 * g; ++h) rope_row(row + h * dh, half, ct, st, inverse);
-  }
+  parallel_ranges(rows.rows(), 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* row = qkv + r * W3;
+      const float* ct = c.rope_cos.data() + static_cast<size_t>(rows.pos[r]) * half;
+      const float* st = c.rope_sin.data() + static_cast<size_t>(rows.pos[r]) * half;
+      for (int h = 0; h < 2 * g; ++h) rope_row(row + h * dh, half, ct, st, inverse);
+    }
+  });
 }
 }  // namespace
 
@@ -135,8 +141,10 @@ void attn_experts_forward(float* y, AttnExpertCache& c, const ExpertRows& rows, 
   attn_ensure_rope(c, rows, dh / 2);
   attn_apply_rope(c.qkv.data(), c, rows, g, dh, false);
   // Causal attention per segment and head: S = q·kᵀ/√dh (row i sees j ≤ i), P = softmax, o = P·v.
+  // Segments are disjoint sets of rows with their own score tiles: split over threads freely.
   const int nseg = static_cast<int>(c.seg_begin.size()) - 1;
-  for (int s = 0; s < nseg; ++s) {
+  parallel_ranges(nseg, 1, [&](int64_t s0, int64_t s1) {
+  for (int s = static_cast<int>(s0); s < s1; ++s) {
     const int r0 = c.seg_begin[s], L = c.seg_begin[s + 1] - r0;
     for (int h = 0; h < g; ++h) {
       float* P = c.att.data() + c.att_offset[s] + static_cast<int64_t>(h) * L * L;
@@ -164,6 +172,7 @@ void attn_experts_forward(float* y, AttnExpertCache& c, const ExpertRows& rows, 
       }
     }
   }
+  });
   for (int e = 0; e < rows.n_experts; ++e) {
     const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
     if (n == 0) continue;
@@ -189,8 +198,10 @@ void attn_experts_backward_data(float* dx, const float* dy, AttnExpertCache& c, 
          dO.data() + static_cast<size_t>(r0) * gd, gd);
   }
   const int nseg = static_cast<int>(c.seg_begin.size()) - 1;
-  std::vector<float>& dP = c.d_att;
-  for (int s = 0; s < nseg; ++s) {
+  // Segments split over threads as in forward; each thread its own dP tile.
+  parallel_ranges(nseg, 1, [&](int64_t s0, int64_t s1) {
+  static thread_local std::vector<float> dP;
+  for (int s = static_cast<int>(s0); s < s1; ++s) {
     const int r0 = c.seg_begin[s], L = c.seg_begin[s + 1] - r0;
     dP.resize(static_cast<size_t>(L) * L);
     for (int h = 0; h < g; ++h) {
@@ -229,6 +240,7 @@ void attn_experts_backward_data(float* dx, const float* dy, AttnExpertCache& c, 
       }
     }
   }
+  });
   // Undo RoPE on dq and dk (the rotation is orthogonal: backward = inverse rotation).
   attn_apply_rope(dqkv.data(), c, rows, g, dh, true);
   for (int e = 0; e < rows.n_experts; ++e) {

@@ -42,7 +42,6 @@ struct AttnExpertCache {
   std::vector<int> seg_begin;       // segment row ranges, over all local experts
   std::vector<int64_t> att_offset;  // [segments + 1] offsets into att (per segment, g heads)
   FloatBuffer d_o, d_qkv;           // backward workspaces [R, g·dh], [R, 3·g·dh]
-  std::vector<float> d_att;         // backward workspace [L, L] of one segment and head
   std::vector<float> rope_cos, rope_sin;  // [positions, dh/2] RoPE table, grown as needed
   int rope_positions = 0, rope_half = 0;
 };

@@ -7,10 +7,12 @@
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "runtime/profile.hpp"
+#include "runtime/threads.hpp"
 
 namespace uoe {
 namespace {
@@ -18,7 +20,7 @@ constexpr double kSmallGemm = 1e6;  // OpenBLAS's small-matrix limit on M·N·K 
 constexpr int kMinPiece = 16;       // thinner pieces would lose more than packing costs
 constexpr int kMinRowsToTranspose = 128;     // NT → NN only when the copy of B is amortised
 constexpr size_t kMaxTransposed = 1 << 18;  // and B is a weight-sized operand (≤ 1 MB)
-int g_threads = openblas_get_num_threads();  // kept by gemm_set_threads
+constexpr double kMinParallelMacs = 1 << 19;  // ~5-10 µs on one thread: smaller products stay whole
 // OpenBLAS has small-matrix sgemm kernels (from 0.3.17) for its AVX-512 x86 cores only; elsewhere
 // the pieces would take the packed path with fewer rows, which is slower, so they stay whole. The
 // decision depends on the library and the CPU only, never on a timing, so runs stay reproducible.
@@ -30,6 +32,12 @@ bool blas_has_small_kernels() {
   std::transform(core.begin(), core.end(), core.begin(), [](unsigned char ch) { return std::tolower(ch); });
   return core == "skylakex" || core == "cooperlake" || core == "sapphirerapids";
 }
+// The BLAS runs single-threaded from the start (OpenBLAS would otherwise start with one thread per
+// core): the compute threads are runtime/threads.hpp's.
+const bool g_blas_single_threaded = [] {
+  openblas_set_num_threads(1);
+  return true;
+}();
 const bool g_split = [] {
   const char* e = std::getenv("UOE_GEMM_SPLIT");
   if (e && std::string(e) == "0") return false;
@@ -48,38 +56,22 @@ void transpose(float* __restrict__ out, int ldo, const float* __restrict__ in, i
 }
 }  // namespace
 
-void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
-          const float* B, int ldb, float beta, float* C, int ldc) {
-  const ProfileScope profile(Phase::gemm);
-  if (M == 0 || N == 0) return;
-  if (K == 0) {
-    // BLAS leaves C untouched for K = 0 only when beta = 1; make the beta scaling explicit.
-    for (int i = 0; i < M; ++i)
-      for (int j = 0; j < N; ++j) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
-    return;
-  }
-  // With one BLAS thread, NN products and TN products (weight gradients, K = rows) are cut into
-  // pieces of at most kSmallGemm multiply-adds: OpenBLAS runs such pieces with its small-matrix
-  // kernels (0.3.17+, on AVX-512 cores), which need no packing of A and B and no separate zeroing
-  // of C for beta = 0. For the model's shapes (K or N = 128, a few hundred rows) that is 100-104
-  // → 111-116 GFLOP/s on the reference machine, +5% on a training step (bench/README.md's log).
-  // NT products are left whole: OpenBLAS's small NT kernel is slower than its packed path. Cut
-  // NN products give each element the sum of the whole product; cut TN products add K in pieces
-  // (C + A₁ᵀB₁ + A₂ᵀB₂ …), a fixed order, so results stay bitwise reproducible for a given BLAS
-  // thread count (they differ in the last bits from --threads 2, which calls the packed path).
+namespace {
+// One part of a product on the calling thread (the BLAS is single-threaded: runtime/threads.hpp).
+// whole_M, whole_N: the whole product's, so that how K is cut into pieces does not depend on how
+// the product was split over threads.
+void gemm_part(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+               const float* B, int ldb, float beta, float* C, int ldc, int whole_M, int whole_N) {
+  // NN products and TN products (weight gradients, K = rows) are cut into pieces of at most
+  // kSmallGemm multiply-adds: OpenBLAS runs such pieces with its small-matrix kernels (0.3.17+, on
+  // AVX-512 cores), which need no packing of A and B and no separate zeroing of C for beta = 0. For
+  // the model's shapes (K or N = 128, a few hundred rows) that is 100-104 → 111-116 GFLOP/s on the
+  // reference machine, +5% on a training step (bench/README.md's log). Cut NN products give each
+  // element the sum of the whole product; cut TN products add K in pieces (C + A₁ᵀB₁ + A₂ᵀB₂ …) of a
+  // depth fixed by the whole product's M·N, so a split over threads does not move the cuts.
   // Only where OpenBLAS has those kernels (blas_has_small_kernels); UOE_GEMM_SPLIT=0 in the
   // environment turns this off (for comparisons).
-  if (g_split && g_threads == 1 && trans_b && !trans_a && M >= kMinRowsToTranspose &&
-      static_cast<size_t>(N) * K <= kMaxTransposed && static_cast<double>(M) * N * K > kSmallGemm) {
-    // An NT product with a small B (a weight, in backward) becomes an NN one on a transposed copy of
-    // B: the copy costs ~N·K moves, the NN pieces save ~10% of 2·M·N·K flops' time from M ≈ 100 on.
-    static thread_local std::vector<float> bt;
-    bt.resize(static_cast<size_t>(N) * K);
-    transpose(bt.data(), N, B, ldb, N, K);
-    gemm(false, false, M, N, K, alpha, A, lda, bt.data(), N, beta, C, ldc);
-    return;
-  }
-  if (g_split && g_threads == 1 && !trans_b && static_cast<double>(M) * N * K > kSmallGemm) {
+  if (g_split && !trans_b && static_cast<double>(whole_M) * whole_N * K > kSmallGemm) {
     if (!trans_a) {
       const int rows = static_cast<int>(kSmallGemm / (static_cast<double>(N) * K));
       if (rows >= kMinPiece) {
@@ -89,7 +81,7 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
         return;
       }
     } else {
-      const int depth = static_cast<int>(kSmallGemm / (static_cast<double>(M) * N));
+      const int depth = static_cast<int>(kSmallGemm / (static_cast<double>(whole_M) * whole_N));
       if (depth >= kMinPiece) {
         for (int k0 = 0; k0 < K; k0 += depth)
           cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, N, std::min(depth, K - k0), alpha,
@@ -101,6 +93,84 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
   }
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
               M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+// The BLAS kernels compute C in tiles of rows, with other code for a last, shorter tile; so C's rows
+// split at multiples of the tile height get the same bits as the whole product, and split
+// elsewhere they do not (OpenBLAS's Haswell/Zen sgemm: multiples of 24 rows). Columns split at no
+// multiple tried keep the bits there. The period is found once, by trying: the smallest candidate
+// whose splits give the whole product's bits for every transpose and two depths (through
+// gemm_part, so the piece logic above is part of what is tried), or 0 — products stay whole.
+int probe_row_period() {
+  std::vector<float> A, B, whole, parts;
+  for (int period : {4, 8, 16, 24, 32, 48, 64, 96, 128}) {
+    bool same = true;
+    const int M = 5 * period + period / 2 + 3, N = 64;
+    for (int K : {80, 300})
+      for (int t = 0; t < 4 && same; ++t) {
+        const bool ta = t & 1, tb = t & 2;
+        A.resize(static_cast<size_t>(M) * K);
+        B.resize(static_cast<size_t>(K) * N);
+        for (size_t i = 0; i < A.size(); ++i) A[i] = static_cast<float>((i * 2654435761u) % 1999) * 1e-3f - 1.0f;
+        for (size_t i = 0; i < B.size(); ++i) B[i] = static_cast<float>((i * 40503u) % 1997) * 1e-3f - 1.0f;
+        whole.assign(static_cast<size_t>(M) * N, 0.0f);
+        parts.assign(whole.size(), 0.0f);
+        const int lda = ta ? M : K, ldb = tb ? K : N;
+        gemm_part(ta, tb, M, N, K, 1.0f, A.data(), lda, B.data(), ldb, 0.0f, whole.data(), N, M, N);
+        const int cut[] = {0, period, 3 * period, M};
+        for (int p = 0; p < 3; ++p)
+          gemm_part(ta, tb, cut[p + 1] - cut[p], N, K, 1.0f, ta ? A.data() + cut[p] : A.data() + cut[p] * lda, lda,
+                    B.data(), ldb, 0.0f, parts.data() + static_cast<size_t>(cut[p]) * N, N, M, N);
+        same = std::memcmp(whole.data(), parts.data(), whole.size() * sizeof(float)) == 0;
+      }
+    if (same) return period;
+  }
+  return 0;
+}
+int row_period() {
+  static const int period = probe_row_period();
+  return period;
+}
+}  // namespace
+
+void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+          const float* B, int ldb, float beta, float* C, int ldc) {
+  const ProfileScope profile(Phase::gemm);
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    // BLAS leaves C untouched for K = 0 only when beta = 1; make the beta scaling explicit.
+    for (int i = 0; i < M; ++i)
+      for (int j = 0; j < N; ++j) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+    return;
+  }
+  if (g_split && trans_b && !trans_a && M >= kMinRowsToTranspose && static_cast<size_t>(N) * K <= kMaxTransposed &&
+      static_cast<double>(M) * N * K > kSmallGemm) {
+    // An NT product with a small B (a weight, in backward) becomes an NN one on a transposed copy of
+    // B: the copy costs ~N·K moves, the NN pieces save ~10% of 2·M·N·K flops' time from M ≈ 100 on.
+    static thread_local std::vector<float> bt;
+    bt.resize(static_cast<size_t>(N) * K);
+    transpose(bt.data(), N, B, ldb, N, K);
+    gemm(false, false, M, N, K, alpha, A, lda, bt.data(), N, beta, C, ldc);
+    return;
+  }
+  // Large products are split over the compute threads by rows of C, at multiples of the kernels'
+  // row period: a part is C's rows [m0, m1) = op(A)'s rows times op(B), computed as the whole
+  // product computes them, so the split never changes a result (tests/unit/test_threads.cpp).
+  const int threads = threads_inside() ? 1 : threads_count();
+  if (threads > 1 && static_cast<double>(M) * N * K >= kMinParallelMacs) {
+    const int period = row_period();
+    const int tiles = period > 0 ? (M + period - 1) / period : 0;  // the last one may be short
+    if (tiles >= 2) {
+      parallel_ranges(tiles, 1, [&](int64_t t0, int64_t t1) {
+        const int64_t m0 = t0 * period, m1 = std::min<int64_t>(M, t1 * period);
+        const float* Ap = trans_a ? A + m0 : A + m0 * lda;
+        gemm_part(trans_a, trans_b, static_cast<int>(m1 - m0), N, K, alpha, Ap, lda, B, ldb, beta, C + m0 * ldc, ldc,
+                  M, N);
+      });
+      return;
+    }
+  }
+  gemm_part(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, M, N);
 }
 
 double gemm_measure_gflops(int n, int reps) {
@@ -120,15 +190,20 @@ double gemm_measure_gflops(int n, int reps) {
 }
 
 void gemm_set_threads(int n) {
-  if (n > 0) openblas_set_num_threads(n);
-  g_threads = openblas_get_num_threads();
+  // The BLAS itself stays single-threaded: one pool (runtime/threads.hpp), no nested one.
+  openblas_set_num_threads(1);
+  if (n > 0) threads_set(n);
 }
-int gemm_get_threads() { return openblas_get_num_threads(); }
+int gemm_get_threads() { return threads_count(); }
 
 std::string gemm_describe() {
   std::string s = std::string("OpenBLAS ") + openblas_get_corename();
-  if (!g_split) return s + ", whole GEMMs";
-  return s + (g_threads == 1 ? ", small-matrix GEMM pieces" : ", whole GEMMs (pieces only with 1 thread)");
+  s += g_split ? ", small-matrix GEMM pieces" : ", whole GEMMs";
+  const int n = threads_count();
+  if (n == 1) return s + ", single-threaded";
+  const int period = row_period();
+  return s + ", single-threaded, split over " + std::to_string(n) + " threads" +
+         (period > 0 ? " at " + std::to_string(period) + "-row tiles" : " (never: no row split keeps the bits)");
 }
 
 }  // namespace uoe

@@ -1,5 +1,7 @@
 // GEMM on the reference path: row-major single-precision through OpenBLAS (cblas_sgemm).
 // C[M,N] = alpha * op(A)[M,K] · op(B)[K,N] + beta * C, leading dimensions in elements.
+// Large products run split over the compute threads (runtime/threads.hpp) by rows or columns of C,
+// each part a single-threaded BLAS call: the same bits for any thread count.
 #pragma once
 #include <string>
 
@@ -13,7 +15,8 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
 // in the same run on the same cores.
 double gemm_measure_gflops(int n, int reps);
 
-// Sets the BLAS thread count for this process (0 leaves OpenBLAS's default).
+// Sets the compute threads of this process (runtime/threads.hpp; 0 keeps the current count). The
+// BLAS itself always runs single-threaded: gemm() splits large products over the threads.
 void gemm_set_threads(int n);
 int gemm_get_threads();
 // "OpenBLAS Cooperlake, small-matrix GEMM pieces": the library's core and how gemm() calls it (for

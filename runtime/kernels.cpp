@@ -2,20 +2,42 @@
 
 #include <cmath>
 #include <cstring>
+#include <vector>
+
+#include "runtime/threads.hpp"
 
 namespace uoe {
+namespace {
+// Rows per thread at least, for row kernels of C ≈ 128 floats (a few hundred ns a row): shorter
+// loops are not worth waking a thread for. Elementwise loops: kGrainElems elements.
+constexpr int64_t kGrainRows = 64;
+constexpr int64_t kGrainElems = 16384;
+// Column ranges for reductions over rows: every column still adds its rows in row order, so the
+// sums are the same bits for any split.
+constexpr int64_t kGrainCols = 16;
+}  // namespace
 
 void layernorm_forward(float* out, float* mean, float* rstd, const float* x, const float* weight,
                        const float* bias, int N, int C) {
-  for (int i = 0; i < N; ++i)
-    layernorm_row_forward(out + (int64_t)i * C, mean + i, rstd + i, x + (int64_t)i * C, weight, bias, C);
+  parallel_ranges(N, kGrainRows, [=](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      layernorm_row_forward(out + i * C, mean + i, rstd + i, x + i * C, weight, bias, C);
+  });
 }
 
 void layernorm_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
                         const float* weight, const float* mean, const float* rstd, int N, int C) {
-  for (int i = 0; i < N; ++i)
-    layernorm_row_backward(dx + (int64_t)i * C, dweight, dbias, dout + (int64_t)i * C, x + (int64_t)i * C,
-                           weight, mean[i], rstd[i], C);
+  // dx row by row, then dweight/dbias column by column (each column's rows in row order): the same
+  // additions as layernorm_row_backward's, split so that threads never share an accumulator.
+  parallel_ranges(N, kGrainRows, [=](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      layernorm_row_backward_input(dx + i * C, dout + i * C, x + i * C, weight, mean[i], rstd[i], C);
+  });
+  parallel_ranges(C, kGrainCols, [=](int64_t c0, int64_t c1) {
+    for (int64_t i = 0; i < N; ++i)
+      layernorm_row_backward_params(dweight + c0, dbias + c0, dout + i * C + c0, x + i * C + c0, mean[i], rstd[i],
+                                    static_cast<int>(c1 - c0));
+  });
 }
 
 void rope_table(float* cos_out, float* sin_out, int T, int half) {
@@ -28,25 +50,36 @@ void rope_table(float* cos_out, float* sin_out, int T, int half) {
 }
 
 void gelu_forward(float* out, const float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = gelu(x[i]);
+  parallel_ranges(n, kGrainElems, [=](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) out[i] = gelu(x[i]);
+  });
 }
 
 void gelu_backward(float* dx, const float* x, const float* dout, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dx[i] = dout[i] * gelu_grad(x[i]);
+  parallel_ranges(n, kGrainElems, [=](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) dx[i] = dout[i] * gelu_grad(x[i]);
+  });
 }
 
 void gelu_forward_keep_grad(float* __restrict__ out, float* __restrict__ x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) gelu_with_grad(x[i], &out[i], &x[i]);
+  parallel_ranges(n, kGrainElems, [=](int64_t i0, int64_t i1) {
+    float* __restrict__ o = out;
+    float* __restrict__ v = x;
+    for (int64_t i = i0; i < i1; ++i) gelu_with_grad(v[i], &o[i], &v[i]);
+  });
 }
 
 void gather_rows(float* out, const float* table, const int32_t* ids, int N, int C) {
-  for (int i = 0; i < N; ++i)
-    std::memcpy(out + (int64_t)i * C, table + (int64_t)ids[i] * C, sizeof(float) * C);
+  parallel_ranges(N, kGrainRows, [=](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) std::memcpy(out + i * C, table + (int64_t)ids[i] * C, sizeof(float) * C);
+  });
 }
 
 void sum_rows_into(float* acc, const float* x, int N, int C) {
-  for (int i = 0; i < N; ++i)
-    for (int c = 0; c < C; ++c) acc[c] += x[static_cast<int64_t>(i) * C + c];
+  parallel_ranges(C, kGrainCols, [=](int64_t c0, int64_t c1) {
+    for (int64_t i = 0; i < N; ++i)
+      for (int64_t c = c0; c < c1; ++c) acc[c] += x[i * C + c];
+  });
 }
 
 void scatter_add_rows(float* table, const float* src, const int32_t* ids, int N, int C, float scale) {
@@ -55,25 +88,39 @@ void scatter_add_rows(float* table, const float* src, const int32_t* ids, int N,
   }
 }
 
-double crossentropy_forward_backward(float* logits, const int32_t* targets, int N, int V, float grad_scale) {
+namespace {
+// Σ of the rows' losses in row order (in double), the rows computed in parallel.
+template <class RowLoss>
+double sum_row_losses(int N, RowLoss row_loss) {
+  static thread_local std::vector<float> loss;
+  loss.resize(static_cast<size_t>(N));
+  float* l = loss.data();
+  parallel_ranges(N, kGrainRows / 4, [=](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) l[i] = row_loss(i);
+  });
   double total = 0.0;
-  for (int i = 0; i < N; ++i) {
-    total += crossentropy_row_forward_backward(logits + (int64_t)i * V, V, targets[i], grad_scale);
-  }
+  for (int i = 0; i < N; ++i) total += l[i];
   return total;
+}
+}  // namespace
+
+double crossentropy_forward_backward(float* logits, const int32_t* targets, int N, int V, float grad_scale) {
+  return sum_row_losses(N, [=](int64_t i) {
+    return crossentropy_row_forward_backward(logits + i * V, V, targets[i], grad_scale);
+  });
 }
 
 double crossentropy_forward(float* logits, const int32_t* targets, int N, int V) {
-  double total = 0.0;
-  for (int i = 0; i < N; ++i) total += crossentropy_row_forward(logits + (int64_t)i * V, V, targets[i]);
-  return total;
+  return sum_row_losses(N, [=](int64_t i) { return crossentropy_row_forward(logits + i * V, V, targets[i]); });
 }
 
 void softmax_rows(float* x, float* lse, int N, int n) {
-  for (int i = 0; i < N; ++i) {
-    const float l = softmax_row(x + (int64_t)i * n, n);
-    if (lse) lse[i] = l;
-  }
+  parallel_ranges(N, kGrainRows, [=](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const float l = softmax_row(x + i * n, n);
+      if (lse) lse[i] = l;
+    }
+  });
 }
 
 void topk_rows(int* idx, const float* x, int N, int n, int k) {
@@ -93,8 +140,14 @@ void rope_rows(float* x, const int32_t* pos, const float* cos_table, const float
 
 void adamw_update(float* w, float* m, float* v, const float* g, const float* decay_mask, size_t n,
                   const AdamWScalars& s) {
-  const AdamWScalars k = s;  // a local copy: stores through w/m/v cannot alias it
-  for (size_t i = 0; i < n; ++i) adamw_update_elem(w[i], m[i], v[i], g[i], decay_mask[i], k);
+  // The range's body takes everything as arguments: locals that stores through w/m/v cannot alias
+  // (read from the lambda's captures inside the loop, they would keep it scalar).
+  const auto range = [](float* w, float* m, float* v, const float* g, const float* decay_mask, int64_t i0, int64_t i1,
+                        const AdamWScalars k) {
+    for (int64_t i = i0; i < i1; ++i) adamw_update_elem(w[i], m[i], v[i], g[i], decay_mask[i], k);
+  };
+  parallel_ranges(static_cast<int64_t>(n), kGrainElems,
+                  [=](int64_t i0, int64_t i1) { range(w, m, v, g, decay_mask, i0, i1, s); });
 }
 
 void attn_causal_forward(float* o, float* att, const float* qkv, const int* seg_begin, const int64_t* att_offset,

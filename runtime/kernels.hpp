@@ -150,6 +150,31 @@ UOE_HD inline void layernorm_row_backward(float* __restrict__ dx, float* __restr
     dx[i] += (dn - sum_dn - n * sum_dn_n) * rstd;
   }
 }
+// The same in two halves, for loops that split rows and columns over threads (layernorm_backward):
+// dx += LN'ᵀ dout of one row, and its contribution to C columns of dweight/dbias (the row's
+// x, dout and accumulators offset to the first of those columns).
+UOE_HD inline void layernorm_row_backward_input(float* __restrict__ dx, const float* __restrict__ dout,
+                                                const float* __restrict__ x, const float* __restrict__ weight,
+                                                float mean, float rstd, int C) {
+  const float sum_dn = sum_terms(C, [dout, weight](int i) { return dout[i] * weight[i]; }) / static_cast<float>(C);
+  const float sum_dn_n = sum_terms(C, [dout, weight, x, mean, rstd](int i) {
+                           return dout[i] * weight[i] * ((x[i] - mean) * rstd);
+                         }) /
+                         static_cast<float>(C);
+  for (int i = 0; i < C; ++i) {
+    const float n = (x[i] - mean) * rstd;
+    const float dn = dout[i] * weight[i];
+    dx[i] += (dn - sum_dn - n * sum_dn_n) * rstd;
+  }
+}
+UOE_HD inline void layernorm_row_backward_params(float* __restrict__ dweight, float* __restrict__ dbias,
+                                                 const float* __restrict__ dout, const float* __restrict__ x,
+                                                 float mean, float rstd, int C) {
+  for (int i = 0; i < C; ++i) {
+    dbias[i] += dout[i];
+    dweight[i] += dout[i] * ((x[i] - mean) * rstd);
+  }
+}
 
 // In-place softmax of one row of length n; returns log-sum-exp of the input row.
 UOE_HD inline float softmax_row(float* x, int n) {

@@ -1,0 +1,203 @@
+// The compute threads (runtime/threads.hpp): parallel_ranges covers every item once, in at most
+// threads_count() contiguous ranges, runs nested calls in line and passes exceptions on; and the
+// promise the split rests on — the same bits for any thread count — checked where the threads are
+// used: GEMMs split by rows or columns, and whole training steps (every kernel that splits, the
+// attention segments, the combine) on 1, 2 and 3 threads, gradients and losses bit for bit.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "layers/cpu_backend.hpp"
+#include "layers/model.hpp"
+#include "layers/optimizer.hpp"
+#include "parallel/exchange.hpp"
+#include "runtime/gemm.hpp"
+#include "runtime/rng.hpp"
+#include "runtime/threads.hpp"
+
+namespace uoe {
+namespace {
+
+// Restores the thread count a test changed.
+struct ThreadCount {
+  int saved = gemm_get_threads();
+  ~ThreadCount() { gemm_set_threads(saved); }
+};
+
+TEST(Threads, RangesCoverEveryItemOnceInContiguousParts) {
+  ThreadCount keep;
+  for (int threads : {1, 2, 3, 4}) {
+    gemm_set_threads(threads);
+    for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{5}, int64_t{64}, int64_t{1000}, int64_t{1001}})
+      for (int64_t grain : {int64_t{1}, int64_t{16}, int64_t{400}}) {
+        std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+        std::atomic<int> calls{0};
+        parallel_ranges(n, grain, [&](int64_t b, int64_t e) {
+          ASSERT_LT(b, e);
+          calls++;
+          for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)]++;
+        });
+        for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1) << "item " << i;
+        const int64_t most = std::min<int64_t>(threads, std::max<int64_t>(1, n / grain));
+        if (n > 0) {
+          EXPECT_LE(calls.load(), most) << "n " << n << " grain " << grain;
+          EXPECT_GE(calls.load(), 1);
+        }
+      }
+  }
+}
+
+TEST(Threads, SplitsWhenItCanAndNestsInLine) {
+  ThreadCount keep;
+  gemm_set_threads(2);
+  std::atomic<int> outer{0}, inner{0}, inside{0};
+  parallel_ranges(100, 10, [&](int64_t, int64_t) {
+    outer++;
+    inside += threads_inside() ? 1 : 0;
+    parallel_ranges(100, 10, [&](int64_t b, int64_t e) {
+      inner++;
+      EXPECT_EQ(b, 0);
+      EXPECT_EQ(e, 100);
+    });
+  });
+  EXPECT_EQ(outer.load(), 2);
+  EXPECT_EQ(inside.load(), 2);
+  EXPECT_EQ(inner.load(), 2);  // one in-line call per outer range
+  EXPECT_FALSE(threads_inside());
+}
+
+TEST(Threads, AnExceptionReachesTheCaller) {
+  ThreadCount keep;
+  for (int threads : {1, 2}) {
+    gemm_set_threads(threads);
+    EXPECT_THROW(parallel_ranges(100, 1,
+                                 [](int64_t b, int64_t) {
+                                   if (b > 0 || threads_count() == 1) throw std::runtime_error("part failed");
+                                 }),
+                 std::runtime_error);
+    EXPECT_FALSE(threads_inside());
+  }
+}
+
+std::vector<float> values(size_t n, uint64_t stream) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = rng_uniform(5, stream, i) * 2.0f - 1.0f;
+  return v;
+}
+
+size_t bit_differences(const float* a, const float* b, size_t n) {
+  size_t bad = 0;
+  for (size_t i = 0; i < n; ++i) bad += std::memcmp(a + i, b + i, sizeof(float)) != 0;
+  return bad;
+}
+
+// Products large enough to split (≥ 2^19 multiply-adds), by rows (M large) and by columns (M
+// small, N large), every transpose, beta 0 and not: 2 and 3 threads give one thread's bits.
+TEST(Threads, GemmSplitsGiveTheSameBits) {
+  ThreadCount keep;
+  struct Shape { int M, N, K; };
+  for (const Shape sh : {Shape{700, 96, 80}, Shape{40, 900, 120}, Shape{128, 128, 1500}, Shape{33, 65, 700}})
+    for (bool ta : {false, true})
+      for (bool tb : {false, true})
+        for (float beta : {0.0f, 0.5f}) {
+          const int lda = ta ? sh.M : sh.K, ldb = tb ? sh.K : sh.N;
+          const auto A = values(static_cast<size_t>(sh.M) * sh.K, 1), B = values(static_cast<size_t>(sh.K) * sh.N, 2),
+                     C0 = values(static_cast<size_t>(sh.M) * sh.N, 3);
+          std::vector<float> want = C0;
+          gemm_set_threads(1);
+          gemm(ta, tb, sh.M, sh.N, sh.K, 0.75f, A.data(), lda, B.data(), ldb, beta, want.data(), sh.N);
+          for (int threads : {2, 3}) {
+            gemm_set_threads(threads);
+            std::vector<float> got = C0;
+            gemm(ta, tb, sh.M, sh.N, sh.K, 0.75f, A.data(), lda, B.data(), ldb, beta, got.data(), sh.N);
+            EXPECT_EQ(bit_differences(got.data(), want.data(), got.size()), 0u)
+                << (ta ? "T" : "N") << (tb ? "T" : "N") << " M " << sh.M << " N " << sh.N << " K " << sh.K
+                << " beta " << beta << ", " << threads << " threads";
+          }
+        }
+}
+
+ModelSpec spec_of(BlockType t, int patch) {
+  ModelSpec s;
+  s.block_type = t;
+  s.layers = 2;
+  s.d = 64;
+  s.heads = 4;
+  s.attn_experts = 4;
+  s.attn_topk = 2;
+  s.experts = 4;
+  s.topk = 2;
+  s.d_ff = 512;
+  s.vocab = 96;
+  s.seq_len = 64;
+  s.patch_size = patch;
+  s.capacity_factor = 1.0;  // drops happen
+  s.aux_loss = 0.01;
+  s.z_loss = 0.001;
+  return model_spec_resolve(s);
+}
+
+struct StepResult {
+  std::vector<double> ce;
+  std::vector<float> grads, values;
+};
+
+// Three AdamW steps of B = 8 sequences (512 rows: every row kernel splits) on `threads` threads.
+StepResult train(const ModelSpec& spec, int threads) {
+  gemm_set_threads(threads);
+  LocalExchange ex;
+  Model model(spec, 21, &ex);
+  CpuStep step(model);
+  AdamW opt(model.params(), AdamWSpec{});
+  StepResult r;
+  const int B = 8, N = B * spec.seq_len;
+  std::vector<int32_t> in(N), tg(N);
+  for (int it = 1; it <= 3; ++it) {
+    for (int i = 0; i < N; ++i) {
+      in[i] = static_cast<int32_t>(rng_below(9, 2 * it, static_cast<uint64_t>(i), spec.vocab));
+      tg[i] = static_cast<int32_t>(rng_below(9, 2 * it + 1, static_cast<uint64_t>(i), spec.vocab));
+    }
+    model.params().zero_grads();
+    ForwardStats st;
+    step.forward_backward(in.data(), tg.data(), B, 1.0f, &st);
+    r.ce.push_back(st.ce_sum);
+    r.ce.push_back(st.aux_loss);
+    const auto& g = model.params().grads();
+    r.grads.insert(r.grads.end(), g.data(), g.data() + model.params().total());
+    opt.update(model.params(), 1e-2, it, 1.0f);
+  }
+  ForwardStats ev;
+  step.forward_eval(in.data(), tg.data(), B, &ev);
+  r.ce.push_back(ev.ce_sum);
+  const auto& v = model.params().values();
+  r.values.assign(v.data(), v.data() + model.params().total());
+  return r;
+}
+
+void expect_thread_count_invariant(const ModelSpec& spec) {
+  ThreadCount keep;
+  const StepResult one = train(spec, 1);
+  double sq = 0;
+  for (float g : one.grads) sq += static_cast<double>(g) * g;
+  ASSERT_GT(sq, 0.0);  // the comparisons below compare something
+  for (int threads : {2, 3}) {
+    const StepResult many = train(spec, threads);
+    EXPECT_EQ(many.ce, one.ce) << threads << " threads: losses";
+    ASSERT_EQ(many.grads.size(), one.grads.size());
+    EXPECT_EQ(bit_differences(many.grads.data(), one.grads.data(), one.grads.size()), 0u) << threads << " threads: gradients";
+    EXPECT_EQ(bit_differences(many.values.data(), one.values.data(), one.values.size()), 0u)
+        << threads << " threads: parameters after AdamW";
+  }
+}
+
+TEST(Threads, UoeStepsGiveTheSameBitsOnAnyThreadCount) { expect_thread_count_invariant(spec_of(BlockType::uoe, 1)); }
+TEST(Threads, UoePatchStepsGiveTheSameBitsOnAnyThreadCount) { expect_thread_count_invariant(spec_of(BlockType::uoe, 4)); }
+TEST(Threads, DenseStepsGiveTheSameBitsOnAnyThreadCount) { expect_thread_count_invariant(spec_of(BlockType::dense, 1)); }
+TEST(Threads, MoeStepsGiveTheSameBitsOnAnyThreadCount) { expect_thread_count_invariant(spec_of(BlockType::moe, 1)); }
+
+}  // namespace
+}  // namespace uoe
