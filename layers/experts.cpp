@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "runtime/gemm.hpp"
 #include "runtime/kernels.hpp"
@@ -101,11 +102,102 @@ void attn_ensure_rope(AttnExpertCache& c, const ExpertRows& rows, int half) {
   rope_table(c.rope_cos.data(), c.rope_sin.data(), c.rope_positions, half);
 }
 
-// Row blocks of a causal segment of L rows: rows [i0, i1) see only keys [0, i1), so b blocks do
-// (b + 1) / 2b of the full L×L products, for b GEMM calls instead of one. 16 rows per block: at
-// the reference config (L ≈ 64) the attention core takes 0.65 ms per block instead of 0.78 ms
-// (blocks of 8: 0.64, 32: 0.69, one: 0.78; bench/README.md's log).
-int causal_row_blocks(int L) { return std::max(1, L / 16); }
+// The attention core's products over one causal segment of L rows (one head): tiles of kTileRows
+// rows × kTileCols columns kept in registers while the shared dimension runs, in its order, in
+// fp32 — every element one fixed sum, whatever L. Small products (L ≈ 64–160, dh = 32–64) spend
+// more in a BLAS call's set-up and packing than in arithmetic (about 20 GFLOP/s on one Zen 3
+// core with 16-row BLAS blocks; bench/README.md, "Where the step's time goes"); these run the
+// tiles straight from the rows. P and dS hold zeros above the diagonal (the softmax writes them),
+// so the lower- and upper-triangle products below may add those zero terms.
+constexpr int kTileRows = 4;
+constexpr int kTileCols = 16;
+
+// S[i][j] = alpha · Σ_c a[i][c]·b[j][c] for j ≤ i (q·kᵀ and dO·vᵀ). Entries above the diagonal are
+// left as they were.
+void causal_scores(float* S, int ldS, const float* a, int lda, const float* b, int ldb, int L, int dh, float alpha) {
+  // bᵀ, its columns padded to a whole tile with zeros, so the tiles need no edge code.
+  static thread_local std::vector<float> bt;
+  const int Lp = (L + kTileCols - 1) / kTileCols * kTileCols;
+  bt.assign(static_cast<size_t>(dh) * Lp, 0.0f);
+  for (int j = 0; j < L; ++j)
+    for (int c = 0; c < dh; ++c) bt[static_cast<size_t>(c) * Lp + j] = b[static_cast<size_t>(j) * ldb + c];
+  for (int i0 = 0; i0 < L; i0 += kTileRows) {
+    const int nr = std::min(kTileRows, L - i0);
+    const float* ar[kTileRows];
+    for (int r = 0; r < kTileRows; ++r) ar[r] = a + static_cast<size_t>(i0 + std::min(r, nr - 1)) * lda;
+    for (int j0 = 0; j0 < i0 + nr; j0 += kTileCols) {
+      float acc[kTileRows][kTileCols] = {};
+      for (int c = 0; c < dh; ++c) {
+        const float* bc = bt.data() + static_cast<size_t>(c) * Lp + j0;
+        for (int r = 0; r < kTileRows; ++r) {
+          const float av = ar[r][c];
+          for (int jj = 0; jj < kTileCols; ++jj) acc[r][jj] += av * bc[jj];
+        }
+      }
+      for (int r = 0; r < nr; ++r) {
+        const int i = i0 + r, jn = std::min(kTileCols, i + 1 - j0);
+        for (int jj = 0; jj < jn; ++jj) S[static_cast<size_t>(i) * ldS + j0 + jj] = alpha * acc[r][jj];
+      }
+    }
+  }
+}
+
+// The tile body shared by the two triangle products: acc[r][·] += coef(r, t) · x[t][c0 + ·] for t
+// in [t0, t1), over `width` ≤ kTileCols columns.
+template <class Coef>
+void tile_accumulate(float (&acc)[kTileRows][kTileCols], const float* x, int ldx, int c0, int width, int t0, int t1,
+                     Coef coef) {
+  if (width == kTileCols) {
+    for (int t = t0; t < t1; ++t) {
+      const float* xt = x + static_cast<size_t>(t) * ldx + c0;
+      for (int r = 0; r < kTileRows; ++r) {
+        const float p = coef(r, t);
+        for (int cc = 0; cc < kTileCols; ++cc) acc[r][cc] += p * xt[cc];
+      }
+    }
+  } else {
+    for (int t = t0; t < t1; ++t) {
+      const float* xt = x + static_cast<size_t>(t) * ldx + c0;
+      for (int r = 0; r < kTileRows; ++r) {
+        const float p = coef(r, t);
+        for (int cc = 0; cc < width; ++cc) acc[r][cc] += p * xt[cc];
+      }
+    }
+  }
+}
+
+// out[i][:] = Σ_{j ≤ i} P[i][j] · x[j][:] (P·v and dS·k): dh columns, rows of out overwritten.
+void lower_times(float* out, int ldo, const float* P, int ldp, const float* x, int ldx, int L, int dh) {
+  for (int i0 = 0; i0 < L; i0 += kTileRows) {
+    const int nr = std::min(kTileRows, L - i0);
+    const float* pr[kTileRows];
+    for (int r = 0; r < kTileRows; ++r) pr[r] = P + static_cast<size_t>(i0 + std::min(r, nr - 1)) * ldp;
+    for (int c0 = 0; c0 < dh; c0 += kTileCols) {
+      const int width = std::min(kTileCols, dh - c0);
+      float acc[kTileRows][kTileCols] = {};
+      tile_accumulate(acc, x, ldx, c0, width, 0, i0 + nr, [&pr](int r, int t) { return pr[r][t]; });
+      for (int r = 0; r < nr; ++r)
+        std::copy(acc[r], acc[r] + width, out + static_cast<size_t>(i0 + r) * ldo + c0);
+    }
+  }
+}
+
+// out[j][:] = Σ_{i ≥ j} P[i][j] · x[i][:] (Pᵀ·dO and dSᵀ·q): dh columns, rows of out overwritten.
+void upper_transposed_times(float* out, int ldo, const float* P, int ldp, const float* x, int ldx, int L, int dh) {
+  for (int j0 = 0; j0 < L; j0 += kTileRows) {
+    const int nr = std::min(kTileRows, L - j0);
+    int col[kTileRows];
+    for (int r = 0; r < kTileRows; ++r) col[r] = j0 + std::min(r, nr - 1);
+    for (int c0 = 0; c0 < dh; c0 += kTileCols) {
+      const int width = std::min(kTileCols, dh - c0);
+      float acc[kTileRows][kTileCols] = {};
+      tile_accumulate(acc, x, ldx, c0, width, j0, L,
+                      [&col, P, ldp](int r, int t) { return P[static_cast<size_t>(t) * ldp + col[r]]; });
+      for (int r = 0; r < nr; ++r)
+        std::copy(acc[r], acc[r] + width, out + static_cast<size_t>(j0 + r) * ldo + c0);
+    }
+  }
+}
 
 // RoPE (or its inverse) on the q and k heads of every row of a [R, 3·g·dh] block.
 void attn_apply_rope(float* qkv, const AttnExpertCache& c, const ExpertRows& rows, int g, int dh, bool inverse) {
@@ -152,24 +244,13 @@ void attn_experts_forward(float* y, AttnExpertCache& c, const ExpertRows& rows, 
       const float* kk = q + gd;
       const float* v = q + 2 * gd;
       float* o = c.o.data() + static_cast<size_t>(r0) * gd + h * dh;
-      // Row blocks [i0, i1) need keys [0, i1) only: the causal half above the diagonal blocks is
-      // neither computed nor multiplied (its probabilities are zero).
-      const int nb = causal_row_blocks(L);
-      for (int rb = 0; rb < nb; ++rb) {
-        const int i0 = rb * L / nb, i1 = (rb + 1) * L / nb;
-        gemm(false, true, i1 - i0, i1, dh, scale, q + static_cast<size_t>(i0) * W3, W3, kk, W3, 0.0f,
-             P + static_cast<int64_t>(i0) * L, L);
-      }
+      causal_scores(P, L, q, W3, kk, W3, L, dh, scale);
       for (int i = 0; i < L; ++i) {
         float* row = P + static_cast<int64_t>(i) * L;
         softmax_row(row, i + 1);
         for (int j = i + 1; j < L; ++j) row[j] = 0.0f;
       }
-      for (int rb = 0; rb < nb; ++rb) {
-        const int i0 = rb * L / nb, i1 = (rb + 1) * L / nb;
-        gemm(false, false, i1 - i0, dh, i1, 1.0f, P + static_cast<int64_t>(i0) * L, L, v, W3, 0.0f,
-             o + static_cast<size_t>(i0) * gd, gd);
-      }
+      lower_times(o, gd, P, L, v, W3, L, dh);
     }
   }
   });
@@ -213,16 +294,9 @@ void attn_experts_backward_data(float* dx, const float* dy, AttnExpertCache& c, 
       float* dk = dq + gd;
       float* dv = dq + 2 * gd;
       const float* dOh = dO.data() + static_cast<size_t>(r0) * gd + h * dh;
-      // dP = dO·vᵀ ; dv = Pᵀ·dO — by causal row blocks as in forward: query rows [i0, i1) see keys
-      // [0, i1); key rows [j0, j1) are seen by queries [j0, L).
-      const int nb = causal_row_blocks(L);
-      for (int rb = 0; rb < nb; ++rb) {
-        const int i0 = rb * L / nb, i1 = (rb + 1) * L / nb;
-        gemm(false, true, i1 - i0, i1, dh, 1.0f, dOh + static_cast<size_t>(i0) * gd, gd, v, W3, 0.0f,
-             dP.data() + static_cast<int64_t>(i0) * L, L);
-        gemm(true, false, i1 - i0, dh, L - i0, 1.0f, P + static_cast<int64_t>(i0) * L + i0, L,
-             dOh + static_cast<size_t>(i0) * gd, gd, 0.0f, dv + static_cast<size_t>(i0) * W3, W3);
-      }
+      // dP = dO·vᵀ (query i sees keys j ≤ i) ; dv = Pᵀ·dO (key j is seen by queries i ≥ j)
+      causal_scores(dP.data(), L, dOh, gd, v, W3, L, dh, 1.0f);
+      upper_transposed_times(dv, W3, P, L, dOh, gd, L, dh);
       // dS = softmax'(dP) · scale, causal rows only
       for (int i = 0; i < L; ++i) {
         float* row = dP.data() + static_cast<int64_t>(i) * L;
@@ -230,14 +304,9 @@ void attn_experts_backward_data(float* dx, const float* dy, AttnExpertCache& c, 
         for (int j = 0; j <= i; ++j) row[j] *= scale;
         for (int j = i + 1; j < L; ++j) row[j] = 0.0f;
       }
-      // dq = dS·k ; dk = dSᵀ·q (the same row blocks)
-      for (int rb = 0; rb < nb; ++rb) {
-        const int i0 = rb * L / nb, i1 = (rb + 1) * L / nb;
-        gemm(false, false, i1 - i0, dh, i1, 1.0f, dP.data() + static_cast<int64_t>(i0) * L, L, kk, W3, 0.0f,
-             dq + static_cast<size_t>(i0) * W3, W3);
-        gemm(true, false, i1 - i0, dh, L - i0, 1.0f, dP.data() + static_cast<int64_t>(i0) * L + i0, L,
-             q + static_cast<size_t>(i0) * W3, W3, 0.0f, dk + static_cast<size_t>(i0) * W3, W3);
-      }
+      // dq = dS·k ; dk = dSᵀ·q
+      lower_times(dq, W3, dP.data(), L, kk, W3, L, dh);
+      upper_transposed_times(dk, W3, dP.data(), L, q, W3, L, dh);
     }
   }
   });
