@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "runtime/gemm.hpp"
@@ -110,14 +111,23 @@ void attn_ensure_rope(AttnExpertCache& c, const ExpertRows& rows, int half) {
 // tiles straight from the rows. P and dS hold zeros above the diagonal (the softmax writes them),
 // so the lower- and upper-triangle products below may add those zero terms.
 constexpr int kTileRows = 4;
-constexpr int kTileCols = 16;
+constexpr int kLanes = 8;  // floats per vector below (GCC vector extension: AVX2 registers, two SSE ones)
+using Vec = float __attribute__((vector_size(kLanes * sizeof(float))));
+
+inline Vec load_vec(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store_vec(float* p, Vec v) { std::memcpy(p, &v, sizeof v); }
 
 // S[i][j] = alpha · Σ_c a[i][c]·b[j][c] for j ≤ i (q·kᵀ and dO·vᵀ). Entries above the diagonal are
 // left as they were.
 void causal_scores(float* S, int ldS, const float* a, int lda, const float* b, int ldb, int L, int dh, float alpha) {
+  constexpr int kCols = 2 * kLanes;
   // bᵀ, its columns padded to a whole tile with zeros, so the tiles need no edge code.
   static thread_local std::vector<float> bt;
-  const int Lp = (L + kTileCols - 1) / kTileCols * kTileCols;
+  const int Lp = (L + kCols - 1) / kCols * kCols;
   bt.assign(static_cast<size_t>(dh) * Lp, 0.0f);
   for (int j = 0; j < L; ++j)
     for (int c = 0; c < dh; ++c) bt[static_cast<size_t>(c) * Lp + j] = b[static_cast<size_t>(j) * ldb + c];
@@ -125,45 +135,64 @@ void causal_scores(float* S, int ldS, const float* a, int lda, const float* b, i
     const int nr = std::min(kTileRows, L - i0);
     const float* ar[kTileRows];
     for (int r = 0; r < kTileRows; ++r) ar[r] = a + static_cast<size_t>(i0 + std::min(r, nr - 1)) * lda;
-    for (int j0 = 0; j0 < i0 + nr; j0 += kTileCols) {
-      float acc[kTileRows][kTileCols] = {};
+    for (int j0 = 0; j0 < i0 + nr; j0 += kCols) {
+      Vec acc[kTileRows][2] = {};
       for (int c = 0; c < dh; ++c) {
         const float* bc = bt.data() + static_cast<size_t>(c) * Lp + j0;
+        const Vec b0 = load_vec(bc), b1 = load_vec(bc + kLanes);
         for (int r = 0; r < kTileRows; ++r) {
-          const float av = ar[r][c];
-          for (int jj = 0; jj < kTileCols; ++jj) acc[r][jj] += av * bc[jj];
+          const Vec av = Vec{} + ar[r][c];
+          acc[r][0] += av * b0;
+          acc[r][1] += av * b1;
         }
       }
       for (int r = 0; r < nr; ++r) {
-        const int i = i0 + r, jn = std::min(kTileCols, i + 1 - j0);
-        for (int jj = 0; jj < jn; ++jj) S[static_cast<size_t>(i) * ldS + j0 + jj] = alpha * acc[r][jj];
+        float row[kCols];
+        store_vec(row, acc[r][0]);
+        store_vec(row + kLanes, acc[r][1]);
+        const int i = i0 + r, jn = std::min(kCols, i + 1 - j0);
+        for (int jj = 0; jj < jn; ++jj) S[static_cast<size_t>(i) * ldS + j0 + jj] = alpha * row[jj];
       }
     }
   }
 }
 
-// The tile body shared by the two triangle products: acc[r][·] += coef(r, t) · x[t][c0 + ·] for t
-// in [t0, t1), over `width` ≤ kTileCols columns.
-template <class Coef>
-void tile_accumulate(float (&acc)[kTileRows][kTileCols], const float* x, int ldx, int c0, int width, int t0, int t1,
-                     Coef coef) {
-  if (width == kTileCols) {
-    for (int t = t0; t < t1; ++t) {
-      const float* xt = x + static_cast<size_t>(t) * ldx + c0;
-      for (int r = 0; r < kTileRows; ++r) {
-        const float p = coef(r, t);
-        for (int cc = 0; cc < kTileCols; ++cc) acc[r][cc] += p * xt[cc];
-      }
-    }
-  } else {
-    for (int t = t0; t < t1; ++t) {
-      const float* xt = x + static_cast<size_t>(t) * ldx + c0;
-      for (int r = 0; r < kTileRows; ++r) {
-        const float p = coef(r, t);
-        for (int cc = 0; cc < width; ++cc) acc[r][cc] += p * xt[cc];
-      }
+// out[rows r of the tile][c0, c0 + NV·kLanes) = Σ_{t in [t0, t1)} coef(r, t) · x[t][c0 + ·]:
+// NV vectors of columns, kTileRows rows, the terms in t order.
+template <int NV, class Coef>
+void tile_product(float* out, int ldo, int nr, const float* x, int ldx, int c0, int t0, int t1, Coef coef) {
+  Vec acc[kTileRows][NV] = {};
+  for (int t = t0; t < t1; ++t) {
+    const float* xt = x + static_cast<size_t>(t) * ldx + c0;
+    Vec xv[NV];
+    for (int v = 0; v < NV; ++v) xv[v] = load_vec(xt + v * kLanes);
+    for (int r = 0; r < kTileRows; ++r) {
+      const Vec p = Vec{} + coef(r, t);
+      for (int v = 0; v < NV; ++v) acc[r][v] += p * xv[v];
     }
   }
+  for (int r = 0; r < nr; ++r)
+    for (int v = 0; v < NV; ++v) store_vec(out + static_cast<size_t>(r) * ldo + c0 + v * kLanes, acc[r][v]);
+}
+// The same for the last dh % kLanes columns, one at a time.
+template <class Coef>
+void tile_product_tail(float* out, int ldo, int nr, const float* x, int ldx, int c0, int width, int t0, int t1,
+                       Coef coef) {
+  float acc[kTileRows][kLanes] = {};
+  for (int t = t0; t < t1; ++t)
+    for (int r = 0; r < kTileRows; ++r) {
+      const float p = coef(r, t);
+      for (int cc = 0; cc < width; ++cc) acc[r][cc] += p * x[static_cast<size_t>(t) * ldx + c0 + cc];
+    }
+  for (int r = 0; r < nr; ++r) std::copy(acc[r], acc[r] + width, out + static_cast<size_t>(r) * ldo + c0);
+}
+// All dh columns of a row tile: two vectors at a time, then one, then the tail.
+template <class Coef>
+void tile_row(float* out, int ldo, int nr, const float* x, int ldx, int dh, int t0, int t1, Coef coef) {
+  int c0 = 0;
+  for (; c0 + 2 * kLanes <= dh; c0 += 2 * kLanes) tile_product<2>(out, ldo, nr, x, ldx, c0, t0, t1, coef);
+  for (; c0 + kLanes <= dh; c0 += kLanes) tile_product<1>(out, ldo, nr, x, ldx, c0, t0, t1, coef);
+  if (c0 < dh) tile_product_tail(out, ldo, nr, x, ldx, c0, dh - c0, t0, t1, coef);
 }
 
 // out[i][:] = Σ_{j ≤ i} P[i][j] · x[j][:] (P·v and dS·k): dh columns, rows of out overwritten.
@@ -172,13 +201,8 @@ void lower_times(float* out, int ldo, const float* P, int ldp, const float* x, i
     const int nr = std::min(kTileRows, L - i0);
     const float* pr[kTileRows];
     for (int r = 0; r < kTileRows; ++r) pr[r] = P + static_cast<size_t>(i0 + std::min(r, nr - 1)) * ldp;
-    for (int c0 = 0; c0 < dh; c0 += kTileCols) {
-      const int width = std::min(kTileCols, dh - c0);
-      float acc[kTileRows][kTileCols] = {};
-      tile_accumulate(acc, x, ldx, c0, width, 0, i0 + nr, [&pr](int r, int t) { return pr[r][t]; });
-      for (int r = 0; r < nr; ++r)
-        std::copy(acc[r], acc[r] + width, out + static_cast<size_t>(i0 + r) * ldo + c0);
-    }
+    tile_row(out + static_cast<size_t>(i0) * ldo, ldo, nr, x, ldx, dh, 0, i0 + nr,
+             [&pr](int r, int t) { return pr[r][t]; });
   }
 }
 
@@ -188,14 +212,8 @@ void upper_transposed_times(float* out, int ldo, const float* P, int ldp, const 
     const int nr = std::min(kTileRows, L - j0);
     int col[kTileRows];
     for (int r = 0; r < kTileRows; ++r) col[r] = j0 + std::min(r, nr - 1);
-    for (int c0 = 0; c0 < dh; c0 += kTileCols) {
-      const int width = std::min(kTileCols, dh - c0);
-      float acc[kTileRows][kTileCols] = {};
-      tile_accumulate(acc, x, ldx, c0, width, j0, L,
-                      [&col, P, ldp](int r, int t) { return P[static_cast<size_t>(t) * ldp + col[r]]; });
-      for (int r = 0; r < nr; ++r)
-        std::copy(acc[r], acc[r] + width, out + static_cast<size_t>(j0 + r) * ldo + c0);
-    }
+    tile_row(out + static_cast<size_t>(j0) * ldo, ldo, nr, x, ldx, dh, j0, L,
+             [&col, P, ldp](int r, int t) { return P[static_cast<size_t>(t) * ldp + col[r]]; });
   }
 }
 
