@@ -24,6 +24,7 @@ JsonLine metrics_step_line(int step, double tokens_per_step, double lr, const St
       grads.add(params.info(static_cast<int>(i)).name.c_str(),
                 std::vector<double>{fig.grad_fingerprint[2 * i], fig.grad_fingerprint[2 * i + 1]});
     j.add("grads", grads);
+    j.add("routing_check", fig.routing_check);
   }
   j.add("a2a_bytes", w.bytes / n).add("comm_s", comm.busy / n).add("compute_s", (w.time - comm.exposed) / n);
   j.add("comm_exposed_s", comm.exposed / n).add("comm_cpu_s", comm.cpu / n);

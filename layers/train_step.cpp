@@ -50,6 +50,19 @@ std::vector<std::vector<int>> model_gradient_buckets(const Model& model) {
   return buckets;
 }
 
+namespace {
+// A micro-batch's share of StepFigures::routing_check: 26 bits of a hash of its data slot and its
+// routing, so that the sum over every slot of a step (at most 2^26 slots) stays an exact integer in
+// a double through the all-reduce.
+uint64_t routing_check_term(uint64_t slot, uint64_t fingerprint) {
+  uint64_t h = fingerprint ^ (slot * 0x9E3779B97F4A7C15ULL);
+  h ^= h >> 31;
+  h *= 0xBF58476D1CE4E5B9ULL;
+  h ^= h >> 29;
+  return h >> 38;
+}
+}  // namespace
+
 StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::vector<int32_t>& train_tokens,
                        int step, const StepRanks& ranks) {
   // Without a step of the caller's, a CPU step for this call (its buffers allocated each call).
@@ -75,7 +88,9 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
   }
   const size_t at_hist = 4 + 4 * static_cast<size_t>(blocks);
   const size_t at_load = at_hist + static_cast<size_t>(blocks) * (K + 1);
-  std::vector<double> sums(at_load + load_size, 0.0);
+  // Last: the routing check (StepFigures::routing_check).
+  const size_t at_routing = at_load + load_size;
+  std::vector<double> sums(at_routing + 1, 0.0);
   model.params().zero_grads();
   ForwardStats st;
   const float loss_scale = 1.0f / static_cast<float>(M * ranks.world_size);
@@ -102,6 +117,7 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
     if (bucketed && m == M - 1) set_hook(reduce_when_done);
     data_sample_batch(train_tokens, T, B, cfg.seed, static_cast<uint64_t>(step), slot, in.data(), tg.data());
     step_runner->forward_backward(in.data(), tg.data(), B, loss_scale, &st);
+    sums[at_routing] += static_cast<double>(routing_check_term(slot, step_runner->routing_fingerprint()));
     sums[0] += st.ce_sum / static_cast<double>(st.tokens);
     sums[1] += st.aux_loss;
     sums[2] += 3.0 * st.flops;
@@ -159,6 +175,7 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
   fig.flops = sums[2];
   fig.tokens = static_cast<int64_t>(sums[3]);
   fig.grad_norm = std::sqrt(sq);
+  fig.routing_check = sums[at_routing];
   fig.dropped.resize(blocks);
   fig.assignments.resize(blocks);
   fig.load_max_over_mean.resize(blocks);

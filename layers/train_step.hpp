@@ -55,6 +55,11 @@ struct StepFigures {
   // checksum Σ g·w of the global gradient the optimizer receives (synchronised, before clipping);
   // see GradientSync::global_fingerprint. Empty otherwise.
   std::vector<double> grad_fingerprint;
+  // Σ over the step's micro-batch slots (every rank's) of a 26-bit hash of the slot and the routing
+  // of its micro-batch (ModelStep::routing_fingerprint): two layouts that routed every micro-batch
+  // alike report the same value. Written with --metrics-grads, so that a comparison of two layouts
+  // (tests/cli/compare_runs.py) can tell a routing decision that rounding flipped from a bug.
+  double routing_check = 0;
 };
 
 // One training step: each rank runs M micro-batches of random windows (micro-batch m of world

@@ -23,6 +23,11 @@ one rank with P micro-batches) and overlap equivalence (chunked vs serial exchan
                until a routing decision at a capacity limit or a top-k tie flips, changing one
                step's gradient by far more than rounding: losses average that out, one tensor's
                gradient at one step does not.
+               With --grads, each step's metrics also carry routing_check (StepFigures::routing_check:
+               a hash of every micro-batch's routing). From the first step whose routing_check
+               differs between A and B — a decision rounding flipped — nothing is compared (neither
+               gradients nor losses nor validation after it); at least 3 steps must remain, so a
+               bug that changes routing from the start still fails.
 --min-lr LR    fails unless some logged step of A trained at a learning rate of at least LR: AdamW's
                update hardly depends on a gradient's scale, so a comparison of losses during the
                first steps of warm-up cannot see a gradient that is wrong by a factor.
@@ -61,13 +66,25 @@ def run(cmd, metrics, log, fault=None):
         sys.exit(1)
 
 
+def first_routing_difference(path_a, path_b):
+    """The first logged step whose routing_check differs between A and B, or None."""
+    a = {j["step"]: j.get("routing_check") for j in lines(path_a, "grads")}
+    b = {j["step"]: j.get("routing_check") for j in lines(path_b, "grads")}
+    for step in sorted(set(a) & set(b)):
+        if a[step] != b[step]:
+            return step
+    return None
+
+
 def compare_grads(path_a, path_b, gtol, last_step):
     """Returns (failures, steps compared, fingerprints compared, worst relative difference)."""
     a = [j for j in lines(path_a, "grads") if last_step is None or j["step"] <= last_step]
     b = [j for j in lines(path_b, "grads") if last_step is None or j["step"] <= last_step]
-    if len(a) != len(b) or len(a) < 3:
+    if len(a) != len(b) or not a:
         return [f"gradient fingerprints of {len(a)} steps from A, {len(b)} from B (need the same, at least 3)"], 0, 0, 0.0
     failures, count, worst = [], 0, 0.0
+    if len(a) < 3:  # still compared below: a bug shows as a mismatch at its first step
+        failures.append(f"gradient fingerprints of only {len(a)} steps to compare (need at least 3)")
     first_differing = None  # (step, the tensors that differ there, of how many): which bug it is
     for ja, jb in zip(a, b):
         step = ja["step"]
@@ -138,18 +155,28 @@ def main():
         if top < min_lr:
             failures.append(f"the largest learning rate logged is {top!r} < --min-lr {min_lr}: too early in the "
                             "warm-up for the comparison to see a gradient's scale")
-    grad_summary = ""
+    grad_summary, flip = "", None
     if gtol is not None:
-        grad_failures, steps, count, gworst = compare_grads(f"{out}.a.jsonl", f"{out}.b.jsonl", gtol, grad_steps)
+        flip = first_routing_difference(f"{out}.a.jsonl", f"{out}.b.jsonl")
+        last = grad_steps if flip is None else min(flip - 1, grad_steps if grad_steps is not None else flip - 1)
+        grad_failures, steps, count, gworst = compare_grads(f"{out}.a.jsonl", f"{out}.b.jsonl", gtol, last)
         if len(grad_failures) > 11:  # the first 10, and the differing tensors' list
             failures.append(f"{len(grad_failures) - 1} gradient disagreements, the first 10:")
             grad_failures = grad_failures[:10] + grad_failures[-1:]
         failures += grad_failures
         grad_summary = (f"; {count} gradient fingerprints over {steps} steps, worst relative difference "
                         f"{gworst:.3g} (tolerance {gtol})")
+        if flip is not None:
+            grad_summary += (f"; routing differs from step {flip} on (a capacity or top-k decision flipped): "
+                             "nothing compared from there")
     worst, count = 0.0, 0
     for key in ("train_loss", "val_loss"):
         a, b = losses(f"{out}.a.jsonl", key), losses(f"{out}.b.jsonl", key)
+        if flip is not None:
+            a = [j[key] for j in lines(f"{out}.a.jsonl", key) if j["step"] < flip]
+            b = [j[key] for j in lines(f"{out}.b.jsonl", key) if j["step"] < flip]
+            if key == "val_loss" and not a and not b:
+                continue  # no evaluation before the flip
         if len(a) != len(b) or not a:
             failures.append(f"{key}: {len(a)} values from A, {len(b)} from B")
             continue
