@@ -170,7 +170,7 @@ int main(int argc, char** argv) {
                                       .train;
 
     std::printf("# bench-step: %s\n", uoe::blas_kernels_summary().c_str());
-    std::printf("# %d BLAS threads, FMA peak %.1f GFLOP/s (%s), sgemm peak %.1f GFLOP/s (best of 512/1024/2048 "
+    std::printf("# %d compute threads, FMA peak %.1f GFLOP/s (%s), sgemm peak %.1f GFLOP/s (best of 512/1024/2048 "
                 "cubed, %.0f%% of the FMA peak)\n",
                 nthreads, peak, uoe::fma_peak_describe(fma).c_str(), sgemm_peak, 100.0 * sgemm_peak / peak);
     std::printf("%-16s %6s %5s %12s %12s %12s %10s %8s\n", "config", "d", "B·T", "tokens/s", "step min ms",

@@ -157,7 +157,7 @@ void Trainer::build_model() {
 }
 
 void Trainer::measure_peaks() {
-  // Two peaks per rank, on its own BLAS threads (under mpirun every rank of a node measures at
+  // Two peaks per rank, on its own compute threads (under mpirun every rank of a node measures at
   // the same time, so each gets its share of the node): the BLAS's sgemm rate, and the hardware's
   // FMA rate (runtime/fma_peak.hpp). Utilisation is quoted against the FMA peak: with generic
   // kernels the sgemm peak is itself crippled, and a share of it hides that. The probe goes first:
@@ -187,7 +187,7 @@ void Trainer::describe() const {
            "capacity %g, patch %d, gate %s; %zu parameters on rank 0",
            block_type_name(spec.block_type), spec.layers, spec.d, spec.heads, spec.attn_experts, spec.attn_topk, spec.experts, spec.expert_ff(),
            spec.topk, spec.capacity_factor, spec.patch_size, cfg.gate.c_str(), model_->params().total());
-  log_info("ranks: %d (ep %d × dp %d), %d BLAS threads each (%s), sgemm peak %.1f GFLOP/s per rank", world_size,
+  log_info("ranks: %d (ep %d × dp %d), %d compute threads each (%s), sgemm peak %.1f GFLOP/s per rank", world_size,
            groups.ep, groups.dp, threads_, gemm_describe().c_str(), sgemm_peak);
   log_info("FMA peak %.1f GFLOP/s per rank: %s%s; utilisation = model FLOP/s per rank against it (sgemm reaches "
            "%.0f%% of the probe's rate)", peak, fma_peak_describe(fma_).c_str(),

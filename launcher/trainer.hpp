@@ -52,7 +52,7 @@ class Trainer {
   static Fault fault_from_env();
 
   // Set-up, in this order.
-  void start_ranks();      // process groups, build line, faults, device check, watchdog, BLAS threads
+  void start_ranks();      // process groups, build line, faults, device check, watchdog, compute threads
   void build_model();      // data, links, exchange, model, scheduler, the step, optimizer, sync
   void measure_peaks();    // the FMA and sgemm peaks utilisation is quoted against
   void describe() const;   // the set-up's log lines and the memory estimate

@@ -70,7 +70,7 @@ bool parse(int argc, char** argv, ConvertArgs& a) {
       ("gate", po::value(&a.gate), "--to uoe: renorm | sum | prob (default: the checkpoint's)")
       ("check", po::bool_switch(&a.check), "compare both models' output probabilities in the equivalence limit before writing")
       ("keep-step", po::bool_switch(&a.keep_step), "keep the source's step (its schedule) instead of step 0; moments are reset either way")
-      ("threads", po::value(&a.threads)->default_value(0), "BLAS threads (0 = every core)");
+      ("threads", po::value(&a.threads)->default_value(0), "compute threads (0 = every core)");
   uoe::cli_add_help_and_version(desc);
   // CKPT is the first argument; the rest are options (runtime/cli.hpp takes no positionals).
   std::vector<char*> rest = {argv[0]};

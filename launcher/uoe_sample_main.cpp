@@ -64,7 +64,7 @@ bool parse(int argc, char** argv, SampleArgs& a) {
       ("seed", po::value(&a.sample.seed)->default_value(1), "random seed of the draws (same seed, same text)")
       ("data", po::value(&a.data), "word-level models: the run's --data, if not where the run read it")
       ("val-data", po::value(&a.val_data), "word-level models: the run's --val-data, if it had one and it moved")
-      ("threads", po::value(&a.threads)->default_value(0), "BLAS threads (0 = every core)");
+      ("threads", po::value(&a.threads)->default_value(0), "compute threads (0 = every core)");
   uoe::cli_add_help_and_version(desc);
   po::variables_map vm;
   uoe::cli_parse(argc, argv, desc, vm);

@@ -64,7 +64,7 @@ struct Config {
 
   // --- parallelism ---
   int ep = 1;                   // ranks per expert-parallel group
-  int threads = 0;              // BLAS threads per rank (0 = cores / local ranks)
+  int threads = 0;              // compute threads per rank (0 = cores / local ranks): runtime/threads.hpp
   std::string device = "cpu";   // cpu | cuda
   int overlap_chunks = 1;       // pipeline chunks per block (1 = serial exchanges)
   double sim_link_gbps = 0;     // emulated link bandwidth, Gbit/s (0 = off)

@@ -1,7 +1,7 @@
 // The hardware's FMA peak, measured: the rate the model's FLOP/s are quoted against.
 //
 // A short loop of independent vector FMAs (enough accumulators to cover FMA latency × units) for
-// the CPU's widest FMA ISA, run on each of the rank's BLAS threads at once. The kernels are
+// the CPU's widest FMA ISA, run on each of the rank's compute threads at once. The kernels are
 // compiled for their ISA with target attributes, so one binary runs on CPUs without it (only the
 // kernel the CPU's features allow is called). The BLAS's own sgemm rate (gemm_measure_gflops) is a
 // floor under this, not the peak: a BLAS with generic kernels reports a generic rate.

@@ -107,7 +107,7 @@ const Option kOptions[] = {
     {"ep",                       &C::ep,                     G::parallelism,  R::free,
      "ranks per expert-parallel group"},
     {"threads",                  &C::threads,                G::parallelism,  R::free,
-     "BLAS threads per rank (0 = cores / local ranks)"},
+     "compute threads per rank (0 = cores / local ranks); the BLAS runs single-threaded inside them"},
     {"device",                   &C::device,                 G::parallelism,  R::free,
      "cpu | cuda (cuda: see docs/gpu.md for what runs today)"},
     {"overlap-chunks",           &C::overlap_chunks,         G::parallelism,  R::free,
