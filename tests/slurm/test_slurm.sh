@@ -33,12 +33,18 @@ fail() {
   exit 1
 }
 
+bash "$cluster_sh" stop "$cluster"  # one an earlier run may have left
 rm -rf "$out"
 mkdir -p "$out"
 
 # Teardown on every exit: stop the daemons, then check none is left (and say so).
+watchdog=''
 cleanup() {
   local rc=$?
+  if [[ -n $watchdog ]]; then
+    pkill -P "$watchdog" 2>/dev/null  # its sleep
+    kill "$watchdog" 2>/dev/null
+  fi
   bash "$cluster_sh" stop "$cluster" || true
   if ! bash "$cluster_sh" check "$cluster"; then
     echo "FAIL: daemons left running after the test"
@@ -57,16 +63,28 @@ if (( rc == 77 )); then
 fi
 trap cleanup EXIT
 (( rc == 0 )) || fail "the test cluster did not start (status $rc)"
+# A deadline below CTest's TIMEOUT (which kills without a teardown): past it, stop the cluster
+# (which ends any Slurm command the test waits in) and fail. The CTest test slurm.no_daemons_left
+# stops and checks it again after this test, however it ended.
+deadline=${UOE_SLURM_TEST_DEADLINE:-240}
+( sleep "$deadline"
+  echo "FAIL: the test ran past its $deadline s deadline: stopping the cluster"
+  bash "$cluster_sh" stop "$cluster"
+  kill -TERM $$ ) &
+watchdog=$!
+trap 'fail "stopped at the deadline"' TERM
+node=$(hostname -s)
 eval "$(bash "$cluster_sh" env "$cluster")"
 export UOE_BUILD_DIR=$build
 
-# A small model; the simulated link's latency (2 ms a message) makes a step last tens of
-# milliseconds even on an idle machine, so that the signals land mid-run. 40 steps, a checkpoint
-# every 5.
-steps=40
+# A small model; the simulated link's latency (5 ms a message, a few dozen messages a step) makes a
+# step last over 0.1 s even on an idle machine, sleeping rather than computing, so that the signals
+# land mid-run (the simulated link only delays: the results are the same bitwise). 20 steps, a
+# checkpoint every 4.
+steps=20
 train=(--steps "$steps" --log-every 1 --eval-every 0 --eval-batches 1 --layers 1 --d-model 32 --d-ff 64
-       --batch-size 2 --seq-len 16 --sim-link-gbps 10 --sim-link-latency-us 2000)
-every=5
+       --batch-size 2 --seq-len 16 --sim-link-gbps 10 --sim-link-latency-us 5000)
+every=4
 
 job_field() {  # job_field JOB FIELD: a field of `scontrol show job` (the record stays MinJobAge s)
   scontrol show job "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1
@@ -92,6 +110,28 @@ trained_past() { (( $(last_step "$1") >= $2 )); }
 job_state_is() { [[ $(job_field "$1" JobState) == "$2" ]]; }
 job_restarts_are() { [[ $(job_field "$1" Restarts) == "$2" ]]; }
 log_has() { grep -q -- "$2" "$1" 2>/dev/null; }
+node_idle() { [[ $(sinfo -h -n "$node" -o %T 2>/dev/null) == idle ]]; }
+
+# Waits until JOB has ended (a state other than pending, running, completing or requeued) and fails
+# unless it COMPLETED with exit code 0.
+wait_job_completed() {  # wait_job_completed SECONDS JOB
+  local t state
+  for (( t = 0; t < $1 * 5; ++t )); do
+    state=$(job_field "$2" JobState)
+    case $state in PENDING|RUNNING|COMPLETING|CONFIGURING|REQUEUE*|SUSPENDED|'') sleep 0.2; continue ;; esac
+    [[ $state == COMPLETED ]] || fail "job $2 ended $state (exit code $(job_field "$2" ExitCode), reason $(job_field "$2" Reason))"
+    [[ $(job_field "$2" ExitCode) == 0:0 ]] || fail "job $2 ended with exit code $(job_field "$2" ExitCode), expected 0:0"
+    return 0
+  done
+  fail "waited $1 s for job $2 to end"
+}
+
+# Starts requeued JOB now: Slurm holds a requeued job back for about two minutes (its BeginTime).
+# Once the node has cleaned up after the job's previous start (idle), lift that hold.
+release() {  # release JOB
+  wait_for 60 "the node to be idle after job $1's previous start" node_idle
+  scontrol update JobId="$1" StartTime=now || fail "scontrol update JobId=$1 StartTime=now failed"
+}
 
 # ---- 1. salloc: the reference ------------------------------------------------------------------
 cd "$root"
@@ -107,7 +147,7 @@ ref_final=$(printf '%s/ref/ckpt/step_%08d' "$out" "$steps")
 echo "ok: reference trained $steps steps on 2 ranks under salloc"
 
 # ---- 2. sbatch, preempted ------------------------------------------------------------------------
-echo "== sbatch launcher/slurm/train.sbatch; scancel --batch --signal=TERM after step 5"
+echo "== sbatch launcher/slurm/train.sbatch; scancel --batch --signal=TERM after step 3"
 run=$out/run
 job=$(UOE_CONFIG='' UOE_RUN_DIR=$run UOE_CHECKPOINT_EVERY=$every \
       sbatch --parsable --job-name=uoe-test --output="$out/job.out" launcher/slurm/train.sbatch "${train[@]}") ||
@@ -115,11 +155,10 @@ job=$(UOE_CONFIG='' UOE_RUN_DIR=$run UOE_CHECKPOINT_EVERY=$every \
 job=${job%%;*}
 echo "job $job submitted"
 [[ $(job_field "$job" Requeue) == 1 ]] || fail "job $job is not requeueable (train.sbatch has #SBATCH --requeue)"
-wait_for 60 "job $job to train 5 steps" trained_past "$run/metrics.jsonl" 5
+wait_for 90 "job $job to train 3 steps" trained_past "$run/metrics.jsonl" 3
 grep -q "^+ srun --ntasks=2 " "$out/job.out" || fail "uoe-launch did not start srun inside the batch job"
 scancel --batch --signal=TERM "$job"
-wait_for 60 "job $job to end after SIGTERM" job_state_is "$job" COMPLETED
-[[ $(job_field "$job" ExitCode) == 0:0 ]] || fail "job $job ended with $(job_field "$job" ExitCode), expected 0:0"
+wait_job_completed 60 "$job"
 stop1=$(sed -n 's/^stop signal received: finishing at step \([0-9]*\) .*/\1/p' "$out/job.out" | tail -n 1)
 [[ -n $stop1 ]] || fail "the ranks did not report the stop signal"
 (( stop1 < steps )) || fail "the job reached its last step before the signal; nothing left to resume"
@@ -130,10 +169,9 @@ echo "ok: preempted at step $stop1 of $steps with a checkpoint, job state COMPLE
 # ---- 3. scontrol requeue, resumed, then the time-limit warning ------------------------------------
 echo "== scontrol requeue $job; then scancel --batch --signal=USR1 (time-limit warning)"
 scontrol requeue "$job" || fail "scontrol requeue $job failed"
-# Slurm holds a requeued job back (its BeginTime) for a while; let it start now.
 wait_for 30 "job $job to be requeued (Restarts=1)" job_restarts_are "$job" 1
-scontrol update JobId="$job" StartTime=now || true
-wait_for 90 "the requeued job to train past step $stop1" trained_past "$run/metrics.jsonl" $(( stop1 + 1 ))
+release "$job"
+wait_for 60 "the requeued job to train past step $stop1" trained_past "$run/metrics.jsonl" $(( stop1 + 1 ))
 scancel --batch --signal=USR1 "$job"
 wait_for 60 "job $job to requeue itself after SIGUSR1 (Restarts=2)" job_restarts_are "$job" 2
 stop2=$(sed -n 's/^stop signal received: finishing at step \([0-9]*\) .*/\1/p' "$out/job.out" | tail -n 1)
@@ -143,9 +181,8 @@ echo "ok: resumed, stopped again at step $stop2, requeued by train.sbatch"
 
 # ---- 4. to the end; bitwise against the reference ------------------------------------------------
 wait_for 30 "job $job to be pending again" job_state_is "$job" PENDING
-scontrol update JobId="$job" StartTime=now || true
-wait_for 150 "job $job to finish" job_state_is "$job" COMPLETED
-[[ $(job_field "$job" ExitCode) == 0:0 ]] || fail "job $job ended with $(job_field "$job" ExitCode), expected 0:0"
+release "$job"
+wait_job_completed 90 "$job"
 starts=$(grep -c "^train.sbatch: job $job start " "$out/job.out")
 (( starts == 3 )) || fail "job $job started $starts times, expected 3"
 for s in "$stop1" "$stop2"; do
