@@ -24,6 +24,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cluster_sh=$root/tests/slurm/slurm-cluster
 out=$build/tests/slurm
 cluster=$out/cluster
+python=${UOE_PYTHON:-python3}  # CMake passes its interpreter (Debian's, with h5py)
 
 fail() {
   echo "FAIL: $*"
@@ -41,10 +42,8 @@ mkdir -p "$out"
 watchdog=''
 cleanup() {
   local rc=$?
-  if [[ -n $watchdog ]]; then
-    pkill -P "$watchdog" 2>/dev/null  # its sleep
-    kill "$watchdog" 2>/dev/null
-  fi
+  trap - TERM
+  [[ -n $watchdog ]] && pkill -P "$watchdog" sleep 2>/dev/null  # its sleep, which ends it
   bash "$cluster_sh" stop "$cluster" || true
   if ! bash "$cluster_sh" check "$cluster"; then
     echo "FAIL: daemons left running after the test"
@@ -67,10 +66,10 @@ trap cleanup EXIT
 # (which ends any Slurm command the test waits in) and fail. The CTest test slurm.no_daemons_left
 # stops and checks it again after this test, however it ended.
 deadline=${UOE_SLURM_TEST_DEADLINE:-240}
-( sleep "$deadline"
-  echo "FAIL: the test ran past its $deadline s deadline: stopping the cluster"
-  bash "$cluster_sh" stop "$cluster"
-  kill -TERM $$ ) &
+( sleep "$deadline" &&  # cleanup kills this sleep: then nothing more
+  { echo "FAIL: the test ran past its $deadline s deadline: stopping the cluster"
+    bash "$cluster_sh" stop "$cluster"
+    kill -TERM $$; } ) &
 watchdog=$!
 trap 'fail "stopped at the deadline"' TERM
 node=$(hostname -s)
@@ -102,7 +101,7 @@ wait_for() {  # wait_for SECONDS WHAT COMMAND...: poll COMMAND every 0.2 s until
 
 last_step() {  # the last train step in a metrics file (0 when none yet)
   [[ -s $1 ]] || { echo 0; return; }
-  python3 -c 'import json,sys
+  "$python" -c 'import json,sys
 steps = [r["step"] for r in map(json.loads, open(sys.argv[1])) if "train_loss" in r]
 print(steps[-1] if steps else 0)' "$1" 2>/dev/null || echo 0
 }
@@ -190,9 +189,9 @@ for s in "$stop1" "$stop2"; do
 done
 log_has "$out/job.out" "^done: $steps steps" || fail "the last start did not finish the $steps steps"
 final=$(printf '%s/ckpt/step_%08d' "$run" "$steps")
-python3 "$root/tests/cli/checkpoint_equal.py" "$ref_final" "$final" ||
+"$python" "$root/tests/cli/checkpoint_equal.py" "$ref_final" "$final" ||
   fail "the preempted and requeued job's final checkpoint differs from the uninterrupted run's"
-python3 - "$out/ref/metrics.jsonl" "$run/metrics.jsonl" <<'EOF' || fail "the metrics differ from the uninterrupted run's"
+"$python" - "$out/ref/metrics.jsonl" "$run/metrics.jsonl" <<'EOF' || fail "the metrics differ from the uninterrupted run's"
 import json, sys
 def load(path):
     rows = [json.loads(line) for line in open(path)]
