@@ -65,7 +65,7 @@ trap cleanup EXIT
 # A deadline below CTest's TIMEOUT (which kills without a teardown): past it, stop the cluster
 # (which ends any Slurm command the test waits in) and fail. The CTest test slurm.no_daemons_left
 # stops and checks it again after this test, however it ended.
-deadline=${UOE_SLURM_TEST_DEADLINE:-240}
+deadline=${UOE_SLURM_TEST_DEADLINE:-270}
 ( sleep "$deadline" &&  # cleanup kills this sleep: then nothing more
   { echo "FAIL: the test ran past its $deadline s deadline: stopping the cluster"
     bash "$cluster_sh" stop "$cluster"
