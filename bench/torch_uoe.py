@@ -40,7 +40,7 @@ include the compilation; bench/compare drops them (--metrics has every step's ti
 Output: one JSON line per step to --metrics ({"step", "train_loss", "aux_loss", "step_s", "tokens"})
 and a summary on stdout's last line ({"final": true, ...}).
 
---check-export DIR loads what `uoe-ckpt export --eval-logits N --out DIR` wrote (config.json,
+--check-export DIR [DIR ...] loads what `uoe-ckpt export --eval-logits N --out DIR` wrote (config.json,
 model.safetensors read with json + struct + torch.frombuffer, no safetensors package) and compares
 this model's log-probabilities on the stored token sequences with uoe's evaluation ones (dropless,
 the model's top-k and gates; uoe, dense or moe), within 1e-5·|uoe| + 1e-6; one JSON line, exit 1
@@ -563,9 +563,9 @@ def parse_args(argv):
                          "uoe's slot r windows, gradients are averaged over ranks, as uoe-train -np N")
     ap.add_argument("--self-test", action="store_true", help="check the RNG and window port against C++ values")
     ap.add_argument("--info", action="store_true", help="print this torch's version, kernels and threads; exit")
-    ap.add_argument("--check-export", default="", metavar="DIR",
-                    help="load `uoe-ckpt export --eval-logits N --out DIR` and compare uoe's evaluation "
-                         "log-probabilities with this model's (exit 1 beyond 1e-5·|uoe| + 1e-6); exit")
+    ap.add_argument("--check-export", nargs="+", default=[], metavar="DIR",
+                    help="load `uoe-ckpt export --eval-logits N --out DIR` (each DIR) and compare uoe's evaluation "
+                         "log-probabilities with this model's (exit 1 if any is beyond 1e-5·|uoe| + 1e-6); exit")
     return ap.parse_args(argv)
 
 
@@ -632,7 +632,7 @@ def main(argv):
         print(json.dumps(torch_info(torch)))
         return 0
     if a.check_export:
-        return check_export(torch, a.check_export)
+        return max(check_export(torch, d) for d in a.check_export)
     if a.compile and not hasattr(torch, "compile"):
         sys.exit(f"torch_uoe.py: --compile needs torch 2.0 or later (this is {torch.__version__})")
     torch.manual_seed(a.seed)
