@@ -38,7 +38,13 @@ different row count each step, so static shapes would recompile every step. The 
 include the compilation; bench/compare drops them (--metrics has every step's time).
 
 Output: one JSON line per step to --metrics ({"step", "train_loss", "aux_loss", "step_s", "tokens"})
-and a summary on stdout's last line ({"final": true, ...}). --self-test checks the RNG port and the
+and a summary on stdout's last line ({"final": true, ...}).
+
+--check-export DIR [DIR ...] loads what `uoe-ckpt export --eval-logits N --out DIR` wrote (config.json,
+model.safetensors read with json + struct + torch.frombuffer, no safetensors package) and compares
+this model's log-probabilities on the stored token sequences with uoe's evaluation ones (dropless,
+the model's top-k and gates; uoe, dense or moe), within 1e-5·|uoe| + 1e-6; one JSON line, exit 1
+beyond it (checkpoints/README.md, "Exporting"). --self-test checks the RNG port and the
 window draws against values computed by the C++ code, and exits. --info prints one JSON line
 (torch version, CPU capability, BLAS, oneDNN, OpenMP, compile support) and exits.
 """
@@ -181,14 +187,17 @@ def build_model_class(torch):
     F = torch.nn.functional
 
     class TorchUoE(torch.nn.Module):
-        """uoe's Model (block_type uoe or dense) with uoe's parameter names and layouts."""
+        """uoe's Model (block_type uoe, dense or moe) with uoe's parameter names and layouts. moe: dense
+        attention and a routed MLP of E independent experts of width d_ff / E (give d_ff = E × the expert
+        width)."""
 
         def __init__(self, a, vocab):
             super().__init__()
-            self.dense = a.block_type == "dense"
+            self.attn_routed = a.block_type == "uoe"
+            self.mlp_routed = a.block_type != "dense"
             self.L, self.d, self.H, self.V = a.layers, a.d_model, a.heads, vocab
-            self.Ea, self.ka = (1, 1) if self.dense else (a.attn_experts, a.attn_topk)
-            self.E, self.k = (1, 1) if self.dense else (a.experts, a.topk)
+            self.Ea, self.ka = (a.attn_experts, a.attn_topk) if self.attn_routed else (1, 1)
+            self.E, self.k = (a.experts, a.topk) if self.mlp_routed else (1, 1)
             self.dh = a.d_model // a.heads
             self.g = a.heads // self.Ea
             self.f = a.d_ff // self.E
@@ -203,7 +212,7 @@ def build_model_class(torch):
                 p = f"layers.{l}."
                 self._add(p + "attn.norm.scale", (d,), "ones")
                 self._add(p + "attn.norm.bias", (d,), "zeros")
-                if not self.dense:
+                if self.attn_routed:
                     self._add(p + "attn.router.weight", (d, self.Ea), std_w)
                     self._add(p + "attn.router.bias", (self.Ea,), "zeros")
                 self._add(p + "attn.wqkv", (self.Ea, d, 3 * gd), std_w)
@@ -211,7 +220,7 @@ def build_model_class(torch):
                 self._add(p + "attn.bo", (d,), "zeros")
                 self._add(p + "mlp.norm.scale", (d,), "ones")
                 self._add(p + "mlp.norm.bias", (d,), "zeros")
-                if not self.dense:
+                if self.mlp_routed:
                     self._add(p + "mlp.router.weight", (d, self.E), std_w)
                     self._add(p + "mlp.router.bias", (self.E,), "zeros")
                 self._add(p + "mlp.w1", (self.E, d, self.f), std_w)
@@ -298,7 +307,7 @@ def build_model_class(torch):
             gd = g * dh
             xn = F.layer_norm(h, (d,), self.p[p + "norm.scale"], self.p[p + "norm.bias"], 1e-5)
             Wqkv, Wo = self.p[p + "wqkv"], self.p[p + "wo"]
-            if self.dense:  # standard causal MHA with RoPE
+            if not self.attn_routed:  # standard causal MHA with RoPE
                 qkv = (xn @ Wqkv[0]).view(N, 3, g, dh)
                 pos = torch.arange(T).repeat(B)
                 q, k, v = self.rope(qkv[:, 0], pos), self.rope(qkv[:, 1], pos), qkv[:, 2]
@@ -347,7 +356,7 @@ def build_model_class(torch):
             p, N, d = f"layers.{l}.mlp.", h.shape[0], self.d
             xn = F.layer_norm(h, (d,), self.p[p + "norm.scale"], self.p[p + "norm.bias"], 1e-5)
             W1, b1, W2 = self.p[p + "w1"], self.p[p + "b1"], self.p[p + "w2"]
-            if self.dense:
+            if not self.mlp_routed:
                 return h + torch.addmm(self.p[p + "b2"], F.gelu(torch.addmm(b1[0], xn, W1[0])), W2[0])
             kept = self.route(xn, self.p[p + "router.weight"], self.p[p + "router.bias"], self.E, self.k, aux)
             ys, idxs = [], []
@@ -362,6 +371,12 @@ def build_model_class(torch):
 
         def forward(self, inputs, targets):
             """inputs, targets: LongTensor [B, T]. Returns (mean CE, Σ router losses)."""
+            logits, aux = self.logits(inputs)
+            ce = F.cross_entropy(logits, targets.reshape(-1))
+            return ce, aux
+
+        def logits(self, inputs):
+            """inputs: LongTensor [B, T]. Returns (logits [B·T, V], Σ router losses)."""
             B = inputs.shape[0]
             h = F.embedding(inputs.reshape(-1), self.p["embed"])  # [N, d]
             aux = []
@@ -369,9 +384,7 @@ def build_model_class(torch):
                 h = self.attn_block(l, h, B, aux)
                 h = self.mlp_block(l, h, aux)
             hf = F.layer_norm(h, (self.d,), self.p["final_norm.scale"], self.p["final_norm.bias"], 1e-5)
-            logits = hf @ self.p["embed"].t()
-            ce = F.cross_entropy(logits, targets.reshape(-1))
-            return ce, (sum(aux) if aux else torch.zeros(()))
+            return hf @ self.p["embed"].t(), (sum(aux) if aux else torch.zeros(()))
 
     return TorchUoE
 
@@ -420,6 +433,95 @@ def load_checkpoint(torch, model, opt, path):
     return step
 
 
+# ---- uoe-ckpt export: safetensors + config.json -----------------------------------------------
+
+# The bound of the check, as uoe-ckpt convert --check's: |torch − uoe| ≤ rtol·|uoe| + atol per value.
+EXPORT_RTOL, EXPORT_ATOL = 1e-5, 1e-6
+
+
+def safetensors_read(torch, path):
+    """{name: tensor} of a safetensors file (8-byte LE header length, JSON header, raw LE data), read
+    with json + struct + torch.frombuffer (no safetensors package)."""
+    import struct
+    try:
+        with open(path, "rb") as f:
+            buf = f.read()
+    except OSError as e:
+        sys.exit(f"torch_uoe.py: {path}: {e.strerror}")
+    if len(buf) < 8:
+        sys.exit(f"torch_uoe.py: {path}: not a safetensors file ({len(buf)} bytes)")
+    n = struct.unpack("<Q", buf[:8])[0]
+    if 8 + n > len(buf):
+        sys.exit(f"torch_uoe.py: {path}: header of {n} bytes, but the file has {len(buf) - 8} after its length")
+    header = json.loads(buf[8:8 + n])
+    data = memoryview(buf)[8 + n:]
+    dtypes = {"F32": torch.float32, "I32": torch.int32}
+    out = {}
+    for name, v in header.items():
+        if name == "__metadata__":
+            continue
+        if v["dtype"] not in dtypes:
+            sys.exit(f"torch_uoe.py: {path}: tensor {name} is {v['dtype']}; F32 or I32 expected")
+        b, e = v["data_offsets"]
+        if not 0 <= b <= e <= len(data):
+            sys.exit(f"torch_uoe.py: {path}: tensor {name}: data_offsets [{b}, {e}] outside the {len(data)} data bytes")
+        dt = dtypes[v["dtype"]]
+        t = torch.frombuffer(bytearray(data[b:e]), dtype=dt) if e > b else torch.empty(0, dtype=dt)
+        out[name] = t.reshape(v["shape"])
+    return out
+
+
+def check_export(torch, path):
+    """Loads `uoe-ckpt export --eval-logits N` output (DIR/config.json, model.safetensors,
+    eval_logits.safetensors) into TorchUoE and compares its log-probabilities on the stored tokens
+    with uoe's (forward_eval: dropless, the model's top-k and gates). Prints one JSON line; 0 if every
+    value is within EXPORT_RTOL·|uoe| + EXPORT_ATOL."""
+    import types
+    F = torch.nn.functional
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError) as e:
+        sys.exit(f"torch_uoe.py: {path}/config.json: {e}")
+    if cfg.get("format") != "uoe-safetensors" or cfg.get("format_version") != 1:
+        sys.exit(f"torch_uoe.py: {path}/config.json: not a uoe export of format version 1")
+    if cfg["patch_size"] != 1:
+        sys.exit(f"torch_uoe.py: {path}: patch_size {cfg['patch_size']}: this model routes single tokens (patch 1)")
+    if cfg["gate"] not in ("renorm", "sum"):
+        sys.exit(f"torch_uoe.py: {path}: gate {cfg['gate']}: this model has renorm and sum gates")
+    a = types.SimpleNamespace(
+        block_type=cfg["block_type"], layers=cfg["layers"], d_model=cfg["d_model"], heads=cfg["heads"],
+        attn_experts=cfg["attn_experts"], attn_topk=cfg["attn_topk"], experts=cfg["experts"], topk=cfg["topk"],
+        d_ff=cfg["mlp_expert_width"] * (cfg["experts"] if cfg["mlp_routed"] else 1),
+        capacity_factor=0.0,  # evaluation is dropless
+        gate=cfg["gate"], aux_loss=cfg["aux_loss"], z_loss=cfg["z_loss"], seq_len=cfg["seq_len"])
+    model = build_model_class(torch)(a, cfg["vocab"])
+    weights = safetensors_read(torch, os.path.join(path, "model.safetensors"))
+    differ = sorted(set(model.p) ^ set(weights))
+    if differ:
+        sys.exit(f"torch_uoe.py: {path}/model.safetensors and the model disagree on tensors: {differ[:8]}")
+    with torch.no_grad():
+        for name, prm in model.p.items():
+            if tuple(weights[name].shape) != tuple(prm.shape):
+                sys.exit(f"torch_uoe.py: {name}: file shape {tuple(weights[name].shape)}, model {tuple(prm.shape)}")
+            prm.copy_(weights[name])
+        ev = safetensors_read(torch, os.path.join(path, "eval_logits.safetensors"))
+        tokens, ref = ev["tokens"].long(), ev["log_probs"]
+        logits, _ = model.logits(tokens)
+        got = F.log_softmax(logits, dim=-1).reshape(ref.shape)
+    diff = (got.double() - ref.double()).abs()
+    ratio = diff / (EXPORT_RTOL * ref.double().abs() + EXPORT_ATOL)
+    worst = int(torch.argmax(ratio.reshape(-1)))
+    finite = bool(torch.isfinite(got).all() and torch.isfinite(ref).all())
+    ok = finite and float(ratio.max()) <= 1.0
+    print(json.dumps({"check_export": path, "ok": ok, "block_type": a.block_type, "sequences": int(tokens.shape[0]),
+                      "values": ref.numel(), "max_abs_diff": float(diff.max()), "max_ratio": float(ratio.max()),
+                      "bound": f"{EXPORT_RTOL}*|uoe| + {EXPORT_ATOL}", "worst": worst,
+                      "worst_uoe": float(ref.reshape(-1)[worst]), "worst_torch": float(got.reshape(-1)[worst]),
+                      "torch": torch.__version__}))
+    return 0 if ok else 1
+
+
 # ---- training ---------------------------------------------------------------------------------
 
 def parse_args(argv):
@@ -461,6 +563,9 @@ def parse_args(argv):
                          "uoe's slot r windows, gradients are averaged over ranks, as uoe-train -np N")
     ap.add_argument("--self-test", action="store_true", help="check the RNG and window port against C++ values")
     ap.add_argument("--info", action="store_true", help="print this torch's version, kernels and threads; exit")
+    ap.add_argument("--check-export", nargs="+", default=[], metavar="DIR",
+                    help="load `uoe-ckpt export --eval-logits N --out DIR` (each DIR) and compare uoe's evaluation "
+                         "log-probabilities with this model's (exit 1 if any is beyond 1e-5·|uoe| + 1e-6); exit")
     return ap.parse_args(argv)
 
 
@@ -526,6 +631,8 @@ def main(argv):
     if a.info:
         print(json.dumps(torch_info(torch)))
         return 0
+    if a.check_export:
+        return max(check_export(torch, d) for d in a.check_export)
     if a.compile and not hasattr(torch, "compile"):
         sys.exit(f"torch_uoe.py: --compile needs torch 2.0 or later (this is {torch.__version__})")
     torch.manual_seed(a.seed)

@@ -3,6 +3,8 @@
 //
 //   uoe-ckpt info CKPT [--json]      the manifest, the run's options and the tensor table
 //   uoe-ckpt verify CKPT [--all]     every checksum, shape, dtype and the coverage of every tensor
+//   uoe-ckpt convert CKPT --to ...   dense <-> UoE (launcher/uoe_ckpt_convert.cpp)
+//   uoe-ckpt export CKPT --out DIR   safetensors + config.json; import DIR --out CKPTDIR reads them back
 //
 // CKPT is a step directory or a run's --checkpoint-dir (then the step its `latest` names).
 // Exit codes: 0 success (or --help, --version), 2 bad command line, 1 any other failure (a
@@ -12,6 +14,7 @@
 #include <string>
 
 #include "launcher/ckpt_convert.hpp"
+#include "launcher/ckpt_export.hpp"
 #include "launcher/uoe_ckpt.hpp"
 #include "runtime/cli.hpp"
 #include "runtime/error.hpp"
@@ -33,12 +36,14 @@ constexpr SubCommand kSubCommands[] = {
     {"info", uoe::ckpt_info_main, "what a checkpoint holds: manifest, the run's options, the tensor table (--json)"},
     {"verify", uoe::ckpt_verify_main, "read every dataset: checksums, shapes, dtypes, coverage (--all: every step)"},
     {"convert", ckpt_convert_main, "dense <-> UoE through the equivalence law, a new checkpoint to resume (--check)"},
+    {"export", uoe::ckpt_export_main, "the parameters as DIR/model.safetensors + config.json (--eval-logits N)"},
+    {"import", uoe::ckpt_import_main, "an exported model back into a checkpoint to resume (step 0, fresh moments)"},
 };
 
 std::string usage() {
   std::string s =
       "Usage: uoe-ckpt COMMAND [OPTIONS] ...   (uoe-ckpt COMMAND --help for each)\n\n"
-      "Looks at, checks and converts uoe checkpoints on one process, whatever world size and --ep wrote them.\n"
+      "Looks at, checks, converts and exports uoe checkpoints on one process, whatever world size and --ep wrote them.\n"
       "CKPT is a step directory (step_00001200) or a run's --checkpoint-dir (the step its 'latest' names).\n\n"
       "Commands:\n";
   for (const SubCommand& c : kSubCommands) {
