@@ -129,13 +129,12 @@ UOE_HD inline void layernorm_row_forward(float* out, float* mean_out, float* rst
   *rstd_out = s;
 }
 
-// dx += LN'ᵀ dout; dweight/dbias += this row's contribution.
+// dx += LN'ᵀ dout of one row (the row's mean and 1/std from forward).
 // The arrays must not overlap (every caller passes distinct buffers); __restrict__ lets the
-// compiler vectorise the update loop, which with six pointers it will not version for aliasing.
-UOE_HD inline void layernorm_row_backward(float* __restrict__ dx, float* __restrict__ dweight,
-                                          float* __restrict__ dbias, const float* __restrict__ dout,
-                                          const float* __restrict__ x, const float* __restrict__ weight, float mean,
-                                          float rstd, int C) {
+// compiler vectorise the update loop, which with several pointers it will not version for aliasing.
+UOE_HD inline void layernorm_row_backward_input(float* __restrict__ dx, const float* __restrict__ dout,
+                                                const float* __restrict__ x, const float* __restrict__ weight,
+                                                float mean, float rstd, int C) {
   // mean of dnorm and of dnorm·norm
   const float sum_dn = sum_terms(C, [dout, weight](int i) { return dout[i] * weight[i]; }) / static_cast<float>(C);
   const float sum_dn_n = sum_terms(C, [dout, weight, x, mean, rstd](int i) {
@@ -145,28 +144,11 @@ UOE_HD inline void layernorm_row_backward(float* __restrict__ dx, float* __restr
   for (int i = 0; i < C; ++i) {
     const float n = (x[i] - mean) * rstd;
     const float dn = dout[i] * weight[i];
-    dbias[i] += dout[i];
-    dweight[i] += dout[i] * n;
     dx[i] += (dn - sum_dn - n * sum_dn_n) * rstd;
   }
 }
-// The same in two halves, for loops that split rows and columns over threads (layernorm_backward):
-// dx += LN'ᵀ dout of one row, and its contribution to C columns of dweight/dbias (the row's
-// x, dout and accumulators offset to the first of those columns).
-UOE_HD inline void layernorm_row_backward_input(float* __restrict__ dx, const float* __restrict__ dout,
-                                                const float* __restrict__ x, const float* __restrict__ weight,
-                                                float mean, float rstd, int C) {
-  const float sum_dn = sum_terms(C, [dout, weight](int i) { return dout[i] * weight[i]; }) / static_cast<float>(C);
-  const float sum_dn_n = sum_terms(C, [dout, weight, x, mean, rstd](int i) {
-                           return dout[i] * weight[i] * ((x[i] - mean) * rstd);
-                         }) /
-                         static_cast<float>(C);
-  for (int i = 0; i < C; ++i) {
-    const float n = (x[i] - mean) * rstd;
-    const float dn = dout[i] * weight[i];
-    dx[i] += (dn - sum_dn - n * sum_dn_n) * rstd;
-  }
-}
+// dweight/dbias += one row's contribution, over C columns (a caller that splits the columns over
+// threads passes the row's x, dout and the accumulators offset to its first column).
 UOE_HD inline void layernorm_row_backward_params(float* __restrict__ dweight, float* __restrict__ dbias,
                                                  const float* __restrict__ dout, const float* __restrict__ x,
                                                  float mean, float rstd, int C) {
@@ -174,6 +156,15 @@ UOE_HD inline void layernorm_row_backward_params(float* __restrict__ dweight, fl
     dbias[i] += dout[i];
     dweight[i] += dout[i] * ((x[i] - mean) * rstd);
   }
+}
+// Both, for one row (the GPU path: a block per row; the CPU's layernorm_backward splits rows for dx
+// and columns for dweight/dbias over its threads).
+UOE_HD inline void layernorm_row_backward(float* __restrict__ dx, float* __restrict__ dweight,
+                                          float* __restrict__ dbias, const float* __restrict__ dout,
+                                          const float* __restrict__ x, const float* __restrict__ weight, float mean,
+                                          float rstd, int C) {
+  layernorm_row_backward_input(dx, dout, x, weight, mean, rstd, C);
+  layernorm_row_backward_params(dweight, dbias, dout, x, mean, rstd, C);
 }
 
 // In-place softmax of one row of length n; returns log-sum-exp of the input row.
