@@ -246,13 +246,12 @@ Vocab sentencepiece_train(std::string_view text, const SentencePieceTraining& ho
   return sentencepiece_vocab(std::move(model), "trained on " + source);
 }
 
-std::vector<int32_t> tokenizer_encode_parallel(const Tokenizer& tokenizer, std::string_view text, int threads) {
+std::vector<int32_t> tokenizer_encode_parallel(const Tokenizer& tokenizer, std::string_view text, int threads,
+                                               size_t piece_bytes) {
   const size_t n_threads = threads > 0 ? static_cast<size_t>(threads) : std::max(1u, std::thread::hardware_concurrency());
-  // Pieces of about 4 MiB ending after a "\n" (a piece may be longer: a line is never cut).
-  constexpr size_t kPiece = size_t{4} << 20;
   std::vector<std::string_view> pieces;
   for (size_t i = 0; i < text.size();) {
-    size_t end = std::min(text.size(), i + kPiece);
+    size_t end = std::min(text.size(), i + std::max<size_t>(1, piece_bytes));
     const size_t nl = end == text.size() ? std::string_view::npos : text.find('\n', end - 1);
     end = nl == std::string_view::npos ? text.size() : nl + 1;
     pieces.push_back(text.substr(i, end - i));

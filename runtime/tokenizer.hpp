@@ -98,9 +98,11 @@ std::vector<std::string_view> sentencepiece_sample_lines(std::string_view text);
 // the text cannot fill, or smaller than its characters plus the byte pieces).
 Vocab sentencepiece_train(std::string_view text, const SentencePieceTraining& how, const std::string& source);
 
-// tokenizer.encode(text) computed on `threads` threads (0 = every core), the text cut into pieces
-// after a "\n": bitwise the same ids for any thread count.
-std::vector<int32_t> tokenizer_encode_parallel(const Tokenizer& tokenizer, std::string_view text, int threads);
+// tokenizer.encode(text) computed on `threads` threads (0 = every core), the text cut into pieces of
+// about `piece_bytes` ending after a "\n" (a line is never cut): bitwise the same ids for any thread
+// count and piece size.
+std::vector<int32_t> tokenizer_encode_parallel(const Tokenizer& tokenizer, std::string_view text, int threads,
+                                               size_t piece_bytes = size_t{4} << 20);
 
 // Word level: keeps the `vocab_size` most frequent entries of ds.vocab (<unk> included) and, among
 // them, the words seen at least `min_count` times in ds.train; every other word's id becomes 0
