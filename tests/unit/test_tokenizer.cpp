@@ -143,6 +143,22 @@ TEST(SentencePiece, SampleLinesTakeWholeLines) {
   // Below the sample size: every non-empty line, in order.
   const std::vector<std::string_view> lines = uoe::sentencepiece_sample_lines("a b\n\ncd\ne");
   EXPECT_EQ(lines, (std::vector<std::string_view>{"a b", "cd", "e"}));
+  // Above it: whole lines from stretches spread over the text, about the sample size in all.
+  std::string big;
+  for (int i = 0; big.size() < uoe::kSentencePieceSampleBytes * 5 / 4; ++i) big += "line " + std::to_string(i) + "\n";
+  const std::vector<std::string_view> sample = uoe::sentencepiece_sample_lines(big);
+  size_t bytes = 0;
+  for (std::string_view line : sample) {
+    const auto at = static_cast<size_t>(line.data() - big.data());
+    ASSERT_TRUE(at == 0 || big[at - 1] == '\n') << at;
+    ASSERT_EQ(big[at + line.size()], '\n') << at;
+    bytes += line.size() + 1;
+  }
+  EXPECT_LE(bytes, uoe::kSentencePieceSampleBytes + 64 * 32);
+  EXPECT_GE(bytes, uoe::kSentencePieceSampleBytes - 64 * 32);
+  EXPECT_EQ(sample.front().data(), big.data());
+  EXPECT_GT(static_cast<size_t>(sample.back().data() - big.data()), big.size() * 63 / 64 - 1);
+  EXPECT_EQ(uoe::sentencepiece_sample_lines(big), sample);
 }
 
 // ---------------------------------------------------------------------------------------------
