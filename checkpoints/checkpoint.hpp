@@ -34,6 +34,9 @@ struct TrainState {
   double lr = 0;           // learning rate of that step (information; the schedule recomputes it)
   std::string config_ini;  // config_to_ini() of the run; loading checks its model-shape options
   std::string build;       // the writing binary's build_info() (filled by checkpoint_load; "" in old checkpoints)
+  // The run's vocabulary (manifest.hpp, /tokenizer): kind "" for byte level (and old checkpoints).
+  std::string tokenizer, tokenizer_blob;
+  uint64_t tokenizer_hash = 0;
   int world = 1, ep = 1;   // layout of the writing run (filled by checkpoint_load; save uses ShardRole)
 };
 

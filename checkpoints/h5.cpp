@@ -38,6 +38,7 @@ hid_t file_type(Elem e) {
     case Elem::f32: return H5T_IEEE_F32LE;
     case Elem::i64: return H5T_STD_I64LE;
     case Elem::u64: return H5T_STD_U64LE;
+    case Elem::u8: return H5T_STD_U8LE;
   }
   UOE_ASSERT(false, "unknown Elem");
 }
@@ -46,6 +47,7 @@ hid_t mem_type(Elem e) {
     case Elem::f32: return H5T_NATIVE_FLOAT;
     case Elem::i64: return H5T_NATIVE_INT64;
     case Elem::u64: return H5T_NATIVE_UINT64;
+    case Elem::u8: return H5T_NATIVE_UINT8;
   }
   UOE_ASSERT(false, "unknown Elem");
 }
@@ -54,10 +56,11 @@ const char* elem_name(Elem e) {
     case Elem::f32: return "float32";
     case Elem::i64: return "int64";
     case Elem::u64: return "uint64";
+    case Elem::u8: return "uint8";
   }
   return "?";
 }
-size_t elem_size(Elem e) { return e == Elem::f32 ? 4 : 8; }
+size_t elem_size(Elem e) { return e == Elem::f32 ? 4 : e == Elem::u8 ? 1 : 8; }
 
 // "float32", "int16", "uint8", "string", ... for a stored type.
 std::string describe_type(hid_t t) {
@@ -640,7 +643,7 @@ void dataset_check_type(hid_t dset, Elem elem, const std::string& file, const st
   const H5T_class_t cls = H5Tget_class(t.get());
   const bool ok = H5Tget_size(t.get()) == elem_size(elem) &&
                   (elem == Elem::f32 ? cls == H5T_FLOAT
-                                     : cls == H5T_INTEGER && (H5Tget_sign(t.get()) == H5T_SGN_NONE) == (elem == Elem::u64));
+                                     : cls == H5T_INTEGER && (H5Tget_sign(t.get()) == H5T_SGN_NONE) == (elem == Elem::u64 || elem == Elem::u8));
   if (!ok) ::uoe::fail(file, ": dataset ", name, " is ", describe_type(t.get()), ", expected ", elem_name(elem));
 }
 

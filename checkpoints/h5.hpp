@@ -145,7 +145,7 @@ std::vector<std::string> attr_read_strs(hid_t obj, const char* name, const std::
 
 // ---- datasets ------------------------------------------------------------------------------------
 // Element types the checkpoint stores. Files are little-endian IEEE / two's complement.
-enum class Elem { f32, i64, u64 };
+enum class Elem { f32, i64, u64, u8 };
 
 // Creates dataset `name` under `loc` with shape `dims`, chunked (chunks of about 1 MiB, cut along
 // the leading dimensions) with the Fletcher32 filter, and writes `data` (dims' product elements).

@@ -106,6 +106,9 @@ LoadResult load_local(const std::string& path, const Config& current, ParamStore
   out.state.lr = m.lr;
   out.state.config_ini = m.config_ini;
   out.state.build = m.build;
+  out.state.tokenizer = m.tokenizer;
+  out.state.tokenizer_blob = m.tokenizer_blob;
+  out.state.tokenizer_hash = m.tokenizer_hash;
   out.state.world = static_cast<int>(m.world);
   out.state.ep = static_cast<int>(m.ep);
   return out;

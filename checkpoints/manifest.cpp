@@ -52,6 +52,14 @@ void manifest_write(const std::string& path, const Manifest& m) {
   h5::attr_write_str(root, "build", m.build, path, "/");
   UOE_ASSERT(!m.shard_files.empty(), "manifest without shard files");
   h5::attr_write_strs(root, "shard_files", m.shard_files, path, "/");
+  if (!m.tokenizer.empty()) {
+    UOE_ASSERT(!m.tokenizer_blob.empty(), "tokenizer ", m.tokenizer, " without its blob");
+    h5::Dataset d = h5::dataset_write(root, "tokenizer", {static_cast<int64_t>(m.tokenizer_blob.size())}, h5::Elem::u8,
+                                      m.tokenizer_blob.data(), path);
+    h5::attr_write_str(d.get(), "kind", m.tokenizer, path, "/tokenizer");
+    h5::attr_write_u64(d.get(), "hash", m.tokenizer_hash, path, "/tokenizer");
+    d.close(path, "/tokenizer");
+  }
   {
     h5::Group index = h5::group_create(root, "index", path);
     h5::attr_write_str(index.get(), "columns", "shard, slab_begin, slab_end", path, "/index");
@@ -94,6 +102,18 @@ Manifest manifest_read(const std::string& path) {
     if (s.empty() || s.find('/') != std::string::npos || s == "." || s == "..")
       fail(path, ": shard file name '", s, "' is not a plain file name");
 
+  if (h5::link_exists(root, "tokenizer", path)) {
+    h5::Dataset d = h5::dataset_open(root, "tokenizer", path);
+    h5::dataset_check_type(d.get(), h5::Elem::u8, path, "/tokenizer");
+    const std::vector<int64_t> dims = h5::dataset_dims(d.get(), path, "/tokenizer");
+    if (dims.size() != 1 || dims[0] < 1 || dims[0] > (int64_t{1} << 32))
+      fail(path, ": /tokenizer has shape ", shape_text(dims), ", expected [bytes] with 1 to 2^32 bytes");
+    h5::dataset_check_stored(d.get(), h5::Elem::u8, dims, path, "/tokenizer");
+    m.tokenizer = h5::attr_read_str(d.get(), "kind", path, "/tokenizer");
+    m.tokenizer_hash = h5::attr_read_u64(d.get(), "hash", path, "/tokenizer");
+    m.tokenizer_blob.resize(static_cast<size_t>(dims[0]));
+    h5::dataset_read(d.get(), h5::Elem::u8, m.tokenizer_blob.data(), path, "/tokenizer");
+  }
   h5::Group index = h5::group_open(root, "index", path);
   for (const std::string& name : h5::group_members(index.get(), path, "/index")) {
     const std::string where = "/index/" + name;

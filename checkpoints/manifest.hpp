@@ -6,6 +6,11 @@
 //                    config_ini (the run's config as INI text), shard_files (file names, in shard order),
 //                    build (the writing binary's build_info(): version, commit, libraries; information
 //                    only, and absent from checkpoints written before it was added: not required)
+//   /tokenizer       uint8 [bytes]: the run's vocabulary (runtime/tokenizer.hpp, tokenizer_blob: the word
+//                    vocabulary file's text, or the SentencePiece .model file), so uoe-sample needs
+//                    nothing else; attributes kind ("word" | "sentencepiece") and hash (uint64, the
+//                    token files' vocab_hash). Absent for byte level and in checkpoints written before
+//                    it was added (not required)
 //   /index/<tensor>  int64 [slabs, 3] rows (shard, slab_begin, slab_end): shard `shard` holds rows
 //                    [slab_begin, slab_end) along dimension 0 of the tensor, in /model, /optim/m and
 //                    /optim/v alike; attribute global_shape (int64 array)
@@ -45,6 +50,9 @@ struct Manifest {
   std::string config_ini;
   std::string build;                     // runtime/version.hpp's build_info() of the writer ("" if absent)
   int64_t world = 1, ep = 1;              // layout of the run that wrote it (information only)
+  std::string tokenizer;                 // "" (byte level, or an older checkpoint), "word", "sentencepiece"
+  std::string tokenizer_blob;            // tokenizer_blob() of the run's vocabulary (runtime/tokenizer.hpp)
+  uint64_t tokenizer_hash = 0;           // its vocab_hash (runtime/token_file.hpp)
   std::vector<std::string> shard_files;  // names relative to the checkpoint directory
   std::vector<ManifestTensor> tensors;   // in no particular order (read back in name order)
 };

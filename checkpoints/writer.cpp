@@ -301,6 +301,9 @@ void CheckpointWriter::snapshot(const ParamStore& params, OptimizerMoments& opt,
     m.seed = state.seed;
     m.lr = state.lr;
     m.config_ini = state.config_ini;
+    m.tokenizer = state.tokenizer;
+    m.tokenizer_blob = state.tokenizer_blob;
+    m.tokenizer_hash = state.tokenizer_hash;
     m.build = build_info(comm_library_versions());
     m.world = role_.world_size;
     m.ep = role_.ep;

@@ -31,6 +31,8 @@
 #include "runtime/error.hpp"
 #include "runtime/gemm.hpp"
 #include "runtime/log.hpp"
+#include "runtime/token_file.hpp"
+#include "runtime/tokenizer.hpp"
 #include "runtime/version.hpp"
 #include "runtime/watchdog.hpp"
 
@@ -182,7 +184,7 @@ void Trainer::describe() const {
   if (blas_kernels_as_chosen()) log_info("cpu: %s", blas_kernels_summary().c_str());
   else log_warn("cpu: %s", blas_kernels_summary().c_str());
   log_info("uoe-train: data %s (%s, V=%d, %zu train / %zu val tokens)", data_.source.c_str(),
-           byte_level_ ? "byte" : "word", V, data_.train.size(), data_.val.size());
+           tokenizer_kind_name(data_.vocab.kind), V, data_.train.size(), data_.val.size());
   log_info("model: %s blocks, %d layers, d %d, %d heads in %d attention experts (top-%d), %d MLP experts of %d (top-%d), "
            "capacity %g, patch %d, gate %s; %zu parameters on rank 0",
            block_type_name(spec.block_type), spec.layers, spec.d, spec.heads, spec.attn_experts, spec.attn_topk, spec.experts, spec.expert_ff(),
@@ -238,6 +240,11 @@ void Trainer::open_checkpoints() {
     const TrainState st = checkpoint_load(resume_path, cfg, model_->params(), *opt_, *groups_.world);
     if (st.step >= std::numeric_limits<int>::max())
       fail("checkpoint ", resume_path, " is of step ", st.step, ", beyond any --steps this build can run");
+    // Every rank read the same data, so every rank refuses alike.
+    if (!st.tokenizer.empty() && st.tokenizer_hash != vocab_hash(data_.vocab))
+      fail("checkpoint ", resume_path, " was trained with another vocabulary (", st.tokenizer, ", hash ",
+           st.tokenizer_hash, ") than this run's data ", data_.source, " (", tokenizer_kind_name(data_.vocab.kind),
+           ", hash ", vocab_hash(data_.vocab), "): its token ids would mean other text");
     start_step_ = static_cast<int>(st.step) + 1;
     log_info("resumed from %s: step %lld (written by %d ranks, ep %d)", resume_path.c_str(),
              static_cast<long long>(st.step), st.world, st.ep);
@@ -432,6 +439,11 @@ void Trainer::save_checkpoint(int step) {
   st.seed = cfg.seed;
   st.lr = lr_at_step(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
   st.config_ini = config_to_ini(cfg);
+  if (data_.vocab.kind != TokenizerKind::byte) {  // the vocabulary travels with the model (uoe-sample)
+    st.tokenizer = tokenizer_kind_name(data_.vocab.kind);
+    st.tokenizer_blob = tokenizer_blob(data_.vocab);
+    st.tokenizer_hash = vocab_hash(data_.vocab);
+  }
   writer_->save(model_->params(), *opt_, st);  // waits for (and commits) the previous one first
 }
 

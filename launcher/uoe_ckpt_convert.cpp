@@ -252,6 +252,9 @@ int run(const ConvertArgs& a) {
   out.seed = cfg.seed;
   out.lr = a.keep_step ? st.lr : 0.0;
   out.config_ini = uoe::config_to_ini(cfg);
+  out.tokenizer = st.tokenizer;  // the vocabulary travels with the model (uoe-sample)
+  out.tokenizer_blob = st.tokenizer_blob;
+  out.tokenizer_hash = st.tokenizer_hash;
   try {
     uoe::AdamW opt(dst.params(), uoe::AdamWSpec{});
     opt.m().zero();

@@ -2,12 +2,20 @@
 //
 //   uoe-prepare --data corpus.txt [--val-data val.txt | --val-fraction 0.1] [--tokenizer byte|word]
 //               --output data/corpus
+//   uoe-prepare ... --tokenizer word [--vocab-size N] [--min-count C]
+//   uoe-prepare ... --tokenizer sentencepiece (--vocab-size N [--model-type bpe|unigram] | --tokenizer-model M.model)
 //
-// writes data/corpus.train.tok, data/corpus.val.tok and, word level, data/corpus.vocab (formats in
-// runtime/token_file.hpp). Tokenization and the train/validation split are uoe-train's own
-// (data_from_text), so `uoe-train --data P.train.tok --val-data P.val.tok` trains on exactly the
-// token streams that `uoe-train --data corpus.txt` (same --val-data / --val-fraction / --tokenizer)
-// builds from the text, and logs the same losses; it just skips reading and tokenizing the text.
+// writes data/corpus.train.tok, data/corpus.val.tok and, word level, data/corpus.vocab, sentencepiece
+// level, data/corpus.model (formats in runtime/token_file.hpp). Byte and word: tokenization and the
+// train/validation split are uoe-train's own (data_from_text), so `uoe-train --data P.train.tok
+// --val-data P.val.tok` trains on exactly the token streams that `uoe-train --data corpus.txt` (same
+// --val-data / --val-fraction / --tokenizer) builds from the text, and logs the same losses; it just
+// skips reading and tokenizing the text. --vocab-size / --min-count then keep the most frequent
+// words (runtime/tokenizer.hpp, word_vocab_limit); without them the ids are uoe-train's.
+// Sentencepiece (runtime/tokenizer.hpp): without --val-data the split is by text, at the first line
+// start at or after the last --val-fraction of the bytes, so no validation line is seen by the model's
+// training (which reads sentencepiece_sample_lines of the training part) and the validation split's
+// source bytes are known (val_bpb); the text is encoded on --threads threads, the same ids for any count.
 // Exit codes: 0 success (or --help, --version), 2 bad command line, 1 any other failure (unreadable text, ...).
 #include <boost/program_options.hpp>
 
@@ -18,6 +26,8 @@
 #include <filesystem>
 #include <iostream>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "parallel/mpi_version.hpp"
@@ -25,6 +35,7 @@
 #include "runtime/data.hpp"
 #include "runtime/error.hpp"
 #include "runtime/token_file.hpp"
+#include "runtime/tokenizer.hpp"
 #include "runtime/version.hpp"
 
 namespace po = boost::program_options;
@@ -34,7 +45,38 @@ namespace {
 struct PrepareOptions {
   std::string data, val_data, tokenizer = "byte", output;
   double val_fraction = 0.1;
+  // Tokenizer options (check_tokenizer_options says which tokenizer takes which).
+  int64_t vocab_size = 0, min_count = 1;
+  std::string model_type = "bpe", tokenizer_model;
+  int threads = 0;
 };
+
+// Which tokenizer takes which option; --tokenizer-model alone means --tokenizer sentencepiece.
+void check_tokenizer_options(const po::variables_map& vm, PrepareOptions& o) {
+  const bool model_given = vm.count("tokenizer-model") > 0;
+  if (model_given && vm["tokenizer"].defaulted()) o.tokenizer = "sentencepiece";
+  uoe::tokenizer_kind_parse(o.tokenizer, "--tokenizer");
+  const auto only = [&](const char* option, const char* tokenizers) {
+    if (vm.count(option) && !vm[option].defaulted() && std::string(tokenizers).find(o.tokenizer) == std::string::npos)
+      uoe::fail("--", option, " applies to --tokenizer ", tokenizers, ", not to --tokenizer ", o.tokenizer);
+  };
+  only("vocab-size", "word or sentencepiece");
+  only("min-count", "word");
+  only("model-type", "sentencepiece");
+  only("tokenizer-model", "sentencepiece");
+  if (o.vocab_size < 0) uoe::fail("--vocab-size must be at least 0, got ", o.vocab_size);
+  if (o.min_count < 1) uoe::fail("--min-count must be at least 1, got ", o.min_count);
+  if (o.threads < 0) uoe::fail("--threads must be at least 0 (0 = every core), got ", o.threads);
+  if (o.tokenizer == "word" && o.vocab_size == 1)
+    uoe::fail("--vocab-size 1 leaves only <unk>; give at least 2, or 0 for every word");
+  if (o.tokenizer != "sentencepiece") return;
+  if (model_given && (vm.count("vocab-size") || !vm["model-type"].defaulted()))
+    uoe::fail("--tokenizer-model '", o.tokenizer_model, "' fixes the vocabulary: drop --vocab-size and --model-type");
+  if (!model_given && o.vocab_size < 1)
+    uoe::fail("--tokenizer sentencepiece needs --vocab-size N (to train a model on --data) or --tokenizer-model FILE");
+  if (o.model_type != "bpe" && o.model_type != "unigram")
+    uoe::fail("--model-type must be 'bpe' or 'unigram', got '", o.model_type, "'");
+}
 
 // Parses the command line; returns false after --help or --version. Throws uoe::Error naming the option.
 bool parse(int argc, char** argv, PrepareOptions& o) {
@@ -43,8 +85,15 @@ bool parse(int argc, char** argv, PrepareOptions& o) {
       ("data", po::value(&o.data), "text file to prepare (default: the built-in corpus)")
       ("val-data", po::value(&o.val_data), "validation text file (default: the last --val-fraction of --data)")
       ("val-fraction", po::value(&o.val_fraction)->default_value(0.1, "0.1"), "share of --data held out for validation, in (0, 1)")
-      ("tokenizer", po::value(&o.tokenizer)->default_value("byte"), "byte | word")
-      ("output", po::value(&o.output), "output prefix: writes PREFIX.train.tok, PREFIX.val.tok (and PREFIX.vocab for word)");
+      ("tokenizer", po::value(&o.tokenizer)->default_value("byte"), "byte | word | sentencepiece")
+      ("vocab-size", po::value(&o.vocab_size), "word: keep the N most frequent entries, <unk> included (default: all); "
+                                               "sentencepiece: the pieces of the model to train")
+      ("min-count", po::value(&o.min_count)->default_value(1), "word: keep words seen at least this often in the training split")
+      ("model-type", po::value(&o.model_type)->default_value("bpe"), "sentencepiece: bpe | unigram")
+      ("tokenizer-model", po::value(&o.tokenizer_model), "sentencepiece: use this .model file instead of training one")
+      ("threads", po::value(&o.threads)->default_value(0), "sentencepiece: encoding and training threads (0 = every core)")
+      ("output", po::value(&o.output), "output prefix: writes PREFIX.train.tok, PREFIX.val.tok (and PREFIX.vocab for word, "
+                                       "PREFIX.model for sentencepiece)");
   uoe::cli_add_help_and_version(desc);
   po::variables_map vm;
   uoe::cli_parse(argc, argv, desc, vm);
@@ -54,15 +103,17 @@ bool parse(int argc, char** argv, PrepareOptions& o) {
   }
   if (vm.count("help")) {
     std::cout << "Usage: uoe-prepare [--data TEXT] [--val-data TEXT | --val-fraction F] [--tokenizer byte|word] "
-                 "--output PREFIX\n\n"
+                 "--output PREFIX\n"
+                 "       uoe-prepare ... --tokenizer word [--vocab-size N] [--min-count C]\n"
+                 "       uoe-prepare ... --tokenizer sentencepiece (--vocab-size N [--model-type bpe|unigram] | "
+                 "--tokenizer-model M.model)\n\n"
                  "Tokenizes text once into memory-mapped token files for uoe-train (same tokenizer and split as\n"
                  "uoe-train on the text): then train with --data PREFIX.train.tok --val-data PREFIX.val.tok.\n\n"
               << desc;
     return false;
   }
   if (o.output.empty()) uoe::fail("--output PREFIX is required (e.g. --output data/corpus)");
-  if (o.tokenizer != "byte" && o.tokenizer != "word")
-    uoe::fail("--tokenizer must be 'byte' or 'word', got '", o.tokenizer, "'");
+  check_tokenizer_options(vm, o);
   if (o.val_data.empty() && !(o.val_fraction > 0.0 && o.val_fraction < 1.0))
     uoe::fail("--val-fraction must be in (0, 1) when no --val-data is given, got ", o.val_fraction);
   for (const std::string* p : {&o.data, &o.val_data})
@@ -80,16 +131,73 @@ std::string megabytes(const std::string& path) {
   return buf;
 }
 
+// Sentencepiece: split the text, train or read the model, encode (see the top of this file).
+uoe::Dataset prepare_sentencepiece(const PrepareOptions& o, const std::string& train_text, const std::string* val_text,
+                                   const std::string& source) {
+  std::string_view train = train_text, val;
+  std::string train_label = source, val_label = "'" + o.val_data + "'";
+  if (val_text != nullptr) {
+    val = *val_text;
+  } else {
+    const size_t n = train_text.size();
+    size_t cut = n - static_cast<size_t>(std::llround(static_cast<double>(n) * o.val_fraction));
+    const size_t nl = cut == 0 ? std::string::npos : train_text.find('\n', cut - 1);
+    cut = nl == std::string::npos ? n : nl + 1;
+    if (cut >= n)
+      uoe::fail(source, " has no line start in its last --val-fraction ", o.val_fraction,
+                " of bytes, so no validation split can be cut there: give --val-data, or a larger --val-fraction");
+    train = train.substr(0, cut);
+    val = std::string_view(train_text).substr(cut);
+    train_label = "the training split of " + source;
+    val_label = "the validation split of " + source + " (from byte " + std::to_string(cut) + ")";
+  }
+  uoe::Dataset ds;
+  ds.source = source;
+  const auto t0 = std::chrono::steady_clock::now();
+  if (!o.tokenizer_model.empty()) {
+    ds.vocab = uoe::sentencepiece_vocab_read(o.tokenizer_model, "--tokenizer-model");
+  } else {
+    uoe::SentencePieceTraining how;
+    how.vocab_size = static_cast<int>(std::min<int64_t>(o.vocab_size, INT32_MAX));
+    how.model_type = o.model_type;
+    how.threads = o.threads;
+    const size_t sample = train.size() <= uoe::kSentencePieceSampleBytes ? train.size() : uoe::kSentencePieceSampleBytes;
+    std::printf("uoe-prepare: training a SentencePiece %s model of %d pieces on %.1f MB of %s\n", o.model_type.c_str(),
+                how.vocab_size, static_cast<double>(sample) / 1e6, train_label.c_str());
+    std::fflush(stdout);
+    ds.vocab = uoe::sentencepiece_train(train, how, train_label);
+    std::printf("  model trained in %.1fs\n",
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  const auto t1 = std::chrono::steady_clock::now();
+  const auto tokenizer = uoe::tokenizer_for(ds.vocab);
+  ds.train = uoe::tokenizer_encode_parallel(*tokenizer, train, o.threads);
+  ds.val = uoe::tokenizer_encode_parallel(*tokenizer, val, o.threads);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+  std::printf("  encoded %.1f MB in %.2fs (%.1f MB/s); %.3f bytes per token in validation (val_bpb = val_loss x "
+              "%.5f / ln 2)\n",
+              static_cast<double>(train.size() + val.size()) / 1e6, secs,
+              secs > 0 ? static_cast<double>(train.size() + val.size()) / 1e6 / secs : 0.0,
+              ds.val.empty() ? 0.0 : static_cast<double>(val.size()) / static_cast<double>(ds.val.size()),
+              val.empty() ? 0.0 : static_cast<double>(ds.val.size()) / static_cast<double>(val.size()));
+  for (const auto& [n, label] : {std::pair{ds.train.size(), &train_label}, std::pair{ds.val.size(), &val_label}})
+    if (n < 2) uoe::fail(*label, " encodes to ", n, " tokens; a split needs at least 2 (one input and its target)");
+  return ds;
+}
+
 int run(const PrepareOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
-  const uoe::TokenizerKind kind = o.tokenizer == "word" ? uoe::TokenizerKind::word : uoe::TokenizerKind::byte;
+  const uoe::TokenizerKind kind = uoe::tokenizer_kind_parse(o.tokenizer, "--tokenizer");
   const std::string train_text = o.data.empty() ? uoe::data_builtin_corpus() : uoe::data_read_text(o.data, "--data");
   std::string val_text;
   if (!o.val_data.empty()) val_text = uoe::data_read_text(o.val_data, "--val-data");
   const std::string source = o.data.empty() ? "the built-in corpus" : "'" + o.data + "'";
   // seq_len 1: any split of at least 2 tokens is kept; uoe-train checks its own --seq-len on load.
-  const uoe::Dataset ds = uoe::data_from_text(train_text, o.val_data.empty() ? nullptr : &val_text,
-                                              o.val_fraction, kind, /*seq_len=*/1, source);
+  uoe::Dataset ds = kind == uoe::TokenizerKind::sentencepiece
+                        ? prepare_sentencepiece(o, train_text, o.val_data.empty() ? nullptr : &val_text, source)
+                        : uoe::data_from_text(train_text, o.val_data.empty() ? nullptr : &val_text, o.val_fraction,
+                                              kind, /*seq_len=*/1, source);
+  if (kind == uoe::TokenizerKind::word) uoe::word_vocab_limit(ds, o.vocab_size, o.min_count);
   const std::filesystem::path parent = std::filesystem::path(o.output).parent_path();
   if (!parent.empty()) {
     std::error_code ec;
@@ -111,8 +219,11 @@ int run(const PrepareOptions& o) {
     std::printf("  vocab: %d words -> %s; %.2f%% of validation tokens are <unk> (not in the training split)\n", V,
                 written[2].c_str(), ds.val.empty() ? 0.0 : 100.0 * static_cast<double>(unknown) / ds.val.size());
   }
-  std::printf("  done in %.1fs; train with: uoe-train --data %s --val-data %s%s\n", secs, written[0].c_str(),
-              written[1].c_str(), kind == uoe::TokenizerKind::word ? " --tokenizer word" : "");
+  if (kind == uoe::TokenizerKind::sentencepiece)
+    std::printf("  model: %d pieces -> %s\n", V, written[2].c_str());
+  std::printf("  done in %.1fs; train with: uoe-train --data %s --val-data %s%s%s\n", secs, written[0].c_str(),
+              written[1].c_str(), kind == uoe::TokenizerKind::byte ? "" : " --tokenizer ",
+              kind == uoe::TokenizerKind::byte ? "" : o.tokenizer.c_str());
   return 0;
 }
 

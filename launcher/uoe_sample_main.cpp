@@ -6,7 +6,9 @@
 // DIR is a checkpoint (a step_N directory) or a run's --checkpoint-dir (then the checkpoint its
 // `latest` file names). The model's options come from the checkpoint; it is loaded on this one
 // process whatever the number of ranks that wrote it (resharding, as a resume on another world size
-// does) and runs dropless (layers/generate.hpp). A word-level model's vocabulary is rebuilt from its
+// does) and runs dropless (layers/generate.hpp). The vocabulary (word list or SentencePiece model) is
+// the one stored in the checkpoint (checkpoints/manifest.hpp, /tokenizer), so nothing else is needed.
+// Checkpoints written before it was stored: a word-level model's vocabulary is rebuilt from its
 // training data: the run's --data and --val-data (stored in the checkpoint), or the files given here
 // if they moved (the vocabulary comes from the training split, which --val-data decides).
 // The prompt and the generated text go to stdout as they are drawn; everything else to stderr.
@@ -39,6 +41,8 @@
 #include "runtime/error.hpp"
 #include "runtime/gemm.hpp"
 #include "runtime/log.hpp"
+#include "runtime/token_file.hpp"
+#include "runtime/tokenizer.hpp"
 #include "runtime/version.hpp"
 
 namespace po = boost::program_options;
@@ -62,8 +66,8 @@ bool parse(int argc, char** argv, SampleArgs& a) {
       ("temperature", po::value(&a.sample.temperature)->default_value(0.8, "0.8"), "sharpens (< 1) or flattens (> 1) the model's distribution; 0 = always the most probable token")
       ("top-k", po::value(&a.sample.top_k)->default_value(0), "draw among the k most probable tokens only (0 = all)")
       ("seed", po::value(&a.sample.seed)->default_value(1), "random seed of the draws (same seed, same text)")
-      ("data", po::value(&a.data), "word-level models: the run's --data, if not where the run read it")
-      ("val-data", po::value(&a.val_data), "word-level models: the run's --val-data, if it had one and it moved")
+      ("data", po::value(&a.data), "word-level models of checkpoints without a stored vocabulary: the run's --data, if not where the run read it")
+      ("val-data", po::value(&a.val_data), "the same: the run's --val-data, if it had one and it moved")
       ("threads", po::value(&a.threads)->default_value(0), "compute threads (0 = every core)");
   uoe::cli_add_help_and_version(desc);
   po::variables_map vm;
@@ -102,12 +106,13 @@ std::string checkpoint_path(const std::string& arg) {
   return step.string();
 }
 
-// The run's model, sequence and (word level only: the vocabulary comes from them) data options from
-// the checkpoint's stored config; the rest keep their defaults (they do not affect a forward pass).
-uoe::Config stored_config(const std::string& ini, const SampleArgs& a) {
+// The run's model, sequence and (word level without a stored vocabulary only: the vocabulary comes
+// from them) data options from the checkpoint's stored config; the rest keep their defaults (they do
+// not affect a forward pass).
+uoe::Config stored_config(const std::string& ini, const SampleArgs& a, bool vocab_stored) {
   const auto entries = uoe::config_ini_entries(ini);
   bool word = false;
-  for (const auto& [k, v] : entries) word = word || (k == "tokenizer" && v == "word");
+  for (const auto& [k, v] : entries) word = word || (k == "tokenizer" && v == "word" && !vocab_stored);
   std::set<std::string> keys = {"seq-len", "seed"};
   if (word) keys.insert({"data", "val-data", "val-fraction"});
   for (const auto& k : uoe::config_shape_keys()) keys.insert(k);
@@ -139,13 +144,24 @@ int run(const SampleArgs& a) {
   uoe::log_info_to_stderr();
   const std::string path = checkpoint_path(a.checkpoint);
   const uoe::Manifest manifest = uoe::manifest_read((fs::path(path) / "manifest.h5").string());
-  const uoe::Config cfg = stored_config(manifest.config_ini, a);
+  const uoe::Config cfg = stored_config(manifest.config_ini, a, !manifest.tokenizer.empty());
   uoe::gemm_set_threads(a.threads > 0 ? a.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   std::fprintf(stderr, "uoe-sample: %s\n", uoe::blas_kernels_summary().c_str());
 
-  // The vocabulary: bytes need none; words are rebuilt from the training split, as the run did.
+  // The vocabulary: the checkpoint's own; bytes need none; in older checkpoints words are rebuilt
+  // from the training split, as the run did.
   uoe::Vocab vocab;
-  if (cfg.tokenizer == "word") {
+  const std::string where = "checkpoint '" + path + "'";
+  if (!manifest.tokenizer.empty()) {
+    if (manifest.tokenizer != cfg.tokenizer)
+      uoe::fail(where, " stores a ", manifest.tokenizer, " vocabulary but was trained with --tokenizer ", cfg.tokenizer);
+    vocab = uoe::tokenizer_from_blob(manifest.tokenizer, manifest.tokenizer_blob, where);
+    if (uoe::vocab_hash(vocab) != manifest.tokenizer_hash)
+      uoe::fail(where, ": the stored ", manifest.tokenizer, " vocabulary does not match its hash (a damaged checkpoint)");
+    std::fprintf(stderr, "uoe-sample: %s vocabulary of %d from the checkpoint\n", manifest.tokenizer.c_str(), vocab.size());
+  } else if (cfg.tokenizer == "sentencepiece") {
+    uoe::fail(where, " was trained with --tokenizer sentencepiece but stores no model (/tokenizer)");
+  } else if (cfg.tokenizer == "word") {
     std::fprintf(stderr, "uoe-sample: rebuilding the word vocabulary from %s\n",
                  cfg.data.empty() ? "the built-in corpus" : cfg.data.c_str());
     vocab = uoe::data_load(cfg).vocab;
@@ -178,6 +194,9 @@ int run(const SampleArgs& a) {
   uoe::generate(step, prompt, a.tokens, a.sample, newline, [&](int32_t token) {
     shown.push_back(token);
     const std::string text = vocab.decode(shown.data(), shown.size());
+    // SentencePiece byte pieces can rewrite the end (a character's bytes, shown as U+FFFD each until
+    // it is whole, may decode shorter): print only what extends the text already printed.
+    if (text.size() <= printed.size()) return;
     std::fwrite(text.data() + printed.size(), 1, text.size() - printed.size(), stdout);
     std::fflush(stdout);
     printed = text;

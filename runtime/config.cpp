@@ -308,8 +308,8 @@ void config_validate(const Config& c) {
   require_non_negative(c, &C::z_loss);
 
   // Data.
-  if (c.tokenizer != "byte" && c.tokenizer != "word")
-    fail(flag(&C::tokenizer), " '", c.tokenizer, "': expected byte or word");
+  if (c.tokenizer != "byte" && c.tokenizer != "word" && c.tokenizer != "sentencepiece")
+    fail(flag(&C::tokenizer), " '", c.tokenizer, "': expected byte, word or sentencepiece");
   if (!(c.val_fraction > 0 && c.val_fraction < 1))
     fail(flag(&C::val_fraction), " ", c.val_fraction, ": expected a number strictly between 0 and 1");
 

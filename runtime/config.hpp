@@ -15,7 +15,7 @@ struct Config {
   std::string data;             // training text; empty = built-in corpus
   std::string val_data;         // validation text; empty = last --val-fraction of --data
   double val_fraction = 0.1;    // share of --data held out for validation, (0, 1)
-  std::string tokenizer = "byte";  // byte | word
+  std::string tokenizer = "byte";  // byte | word | sentencepiece
 
   // --- model ---
   int layers = 4;               // L

@@ -45,6 +45,7 @@
 #include "runtime/error.hpp"
 #include "runtime/rng.hpp"
 #include "runtime/token_file.hpp"
+#include "runtime/tokenizer.hpp"
 
 namespace uoe {
 
@@ -52,6 +53,7 @@ namespace uoe {
 // Vocab
 
 int Vocab::size() const {
+  if (kind == TokenizerKind::sentencepiece) return sp->vocab_size();
   return kind == TokenizerKind::byte ? 256 : static_cast<int>(words.size());
 }
 
@@ -69,6 +71,7 @@ bool space_between(std::string_view prev, std::string_view next) {
 }  // namespace
 
 std::string Vocab::decode(const int32_t* ids, size_t n) const {
+  if (kind == TokenizerKind::sentencepiece) return sp->decode(ids, n);
   std::string out;
   if (kind == TokenizerKind::byte) {
     out.reserve(n);
@@ -233,11 +236,7 @@ Dataset dataset_build(const std::string& train_text, const std::string* val_text
   return ds;
 }
 
-TokenizerKind tokenizer_parse(const std::string& name) {
-  if (name == "byte") return TokenizerKind::byte;
-  if (name == "word") return TokenizerKind::word;
-  fail("--tokenizer must be 'byte' or 'word', got '", name, "'");
-}
+TokenizerKind tokenizer_parse(const std::string& name) { return tokenizer_kind_parse(name, "--tokenizer"); }
 
 // The whole file, in binary mode. `option` (e.g. "--data") names where the path came from.
 std::string text_file_read(const std::string& path, const char* option) {
@@ -271,6 +270,7 @@ std::string text_file_read(const std::string& path, const char* option) {
 }  // namespace
 
 std::vector<int32_t> Vocab::encode(std::string_view text) const {
+  if (kind == TokenizerKind::sentencepiece) return sp->encode(text);
   if (kind == TokenizerKind::byte) return byte_ids(text);
   WordIds ids;
   ids.reserve(words.size());
@@ -287,7 +287,22 @@ Dataset data_from_text(const std::string& train_text, const std::string* val_tex
 
 namespace {
 
-const char* tokenizer_name(TokenizerKind kind) { return kind == TokenizerKind::word ? "word" : "byte"; }
+const char* tokenizer_name(TokenizerKind kind) { return tokenizer_kind_name(kind); }
+
+// A sentencepiece token file's model: model_path_for(path), its hash checked against the header.
+Vocab sentencepiece_vocab_for(const std::string& path, const TokenFileHeader& h) {
+  const std::string model_path = model_path_for(path);
+  std::error_code ec;
+  if (!std::filesystem::exists(model_path, ec))
+    fail("--data token file '", path, "' is sentencepiece-level and needs its model file '", model_path,
+         "' (uoe-prepare writes PREFIX.model next to PREFIX.train.tok and PREFIX.val.tok)");
+  Vocab vocab = sentencepiece_vocab_read(model_path, "SentencePiece model");
+  if (vocab_hash(vocab) != h.vocab_hash || static_cast<uint32_t>(vocab.size()) != h.vocab_size)
+    fail("SentencePiece model '", model_path, "' (", vocab.size(), " pieces) does not match --data token file '", path,
+         "' (prepared with another model of ", h.vocab_size, " pieces: the model hash differs): they come from "
+         "different preparations");
+  return vocab;
+}
 
 std::string token_file_summary(const TokenFile& f) {
   std::ostringstream os;
@@ -306,6 +321,7 @@ Dataset dataset_from_token_file(const Config& cfg, TokenizerKind kind) {
          tokenizer_name(h.tokenizer), "-level: pass --tokenizer ", tokenizer_name(h.tokenizer));
   Dataset ds;
   ds.vocab.kind = kind;
+  if (kind == TokenizerKind::sentencepiece) ds.vocab = sentencepiece_vocab_for(cfg.data, h);
   if (kind == TokenizerKind::word) {
     const std::string vocab_path = vocab_path_for(cfg.data);
     std::error_code ec;
@@ -351,6 +367,8 @@ Dataset dataset_from_token_file(const Config& cfg, TokenizerKind kind) {
     ds.train = train.tokens(0, train.size());
     if (kind == TokenizerKind::byte) {
       ds.val = byte_ids(val_text);
+    } else if (kind == TokenizerKind::sentencepiece) {
+      ds.val = ds.vocab.encode(val_text);
     } else {
       WordIds ids;
       for (size_t id = 0; id < ds.vocab.words.size(); ++id) ids[ds.vocab.words[id]] = static_cast<int32_t>(id);
@@ -373,6 +391,10 @@ Dataset data_load(const Config& cfg) {
   const TokenizerKind kind = tokenizer_parse(cfg.tokenizer);
   const bool builtin = cfg.data.empty();
   if (!builtin && token_file_detect(cfg.data)) return dataset_from_token_file(cfg, kind);
+  if (kind == TokenizerKind::sentencepiece)
+    fail("--tokenizer sentencepiece reads prepared token files only: prepare the text with uoe-prepare --tokenizer "
+         "sentencepiece (it trains or takes the model), then train with --data PREFIX.train.tok --val-data "
+         "PREFIX.val.tok");
   if (!cfg.val_data.empty() && token_file_detect(cfg.val_data))
     fail("--val-data '", cfg.val_data, "' is a prepared token file but --data ",
          builtin ? std::string("is the built-in corpus") : "'" + cfg.data + "' is text",

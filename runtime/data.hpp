@@ -8,6 +8,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -16,18 +17,24 @@
 
 namespace uoe {
 
-enum class TokenizerKind { byte, word };
+enum class TokenizerKind { byte, word, sentencepiece };
 
-// Word-level vocabulary; byte-level has none (size 256, id = byte value).
+class Tokenizer;  // runtime/tokenizer.hpp
+
+// Word-level vocabulary; byte-level has none (size 256, id = byte value); sentencepiece: a model
+// (runtime/tokenizer.hpp).
 struct Vocab {
   TokenizerKind kind = TokenizerKind::byte;
   std::vector<std::string> words;  // id -> word (word-level only); id 0 = "<unk>"
+  std::string model;               // sentencepiece only: the .model file's bytes
+  std::shared_ptr<const Tokenizer> sp;  // sentencepiece only: the loaded model
   int size() const;                // 256 for byte
   // Text of a token sequence, for samples and debugging. Byte-level: the bytes themselves.
   // Word-level: words joined by single spaces, except around "\n" and before closing
   // punctuation (",", ".", ...), so the text reads naturally. Ids out of range print as "<?>".
   std::string decode(const int32_t* ids, size_t n) const;
   // Token ids of a text, tokenized as the training data is (words not in the vocabulary: 0).
+  // Sentencepiece: the model's encode and decode (runtime/tokenizer.hpp).
   std::vector<int32_t> encode(std::string_view text) const;
 };
 

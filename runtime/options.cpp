@@ -23,7 +23,7 @@ const Option kOptions[] = {
     {"val-fraction",             &C::val_fraction,           G::data,         R::free,
      "share of --data held out for validation, in (0, 1)"},
     {"tokenizer",                &C::tokenizer,              G::data,         R::shape,
-     "byte | word"},
+     "byte | word | sentencepiece (sentencepiece: prepared token files only, see uoe-prepare)"},
 
     {"layers",                   &C::layers,                 G::model,        R::shape,
      "transformer blocks L"},

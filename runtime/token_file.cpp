@@ -20,6 +20,7 @@
 
 #include "runtime/atomic_file.hpp"
 #include "runtime/error.hpp"
+#include "runtime/tokenizer.hpp"
 
 namespace uoe {
 
@@ -83,6 +84,16 @@ void MappedFile::release() noexcept {
 
 namespace {
 
+// The header's tokenizer field.
+int tokenizer_code(TokenizerKind kind) {
+  switch (kind) {
+    case TokenizerKind::byte: return 0;
+    case TokenizerKind::word: return 1;
+    case TokenizerKind::sentencepiece: return 2;
+  }
+  return 0;
+}
+
 template <class T>
 T load_le(const unsigned char* p) {
   T v = 0;
@@ -100,7 +111,7 @@ std::array<unsigned char, kTokenFileHeaderBytes> header_encode(const TokenFileHe
   std::memcpy(b.data(), kTokenFileMagic, 8);
   store_le<uint32_t>(b.data() + 8, h.version);
   store_le<uint16_t>(b.data() + 12, h.dtype_bytes);
-  store_le<uint16_t>(b.data() + 14, h.tokenizer == TokenizerKind::word ? 1 : 0);
+  store_le<uint16_t>(b.data() + 14, static_cast<uint16_t>(tokenizer_code(h.tokenizer)));
   store_le<uint32_t>(b.data() + 16, h.vocab_size);
   store_le<uint32_t>(b.data() + 20, 0);
   store_le<uint64_t>(b.data() + 24, h.tokens);
@@ -151,8 +162,9 @@ TokenFile::TokenFile(const std::string& path, const char* option)
   if (header_.dtype_bytes != 2 && header_.dtype_bytes != 4)
     fail(where, ": unknown token dtype code ", header_.dtype_bytes, " (expected 2 for uint16 or 4 for uint32)");
   const uint16_t tok = load_le<uint16_t>(p + 14);
-  if (tok > 1) fail(where, ": unknown tokenizer code ", tok, " (expected 0 for byte or 1 for word)");
-  header_.tokenizer = tok == 1 ? TokenizerKind::word : TokenizerKind::byte;
+  if (tok > 2)
+    fail(where, ": unknown tokenizer code ", tok, " (expected 0 for byte, 1 for word or 2 for sentencepiece)");
+  header_.tokenizer = tok == 2 ? TokenizerKind::sentencepiece : tok == 1 ? TokenizerKind::word : TokenizerKind::byte;
   header_.vocab_size = load_le<uint32_t>(p + 16);
   header_.tokens = load_le<uint64_t>(p + 24);
   header_.vocab_hash = load_le<uint64_t>(p + 32);
@@ -253,6 +265,7 @@ void token_file_write(const std::string& path, const int32_t* tokens, size_t n, 
 
 uint64_t vocab_hash(const Vocab& vocab) {
   if (vocab.kind == TokenizerKind::byte) return 0;
+  if (vocab.kind == TokenizerKind::sentencepiece) return tokenizer_bytes_hash(vocab.model);
   uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a offset basis
   auto mix = [&h](unsigned char c) {
     h ^= c;
@@ -266,22 +279,36 @@ uint64_t vocab_hash(const Vocab& vocab) {
   return h;
 }
 
-std::string vocab_path_for(const std::string& token_path) {
-  // string_view trimming: GCC 12 flags std::string::resize here with a false -Wrestrict at -O3.
-  std::string_view p = token_path;
+namespace {
+
+// The token file's prefix: without ".tok" and a following ".train", ".val" or ".test".
+std::string_view token_prefix(std::string_view p) {
   if (ends_with(p, ".tok")) p.remove_suffix(4);
   for (std::string_view split : {".train", ".val", ".test"})
     if (ends_with(p, split)) {
       p.remove_suffix(split.size());
       break;
     }
-  std::string out(p);
+  return p;
+}
+
+}  // namespace
+
+std::string vocab_path_for(const std::string& token_path) {
+  // string_view trimming: GCC 12 flags std::string::resize here with a false -Wrestrict at -O3.
+  std::string out(token_prefix(token_path));
   out += ".vocab";
   return out;
 }
 
-void vocab_file_write(const std::string& path, const Vocab& vocab) {
-  if (vocab.kind != TokenizerKind::word) fail("vocabulary file '", path, "': only word-level vocabularies are written");
+std::string model_path_for(const std::string& token_path) {
+  std::string out(token_prefix(token_path));
+  out += ".model";
+  return out;
+}
+
+std::string vocab_file_text(const Vocab& vocab) {
+  UOE_ASSERT(vocab.kind == TokenizerKind::word, "vocabulary text of a non-word vocabulary");
   std::string text;
   for (const std::string& w : vocab.words) {
     for (char c : w) {
@@ -291,6 +318,12 @@ void vocab_file_write(const std::string& path, const Vocab& vocab) {
     }
     text += '\n';
   }
+  return text;
+}
+
+void vocab_file_write(const std::string& path, const Vocab& vocab) {
+  if (vocab.kind != TokenizerKind::word) fail("vocabulary file '", path, "': only word-level vocabularies are written");
+  const std::string text = vocab_file_text(vocab);
   AtomicFile out(path);
   out.write(text.data(), text.size());
   out.commit();
@@ -298,7 +331,12 @@ void vocab_file_write(const std::string& path, const Vocab& vocab) {
 
 Vocab vocab_file_read(const std::string& path) {
   const MappedFile map(path, "vocabulary");
-  const std::string_view text(reinterpret_cast<const char*>(map.data()), map.size());
+  return vocab_text_parse(std::string_view(reinterpret_cast<const char*>(map.data()), map.size()),
+                          "vocabulary file '" + path + "'");
+}
+
+Vocab vocab_text_parse(std::string_view text, const std::string& source) {
+  const std::string& path = source;
   Vocab vocab;
   vocab.kind = TokenizerKind::word;
   std::unordered_set<std::string_view> seen;
@@ -310,7 +348,7 @@ Vocab vocab_file_read(const std::string& path) {
     const std::string_view line = text.substr(i, end - i);
     i = end + 1;
     auto bad = [&](const char* what) {
-      fail("vocabulary file '", path, "' line ", line_no, " (id ", line_no - 1, "): ", what);
+      fail(path, " line ", line_no, " (id ", line_no - 1, "): ", what);
     };
     if (line.empty()) bad("empty line (every line is one word)");
     std::string word;
@@ -329,16 +367,16 @@ Vocab vocab_file_read(const std::string& path) {
     }
     vocab.words.push_back(std::move(word));
   }
-  if (vocab.words.empty()) fail("vocabulary file '", path, "' is empty");
+  if (vocab.words.empty()) fail(path, " is empty");
   // Id 0 is what unknown words become; a file that starts otherwise was not written by uoe-prepare.
   if (vocab.words[0] != "<unk>")
-    fail("vocabulary file '", path, "' line 1 (id 0): '", vocab.words[0].substr(0, 40),
+    fail(path, " line 1 (id 0): '", vocab.words[0].substr(0, 40),
          vocab.words[0].size() > 40 ? "...' " : "' ", "where '<unk>' (the unknown word) must be");
   // Duplicates make the word -> id mapping ambiguous: check after reading (views into `words`
   // would dangle while it grows).
   for (size_t id = 0; id < vocab.words.size(); ++id)
     if (!seen.insert(vocab.words[id]).second)
-      fail("vocabulary file '", path, "' line ", id + 1, ": duplicate word '", vocab.words[id], "'");
+      fail(path, " line ", id + 1, ": duplicate word '", vocab.words[id], "'");
   return vocab;
 }
 
@@ -349,6 +387,11 @@ std::vector<std::string> token_files_write(const Dataset& ds, const std::string&
   if (ds.vocab.kind == TokenizerKind::word) {
     written.push_back(prefix + ".vocab");
     vocab_file_write(written.back(), ds.vocab);
+  } else if (ds.vocab.kind == TokenizerKind::sentencepiece) {
+    written.push_back(prefix + ".model");
+    AtomicFile out(written.back());
+    out.write(ds.vocab.model.data(), ds.vocab.model.size());
+    out.commit();
   }
   written.insert(written.begin(), {prefix + ".train.tok", prefix + ".val.tok"});
   token_file_write(written[0], ds.train.data(), ds.train.size(), ds.vocab.kind, V, hash);

@@ -8,11 +8,13 @@
 //        8    4  version      uint32, 1
 //       12    2  dtype        uint16, bytes per token: 2 (uint16 ids) or 4 (uint32 ids); uoe-prepare
 //                             writes 2 when the vocabulary has at most 65536 entries, else 4
-//       14    2  tokenizer    uint16, 0 = byte (ids are byte values, vocabulary 256), 1 = word
+//       14    2  tokenizer    uint16, 0 = byte (ids are byte values, vocabulary 256), 1 = word,
+//                             2 = sentencepiece (runtime/tokenizer.hpp)
 //       16    4  vocab_size   uint32, V: every token id is < V
 //       20    4  reserved     uint32, 0
 //       24    8  tokens       uint64, n: number of tokens that follow
-//       32    8  vocab_hash   uint64, vocab_hash() of the vocabulary (0 for byte level), so a token
+//       32    8  vocab_hash   uint64, vocab_hash() of the vocabulary (0 for byte level; for
+//                             sentencepiece the FNV-1a hash of the .model file's bytes), so a token
 //                             file is never read with the vocabulary of another preparation
 //       40  n*dtype            the token ids
 //
@@ -22,10 +24,14 @@
 // bytes, one word per line, id = line number counted from 0 (line 1 is "<unk>", id 0). A backslash
 // escapes: "\\" is a backslash, "\n" a newline (the newline token itself is written as the two
 // characters \n). No other escape, no empty line, no carriage return, no duplicate word.
+//
+// SentencePiece model (sentencepiece level; PREFIX.model next to the token files): the model file
+// as SentencePiece writes it (spm_train's .model), byte for byte.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "runtime/data.hpp"
@@ -102,20 +108,27 @@ void token_file_write(const std::string& path, const int32_t* tokens, size_t n, 
                       uint32_t vocab_size, uint64_t vocab_hash);
 
 // FNV-1a (64 bit) over each word's length (8 bytes, little-endian) and bytes: identifies a
-// vocabulary's exact word list and order. 0 for byte level (no words).
+// vocabulary's exact word list and order. 0 for byte level (no words); sentencepiece:
+// tokenizer_bytes_hash() of the model's bytes.
 uint64_t vocab_hash(const Vocab& vocab);
 
 // The vocabulary file of a token file: the path without ".tok", without a following ".train",
 // ".val" or ".test", plus ".vocab" (data/wt103.train.tok -> data/wt103.vocab).
 std::string vocab_path_for(const std::string& token_path);
 
+// The same with ".model": the SentencePiece model of a sentencepiece-level token file.
+std::string model_path_for(const std::string& token_path);
+
 // Writes / reads a word-level vocabulary file (format above). The reader throws uoe::Error naming
 // the file and line for a bad escape, an empty line, a carriage return or a duplicate word.
 void vocab_file_write(const std::string& path, const Vocab& vocab);
 Vocab vocab_file_read(const std::string& path);
+// The file's text, and the reader on a text (`source` names it in messages: "vocabulary file 'X'").
+std::string vocab_file_text(const Vocab& vocab);
+Vocab vocab_text_parse(std::string_view text, const std::string& source);
 
 // What uoe-prepare writes for a dataset: PREFIX.train.tok, PREFIX.val.tok and, word level,
-// PREFIX.vocab. Returns the paths written, in that order.
+// PREFIX.vocab, sentencepiece level, PREFIX.model. Returns the paths written, in that order.
 std::vector<std::string> token_files_write(const Dataset& ds, const std::string& prefix);
 
 }  // namespace uoe

@@ -446,8 +446,8 @@ TEST(DataPresets, PresetsSayWhatTheyPromise) {
   EXPECT_EQ(wt.topk, 2);
   EXPECT_EQ(wt.d_ff, 2100);
   EXPECT_EQ(wt.seq_len, 150);
-  EXPECT_EQ(wt.tokenizer, "word");
-  EXPECT_EQ(uoe::model_spec_from_config(wt, 267735).expert_ff(), 525);
+  EXPECT_EQ(wt.tokenizer, "sentencepiece");
+  EXPECT_EQ(uoe::model_spec_from_config(wt, 32000).expert_ff(), 525);
 }
 
 }  // namespace
