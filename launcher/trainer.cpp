@@ -215,7 +215,7 @@ void Trainer::describe() const {
            static_cast<unsigned long long>(cfg.seed));
   {
     const MemoryEstimate mem = memory_estimate(spec, memory_run_from_config(cfg, world_size),
-                                               static_cast<int64_t>(data_.train.size() + data_.val.size()));
+                                               static_cast<int64_t>(data_.train.heap_ids() + data_.val.heap_ids()));
     log_info("memory estimate per rank: %s", mem.summary().c_str());
   }
 }
@@ -387,16 +387,19 @@ double Trainer::eta_seconds(int step) const {
 
 // ---- evaluation and checkpoints ----------------------------------------------------------------
 
-// Validation: consecutive windows of T with stride T (the targets tile the split), dropless, in
-// batches of up to B windows; eval_batches = 0 evaluates the whole split. Batch j goes to world
-// rank j mod P; every rank runs the same number of forward passes (an empty one when it has no
-// batch left) because the expert exchanges inside are collective.
+// Validation: windows of T with stride T (the targets tile the split), dropless, in batches of up
+// to B windows. The budget: at most --eval-windows windows (and --eval-batches · B), spread evenly
+// over the split (data_eval_window), the same ones every evaluation; both 0 evaluate every window.
+// Batch j goes to world rank j mod P; every rank runs the same number of forward passes (an empty
+// one when it has no batch left) because the expert exchanges inside are collective.
 EvalResult Trainer::evaluate() {
   const Config& cfg = cfg_;
   const Dataset& data = data_;
   const StepRanks& ranks = ranks_;
   const int T = cfg.seq_len, B = cfg.batch_size, P = ranks.world_size;
-  int64_t windows = data_val_window_count(data.val.size(), T);
+  const int64_t total = data_val_window_count(data.val.size(), T);
+  int64_t windows = total;
+  if (cfg.eval_windows > 0) windows = std::min<int64_t>(windows, cfg.eval_windows);
   if (cfg.eval_batches > 0) windows = std::min<int64_t>(windows, static_cast<int64_t>(cfg.eval_batches) * B);
   const int64_t batches = (windows + B - 1) / B;
   const int64_t rounds = (batches + P - 1) / P;
@@ -407,13 +410,21 @@ EvalResult Trainer::evaluate() {
     const int64_t batch = round * P + ranks.world_rank;
     const int64_t first = batch * B;
     const int n = first < windows ? static_cast<int>(std::min<int64_t>(B, windows - first)) : 0;
-    if (n) data_val_windows(data.val, T, first, n, in.data(), tg.data());
+    for (int k = 0; k < n; ++k)
+      data_val_windows(data.val, T, data_eval_window(first + k, windows, total), 1, in.data() + static_cast<size_t>(k) * T,
+                       tg.data() + static_cast<size_t>(k) * T);
     step_->forward_eval(in.data(), tg.data(), n, &st);
     sums[0] += st.ce_sum;
     sums[1] += static_cast<double>(st.tokens);
   }
   sum_over_ranks(sums, ranks, "evaluation: loss all-reduce");
-  return {sums[1] > 0 ? sums[0] / sums[1] : 0.0, static_cast<int64_t>(sums[1])};
+  EvalResult r;
+  r.loss = sums[1] > 0 ? sums[0] / sums[1] : 0.0;
+  r.tokens = static_cast<int64_t>(sums[1]);
+  // Bits per byte (Dataset::val_bytes): the split's tokens per byte times nats per token, in bits.
+  if (data.val_bytes > 0)
+    r.bpb = r.loss * (static_cast<double>(data.val.size()) / data.val_bytes) / std::log(2.0);
+  return r;
 }
 
 void Trainer::run_eval(int step) {

@@ -107,7 +107,7 @@ int run(const PrepareOptions& o) {
               o.val_data.empty() ? " (the last --val-fraction of the text)" : "");
   if (kind == uoe::TokenizerKind::word) {
     size_t unknown = 0;
-    for (int32_t id : ds.val) unknown += id == 0;
+    for (int32_t id : ds.val.to_vector()) unknown += id == 0;
     std::printf("  vocab: %d words -> %s; %.2f%% of validation tokens are <unk> (not in the training split)\n", V,
                 written[2].c_str(), ds.val.empty() ? 0.0 : 100.0 * static_cast<double>(unknown) / ds.val.size());
   }

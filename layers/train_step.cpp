@@ -50,7 +50,7 @@ std::vector<std::vector<int>> model_gradient_buckets(const Model& model) {
   return buckets;
 }
 
-StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::vector<int32_t>& train_tokens,
+StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const TokenStream& train_tokens,
                        int step, const StepRanks& ranks) {
   // Without a step of the caller's, a CPU step for this call (its buffers allocated each call).
   std::unique_ptr<CpuStep> own_step;

@@ -207,6 +207,8 @@ Dataset dataset_build(const std::string& train_text, const std::string* val_text
       const std::string_view all(train_text);
       ds.train = byte_ids(all.substr(0, n - n_val));
       ds.val = byte_ids(all.substr(n - n_val));
+      ds.train_bytes = static_cast<double>(n - n_val);
+      ds.val_bytes = static_cast<double>(n_val);
     } else {
       const std::vector<std::string_view> tokens = word_tokenize(train_text);
       const size_t n = tokens.size();
@@ -215,10 +217,18 @@ Dataset dataset_build(const std::string& train_text, const std::string* val_text
       ds.vocab = word_vocab_build(tokens, n - n_val, &ids);
       ds.train = word_ids(tokens, 0, n - n_val, ids);
       ds.val = word_ids(tokens, n - n_val, n, ids);
+      // The training split's bytes end where its last token ends; the rest is validation's.
+      const size_t cut = n_val == n ? 0
+                         : static_cast<size_t>(tokens[n - n_val - 1].data() + tokens[n - n_val - 1].size() -
+                                               train_text.data());
+      ds.train_bytes = static_cast<double>(cut);
+      ds.val_bytes = static_cast<double>(train_text.size() - cut);
     }
   } else if (kind == TokenizerKind::byte) {
     ds.train = byte_ids(train_text);
     ds.val = byte_ids(*val_text);
+    ds.train_bytes = static_cast<double>(train_text.size());
+    ds.val_bytes = static_cast<double>(val_text->size());
   } else {
     const std::vector<std::string_view> train_tokens = word_tokenize(train_text);
     const std::vector<std::string_view> val_tokens = word_tokenize(*val_text);
@@ -226,6 +236,8 @@ Dataset dataset_build(const std::string& train_text, const std::string* val_text
     ds.vocab = word_vocab_build(train_tokens, train_tokens.size(), &ids);
     ds.train = word_ids(train_tokens, 0, train_tokens.size(), ids);
     ds.val = word_ids(val_tokens, 0, val_tokens.size(), ids);
+    ds.train_bytes = static_cast<double>(train_text.size());
+    ds.val_bytes = static_cast<double>(val_text->size());
   }
 
   check_split_length(ds.train.size(), seq_len, train_what);
@@ -332,8 +344,12 @@ Dataset dataset_from_token_file(const Config& cfg, TokenizerKind kind) {
     val_what = "validation split of " + train_label + " (the last --val-fraction " + frac.str() + ")";
     const size_t n = train.size();
     const auto n_val = static_cast<size_t>(std::llround(static_cast<double>(n) * cfg.val_fraction));
-    ds.train = train.tokens(0, n - n_val);
-    ds.val = train.tokens(n - n_val, n_val);
+    ds.train = train.stream(0, n - n_val);
+    ds.val = train.stream(n - n_val, n_val);
+    if (kind == TokenizerKind::byte) {
+      ds.train_bytes = static_cast<double>(n - n_val);
+      ds.val_bytes = static_cast<double>(n_val);
+    }
   } else if (token_file_detect(cfg.val_data)) {
     const TokenFile val(cfg.val_data, "--val-data");
     const TokenFileHeader& vh = val.header();
@@ -341,14 +357,20 @@ Dataset dataset_from_token_file(const Config& cfg, TokenizerKind kind) {
       fail("--val-data token file '", cfg.val_data, "' (", tokenizer_name(vh.tokenizer), "-level, V=", vh.vocab_size,
            ") was prepared with a different vocabulary than --data '", cfg.data, "' (", tokenizer_name(h.tokenizer),
            "-level, V=", h.vocab_size, "): prepare both in one uoe-prepare run");
-    ds.train = train.tokens(0, train.size());
-    ds.val = val.tokens(0, val.size());
+    ds.train = train.stream(0, train.size());
+    ds.val = val.stream(0, val.size());
+    if (kind == TokenizerKind::byte) {
+      ds.train_bytes = static_cast<double>(train.size());
+      ds.val_bytes = static_cast<double>(val.size());
+    }
     ds.source += " (validation: " + token_file_summary(val) + ")";
     val_what = "validation data '" + cfg.val_data + "'";
   } else {
     // Validation text, tokenized with the prepared vocabulary (unknown words -> <unk> = 0).
     const std::string val_text = text_file_read(cfg.val_data, "--val-data");
-    ds.train = train.tokens(0, train.size());
+    ds.train = train.stream(0, train.size());
+    if (kind == TokenizerKind::byte) ds.train_bytes = static_cast<double>(train.size());
+    ds.val_bytes = static_cast<double>(val_text.size());
     if (kind == TokenizerKind::byte) {
       ds.val = byte_ids(val_text);
     } else {
@@ -624,7 +646,19 @@ std::string data_builtin_corpus() {
 // ---------------------------------------------------------------------------------------------
 // Windows
 
-void data_sample_batch(const std::vector<int32_t>& tokens, int T, int B, uint64_t seed,
+namespace {
+
+// inputs[t] = tokens[start + t], targets[t] = tokens[start + t + 1], t < T: one read of T + 1 ids
+// (checked against V where they come from a mapped file).
+void window_copy(const TokenStream& tokens, size_t start, int T, int32_t* inputs, int32_t* targets) {
+  tokens.copy(start, static_cast<size_t>(T), inputs);
+  std::copy(inputs + 1, inputs + T, targets);
+  targets[T - 1] = tokens.at(start + static_cast<size_t>(T));
+}
+
+}  // namespace
+
+void data_sample_batch(const TokenStream& tokens, int T, int B, uint64_t seed,
                        uint64_t step, uint64_t slot, int32_t* inputs, int32_t* targets) {
   // Counter layout (step << 32) | (slot << 16) | b: each field must fit its bits, or two
   // different (step, slot, b) would draw the same window.
@@ -644,9 +678,7 @@ void data_sample_batch(const std::vector<int32_t>& tokens, int T, int B, uint64_
   for (int b = 0; b < B; ++b) {
     const uint64_t counter = (step << 32) | (slot << 16) | static_cast<uint64_t>(b);
     const size_t start = rng_below(seed, stream, counter, n_starts);
-    const int32_t* src = tokens.data() + start;
-    std::copy(src, src + T, inputs + static_cast<size_t>(b) * T);
-    std::copy(src + 1, src + 1 + T, targets + static_cast<size_t>(b) * T);
+    window_copy(tokens, start, T, inputs + static_cast<size_t>(b) * T, targets + static_cast<size_t>(b) * T);
   }
 }
 
@@ -656,17 +688,23 @@ int64_t data_val_window_count(size_t n_tokens, int T) {
   return static_cast<int64_t>((n_tokens - 1) / static_cast<size_t>(T));
 }
 
-void data_val_windows(const std::vector<int32_t>& tokens, int T, int64_t first, int count,
+int64_t data_eval_window(int64_t i, int64_t n_eval, int64_t total) {
+  if (n_eval < 1 || n_eval > total || i < 0 || i >= n_eval)
+    fail("data_eval_window: window ", i, " of ", n_eval, " evaluated out of ", total, " is out of range");
+  // 128-bit product: i · total exceeds 64 bits for splits of more than 2^31 windows.
+  return static_cast<int64_t>(static_cast<unsigned __int128>(i) * static_cast<uint64_t>(total) /
+                              static_cast<uint64_t>(n_eval));
+}
+
+void data_val_windows(const TokenStream& tokens, int T, int64_t first, int count,
                       int32_t* inputs, int32_t* targets) {
   const int64_t total = data_val_window_count(tokens.size(), T);
   if (first < 0 || count < 0 || first > total - count)
     fail("data_val_windows: windows [", first, ", ", first + count, ") are outside the ", total,
          " validation windows of --seq-len ", T);
-  for (int w = 0; w < count; ++w) {
-    const int32_t* src = tokens.data() + static_cast<size_t>(first + w) * T;
-    std::copy(src, src + T, inputs + static_cast<size_t>(w) * T);
-    std::copy(src + 1, src + 1 + T, targets + static_cast<size_t>(w) * T);
-  }
+  for (int w = 0; w < count; ++w)
+    window_copy(tokens, static_cast<size_t>(first + w) * T, T, inputs + static_cast<size_t>(w) * T,
+                targets + static_cast<size_t>(w) * T);
 }
 
 }  // namespace uoe

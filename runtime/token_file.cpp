@@ -53,8 +53,9 @@ MappedFile::MappedFile(const std::string& path, const char* option) {
       size_ = 0;
       fail(option, " file '", path, "' cannot be memory-mapped (", std::strerror(err), ")");
     }
+    // No madvise: training reads random windows, evaluation consecutive ones; the kernel's default
+    // readahead serves both, and the pages stay shared in the page cache by every rank of a node.
     data_ = static_cast<const unsigned char*>(p);
-    ::madvise(p, size_, MADV_SEQUENTIAL);  // read front to back once (a hint; failure is harmless)
   }
   ::close(fd);  // the mapping keeps the file
 }
@@ -133,9 +134,9 @@ bool ends_with(std::string_view s, std::string_view suffix) {
 // TokenFile
 
 TokenFile::TokenFile(const std::string& path, const char* option)
-    : path_(path), option_(option), map_(path, option) {
-  const unsigned char* p = map_.data();
-  const size_t size = map_.size();
+    : path_(path), option_(option), map_(std::make_shared<const MappedFile>(path, option)) {
+  const unsigned char* p = map_->data();
+  const size_t size = map_->size();
   const std::string where = std::string(option) + " token file '" + path + "'";
   if (size < 8 || std::memcmp(p, kTokenFileMagic, 8) != 0)
     fail(where, ": not a uoe token file (it starts with \"", bytes_shown(p, std::min<size_t>(size, 8)),
@@ -174,7 +175,7 @@ TokenFile::TokenFile(const std::string& path, const char* option)
 
 void TokenFile::copy_tokens(size_t begin, size_t count, int32_t* out) const {
   UOE_ASSERT(begin <= size() && count <= size() - begin, "tokens [", begin, ", ", begin + count, ") of ", size());
-  const unsigned char* src = map_.data() + kTokenFileHeaderBytes + begin * header_.dtype_bytes;
+  const unsigned char* src = map_->data() + kTokenFileHeaderBytes + begin * header_.dtype_bytes;
   const uint32_t V = header_.vocab_size;
   uint32_t bad = 0;  // OR of (id >= V) flags: one branch per file, not per token
   if (header_.dtype_bytes == 2) {
@@ -206,6 +207,13 @@ std::vector<int32_t> TokenFile::tokens(size_t begin, size_t count) const {
   std::vector<int32_t> out(count);
   copy_tokens(begin, count, out.data());
   return out;
+}
+
+TokenStream TokenFile::stream(size_t begin, size_t count) const {
+  UOE_ASSERT(begin <= size() && count <= size() - begin, "tokens [", begin, ", ", begin + count, ") of ", size());
+  const uint64_t offset = kTokenFileHeaderBytes + begin * header_.dtype_bytes;
+  return TokenStream::mapped(map_, map_->data() + offset, count, header_.dtype_bytes, header_.vocab_size,
+                             std::string(option_) + " token file '" + path_ + "'", begin, offset);
 }
 
 bool token_file_detect(const std::string& path) {
@@ -351,8 +359,9 @@ std::vector<std::string> token_files_write(const Dataset& ds, const std::string&
     vocab_file_write(written.back(), ds.vocab);
   }
   written.insert(written.begin(), {prefix + ".train.tok", prefix + ".val.tok"});
-  token_file_write(written[0], ds.train.data(), ds.train.size(), ds.vocab.kind, V, hash);
-  token_file_write(written[1], ds.val.data(), ds.val.size(), ds.vocab.kind, V, hash);
+  const std::vector<int32_t> train = ds.train.to_vector(), val = ds.val.to_vector();
+  token_file_write(written[0], train.data(), train.size(), ds.vocab.kind, V, hash);
+  token_file_write(written[1], val.data(), val.size(), ds.vocab.kind, V, hash);
   return written;
 }
 

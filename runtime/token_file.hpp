@@ -25,6 +25,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -67,7 +68,8 @@ class MappedFile {
 };
 
 // An opened token file: header checked against the file size, tokens memory-mapped. Token ids are
-// checked against the vocabulary size when copied out (copy_tokens), the one pass that reads them.
+// checked against the vocabulary size where they are read: copy_tokens, or the TokenStream views
+// (stream) that training windows are cut from.
 class TokenFile {
  public:
   // Throws uoe::Error naming `option` (e.g. "--data"), the file and what is wrong: not a token
@@ -83,11 +85,13 @@ class TokenFile {
   // the first id >= vocab_size (a corrupt file).
   void copy_tokens(size_t begin, size_t count, int32_t* out) const;
   std::vector<int32_t> tokens(size_t begin, size_t count) const;
+  // Tokens [begin, begin + count) as a view of the mapped pages (no copy; the view keeps the map).
+  TokenStream stream(size_t begin, size_t count) const;
 
  private:
   std::string path_;
   const char* option_;
-  MappedFile map_;
+  std::shared_ptr<const MappedFile> map_;
   TokenFileHeader header_;
 };
 

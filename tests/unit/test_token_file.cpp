@@ -190,8 +190,8 @@ TEST(TokenFileData, ByteLevelSplitEqualsText) {
   cfg.data = written[0];
   cfg.val_data = written[1];
   const uoe::Dataset prepared = uoe::data_load(cfg);
-  EXPECT_EQ(prepared.train, raw.train);
-  EXPECT_EQ(prepared.val, raw.val);
+  EXPECT_EQ(prepared.train.to_vector(), raw.train.to_vector());
+  EXPECT_EQ(prepared.val.to_vector(), raw.val.to_vector());
   EXPECT_EQ(prepared.vocab.size(), 256);
   EXPECT_EQ(prepared.vocab.kind, TokenizerKind::byte);
   EXPECT_TRUE(contains(prepared.source, "prepared")) << prepared.source;
@@ -212,11 +212,11 @@ TEST(TokenFileData, WordLevelSplitEqualsText) {
   cfg.data = written[0];
   cfg.val_data = written[1];
   const uoe::Dataset prepared = uoe::data_load(cfg);
-  EXPECT_EQ(prepared.train, raw.train);
-  EXPECT_EQ(prepared.val, raw.val);
+  EXPECT_EQ(prepared.train.to_vector(), raw.train.to_vector());
+  EXPECT_EQ(prepared.val.to_vector(), raw.val.to_vector());
   EXPECT_EQ(prepared.vocab.words, raw.vocab.words);
   EXPECT_EQ(prepared.vocab.size(), raw.vocab.size());
-  EXPECT_EQ(prepared.vocab.decode(prepared.train.data(), 12), raw.vocab.decode(raw.train.data(), 12));
+  EXPECT_EQ(prepared.vocab.decode(prepared.train.to_vector().data(), 12), raw.vocab.decode(raw.train.to_vector().data(), 12));
 }
 
 TEST(TokenFileData, SplitOfOnePreparedFileFollowsValFraction) {
@@ -228,8 +228,8 @@ TEST(TokenFileData, SplitOfOnePreparedFileFollowsValFraction) {
   cfg.data = dir / "all.tok";
   cfg.val_fraction = 0.25;
   const uoe::Dataset ds = uoe::data_load(cfg);
-  EXPECT_EQ(ds.train, std::vector<int32_t>(all.begin(), all.begin() + 750));
-  EXPECT_EQ(ds.val, std::vector<int32_t>(all.begin() + 750, all.end()));
+  EXPECT_EQ(ds.train.to_vector(), std::vector<int32_t>(all.begin(), all.begin() + 750));
+  EXPECT_EQ(ds.val.to_vector(), std::vector<int32_t>(all.begin() + 750, all.end()));
 }
 
 TEST(TokenFileData, ValidationTextIsTokenizedWithThePreparedVocabulary) {
@@ -245,9 +245,9 @@ TEST(TokenFileData, ValidationTextIsTokenizedWithThePreparedVocabulary) {
   const std::vector<std::string> written = uoe::token_files_write(raw, dir / "t");
   cfg.data = written[0];  // prepared training data, validation text
   const uoe::Dataset mixed = uoe::data_load(cfg);
-  EXPECT_EQ(mixed.train, raw.train);
-  EXPECT_EQ(mixed.val, raw.val);  // "zebra" -> <unk> = 0 in both
-  EXPECT_EQ(mixed.val[4], 0);
+  EXPECT_EQ(mixed.train.to_vector(), raw.train.to_vector());
+  EXPECT_EQ(mixed.val.to_vector(), raw.val.to_vector());  // "zebra" -> <unk> = 0 in both
+  EXPECT_EQ(mixed.val.at(4), 0);
 }
 
 // ---------------------------------------------------------------------------------------------
