@@ -277,6 +277,12 @@ std::string text_file_read(const std::string& path, const char* option) {
     text.append(buf.data(), static_cast<size_t>(in.gcount()));
   if (in.bad()) fail(option, " file '", path, "': read error after ", text.size(), " bytes");
   if (text.empty()) fail(option, " file '", path, "' is empty");
+  // Binary: text never holds a NUL byte, while executables, archives, token files under another
+  // name and UTF-16 text almost always do (docs: README, Data).
+  if (const void* nul = std::memchr(text.data(), '\0', text.size()); nul != nullptr)
+    fail(option, " file '", path, "' is binary, not text: a NUL byte at offset ",
+         static_cast<const char*>(nul) - text.data(), " (uoe-prepare and uoe-train read UTF-8 or other ASCII-compatible "
+         "text; a prepared token file is named *.tok or *.idx)");
   return text;
 }
 
@@ -301,18 +307,15 @@ namespace {
 
 const char* tokenizer_name(TokenizerKind kind) { return kind == TokenizerKind::word ? "word" : "byte"; }
 
-std::string token_file_summary(const TokenFile& f) {
-  std::ostringstream os;
-  os << f.path() << " (prepared, " << (f.header().dtype_bytes == 2 ? "uint16" : "uint32") << ")";
-  return os.str();
-}
+// A prepared split: a token file or a shard index (runtime/token_file.hpp).
+bool prepared_detect(const std::string& path) { return token_file_detect(path) || token_index_detect(path); }
 
 // --data is a token file (uoe-prepare's output). The split follows the text path exactly: the last
 // round(n * val_fraction) tokens when there is no --val-data, so a prepared file and its text give
 // the same token streams whichever is loaded.
 Dataset dataset_from_token_file(const Config& cfg, TokenizerKind kind) {
-  const TokenFile train(cfg.data, "--data");
-  const TokenFileHeader& h = train.header();
+  const PreparedSplit train = prepared_open(cfg.data, "--data");
+  const TokenFileHeader& h = train.header;
   if (h.tokenizer != kind)
     fail("--tokenizer ", cfg.tokenizer, " disagrees with --data token file '", cfg.data, "', which was prepared ",
          tokenizer_name(h.tokenizer), "-level: pass --tokenizer ", tokenizer_name(h.tokenizer));
@@ -332,7 +335,7 @@ Dataset dataset_from_token_file(const Config& cfg, TokenizerKind kind) {
       fail("vocabulary file '", vocab_path, "' does not match --data token file '", cfg.data,
            "' (same size, different words or order): they come from different preparations");
   }
-  ds.source = token_file_summary(train);
+  ds.source = train.summary;
   const std::string train_label = "'" + cfg.data + "'";
   std::string train_what = "training data " + train_label, val_what;
   if (cfg.val_data.empty()) {
@@ -342,34 +345,32 @@ Dataset dataset_from_token_file(const Config& cfg, TokenizerKind kind) {
     frac << cfg.val_fraction;
     train_what = "training split of " + train_label + " (all but the last --val-fraction " + frac.str() + ")";
     val_what = "validation split of " + train_label + " (the last --val-fraction " + frac.str() + ")";
-    const size_t n = train.size();
+    const size_t n = train.tokens.size();
     const auto n_val = static_cast<size_t>(std::llround(static_cast<double>(n) * cfg.val_fraction));
-    ds.train = train.stream(0, n - n_val);
-    ds.val = train.stream(n - n_val, n_val);
+    ds.train = train.tokens.slice(0, n - n_val);
+    ds.val = train.tokens.slice(n - n_val, n_val);
     if (kind == TokenizerKind::byte) {
       ds.train_bytes = static_cast<double>(n - n_val);
       ds.val_bytes = static_cast<double>(n_val);
     }
-  } else if (token_file_detect(cfg.val_data)) {
-    const TokenFile val(cfg.val_data, "--val-data");
-    const TokenFileHeader& vh = val.header();
+  } else if (prepared_detect(cfg.val_data)) {
+    const PreparedSplit val = prepared_open(cfg.val_data, "--val-data");
+    const TokenFileHeader& vh = val.header;
     if (vh.tokenizer != h.tokenizer || vh.vocab_size != h.vocab_size || vh.vocab_hash != h.vocab_hash)
       fail("--val-data token file '", cfg.val_data, "' (", tokenizer_name(vh.tokenizer), "-level, V=", vh.vocab_size,
            ") was prepared with a different vocabulary than --data '", cfg.data, "' (", tokenizer_name(h.tokenizer),
            "-level, V=", h.vocab_size, "): prepare both in one uoe-prepare run");
-    ds.train = train.stream(0, train.size());
-    ds.val = val.stream(0, val.size());
-    if (kind == TokenizerKind::byte) {
-      ds.train_bytes = static_cast<double>(train.size());
-      ds.val_bytes = static_cast<double>(val.size());
-    }
-    ds.source += " (validation: " + token_file_summary(val) + ")";
+    ds.train = train.tokens;
+    ds.val = val.tokens;
+    ds.train_bytes = train.source_bytes;
+    ds.val_bytes = val.source_bytes;
+    ds.source += " (validation: " + val.summary + ")";
     val_what = "validation data '" + cfg.val_data + "'";
   } else {
     // Validation text, tokenized with the prepared vocabulary (unknown words -> <unk> = 0).
     const std::string val_text = text_file_read(cfg.val_data, "--val-data");
-    ds.train = train.stream(0, train.size());
-    if (kind == TokenizerKind::byte) ds.train_bytes = static_cast<double>(train.size());
+    ds.train = train.tokens;
+    ds.train_bytes = train.source_bytes;
     ds.val_bytes = static_cast<double>(val_text.size());
     if (kind == TokenizerKind::byte) {
       ds.val = byte_ids(val_text);
@@ -394,8 +395,8 @@ std::string data_read_text(const std::string& path, const char* option) { return
 Dataset data_load(const Config& cfg) {
   const TokenizerKind kind = tokenizer_parse(cfg.tokenizer);
   const bool builtin = cfg.data.empty();
-  if (!builtin && token_file_detect(cfg.data)) return dataset_from_token_file(cfg, kind);
-  if (!cfg.val_data.empty() && token_file_detect(cfg.val_data))
+  if (!builtin && prepared_detect(cfg.data)) return dataset_from_token_file(cfg, kind);
+  if (!cfg.val_data.empty() && prepared_detect(cfg.val_data))
     fail("--val-data '", cfg.val_data, "' is a prepared token file but --data ",
          builtin ? std::string("is the built-in corpus") : "'" + cfg.data + "' is text",
          ": token ids mean something only with the vocabulary they were prepared with; prepare both with "

@@ -54,12 +54,15 @@ struct Dataset {
 // Vocabulary built from the TRAINING split only: "<unk>" = 0, then words by descending frequency,
 // ties broken by byte-wise string order; validation words not in it map to 0.
 // Throws uoe::Error naming the file/option and what is wrong: unknown --tokenizer, missing or
-// unreadable file, a directory, an empty file, or a split shorter than seq_len + 1 tokens.
+// unreadable file, a directory, an empty file, a binary file (a NUL byte: text never has one), or a
+// split shorter than seq_len + 1 tokens.
 //
-// Prepared token files (uoe-prepare; format in runtime/token_file.hpp) are recognised by their
-// magic ("UOETOK01") or a name ending in ".tok", memory-mapped and read in place: the streams are
-// views of the mapped pages (no copy), holding the same ids as the text they came from (so
-// training on either gives the same losses). Ids are checked where windows read them:
+// Prepared token files and shard indexes (uoe-prepare; formats in runtime/token_file.hpp) are
+// recognised by their magic ("UOETOK01", "uoe-token-index") or a name ending in ".tok" / ".idx",
+// memory-mapped and read in place: the streams are views of the mapped pages (no copy; an index's
+// shards concatenated), holding the same ids as the text they came from (so training on either
+// gives the same losses). Ids are checked where windows read them. X and Y below are a .tok file
+// or an index alike:
 //   --data X.tok [no --val-data]   the last round(n * val_fraction) tokens are validation, as for text;
 //   --data X.tok --val-data Y.tok  both must come from one preparation (same tokenizer, V, vocabulary);
 //   --data X.tok --val-data text   the text is tokenized with X's vocabulary (unknown words -> 0);
@@ -71,7 +74,7 @@ struct Dataset {
 Dataset data_load(const Config& cfg);
 
 // The whole file, read in binary mode. Throws uoe::Error naming `option` (e.g. "--data") and the
-// path when it is missing, a directory, unreadable or empty.
+// path when it is missing, a directory, unreadable, empty or binary (it holds a NUL byte).
 std::string data_read_text(const std::string& path, const char* option);
 
 // Same, from in-memory text (used by data_load and tests). val_text == nullptr -> split

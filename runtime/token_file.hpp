@@ -18,6 +18,30 @@
 //
 // The file size must be exactly 40 + n·dtype. Readers memory-map the file (read-only, RAII).
 //
+// Sharded datasets: uoe-prepare writes each split as shards of at most --shard-size bytes of tokens
+// (whole token files, format above, all with the same header fields but the token count) and an
+// index, STEM.idx, that lists them. A split that fits in one shard is written as STEM.tok (a plain
+// token file, readable without its index); more shards are STEM-00000.tok, STEM-00001.tok, ...
+// Index file (text, one field a line, "key value"; names are file names in the index's directory):
+//
+//   uoe-token-index 1                 magic and version
+//   tokenizer 0                       the shards' header fields: tokenizer code, V, vocab_hash
+//   vocab_size 256                    (hex, 16 digits), dtype (bytes per id)
+//   vocab_hash 0000000000000000
+//   dtype 2
+//   tokens 1234567                    total tokens, the sum over the shards
+//   source_bytes 1234567              bytes of the text the split was tokenized from (val_bpb)
+//   shards 2                          then one line per shard, in stream order:
+//   shard 1000000 2000040 5d1c...e3 corpus.train-00000.tok
+//                                     tokens, file size in bytes, FNV-1a 64 (hex) of its 40 header
+//                                     bytes, file name (the rest of the line)
+//
+// A reader opens every shard and checks it against its line (exists, size, header checksum, token
+// count) and the header fields against the index's, so a missing, truncated or foreign shard is an
+// error naming the index and the shard. The split's token stream is the shards concatenated in
+// order; training windows are drawn over that stream as over one file (a window may straddle two
+// shards), so a one-shard dataset, or N shards holding one file's tokens, trains bitwise as that file.
+//
 // Vocabulary file (word level; PREFIX.vocab next to PREFIX.train.tok / PREFIX.val.tok): UTF-8 or any
 // bytes, one word per line, id = line number counted from 0 (line 1 is "<unk>", id 0). A backslash
 // escapes: "\\" is a backslash, "\n" a newline (the newline token itself is written as the two
@@ -30,6 +54,7 @@
 #include <vector>
 
 #include "runtime/data.hpp"
+#include "runtime/token_stream.hpp"
 
 namespace uoe {
 
@@ -109,8 +134,9 @@ void token_file_write(const std::string& path, const int32_t* tokens, size_t n, 
 // vocabulary's exact word list and order. 0 for byte level (no words).
 uint64_t vocab_hash(const Vocab& vocab);
 
-// The vocabulary file of a token file: the path without ".tok", without a following ".train",
-// ".val" or ".test", plus ".vocab" (data/wt103.train.tok -> data/wt103.vocab).
+// The vocabulary file of a token file or index: the path without ".tok" or ".idx", without a shard
+// number "-NNNNN", without a following ".train", ".val" or ".test", plus ".vocab"
+// (data/wt103.train.tok, data/wt103.train.idx, data/wt103.train-00003.tok -> data/wt103.vocab).
 std::string vocab_path_for(const std::string& token_path);
 
 // Writes / reads a word-level vocabulary file (format above). The reader throws uoe::Error naming
@@ -118,8 +144,32 @@ std::string vocab_path_for(const std::string& token_path);
 void vocab_file_write(const std::string& path, const Vocab& vocab);
 Vocab vocab_file_read(const std::string& path);
 
-// What uoe-prepare writes for a dataset: PREFIX.train.tok, PREFIX.val.tok and, word level,
-// PREFIX.vocab. Returns the paths written, in that order.
-std::vector<std::string> token_files_write(const Dataset& ds, const std::string& prefix);
+// What uoe-prepare writes for a dataset: the train and validation splits as shards and an index
+// each (STEM = PREFIX.train, PREFIX.val; see "Sharded datasets" above) and, word level, PREFIX.vocab.
+// Returns the index paths, then the vocabulary's (word level), then every shard's. The writes are
+// atomic; when one fails the shards this call wrote are removed again.
+inline constexpr uint64_t kDefaultShardBytes = uint64_t{1} << 30;  // 1 GiB of token ids per shard
+std::vector<std::string> token_files_write(const Dataset& ds, const std::string& prefix,
+                                           uint64_t shard_bytes = kDefaultShardBytes);
+
+// One split written as shards + index (STEM.idx and STEM.tok or STEM-NNNNN.tok). Returns the index
+// path, then the shards'. `source_bytes`: bytes of the text the ids came from (0 = unknown).
+std::vector<std::string> token_shards_write(const std::string& stem, const TokenStream& ids, TokenizerKind tokenizer,
+                                            uint32_t vocab_size, uint64_t vocab_hash, uint64_t shard_bytes,
+                                            double source_bytes);
+
+// True when `path` is a shard index: it starts with "uoe-token-index", or its name ends in ".idx".
+bool token_index_detect(const std::string& path);
+
+// An opened prepared split: a token file or a shard index with all its shards.
+struct PreparedSplit {
+  TokenFileHeader header;  // the shards' common fields; tokens = the total
+  TokenStream tokens;      // the shards concatenated (views of the mapped files)
+  double source_bytes = 0; // from the index (0 = unknown; a byte-level token file: its token count)
+  std::string summary;     // for the log: path, dtype, shard count
+};
+// Opens `path` (a .tok file or an index, by token_index_detect); errors name `option`, the index and
+// the shard: a missing, truncated or foreign shard, a header disagreeing with the index, a bad line.
+PreparedSplit prepared_open(const std::string& path, const char* option);
 
 }  // namespace uoe

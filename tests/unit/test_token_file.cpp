@@ -180,9 +180,12 @@ TEST(TokenFileData, ByteLevelSplitEqualsText) {
   write_bytes(dir / "corpus.txt", text);
   const uoe::Dataset from_text = uoe::data_from_text(text, nullptr, 0.1, TokenizerKind::byte, 1, "mem");
   const std::vector<std::string> written = uoe::token_files_write(from_text, dir / "p");
-  ASSERT_EQ(written.size(), 2u);  // no vocabulary file at byte level
-  EXPECT_EQ(written[0], dir / "p.train.tok");
-  EXPECT_EQ(written[1], dir / "p.val.tok");
+  // Indexes, then the shards: one each (the default shard size), named as a plain token file.
+  ASSERT_EQ(written.size(), 4u);  // no vocabulary file at byte level
+  EXPECT_EQ(written[0], dir / "p.train.idx");
+  EXPECT_EQ(written[1], dir / "p.val.idx");
+  EXPECT_EQ(written[2], dir / "p.train.tok");
+  EXPECT_EQ(written[3], dir / "p.val.tok");
 
   uoe::Config cfg = small_config(8);
   cfg.data = dir / "corpus.txt";
@@ -195,6 +198,12 @@ TEST(TokenFileData, ByteLevelSplitEqualsText) {
   EXPECT_EQ(prepared.vocab.size(), 256);
   EXPECT_EQ(prepared.vocab.kind, TokenizerKind::byte);
   EXPECT_TRUE(contains(prepared.source, "prepared")) << prepared.source;
+  // The one shard is a token file of its own: the same streams without the index.
+  cfg.data = written[2];
+  cfg.val_data = written[3];
+  const uoe::Dataset shard = uoe::data_load(cfg);
+  EXPECT_EQ(shard.train.to_vector(), raw.train.to_vector());
+  EXPECT_EQ(shard.val.to_vector(), raw.val.to_vector());
 }
 
 TEST(TokenFileData, WordLevelSplitEqualsText) {
@@ -206,7 +215,7 @@ TEST(TokenFileData, WordLevelSplitEqualsText) {
   cfg.data = dir / "corpus.txt";
   const uoe::Dataset raw = uoe::data_load(cfg);
   const std::vector<std::string> written = uoe::token_files_write(raw, dir / "w");
-  ASSERT_EQ(written.size(), 3u);
+  ASSERT_EQ(written.size(), 5u);
   EXPECT_EQ(written[2], dir / "w.vocab");
 
   cfg.data = written[0];

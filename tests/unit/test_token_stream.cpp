@@ -220,4 +220,124 @@ TEST(SplitBytes, AreTheTextsBytesForEveryTokenizer) {
   EXPECT_EQ(wv.val_bytes, static_cast<double>(other.size()));
 }
 
+// ---------------------------------------------------------------------------------------------
+// Shards and their index
+
+struct Sharded : testing::Test {
+  TempDir dir;
+  uoe::Config cfg;
+  uoe::Dataset raw;
+  void SetUp() override {
+    cfg.seq_len = 16;
+    cfg.data = dir / "corpus.txt";
+    std::ofstream(cfg.data, std::ios::binary) << uoe::data_builtin_corpus().substr(0, 20000);
+    raw = uoe::data_load(cfg);
+  }
+  // Prepares `raw` with shards of `bytes` bytes; returns the written paths.
+  std::vector<std::string> prepare(const std::string& prefix, uint64_t bytes) {
+    return uoe::token_files_write(raw, dir / prefix, bytes);
+  }
+  std::string load_error(const std::string& train, const std::string& val) {
+    uoe::Config c = cfg;
+    c.data = train;
+    c.val_data = val;
+    return error_message([&] { uoe::data_load(c); });
+  }
+};
+
+TEST_F(Sharded, ShardsConcatenateToTheOneFileStreamAndTrainAsIt) {
+  const std::vector<std::string> one = prepare("one", uoe::kDefaultShardBytes);
+  const std::vector<std::string> many = prepare("many", 2000);  // 1000 uint16 ids a shard
+  const size_t train_shards = (raw.train.size() + 999) / 1000, val_shards = (raw.val.size() + 999) / 1000;
+  ASSERT_EQ(many.size(), 2 + train_shards + val_shards);
+  EXPECT_EQ(many[2], dir / "many.train-00000.tok");
+  EXPECT_EQ(uoe::vocab_path_for(many[3]), dir / "many.vocab");
+  uoe::Config c = cfg;
+  c.data = many[0];
+  c.val_data = many[1];
+  const uoe::Dataset ds = uoe::data_load(c);
+  EXPECT_EQ(ds.train.segments(), train_shards);
+  EXPECT_EQ(ds.train.to_vector(), raw.train.to_vector());
+  EXPECT_EQ(ds.val.to_vector(), raw.val.to_vector());
+  EXPECT_EQ(ds.val_bytes, raw.val_bytes) << "the index records the split's source bytes";
+  EXPECT_TRUE(contains(ds.source, std::to_string(train_shards) + " shards")) << ds.source;
+  // Windows straddle shards exactly as they run through one file: the same batches.
+  c.data = one[2];  // the single .tok
+  c.val_data = one[3];
+  const uoe::Dataset single = uoe::data_load(c);
+  std::vector<int32_t> a(16 * 8), at(a.size()), b(a.size()), bt(a.size());
+  for (uint64_t step = 0; step < 20; ++step) {
+    uoe::data_sample_batch(ds.train, 16, 8, 3, step, 1, a.data(), at.data());
+    uoe::data_sample_batch(single.train, 16, 8, 3, step, 1, b.data(), bt.data());
+    ASSERT_EQ(a, b) << "step " << step;
+    ASSERT_EQ(at, bt) << "step " << step;
+  }
+  // Without --val-data, the last --val-fraction of the concatenated shards is validation.
+  c.data = many[0];
+  c.val_data.clear();
+  const uoe::Dataset split = uoe::data_load(c);
+  EXPECT_EQ(split.train.size() + split.val.size(), raw.train.size());
+  EXPECT_EQ(split.val.to_vector(), raw.train.slice(split.train.size(), split.val.size()).to_vector());
+}
+
+TEST_F(Sharded, BadIndexesAndShardsAreErrorsNamingTheFiles) {
+  const std::vector<std::string> w = prepare("p", 2000);
+  const std::string idx = w[0], val = w[1], shard1 = dir / "p.train-00001.tok";
+  // A missing shard.
+  std::filesystem::rename(shard1, shard1 + ".away");
+  std::string m = load_error(idx, val);
+  EXPECT_TRUE(contains(m, idx) && contains(m, shard1) && contains(m, "missing")) << m;
+  // A truncated shard.
+  std::filesystem::copy_file(shard1 + ".away", shard1);
+  std::filesystem::resize_file(shard1, std::filesystem::file_size(shard1) - 2);
+  m = load_error(idx, val);
+  EXPECT_TRUE(contains(m, shard1) && contains(m, "truncated")) << m;
+  // A shard of another preparation (same size, other header: another vocabulary hash).
+  std::filesystem::remove(shard1);
+  {
+    const std::vector<int32_t> ids = raw.train.slice(1000, 1000).to_vector();
+    uoe::token_file_write(shard1, ids.data(), ids.size(), TokenizerKind::byte, 256, 0);
+    uoe::Config c = cfg;
+    c.data = idx;
+    c.val_data = val;
+    EXPECT_NO_THROW(uoe::data_load(c)) << "the rewritten shard is the original";
+    uoe::token_file_write(shard1, ids.data(), ids.size(), TokenizerKind::word, 256, 77);
+  }
+  m = load_error(idx, val);
+  EXPECT_TRUE(contains(m, shard1) && contains(m, "checksum")) << m;
+  // An empty index, a bad line, a token count that disagrees.
+  std::ofstream(dir / "empty.idx", std::ios::binary).flush();
+  m = load_error(dir / "empty.idx", val);
+  EXPECT_TRUE(contains(m, dir / "empty.idx") && contains(m, "empty")) << m;
+  std::ofstream(dir / "bad.idx", std::ios::binary) << "uoe-token-index 1\ntokenizer zero\n";
+  m = load_error(dir / "bad.idx", val);
+  EXPECT_TRUE(contains(m, dir / "bad.idx") && contains(m, "line 2") && contains(m, "tokenizer")) << m;
+  std::ofstream(dir / "foreign.idx", std::ios::binary) << "hello\n";
+  m = load_error(dir / "foreign.idx", val);
+  EXPECT_TRUE(contains(m, "not a uoe shard index")) << m;
+}
+
+TEST_F(Sharded, AFailedWriteLeavesNoShardAndNoIndex) {
+  // The third training shard's name is taken by a directory: its rename fails.
+  std::filesystem::create_directories(dir / "q.train-00002.tok");
+  EXPECT_THROW(prepare("q", 2000), uoe::Error);
+  for (const auto& e : std::filesystem::directory_iterator(dir.path)) {
+    const std::string name = e.path().filename().string();
+    EXPECT_TRUE(name.rfind("q.", 0) != 0 || name == "q.train-00002.tok") << "left behind: " << name;
+  }
+}
+
+TEST(TextInput, EmptyAndBinaryFilesAreErrorsNamingTheFile) {
+  TempDir dir;
+  uoe::Config cfg;
+  cfg.data = dir / "empty.txt";
+  std::ofstream(cfg.data).flush();
+  std::string m = error_message([&] { uoe::data_load(cfg); });
+  EXPECT_TRUE(contains(m, cfg.data) && contains(m, "empty")) << m;
+  cfg.data = dir / "blob.bin";
+  std::ofstream(cfg.data, std::ios::binary) << std::string(5000, 'a') + std::string("\x7f" "ELF\0\0", 6);
+  m = error_message([&] { uoe::data_load(cfg); });
+  EXPECT_TRUE(contains(m, cfg.data) && contains(m, "binary") && contains(m, "offset 5004")) << m;
+}
+
 }  // namespace
