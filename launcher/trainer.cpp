@@ -10,6 +10,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <limits>
 #include <memory>
 #include <span>
@@ -105,7 +106,11 @@ void Trainer::start_ranks() {
 void Trainer::build_model() {
   const Config& cfg = cfg_;
   ProcessGroups& groups = groups_;
-  data_ = data_load(cfg);
+  {
+    const auto t_data = Clock::now();
+    data_ = data_load(cfg);
+    data_load_seconds_ = seconds_since(t_data);
+  }
   const int V = data_.vocab.size();
   spec_ = model_spec_from_config(cfg, V);
   // Simulated links: the model's traffic (expert exchanges, gradient all-reduce) goes through
@@ -385,6 +390,19 @@ double Trainer::eta_seconds(int step) const {
   return (cfg_.steps - step) * (total_train_time_ / (step - start_step_ + 1));
 }
 
+namespace {
+
+// This process's RssAnon from /proc/self/status, in MiB (-1 where there is none).
+double rss_anon_mib() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("RssAnon:", 0) == 0) return std::strtod(line.c_str() + 8, nullptr) / 1024.0;  // kB
+  return -1;  // not Linux
+}
+
+}  // namespace
+
 // ---- evaluation and checkpoints ----------------------------------------------------------------
 
 // Validation: windows of T with stride T (the targets tile the split), dropless, in batches of up
@@ -470,6 +488,16 @@ int Trainer::finish() {
   const double tps = total_train_time_ > 0 ? total_tokens_ / total_train_time_ : 0.0;
   metrics_->write(metrics_final_line(cfg.steps, last_eval_, byte_level_, tps, total_flops_, total_tokens_));
   log_done(cfg, seconds_since(t_start_), tps, last_eval_);
+  {
+    // Each rank's anonymous resident memory (heap, stacks: not the mapped token files, which are
+    // file-backed pages in the page cache, shared by the ranks of a node). The memory test reads it.
+    std::vector<double> rss(static_cast<size_t>(world_size_), 0.0);
+    rss[static_cast<size_t>(world_rank_)] = rss_anon_mib();
+    sum_over_ranks(rss, ranks_, "memory report: all-reduce");
+    std::string per_rank;
+    for (double r : rss) per_rank += (per_rank.empty() ? "" : ", ") + std::to_string(static_cast<int64_t>(std::llround(r)));
+    log_info("memory: RssAnon per rank (MiB): %s; data loaded in %.3fs", per_rank.c_str(), data_load_seconds_);
+  }
   step_->close();
   groups_.close();
   return 0;

@@ -1,11 +1,12 @@
 // uoe-prepare: text -> token files, once, before training (like Megatron's preprocess_data.py).
 //
 //   uoe-prepare --data corpus.txt [--val-data val.txt | --val-fraction 0.1] [--tokenizer byte|word]
-//               --output data/corpus
+//               [--shard-size MB] --output data/corpus
 //
-// writes data/corpus.train.tok, data/corpus.val.tok and, word level, data/corpus.vocab (formats in
-// runtime/token_file.hpp). Tokenization and the train/validation split are uoe-train's own
-// (data_from_text), so `uoe-train --data P.train.tok --val-data P.val.tok` trains on exactly the
+// writes each split as shards of at most --shard-size MB plus an index (data/corpus.train.idx with
+// data/corpus.train.tok, or data/corpus.train-00000.tok, ... when it takes more than one shard; the
+// same for .val) and, word level, data/corpus.vocab (formats in runtime/token_file.hpp). Tokenization and the train/validation split are uoe-train's own
+// (data_from_text), so `uoe-train --data P.train.idx --val-data P.val.idx` trains on exactly the
 // token streams that `uoe-train --data corpus.txt` (same --val-data / --val-fraction / --tokenizer)
 // builds from the text, and logs the same losses; it just skips reading and tokenizing the text.
 // Exit codes: 0 success (or --help, --version), 2 bad command line, 1 any other failure (unreadable text, ...).
@@ -34,6 +35,7 @@ namespace {
 struct PrepareOptions {
   std::string data, val_data, tokenizer = "byte", output;
   double val_fraction = 0.1;
+  double shard_mb = static_cast<double>(uoe::kDefaultShardBytes) / 1e6;  // --shard-size, MB of token ids
 };
 
 // Parses the command line; returns false after --help or --version. Throws uoe::Error naming the option.
@@ -44,7 +46,8 @@ bool parse(int argc, char** argv, PrepareOptions& o) {
       ("val-data", po::value(&o.val_data), "validation text file (default: the last --val-fraction of --data)")
       ("val-fraction", po::value(&o.val_fraction)->default_value(0.1, "0.1"), "share of --data held out for validation, in (0, 1)")
       ("tokenizer", po::value(&o.tokenizer)->default_value("byte"), "byte | word")
-      ("output", po::value(&o.output), "output prefix: writes PREFIX.train.tok, PREFIX.val.tok (and PREFIX.vocab for word)");
+      ("output", po::value(&o.output), "output prefix: writes PREFIX.train.idx, PREFIX.val.idx and their shards (and PREFIX.vocab for word)")
+      ("shard-size", po::value(&o.shard_mb)->default_value(o.shard_mb, "1000"), "at most this many MB (10^6 bytes) of token ids per shard");
   uoe::cli_add_help_and_version(desc);
   po::variables_map vm;
   uoe::cli_parse(argc, argv, desc, vm);
@@ -56,13 +59,15 @@ bool parse(int argc, char** argv, PrepareOptions& o) {
     std::cout << "Usage: uoe-prepare [--data TEXT] [--val-data TEXT | --val-fraction F] [--tokenizer byte|word] "
                  "--output PREFIX\n\n"
                  "Tokenizes text once into memory-mapped token files for uoe-train (same tokenizer and split as\n"
-                 "uoe-train on the text): then train with --data PREFIX.train.tok --val-data PREFIX.val.tok.\n\n"
+                 "uoe-train on the text): then train with --data PREFIX.train.idx --val-data PREFIX.val.idx.\n\n"
               << desc;
     return false;
   }
   if (o.output.empty()) uoe::fail("--output PREFIX is required (e.g. --output data/corpus)");
   if (o.tokenizer != "byte" && o.tokenizer != "word")
     uoe::fail("--tokenizer must be 'byte' or 'word', got '", o.tokenizer, "'");
+  if (!(o.shard_mb * 1e6 >= 4.0) || !std::isfinite(o.shard_mb))
+    uoe::fail("--shard-size must be a number of MB that holds at least one token (>= 0.000004), got ", o.shard_mb);
   if (o.val_data.empty() && !(o.val_fraction > 0.0 && o.val_fraction < 1.0))
     uoe::fail("--val-fraction must be in (0, 1) when no --val-data is given, got ", o.val_fraction);
   for (const std::string* p : {&o.data, &o.val_data})
@@ -96,15 +101,19 @@ int run(const PrepareOptions& o) {
     std::filesystem::create_directories(parent, ec);
     if (ec) uoe::fail("--output: cannot create the directory '", parent.string(), "' (", ec.message(), ")");
   }
-  const std::vector<std::string> written = uoe::token_files_write(ds, o.output);
+  const std::vector<std::string> written =
+      uoe::token_files_write(ds, o.output, static_cast<uint64_t>(std::llround(o.shard_mb * 1e6)));
+  const size_t shards = written.size() - (kind == uoe::TokenizerKind::word ? 3 : 2);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   const int V = ds.vocab.size();
   std::printf("uoe-prepare: %s, %s-level, V=%d, %s tokens\n", source.c_str(), o.tokenizer.c_str(), V,
               V <= 65536 ? "uint16" : "uint32");
-  std::printf("  train: %zu tokens -> %s (%s)\n", ds.train.size(), written[0].c_str(), megabytes(written[0]).c_str());
-  std::printf("  val:   %zu tokens -> %s (%s)%s\n", ds.val.size(), written[1].c_str(), megabytes(written[1]).c_str(),
+  std::printf("  train: %zu tokens -> %s\n", ds.train.size(), written[0].c_str());
+  std::printf("  val:   %zu tokens -> %s%s\n", ds.val.size(), written[1].c_str(),
               o.val_data.empty() ? " (the last --val-fraction of the text)" : "");
+  for (size_t i = written.size() - shards; i < written.size(); ++i)
+    std::printf("  shard: %s (%s)\n", written[i].c_str(), megabytes(written[i]).c_str());
   if (kind == uoe::TokenizerKind::word) {
     size_t unknown = 0;
     for (int32_t id : ds.val.to_vector()) unknown += id == 0;

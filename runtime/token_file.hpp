@@ -148,7 +148,7 @@ Vocab vocab_file_read(const std::string& path);
 // each (STEM = PREFIX.train, PREFIX.val; see "Sharded datasets" above) and, word level, PREFIX.vocab.
 // Returns the index paths, then the vocabulary's (word level), then every shard's. The writes are
 // atomic; when one fails the shards this call wrote are removed again.
-inline constexpr uint64_t kDefaultShardBytes = uint64_t{1} << 30;  // 1 GiB of token ids per shard
+inline constexpr uint64_t kDefaultShardBytes = 1'000'000'000;  // 1 GB of token ids per shard
 std::vector<std::string> token_files_write(const Dataset& ds, const std::string& prefix,
                                            uint64_t shard_bytes = kDefaultShardBytes);
 
