@@ -406,8 +406,9 @@ double rss_anon_mib() {
 // ---- evaluation and checkpoints ----------------------------------------------------------------
 
 // Validation: windows of T with stride T (the targets tile the split), dropless, in batches of up
-// to B windows. The budget: at most --eval-windows windows (and --eval-batches · B), spread evenly
-// over the split (data_eval_window), the same ones every evaluation; both 0 evaluate every window.
+// to B windows. --eval-batches K > 0 keeps the first K·B windows (as it always has); of those, the
+// budget --eval-windows N > 0 takes at most N spread evenly (data_eval_window), the same ones every
+// evaluation; both 0 evaluate every window.
 // Batch j goes to world rank j mod P; every rank runs the same number of forward passes (an empty
 // one when it has no batch left) because the expert exchanges inside are collective.
 EvalResult Trainer::evaluate() {
@@ -415,10 +416,10 @@ EvalResult Trainer::evaluate() {
   const Dataset& data = data_;
   const StepRanks& ranks = ranks_;
   const int T = cfg.seq_len, B = cfg.batch_size, P = ranks.world_size;
-  const int64_t total = data_val_window_count(data.val.size(), T);
+  int64_t total = data_val_window_count(data.val.size(), T);
+  if (cfg.eval_batches > 0) total = std::min<int64_t>(total, static_cast<int64_t>(cfg.eval_batches) * B);
   int64_t windows = total;
   if (cfg.eval_windows > 0) windows = std::min<int64_t>(windows, cfg.eval_windows);
-  if (cfg.eval_batches > 0) windows = std::min<int64_t>(windows, static_cast<int64_t>(cfg.eval_batches) * B);
   const int64_t batches = (windows + B - 1) / B;
   const int64_t rounds = (batches + P - 1) / P;
   std::vector<int32_t> in(static_cast<size_t>(B) * T), tg(static_cast<size_t>(B) * T);
