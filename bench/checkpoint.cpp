@@ -295,7 +295,7 @@ struct TrainRow {
 };
 
 // Times `n` train steps; returns seconds and adds their tokens to `tok`.
-double train_window(const uoe::Config& cfg, Trainee& tr, const std::vector<int32_t>& tokens, int n, int& step,
+double train_window(const uoe::Config& cfg, Trainee& tr, const uoe::TokenStream& tokens, int n, int& step,
                     int64_t& tok) {
   const auto t0 = Clock::now();
   for (int s = 0; s < n; ++s) tok += uoe::train_step(*tr.model, *tr.opt, cfg, tokens, ++step).tokens;
@@ -310,7 +310,7 @@ double train_window(const uoe::Config& cfg, Trainee& tr, const std::vector<int32
 // (T1 - T0) / W, W the write's duration (measured by a thread polling write_done(), started after
 // save() returned and joined before wait(): the writer is only read, never changed, while it
 // runs). save() (the snapshot, on the training thread) is reported apart.
-TrainRow bench_train(const uoe::Config& cfg, Trainee& tr, const std::vector<int32_t>& tokens, const std::string& dir,
+TrainRow bench_train(const uoe::Config& cfg, Trainee& tr, const uoe::TokenStream& tokens, const std::string& dir,
                      int threads, double share, int rounds, double write_alone_s, double window_factor,
                      uoe::Communicator& comm, int& step) {
   uoe::gemm_set_threads(threads);
@@ -440,7 +440,7 @@ int main(int argc, char** argv) {
     }
     fs::create_directories(dir);
     uoe::SelfCommunicator comm;
-    std::vector<int32_t> tokens =
+    const uoe::TokenStream tokens =
         uoe::data_from_text(uoe::data_builtin_corpus(), nullptr, 0.1, uoe::TokenizerKind::byte,
                             configs.front().second.seq_len, "built-in corpus")
             .train;

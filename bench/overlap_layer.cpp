@@ -67,7 +67,7 @@ struct Timing {
 };
 
 // Median over `repeats` forward+backward passes of one micro-batch (after 2 warm-ups).
-Timing time_layer(const uoe::Config& cfg, uoe::Communicator& ep, const std::vector<int32_t>& tokens, int chunks,
+Timing time_layer(const uoe::Config& cfg, uoe::Communicator& ep, const uoe::TokenStream& tokens, int chunks,
                   int repeats) {
   uoe::MpiExchange exchange(ep);
   uoe::Model model(uoe::model_spec_from_config(cfg, 256), cfg.seed, &exchange);
@@ -183,7 +183,7 @@ int main(int argc, char** argv) {
     cfg.layers = 1;  // one UoE layer: an SMHA block and a UoME block
     uoe::ProcessGroups groups = uoe::make_process_groups(MPI_COMM_WORLD, mpi.world_size());
     uoe::gemm_set_threads(1);  // one core per rank: the second is the other rank's
-    const std::vector<int32_t> tokens =
+    const uoe::TokenStream tokens =
         uoe::data_from_text(uoe::data_builtin_corpus(), nullptr, 0.1, uoe::TokenizerKind::byte, cfg.seq_len, "built-in")
             .train;
     // (1) Compute time and bytes, serial, no simulated link.

@@ -41,7 +41,7 @@ struct Row {
   uoe::PhaseSeconds phases;  // median seconds of each phase over the timed steps
 };
 
-Row bench_config(const std::string& name, const uoe::Config& cfg, const std::vector<int32_t>& tokens, int repeats,
+Row bench_config(const std::string& name, const uoe::Config& cfg, const uoe::TokenStream& tokens, int repeats,
                  double peak) {
   uoe::LocalExchange exchange;
   uoe::Model model(uoe::model_spec_from_config(cfg, 256), cfg.seed, &exchange);
@@ -165,7 +165,7 @@ int main(int argc, char** argv) {
     }
     // Windows of the built-in corpus: always present, and real enough that routing is uneven.
     uoe::Config data_cfg = configs.front().second;
-    std::vector<int32_t> tokens = uoe::data_from_text(uoe::data_builtin_corpus(), nullptr, 0.1,
+    const uoe::TokenStream tokens = uoe::data_from_text(uoe::data_builtin_corpus(), nullptr, 0.1,
                                                       uoe::TokenizerKind::byte, data_cfg.seq_len, "built-in corpus")
                                       .train;
 

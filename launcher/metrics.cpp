@@ -46,8 +46,8 @@ JsonLine metrics_step_line(int step, double tokens_per_step, double lr, const St
 JsonLine metrics_eval_line(int step, double tokens_per_step, const EvalResult& eval, bool byte_level) {
   JsonLine j;
   j.add("step", step).add("tokens", step * tokens_per_step).add("val_loss", eval.loss);
-  if (byte_level) j.add("val_bpb", eval.loss / std::log(2.0));
-  else j.add("val_ppl", std::exp(eval.loss));
+  if (eval.bpb >= 0) j.add("val_bpb", eval.bpb);
+  if (!byte_level) j.add("val_ppl", std::exp(eval.loss));
   return j;
 }
 
@@ -55,8 +55,8 @@ JsonLine metrics_final_line(int steps, const EvalResult& last_eval, bool byte_le
                             double total_flops, int64_t total_tokens) {
   JsonLine j;
   j.add("final", true).add("step", steps).add("val_loss", last_eval.loss);
-  if (byte_level) j.add("val_bpb", last_eval.loss / std::log(2.0));
-  else j.add("val_ppl", std::exp(last_eval.loss));
+  if (last_eval.bpb >= 0) j.add("val_bpb", last_eval.bpb);
+  if (!byte_level) j.add("val_ppl", std::exp(last_eval.loss));
   j.add("tokens_per_s", tokens_per_s);
   // Executed training FLOPs per token (3 × forward, counted from the tokens routed).
   j.add("flops_per_token", total_tokens > 0 ? total_flops / static_cast<double>(total_tokens) : 0.0);

@@ -92,12 +92,14 @@ void log_skipped_step(int step, const StepFigures& fig, const std::string& where
 }
 
 void log_eval_line(int step, const EvalResult& eval, double seconds, bool byte_level) {
+  char bpb[48] = "";
+  if (eval.bpb >= 0) std::snprintf(bpb, sizeof bpb, " | val_bpb %.4f", eval.bpb);
   if (byte_level)
-    log_info("eval  step %6d | val_loss %.4f | val_bpb %.4f | %lld tokens in %.1fs", step, eval.loss,
-             eval.loss / std::log(2.0), static_cast<long long>(eval.tokens), seconds);
+    log_info("eval  step %6d | val_loss %.4f%s | %lld tokens in %.1fs", step, eval.loss, bpb,
+             static_cast<long long>(eval.tokens), seconds);
   else
-    log_info("eval  step %6d | val_loss %.4f | val_ppl %.2f | %lld tokens in %.1fs", step, eval.loss,
-             std::exp(eval.loss), static_cast<long long>(eval.tokens), seconds);
+    log_info("eval  step %6d | val_loss %.4f | val_ppl %.2f%s | %lld tokens in %.1fs", step, eval.loss,
+             std::exp(eval.loss), bpb, static_cast<long long>(eval.tokens), seconds);
 }
 
 void log_done(const Config& cfg, double run_seconds, double tokens_per_s, const EvalResult& last_eval) {

@@ -23,6 +23,9 @@ std::string format_duration(double s);
 struct EvalResult {
   double loss = 0;  // mean nats per token
   int64_t tokens = 0;
+  // Bits per byte of the original text: loss · (split tokens / split bytes) / ln 2, the split's
+  // ratio (Dataset::val_bytes); < 0 when the bytes are unknown (word-level .tok without an index).
+  double bpb = -1;
 };
 
 // Figures accumulated between log lines: sums over the window's (not skipped) steps.

@@ -10,6 +10,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <limits>
 #include <memory>
 #include <span>
@@ -107,7 +108,11 @@ void Trainer::start_ranks() {
 void Trainer::build_model() {
   const Config& cfg = cfg_;
   ProcessGroups& groups = groups_;
-  data_ = data_load(cfg);
+  {
+    const auto t_data = Clock::now();
+    data_ = data_load(cfg);
+    data_load_seconds_ = seconds_since(t_data);
+  }
   const int V = data_.vocab.size();
   spec_ = model_spec_from_config(cfg, V);
   // Simulated links: the model's traffic (expert exchanges, gradient all-reduce) goes through
@@ -217,7 +222,7 @@ void Trainer::describe() const {
            static_cast<unsigned long long>(cfg.seed));
   {
     const MemoryEstimate mem = memory_estimate(spec, memory_run_from_config(cfg, world_size),
-                                               static_cast<int64_t>(data_.train.size() + data_.val.size()));
+                                               static_cast<int64_t>(data_.train.heap_ids() + data_.val.heap_ids()));
     log_info("memory estimate per rank: %s", mem.summary().c_str());
   }
 }
@@ -392,19 +397,36 @@ double Trainer::eta_seconds(int step) const {
   return (cfg_.steps - step) * (total_train_time_ / (step - start_step_ + 1));
 }
 
+namespace {
+
+// This process's RssAnon from /proc/self/status, in MiB (-1 where there is none).
+double rss_anon_mib() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("RssAnon:", 0) == 0) return std::strtod(line.c_str() + 8, nullptr) / 1024.0;  // kB
+  return -1;  // not Linux
+}
+
+}  // namespace
+
 // ---- evaluation and checkpoints ----------------------------------------------------------------
 
-// Validation: consecutive windows of T with stride T (the targets tile the split), dropless, in
-// batches of up to B windows; eval_batches = 0 evaluates the whole split. Batch j goes to world
-// rank j mod P; every rank runs the same number of forward passes (an empty one when it has no
-// batch left) because the expert exchanges inside are collective.
+// Validation: windows of T with stride T (the targets tile the split), dropless, in batches of up
+// to B windows. --eval-batches K > 0 keeps the first K·B windows (as it always has); of those, the
+// budget --eval-windows N > 0 takes at most N spread evenly (data_eval_window), the same ones every
+// evaluation; both 0 evaluate every window.
+// Batch j goes to world rank j mod P; every rank runs the same number of forward passes (an empty
+// one when it has no batch left) because the expert exchanges inside are collective.
 EvalResult Trainer::evaluate() {
   const Config& cfg = cfg_;
   const Dataset& data = data_;
   const StepRanks& ranks = ranks_;
   const int T = cfg.seq_len, B = cfg.batch_size, P = ranks.world_size;
-  int64_t windows = data_val_window_count(data.val.size(), T);
-  if (cfg.eval_batches > 0) windows = std::min<int64_t>(windows, static_cast<int64_t>(cfg.eval_batches) * B);
+  int64_t total = data_val_window_count(data.val.size(), T);
+  if (cfg.eval_batches > 0) total = std::min<int64_t>(total, static_cast<int64_t>(cfg.eval_batches) * B);
+  int64_t windows = total;
+  if (cfg.eval_windows > 0) windows = std::min<int64_t>(windows, cfg.eval_windows);
   const int64_t batches = (windows + B - 1) / B;
   const int64_t rounds = (batches + P - 1) / P;
   std::vector<int32_t> in(static_cast<size_t>(B) * T), tg(static_cast<size_t>(B) * T);
@@ -414,13 +436,21 @@ EvalResult Trainer::evaluate() {
     const int64_t batch = round * P + ranks.world_rank;
     const int64_t first = batch * B;
     const int n = first < windows ? static_cast<int>(std::min<int64_t>(B, windows - first)) : 0;
-    if (n) data_val_windows(data.val, T, first, n, in.data(), tg.data());
+    for (int k = 0; k < n; ++k)
+      data_val_windows(data.val, T, data_eval_window(first + k, windows, total), 1, in.data() + static_cast<size_t>(k) * T,
+                       tg.data() + static_cast<size_t>(k) * T);
     step_->forward_eval(in.data(), tg.data(), n, &st);
     sums[0] += st.ce_sum;
     sums[1] += static_cast<double>(st.tokens);
   }
   sum_over_ranks(sums, ranks, "evaluation: loss all-reduce");
-  return {sums[1] > 0 ? sums[0] / sums[1] : 0.0, static_cast<int64_t>(sums[1])};
+  EvalResult r;
+  r.loss = sums[1] > 0 ? sums[0] / sums[1] : 0.0;
+  r.tokens = static_cast<int64_t>(sums[1]);
+  // Bits per byte (Dataset::val_bytes): the split's tokens per byte times nats per token, in bits.
+  if (data.val_bytes > 0)
+    r.bpb = r.loss * (static_cast<double>(data.val.size()) / data.val_bytes) / std::log(2.0);
+  return r;
 }
 
 void Trainer::run_eval(int step) {
@@ -471,6 +501,16 @@ int Trainer::finish() {
   const double tps = total_train_time_ > 0 ? total_tokens_ / total_train_time_ : 0.0;
   metrics_->write(metrics_final_line(cfg.steps, last_eval_, byte_level_, tps, total_flops_, total_tokens_));
   log_done(cfg, seconds_since(t_start_), tps, last_eval_);
+  {
+    // Each rank's anonymous resident memory (heap, stacks: not the mapped token files, which are
+    // file-backed pages in the page cache, shared by the ranks of a node). The memory test reads it.
+    std::vector<double> rss(static_cast<size_t>(world_size_), 0.0);
+    rss[static_cast<size_t>(world_rank_)] = rss_anon_mib();
+    sum_over_ranks(rss, ranks_, "memory report: all-reduce");
+    std::string per_rank;
+    for (double r : rss) per_rank += (per_rank.empty() ? "" : ", ") + std::to_string(static_cast<int64_t>(std::llround(r)));
+    log_info("memory: RssAnon per rank (MiB): %s; data loaded in %.3fs", per_rank.c_str(), data_load_seconds_);
+  }
   step_->close();
   groups_.close();
   return 0;

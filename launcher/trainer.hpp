@@ -94,6 +94,7 @@ class Trainer {
   std::unique_ptr<GradientSync> sync_;
   StepRanks ranks_;
   bool byte_level_ = false;
+  double data_load_seconds_ = 0;
   FmaPeak fma_;       // the probe's rate (peaks_.fma is this rank's share of it)
   PeakRates peaks_;
   int node_threads_ = 1, cores_ = 1;

@@ -1,17 +1,19 @@
 // uoe-prepare: text -> token files, once, before training (like Megatron's preprocess_data.py).
 //
 //   uoe-prepare --data corpus.txt [--val-data val.txt | --val-fraction 0.1] [--tokenizer byte|word]
-//               --output data/corpus
+//               [--shard-size MB] --output data/corpus
 //   uoe-prepare ... --tokenizer word [--vocab-size N] [--min-count C]
 //   uoe-prepare ... --tokenizer sentencepiece (--vocab-size N [--model-type bpe|unigram] | --tokenizer-model M.model)
 //
-// writes data/corpus.train.tok, data/corpus.val.tok and, word level, data/corpus.vocab, sentencepiece
-// level, data/corpus.model (formats in runtime/token_file.hpp). Byte and word: tokenization and the
-// train/validation split are uoe-train's own (data_from_text), so `uoe-train --data P.train.tok
-// --val-data P.val.tok` trains on exactly the token streams that `uoe-train --data corpus.txt` (same
-// --val-data / --val-fraction / --tokenizer) builds from the text, and logs the same losses; it just
-// skips reading and tokenizing the text. --vocab-size / --min-count then keep the most frequent
-// words (runtime/tokenizer.hpp, word_vocab_limit); without them the ids are uoe-train's.
+// writes each split as shards of at most --shard-size MB plus an index (data/corpus.train.idx with
+// data/corpus.train.tok, or data/corpus.train-00000.tok, ... when it takes more than one shard; the
+// same for .val) and, word level, data/corpus.vocab, sentencepiece level, data/corpus.model (formats
+// in runtime/token_file.hpp). Byte and word: tokenization and the train/validation split are
+// uoe-train's own (data_from_text), so `uoe-train --data P.train.idx --val-data P.val.idx` trains on
+// exactly the token streams that `uoe-train --data corpus.txt` (same --val-data / --val-fraction /
+// --tokenizer) builds from the text, and logs the same losses; it just skips reading and tokenizing
+// the text. --vocab-size / --min-count then keep the most frequent words (runtime/tokenizer.hpp,
+// word_vocab_limit); without them the ids are uoe-train's.
 // Sentencepiece (runtime/tokenizer.hpp): without --val-data the split is by text, at the first line
 // start at or after the last --val-fraction of the bytes, so no validation line is seen by the model's
 // training (which reads sentencepiece_sample_lines of the training part) and the validation split's
@@ -49,6 +51,7 @@ struct PrepareOptions {
   int64_t vocab_size = 0, min_count = 1;
   std::string model_type = "bpe", tokenizer_model;
   int threads = 0;
+  double shard_mb = static_cast<double>(uoe::kDefaultShardBytes) / 1e6;  // --shard-size, MB of token ids
 };
 
 // Which tokenizer takes which option; --tokenizer-model alone means --tokenizer sentencepiece.
@@ -92,8 +95,9 @@ bool parse(int argc, char** argv, PrepareOptions& o) {
       ("model-type", po::value(&o.model_type)->default_value("bpe"), "sentencepiece: bpe | unigram")
       ("tokenizer-model", po::value(&o.tokenizer_model), "sentencepiece: use this .model file instead of training one")
       ("threads", po::value(&o.threads)->default_value(0), "sentencepiece: encoding and training threads (0 = every core)")
-      ("output", po::value(&o.output), "output prefix: writes PREFIX.train.tok, PREFIX.val.tok (and PREFIX.vocab for word, "
-                                       "PREFIX.model for sentencepiece)");
+      ("output", po::value(&o.output), "output prefix: writes PREFIX.train.idx, PREFIX.val.idx and their shards (and "
+                                       "PREFIX.vocab for word, PREFIX.model for sentencepiece)")
+      ("shard-size", po::value(&o.shard_mb)->default_value(o.shard_mb, "1000"), "at most this many MB (10^6 bytes) of token ids per shard");
   uoe::cli_add_help_and_version(desc);
   po::variables_map vm;
   uoe::cli_parse(argc, argv, desc, vm);
@@ -108,12 +112,14 @@ bool parse(int argc, char** argv, PrepareOptions& o) {
                  "       uoe-prepare ... --tokenizer sentencepiece (--vocab-size N [--model-type bpe|unigram] | "
                  "--tokenizer-model M.model)\n\n"
                  "Tokenizes text once into memory-mapped token files for uoe-train (same tokenizer and split as\n"
-                 "uoe-train on the text): then train with --data PREFIX.train.tok --val-data PREFIX.val.tok.\n\n"
+                 "uoe-train on the text): then train with --data PREFIX.train.idx --val-data PREFIX.val.idx.\n\n"
               << desc;
     return false;
   }
   if (o.output.empty()) uoe::fail("--output PREFIX is required (e.g. --output data/corpus)");
   check_tokenizer_options(vm, o);
+  if (!(o.shard_mb * 1e6 >= 4.0) || !std::isfinite(o.shard_mb))
+    uoe::fail("--shard-size must be a number of MB that holds at least one token (>= 0.000004), got ", o.shard_mb);
   if (o.val_data.empty() && !(o.val_fraction > 0.0 && o.val_fraction < 1.0))
     uoe::fail("--val-fraction must be in (0, 1) when no --val-data is given, got ", o.val_fraction);
   for (const std::string* p : {&o.data, &o.val_data})
@@ -173,6 +179,8 @@ uoe::Dataset prepare_sentencepiece(const PrepareOptions& o, const std::string& t
   const auto tokenizer = uoe::tokenizer_for(ds.vocab);
   ds.train = uoe::tokenizer_encode_parallel(*tokenizer, train, o.threads);
   ds.val = uoe::tokenizer_encode_parallel(*tokenizer, val, o.threads);
+  ds.train_bytes = static_cast<double>(train.size());  // the source bytes of each split (val_bpb)
+  ds.val_bytes = static_cast<double>(val.size());
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
   std::printf("  encoded %.1f MB in %.2fs (%.1f MB/s); %.3f bytes per token in validation (val_bpb = val_loss x "
               "%.5f / ln 2)\n",
@@ -204,18 +212,22 @@ int run(const PrepareOptions& o) {
     std::filesystem::create_directories(parent, ec);
     if (ec) uoe::fail("--output: cannot create the directory '", parent.string(), "' (", ec.message(), ")");
   }
-  const std::vector<std::string> written = uoe::token_files_write(ds, o.output);
+  const std::vector<std::string> written =
+      uoe::token_files_write(ds, o.output, static_cast<uint64_t>(std::llround(o.shard_mb * 1e6)));
+  const size_t shards = written.size() - (kind == uoe::TokenizerKind::byte ? 2 : 3);  // indexes, vocabulary/model
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   const int V = ds.vocab.size();
   std::printf("uoe-prepare: %s, %s-level, V=%d, %s tokens\n", source.c_str(), o.tokenizer.c_str(), V,
               V <= 65536 ? "uint16" : "uint32");
-  std::printf("  train: %zu tokens -> %s (%s)\n", ds.train.size(), written[0].c_str(), megabytes(written[0]).c_str());
-  std::printf("  val:   %zu tokens -> %s (%s)%s\n", ds.val.size(), written[1].c_str(), megabytes(written[1]).c_str(),
+  std::printf("  train: %zu tokens -> %s\n", ds.train.size(), written[0].c_str());
+  std::printf("  val:   %zu tokens -> %s%s\n", ds.val.size(), written[1].c_str(),
               o.val_data.empty() ? " (the last --val-fraction of the text)" : "");
+  for (size_t i = written.size() - shards; i < written.size(); ++i)
+    std::printf("  shard: %s (%s)\n", written[i].c_str(), megabytes(written[i]).c_str());
   if (kind == uoe::TokenizerKind::word) {
     size_t unknown = 0;
-    for (int32_t id : ds.val) unknown += id == 0;
+    for (int32_t id : ds.val.to_vector()) unknown += id == 0;
     std::printf("  vocab: %d words -> %s; %.2f%% of validation tokens are <unk> (not in the training split)\n", V,
                 written[2].c_str(), ds.val.empty() ? 0.0 : 100.0 * static_cast<double>(unknown) / ds.val.size());
   }

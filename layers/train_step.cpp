@@ -63,7 +63,7 @@ uint64_t routing_check_term(uint64_t slot, uint64_t fingerprint) {
 }
 }  // namespace
 
-StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::vector<int32_t>& train_tokens,
+StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const TokenStream& train_tokens,
                        int step, const StepRanks& ranks) {
   // Without a step of the caller's, a CPU step for this call (its buffers allocated each call).
   std::unique_ptr<CpuStep> own_step;

@@ -11,6 +11,7 @@
 #include "layers/model.hpp"
 #include "layers/optimizer.hpp"
 #include "runtime/config.hpp"
+#include "runtime/token_stream.hpp"
 
 namespace uoe {
 
@@ -66,7 +67,7 @@ struct StepFigures {
 // rank r uses data slot r·M + m, so one rank with M = P micro-batches sees what P ranks see),
 // gradients are summed over the ranks that share them, clipped by global norm, and AdamW applies
 // the scheduled learning rate. A non-finite loss or gradient skips the update (fig.skipped).
-StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::vector<int32_t>& train_tokens,
+StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const TokenStream& train_tokens,
                        int step, const StepRanks& ranks = {});
 
 // Sums v over the world in place (identity on one process), under the collective watchdog as `what`.

@@ -48,7 +48,8 @@ struct Config {
 
   // --- evaluation and logging ---
   int eval_every = 250;         // steps between evaluations (0 = only at the end)
-  int eval_batches = 0;         // batches of B windows per evaluation (0 = whole split)
+  int eval_batches = 0;         // only the first batches of B windows are evaluated (0 = whole split)
+  int eval_windows = 1024;      // at most this many windows per evaluation, spread evenly (0 = whole split)
   int log_every = 10;           // steps between progress lines
   std::string metrics;          // JSON-lines file (empty = none)
   bool metrics_grads = false;   // per-tensor gradient fingerprints in the metrics (tests)

@@ -210,6 +210,8 @@ Dataset dataset_build(const std::string& train_text, const std::string* val_text
       const std::string_view all(train_text);
       ds.train = byte_ids(all.substr(0, n - n_val));
       ds.val = byte_ids(all.substr(n - n_val));
+      ds.train_bytes = static_cast<double>(n - n_val);
+      ds.val_bytes = static_cast<double>(n_val);
     } else {
       const std::vector<std::string_view> tokens = word_tokenize(train_text);
       const size_t n = tokens.size();
@@ -218,10 +220,18 @@ Dataset dataset_build(const std::string& train_text, const std::string* val_text
       ds.vocab = word_vocab_build(tokens, n - n_val, &ids);
       ds.train = word_ids(tokens, 0, n - n_val, ids);
       ds.val = word_ids(tokens, n - n_val, n, ids);
+      // The training split's bytes end where its last token ends; the rest is validation's.
+      const size_t cut = n_val == n ? 0
+                         : static_cast<size_t>(tokens[n - n_val - 1].data() + tokens[n - n_val - 1].size() -
+                                               train_text.data());
+      ds.train_bytes = static_cast<double>(cut);
+      ds.val_bytes = static_cast<double>(train_text.size() - cut);
     }
   } else if (kind == TokenizerKind::byte) {
     ds.train = byte_ids(train_text);
     ds.val = byte_ids(*val_text);
+    ds.train_bytes = static_cast<double>(train_text.size());
+    ds.val_bytes = static_cast<double>(val_text->size());
   } else {
     const std::vector<std::string_view> train_tokens = word_tokenize(train_text);
     const std::vector<std::string_view> val_tokens = word_tokenize(*val_text);
@@ -229,6 +239,8 @@ Dataset dataset_build(const std::string& train_text, const std::string* val_text
     ds.vocab = word_vocab_build(train_tokens, train_tokens.size(), &ids);
     ds.train = word_ids(train_tokens, 0, train_tokens.size(), ids);
     ds.val = word_ids(val_tokens, 0, val_tokens.size(), ids);
+    ds.train_bytes = static_cast<double>(train_text.size());
+    ds.val_bytes = static_cast<double>(val_text->size());
   }
 
   check_split_length(ds.train.size(), seq_len, train_what);
@@ -264,6 +276,12 @@ std::string text_file_read(const std::string& path, const char* option) {
     text.append(buf.data(), static_cast<size_t>(in.gcount()));
   if (in.bad()) fail(option, " file '", path, "': read error after ", text.size(), " bytes");
   if (text.empty()) fail(option, " file '", path, "' is empty");
+  // Binary: text never holds a NUL byte, while executables, archives, token files under another
+  // name and UTF-16 text almost always do (docs: README, Data).
+  if (const void* nul = std::memchr(text.data(), '\0', text.size()); nul != nullptr)
+    fail(option, " file '", path, "' is binary, not text: a NUL byte at offset ",
+         static_cast<const char*>(nul) - text.data(), " (uoe-prepare and uoe-train read UTF-8 or other ASCII-compatible "
+         "text; a prepared token file is named *.tok or *.idx)");
   return text;
 }
 
@@ -304,18 +322,15 @@ Vocab sentencepiece_vocab_for(const std::string& path, const TokenFileHeader& h)
   return vocab;
 }
 
-std::string token_file_summary(const TokenFile& f) {
-  std::ostringstream os;
-  os << f.path() << " (prepared, " << (f.header().dtype_bytes == 2 ? "uint16" : "uint32") << ")";
-  return os.str();
-}
+// A prepared split: a token file or a shard index (runtime/token_file.hpp).
+bool prepared_detect(const std::string& path) { return token_file_detect(path) || token_index_detect(path); }
 
 // --data is a token file (uoe-prepare's output). The split follows the text path exactly: the last
 // round(n * val_fraction) tokens when there is no --val-data, so a prepared file and its text give
 // the same token streams whichever is loaded.
 Dataset dataset_from_token_file(const Config& cfg, TokenizerKind kind) {
-  const TokenFile train(cfg.data, "--data");
-  const TokenFileHeader& h = train.header();
+  const PreparedSplit train = prepared_open(cfg.data, "--data");
+  const TokenFileHeader& h = train.header;
   if (h.tokenizer != kind)
     fail("--tokenizer ", cfg.tokenizer, " disagrees with --data token file '", cfg.data, "', which was prepared ",
          tokenizer_name(h.tokenizer), "-level: pass --tokenizer ", tokenizer_name(h.tokenizer));
@@ -336,7 +351,7 @@ Dataset dataset_from_token_file(const Config& cfg, TokenizerKind kind) {
       fail("vocabulary file '", vocab_path, "' does not match --data token file '", cfg.data,
            "' (same size, different words or order): they come from different preparations");
   }
-  ds.source = token_file_summary(train);
+  ds.source = train.summary;
   const std::string train_label = "'" + cfg.data + "'";
   std::string train_what = "training data " + train_label, val_what;
   if (cfg.val_data.empty()) {
@@ -346,25 +361,33 @@ Dataset dataset_from_token_file(const Config& cfg, TokenizerKind kind) {
     frac << cfg.val_fraction;
     train_what = "training split of " + train_label + " (all but the last --val-fraction " + frac.str() + ")";
     val_what = "validation split of " + train_label + " (the last --val-fraction " + frac.str() + ")";
-    const size_t n = train.size();
+    const size_t n = train.tokens.size();
     const auto n_val = static_cast<size_t>(std::llround(static_cast<double>(n) * cfg.val_fraction));
-    ds.train = train.tokens(0, n - n_val);
-    ds.val = train.tokens(n - n_val, n_val);
-  } else if (token_file_detect(cfg.val_data)) {
-    const TokenFile val(cfg.val_data, "--val-data");
-    const TokenFileHeader& vh = val.header();
+    ds.train = train.tokens.slice(0, n - n_val);
+    ds.val = train.tokens.slice(n - n_val, n_val);
+    if (kind == TokenizerKind::byte) {
+      ds.train_bytes = static_cast<double>(n - n_val);
+      ds.val_bytes = static_cast<double>(n_val);
+    }
+  } else if (prepared_detect(cfg.val_data)) {
+    const PreparedSplit val = prepared_open(cfg.val_data, "--val-data");
+    const TokenFileHeader& vh = val.header;
     if (vh.tokenizer != h.tokenizer || vh.vocab_size != h.vocab_size || vh.vocab_hash != h.vocab_hash)
       fail("--val-data token file '", cfg.val_data, "' (", tokenizer_name(vh.tokenizer), "-level, V=", vh.vocab_size,
            ") was prepared with a different vocabulary than --data '", cfg.data, "' (", tokenizer_name(h.tokenizer),
            "-level, V=", h.vocab_size, "): prepare both in one uoe-prepare run");
-    ds.train = train.tokens(0, train.size());
-    ds.val = val.tokens(0, val.size());
-    ds.source += " (validation: " + token_file_summary(val) + ")";
+    ds.train = train.tokens;
+    ds.val = val.tokens;
+    ds.train_bytes = train.source_bytes;
+    ds.val_bytes = val.source_bytes;
+    ds.source += " (validation: " + val.summary + ")";
     val_what = "validation data '" + cfg.val_data + "'";
   } else {
     // Validation text, tokenized with the prepared vocabulary (unknown words -> <unk> = 0).
     const std::string val_text = text_file_read(cfg.val_data, "--val-data");
-    ds.train = train.tokens(0, train.size());
+    ds.train = train.tokens;
+    ds.train_bytes = train.source_bytes;
+    ds.val_bytes = static_cast<double>(val_text.size());
     if (kind == TokenizerKind::byte) {
       ds.val = byte_ids(val_text);
     } else if (kind == TokenizerKind::sentencepiece) {
@@ -390,12 +413,12 @@ std::string data_read_text(const std::string& path, const char* option) { return
 Dataset data_load(const Config& cfg) {
   const TokenizerKind kind = tokenizer_parse(cfg.tokenizer);
   const bool builtin = cfg.data.empty();
-  if (!builtin && token_file_detect(cfg.data)) return dataset_from_token_file(cfg, kind);
+  if (!builtin && prepared_detect(cfg.data)) return dataset_from_token_file(cfg, kind);
   if (kind == TokenizerKind::sentencepiece)
     fail("--tokenizer sentencepiece reads prepared token files only: prepare the text with uoe-prepare --tokenizer "
-         "sentencepiece (it trains or takes the model), then train with --data PREFIX.train.tok --val-data "
-         "PREFIX.val.tok");
-  if (!cfg.val_data.empty() && token_file_detect(cfg.val_data))
+         "sentencepiece (it trains or takes the model), then train with --data PREFIX.train.idx --val-data "
+         "PREFIX.val.idx");
+  if (!cfg.val_data.empty() && prepared_detect(cfg.val_data))
     fail("--val-data '", cfg.val_data, "' is a prepared token file but --data ",
          builtin ? std::string("is the built-in corpus") : "'" + cfg.data + "' is text",
          ": token ids mean something only with the vocabulary they were prepared with; prepare both with "
@@ -646,7 +669,19 @@ std::string data_builtin_corpus() {
 // ---------------------------------------------------------------------------------------------
 // Windows
 
-void data_sample_batch(const std::vector<int32_t>& tokens, int T, int B, uint64_t seed,
+namespace {
+
+// inputs[t] = tokens[start + t], targets[t] = tokens[start + t + 1], t < T: one read of T + 1 ids
+// (checked against V where they come from a mapped file).
+void window_copy(const TokenStream& tokens, size_t start, int T, int32_t* inputs, int32_t* targets) {
+  tokens.copy(start, static_cast<size_t>(T), inputs);
+  std::copy(inputs + 1, inputs + T, targets);
+  targets[T - 1] = tokens.at(start + static_cast<size_t>(T));
+}
+
+}  // namespace
+
+void data_sample_batch(const TokenStream& tokens, int T, int B, uint64_t seed,
                        uint64_t step, uint64_t slot, int32_t* inputs, int32_t* targets) {
   // Counter layout (step << 32) | (slot << 16) | b: each field must fit its bits, or two
   // different (step, slot, b) would draw the same window.
@@ -666,9 +701,7 @@ void data_sample_batch(const std::vector<int32_t>& tokens, int T, int B, uint64_
   for (int b = 0; b < B; ++b) {
     const uint64_t counter = (step << 32) | (slot << 16) | static_cast<uint64_t>(b);
     const size_t start = rng_below(seed, stream, counter, n_starts);
-    const int32_t* src = tokens.data() + start;
-    std::copy(src, src + T, inputs + static_cast<size_t>(b) * T);
-    std::copy(src + 1, src + 1 + T, targets + static_cast<size_t>(b) * T);
+    window_copy(tokens, start, T, inputs + static_cast<size_t>(b) * T, targets + static_cast<size_t>(b) * T);
   }
 }
 
@@ -678,17 +711,23 @@ int64_t data_val_window_count(size_t n_tokens, int T) {
   return static_cast<int64_t>((n_tokens - 1) / static_cast<size_t>(T));
 }
 
-void data_val_windows(const std::vector<int32_t>& tokens, int T, int64_t first, int count,
+int64_t data_eval_window(int64_t i, int64_t n_eval, int64_t total) {
+  if (n_eval < 1 || n_eval > total || i < 0 || i >= n_eval)
+    fail("data_eval_window: window ", i, " of ", n_eval, " evaluated out of ", total, " is out of range");
+  // 128-bit product: i · total exceeds 64 bits for splits of more than 2^31 windows.
+  return static_cast<int64_t>(static_cast<unsigned __int128>(i) * static_cast<uint64_t>(total) /
+                              static_cast<uint64_t>(n_eval));
+}
+
+void data_val_windows(const TokenStream& tokens, int T, int64_t first, int count,
                       int32_t* inputs, int32_t* targets) {
   const int64_t total = data_val_window_count(tokens.size(), T);
   if (first < 0 || count < 0 || first > total - count)
     fail("data_val_windows: windows [", first, ", ", first + count, ") are outside the ", total,
          " validation windows of --seq-len ", T);
-  for (int w = 0; w < count; ++w) {
-    const int32_t* src = tokens.data() + static_cast<size_t>(first + w) * T;
-    std::copy(src, src + T, inputs + static_cast<size_t>(w) * T);
-    std::copy(src + 1, src + 1 + T, targets + static_cast<size_t>(w) * T);
-  }
+  for (int w = 0; w < count; ++w)
+    window_copy(tokens, static_cast<size_t>(first + w) * T, T, inputs + static_cast<size_t>(w) * T,
+                targets + static_cast<size_t>(w) * T);
 }
 
 }  // namespace uoe

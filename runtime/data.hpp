@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "runtime/config.hpp"
+#include "runtime/token_stream.hpp"
 
 namespace uoe {
 
@@ -40,9 +41,14 @@ struct Vocab {
 
 struct Dataset {
   Vocab vocab;
-  std::vector<int32_t> train;  // [n_train] token ids of the training split
-  std::vector<int32_t> val;    // [n_val] token ids of the validation split
-  std::string source;          // human description: path(s) or "built-in corpus"
+  TokenStream train;   // [n_train] token ids of the training split (a view of the mapped file when prepared)
+  TokenStream val;     // [n_val] token ids of the validation split
+  // Bytes of the original text each split was tokenized from (0 = unknown), for val_bpb: byte level
+  // one per token; word level from the text (a split by token count ends where its last token
+  // ends, so the bytes between tokens count with the token after them); prepared data from the
+  // shard index (runtime/token_file.hpp) or, byte level, the token count.
+  double train_bytes = 0, val_bytes = 0;
+  std::string source;  // human description: path(s) or "built-in corpus"
 };
 
 // Loads per cfg: cfg.data empty -> built-in corpus; cfg.val_data empty -> the last
@@ -55,23 +61,27 @@ struct Dataset {
 // Vocabulary built from the TRAINING split only: "<unk>" = 0, then words by descending frequency,
 // ties broken by byte-wise string order; validation words not in it map to 0.
 // Throws uoe::Error naming the file/option and what is wrong: unknown --tokenizer, missing or
-// unreadable file, a directory, an empty file, or a split shorter than seq_len + 1 tokens.
+// unreadable file, a directory, an empty file, a binary file (a NUL byte: text never has one), or a
+// split shorter than seq_len + 1 tokens.
 //
-// Prepared token files (uoe-prepare; format in runtime/token_file.hpp) are recognised by their
-// magic ("UOETOK01") or a name ending in ".tok", memory-mapped, checked and converted to the same
-// int32 streams as the text they came from (so training on either gives the same losses):
+// Prepared token files and shard indexes (uoe-prepare; formats in runtime/token_file.hpp) are
+// recognised by their magic ("UOETOK01", "uoe-token-index") or a name ending in ".tok" / ".idx",
+// memory-mapped and read in place: the streams are views of the mapped pages (no copy; an index's
+// shards concatenated), holding the same ids as the text they came from (so training on either
+// gives the same losses). Ids are checked where windows read them. X and Y below are a .tok file
+// or an index alike:
 //   --data X.tok [no --val-data]   the last round(n * val_fraction) tokens are validation, as for text;
 //   --data X.tok --val-data Y.tok  both must come from one preparation (same tokenizer, V, vocabulary);
 //   --data X.tok --val-data text   the text is tokenized with X's vocabulary (unknown words -> 0);
 //   --data text --val-data Y.tok   refused (Y's ids belong to another vocabulary).
 // --tokenizer must match the file's tokenizer. Word level reads the vocabulary (V and the words)
 // from vocab_path_for(X) and checks its size and hash against X's header. A foreign or damaged
-// file (magic, version, dtype, truncated, size disagreeing with the token count, an id >= V) is a
-// uoe::Error naming the file and what is wrong.
+// file (magic, version, dtype, truncated, size disagreeing with the token count) is a uoe::Error
+// naming the file and what is wrong at load; an id >= V when a window reads it (TokenStream::copy).
 Dataset data_load(const Config& cfg);
 
 // The whole file, read in binary mode. Throws uoe::Error naming `option` (e.g. "--data") and the
-// path when it is missing, a directory, unreadable or empty.
+// path when it is missing, a directory, unreadable, empty or binary (it holds a NUL byte).
 std::string data_read_text(const std::string& path, const char* option);
 
 // Same, from in-memory text (used by data_load and tests). val_text == nullptr -> split
@@ -91,18 +101,23 @@ std::string data_builtin_corpus();
 // start_b = rng_below(seed, rng_stream("data.window"), (step << 32) | (slot << 16) | b, n - T):
 // the counter layout is collision-free because b < 2^16, slot < 2^16 and step < 2^32 (checked).
 // Requires tokens.size() >= T + 1. inputs, targets: [B, T].
-void data_sample_batch(const std::vector<int32_t>& tokens, int T, int B, uint64_t seed,
+void data_sample_batch(const TokenStream& tokens, int T, int B, uint64_t seed,
                        uint64_t step, uint64_t slot, int32_t* inputs, int32_t* targets);
 
 // Number of validation windows of T inputs over n tokens: (n - 1) / T (partial tail dropped);
 // 0 when n < T + 1.
 int64_t data_val_window_count(size_t n_tokens, int T);
 
+// The evaluation budget: the i-th of n_eval windows spread evenly over `total` validation windows
+// is window floor(i · total / n_eval), 0 <= i < n_eval <= total: the same windows at every
+// evaluation, covering the split from its start to its end; n_eval = total is every window in order.
+int64_t data_eval_window(int64_t i, int64_t n_eval, int64_t total);
+
 // Fills `count` validation windows starting at window index `first`: window w has
 // inputs[(w - first)*T + t] = tokens[w*T + t] and targets[...] = tokens[w*T + t + 1].
 // Requires 0 <= first, 0 <= count, first + count <= data_val_window_count(tokens.size(), T).
 // inputs, targets: [count, T].
-void data_val_windows(const std::vector<int32_t>& tokens, int T, int64_t first, int count,
+void data_val_windows(const TokenStream& tokens, int T, int64_t first, int count,
                       int32_t* inputs, int32_t* targets);
 
 }  // namespace uoe

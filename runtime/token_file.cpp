@@ -11,8 +11,11 @@
 #include <bit>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string_view>
 #include <unordered_set>
@@ -54,8 +57,9 @@ MappedFile::MappedFile(const std::string& path, const char* option) {
       size_ = 0;
       fail(option, " file '", path, "' cannot be memory-mapped (", std::strerror(err), ")");
     }
+    // No madvise: training reads random windows, evaluation consecutive ones; the kernel's default
+    // readahead serves both, and the pages stay shared in the page cache by every rank of a node.
     data_ = static_cast<const unsigned char*>(p);
-    ::madvise(p, size_, MADV_SEQUENTIAL);  // read front to back once (a hint; failure is harmless)
   }
   ::close(fd);  // the mapping keeps the file
 }
@@ -144,9 +148,9 @@ bool ends_with(std::string_view s, std::string_view suffix) {
 // TokenFile
 
 TokenFile::TokenFile(const std::string& path, const char* option)
-    : path_(path), option_(option), map_(path, option) {
-  const unsigned char* p = map_.data();
-  const size_t size = map_.size();
+    : path_(path), option_(option), map_(std::make_shared<const MappedFile>(path, option)) {
+  const unsigned char* p = map_->data();
+  const size_t size = map_->size();
   const std::string where = std::string(option) + " token file '" + path + "'";
   if (size < 8 || std::memcmp(p, kTokenFileMagic, 8) != 0)
     fail(where, ": not a uoe token file (it starts with \"", bytes_shown(p, std::min<size_t>(size, 8)),
@@ -186,7 +190,7 @@ TokenFile::TokenFile(const std::string& path, const char* option)
 
 void TokenFile::copy_tokens(size_t begin, size_t count, int32_t* out) const {
   UOE_ASSERT(begin <= size() && count <= size() - begin, "tokens [", begin, ", ", begin + count, ") of ", size());
-  const unsigned char* src = map_.data() + kTokenFileHeaderBytes + begin * header_.dtype_bytes;
+  const unsigned char* src = map_->data() + kTokenFileHeaderBytes + begin * header_.dtype_bytes;
   const uint32_t V = header_.vocab_size;
   uint32_t bad = 0;  // OR of (id >= V) flags: one branch per file, not per token
   if (header_.dtype_bytes == 2) {
@@ -220,6 +224,13 @@ std::vector<int32_t> TokenFile::tokens(size_t begin, size_t count) const {
   return out;
 }
 
+TokenStream TokenFile::stream(size_t begin, size_t count) const {
+  UOE_ASSERT(begin <= size() && count <= size() - begin, "tokens [", begin, ", ", begin + count, ") of ", size());
+  const uint64_t offset = kTokenFileHeaderBytes + begin * header_.dtype_bytes;
+  return TokenStream::mapped(map_, map_->data() + offset, count, header_.dtype_bytes, header_.vocab_size,
+                             std::string(option_) + " token file '" + path_ + "'", begin, offset);
+}
+
 bool token_file_detect(const std::string& path) {
   if (ends_with(path, ".tok")) return true;
   std::ifstream in(path, std::ios::binary);
@@ -234,8 +245,22 @@ bool token_file_detect(const std::string& path) {
 // Files are replaced atomically and durably (runtime/atomic_file.hpp: a temporary in the same
 // directory, fsync, rename over the target, fsync of the directory).
 
-void token_file_write(const std::string& path, const int32_t* tokens, size_t n, TokenizerKind tokenizer,
-                      uint32_t vocab_size, uint64_t vocab_hash) {
+namespace {
+
+// FNV-1a 64 of bytes: the shard index's header checksum.
+uint64_t fnv1a(const unsigned char* p, size_t n) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (size_t i = 0; i < n; ++i) {
+    h ^= p[i];
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+
+// Writes ids [0, n) that `fill(i0, m, out)` produces in chunks; returns the encoded header.
+std::array<unsigned char, kTokenFileHeaderBytes> token_file_write_chunks(
+    const std::string& path, size_t n, TokenizerKind tokenizer, uint32_t vocab_size, uint64_t vocab_hash,
+    const std::function<void(size_t, size_t, int32_t*)>& fill) {
   if (vocab_size == 0) fail("token file '", path, "': vocabulary size 0");
   TokenFileHeader h;
   h.dtype_bytes = vocab_size <= 65536 ? 2 : 4;
@@ -247,12 +272,15 @@ void token_file_write(const std::string& path, const int32_t* tokens, size_t n, 
   const auto header = header_encode(h);
   out.write(header.data(), header.size());
   std::vector<unsigned char> buf;
+  std::vector<int32_t> ids;
   constexpr size_t kChunk = size_t{1} << 20;
   for (size_t i0 = 0; i0 < n; i0 += kChunk) {
     const size_t m = std::min(kChunk, n - i0);
     buf.resize(m * h.dtype_bytes);
+    ids.resize(m);
+    fill(i0, m, ids.data());
     for (size_t i = 0; i < m; ++i) {
-      const int32_t id = tokens[i0 + i];
+      const int32_t id = ids[i];
       if (id < 0 || static_cast<uint32_t>(id) >= vocab_size)
         fail("token file '", path, "': token ", i0 + i, " has id ", id, ", outside the vocabulary [0, ", vocab_size, ")");
       if (h.dtype_bytes == 2) store_le<uint16_t>(buf.data() + 2 * i, static_cast<uint16_t>(id));
@@ -261,6 +289,16 @@ void token_file_write(const std::string& path, const int32_t* tokens, size_t n, 
     out.write(buf.data(), buf.size());
   }
   out.commit();
+  return header;
+}
+
+}  // namespace
+
+void token_file_write(const std::string& path, const int32_t* tokens, size_t n, TokenizerKind tokenizer,
+                      uint32_t vocab_size, uint64_t vocab_hash) {
+  token_file_write_chunks(path, n, tokenizer, vocab_size, vocab_hash, [tokens](size_t i0, size_t m, int32_t* out) {
+    std::copy(tokens + i0, tokens + i0 + m, out);
+  });
 }
 
 uint64_t vocab_hash(const Vocab& vocab) {
@@ -281,9 +319,13 @@ uint64_t vocab_hash(const Vocab& vocab) {
 
 namespace {
 
-// The token file's prefix: without ".tok" and a following ".train", ".val" or ".test".
+// The prefix of a token file or index: without ".tok" or ".idx", a shard number "-NNNNN" (five or
+// more digits) and a following ".train", ".val" or ".test".
 std::string_view token_prefix(std::string_view p) {
-  if (ends_with(p, ".tok")) p.remove_suffix(4);
+  if (ends_with(p, ".tok") || ends_with(p, ".idx")) p.remove_suffix(4);
+  size_t digits = 0;
+  while (digits < p.size() && p[p.size() - 1 - digits] >= '0' && p[p.size() - 1 - digits] <= '9') ++digits;
+  if (digits >= 5 && digits < p.size() && p[p.size() - 1 - digits] == '-') p.remove_suffix(digits + 1);
   for (std::string_view split : {".train", ".val", ".test"})
     if (ends_with(p, split)) {
       p.remove_suffix(split.size());
@@ -380,23 +422,222 @@ Vocab vocab_text_parse(std::string_view text, const std::string& source) {
   return vocab;
 }
 
-std::vector<std::string> token_files_write(const Dataset& ds, const std::string& prefix) {
+// ---------------------------------------------------------------------------------------------
+// Shards and their index
+
+namespace {
+
+constexpr const char* kIndexMagic = "uoe-token-index";
+constexpr int kIndexVersion = 1;
+
+std::string hex16(uint64_t v) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+std::string shard_name(const std::string& stem_name, size_t i, size_t count) {
+  if (count == 1) return stem_name + ".tok";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "-%05zu", i);
+  return stem_name + buf + ".tok";
+}
+
+struct ShardLine {
+  uint64_t tokens = 0, file_bytes = 0, header_hash = 0;
+  std::string name;
+};
+
+}  // namespace
+
+std::vector<std::string> token_shards_write(const std::string& stem, const TokenStream& ids, TokenizerKind tokenizer,
+                                            uint32_t vocab_size, uint64_t vocab_hash, uint64_t shard_bytes,
+                                            double source_bytes) {
+  namespace fs = std::filesystem;
+  const uint64_t dtype = vocab_size <= 65536 ? 2 : 4;
+  const uint64_t per_shard = std::max<uint64_t>(1, shard_bytes / dtype);  // tokens per shard
+  const size_t n = ids.size();
+  const size_t count = n == 0 ? 1 : static_cast<size_t>((n + per_shard - 1) / per_shard);
+  const fs::path stem_path(stem);
+  const std::string dir = stem_path.parent_path().string();
+  const std::string stem_name = stem_path.filename().string();
+  std::vector<std::string> shards;
+  std::vector<ShardLine> lines;
+  try {
+    for (size_t i = 0; i < count; ++i) {
+      const size_t begin = i * per_shard, m = std::min<size_t>(per_shard, n - begin);
+      ShardLine line;
+      line.name = shard_name(stem_name, i, count);
+      const std::string path = dir.empty() ? line.name : dir + "/" + line.name;
+      const auto header = token_file_write_chunks(path, m, tokenizer, vocab_size, vocab_hash,
+                                                  [&](size_t i0, size_t k, int32_t* out) { ids.copy(begin + i0, k, out); });
+      shards.push_back(path);
+      line.tokens = m;
+      line.file_bytes = kTokenFileHeaderBytes + m * dtype;
+      line.header_hash = fnv1a(header.data(), header.size());
+      lines.push_back(std::move(line));
+    }
+    std::ostringstream idx;
+    idx << kIndexMagic << ' ' << kIndexVersion << '\n'
+        << "tokenizer " << static_cast<unsigned>(tokenizer) << '\n'
+        << "vocab_size " << vocab_size << '\n'
+        << "vocab_hash " << hex16(vocab_hash) << '\n'
+        << "dtype " << dtype << '\n'
+        << "tokens " << n << '\n'
+        << "source_bytes " << static_cast<uint64_t>(source_bytes) << '\n'
+        << "shards " << lines.size() << '\n';
+    for (const ShardLine& l : lines)
+      idx << "shard " << l.tokens << ' ' << l.file_bytes << ' ' << hex16(l.header_hash) << ' ' << l.name << '\n';
+    std::vector<std::string> written = {stem + ".idx"};
+    atomic_write_file(written[0], idx.str());
+    written.insert(written.end(), shards.begin(), shards.end());
+    return written;
+  } catch (...) {
+    // Nothing half-written: each shard is whole (atomic), but without its index it is no dataset.
+    for (const std::string& p : shards) {
+      std::error_code ec;
+      fs::remove(p, ec);
+    }
+    throw;
+  }
+}
+
+std::vector<std::string> token_files_write(const Dataset& ds, const std::string& prefix, uint64_t shard_bytes) {
   const uint32_t V = static_cast<uint32_t>(ds.vocab.size());
   const uint64_t hash = vocab_hash(ds.vocab);
-  std::vector<std::string> written;
-  if (ds.vocab.kind == TokenizerKind::word) {
-    written.push_back(prefix + ".vocab");
-    vocab_file_write(written.back(), ds.vocab);
-  } else if (ds.vocab.kind == TokenizerKind::sentencepiece) {
-    written.push_back(prefix + ".model");
-    AtomicFile out(written.back());
-    out.write(ds.vocab.model.data(), ds.vocab.model.size());
-    out.commit();
+  std::vector<std::string> train =
+      token_shards_write(prefix + ".train", ds.train, ds.vocab.kind, V, hash, shard_bytes, ds.train_bytes);
+  std::vector<std::string> val;
+  try {
+    val = token_shards_write(prefix + ".val", ds.val, ds.vocab.kind, V, hash, shard_bytes, ds.val_bytes);
+    if (ds.vocab.kind == TokenizerKind::word) {
+      vocab_file_write(prefix + ".vocab", ds.vocab);
+    } else if (ds.vocab.kind == TokenizerKind::sentencepiece) {
+      AtomicFile out(prefix + ".model");
+      out.write(ds.vocab.model.data(), ds.vocab.model.size());
+      out.commit();
+    }
+  } catch (...) {
+    for (const auto* files : {&train, &val})
+      for (const std::string& p : *files) {
+        std::error_code ec;
+        std::filesystem::remove(p, ec);
+      }
+    throw;
   }
-  written.insert(written.begin(), {prefix + ".train.tok", prefix + ".val.tok"});
-  token_file_write(written[0], ds.train.data(), ds.train.size(), ds.vocab.kind, V, hash);
-  token_file_write(written[1], ds.val.data(), ds.val.size(), ds.vocab.kind, V, hash);
+  std::vector<std::string> written = {train[0], val[0]};
+  if (ds.vocab.kind == TokenizerKind::word) written.push_back(prefix + ".vocab");
+  if (ds.vocab.kind == TokenizerKind::sentencepiece) written.push_back(prefix + ".model");
+  written.insert(written.end(), train.begin() + 1, train.end());
+  written.insert(written.end(), val.begin() + 1, val.end());
   return written;
+}
+
+bool token_index_detect(const std::string& path) {
+  if (ends_with(path, ".idx")) return true;
+  std::ifstream in(path, std::ios::binary);
+  char head[15] = {};
+  if (!in.read(head, sizeof head)) return false;
+  return std::memcmp(head, kIndexMagic, sizeof head) == 0;
+}
+
+PreparedSplit prepared_open(const std::string& path, const char* option) {
+  PreparedSplit out;
+  if (!token_index_detect(path)) {
+    const TokenFile f(path, option);
+    out.header = f.header();
+    out.tokens = f.stream(0, f.size());
+    if (out.header.tokenizer == TokenizerKind::byte) out.source_bytes = static_cast<double>(f.size());
+    out.summary = path + " (prepared, " + (out.header.dtype_bytes == 2 ? "uint16" : "uint32") + ")";
+    return out;
+  }
+  namespace fs = std::filesystem;
+  const MappedFile map(path, option);
+  const std::string_view text(reinterpret_cast<const char*>(map.data()), map.size());
+  const std::string where = std::string(option) + " shard index '" + path + "'";
+  if (text.empty()) fail(where, ": empty file");
+  std::vector<std::string_view> lines;
+  for (size_t i = 0; i < text.size();) {
+    size_t end = text.find('\n', i);
+    if (end == std::string_view::npos) end = text.size();
+    lines.push_back(text.substr(i, end - i));
+    i = end + 1;
+  }
+  size_t at = 0;
+  // "key value" on line `at`; the value as text.
+  auto field = [&](std::string_view key) -> std::string {
+    if (at >= lines.size()) fail(where, ": ends before the '", key, "' line (a truncated index?)");
+    const std::string_view line = lines[at++];
+    if (line.size() <= key.size() || line.substr(0, key.size()) != key || line[key.size()] != ' ')
+      fail(where, " line ", at, ": expected '", key, " ...', found '", line.substr(0, 60), "'");
+    return std::string(line.substr(key.size() + 1));
+  };
+  auto number = [&](std::string_view key, int base = 10) -> uint64_t {
+    const std::string v = field(key);
+    char* end = nullptr;
+    errno = 0;
+    const unsigned long long x = std::strtoull(v.c_str(), &end, base);
+    if (v.empty() || *end != '\0' || errno != 0 || v[0] == '-')
+      fail(where, " line ", at, ": '", key, "' is not a number: '", v, "'");
+    return x;
+  };
+  if (lines[0].substr(0, std::string_view(kIndexMagic).size()) != kIndexMagic)
+    fail(where, ": not a uoe shard index (the first line is not '", kIndexMagic, " 1'); prepare data with uoe-prepare");
+  const uint64_t version = number(kIndexMagic);
+  if (version != kIndexVersion)
+    fail(where, ": index version ", version, " is not supported (this build reads version ", kIndexVersion, ")");
+  const uint64_t tokenizer = number("tokenizer");
+  const uint64_t vocab_size = number("vocab_size");
+  const uint64_t vhash = number("vocab_hash", 16);
+  const uint64_t dtype = number("dtype");
+  const uint64_t total = number("tokens");
+  out.source_bytes = static_cast<double>(number("source_bytes"));
+  const uint64_t count = number("shards");
+  if (count == 0 || count > lines.size()) fail(where, ": ", count, " shards listed, but ", lines.size() - at, " lines follow");
+  const std::string dir = fs::path(path).parent_path().string();
+  uint64_t sum = 0;
+  for (uint64_t i = 0; i < count; ++i) {
+    ShardLine l;
+    const std::string v = field("shard");
+    std::istringstream in(v);
+    std::string hash_hex;
+    if (!(in >> l.tokens >> l.file_bytes >> hash_hex) || in.get() != ' ' || !std::getline(in, l.name) || l.name.empty() ||
+        l.name.find('/') != std::string::npos)
+      fail(where, " line ", at, ": expected 'shard TOKENS BYTES HEADER_HASH NAME' with a file name in the index's directory");
+    l.header_hash = std::strtoull(hash_hex.c_str(), nullptr, 16);
+    const std::string shard_path = dir.empty() ? l.name : dir + "/" + l.name;
+    const std::string shard_where = where + ", shard " + std::to_string(i) + " '" + shard_path + "'";
+    std::error_code ec;
+    if (!fs::exists(shard_path, ec)) fail(shard_where, ": missing (the index lists it; copy every shard with the index)");
+    const uint64_t size = fs::file_size(shard_path, ec);
+    if (ec || size != l.file_bytes)
+      fail(shard_where, ": ", size, " bytes where the index says ", l.file_bytes, " (", size < l.file_bytes ? "truncated" : "grown",
+           "; a partial copy or a file from another preparation?)");
+    const TokenFile f(shard_path, option);
+    {
+      std::array<unsigned char, kTokenFileHeaderBytes> raw{};
+      std::ifstream h(shard_path, std::ios::binary);
+      h.read(reinterpret_cast<char*>(raw.data()), raw.size());
+      if (fnv1a(raw.data(), raw.size()) != l.header_hash)
+        fail(shard_where, ": its header checksum differs from the index's (a shard of another preparation?)");
+    }
+    const TokenFileHeader& fh = f.header();
+    if (static_cast<uint64_t>(fh.tokenizer) != tokenizer || fh.vocab_size != vocab_size || fh.vocab_hash != vhash ||
+        fh.dtype_bytes != dtype || fh.tokens != l.tokens)
+      fail(shard_where, ": header (tokenizer ", static_cast<unsigned>(fh.tokenizer), ", V=", fh.vocab_size, ", dtype ",
+           fh.dtype_bytes, ", ", fh.tokens, " tokens) disagrees with the index (tokenizer ", tokenizer, ", V=", vocab_size,
+           ", dtype ", dtype, ", ", l.tokens, " tokens)");
+    if (i == 0) out.header = fh;
+    out.tokens.append(f.stream(0, f.size()));
+    sum += l.tokens;
+  }
+  if (at != lines.size() && !(at + 1 == lines.size() && lines[at].empty()))
+    fail(where, " line ", at + 1, ": unexpected text after the ", count, " shard lines");
+  if (sum != total) fail(where, ": the shards hold ", sum, " tokens but the index says ", total);
+  out.header.tokens = total;
+  out.summary = path + " (prepared, " + std::to_string(count) + (count == 1 ? " shard, " : " shards, ") +
+                (dtype == 2 ? "uint16" : "uint32") + ")";
+  return out;
 }
 
 }  // namespace uoe

@@ -20,6 +20,30 @@
 //
 // The file size must be exactly 40 + n·dtype. Readers memory-map the file (read-only, RAII).
 //
+// Sharded datasets: uoe-prepare writes each split as shards of at most --shard-size bytes of tokens
+// (whole token files, format above, all with the same header fields but the token count) and an
+// index, STEM.idx, that lists them. A split that fits in one shard is written as STEM.tok (a plain
+// token file, readable without its index); more shards are STEM-00000.tok, STEM-00001.tok, ...
+// Index file (text, one field a line, "key value"; names are file names in the index's directory):
+//
+//   uoe-token-index 1                 magic and version
+//   tokenizer 0                       the shards' header fields: tokenizer code, V, vocab_hash
+//   vocab_size 256                    (hex, 16 digits), dtype (bytes per id)
+//   vocab_hash 0000000000000000
+//   dtype 2
+//   tokens 1234567                    total tokens, the sum over the shards
+//   source_bytes 1234567              bytes of the text the split was tokenized from (val_bpb)
+//   shards 2                          then one line per shard, in stream order:
+//   shard 1000000 2000040 5d1c...e3 corpus.train-00000.tok
+//                                     tokens, file size in bytes, FNV-1a 64 (hex) of its 40 header
+//                                     bytes, file name (the rest of the line)
+//
+// A reader opens every shard and checks it against its line (exists, size, header checksum, token
+// count) and the header fields against the index's, so a missing, truncated or foreign shard is an
+// error naming the index and the shard. The split's token stream is the shards concatenated in
+// order; training windows are drawn over that stream as over one file (a window may straddle two
+// shards), so a one-shard dataset, or N shards holding one file's tokens, trains bitwise as that file.
+//
 // Vocabulary file (word level; PREFIX.vocab next to PREFIX.train.tok / PREFIX.val.tok): UTF-8 or any
 // bytes, one word per line, id = line number counted from 0 (line 1 is "<unk>", id 0). A backslash
 // escapes: "\\" is a backslash, "\n" a newline (the newline token itself is written as the two
@@ -30,11 +54,13 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "runtime/data.hpp"
+#include "runtime/token_stream.hpp"
 
 namespace uoe {
 
@@ -73,7 +99,8 @@ class MappedFile {
 };
 
 // An opened token file: header checked against the file size, tokens memory-mapped. Token ids are
-// checked against the vocabulary size when copied out (copy_tokens), the one pass that reads them.
+// checked against the vocabulary size where they are read: copy_tokens, or the TokenStream views
+// (stream) that training windows are cut from.
 class TokenFile {
  public:
   // Throws uoe::Error naming `option` (e.g. "--data"), the file and what is wrong: not a token
@@ -89,11 +116,13 @@ class TokenFile {
   // the first id >= vocab_size (a corrupt file).
   void copy_tokens(size_t begin, size_t count, int32_t* out) const;
   std::vector<int32_t> tokens(size_t begin, size_t count) const;
+  // Tokens [begin, begin + count) as a view of the mapped pages (no copy; the view keeps the map).
+  TokenStream stream(size_t begin, size_t count) const;
 
  private:
   std::string path_;
   const char* option_;
-  MappedFile map_;
+  std::shared_ptr<const MappedFile> map_;
   TokenFileHeader header_;
 };
 
@@ -112,8 +141,9 @@ void token_file_write(const std::string& path, const int32_t* tokens, size_t n, 
 // tokenizer_bytes_hash() of the model's bytes.
 uint64_t vocab_hash(const Vocab& vocab);
 
-// The vocabulary file of a token file: the path without ".tok", without a following ".train",
-// ".val" or ".test", plus ".vocab" (data/wt103.train.tok -> data/wt103.vocab).
+// The vocabulary file of a token file or index: the path without ".tok" or ".idx", without a shard
+// number "-NNNNN", without a following ".train", ".val" or ".test", plus ".vocab"
+// (data/wt103.train.tok, data/wt103.train.idx, data/wt103.train-00003.tok -> data/wt103.vocab).
 std::string vocab_path_for(const std::string& token_path);
 
 // The same with ".model": the SentencePiece model of a sentencepiece-level token file.
@@ -127,8 +157,33 @@ Vocab vocab_file_read(const std::string& path);
 std::string vocab_file_text(const Vocab& vocab);
 Vocab vocab_text_parse(std::string_view text, const std::string& source);
 
-// What uoe-prepare writes for a dataset: PREFIX.train.tok, PREFIX.val.tok and, word level,
-// PREFIX.vocab, sentencepiece level, PREFIX.model. Returns the paths written, in that order.
-std::vector<std::string> token_files_write(const Dataset& ds, const std::string& prefix);
+// What uoe-prepare writes for a dataset: the train and validation splits as shards and an index
+// each (STEM = PREFIX.train, PREFIX.val; see "Sharded datasets" above) and, word level, PREFIX.vocab,
+// sentencepiece level, PREFIX.model. Returns the index paths, then the vocabulary's or the model's,
+// then every shard's. The writes are
+// atomic; when one fails the shards this call wrote are removed again.
+inline constexpr uint64_t kDefaultShardBytes = 1'000'000'000;  // 1 GB of token ids per shard
+std::vector<std::string> token_files_write(const Dataset& ds, const std::string& prefix,
+                                           uint64_t shard_bytes = kDefaultShardBytes);
+
+// One split written as shards + index (STEM.idx and STEM.tok or STEM-NNNNN.tok). Returns the index
+// path, then the shards'. `source_bytes`: bytes of the text the ids came from (0 = unknown).
+std::vector<std::string> token_shards_write(const std::string& stem, const TokenStream& ids, TokenizerKind tokenizer,
+                                            uint32_t vocab_size, uint64_t vocab_hash, uint64_t shard_bytes,
+                                            double source_bytes);
+
+// True when `path` is a shard index: it starts with "uoe-token-index", or its name ends in ".idx".
+bool token_index_detect(const std::string& path);
+
+// An opened prepared split: a token file or a shard index with all its shards.
+struct PreparedSplit {
+  TokenFileHeader header;  // the shards' common fields; tokens = the total
+  TokenStream tokens;      // the shards concatenated (views of the mapped files)
+  double source_bytes = 0; // from the index (0 = unknown; a byte-level token file: its token count)
+  std::string summary;     // for the log: path, dtype, shard count
+};
+// Opens `path` (a .tok file or an index, by token_index_detect); errors name `option`, the index and
+// the shard: a missing, truncated or foreign shard, a header disagreeing with the index, a bad line.
+PreparedSplit prepared_open(const std::string& path, const char* option);
 
 }  // namespace uoe

@@ -63,13 +63,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   UOE_FUZZ_CHECK(kind == uoe::TokenizerKind::byte ? V == 256 : V >= 1 && ds.vocab.words[0] == "<unk>");
   const size_t need = static_cast<size_t>(seq_len) + 1;
   UOE_FUZZ_CHECK(ds.train.size() >= need && ds.val.size() >= need);
-  for (const auto* split : {&ds.train, &ds.val})
+  const std::vector<int32_t> train = ds.train.to_vector(), val = ds.val.to_vector();
+  for (const auto* split : {&train, &val})
     for (int32_t id : *split) UOE_FUZZ_CHECK(id >= 0 && id < V);
   if (kind == uoe::TokenizerKind::byte) {
     if (!has_val) UOE_FUZZ_CHECK(ds.train.size() + ds.val.size() == train_text.size());
-    UOE_FUZZ_CHECK(ds.vocab.decode(ds.train.data(), ds.train.size()) == train_text.substr(0, ds.train.size()));
+    UOE_FUZZ_CHECK(ds.vocab.decode(train.data(), train.size()) == train_text.substr(0, train.size()));
   } else {
-    (void)ds.vocab.decode(ds.train.data(), ds.train.size());
+    (void)ds.vocab.decode(train.data(), train.size());
   }
 
   // Consumers of the counts: every validation window, and a batch of training windows.

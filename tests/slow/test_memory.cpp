@@ -49,7 +49,7 @@ class ShardOnly final : public ExpertExchange {
 // the high-water mark is this training's alone, not that of whatever ran before in this process.
 // BLAS is started (threads, packing buffers) before the baseline: that is the runtime, not the
 // model. Returns −1 if the child failed.
-double training_rss_growth(const Config& cfg, const std::vector<int32_t>& tokens, int steps) {
+double training_rss_growth(const Config& cfg, const TokenStream& tokens, int steps) {
   int fd[2];
   if (pipe(fd) != 0) return -1;
   const pid_t pid = fork();

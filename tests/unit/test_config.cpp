@@ -154,6 +154,7 @@ TEST(Config, EachInvalidValueNamesItsOption) {
       {"warmup -1", [](Config& c) { c.warmup = -1; }, {"--warmup"}},
       {"eval-every -1", [](Config& c) { c.eval_every = -1; }, {"--eval-every"}},
       {"eval-batches -1", [](Config& c) { c.eval_batches = -1; }, {"--eval-batches"}},
+      {"eval-windows -1", [](Config& c) { c.eval_windows = -1; }, {"--eval-windows"}},
       {"threads -1", [](Config& c) { c.threads = -1; }, {"--threads"}},
       {"d % H", [](Config& c) { c.d_model = 130; }, {"--d-model", "--heads"}},
       {"odd head dim", [](Config& c) { c.d_model = 12; }, {"--d-model", "--heads", "even"}},
@@ -195,6 +196,7 @@ TEST(Config, ValidEdgeValuesPass) {
   c.capacity_factor = 0;  // dropless
   c.eval_every = 0;
   c.eval_batches = 0;
+  c.eval_windows = 0;
   c.threads = 0;
   c.clip = 0;
   c.min_lr = c.lr;
@@ -319,6 +321,7 @@ TEST_F(ConfigFiles, IniRoundTrip) {
   a.seed = 18446744073709551615ull;
   a.eval_every = 0;
   a.eval_batches = 3;
+  a.eval_windows = 77;
   a.log_every = 1;
   a.metrics = (dir_ / "metrics.jsonl").string();
   a.ep = 3;

@@ -61,9 +61,9 @@ TEST(DataByte, RoundTripsEveryByte) {
   EXPECT_EQ(ds.vocab.size(), 256);
   ASSERT_EQ(ds.train.size(), text.size());
   for (size_t i = 0; i < text.size(); ++i)
-    ASSERT_EQ(ds.train[i], static_cast<unsigned char>(text[i])) << "at byte " << i;
-  EXPECT_EQ(ds.vocab.decode(ds.train.data(), ds.train.size()), text);
-  EXPECT_EQ(ds.val, ds.train);
+    ASSERT_EQ(ds.train.at(i), static_cast<unsigned char>(text[i])) << "at byte " << i;
+  EXPECT_EQ(ds.vocab.decode(ds.train.to_vector().data(), ds.train.size()), text);
+  EXPECT_EQ(ds.val.to_vector(), ds.train.to_vector());
   EXPECT_EQ(ds.source, "mem");
 }
 
@@ -73,8 +73,8 @@ TEST(DataByte, SplitsByValFraction) {
   const uoe::Dataset ds = uoe::data_from_text(text, nullptr, 0.1, TokenizerKind::byte, 16, "mem");
   ASSERT_EQ(ds.train.size(), 900u);
   ASSERT_EQ(ds.val.size(), 100u);
-  EXPECT_EQ(ds.vocab.decode(ds.train.data(), ds.train.size()), text.substr(0, 900));
-  EXPECT_EQ(ds.vocab.decode(ds.val.data(), ds.val.size()), text.substr(900));
+  EXPECT_EQ(ds.vocab.decode(ds.train.to_vector().data(), ds.train.size()), text.substr(0, 900));
+  EXPECT_EQ(ds.vocab.decode(ds.val.to_vector().data(), ds.val.size()), text.substr(900));
 }
 
 TEST(DataWord, TokensAndVocabularyOrder) {
@@ -86,10 +86,10 @@ TEST(DataWord, TokensAndVocabularyOrder) {
   const std::vector<std::string> words = {"<unk>", "b", "a", "\n", ",", "c"};
   EXPECT_EQ(ds.vocab.words, words);
   EXPECT_EQ(ds.vocab.size(), 6);
-  EXPECT_EQ(ds.train, (std::vector<int32_t>{1, 2, 1, 4, 5, 3, 2, 1, 1}));
+  EXPECT_EQ(ds.train.to_vector(), (std::vector<int32_t>{1, 2, 1, 4, 5, 3, 2, 1, 1}));
   // "d" and "." never occur in training: both are <unk>.
-  EXPECT_EQ(ds.val, (std::vector<int32_t>{2, 0, 1, 0}));
-  EXPECT_EQ(ds.vocab.decode(ds.train.data(), ds.train.size()), train);
+  EXPECT_EQ(ds.val.to_vector(), (std::vector<int32_t>{2, 0, 1, 0}));
+  EXPECT_EQ(ds.vocab.decode(ds.train.to_vector().data(), ds.train.size()), train);
 }
 
 TEST(DataWord, ApostrophesDigitsPunctuationAndWhitespace) {
@@ -100,7 +100,7 @@ TEST(DataWord, ApostrophesDigitsPunctuationAndWhitespace) {
   // All counts are 1, so the order is byte-wise: '(' 0x28 < ')' 0x29 < '4' < 'c' < 'd' < 'o' < 's'.
   const std::vector<std::string> words = {"<unk>", "(", ")", "42x's", "caf\xc3\xa9", "don't", "ok", "stop"};
   EXPECT_EQ(ds.vocab.words, words);
-  EXPECT_EQ(ds.train, (std::vector<int32_t>{5, 7, 3, 1, 6, 2, 4}));
+  EXPECT_EQ(ds.train.to_vector(), (std::vector<int32_t>{5, 7, 3, 1, 6, 2, 4}));
 }
 
 TEST(DataWord, VocabularyComesFromTrainingSplitOnly) {
@@ -115,8 +115,8 @@ TEST(DataWord, VocabularyComesFromTrainingSplitOnly) {
   ASSERT_EQ(ds.train.size(), 15u);
   ASSERT_EQ(ds.val.size(), 5u);
   EXPECT_EQ(ds.vocab.size(), 16);
-  for (int32_t id : ds.train) EXPECT_GT(id, 0);
-  for (int32_t id : ds.val) EXPECT_EQ(id, 0);
+  for (int32_t id : ds.train.to_vector()) EXPECT_GT(id, 0);
+  for (int32_t id : ds.val.to_vector()) EXPECT_EQ(id, 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -268,7 +268,7 @@ TEST(DataLoad, BuiltInCorpusByDefault) {
   EXPECT_EQ(ds.source, "built-in corpus");
   EXPECT_EQ(ds.train.size() + ds.val.size(), corpus.size());
   EXPECT_EQ(ds.val.size(), static_cast<size_t>(std::llround(0.1 * static_cast<double>(corpus.size()))));
-  EXPECT_EQ(ds.vocab.decode(ds.train.data(), ds.train.size()), corpus.substr(0, ds.train.size()));
+  EXPECT_EQ(ds.vocab.decode(ds.train.to_vector().data(), ds.train.size()), corpus.substr(0, ds.train.size()));
 }
 
 TEST(DataLoad, BuiltInCorpusWordLevelHasNoUnknownValidationWords) {
@@ -277,7 +277,7 @@ TEST(DataLoad, BuiltInCorpusWordLevelHasNoUnknownValidationWords) {
   const uoe::Dataset ds = uoe::data_load(cfg);
   EXPECT_GT(ds.vocab.size(), 50);
   EXPECT_LT(ds.vocab.size(), 400);
-  for (int32_t id : ds.val) ASSERT_NE(id, 0) << "validation word unknown to the training vocabulary";
+  for (int32_t id : ds.val.to_vector()) ASSERT_NE(id, 0) << "validation word unknown to the training vocabulary";
 }
 
 TEST(DataLoad, TrainAndValidationFiles) {
@@ -292,7 +292,7 @@ TEST(DataLoad, TrainAndValidationFiles) {
   const uoe::Dataset ds = uoe::data_load(cfg);
   EXPECT_EQ(ds.train.size(), 302u);
   EXPECT_EQ(ds.val.size(), 40u);
-  EXPECT_EQ(ds.val[0], 'q');
+  EXPECT_EQ(ds.val.at(0), 'q');
   EXPECT_TRUE(contains(ds.source, train));
   EXPECT_TRUE(contains(ds.source, val));
 }

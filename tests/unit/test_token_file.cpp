@@ -180,9 +180,12 @@ TEST(TokenFileData, ByteLevelSplitEqualsText) {
   write_bytes(dir / "corpus.txt", text);
   const uoe::Dataset from_text = uoe::data_from_text(text, nullptr, 0.1, TokenizerKind::byte, 1, "mem");
   const std::vector<std::string> written = uoe::token_files_write(from_text, dir / "p");
-  ASSERT_EQ(written.size(), 2u);  // no vocabulary file at byte level
-  EXPECT_EQ(written[0], dir / "p.train.tok");
-  EXPECT_EQ(written[1], dir / "p.val.tok");
+  // Indexes, then the shards: one each (the default shard size), named as a plain token file.
+  ASSERT_EQ(written.size(), 4u);  // no vocabulary file at byte level
+  EXPECT_EQ(written[0], dir / "p.train.idx");
+  EXPECT_EQ(written[1], dir / "p.val.idx");
+  EXPECT_EQ(written[2], dir / "p.train.tok");
+  EXPECT_EQ(written[3], dir / "p.val.tok");
 
   uoe::Config cfg = small_config(8);
   cfg.data = dir / "corpus.txt";
@@ -190,11 +193,17 @@ TEST(TokenFileData, ByteLevelSplitEqualsText) {
   cfg.data = written[0];
   cfg.val_data = written[1];
   const uoe::Dataset prepared = uoe::data_load(cfg);
-  EXPECT_EQ(prepared.train, raw.train);
-  EXPECT_EQ(prepared.val, raw.val);
+  EXPECT_EQ(prepared.train.to_vector(), raw.train.to_vector());
+  EXPECT_EQ(prepared.val.to_vector(), raw.val.to_vector());
   EXPECT_EQ(prepared.vocab.size(), 256);
   EXPECT_EQ(prepared.vocab.kind, TokenizerKind::byte);
   EXPECT_TRUE(contains(prepared.source, "prepared")) << prepared.source;
+  // The one shard is a token file of its own: the same streams without the index.
+  cfg.data = written[2];
+  cfg.val_data = written[3];
+  const uoe::Dataset shard = uoe::data_load(cfg);
+  EXPECT_EQ(shard.train.to_vector(), raw.train.to_vector());
+  EXPECT_EQ(shard.val.to_vector(), raw.val.to_vector());
 }
 
 TEST(TokenFileData, WordLevelSplitEqualsText) {
@@ -206,17 +215,17 @@ TEST(TokenFileData, WordLevelSplitEqualsText) {
   cfg.data = dir / "corpus.txt";
   const uoe::Dataset raw = uoe::data_load(cfg);
   const std::vector<std::string> written = uoe::token_files_write(raw, dir / "w");
-  ASSERT_EQ(written.size(), 3u);
+  ASSERT_EQ(written.size(), 5u);
   EXPECT_EQ(written[2], dir / "w.vocab");
 
   cfg.data = written[0];
   cfg.val_data = written[1];
   const uoe::Dataset prepared = uoe::data_load(cfg);
-  EXPECT_EQ(prepared.train, raw.train);
-  EXPECT_EQ(prepared.val, raw.val);
+  EXPECT_EQ(prepared.train.to_vector(), raw.train.to_vector());
+  EXPECT_EQ(prepared.val.to_vector(), raw.val.to_vector());
   EXPECT_EQ(prepared.vocab.words, raw.vocab.words);
   EXPECT_EQ(prepared.vocab.size(), raw.vocab.size());
-  EXPECT_EQ(prepared.vocab.decode(prepared.train.data(), 12), raw.vocab.decode(raw.train.data(), 12));
+  EXPECT_EQ(prepared.vocab.decode(prepared.train.to_vector().data(), 12), raw.vocab.decode(raw.train.to_vector().data(), 12));
 }
 
 TEST(TokenFileData, SplitOfOnePreparedFileFollowsValFraction) {
@@ -228,8 +237,8 @@ TEST(TokenFileData, SplitOfOnePreparedFileFollowsValFraction) {
   cfg.data = dir / "all.tok";
   cfg.val_fraction = 0.25;
   const uoe::Dataset ds = uoe::data_load(cfg);
-  EXPECT_EQ(ds.train, std::vector<int32_t>(all.begin(), all.begin() + 750));
-  EXPECT_EQ(ds.val, std::vector<int32_t>(all.begin() + 750, all.end()));
+  EXPECT_EQ(ds.train.to_vector(), std::vector<int32_t>(all.begin(), all.begin() + 750));
+  EXPECT_EQ(ds.val.to_vector(), std::vector<int32_t>(all.begin() + 750, all.end()));
 }
 
 TEST(TokenFileData, ValidationTextIsTokenizedWithThePreparedVocabulary) {
@@ -245,9 +254,9 @@ TEST(TokenFileData, ValidationTextIsTokenizedWithThePreparedVocabulary) {
   const std::vector<std::string> written = uoe::token_files_write(raw, dir / "t");
   cfg.data = written[0];  // prepared training data, validation text
   const uoe::Dataset mixed = uoe::data_load(cfg);
-  EXPECT_EQ(mixed.train, raw.train);
-  EXPECT_EQ(mixed.val, raw.val);  // "zebra" -> <unk> = 0 in both
-  EXPECT_EQ(mixed.val[4], 0);
+  EXPECT_EQ(mixed.train.to_vector(), raw.train.to_vector());
+  EXPECT_EQ(mixed.val.to_vector(), raw.val.to_vector());  // "zebra" -> <unk> = 0 in both
+  EXPECT_EQ(mixed.val.at(4), 0);
 }
 
 // ---------------------------------------------------------------------------------------------
