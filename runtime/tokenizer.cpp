@@ -290,7 +290,9 @@ void word_vocab_limit(Dataset& ds, int64_t vocab_size, int64_t min_count) {
   if (min_count < 1) fail("--min-count must be at least 1, got ", min_count);
   const size_t V = ds.vocab.words.size();
   std::vector<int64_t> counts(V, 0);
-  for (int32_t id : ds.train) ++counts[static_cast<size_t>(id)];
+  // uoe-prepare's streams are in memory (to_vector copies them once: the words are remapped below).
+  std::vector<int32_t> train = ds.train.to_vector(), val = ds.val.to_vector();
+  for (int32_t id : train) ++counts[static_cast<size_t>(id)];
   // Ids count down by training frequency (data_from_text), so the words kept are ids [0, keep).
   size_t keep = 1;
   while (keep < V && counts[keep] >= min_count) ++keep;
@@ -303,8 +305,10 @@ void word_vocab_limit(Dataset& ds, int64_t vocab_size, int64_t min_count) {
     for (int32_t& id : ids)
       if (static_cast<size_t>(id) >= keep) id = 0;
   };
-  remap(ds.train);
-  remap(ds.val);
+  remap(train);
+  remap(val);
+  ds.train = std::move(train);
+  ds.val = std::move(val);
 }
 
 std::string tokenizer_blob(const Vocab& vocab) {

@@ -172,10 +172,10 @@ TEST(SentencePiece, TokenFilesLoadOnlyWithTheirModel) {
   ds.train = tok->encode(corpus().substr(0, 90000));
   ds.val = tok->encode(corpus().substr(90000));
   const std::vector<std::string> written = uoe::token_files_write(ds, dir / "sp");
-  ASSERT_EQ(written.size(), 3u);
+  ASSERT_EQ(written.size(), 5u);  // the two indexes, the model, a shard each
   EXPECT_EQ(written[2], dir / "sp.model");
   EXPECT_EQ(read_bytes(written[2]), ds.vocab.model);
-  const std::string head = read_bytes(written[0]).substr(0, 40);
+  const std::string head = read_bytes(written[3]).substr(0, 40);  // the training split's shard
   EXPECT_EQ(head.substr(14, 2), std::string("\x02\x00", 2));  // tokenizer 2 = sentencepiece
 
   uoe::Config cfg;
@@ -184,8 +184,8 @@ TEST(SentencePiece, TokenFilesLoadOnlyWithTheirModel) {
   cfg.data = written[0];
   cfg.val_data = written[1];
   const uoe::Dataset loaded = uoe::data_load(cfg);
-  EXPECT_EQ(loaded.train, ds.train);
-  EXPECT_EQ(loaded.val, ds.val);
+  EXPECT_EQ(loaded.train.to_vector(), ds.train.to_vector());
+  EXPECT_EQ(loaded.val.to_vector(), ds.val.to_vector());
   EXPECT_EQ(loaded.vocab.size(), 600);
   EXPECT_EQ(loaded.vocab.model, ds.vocab.model);
 
@@ -218,11 +218,12 @@ TEST(WordTokenizer, LimitKeepsTheMostFrequentWords) {
     uoe::Dataset ds = full;
     uoe::word_vocab_limit(ds, vocab_size, min_count);
     EXPECT_EQ(ds.vocab.words, full.vocab.words);
-    EXPECT_EQ(ds.train, full.train);
-    EXPECT_EQ(ds.val, full.val);
+    EXPECT_EQ(ds.train.to_vector(), full.train.to_vector());
+    EXPECT_EQ(ds.val.to_vector(), full.val.to_vector());
   }
   std::map<int32_t, int64_t> counts;
-  for (int32_t id : full.train) ++counts[id];
+  const std::vector<int32_t> full_train = full.train.to_vector(), full_val = full.val.to_vector();
+  for (int32_t id : full_train) ++counts[id];
   for (const auto& [vocab_size, min_count] : {std::pair<int64_t, int64_t>{20, 1}, {0, 50}, {30, 50}}) {
     SCOPED_TRACE(std::to_string(vocab_size) + " / " + std::to_string(min_count));
     uoe::Dataset ds = full;
@@ -238,9 +239,9 @@ TEST(WordTokenizer, LimitKeepsTheMostFrequentWords) {
     if (vocab_size == 0) {
       EXPECT_LT(counts[K], min_count) << "the first word dropped is frequent enough";
     }
-    for (size_t i = 0; i < full.train.size(); ++i)
-      ASSERT_EQ(ds.train[i], full.train[i] < K ? full.train[i] : 0) << i;
-    for (size_t i = 0; i < full.val.size(); ++i) ASSERT_EQ(ds.val[i], full.val[i] < K ? full.val[i] : 0) << i;
+    const std::vector<int32_t> train = ds.train.to_vector(), val = ds.val.to_vector();
+    for (size_t i = 0; i < full_train.size(); ++i) ASSERT_EQ(train[i], full_train[i] < K ? full_train[i] : 0) << i;
+    for (size_t i = 0; i < full_val.size(); ++i) ASSERT_EQ(val[i], full_val[i] < K ? full_val[i] : 0) << i;
   }
   uoe::Dataset ds = full;
   EXPECT_TRUE(contains(error_message([&] { uoe::word_vocab_limit(ds, 1, 1); }), "--vocab-size"));
