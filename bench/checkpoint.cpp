@@ -54,6 +54,7 @@
 #include "layers/optimizer.hpp"
 #include "parallel/exchange.hpp"
 #include "runtime/config.hpp"
+#include "runtime/cpu_affinity.hpp"
 #include "runtime/cpu_features.hpp"
 #include "runtime/data.hpp"
 #include "runtime/error.hpp"
@@ -418,7 +419,7 @@ int main(int argc, char** argv) {
       else
         rest.push_back(argv[i]);
     }
-    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    const int cores = uoe::default_threads();
     if (threads.empty()) threads = cores > 1 ? std::vector<int>{cores, 1} : std::vector<int>{1};
 
     std::vector<std::pair<std::string, uoe::Config>> configs;

@@ -31,7 +31,6 @@
 #include <span>
 #include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "bench/bench_config.hpp"
@@ -43,6 +42,7 @@
 #include "parallel/sim_link.hpp"
 #include "runtime/clock.hpp"
 #include "runtime/config.hpp"
+#include "runtime/cpu_affinity.hpp"
 #include "runtime/cpu_features.hpp"
 #include "runtime/data.hpp"
 #include "runtime/error.hpp"
@@ -198,7 +198,7 @@ int main(int argc, char** argv) {
     const int critical = heaviest.rank;
     // The ranks on this node and its cores (for the processor-time bound).
     const int node_ranks = groups.node_size;
-    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    const int cores = uoe::default_threads();
     const bool root = mpi.world_rank() == critical;
     if (root)
       std::printf("# bench-overlap_layer: %d ranks, d %d, B %d × T %d, 1 layer; compute %.2f ms, payload %.2f MB "

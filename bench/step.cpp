@@ -17,7 +17,6 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "bench/bench_config.hpp"
@@ -26,6 +25,7 @@
 #include "layers/train_step.hpp"
 #include "parallel/exchange.hpp"
 #include "runtime/config.hpp"
+#include "runtime/cpu_affinity.hpp"
 #include "runtime/cpu_features.hpp"
 #include "runtime/data.hpp"
 #include "runtime/error.hpp"
@@ -139,7 +139,7 @@ int main(int argc, char** argv) {
       else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
       else rest.push_back(argv[i]);
     }
-    uoe::gemm_set_threads(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+    uoe::gemm_set_threads(threads > 0 ? threads : uoe::default_threads());
     const int nthreads = uoe::gemm_get_threads();
     // Peaks on the same threads: the hardware's FMA rate (what shares are quoted against) and the
     // BLAS's, the best of 512³, 1024³ and 2048³ sgemm.

@@ -16,6 +16,7 @@
 #include "parallel/mpi_exchange.hpp"
 #include "parallel/nccl_comm.hpp"
 #include "runtime/cuda/check.cuh"
+#include "runtime/gpu_binding.hpp"
 #endif
 
 namespace uoe {
@@ -30,15 +31,18 @@ class GpuStep final : public ModelStep {
     int count = 0;
     UOE_CHECK_CUDA(cudaGetDeviceCount(&count));
     if (count <= 0) fail("--device cuda: no GPU found on this node");
+    const GpuChoice gpu = gpu_choose(count, setup.node_rank, setup.node_size, setup.node_visible_devices);
+    if (gpu.device < 0) fail("--device cuda: ", gpu.error);
     CudaStepOptions o;
-    o.device = setup.node_rank % count;
+    o.device = gpu.device;
     o.chunks = cfg.overlap_chunks;
     UOE_CHECK_CUDA(cudaSetDevice(o.device));
     if (!model.exchange()->identity()) {
       if (!setup.ep_group) fail("--device cuda: expert parallelism needs the expert-parallel group");
       // The node placement of the world (ProcessGroups), not of the ep group: with dp > 1 on a node
       // the ep group does not hold every rank of it, and its own split would give two ranks one GPU.
-      nccl_ = std::make_unique<NcclCommunicator>(setup.ep_group->handle(), NodeRanks{setup.node_rank, setup.node_size});
+      nccl_ = std::make_unique<NcclCommunicator>(setup.ep_group->handle(),
+                                                 NodeRanks{setup.node_rank, setup.node_size, setup.node_visible_devices});
       exchange_ = std::make_unique<MpiExchange>(*setup.ep_group, nccl_.get());
       o.rows_exchange = exchange_.get();
       o.nccl = nccl_.get();

@@ -2,6 +2,9 @@
 // place, with the communicators it needs (the launcher builds every exchange; layers only use them).
 #pragma once
 #include <memory>
+#include <optional>
+#include <string>
+#include <vector>
 
 #include "layers/step.hpp"
 #include "runtime/config.hpp"
@@ -14,7 +17,9 @@ class MpiCommunicator;
 struct StepSetup {
   CommScheduler* scheduler = nullptr;  // CPU: where exchanges run (null: in line)
   MpiCommunicator* ep_group = nullptr;  // GPU with ep > 1: the rows' NCCL communicator is built over it
-  int node_rank = 0, node_size = 1;     // GPU: this rank's GPU is node_rank mod the node's GPUs (ProcessGroups)
+  // GPU: where this rank sits on its node (ProcessGroups), from which gpu_choose picks its GPU.
+  int node_rank = 0, node_size = 1;
+  std::vector<std::optional<std::string>> node_visible_devices;
 };
 
 // The CPU step, or with --device cuda the GPU step (a build without CUDA refuses it, naming why).

@@ -1,6 +1,7 @@
 #include "launcher/trainer.hpp"
 
 #include <mpi.h>
+#include <sched.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -15,7 +16,6 @@
 #include <memory>
 #include <span>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "checkpoints/checkpoint.hpp"
@@ -27,6 +27,7 @@
 #include "parallel/mpi_version.hpp"
 #include "parallel/scheduler.hpp"
 #include "parallel/sim_link.hpp"
+#include "runtime/cpu_affinity.hpp"
 #include "runtime/cpu_features.hpp"
 #include "runtime/device.hpp"
 #include "runtime/error.hpp"
@@ -100,9 +101,24 @@ void Trainer::start_ranks() {
   // A stuck exchange ends the job: every rank's watchdog reports where it waits, then aborts.
   watchdog_ = std::make_unique<Watchdog>(cfg.collective_timeout,
                                          [](const std::string&) { MPI_Abort(MPI_COMM_WORLD, 3); });
-  threads_ = cfg.threads > 0 ? cfg.threads
-                             : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / groups_.node_size);
+  // Threads from the CPUs each rank may run on (runtime/cpu_affinity.hpp): how many of the node's
+  // ranks share each CPU, summed over the node; a rank bound to its own cores takes them all.
+  const std::vector<int> mine = affinity_cpus();
+  std::vector<int> ranks_on_cpu(CPU_SETSIZE, 0);
+  for (const int c : mine)
+    if (c < CPU_SETSIZE) ranks_on_cpu[c] = 1;
+  groups_.node_group->all_reduce_sum(std::span<int>(ranks_on_cpu));
+  cores_ = node_cpus(ranks_on_cpu);
+  threads_ = cfg.threads > 0 ? cfg.threads : default_threads(mine, ranks_on_cpu);
   gemm_set_threads(threads_);
+  // Where every rank runs, on rank 0's log: multi-host placements are checked from it.
+  char host[256] = {};
+  if (gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "?");
+  const std::vector<std::string> places = all_gather_text(
+      *groups_.world, std::string(host) + ": local rank " + std::to_string(groups_.node_rank) + " of " +
+                          std::to_string(groups_.node_size) + ", " + std::to_string(mine.size()) + " CPUs, " +
+                          std::to_string(threads_) + " threads");
+  for (std::size_t r = 0; r < places.size(); ++r) log_info("placement: rank %zu on %s", r, places[r].c_str());
 }
 
 void Trainer::build_model() {
@@ -147,6 +163,7 @@ void Trainer::build_model() {
   setup.ep_group = groups.ep_group.get();
   setup.node_rank = groups.node_rank;
   setup.node_size = groups.node_size;
+  setup.node_visible_devices = groups.node_visible_devices;
   step_ = make_step(cfg, model, setup);
   AdamWSpec aspec;
   aspec.weight_decay = cfg.weight_decay;
@@ -173,8 +190,7 @@ void Trainer::measure_peaks() {
   peaks_.sgemm = gemm_measure_gflops(512, 5);
   // The probe keeps each thread's best interval, a whole core's rate: with more threads on the node
   // than cores (an oversubscribed run), a rank's peak is its share of the node's cores.
-  node_threads_ = groups_.node_size * threads_;
-  cores_ = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  node_threads_ = groups_.node_size * threads_;  // cores_: the node's CPUs its ranks may use (start_ranks)
   peaks_.fma = fma_.gflops * std::min(1.0, static_cast<double>(cores_) / node_threads_);
 }
 

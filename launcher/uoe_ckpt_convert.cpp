@@ -19,7 +19,6 @@
 #include <filesystem>
 #include <iostream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "checkpoints/checkpoint.hpp"
@@ -32,6 +31,7 @@
 #include "runtime/atomic_file.hpp"
 #include "runtime/cli.hpp"
 #include "runtime/config.hpp"
+#include "runtime/cpu_affinity.hpp"
 #include "runtime/cpu_features.hpp"
 #include "runtime/error.hpp"
 #include "runtime/gemm.hpp"
@@ -185,7 +185,7 @@ std::string join(const std::vector<std::string>& v, size_t most) {
 
 int run(const ConvertArgs& a) {
   uoe::log_info_to_stderr();
-  uoe::gemm_set_threads(a.threads > 0 ? a.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  uoe::gemm_set_threads(a.threads > 0 ? a.threads : uoe::default_threads());
   // Every check before anything is written.
   const std::string path = checkpoint_path(a.checkpoint);
   const uoe::Manifest manifest = uoe::manifest_read((fs::path(path) / "manifest.h5").string());

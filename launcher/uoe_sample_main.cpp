@@ -23,7 +23,6 @@
 #include <iostream>
 #include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "checkpoints/checkpoint.hpp"
@@ -35,6 +34,7 @@
 #include "parallel/exchange.hpp"
 #include "parallel/mpi_version.hpp"
 #include "runtime/config.hpp"
+#include "runtime/cpu_affinity.hpp"
 #include "runtime/cpu_features.hpp"
 #include "runtime/cli.hpp"
 #include "runtime/data.hpp"
@@ -145,7 +145,7 @@ int run(const SampleArgs& a) {
   const std::string path = checkpoint_path(a.checkpoint);
   const uoe::Manifest manifest = uoe::manifest_read((fs::path(path) / "manifest.h5").string());
   const uoe::Config cfg = stored_config(manifest.config_ini, a, !manifest.tokenizer.empty());
-  uoe::gemm_set_threads(a.threads > 0 ? a.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  uoe::gemm_set_threads(a.threads > 0 ? a.threads : uoe::default_threads());
   std::fprintf(stderr, "uoe-sample: %s\n", uoe::blas_kernels_summary().c_str());
 
   // The vocabulary: the checkpoint's own; bytes need none; in older checkpoints words are rebuilt

@@ -6,6 +6,7 @@
 #include <string>
 #include <utility>
 
+#include "runtime/gpu_binding.hpp"
 #include "runtime/log.hpp"
 
 namespace uoe {
@@ -389,10 +390,37 @@ void MpiCommunicator::do_broadcast(void* data, int count, DType t, int root) {
 NodeRanks node_ranks(MPI_Comm comm) {
   MpiCommunicator parent(comm);
   std::unique_ptr<MpiCommunicator> node = parent.split_node();
-  const NodeRanks n{node->rank(), node->size()};
+  const NodeRanks n{node->rank(), node->size(), gather_visible_devices(*node)};
   node->close();
   parent.close();
   return n;
+}
+
+std::vector<std::string> all_gather_text(Communicator& comm, const std::string& text) {
+  const int n = comm.size(), me = comm.rank();
+  std::vector<int> lengths(n, 0);
+  lengths[me] = static_cast<int>(text.size());
+  comm.all_reduce_sum(std::span<int>(lengths));
+  std::vector<int> offsets(n, 0);
+  for (int i = 1; i < n; ++i) offsets[i] = offsets[i - 1] + lengths[i - 1];
+  // Every rank's bytes at its offset, zeros elsewhere: the sum is the concatenation.
+  std::vector<int> all(std::max(1, offsets[n - 1] + lengths[n - 1]), 0);
+  for (std::size_t k = 0; k < text.size(); ++k) all[offsets[me] + k] = static_cast<unsigned char>(text[k]);
+  comm.all_reduce_sum(std::span<int>(all));
+  std::vector<std::string> out(n);
+  for (int i = 0; i < n; ++i)
+    for (int k = 0; k < lengths[i]; ++k) out[i] += static_cast<char>(all[offsets[i] + k]);
+  return out;
+}
+
+std::vector<std::optional<std::string>> gather_visible_devices(Communicator& node) {
+  // Each rank's value with a leading mark: 'S' set (then the value), 'U' unset.
+  const std::optional<std::string> mine = visible_devices_from_env();
+  const std::vector<std::string> all = all_gather_text(node, mine ? "S" + *mine : std::string("U"));
+  std::vector<std::optional<std::string>> out(all.size());
+  for (std::size_t i = 0; i < all.size(); ++i)
+    if (!all[i].empty() && all[i][0] == 'S') out[i] = all[i].substr(1);
+  return out;
 }
 
 void ProcessGroups::close() {
@@ -426,6 +454,7 @@ ProcessGroups make_process_groups(MPI_Comm world, int ep) {
   g.node_group = g.world->split_node();
   g.node_rank = g.node_group->rank();
   g.node_size = g.node_group->size();
+  g.node_visible_devices = gather_visible_devices(*g.node_group);
   return g;
 }
 

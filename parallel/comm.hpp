@@ -7,7 +7,9 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "parallel/communicator.hpp"
@@ -97,6 +99,9 @@ struct ProcessGroups {
   // (node_rank modulo the GPUs visible) and splits a node's cores between its ranks.
   int node_rank = 0;
   int node_size = 1;
+  // Every node rank's CUDA_VISIBLE_DEVICES (std::nullopt where unset), in node-rank order: with
+  // node_rank and node_size what gpu_choose (runtime/gpu_binding.hpp) decides a rank's GPU from.
+  std::vector<std::optional<std::string>> node_visible_devices;
   // Frees the four communicators (collective), before MPI_Finalize.
   void close();
 };
@@ -110,8 +115,13 @@ ProcessGroups make_process_groups(MPI_Comm world, int ep);
 struct NodeRanks {
   int rank = 0;
   int size = 1;
+  std::vector<std::optional<std::string>> visible_devices;  // as ProcessGroups::node_visible_devices
 };
 NodeRanks node_ranks(MPI_Comm comm);
+// Every rank's CUDA_VISIBLE_DEVICES over `node` (collective), in its rank order; std::nullopt where unset.
+std::vector<std::optional<std::string>> gather_visible_devices(Communicator& node);
+// Every rank's text, in rank order (collective; short texts: host names, device lists).
+std::vector<std::string> all_gather_text(Communicator& comm, const std::string& text);
 
 // ---- process lifetime -------------------------------------------------------------------------
 // MPI_Init_thread on construction, MPI_Finalize on destruction. Works when the program was not

@@ -9,6 +9,7 @@
 
 #include "parallel/nccl_comm.hpp"
 #include "runtime/cuda/check.cuh"
+#include "runtime/gpu_binding.hpp"
 
 namespace uoe {
 
@@ -102,26 +103,23 @@ void NcclCommunicator::init(MPI_Comm parent, NodeRanks node) {
   UOE_CHECK_MPI(MPI_Comm_rank(mpi_, &rank_));
   UOE_CHECK_MPI(MPI_Comm_size(mpi_, &size_));
 
-  // 1. This rank's GPU: node-local rank modulo the GPUs it sees (one rank per GPU; NCCL refuses two
-  //    ranks on one device, so say so here rather than let it fail inside init).
+  // 1. This rank's GPU (gpu_choose, runtime/gpu_binding.hpp): device node.rank when the node's
+  //    ranks share its GPUs, device 0 when each rank was given its own (CUDA_VISIBLE_DEVICES per
+  //    rank); two ranks on one GPU (NCCL refuses them) are refused here rather than inside init.
   local_rank_ = node.rank;
-  const int local_size = node.size;
   std::string err;
   int count = 0;
-  if (node.rank < 0 || node.size < 1 || node.rank >= node.size) {
-    err = "node rank " + std::to_string(node.rank) + " of " + std::to_string(node.size) +
-          " ranks on this node: pass ProcessGroups' node_rank and node_size";
-  } else if (const cudaError_t rc = cudaGetDeviceCount(&count); rc != cudaSuccess) {
+  if (const cudaError_t rc = cudaGetDeviceCount(&count); rc != cudaSuccess) {
     err = std::string("no usable GPU: ") + cudaGetErrorString(rc);
-  } else if (count == 0) {
-    err = "no usable GPU: cudaGetDeviceCount found 0 devices";
-  } else if (local_size > count) {
-    err = std::to_string(local_size) + " ranks on this node but " + std::to_string(count) +
-          " GPU(s) visible: NCCL needs one GPU per rank";
   } else {
-    device_ = local_rank_ % count;
-    if (const cudaError_t rc = cudaSetDevice(device_); rc != cudaSuccess)
-      err = "cudaSetDevice(" + std::to_string(device_) + "): " + cudaGetErrorString(rc);
+    const GpuChoice choice = gpu_choose(count, node.rank, node.size, node.visible_devices);
+    if (choice.device < 0) {
+      err = choice.error;
+    } else {
+      device_ = choice.device;
+      if (const cudaError_t rc = cudaSetDevice(device_); rc != cudaSuccess)
+        err = "cudaSetDevice(" + std::to_string(device_) + "): " + cudaGetErrorString(rc);
+    }
   }
   agree_or_throw(mpi_, rank_, err, "selecting a GPU");
   stream_ = std::make_unique<cuda::Stream>();

@@ -61,8 +61,10 @@ ncclUniqueId nccl_unique_id_over_mpi(MPI_Comm comm, int rank, const char* who);
 class NcclCommunicator final : public Communicator {
  public:
   // Collective over `parent` (duplicated; the caller keeps it). Selects and sets this rank's GPU
-  // (node.rank modulo the GPUs visible; node is ProcessGroups' node_rank and node_size, the world's
-  // ranks on this node, so ranks of different groups on one node never share a GPU), creates the
+  // (gpu_choose, runtime/gpu_binding.hpp: device node.rank, or device 0 where each rank of the node
+  // has its own CUDA_VISIBLE_DEVICES; node is ProcessGroups' node_rank, node_size and
+  // node_visible_devices, the world's ranks on this node, so ranks of different groups on one node
+  // never share a GPU), creates the
   // communication stream, and initialises NCCL; throws on every rank if any rank fails.
   NcclCommunicator(MPI_Comm parent, NodeRanks node, double timeout_seconds = 300.0);
   // The same with node_ranks(parent): right where parent holds every rank of its nodes (the world).

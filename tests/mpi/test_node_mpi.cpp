@@ -9,6 +9,8 @@
 #include <mpi.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -99,6 +101,35 @@ TEST(NodeRanks, OfACommunicatorWithoutTheGroups) {
   const uoe::NodeRanks node = uoe::node_ranks(MPI_COMM_WORLD);
   EXPECT_EQ(node.size, want.size);
   EXPECT_EQ(node.rank, want.rank);
+}
+
+TEST(NodeRanks, GatherEveryNodeRanksVisibleDevices) {
+  // Each rank sets its own CUDA_VISIBLE_DEVICES (as srun --gpus-per-task=1 does; world rank r: "gpu-r",
+  // and the last rank leaves it unset): the node's list holds its ranks' values in node-rank order.
+  const Expected want = expected_node();
+  const int me = world_rank(), n = world_size();
+  const char* old = std::getenv("CUDA_VISIBLE_DEVICES");
+  const std::string saved = old ? old : "";
+  if (me == n - 1) unsetenv("CUDA_VISIBLE_DEVICES");
+  else setenv("CUDA_VISIBLE_DEVICES", ("gpu-" + std::to_string(me)).c_str(), 1);
+  uoe::ProcessGroups g = uoe::make_process_groups(MPI_COMM_WORLD, 1);
+  const uoe::NodeRanks node = uoe::node_ranks(MPI_COMM_WORLD);
+  // Which world ranks share this node, in order: node rank i is the i-th of them.
+  const std::vector<int> node_of = gather_ints(g.node_rank);
+  g.close();
+  if (old) setenv("CUDA_VISIBLE_DEVICES", saved.c_str(), 1);
+  else unsetenv("CUDA_VISIBLE_DEVICES");
+  ASSERT_EQ(static_cast<int>(g.node_visible_devices.size()), want.size);
+  EXPECT_EQ(node.visible_devices, g.node_visible_devices);
+  const std::vector<std::string> hosts = host_names();
+  int i = 0;
+  for (int r = 0; r < n; ++r) {
+    if (hosts[r] != hosts[me]) continue;
+    ASSERT_EQ(node_of[r], i);
+    if (r == n - 1) EXPECT_FALSE(g.node_visible_devices[i].has_value()) << "node rank " << i;
+    else EXPECT_EQ(g.node_visible_devices[i], std::optional<std::string>("gpu-" + std::to_string(r))) << "node rank " << i;
+    ++i;
+  }
 }
 
 TEST(ProcessRank, IsTheWorldRankWhileMpiRuns) {
