@@ -33,6 +33,7 @@
 #include "parallel/communicator.hpp"
 #include "parallel/exchange.hpp"
 #include "runtime/atomic_file.hpp"
+#include "runtime/cpu_affinity.hpp"
 #include "runtime/cli.hpp"
 #include "runtime/config.hpp"
 #include "runtime/error.hpp"
@@ -76,7 +77,7 @@ bool parse(int argc, char** argv, ExportOptions& o) {
 
 int run(const ExportOptions& o) {
   log_info_to_stderr();
-  gemm_set_threads(o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  gemm_set_threads(o.threads > 0 ? o.threads : default_threads());
   // Everything is read and computed before anything is written.
   const std::string path = checkpoint_step_dir(o.checkpoint);
   const Manifest manifest = manifest_read((fs::path(path) / "manifest.h5").string());
