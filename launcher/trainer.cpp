@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "checkpoints/checkpoint.hpp"
+#include "checkpoints/common.hpp"
 #include "launcher/make_step.hpp"
 #include "layers/memory.hpp"
 #include "parallel/exchange.hpp"
@@ -109,15 +110,16 @@ void Trainer::build_model() {
   const int V = data_.vocab.size();
   spec_ = model_spec_from_config(cfg, V);
   // A run that cannot fit is refused here, before the model, its optimizer and its activations are
-  // allocated (docs/architecture.md, Memory): every rank computes the same estimate, and the
-  // error names its items and what would fit.
+  // allocated (docs/architecture.md, Memory): every rank checks its own limit, the ranks agree,
+  // and every rank ends with the error (its own, or the first refusing rank's), which names the
+  // estimate's items and what would fit.
   {
     const MemoryRun run = memory_run_from_config(cfg, world_size_);
     const int64_t data_tokens = static_cast<int64_t>(data_.train.size() + data_.val.size());
     const MemoryEstimate mem = memory_estimate(spec_, run, data_tokens);
     const std::string refusal =
         memory_refusal(mem, memory_limit(cfg.memory_limit, groups.node_size), spec_, run, data_tokens);
-    if (!refusal.empty()) fail(refusal);
+    ckpt::agree_on_errors(*groups.world, refusal, "the memory check");
   }
   // Simulated links: the model's traffic (expert exchanges, gradient all-reduce) goes through
   // decorators that make it take as long as it would on the emulated network.
