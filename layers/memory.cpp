@@ -324,9 +324,10 @@ double mem_available() {
   return 0;
 }
 
-std::string gib(double bytes) {
+std::string gib(double bytes) {  // GiB, or MiB below 10 GiB
   char buf[32];
-  std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / (1024.0 * kMiB));
+  if (bytes < 10240.0 * kMiB) std::snprintf(buf, sizeof buf, "%.1f MiB", bytes / kMiB);
+  else std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / (1024.0 * kMiB));
   return buf;
 }
 
