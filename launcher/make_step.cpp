@@ -36,6 +36,7 @@ class GpuStep final : public ModelStep {
     CudaStepOptions o;
     o.device = gpu.device;
     o.chunks = cfg.overlap_chunks;
+    o.recompute = recompute_parse(cfg.recompute);
     UOE_CHECK_CUDA(cudaSetDevice(o.device));
     if (!model.exchange()->identity()) {
       if (!setup.ep_group) fail("--device cuda: expert parallelism needs the expert-parallel group");
@@ -95,6 +96,7 @@ std::unique_ptr<ModelStep> make_step(const Config& cfg, Model& model, const Step
   auto step = std::make_unique<CpuStep>(model);
   step->backend().set_scheduler(setup.scheduler);
   step->set_chunks(cfg.overlap_chunks);
+  step->set_recompute(recompute_parse(cfg.recompute));
   return step;
 }
 

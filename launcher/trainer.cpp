@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "checkpoints/checkpoint.hpp"
+#include "checkpoints/common.hpp"
 #include "launcher/make_step.hpp"
 #include "layers/memory.hpp"
 #include "parallel/exchange.hpp"
@@ -131,6 +132,18 @@ void Trainer::build_model() {
   }
   const int V = data_.vocab.size();
   spec_ = model_spec_from_config(cfg, V);
+  // A run that cannot fit is refused here, before the model, its optimizer and its activations are
+  // allocated (docs/architecture.md, Memory): every rank checks its own limit, the ranks agree,
+  // and every rank ends with the error (its own, or the first refusing rank's), which names the
+  // estimate's items and what would fit.
+  {
+    const MemoryRun run = memory_run_from_config(cfg, world_size_);
+    const int64_t data_tokens = static_cast<int64_t>(data_.train.size() + data_.val.size());
+    const MemoryEstimate mem = memory_estimate(spec_, run, data_tokens);
+    const std::string refusal =
+        memory_refusal(mem, memory_limit(cfg.memory_limit, groups.node_size), spec_, run, data_tokens);
+    ckpt::agree_on_errors(*groups.world, refusal, "the memory check");
+  }
   // Simulated links: the model's traffic (expert exchanges, gradient all-reduce) goes through
   // decorators that make it take as long as it would on the emulated network.
   Communicator* world_link = groups.world.get();
@@ -239,7 +252,17 @@ void Trainer::describe() const {
   {
     const MemoryEstimate mem = memory_estimate(spec, memory_run_from_config(cfg, world_size),
                                                static_cast<int64_t>(data_.train.heap_ids() + data_.val.heap_ids()));
-    log_info("memory estimate per rank: %s", mem.summary().c_str());
+    const MemoryLimit limit = memory_limit(cfg.memory_limit, groups.node_size);
+    log_info("memory estimate per rank (--recompute %s): %s; may use %.1f MiB (%s)", recompute_name(mem.recompute),
+             mem.summary().c_str(), limit.bytes / 1048576.0, limit.source.c_str());
+    if (world_rank == 0) {  // itemised, one line each
+      const std::string table = mem.table();
+      for (size_t a = 0, b; a < table.size(); a = b + 1) {
+        b = table.find('\n', a);
+        if (b == std::string::npos) b = table.size();
+        log_info("%s", table.substr(a, b - a).c_str());
+      }
+    }
   }
 }
 

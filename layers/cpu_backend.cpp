@@ -123,6 +123,24 @@ void CpuBackend::combine_backward_inputs(float* dxn, const float* dx, const Comb
   });
 }
 
+namespace {
+template <class V>
+double vector_bytes(const V& v) {
+  return static_cast<double>(sizeof(typename V::value_type) * v.capacity());
+}
+}  // namespace
+
+double CpuBackend::bytes_of(const Rows& r) {
+  return vector_bytes(r.x) + vector_bytes(r.seg) + vector_bytes(r.pos) + vector_bytes(r.offsets);
+}
+double CpuBackend::bytes_of(const MlpCache& c) { return vector_bytes(c.g) + vector_bytes(c.a) + vector_bytes(c.dh); }
+double CpuBackend::bytes_of(const AttnCache& c) {
+  return vector_bytes(c.qkv) + vector_bytes(c.o) + vector_bytes(c.att) + vector_bytes(c.seg_begin) +
+         vector_bytes(c.att_offset) + vector_bytes(c.d_o) + vector_bytes(c.d_qkv) + vector_bytes(c.d_att) +
+         vector_bytes(c.rope_cos) + vector_bytes(c.rope_sin);
+}
+double CpuBackend::bytes_of(const CombineTables& t) { return vector_bytes(t.first) + vector_bytes(t.rows); }
+
 void CpuBackend::reduce_gradients(GradientSync& sync, ParamStore&, int bucket) {
   if (bucket < 0) sync.all_reduce();
   else sync.reduce_bucket(static_cast<size_t>(bucket));

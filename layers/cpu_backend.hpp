@@ -38,6 +38,7 @@ class CpuBackend {
     T* data() { return b_.data(); }
     const T* data() const { return b_.data(); }
     size_t size() const { return b_.size(); }
+    size_t capacity() const { return b_.capacity(); }
 
    private:
     uoe::Buffer<T> b_;
@@ -54,6 +55,17 @@ class CpuBackend {
     std::vector<int> first, rows;  // [N + 1], [R]
     int B = 0, T = 0, C = 1;
   };
+
+  // The bytes a buffer, a chunk's rows, an expert cache, a block's row tables hold (their
+  // allocations): Step::held_bytes.
+  template <class T>
+  static double bytes_of(const Buffer<T>& b) {
+    return static_cast<double>(sizeof(T) * b.capacity());
+  }
+  static double bytes_of(const Rows& r);
+  static double bytes_of(const MlpCache& c);
+  static double bytes_of(const AttnCache& c);
+  static double bytes_of(const CombineTables& t);
 
   // Exchanges: on `sched` (the trainer's communication thread), in line by default.
   using Ticket = CommScheduler::Ticket;

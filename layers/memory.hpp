@@ -36,6 +36,17 @@
 
 namespace uoe {
 
+// Activation recomputation (--recompute; docs/architecture.md, One step): what a block keeps from
+// its forward pass for its backward pass. none: everything; experts: all but the experts' internal
+// activations (their caches), which the block's backward forms again from the rows the experts
+// read; blocks: the block's input, its routing and, when rows travel, what crossed the network
+// (the rows its experts received and the outputs returned to it) — the norm, the rows, the
+// experts are formed again. What is dropped lives in one scratch block all blocks share.
+enum class Recompute { none, experts, blocks };
+// "none" | "experts" | "blocks"; anything else: a clear error naming `what`.
+Recompute recompute_parse(const std::string& s, const std::string& what = "--recompute");
+const char* recompute_name(Recompute r);
+
 struct MemoryItem {
   std::string name;   // e.g. "parameters"
   double bytes = 0;
@@ -47,6 +58,12 @@ struct MemoryEstimate {
   int64_t params = 0;                // parameters held by this rank
   int64_t rows_per_block = 0;        // largest source-side rows of a block (tokens × experts)
   double runtime_overhead_bytes = 0; // the process without the model (not in total())
+  Recompute recompute = Recompute::none;
+  double block_bytes[2] = {0, 0};    // what one attention block, one MLP block keeps (with its exchange buffers)
+  double scratch_bytes = 0;          // the recomputation scratch all blocks share
+  double recompute_saving = 0;       // bytes less than with --recompute none
+
+  double activations() const;        // kept by the blocks (both kinds) and the scratch
 
   double total() const;              // Σ items (bytes)
   double bytes_of(const std::string& name) const;  // one item (0 when absent)
@@ -62,8 +79,9 @@ struct MemoryRun {
   int ep = 1;                // ranks per expert group (experts are sharded over them)
   int world_size = 1;        // > 1: the gradient all-reduce's buffer
   bool checkpoints = false;  // checkpoints are written: the snapshot's buffers
+  Recompute recompute = Recompute::none;
 };
-// The run figures of a config: --batch-size, --ep, whether --checkpoint-dir is set.
+// The run figures of a config: --batch-size, --ep, --recompute, whether --checkpoint-dir is set.
 MemoryRun memory_run_from_config(const Config& cfg, int world_size = 1);
 
 // Estimate for one rank of `run` training a model of `spec` (resolved, as model_spec_from_config
@@ -71,5 +89,21 @@ MemoryRun memory_run_from_config(const Config& cfg, int world_size = 1);
 MemoryEstimate memory_estimate(const ModelSpec& spec, const MemoryRun& run, int64_t data_tokens = 0);
 // The same for a config and vocabulary size: model_spec_from_config and memory_run_from_config.
 MemoryEstimate memory_estimate(const Config& cfg, int vocab, int world_size = 1, int64_t data_tokens = 0);
+
+// The memory one rank may use (docs/architecture.md, Memory): --memory-limit BYTES, or with
+// "auto" the memory of this process's control group (cgroup v2 memory.max, v1
+// memory.limit_in_bytes, the tightest of its ancestors') if one is set, else MemAvailable
+// (/proc/meminfo), divided among the `node_ranks` ranks on this host. bytes 0: nothing to go by.
+struct MemoryLimit {
+  double bytes = 0;
+  std::string source;  // for messages: "--memory-limit", "cgroup memory.max 8.0 GiB / 2 ranks", ...
+};
+MemoryLimit memory_limit(const std::string& option, int node_ranks);
+
+// Empty when `est` (its total and the runtime) fits `limit`; otherwise the refusal: the estimate's
+// items, the limit and where it comes from, and what would fit — the largest batch, recomputation,
+// more ranks of expert parallelism — each checked against the same estimate.
+std::string memory_refusal(const MemoryEstimate& est, const MemoryLimit& limit, const ModelSpec& spec,
+                           const MemoryRun& run, int64_t data_tokens);
 
 }  // namespace uoe

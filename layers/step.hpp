@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "layers/expert_kinds.hpp"
+#include "layers/memory.hpp"
 #include "layers/model.hpp"
 #include "layers/optimizer.hpp"
 #include "layers/router.hpp"
@@ -188,6 +189,42 @@ class Step final : public ModelStep {
     if (chunks < 1) fail("step: chunks must be at least 1, got ", chunks);
     chunks_ = chunks;
   }
+  // What each block keeps for its backward pass (layers/memory.hpp, Recompute): the same
+  // gradients, bit for bit, in every mode.
+  void set_recompute(Recompute r) { recompute_ = r; }
+
+  // The bytes the step holds after a pass (tests/unit/test_memory_items.cpp holds layers/memory.hpp's
+  // estimate to them): each block's own buffers, the scratch block they share, the step's own.
+  // A backend that can size its buffers (bytes_of) only.
+  struct HeldBytes {
+    std::vector<double> block;  // [2L] buffers, routing and row tables a block keeps
+    double scratch = 0;         // the scratch block (recomputation; one block's dropped buffers)
+    double step = 0;            // residual stream, logits, backward workspaces
+  };
+  template <class B = Be>
+  HeldBytes held_bytes() const {
+    const B& be = be_;
+    auto block = [&be](const Block& c) {
+      const Routing& r = c.routing;
+      const SourceRows& src = c.src;
+      double n = be.bytes_of(c.hin) + be.bytes_of(c.xn) + be.bytes_of(c.mean) + be.bytes_of(c.rstd) +
+                 be.bytes_of(c.x_src) + be.bytes_of(c.y) + be.bytes_of(c.tables);
+      n += 4.0 * (r.xm.capacity() + r.probs.capacity() + r.lse.capacity() + r.choice.capacity() +
+                  r.gate.capacity() + r.row_patch.capacity() + r.row_slot.capacity()) + r.kept.capacity();
+      n += 4.0 * (src.token.capacity() + src.gate.capacity() + src.seg.capacity() + src.pos.capacity());
+      for (const auto& k : c.chunk)
+        n += be.bytes_of(k->rows) + be.bytes_of(k->mlp) + be.bytes_of(k->attn) + be.bytes_of(k->y_owner) +
+             be.bytes_of(k->dy_owner) + be.bytes_of(k->dx_owner);
+      return n;
+    };
+    HeldBytes h;
+    for (const auto& c : blocks_) h.block.push_back(block(*c));
+    if (scratch_) h.scratch = block(*scratch_);
+    h.step = be.bytes_of(tokens_) + be.bytes_of(h_) + be.bytes_of(hf_) + be.bytes_of(fmean_) + be.bytes_of(frstd_) +
+             be.bytes_of(logits_) + be.bytes_of(dhf_) + be.bytes_of(dh_) + be.bytes_of(dy_) + be.bytes_of(dx_) +
+             be.bytes_of(dxn_) + 4.0 * dgate_.capacity();
+    return h;
+  }
 
   void forward_backward(const int32_t* inputs, const int32_t* targets, int B, float loss_scale,
                         ForwardStats* stats) override {
@@ -314,6 +351,10 @@ class Step final : public ModelStep {
   // The chunks of block c, each with its plan's name for the collective watchdog's report.
   void ensure_chunks(Block& c, int b) {
     const int C = chunks_;
+    if (recompute_ != Recompute::none) {
+      if (!scratch_) scratch_ = std::make_unique<Block>();
+      while (static_cast<int>(scratch_->chunk.size()) < C) scratch_->chunk.push_back(std::make_unique<Chunk>());
+    }
     while (static_cast<int>(c.chunk.size()) < C) c.chunk.push_back(std::make_unique<Chunk>());
     for (int ch = 0; ch < C; ++ch) {
       std::string& where = c.chunk[ch]->plan.where;
@@ -367,23 +408,24 @@ class Step final : public ModelStep {
     const BlockParams& bp = model_->blocks()[b];
     const int d = spec_.d, T = spec_.seq_len, N = B * T, C = chunks_;
     const float* hin = c.hin.data();
-    c.xn.resize(static_cast<size_t>(N) * d);
-    c.mean.resize(N);
-    c.rstd.resize(N);
-    be_.layernorm_forward(c.xn.data(), c.mean.data(), c.rstd.data(), hin, val(bp.norm_scale), val(bp.norm_bias), N,
+    ensure_chunks(c, b);
+    Block& nh = norm_home(c);  // where xn, mean, rstd and the rows to send live (recomputation: scratch)
+    nh.xn.resize(static_cast<size_t>(N) * d);
+    nh.mean.resize(N);
+    nh.rstd.resize(N);
+    be_.layernorm_forward(nh.xn.data(), nh.mean.data(), nh.rstd.data(), hin, val(bp.norm_scale), val(bp.norm_bias), N,
                           d);
     // 1. Route (an unrouted block: every token to its one expert).
     Routing& r = c.routing;
     if (c.routed)
-      be_.route(r, c.route, c.router, c.xn.data(), val(bp.router_w), val(bp.router_b), N, d, dropless);
+      be_.route(r, c.route, c.router, nh.xn.data(), val(bp.router_w), val(bp.router_b), N, d, dropless);
     else
       routing_all_to_one(r, N, d);
     // 2. Source rows: kept patches expanded to tokens, chunk-major, then by global expert.
     source_rows_build(c.src, r, B, T, C);
     const int R = c.src.rows();
     be_.row_tables(c.tables, c.src, r);
-    c.y.resize(static_cast<size_t>(R) * d);
-    ensure_chunks(c, b);
+    y_home(c).resize(static_cast<size_t>(R) * d);
     const bool travel = c.exchange != nullptr;
 
     // 3. The pipeline: chunk c's experts run while the rows of chunks c+1.. travel to their owners
@@ -394,8 +436,9 @@ class Step final : public ModelStep {
     //    at ratio 1, 4 chunks, 60% → 73% hidden).
     arrived_.assign(C, typename Be::Ticket{});
     if (travel) {
-      c.x_src.resize(static_cast<size_t>(R) * d);
-      be_.gather_source_rows(c.x_src.data(), c.xn.data(), c.tables, 0, R, d);
+      nh.x_src.resize(static_cast<size_t>(R) * d);
+      be_.gather_source_rows(nh.x_src.data(), nh.xn.data(), c.tables, 0, R, d);
+      const float* x_src = nh.x_src.data();
       if constexpr (Be::kBatchedMetadata) {
         // Every chunk's counts and metadata in one collective each, then the rows alone.
         meta_.resize(C);
@@ -409,20 +452,20 @@ class Step final : public ModelStep {
           Chunk& k = *c.chunk[ch];
           be_.set_rows(k.rows, k.owner_meta.offsets, k.owner_meta.seg.data(), k.owner_meta.pos.data(),
                        k.owner_meta.rows(), d);
-          k.y_owner.resize(static_cast<size_t>(k.owner_meta.rows()) * d);
+          work_home(c, ch).y_owner.resize(static_cast<size_t>(k.owner_meta.rows()) * d);
         }
         for (int ch = 0; ch < C; ++ch) {
           Chunk& k = *c.chunk[ch];
           const size_t r0 = c.src.chunk_begin[ch];
           arrived_[ch] =
-              be_.submit([&c, &k, r0, d] { c.exchange->to_owner(k.plan, c.x_src.data() + r0 * d, k.rows.x.data(), d); });
+              be_.submit([&c, &k, x_src, r0, d] { c.exchange->to_owner(k.plan, x_src + r0 * d, k.rows.x.data(), d); });
         }
       } else {
         // Each chunk's counts and metadata travel with its rows (the exchange fills the rows' tables).
         for (int ch = 0; ch < C; ++ch) {
           const size_t r0 = c.src.chunk_begin[ch];
-          arrived_[ch] = be_.submit([&c, ch, r0, d] {
-            c.exchange->dispatch(c.chunk[ch]->plan, c.src.chunk_offsets[ch], c.x_src.data() + r0 * d,
+          arrived_[ch] = be_.submit([&c, ch, x_src, r0, d] {
+            c.exchange->dispatch(c.chunk[ch]->plan, c.src.chunk_offsets[ch], x_src + r0 * d,
                                  c.src.seg.data() + r0, c.src.pos.data() + r0, d, c.chunk[ch]->rows);
           });
         }
@@ -437,31 +480,35 @@ class Step final : public ModelStep {
     if (bs) block_stats_from_routing(bs, spec_, b, r, T, c.kind == ExpertKind::attention, c.routed);
     returned_.assign(C, typename Be::Ticket{});
     const ExpertWeights w = expert_weights(bp);
+    float* y_src = y_home(c).data();
     for (int ch = 0; ch < C; ++ch) {
-      Chunk& k = *c.chunk[ch];
-      const int r0 = c.src.chunk_begin[ch], n = c.src.chunk_begin[ch + 1] - r0;
+      Chunk& k = rows_home(c, ch);
+      Chunk& out = work_home(c, ch);
       float* y;
       if (travel) {
         be_.wait(arrived_[ch]);
-        if constexpr (!Be::kBatchedMetadata) k.y_owner.resize(static_cast<size_t>(k.rows.rows()) * d);
-        y = k.y_owner.data();
+        if constexpr (!Be::kBatchedMetadata) out.y_owner.resize(static_cast<size_t>(k.rows.rows()) * d);
+        y = out.y_owner.data();
       } else {
-        be_.set_rows(k.rows, c.src.chunk_offsets[ch], c.src.seg.data() + r0, c.src.pos.data() + r0, n, d);
-        be_.gather_source_rows(k.rows.x.data(), c.xn.data(), c.tables, r0, n, d);
-        y = c.y.data() + static_cast<size_t>(r0) * d;
+        const int r0 = c.src.chunk_begin[ch];
+        gather_rows_here(c, ch, nh.xn.data());
+        y = y_src + static_cast<size_t>(r0) * d;
       }
-      visit_expert_kind(c.kind, [&](auto kind) { kind.forward(be_, y, k, w, spec_); });
-      if (travel)
-        returned_[ch] = be_.submit([&c, &k, r0, d] {
-          c.exchange->to_source(k.plan, k.y_owner.data(), c.y.data() + static_cast<size_t>(r0) * d, d);
+      ExpertSite site{k.rows, out.mlp, out.attn};
+      visit_expert_kind(c.kind, [&](auto kind) { kind.forward(be_, y, site, w, spec_); });
+      if (travel) {
+        const size_t r0 = c.src.chunk_begin[ch];
+        returned_[ch] = be_.submit([&c, &k, &out, y_src, r0, d] {
+          c.exchange->to_source(k.plan, out.y_owner.data(), y_src + r0 * d, d);
         });
+      }
     }
     // 4. Combine: out = hin + bias + Σ_kept w_e · y_e, each token's rows in ascending row order
     //    (expert order: deterministic whatever the chunk count), chunk by chunk as the rows return —
     //    the earlier chunks' combine runs while the last chunk's return is still on the wire.
     for (int ch = 0; ch < C; ++ch) {
       if (travel) be_.wait(returned_[ch]);
-      be_.combine_chunk(out, travel ? nullptr : hin, bias, c.y.data(), c.tables, ch, d);
+      be_.combine_chunk(out, travel ? nullptr : hin, bias, y_src, c.tables, ch, d);
     }
     be_.wait_all();
   }
@@ -474,6 +521,8 @@ class Step final : public ModelStep {
     const Routing& r = c.routing;
     const bool travel = c.exchange != nullptr;
     const float* dh = dh_.data();
+    Block& nh = norm_home(c);
+    const float* y = nullptr;  // the experts' outputs, source order (formed again first when they are dropped)
     // Combine backward: dy = w·dh[token] and dgate += <dh[token], y> (rows in ascending order).
     // Workspaces shared by every block (backward runs one block at a time): allocated once.
     dgate_.resize(static_cast<size_t>(r.P) * r.k);  // host, accumulated into: zeroed
@@ -486,57 +535,137 @@ class Step final : public ModelStep {
     // bias gradient and the router's backward (no expert result needed) fill the wait for it.
     auto send = [this, &c, d](int ch) {
       Chunk& k = *c.chunk[ch];
+      Chunk& work = work_home(c, ch);
       const size_t r0 = c.src.chunk_begin[ch];
-      return be_.submit([this, &c, &k, r0, d] { c.exchange->to_owner(k.plan, dy_.data() + r0 * d, k.dy_owner.data(), d); });
+      return be_.submit(
+          [this, &c, &k, &work, r0, d] { c.exchange->to_owner(k.plan, dy_.data() + r0 * d, work.dy_owner.data(), d); });
     };
     typename Be::Ticket next{};
     if (!travel) {
-      be_.combine_backward(dy_.data(), dgate_.data(), dh, c.tables, c.y.data(), 0, R, true, c.routed, d);
+      recompute_block(b, N);  // the experts' outputs are among what it forms again
+      y = y_home(c).data();
+      be_.combine_backward(dy_.data(), dgate_.data(), dh, c.tables, y, 0, R, true, c.routed, d);
     } else {
       for (int ch = 0; ch < C; ++ch) {
-        Chunk& k = *c.chunk[ch];
-        const size_t owner_n = static_cast<size_t>(k.rows.rows()) * d;
-        k.dy_owner.resize(owner_n);
-        k.dx_owner.resize(owner_n);
+        Chunk& work = work_home(c, ch);
+        const size_t owner_n = static_cast<size_t>(c.chunk[ch]->rows.rows()) * d;
+        work.dy_owner.resize(owner_n);
+        work.dx_owner.resize(owner_n);
       }
       const int first_end = c.src.chunk_begin[1];
-      be_.combine_backward(dy_.data(), dgate_.data(), dh, c.tables, c.y.data(), 0, first_end, true, false, d);
+      y = c.y.data();  // returned to this rank: kept in every mode
+      be_.combine_backward(dy_.data(), dgate_.data(), dh, c.tables, y, 0, first_end, true, false, d);
       next = send(0);
-      be_.combine_backward(dy_.data(), dgate_.data(), dh, c.tables, c.y.data(), 0, first_end, false, c.routed, d);
-      be_.combine_backward(dy_.data(), dgate_.data(), dh, c.tables, c.y.data(), first_end, R, true, c.routed, d);
+      recompute_block(b, N);  // while the first chunk's output gradients travel
+      be_.combine_backward(dy_.data(), dgate_.data(), dh, c.tables, y, 0, first_end, false, c.routed, d);
+      be_.combine_backward(dy_.data(), dgate_.data(), dh, c.tables, y, first_end, R, true, c.routed, d);
     }
     be_.bias_grad(grad(bp.b_out), dh, N, d);
     dxn_.resize(static_cast<size_t>(N) * d);
     be_.zero(dxn_);  // accumulated into
     if (c.routed)
-      be_.route_backward(r, c.route, c.router, dgate_.data(), c.xn.data(), val(bp.router_w), dxn_.data(),
+      be_.route_backward(r, c.route, c.router, dgate_.data(), nh.xn.data(), val(bp.router_w), dxn_.data(),
                          grad(bp.router_w), grad(bp.router_b), loss_scale);
     // The experts' backward on the rows they computed (owner order when rows travelled).
     const ExpertWeights w = expert_weights(bp);
     ExpertWeightGrads gw = expert_weight_grads(bp);
     for (int ch = 0; ch < C; ++ch) {
-      Chunk& k = *c.chunk[ch];
+      Chunk& k = rows_home(c, ch);
+      Chunk& work = work_home(c, ch);
       const size_t r0 = c.src.chunk_begin[ch];
       const float* dy = dy_.data() + r0 * d;
       float* dx = dx_.data() + r0 * d;
       if (travel) {
         be_.wait(next);
         if (ch + 1 < C) next = send(ch + 1);
-        dy = k.dy_owner.data();
-        dx = k.dx_owner.data();
+        dy = work.dy_owner.data();
+        dx = work.dx_owner.data();
       }
-      visit_expert_kind(c.kind, [&](auto kind) { kind.backward_data(be_, dx, dy, k, w, spec_); });
+      ExpertSite site{k.rows, work.mlp, work.attn};
+      visit_expert_kind(c.kind, [&](auto kind) { kind.backward_data(be_, dx, dy, site, w, spec_); });
       if (travel)
-        be_.submit([this, &c, &k, r0, d] { c.exchange->to_source(k.plan, k.dx_owner.data(), dx_.data() + r0 * d, d); });
-      visit_expert_kind(c.kind, [&](auto kind) { kind.backward_weights(be_, gw, dy, k, spec_); });
+        be_.submit([this, &c, &k, &work, r0, d] {
+          c.exchange->to_source(k.plan, work.dx_owner.data(), dx_.data() + r0 * d, d);
+        });
+      visit_expert_kind(c.kind, [&](auto kind) { kind.backward_weights(be_, gw, dy, site, spec_); });
     }
     be_.wait_all();
     be_.combine_backward_inputs(dxn_.data(), dx_.data(), c.tables, d);
     // LayerNorm backward into the residual stream's gradient.
     be_.layernorm_backward(dh_.data(), grad(bp.norm_scale), grad(bp.norm_bias), dxn_.data(), c.hin.data(),
-                           val(bp.norm_scale), c.mean.data(), c.rstd.data(), N, d);
+                           val(bp.norm_scale), nh.mean.data(), nh.rstd.data(), N, d);
     if constexpr (Be::kHostMemory)
       if (hook_) hook_(b);
+  }
+
+  // Recomputation (layers/memory.hpp, Recompute): where each of block c's buffers lives. What a
+  // mode drops lives in the scratch block every block shares (a block's backward runs alone) and is
+  // formed again by recompute_block. What crossed the network stays with the block in every mode
+  // (the rows its experts received, Chunk::rows, and the outputs returned to it, Block::y): forming
+  // it again would repeat the block's exchanges, two all-to-alls that cost the link what they cost
+  // in forward, to save two [R, d] buffers.
+  // The experts' outputs before their return, their caches, and the owner-side gradients.
+  Chunk& work_home(Block& c, int ch) { return recompute_ == Recompute::none ? *c.chunk[ch] : *scratch_->chunk[ch]; }
+  // The normalised input, its statistics and the rows to send.
+  Block& norm_home(Block& c) { return recompute_ == Recompute::blocks ? *scratch_ : c; }
+  // The experts' input rows and their outputs in source order, when they did not travel.
+  Chunk& rows_home(Block& c, int ch) {
+    return recompute_ == Recompute::blocks && !c.exchange ? *scratch_->chunk[ch] : *c.chunk[ch];
+  }
+  Buf<float>& y_home(Block& c) { return recompute_ == Recompute::blocks && !c.exchange ? scratch_->y : c.y; }
+  // What an expert kind reads and writes (layers/expert_kinds.hpp): the rows, and the caches, which
+  // may live in different chunks.
+  struct ExpertSite {
+    const typename Be::Rows& rows;
+    typename Be::MlpCache& mlp;
+    typename Be::AttnCache& attn;
+  };
+
+  // Untravelled rows: chunk ch's rows gathered from the normalised input (source order).
+  void gather_rows_here(Block& c, int ch, const float* xn) {
+    Chunk& k = rows_home(c, ch);
+    const int r0 = c.src.chunk_begin[ch], n = c.src.chunk_begin[ch + 1] - r0;
+    be_.set_rows(k.rows, c.src.chunk_offsets[ch], c.src.seg.data() + r0, c.src.pos.data() + r0, n, spec_.d);
+    be_.gather_source_rows(k.rows.x.data(), xn, c.tables, r0, n, spec_.d);
+  }
+
+  // Block b's backward forms again what its forward dropped (nothing with --recompute none): the
+  // norm of its input (blocks), the rows its experts read when they did not travel (blocks), and
+  // every chunk's expert caches, by running the experts' forward on the same rows with the same
+  // weights — the same operations in the same order, so the same bits. The routing is the one its
+  // forward decided (kept: the rows and their order depend on it).
+  void recompute_block(int b, int N) {
+    if (recompute_ == Recompute::none) return;
+    Block& c = *blocks_[b];
+    const BlockParams& bp = model_->blocks()[b];
+    const int d = spec_.d;
+    Block& nh = norm_home(c);
+    if (recompute_ == Recompute::blocks) {
+      nh.xn.resize(static_cast<size_t>(N) * d);
+      nh.mean.resize(N);
+      nh.rstd.resize(N);
+      be_.layernorm_forward(nh.xn.data(), nh.mean.data(), nh.rstd.data(), c.hin.data(), val(bp.norm_scale),
+                            val(bp.norm_bias), N, d);
+    }
+    // The outputs: with rows kept in source order, where the combine backward reads them (blocks) or
+    // the scratch (experts: the block's own are kept); at the owner, the scratch's.
+    Buf<float>& ys = c.exchange || recompute_ == Recompute::blocks ? y_home(c) : scratch_->y;
+    if (!c.exchange) ys.resize(static_cast<size_t>(c.src.rows()) * d);
+    const ExpertWeights w = expert_weights(bp);
+    for (int ch = 0; ch < chunks_; ++ch) {
+      Chunk& k = rows_home(c, ch);
+      Chunk& work = work_home(c, ch);
+      float* y;
+      if (c.exchange) {
+        work.y_owner.resize(static_cast<size_t>(k.rows.rows()) * d);
+        y = work.y_owner.data();
+      } else {
+        if (recompute_ == Recompute::blocks) gather_rows_here(c, ch, nh.xn.data());
+        y = ys.data() + static_cast<size_t>(c.src.chunk_begin[ch]) * d;
+      }
+      ExpertSite site{k.rows, work.mlp, work.attn};
+      visit_expert_kind(c.kind, [&](auto kind) { kind.forward(be_, y, site, w, spec_); });
+    }
   }
 
   ExpertWeights expert_weights(const BlockParams& bp) {
@@ -550,6 +679,8 @@ class Step final : public ModelStep {
   ModelSpec spec_;
   std::vector<std::unique_ptr<Block>> blocks_;  // [2L] (blocks own non-movable device state)
   int chunks_ = 1;
+  Recompute recompute_ = Recompute::none;
+  std::unique_ptr<Block> scratch_;  // what recomputation drops, shared by every block (its chunks: [≥ chunks])
   std::function<void(int)> hook_;
   std::vector<PhaseTime>* phase_log_ = nullptr;
   Buf<int32_t> tokens_;                          // [N]

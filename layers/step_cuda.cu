@@ -325,6 +325,7 @@ template class Step<CudaBackend>;
 std::unique_ptr<ModelStep> make_cuda_step(Model& model, const CudaStepOptions& o) {
   auto step = std::make_unique<Step<CudaBackend>>(model, o.rows_exchange, o.device, o.nccl, o.comm_stream);
   step->set_chunks(o.chunks);
+  step->set_recompute(o.recompute);
   return step;
 }
 

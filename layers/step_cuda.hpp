@@ -34,6 +34,7 @@ struct CudaStepOptions {
   NcclCommunicator* nccl = nullptr;       // the exchange's payload communicator (its watchdog scope)
   cudaStream_t comm_stream = nullptr;     // and its stream: where the rows move
   int chunks = 1;                         // the step's chunk count (the CPU path's rows and sums at that count)
+  Recompute recompute = Recompute::none;  // what blocks keep for backward (layers/memory.hpp)
 };
 
 // The step on GPU o.device for `model` (which must outlive it).

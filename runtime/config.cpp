@@ -2,6 +2,8 @@
 
 #include <boost/program_options.hpp>
 #include <cctype>
+#include <cerrno>
+#include <cstdlib>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -260,6 +262,16 @@ void config_validate(const Config& c) {
   require_non_negative(c, &C::expert_d_ff);
   require_positive(c, &C::overlap_chunks);
   if (c.device != "cpu" && c.device != "cuda") fail(flag(&C::device), " '", c.device, "': expected cpu or cuda");
+  if (c.recompute != "none" && c.recompute != "experts" && c.recompute != "blocks")
+    fail(flag(&C::recompute), " '", c.recompute, "': expected none, experts or blocks");
+  if (c.memory_limit != "auto") {
+    const char* s = c.memory_limit.c_str();
+    char* end = nullptr;
+    errno = 0;
+    const unsigned long long v = std::strtoull(s, &end, 10);
+    if (!std::isdigit(static_cast<unsigned char>(*s)) || *end != '\0' || errno == ERANGE || v == 0)
+      fail(flag(&C::memory_limit), " '", c.memory_limit, "': expected auto or a number of bytes > 0");
+  }
   if (!(c.sim_link_gbps >= 0) || !std::isfinite(c.sim_link_gbps))
     fail(flag(&C::sim_link_gbps), " ", c.sim_link_gbps, ": expected 0 (off) or a finite bandwidth > 0");
   if (!(c.sim_link_latency_us >= 0) || !std::isfinite(c.sim_link_latency_us))

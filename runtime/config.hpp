@@ -68,6 +68,8 @@ struct Config {
   int threads = 0;              // compute threads per rank (0 = cores / local ranks): runtime/threads.hpp
   std::string device = "cpu";   // cpu | cuda
   int overlap_chunks = 1;       // pipeline chunks per block (1 = serial exchanges)
+  std::string recompute = "none";  // none | experts | blocks (layers/memory.hpp, Recompute)
+  std::string memory_limit = "auto";  // bytes this rank may use, or auto (cgroup limit / MemAvailable)
   double sim_link_gbps = 0;     // emulated link bandwidth, Gbit/s (0 = off)
   double sim_link_latency_us = 0;  // emulated per-message latency
 };

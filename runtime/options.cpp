@@ -115,6 +115,12 @@ const Option kOptions[] = {
      "cpu | cuda (cuda: see docs/gpu.md for what runs today)"},
     {"overlap-chunks",           &C::overlap_chunks,         G::parallelism,  R::free,
      "chunks per block, exchanges pipelined on a communication thread (cuda: stream); 1 = in line, no overlap"},
+    {"recompute",                &C::recompute,              G::parallelism,  R::free,
+     "none | experts (drop the experts' caches) | blocks (keep block inputs and what crossed the network): "
+     "formed again in backward, the same gradients bit for bit"},
+    {"memory-limit",             &C::memory_limit,           G::parallelism,  R::free,
+     "bytes one rank may use, or auto: the cgroup memory limit, else MemAvailable, shared by this host's ranks; "
+     "a run whose estimate exceeds it is refused before it allocates"},
     {"sim-link-gbps",            &C::sim_link_gbps,          G::parallelism,  R::free,
      "emulate a network link of this many Gbit/s per rank (0 = off; see parallel/sim_link.hpp)"},
     {"sim-link-latency-us",      &C::sim_link_latency_us,    G::parallelism,  R::free,

@@ -12,6 +12,7 @@ namespace uoe {
 template <class T>
 class Buffer {
  public:
+  using value_type = T;
   Buffer() = default;
   explicit Buffer(size_t n) { resize(n); }
   Buffer(const Buffer&) = delete;
@@ -54,6 +55,7 @@ class Buffer {
   T* data() { return p_; }
   const T* data() const { return p_; }
   size_t size() const { return n_; }
+  size_t capacity() const { return cap_; }  // elements allocated (the largest size so far)
   T& operator[](size_t i) { return p_[i]; }
   const T& operator[](size_t i) const { return p_[i]; }
   T* begin() { return p_; }
