@@ -84,6 +84,14 @@ class ModelStep {
   virtual void reduce_gradients(GradientSync& sync, int bucket) = 0;  // bucket −1: all of them
   virtual double gradient_sum_squares(GradientSync* sync) = 0;
   virtual void optimizer_update(AdamW& opt, double lr, int step, float clip_scale) = 0;
+  // Where the backend keeps its own copies of the arenas (kHostMemory false: device memory): zeroes
+  // its gradients (a step's start); copies its parameters and gradients, and opt's moments when
+  // given, into the host arenas (before a checkpoint is written or the host reads them); and takes
+  // the host arenas and moments again at its next use (after a checkpoint was read). The CPU
+  // backend computes in the host arenas: the first zeroes them, the others do nothing.
+  virtual void zero_gradients() = 0;
+  virtual void state_to_host(AdamW* opt) = 0;
+  virtual void state_from_host() = 0;
 
   Model& model() { return *model_; }
   const Model& model() const { return *model_; }
@@ -158,6 +166,9 @@ concept StepBackend = requires(Be& be, typename Be::template Buffer<float>& fbuf
   be.reduce_gradients(sync, ps, n);
   { be.gradient_sum_squares(&sync, ps) } -> std::convertible_to<double>;
   be.adamw_update(opt, ps, 1.0, n, 1.0f);
+  be.zero_grads(ps);
+  be.to_host(ps, &opt);
+  be.from_host(ps);
 };
 
 template <StepBackend Be>
@@ -259,6 +270,9 @@ class Step final : public ModelStep {
   void optimizer_update(AdamW& opt, double lr, int step, float clip_scale) override {
     be_.adamw_update(opt, model_->params(), lr, step, clip_scale);
   }
+  void zero_gradients() override { be_.zero_grads(model_->params()); }
+  void state_to_host(AdamW* opt) override { be_.to_host(model_->params(), opt); }
+  void state_from_host() override { be_.from_host(model_->params()); }
 
  private:
   template <class T>

@@ -92,6 +92,17 @@ double GradientSync::global_sum_squares() {
   return replicated + expert;
 }
 
+GradientSync GradientSync::rebased(const float* from, float* to) const {
+  std::vector<GradTensor> tensors = tensors_;
+  for (GradTensor& t : tensors) t.grad = std::span<float>(to + (t.grad.data() - from), t.grad.size());
+  std::vector<std::vector<int>> buckets;  // each bucket's replicated then sharded tensors: their order kept
+  for (const Bucket& b : buckets_) {
+    buckets.push_back(b.replicated);
+    buckets.back().insert(buckets.back().end(), b.sharded.begin(), b.sharded.end());
+  }
+  return GradientSync(std::move(tensors), std::move(buckets), world_, ep_, dp_);
+}
+
 float grad_fingerprint_weight(uint64_t name_stream, int64_t global_index) {
   return (rng_bits(0x67726164u /* "grad" */, name_stream, static_cast<uint64_t>(global_index)) >> 63) ? 1.0f : -1.0f;
 }

@@ -49,6 +49,9 @@ class GradientSync {
   // for the same gradient. Returns 2 values per tensor, in index order: Σ g², Σ g·w. Collective
   // over the ep group (every rank calls it at the same steps); the same on every rank.
   std::vector<double> global_fingerprint();
+  // The same tensors, buckets and communicators over another copy of the gradient arena: each
+  // tensor at the same offset from `to` as from `from` (a step backend's own arena, layers/step.hpp).
+  GradientSync rebased(const float* from, float* to) const;
 
  private:
   struct Bucket {
