@@ -239,6 +239,7 @@ void Trainer::open_checkpoints() {
     if (st.step >= std::numeric_limits<int>::max())
       fail("checkpoint ", resume_path, " is of step ", st.step, ", beyond any --steps this build can run");
     start_step_ = static_cast<int>(st.step) + 1;
+    step_->state_from_host();  // the step takes the loaded parameters and moments at its next use
     log_info("resumed from %s: step %lld (written by %d ranks, ep %d)", resume_path.c_str(),
              static_cast<long long>(st.step), st.world, st.ep);
     if (start_step_ > cfg.steps) log_info("the checkpoint is at or past --steps %d: nothing left to train", cfg.steps);
@@ -432,6 +433,7 @@ void Trainer::save_checkpoint(int step) {
   st.seed = cfg.seed;
   st.lr = lr_at_step(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
   st.config_ini = config_to_ini(cfg);
+  step_->state_to_host(opt_.get());  // a step with its own arenas (the GPU's): its state, into the host's
   writer_->save(model_->params(), *opt_, st);  // waits for (and commits) the previous one first
 }
 

@@ -39,4 +39,25 @@ struct CudaStepOptions {
 // The step on GPU o.device for `model` (which must outlive it).
 std::unique_ptr<ModelStep> make_cuda_step(Model& model, const CudaStepOptions& o);
 
+// Host↔device bytes a CUDA step (a make_cuda_step result) moved so far, every copy it made counted
+// (layers/step_cuda.cu, CudaBackend::Traffic).
+struct CudaTransferBytes {
+  size_t to_device = 0, to_host = 0;
+};
+CudaTransferBytes cuda_step_transfer_bytes(const ModelStep& step);
+
+namespace cuda {
+// The router's device parts: the twins of layers/router.hpp's CPU loops of the same names, element
+// for element the same arithmetic (no contraction), on device pointers in stream order.
+void router_patch_means(float* xm, const float* xn, int P, int ps, int d, cudaStream_t s);
+void router_bias_rows(float* logits, const float* b, int P, int E, cudaStream_t s);
+void router_bias_grad(float* db, const float* dlogits, int P, int E, cudaStream_t s);
+void router_patch_means_backward(float* dxn, const float* dxm, int P, int ps, int d, cudaStream_t s);
+// *out (device double) = Σ g² of g [n] (device), deterministic; shares: kSumShares doubles of
+// workspace. Twin of runtime/sum_squares.hpp's grad_sum_squares: the same terms in another order,
+// so equal to a relative 1e-12 (double rounding over ≤ 10⁹ positive terms), not bitwise.
+inline constexpr int kSumShares = 64 * 256;
+void grad_sum_squares(double* out, double* shares, const float* g, size_t n, cudaStream_t s);
+}  // namespace cuda
+
 }  // namespace uoe

@@ -76,7 +76,7 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
   const size_t at_hist = 4 + 4 * static_cast<size_t>(blocks);
   const size_t at_load = at_hist + static_cast<size_t>(blocks) * (K + 1);
   std::vector<double> sums(at_load + load_size, 0.0);
-  model.params().zero_grads();
+  step_runner->zero_gradients();  // where the step keeps them (layers/step.hpp)
   ForwardStats st;
   const float loss_scale = 1.0f / static_cast<float>(M * ranks.world_size);
   // On the last micro-batch each block's gradient bucket is reduced as soon as backward finishes
@@ -141,6 +141,7 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
   // The fingerprint of what the optimizer receives (before clipping, which scales every tensor by
   // one factor that grad_norm determines), on the steps that write a metrics line.
   if (cfg.metrics_grads && (step % cfg.log_every == 0 || step == cfg.steps)) {
+    step_runner->state_to_host(nullptr);  // a backend with its own arenas: the gradients, for the log line
     if (ranks.sync) {
       fig.grad_fingerprint = ranks.sync->global_fingerprint();
     } else {
@@ -182,6 +183,7 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const std::v
   // Every rank sees the same global loss and norm, so every rank skips (or not) together.
   if (!std::isfinite(fig.loss) || !std::isfinite(fig.grad_norm)) {
     fig.skipped = true;
+    step_runner->state_to_host(nullptr);  // the gradients where the host can name the bad tensor
     // Name the first tensor backward reached with a non-finite gradient (buckets are in backward
     // order, last block first): that is where the fault entered, the rest inherited it.
     for (const std::vector<int>& bucket : model_gradient_buckets(model))

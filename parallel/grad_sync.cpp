@@ -78,14 +78,18 @@ void GradientSync::all_reduce() {
 }
 
 double GradientSync::global_sum_squares() {
+  return global_sum_squares([](const float* g, size_t n) { return grad_sum_squares(g, n); });
+}
+
+double GradientSync::global_sum_squares(const std::function<double(const float*, size_t)>& sum_squares) {
   const ProfileScope profile(Phase::exchange);
   double replicated = 0, expert = 0;
   for (const Bucket& b : buckets_) {
     for (int i : b.replicated) {
-      replicated += grad_sum_squares(tensors_[i].grad.data(), tensors_[i].grad.size());
+      replicated += sum_squares(tensors_[i].grad.data(), tensors_[i].grad.size());
     }
     for (int i : b.sharded) {
-      expert += grad_sum_squares(tensors_[i].grad.data(), tensors_[i].grad.size());
+      expert += sum_squares(tensors_[i].grad.data(), tensors_[i].grad.size());
     }
   }
   if (ep_.size() > 1) ep_.all_reduce_sum(std::span<double>(&expert, 1));
