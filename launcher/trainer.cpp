@@ -196,8 +196,8 @@ void Trainer::describe() const {
                                 : "",
            100.0 * sgemm_peak / fma_.gflops);
   if (on_gpu_)
-    log_info("device: rank 0 computes on %s; parameters, optimizer and gradient all-reduce stay on the host "
-             "(layers/step_cuda.hpp)", step_->describe().c_str());
+    log_info("device: rank 0 computes on %s; parameters, gradients and AdamW stay on the GPU, the gradient "
+             "all-reduce goes through the host (docs/gpu.md)", step_->describe().c_str());
   if (cfg.overlap_chunks > 1 && on_gpu_)
     log_info("overlap: %d chunks per block; expert exchanges on the GPU's communication stream, gradient all-reduce "
              "on a communication thread", cfg.overlap_chunks);

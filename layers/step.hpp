@@ -13,7 +13,8 @@
 // inside one backend):
 //   kHostMemory        its buffers are host memory and it computes in the ParamStore's arenas in
 //                      place: no arena copies, gradients final block by block (the backward hook
-//                      runs per block, letting the all-reduce start early);
+//                      runs per block, letting the all-reduce start early); otherwise the backend
+//                      keeps its own arenas, and state_to_host / state_from_host move them;
 //   kBatchedMetadata   every chunk's counts and row metadata travel in one collective before any
 //                      row moves (saves host synchronisations on a GPU); otherwise each chunk's
 //                      metadata travels with its rows (the CPU: batching measured 1–3% slower
@@ -78,7 +79,7 @@ class ModelStep {
   virtual void set_phase_log(std::vector<PhaseTime>* log) = 0;
 
   // The update side of a training step, where the backend keeps the gradients and the optimizer
-  // state (the CPU backend and today's CUDA backend: the host arenas, after forward_backward):
+  // state (the CPU backend: the host arenas; the CUDA backend: its device arenas):
   // the gradient all-reduce (one bucket, or every bucket in order), the Σ g² of the global
   // gradient (through `sync`) or of this rank's (without), and AdamW with the clip scale.
   virtual void reduce_gradients(GradientSync& sync, int bucket) = 0;  // bucket −1: all of them
@@ -224,7 +225,7 @@ class Step final : public ModelStep {
     be_.embedding_backward(grad(embed), dh_.data(), tokens_, N, V, d);
     be_.end_step(m.params(), /*with_grads=*/true);
     if (hook_) {
-      if constexpr (!Be::kHostMemory)  // the gradients reached the host arena only now
+      if constexpr (!Be::kHostMemory)  // the backend's gradients are final only now
         for (int b = nb - 1; b >= 0; --b) hook_(b);
       hook_(-1);
     }

@@ -11,6 +11,8 @@
 // gaps of the differing patch before relaxing anything).
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <tuple>
 #include <memory>
 #include <vector>
 
@@ -140,6 +142,10 @@ void expect_training_matches(BlockType type) {
   }
   const CudaTransferBytes after = cuda_step_transfer_bytes(*gpu);
   const size_t arena = host.params().total() * sizeof(float);
+  // bench/gpu/device-kit quotes this line.
+  std::printf("host-device bytes per step (%s, steps 2-3): to GPU %zu, to host %zu; parameter arena %zu\n",
+              type == BlockType::uoe ? "uoe" : "moe", (after.to_device - before.to_device) / 2,
+              (after.to_host - before.to_host) / 2, arena);
   EXPECT_LT(after.to_device - before.to_device, arena / 2) << "bytes to the GPU in two steps";
   EXPECT_LT(after.to_host - before.to_host, arena / 2) << "bytes to the host in two steps";
   gpu->state_to_host(&opt_g);
