@@ -69,6 +69,9 @@ class GpuStep final : public ModelStep {
   void optimizer_update(AdamW& opt, double lr, int step, float clip_scale) override {
     step_->optimizer_update(opt, lr, step, clip_scale);
   }
+  void zero_gradients() override { step_->zero_gradients(); }
+  void state_to_host(AdamW* opt) override { step_->state_to_host(opt); }
+  void state_from_host() override { step_->state_from_host(); }
   // Frees the NCCL communicator (collective over the expert-parallel group); without it the
   // destructor aborts NCCL (local).
   void close() override {

@@ -232,8 +232,8 @@ void Trainer::describe() const {
                                 : "",
            100.0 * sgemm_peak / fma_.gflops);
   if (on_gpu_)
-    log_info("device: rank 0 computes on %s; parameters, optimizer and gradient all-reduce stay on the host "
-             "(layers/step_cuda.hpp)", step_->describe().c_str());
+    log_info("device: rank 0 computes on %s; parameters, gradients and AdamW stay on the GPU, the gradient "
+             "all-reduce goes through the host (docs/gpu.md)", step_->describe().c_str());
   if (cfg.overlap_chunks > 1 && on_gpu_)
     log_info("overlap: %d chunks per block; expert exchanges on the GPU's communication stream, gradient all-reduce "
              "on a communication thread", cfg.overlap_chunks);
@@ -290,6 +290,7 @@ void Trainer::open_checkpoints() {
            st.tokenizer_hash, ") than this run's data ", data_.source, " (", tokenizer_kind_name(data_.vocab.kind),
            ", hash ", vocab_hash(data_.vocab), "): its token ids would mean other text");
     start_step_ = static_cast<int>(st.step) + 1;
+    step_->state_from_host();  // the step takes the loaded parameters and moments at its next use
     log_info("resumed from %s: step %lld (written by %d ranks, ep %d)", resume_path.c_str(),
              static_cast<long long>(st.step), st.world, st.ep);
     if (start_step_ > cfg.steps) log_info("the checkpoint is at or past --steps %d: nothing left to train", cfg.steps);
@@ -513,6 +514,7 @@ void Trainer::save_checkpoint(int step) {
     st.tokenizer_blob = tokenizer_blob(data_.vocab);
     st.tokenizer_hash = vocab_hash(data_.vocab);
   }
+  step_->state_to_host(opt_.get());  // a step with its own arenas (the GPU's): its state, into the host's
   writer_->save(model_->params(), *opt_, st);  // waits for (and commits) the previous one first
 }
 

@@ -136,7 +136,7 @@ double CpuBackend::bytes_of(const Rows& r) {
 double CpuBackend::bytes_of(const MlpCache& c) { return vector_bytes(c.g) + vector_bytes(c.a) + vector_bytes(c.dh); }
 double CpuBackend::bytes_of(const AttnCache& c) {
   return vector_bytes(c.qkv) + vector_bytes(c.o) + vector_bytes(c.att) + vector_bytes(c.seg_begin) +
-         vector_bytes(c.att_offset) + vector_bytes(c.d_o) + vector_bytes(c.d_qkv) + vector_bytes(c.d_att) +
+         vector_bytes(c.att_offset) + vector_bytes(c.d_o) + vector_bytes(c.d_qkv) +
          vector_bytes(c.rope_cos) + vector_bytes(c.rope_sin);
 }
 double CpuBackend::bytes_of(const CombineTables& t) { return vector_bytes(t.first) + vector_bytes(t.rows); }

@@ -158,6 +158,10 @@ class CpuBackend {
   static void adamw_update(AdamW& opt, ParamStore& ps, double lr, int step, float clip_scale) {
     opt.update(ps, lr, step, clip_scale);
   }
+  // The arenas are the host's: nothing to copy.
+  static void zero_grads(ParamStore& ps) { ps.zero_grads(); }
+  static void to_host(ParamStore&, AdamW*) {}
+  static void from_host(ParamStore&) {}
 
  private:
   ParamStore* ps_ = nullptr;

@@ -15,8 +15,7 @@ AdamW::AdamW(const ParamStore& params, const AdamWSpec& spec) : spec_(spec) {
     for (size_t j = 0; j < p.size; ++j) decay_mask_[p.offset + j] = p.decay ? 1.0f : 0.0f;
 }
 
-void AdamW::update(ParamStore& params, double lr, int64_t step, float grad_scale) {
-  const ProfileScope profile(Phase::optimizer);
+AdamWScalars AdamW::scalars(double lr, int64_t step, float grad_scale) const {
   AdamWScalars s;
   s.beta1 = static_cast<float>(spec_.beta1);
   s.beta2 = static_cast<float>(spec_.beta2);
@@ -26,6 +25,12 @@ void AdamW::update(ParamStore& params, double lr, int64_t step, float grad_scale
   s.eps = static_cast<float>(spec_.eps);
   s.decay = static_cast<float>(lr * spec_.weight_decay);
   s.grad_scale = grad_scale;
+  return s;
+}
+
+void AdamW::update(ParamStore& params, double lr, int64_t step, float grad_scale) {
+  const ProfileScope profile(Phase::optimizer);
+  const AdamWScalars s = scalars(lr, step, grad_scale);
   // The element update is kernels.hpp's adamw_update_elem, the body the GPU path runs too.
   adamw_update(params.values().data(), m_.data(), v_.data(), params.grads().data(), decay_mask_.data(),
                params.total(), s);

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "layers/params.hpp"
+#include "runtime/kernels.hpp"  // AdamWScalars
 #include "runtime/sum_squares.hpp"  // grad_sum_squares, for the optimizer's callers
 #include "runtime/tensor.hpp"
 
@@ -20,6 +21,10 @@ class AdamW : public OptimizerMoments {
   // One update with learning rate lr; `step` counts from 1 (bias correction). grad_scale multiplies
   // every gradient first (clipping). Weight decay (decoupled) only where ParamInfo::decay.
   void update(ParamStore& params, double lr, int64_t step, float grad_scale);
+  // What update runs, for a backend that keeps its own copies of the arenas (layers/step.hpp): the
+  // step's scalars (runtime/kernels.hpp, adamw_update) and the weight-decay mask [total].
+  AdamWScalars scalars(double lr, int64_t step, float grad_scale) const;
+  const FloatBuffer& decay_mask() const { return decay_mask_; }
 
  private:
   AdamWSpec spec_;

@@ -20,36 +20,52 @@ int64_t expert_capacity(int64_t patches, int k, int experts, double capacity_fac
   return std::min(patches, static_cast<int64_t>(std::ceil(cap - cap * 1e-12)));
 }
 
+void router_begin(Routing& r, const RouterSpec& spec, int N, int d) {
+  const int E = spec.experts, k = spec.topk, ps = spec.patch_size;
+  UOE_ASSERT(N % ps == 0 && k >= 1 && k <= E);
+  r.N = N; r.P = N / ps; r.E = E; r.k = k; r.patch = ps; r.d = d;
+}
+
+void router_patch_means(float* xm, const float* xn, int P, int ps, int d) {
+  // fp32, summed in token order.
+  const float inv = 1.0f / static_cast<float>(ps);
+  for (int p = 0; p < P; ++p) {
+    float* m = xm + static_cast<size_t>(p) * d;
+    for (int c = 0; c < d; ++c) m[c] = 0.0f;
+    for (int t = 0; t < ps; ++t) {
+      const float* row = xn + static_cast<size_t>(p * ps + t) * d;
+      for (int c = 0; c < d; ++c) m[c] += row[c];
+    }
+    for (int c = 0; c < d; ++c) m[c] *= inv;
+  }
+}
+
+void router_bias_rows(float* logits, const float* b, int P, int E) {
+  for (int p = 0; p < P; ++p) std::copy(b, b + E, logits + static_cast<size_t>(p) * E);
+}
+
 void router_forward(Routing& r, const RouterSpec& spec, const float* xn, const float* W, const float* b,
                     int N, int d, bool dropless) {
   const ProfileScope profile(Phase::routing);
-  const int E = spec.experts, k = spec.topk, ps = spec.patch_size;
-  UOE_ASSERT(N % ps == 0 && k >= 1 && k <= E);
-  const int P = N / ps;
-  r.N = N; r.P = P; r.E = E; r.k = k; r.patch = ps; r.d = d;
-
-  // Patch means (fp32, summed in token order).
+  router_begin(r, spec, N, d);
+  const int E = r.E, P = r.P, ps = r.patch;
   const float* x = xn;
   if (ps > 1) {
-    r.xm.assign(static_cast<size_t>(P) * d, 0.0f);
-    const float inv = 1.0f / static_cast<float>(ps);
-    for (int p = 0; p < P; ++p) {
-      float* m = r.xm.data() + static_cast<size_t>(p) * d;
-      for (int t = 0; t < ps; ++t) {
-        const float* row = xn + static_cast<size_t>(p * ps + t) * d;
-        for (int c = 0; c < d; ++c) m[c] += row[c];
-      }
-      for (int c = 0; c < d; ++c) m[c] *= inv;
-    }
+    r.xm.resize(static_cast<size_t>(P) * d);
+    router_patch_means(r.xm.data(), xn, P, ps, d);
     x = r.xm.data();
   } else {
     r.xm.clear();
   }
-
   // Scores.
   r.probs.resize(static_cast<size_t>(P) * E);
-  for (int p = 0; p < P; ++p) std::copy(b, b + E, r.probs.begin() + static_cast<size_t>(p) * E);
+  router_bias_rows(r.probs.data(), b, P, E);
   gemm(false, false, P, E, d, 1.0f, x, d, W, E, 1.0f, r.probs.data(), E);
+  router_decide(r, spec, dropless);
+}
+
+void router_decide(Routing& r, const RouterSpec& spec, bool dropless) {
+  const int E = r.E, k = r.k, P = r.P;
   r.lse.resize(P);
   for (int p = 0; p < P; ++p) r.lse[p] = softmax_row(r.probs.data() + static_cast<size_t>(p) * E, E);
 
@@ -126,11 +142,9 @@ void router_forward(Routing& r, const RouterSpec& spec, const float* xn, const f
   r.z_loss = spec.z_weight * z / P;
 }
 
-void router_backward(const Routing& r, const RouterSpec& spec, const float* dgate, const float* xn,
-                     const float* W, float* dxn, float* dW, float* db, float aux_scale) {
-  const ProfileScope profile(Phase::routing);
-  const int P = r.P, E = r.E, k = r.k, d = r.d, ps = r.patch;
-  std::vector<float> dlogits(static_cast<size_t>(P) * E);
+void router_backward_logits(float* dlogits, const Routing& r, const RouterSpec& spec, const float* dgate,
+                            float aux_scale) {
+  const int P = r.P, E = r.E, k = r.k;
   std::vector<float> dp(E);
   // d(balance)/dp[p,e] = α·E·f_e / P  (f_e is a count: no gradient through it)
   std::vector<float> bal_grad(E);
@@ -163,28 +177,44 @@ void router_backward(const Routing& r, const RouterSpec& spec, const float* dgat
         dp[ch[j]] += static_cast<float>(k) * (dw / s - dot / (s * s));
       }
     }
-    float* dl = dlogits.data() + static_cast<size_t>(p) * E;
+    float* dl = dlogits + static_cast<size_t>(p) * E;
     softmax_row_backward(dl, pr, dp.data(), E);
     // z-loss: d(lse²)/dlogits = 2·lse·softmax
     for (int e = 0; e < E; ++e) dl[e] += zscale * r.lse[p] * pr[e];
   }
+}
+
+void router_bias_grad(float* db, const float* dlogits, int P, int E) {
+  for (int p = 0; p < P; ++p)
+    for (int e = 0; e < E; ++e) db[e] += dlogits[static_cast<size_t>(p) * E + e];
+}
+
+void router_patch_means_backward(float* dxn, const float* dxm, int P, int ps, int d) {
+  const float inv = 1.0f / static_cast<float>(ps);
+  for (int p = 0; p < P; ++p)
+    for (int t = 0; t < ps; ++t) {
+      float* row = dxn + static_cast<size_t>(p * ps + t) * d;
+      const float* g = dxm + static_cast<size_t>(p) * d;
+      for (int c = 0; c < d; ++c) row[c] += g[c] * inv;
+    }
+}
+
+void router_backward(const Routing& r, const RouterSpec& spec, const float* dgate, const float* xn,
+                     const float* W, float* dxn, float* dW, float* db, float aux_scale) {
+  const ProfileScope profile(Phase::routing);
+  const int P = r.P, E = r.E, d = r.d, ps = r.patch;
+  std::vector<float> dlogits(static_cast<size_t>(P) * E);
+  router_backward_logits(dlogits.data(), r, spec, dgate, aux_scale);
   // Logits = x̄·W + b.
   const float* x = ps > 1 ? r.xm.data() : xn;
   gemm(true, false, d, E, P, 1.0f, x, d, dlogits.data(), E, 1.0f, dW, E);
-  for (int p = 0; p < P; ++p)
-    for (int e = 0; e < E; ++e) db[e] += dlogits[static_cast<size_t>(p) * E + e];
+  router_bias_grad(db, dlogits.data(), P, E);
   if (ps == 1) {
     gemm(false, true, P, d, E, 1.0f, dlogits.data(), E, W, E, 1.0f, dxn, d);
   } else {
     std::vector<float> dxm(static_cast<size_t>(P) * d);
     gemm(false, true, P, d, E, 1.0f, dlogits.data(), E, W, E, 0.0f, dxm.data(), d);
-    const float inv = 1.0f / static_cast<float>(ps);
-    for (int p = 0; p < P; ++p)
-      for (int t = 0; t < ps; ++t) {
-        float* row = dxn + static_cast<size_t>(p * ps + t) * d;
-        const float* g = dxm.data() + static_cast<size_t>(p) * d;
-        for (int c = 0; c < d; ++c) row[c] += g[c] * inv;
-      }
+    router_patch_means_backward(dxn, dxm.data(), P, ps, d);
   }
 }
 

@@ -63,4 +63,22 @@ void router_forward(Routing& r, const RouterSpec& spec, const float* xn, const f
 void router_backward(const Routing& r, const RouterSpec& spec, const float* dgate, const float* xn,
                      const float* W, float* dxn, float* dW, float* db, float aux_scale);
 
+// The parts of router_forward / router_backward, for a backend that keeps the input, the weights and
+// the GEMMs in its own memory (layers/step.hpp, the device policy) and the decisions on the host:
+// router_forward = router_begin; x̄ = router_patch_means(xn) when patch > 1; r.probs =
+// router_bias_rows(b) + x̄·W (a GEMM); router_decide. router_backward = router_backward_logits;
+// dW += x̄ᵀ·dlogits; router_bias_grad; dxn += dlogits·Wᵀ (patch > 1: through
+// router_patch_means_backward). The loops below are the CPU twins of the CUDA kernels of the same
+// names (layers/step_cuda.cu): the same per-element arithmetic in the same order.
+void router_begin(Routing& r, const RouterSpec& spec, int N, int d);                // shapes only
+void router_patch_means(float* xm, const float* xn, int P, int ps, int d);          // xm [P, d] written
+void router_bias_rows(float* logits, const float* b, int P, int E);                 // logits[p, :] = b
+// r.probs holds the logits x̄·W + b [P, E] on entry: softmax, top-k, capacity, gates, losses.
+void router_decide(Routing& r, const RouterSpec& spec, bool dropless);
+// dlogits [P, E] written: the gates', the balance loss's and the z-loss's gradient.
+void router_backward_logits(float* dlogits, const Routing& r, const RouterSpec& spec, const float* dgate,
+                            float aux_scale);
+void router_bias_grad(float* db, const float* dlogits, int P, int E);               // db += Σ_p rows, p order
+void router_patch_means_backward(float* dxn, const float* dxm, int P, int ps, int d);  // dxn += dxm / ps
+
 }  // namespace uoe

@@ -13,7 +13,8 @@
 // inside one backend):
 //   kHostMemory        its buffers are host memory and it computes in the ParamStore's arenas in
 //                      place: no arena copies, gradients final block by block (the backward hook
-//                      runs per block, letting the all-reduce start early);
+//                      runs per block, letting the all-reduce start early); otherwise the backend
+//                      keeps its own arenas, and state_to_host / state_from_host move them;
 //   kBatchedMetadata   every chunk's counts and row metadata travel in one collective before any
 //                      row moves (saves host synchronisations on a GPU); otherwise each chunk's
 //                      metadata travels with its rows (the CPU: batching measured 1–3% slower
@@ -79,12 +80,20 @@ class ModelStep {
   virtual void set_phase_log(std::vector<PhaseTime>* log) = 0;
 
   // The update side of a training step, where the backend keeps the gradients and the optimizer
-  // state (the CPU backend and today's CUDA backend: the host arenas, after forward_backward):
+  // state (the CPU backend: the host arenas; the CUDA backend: its device arenas):
   // the gradient all-reduce (one bucket, or every bucket in order), the Σ g² of the global
   // gradient (through `sync`) or of this rank's (without), and AdamW with the clip scale.
   virtual void reduce_gradients(GradientSync& sync, int bucket) = 0;  // bucket −1: all of them
   virtual double gradient_sum_squares(GradientSync* sync) = 0;
   virtual void optimizer_update(AdamW& opt, double lr, int step, float clip_scale) = 0;
+  // Where the backend keeps its own copies of the arenas (kHostMemory false: device memory): zeroes
+  // its gradients (a step's start); copies its parameters and gradients, and opt's moments when
+  // given, into the host arenas (before a checkpoint is written or the host reads them); and takes
+  // the host arenas and moments again at its next use (after a checkpoint was read). The CPU
+  // backend computes in the host arenas: the first zeroes them, the others do nothing.
+  virtual void zero_gradients() = 0;
+  virtual void state_to_host(AdamW* opt) = 0;
+  virtual void state_from_host() = 0;
 
   Model& model() { return *model_; }
   const Model& model() const { return *model_; }
@@ -159,6 +168,9 @@ concept StepBackend = requires(Be& be, typename Be::template Buffer<float>& fbuf
   be.reduce_gradients(sync, ps, n);
   { be.gradient_sum_squares(&sync, ps) } -> std::convertible_to<double>;
   be.adamw_update(opt, ps, 1.0, n, 1.0f);
+  be.zero_grads(ps);
+  be.to_host(ps, &opt);
+  be.from_host(ps);
 };
 
 template <StepBackend Be>
@@ -250,7 +262,7 @@ class Step final : public ModelStep {
     be_.embedding_backward(grad(embed), dh_.data(), tokens_, N, V, d);
     be_.end_step(m.params(), /*with_grads=*/true);
     if (hook_) {
-      if constexpr (!Be::kHostMemory)  // the gradients reached the host arena only now
+      if constexpr (!Be::kHostMemory)  // the backend's gradients are final only now
         for (int b = nb - 1; b >= 0; --b) hook_(b);
       hook_(-1);
     }
@@ -296,6 +308,9 @@ class Step final : public ModelStep {
   void optimizer_update(AdamW& opt, double lr, int step, float clip_scale) override {
     be_.adamw_update(opt, model_->params(), lr, step, clip_scale);
   }
+  void zero_gradients() override { be_.zero_grads(model_->params()); }
+  void state_to_host(AdamW* opt) override { be_.to_host(model_->params(), opt); }
+  void state_from_host() override { be_.from_host(model_->params()); }
 
  private:
   template <class T>

@@ -10,7 +10,9 @@
 #include <vector>
 
 #include "layers/cpu_backend.hpp"
+#include "layers/optimizer.hpp"
 #include "layers/router.hpp"
+#include "parallel/grad_sync.hpp"
 #include "layers/step_cuda.hpp"
 #include "parallel/stream_scheduler.hpp"
 #include "runtime/cuda/check.cuh"
@@ -21,6 +23,85 @@
 #include "runtime/error.hpp"
 
 namespace uoe {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+unsigned grid_for(int64_t n) { return static_cast<unsigned>(std::max<int64_t>(1, (n + kThreads - 1) / kThreads)); }
+
+// The router's parts (layers/router.hpp), element for element the CPU loops of the same names.
+__global__ void router_patch_means_kernel(float* xm, const float* xn, int P, int ps, int d, float inv) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= static_cast<int64_t>(P) * d) return;
+  const int64_t p = i / d, c = i % d;
+  float m = 0.0f;
+  for (int t = 0; t < ps; ++t) m = __fadd_rn(m, xn[(p * ps + t) * d + c]);
+  xm[i] = __fmul_rn(m, inv);
+}
+__global__ void router_bias_rows_kernel(float* logits, const float* b, int P, int E) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < static_cast<int64_t>(P) * E) logits[i] = b[i % E];
+}
+__global__ void router_bias_grad_kernel(float* db, const float* dlogits, int P, int E) {
+  const int e = blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= E) return;
+  float s = db[e];
+  for (int p = 0; p < P; ++p) s = __fadd_rn(s, dlogits[static_cast<int64_t>(p) * E + e]);
+  db[e] = s;
+}
+__global__ void router_patch_means_backward_kernel(float* dxn, const float* dxm, int P, int ps, int d, float inv) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= static_cast<int64_t>(P) * ps * d) return;
+  const int64_t token = i / d, c = i % d;
+  dxn[i] = __fadd_rn(dxn[i], __fmul_rn(dxm[(token / ps) * d + c], inv));
+}
+// Σ g² in double: each of kSumThreads threads sums a strided share in index order, one thread adds
+// the shares in thread order. Deterministic; within double rounding of grad_sum_squares (its twin:
+// the same terms, summed in 8 lanes).
+constexpr int kSumBlocks = kSumShares / kThreads;
+__global__ void sum_squares_shares_kernel(double* shares, const float* g, size_t n) {
+  const size_t tid = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  double s = 0;
+  for (size_t i = tid; i < n; i += stride) s += static_cast<double>(g[i]) * g[i];
+  shares[tid] = s;
+}
+__global__ void sum_shares_kernel(double* out, const double* shares, int n) {
+  double s = 0;
+  for (int i = 0; i < n; ++i) s += shares[i];
+  *out = s;
+}
+
+}  // namespace
+
+void router_patch_means(float* xm, const float* xn, int P, int ps, int d, cudaStream_t s) {
+  router_patch_means_kernel<<<grid_for(static_cast<int64_t>(P) * d), kThreads, 0, s>>>(xm, xn, P, ps, d,
+                                                                                     1.0f / static_cast<float>(ps));
+  UOE_CHECK_LAUNCH("router_patch_means_kernel");
+}
+void router_bias_rows(float* logits, const float* b, int P, int E, cudaStream_t s) {
+  router_bias_rows_kernel<<<grid_for(static_cast<int64_t>(P) * E), kThreads, 0, s>>>(logits, b, P, E);
+  UOE_CHECK_LAUNCH("router_bias_rows_kernel");
+}
+void router_bias_grad(float* db, const float* dlogits, int P, int E, cudaStream_t s) {
+  router_bias_grad_kernel<<<grid_for(E), kThreads, 0, s>>>(db, dlogits, P, E);
+  UOE_CHECK_LAUNCH("router_bias_grad_kernel");
+}
+void router_patch_means_backward(float* dxn, const float* dxm, int P, int ps, int d, cudaStream_t s) {
+  router_patch_means_backward_kernel<<<grid_for(static_cast<int64_t>(P) * ps * d), kThreads, 0, s>>>(
+      dxn, dxm, P, ps, d, 1.0f / static_cast<float>(ps));
+  UOE_CHECK_LAUNCH("router_patch_means_backward_kernel");
+}
+// *out (device) = Σ g² of g [n] (device); shares: kSumBlocks · 256 doubles of workspace.
+void grad_sum_squares(double* out, double* shares, const float* g, size_t n, cudaStream_t s) {
+  sum_squares_shares_kernel<<<kSumBlocks, kThreads, 0, s>>>(shares, g, n);
+  UOE_CHECK_LAUNCH("sum_squares_shares_kernel");
+  sum_shares_kernel<<<1, 1, 0, s>>>(out, shares, kSumShares);
+  UOE_CHECK_LAUNCH("sum_shares_kernel");
+}
+
+}  // namespace cuda
+
 class CudaBackend {
  public:
   static constexpr bool kHostMemory = false;
@@ -31,9 +112,10 @@ class CudaBackend {
   using Rows = cuda::DeviceExpertRows;
   using MlpCache = cuda::DeviceMlpCache;
   using AttnCache = cuda::DeviceAttnCache;
-  // Routing on the host: the block's normalised input and router weights, copied down.
+  // What routing keeps here: patch means [P, d], scores and their gradients [P, E] (and a host copy).
   struct RouteCache {
-    std::vector<float> xn, w, b;
+    cuda::DeviceBuffer<float> xm, logits, dlogits, dxm;
+    std::vector<float> dlogits_host;
   };
   // A block's rows on the device (token and gate of each source row) and one scatter plan per chunk
   // (sources ascending within a destination: each token's rows in row order).
@@ -82,23 +164,24 @@ class CudaBackend {
   void close() {}
 
   template <class T>
-  void upload(Buffer<T>& b, std::span<const T> host) { b.upload(host, s()); }
+  void upload(Buffer<T>& b, std::span<const T> host) {
+    traffic.up_bytes += host.size_bytes();
+    b.upload(host, s());
+  }
   template <class T>
-  void download(const Buffer<T>& b, std::span<T> host) { b.download(host, s()); }
+  void download(const Buffer<T>& b, std::span<T> host) {
+    traffic.down_bytes += host.size_bytes();
+    b.download(host, s());
+  }
   template <class T>
   void zero(Buffer<T>& b) { b.zero(s()); }
   void synchronize() { stream.synchronize(); }
 
-  // The arenas: uploaded for each pass (the gradients continue from the host's, so micro-batches
-  // accumulate in the CPU path's order), the gradients downloaded at its end.
-  void begin_step(ParamStore& ps, bool with_grads) {
-    const size_t total = ps.total();
-    upload(values_, std::span<const float>(ps.values().data(), total));
-    if (with_grads) upload(grads_, std::span<const float>(ps.grads().data(), total));
-  }
-  void end_step(ParamStore& ps, bool with_grads) {
+  // The arenas (and AdamW's moments) live here: taken from the host at the first pass or after
+  // from_host (a checkpoint read), given back by to_host (a checkpoint written, the host's figures).
+  void begin_step(ParamStore& ps, bool /*with_grads*/) { take_arenas(ps); }
+  void end_step(ParamStore&, bool) {
     if (sched) sched->synchronize();
-    if (with_grads) download(grads_, std::span<float>(ps.grads().data(), ps.total()));
     synchronize();
   }
   float* values() { return values_.data(); }
@@ -123,7 +206,7 @@ class CudaBackend {
   void bias_grad(float* db, const float* dh, int N, int C) {
     if (all_rows_n != N) {
       const int range[2] = {0, N};
-      all_rows.upload(std::span<const int>(range, 2), s());
+      upload(all_rows, std::span<const int>(range, 2));
       all_rows_n = N;
     }
     cuda::accumulate_expert_bias_grad(db, dh, all_rows.data(), 1, C, s());
@@ -142,7 +225,7 @@ class CudaBackend {
     else
       cuda::crossentropy_forward(loss_sum.data(), row_loss.data(), logits, targets_.data(), N, V, s());
     double sum = 0;
-    loss_sum.download(std::span<double>(&sum, 1), s());
+    download(loss_sum, std::span<double>(&sum, 1));
     synchronize();
     return sum;
   }
@@ -151,35 +234,51 @@ class CudaBackend {
     cuda::scatter_add_rows(dtable, dh, embed_plan, d, 1.0f, nullptr, s());
   }
 
-  // Routing on the host with the CPU router, on the block's input and router weights copied down.
+  // Routing: the scores x̄·W + b formed here (router_forward's parts, layers/router.hpp); only they
+  // come to the host [P, E], which decides — top-k, capacity (ties to the lower patch), gates — with
+  // the CPU router's code, so the decisions are the CPU rule's on these scores.
   void route(Routing& r, RouteCache& rc, const RouterSpec& spec, const float* xn, const float* w, const float* b,
              int N, int d, bool dropless) {
-    const int E = spec.experts;
-    rc.xn.resize(static_cast<size_t>(N) * d);
-    rc.w.resize(static_cast<size_t>(d) * E);
-    rc.b.resize(E);
-    copy_down(rc.xn.data(), xn, rc.xn.size());
-    copy_down(rc.w.data(), w, rc.w.size());
-    copy_down(rc.b.data(), b, rc.b.size());
-    synchronize();
-    router_forward(r, spec, rc.xn.data(), rc.w.data(), rc.b.data(), N, d, dropless);
+    router_begin(r, spec, N, d);
+    const int P = r.P, E = r.E;
+    const float* x = xn;
+    if (r.patch > 1) {
+      rc.xm.resize(static_cast<size_t>(P) * d);
+      if (P > 0) cuda::router_patch_means(rc.xm.data(), xn, P, r.patch, d, s());
+      x = rc.xm.data();
+    }
+    r.xm.clear();  // kept here, in rc.xm
+    r.probs.resize(static_cast<size_t>(P) * E);
+    if (P > 0) {
+      rc.logits.resize(static_cast<size_t>(P) * E);
+      cuda::router_bias_rows(rc.logits.data(), b, P, E, s());
+      blas.gemm(false, false, P, E, d, 1.0f, x, d, w, E, 1.0f, rc.logits.data(), E);
+      traffic.down(rc.logits.data(), r.probs.data(), r.probs.size(), s());
+      synchronize();
+    }
+    router_decide(r, spec, dropless);
   }
-  // The router's backward on the host: its weight gradients continue from the device's values and go
-  // back up with the input gradient.
+  // The scores' gradients formed on the host from the routing there, sent up; the router's GEMMs
+  // and weight gradients stay here.
   void route_backward(const Routing& r, RouteCache& rc, const RouterSpec& spec, const float* dgate_host,
-                      const float* /*xn*/, const float* /*w*/, float* dxn, float* dw, float* db, float loss_scale) {
-    const int E = spec.experts, d = r.d, N = r.N;
-    dxn_host_.assign(static_cast<size_t>(N) * d, 0.0f);
-    dw_host_.resize(static_cast<size_t>(d) * E);
-    db_host_.resize(E);
-    copy_down(dw_host_.data(), dw, dw_host_.size());
-    copy_down(db_host_.data(), db, db_host_.size());
-    synchronize();
-    router_backward(r, spec, dgate_host, rc.xn.data(), rc.w.data(), dxn_host_.data(), dw_host_.data(), db_host_.data(),
-                    loss_scale);
-    copy_up(dxn, dxn_host_.data(), dxn_host_.size());
-    copy_up(dw, dw_host_.data(), dw_host_.size());
-    copy_up(db, db_host_.data(), db_host_.size());
+                      const float* xn, const float* w, float* dxn, float* dw, float* db, float loss_scale) {
+    const int P = r.P, E = r.E, d = r.d, ps = r.patch;
+    if (P == 0) return;
+    rc.dlogits_host.resize(static_cast<size_t>(P) * E);
+    router_backward_logits(rc.dlogits_host.data(), r, spec, dgate_host, loss_scale);
+    rc.dlogits.resize(rc.dlogits_host.size());
+    traffic.up(rc.dlogits.data(), rc.dlogits_host.data(), rc.dlogits_host.size(), s());
+    const float* x = ps > 1 ? rc.xm.data() : xn;
+    blas.gemm(true, false, d, E, P, 1.0f, x, d, rc.dlogits.data(), E, 1.0f, dw, E);
+    cuda::router_bias_grad(db, rc.dlogits.data(), P, E, s());
+    if (ps == 1) {
+      blas.gemm(false, true, P, d, E, 1.0f, rc.dlogits.data(), E, w, E, 1.0f, dxn, d);
+    } else {
+      rc.dxm.resize(static_cast<size_t>(P) * d);
+      blas.gemm(false, true, P, d, E, 1.0f, rc.dlogits.data(), E, w, E, 0.0f, rc.dxm.data(), d);
+      cuda::router_patch_means_backward(dxn, rc.dxm.data(), P, ps, d, s());
+    }
+    synchronize();  // rc.dlogits_host is reused by the next block
   }
 
   void row_tables(CombineTables& t, const SourceRows& src, const Routing& r) {
@@ -200,8 +299,8 @@ class CudaBackend {
     rows.offsets = offsets;
     rows.seg.assign(seg, seg + n);
     rows.pos.assign(pos, pos + n);
-    rows.offsets_dev.upload(std::span<const int>(rows.offsets), s());
-    rows.pos_dev.upload(std::span<const int32_t>(rows.pos), s());
+    upload(rows.offsets_dev, std::span<const int>(rows.offsets));
+    upload(rows.pos_dev, std::span<const int32_t>(rows.pos));
     rows.x.resize(static_cast<size_t>(n) * d);
   }
   void combine_prepare(CombineTables& t, int N, int B, int T, int C) {
@@ -276,15 +375,97 @@ class CudaBackend {
     cuda::attn_experts_backward_weights(dWqkv, dWo, dy, c, r, d, g, dh, blas);
   }
 
-  // The update side stays on the host for now: end_step downloaded the gradients into the host
-  // arena (the master copy), the next begin_step uploads what AdamW made of the parameters.
+  // The update side on the device arenas. The all-reduce: one rank — nothing to do; several — each
+  // bucket's gradients through the host's GradientSync (a host round trip per bucket: the device
+  // all-reduce through NCCL is not built yet, docs/gpu.md). Σ g²: per tensor on the device, in the
+  // GradientSync's order; one double per tensor comes to the host.
   void reduce_gradients(GradientSync& sync, ParamStore& ps, int bucket) {
-    CpuBackend::reduce_gradients(sync, ps, bucket);
+    take_arenas(ps);
+    if (sync.single_rank()) return;
+    const size_t first = bucket < 0 ? 0 : static_cast<size_t>(bucket);
+    const size_t last = bucket < 0 ? sync.buckets() : first + 1;
+    float* host = ps.grads().data();
+    for (size_t i = first; i < last; ++i) {
+      for (int t : sync.bucket_tensors(i)) {
+        const std::span<float> g = sync.tensor_grad(t);
+        traffic.down(grads_.data() + (g.data() - host), g.data(), g.size(), s());
+      }
+      synchronize();
+      sync.reduce_bucket(i);
+      for (int t : sync.bucket_tensors(i)) {
+        const std::span<float> g = sync.tensor_grad(t);
+        traffic.up(grads_.data() + (g.data() - host), g.data(), g.size(), s());
+      }
+      synchronize();
+    }
   }
-  double gradient_sum_squares(GradientSync* sync, ParamStore& ps) { return CpuBackend::gradient_sum_squares(sync, ps); }
+  double gradient_sum_squares(GradientSync* sync, ParamStore& ps) {
+    take_arenas(ps);
+    sum_shares.resize(cuda::kSumShares);
+    sum_out.resize(1);
+    auto on_device = [this](const float* g, size_t n) {
+      double v = 0;
+      if (n == 0) return v;
+      cuda::grad_sum_squares(sum_out.data(), sum_shares.data(), g, n, s());
+      traffic.down(sum_out.data(), &v, 1, s());
+      synchronize();
+      return v;
+    };
+    if (!sync) return on_device(grads_.data(), ps.total());
+    return sync->rebased(ps.grads().data(), grads_.data()).global_sum_squares(on_device);
+  }
   void adamw_update(AdamW& opt, ParamStore& ps, double lr, int step, float clip_scale) {
-    CpuBackend::adamw_update(opt, ps, lr, step, clip_scale);
+    take_arenas(ps);
+    const size_t n = ps.total();
+    if (!moments_here_) {
+      m_.resize(n);
+      v_.resize(n);
+      decay_.resize(n);
+      traffic.up(m_.data(), opt.m().data(), n, s());
+      traffic.up(v_.data(), opt.v().data(), n, s());
+      traffic.up(decay_.data(), opt.decay_mask().data(), n, s());
+      synchronize();
+      moments_here_ = true;
+    }
+    cuda::adamw_update(values_.data(), m_.data(), v_.data(), grads_.data(), decay_.data(), n,
+                       opt.scalars(lr, step, clip_scale), s());
   }
+  void zero_grads(ParamStore& ps) {
+    take_arenas(ps);
+    grads_.zero(s());
+  }
+  void to_host(ParamStore& ps, AdamW* opt) {
+    if (host_newer_) return;
+    if (sched) sched->synchronize();
+    const size_t n = ps.total();
+    traffic.down(values_.data(), ps.values().data(), n, s());
+    traffic.down(grads_.data(), ps.grads().data(), n, s());
+    if (opt && moments_here_) {
+      traffic.down(m_.data(), opt->m().data(), n, s());
+      traffic.down(v_.data(), opt->v().data(), n, s());
+    }
+    synchronize();
+  }
+  void from_host(ParamStore&) {
+    host_newer_ = true;
+    moments_here_ = false;
+  }
+
+  // Host↔device bytes the backend moved (every copy it makes goes through here; the step's own
+  // uploads of tokens and downloads of probabilities too): bench/gpu/device-kit reads them.
+  struct Traffic {
+    size_t up_bytes = 0, down_bytes = 0;
+    template <class T>
+    void up(T* dev, const T* host, size_t n, cudaStream_t st) {
+      if (n) UOE_CHECK_CUDA(cudaMemcpyAsync(dev, host, n * sizeof(T), cudaMemcpyHostToDevice, st));
+      up_bytes += n * sizeof(T);
+    }
+    template <class T>
+    void down(const T* dev, T* host, size_t n, cudaStream_t st) {
+      if (n) UOE_CHECK_CUDA(cudaMemcpyAsync(host, dev, n * sizeof(T), cudaMemcpyDeviceToHost, st));
+      down_bytes += n * sizeof(T);
+    }
+  } traffic;
 
  private:
   static int set_device(int device) {
@@ -295,12 +476,15 @@ class CudaBackend {
     UOE_CHECK_CUDA(cudaSetDevice(device));
     return device;
   }
-  void copy_down(float* host, const float* dev, size_t n) {
-    if (n) UOE_CHECK_CUDA(cudaMemcpyAsync(host, dev, n * sizeof(float), cudaMemcpyDeviceToHost, s()));
-  }
-  void copy_up(float* dev, const float* host, size_t n) {
-    if (n) UOE_CHECK_CUDA(cudaMemcpyAsync(dev, host, n * sizeof(float), cudaMemcpyHostToDevice, s()));
-    synchronize();  // the host vectors are reused by the next block
+  void take_arenas(ParamStore& ps) {
+    if (!host_newer_) return;
+    const size_t n = ps.total();
+    values_.resize(n);
+    grads_.resize(n);
+    traffic.up(values_.data(), ps.values().data(), n, s());
+    traffic.up(grads_.data(), ps.grads().data(), n, s());
+    synchronize();
+    host_newer_ = false;
   }
 
   int device_;
@@ -311,13 +495,15 @@ class CudaBackend {
 
  private:
   std::unique_ptr<StreamScheduler> sched;  // null while every expert is on this rank (nothing travels)
-  Buffer<float> values_, grads_, ln_scratch, row_loss;
+  Buffer<float> values_, grads_, m_, v_, decay_, ln_scratch, row_loss;
+  Buffer<double> sum_out, sum_shares;
+  bool host_newer_ = true;     // the host arenas are to be taken at the next use
+  bool moments_here_ = false;  // m_, v_, decay_ hold AdamW's state
   Buffer<int32_t> targets_;
   Buffer<int> all_rows;  // {0, N}: the output bias as one "expert" over every token
   Buffer<double> loss_sum;
   int all_rows_n = -1;
   cuda::ScatterPlan embed_plan;
-  std::vector<float> dxn_host_, dw_host_, db_host_;
 };
 
 template class Step<CudaBackend>;
@@ -327,6 +513,13 @@ std::unique_ptr<ModelStep> make_cuda_step(Model& model, const CudaStepOptions& o
   step->set_chunks(o.chunks);
   step->set_recompute(o.recompute);
   return step;
+}
+
+CudaTransferBytes cuda_step_transfer_bytes(const ModelStep& step) {
+  const auto* s = dynamic_cast<const Step<CudaBackend>*>(&step);
+  UOE_ASSERT(s != nullptr, "cuda_step_transfer_bytes: not a CUDA step");
+  const CudaBackend::Traffic& t = const_cast<Step<CudaBackend>*>(s)->backend().traffic;
+  return {t.up_bytes, t.down_bytes};
 }
 
 }  // namespace uoe

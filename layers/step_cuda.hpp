@@ -2,14 +2,14 @@
 // (layers/step_cuda.cu) — the CUDA twins of the CPU kernels (runtime/cuda/*.cuh), cuBLAS for every
 // GEMM and the grouped/strided expert GEMMs. The pipeline is the CPU path's, line for line; what
 // differs is the backend's memory and two policies (layers/step.hpp): the parameter and gradient
-// arenas are copied to the GPU for each micro-batch and the gradients back ("optimizer on the host"
-// in the manner of ZeRO-offload: AdamW, clipping, the all-reduce and checkpoints stay the tested host
-// code), and every chunk's row metadata travels in one collective per block.
+// arenas and AdamW's moments live on the GPU (taken from the host once, given back by state_to_host
+// for checkpoints and the host's figures), and every chunk's row metadata travels in one collective
+// per block. Σ g² and AdamW run on the device; the gradient all-reduce with several ranks still goes
+// through the host (docs/gpu.md).
 //
-// Routing runs on the host with the CPU router (layers/router.cpp): each routed block copies its
-// normalised input [N, d] and router weights to the host, routes, and uploads the row tables; in
-// backward the gate gradients (one float per row) come back and the router's input gradient [N, d]
-// and weight gradients go up. These are the step's host synchronisations besides the arena copies.
+// Routing: the scores x̄·W + b are formed on the GPU and only they [P, E] come to the host, which
+// decides with the CPU router's code (router_decide: top-k, capacity, gates); in backward the gate
+// gradients come down, the scores' gradients go up, and the router's GEMMs run on the GPU.
 //
 // Expert parallelism: with --ep > 1 the routed rows travel GPU to GPU over NCCL (an MpiExchange
 // whose payload communicator is an NcclCommunicator; counts and row metadata over MPI from the
@@ -39,5 +39,26 @@ struct CudaStepOptions {
 
 // The step on GPU o.device for `model` (which must outlive it).
 std::unique_ptr<ModelStep> make_cuda_step(Model& model, const CudaStepOptions& o);
+
+// Host↔device bytes a CUDA step (a make_cuda_step result) moved so far, every copy it made counted
+// (layers/step_cuda.cu, CudaBackend::Traffic).
+struct CudaTransferBytes {
+  size_t to_device = 0, to_host = 0;
+};
+CudaTransferBytes cuda_step_transfer_bytes(const ModelStep& step);
+
+namespace cuda {
+// The router's device parts: the twins of layers/router.hpp's CPU loops of the same names, element
+// for element the same arithmetic (no contraction), on device pointers in stream order.
+void router_patch_means(float* xm, const float* xn, int P, int ps, int d, cudaStream_t s);
+void router_bias_rows(float* logits, const float* b, int P, int E, cudaStream_t s);
+void router_bias_grad(float* db, const float* dlogits, int P, int E, cudaStream_t s);
+void router_patch_means_backward(float* dxn, const float* dxm, int P, int ps, int d, cudaStream_t s);
+// *out (device double) = Σ g² of g [n] (device), deterministic; shares: kSumShares doubles of
+// workspace. Twin of runtime/sum_squares.hpp's grad_sum_squares: the same terms in another order,
+// so equal to a relative 1e-12 (double rounding over ≤ 10⁹ positive terms), not bitwise.
+inline constexpr int kSumShares = 64 * 256;
+void grad_sum_squares(double* out, double* shares, const float* g, size_t n, cudaStream_t s);
+}  // namespace cuda
 
 }  // namespace uoe

@@ -91,7 +91,7 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const TokenS
   // Last: the routing check (StepFigures::routing_check).
   const size_t at_routing = at_load + load_size;
   std::vector<double> sums(at_routing + 1, 0.0);
-  model.params().zero_grads();
+  step_runner->zero_gradients();  // where the step keeps them (layers/step.hpp)
   ForwardStats st;
   const float loss_scale = 1.0f / static_cast<float>(M * ranks.world_size);
   // On the last micro-batch each block's gradient bucket is reduced as soon as backward finishes
@@ -157,6 +157,7 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const TokenS
   // The fingerprint of what the optimizer receives (before clipping, which scales every tensor by
   // one factor that grad_norm determines), on the steps that write a metrics line.
   if (cfg.metrics_grads && (step % cfg.log_every == 0 || step == cfg.steps)) {
+    step_runner->state_to_host(nullptr);  // a backend with its own arenas: the gradients, for the log line
     if (ranks.sync) {
       fig.grad_fingerprint = ranks.sync->global_fingerprint();
     } else {
@@ -199,6 +200,7 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const TokenS
   // Every rank sees the same global loss and norm, so every rank skips (or not) together.
   if (!std::isfinite(fig.loss) || !std::isfinite(fig.grad_norm)) {
     fig.skipped = true;
+    step_runner->state_to_host(nullptr);  // the gradients where the host can name the bad tensor
     // Name the first tensor backward reached with a non-finite gradient (buckets are in backward
     // order, last block first): that is where the fault entered, the rest inherited it.
     for (const std::vector<int>& bucket : model_gradient_buckets(model))

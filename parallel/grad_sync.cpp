@@ -78,18 +78,33 @@ void GradientSync::all_reduce() {
 }
 
 double GradientSync::global_sum_squares() {
+  return global_sum_squares([](const float* g, size_t n) { return grad_sum_squares(g, n); });
+}
+
+double GradientSync::global_sum_squares(const std::function<double(const float*, size_t)>& sum_squares) {
   const ProfileScope profile(Phase::exchange);
   double replicated = 0, expert = 0;
   for (const Bucket& b : buckets_) {
     for (int i : b.replicated) {
-      replicated += grad_sum_squares(tensors_[i].grad.data(), tensors_[i].grad.size());
+      replicated += sum_squares(tensors_[i].grad.data(), tensors_[i].grad.size());
     }
     for (int i : b.sharded) {
-      expert += grad_sum_squares(tensors_[i].grad.data(), tensors_[i].grad.size());
+      expert += sum_squares(tensors_[i].grad.data(), tensors_[i].grad.size());
     }
   }
   if (ep_.size() > 1) ep_.all_reduce_sum(std::span<double>(&expert, 1));
   return replicated + expert;
+}
+
+GradientSync GradientSync::rebased(const float* from, float* to) const {
+  std::vector<GradTensor> tensors = tensors_;
+  for (GradTensor& t : tensors) t.grad = std::span<float>(to + (t.grad.data() - from), t.grad.size());
+  std::vector<std::vector<int>> buckets;  // each bucket's replicated then sharded tensors: their order kept
+  for (const Bucket& b : buckets_) {
+    buckets.push_back(b.replicated);
+    buckets.back().insert(buckets.back().end(), b.sharded.begin(), b.sharded.end());
+  }
+  return GradientSync(std::move(tensors), std::move(buckets), world_, ep_, dp_);
 }
 
 float grad_fingerprint_weight(uint64_t name_stream, int64_t global_index) {

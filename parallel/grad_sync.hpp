@@ -11,6 +11,8 @@
 // GradientSync lives (the model's gradient arena is allocated once).
 #pragma once
 #include <cstdint>
+#include <functional>
+#include <span>
 #include <vector>
 
 #include "parallel/communicator.hpp"
@@ -44,11 +46,21 @@ class GradientSync {
   // Σ g² over the GLOBAL model after the reduction: replicated tensors once, every expert slab once
   // (summed over the ep group). The same value on every rank.
   double global_sum_squares();
+  // The same with each tensor's Σ g² formed by `sum_squares` (a device's, on a rebased copy).
+  double global_sum_squares(const std::function<double(const float*, size_t)>& sum_squares);
+  // Bucket i's tensors (indices, ascending) and each tensor's gradient span.
+  const std::vector<int>& bucket_tensors(size_t i) const { return buckets_[i].all; }
+  std::span<float> tensor_grad(int i) const { return tensors_[i].grad; }
+  // One rank holds the whole model: nothing to reduce.
+  bool single_rank() const { return world_.size() == 1; }
   // The per-tensor gradient fingerprint (see tensor_grad_fingerprint) of the GLOBAL model: an
   // expert-sharded tensor's is summed over the ep group, so every layout reports the same figures
   // for the same gradient. Returns 2 values per tensor, in index order: Σ g², Σ g·w. Collective
   // over the ep group (every rank calls it at the same steps); the same on every rank.
   std::vector<double> global_fingerprint();
+  // The same tensors, buckets and communicators over another copy of the gradient arena: each
+  // tensor at the same offset from `to` as from `from` (a step backend's own arena, layers/step.hpp).
+  GradientSync rebased(const float* from, float* to) const;
 
  private:
   struct Bucket {

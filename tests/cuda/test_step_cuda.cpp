@@ -6,11 +6,13 @@
 // and OpenBLAS sum GEMMs in different orders and nvcc contracts a·b + c into FMAs, so values differ
 // in the last bits after each GEMM. Through 2 layers and back that stays far below 1e-3 relative for
 // the O(1e-3…1) gradients here; atol covers entries that cancel to ~0 (1e-3 of the tensor's largest
-// entry). Routing must be identical: the router runs on the host on the GPU's normalised inputs,
+// entry). Routing must be identical: the router decides on the host from the GPU's scores [P, E],
 // and a random model of this size has no near-ties (if this ever fails, print the top-2 probability
 // gaps of the differing patch before relaxing anything).
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <tuple>
 #include <memory>
 #include <vector>
 
@@ -18,6 +20,12 @@
 #include "layers/cpu_backend.hpp"
 #include "layers/step_cuda.hpp"
 #include "layers/model.hpp"
+#include "layers/optimizer.hpp"
+#include "layers/router.hpp"
+#include "layers/train_step.hpp"
+#include "parallel/communicator.hpp"
+#include "parallel/grad_sync.hpp"
+#include "runtime/sum_squares.hpp"
 #include "parallel/exchange.hpp"
 
 namespace uoe::gpu_test {
@@ -65,6 +73,7 @@ void expect_step_matches(BlockType type) {
   ForwardStats sc, sg;
   cpu.forward_backward(in.data(), tg.data(), B, 0.5f, &sc);
   dev.forward_backward(in.data(), tg.data(), B, 0.5f, &sg);
+  dev.state_to_host(nullptr);  // the gradients stay on the GPU until asked for
 
   for (int b = 0; b < 2 * spec.layers; ++b) {
     EXPECT_EQ(dev.routing(b).choice, cpu.routing(b).choice) << "block " << b;
@@ -95,6 +104,98 @@ void expect_step_matches(BlockType type) {
   cpu.forward_eval(in.data(), tg.data(), B, &ec);
   dev.forward_eval(in.data(), tg.data(), B, &eg);
   EXPECT_NEAR(eg.ce_sum, ec.ce_sum, 1e-5 * std::fabs(ec.ce_sum));
+}
+
+// Three training steps as the trainer runs them (zero, forward + backward, all-reduce, Σ g², AdamW
+// with clipping), the update side on the GPU's arenas: the parameters after them within the same
+// tolerance as one step's gradients (AdamW's update is lr-sized per step, so they stay close), the
+// Σ g² within 1e-3 relative, and the GPU backend moved no arena across in the second and third
+// steps (only metadata and the loss: less than half a parameter arena's bytes over both).
+void expect_training_matches(BlockType type) {
+  const ModelSpec spec = small_spec(type);
+  LocalExchange ex_cpu, ex_host;
+  Model cpu_model(spec, 7, &ex_cpu), host(spec, 7, &ex_host);
+  CpuStep cpu(cpu_model);
+  const std::unique_ptr<ModelStep> gpu = make_cuda_step(host, CudaStepOptions{});
+  SelfCommunicator self;
+  GradientSync sync_c(grad_tensors(cpu_model.params()), model_gradient_buckets(cpu_model), self, self, self),
+      sync_g(grad_tensors(host.params()), model_gradient_buckets(host), self, self, self);
+  AdamW opt_c(cpu_model.params(), AdamWSpec{}), opt_g(host.params(), AdamWSpec{});
+  const int B = 2, N = B * spec.seq_len;
+  CudaTransferBytes before;
+  for (int it = 1; it <= 3; ++it) {
+    if (it == 2) before = cuda_step_transfer_bytes(*gpu);  // the first step took the arenas from the host
+    const auto in = tokens(N, spec.vocab, 10 + it), tg = tokens(N, spec.vocab, 20 + it);
+    double sq[2];
+    int at = 0;
+    for (auto [s, sync, opt] : {std::tuple<ModelStep*, GradientSync*, AdamW*>{&cpu, &sync_c, &opt_c},
+                                std::tuple<ModelStep*, GradientSync*, AdamW*>{gpu.get(), &sync_g, &opt_g}}) {
+      s->zero_gradients();
+      ForwardStats st;
+      s->forward_backward(in.data(), tg.data(), B, 1.0f, &st);
+      s->reduce_gradients(*sync, -1);
+      sq[at] = s->gradient_sum_squares(sync);
+      s->optimizer_update(*opt, 1e-3, it, clip_scale(0.5 * std::sqrt(sq[at]), std::sqrt(sq[at])));
+      ++at;
+    }
+    EXPECT_NEAR(sq[1], sq[0], 1e-3 * sq[0]) << "step " << it;
+  }
+  const CudaTransferBytes after = cuda_step_transfer_bytes(*gpu);
+  const size_t arena = host.params().total() * sizeof(float);
+  // bench/gpu/device-kit quotes this line.
+  std::printf("host-device bytes per step (%s, steps 2-3): to GPU %zu, to host %zu; parameter arena %zu\n",
+              type == BlockType::uoe ? "uoe" : "moe", (after.to_device - before.to_device) / 2,
+              (after.to_host - before.to_host) / 2, arena);
+  EXPECT_LT(after.to_device - before.to_device, arena / 2) << "bytes to the GPU in two steps";
+  EXPECT_LT(after.to_host - before.to_host, arena / 2) << "bytes to the host in two steps";
+  gpu->state_to_host(&opt_g);
+  const ParamStore& pc = cpu_model.params();
+  const ParamStore& pg = host.params();
+  for (size_t i = 0; i < pc.count(); ++i) {
+    const int t = static_cast<int>(i);
+    const size_t n = pc.info(t).size;
+    std::vector<float> vc(pc.value(t), pc.value(t) + n), vg(pg.value(t), pg.value(t) + n);
+    float peak = 0;
+    for (float v : vc) peak = std::max(peak, std::fabs(v));
+    expect_close(vg, vc, 1e-3 * peak, 1e-3, pc.info(t).name.c_str());
+  }
+}
+
+TEST_F(StepCudaGpu, UoeTrainingStepsMatchCpu) { expect_training_matches(BlockType::uoe); }
+TEST_F(StepCudaGpu, MoeTrainingStepsMatchCpu) { expect_training_matches(BlockType::moe); }
+
+// The router's device parts against their CPU twins (layers/router.hpp): bitwise (the same
+// per-element arithmetic, no contraction); Σ g² within 1e-12 relative.
+TEST_F(StepCudaGpu, RouterPartsAndSumSquaresMatchTheirCpuTwins) {
+  const int P = 37, ps = 3, d = 24, E = 8;
+  std::vector<float> xn(static_cast<size_t>(P) * ps * d), b(E), dl(static_cast<size_t>(P) * E), dxm(static_cast<size_t>(P) * d);
+  for (size_t i = 0; i < xn.size(); ++i) xn[i] = rng_normal(1, 0, i);
+  for (int e = 0; e < E; ++e) b[e] = rng_normal(1, 1, e);
+  for (size_t i = 0; i < dl.size(); ++i) dl[i] = rng_normal(1, 2, i);
+  for (size_t i = 0; i < dxm.size(); ++i) dxm[i] = rng_normal(1, 3, i);
+  std::vector<float> xm(dxm.size()), logits(dl.size()), db(b), dxn(xn.size(), 0.5f);
+  router_patch_means(xm.data(), xn.data(), P, ps, d);
+  router_bias_rows(logits.data(), b.data(), P, E);
+  router_bias_grad(db.data(), dl.data(), P, E);
+  router_patch_means_backward(dxn.data(), dxm.data(), P, ps, d);
+  auto xn_d = up(xn), b_d = up(b), dl_d = up(dl), dxm_d = up(dxm), db_d = up(b), dxn_d = up(std::vector<float>(xn.size(), 0.5f));
+  cuda::DeviceBuffer<float> xm_d, logits_d;
+  xm_d.resize(xm.size());
+  logits_d.resize(logits.size());
+  cuda::router_patch_means(xm_d.data(), xn_d.data(), P, ps, d, s());
+  cuda::router_bias_rows(logits_d.data(), b_d.data(), P, E, s());
+  cuda::router_bias_grad(db_d.data(), dl_d.data(), P, E, s());
+  cuda::router_patch_means_backward(dxn_d.data(), dxm_d.data(), P, ps, d, s());
+  EXPECT_EQ(down(xm_d), xm);
+  EXPECT_EQ(down(logits_d), logits);
+  EXPECT_EQ(down(db_d), db);
+  EXPECT_EQ(down(dxn_d), dxn);
+  cuda::DeviceBuffer<double> out, shares;
+  out.resize(1);
+  shares.resize(cuda::kSumShares);
+  cuda::grad_sum_squares(out.data(), shares.data(), xn_d.data(), xn.size(), s());
+  const double want = grad_sum_squares(xn.data(), xn.size());
+  EXPECT_NEAR(down(out)[0], want, 1e-12 * want);
 }
 
 TEST_F(StepCudaGpu, UoeTrainingStepMatchesCpu) { expect_step_matches(BlockType::uoe); }

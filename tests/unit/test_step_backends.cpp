@@ -2,11 +2,15 @@
 // path) and DeviceLikeBackend (step_backend_device_like.hpp: CPU kernels with the CUDA backend's
 // policies — arena copies, hooks at the end, batched metadata, unfused combine, poisoned buffers).
 // Every kernel is the same per element, so the two must agree BIT FOR BIT: losses, router figures,
-// routing, every gradient, and the parameters after several AdamW steps. What this cannot check —
+// routing, every gradient, and the parameters after several AdamW steps (run by each backend on its
+// own arenas). DeviceLikeBackend records what crosses between host and device: one training step
+// moves no parameter, gradient or activation across, only metadata and the loss. What this cannot check —
 // the CUDA kernels against these CPU kernels — is what the gpu.* tests do on a machine with a GPU.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -14,6 +18,9 @@
 #include "layers/step.hpp"
 #include "layers/model.hpp"
 #include "layers/optimizer.hpp"
+#include "layers/train_step.hpp"
+#include "parallel/communicator.hpp"
+#include "parallel/grad_sync.hpp"
 #include "parallel/exchange.hpp"
 #include "runtime/rng.hpp"
 #include "step_backend_device_like.hpp"
@@ -70,14 +77,15 @@ void expect_same_as_cpu_backend(const ModelSpec& spec, int micro_batches, int ch
   step.set_backward_hook([&hooked](int b) { hooked.push_back(b); });
   const int B = 3, N = B * spec.seq_len, blocks = 2 * spec.layers;
   for (int it = 1; it <= 3; ++it) {
-    ref_model.params().zero_grads();
-    host.params().zero_grads();
+    ref.zero_gradients();
+    step.zero_gradients();
     for (int m = 0; m < micro_batches; ++m) {
       const auto in = tokens(N, spec.vocab, 2 * (it * 8 + m)), tg = tokens(N, spec.vocab, 2 * (it * 8 + m) + 1);
       ForwardStats sr, sd;
       ref.forward_backward(in.data(), tg.data(), B, 1.0f / micro_batches, &sr);
       hooked.clear();
       step.forward_backward(in.data(), tg.data(), B, 1.0f / micro_batches, &sd);
+      step.state_to_host(&opt_dev);
       EXPECT_EQ(sd.ce_sum, sr.ce_sum) << "step " << it;
       EXPECT_EQ(sd.aux_loss, sr.aux_loss) << "step " << it;
       EXPECT_EQ(sd.flops, sr.flops);
@@ -103,8 +111,11 @@ void expect_same_as_cpu_backend(const ModelSpec& spec, int micro_batches, int ch
     }
     // Not all zero: the comparison above compared something.
     EXPECT_GT(grad_sum_squares(pr.grads().data(), pr.total()), 0.0);
-    opt_ref.update(ref_model.params(), 1e-2, it, 1.0f);
-    opt_dev.update(host.params(), 1e-2, it, 1.0f);
+    ref.optimizer_update(opt_ref, 1e-2, it, 1.0f);
+    step.optimizer_update(opt_dev, 1e-2, it, 1.0f);
+    step.state_to_host(&opt_dev);
+    EXPECT_EQ(bit_differences(opt_dev.m().data(), opt_ref.m().data(), pr.total()), 0u) << "AdamW m, step " << it;
+    EXPECT_EQ(bit_differences(opt_dev.v().data(), opt_ref.v().data(), pr.total()), 0u) << "AdamW v, step " << it;
     EXPECT_EQ(bit_differences(pd.values().data(), pr.values().data(), pr.total()), 0u) << "parameters, step " << it;
   }
   // Dropless evaluation, and an empty evaluation batch.
@@ -117,10 +128,146 @@ void expect_same_as_cpu_backend(const ModelSpec& spec, int micro_batches, int ch
   step.forward_eval(in.data(), tg.data(), 0, &ed);
   EXPECT_EQ(ed.tokens, 0);
   EXPECT_EQ(ed.ce_sum, 0.0);
-  // The GPU path's host round trips per micro-batch: parameters up, gradients down, and per routed
-  // block one routing download and one gate-gradient download.
-  EXPECT_GT(be.uploads, 0);
-  EXPECT_GT(be.downloads, 0);
+  // What crossed: the arenas once each way per state_to_host, routing scores and row tables.
+  EXPECT_GT(be.bytes(DeviceLikeBackend::Traffic::arena), 0u);
+  EXPECT_GT(be.bytes(DeviceLikeBackend::Traffic::metadata), 0u);
+}
+
+// One training step as the trainer runs it (layers/train_step.cpp): zero the gradients, forward +
+// backward over micro-batches, the all-reduce, the global Σ g², AdamW with the clip scale. On the
+// device-like backend after a first step (which takes the arenas from the host), a step moves no
+// arena (parameters, gradients, moments) and no activation across, only metadata and the loss; and
+// it computes bit for bit what the CPU backend computes in the host arenas.
+void expect_step_stays_on_device(const ModelSpec& spec, int chunks) {
+  LocalExchange ex_ref, ex_dev;
+  Model ref_model(spec, 5, &ex_ref), host(spec, 5, &ex_dev);
+  CpuStep ref(ref_model);
+  Step<DeviceLikeBackend> step(host);
+  ref.set_chunks(chunks);
+  step.set_chunks(chunks);
+  SelfCommunicator self;
+  GradientSync sync_ref(grad_tensors(ref_model.params()), model_gradient_buckets(ref_model), self, self, self),
+      sync_dev(grad_tensors(host.params()), model_gradient_buckets(host), self, self, self);
+  AdamW opt_ref(ref_model.params(), AdamWSpec{}), opt_dev(host.params(), AdamWSpec{});
+  const int B = 2, N = B * spec.seq_len, M = 2;
+  auto train = [&](ModelStep& s, GradientSync& sync, AdamW& opt, int it) {
+    s.zero_gradients();
+    double ce = 0;
+    for (int m = 0; m < M; ++m) {
+      const auto in = tokens(N, spec.vocab, 40 + 2 * (it * M + m)), tg = tokens(N, spec.vocab, 41 + 2 * (it * M + m));
+      ForwardStats st;
+      s.forward_backward(in.data(), tg.data(), B, 1.0f / M, &st);
+      ce += st.ce_sum;
+    }
+    for (size_t b = 0; b < sync.buckets(); ++b) s.reduce_gradients(sync, static_cast<int>(b));
+    const double sq = s.gradient_sum_squares(&sync);
+    // A clip below the norm: the scale is exercised.
+    s.optimizer_update(opt, 1e-2, it, clip_scale(0.5 * std::sqrt(sq), std::sqrt(sq)));
+    return std::make_pair(ce, sq);
+  };
+  const DeviceLikeBackend& be = step.backend();
+  for (int it = 1; it <= 3; ++it) {
+    if (it == 2) step.backend().transfers.clear();  // the first step took the arenas from the host
+    const auto r = train(ref, sync_ref, opt_ref, it);
+    const auto d = train(step, sync_dev, opt_dev, it);
+    EXPECT_EQ(d.first, r.first) << "loss, step " << it;
+    EXPECT_EQ(d.second, r.second) << "Σ g², step " << it;
+    EXPECT_GT(r.second, 0.0);
+  }
+  using T = DeviceLikeBackend::Traffic;
+  for (const auto& t : be.transfers)
+    EXPECT_TRUE(t.what == T::metadata || t.what == T::loss)
+        << (t.to_device ? "up: " : "down: ") << t.name << ", " << t.bytes << " bytes";
+  EXPECT_EQ(be.bytes(T::arena), 0u);
+  EXPECT_EQ(be.bytes(T::activations), 0u);
+  EXPECT_EQ(be.bytes(T::loss), 2u * M * sizeof(double));
+  EXPECT_GT(be.bytes(T::metadata), 0u);
+  // The host arenas were not touched by the steps; the snapshot brings the device's state.
+  const ParamStore& pr = ref_model.params();
+  const ParamStore& pd = host.params();
+  EXPECT_GT(bit_differences(pd.values().data(), pr.values().data(), pr.total()), 0u);
+  step.state_to_host(&opt_dev);
+  EXPECT_EQ(bit_differences(pd.values().data(), pr.values().data(), pr.total()), 0u);
+  EXPECT_EQ(bit_differences(pd.grads().data(), pr.grads().data(), pr.total()), 0u);
+  EXPECT_EQ(bit_differences(opt_dev.m().data(), opt_ref.m().data(), pr.total()), 0u);
+  EXPECT_EQ(bit_differences(opt_dev.v().data(), opt_ref.v().data(), pr.total()), 0u);
+  EXPECT_GT(be.bytes(T::arena), 0u);
+  // A host change (a checkpoint read) is taken at the next use: both continue from the host's state.
+  step.state_from_host();
+  const auto r = train(ref, sync_ref, opt_ref, 4);
+  const auto d = train(step, sync_dev, opt_dev, 4);
+  EXPECT_EQ(d.first, r.first);
+  step.state_to_host(&opt_dev);
+  EXPECT_EQ(bit_differences(pd.values().data(), pr.values().data(), pr.total()), 0u);
+}
+
+TEST(StepBackends, TrainingStepMovesNoArenaAcrossTheDeviceBoundary) {
+  expect_step_stays_on_device(spec_of(BlockType::uoe, 2, 1e-3, false), 1);
+  expect_step_stays_on_device(spec_of(BlockType::moe, 1, 0.0, true), 2);
+}
+
+// Routing on the device path (scores formed where the input and weights are, decided on the host
+// from them) against the CPU router on the same inputs, with capacity ties: patches that are copies
+// of one another score identically, so experts over capacity keep the lower patches.
+TEST(StepBackends, DeviceRoutingEqualsCpuRoutingWithCapacityTies) {
+  for (int patch : {1, 2}) {
+    SCOPED_TRACE("patch " + std::to_string(patch));
+    RouterSpec rs;
+    rs.experts = 4;
+    rs.topk = 2;
+    rs.patch_size = patch;
+    rs.capacity_factor = 1.0;
+    rs.aux_weight = 0.01;
+    rs.z_weight = 1e-3;
+    const int N = 24, d = 8, E = rs.experts, P = N / patch;
+    std::vector<float> xn(static_cast<size_t>(N) * d), w(static_cast<size_t>(d) * E), b(E), dgate;
+    // Three distinct token rows, repeated: whole patches repeat, so their scores tie.
+    for (int t = 0; t < N; ++t)
+      for (int c = 0; c < d; ++c)
+        xn[static_cast<size_t>(t) * d + c] = rng_normal(3, (t / patch) % 3, static_cast<uint64_t>((t % patch) * d + c));
+    for (size_t i = 0; i < w.size(); ++i) w[i] = 0.5f * rng_normal(4, 0, i);
+    for (int e = 0; e < E; ++e) b[e] = 0.1f * static_cast<float>(e);
+    CpuBackend cpu;
+    DeviceLikeBackend dev;
+    CpuBackend::RouteCache cc;
+    DeviceLikeBackend::RouteCache dc;
+    Routing rc, rd;
+    cpu.route(rc, cc, rs, xn.data(), w.data(), b.data(), N, d, false);
+    dev.route(rd, dc, rs, xn.data(), w.data(), b.data(), N, d, false);
+    EXPECT_GT(rc.dropped, 0);  // the capacity rule decided something
+    EXPECT_EQ(rd.probs, rc.probs);
+    EXPECT_EQ(rd.lse, rc.lse);
+    EXPECT_EQ(rd.choice, rc.choice);
+    EXPECT_EQ(rd.gate, rc.gate);
+    EXPECT_EQ(rd.kept, rc.kept);
+    EXPECT_EQ(rd.row_offsets, rc.row_offsets);
+    EXPECT_EQ(rd.row_patch, rc.row_patch);
+    EXPECT_EQ(rd.row_slot, rc.row_slot);
+    EXPECT_EQ(rd.dropped, rc.dropped);
+    EXPECT_EQ(rd.balance_loss, rc.balance_loss);
+    EXPECT_EQ(rd.z_loss, rc.z_loss);
+    // The tie rule itself: among patches with the same score for an expert, a kept one never has a
+    // higher index than a dropped one.
+    for (int p = 0; p < P; ++p)
+      for (int j = 0; j < rs.topk; ++j)
+        for (int q = p + 1; q < P; ++q)
+          for (int i = 0; i < rs.topk; ++i) {
+            const int e = rd.choice[p * rs.topk + j];
+            if (rd.choice[q * rs.topk + i] != e || rd.probs[p * E + e] != rd.probs[q * E + e]) continue;
+            EXPECT_FALSE(!rd.kept[p * rs.topk + j] && rd.kept[q * rs.topk + i]) << "expert " << e << ", patches " << p << ", " << q;
+          }
+    // Backward: the same gradients, bit for bit.
+    dgate.resize(static_cast<size_t>(P) * rs.topk);
+    for (size_t i = 0; i < dgate.size(); ++i) dgate[i] = rng_normal(5, 0, i);
+    std::vector<float> dxc(xn.size(), 0.25f), dxd(dxc), dwc(w.size(), 0.5f), dwd(dwc), dbc(E, -1.0f), dbd(dbc);
+    cpu.route_backward(rc, cc, rs, dgate.data(), xn.data(), w.data(), dxc.data(), dwc.data(), dbc.data(), 0.5f);
+    dev.route_backward(rd, dc, rs, dgate.data(), xn.data(), w.data(), dxd.data(), dwd.data(), dbd.data(), 0.5f);
+    EXPECT_EQ(bit_differences(dxd.data(), dxc.data(), dxc.size()), 0u);
+    EXPECT_EQ(bit_differences(dwd.data(), dwc.data(), dwc.size()), 0u);
+    EXPECT_EQ(bit_differences(dbd.data(), dbc.data(), dbc.size()), 0u);
+    // Only scores and their gradients crossed.
+    for (const auto& t : dev.transfers) EXPECT_EQ(t.bytes, static_cast<size_t>(P) * E * sizeof(float)) << t.name;
+  }
 }
 
 TEST(StepBackends, UoeMatchesCpuBackendBitwise) { expect_same_as_cpu_backend(spec_of(BlockType::uoe, 1, 0.0, false), 1); }
