@@ -285,7 +285,9 @@ def main():
         print(__doc__)
         sys.exit(2)
     check, out, build, args = sys.argv[1], sys.argv[2], os.path.abspath(sys.argv[3]), sys.argv[4:]
-    os.makedirs(out, exist_ok=True)
+    # A fresh folder: uoe-train appends to an existing --metrics file, and a previous run's would count.
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
     checks = {"killed": check_killed, "resume": check_resume, "threads": check_threads}
     if check not in checks:
         print(f"multihost_test.py: unknown check '{check}' (expected {', '.join(checks)})")
