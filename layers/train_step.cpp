@@ -117,7 +117,8 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const TokenS
     if (bucketed && m == M - 1) set_hook(reduce_when_done);
     data_sample_batch(train_tokens, T, B, cfg.seed, static_cast<uint64_t>(step), slot, in.data(), tg.data());
     step_runner->forward_backward(in.data(), tg.data(), B, loss_scale, &st);
-    sums[at_routing] += static_cast<double>(routing_check_term(slot, step_runner->routing_fingerprint()));
+    if (cfg.metrics_grads)  // only those metrics lines carry it
+      sums[at_routing] += static_cast<double>(routing_check_term(slot, step_runner->routing_fingerprint()));
     sums[0] += st.ce_sum / static_cast<double>(st.tokens);
     sums[1] += st.aux_loss;
     sums[2] += 3.0 * st.flops;

@@ -28,18 +28,8 @@ import sys
 import h5py
 import numpy as np
 
-
-def fail(msg):
-    print("FAIL:", msg)
-    sys.exit(1)
-
-
-def run(cmd, expect=0):
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    out = p.stdout + p.stderr
-    if expect is not None and p.returncode != expect:
-        fail(f"exit {p.returncode} (expected {expect}) from: {' '.join(cmd)}\n{out}")
-    return p.returncode, out
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from convert_check import fail, run  # noqa: E402  (the uoe-ckpt tests' shared helpers)
 
 
 def checkpoint_model(step_dir, group="model"):
