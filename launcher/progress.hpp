@@ -34,11 +34,11 @@ struct StepWindow {
   // Adds a step of `seconds`, with this rank's exchange time (comm_s), the training thread's wait
   // for it (exposed_s), the exchanges' processor time (comm_cpu_s) and payload bytes sent.
   void add(const StepFigures& fig, double seconds, double comm_s, double exposed_s, double comm_cpu_s,
-           double a2a_bytes);
+           double a2a_bytes, double link_bytes);
   void clear();  // after a log line
 
   int blocks;
-  double loss = 0, aux = 0, time = 0, flops = 0, comm = 0, exposed = 0, bytes = 0, comm_cpu = 0;
+  double loss = 0, aux = 0, time = 0, flops = 0, comm = 0, exposed = 0, bytes = 0, comm_cpu = 0, link_bytes = 0;
   int64_t tokens = 0;
   int steps = 0;
   std::vector<double> load_max;             // max over the window of (max/mean load) per block
@@ -51,6 +51,7 @@ struct StepWindow {
 // waits out the routing imbalance).
 struct WindowComm {
   double busy = 0, exposed = 0, cpu = 0;
+  double link_bytes = 0;  // the busiest rank's link_bytes (Exchange::link_bytes), not a mean
 };
 
 // The live line on a terminal between the logged ones.

@@ -383,7 +383,7 @@ void Trainer::account_step(int step, const StepFigures& fig, double dt) {
     exposed_s += exposed;
   }
   const double a2a_bytes = exchange_->bytes_sent();
-  window_.add(fig, dt, comm_s, exposed_s, comm_cpu_s, a2a_bytes);
+  window_.add(fig, dt, comm_s, exposed_s, comm_cpu_s, a2a_bytes, exchange_->link_bytes());
   total_flops_ += fig.flops;
   total_train_time_ += dt;
   total_tokens_ += fig.tokens;
@@ -400,10 +400,13 @@ void Trainer::report_window(int step, const StepFigures& fig, double lr) {
   const StepWindow& w = window_;
   // The exchange figures are each rank's own and differ (a lighter rank also waits out the
   // routing imbalance): the line and the metrics show their mean over the ranks.
-  std::array<double, 3> comm = {w.comm, w.exposed, w.comm_cpu};
+  // The link bytes are the busiest rank's (its link sets the exchange's pace): each rank's value in
+  // its own slot, summed, gives every rank all of them.
+  std::vector<double> comm(3 + world_size_, 0.0);
+  comm[0] = w.comm, comm[1] = w.exposed, comm[2] = w.comm_cpu, comm[3 + world_rank_] = w.link_bytes;
   groups_.world->all_reduce_sum(std::span<double>(comm));
-  for (double& x : comm) x /= world_size_;
-  const WindowComm mean{comm[0], comm[1], comm[2]};
+  for (int i = 0; i < 3; ++i) comm[i] /= world_size_;
+  const WindowComm mean{comm[0], comm[1], comm[2], *std::max_element(comm.begin() + 3, comm.end())};
   const double tps = w.tokens / w.time;
   // Per rank against its FMA peak: the ranks' mean model FLOP/s over rank 0's peak, which is its
   // threads' share of the node (all ranks probe at once), so this is also node FLOP/s over the

@@ -70,6 +70,10 @@ class ExpertExchange {
   // to other ranks. Zero for an exchange that moves nothing between ranks.
   virtual double comm_seconds() const { return 0; }
   virtual double bytes_sent() const { return 0; }
+  // The same traffic as the busier direction of this rank's link sees it: per collective, the
+  // larger of the bytes sent to and received from other ranks (what a full-duplex link's time
+  // follows; bytes_sent() alone misses a rank that receives more than it sends).
+  virtual double link_bytes() const { return 0; }
   virtual void reset_counters() {}
 };
 

@@ -117,9 +117,9 @@ void MpiExchange::dispatch(ExchangePlan& plan, const std::vector<int>& src_offse
   dst.x.resize_uninit(static_cast<size_t>(R_dst) * d);  // every row is written by the exchange
   data_.all_to_all_matched<float>(std::span<const float>(x_src, static_cast<size_t>(R_src) * d),
                                   source_layout(plan, d), dst.x, owner_layout(plan, d));
-  const double payload = static_cast<double>(remote_rows(plan.send_rows, comm_.rank())) * sizeof(float) * d;
-  plan.bytes_sent += payload;
-  bytes_ += payload;
+  const int me = comm_.rank();
+  plan.bytes_sent += count_rows(remote_rows(plan.send_rows, me), remote_rows(plan.recv_rows, me),
+                                static_cast<double>(sizeof(float)) * d);
 }
 
 void MpiExchange::dispatch_metadata(ExchangePlan& plan, const std::vector<int>& src_offsets, const int32_t* seg_src,
@@ -231,7 +231,14 @@ void MpiExchange::dispatch_metadata_chunks(std::span<const ChunkMetadata> chunks
     plan.bytes_sent = static_cast<double>(remote_rows(plan.send_rows, me)) * 2 * sizeof(int32_t) +
                       (ch == 0 ? bytes : 0.0);
   }
-  for (const ChunkMetadata& k : chunks) bytes_ += k.plan->bytes_sent;
+  // One collective carries every chunk's metadata: its link time follows the larger direction.
+  int64_t meta_out = 0, meta_in = 0;
+  for (const ChunkMetadata& k : chunks) {
+    bytes_ += k.plan->bytes_sent;
+    meta_out += remote_rows(k.plan->send_rows, me);
+    meta_in += remote_rows(k.plan->recv_rows, me);
+  }
+  link_bytes_ += static_cast<double>(std::max(meta_out, meta_in)) * 2 * sizeof(int32_t) + bytes;
 
   // 3. Metadata, (seg, pos) per row, landing in owner order; then seg made unique per source.
   meta_send_.resize(static_cast<size_t>(src_base_[C]) * 2);
@@ -272,7 +279,8 @@ void MpiExchange::to_source(ExchangePlan& plan, const float* owner, float* src, 
   const size_t R_dst = plan.owner_offsets.back(), R_src = total(plan.send_rows);
   data_.all_to_all_matched<float>(std::span<const float>(owner, R_dst * width), owner_layout(plan, width),
                                   std::span<float>(src, R_src * width), source_layout(plan, width));
-  bytes_ += static_cast<double>(remote_rows(plan.recv_rows, comm_.rank())) * sizeof(float) * width;
+  const int me = comm_.rank();
+  count_rows(remote_rows(plan.recv_rows, me), remote_rows(plan.send_rows, me), static_cast<double>(sizeof(float)) * width);
 }
 
 // The reverse: packed by owner on the source, scattered into per-expert blocks on the owner.
@@ -282,7 +290,8 @@ void MpiExchange::to_owner(ExchangePlan& plan, const float* src, float* owner, i
   const size_t R_dst = plan.owner_offsets.back(), R_src = total(plan.send_rows);
   data_.all_to_all_matched<float>(std::span<const float>(src, R_src * width), source_layout(plan, width),
                                   std::span<float>(owner, R_dst * width), owner_layout(plan, width));
-  bytes_ += static_cast<double>(remote_rows(plan.send_rows, comm_.rank())) * sizeof(float) * width;
+  const int me = comm_.rank();
+  count_rows(remote_rows(plan.send_rows, me), remote_rows(plan.recv_rows, me), static_cast<double>(sizeof(float)) * width);
 }
 
 }  // namespace uoe

@@ -56,15 +56,24 @@ class MpiExchange final : public ExpertExchange {
   // bytes sent to OTHER ranks (rows kept on this rank cost no traffic).
   double comm_seconds() const override { return seconds_; }
   double bytes_sent() const override { return bytes_; }
+  double link_bytes() const override { return link_bytes_; }
   void reset_counters() override {
     seconds_ = 0;
     bytes_ = 0;
+    link_bytes_ = 0;
   }
 
  private:
   Communicator& comm_;
   Communicator& data_;  // the rows' communicator (comm_ unless a payload one was given)
-  double seconds_ = 0, bytes_ = 0;
+  double seconds_ = 0, bytes_ = 0, link_bytes_ = 0;
+  // Counts one collective's rows: `out` rows sent to and `in` rows received from other ranks.
+  double count_rows(int64_t out, int64_t in, double bytes_per_row) {
+    link_bytes_ += static_cast<double>(out > in ? out : in) * bytes_per_row;
+    const double sent = static_cast<double>(out) * bytes_per_row;
+    bytes_ += sent;
+    return sent;
+  }
   // Workspace reused across calls.
   std::vector<int32_t> header_send_, header_recv_;  // [ep, 1 + chunks·E/ep]: status, rows per chunk and local expert
   std::vector<int32_t> meta_send_, meta_recv_;      // [Σ R_src, 2] / [Σ R_dst, 2]: seg, pos, chunk after chunk

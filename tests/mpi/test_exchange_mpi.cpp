@@ -662,9 +662,15 @@ TEST(ExchangeMpi, CountsBytesSentToOtherRanks) {
   EXPECT_EQ(plan.bytes_sent, out_rows * (4.0 * d + 8.0) + header);
   // dispatch, then to_source sends back what arrived, to_owner sends again what left.
   EXPECT_EQ(ex.bytes_sent(), plan.bytes_sent + in_rows * 4.0 * d + out_rows * 4.0 * d);
+  // The link's view: each of the four collectives (metadata, payload, return, to owners) costs its
+  // larger direction, sent or received.
+  const double busier = std::max(out_rows, in_rows);
+  EXPECT_EQ(ex.link_bytes(), busier * 8.0 + header + 3 * busier * 4.0 * d);
+  EXPECT_GE(ex.link_bytes(), ex.bytes_sent());
   EXPECT_GT(ex.comm_seconds(), 0.0);
   ex.reset_counters();
   EXPECT_EQ(ex.bytes_sent(), 0.0);
+  EXPECT_EQ(ex.link_bytes(), 0.0);
   EXPECT_EQ(ex.comm_seconds(), 0.0);
   if (n > 1) {
     EXPECT_GT(out_rows, 0.0);
