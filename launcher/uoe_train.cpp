@@ -6,6 +6,9 @@
 // An error the ranks have agreed on (uoe::CollectiveError) ends every rank with its own message,
 // MPI_Finalize and exit code 1, without an abort.
 #include <mpi.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <csignal>
 #include <cstdio>
@@ -40,6 +43,15 @@ int main(int argc, char** argv) {
   // Under a file-size limit (ulimit -f) a write past it fails with EFBIG, reported with the file's
   // name, instead of killing the process with SIGXFSZ (the Trainer does the same for its callers).
   std::signal(SIGXFSZ, SIG_IGN);
+#if defined(__GLIBC__)
+  // Buffers of 128 KiB and more get pages of their own (mmap) and give them back when freed. By
+  // default glibc raises that threshold to the size of each large block freed (up to 32 MiB), after
+  // which the step's large, varying buffers (row tables, exchange and recomputation scratch) come
+  // from the heap and leave holes: at d 768, 12 layers, --recompute blocks peaked 8-19 MiB above
+  // the start-up estimate, 2 MiB with the threshold fixed (bench/README-memory.md). Speed unchanged:
+  // the buffers are reused, not reallocated, from step to step.
+  mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+#endif
   // The BLAS kernels for this CPU's vector ISA: may re-execute the process once, so before
   // MPI_Init (Open MPI allows an exec before it) and before any thread of ours starts.
   uoe::blas_kernels_select();
