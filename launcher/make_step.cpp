@@ -103,4 +103,23 @@ std::unique_ptr<ModelStep> make_step(const Config& cfg, Model& model, const Step
   return step;
 }
 
+MemoryLimit step_memory_limit(const Config& cfg, const StepSetup& setup) {
+  if (device_parse(cfg.device) != Device::cuda || cfg.memory_limit != "auto")
+    return memory_limit(cfg.memory_limit, setup.node_size);
+  MemoryLimit lim;
+#ifdef UOE_HAVE_CUDA
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count <= 0) return lim;
+  const GpuChoice gpu = gpu_choose(count, setup.node_rank, setup.node_size, setup.node_visible_devices);
+  if (gpu.device < 0) return lim;
+  size_t free_bytes = 0, total_bytes = 0;
+  UOE_CHECK_CUDA(cudaSetDevice(gpu.device));
+  UOE_CHECK_CUDA(cudaMemGetInfo(&free_bytes, &total_bytes));
+  lim.bytes = static_cast<double>(free_bytes);
+  lim.source = "free memory of GPU " + std::to_string(gpu.device) + " (" +
+               std::to_string(free_bytes >> 20) + " of " + std::to_string(total_bytes >> 20) + " MiB)";
+#endif
+  return lim;
+}
+
 }  // namespace uoe

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "layers/memory.hpp"
 #include "layers/step.hpp"
 #include "runtime/config.hpp"
 
@@ -24,5 +25,12 @@ struct StepSetup {
 
 // The CPU step, or with --device cuda the GPU step (a build without CUDA refuses it, naming why).
 std::unique_ptr<ModelStep> make_step(const Config& cfg, Model& model, const StepSetup& setup);
+
+// What one rank may use of the memory that holds its step's state and activations: with
+// --device cuda and --memory-limit auto, the free memory of the GPU make_step will choose for it
+// (cudaMemGetInfo after gpu_choose: one GPU per rank, so nothing is divided); otherwise
+// memory_limit (layers/memory.hpp: the option, the cgroup limit or MemAvailable, per host rank).
+// bytes 0 where there is nothing to go by (no GPU this rank could use: make_step says why).
+MemoryLimit step_memory_limit(const Config& cfg, const StepSetup& setup);
 
 }  // namespace uoe

@@ -42,6 +42,15 @@
 namespace uoe {
 namespace {
 
+// Where this rank sits on its node (make_step and step_memory_limit need it).
+StepSetup memory_setup(const ProcessGroups& groups) {
+  StepSetup setup;
+  setup.node_rank = groups.node_rank;
+  setup.node_size = groups.node_size;
+  setup.node_visible_devices = groups.node_visible_devices;
+  return setup;
+}
+
 // Preemption: SIGTERM (what schedulers send before killing a job) and SIGUSR1 (Slurm's warning
 // signal, --signal=USR1@120) ask the run to stop at the end of the current step with a checkpoint.
 volatile sig_atomic_t g_stop_signal = 0;
@@ -141,7 +150,7 @@ void Trainer::build_model() {
     const int64_t data_tokens = static_cast<int64_t>(data_.train.size() + data_.val.size());
     const MemoryEstimate mem = memory_estimate(spec_, run, data_tokens);
     const std::string refusal =
-        memory_refusal(mem, memory_limit(cfg.memory_limit, groups.node_size), spec_, run, data_tokens);
+        memory_refusal(mem, step_memory_limit(cfg, memory_setup(groups)), spec_, run, data_tokens);
     ckpt::agree_on_errors(*groups.world, refusal, "the memory check");
   }
   // Simulated links: the model's traffic (expert exchanges, gradient all-reduce) goes through
@@ -171,12 +180,9 @@ void Trainer::build_model() {
            "level ", level, " (use --overlap-chunks 1)");
   }
   scheduler_ = std::make_unique<CommScheduler>(/*threaded=*/cfg.overlap_chunks > 1);
-  StepSetup setup;
+  StepSetup setup = memory_setup(groups);
   setup.scheduler = scheduler_.get();
   setup.ep_group = groups.ep_group.get();
-  setup.node_rank = groups.node_rank;
-  setup.node_size = groups.node_size;
-  setup.node_visible_devices = groups.node_visible_devices;
   step_ = make_step(cfg, model, setup);
   AdamWSpec aspec;
   aspec.weight_decay = cfg.weight_decay;
@@ -252,7 +258,7 @@ void Trainer::describe() const {
   {
     const MemoryEstimate mem = memory_estimate(spec, memory_run_from_config(cfg, world_size),
                                                static_cast<int64_t>(data_.train.heap_ids() + data_.val.heap_ids()));
-    const MemoryLimit limit = memory_limit(cfg.memory_limit, groups.node_size);
+    const MemoryLimit limit = step_memory_limit(cfg, memory_setup(groups));
     log_info("memory estimate per rank (--recompute %s): %s; may use %.1f MiB (%s)", recompute_name(mem.recompute),
              mem.summary().c_str(), limit.bytes / 1048576.0, limit.source.c_str());
     if (world_rank == 0) {  // itemised, one line each

@@ -119,7 +119,8 @@ const Option kOptions[] = {
      "none | experts (drop the experts' caches) | blocks (keep block inputs and what crossed the network): "
      "formed again in backward, the same gradients bit for bit"},
     {"memory-limit",             &C::memory_limit,           G::parallelism,  R::free,
-     "bytes one rank may use, or auto: the cgroup memory limit, else MemAvailable, shared by this host's ranks; "
+     "bytes one rank may use, or auto: the cgroup memory limit, else MemAvailable, shared by this host's ranks "
+     "(with --device cuda: the free memory of the rank's GPU); "
      "a run whose estimate exceeds it is refused before it allocates"},
     {"sim-link-gbps",            &C::sim_link_gbps,          G::parallelism,  R::free,
      "emulate a network link of this many Gbit/s per rank (0 = off; see parallel/sim_link.hpp)"},
