@@ -5,9 +5,11 @@ runs beside uoe-train on the same cores.
 
 Same model, same data, same start:
   * model      pre-LN blocks h += SMHA(LN(h)), h += UoME(LN(h)); tied embedding/head; routers
-               p = softmax(x·Wr + br); top-k (ties → lower expert index, via a stable sort);
-               capacity C = ceil(cf·P·k/E), each expert keeping its highest-p patches (ties → lower
-               patch index); renorm gates w = k·p_e/Σ_chosen p (or sum: w = 1); balance loss
+               p = softmax(x̄·Wr + br) per patch of --patch-size tokens (x̄ the mean of its normalised
+               rows; its tokens follow its choice and gate); top-k (ties → lower expert index, via a
+               stable sort); capacity C = ceil(cf·P·k/E), each expert keeping its highest-p patches
+               (ties → lower patch index); renorm gates w = k·p_e/Σ_chosen p (sum: w = 1; prob:
+               w = p_e); balance loss
                α·E·Σ f_e·P_e and z-loss β·mean(lse²) per router; attention experts compute q/k/v
                only for their kept tokens, RoPE (rotate-half, base 1e4) at true positions, causal
                attention within each sequence's kept tokens; exact-erf GELU; LayerNorm eps 1e-5.
@@ -43,8 +45,8 @@ and a summary on stdout's last line ({"final": true, ...}).
 --check-export DIR [DIR ...] loads what `uoe-ckpt export --eval-logits N --out DIR` wrote (config.json,
 model.safetensors read with json + struct + torch.frombuffer, no safetensors package) and compares
 this model's log-probabilities on the stored token sequences with uoe's evaluation ones (dropless,
-the model's top-k and gates; uoe, dense or moe), within 1e-5·|uoe| + 1e-6; one JSON line, exit 1
-beyond it (checkpoints/README.md, "Exporting"). --self-test checks the RNG port and the
+the model's top-k, gates and patches; uoe, dense or moe), within 1e-5·|uoe| + 1e-6; one JSON line, exit 1
+beyond it, or for a config.json it does not implement (checkpoints/README.md, "Exporting"). --self-test checks the RNG port and the
 window draws against values computed by the C++ code, and exits. --info prints one JSON line
 (torch version, CPU capability, BLAS, oneDNN, OpenMP, compile support) and exits.
 """
@@ -756,8 +758,10 @@ def main(argv):
     if world > 1:
         import torch.distributed as dist
         dist.init_process_group("gloo", rank=rank, world_size=world)
-    if a.d_model % a.heads or a.heads % a.attn_experts or a.d_ff % a.experts:
-        sys.exit("torch_uoe.py: d-model % heads, heads % attn-experts and d-ff % experts must be 0")
+    if a.d_model % a.heads or a.heads % a.attn_experts or a.d_ff % a.experts or a.patch_size < 1 or \
+            a.seq_len % a.patch_size:
+        sys.exit("torch_uoe.py: d-model % heads, heads % attn-experts, d-ff % experts and seq-len % patch-size "
+                 "must be 0")
 
     train, _ = data_load_bytes(a.data, a.val_fraction)
     TorchUoE = build_model_class(torch)
