@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from convert_check import fail, run  # noqa: E402  (the uoe-ckpt tests' shared helpers)
+from check_helpers import fail, run  # noqa: E402
 
 
 def checkpoint_model(step_dir, group="model"):
