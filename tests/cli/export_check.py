@@ -5,13 +5,17 @@ usage: export_check.py OUTDIR UOE_CKPT UOE_TRAIN TORCH_UOE FIXTURE TRAIN_ARGS...
 
 FIXTURE is a checkpoint directory written by 2 ranks with --ep 2; TRAIN_ARGS describe a tiny model
 with 4 heads and a d-ff divisible by 4 (no --block-type, expert counts, --steps, --checkpoint-dir).
-Checks, for a uoe model (2 attention experts top-1, 4 MLP experts top-2), a dense one and a moe one,
-each trained 6 steps, and for FIXTURE:
+Checks, for a uoe model (2 attention experts top-1, 4 MLP experts top-2), a dense one, a moe one, uoe
+with patch size 2 and the prob gate, uoe with patch size 4 and the sum gate, and moe with patch size 4
+and the prob gate, each trained 6 steps, and for FIXTURE:
 - export --eval-logits 2 writes model.safetensors, config.json, eval_logits.safetensors; every tensor
   of the file is the checkpoint's /model tensor, gathered whole from its shards, bitwise (h5py);
 - TORCH_UOE --check-export (PyTorch, this interpreter: launcher/install-deps installs python3-torch;
   no torch is a failure, not a skip) reproduces uoe's evaluation log-probabilities within
-  1e-5·|uoe| + 1e-6; and fails once one exported weight is reversed (the check can fail);
+  1e-5·|uoe| + 1e-6; and fails once one exported weight is reversed (the check can fail), once
+  config.json's patch size or gate is rewritten (it reads them), and, naming the key, for a
+  config.json it does not implement (an unknown key, another norm or gate, a patch size that does not
+  cut, a derived figure that disagrees, a missing option);
 - import → a checkpoint whose /model equals the source's bitwise, at step 0 with zero moments,
   which `uoe-train --config CKPTDIR/train.ini` continues; its export is byte-identical to the first;
 - bad input (not safetensors, truncated, offsets or shapes that lie, a dtype other than F32, a
