@@ -5,9 +5,11 @@ runs beside uoe-train on the same cores.
 
 Same model, same data, same start:
   * model      pre-LN blocks h += SMHA(LN(h)), h += UoME(LN(h)); tied embedding/head; routers
-               p = softmax(x·Wr + br); top-k (ties → lower expert index, via a stable sort);
-               capacity C = ceil(cf·P·k/E), each expert keeping its highest-p patches (ties → lower
-               patch index); renorm gates w = k·p_e/Σ_chosen p (or sum: w = 1); balance loss
+               p = softmax(x̄·Wr + br) per patch of --patch-size tokens (x̄ the mean of its normalised
+               rows; its tokens follow its choice and gate); top-k (ties → lower expert index, via a
+               stable sort); capacity C = ceil(cf·P·k/E), each expert keeping its highest-p patches
+               (ties → lower patch index); renorm gates w = k·p_e/Σ_chosen p (sum: w = 1; prob:
+               w = p_e); balance loss
                α·E·Σ f_e·P_e and z-loss β·mean(lse²) per router; attention experts compute q/k/v
                only for their kept tokens, RoPE (rotate-half, base 1e4) at true positions, causal
                attention within each sequence's kept tokens; exact-erf GELU; LayerNorm eps 1e-5.
@@ -43,8 +45,8 @@ and a summary on stdout's last line ({"final": true, ...}).
 --check-export DIR [DIR ...] loads what `uoe-ckpt export --eval-logits N --out DIR` wrote (config.json,
 model.safetensors read with json + struct + torch.frombuffer, no safetensors package) and compares
 this model's log-probabilities on the stored token sequences with uoe's evaluation ones (dropless,
-the model's top-k and gates; uoe, dense or moe), within 1e-5·|uoe| + 1e-6; one JSON line, exit 1
-beyond it (checkpoints/README.md, "Exporting"). --self-test checks the RNG port and the
+the model's top-k, gates and patches; uoe, dense or moe), within 1e-5·|uoe| + 1e-6; one JSON line, exit 1
+beyond it, or for a config.json it does not implement (checkpoints/README.md, "Exporting"). --self-test checks the RNG port and the
 window draws against values computed by the C++ code, and exits. --info prints one JSON line
 (torch version, CPU capability, BLAS, oneDNN, OpenMP, compile support) and exits.
 """
@@ -201,7 +203,11 @@ def build_model_class(torch):
             self.dh = a.d_model // a.heads
             self.g = a.heads // self.Ea
             self.f = a.d_ff // self.E
-            self.cf, self.renorm = a.capacity_factor, a.gate == "renorm"
+            self.cf, self.gate, self.ps = a.capacity_factor, a.gate, a.patch_size
+            if self.gate not in ("renorm", "sum", "prob"):
+                raise ValueError(f"gate {self.gate}: this model has renorm, sum and prob gates")
+            if self.ps < 1 or a.seq_len % self.ps:
+                raise ValueError(f"patch size {self.ps} does not divide seq_len {a.seq_len}")
             self.aux_w, self.z_w = a.aux_loss, a.z_loss
             self.T = a.seq_len
             self.p = {}  # uoe name -> Parameter, in uoe's order
@@ -256,18 +262,26 @@ def build_model_class(torch):
             """Weight decay on matrices only (embedding, routers, expert matrices), as uoe."""
             return name == "embed" or name.endswith((".weight", ".wqkv", ".wo", ".w1", ".w2"))
 
-        # -- routing (layers/router.cpp) --
+        # -- routing (docs/model.md, Routing, Gates, Capacity, Patches) --
         def route(self, xn, Wr, br, E, k, aux):
-            P = xn.shape[0]
-            logits = torch.addmm(br, xn, Wr)  # [P, E]
+            """xn [N, d], the block's normalised input. Returns, per expert, (token indices it keeps,
+            ascending; their gate weights). A patch is ps consecutive rows of one sequence: the router
+            scores the patch's mean row, every token of the patch follows that choice and that gate, and
+            capacity, the balance loss and the z-loss count patches."""
+            ps = self.ps
+            P = xn.shape[0] // ps
+            xm = xn.reshape(P, ps, xn.shape[1]).mean(dim=1) if ps > 1 else xn  # [P, d]
+            logits = torch.addmm(br, xm, Wr)  # [P, E]
             prob = torch.softmax(logits, dim=-1)
             pd = prob.detach()
             # top-k, best first; a stable descending sort sends ties to the lower expert index
             choice = torch.sort(pd, dim=-1, descending=True, stable=True).indices[:, :k]  # [P, k]
-            if self.renorm:
-                psel = prob.gather(1, choice)
+            psel = prob.gather(1, choice)
+            if self.gate == "renorm":
                 gate = k * psel / psel.sum(dim=-1, keepdim=True)  # before any capacity drop
-            else:
+            elif self.gate == "prob":
+                gate = psel  # w = p_e (Switch / GShard)
+            else:  # sum
                 gate = torch.ones(P, k)
             gate_full = torch.zeros(P, E).scatter(1, choice, gate)  # [P, E], 0 where not chosen
             chosen = torch.zeros(P, E, dtype=torch.bool).scatter_(1, choice, True)
@@ -275,6 +289,7 @@ def build_model_class(torch):
             cap = self.cf * P * k / E
             C = int(math.ceil(cap - cap * 1e-12)) if self.cf > 0 else 0
             kept = []
+            within = torch.arange(ps)
             for e in range(E):
                 if C and int(counts[e]) > C:
                     # highest p first, ties → lower patch index (stable); then back in patch order
@@ -283,7 +298,11 @@ def build_model_class(torch):
                     idx = torch.sort(top).values
                 else:
                     idx = chosen[:, e].nonzero(as_tuple=True)[0]
-                kept.append((idx, gate_full[idx, e]))
+                gt = gate_full[idx, e]
+                if ps > 1:  # patches → their tokens, in order; each token carries its patch's gate
+                    idx = (idx[:, None] * ps + within[None, :]).reshape(-1)
+                    gt = gt.repeat_interleave(ps)
+                kept.append((idx, gt))
             f = counts.to(torch.float32) / (P * k)
             aux.append(self.aux_w * E * (f * prob.mean(dim=0)).sum())
             if self.z_w > 0:
@@ -439,6 +458,10 @@ def load_checkpoint(torch, model, opt, path):
 EXPORT_RTOL, EXPORT_ATOL = 1e-5, 1e-6
 
 
+class Refused(Exception):
+    """An export this reference cannot reproduce exactly: the check fails with this message."""
+
+
 def safetensors_read(torch, path):
     """{name: tensor} of a safetensors file (8-byte LE header length, JSON header, raw LE data), read
     with json + struct + torch.frombuffer (no safetensors package)."""
@@ -447,13 +470,16 @@ def safetensors_read(torch, path):
         with open(path, "rb") as f:
             buf = f.read()
     except OSError as e:
-        sys.exit(f"torch_uoe.py: {path}: {e.strerror}")
+        raise Refused(f"{path}: {e.strerror}")
     if len(buf) < 8:
-        sys.exit(f"torch_uoe.py: {path}: not a safetensors file ({len(buf)} bytes)")
+        raise Refused(f"{path}: not a safetensors file ({len(buf)} bytes)")
     n = struct.unpack("<Q", buf[:8])[0]
     if 8 + n > len(buf):
-        sys.exit(f"torch_uoe.py: {path}: header of {n} bytes, but the file has {len(buf) - 8} after its length")
-    header = json.loads(buf[8:8 + n])
+        raise Refused(f"{path}: header of {n} bytes, but the file has {len(buf) - 8} after its length")
+    try:
+        header = json.loads(buf[8:8 + n])
+    except ValueError as e:
+        raise Refused(f"{path}: the header is not JSON ({e})")
     data = memoryview(buf)[8 + n:]
     dtypes = {"F32": torch.float32, "I32": torch.int32}
     out = {}
@@ -461,52 +487,142 @@ def safetensors_read(torch, path):
         if name == "__metadata__":
             continue
         if v["dtype"] not in dtypes:
-            sys.exit(f"torch_uoe.py: {path}: tensor {name} is {v['dtype']}; F32 or I32 expected")
+            raise Refused(f"{path}: tensor {name} is {v['dtype']}; F32 or I32 expected")
         b, e = v["data_offsets"]
         if not 0 <= b <= e <= len(data):
-            sys.exit(f"torch_uoe.py: {path}: tensor {name}: data_offsets [{b}, {e}] outside the {len(data)} data bytes")
+            raise Refused(f"{path}: tensor {name}: data_offsets [{b}, {e}] outside the {len(data)} data bytes")
         dt = dtypes[v["dtype"]]
         t = torch.frombuffer(bytearray(data[b:e]), dtype=dt) if e > b else torch.empty(0, dtype=dt)
         out[name] = t.reshape(v["shape"])
     return out
 
 
+# What config.json says the model is (launcher/ckpt_export.cpp) and what TorchUoE computes; any other
+# text is a model this reference does not implement.
+EXPORT_DESCRIPTION = {
+    "architecture": "uoe language model (docs/model.md): pre-LN blocks h += SMHA(LN(h)), h += UoME(LN(h)); "
+                    "tied embedding and head; final LayerNorm",
+    "norm": "LayerNorm, eps 1e-5",
+    "activation": "GELU (exact erf)",
+    "positions": "RoPE, rotate-half, base 10000",
+    "router": "p = softmax(x·router.weight + router.bias), top-k, ties to the lower expert",
+}
+# Keys that do not change evaluation log-probabilities: capacity (evaluation is dropless, docs/model.md,
+# Capacity), the router losses (training only), the tokenizer (the tokens are stored as ids; vocab is
+# checked), where the export came from.
+EXPORT_NO_EFFECT = {"capacity_factor", "aux_loss", "z_loss", "tokenizer", "source"}
+
+
+def export_model_args(cfg, where):
+    """config.json → TorchUoE's arguments. Every key is honoured, known not to change the evaluation
+    output, or refused (Refused) — a model this reference would compute differently never passes."""
+    import types
+
+    def get(key, kind):
+        if key not in cfg:
+            raise Refused(f"{where}: \"{key}\" is missing")
+        v = cfg[key]
+        ok = isinstance(v, str) if kind is str else \
+            isinstance(v, bool) if kind is bool else \
+            isinstance(v, int) and not isinstance(v, bool) if kind is int else \
+            isinstance(v, (int, float)) and not isinstance(v, bool)
+        if not ok:
+            raise Refused(f"{where}: \"{key}\" is {json.dumps(v)}, not a {kind.__name__}")
+        return v
+
+    if cfg.get("format") != "uoe-safetensors" or cfg.get("format_version") != 1:
+        raise Refused(f"{where}: not a uoe export of format version 1 (format {cfg.get('format')!r}, "
+                      f"format_version {cfg.get('format_version')!r})")
+    for key, text in EXPORT_DESCRIPTION.items():
+        if get(key, str) != text:
+            raise Refused(f"{where}: \"{key}\" is {cfg[key]!r}; this reference implements {text!r}")
+    bt = get("block_type", str)
+    if bt not in ("uoe", "dense", "moe"):
+        raise Refused(f"{where}: block_type {bt!r}: this reference has uoe, dense and moe")
+    gate = get("gate", str)
+    if gate not in ("renorm", "sum", "prob"):
+        raise Refused(f"{where}: gate {gate!r}: this reference has the renorm, sum and prob gates")
+    L, d, H, T, V = (get(k, int) for k in ("layers", "d_model", "heads", "seq_len", "vocab"))
+    Ea, ka, E, k, F_, eff, ps = (get(k, int) for k in ("attn_experts", "attn_topk", "experts", "topk", "d_ff",
+                                                         "expert_d_ff", "patch_size"))
+    for key in ("capacity_factor", "aux_loss", "z_loss"):
+        get(key, float)
+    get("tokenizer", str)
+    attn_routed, mlp_routed = bt == "uoe", bt != "dense"
+    if min(L, d, H, T, V, Ea, ka, E, k, F_, ps) < 1 or eff < 0:
+        raise Refused(f"{where}: a model size is below 1 (or expert_d_ff below 0)")
+    if d % H or (d // H) % 2 or T % ps or (attn_routed and (H % Ea or ka > Ea)) or (mlp_routed and k > E):
+        raise Refused(f"{where}: shapes that do not cut (d_model {d}, heads {H}, attn_experts {Ea}, attn_topk {ka}, "
+                      f"experts {E}, topk {k}, seq_len {T}, patch_size {ps})")
+    if eff and bt != "moe":
+        raise Refused(f"{where}: expert_d_ff {eff} is for block_type moe (this is {bt})")
+    width = (eff or F_ // E) if bt == "moe" else F_ // E if bt == "uoe" else F_
+    if bt == "uoe" and F_ % E:
+        raise Refused(f"{where}: d_ff {F_} does not cut into {E} experts")
+    # The derived figures must be this reading's.
+    derived = {"head_dim": d // H, "heads_per_attn_expert": H // Ea if attn_routed else H,
+               "mlp_expert_width": width, "attn_routed": attn_routed, "mlp_routed": mlp_routed}
+    for key, want in derived.items():
+        if get(key, bool if isinstance(want, bool) else int) != want:
+            raise Refused(f"{where}: \"{key}\" is {json.dumps(cfg[key])}, but the options give {json.dumps(want)}: "
+                          f"this reference reads the model differently")
+    known = {"format", "format_version", *EXPORT_DESCRIPTION, *EXPORT_NO_EFFECT, *derived, "block_type", "gate",
+             "layers", "d_model", "heads", "seq_len", "vocab", "attn_experts", "attn_topk", "experts", "topk",
+             "d_ff", "expert_d_ff", "patch_size"}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise Refused(f"{where}: keys this reference does not implement: {', '.join(unknown)}")
+    return types.SimpleNamespace(
+        block_type=bt, layers=L, d_model=d, heads=H, attn_experts=Ea, attn_topk=ka, experts=E, topk=k,
+        d_ff=width * (E if mlp_routed else 1), capacity_factor=0.0,  # evaluation is dropless
+        gate=gate, patch_size=ps, aux_loss=0.0, z_loss=0.0, seq_len=T), V
+
+
 def check_export(torch, path):
     """Loads `uoe-ckpt export --eval-logits N` output (DIR/config.json, model.safetensors,
     eval_logits.safetensors) into TorchUoE and compares its log-probabilities on the stored tokens
-    with uoe's (forward_eval: dropless, the model's top-k and gates). Prints one JSON line; 0 if every
-    value is within EXPORT_RTOL·|uoe| + EXPORT_ATOL."""
-    import types
-    F = torch.nn.functional
+    with uoe's (forward_eval: dropless, the model's top-k, gates and patches). Prints one JSON line;
+    0 if every value is within EXPORT_RTOL·|uoe| + EXPORT_ATOL, 1 otherwise, and 1 with "error" (also
+    on stderr) for an export this reference cannot reproduce: it never passes one it does not model."""
     try:
-        with open(os.path.join(path, "config.json")) as f:
+        return check_export_or_refuse(torch, path)
+    except Refused as e:
+        print(f"torch_uoe.py --check-export: {e}", file=sys.stderr)
+        print(json.dumps({"check_export": path, "ok": False, "error": str(e)}))
+        return 1
+
+
+def check_export_or_refuse(torch, path):
+    F = torch.nn.functional
+    where = os.path.join(path, "config.json")
+    try:
+        with open(where) as f:
             cfg = json.load(f)
     except (OSError, ValueError) as e:
-        sys.exit(f"torch_uoe.py: {path}/config.json: {e}")
-    if cfg.get("format") != "uoe-safetensors" or cfg.get("format_version") != 1:
-        sys.exit(f"torch_uoe.py: {path}/config.json: not a uoe export of format version 1")
-    if cfg["patch_size"] != 1:
-        sys.exit(f"torch_uoe.py: {path}: patch_size {cfg['patch_size']}: this model routes single tokens (patch 1)")
-    if cfg["gate"] not in ("renorm", "sum"):
-        sys.exit(f"torch_uoe.py: {path}: gate {cfg['gate']}: this model has renorm and sum gates")
-    a = types.SimpleNamespace(
-        block_type=cfg["block_type"], layers=cfg["layers"], d_model=cfg["d_model"], heads=cfg["heads"],
-        attn_experts=cfg["attn_experts"], attn_topk=cfg["attn_topk"], experts=cfg["experts"], topk=cfg["topk"],
-        d_ff=cfg["mlp_expert_width"] * (cfg["experts"] if cfg["mlp_routed"] else 1),
-        capacity_factor=0.0,  # evaluation is dropless
-        gate=cfg["gate"], aux_loss=cfg["aux_loss"], z_loss=cfg["z_loss"], seq_len=cfg["seq_len"])
-    model = build_model_class(torch)(a, cfg["vocab"])
+        raise Refused(f"{where}: {e}")
+    if not isinstance(cfg, dict):
+        raise Refused(f"{where}: not a JSON object")
+    a, vocab = export_model_args(cfg, where)
+    model = build_model_class(torch)(a, vocab)
     weights = safetensors_read(torch, os.path.join(path, "model.safetensors"))
     differ = sorted(set(model.p) ^ set(weights))
     if differ:
-        sys.exit(f"torch_uoe.py: {path}/model.safetensors and the model disagree on tensors: {differ[:8]}")
+        raise Refused(f"{path}/model.safetensors and config.json's model disagree on tensors: {differ[:8]}")
     with torch.no_grad():
         for name, prm in model.p.items():
+            if weights[name].dtype != torch.float32:
+                raise Refused(f"{path}/model.safetensors: {name} is {weights[name].dtype}, not F32")
             if tuple(weights[name].shape) != tuple(prm.shape):
-                sys.exit(f"torch_uoe.py: {name}: file shape {tuple(weights[name].shape)}, model {tuple(prm.shape)}")
+                raise Refused(f"{path}/model.safetensors: {name}: file shape {tuple(weights[name].shape)}, "
+                              f"config.json's model {tuple(prm.shape)}")
             prm.copy_(weights[name])
         ev = safetensors_read(torch, os.path.join(path, "eval_logits.safetensors"))
+        if "tokens" not in ev or "log_probs" not in ev:
+            raise Refused(f"{path}/eval_logits.safetensors: no tokens or log_probs tensor")
         tokens, ref = ev["tokens"].long(), ev["log_probs"]
+        if tokens.dim() != 2 or tokens.shape[1] != a.seq_len or tuple(ref.shape) != (*tokens.shape, vocab):
+            raise Refused(f"{path}/eval_logits.safetensors: tokens {tuple(tokens.shape)}, log_probs "
+                          f"{tuple(ref.shape)}; expected [N, {a.seq_len}] and [N, {a.seq_len}, {vocab}]")
         logits, _ = model.logits(tokens)
         got = F.log_softmax(logits, dim=-1).reshape(ref.shape)
     diff = (got.double() - ref.double()).abs()
@@ -514,7 +630,8 @@ def check_export(torch, path):
     worst = int(torch.argmax(ratio.reshape(-1)))
     finite = bool(torch.isfinite(got).all() and torch.isfinite(ref).all())
     ok = finite and float(ratio.max()) <= 1.0
-    print(json.dumps({"check_export": path, "ok": ok, "block_type": a.block_type, "sequences": int(tokens.shape[0]),
+    print(json.dumps({"check_export": path, "ok": ok, "block_type": a.block_type, "gate": a.gate,
+                      "patch_size": a.patch_size, "sequences": int(tokens.shape[0]),
                       "values": ref.numel(), "max_abs_diff": float(diff.max()), "max_ratio": float(ratio.max()),
                       "bound": f"{EXPORT_RTOL}*|uoe| + {EXPORT_ATOL}", "worst": worst,
                       "worst_uoe": float(ref.reshape(-1)[worst]), "worst_torch": float(got.reshape(-1)[worst]),
@@ -540,7 +657,8 @@ def parse_args(argv):
     ap.add_argument("--topk", type=int, default=2)
     ap.add_argument("--d-ff", type=int, default=512)
     ap.add_argument("--capacity-factor", type=float, default=1.25)
-    ap.add_argument("--gate", choices=("renorm", "sum"), default="renorm")
+    ap.add_argument("--gate", choices=("renorm", "sum", "prob"), default="renorm")
+    ap.add_argument("--patch-size", type=int, default=1, help="tokens routed together (divides --seq-len)")
     ap.add_argument("--aux-loss", type=float, default=0.01)
     ap.add_argument("--z-loss", type=float, default=0.0)
     ap.add_argument("--seq-len", type=int, default=128)
@@ -640,8 +758,10 @@ def main(argv):
     if world > 1:
         import torch.distributed as dist
         dist.init_process_group("gloo", rank=rank, world_size=world)
-    if a.d_model % a.heads or a.heads % a.attn_experts or a.d_ff % a.experts:
-        sys.exit("torch_uoe.py: d-model % heads, heads % attn-experts and d-ff % experts must be 0")
+    if a.d_model % a.heads or a.heads % a.attn_experts or a.d_ff % a.experts or a.patch_size < 1 or \
+            a.seq_len % a.patch_size:
+        sys.exit("torch_uoe.py: d-model % heads, heads % attn-experts, d-ff % experts and seq-len % patch-size "
+                 "must be 0")
 
     train, _ = data_load_bytes(a.data, a.val_fraction)
     TorchUoE = build_model_class(torch)

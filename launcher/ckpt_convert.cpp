@@ -5,9 +5,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <set>
 
 #include "layers/convert.hpp"
+#include "layers/optimizer.hpp"
+#include "parallel/communicator.hpp"
+#include "runtime/atomic_file.hpp"
 #include "runtime/error.hpp"
 #include "runtime/rng.hpp"
 
@@ -117,6 +121,46 @@ ProbsComparison compare_probs(const std::vector<float>& ref, const std::vector<f
   }
   c.ok = c.max_ratio <= 1.0;
   return c;
+}
+
+bool out_dir_check_new(const std::string& out) {
+  namespace fs = std::filesystem;
+  const bool existed = fs::exists(out);
+  if (existed && (!fs::is_directory(out) || !fs::is_empty(out)))
+    fail("--out ", out, " exists and is not an empty directory: give a new directory (nothing is overwritten)");
+  return existed;
+}
+
+void out_dir_restore(const std::string& out, bool existed) noexcept {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (existed)
+    for (const auto& e : fs::directory_iterator(out, ec)) fs::remove_all(e.path(), ec);
+  else
+    fs::remove_all(out, ec);
+}
+
+std::string write_fresh_checkpoint(const std::string& out, bool out_existed, const ParamStore& params,
+                                   const TrainState& state, const std::string& ini_comment) {
+  namespace fs = std::filesystem;
+  try {
+    AdamW opt(params, AdamWSpec{});
+    opt.m().zero();
+    opt.v().zero();
+    SelfCommunicator self;
+    CheckpointWriter writer(out, /*keep_last=*/0, self, shard_role_single());
+    writer.prepare();
+    writer.save(params, opt, state);
+    writer.wait();
+    AtomicFile ini((fs::path(out) / "train.ini").string());
+    ini.write("# " + ini_comment + "\n");
+    ini.write(state.config_ini);
+    ini.commit();
+    return writer.last_committed();
+  } catch (...) {
+    out_dir_restore(out, out_existed);
+    throw;
+  }
 }
 
 }  // namespace uoe

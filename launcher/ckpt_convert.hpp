@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "checkpoints/checkpoint.hpp"
 #include "layers/model.hpp"
 
 namespace uoe {
@@ -55,6 +56,21 @@ struct ProbsComparison {
 };
 // Compares two probability arrays of equal size elementwise (a non-finite value fails).
 ProbsComparison compare_probs(const std::vector<float>& ref, const std::vector<float>& got, double rtol, double atol);
+
+// The --out of convert, import and export must be absent or an empty directory (nothing is
+// overwritten): else uoe::Error naming it. Returns whether it existed, for out_dir_restore.
+bool out_dir_check_new(const std::string& out);
+
+// Leaves `out` as out_dir_check_new found it (absent, or empty): after a failure once writing began.
+void out_dir_restore(const std::string& out, bool existed) noexcept;
+
+// What convert and import write: `params` as a new one-rank checkpoint in `out` (out_dir_check_new
+// passed; `out_existed` its answer) at `state` with zero AdamW moments, by the project's writer
+// (step_N.tmp, verified, renamed, `latest`), beside out/train.ini (`ini_comment` as its first line,
+// then state.config_ini). On any error `out` is left as it was found and the error rethrown. Returns
+// the committed step directory.
+std::string write_fresh_checkpoint(const std::string& out, bool out_existed, const ParamStore& params,
+                                   const TrainState& state, const std::string& ini_comment);
 
 }  // namespace uoe
 

@@ -312,7 +312,7 @@ int Trainer::run() {
   std::signal(SIGTERM, on_stop_signal);
   std::signal(SIGUSR1, on_stop_signal);
   metrics_ = std::make_unique<MetricsWriter>(world_rank_ == 0 ? cfg.metrics : std::string(),
-                                             /*append=*/start_step_ > 1);
+                                             /*resume_step=*/start_step_ - 1);
   window_ = StepWindow(2 * spec_.layers);
   last_status_ = Clock::now();
   tokens_per_step_ = static_cast<double>(cfg.batch_size) * cfg.seq_len * cfg.micro_batches * world_size_;

@@ -25,10 +25,8 @@
 #include "checkpoints/manifest.hpp"
 #include "launcher/ckpt_convert.hpp"
 #include "layers/model.hpp"
-#include "layers/optimizer.hpp"
 #include "parallel/comm.hpp"
 #include "parallel/exchange.hpp"
-#include "runtime/atomic_file.hpp"
 #include "runtime/cli.hpp"
 #include "runtime/config.hpp"
 #include "runtime/cpu_affinity.hpp"
@@ -201,9 +199,7 @@ int run(const ConvertArgs& a) {
   std::vector<std::string> notes;
   const uoe::Config cfg = converted_config(stored, a, notes);
   const uoe::ModelSpec dst_spec = uoe::model_spec_from_config(cfg, vocab);
-  const bool out_existed = fs::exists(a.out);
-  if (out_existed && (!fs::is_directory(a.out) || !fs::is_empty(a.out)))
-    uoe::fail("--out ", a.out, " exists and is not an empty directory: give a new directory (nothing is overwritten)");
+  const bool out_existed = uoe::out_dir_check_new(a.out);
 
   // Both models are built in the equivalence limit: the spec's routing options change no parameter,
   // and --check runs them so (the written config keeps the converted run's own top-k and gates).
@@ -255,29 +251,11 @@ int run(const ConvertArgs& a) {
   out.tokenizer = st.tokenizer;  // the vocabulary travels with the model (uoe-sample)
   out.tokenizer_blob = st.tokenizer_blob;
   out.tokenizer_hash = st.tokenizer_hash;
-  try {
-    uoe::AdamW opt(dst.params(), uoe::AdamWSpec{});
-    opt.m().zero();
-    opt.v().zero();
-    uoe::CheckpointWriter writer(a.out, /*keep_last=*/0, self, uoe::shard_role_single());
-    writer.prepare();
-    writer.save(dst.params(), opt, out);
-    writer.wait();
-    uoe::AtomicFile ini((fs::path(a.out) / "train.ini").string());
-    ini.write("# uoe-ckpt convert " + path + " --to " + a.to + ": `uoe-train --config " +
-              (fs::path(a.out) / "train.ini").string() + "` continues the training\n");
-    ini.write(out.config_ini);
-    ini.commit();
-    std::printf("uoe-ckpt convert: wrote %s\n", writer.last_committed().c_str());
-  } catch (...) {
-    // Leave --out as it was found: absent, or empty.
-    std::error_code ec;
-    if (out_existed)
-      for (const auto& e : fs::directory_iterator(a.out, ec)) fs::remove_all(e.path(), ec);
-    else
-      fs::remove_all(a.out, ec);
-    throw;
-  }
+  const std::string committed = uoe::write_fresh_checkpoint(
+      a.out, out_existed, dst.params(), out,
+      "uoe-ckpt convert " + path + " --to " + a.to + ": `uoe-train --config " +
+          (fs::path(a.out) / "train.ini").string() + "` continues the training");
+  std::printf("uoe-ckpt convert: wrote %s\n", committed.c_str());
   if (a.keep_step)
     std::printf("uoe-ckpt convert: step %lld kept: `uoe-train --resume` continues at step %lld of the old schedule "
                 "(--steps %d, --warmup %d); the AdamW moments are reset all the same (zero), so Adam starts without "

@@ -87,9 +87,7 @@ int run(const ExportOptions& o) {
     if (t.name == "embed" && !t.global_shape.empty()) vocab = static_cast<int>(t.global_shape[0]);
   if (vocab <= 0) fail(path, ": the checkpoint has no embedding tensor 'embed' to take the vocabulary from");
   const ModelSpec spec = model_spec_from_config(stored, vocab);
-  const bool out_existed = fs::exists(o.out);
-  if (out_existed && (!fs::is_directory(o.out) || !fs::is_empty(o.out)))
-    fail("--out ", o.out, " exists and is not an empty directory: give a new directory (nothing is overwritten)");
+  const bool out_existed = out_dir_check_new(o.out);
 
   LocalExchange exchange;
   SelfCommunicator self;
@@ -123,12 +121,7 @@ int run(const ExportOptions& o) {
                         {{"format", "pt"}, {"what", "uoe-ckpt export --eval-logits: forward_eval log-probabilities"}});
     bytes = static_cast<int64_t>(fs::file_size(dir / "model.safetensors"));
   } catch (...) {
-    // Leave --out as it was found: absent, or empty.
-    std::error_code ec;
-    if (out_existed)
-      for (const auto& e : fs::directory_iterator(o.out, ec)) fs::remove_all(e.path(), ec);
-    else
-      fs::remove_all(o.out, ec);
+    out_dir_restore(o.out, out_existed);
     throw;
   }
   std::printf("uoe-ckpt export: %s (step %lld, written by %d rank%s, ep %d): %s, %zu tensors\n", path.c_str(),

@@ -22,13 +22,11 @@
 
 #include "checkpoints/checkpoint.hpp"
 #include "checkpoints/safetensors.hpp"
+#include "launcher/ckpt_convert.hpp"
 #include "launcher/ckpt_export.hpp"
 #include "launcher/uoe_ckpt.hpp"
 #include "layers/model.hpp"
-#include "layers/optimizer.hpp"
-#include "parallel/communicator.hpp"
 #include "parallel/exchange.hpp"
-#include "runtime/atomic_file.hpp"
 #include "runtime/cli.hpp"
 #include "runtime/config.hpp"
 #include "runtime/error.hpp"
@@ -83,13 +81,10 @@ int run(const ImportOptions& o) {
   const SafetensorsFile st = safetensors_read(file.string());
   const ModelSpec spec = model_spec_from_config(cfg, vocab);
   LocalExchange exchange;
-  SelfCommunicator self;
   Model model(spec, cfg.seed, &exchange);
   model_set_tensors(model, st, file.string() + " (with " + config_path.string() + ")");
 
-  const bool out_existed = fs::exists(o.out);
-  if (out_existed && (!fs::is_directory(o.out) || !fs::is_empty(o.out)))
-    fail("--out ", o.out, " exists and is not an empty directory: give a new directory (nothing is overwritten)");
+  const bool out_existed = out_dir_check_new(o.out);
   cfg.checkpoint_dir = fs::absolute(o.out).lexically_normal().string();  // train.ini works from any directory
   cfg.resume = "auto";
   cfg.config_file.clear();
@@ -97,29 +92,10 @@ int run(const ImportOptions& o) {
   state.step = 0;
   state.seed = cfg.seed;
   state.config_ini = config_to_ini(cfg);
-  std::string committed;
-  try {
-    AdamW opt(model.params(), AdamWSpec{});
-    opt.m().zero();
-    opt.v().zero();
-    CheckpointWriter writer(o.out, /*keep_last=*/0, self, shard_role_single());
-    writer.prepare();
-    writer.save(model.params(), opt, state);
-    writer.wait();
-    AtomicFile ini((fs::path(o.out) / "train.ini").string());
-    ini.write("# uoe-ckpt import " + o.input + ": `uoe-train --config " + (fs::path(o.out) / "train.ini").string() +
-              "` continues the training\n");
-    ini.write(state.config_ini);
-    ini.commit();
-    committed = writer.last_committed();
-  } catch (...) {
-    // Leave --out as it was found: absent, or empty.
-    if (out_existed)
-      for (const auto& e : fs::directory_iterator(o.out, ec)) fs::remove_all(e.path(), ec);
-    else
-      fs::remove_all(o.out, ec);
-    throw;
-  }
+  const std::string committed = write_fresh_checkpoint(
+      o.out, out_existed, model.params(), state,
+      "uoe-ckpt import " + o.input + ": `uoe-train --config " + (fs::path(o.out) / "train.ini").string() +
+          "` continues the training");
   std::printf("uoe-ckpt import: %s: %s, %zu tensors (config %s)\n", file.c_str(), block_type_name(spec.block_type),
               st.tensors.size(), config_path.c_str());
   std::printf("uoe-ckpt import: wrote %s: step 0, AdamW moments zero: `uoe-train --resume` starts at step 1 with a "

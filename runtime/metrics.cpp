@@ -2,8 +2,11 @@
 
 #include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 
+#include "runtime/atomic_file.hpp"
 #include "runtime/error.hpp"
 
 namespace uoe {
@@ -63,8 +66,46 @@ JsonLine& JsonLine::add(const char* k, const JsonLine& object) {
   return *this;
 }
 
-MetricsWriter::MetricsWriter(const std::string& path, bool append) : path_(path) {
+namespace {
+
+// The lines of an existing metrics file that a run resumed at `resume_step` keeps: whole lines
+// ("{...}") of a step ≤ resume_step; not the "final" line. Returns false if there is no such file.
+bool kept_metrics_lines(const std::string& path, long long resume_step, std::string* kept, int* dropped) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  static constexpr char kStep[] = "{\"step\":";
+  std::string line;
+  while (std::getline(in, line)) {
+    bool keep = false;
+    if (line.size() > 2 && line.back() == '}' && line.compare(0, sizeof kStep - 1, kStep) == 0) {
+      char* end = nullptr;
+      const long long step = std::strtoll(line.c_str() + sizeof kStep - 1, &end, 10);
+      keep = end != line.c_str() + sizeof kStep - 1 && (*end == ',' || *end == '}') && step <= resume_step;
+    }
+    if (keep)
+      *kept += line + "\n";
+    else
+      ++*dropped;
+  }
+  return true;
+}
+
+}  // namespace
+
+MetricsWriter::MetricsWriter(const std::string& path, long long resume_step) : path_(path) {
   if (path.empty()) return;
+  std::string kept;
+  int dropped = 0;
+  const bool append = resume_step > 0 && kept_metrics_lines(path, resume_step, &kept, &dropped);
+  if (append && dropped > 0) {
+    try {
+      AtomicFile rewrite(path);
+      rewrite.write(kept);
+      rewrite.commit();
+    } catch (const Error& e) {
+      fail("cannot rewrite --metrics file '", path, "' for the resumed run: ", e.what());
+    }
+  }
   f_ = std::fopen(path.c_str(), append ? "a" : "w");
   if (!f_) fail("cannot open --metrics file '", path, "': ", std::strerror(errno));
 }

@@ -23,11 +23,14 @@ class JsonLine {
   std::string body_;
 };
 
-// Writes lines to a file (truncated when opened, or appended to when `append`, as a resumed run
-// does); a no-op without a path. Flushes each line so a killed run keeps what it logged.
+// Writes lines to a file; a no-op without a path. Flushes each line so a killed run keeps what it
+// logged. A fresh start (resume_step 0) truncates the file. A run resumed at step S (its checkpoint's
+// step, > 0) continues it as one run: the lines of steps ≤ S stay, and the lines after S (logged by
+// the interrupted run after its checkpoint: those steps are trained again), any "final" line and a
+// torn last line are dropped first (the file rewritten atomically), so no step appears twice.
 class MetricsWriter {
  public:
-  explicit MetricsWriter(const std::string& path, bool append = false);
+  explicit MetricsWriter(const std::string& path, long long resume_step = 0);
   ~MetricsWriter();
   MetricsWriter(const MetricsWriter&) = delete;
   MetricsWriter& operator=(const MetricsWriter&) = delete;

@@ -29,19 +29,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import checkpoint_equal  # noqa: E402  (its h5dump helpers read datasets without h5py)
-
-
-def fail(msg):
-    print("FAIL:", msg)
-    sys.exit(1)
-
-
-def run(cmd, expect=0):
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    out = p.stdout + p.stderr
-    if expect is not None and p.returncode != expect:
-        fail(f"exit {p.returncode} (expected {expect}) from: {' '.join(cmd)}\n{out}")
-    return p.returncode, out
+from check_helpers import fail, run  # noqa: E402
 
 
 def tensors(step_dir, group="/model/"):

@@ -5,13 +5,17 @@ usage: export_check.py OUTDIR UOE_CKPT UOE_TRAIN TORCH_UOE FIXTURE TRAIN_ARGS...
 
 FIXTURE is a checkpoint directory written by 2 ranks with --ep 2; TRAIN_ARGS describe a tiny model
 with 4 heads and a d-ff divisible by 4 (no --block-type, expert counts, --steps, --checkpoint-dir).
-Checks, for a uoe model (2 attention experts top-1, 4 MLP experts top-2), a dense one and a moe one,
-each trained 6 steps, and for FIXTURE:
+Checks, for a uoe model (2 attention experts top-1, 4 MLP experts top-2), a dense one, a moe one, uoe
+with patch size 2 and the prob gate, uoe with patch size 4 and the sum gate, and moe with patch size 4
+and the prob gate, each trained 6 steps, and for FIXTURE:
 - export --eval-logits 2 writes model.safetensors, config.json, eval_logits.safetensors; every tensor
   of the file is the checkpoint's /model tensor, gathered whole from its shards, bitwise (h5py);
 - TORCH_UOE --check-export (PyTorch, this interpreter: launcher/install-deps installs python3-torch;
   no torch is a failure, not a skip) reproduces uoe's evaluation log-probabilities within
-  1e-5·|uoe| + 1e-6; and fails once one exported weight is reversed (the check can fail);
+  1e-5·|uoe| + 1e-6; and fails once one exported weight is reversed (the check can fail), once
+  config.json's patch size or gate is rewritten (it reads them), and, naming the key, for a
+  config.json it does not implement (an unknown key, another norm or gate, a patch size that does not
+  cut, a derived figure that disagrees, a missing option);
 - import → a checkpoint whose /model equals the source's bitwise, at step 0 with zero moments,
   which `uoe-train --config CKPTDIR/train.ini` continues; its export is byte-identical to the first;
 - bad input (not safetensors, truncated, offsets or shapes that lie, a dtype other than F32, a
@@ -29,7 +33,7 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from convert_check import fail, run  # noqa: E402  (the uoe-ckpt tests' shared helpers)
+from check_helpers import fail, run  # noqa: E402
 
 
 def checkpoint_model(step_dir, group="model"):
@@ -100,6 +104,13 @@ def main():
         "uoe": ["--block-type", "uoe", "--attn-experts", "2", "--attn-topk", "1", "--experts", "4", "--topk", "2"],
         "dense": ["--block-type", "dense"],
         "moe": ["--block-type", "moe", "--experts", "4", "--topk", "2"],
+        # Patches and the other gates (docs/model.md, Patches, Gates): PyTorch must route them too.
+        "uoe_patch2_prob": ["--block-type", "uoe", "--attn-experts", "2", "--attn-topk", "1", "--experts", "4",
+                            "--topk", "2", "--patch-size", "2", "--gate", "prob"],
+        "uoe_patch4_sum": ["--block-type", "uoe", "--attn-experts", "4", "--attn-topk", "2", "--experts", "4",
+                           "--topk", "1", "--patch-size", "4", "--gate", "sum"],
+        "moe_patch4_prob": ["--block-type", "moe", "--experts", "4", "--topk", "2", "--patch-size", "4",
+                            "--gate", "prob"],
     }
     sources = {}
     for kind, opts in kinds.items():
@@ -122,8 +133,10 @@ def main():
             if entry["dtype"] != "F32" or tuple(entry["shape"]) != arr.shape or raw != arr.astype("<f4").tobytes():
                 fail(f"{kind}: exported {name} is not the checkpoint's tensor bitwise")
         cfg = json.load(open(os.path.join(ex, "config.json")))
-        if cfg["block_type"] != (kind if kind != "fixture" else "uoe") or cfg["vocab"] != ref["embed"].shape[0]:
-            fail(f"{kind}: config.json says block_type {cfg['block_type']}, vocab {cfg['vocab']}")
+        want = dict(zip(kinds[kind][::2], kinds[kind][1::2])) if kind in kinds else {"--block-type": "uoe"}
+        said = {"--block-type": cfg["block_type"], "--patch-size": str(cfg["patch_size"]), "--gate": cfg["gate"]}
+        if any(said[o] != want.get(o, said[o]) for o in said) or cfg["vocab"] != ref["embed"].shape[0]:
+            fail(f"{kind}: config.json says {said}, vocab {cfg['vocab']}; trained with {kinds.get(kind)}")
         print(f"{kind}: {len(ref)} tensors exported bitwise")
 
         # For the PyTorch check (below, all at once): one weight's elements reversed.
@@ -170,6 +183,41 @@ def main():
     if rc != 1 or len(verdicts) != len(mutated) or any(v["ok"] for v in verdicts):
         fail(f"--check-export passed a model with layers.0.mlp.w1 reversed (exit {rc}):\n{text}")
     print(f"--check-export: {len(exports)} exports within the bound; each fails with layers.0.mlp.w1 reversed")
+
+    # The check reads the patch size and the gate: the same weights under another one's config.json fail.
+    # A config.json it does not implement (an unknown key, another norm, a gate or shape it lacks, derived
+    # figures that disagree) fails naming the key: it never passes a model it computes differently.
+    def config_case(name, src, edit):
+        d = j("torch_config", name)
+        os.makedirs(d)
+        for f in ("model.safetensors", "eval_logits.safetensors"):
+            os.link(os.path.join(j(src + ".export"), f), os.path.join(d, f))
+        c = json.load(open(j(src + ".export", "config.json")))
+        edit(c)
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump(c, f)
+        return d
+    cases = {  # directory → what the verdict must say (None: the log-probabilities differ)
+        config_case("patch_ignored", "uoe_patch2_prob", lambda c: c.update(patch_size=1)): None,
+        config_case("moe_patch_ignored", "moe_patch4_prob", lambda c: c.update(patch_size=1)): None,
+        config_case("prob_as_renorm", "uoe_patch2_prob", lambda c: c.update(gate="renorm")): None,
+        config_case("sum_as_renorm", "uoe_patch4_sum", lambda c: c.update(gate="renorm")): None,
+        config_case("unknown_key", "uoe", lambda c: c.update(rope_scaling={"factor": 2})): r"rope_scaling",
+        config_case("rmsnorm", "uoe", lambda c: c.update(norm="RMSNorm, eps 1e-6")): r'"norm" is .*RMSNorm',
+        config_case("gate", "uoe", lambda c: c.update(gate="softmax")): r"gate 'softmax'",
+        config_case("patch_cut", "uoe", lambda c: c.update(patch_size=3)): r"patch_size 3",
+        config_case("derived", "moe", lambda c: c.update(mlp_expert_width=8)): r'"mlp_expert_width" is 8',
+        config_case("missing", "uoe", lambda c: c.pop("patch_size")): r'"patch_size" is missing',
+    }
+    rc, text = run([sys.executable, torch_uoe, "--check-export", *cases], expect=None)
+    verdicts = {v["check_export"]: v for v in (json.loads(ln) for ln in text.splitlines() if ln.startswith("{"))}
+    if rc != 1 or set(verdicts) != set(cases):
+        fail(f"--check-export on edited config.json files: exit {rc}, verdicts for {sorted(verdicts)}:\n{text}")
+    for d, regex in cases.items():
+        v = verdicts[d]
+        if v["ok"] or (regex is None) != ("error" not in v) or (regex and not re.search(regex, v["error"])):
+            fail(f"--check-export {d}: {v}, expected {'a failed comparison' if regex is None else '/' + regex + '/'}")
+        print(f"--check-export {os.path.basename(d)}: failed as expected: {v.get('error') or v['max_ratio']}")
 
     # The imported checkpoint trains on.
     _, text = run([train, "--config", j("uoe.imported", "train.ini"), *logs, "--steps", "2"])

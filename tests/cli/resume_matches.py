@@ -15,6 +15,9 @@ import shutil
 import subprocess
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from check_helpers import fail  # noqa: E402
+
 
 def run(cmd, log, env=None):
     with open(log, "w") as out:
@@ -26,13 +29,6 @@ def metrics(path):
     train = {r["step"]: r["train_loss"] for r in rows if "train_loss" in r}
     final = [r["val_loss"] for r in rows if r.get("final")]
     return train, final
-
-
-def fail(msg, log=None):
-    print("FAIL:", msg)
-    if log:
-        print(open(log).read())
-    sys.exit(1)
 
 
 def main():

@@ -23,15 +23,13 @@ import shutil
 import subprocess
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from check_helpers import fail  # noqa: E402
+
 
 def sample(exe, *args):
     p = subprocess.run([exe, *args], capture_output=True, timeout=300)
     return p.returncode, p.stdout, p.stderr.decode(errors="replace")
-
-
-def fail(msg):
-    print("FAIL:", msg)
-    sys.exit(1)
 
 
 def main():
