@@ -1,4 +1,4 @@
-"""The statistics of bench/quality (bench/README-quality.md, Statistics): per-cell mean and sample
+"""The statistics of bench/quality (bench/README-quality.md, Seeds, pairing and the statistics): per-cell mean and sample
 standard deviation over seeds, and the paired comparison of two models that share a seed (same
 initialisation stream and same data order), with a Student t interval on the mean difference.
 
