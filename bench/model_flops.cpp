@@ -5,7 +5,7 @@
 //   build/bin/bench-model_flops [uoe-train model options…]
 //   → {"block_type":"uoe","params":…,"forward_flops_per_token":…,"training_flops_per_token":…}
 //
-// Byte-level vocabulary (V = 256) unless --tokenizer word, which loads --data to size it.
+// Byte-level vocabulary (V = 256) unless --tokenizer word or sentencepiece, which load --data to size it.
 #include <cstdio>
 #include <string>
 
@@ -25,7 +25,8 @@ int main(int argc, char** argv) {
       return 0;
     }
     const uoe::Config& cfg = parsed.config;
-    const int vocab = cfg.tokenizer == "word" ? uoe::data_load(cfg).vocab.size() : 256;
+    const bool sized_by_data = cfg.tokenizer == "word" || cfg.tokenizer == "sentencepiece";
+    const int vocab = sized_by_data ? uoe::data_load(cfg).vocab.size() : 256;
     const uoe::ModelSpec spec = uoe::model_spec_from_config(cfg, vocab);
     uoe::LocalExchange exchange;  // every expert here: the global parameter count
     const uoe::Model model(spec, cfg.seed, &exchange);
