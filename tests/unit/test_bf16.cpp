@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "layers/cpu_backend.hpp"
+#include "layers/memory.hpp"
 #include "layers/model.hpp"
 #include "layers/optimizer.hpp"
 #include "layers/router.hpp"
@@ -334,6 +335,27 @@ TEST(Bf16, GradientsDifferFromFp32ByBf16Resolution) {
   const double rel = std::sqrt(diff / norm);
   EXPECT_GT(rel, std::ldexp(1.0, -14));
   EXPECT_LT(rel, std::ldexp(1.0, -4));
+}
+
+// The memory estimate in bf16 (layers/memory.hpp): the fp32 items unchanged (activations stay fp32
+// buffers on the CPU path), plus the GEMMs' rounded input copies — at least the tied head's logits
+// and embedding — and, with rows travelling, their bf16 staging: 2 bytes an element, twice.
+TEST(Bf16, MemoryEstimateAddsTheRoundedCopiesAndTheStaging) {
+  const ModelSpec spec = small_spec();
+  for (int ep : {1, 2}) {
+    MemoryRun run;
+    run.batch_size = 4;
+    run.ep = ep;
+    run.world_size = ep;
+    const MemoryEstimate f32 = memory_estimate(spec, run);
+    run.precision = Precision::bf16;
+    const MemoryEstimate b16 = memory_estimate(spec, run);
+    for (const MemoryItem& i : f32.items) EXPECT_EQ(b16.bytes_of(i.name), i.bytes) << i.name;
+    const double N = 4.0 * spec.seq_len;
+    EXPECT_GE(b16.bytes_of("bf16 GEMM input copies"), 4.0 * (N * spec.vocab + static_cast<double>(spec.vocab) * spec.d));
+    EXPECT_EQ(b16.bytes_of("bf16 exchange staging"), ep > 1 ? 2 * 2.0 * b16.rows_per_block * spec.d : 0.0);
+    EXPECT_EQ(b16.total(), f32.total() + b16.bytes_of("bf16 GEMM input copies") + b16.bytes_of("bf16 exchange staging"));
+  }
 }
 
 }  // namespace
