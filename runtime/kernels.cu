@@ -203,17 +203,17 @@ __global__ void residual_bias_rows_kernel(float* out, const float* x, const floa
 __global__ void bf16_round_kernel(float* x, int64_t n) {
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    x[e] = bf16_round(x[e]);
+    x[e] = ::uoe::bf16_round(x[e]);
 }
 __global__ void bf16_pack_kernel(uint16_t* out, const float* in, int64_t n) {
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    out[e] = bf16_from_float(in[e]);
+    out[e] = ::uoe::bf16_from_float(in[e]);
 }
 __global__ void bf16_unpack_kernel(float* out, const uint16_t* in, int64_t n) {
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    out[e] = bf16_to_float(in[e]);
+    out[e] = ::uoe::bf16_to_float(in[e]);
 }
 __global__ void gather_rows_scaled_kernel(float* out, const float* table, const int32_t* ids, const float* row_scale,
                                           int N, int C) {
