@@ -690,9 +690,10 @@ class Step final : public ModelStep {
 
   // --precision bf16 (runtime/bf16.hpp): the experts' outputs and input gradients, `rows` rows of
   // d, rounded to bf16 where they are formed, on every layout: rows that travel as bf16
-  // (parallel/mpi_exchange.hpp) then lose nothing more on the wire, and ep, dp and overlap layouts
-  // compute the one-rank run's bits. (The rows the experts read and their output gradients need no
-  // rounding here: the experts' GEMMs round their inputs.)
+  // (parallel/mpi_exchange.hpp) then lose nothing more on the wire, and every layout rounds the same
+  // values the same way (layouts still differ by fp32 reassociation: docs/architecture.md,
+  // Contracts). (The rows the experts read and their output gradients need no rounding here: the
+  // experts' GEMMs round their inputs.)
   void round_rows(float* p, int rows) {
     if (compute_precision() == Precision::bf16) be_.round_bf16(p, static_cast<size_t>(rows) * spec_.d);
   }
