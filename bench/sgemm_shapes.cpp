@@ -2,21 +2,25 @@
 // the FMA peak of the same threads: how the kernels OpenBLAS runs (or OPENBLAS_CORETYPE forces)
 // compare on what the model issues, robust to a loaded machine (a best interval, not a mean).
 //
-//   build/bin/bench-sgemm_shapes [--threads N] [--repeats R] [--rows N]
+//   build/bin/bench-sgemm_shapes [--threads N] [--repeats R] [--rows N] [--precision fp32|bf16]
 //   OPENBLAS_CORETYPE=Haswell build/bin/bench-sgemm_shapes    # another core's kernels (the user's choice)
 //
 // Shapes: one expert of an MLP block with `rows` routed rows (default 1024: 2048 tokens × top-2 over
 // 4 experts), d = f = 128 (reference config) and 512 (d 512): forward x·W1 and a·W2 (NN),
 // backward-data dy·W2ᵀ (NT), weight gradient xᵀ·dh (TN), and a 512³ square for reference.
+// --precision bf16 times the model's GEMM at that precision (runtime/gemm.hpp, gemm_mixed: on CPUs
+// the emulated path, its rounding copies included); FLOPs counted as the product's 2·M·N·K.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "runtime/bf16.hpp"
 #include "runtime/cpu_features.hpp"
 #include "runtime/fma_peak.hpp"
 #include "runtime/gemm.hpp"
@@ -27,11 +31,11 @@ double best_gflops(bool ta, bool tb, int M, int N, int K, int repeats) {
   std::vector<float> A(static_cast<size_t>(M) * K, 0.01f), B(static_cast<size_t>(K) * N, 0.02f),
       C(static_cast<size_t>(M) * N);
   const int lda = ta ? M : K, ldb = tb ? K : N;
-  uoe::gemm(ta, tb, M, N, K, 1.0f, A.data(), lda, B.data(), ldb, 0.0f, C.data(), N);
+  uoe::gemm_mixed(ta, tb, M, N, K, 1.0f, A.data(), lda, B.data(), ldb, 0.0f, C.data(), N);
   double best = 1e30;
   for (int r = 0; r < repeats; ++r) {
     const auto t0 = std::chrono::steady_clock::now();
-    uoe::gemm(ta, tb, M, N, K, 1.0f, A.data(), lda, B.data(), ldb, 0.0f, C.data(), N);
+    uoe::gemm_mixed(ta, tb, M, N, K, 1.0f, A.data(), lda, B.data(), ldb, 0.0f, C.data(), N);
     best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   if (C[0] != C[0]) std::fputs("NaN\n", stderr);  // the result is used
@@ -47,8 +51,17 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::max(1, std::atoi(argv[++i]));
     else if (!std::strcmp(argv[i], "--repeats") && i + 1 < argc) repeats = std::max(1, std::atoi(argv[++i]));
     else if (!std::strcmp(argv[i], "--rows") && i + 1 < argc) rows = std::max(1, std::atoi(argv[++i]));
-    else {
-      std::fprintf(stderr, "bench-sgemm_shapes: unknown argument '%s' (--threads N, --repeats R, --rows N)\n", argv[i]);
+    else if (!std::strcmp(argv[i], "--precision") && i + 1 < argc) {
+      try {
+        uoe::compute_precision_set(uoe::precision_parse(argv[++i]));
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "bench-sgemm_shapes: %s\n", e.what());
+        return 2;
+      }
+    } else {
+      std::fprintf(stderr,
+                   "bench-sgemm_shapes: unknown argument '%s' (--threads N, --repeats R, --rows N, --precision P)\n",
+                   argv[i]);
       return 2;
     }
   }
@@ -56,6 +69,8 @@ int main(int argc, char** argv) {
   const uoe::FmaPeak fma = uoe::fma_peak_measure(uoe::cpu_features_detect(), threads);
   std::printf("# bench-sgemm_shapes: %s\n", uoe::blas_kernels_summary().c_str());
   std::printf("# %s; %s; best of %d\n", uoe::gemm_describe().c_str(), uoe::fma_peak_describe(fma).c_str(), repeats);
+  std::printf("# precision %s%s\n", uoe::precision_name(uoe::compute_precision()),
+              uoe::compute_precision() == uoe::Precision::bf16 ? (": " + uoe::gemm_bf16_describe()).c_str() : "");
   std::printf("%-34s %10s %8s\n", "GEMM (MxNxK)", "GFLOP/s", "of FMA");
   struct Shape {
     const char* what;

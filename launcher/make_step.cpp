@@ -6,6 +6,7 @@
 #include <string>
 
 #include "layers/cpu_backend.hpp"
+#include "runtime/bf16.hpp"
 #include "runtime/device.hpp"
 #include "runtime/error.hpp"
 #ifdef UOE_HAVE_CUDA
@@ -45,6 +46,7 @@ class GpuStep final : public ModelStep {
       nccl_ = std::make_unique<NcclCommunicator>(setup.ep_group->handle(),
                                                  NodeRanks{setup.node_rank, setup.node_size, setup.node_visible_devices});
       exchange_ = std::make_unique<MpiExchange>(*setup.ep_group, nccl_.get());
+      exchange_->set_row_narrowing(nccl_.get());  // bf16 rows over NCCL (--precision bf16)
       o.rows_exchange = exchange_.get();
       o.nccl = nccl_.get();
       o.comm_stream = nccl_->stream();
@@ -89,6 +91,7 @@ class GpuStep final : public ModelStep {
 }  // namespace
 
 std::unique_ptr<ModelStep> make_step(const Config& cfg, Model& model, const StepSetup& setup) {
+  compute_precision_set(precision_parse(cfg.precision));  // the process's (runtime/bf16.hpp)
   if (device_parse(cfg.device) == Device::cuda) {
 #ifdef UOE_HAVE_CUDA
     return std::make_unique<GpuStep>(model, cfg, setup);

@@ -26,7 +26,7 @@ JsonLine metrics_step_line(int step, double tokens_per_step, double lr, const St
     j.add("grads", grads);
     j.add("routing_check", fig.routing_check);
   }
-  j.add("a2a_bytes", w.bytes / n).add("comm_s", comm.busy / n).add("compute_s", (w.time - comm.exposed) / n);
+  j.add("a2a_bytes", w.bytes / n).add("a2a_payload_bytes", w.payload_bytes / n).add("comm_s", comm.busy / n).add("compute_s", (w.time - comm.exposed) / n);
   j.add("a2a_link_bytes", comm.link_bytes / n);
   j.add("comm_exposed_s", comm.exposed / n).add("comm_cpu_s", comm.cpu / n);
   std::vector<double> drops(blocks);

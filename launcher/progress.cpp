@@ -27,7 +27,7 @@ StepWindow::StepWindow(int blocks)
     : blocks(blocks), load_max(blocks, 0.0), entropy(blocks, 0.0), dropped(blocks, 0), assignments(blocks, 0) {}
 
 void StepWindow::add(const StepFigures& fig, double seconds, double comm_s, double exposed_s, double comm_cpu_s,
-                     double a2a_bytes, double a2a_link_bytes) {
+                     double a2a_bytes, double a2a_payload_bytes, double a2a_link_bytes) {
   for (int b = 0; b < blocks; ++b) {
     load_max[b] = std::max(load_max[b], fig.load_max_over_mean[b]);
     dropped[b] += fig.dropped[b];
@@ -42,6 +42,7 @@ void StepWindow::add(const StepFigures& fig, double seconds, double comm_s, doub
   exposed += exposed_s;
   comm_cpu += comm_cpu_s;
   bytes += a2a_bytes;
+  payload_bytes += a2a_payload_bytes;
   link_bytes += a2a_link_bytes;
   for (int b = 0; b < blocks; ++b) entropy[b] += fig.router_entropy[b];
   if (ept.empty()) ept.assign(fig.experts_per_token.size(), std::vector<double>(blocks, 0.0));
@@ -51,7 +52,7 @@ void StepWindow::add(const StepFigures& fig, double seconds, double comm_s, doub
 }
 
 void StepWindow::clear() {
-  loss = aux = time = flops = comm = exposed = bytes = comm_cpu = link_bytes = 0;
+  loss = aux = time = flops = comm = exposed = bytes = comm_cpu = payload_bytes = link_bytes = 0;
   tokens = 0;
   steps = 0;
   std::fill(entropy.begin(), entropy.end(), 0.0);

@@ -32,13 +32,15 @@ struct EvalResult {
 struct StepWindow {
   explicit StepWindow(int blocks);
   // Adds a step of `seconds`, with this rank's exchange time (comm_s), the training thread's wait
-  // for it (exposed_s), the exchanges' processor time (comm_cpu_s) and payload bytes sent.
+  // for it (exposed_s), the exchanges' processor time (comm_cpu_s), the bytes sent (a2a_bytes: rows,
+  // counts and metadata) and of them the rows' (a2a_payload_bytes).
   void add(const StepFigures& fig, double seconds, double comm_s, double exposed_s, double comm_cpu_s,
-           double a2a_bytes, double link_bytes);
+           double a2a_bytes, double a2a_payload_bytes, double link_bytes);
   void clear();  // after a log line
 
   int blocks;
-  double loss = 0, aux = 0, time = 0, flops = 0, comm = 0, exposed = 0, bytes = 0, comm_cpu = 0, link_bytes = 0;
+  double loss = 0, aux = 0, time = 0, flops = 0, comm = 0, exposed = 0, bytes = 0, comm_cpu = 0, payload_bytes = 0;
+  double link_bytes = 0;
   int64_t tokens = 0;
   int steps = 0;
   std::vector<double> load_max;             // max over the window of (max/mean load) per block

@@ -28,6 +28,7 @@
 #include "parallel/mpi_version.hpp"
 #include "parallel/scheduler.hpp"
 #include "parallel/sim_link.hpp"
+#include "runtime/bf16.hpp"
 #include "runtime/cpu_affinity.hpp"
 #include "runtime/cpu_features.hpp"
 #include "runtime/device.hpp"
@@ -231,6 +232,10 @@ void Trainer::describe() const {
            spec.topk, spec.capacity_factor, spec.patch_size, cfg.gate.c_str(), model_->params().total());
   log_info("ranks: %d (ep %d × dp %d), %d compute threads each (%s), sgemm peak %.1f GFLOP/s per rank", world_size,
            groups.ep, groups.dp, threads_, gemm_describe().c_str(), sgemm_peak);
+  if (precision_parse(cfg.precision) == Precision::bf16)
+    log_info("precision bf16: %s; expert rows exchanged as bf16, gradients reduced in fp32",
+             device_parse(cfg.device) == Device::cuda ? "cuBLAS GEMMs on bf16 inputs, fp32 accumulation"
+                                                      : gemm_bf16_describe().c_str());
   log_info("FMA peak %.1f GFLOP/s per rank: %s%s; utilisation = model FLOP/s per rank against it (sgemm reaches "
            "%.0f%% of the probe's rate)", peak, fma_peak_describe(fma_).c_str(),
            node_threads > cores ? (", × " + std::to_string(cores) + " cores / " + std::to_string(node_threads) +
@@ -389,7 +394,8 @@ void Trainer::account_step(int step, const StepFigures& fig, double dt) {
     exposed_s += exposed;
   }
   const double a2a_bytes = exchange_->bytes_sent();
-  window_.add(fig, dt, comm_s, exposed_s, comm_cpu_s, a2a_bytes, exchange_->link_bytes());
+  window_.add(fig, dt, comm_s, exposed_s, comm_cpu_s, a2a_bytes, exchange_->payload_bytes_sent(),
+               exchange_->link_bytes());
   total_flops_ += fig.flops;
   total_train_time_ += dt;
   total_tokens_ += fig.tokens;

@@ -38,7 +38,7 @@ void CpuBackend::residual_bias_rows(float* out, const float* x, const float* bia
 void CpuBackend::bias_grad(float* db, const float* dh, int N, int C) { sum_rows_into(db, dh, N, C); }
 void CpuBackend::gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
                       int ldb, float beta, float* C, int ldc) {
-  uoe::gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  gemm_mixed(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 double CpuBackend::cross_entropy(bool backward, float* logits, const int32_t* targets_host, int N, int V,
                                  float grad_scale) {

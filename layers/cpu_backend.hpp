@@ -21,6 +21,7 @@
 #include "layers/router.hpp"
 #include "layers/step.hpp"
 #include "parallel/scheduler.hpp"
+#include "runtime/bf16.hpp"
 #include "runtime/tensor.hpp"
 
 namespace uoe {
@@ -107,6 +108,7 @@ class CpuBackend {
   void bias_grad(float* db, const float* dh, int N, int C);
   void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
             float beta, float* C, int ldc);
+  void round_bf16(float* x, size_t n) { bf16_round_inplace(x, n); }
   double cross_entropy(bool backward, float* logits, const int32_t* targets_host, int N, int V, float grad_scale);
   void embedding_backward(float* dtable, const float* dh, const Buffer<int32_t>& tokens, int N, int V, int d);
 

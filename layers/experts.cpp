@@ -25,11 +25,11 @@ void mlp_experts_forward(float* y, MlpExpertCache& cache, const ExpertRows& rows
     parallel_ranges(n, 64, [=](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) std::copy(bias, bias + f, h + i * f);
     });
-    gemm(false, false, n, f, d, 1.0f, rows.x.data() + static_cast<size_t>(r0) * d, d,
+    gemm_mixed(false, false, n, f, d, 1.0f, rows.x.data() + static_cast<size_t>(r0) * d, d,
          W1 + static_cast<size_t>(e) * d * f, f, 1.0f, h, f);
     float* a = cache.a.data() + static_cast<size_t>(r0) * f;
     gelu_forward_keep_grad(a, h, static_cast<int64_t>(n) * f);  // h becomes GELU'(h)
-    gemm(false, false, n, d, f, 1.0f, a, f, W2 + static_cast<size_t>(e) * f * d, d, 0.0f,
+    gemm_mixed(false, false, n, d, f, 1.0f, a, f, W2 + static_cast<size_t>(e) * f * d, d, 0.0f,
          y + static_cast<size_t>(r0) * d, d);
   }
 }
@@ -45,11 +45,11 @@ void mlp_experts_backward_data(float* dx, const float* dy, MlpExpertCache& cache
     const float* g = cache.g.data() + static_cast<size_t>(r0) * f;
     float* dhe = dh.data() + static_cast<size_t>(r0) * f;
     // da = dy·W2ᵀ ; dh = da ⊙ GELU'(h) ; dx = dh·W1ᵀ
-    gemm(false, true, n, f, d, 1.0f, dye, d, W2 + static_cast<size_t>(e) * f * d, d, 0.0f, dhe, f);
+    gemm_mixed(false, true, n, f, d, 1.0f, dye, d, W2 + static_cast<size_t>(e) * f * d, d, 0.0f, dhe, f);
     parallel_ranges(static_cast<int64_t>(n) * f, 16384, [=](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) dhe[i] *= g[i];
     });
-    gemm(false, true, n, d, f, 1.0f, dhe, f, W1 + static_cast<size_t>(e) * d * f, f, 0.0f,
+    gemm_mixed(false, true, n, d, f, 1.0f, dhe, f, W1 + static_cast<size_t>(e) * d * f, f, 0.0f,
          dx + static_cast<size_t>(r0) * d, d);
   }
 }
@@ -63,9 +63,9 @@ void mlp_experts_backward_weights(float* dW1, float* db1, float* dW2, const floa
     const float* a = cache.a.data() + static_cast<size_t>(r0) * f;
     const float* dhe = cache.dh.data() + static_cast<size_t>(r0) * f;
     // dW2 += aᵀ·dy ; db1 += Σ dh ; dW1 += xᵀ·dh
-    gemm(true, false, f, d, n, 1.0f, a, f, dye, d, 1.0f, dW2 + static_cast<size_t>(e) * f * d, d);
+    gemm_mixed(true, false, f, d, n, 1.0f, a, f, dye, d, 1.0f, dW2 + static_cast<size_t>(e) * f * d, d);
     sum_rows_into(db1 + static_cast<size_t>(e) * f, dhe, n, f);
-    gemm(true, false, d, f, n, 1.0f, rows.x.data() + static_cast<size_t>(r0) * d, d, dhe, f, 1.0f,
+    gemm_mixed(true, false, d, f, n, 1.0f, rows.x.data() + static_cast<size_t>(r0) * d, d, dhe, f, 1.0f,
          dW1 + static_cast<size_t>(e) * d * f, f);
   }
 }
@@ -244,7 +244,7 @@ void attn_experts_forward(float* y, AttnExpertCache& c, const ExpertRows& rows, 
   for (int e = 0; e < rows.n_experts; ++e) {
     const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
     if (n == 0) continue;
-    gemm(false, false, n, W3, d, 1.0f, rows.x.data() + static_cast<size_t>(r0) * d, d,
+    gemm_mixed(false, false, n, W3, d, 1.0f, rows.x.data() + static_cast<size_t>(r0) * d, d,
          Wqkv + static_cast<size_t>(e) * d * W3, W3, 0.0f, c.qkv.data() + static_cast<size_t>(r0) * W3, W3);
   }
   // RoPE on q and k heads at true positions.
@@ -275,7 +275,7 @@ void attn_experts_forward(float* y, AttnExpertCache& c, const ExpertRows& rows, 
   for (int e = 0; e < rows.n_experts; ++e) {
     const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
     if (n == 0) continue;
-    gemm(false, false, n, d, gd, 1.0f, c.o.data() + static_cast<size_t>(r0) * gd, gd,
+    gemm_mixed(false, false, n, d, gd, 1.0f, c.o.data() + static_cast<size_t>(r0) * gd, gd,
          Wo + static_cast<size_t>(e) * gd * d, d, 0.0f, y + static_cast<size_t>(r0) * d, d);
   }
 }
@@ -293,7 +293,7 @@ void attn_experts_backward_data(float* dx, const float* dy, AttnExpertCache& c, 
     const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
     if (n == 0) continue;
     const float* dye = dy + static_cast<size_t>(r0) * d;
-    gemm(false, true, n, gd, d, 1.0f, dye, d, Wo + static_cast<size_t>(e) * gd * d, d, 0.0f,
+    gemm_mixed(false, true, n, gd, d, 1.0f, dye, d, Wo + static_cast<size_t>(e) * gd * d, d, 0.0f,
          dO.data() + static_cast<size_t>(r0) * gd, gd);
   }
   const int nseg = static_cast<int>(c.seg_begin.size()) - 1;
@@ -334,7 +334,7 @@ void attn_experts_backward_data(float* dx, const float* dy, AttnExpertCache& c, 
     const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
     if (n == 0) continue;
     const float* dq = dqkv.data() + static_cast<size_t>(r0) * W3;
-    gemm(false, true, n, d, W3, 1.0f, dq, W3, Wqkv + static_cast<size_t>(e) * d * W3, W3, 0.0f,
+    gemm_mixed(false, true, n, d, W3, 1.0f, dq, W3, Wqkv + static_cast<size_t>(e) * d * W3, W3, 0.0f,
          dx + static_cast<size_t>(r0) * d, d);
   }
 }
@@ -347,9 +347,9 @@ void attn_experts_backward_weights(float* dWqkv, float* dWo, const float* dy, co
     const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
     if (n == 0) continue;
     // dWo += oᵀ·dy ; dWqkv += xᵀ·dqkv
-    gemm(true, false, gd, d, n, 1.0f, c.o.data() + static_cast<size_t>(r0) * gd, gd, dy + static_cast<size_t>(r0) * d,
+    gemm_mixed(true, false, gd, d, n, 1.0f, c.o.data() + static_cast<size_t>(r0) * gd, gd, dy + static_cast<size_t>(r0) * d,
          d, 1.0f, dWo + static_cast<size_t>(e) * gd * d, d);
-    gemm(true, false, d, W3, n, 1.0f, rows.x.data() + static_cast<size_t>(r0) * d, d,
+    gemm_mixed(true, false, d, W3, n, 1.0f, rows.x.data() + static_cast<size_t>(r0) * d, d,
          c.d_qkv.data() + static_cast<size_t>(r0) * W3, W3, 1.0f, dWqkv + static_cast<size_t>(e) * d * W3, W3);
   }
 }

@@ -137,6 +137,7 @@ MemoryRun memory_run_from_config(const Config& cfg, int world_size) {
   run.world_size = world_size;
   run.checkpoints = !cfg.checkpoint_dir.empty();
   run.recompute = recompute_parse(cfg.recompute);
+  run.precision = precision_parse(cfg.precision);
   return run;
 }
 
@@ -251,6 +252,23 @@ MemoryEstimate memory_estimate(const ModelSpec& spec, const MemoryRun& run, int6
   double exch = L * (pa.exch + pm.exch);
   if (ep > 1) exch += 2 * kInt * 2 * static_cast<double>(est.rows_per_block);  // MpiExchange seg/pos staging
   if (exch > 0) add("exchange buffers", exch, "rows to send; outputs and gradients at the owner; metadata staging");
+  if (run.precision == Precision::bf16) {
+    // --precision bf16 on the CPU path: activations and the exchange's row buffers stay fp32 (the
+    // values in them are rounded in place, runtime/bf16.hpp), so nothing above halves; bf16 adds
+    // the GEMMs' rounded input copies (runtime/gemm.hpp, gemm_mixed: the largest A and the largest
+    // B operand; the tied head's logits [N, V] and embedding [V, d], or an expert GEMM's rows ×
+    // width) and, with rows travelling, their bf16 staging (2 bytes an element, sent and received:
+    // parallel/mpi_exchange.hpp).
+    const double width = std::max({static_cast<double>(d), static_cast<double>(spec.expert_ff()),
+                                   3.0 * spec.heads_per_expert() * spec.head_dim()});
+    const double rows_w = static_cast<double>(est.rows_per_block) * width;
+    const double a = std::max(static_cast<double>(N) * V, rows_w);
+    const double b = std::max({static_cast<double>(V) * d, static_cast<double>(N) * d, rows_w});
+    add("bf16 GEMM input copies", kFloat * (a + b), "the largest A and B operand, rounded to bf16 (held as fp32)");
+    if (ep > 1)
+      add("bf16 exchange staging", 2 * 2.0 * static_cast<double>(est.rows_per_block) * d,
+          "rows as bf16, a send and a receive buffer");
+  }
 
   // Step level (layers/step.hpp): residual stream, final norm, logits, shared workspaces.
   add("residual stream and batch", kFloat * (2.0 * N * d + 2.0 * N) + 3 * kInt * N,

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "layers/model.hpp"
+#include "runtime/bf16.hpp"
 #include "runtime/config.hpp"
 
 namespace uoe {
@@ -80,8 +81,9 @@ struct MemoryRun {
   int world_size = 1;        // > 1: the gradient all-reduce's buffer
   bool checkpoints = false;  // checkpoints are written: the snapshot's buffers
   Recompute recompute = Recompute::none;
+  Precision precision = Precision::fp32;  // bf16: the GEMM input copies and the rows' bf16 staging
 };
-// The run figures of a config: --batch-size, --ep, --recompute, whether --checkpoint-dir is set.
+// The run figures of a config: --batch-size, --ep, --recompute, --precision, whether --checkpoint-dir is set.
 MemoryRun memory_run_from_config(const Config& cfg, int world_size = 1);
 
 // Estimate for one rank of `run` training a model of `spec` (resolved, as model_spec_from_config

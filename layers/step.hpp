@@ -37,6 +37,7 @@
 #include "layers/optimizer.hpp"
 #include "layers/router.hpp"
 #include "parallel/exchange.hpp"
+#include "runtime/bf16.hpp"
 #include "runtime/error.hpp"
 #include "runtime/tensor.hpp"
 
@@ -139,6 +140,7 @@ concept StepBackend = requires(Be& be, typename Be::template Buffer<float>& fbuf
   be.residual_bias_rows(f, cf, cf, n, n);
   be.bias_grad(f, cf, n, n);
   be.gemm(flag, flag, n, n, n, 1.0f, cf, n, cf, n, 0.0f, f, n);
+  be.round_bf16(f, size_t{});  // in place, to the nearest bf16 (runtime/bf16.hpp)
   { be.cross_entropy(flag, f, ci, n, n, 1.0f) } -> std::convertible_to<double>;
   be.embedding_backward(f, cf, ibuf, n, n, n);
   // Routing: decided in fp32 by the rule of layers/router.hpp; dgate is on the host.
@@ -511,6 +513,7 @@ class Step final : public ModelStep {
       }
       ExpertSite site{k.rows, out.mlp, out.attn};
       visit_expert_kind(c.kind, [&](auto kind) { kind.forward(be_, y, site, w, spec_); });
+      round_rows(y, k.rows.rows());
       if (travel) {
         const size_t r0 = c.src.chunk_begin[ch];
         returned_[ch] = be_.submit([&c, &k, &out, y_src, r0, d] {
@@ -598,6 +601,7 @@ class Step final : public ModelStep {
       }
       ExpertSite site{k.rows, work.mlp, work.attn};
       visit_expert_kind(c.kind, [&](auto kind) { kind.backward_data(be_, dx, dy, site, w, spec_); });
+      round_rows(dx, k.rows.rows());
       if (travel)
         be_.submit([this, &c, &k, &work, r0, d] {
           c.exchange->to_source(k.plan, work.dx_owner.data(), dx_.data() + r0 * d, d);
@@ -680,7 +684,18 @@ class Step final : public ModelStep {
       }
       ExpertSite site{k.rows, work.mlp, work.attn};
       visit_expert_kind(c.kind, [&](auto kind) { kind.forward(be_, y, site, w, spec_); });
+      round_rows(y, k.rows.rows());
     }
+  }
+
+  // --precision bf16 (runtime/bf16.hpp): the experts' outputs and input gradients, `rows` rows of
+  // d, rounded to bf16 where they are formed, on every layout: rows that travel as bf16
+  // (parallel/mpi_exchange.hpp) then lose nothing more on the wire, and every layout rounds the same
+  // values the same way (layouts still differ by fp32 reassociation: docs/architecture.md,
+  // Contracts). (The rows the experts read and their output gradients need no rounding here: the
+  // experts' GEMMs round their inputs.)
+  void round_rows(float* p, int rows) {
+    if (compute_precision() == Precision::bf16) be_.round_bf16(p, static_cast<size_t>(rows) * spec_.d);
   }
 
   ExpertWeights expert_weights(const BlockParams& bp) {

@@ -213,8 +213,9 @@ class CudaBackend {
   }
   void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
             float beta, float* C, int ldc) {
-    blas.gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    blas.gemm_mixed(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   }
+  void round_bf16(float* x, size_t n) { cuda::bf16_round(x, static_cast<int64_t>(n), s()); }
   double cross_entropy(bool backward, float* logits, const int32_t* targets_host, int N, int V, float grad_scale) {
     upload(targets_, std::span<const int32_t>(targets_host, N));
     row_loss.resize(std::max(N, 1));

@@ -36,6 +36,7 @@ size_t dtype_size(DType t) {
     case DType::i64: return 8;
     case DType::u64: return 8;
     case DType::u8: return 1;
+    case DType::u16: return 2;
   }
   return 1;
 }
@@ -48,6 +49,7 @@ MPI_Datatype mpi_datatype(DType t) {
     case DType::i64: return MPI_INT64_T;
     case DType::u64: return MPI_UINT64_T;
     case DType::u8: return MPI_UINT8_T;
+    case DType::u16: return MPI_UINT16_T;
   }
   UOE_ASSERT(false, "unknown DType ", static_cast<int>(t));
 }

@@ -15,7 +15,7 @@ namespace uoe {
 // ---- element types ----------------------------------------------------------------------------
 // The element types a collective can carry. The traits template maps a C++ type to one; a type
 // without a specialisation does not compile, so no collective can be called on raw bytes.
-enum class DType : uint8_t { f32, f64, i32, i64, u64, u8 };
+enum class DType : uint8_t { f32, f64, i32, i64, u64, u8, u16 };  // u16: bf16 rows (runtime/bf16.hpp)
 template <class T>
 struct DTypeOf;
 template <> struct DTypeOf<float> { static constexpr DType value = DType::f32; };
@@ -24,6 +24,7 @@ template <> struct DTypeOf<int32_t> { static constexpr DType value = DType::i32;
 template <> struct DTypeOf<int64_t> { static constexpr DType value = DType::i64; };
 template <> struct DTypeOf<uint64_t> { static constexpr DType value = DType::u64; };
 template <> struct DTypeOf<uint8_t> { static constexpr DType value = DType::u8; };
+template <> struct DTypeOf<uint16_t> { static constexpr DType value = DType::u16; };
 // Bytes per element of a DType.
 size_t dtype_size(DType t);  // what MPI calls that element type
 

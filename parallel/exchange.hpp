@@ -5,6 +5,7 @@
 // sources). The single-rank exchange is the identity; the MPI one is the all-to-all of
 // docs/model.md, Expert parallelism.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -38,6 +39,18 @@ struct ChunkMetadata {
   ExpertRows* dst;
 };
 
+// Rows narrowed to bf16 for the wire where they are not host memory (a GPU's: the NCCL
+// communicator implements it on its stream): staging of n elements for each side, and the
+// conversions, ordered before and after the communicator's transfer.
+class RowNarrowing {
+ public:
+  virtual ~RowNarrowing() = default;
+  virtual uint16_t* narrow_send_buffer(size_t n) = 0;
+  virtual uint16_t* narrow_recv_buffer(size_t n) = 0;
+  virtual void narrow(uint16_t* out, const float* in, size_t n) = 0;  // to bf16 (runtime/bf16.hpp's body)
+  virtual void widen(float* out, const uint16_t* in, size_t n) = 0;   // back to fp32, complete as a transfer is
+};
+
 class ExpertExchange {
  public:
   virtual ~ExpertExchange() = default;
@@ -68,12 +81,15 @@ class ExpertExchange {
   virtual bool identity() const { return false; }
   // Metrics since the last reset_counters(): wall seconds inside exchanges and payload bytes sent
   // to other ranks. Zero for an exchange that moves nothing between ranks.
+  // bytes_sent counts the rows and their counts and metadata; payload_bytes_sent the rows alone
+  // (half as many bytes with --precision bf16, where rows travel as bf16).
   virtual double comm_seconds() const { return 0; }
   virtual double bytes_sent() const { return 0; }
   // The same traffic as the busier direction of this rank's link sees it: per collective, the
   // larger of the bytes sent to and received from other ranks (what a full-duplex link's time
   // follows; bytes_sent() alone misses a rank that receives more than it sends).
   virtual double link_bytes() const { return 0; }
+  virtual double payload_bytes_sent() const { return 0; }
   virtual void reset_counters() {}
 };
 

@@ -1,5 +1,6 @@
 #include "parallel/mpi_exchange.hpp"
 
+#include "runtime/bf16.hpp"
 #include "runtime/watchdog.hpp"
 
 #include <algorithm>
@@ -115,11 +116,41 @@ void MpiExchange::dispatch(ExchangePlan& plan, const std::vector<int>& src_offse
   // Payload, straight from the caller's rows into owner order.
   const int R_src = src_offsets.back(), R_dst = dst.offsets.back();
   dst.x.resize_uninit(static_cast<size_t>(R_dst) * d);  // every row is written by the exchange
-  data_.all_to_all_matched<float>(std::span<const float>(x_src, static_cast<size_t>(R_src) * d),
-                                  source_layout(plan, d), dst.x, owner_layout(plan, d));
-  const int me = comm_.rank();
-  plan.bytes_sent += count_rows(remote_rows(plan.send_rows, me), remote_rows(plan.recv_rows, me),
-                                static_cast<double>(sizeof(float)) * d);
+  const double before = payload_;
+  move_rows(x_src, static_cast<size_t>(R_src) * d, source_layout(plan, d), dst.x.data(), static_cast<size_t>(R_dst) * d,
+            owner_layout(plan, d), static_cast<double>(remote_rows(plan.send_rows, comm_.rank())),
+            static_cast<double>(remote_rows(plan.recv_rows, comm_.rank())), d);
+  plan.bytes_sent += payload_ - before;
+}
+
+bool MpiExchange::bf16_rows() const {
+  return compute_precision() == Precision::bf16 && (&data_ == &comm_ || narrowing_ != nullptr);
+}
+
+void MpiExchange::move_rows(const float* send, size_t send_n, const PeerBlocks& send_layout, float* recv,
+                            size_t recv_n, const PeerBlocks& recv_layout, double remote_out, double remote_in,
+                            int width) {
+  if (bf16_rows() && &data_ != &comm_) {
+    uint16_t* s16 = narrowing_->narrow_send_buffer(send_n);
+    uint16_t* r16 = narrowing_->narrow_recv_buffer(recv_n);
+    narrowing_->narrow(s16, send, send_n);
+    data_.all_to_all_matched<uint16_t>(std::span<const uint16_t>(s16, send_n), send_layout,
+                                       std::span<uint16_t>(r16, recv_n), recv_layout);
+    narrowing_->widen(recv, r16, recv_n);
+  } else if (bf16_rows()) {
+    send16_.resize(send_n);
+    recv16_.resize(recv_n);
+    bf16_pack(send16_.data(), send, send_n);
+    data_.all_to_all_matched<uint16_t>(send16_, send_layout, recv16_, recv_layout);
+    bf16_unpack(recv, recv16_.data(), recv_n);
+  } else {
+    data_.all_to_all_matched<float>(std::span<const float>(send, send_n), send_layout, std::span<float>(recv, recv_n),
+                                    recv_layout);
+  }
+  const double row_bytes = static_cast<double>(bf16_rows() ? sizeof(uint16_t) : sizeof(float)) * width;
+  bytes_ += remote_out * row_bytes;
+  payload_ += remote_out * row_bytes;
+  link_bytes_ += std::max(remote_out, remote_in) * row_bytes;
 }
 
 void MpiExchange::dispatch_metadata(ExchangePlan& plan, const std::vector<int>& src_offsets, const int32_t* seg_src,
@@ -277,10 +308,9 @@ void MpiExchange::to_source(ExchangePlan& plan, const float* owner, float* src, 
   WatchScope watch("expert exchange (return to sources) " + plan.where);
   const ScopedTimer timer(seconds_);
   const size_t R_dst = plan.owner_offsets.back(), R_src = total(plan.send_rows);
-  data_.all_to_all_matched<float>(std::span<const float>(owner, R_dst * width), owner_layout(plan, width),
-                                  std::span<float>(src, R_src * width), source_layout(plan, width));
-  const int me = comm_.rank();
-  count_rows(remote_rows(plan.recv_rows, me), remote_rows(plan.send_rows, me), static_cast<double>(sizeof(float)) * width);
+  move_rows(owner, R_dst * width, owner_layout(plan, width), src, R_src * width, source_layout(plan, width),
+            static_cast<double>(remote_rows(plan.recv_rows, comm_.rank())),
+            static_cast<double>(remote_rows(plan.send_rows, comm_.rank())), width);
 }
 
 // The reverse: packed by owner on the source, scattered into per-expert blocks on the owner.
@@ -288,10 +318,9 @@ void MpiExchange::to_owner(ExchangePlan& plan, const float* src, float* owner, i
   WatchScope watch("expert exchange (to owners) " + plan.where);
   const ScopedTimer timer(seconds_);
   const size_t R_dst = plan.owner_offsets.back(), R_src = total(plan.send_rows);
-  data_.all_to_all_matched<float>(std::span<const float>(src, R_src * width), source_layout(plan, width),
-                                  std::span<float>(owner, R_dst * width), owner_layout(plan, width));
-  const int me = comm_.rank();
-  count_rows(remote_rows(plan.send_rows, me), remote_rows(plan.recv_rows, me), static_cast<double>(sizeof(float)) * width);
+  move_rows(src, R_src * width, source_layout(plan, width), owner, R_dst * width, owner_layout(plan, width),
+            static_cast<double>(remote_rows(plan.send_rows, comm_.rank())),
+            static_cast<double>(remote_rows(plan.recv_rows, comm_.rank())), width);
 }
 
 }  // namespace uoe

@@ -21,6 +21,14 @@
 // (one all-to-all), then the rows' metadata and payload. A block cut into chunks sends every
 // chunk's counts in one all-to-all and every chunk's metadata in one more (dispatch_metadata_chunks),
 // then each chunk's rows on their own.
+//
+// Precision: with --precision bf16 (runtime/bf16.hpp) the rows travel as bf16, half the bytes: the
+// exchange rounds them to bf16 (round to nearest even) before they leave and widens them to fp32 on
+// arrival, for every row, those kept on this rank included, so every layout sees the same values
+// (the step rounds what it would lose here anyway: layers/step.hpp). Only where the rows are host
+// memory (no payload communicator) or where the payload communicator's memory has a RowNarrowing
+// (the NCCL communicator: set_row_narrowing); otherwise they travel as fp32. Gradients are not
+// exchanged here: their all-reduce stays fp32 (parallel/grad_sync.hpp).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -48,6 +56,9 @@ class MpiExchange final : public ExpertExchange {
   void dispatch_metadata_chunks(std::span<const ChunkMetadata> chunks) override;
   void to_source(ExchangePlan& plan, const float* owner, float* src, int width) override;
   void to_owner(ExchangePlan& plan, const float* src, float* owner, int width) override;
+  // Rows over the payload communicator travel as bf16 in bf16 through `n` (its memory's staging and
+  // conversions; must outlive the exchange). Null: fp32 there.
+  void set_row_narrowing(RowNarrowing* n) { narrowing_ = n; }
   // Throws uoe::Error if ep does not divide `experts`.
   void local_experts(int experts, int* begin, int* end) const override;
 
@@ -57,23 +68,27 @@ class MpiExchange final : public ExpertExchange {
   double comm_seconds() const override { return seconds_; }
   double bytes_sent() const override { return bytes_; }
   double link_bytes() const override { return link_bytes_; }
+  double payload_bytes_sent() const override { return payload_; }
   void reset_counters() override {
     seconds_ = 0;
     bytes_ = 0;
     link_bytes_ = 0;
+    payload_ = 0;
   }
 
  private:
   Communicator& comm_;
   Communicator& data_;  // the rows' communicator (comm_ unless a payload one was given)
-  double seconds_ = 0, bytes_ = 0, link_bytes_ = 0;
-  // Counts one collective's rows: `out` rows sent to and `in` rows received from other ranks.
-  double count_rows(int64_t out, int64_t in, double bytes_per_row) {
-    link_bytes_ += static_cast<double>(out > in ? out : in) * bytes_per_row;
-    const double sent = static_cast<double>(out) * bytes_per_row;
-    bytes_ += sent;
-    return sent;
-  }
+  double seconds_ = 0, bytes_ = 0, link_bytes_ = 0, payload_ = 0;
+  // Rows as bf16 (see Precision above) and the bytes of one row element on the wire.
+  bool bf16_rows() const;
+  // One block of rows [send_n] → [recv_n] along the two layouts, in the wire's precision; counts
+  // `remote_out` rows of `width` as sent, and the larger of them and `remote_in` (the rows received
+  // from other ranks) as the link's.
+  void move_rows(const float* send, size_t send_n, const PeerBlocks& send_layout, float* recv, size_t recv_n,
+                 const PeerBlocks& recv_layout, double remote_out, double remote_in, int width);
+  std::vector<uint16_t> send16_, recv16_;           // bf16 staging of the rows (host payload)
+  RowNarrowing* narrowing_ = nullptr;               // bf16 staging elsewhere (a payload communicator's)
   // Workspace reused across calls.
   std::vector<int32_t> header_send_, header_recv_;  // [ep, 1 + chunks·E/ep]: status, rows per chunk and local expert
   std::vector<int32_t> meta_send_, meta_recv_;      // [Σ R_src, 2] / [Σ R_dst, 2]: seg, pos, chunk after chunk

@@ -9,6 +9,7 @@
 
 #include "parallel/nccl_comm.hpp"
 #include "runtime/cuda/check.cuh"
+#include "runtime/cuda/kernels.cuh"
 #include "runtime/gpu_binding.hpp"
 
 namespace uoe {
@@ -45,6 +46,7 @@ ncclDataType_t nccl_datatype(DType t) {
     case DType::i64: return ncclInt64;
     case DType::u64: return ncclUint64;
     case DType::u8: return ncclUint8;
+    case DType::u16: return ncclBfloat16;  // bf16 rows: moved, never reduced
   }
   UOE_ASSERT(false, "unknown DType ", static_cast<int>(t));
 }
@@ -222,6 +224,24 @@ void NcclCommunicator::synchronize(const char* what) {
   require_live(what);
   done_->record(stream());
   wait_event(*done_, what);
+}
+
+uint16_t* NcclCommunicator::narrow_send_buffer(size_t n) {
+  narrow_send_.resize(std::max<size_t>(n, 1));
+  return narrow_send_.data();
+}
+uint16_t* NcclCommunicator::narrow_recv_buffer(size_t n) {
+  narrow_recv_.resize(std::max<size_t>(n, 1));
+  return narrow_recv_.data();
+}
+void NcclCommunicator::narrow(uint16_t* out, const float* in, size_t n) {
+  require_live("bf16 rows (narrow)");
+  cuda::bf16_pack(out, in, static_cast<int64_t>(n), stream());
+}
+void NcclCommunicator::widen(float* out, const uint16_t* in, size_t n) {
+  require_live("bf16 rows (widen)");
+  cuda::bf16_unpack(out, in, static_cast<int64_t>(n), stream());
+  if (!stream_ordered_) synchronize("bf16 rows (widen)");
 }
 
 void NcclCommunicator::complete(const char* what) {

@@ -34,6 +34,7 @@
 #include <string>
 
 #include "parallel/comm.hpp"
+#include "parallel/exchange.hpp"
 #include "runtime/cuda/memory.cuh"
 
 #if NCCL_VERSION_CODE < NCCL_VERSION(2, 7, 0)
@@ -58,7 +59,9 @@ ncclDataType_t nccl_datatype(DType t);
 // failure is reported on every rank). Collective over `comm`.
 ncclUniqueId nccl_unique_id_over_mpi(MPI_Comm comm, int rank, const char* who);
 
-class NcclCommunicator final : public Communicator {
+// Also the expert exchange's bf16 staging for rows in device memory (RowNarrowing,
+// parallel/exchange.hpp): device buffers, conversions on the communication stream.
+class NcclCommunicator final : public Communicator, public RowNarrowing {
  public:
   // Collective over `parent` (duplicated; the caller keeps it). Selects and sets this rank's GPU
   // (gpu_choose, runtime/gpu_binding.hpp: device node.rank, or device 0 where each rank of the node
@@ -104,6 +107,13 @@ class NcclCommunicator final : public Communicator {
   // Host-waits for everything queued so far on the communication stream, under the watchdog.
   void synchronize(const char* what);
 
+  // RowNarrowing: staging in device memory; narrow and widen are queued on the communication
+  // stream (widen completes as a transfer does: at once in stream-ordered mode, else host-waited).
+  uint16_t* narrow_send_buffer(size_t n) override;
+  uint16_t* narrow_recv_buffer(size_t n) override;
+  void narrow(uint16_t* out, const float* in, size_t n) override;
+  void widen(float* out, const uint16_t* in, size_t n) override;
+
  protected:
   void do_all_to_all_v(const void* send, const Displaced& s, void* recv, const Displaced& r, DType t) override;
   Request do_ialltoallv(const void* send, Displaced s, void* recv, Displaced r, DType t) override;
@@ -145,6 +155,7 @@ class NcclCommunicator final : public Communicator {
   std::unique_ptr<cuda::Event> done_;          // host waits for blocking calls
   cuda::DeviceBuffer<unsigned char> send_stage_, recv_stage_;  // PeerBlocks packing
   cuda::DeviceBuffer<int> barrier_word_;
+  cuda::DeviceBuffer<uint16_t> narrow_send_, narrow_recv_;  // bf16 rows (RowNarrowing)
 };
 
 }  // namespace uoe

@@ -264,6 +264,8 @@ void config_validate(const Config& c) {
   if (c.device != "cpu" && c.device != "cuda") fail(flag(&C::device), " '", c.device, "': expected cpu or cuda");
   if (c.recompute != "none" && c.recompute != "experts" && c.recompute != "blocks")
     fail(flag(&C::recompute), " '", c.recompute, "': expected none, experts or blocks");
+  if (c.precision != "fp32" && c.precision != "bf16")
+    fail(flag(&C::precision), " '", c.precision, "': expected fp32 or bf16");
   if (c.memory_limit != "auto") {
     const char* s = c.memory_limit.c_str();
     char* end = nullptr;

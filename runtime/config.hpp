@@ -69,6 +69,7 @@ struct Config {
   std::string device = "cpu";   // cpu | cuda
   int overlap_chunks = 1;       // pipeline chunks per block (1 = serial exchanges)
   std::string recompute = "none";  // none | experts | blocks (layers/memory.hpp, Recompute)
+  std::string precision = "fp32";  // fp32 | bf16 (runtime/bf16.hpp)
   std::string memory_limit = "auto";  // bytes this rank may use, or auto (cgroup limit / MemAvailable)
   double sim_link_gbps = 0;     // emulated link bandwidth, Gbit/s (0 = off)
   double sim_link_latency_us = 0;  // emulated per-message latency

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "runtime/bf16.hpp"
+#include "runtime/cpu_features.hpp"
 #include "runtime/profile.hpp"
 #include "runtime/threads.hpp"
 
@@ -171,6 +173,41 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
     }
   }
   gemm_part(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, M, N);
+}
+
+namespace {
+// out [rows, cols] packed = bf16_round(in [rows, cols], leading dimension ld).
+void round_copy(std::vector<float>& out, const float* in, int rows, int cols, int ld) {
+  out.resize(static_cast<size_t>(rows) * cols);
+  float* o = out.data();
+  parallel_ranges(rows, std::max(1, (1 << 14) / std::max(cols, 1)), [=](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int c = 0; c < cols; ++c) o[r * cols + c] = bf16_round(in[r * ld + c]);
+  });
+}
+}  // namespace
+
+void gemm_mixed(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+                const float* B, int ldb, float beta, float* C, int ldc) {
+  if (compute_precision() == Precision::fp32 || M == 0 || N == 0 || K == 0) {
+    gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  // op(A) is [M, K]: stored [K, M] when transposed; op(B) is [K, N]: stored [N, K] when transposed.
+  static thread_local std::vector<float> a16, b16;
+  const int a_cols = trans_a ? M : K, b_cols = trans_b ? K : N;
+  round_copy(a16, A, trans_a ? K : M, a_cols, lda);
+  round_copy(b16, B, trans_b ? N : K, b_cols, ldb);
+  gemm(trans_a, trans_b, M, N, K, alpha, a16.data(), a_cols, b16.data(), b_cols, beta, C, ldc);
+}
+
+std::string gemm_bf16_describe() {
+  // No bf16 GEMM library is wired in (OpenBLAS 0.3.21 as Debian ships it exports no sbgemm): every
+  // CPU runs the emulated path, the reference numerics for the GPU's bf16 GEMMs, not a speed-up.
+  const bool native = cpu_features_detect().avx512_bf16;
+  return std::string("bf16 GEMMs emulated: inputs rounded to bf16, fp32 OpenBLAS GEMM with fp32 accumulation (") +
+         (native ? "this CPU has avx512_bf16, unused: no bf16 GEMM library is wired in" : "this CPU has no bf16 instructions") +
+         ")";
 }
 
 double gemm_measure_gflops(int n, int reps) {

@@ -10,6 +10,17 @@ namespace uoe {
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
           const float* B, int ldb, float beta, float* C, int ldc);
 
+// The model's GEMMs (experts, the tied head) at the run's compute precision (runtime/bf16.hpp):
+// gemm() itself in fp32; in bf16, A and B rounded to bf16 (copies; the caller's arrays are left
+// alone) and multiplied with fp32 accumulation. On CPUs without bf16 instructions that is the
+// emulated path: the fp32 GEMM on the rounded inputs gives what a bf16-input, fp32-accumulate GEMM
+// gives, up to the order of the sums — with gemm()'s order, so the same bits on any thread count.
+// The router's GEMMs call gemm(): routing is decided in fp32 in both precisions.
+void gemm_mixed(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+                const float* B, int ldb, float beta, float* C, int ldc);
+// How gemm_mixed runs in bf16 on this CPU, for the start-up log.
+std::string gemm_bf16_describe();
+
 // This machine's sgemm rate in GFLOP/s for an n×n×n product with the current thread count: the
 // best of `reps` timed runs after a warm-up, so FLOP/s shares can be quoted against a peak measured
 // in the same run on the same cores.

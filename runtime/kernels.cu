@@ -9,6 +9,7 @@
 
 #include "runtime/cuda/check.cuh"
 #include "runtime/cuda/kernels.cuh"
+#include "runtime/bf16.hpp"
 #include "runtime/kernels.hpp"
 
 namespace uoe::cuda {
@@ -198,6 +199,21 @@ __global__ void residual_bias_rows_kernel(float* out, const float* x, const floa
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x)
     residual_bias_row(out + e, x + e, bias + e % C, 1);
+}
+__global__ void bf16_round_kernel(float* x, int64_t n) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    x[e] = ::uoe::bf16_round(x[e]);
+}
+__global__ void bf16_pack_kernel(uint16_t* out, const float* in, int64_t n) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[e] = ::uoe::bf16_from_float(in[e]);
+}
+__global__ void bf16_unpack_kernel(float* out, const uint16_t* in, int64_t n) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[e] = ::uoe::bf16_to_float(in[e]);
 }
 __global__ void gather_rows_scaled_kernel(float* out, const float* table, const int32_t* ids, const float* row_scale,
                                           int N, int C) {
@@ -412,6 +428,22 @@ void residual_bias_rows(float* out, const float* x, const float* bias, int N, in
   if (n <= 0) return;
   residual_bias_rows_kernel<<<blocks_for(n, kElemThreads), kElemThreads, 0, stream>>>(out, x, bias, N, C);
   UOE_CHECK_LAUNCH("residual_bias_rows_kernel");
+}
+
+void bf16_round(float* x, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  bf16_round_kernel<<<blocks_for(n, kElemThreads), kElemThreads, 0, stream>>>(x, n);
+  UOE_CHECK_LAUNCH("bf16_round_kernel");
+}
+void bf16_pack(uint16_t* out, const float* in, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  bf16_pack_kernel<<<blocks_for(n, kElemThreads), kElemThreads, 0, stream>>>(out, in, n);
+  UOE_CHECK_LAUNCH("bf16_pack_kernel");
+}
+void bf16_unpack(float* out, const uint16_t* in, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  bf16_unpack_kernel<<<blocks_for(n, kElemThreads), kElemThreads, 0, stream>>>(out, in, n);
+  UOE_CHECK_LAUNCH("bf16_unpack_kernel");
 }
 
 void gather_rows_scaled(float* out, const float* table, const int32_t* ids, const float* row_scale, int N, int C,

@@ -118,6 +118,10 @@ const Option kOptions[] = {
     {"recompute",                &C::recompute,              G::parallelism,  R::free,
      "none | experts (drop the experts' caches) | blocks (keep block inputs and what crossed the network): "
      "formed again in backward, the same gradients bit for bit"},
+    {"precision",                &C::precision,              G::parallelism,  R::behaviour,
+     "fp32 | bf16: the GEMMs' inputs rounded to bf16 with fp32 accumulation, expert rows exchanged as bf16; "
+     "parameters, optimizer state, norms, softmax, routing and losses stay fp32 (on CPUs: the GPU's numerics, "
+     "not a speed-up)"},
     {"memory-limit",             &C::memory_limit,           G::parallelism,  R::free,
      "bytes one rank may use, or auto: the cgroup memory limit, else MemAvailable, shared by this host's ranks "
      "(with --device cuda: the free memory of the rank's GPU); "

@@ -11,7 +11,11 @@
 // (cublasGemmGroupedBatchedEx, cuBLAS ≥ 12.5) with one group per expert; older cuBLAS loops.
 //
 // Precision: CUBLAS_COMPUTE_32F by default (full fp32, comparable with the OpenBLAS reference);
-// set_tf32(true) allows TF32 tensor cores (faster on A100/H100, ~1e-3 relative error).
+// set_tf32(true) allows TF32 tensor cores (faster on A100/H100, ~1e-3 relative error). With the
+// process's compute precision bf16 (--precision, runtime/bf16.hpp) the expert GEMMs and gemm_mixed
+// take their inputs as bf16 (CUDA_R_16BF, rounded by the body the CPU path rounds with, in a
+// staging copy) with fp32 accumulation and an fp32 C (CUBLAS_COMPUTE_32F): the tensor-core rate,
+// the CPU path's emulated numerics (runtime/gemm.hpp, gemm_mixed) up to the order of the sums.
 //
 // Host-only declarations: g++ and nvcc can both include this header.
 #pragma once
@@ -19,6 +23,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <span>
 
 #include "runtime/cuda/memory.cuh"
@@ -53,15 +58,19 @@ class Blas {
   void set_stream(cudaStream_t s);
   void set_tf32(bool on) { tf32_ = on; }
 
-  // Row-major GEMM, the device twin of uoe::gemm (same arguments).
+  // Row-major GEMM, the device twin of uoe::gemm (same arguments): always fp32 (the router's).
   void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
             int ldb, float beta, float* C, int ldc);
+  // The twin of uoe::gemm_mixed: gemm in fp32, bf16 inputs with fp32 accumulation in bf16 (the
+  // model's GEMMs: the tied head).
+  void gemm_mixed(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+                  const float* B, int ldb, float beta, float* C, int ldc);
   // Row-major strided batch: problem b uses A + b·stride_a, B + b·stride_b, C + b·stride_c.
   void gemm_strided_batched(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
                             long long stride_a, const float* B, int ldb, long long stride_b, float beta, float* C,
                             int ldc, long long stride_c, int batch);
-  // One product per expert (problems with M = 0 or N = 0, or K = 0 with beta = 1, change nothing and
-  // are left out). Picks strided-batched / grouped / loop as described above; the pointer arrays the
+  // One product per expert, at the compute precision (problems with M = 0 or N = 0, or K = 0 with
+  // beta = 1, change nothing and are left out). Picks strided-batched / grouped / loop as described above; the pointer arrays the
   // grouped call needs are staged through pinned memory and copied in stream order.
   void gemm_experts(bool trans_a, bool trans_b, float alpha, int lda, int ldb, float beta, int ldc,
                     std::span<const GemmProblem> problems);
@@ -69,8 +78,14 @@ class Blas {
 
  private:
   cublasComputeType_t compute_type() const;
-  void gemm_grouped(bool trans_a, bool trans_b, float alpha, int lda, int ldb, float beta, int ldc,
-                    std::span<const GemmProblem> p);
+  // The calls on inputs of type `in` (CUDA_R_32F or CUDA_R_16BF); pointers A[e], B[e] of that type.
+  void gemm_strided_batched_as(cudaDataType_t in, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                               const void* A, int lda, long long stride_a, const void* B, int ldb, long long stride_b,
+                               float beta, float* C, int ldc, long long stride_c, int batch);
+  void gemm_grouped(cudaDataType_t in, bool trans_a, bool trans_b, float alpha, int lda, int ldb, float beta, int ldc,
+                    std::span<const GemmProblem> p, std::span<const void* const> A, std::span<const void* const> B);
+  // x [rows, cols] at leading dimension ld, rounded to bf16 into `buf` at the same layout.
+  const uint16_t* stage_bf16(DeviceBuffer<uint16_t>& buf, const float* x, int rows, int cols, int ld);
 
   cublasHandle_t handle_ = nullptr;
   cudaStream_t stream_ = nullptr;
@@ -82,6 +97,7 @@ class Blas {
   Uploader uploader_;
   Event stream_switch_;
   DeviceBuffer<const void*> device_ptrs_;
+  DeviceBuffer<uint16_t> a16_, b16_;  // bf16 staging of the inputs (reused in stream order)
 };
 
 }  // namespace uoe::cuda

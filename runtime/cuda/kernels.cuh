@@ -108,6 +108,11 @@ void attn_causal_backward(float* dqkv, float* ds, const float* d_o, const float*
 // output gradient of each expert row); out[i] = <a[a_ids[i]], b[i]> in dot_lanes' order (the
 // gate gradient of each row; one thread per row).
 void residual_bias_rows(float* out, const float* x, const float* bias, int N, int C, cudaStream_t stream);
+// x [n] rounded in place to the nearest bf16 (runtime/bf16.hpp's body; --precision bf16).
+void bf16_round(float* x, int64_t n, cudaStream_t stream);
+// out [n] = the bf16 bits of in [n] (the bf16 GEMMs' inputs, rows for the wire), and back.
+void bf16_pack(uint16_t* out, const float* in, int64_t n, cudaStream_t stream);
+void bf16_unpack(float* out, const uint16_t* in, int64_t n, cudaStream_t stream);
 void gather_rows_scaled(float* out, const float* table, const int32_t* ids, const float* row_scale, int N, int C,
                         cudaStream_t stream);
 void row_dots(float* out, const float* a, const int32_t* a_ids, const float* b, int N, int C, cudaStream_t stream);

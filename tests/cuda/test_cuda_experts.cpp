@@ -9,6 +9,7 @@
 #include "layers/experts.hpp"
 #include "runtime/cuda/experts.cuh"
 #include "runtime/cuda/gemm.cuh"
+#include "runtime/bf16.hpp"
 #include "runtime/gemm.hpp"
 
 namespace uoe::gpu_test {
@@ -56,6 +57,57 @@ TEST_F(BlasGpu, ExpertGemmsStridedAndGrouped) {
     blas.gemm_experts(false, false, 1.0f, d, f, 0.0f, f, p);
     EXPECT_EQ(blas.last_path(), equal ? cuda::ExpertGemmPath::strided_batched : cuda::ExpertGemmPath::grouped);
     expect_equal(down(gy), y, equal ? "strided-batched" : "grouped");
+  }
+}
+
+// --precision bf16: cuBLAS on bf16 inputs (gemm_mixed, gemm_experts) against uoe::gemm_mixed, the
+// CPU's emulated path. Inputs k/8 (|k| ≤ 15, exact in bf16) moved by 2^-12 (under half a bf16 ulp
+// at |x| ≥ 1/8): both paths must round them back to k/8, and their products (multiples of 1/64)
+// sum exactly in fp32, so the results must be equal bit for bit — and differ from fp32's.
+std::vector<float> near_bf16(size_t n, uint64_t stream) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) {
+    const int k = static_cast<int>(rng_below(17, stream, i, 31)) - 15;
+    v[i] = k == 0 ? 0.0f : k / 8.0f + (k > 0 ? 0x1p-12f : -0x1p-12f);
+  }
+  return v;
+}
+TEST_F(BlasGpu, Bf16GemmsMatchTheCpuEmulation) {
+  const ScopedPrecision bf16(Precision::bf16);
+  cuda::Blas blas(s());
+  const int M = 23, N = 17, K = 31;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      const int lda = (ta ? M : K) + 2, ldb = (tb ? K : N) + 1, ldc = N + 3;
+      const auto A = near_bf16(static_cast<size_t>(ta ? K : M) * lda, 1), B = near_bf16(static_cast<size_t>(tb ? N : K) * ldb, 2);
+      auto C = near_bf16(static_cast<size_t>(M) * ldc, 3), C32 = C;
+      auto gA = up(A), gB = up(B), gC = up(C);
+      gemm_mixed(ta, tb, M, N, K, 2.0f, A.data(), lda, B.data(), ldb, 0.5f, C.data(), ldc);
+      gemm(ta, tb, M, N, K, 2.0f, A.data(), lda, B.data(), ldb, 0.5f, C32.data(), ldc);
+      blas.gemm_mixed(ta, tb, M, N, K, 2.0f, gA.data(), lda, gB.data(), ldb, 0.5f, gC.data(), ldc);
+      expect_equal(down(gC), C, ta ? (tb ? "bf16 AᵀBᵀ" : "bf16 AᵀB") : (tb ? "bf16 ABᵀ" : "bf16 AB"));
+      EXPECT_NE(C, C32);
+    }
+  const int E = 4, d = 24, f = 40;
+  for (bool equal : {true, false}) {
+    const std::vector<int> offsets = equal ? std::vector<int>{0, 9, 18, 27, 36} : std::vector<int>{0, 5, 5, 19, 22};
+    const int R = offsets.back();
+    const auto x = near_bf16(static_cast<size_t>(R) * d, 4), W = near_bf16(static_cast<size_t>(E) * d * f, 5);
+    std::vector<float> y(static_cast<size_t>(R) * f);
+    for (int e = 0; e < E; ++e) {
+      const int n = offsets[e + 1] - offsets[e];
+      if (n) gemm_mixed(false, false, n, f, d, 1.0f, x.data() + static_cast<size_t>(offsets[e]) * d, d,
+                        W.data() + static_cast<size_t>(e) * d * f, f, 0.0f, y.data() + static_cast<size_t>(offsets[e]) * f, f);
+    }
+    auto gx = up(x), gW = up(W);
+    cuda::DeviceBuffer<float> gy(y.size());
+    std::vector<cuda::GemmProblem> p(E);
+    for (int e = 0; e < E; ++e)
+      p[e] = {offsets[e + 1] - offsets[e], f, d, gx.data() + static_cast<size_t>(offsets[e]) * d,
+              gW.data() + static_cast<size_t>(e) * d * f, gy.data() + static_cast<size_t>(offsets[e]) * f};
+    blas.gemm_experts(false, false, 1.0f, d, f, 0.0f, f, p);
+    EXPECT_EQ(blas.last_path(), equal ? cuda::ExpertGemmPath::strided_batched : cuda::ExpertGemmPath::grouped);
+    expect_equal(down(gy), y, equal ? "bf16 strided-batched" : "bf16 grouped");
   }
 }
 

@@ -23,6 +23,7 @@
 #include "parallel/exchange.hpp"
 #include "parallel/mpi_exchange.hpp"
 #include "parallel/scheduler.hpp"
+#include "runtime/bf16.hpp"
 #include "runtime/error.hpp"
 #include "runtime/rng.hpp"
 
@@ -594,6 +595,15 @@ TEST(StepBackendsMpi, RecomputationGivesBitwiseTheSameGradients) {
     expect_recompute_matches_none<uoe::CpuBackend>(4, mode);  // --overlap-chunks 4
   }
 }
+// In bf16 too (rows travel as bf16), also over the device-like backend.
+TEST(StepBackendsMpi, Bf16RecomputationGivesBitwiseTheSameGradients) {
+  const uoe::ScopedPrecision bf16(uoe::Precision::bf16);
+  for (uoe::Recompute mode : {uoe::Recompute::experts, uoe::Recompute::blocks}) {
+    SCOPED_TRACE(std::string("--recompute ") + uoe::recompute_name(mode));
+    expect_recompute_matches_none<uoe::CpuBackend>(4, mode);
+  }
+  expect_recompute_matches_none<uoe::DeviceLikeBackend>(4, uoe::Recompute::blocks);
+}
 // The batched-metadata path (the CUDA backend's policy) recomputes the same way.
 TEST(StepBackendsMpi, RecomputationOverDeviceLikeBackendGivesBitwiseTheSameGradients) {
   expect_recompute_matches_none<uoe::DeviceLikeBackend>(4, uoe::Recompute::blocks);
@@ -674,6 +684,51 @@ TEST(ExchangeMpi, CountsBytesSentToOtherRanks) {
   EXPECT_EQ(ex.comm_seconds(), 0.0);
   if (n > 1) {
     EXPECT_GT(out_rows, 0.0);
+  }
+}
+
+// --precision bf16: rows travel as bf16. The same exchanges count exactly half the row bytes
+// (payload_bytes_sent) and the same counts and metadata (bytes_sent − payload_bytes_sent); the rows
+// arrive as the bf16 rounding of what left, those kept on this rank included.
+TEST(ExchangeMpi, Bf16RowsHalveThePayloadExactly) {
+  MpiCommunicator c(MPI_COMM_WORLD);
+  const int n = c.size(), me = c.rank(), d = 8, E = 2 * n;
+  SourceRows src = make_source_rows(Traffic::random, me, n, E, d);
+  for (float& v : src.x) v += 0.3f;  // the test rows are small integers, exact in bf16: not these
+  struct Result {
+    uoe::ExpertRows rows;
+    std::vector<float> back, again;
+    double total = 0, payload = 0;
+  };
+  auto exchange = [&](uoe::Precision p) {
+    const uoe::ScopedPrecision scope(p);
+    MpiExchange ex(c);
+    Result r;
+    uoe::ExchangePlan plan;
+    ex.dispatch(plan, src.offsets, src.x.data(), src.seg.data(), src.pos.data(), d, r.rows);
+    r.back.assign(src.x.size(), -1.0f);
+    ex.to_source(plan, r.rows.x.data(), r.back.data(), d);
+    r.again.assign(r.rows.x.size(), -1.0f);
+    ex.to_owner(plan, src.x.data(), r.again.data(), d);
+    r.total = ex.bytes_sent();
+    r.payload = ex.payload_bytes_sent();
+    return r;
+  };
+  const Result f32 = exchange(uoe::Precision::fp32), b16 = exchange(uoe::Precision::bf16);
+  EXPECT_EQ(2 * b16.payload, f32.payload);
+  EXPECT_EQ(b16.total - b16.payload, f32.total - f32.payload);
+  EXPECT_LT(f32.payload, f32.total);  // a2a_bytes counts the metadata too
+  ASSERT_EQ(b16.rows.x.size(), f32.rows.x.size());
+  size_t bad = 0, rounded = 0;
+  for (size_t i = 0; i < f32.rows.x.size(); ++i) {
+    bad += b16.rows.x[i] != uoe::bf16_round(f32.rows.x[i]) || b16.again[i] != b16.rows.x[i];
+    rounded += b16.rows.x[i] != f32.rows.x[i];
+  }
+  for (size_t i = 0; i < src.x.size(); ++i) bad += b16.back[i] != uoe::bf16_round(src.x[i]);
+  EXPECT_EQ(bad, 0u);
+  if (n > 1) {
+    EXPECT_GT(b16.payload, 0.0);
+    EXPECT_GT(rounded, 0u);  // the values were not all bf16 already
   }
 }
 

@@ -525,7 +525,7 @@ TEST(ConfigTable, ResumeComparesTheModelShapeOptions) {
   EXPECT_EQ(Keys(shape.begin(), shape.end()), (Keys{"layers", "d-model", "heads", "attn-experts", "experts", "d-ff",
                                                    "tokenizer", "block-type", "expert-d-ff"}));
   EXPECT_EQ(Keys(behaviour.begin(), behaviour.end()),
-            (Keys{"attn-topk", "topk", "capacity-factor", "patch-size", "gate", "aux-loss", "z-loss"}));
+            (Keys{"attn-topk", "topk", "capacity-factor", "patch-size", "gate", "aux-loss", "z-loss", "precision"}));
 }
 
 }  // namespace
