@@ -174,6 +174,8 @@ void Trainer::build_model() {
   StepSetup setup;
   setup.scheduler = scheduler_.get();
   setup.ep_group = groups.ep_group.get();
+  setup.world = groups.world.get();
+  setup.dp_group = groups.dp_group.get();
   setup.node_rank = groups.node_rank;
   setup.node_size = groups.node_size;
   setup.node_visible_devices = groups.node_visible_devices;
