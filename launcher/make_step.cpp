@@ -51,6 +51,18 @@ class GpuStep final : public ModelStep {
       o.nccl = nccl_.get();
       o.comm_stream = nccl_->stream();
     }
+    // Several ranks: the gradient all-reduce on device buffers, over NCCL communicators of the
+    // GradientSync's groups (the world; with ep > 1 and dp > 1 the data-parallel group too).
+    const NodeRanks node{setup.node_rank, setup.node_size, setup.node_visible_devices};
+    if (setup.world && setup.world->size() > 1) {
+      grad_world_ = std::make_unique<NcclCommunicator>(setup.world->handle(), node);
+      o.grad_world = grad_world_.get();
+      const bool ep = setup.ep_group && setup.ep_group->size() > 1;
+      if (ep && setup.dp_group && setup.dp_group->size() > 1) {
+        grad_dp_ = std::make_unique<NcclCommunicator>(setup.dp_group->handle(), node);
+        o.grad_dp = grad_dp_.get();
+      }
+    }
     step_ = make_cuda_step(model, o);
   }
   void forward_backward(const int32_t* inputs, const int32_t* targets, int B, float loss_scale,
@@ -79,11 +91,14 @@ class GpuStep final : public ModelStep {
   void close() override {
     step_->close();
     if (nccl_) nccl_->close();
+    if (grad_dp_) grad_dp_->close();
+    if (grad_world_) grad_world_->close();
   }
 
  private:
   std::unique_ptr<NcclCommunicator> nccl_;  // ep > 1: rows GPU to GPU
   std::unique_ptr<MpiExchange> exchange_;   // ep > 1: counts and metadata over MPI, rows over nccl_
+  std::unique_ptr<NcclCommunicator> grad_world_, grad_dp_;  // several ranks: the gradient all-reduce
   std::unique_ptr<ModelStep> step_;
 };
 #endif

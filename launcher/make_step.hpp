@@ -18,6 +18,10 @@ class MpiCommunicator;
 struct StepSetup {
   CommScheduler* scheduler = nullptr;  // CPU: where exchanges run (null: in line)
   MpiCommunicator* ep_group = nullptr;  // GPU with ep > 1: the rows' NCCL communicator is built over it
+  // GPU with several ranks: the gradient all-reduce's NCCL communicators are built over these (the
+  // GradientSync's world and data-parallel group).
+  MpiCommunicator* world = nullptr;
+  MpiCommunicator* dp_group = nullptr;
   // GPU: where this rank sits on its node (ProcessGroups), from which gpu_choose picks its GPU.
   int node_rank = 0, node_size = 1;
   std::vector<std::optional<std::string>> node_visible_devices;

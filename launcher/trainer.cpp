@@ -184,6 +184,8 @@ void Trainer::build_model() {
   StepSetup setup = memory_setup(groups);
   setup.scheduler = scheduler_.get();
   setup.ep_group = groups.ep_group.get();
+  setup.world = groups.world.get();
+  setup.dp_group = groups.dp_group.get();
   step_ = make_step(cfg, model, setup);
   AdamWSpec aspec;
   aspec.weight_decay = cfg.weight_decay;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "layers/router_select.hpp"
 #include "runtime/error.hpp"
 #include "runtime/gemm.hpp"
 #include "runtime/kernels.hpp"
@@ -140,6 +141,30 @@ void router_decide(Routing& r, const RouterSpec& spec, bool dropless) {
   double z = 0.0;
   for (int p = 0; p < P; ++p) z += static_cast<double>(r.lse[p]) * r.lse[p];
   r.z_loss = spec.z_weight * z / P;
+}
+
+void router_select(Routing& r, const RouterSpec& spec, bool dropless) {
+  const int E = r.E, k = r.k, P = r.P;
+  UOE_ASSERT(r.choice.size() == static_cast<size_t>(P) * k && r.probs.size() == static_cast<size_t>(P) * E);
+  const bool limited = !dropless && spec.capacity_factor > 0;
+  r.capacity = limited ? static_cast<int>(expert_capacity(P, k, E, spec.capacity_factor)) : 0;
+  const int* choice = r.choice.data();
+  r.kept.resize(static_cast<size_t>(P) * k);
+  for (int p = 0; p < P; ++p)
+    for (int j = 0; j < k; ++j)
+      r.kept[static_cast<size_t>(p) * k + j] = router_keeps(choice, r.probs.data(), P, E, k, r.capacity, p, j);
+  r.capacity_kept.resize(E);
+  r.row_offsets.assign(E + 1, 0);
+  for (int e = 0; e < E; ++e) {
+    r.capacity_kept[e] = router_kept_before(choice, r.kept.data(), k, e, P);
+    r.row_offsets[e + 1] = r.row_offsets[e] + r.capacity_kept[e];
+  }
+  r.dropped = P * k - r.row_offsets[E];
+  r.row_patch.assign(r.row_offsets[E], -1);
+  r.row_slot.assign(r.row_offsets[E], -1);
+  for (int p = 0; p < P; ++p)
+    for (int j = 0; j < k; ++j)
+      router_place_row(r.row_patch.data(), r.row_slot.data(), r.row_offsets.data(), choice, r.kept.data(), k, p, j);
 }
 
 void router_backward_logits(float* dlogits, const Routing& r, const RouterSpec& spec, const float* dgate,

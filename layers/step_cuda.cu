@@ -12,6 +12,7 @@
 #include "layers/cpu_backend.hpp"
 #include "layers/optimizer.hpp"
 #include "layers/router.hpp"
+#include "layers/router_select.hpp"
 #include "parallel/grad_sync.hpp"
 #include "layers/step_cuda.hpp"
 #include "parallel/stream_scheduler.hpp"
@@ -55,6 +56,30 @@ __global__ void router_patch_means_backward_kernel(float* dxn, const float* dxm,
   const int64_t token = i / d, c = i % d;
   dxn[i] = __fadd_rn(dxn[i], __fmul_rn(dxm[(token / ps) * d + c], inv));
 }
+// Capacity selection and row tables (layers/router_select.hpp): one thread per assignment (keeps,
+// places), one per expert (its row count), one thread for the prefix sums — the bodies the CPU twin
+// router_select runs in loops.
+__global__ void router_keeps_kernel(uint8_t* kept, const int* choice, const float* probs, int P, int E, int k,
+                                    int capacity) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= static_cast<int64_t>(P) * k) return;
+  kept[i] = router_keeps(choice, probs, P, E, k, capacity, static_cast<int>(i / k), static_cast<int>(i % k));
+}
+__global__ void router_row_counts_kernel(int* row_offsets, const int* choice, const uint8_t* kept, int P, int E,
+                                         int k) {
+  const int e = blockIdx.x * blockDim.x + threadIdx.x;
+  if (e < E) row_offsets[e + 1] = router_kept_before(choice, kept, k, e, P);
+}
+__global__ void router_row_offsets_kernel(int* row_offsets, int E) {
+  row_offsets[0] = 0;
+  for (int e = 0; e < E; ++e) row_offsets[e + 1] += row_offsets[e];
+}
+__global__ void router_place_rows_kernel(int* row_patch, int* row_slot, const int* row_offsets, const int* choice,
+                                         const uint8_t* kept, int P, int k) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= static_cast<int64_t>(P) * k) return;
+  router_place_row(row_patch, row_slot, row_offsets, choice, kept, k, static_cast<int>(i / k), static_cast<int>(i % k));
+}
 // Σ g² in double: each of kSumThreads threads sums a strided share in index order, one thread adds
 // the shares in thread order. Deterministic; within double rounding of grad_sum_squares (its twin:
 // the same terms, summed in 8 lanes).
@@ -92,6 +117,18 @@ void router_patch_means_backward(float* dxn, const float* dxm, int P, int ps, in
       dxn, dxm, P, ps, d, 1.0f / static_cast<float>(ps));
   UOE_CHECK_LAUNCH("router_patch_means_backward_kernel");
 }
+void router_select(uint8_t* kept, int* row_offsets, int* row_patch, int* row_slot, const int* choice,
+                   const float* probs, int P, int E, int k, int capacity, cudaStream_t s) {
+  const int64_t n = static_cast<int64_t>(P) * k;
+  router_keeps_kernel<<<grid_for(n), kThreads, 0, s>>>(kept, choice, probs, P, E, k, capacity);
+  UOE_CHECK_LAUNCH("router_keeps_kernel");
+  router_row_counts_kernel<<<grid_for(E), kThreads, 0, s>>>(row_offsets, choice, kept, P, E, k);
+  UOE_CHECK_LAUNCH("router_row_counts_kernel");
+  router_row_offsets_kernel<<<1, 1, 0, s>>>(row_offsets, E);
+  UOE_CHECK_LAUNCH("router_row_offsets_kernel");
+  router_place_rows_kernel<<<grid_for(n), kThreads, 0, s>>>(row_patch, row_slot, row_offsets, choice, kept, P, k);
+  UOE_CHECK_LAUNCH("router_place_rows_kernel");
+}
 // *out (device) = Σ g² of g [n] (device); shares: kSumBlocks · 256 doubles of workspace.
 void grad_sum_squares(double* out, double* shares, const float* g, size_t n, cudaStream_t s) {
   sum_squares_shares_kernel<<<kSumBlocks, kThreads, 0, s>>>(shares, g, n);
@@ -128,7 +165,9 @@ class CudaBackend {
     int B = 0, T = 0, C = 1;
   };
 
-  CudaBackend(int device, NcclCommunicator* nccl, cudaStream_t comm_stream) : device_(set_device(device)) {
+  CudaBackend(int device, NcclCommunicator* nccl, cudaStream_t comm_stream, Communicator* grad_world,
+              Communicator* grad_dp)
+      : device_(set_device(device)), grad_world_(grad_world), grad_dp_(grad_dp) {
     if (comm_stream) sched = std::make_unique<StreamScheduler>(s(), comm_stream, nccl);
   }
 
@@ -376,29 +415,17 @@ class CudaBackend {
     cuda::attn_experts_backward_weights(dWqkv, dWo, dy, c, r, d, g, dh, blas);
   }
 
-  // The update side on the device arenas. The all-reduce: one rank — nothing to do; several — each
-  // bucket's gradients through the host's GradientSync (a host round trip per bucket: the device
-  // all-reduce through NCCL is not built yet, docs/gpu.md). Σ g²: per tensor on the device, in the
-  // GradientSync's order; one double per tensor comes to the host.
+  // The update side on the device arenas. The all-reduce: one rank — nothing to do; several — the
+  // host GradientSync rebased onto the device arena (device_sync): the same buckets in the same
+  // order, each one collective over the device communicators (NCCL) in place or on a packed device
+  // buffer; no gradient crosses to the host. Σ g²: per tensor on the device, in the GradientSync's
+  // order; one double per tensor comes to the host.
   void reduce_gradients(GradientSync& sync, ParamStore& ps, int bucket) {
     take_arenas(ps);
     if (sync.single_rank()) return;
-    const size_t first = bucket < 0 ? 0 : static_cast<size_t>(bucket);
-    const size_t last = bucket < 0 ? sync.buckets() : first + 1;
-    float* host = ps.grads().data();
-    for (size_t i = first; i < last; ++i) {
-      for (int t : sync.bucket_tensors(i)) {
-        const std::span<float> g = sync.tensor_grad(t);
-        traffic.down(grads_.data() + (g.data() - host), g.data(), g.size(), s());
-      }
-      synchronize();
-      sync.reduce_bucket(i);
-      for (int t : sync.bucket_tensors(i)) {
-        const std::span<float> g = sync.tensor_grad(t);
-        traffic.up(grads_.data() + (g.data() - host), g.data(), g.size(), s());
-      }
-      synchronize();
-    }
+    GradientSync& here = device_sync(sync, ps);
+    if (bucket < 0) here.all_reduce();
+    else here.reduce_bucket(static_cast<size_t>(bucket));
   }
   double gradient_sum_squares(GradientSync* sync, ParamStore& ps) {
     take_arenas(ps);
@@ -477,6 +504,35 @@ class CudaBackend {
     UOE_CHECK_CUDA(cudaSetDevice(device));
     return device;
   }
+  // The host's GradientSync over the device arena and the device communicators: packing through a
+  // device buffer and device-to-device copies on the compute stream, which the host waits for before
+  // each collective (NCCL runs on its own stream; a collective returns with its result in place).
+  GradientSync& device_sync(GradientSync& sync, ParamStore& ps) {
+    if (sync_ && sync_of_ == &sync) return *sync_;
+    const int world = sync.world().size();
+    if (!grad_world_)
+      fail("--device cuda: the gradient all-reduce over ", world, " ranks needs a communicator over device memory "
+           "(CudaStepOptions::grad_world, built by make_step)");
+    if (grad_world_->size() != world)
+      fail("--device cuda: the gradient communicator has ", grad_world_->size(), " ranks, the world ", world);
+    const bool dp_used = sync.ep_group().size() > 1 && sync.dp_group().size() > 1;
+    if (dp_used && (!grad_dp_ || grad_dp_->size() != sync.dp_group().size()))
+      fail("--device cuda: the expert gradients' all-reduce over the ", sync.dp_group().size(),
+           " data-parallel replicas needs a device communicator of that size (CudaStepOptions::grad_dp)");
+    GradientMemory memory;
+    memory.buffer = [this](size_t n) {
+      pack_.resize(n);  // grow-only
+      return pack_.data();
+    };
+    memory.copy = [this](float* dst, const float* src, size_t n) {
+      if (n) UOE_CHECK_CUDA(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, s()));
+    };
+    memory.fence = [this] { synchronize(); };
+    sync_ = std::make_unique<GradientSync>(
+        sync.rebased(ps.grads().data(), grads_.data(), grad_world_, dp_used ? grad_dp_ : nullptr, std::move(memory)));
+    sync_of_ = &sync;
+    return *sync_;
+  }
   void take_arenas(ParamStore& ps) {
     if (!host_newer_) return;
     const size_t n = ps.total();
@@ -486,9 +542,12 @@ class CudaBackend {
     traffic.up(grads_.data(), ps.grads().data(), n, s());
     synchronize();
     host_newer_ = false;
+    sync_.reset();  // the arena may have moved
   }
 
   int device_;
+  Communicator* grad_world_;  // the gradient all-reduce over device memory (several ranks)
+  Communicator* grad_dp_;
 
  public:
   cuda::Stream stream;
@@ -496,7 +555,9 @@ class CudaBackend {
 
  private:
   std::unique_ptr<StreamScheduler> sched;  // null while every expert is on this rank (nothing travels)
-  Buffer<float> values_, grads_, m_, v_, decay_, ln_scratch, row_loss;
+  Buffer<float> values_, grads_, m_, v_, decay_, ln_scratch, row_loss, pack_;
+  std::unique_ptr<GradientSync> sync_;  // the host's GradientSync over the device arena
+  const GradientSync* sync_of_ = nullptr;
   Buffer<double> sum_out, sum_shares;
   bool host_newer_ = true;     // the host arenas are to be taken at the next use
   bool moments_here_ = false;  // m_, v_, decay_ hold AdamW's state
@@ -510,7 +571,8 @@ class CudaBackend {
 template class Step<CudaBackend>;
 
 std::unique_ptr<ModelStep> make_cuda_step(Model& model, const CudaStepOptions& o) {
-  auto step = std::make_unique<Step<CudaBackend>>(model, o.rows_exchange, o.device, o.nccl, o.comm_stream);
+  auto step = std::make_unique<Step<CudaBackend>>(model, o.rows_exchange, o.device, o.nccl, o.comm_stream, o.grad_world,
+                                                    o.grad_dp);
   step->set_chunks(o.chunks);
   step->set_recompute(o.recompute);
   return step;

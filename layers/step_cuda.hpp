@@ -4,8 +4,9 @@
 // differs is the backend's memory and two policies (layers/step.hpp): the parameter and gradient
 // arenas and AdamW's moments live on the GPU (taken from the host once, given back by state_to_host
 // for checkpoints and the host's figures), and every chunk's row metadata travels in one collective
-// per block. Σ g² and AdamW run on the device; the gradient all-reduce with several ranks still goes
-// through the host (docs/gpu.md).
+// per block. Σ g², AdamW and, with several ranks, the bucketed gradient all-reduce run on the device
+// (the all-reduce over communicators on device memory, NCCL: the host GradientSync's buckets, order
+// and collectives, rebased onto the device arena; docs/gpu.md).
 //
 // Routing: the scores x̄·W + b are formed on the GPU and only they [P, E] come to the host, which
 // decides with the CPU router's code (router_decide: top-k, capacity, gates); in backward the gate
@@ -20,12 +21,14 @@
 #pragma once
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
 #include <memory>
 
 #include "layers/step.hpp"
 
 namespace uoe {
 
+class Communicator;
 class NcclCommunicator;
 
 struct CudaStepOptions {
@@ -33,6 +36,10 @@ struct CudaStepOptions {
   ExpertExchange* rows_exchange = nullptr;  // ep > 1: moves rows in GPU memory; null: every expert here
   NcclCommunicator* nccl = nullptr;       // the exchange's payload communicator (its watchdog scope)
   cudaStream_t comm_stream = nullptr;     // and its stream: where the rows move
+  // More than one rank: the gradient all-reduce's communicators over device memory (NCCL), over the
+  // world and (ep > 1 with dp > 1) over this rank's data-parallel group — the GradientSync's groups.
+  Communicator* grad_world = nullptr;
+  Communicator* grad_dp = nullptr;
   int chunks = 1;                         // the step's chunk count (the CPU path's rows and sums at that count)
   Recompute recompute = Recompute::none;  // what blocks keep for backward (layers/memory.hpp)
 };
@@ -54,6 +61,12 @@ void router_patch_means(float* xm, const float* xn, int P, int ps, int d, cudaSt
 void router_bias_rows(float* logits, const float* b, int P, int E, cudaStream_t s);
 void router_bias_grad(float* db, const float* dlogits, int P, int E, cudaStream_t s);
 void router_patch_means_backward(float* dxn, const float* dxm, int P, int ps, int d, cudaStream_t s);
+// Capacity selection and row tables on the device (layers/router_select.hpp's bodies; twin: the CPU
+// router_select, layers/router_select.hpp): from choice [P, k] and the softmaxed probs [P, E], kept [P, k],
+// row_offsets [E + 1] (the counts that size the exchange: all the host needs), row_patch and
+// row_slot [≤ P·k] — the same bits as the CPU router. capacity 0: dropless.
+void router_select(uint8_t* kept, int* row_offsets, int* row_patch, int* row_slot, const int* choice,
+                   const float* probs, int P, int E, int k, int capacity, cudaStream_t s);
 // *out (device double) = Σ g² of g [n] (device), deterministic; shares: kSumShares doubles of
 // workspace. Twin of runtime/sum_squares.hpp's grad_sum_squares: the same terms in another order,
 // so equal to a relative 1e-12 (double rounding over ≤ 10⁹ positive terms), not bitwise.

@@ -42,6 +42,29 @@ void GradientSync::reduce(const std::vector<int>& tensors, Communicator& comm) {
     }
     n += g.size();
   }
+  if (memory_.copy) {  // another memory's arena: its buffer, its copies, fenced before the collective
+    if (adjacent) {
+      memory_.fence();
+      comm.all_reduce_sum(std::span<float>(tensors_[tensors[0]].grad.data(), n));
+      return;
+    }
+    float* pack = memory_.buffer(n);
+    size_t at = 0;
+    for (int i : tensors) {
+      const std::span<float> g = tensors_[i].grad;
+      memory_.copy(pack + at, g.data(), g.size());
+      at += g.size();
+    }
+    memory_.fence();
+    comm.all_reduce_sum(std::span<float>(pack, n));
+    at = 0;
+    for (int i : tensors) {
+      const std::span<float> g = tensors_[i].grad;
+      memory_.copy(g.data(), pack + at, g.size());
+      at += g.size();
+    }
+    return;
+  }
   if (adjacent) {  // one span of the gradient arena: reduced in place, nothing packed
     comm.all_reduce_sum(std::span<float>(tensors_[tensors[0]].grad.data(), n));
     return;
@@ -97,6 +120,12 @@ double GradientSync::global_sum_squares(const std::function<double(const float*,
 }
 
 GradientSync GradientSync::rebased(const float* from, float* to) const {
+  return rebased(from, to, nullptr, nullptr, GradientMemory{});
+}
+
+GradientSync GradientSync::rebased(const float* from, float* to, Communicator* world, Communicator* dp_group,
+                                   GradientMemory memory) const {
+  UOE_ASSERT(!memory.copy || (memory.buffer && memory.fence), "a gradient memory needs its buffer and fence");
   std::vector<GradTensor> tensors = tensors_;
   for (GradTensor& t : tensors) t.grad = std::span<float>(to + (t.grad.data() - from), t.grad.size());
   std::vector<std::vector<int>> buckets;  // each bucket's replicated then sharded tensors: their order kept
@@ -104,7 +133,9 @@ GradientSync GradientSync::rebased(const float* from, float* to) const {
     buckets.push_back(b.replicated);
     buckets.back().insert(buckets.back().end(), b.sharded.begin(), b.sharded.end());
   }
-  return GradientSync(std::move(tensors), std::move(buckets), world_, ep_, dp_);
+  GradientSync s(std::move(tensors), std::move(buckets), world ? *world : world_, ep_, dp_group ? *dp_group : dp_);
+  s.memory_ = std::move(memory);
+  return s;
 }
 
 float grad_fingerprint_weight(uint64_t name_stream, int64_t global_index) {

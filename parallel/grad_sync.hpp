@@ -31,6 +31,18 @@ float grad_fingerprint_weight(uint64_t name_stream, int64_t global_index);
 // fixed order). Summed over the ranks holding the parts, they are the whole tensor's.
 void tensor_grad_fingerprint(const GradTensor& t, double* sum_squares, double* checksum);
 
+// Where the gradients of a rebased GradientSync live when that is not host memory (a step backend's
+// device arena, layers/step.hpp): how a bucket that is not one span of the arena is packed there
+// for its one collective. `buffer(n)`: at least n floats of that memory (grow-only, the packing
+// buffer); `copy`: n floats from one buffer of that memory to another, queued; `fence`: returns once
+// every queued copy and whatever wrote the gradients is done (called before each collective, whose
+// result is in place when it returns: the Communicator contract).
+struct GradientMemory {
+  std::function<float*(size_t n)> buffer;
+  std::function<void(float* dst, const float* src, size_t n)> copy;
+  std::function<void()> fence;
+};
+
 class GradientSync {
  public:
   // world: every rank; dp_group: the replicas of this rank's experts; ep_group: the ranks that
@@ -51,6 +63,10 @@ class GradientSync {
   // Bucket i's tensors (indices, ascending) and each tensor's gradient span.
   const std::vector<int>& bucket_tensors(size_t i) const { return buckets_[i].all; }
   std::span<float> tensor_grad(int i) const { return tensors_[i].grad; }
+  // The communicators it reduces over (what a rebased copy on other memory must replace).
+  Communicator& world() const { return world_; }
+  Communicator& ep_group() const { return ep_; }
+  Communicator& dp_group() const { return dp_; }
   // One rank holds the whole model: nothing to reduce.
   bool single_rank() const { return world_.size() == 1; }
   // The per-tensor gradient fingerprint (see tensor_grad_fingerprint) of the GLOBAL model: an
@@ -61,6 +77,12 @@ class GradientSync {
   // The same tensors, buckets and communicators over another copy of the gradient arena: each
   // tensor at the same offset from `to` as from `from` (a step backend's own arena, layers/step.hpp).
   GradientSync rebased(const float* from, float* to) const;
+  // The same over a copy in other memory (`memory`), the replicated tensors reduced over `world` and
+  // the expert slabs over `dp_group` (null: this sync's own; a device's: communicators over that
+  // memory, e.g. NCCL). The buckets, their order and each bucket's collectives are this sync's, so
+  // the sums are formed in the same order; the ep group (Σ g²'s one double) stays this sync's.
+  GradientSync rebased(const float* from, float* to, Communicator* world, Communicator* dp_group,
+                       GradientMemory memory) const;
 
  private:
   struct Bucket {
@@ -75,6 +97,7 @@ class GradientSync {
   Communicator& dp_;
   std::vector<Bucket> buckets_;
   FloatBuffer pack_;
+  GradientMemory memory_;  // unset: host memory (pack_, memcpy)
 };
 
 }  // namespace uoe

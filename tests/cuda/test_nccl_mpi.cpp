@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "parallel/comm.hpp"
+#include "parallel/grad_sync.hpp"
 #include "parallel/nccl_comm.hpp"
 #include "runtime/cuda/memory.cuh"
 #include "runtime/device.hpp"
@@ -167,6 +168,44 @@ TEST(Nccl, NonBlockingAndStreamOrdered) {
   }
   c.synchronize("test");
   EXPECT_EQ(down(d1), std::vector<int32_t>(100, n * n * n));
+}
+
+// The gradient all-reduce on device buffers — the host's GradientSync rebased onto a device arena,
+// its collectives over NCCL, its packing by device copies (what the CUDA step runs, layers/step_cuda.cu)
+// — against the same GradientSync on the host over MPI: one bucket reduced in place (one span), one
+// packed (its tensors are not adjacent), in the same order. Integer-valued: exact in any sum order.
+TEST(Nccl, GradientSyncOnDeviceEqualsTheHostsOverMpi) {
+  NcclCommunicator& c = *g_comm;
+  uoe::MpiCommunicator world(MPI_COMM_WORLD);
+  uoe::SelfCommunicator self;
+  const int me = c.rank();
+  std::vector<float> host(60), dev_copy;
+  for (size_t i = 0; i < host.size(); ++i) host[i] = static_cast<float>((me + 1) * static_cast<int>(i % 13));
+  auto tensors = [](float* arena) {
+    const int cut[5] = {0, 10, 30, 45, 60};
+    std::vector<uoe::GradTensor> t(4);
+    for (int i = 0; i < 4; ++i) t[i].grad = std::span<float>(arena + cut[i], cut[i + 1] - cut[i]);
+    return t;
+  };
+  const std::vector<std::vector<int>> buckets = {{1, 2}, {0, 3}};
+  auto dev = up(host);
+  uoe::GradientSync on_host(tensors(host.data()), buckets, world, self, world);
+  uoe::cuda::DeviceBuffer<float> pack;
+  uoe::GradientMemory memory;
+  memory.buffer = [&pack](size_t n) {
+    pack.resize(n);
+    return pack.data();
+  };
+  memory.copy = [&c](float* dst, const float* src, size_t n) {
+    UOE_CHECK_CUDA(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, c.stream()));
+  };
+  memory.fence = [&c] { c.synchronize("the packing copies"); };
+  uoe::GradientSync on_device = on_host.rebased(host.data(), dev.data(), &c, nullptr, memory);
+  on_host.all_reduce();
+  for (size_t b = 0; b < on_device.buckets(); ++b) on_device.reduce_bucket(b);
+  EXPECT_EQ(down(dev), host);
+  const int n = c.size();
+  EXPECT_EQ(host[14], static_cast<float>(n * (n + 1) / 2 * 1));  // the sums happened (element 14: 14 % 13 = 1)
 }
 
 TEST(Nccl, HostPointerIsRefused) {

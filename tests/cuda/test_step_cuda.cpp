@@ -25,6 +25,8 @@
 #include "layers/train_step.hpp"
 #include "parallel/communicator.hpp"
 #include "parallel/grad_sync.hpp"
+#include "runtime/cuda/check.cuh"
+#include "runtime/error.hpp"
 #include "runtime/sum_squares.hpp"
 #include "parallel/exchange.hpp"
 
@@ -106,20 +108,61 @@ void expect_step_matches(BlockType type) {
   EXPECT_NEAR(eg.ce_sum, ec.ce_sum, 1e-5 * std::fabs(ec.ce_sum));
 }
 
+// A stand-in for a world of two identical replicas, on one GPU: the all-reduce sums two copies of
+// the data (doubles it, exactly), in host memory or (device) in device memory; every other
+// collective is refused. Lets one GPU run the step's gradient all-reduce path — the GradientSync
+// rebased onto the device arena, buckets reduced in place or packed by device copies.
+class TwoReplicas final : public Communicator {
+ public:
+  explicit TwoReplicas(bool device) : device_(device) {}
+  int rank() const override { return 0; }
+  int size() const override { return 2; }
+  void barrier() override {}
+  int reductions = 0;
+
+ protected:
+  void do_all_to_all_v(const void*, const Displaced&, void*, const Displaced&, DType) override { refuse(); }
+  Request do_ialltoallv(const void*, Displaced, void*, Displaced, DType) override { refuse(); }
+  void do_all_to_all_blocks(const void*, const PeerBlocks&, void*, const PeerBlocks&, DType) override { refuse(); }
+  void do_all_to_all(const void*, void*, int, DType) override { refuse(); }
+  void do_all_reduce_sum(void* data, int count, DType t) override {
+    if (t != DType::f32) refuse();
+    ++reductions;
+    std::vector<float> v(count);
+    if (device_) UOE_CHECK_CUDA(cudaMemcpy(v.data(), data, sizeof(float) * count, cudaMemcpyDeviceToHost));
+    else std::copy_n(static_cast<const float*>(data), count, v.data());
+    for (float& x : v) x += x;
+    if (device_) UOE_CHECK_CUDA(cudaMemcpy(data, v.data(), sizeof(float) * count, cudaMemcpyHostToDevice));
+    else std::copy_n(v.data(), count, static_cast<float*>(data));
+  }
+  Request do_iallreduce_sum(void*, int, DType) override { refuse(); }
+  void do_broadcast(void*, int, DType, int) override { refuse(); }
+
+ private:
+  [[noreturn]] static void refuse() { fail("TwoReplicas: only the float all-reduce"); }
+  bool device_;
+};
+
 // Three training steps as the trainer runs them (zero, forward + backward, all-reduce, Σ g², AdamW
 // with clipping), the update side on the GPU's arenas: the parameters after them within the same
 // tolerance as one step's gradients (AdamW's update is lr-sized per step, so they stay close), the
 // Σ g² within 1e-3 relative, and the GPU backend moved no arena across in the second and third
 // steps (only metadata and the loss: less than half a parameter arena's bytes over both).
-void expect_training_matches(BlockType type) {
+// With `replicas`, over a world of two identical replicas (TwoReplicas): the all-reduce runs on the
+// device arena through the CUDA backend's device communicator, the CPU's on the host.
+void expect_training_matches(BlockType type, bool replicas = false) {
   const ModelSpec spec = small_spec(type);
   LocalExchange ex_cpu, ex_host;
   Model cpu_model(spec, 7, &ex_cpu), host(spec, 7, &ex_host);
   CpuStep cpu(cpu_model);
-  const std::unique_ptr<ModelStep> gpu = make_cuda_step(host, CudaStepOptions{});
   SelfCommunicator self;
-  GradientSync sync_c(grad_tensors(cpu_model.params()), model_gradient_buckets(cpu_model), self, self, self),
-      sync_g(grad_tensors(host.params()), model_gradient_buckets(host), self, self, self);
+  TwoReplicas world_host(false), world_device(true);
+  CudaStepOptions o;
+  if (replicas) o.grad_world = &world_device;
+  const std::unique_ptr<ModelStep> gpu = make_cuda_step(host, o);
+  Communicator& world = replicas ? static_cast<Communicator&>(world_host) : self;
+  GradientSync sync_c(grad_tensors(cpu_model.params()), model_gradient_buckets(cpu_model), world, self, world),
+      sync_g(grad_tensors(host.params()), model_gradient_buckets(host), world, self, world);
   AdamW opt_c(cpu_model.params(), AdamWSpec{}), opt_g(host.params(), AdamWSpec{});
   const int B = 2, N = B * spec.seq_len;
   CudaTransferBytes before;
@@ -144,10 +187,14 @@ void expect_training_matches(BlockType type) {
   const size_t arena = host.params().total() * sizeof(float);
   // bench/gpu/device-kit quotes this line.
   std::printf("host-device bytes per step (%s, steps 2-3): to GPU %zu, to host %zu; parameter arena %zu\n",
-              type == BlockType::uoe ? "uoe" : "moe", (after.to_device - before.to_device) / 2,
+              type == BlockType::uoe ? (replicas ? "uoe, device all-reduce" : "uoe") : "moe", (after.to_device - before.to_device) / 2,
               (after.to_host - before.to_host) / 2, arena);
   EXPECT_LT(after.to_device - before.to_device, arena / 2) << "bytes to the GPU in two steps";
   EXPECT_LT(after.to_host - before.to_host, arena / 2) << "bytes to the host in two steps";
+  if (replicas) {  // one collective per bucket (or packed part), on each side
+    EXPECT_GT(world_device.reductions, 0);
+    EXPECT_EQ(world_device.reductions, world_host.reductions);
+  }
   gpu->state_to_host(&opt_g);
   const ParamStore& pc = cpu_model.params();
   const ParamStore& pg = host.params();
@@ -163,6 +210,7 @@ void expect_training_matches(BlockType type) {
 
 TEST_F(StepCudaGpu, UoeTrainingStepsMatchCpu) { expect_training_matches(BlockType::uoe); }
 TEST_F(StepCudaGpu, MoeTrainingStepsMatchCpu) { expect_training_matches(BlockType::moe); }
+TEST_F(StepCudaGpu, TrainingStepsReduceGradientsOnTheDevice) { expect_training_matches(BlockType::uoe, true); }
 
 // The router's device parts against their CPU twins (layers/router.hpp): bitwise (the same
 // per-element arithmetic, no contraction); Σ g² within 1e-12 relative.
@@ -196,6 +244,44 @@ TEST_F(StepCudaGpu, RouterPartsAndSumSquaresMatchTheirCpuTwins) {
   cuda::grad_sum_squares(out.data(), shares.data(), xn_d.data(), xn.size(), s());
   const double want = grad_sum_squares(xn.data(), xn.size());
   EXPECT_NEAR(down(out)[0], want, 1e-12 * want);
+}
+
+// Capacity selection and row tables on the device against the CPU twin (router_select, itself
+// held to router_decide by tests/unit/test_router_select.cpp): bitwise, with ties (repeated patches)
+// and drops, limited and dropless.
+TEST_F(StepCudaGpu, RouterSelectMatchesItsCpuTwin) {
+  const int P = 96, E = 8, k = 2, d = 16;
+  RouterSpec rs;
+  rs.experts = E;
+  rs.topk = k;
+  rs.capacity_factor = 1.0;
+  std::vector<float> xn(static_cast<size_t>(P) * d), w(static_cast<size_t>(d) * E), b(E, 0.0f);
+  for (int p = 0; p < P; ++p)
+    for (int c = 0; c < d; ++c) xn[static_cast<size_t>(p) * d + c] = rng_normal(2, p % 5, c);  // 5 distinct: ties
+  for (size_t i = 0; i < w.size(); ++i) w[i] = rng_normal(2, 9, i);
+  for (bool dropless : {false, true}) {
+    SCOPED_TRACE(dropless ? "dropless" : "capacity 1.0");
+    Routing r;
+    router_forward(r, rs, xn.data(), w.data(), b.data(), P, d, dropless);
+    if (!dropless) {
+      EXPECT_GT(r.dropped, 0);
+    }
+    std::vector<uint8_t> kept_init(static_cast<size_t>(P) * k, 9);
+    std::vector<int> rows_init(static_cast<size_t>(P) * k, -1), offsets_init(E + 1, -1);
+    auto choice_d = up(r.choice);
+    auto probs_d = up(r.probs);
+    auto kept_d = up(kept_init);
+    auto offsets_d = up(offsets_init), patch_d = up(rows_init), slot_d = up(rows_init);
+    cuda::router_select(kept_d.data(), offsets_d.data(), patch_d.data(), slot_d.data(), choice_d.data(),
+                        probs_d.data(), P, E, k, r.capacity, s());
+    EXPECT_EQ(down(kept_d), r.kept);
+    EXPECT_EQ(down(offsets_d), r.row_offsets);
+    std::vector<int> patch = down(patch_d), slot = down(slot_d);
+    patch.resize(r.row_patch.size());
+    slot.resize(r.row_slot.size());
+    EXPECT_EQ(patch, r.row_patch);
+    EXPECT_EQ(slot, r.row_slot);
+  }
 }
 
 TEST_F(StepCudaGpu, UoeTrainingStepMatchesCpu) { expect_step_matches(BlockType::uoe); }

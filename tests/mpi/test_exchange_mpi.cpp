@@ -7,14 +7,20 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <numeric>
+#include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "layers/step.hpp"
 #include "layers/model.hpp"
+#include "layers/optimizer.hpp"
+#include "layers/train_step.hpp"
+#include "parallel/grad_sync.hpp"
 #include "tests/common/errors.hpp"
 #include "tests/common/mpi_gtest.hpp"
 #include "layers/cpu_backend.hpp"
@@ -528,6 +534,95 @@ TEST(StepBackendsMpi, ChunkedPipelineMatchesCpuBackendBitwise) {
     SCOPED_TRACE(std::to_string(chunks) + " chunks");
     expect_device_like_matches_cpu_backend(chunks);
   }
+}
+
+// Data parallelism (ep = 1, dp = the world) over the device-like backend, the training step as the
+// trainer runs it: micro-batches, the bucketed gradient all-reduce on the backend's own arena (the
+// buckets that are not one span packed there by its own copies: GradientMemory, where the CUDA
+// backend runs NCCL), Σ g², AdamW with a clip below the norm. Each rank trains on its own tokens;
+// the step must compute bit for bit what the CPU backend computes with the host's MPI all-reduce,
+// the replicas must agree, and after the first step (which takes the arenas from the host) no
+// arena and no activation crosses between host and device: only metadata and the loss.
+TEST(StepBackendsMpi, DataParallelStepReducesGradientsOnTheDeviceBitwise) {
+  MpiCommunicator c(MPI_COMM_WORLD);
+  uoe::SelfCommunicator self;
+  const int me = c.rank();
+  uoe::ModelSpec s;
+  s.layers = 2;
+  s.d = 16;
+  s.heads = 2;
+  s.attn_experts = 4;
+  s.attn_topk = 2;
+  s.experts = 4;
+  s.topk = 2;
+  s.d_ff = 64;
+  s.vocab = 40;
+  s.seq_len = 12;
+  s.patch_size = 2;
+  s.capacity_factor = 1.0;
+  s.aux_loss = 0.01;
+  s.z_loss = 1e-3;
+  uoe::LocalExchange ex_ref, ex_dev;
+  uoe::Model ref_model(s, 5, &ex_ref), host(s, 5, &ex_dev);
+  uoe::CpuStep ref(ref_model);
+  uoe::Step<uoe::DeviceLikeBackend> step(host);
+  uoe::GradientSync sync_ref(uoe::grad_tensors(ref_model.params()), uoe::model_gradient_buckets(ref_model), c, self, c),
+      sync_dev(uoe::grad_tensors(host.params()), uoe::model_gradient_buckets(host), c, self, c);
+  uoe::AdamW opt_ref(ref_model.params(), uoe::AdamWSpec{}), opt_dev(host.params(), uoe::AdamWSpec{});
+  const int B = 2, N = B * s.seq_len, M = 2;
+  auto train = [&](uoe::ModelStep& st, uoe::GradientSync& sync, uoe::AdamW& opt, int it) {
+    st.zero_gradients();
+    double ce = 0;
+    for (int m = 0; m < M; ++m) {
+      std::vector<int32_t> in(N), tg(N);
+      for (int i = 0; i < N; ++i) {
+        in[i] = static_cast<int32_t>(uoe::rng_below(6, 100 * it + 10 * m + me, i, s.vocab));
+        tg[i] = static_cast<int32_t>(uoe::rng_below(7, 100 * it + 10 * m + me, i, s.vocab));
+      }
+      uoe::ForwardStats fs;
+      st.forward_backward(in.data(), tg.data(), B, 1.0f / M, &fs);
+      ce += fs.ce_sum;
+    }
+    for (size_t b = 0; b < sync.buckets(); ++b) st.reduce_gradients(sync, static_cast<int>(b));
+    const double sq = st.gradient_sum_squares(&sync);
+    st.optimizer_update(opt, 1e-2, it, uoe::clip_scale(0.5 * std::sqrt(sq), std::sqrt(sq)));
+    return std::make_pair(ce, sq);
+  };
+  uoe::DeviceLikeBackend& be = step.backend();
+  for (int it = 1; it <= 3; ++it) {
+    if (it == 2) be.transfers.clear();  // the first step took the arenas from the host
+    const auto r = train(ref, sync_ref, opt_ref, it);
+    const auto d = train(step, sync_dev, opt_dev, it);
+    EXPECT_EQ(d.first, r.first) << "loss, step " << it;
+    EXPECT_EQ(d.second, r.second) << "Σ g², step " << it;
+    EXPECT_GT(r.second, 0.0);
+  }
+  using T = uoe::DeviceLikeBackend::Traffic;
+  for (const auto& t : be.transfers)
+    EXPECT_TRUE(t.what == T::metadata || t.what == T::loss)
+        << (t.to_device ? "up: " : "down: ") << t.name << ", " << t.bytes << " bytes";
+  EXPECT_EQ(be.bytes(T::arena), 0u);
+  EXPECT_EQ(be.bytes(T::activations), 0u);
+  if (c.size() > 1) {
+    EXPECT_GT(be.device_copies, 0u);  // a bucket that is not one span (embedding, final norm) was packed there
+    EXPECT_GT(be.fences, 0u);
+  }
+  step.state_to_host(&opt_dev);
+  const uoe::ParamStore& pr = ref_model.params();
+  const uoe::ParamStore& pd = host.params();
+  auto differ = [](const float* a, const float* b, size_t n) {
+    size_t bad = 0;
+    for (size_t i = 0; i < n; ++i) bad += std::memcmp(a + i, b + i, sizeof(float)) != 0;
+    return bad;
+  };
+  EXPECT_EQ(differ(pd.values().data(), pr.values().data(), pr.total()), 0u) << "parameters";
+  EXPECT_EQ(differ(pd.grads().data(), pr.grads().data(), pr.total()), 0u) << "gradients";
+  EXPECT_EQ(differ(opt_dev.m().data(), opt_ref.m().data(), pr.total()), 0u) << "AdamW m";
+  EXPECT_EQ(differ(opt_dev.v().data(), opt_ref.v().data(), pr.total()), 0u) << "AdamW v";
+  // The replicas agree: rank 0's parameters everywhere.
+  std::vector<float> root(pd.values().data(), pd.values().data() + pd.total());
+  c.broadcast(std::span<float>(root), 0);
+  EXPECT_EQ(differ(pd.values().data(), root.data(), pd.total()), 0u) << "parameters against rank 0's";
 }
 
 // Recomputation with rows in flight (layers/memory.hpp, Recompute): each mode against --recompute

@@ -75,6 +75,8 @@ class DeviceLikeBackend : public CpuBackend {
     size_t bytes;
   };
   std::vector<Transfer> transfers;
+  // Copies within the device's memory (the all-reduce's packing) and waits for them: not transfers.
+  size_t device_copies = 0, fences = 0;
   size_t bytes(Traffic what) const {
     size_t n = 0;
     for (const Transfer& t : transfers) n += t.what == what ? t.bytes : 0;
@@ -213,8 +215,9 @@ class DeviceLikeBackend : public CpuBackend {
   }
 
   // The update side on this backend's arenas: the host's GradientSync moved onto them (the same
-  // buckets, order and communicators; "device" memory is host memory here), AdamW's element update
-  // with its moments here.
+  // buckets, order and communicators; "device" memory is host memory here, and buckets that are not
+  // one span are packed in this backend's own buffer by its own copies, GradientMemory — the CUDA
+  // backend's device copies and NCCL in its place), AdamW's element update with its moments here.
   void reduce_gradients(GradientSync& sync, ParamStore& ps, int bucket) {
     GradientSync& here = local_sync(sync, ps);
     if (bucket < 0) here.all_reduce();
@@ -276,13 +279,24 @@ class DeviceLikeBackend : public CpuBackend {
   GradientSync& local_sync(GradientSync& sync, ParamStore& ps) {
     take_arenas(ps);
     if (!sync_ || sync_of_ != &sync) {
-      sync_ = std::make_unique<GradientSync>(sync.rebased(ps.grads().data(), grads_.data()));
+      GradientMemory memory;
+      memory.buffer = [this](size_t n) {
+        if (pack_.size() < n) pack_.resize(n);  // poisoned: a collective over what was not packed shows
+        return pack_.data();
+      };
+      memory.copy = [this](float* dst, const float* src, size_t n) {
+        std::copy(src, src + n, dst);
+        ++device_copies;
+      };
+      memory.fence = [this] { ++fences; };
+      sync_ = std::make_unique<GradientSync>(
+          sync.rebased(ps.grads().data(), grads_.data(), nullptr, nullptr, std::move(memory)));
       sync_of_ = &sync;
     }
     return *sync_;
   }
 
-  Buffer<float> values_, grads_, m_, v_, decay_;
+  Buffer<float> values_, grads_, m_, v_, decay_, pack_;
   bool host_newer_ = true;     // the host arenas are to be taken at the next use
   bool moments_here_ = false;  // m_, v_, decay_ hold AdamW's state
   std::unique_ptr<GradientSync> sync_;
