@@ -23,7 +23,8 @@ void parallel_ranges(int64_t n, int64_t grain, const std::function<void(int64_t,
   }
   std::exception_ptr error;
   std::mutex error_mutex;
-#pragma omp parallel for  // serial without OpenMP (CMakeLists.txt) num_threads(static_cast<int>(parts)) schedule(static, 1)
+  // One part per thread of a team of exactly `parts` (serial without OpenMP, CMakeLists.txt).
+#pragma omp parallel for num_threads(static_cast<int>(parts)) schedule(static, 1)
   for (int64_t p = 0; p < parts; ++p) {
     t_inside = true;
     try {

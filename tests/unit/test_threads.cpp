@@ -4,8 +4,14 @@
 // used: GEMMs split by rows or columns, and whole training steps (every kernel that splits, the
 // attention segments, the combine) on 1, 2 and 3 threads, gradients and losses bit for bit.
 #include <gtest/gtest.h>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 #include <atomic>
+#include <mutex>
+#include <set>
+#include <thread>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -68,6 +74,28 @@ TEST(Threads, SplitsWhenItCanAndNestsInLine) {
   EXPECT_EQ(inside.load(), 2);
   EXPECT_EQ(inner.load(), 2);  // one in-line call per outer range
   EXPECT_FALSE(threads_inside());
+}
+
+// The team is the pool's count, not OpenMP's default (a rank given 3 threads on a node of many
+// cores must not start one per core, nor fewer): OpenMP's default is set to 1 here, so a team
+// that followed it would run the three parts on one thread.
+TEST(Threads, TheTeamHasOneThreadPerPart) {
+#if defined(_OPENMP)
+  ThreadCount keep;
+  const int omp_default = omp_get_max_threads();
+  omp_set_num_threads(1);
+  gemm_set_threads(3);
+  std::mutex m;
+  std::set<std::thread::id> ids;
+  parallel_ranges(300, 1, [&](int64_t, int64_t) {
+    const std::lock_guard<std::mutex> lock(m);
+    ids.insert(std::this_thread::get_id());
+  });
+  omp_set_num_threads(omp_default);
+  EXPECT_EQ(ids.size(), 3u);
+#else
+  GTEST_SKIP() << "built without OpenMP: parallel_ranges runs its parts in line";
+#endif
 }
 
 TEST(Threads, AnExceptionReachesTheCaller) {
