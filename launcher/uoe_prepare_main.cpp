@@ -1,7 +1,8 @@
 // uoe-prepare: text -> token files, once, before training (like Megatron's preprocess_data.py).
 //
 //   uoe-prepare --data corpus.txt [--val-data val.txt | --val-fraction 0.1] [--tokenizer byte|word]
-//               [--shard-size MB] --output data/corpus
+//               [--shard-size MB] [--threads N] [--progress] --output data/corpus
+//   uoe-prepare --data a.txt b.txt dir/ [--inputs-from list.txt] ...
 //   uoe-prepare ... --tokenizer word [--vocab-size N] [--min-count C]
 //   uoe-prepare ... --tokenizer sentencepiece (--vocab-size N [--model-type bpe|unigram] | --tokenizer-model M.model)
 //
@@ -18,15 +19,39 @@
 // start at or after the last --val-fraction of the bytes, so no validation line is seen by the model's
 // training (which reads sentencepiece_sample_lines of the training part) and the validation split's
 // source bytes are known (val_bpb); the text is encoded on --threads threads, the same ids for any count.
+//
+// Inputs. --data (and --val-data) take one or more paths, each a text file or a directory; a
+// directory stands for every regular file below it (recursively, symbolic links to files followed),
+// sorted by path, byte-wise. Globs are the shell's: `--data shards/*.txt` arrives as the files it
+// expands to. --inputs-from FILE adds the paths listed in FILE, one a line (empty lines skipped),
+// after those of --data. The texts are read in that order and joined into one, with a "\n" put
+// between two files when the first does not end with one (so no token spans two files; the
+// joining "\n" counts as source bytes); one file is read exactly as before.
+//
+// Threads. Tokenizing runs on --threads compute threads (runtime/threads.hpp; 0 = the CPUs this
+// process may run on, runtime/cpu_affinity.hpp): the text is cut after "\n"s into one piece per
+// thread (pieces of at most 4 MB; runtime/tokenizer.hpp, text_line_pieces), which no tokenizer
+// merges across, so the files written are byte-identical for any thread count. Training a
+// SentencePiece model is the library's own (its num_threads: the same --threads).
+//
+// Progress. While tokenizing, a line on stderr shows the MB done of the total, MB/s and the time
+// left, redrawn at most 4 times a second, when stderr is a terminal or with --progress; the summary
+// on stdout always says how many MB were tokenized at what rate on how many threads.
 // Exit codes: 0 success (or --help, --version), 2 bad command line, 1 any other failure (unreadable text, ...).
 #include <boost/program_options.hpp>
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
 #include <iostream>
+#include <mutex>
+#include <set>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -34,8 +59,10 @@
 
 #include "parallel/mpi_version.hpp"
 #include "runtime/cli.hpp"
+#include "runtime/cpu_affinity.hpp"
 #include "runtime/data.hpp"
 #include "runtime/error.hpp"
+#include "runtime/threads.hpp"
 #include "runtime/token_file.hpp"
 #include "runtime/tokenizer.hpp"
 #include "runtime/version.hpp"
@@ -45,12 +72,16 @@ namespace po = boost::program_options;
 namespace {
 
 struct PrepareOptions {
-  std::string data, val_data, tokenizer = "byte", output;
+  std::vector<std::string> data_given, val_given;  // --data, --val-data as given
+  std::string inputs_from;                         // --inputs-from
+  std::vector<std::string> data, val_data;         // the text files, in order (expand_inputs)
+  std::string tokenizer = "byte", output;
+  bool progress = false;
   double val_fraction = 0.1;
   // Tokenizer options (check_tokenizer_options says which tokenizer takes which).
   int64_t vocab_size = 0, min_count = 1;
   std::string model_type = "bpe", tokenizer_model;
-  int threads = 0;
+  int threads = 0;  // --threads; run() resolves 0 to default_threads()
   double shard_mb = static_cast<double>(uoe::kDefaultShardBytes) / 1e6;  // --shard-size, MB of token ids
 };
 
@@ -69,7 +100,7 @@ void check_tokenizer_options(const po::variables_map& vm, PrepareOptions& o) {
   only("tokenizer-model", "sentencepiece");
   if (o.vocab_size < 0) uoe::fail("--vocab-size must be at least 0, got ", o.vocab_size);
   if (o.min_count < 1) uoe::fail("--min-count must be at least 1, got ", o.min_count);
-  if (o.threads < 0) uoe::fail("--threads must be at least 0 (0 = every core), got ", o.threads);
+  if (o.threads < 0) uoe::fail("--threads must be at least 0 (0 = the CPUs this process may run on), got ", o.threads);
   if (o.tokenizer == "word" && o.vocab_size == 1)
     uoe::fail("--vocab-size 1 leaves only <unk>; give at least 2, or 0 for every word");
   if (o.tokenizer != "sentencepiece") return;
@@ -81,12 +112,74 @@ void check_tokenizer_options(const po::variables_map& vm, PrepareOptions& o) {
     uoe::fail("--model-type must be 'bpe' or 'unigram', got '", o.model_type, "'");
 }
 
+// The text files that `given` paths stand for (see Inputs at the top), appended to `out`. `where`
+// names the option (or the list file's line) in errors.
+void add_inputs(const std::string& path, const std::string& where, std::vector<std::string>& out) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (st.type() == fs::file_type::not_found) uoe::fail(where, ": '", path, "' does not exist");
+  if (ec) uoe::fail(where, ": '", path, "' cannot be examined (", ec.message(), ")");
+  if (st.type() != fs::file_type::directory) {
+    out.push_back(path);  // a file (data_read_text names it if it is unreadable, empty or binary)
+    return;
+  }
+  std::vector<std::string> files;
+  fs::recursive_directory_iterator it(path, ec), end;
+  if (ec) uoe::fail(where, ": directory '", path, "' cannot be read (", ec.message(), ")");
+  for (; it != end; it.increment(ec)) {
+    if (ec) uoe::fail(where, ": directory '", path, "' cannot be read (", ec.message(), ")");
+    std::error_code fec;
+    if (it->is_regular_file(fec)) files.push_back(it->path().string());
+  }
+  if (ec) uoe::fail(where, ": directory '", path, "' cannot be read (", ec.message(), ")");
+  if (files.empty()) uoe::fail(where, ": directory '", path, "' holds no regular file (searched recursively)");
+  std::sort(files.begin(), files.end());
+  out.insert(out.end(), files.begin(), files.end());
+}
+
+// Resolves --data, --inputs-from and --val-data into o.data and o.val_data; a file given twice
+// (also through two paths) is refused: it would be trained on twice, or validate on training text.
+void expand_inputs(PrepareOptions& o) {
+  for (const std::string& p : o.data_given) add_inputs(p, "--data", o.data);
+  if (!o.inputs_from.empty()) {
+    const std::string list = uoe::data_read_text(o.inputs_from, "--inputs-from");
+    size_t line_no = 0, listed = 0;
+    for (size_t i = 0; i < list.size();) {
+      size_t end = list.find('\n', i);
+      if (end == std::string::npos) end = list.size();
+      std::string line = list.substr(i, end - i);
+      i = end + 1;
+      ++line_no;
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (line.empty()) continue;
+      ++listed;
+      add_inputs(line, "--inputs-from '" + o.inputs_from + "' line " + std::to_string(line_no), o.data);
+    }
+    if (listed == 0) uoe::fail("--inputs-from '", o.inputs_from, "' lists no path (one path a line)");
+  }
+  for (const std::string& p : o.val_given) add_inputs(p, "--val-data", o.val_data);
+  std::set<std::string> seen;
+  for (const auto* files : {&o.data, &o.val_data})
+    for (const std::string& p : *files) {
+      std::error_code ec;
+      const std::string canonical = std::filesystem::weakly_canonical(p, ec).string();
+      if (!seen.insert(ec ? p : canonical).second)
+        uoe::fail(files == &o.data ? "--data" : "--val-data", ": the file '", p,
+                  "' is given twice (a file is read once: check overlapping directories, globs and --inputs-from)");
+    }
+}
+
 // Parses the command line; returns false after --help or --version. Throws uoe::Error naming the option.
 bool parse(int argc, char** argv, PrepareOptions& o) {
   po::options_description desc("Options", 100, 50);
   desc.add_options()
-      ("data", po::value(&o.data), "text file to prepare (default: the built-in corpus)")
-      ("val-data", po::value(&o.val_data), "validation text file (default: the last --val-fraction of --data)")
+      ("data", po::value(&o.data_given)->multitoken()->composing(),
+       "text files or directories (every regular file below, recursively, sorted by path) to prepare, joined in "
+       "order (default: the built-in corpus)")
+      ("inputs-from", po::value(&o.inputs_from), "a file listing more --data paths, one a line (after those of --data)")
+      ("val-data", po::value(&o.val_given)->multitoken()->composing(),
+       "validation text files or directories (default: the last --val-fraction of --data)")
       ("val-fraction", po::value(&o.val_fraction)->default_value(0.1, "0.1"), "share of --data held out for validation, in (0, 1)")
       ("tokenizer", po::value(&o.tokenizer)->default_value("byte"), "byte | word | sentencepiece")
       ("vocab-size", po::value(&o.vocab_size), "word: keep the N most frequent entries, <unk> included (default: all); "
@@ -94,7 +187,10 @@ bool parse(int argc, char** argv, PrepareOptions& o) {
       ("min-count", po::value(&o.min_count)->default_value(1), "word: keep words seen at least this often in the training split")
       ("model-type", po::value(&o.model_type)->default_value("bpe"), "sentencepiece: bpe | unigram")
       ("tokenizer-model", po::value(&o.tokenizer_model), "sentencepiece: use this .model file instead of training one")
-      ("threads", po::value(&o.threads)->default_value(0), "sentencepiece: encoding and training threads (0 = every core)")
+      ("threads", po::value(&o.threads)->default_value(0),
+       "tokenizing (and SentencePiece training) threads (0 = the CPUs this process may run on); the output is the same "
+       "for any count")
+      ("progress", po::bool_switch(&o.progress), "show the progress line on stderr even when it is not a terminal")
       ("output", po::value(&o.output), "output prefix: writes PREFIX.train.idx, PREFIX.val.idx and their shards (and "
                                        "PREFIX.vocab for word, PREFIX.model for sentencepiece)")
       ("shard-size", po::value(&o.shard_mb)->default_value(o.shard_mb, "1000"), "at most this many MB (10^6 bytes) of token ids per shard");
@@ -120,13 +216,90 @@ bool parse(int argc, char** argv, PrepareOptions& o) {
   check_tokenizer_options(vm, o);
   if (!(o.shard_mb * 1e6 >= 4.0) || !std::isfinite(o.shard_mb))
     uoe::fail("--shard-size must be a number of MB that holds at least one token (>= 0.000004), got ", o.shard_mb);
-  if (o.val_data.empty() && !(o.val_fraction > 0.0 && o.val_fraction < 1.0))
+  if (o.val_given.empty() && !(o.val_fraction > 0.0 && o.val_fraction < 1.0))
     uoe::fail("--val-fraction must be in (0, 1) when no --val-data is given, got ", o.val_fraction);
-  for (const std::string* p : {&o.data, &o.val_data})
-    if (!p->empty() && uoe::token_file_detect(*p))
-      uoe::fail(p == &o.data ? "--data" : "--val-data", " '", *p,
-                "' is already a token file; uoe-prepare reads text");
+  expand_inputs(o);
+  for (const auto* files : {&o.data, &o.val_data})
+    for (const std::string& p : *files)
+      if (uoe::token_file_detect(p))
+        uoe::fail(files == &o.data ? "--data" : "--val-data", " '", p, "' is already a token file; uoe-prepare reads text");
   return true;
+}
+
+// "1m05s", "2h03m": the progress line's time left.
+std::string duration_text(double s) {
+  char buf[32];
+  const auto t = static_cast<long long>(std::max(0.0, s));
+  if (t < 3600) std::snprintf(buf, sizeof buf, "%lldm%02llds", t / 60, t % 60);
+  else std::snprintf(buf, sizeof buf, "%lldh%02lldm", t / 3600, (t / 60) % 60);
+  return buf;
+}
+
+// Tokenizing progress (see Progress at the top): add() is called from the compute threads with the
+// bytes of each finished piece; the line is drawn by whichever thread gets the lock, at most every
+// 0.25 s. finish() ends the line and returns the seconds since start().
+class Progress {
+ public:
+  Progress(double total_bytes, bool show) : total_(total_bytes), show_(show) {}
+  void start() { t0_ = last_ = std::chrono::steady_clock::now(); }
+  void add(size_t bytes) {
+    const size_t done = done_.fetch_add(bytes) + bytes;
+    if (!show_) return;
+    const std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
+    if (!lock.owns_lock()) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_ < std::chrono::milliseconds(250)) return;
+    last_ = now;
+    draw(static_cast<double>(done), std::chrono::duration<double>(now - t0_).count());
+  }
+  double finish() {
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    if (show_) {
+      draw(static_cast<double>(done_.load()), secs);
+      std::fputc('\n', stderr);
+    }
+    return secs;
+  }
+
+ private:
+  void draw(double done, double secs) {
+    const double rate = secs > 0 ? done / 1e6 / secs : 0.0;
+    const std::string left = rate > 0 ? duration_text((total_ - done) / 1e6 / rate) : "?";
+    std::fprintf(stderr, "\r  tokenizing: %.1f / %.1f MB (%.0f%%), %.1f MB/s, %s left   ", done / 1e6, total_ / 1e6,
+                 total_ > 0 ? 100.0 * done / total_ : 100.0, rate, left.c_str());
+    std::fflush(stderr);
+  }
+  double total_;
+  bool show_;
+  std::atomic<size_t> done_{0};
+  std::mutex mutex_;
+  std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now(), last_ = t0_;
+};
+
+// The texts of `files` joined in order (see Inputs at the top); one file exactly as it is.
+std::string read_inputs(const std::vector<std::string>& files, const char* option) {
+  if (files.size() == 1) return uoe::data_read_text(files[0], option);
+  size_t total = 0;
+  for (const std::string& f : files) {
+    std::error_code ec;
+    const auto n = std::filesystem::file_size(f, ec);
+    if (!ec) total += static_cast<size_t>(n) + 1;
+  }
+  std::string text;
+  text.reserve(total);
+  for (const std::string& f : files) {
+    const std::string t = uoe::data_read_text(f, option);
+    if (!text.empty() && text.back() != '\n') text += '\n';
+    text += t;
+  }
+  return text;
+}
+
+// How the summary and messages name a list of input files.
+std::string inputs_label(const std::vector<std::string>& files) {
+  if (files.empty()) return "";
+  if (files.size() == 1) return "'" + files[0] + "'";
+  return std::to_string(files.size()) + " files ('" + files.front() + "' ... '" + files.back() + "')";
 }
 
 std::string megabytes(const std::string& path) {
@@ -139,9 +312,9 @@ std::string megabytes(const std::string& path) {
 
 // Sentencepiece: split the text, train or read the model, encode (see the top of this file).
 uoe::Dataset prepare_sentencepiece(const PrepareOptions& o, const std::string& train_text, const std::string* val_text,
-                                   const std::string& source) {
+                                   const std::string& source, int threads, Progress& progress) {
   std::string_view train = train_text, val;
-  std::string train_label = source, val_label = "'" + o.val_data + "'";
+  std::string train_label = source, val_label = inputs_label(o.val_data);
   if (val_text != nullptr) {
     val = *val_text;
   } else {
@@ -166,7 +339,7 @@ uoe::Dataset prepare_sentencepiece(const PrepareOptions& o, const std::string& t
     uoe::SentencePieceTraining how;
     how.vocab_size = static_cast<int>(std::min<int64_t>(o.vocab_size, INT32_MAX));
     how.model_type = o.model_type;
-    how.threads = o.threads;
+    how.threads = threads;
     const size_t sample = train.size() <= uoe::kSentencePieceSampleBytes ? train.size() : uoe::kSentencePieceSampleBytes;
     std::printf("uoe-prepare: training a SentencePiece %s model of %d pieces on %.1f MB of %s\n", o.model_type.c_str(),
                 how.vocab_size, static_cast<double>(sample) / 1e6, train_label.c_str());
@@ -177,8 +350,10 @@ uoe::Dataset prepare_sentencepiece(const PrepareOptions& o, const std::string& t
   }
   const auto t1 = std::chrono::steady_clock::now();
   const auto tokenizer = uoe::tokenizer_for(ds.vocab);
-  ds.train = uoe::tokenizer_encode_parallel(*tokenizer, train, o.threads);
-  ds.val = uoe::tokenizer_encode_parallel(*tokenizer, val, o.threads);
+  const uoe::TextProgress on_bytes = [&progress](size_t bytes) { progress.add(bytes); };
+  progress.start();
+  ds.train = uoe::tokenizer_encode_parallel(*tokenizer, train, threads, uoe::kTextPieceBytes, on_bytes);
+  ds.val = uoe::tokenizer_encode_parallel(*tokenizer, val, threads, uoe::kTextPieceBytes, on_bytes);
   ds.train_bytes = static_cast<double>(train.size());  // the source bytes of each split (val_bpb)
   ds.val_bytes = static_cast<double>(val.size());
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
@@ -196,15 +371,21 @@ uoe::Dataset prepare_sentencepiece(const PrepareOptions& o, const std::string& t
 int run(const PrepareOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
   const uoe::TokenizerKind kind = uoe::tokenizer_kind_parse(o.tokenizer, "--tokenizer");
-  const std::string train_text = o.data.empty() ? uoe::data_builtin_corpus() : uoe::data_read_text(o.data, "--data");
+  const int threads = o.threads > 0 ? o.threads : uoe::default_threads();
+  uoe::threads_set(threads);
+  const std::string train_text = o.data.empty() ? uoe::data_builtin_corpus() : read_inputs(o.data, "--data");
   std::string val_text;
-  if (!o.val_data.empty()) val_text = uoe::data_read_text(o.val_data, "--val-data");
-  const std::string source = o.data.empty() ? "the built-in corpus" : "'" + o.data + "'";
+  if (!o.val_data.empty()) val_text = read_inputs(o.val_data, "--val-data");
+  const std::string source = o.data.empty() ? "the built-in corpus" : inputs_label(o.data);
+  Progress progress(static_cast<double>(train_text.size() + val_text.size()), o.progress || ::isatty(2) == 1);
+  progress.start();
   // seq_len 1: any split of at least 2 tokens is kept; uoe-train checks its own --seq-len on load.
   uoe::Dataset ds = kind == uoe::TokenizerKind::sentencepiece
-                        ? prepare_sentencepiece(o, train_text, o.val_data.empty() ? nullptr : &val_text, source)
+                        ? prepare_sentencepiece(o, train_text, o.val_data.empty() ? nullptr : &val_text, source,
+                                                threads, progress)
                         : uoe::data_from_text(train_text, o.val_data.empty() ? nullptr : &val_text, o.val_fraction,
-                                              kind, /*seq_len=*/1, source);
+                                              kind, /*seq_len=*/1, source, [&progress](size_t b) { progress.add(b); });
+  const double tokenize_s = progress.finish();
   if (kind == uoe::TokenizerKind::word) uoe::word_vocab_limit(ds, o.vocab_size, o.min_count);
   const std::filesystem::path parent = std::filesystem::path(o.output).parent_path();
   if (!parent.empty()) {
@@ -222,7 +403,7 @@ int run(const PrepareOptions& o) {
               V <= 65536 ? "uint16" : "uint32");
   std::printf("  train: %zu tokens -> %s\n", ds.train.size(), written[0].c_str());
   std::printf("  val:   %zu tokens -> %s%s\n", ds.val.size(), written[1].c_str(),
-              o.val_data.empty() ? " (the last --val-fraction of the text)" : "");
+              o.val_given.empty() ? " (the last --val-fraction of the text)" : "");
   for (size_t i = written.size() - shards; i < written.size(); ++i)
     std::printf("  shard: %s (%s)\n", written[i].c_str(), megabytes(written[i]).c_str());
   if (kind == uoe::TokenizerKind::word) {
@@ -233,6 +414,9 @@ int run(const PrepareOptions& o) {
   }
   if (kind == uoe::TokenizerKind::sentencepiece)
     std::printf("  model: %d pieces -> %s\n", V, written[2].c_str());
+  const double mb = static_cast<double>(train_text.size() + val_text.size()) / 1e6;
+  std::printf("  tokenized %.1f MB in %.2fs (%.1f MB/s) on %d thread%s\n", mb, tokenize_s,
+              tokenize_s > 0 ? mb / tokenize_s : 0.0, threads, threads == 1 ? "" : "s");
   std::printf("  done in %.1fs; train with: uoe-train --data %s --val-data %s%s%s\n", secs, written[0].c_str(),
               written[1].c_str(), kind == uoe::TokenizerKind::byte ? "" : " --tokenizer ",
               kind == uoe::TokenizerKind::byte ? "" : o.tokenizer.c_str());

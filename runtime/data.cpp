@@ -44,6 +44,7 @@
 
 #include "runtime/error.hpp"
 #include "runtime/rng.hpp"
+#include "runtime/threads.hpp"
 #include "runtime/token_file.hpp"
 #include "runtime/tokenizer.hpp"
 
@@ -130,14 +131,50 @@ std::vector<std::string_view> word_tokenize(std::string_view text) {
   return out;
 }
 
+// word_tokenize on the compute threads: the text cut after "\n"s (text_line_pieces; a word token
+// never spans a "\n", which is a token of its own), the pieces' tokens concatenated in order, so the
+// tokens are word_tokenize(text)'s for any thread count.
+std::vector<std::string_view> word_tokenize_parallel(std::string_view text, const TextProgress& progress) {
+  const std::vector<std::string_view> pieces = text_line_pieces(text, static_cast<size_t>(threads_count()));
+  std::vector<std::vector<std::string_view>> parts(pieces.size());
+  parallel_ranges(static_cast<int64_t>(pieces.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      parts[static_cast<size_t>(p)] = word_tokenize(pieces[static_cast<size_t>(p)]);
+      if (progress) progress(pieces[static_cast<size_t>(p)].size());
+    }
+  });
+  if (parts.size() == 1) return std::move(parts[0]);
+  size_t total = 0;
+  for (const auto& v : parts) total += v.size();
+  std::vector<std::string_view> out;
+  out.reserve(total);
+  for (auto& v : parts) {
+    out.insert(out.end(), v.begin(), v.end());
+    std::vector<std::string_view>().swap(v);
+  }
+  return out;
+}
+
 using WordIds = std::unordered_map<std::string_view, int32_t>;
 
 // Vocabulary of `tokens`: "<unk>" = 0, then words by descending count, ties by byte-wise order
 // (std::string_view compares through char_traits<char>, i.e. like memcmp on unsigned bytes).
 // `ids` receives word -> id; its keys view the same memory as `tokens`.
 Vocab word_vocab_build(const std::vector<std::string_view>& tokens, size_t n_train, WordIds* ids) {
-  std::unordered_map<std::string_view, int64_t> counts;
-  for (size_t i = 0; i < n_train; ++i) ++counts[tokens[i]];
+  // Counted in parts on the compute threads, then summed: the counts, and so the order below, are
+  // the same for any thread count.
+  const size_t parts = std::max<size_t>(1, std::min<size_t>(static_cast<size_t>(threads_count()), n_train >> 16));
+  std::vector<std::unordered_map<std::string_view, int64_t>> part_counts(parts);
+  parallel_ranges(static_cast<int64_t>(parts), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p)
+      for (size_t i = n_train * static_cast<size_t>(p) / parts; i < n_train * static_cast<size_t>(p + 1) / parts; ++i)
+        ++part_counts[static_cast<size_t>(p)][tokens[i]];
+  });
+  std::unordered_map<std::string_view, int64_t> counts = std::move(part_counts[0]);
+  for (size_t p = 1; p < parts; ++p) {
+    for (const auto& [word, count] : part_counts[p]) counts[word] += count;
+    std::unordered_map<std::string_view, int64_t>().swap(part_counts[p]);
+  }
   std::vector<std::pair<std::string_view, int64_t>> sorted(counts.begin(), counts.end());
   std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) {
     return a.second != b.second ? a.second > b.second : a.first < b.first;
@@ -160,18 +197,22 @@ Vocab word_vocab_build(const std::vector<std::string_view>& tokens, size_t n_tra
 
 std::vector<int32_t> word_ids(const std::vector<std::string_view>& tokens, size_t begin, size_t end,
                               const WordIds& ids) {
-  std::vector<int32_t> out;
-  out.reserve(end - begin);
-  for (size_t i = begin; i < end; ++i) {
-    const auto it = ids.find(tokens[i]);
-    out.push_back(it == ids.end() ? 0 : it->second);
-  }
+  std::vector<int32_t> out(end - begin);
+  parallel_ranges(static_cast<int64_t>(end - begin), int64_t{1} << 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const auto it = ids.find(tokens[begin + static_cast<size_t>(i)]);
+      out[static_cast<size_t>(i)] = it == ids.end() ? 0 : it->second;
+    }
+  });
   return out;
 }
 
-std::vector<int32_t> byte_ids(std::string_view text) {
+std::vector<int32_t> byte_ids(std::string_view text, const TextProgress& progress = nullptr) {
   std::vector<int32_t> out(text.size());
-  for (size_t i = 0; i < text.size(); ++i) out[i] = static_cast<unsigned char>(text[i]);
+  parallel_ranges(static_cast<int64_t>(text.size()), int64_t{1} << 20, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) out[static_cast<size_t>(i)] = static_cast<unsigned char>(text[static_cast<size_t>(i)]);
+    if (progress) progress(static_cast<size_t>(e - b));
+  });
   return out;
 }
 
@@ -186,7 +227,8 @@ void check_split_length(size_t n_tokens, int seq_len, const std::string& what) {
 // error messages (a path, or the source description).
 Dataset dataset_build(const std::string& train_text, const std::string* val_text, double val_fraction,
                       TokenizerKind kind, int seq_len, const std::string& source,
-                      const std::string& train_label, const std::string& val_label) {
+                      const std::string& train_label, const std::string& val_label,
+                      const TextProgress& progress = nullptr) {
   if (seq_len < 1) fail("--seq-len must be at least 1, got ", seq_len);
   if (val_text == nullptr && !(val_fraction > 0.0 && val_fraction < 1.0))
     fail("--val-fraction must be in (0, 1) when no --val-data is given, got ", val_fraction);
@@ -208,12 +250,12 @@ Dataset dataset_build(const std::string& train_text, const std::string* val_text
       const size_t n = train_text.size();
       const auto n_val = static_cast<size_t>(std::llround(static_cast<double>(n) * val_fraction));
       const std::string_view all(train_text);
-      ds.train = byte_ids(all.substr(0, n - n_val));
-      ds.val = byte_ids(all.substr(n - n_val));
+      ds.train = byte_ids(all.substr(0, n - n_val), progress);
+      ds.val = byte_ids(all.substr(n - n_val), progress);
       ds.train_bytes = static_cast<double>(n - n_val);
       ds.val_bytes = static_cast<double>(n_val);
     } else {
-      const std::vector<std::string_view> tokens = word_tokenize(train_text);
+      const std::vector<std::string_view> tokens = word_tokenize_parallel(train_text, progress);
       const size_t n = tokens.size();
       const auto n_val = static_cast<size_t>(std::llround(static_cast<double>(n) * val_fraction));
       WordIds ids;
@@ -228,13 +270,13 @@ Dataset dataset_build(const std::string& train_text, const std::string* val_text
       ds.val_bytes = static_cast<double>(train_text.size() - cut);
     }
   } else if (kind == TokenizerKind::byte) {
-    ds.train = byte_ids(train_text);
-    ds.val = byte_ids(*val_text);
+    ds.train = byte_ids(train_text, progress);
+    ds.val = byte_ids(*val_text, progress);
     ds.train_bytes = static_cast<double>(train_text.size());
     ds.val_bytes = static_cast<double>(val_text->size());
   } else {
-    const std::vector<std::string_view> train_tokens = word_tokenize(train_text);
-    const std::vector<std::string_view> val_tokens = word_tokenize(*val_text);
+    const std::vector<std::string_view> train_tokens = word_tokenize_parallel(train_text, progress);
+    const std::vector<std::string_view> val_tokens = word_tokenize_parallel(*val_text, progress);
     WordIds ids;
     ds.vocab = word_vocab_build(train_tokens, train_tokens.size(), &ids);
     ds.train = word_ids(train_tokens, 0, train_tokens.size(), ids);
@@ -299,8 +341,8 @@ std::vector<int32_t> Vocab::encode(std::string_view text) const {
 
 Dataset data_from_text(const std::string& train_text, const std::string* val_text,
                        double val_fraction, TokenizerKind kind, int seq_len,
-                       const std::string& source) {
-  return dataset_build(train_text, val_text, val_fraction, kind, seq_len, source, source, source);
+                       const std::string& source, const TextProgress& progress) {
+  return dataset_build(train_text, val_text, val_fraction, kind, seq_len, source, source, source, progress);
 }
 
 namespace {

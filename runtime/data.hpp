@@ -8,6 +8,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -38,6 +39,9 @@ struct Vocab {
   // Sentencepiece: the model's encode and decode (runtime/tokenizer.hpp).
   std::vector<int32_t> encode(std::string_view text) const;
 };
+
+// Called with the bytes of text just tokenized (from any compute thread): uoe-prepare's progress line.
+using TextProgress = std::function<void(size_t bytes)>;
 
 struct Dataset {
   Vocab vocab;
@@ -86,9 +90,11 @@ std::string data_read_text(const std::string& path, const char* option);
 
 // Same, from in-memory text (used by data_load and tests). val_text == nullptr -> split
 // train_text by val_fraction as above. `source` names the text in messages and Dataset::source.
+// Tokenizes on the compute threads (runtime/threads.hpp; the text cut after "\n"s, which no token
+// spans): the same ids and vocabulary for any thread count. `progress`: see TextProgress.
 Dataset data_from_text(const std::string& train_text, const std::string* val_text,
                        double val_fraction, TokenizerKind kind, int seq_len,
-                       const std::string& source);
+                       const std::string& source, const TextProgress& progress = nullptr);
 
 // The built-in corpus: deterministic text (~400 KB) generated in-process from a fixed seed,
 // independent of --seed. Its grammar is documented at the top of data.cpp.

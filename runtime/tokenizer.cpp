@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "runtime/error.hpp"
+#include "runtime/threads.hpp"
 #include "runtime/token_file.hpp"
 
 namespace uoe {
@@ -246,32 +247,31 @@ Vocab sentencepiece_train(std::string_view text, const SentencePieceTraining& ho
   return sentencepiece_vocab(std::move(model), "trained on " + source);
 }
 
-std::vector<int32_t> tokenizer_encode_parallel(const Tokenizer& tokenizer, std::string_view text, int threads,
-                                               size_t piece_bytes) {
-  const size_t n_threads = threads > 0 ? static_cast<size_t>(threads) : std::max(1u, std::thread::hardware_concurrency());
+std::vector<std::string_view> text_line_pieces(std::string_view text, size_t parts, size_t piece_bytes) {
+  const size_t step = std::max<size_t>(1, std::min(piece_bytes, (text.size() + std::max<size_t>(1, parts) - 1) /
+                                                                    std::max<size_t>(1, parts)));
   std::vector<std::string_view> pieces;
   for (size_t i = 0; i < text.size();) {
-    size_t end = std::min(text.size(), i + std::max<size_t>(1, piece_bytes));
-    const size_t nl = end == text.size() ? std::string_view::npos : text.find('\n', end - 1);
-    end = nl == std::string_view::npos ? text.size() : nl + 1;
+    const size_t cut = std::min(text.size(), i + step);
+    const size_t nl = cut == text.size() ? std::string_view::npos : text.find('\n', cut - 1);
+    const size_t end = nl == std::string_view::npos ? text.size() : nl + 1;
     pieces.push_back(text.substr(i, end - i));
     i = end;
   }
+  return pieces;
+}
+
+std::vector<int32_t> tokenizer_encode_parallel(const Tokenizer& tokenizer, std::string_view text, int threads,
+                                               size_t piece_bytes, const TextProgress& progress) {
+  const size_t parts = threads > 0 ? static_cast<size_t>(threads) : static_cast<size_t>(threads_count());
+  const std::vector<std::string_view> pieces = text_line_pieces(text, parts, piece_bytes);
   std::vector<std::vector<int32_t>> ids(pieces.size());
-  std::vector<std::string> errors(n_threads);
-  const auto work = [&](size_t t) {
-    try {
-      for (size_t p = t; p < pieces.size(); p += n_threads) tokenizer.encode_lines(pieces[p], /*last=*/true, ids[p]);
-    } catch (const std::exception& e) {
-      errors[t] = e.what();
+  parallel_ranges(static_cast<int64_t>(pieces.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      tokenizer.encode_lines(pieces[static_cast<size_t>(p)], /*last=*/true, ids[static_cast<size_t>(p)]);
+      if (progress) progress(pieces[static_cast<size_t>(p)].size());
     }
-  };
-  std::vector<std::thread> pool;
-  for (size_t t = 1; t < std::min(n_threads, pieces.size()); ++t) pool.emplace_back(work, t);
-  work(0);
-  for (std::thread& th : pool) th.join();
-  for (const std::string& e : errors)
-    if (!e.empty()) fail(e);
+  });
   size_t total = 0;
   for (const auto& v : ids) total += v.size();
   std::vector<int32_t> out;
