@@ -76,6 +76,7 @@ struct PrepareOptions {
   std::string inputs_from;                         // --inputs-from
   std::vector<std::string> data, val_data;         // the text files, in order (expand_inputs)
   std::string tokenizer = "byte", output;
+  std::string eod = "none";  // --eod: none | file | blank-line
   bool progress = false;
   double val_fraction = 0.1;
   // Tokenizer options (check_tokenizer_options says which tokenizer takes which).
@@ -190,6 +191,9 @@ bool parse(int argc, char** argv, PrepareOptions& o) {
       ("threads", po::value(&o.threads)->default_value(0),
        "tokenizing (and SentencePiece training) threads (0 = the CPUs this process may run on); the output is the same "
        "for any count")
+      ("eod", po::value(&o.eod)->default_value("none"),
+       "end-of-document token after every document: none | file (each input file is a document) | blank-line "
+       "(an empty line ends a document); byte level then has V=257")
       ("progress", po::bool_switch(&o.progress), "show the progress line on stderr even when it is not a terminal")
       ("output", po::value(&o.output), "output prefix: writes PREFIX.train.idx, PREFIX.val.idx and their shards (and "
                                        "PREFIX.vocab for word, PREFIX.model for sentencepiece)")
@@ -218,7 +222,13 @@ bool parse(int argc, char** argv, PrepareOptions& o) {
     uoe::fail("--shard-size must be a number of MB that holds at least one token (>= 0.000004), got ", o.shard_mb);
   if (o.val_given.empty() && !(o.val_fraction > 0.0 && o.val_fraction < 1.0))
     uoe::fail("--val-fraction must be in (0, 1) when no --val-data is given, got ", o.val_fraction);
+  if (o.eod != "none" && o.eod != "file" && o.eod != "blank-line")
+    uoe::fail("--eod must be 'none', 'file' or 'blank-line', got '", o.eod, "'");
   expand_inputs(o);
+  if (o.eod == "file" && o.data.size() < 2)
+    uoe::fail("--eod file makes each input file a document, but --data gives ",
+              o.data.empty() ? std::string("the built-in corpus") : "one file ('" + o.data[0] + "')",
+              ": give the corpus as several files, or use --eod blank-line");
   for (const auto* files : {&o.data, &o.val_data})
     for (const std::string& p : *files)
       if (uoe::token_file_detect(p))
@@ -276,9 +286,16 @@ class Progress {
   std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now(), last_ = t0_;
 };
 
-// The texts of `files` joined in order (see Inputs at the top); one file exactly as it is.
-std::string read_inputs(const std::vector<std::string>& files, const char* option) {
-  if (files.size() == 1) return uoe::data_read_text(files[0], option);
+// The texts of `files` joined in order (see Inputs at the top); one file exactly as it is. `ends`,
+// when given, receives where each file's text ends in the result; `join` false (--eod file) puts
+// nothing between files (the end-of-document token separates them).
+std::string read_inputs(const std::vector<std::string>& files, const char* option, std::vector<size_t>* ends = nullptr,
+                        bool join = true) {
+  if (files.size() == 1) {
+    std::string text = uoe::data_read_text(files[0], option);
+    if (ends != nullptr) ends->push_back(text.size());
+    return text;
+  }
   size_t total = 0;
   for (const std::string& f : files) {
     std::error_code ec;
@@ -289,10 +306,58 @@ std::string read_inputs(const std::vector<std::string>& files, const char* optio
   text.reserve(total);
   for (const std::string& f : files) {
     const std::string t = uoe::data_read_text(f, option);
-    if (!text.empty() && text.back() != '\n') text += '\n';
+    if (join && !text.empty() && text.back() != '\n') text += '\n';
     text += t;
+    if (ends != nullptr) ends->push_back(text.size());
   }
   return text;
+}
+
+// Documents (--eod): [begin, end) byte ranges of `text`, whose files end at `ends`. --eod file:
+// each file; --eod blank-line: within each file, the maximal runs of lines that are not empty (a
+// line that is "\n" or "\r\n" alone ends a document and belongs to none).
+std::vector<std::pair<size_t, size_t>> documents(std::string_view text, const std::vector<size_t>& ends,
+                                                 const std::string& rule) {
+  std::vector<std::pair<size_t, size_t>> docs;
+  size_t file_begin = 0;
+  for (const size_t file_end : ends) {
+    if (rule == "file") {
+      docs.emplace_back(file_begin, file_end);
+    } else {
+      size_t doc = std::string_view::npos;  // start of the open document
+      for (size_t i = file_begin; i < file_end;) {
+        size_t e = text.find('\n', i);
+        e = e == std::string_view::npos || e >= file_end ? file_end : e + 1;
+        const std::string_view line = text.substr(i, e - i);
+        const bool blank = line == "\n" || line == "\r\n";
+        if (blank && doc != std::string_view::npos) {
+          docs.emplace_back(doc, i);
+          doc = std::string_view::npos;
+        } else if (!blank && doc == std::string_view::npos) {
+          doc = i;
+        }
+        i = e;
+      }
+      if (doc != std::string_view::npos) docs.emplace_back(doc, file_end);
+    }
+    file_begin = file_end;
+  }
+  return docs;
+}
+
+// The documents' parts inside [lo, hi) as spans; a document cut by hi has no end-of-document token
+// in this split (it continues in the next). `count` receives the documents that end inside.
+std::vector<uoe::TextSpan> document_spans(std::string_view text, const std::vector<std::pair<size_t, size_t>>& docs,
+                                          size_t lo, size_t hi, size_t& count) {
+  std::vector<uoe::TextSpan> spans;
+  count = 0;
+  for (const auto& [b, e] : docs) {
+    const size_t begin = std::max(b, lo), end = std::min(e, hi);
+    if (begin >= end) continue;
+    spans.push_back({text.substr(begin, end - begin), e <= hi});
+    count += e <= hi;
+  }
+  return spans;
 }
 
 // How the summary and messages name a list of input files.
@@ -311,10 +376,25 @@ std::string megabytes(const std::string& path) {
 }
 
 // Sentencepiece: split the text, train or read the model, encode (see the top of this file).
-uoe::Dataset prepare_sentencepiece(const PrepareOptions& o, const std::string& train_text, const std::string* val_text,
-                                   const std::string& source, int threads, Progress& progress) {
-  std::string_view train = train_text, val;
-  std::string train_label = source, val_label = inputs_label(o.val_data);
+// The split by text (sentencepiece, and every tokenizer with --eod; see the top of this file): the
+// validation split from the first line start at or after the last --val-fraction of the bytes, or
+// the --val-data text.
+struct TextSplit {
+  std::string_view train, val;
+  size_t cut = 0;  // where val starts in the --data text (0 when it is --val-data)
+  std::string train_label, val_label;
+};
+
+TextSplit split_by_text(const PrepareOptions& o, const std::string& train_text, const std::string* val_text,
+                        const std::string& source) {
+  TextSplit s;
+  std::string_view& train = s.train;
+  std::string_view& val = s.val;
+  train = train_text;
+  std::string& train_label = s.train_label;
+  std::string& val_label = s.val_label;
+  train_label = source;
+  val_label = inputs_label(o.val_data);
   if (val_text != nullptr) {
     val = *val_text;
   } else {
@@ -329,12 +409,18 @@ uoe::Dataset prepare_sentencepiece(const PrepareOptions& o, const std::string& t
     val = std::string_view(train_text).substr(cut);
     train_label = "the training split of " + source;
     val_label = "the validation split of " + source + " (from byte " + std::to_string(cut) + ")";
+    s.cut = cut;
   }
-  uoe::Dataset ds;
-  ds.source = source;
+  return s;
+}
+
+// The SentencePiece model: --tokenizer-model, or one trained on the training split.
+uoe::Vocab sentencepiece_model(const PrepareOptions& o, std::string_view train, const std::string& train_label,
+                               int threads) {
+  uoe::Vocab vocab;
   const auto t0 = std::chrono::steady_clock::now();
   if (!o.tokenizer_model.empty()) {
-    ds.vocab = uoe::sentencepiece_vocab_read(o.tokenizer_model, "--tokenizer-model");
+    vocab = uoe::sentencepiece_vocab_read(o.tokenizer_model, "--tokenizer-model");
   } else {
     uoe::SentencePieceTraining how;
     how.vocab_size = static_cast<int>(std::min<int64_t>(o.vocab_size, INT32_MAX));
@@ -344,10 +430,21 @@ uoe::Dataset prepare_sentencepiece(const PrepareOptions& o, const std::string& t
     std::printf("uoe-prepare: training a SentencePiece %s model of %d pieces on %.1f MB of %s\n", o.model_type.c_str(),
                 how.vocab_size, static_cast<double>(sample) / 1e6, train_label.c_str());
     std::fflush(stdout);
-    ds.vocab = uoe::sentencepiece_train(train, how, train_label);
+    vocab = uoe::sentencepiece_train(train, how, train_label);
     std::printf("  model trained in %.1fs\n",
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
+  return vocab;
+}
+
+uoe::Dataset prepare_sentencepiece(const PrepareOptions& o, const std::string& train_text, const std::string* val_text,
+                                   const std::string& source, int threads, Progress& progress) {
+  const TextSplit split = split_by_text(o, train_text, val_text, source);
+  const std::string_view train = split.train, val = split.val;
+  const std::string &train_label = split.train_label, &val_label = split.val_label;
+  uoe::Dataset ds;
+  ds.source = source;
+  ds.vocab = sentencepiece_model(o, train, train_label, threads);
   const auto t1 = std::chrono::steady_clock::now();
   const auto tokenizer = uoe::tokenizer_for(ds.vocab);
   const uoe::TextProgress on_bytes = [&progress](size_t bytes) { progress.add(bytes); };
@@ -368,19 +465,60 @@ uoe::Dataset prepare_sentencepiece(const PrepareOptions& o, const std::string& t
   return ds;
 }
 
+// --eod: the text split as sentencepiece splits it (split_by_text), each split's documents
+// tokenized with the end-of-document token after each (runtime/data.hpp, data_from_spans).
+uoe::Dataset prepare_documents(const PrepareOptions& o, uoe::TokenizerKind kind, const std::string& train_text,
+                               const std::vector<size_t>& train_ends, const std::string* val_text,
+                               const std::vector<size_t>& val_ends, const std::string& source, int threads,
+                               Progress& progress) {
+  const TextSplit split = split_by_text(o, train_text, val_text, source);
+  uoe::Vocab vocab;
+  vocab.kind = kind;
+  if (kind == uoe::TokenizerKind::sentencepiece) {
+    vocab = sentencepiece_model(o, split.train, split.train_label, threads);
+    if (vocab.sp->reserved_eod() < 0)
+      uoe::fail("--eod needs the SentencePiece model's </s> piece as its end-of-document token, but --tokenizer-model '",
+                o.tokenizer_model, "' has none (trained with eos_id=-1?): train a model here, or drop --eod");
+  }
+  const auto train_docs = documents(train_text, train_ends, o.eod);
+  size_t n_train_docs = 0, n_val_docs = 0;
+  const std::vector<uoe::TextSpan> train = document_spans(train_text, train_docs, 0, split.train.size(), n_train_docs);
+  std::vector<uoe::TextSpan> val;
+  if (val_text != nullptr) {
+    val = document_spans(*val_text, documents(*val_text, val_ends, o.eod), 0, val_text->size(), n_val_docs);
+  } else {
+    val = document_spans(train_text, train_docs, split.cut, train_text.size(), n_val_docs);
+  }
+  progress.start();
+  uoe::Dataset ds = uoe::data_from_spans(train, val, vocab, source, [&progress](size_t b) { progress.add(b); });
+  ds.train_bytes = static_cast<double>(split.train.size());  // blank lines between documents included
+  ds.val_bytes = static_cast<double>(split.val.size());
+  std::printf("  documents (--eod %s): %zu end in the training split, %zu in the validation split; "
+              "end-of-document id %d\n", o.eod.c_str(), n_train_docs, n_val_docs, ds.vocab.eod);
+  for (const auto& [n, label] : {std::pair{ds.train.size(), &split.train_label}, std::pair{ds.val.size(), &split.val_label}})
+    if (n < 2) uoe::fail(*label, " encodes to ", n, " tokens; a split needs at least 2 (one input and its target)");
+  return ds;
+}
+
 int run(const PrepareOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
   const uoe::TokenizerKind kind = uoe::tokenizer_kind_parse(o.tokenizer, "--tokenizer");
   const int threads = o.threads > 0 ? o.threads : uoe::default_threads();
   uoe::threads_set(threads);
-  const std::string train_text = o.data.empty() ? uoe::data_builtin_corpus() : read_inputs(o.data, "--data");
+  const bool eod = o.eod != "none";
+  std::vector<size_t> train_ends, val_ends;
+  std::string train_text =
+      o.data.empty() ? uoe::data_builtin_corpus() : read_inputs(o.data, "--data", &train_ends, o.eod != "file");
+  if (o.data.empty()) train_ends.push_back(train_text.size());
   std::string val_text;
-  if (!o.val_data.empty()) val_text = read_inputs(o.val_data, "--val-data");
+  if (!o.val_data.empty()) val_text = read_inputs(o.val_data, "--val-data", &val_ends, o.eod != "file");
   const std::string source = o.data.empty() ? "the built-in corpus" : inputs_label(o.data);
   Progress progress(static_cast<double>(train_text.size() + val_text.size()), o.progress || ::isatty(2) == 1);
   progress.start();
   // seq_len 1: any split of at least 2 tokens is kept; uoe-train checks its own --seq-len on load.
-  uoe::Dataset ds = kind == uoe::TokenizerKind::sentencepiece
+  uoe::Dataset ds = eod ? prepare_documents(o, kind, train_text, train_ends, o.val_data.empty() ? nullptr : &val_text,
+                                             val_ends, source, threads, progress)
+                    : kind == uoe::TokenizerKind::sentencepiece
                         ? prepare_sentencepiece(o, train_text, o.val_data.empty() ? nullptr : &val_text, source,
                                                 threads, progress)
                         : uoe::data_from_text(train_text, o.val_data.empty() ? nullptr : &val_text, o.val_fraction,

@@ -55,7 +55,7 @@ namespace uoe {
 
 int Vocab::size() const {
   if (kind == TokenizerKind::sentencepiece) return sp->vocab_size();
-  return kind == TokenizerKind::byte ? 256 : static_cast<int>(words.size());
+  return kind == TokenizerKind::byte ? (eod < 0 ? 256 : 257) : static_cast<int>(words.size());
 }
 
 namespace {
@@ -79,6 +79,8 @@ std::string Vocab::decode(const int32_t* ids, size_t n) const {
     for (size_t i = 0; i < n; ++i) {
       if (ids[i] >= 0 && ids[i] < 256)
         out += static_cast<char>(static_cast<unsigned char>(ids[i]));
+      else if (eod >= 0 && ids[i] == eod)
+        out += kEodWord;
       else
         out += "<?>";
     }
@@ -168,7 +170,7 @@ Vocab word_vocab_build(const std::vector<std::string_view>& tokens, size_t n_tra
   parallel_ranges(static_cast<int64_t>(parts), 1, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p)
       for (size_t i = n_train * static_cast<size_t>(p) / parts; i < n_train * static_cast<size_t>(p + 1) / parts; ++i)
-        ++part_counts[static_cast<size_t>(p)][tokens[i]];
+        if (tokens[i].data() != kEodWord) ++part_counts[static_cast<size_t>(p)][tokens[i]];  // data_from_spans
   });
   std::unordered_map<std::string_view, int64_t> counts = std::move(part_counts[0]);
   for (size_t p = 1; p < parts; ++p) {
@@ -347,6 +349,106 @@ Dataset data_from_text(const std::string& train_text, const std::string* val_tex
 
 namespace {
 
+// Spans cut into pieces of at most `step` bytes at line ends (text_line_pieces), each piece marked
+// with whether the end-of-document token follows it (the last piece of a span that has one), and
+// the pieces grouped into runs of about `step` bytes: one unit of work for the compute threads.
+struct SpanPiece {
+  std::string_view text;
+  bool eod = false;
+};
+
+template <class T, class Encode>
+std::vector<T> spans_encode(const std::vector<TextSpan>& spans, const Encode& encode, const TextProgress& progress) {
+  size_t total = 0;
+  for (const TextSpan& s : spans) total += s.text.size();
+  const size_t parts = static_cast<size_t>(threads_count());
+  const size_t step = std::max<size_t>(1, std::min(kTextPieceBytes, (total + parts - 1) / parts));
+  std::vector<SpanPiece> pieces;
+  for (const TextSpan& s : spans) {
+    const std::vector<std::string_view> cut = text_line_pieces(s.text, 1, step);
+    for (std::string_view t : cut) pieces.push_back({t, false});
+    if (cut.empty()) pieces.push_back({std::string_view(), false});
+    pieces.back().eod = s.eod;
+  }
+  std::vector<std::pair<size_t, size_t>> groups;  // [begin, end) of pieces
+  for (size_t i = 0; i < pieces.size();) {
+    size_t j = i, bytes = 0;
+    while (j < pieces.size() && (j == i || bytes + pieces[j].text.size() <= step)) bytes += pieces[j++].text.size();
+    groups.emplace_back(i, j);
+    i = j;
+  }
+  std::vector<std::vector<T>> out(groups.size());
+  parallel_ranges(static_cast<int64_t>(groups.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) {
+      size_t bytes = 0;
+      for (size_t p = groups[static_cast<size_t>(g)].first; p < groups[static_cast<size_t>(g)].second; ++p) {
+        encode(pieces[p], out[static_cast<size_t>(g)]);
+        bytes += pieces[p].text.size();
+      }
+      if (progress) progress(bytes);
+    }
+  });
+  size_t n = 0;
+  for (const auto& v : out) n += v.size();
+  std::vector<T> all;
+  all.reserve(n);
+  for (auto& v : out) {
+    all.insert(all.end(), v.begin(), v.end());
+    std::vector<T>().swap(v);
+  }
+  return all;
+}
+
+}  // namespace
+
+Dataset data_from_spans(const std::vector<TextSpan>& train, const std::vector<TextSpan>& val, const Vocab& vocab,
+                        const std::string& source, const TextProgress& progress) {
+  Dataset ds;
+  ds.source = source;
+  ds.vocab = vocab;
+  if (vocab.kind == TokenizerKind::byte) {
+    ds.vocab.eod = 256;
+    const auto encode = [](const SpanPiece& p, std::vector<int32_t>& out) {
+      for (char c : p.text) out.push_back(static_cast<unsigned char>(c));
+      if (p.eod) out.push_back(256);
+    };
+    ds.train = spans_encode<int32_t>(train, encode, progress);
+    ds.val = spans_encode<int32_t>(val, encode, progress);
+  } else if (vocab.kind == TokenizerKind::sentencepiece) {
+    const Tokenizer& tok = *vocab.sp;
+    const int32_t eod = tok.reserved_eod();
+    if (eod < 0) fail("--eod: the SentencePiece model has no </s> piece to serve as the end-of-document token");
+    ds.vocab.eod = eod;
+    const auto encode = [&tok, eod](const SpanPiece& p, std::vector<int32_t>& out) {
+      tok.encode_lines(p.text, /*last=*/true, out);
+      if (p.eod) out.push_back(eod);
+    };
+    ds.train = spans_encode<int32_t>(train, encode, progress);
+    ds.val = spans_encode<int32_t>(val, encode, progress);
+  } else {
+    // The end-of-document token is the view kEodWord itself (word_vocab_build does not count it),
+    // then the last word of the vocabulary.
+    const std::string_view eod_view(kEodWord);
+    const auto encode = [eod_view](const SpanPiece& p, std::vector<std::string_view>& out) {
+      const std::vector<std::string_view> words = word_tokenize(p.text);
+      out.insert(out.end(), words.begin(), words.end());
+      if (p.eod) out.push_back(eod_view);
+    };
+    const std::vector<std::string_view> train_tokens = spans_encode<std::string_view>(train, encode, progress);
+    const std::vector<std::string_view> val_tokens = spans_encode<std::string_view>(val, encode, progress);
+    WordIds ids;
+    ds.vocab = word_vocab_build(train_tokens, train_tokens.size(), &ids);
+    ds.vocab.eod = static_cast<int32_t>(ds.vocab.words.size());
+    ids[eod_view] = ds.vocab.eod;
+    ds.vocab.words.emplace_back(kEodWord);
+    ds.train = word_ids(train_tokens, 0, train_tokens.size(), ids);
+    ds.val = word_ids(val_tokens, 0, val_tokens.size(), ids);
+  }
+  return ds;
+}
+
+namespace {
+
 const char* tokenizer_name(TokenizerKind kind) { return tokenizer_kind_name(kind); }
 
 // A sentencepiece token file's model: model_path_for(path), its hash checked against the header.
@@ -393,6 +495,14 @@ Dataset dataset_from_token_file(const Config& cfg, TokenizerKind kind) {
       fail("vocabulary file '", vocab_path, "' does not match --data token file '", cfg.data,
            "' (same size, different words or order): they come from different preparations");
   }
+  // The end-of-document token (uoe-prepare --eod): byte level widens V to 257; a word vocabulary
+  // holds it as "<eod>" (checked by the hash above); a SentencePiece model's </s>.
+  if (kind == TokenizerKind::word && ds.vocab.eod != h.eod)
+    fail("vocabulary file '", vocab_path_for(cfg.data), "' and --data token file '", cfg.data,
+         "' disagree on the end-of-document token: they come from different preparations");
+  if (kind == TokenizerKind::sentencepiece && h.eod >= 0 && h.eod != ds.vocab.sp->reserved_eod())
+    fail("--data token file '", cfg.data, "': end-of-document id ", h.eod, " is not the model's </s>");
+  ds.vocab.eod = h.eod;
   ds.source = train.summary;
   const std::string train_label = "'" + cfg.data + "'";
   std::string train_what = "training data " + train_label, val_what;
@@ -414,7 +524,7 @@ Dataset dataset_from_token_file(const Config& cfg, TokenizerKind kind) {
   } else if (prepared_detect(cfg.val_data)) {
     const PreparedSplit val = prepared_open(cfg.val_data, "--val-data");
     const TokenFileHeader& vh = val.header;
-    if (vh.tokenizer != h.tokenizer || vh.vocab_size != h.vocab_size || vh.vocab_hash != h.vocab_hash)
+    if (vh.tokenizer != h.tokenizer || vh.vocab_size != h.vocab_size || vh.vocab_hash != h.vocab_hash || vh.eod != h.eod)
       fail("--val-data token file '", cfg.val_data, "' (", tokenizer_name(vh.tokenizer), "-level, V=", vh.vocab_size,
            ") was prepared with a different vocabulary than --data '", cfg.data, "' (", tokenizer_name(h.tokenizer),
            "-level, V=", h.vocab_size, "): prepare both in one uoe-prepare run");

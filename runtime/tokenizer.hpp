@@ -59,6 +59,10 @@ class Tokenizer {
 
   // Text of a token sequence (samples, debugging). Ids outside [0, V) print as "<?>".
   virtual std::string decode(const int32_t* ids, size_t n) const = 0;
+
+  // An id that encoding never produces and that can mark the end of a document (uoe-prepare --eod):
+  // SentencePiece's </s> (decoded as "<eod>"); -1 for byte and word, which add a token instead.
+  virtual int32_t reserved_eod() const { return -1; }
 };
 
 // The tokenizer a Vocab describes (byte: none needed; word: its words; SentencePiece: its model).
@@ -122,8 +126,8 @@ std::vector<int32_t> tokenizer_encode_parallel(const Tokenizer& tokenizer, std::
 void word_vocab_limit(Dataset& ds, int64_t vocab_size, int64_t min_count);
 
 // What checkpoints store of a vocabulary (so uoe-sample needs nothing else): its kind's name and
-// bytes: "" for byte level, the vocabulary file text for word (runtime/token_file.hpp), the .model
-// file's bytes for SentencePiece.
+// bytes: "" for byte level ("<eod>" with the end-of-document token), the vocabulary file text for
+// word (runtime/token_file.hpp), the .model file's bytes for SentencePiece.
 std::string tokenizer_blob(const Vocab& vocab);
 // Back from the blob; throws uoe::Error naming `source` for an unknown kind or a damaged blob.
 Vocab tokenizer_from_blob(const std::string& kind, const std::string& blob, const std::string& source);
