@@ -3,6 +3,7 @@
 //   uoe-prepare --data corpus.txt [--val-data val.txt | --val-fraction 0.1] [--tokenizer byte|word]
 //               [--shard-size MB] [--threads N] [--progress] --output data/corpus
 //   uoe-prepare --data a.txt b.txt dir/ [--inputs-from list.txt] ...
+//   uoe-prepare ... [--eod file|blank-line | --eod-separator STR]
 //   uoe-prepare ... --tokenizer word [--vocab-size N] [--min-count C]
 //   uoe-prepare ... --tokenizer sentencepiece (--vocab-size N [--model-type bpe|unigram] | --tokenizer-model M.model)
 //
@@ -37,6 +38,13 @@
 // Progress. While tokenizing, a line on stderr shows the MB done of the total, MB/s and the time
 // left, redrawn at most 4 times a second, when stderr is a terminal or with --progress; the summary
 // on stdout always says how many MB were tokenized at what rate on how many threads.
+//
+// Documents. --eod file (each input file is a document), --eod blank-line (an empty line ends a
+// document and is dropped) or --eod-separator STR (so does a line that is exactly STR) put an
+// end-of-document token after every document (runtime/data.hpp, data_from_spans: byte level id 256,
+// V = 257; word level the word "<eod>", the last id; sentencepiece the model's </s>), recorded in
+// the token files' header and index (runtime/token_file.hpp). With --eod, every tokenizer splits by
+// text as sentencepiece does (a document cut by the split gets its token in the validation split).
 // Exit codes: 0 success (or --help, --version), 2 bad command line, 1 any other failure (unreadable text, ...).
 #include <boost/program_options.hpp>
 
@@ -76,7 +84,8 @@ struct PrepareOptions {
   std::string inputs_from;                         // --inputs-from
   std::vector<std::string> data, val_data;         // the text files, in order (expand_inputs)
   std::string tokenizer = "byte", output;
-  std::string eod = "none";  // --eod: none | file | blank-line
+  std::string eod = "none";  // --eod: none | file | blank-line; "separator" with --eod-separator
+  std::string eod_separator;
   bool progress = false;
   double val_fraction = 0.1;
   // Tokenizer options (check_tokenizer_options says which tokenizer takes which).
@@ -194,6 +203,8 @@ bool parse(int argc, char** argv, PrepareOptions& o) {
       ("eod", po::value(&o.eod)->default_value("none"),
        "end-of-document token after every document: none | file (each input file is a document) | blank-line "
        "(an empty line ends a document); byte level then has V=257")
+      ("eod-separator", po::value(&o.eod_separator),
+       "end-of-document token where a line is exactly STR (the line itself is dropped), e.g. '<|endoftext|>'")
       ("progress", po::bool_switch(&o.progress), "show the progress line on stderr even when it is not a terminal")
       ("output", po::value(&o.output), "output prefix: writes PREFIX.train.idx, PREFIX.val.idx and their shards (and "
                                        "PREFIX.vocab for word, PREFIX.model for sentencepiece)")
@@ -206,13 +217,18 @@ bool parse(int argc, char** argv, PrepareOptions& o) {
     return false;
   }
   if (vm.count("help")) {
-    std::cout << "Usage: uoe-prepare [--data TEXT] [--val-data TEXT | --val-fraction F] [--tokenizer byte|word] "
-                 "--output PREFIX\n"
+    std::cout << "Usage: uoe-prepare [--data TEXT|DIR...] [--inputs-from LIST] [--val-data TEXT|DIR... | --val-fraction F]\n"
+                 "                   [--tokenizer byte|word] [--threads N] [--progress] [--eod file|blank-line | "
+                 "--eod-separator STR] --output PREFIX\n"
                  "       uoe-prepare ... --tokenizer word [--vocab-size N] [--min-count C]\n"
                  "       uoe-prepare ... --tokenizer sentencepiece (--vocab-size N [--model-type bpe|unigram] | "
                  "--tokenizer-model M.model)\n\n"
                  "Tokenizes text once into memory-mapped token files for uoe-train (same tokenizer and split as\n"
-                 "uoe-train on the text): then train with --data PREFIX.train.idx --val-data PREFIX.val.idx.\n\n"
+                 "uoe-train on the text): then train with --data PREFIX.train.idx --val-data PREFIX.val.idx.\n"
+                 "Several files are joined in the order given (a directory: every regular file below it, sorted by\n"
+                 "path; globs are the shell's). The output is byte-identical for any --threads. --eod puts an\n"
+                 "end-of-document token after every document (byte level: V=257; word: the word <eod>;\n"
+                 "sentencepiece: the model's </s>); with it the validation split is cut by text at a line start.\n\n"
               << desc;
     return false;
   }
@@ -224,6 +240,13 @@ bool parse(int argc, char** argv, PrepareOptions& o) {
     uoe::fail("--val-fraction must be in (0, 1) when no --val-data is given, got ", o.val_fraction);
   if (o.eod != "none" && o.eod != "file" && o.eod != "blank-line")
     uoe::fail("--eod must be 'none', 'file' or 'blank-line', got '", o.eod, "'");
+  if (vm.count("eod-separator")) {
+    if (!vm["eod"].defaulted())
+      uoe::fail("--eod ", o.eod, " and --eod-separator are two rules for the same token: give one");
+    if (o.eod_separator.empty() || o.eod_separator.find('\n') != std::string::npos)
+      uoe::fail("--eod-separator must be a non-empty line of text, got '", o.eod_separator, "'");
+    o.eod = "separator";
+  }
   expand_inputs(o);
   if (o.eod == "file" && o.data.size() < 2)
     uoe::fail("--eod file makes each input file a document, but --data gives ",
@@ -315,9 +338,10 @@ std::string read_inputs(const std::vector<std::string>& files, const char* optio
 
 // Documents (--eod): [begin, end) byte ranges of `text`, whose files end at `ends`. --eod file:
 // each file; --eod blank-line: within each file, the maximal runs of lines that are not empty (a
-// line that is "\n" or "\r\n" alone ends a document and belongs to none).
+// line that is "\n" or "\r\n" alone ends a document and belongs to none); --eod-separator STR:
+// within each file, the runs of lines between lines that are exactly STR (before "\n" or "\r\n").
 std::vector<std::pair<size_t, size_t>> documents(std::string_view text, const std::vector<size_t>& ends,
-                                                 const std::string& rule) {
+                                                 const std::string& rule, const std::string& separator) {
   std::vector<std::pair<size_t, size_t>> docs;
   size_t file_begin = 0;
   for (const size_t file_end : ends) {
@@ -328,8 +352,13 @@ std::vector<std::pair<size_t, size_t>> documents(std::string_view text, const st
       for (size_t i = file_begin; i < file_end;) {
         size_t e = text.find('\n', i);
         e = e == std::string_view::npos || e >= file_end ? file_end : e + 1;
-        const std::string_view line = text.substr(i, e - i);
-        const bool blank = line == "\n" || line == "\r\n";
+        std::string_view line = text.substr(i, e - i);
+        bool blank = line == "\n" || line == "\r\n";
+        if (rule == "separator") {
+          if (!line.empty() && line.back() == '\n') line.remove_suffix(1);
+          if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+          blank = line == separator;
+        }
         if (blank && doc != std::string_view::npos) {
           docs.emplace_back(doc, i);
           doc = std::string_view::npos;
@@ -480,12 +509,13 @@ uoe::Dataset prepare_documents(const PrepareOptions& o, uoe::TokenizerKind kind,
       uoe::fail("--eod needs the SentencePiece model's </s> piece as its end-of-document token, but --tokenizer-model '",
                 o.tokenizer_model, "' has none (trained with eos_id=-1?): train a model here, or drop --eod");
   }
-  const auto train_docs = documents(train_text, train_ends, o.eod);
+  const auto train_docs = documents(train_text, train_ends, o.eod, o.eod_separator);
   size_t n_train_docs = 0, n_val_docs = 0;
   const std::vector<uoe::TextSpan> train = document_spans(train_text, train_docs, 0, split.train.size(), n_train_docs);
   std::vector<uoe::TextSpan> val;
   if (val_text != nullptr) {
-    val = document_spans(*val_text, documents(*val_text, val_ends, o.eod), 0, val_text->size(), n_val_docs);
+    val = document_spans(*val_text, documents(*val_text, val_ends, o.eod, o.eod_separator), 0, val_text->size(),
+                         n_val_docs);
   } else {
     val = document_spans(train_text, train_docs, split.cut, train_text.size(), n_val_docs);
   }
@@ -493,8 +523,9 @@ uoe::Dataset prepare_documents(const PrepareOptions& o, uoe::TokenizerKind kind,
   uoe::Dataset ds = uoe::data_from_spans(train, val, vocab, source, [&progress](size_t b) { progress.add(b); });
   ds.train_bytes = static_cast<double>(split.train.size());  // blank lines between documents included
   ds.val_bytes = static_cast<double>(split.val.size());
-  std::printf("  documents (--eod %s): %zu end in the training split, %zu in the validation split; "
-              "end-of-document id %d\n", o.eod.c_str(), n_train_docs, n_val_docs, ds.vocab.eod);
+  std::printf("  documents (--eod%s %s): %zu end in the training split, %zu in the validation split; "
+              "end-of-document id %d\n", o.eod == "separator" ? "-separator" : "",
+              o.eod == "separator" ? o.eod_separator.c_str() : o.eod.c_str(), n_train_docs, n_val_docs, ds.vocab.eod);
   for (const auto& [n, label] : {std::pair{ds.train.size(), &split.train_label}, std::pair{ds.val.size(), &split.val_label}})
     if (n < 2) uoe::fail(*label, " encodes to ", n, " tokens; a split needs at least 2 (one input and its target)");
   return ds;

@@ -4,14 +4,15 @@
 usage: prepare_eod.py OUTDIR TEXT UOE_PREPARE UOE_SAMPLE TRAIN_CMD...
 
 Checks, against documents this script finds in the text itself, that
-- byte level, --eod blank-line and --eod file: the ids are each document's bytes followed by 256,
+- byte level, --eod blank-line, --eod file and --eod-separator: the ids are each document's bytes followed by 256,
   V = 257, the header's eod field is 256 + 1 and the index is version 2 with "eod 256"; without
   --eod the header field is 0 and V = 256;
 - word level: "<eod>" is the vocabulary's last word, its id follows every document, --vocab-size N
   gives V = N in all; sentencepiece (an existing model): the model's </s> id follows every document;
 - the files are byte-identical for --threads 1 and 3;
 - uoe-train trains on the byte-level files (V = 257) and uoe-sample loads the checkpoint alone;
-- --eod with an unknown rule, and --eod file with a single file, are refused and write nothing.
+- --eod with an unknown rule, two rules, and --eod file with a single file, are refused and write
+  nothing.
 """
 import os
 import shutil
@@ -107,6 +108,27 @@ def main():
     if ids != list(val_text) + [256]:
         fail("--eod file: the validation file is not one document followed by 256")
 
+    # --eod-separator: documents between lines that are exactly the separator (dropped).
+    sep = b"<|endoftext|>"
+    lines = train_text.splitlines(keepends=True)
+    sep_text = b"".join(l + (sep + b"\n" if i % 37 == 36 else b"") for i, l in enumerate(lines))
+    sp_path = os.path.join(out, "sep.txt")
+    open(sp_path, "wb").write(sep_text)
+    prefix = os.path.join(out, "byte_sep", "ts")
+    must([prepare, "--data", sp_path, "--val-data", va, "--eod-separator", sep.decode(), "--output", prefix],
+         "byte --eod-separator")
+    _, _, ids = read_tok(prefix + ".train.tok")
+    want, cur = [], b""
+    for l in sep_text.splitlines(keepends=True):
+        if l.rstrip(b"\r\n") == sep:
+            want += list(cur) + [256] if cur else []
+            cur = b""
+        else:
+            cur += l
+    want += list(cur) + [256] if cur else []
+    if ids != want or ids.count(256) < 2:
+        fail(f"--eod-separator: {len(ids)} ids with {ids.count(256)} eod; expected {len(want)} with {want.count(256)}")
+
     # Without --eod: V = 256, the header field 0.
     prefix = os.path.join(out, "plain", "ts")
     must([prepare, "--data", tr, "--val-data", va, "--output", prefix], "byte without --eod")
@@ -151,6 +173,7 @@ def main():
     # Refusals, nothing written.
     never = os.path.join(out, "never")
     for args, needle in ((["--data", tr, "--eod", "page"], "--eod must be"),
+                         (["--data", tr, "--eod", "blank-line", "--eod-separator", "x"], "give one"),
                          (["--data", tr, "--eod", "file"], "--eod file makes each input file a document")):
         rc, o, e = run([prepare, *args, "--output", never + "/ts"])
         if rc == 0 or rc > 128 or needle not in o + e:
