@@ -526,7 +526,7 @@ void Trainer::save_checkpoint(int step) {
   st.seed = cfg.seed;
   st.lr = lr_at_step(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
   st.config_ini = config_to_ini(cfg);
-  if (data_.vocab.kind != TokenizerKind::byte) {  // the vocabulary travels with the model (uoe-sample)
+  if (data_.vocab.kind != TokenizerKind::byte || data_.vocab.eod >= 0) {  // the vocabulary travels with the model (uoe-sample)
     st.tokenizer = tokenizer_kind_name(data_.vocab.kind);
     st.tokenizer_blob = tokenizer_blob(data_.vocab);
     st.tokenizer_hash = vocab_hash(data_.vocab);

@@ -56,7 +56,8 @@ po::typed_value<std::string>* bound(std::string* field) {
 }
 
 // Options whose value Boost reads as text, by name: uint64_t ones, because Boost's lexical_cast
-// turns "-1" into 2^64 - 1 for unsigned types; text_values_store() converts them strictly.
+// turns "-1" into 2^64 - 1 for unsigned types, and --eval-windows, which also takes the word "all"
+// (= 0, the whole split); text_values_store() converts them strictly.
 using TextValues = std::map<std::string, std::string>;
 
 // Binds one row of the option table (runtime/options.hpp) to its member of `c`.
@@ -68,6 +69,13 @@ void add_option(po::options_description& desc, const Option& o, Config& c, TextV
         if constexpr (std::is_same_v<T, uint64_t>) {
           std::string& text = texts[o.name] = std::to_string(field);
           desc.add_options()(o.name, po::value<std::string>(&text)->default_value(text), o.help);
+        } else if constexpr (std::is_same_v<T, int>) {
+          if (std::holds_alternative<int Config::*>(o.field) && std::get<int Config::*>(o.field) == &Config::eval_windows) {
+            std::string& text = texts[o.name] = std::to_string(field);
+            desc.add_options()(o.name, po::value<std::string>(&text)->default_value(text), o.help);
+          } else {
+            desc.add_options()(o.name, bound(&field), o.help);
+          }
         } else if constexpr (std::is_same_v<T, bool>) {
           desc.add_options()(o.name, bound(&field)->implicit_value(true), o.help);  // a bare --flag is 1
         } else {
@@ -119,6 +127,17 @@ void text_values_store(Config& c, const TextValues& texts) {
   for (const Option& o : config_options())
     if (const auto* member = std::get_if<uint64_t Config::*>(&o.field))
       c.**member = uint64_parse(texts.at(o.name), o.name);
+  const std::string& windows = texts.at("eval-windows");
+  if (windows == "all") {
+    c.eval_windows = 0;
+  } else {
+    int v = 0;
+    const char* end = windows.data() + windows.size();
+    auto [ptr, ec] = std::from_chars(windows.data(), end, v);
+    if (ec != std::errc() || ptr != end || windows.empty() || v < 0)
+      fail("--eval-windows '", windows, "': expected 'all' or an integer in [0, ", INT32_MAX, "]");
+    c.eval_windows = v;
+  }
 }
 
 // How messages name an option: through the table, so a name is spelled only there.

@@ -44,6 +44,7 @@
 
 #include "runtime/error.hpp"
 #include "runtime/rng.hpp"
+#include "runtime/threads.hpp"
 #include "runtime/token_file.hpp"
 #include "runtime/tokenizer.hpp"
 
@@ -54,7 +55,7 @@ namespace uoe {
 
 int Vocab::size() const {
   if (kind == TokenizerKind::sentencepiece) return sp->vocab_size();
-  return kind == TokenizerKind::byte ? 256 : static_cast<int>(words.size());
+  return kind == TokenizerKind::byte ? (eod < 0 ? 256 : 257) : static_cast<int>(words.size());
 }
 
 namespace {
@@ -78,6 +79,8 @@ std::string Vocab::decode(const int32_t* ids, size_t n) const {
     for (size_t i = 0; i < n; ++i) {
       if (ids[i] >= 0 && ids[i] < 256)
         out += static_cast<char>(static_cast<unsigned char>(ids[i]));
+      else if (eod >= 0 && ids[i] == eod)
+        out += kEodWord;
       else
         out += "<?>";
     }
@@ -130,14 +133,50 @@ std::vector<std::string_view> word_tokenize(std::string_view text) {
   return out;
 }
 
+// word_tokenize on the compute threads: the text cut after "\n"s (text_line_pieces; a word token
+// never spans a "\n", which is a token of its own), the pieces' tokens concatenated in order, so the
+// tokens are word_tokenize(text)'s for any thread count.
+std::vector<std::string_view> word_tokenize_parallel(std::string_view text, const TextProgress& progress) {
+  const std::vector<std::string_view> pieces = text_line_pieces(text, static_cast<size_t>(threads_count()));
+  std::vector<std::vector<std::string_view>> parts(pieces.size());
+  parallel_ranges(static_cast<int64_t>(pieces.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      parts[static_cast<size_t>(p)] = word_tokenize(pieces[static_cast<size_t>(p)]);
+      if (progress) progress(pieces[static_cast<size_t>(p)].size());
+    }
+  });
+  if (parts.size() == 1) return std::move(parts[0]);
+  size_t total = 0;
+  for (const auto& v : parts) total += v.size();
+  std::vector<std::string_view> out;
+  out.reserve(total);
+  for (auto& v : parts) {
+    out.insert(out.end(), v.begin(), v.end());
+    std::vector<std::string_view>().swap(v);
+  }
+  return out;
+}
+
 using WordIds = std::unordered_map<std::string_view, int32_t>;
 
 // Vocabulary of `tokens`: "<unk>" = 0, then words by descending count, ties by byte-wise order
 // (std::string_view compares through char_traits<char>, i.e. like memcmp on unsigned bytes).
 // `ids` receives word -> id; its keys view the same memory as `tokens`.
 Vocab word_vocab_build(const std::vector<std::string_view>& tokens, size_t n_train, WordIds* ids) {
-  std::unordered_map<std::string_view, int64_t> counts;
-  for (size_t i = 0; i < n_train; ++i) ++counts[tokens[i]];
+  // Counted in parts on the compute threads, then summed: the counts, and so the order below, are
+  // the same for any thread count.
+  const size_t parts = std::max<size_t>(1, std::min<size_t>(static_cast<size_t>(threads_count()), n_train >> 16));
+  std::vector<std::unordered_map<std::string_view, int64_t>> part_counts(parts);
+  parallel_ranges(static_cast<int64_t>(parts), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p)
+      for (size_t i = n_train * static_cast<size_t>(p) / parts; i < n_train * static_cast<size_t>(p + 1) / parts; ++i)
+        if (tokens[i].data() != kEodWord) ++part_counts[static_cast<size_t>(p)][tokens[i]];  // data_from_spans
+  });
+  std::unordered_map<std::string_view, int64_t> counts = std::move(part_counts[0]);
+  for (size_t p = 1; p < parts; ++p) {
+    for (const auto& [word, count] : part_counts[p]) counts[word] += count;
+    std::unordered_map<std::string_view, int64_t>().swap(part_counts[p]);
+  }
   std::vector<std::pair<std::string_view, int64_t>> sorted(counts.begin(), counts.end());
   std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) {
     return a.second != b.second ? a.second > b.second : a.first < b.first;
@@ -160,18 +199,22 @@ Vocab word_vocab_build(const std::vector<std::string_view>& tokens, size_t n_tra
 
 std::vector<int32_t> word_ids(const std::vector<std::string_view>& tokens, size_t begin, size_t end,
                               const WordIds& ids) {
-  std::vector<int32_t> out;
-  out.reserve(end - begin);
-  for (size_t i = begin; i < end; ++i) {
-    const auto it = ids.find(tokens[i]);
-    out.push_back(it == ids.end() ? 0 : it->second);
-  }
+  std::vector<int32_t> out(end - begin);
+  parallel_ranges(static_cast<int64_t>(end - begin), int64_t{1} << 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const auto it = ids.find(tokens[begin + static_cast<size_t>(i)]);
+      out[static_cast<size_t>(i)] = it == ids.end() ? 0 : it->second;
+    }
+  });
   return out;
 }
 
-std::vector<int32_t> byte_ids(std::string_view text) {
+std::vector<int32_t> byte_ids(std::string_view text, const TextProgress& progress = nullptr) {
   std::vector<int32_t> out(text.size());
-  for (size_t i = 0; i < text.size(); ++i) out[i] = static_cast<unsigned char>(text[i]);
+  parallel_ranges(static_cast<int64_t>(text.size()), int64_t{1} << 20, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) out[static_cast<size_t>(i)] = static_cast<unsigned char>(text[static_cast<size_t>(i)]);
+    if (progress) progress(static_cast<size_t>(e - b));
+  });
   return out;
 }
 
@@ -186,7 +229,8 @@ void check_split_length(size_t n_tokens, int seq_len, const std::string& what) {
 // error messages (a path, or the source description).
 Dataset dataset_build(const std::string& train_text, const std::string* val_text, double val_fraction,
                       TokenizerKind kind, int seq_len, const std::string& source,
-                      const std::string& train_label, const std::string& val_label) {
+                      const std::string& train_label, const std::string& val_label,
+                      const TextProgress& progress = nullptr) {
   if (seq_len < 1) fail("--seq-len must be at least 1, got ", seq_len);
   if (val_text == nullptr && !(val_fraction > 0.0 && val_fraction < 1.0))
     fail("--val-fraction must be in (0, 1) when no --val-data is given, got ", val_fraction);
@@ -208,12 +252,12 @@ Dataset dataset_build(const std::string& train_text, const std::string* val_text
       const size_t n = train_text.size();
       const auto n_val = static_cast<size_t>(std::llround(static_cast<double>(n) * val_fraction));
       const std::string_view all(train_text);
-      ds.train = byte_ids(all.substr(0, n - n_val));
-      ds.val = byte_ids(all.substr(n - n_val));
+      ds.train = byte_ids(all.substr(0, n - n_val), progress);
+      ds.val = byte_ids(all.substr(n - n_val), progress);
       ds.train_bytes = static_cast<double>(n - n_val);
       ds.val_bytes = static_cast<double>(n_val);
     } else {
-      const std::vector<std::string_view> tokens = word_tokenize(train_text);
+      const std::vector<std::string_view> tokens = word_tokenize_parallel(train_text, progress);
       const size_t n = tokens.size();
       const auto n_val = static_cast<size_t>(std::llround(static_cast<double>(n) * val_fraction));
       WordIds ids;
@@ -228,13 +272,13 @@ Dataset dataset_build(const std::string& train_text, const std::string* val_text
       ds.val_bytes = static_cast<double>(train_text.size() - cut);
     }
   } else if (kind == TokenizerKind::byte) {
-    ds.train = byte_ids(train_text);
-    ds.val = byte_ids(*val_text);
+    ds.train = byte_ids(train_text, progress);
+    ds.val = byte_ids(*val_text, progress);
     ds.train_bytes = static_cast<double>(train_text.size());
     ds.val_bytes = static_cast<double>(val_text->size());
   } else {
-    const std::vector<std::string_view> train_tokens = word_tokenize(train_text);
-    const std::vector<std::string_view> val_tokens = word_tokenize(*val_text);
+    const std::vector<std::string_view> train_tokens = word_tokenize_parallel(train_text, progress);
+    const std::vector<std::string_view> val_tokens = word_tokenize_parallel(*val_text, progress);
     WordIds ids;
     ds.vocab = word_vocab_build(train_tokens, train_tokens.size(), &ids);
     ds.train = word_ids(train_tokens, 0, train_tokens.size(), ids);
@@ -299,8 +343,108 @@ std::vector<int32_t> Vocab::encode(std::string_view text) const {
 
 Dataset data_from_text(const std::string& train_text, const std::string* val_text,
                        double val_fraction, TokenizerKind kind, int seq_len,
-                       const std::string& source) {
-  return dataset_build(train_text, val_text, val_fraction, kind, seq_len, source, source, source);
+                       const std::string& source, const TextProgress& progress) {
+  return dataset_build(train_text, val_text, val_fraction, kind, seq_len, source, source, source, progress);
+}
+
+namespace {
+
+// Spans cut into pieces of at most `step` bytes at line ends (text_line_pieces), each piece marked
+// with whether the end-of-document token follows it (the last piece of a span that has one), and
+// the pieces grouped into runs of about `step` bytes: one unit of work for the compute threads.
+struct SpanPiece {
+  std::string_view text;
+  bool eod = false;
+};
+
+template <class T, class Encode>
+std::vector<T> spans_encode(const std::vector<TextSpan>& spans, const Encode& encode, const TextProgress& progress) {
+  size_t total = 0;
+  for (const TextSpan& s : spans) total += s.text.size();
+  const size_t parts = static_cast<size_t>(threads_count());
+  const size_t step = std::max<size_t>(1, std::min(kTextPieceBytes, (total + parts - 1) / parts));
+  std::vector<SpanPiece> pieces;
+  for (const TextSpan& s : spans) {
+    const std::vector<std::string_view> cut = text_line_pieces(s.text, 1, step);
+    for (std::string_view t : cut) pieces.push_back({t, false});
+    if (cut.empty()) pieces.push_back({std::string_view(), false});
+    pieces.back().eod = s.eod;
+  }
+  std::vector<std::pair<size_t, size_t>> groups;  // [begin, end) of pieces
+  for (size_t i = 0; i < pieces.size();) {
+    size_t j = i, bytes = 0;
+    while (j < pieces.size() && (j == i || bytes + pieces[j].text.size() <= step)) bytes += pieces[j++].text.size();
+    groups.emplace_back(i, j);
+    i = j;
+  }
+  std::vector<std::vector<T>> out(groups.size());
+  parallel_ranges(static_cast<int64_t>(groups.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) {
+      size_t bytes = 0;
+      for (size_t p = groups[static_cast<size_t>(g)].first; p < groups[static_cast<size_t>(g)].second; ++p) {
+        encode(pieces[p], out[static_cast<size_t>(g)]);
+        bytes += pieces[p].text.size();
+      }
+      if (progress) progress(bytes);
+    }
+  });
+  size_t n = 0;
+  for (const auto& v : out) n += v.size();
+  std::vector<T> all;
+  all.reserve(n);
+  for (auto& v : out) {
+    all.insert(all.end(), v.begin(), v.end());
+    std::vector<T>().swap(v);
+  }
+  return all;
+}
+
+}  // namespace
+
+Dataset data_from_spans(const std::vector<TextSpan>& train, const std::vector<TextSpan>& val, const Vocab& vocab,
+                        const std::string& source, const TextProgress& progress) {
+  Dataset ds;
+  ds.source = source;
+  ds.vocab = vocab;
+  if (vocab.kind == TokenizerKind::byte) {
+    ds.vocab.eod = 256;
+    const auto encode = [](const SpanPiece& p, std::vector<int32_t>& out) {
+      for (char c : p.text) out.push_back(static_cast<unsigned char>(c));
+      if (p.eod) out.push_back(256);
+    };
+    ds.train = spans_encode<int32_t>(train, encode, progress);
+    ds.val = spans_encode<int32_t>(val, encode, progress);
+  } else if (vocab.kind == TokenizerKind::sentencepiece) {
+    const Tokenizer& tok = *vocab.sp;
+    const int32_t eod = tok.reserved_eod();
+    if (eod < 0) fail("--eod: the SentencePiece model has no </s> piece to serve as the end-of-document token");
+    ds.vocab.eod = eod;
+    const auto encode = [&tok, eod](const SpanPiece& p, std::vector<int32_t>& out) {
+      tok.encode_lines(p.text, /*last=*/true, out);
+      if (p.eod) out.push_back(eod);
+    };
+    ds.train = spans_encode<int32_t>(train, encode, progress);
+    ds.val = spans_encode<int32_t>(val, encode, progress);
+  } else {
+    // The end-of-document token is the view kEodWord itself (word_vocab_build does not count it),
+    // then the last word of the vocabulary.
+    const std::string_view eod_view(kEodWord);
+    const auto encode = [eod_view](const SpanPiece& p, std::vector<std::string_view>& out) {
+      const std::vector<std::string_view> words = word_tokenize(p.text);
+      out.insert(out.end(), words.begin(), words.end());
+      if (p.eod) out.push_back(eod_view);
+    };
+    const std::vector<std::string_view> train_tokens = spans_encode<std::string_view>(train, encode, progress);
+    const std::vector<std::string_view> val_tokens = spans_encode<std::string_view>(val, encode, progress);
+    WordIds ids;
+    ds.vocab = word_vocab_build(train_tokens, train_tokens.size(), &ids);
+    ds.vocab.eod = static_cast<int32_t>(ds.vocab.words.size());
+    ids[eod_view] = ds.vocab.eod;
+    ds.vocab.words.emplace_back(kEodWord);
+    ds.train = word_ids(train_tokens, 0, train_tokens.size(), ids);
+    ds.val = word_ids(val_tokens, 0, val_tokens.size(), ids);
+  }
+  return ds;
 }
 
 namespace {
@@ -351,6 +495,14 @@ Dataset dataset_from_token_file(const Config& cfg, TokenizerKind kind) {
       fail("vocabulary file '", vocab_path, "' does not match --data token file '", cfg.data,
            "' (same size, different words or order): they come from different preparations");
   }
+  // The end-of-document token (uoe-prepare --eod): byte level widens V to 257; a word vocabulary
+  // holds it as "<eod>" (checked by the hash above); a SentencePiece model's </s>.
+  if (kind == TokenizerKind::word && ds.vocab.eod != h.eod)
+    fail("vocabulary file '", vocab_path_for(cfg.data), "' and --data token file '", cfg.data,
+         "' disagree on the end-of-document token: they come from different preparations");
+  if (kind == TokenizerKind::sentencepiece && h.eod >= 0 && h.eod != ds.vocab.sp->reserved_eod())
+    fail("--data token file '", cfg.data, "': end-of-document id ", h.eod, " is not the model's </s>");
+  ds.vocab.eod = h.eod;
   ds.source = train.summary;
   const std::string train_label = "'" + cfg.data + "'";
   std::string train_what = "training data " + train_label, val_what;
@@ -372,7 +524,7 @@ Dataset dataset_from_token_file(const Config& cfg, TokenizerKind kind) {
   } else if (prepared_detect(cfg.val_data)) {
     const PreparedSplit val = prepared_open(cfg.val_data, "--val-data");
     const TokenFileHeader& vh = val.header;
-    if (vh.tokenizer != h.tokenizer || vh.vocab_size != h.vocab_size || vh.vocab_hash != h.vocab_hash)
+    if (vh.tokenizer != h.tokenizer || vh.vocab_size != h.vocab_size || vh.vocab_hash != h.vocab_hash || vh.eod != h.eod)
       fail("--val-data token file '", cfg.val_data, "' (", tokenizer_name(vh.tokenizer), "-level, V=", vh.vocab_size,
            ") was prepared with a different vocabulary than --data '", cfg.data, "' (", tokenizer_name(h.tokenizer),
            "-level, V=", h.vocab_size, "): prepare both in one uoe-prepare run");

@@ -8,6 +8,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -24,20 +25,31 @@ class Tokenizer;  // runtime/tokenizer.hpp
 
 // Word-level vocabulary; byte-level has none (size 256, id = byte value); sentencepiece: a model
 // (runtime/tokenizer.hpp).
+// The end-of-document token of word-level vocabularies (uoe-prepare --eod): a word the word
+// tokenizer never produces ("<" is a token of its own), and how every tokenizer decodes the token.
+inline constexpr const char* kEodWord = "<eod>";
+
 struct Vocab {
   TokenizerKind kind = TokenizerKind::byte;
+  // The end-of-document id (uoe-prepare --eod; runtime/token_file.hpp), -1: none. Byte level: 256
+  // (V = 257); word level: the word "<eod>", the last id; sentencepiece: the model's </s>.
+  int32_t eod = -1;
   std::vector<std::string> words;  // id -> word (word-level only); id 0 = "<unk>"
   std::string model;               // sentencepiece only: the .model file's bytes
   std::shared_ptr<const Tokenizer> sp;  // sentencepiece only: the loaded model
-  int size() const;                // 256 for byte
+  int size() const;                // 256 for byte (257 with an end-of-document token)
   // Text of a token sequence, for samples and debugging. Byte-level: the bytes themselves.
   // Word-level: words joined by single spaces, except around "\n" and before closing
-  // punctuation (",", ".", ...), so the text reads naturally. Ids out of range print as "<?>".
+  // punctuation (",", ".", ...), so the text reads naturally. Ids out of range print as "<?>", the
+  // end-of-document token as "<eod>".
   std::string decode(const int32_t* ids, size_t n) const;
   // Token ids of a text, tokenized as the training data is (words not in the vocabulary: 0).
   // Sentencepiece: the model's encode and decode (runtime/tokenizer.hpp).
   std::vector<int32_t> encode(std::string_view text) const;
 };
+
+// Called with the bytes of text just tokenized (from any compute thread): uoe-prepare's progress line.
+using TextProgress = std::function<void(size_t bytes)>;
 
 struct Dataset {
   Vocab vocab;
@@ -86,9 +98,26 @@ std::string data_read_text(const std::string& path, const char* option);
 
 // Same, from in-memory text (used by data_load and tests). val_text == nullptr -> split
 // train_text by val_fraction as above. `source` names the text in messages and Dataset::source.
+// Tokenizes on the compute threads (runtime/threads.hpp; the text cut after "\n"s, which no token
+// spans): the same ids and vocabulary for any thread count. `progress`: see TextProgress.
 Dataset data_from_text(const std::string& train_text, const std::string* val_text,
                        double val_fraction, TokenizerKind kind, int seq_len,
-                       const std::string& source);
+                       const std::string& source, const TextProgress& progress = nullptr);
+
+// uoe-prepare --eod: a stretch of text and whether the end-of-document token follows it.
+struct TextSpan {
+  std::string_view text;
+  bool eod = false;
+};
+
+// The splits of uoe-prepare --eod: each span's ids, then the end-of-document id after a span that
+// has one (Vocab::eod). `vocab` names the tokenizer: byte (the result has V = 257, eod 256), word
+// (the vocabulary is built from `train` as data_from_text builds it, then "<eod>" appended as the
+// last word) or sentencepiece (the model's </s>; a model without one is a uoe::Error). Tokenized
+// on the compute threads (spans cut after "\n"s): the same ids for any thread count. The bytes of
+// the splits (Dataset::train_bytes, val_bytes) are the caller's to set.
+Dataset data_from_spans(const std::vector<TextSpan>& train, const std::vector<TextSpan>& val, const Vocab& vocab,
+                        const std::string& source, const TextProgress& progress = nullptr);
 
 // The built-in corpus: deterministic text (~400 KB) generated in-process from a fixed seed,
 // independent of --seed. Its grammar is documented at the top of data.cpp.

@@ -83,7 +83,7 @@ const Option kOptions[] = {
      "evaluate only the first this many batches of --batch-size windows (0 = the whole split)"},
     {"eval-windows",             &C::eval_windows,           G::evaluation,   R::free,
      "at most this many validation windows per evaluation, spread evenly over the split (or over "
-     "--eval-batches' windows), the same ones every time (0 = all of them)"},
+     "--eval-batches' windows), the same ones every time ('all' or 0 = all of them)"},
     {"log-every",                &C::log_every,              G::evaluation,   R::free,
      "steps between progress lines"},
     {"metrics",                  &C::metrics,                G::evaluation,   R::free,

@@ -117,7 +117,7 @@ std::array<unsigned char, kTokenFileHeaderBytes> header_encode(const TokenFileHe
   store_le<uint16_t>(b.data() + 12, h.dtype_bytes);
   store_le<uint16_t>(b.data() + 14, static_cast<uint16_t>(tokenizer_code(h.tokenizer)));
   store_le<uint32_t>(b.data() + 16, h.vocab_size);
-  store_le<uint32_t>(b.data() + 20, 0);
+  store_le<uint32_t>(b.data() + 20, h.eod < 0 ? 0u : static_cast<uint32_t>(h.eod) + 1u);
   store_le<uint64_t>(b.data() + 24, h.tokens);
   store_le<uint64_t>(b.data() + 32, h.vocab_hash);
   return b;
@@ -172,9 +172,16 @@ TokenFile::TokenFile(const std::string& path, const char* option)
   header_.vocab_size = load_le<uint32_t>(p + 16);
   header_.tokens = load_le<uint64_t>(p + 24);
   header_.vocab_hash = load_le<uint64_t>(p + 32);
+  const uint32_t eod = load_le<uint32_t>(p + 20);
   if (header_.vocab_size == 0) fail(where, ": vocabulary size 0 in the header");
-  if (header_.tokenizer == TokenizerKind::byte && header_.vocab_size != 256)
-    fail(where, ": byte-level file with vocabulary size ", header_.vocab_size, " (byte level is always 256)");
+  if (eod > header_.vocab_size)
+    fail(where, ": end-of-document id ", eod - 1, " is not below the vocabulary size ", header_.vocab_size);
+  header_.eod = static_cast<int32_t>(eod) - 1;
+  if (header_.tokenizer == TokenizerKind::byte && header_.vocab_size != (header_.eod < 0 ? 256u : 257u))
+    fail(where, ": byte-level file with vocabulary size ", header_.vocab_size,
+         " (byte level is 256, or 257 with the end-of-document token)");
+  if (header_.tokenizer == TokenizerKind::byte && header_.eod >= 0 && header_.eod != 256)
+    fail(where, ": byte-level end-of-document id ", header_.eod, " (it is 256)");
   if (header_.vocab_size > static_cast<uint32_t>(INT32_MAX))
     fail(where, ": vocabulary size ", header_.vocab_size, " does not fit 32-bit signed token ids");
   if (header_.dtype_bytes == 2 && header_.vocab_size > 65536)
@@ -259,7 +266,7 @@ uint64_t fnv1a(const unsigned char* p, size_t n) {
 
 // Writes ids [0, n) that `fill(i0, m, out)` produces in chunks; returns the encoded header.
 std::array<unsigned char, kTokenFileHeaderBytes> token_file_write_chunks(
-    const std::string& path, size_t n, TokenizerKind tokenizer, uint32_t vocab_size, uint64_t vocab_hash,
+    const std::string& path, size_t n, TokenizerKind tokenizer, uint32_t vocab_size, uint64_t vocab_hash, int32_t eod,
     const std::function<void(size_t, size_t, int32_t*)>& fill) {
   if (vocab_size == 0) fail("token file '", path, "': vocabulary size 0");
   TokenFileHeader h;
@@ -268,6 +275,7 @@ std::array<unsigned char, kTokenFileHeaderBytes> token_file_write_chunks(
   h.vocab_size = vocab_size;
   h.tokens = n;
   h.vocab_hash = vocab_hash;
+  h.eod = eod;
   AtomicFile out(path);
   const auto header = header_encode(h);
   out.write(header.data(), header.size());
@@ -295,14 +303,14 @@ std::array<unsigned char, kTokenFileHeaderBytes> token_file_write_chunks(
 }  // namespace
 
 void token_file_write(const std::string& path, const int32_t* tokens, size_t n, TokenizerKind tokenizer,
-                      uint32_t vocab_size, uint64_t vocab_hash) {
-  token_file_write_chunks(path, n, tokenizer, vocab_size, vocab_hash, [tokens](size_t i0, size_t m, int32_t* out) {
+                      uint32_t vocab_size, uint64_t vocab_hash, int32_t eod) {
+  token_file_write_chunks(path, n, tokenizer, vocab_size, vocab_hash, eod, [tokens](size_t i0, size_t m, int32_t* out) {
     std::copy(tokens + i0, tokens + i0 + m, out);
   });
 }
 
 uint64_t vocab_hash(const Vocab& vocab) {
-  if (vocab.kind == TokenizerKind::byte) return 0;
+  if (vocab.kind == TokenizerKind::byte) return vocab.eod < 0 ? 0 : tokenizer_bytes_hash("byte <eod>");
   if (vocab.kind == TokenizerKind::sentencepiece) return tokenizer_bytes_hash(vocab.model);
   uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a offset basis
   auto mix = [&h](unsigned char c) {
@@ -415,10 +423,13 @@ Vocab vocab_text_parse(std::string_view text, const std::string& source) {
     fail(path, " line 1 (id 0): '", vocab.words[0].substr(0, 40),
          vocab.words[0].size() > 40 ? "...' " : "' ", "where '<unk>' (the unknown word) must be");
   // Duplicates make the word -> id mapping ambiguous: check after reading (views into `words`
-  // would dangle while it grows).
-  for (size_t id = 0; id < vocab.words.size(); ++id)
+  // would dangle while it grows). "<eod>" is never a word of the text (word_tokenize splits "<"
+  // off), so a vocabulary holding it has the end-of-document token (uoe-prepare --eod).
+  for (size_t id = 0; id < vocab.words.size(); ++id) {
+    if (vocab.words[id] == kEodWord) vocab.eod = static_cast<int32_t>(id);
     if (!seen.insert(vocab.words[id]).second)
       fail(path, " line ", id + 1, ": duplicate word '", vocab.words[id], "'");
+  }
   return vocab;
 }
 
@@ -429,6 +440,7 @@ namespace {
 
 constexpr const char* kIndexMagic = "uoe-token-index";
 constexpr int kIndexVersion = 1;
+constexpr int kIndexVersionEod = 2;  // with the "eod" line
 
 std::string hex16(uint64_t v) {
   char buf[24];
@@ -452,7 +464,7 @@ struct ShardLine {
 
 std::vector<std::string> token_shards_write(const std::string& stem, const TokenStream& ids, TokenizerKind tokenizer,
                                             uint32_t vocab_size, uint64_t vocab_hash, uint64_t shard_bytes,
-                                            double source_bytes) {
+                                            double source_bytes, int32_t eod) {
   namespace fs = std::filesystem;
   const uint64_t dtype = vocab_size <= 65536 ? 2 : 4;
   const uint64_t per_shard = std::max<uint64_t>(1, shard_bytes / dtype);  // tokens per shard
@@ -469,7 +481,7 @@ std::vector<std::string> token_shards_write(const std::string& stem, const Token
       ShardLine line;
       line.name = shard_name(stem_name, i, count);
       const std::string path = dir.empty() ? line.name : dir + "/" + line.name;
-      const auto header = token_file_write_chunks(path, m, tokenizer, vocab_size, vocab_hash,
+      const auto header = token_file_write_chunks(path, m, tokenizer, vocab_size, vocab_hash, eod,
                                                   [&](size_t i0, size_t k, int32_t* out) { ids.copy(begin + i0, k, out); });
       shards.push_back(path);
       line.tokens = m;
@@ -478,14 +490,15 @@ std::vector<std::string> token_shards_write(const std::string& stem, const Token
       lines.push_back(std::move(line));
     }
     std::ostringstream idx;
-    idx << kIndexMagic << ' ' << kIndexVersion << '\n'
+    idx << kIndexMagic << ' ' << (eod < 0 ? kIndexVersion : kIndexVersionEod) << '\n'
         << "tokenizer " << static_cast<unsigned>(tokenizer) << '\n'
         << "vocab_size " << vocab_size << '\n'
         << "vocab_hash " << hex16(vocab_hash) << '\n'
         << "dtype " << dtype << '\n'
         << "tokens " << n << '\n'
-        << "source_bytes " << static_cast<uint64_t>(source_bytes) << '\n'
-        << "shards " << lines.size() << '\n';
+        << "source_bytes " << static_cast<uint64_t>(source_bytes) << '\n';
+    if (eod >= 0) idx << "eod " << eod << '\n';
+    idx << "shards " << lines.size() << '\n';
     for (const ShardLine& l : lines)
       idx << "shard " << l.tokens << ' ' << l.file_bytes << ' ' << hex16(l.header_hash) << ' ' << l.name << '\n';
     std::vector<std::string> written = {stem + ".idx"};
@@ -505,11 +518,12 @@ std::vector<std::string> token_shards_write(const std::string& stem, const Token
 std::vector<std::string> token_files_write(const Dataset& ds, const std::string& prefix, uint64_t shard_bytes) {
   const uint32_t V = static_cast<uint32_t>(ds.vocab.size());
   const uint64_t hash = vocab_hash(ds.vocab);
+  const int32_t eod = ds.vocab.eod;
   std::vector<std::string> train =
-      token_shards_write(prefix + ".train", ds.train, ds.vocab.kind, V, hash, shard_bytes, ds.train_bytes);
+      token_shards_write(prefix + ".train", ds.train, ds.vocab.kind, V, hash, shard_bytes, ds.train_bytes, eod);
   std::vector<std::string> val;
   try {
-    val = token_shards_write(prefix + ".val", ds.val, ds.vocab.kind, V, hash, shard_bytes, ds.val_bytes);
+    val = token_shards_write(prefix + ".val", ds.val, ds.vocab.kind, V, hash, shard_bytes, ds.val_bytes, eod);
     if (ds.vocab.kind == TokenizerKind::word) {
       vocab_file_write(prefix + ".vocab", ds.vocab);
     } else if (ds.vocab.kind == TokenizerKind::sentencepiece) {
@@ -584,14 +598,17 @@ PreparedSplit prepared_open(const std::string& path, const char* option) {
   if (lines[0].substr(0, std::string_view(kIndexMagic).size()) != kIndexMagic)
     fail(where, ": not a uoe shard index (the first line is not '", kIndexMagic, " 1'); prepare data with uoe-prepare");
   const uint64_t version = number(kIndexMagic);
-  if (version != kIndexVersion)
-    fail(where, ": index version ", version, " is not supported (this build reads version ", kIndexVersion, ")");
+  if (version != kIndexVersion && version != kIndexVersionEod)
+    fail(where, ": index version ", version, " is not supported (this build reads versions ", kIndexVersion, " and ",
+         kIndexVersionEod, ")");
   const uint64_t tokenizer = number("tokenizer");
   const uint64_t vocab_size = number("vocab_size");
   const uint64_t vhash = number("vocab_hash", 16);
   const uint64_t dtype = number("dtype");
   const uint64_t total = number("tokens");
   out.source_bytes = static_cast<double>(number("source_bytes"));
+  const int64_t eod = version == kIndexVersionEod ? static_cast<int64_t>(number("eod")) : -1;
+  if (eod >= static_cast<int64_t>(vocab_size)) fail(where, ": eod ", eod, " is not below vocab_size ", vocab_size);
   const uint64_t count = number("shards");
   if (count == 0 || count > lines.size()) fail(where, ": ", count, " shards listed, but ", lines.size() - at, " lines follow");
   const std::string dir = fs::path(path).parent_path().string();
@@ -623,10 +640,10 @@ PreparedSplit prepared_open(const std::string& path, const char* option) {
     }
     const TokenFileHeader& fh = f.header();
     if (static_cast<uint64_t>(fh.tokenizer) != tokenizer || fh.vocab_size != vocab_size || fh.vocab_hash != vhash ||
-        fh.dtype_bytes != dtype || fh.tokens != l.tokens)
+        fh.dtype_bytes != dtype || fh.tokens != l.tokens || fh.eod != eod)
       fail(shard_where, ": header (tokenizer ", static_cast<unsigned>(fh.tokenizer), ", V=", fh.vocab_size, ", dtype ",
-           fh.dtype_bytes, ", ", fh.tokens, " tokens) disagrees with the index (tokenizer ", tokenizer, ", V=", vocab_size,
-           ", dtype ", dtype, ", ", l.tokens, " tokens)");
+           fh.dtype_bytes, ", ", fh.tokens, " tokens, eod ", fh.eod, ") disagrees with the index (tokenizer ", tokenizer,
+           ", V=", vocab_size, ", dtype ", dtype, ", ", l.tokens, " tokens, eod ", eod, ")");
     if (i == 0) out.header = fh;
     out.tokens.append(f.stream(0, f.size()));
     sum += l.tokens;

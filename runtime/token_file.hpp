@@ -8,14 +8,18 @@
 //        8    4  version      uint32, 1
 //       12    2  dtype        uint16, bytes per token: 2 (uint16 ids) or 4 (uint32 ids); uoe-prepare
 //                             writes 2 when the vocabulary has at most 65536 entries, else 4
-//       14    2  tokenizer    uint16, 0 = byte (ids are byte values, vocabulary 256), 1 = word,
-//                             2 = sentencepiece (runtime/tokenizer.hpp)
+//       14    2  tokenizer    uint16, 0 = byte (ids are byte values, vocabulary 256; 257 with an
+//                             end-of-document token), 1 = word, 2 = sentencepiece (runtime/tokenizer.hpp)
 //       16    4  vocab_size   uint32, V: every token id is < V
-//       20    4  reserved     uint32, 0
+//       20    4  eod          uint32, 0 = no end-of-document token; else its id + 1 (uoe-prepare --eod:
+//                             byte level 256 + 1, word level the id of the word "<eod>" + 1,
+//                             sentencepiece the id of the model's </s> + 1); the token follows every
+//                             document of the text
 //       24    8  tokens       uint64, n: number of tokens that follow
-//       32    8  vocab_hash   uint64, vocab_hash() of the vocabulary (0 for byte level; for
-//                             sentencepiece the FNV-1a hash of the .model file's bytes), so a token
-//                             file is never read with the vocabulary of another preparation
+//       32    8  vocab_hash   uint64, vocab_hash() of the vocabulary (0 for byte level, or with
+//                             the eod token the FNV-1a hash of "byte <eod>"; for sentencepiece the
+//                             FNV-1a hash of the .model file's bytes), so a token file is never
+//                             read with the vocabulary of another preparation
 //       40  n*dtype            the token ids
 //
 // The file size must be exactly 40 + n·dtype. Readers memory-map the file (read-only, RAII).
@@ -26,13 +30,14 @@
 // token file, readable without its index); more shards are STEM-00000.tok, STEM-00001.tok, ...
 // Index file (text, one field a line, "key value"; names are file names in the index's directory):
 //
-//   uoe-token-index 1                 magic and version
+//   uoe-token-index 1                 magic and version (2 when the split has an eod line)
 //   tokenizer 0                       the shards' header fields: tokenizer code, V, vocab_hash
 //   vocab_size 256                    (hex, 16 digits), dtype (bytes per id)
 //   vocab_hash 0000000000000000
 //   dtype 2
 //   tokens 1234567                    total tokens, the sum over the shards
 //   source_bytes 1234567              bytes of the text the split was tokenized from (val_bpb)
+//   eod 256                           only in version 2 (uoe-prepare --eod): the end-of-document id
 //   shards 2                          then one line per shard, in stream order:
 //   shard 1000000 2000040 5d1c...e3 corpus.train-00000.tok
 //                                     tokens, file size in bytes, FNV-1a 64 (hex) of its 40 header
@@ -75,6 +80,7 @@ struct TokenFileHeader {
   uint32_t vocab_size = 256;
   uint64_t tokens = 0;
   uint64_t vocab_hash = 0;
+  int32_t eod = -1;  // the end-of-document id, -1: none
 };
 
 // A read-only memory map of a whole file (RAII: unmapped and closed on destruction; movable).
@@ -133,12 +139,13 @@ bool token_file_detect(const std::string& path);
 
 // Writes a token file atomically and durably (runtime/atomic_file.hpp). dtype: 2 bytes when vocab_size <= 65536,
 // else 4. Throws uoe::Error on an id outside [0, vocab_size) or an I/O failure (naming the file).
+// `eod`: the end-of-document id (-1: none).
 void token_file_write(const std::string& path, const int32_t* tokens, size_t n, TokenizerKind tokenizer,
-                      uint32_t vocab_size, uint64_t vocab_hash);
+                      uint32_t vocab_size, uint64_t vocab_hash, int32_t eod = -1);
 
 // FNV-1a (64 bit) over each word's length (8 bytes, little-endian) and bytes: identifies a
-// vocabulary's exact word list and order. 0 for byte level (no words); sentencepiece:
-// tokenizer_bytes_hash() of the model's bytes.
+// vocabulary's exact word list and order. 0 for byte level (no words; with the end-of-document
+// token tokenizer_bytes_hash("byte <eod>")); sentencepiece: tokenizer_bytes_hash() of the model's bytes.
 uint64_t vocab_hash(const Vocab& vocab);
 
 // The vocabulary file of a token file or index: the path without ".tok" or ".idx", without a shard
@@ -170,7 +177,7 @@ std::vector<std::string> token_files_write(const Dataset& ds, const std::string&
 // path, then the shards'. `source_bytes`: bytes of the text the ids came from (0 = unknown).
 std::vector<std::string> token_shards_write(const std::string& stem, const TokenStream& ids, TokenizerKind tokenizer,
                                             uint32_t vocab_size, uint64_t vocab_hash, uint64_t shard_bytes,
-                                            double source_bytes);
+                                            double source_bytes, int32_t eod = -1);
 
 // True when `path` is a shard index: it starts with "uoe-token-index", or its name ends in ".idx".
 bool token_index_detect(const std::string& path);

@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "runtime/error.hpp"
+#include "runtime/threads.hpp"
 #include "runtime/token_file.hpp"
 
 namespace uoe {
@@ -91,7 +92,10 @@ class SentencePieceTokenizer final : public Tokenizer {
     const int byte_nl = sp_.PieceToId("<0x0A>");
     if (!sp_.IsUnknown(nl) && sp_.IdToPiece(nl) == "\n") newline_ = nl;
     else if (!sp_.IsUnknown(byte_nl) && sp_.IsByte(byte_nl)) newline_ = byte_nl;
+    const int eos = sp_.eos_id();
+    if (eos >= 0 && eos < size_ && sp_.IsControl(eos)) eos_ = eos;
   }
+  int32_t reserved_eod() const override { return eos_; }
   TokenizerKind kind() const override { return TokenizerKind::sentencepiece; }
   int vocab_size() const override { return size_; }
   uint64_t hash() const override { return hash_; }
@@ -127,6 +131,9 @@ class SentencePieceTokenizer final : public Tokenizer {
       if (ids[i] == newline_) {
         flush();
         out += '\n';
+      } else if (ids[i] == eos_ && eos_ >= 0) {
+        flush();
+        out += kEodWord;
       } else if (ids[i] < 0 || ids[i] >= size_) {
         flush();
         out += "<?>";
@@ -143,6 +150,7 @@ class SentencePieceTokenizer final : public Tokenizer {
   uint64_t hash_;
   int size_ = 0;
   int newline_ = -1;  // the id a "\n" between lines becomes; -1: none (line ends are dropped)
+  int eos_ = -1;      // </s>: never produced by encode; the end-of-document token of --eod data
 };
 
 // Feeds sentencepiece_sample_lines to the trainer.
@@ -246,32 +254,31 @@ Vocab sentencepiece_train(std::string_view text, const SentencePieceTraining& ho
   return sentencepiece_vocab(std::move(model), "trained on " + source);
 }
 
-std::vector<int32_t> tokenizer_encode_parallel(const Tokenizer& tokenizer, std::string_view text, int threads,
-                                               size_t piece_bytes) {
-  const size_t n_threads = threads > 0 ? static_cast<size_t>(threads) : std::max(1u, std::thread::hardware_concurrency());
+std::vector<std::string_view> text_line_pieces(std::string_view text, size_t parts, size_t piece_bytes) {
+  const size_t step = std::max<size_t>(1, std::min(piece_bytes, (text.size() + std::max<size_t>(1, parts) - 1) /
+                                                                    std::max<size_t>(1, parts)));
   std::vector<std::string_view> pieces;
   for (size_t i = 0; i < text.size();) {
-    size_t end = std::min(text.size(), i + std::max<size_t>(1, piece_bytes));
-    const size_t nl = end == text.size() ? std::string_view::npos : text.find('\n', end - 1);
-    end = nl == std::string_view::npos ? text.size() : nl + 1;
+    const size_t cut = std::min(text.size(), i + step);
+    const size_t nl = cut == text.size() ? std::string_view::npos : text.find('\n', cut - 1);
+    const size_t end = nl == std::string_view::npos ? text.size() : nl + 1;
     pieces.push_back(text.substr(i, end - i));
     i = end;
   }
+  return pieces;
+}
+
+std::vector<int32_t> tokenizer_encode_parallel(const Tokenizer& tokenizer, std::string_view text, int threads,
+                                               size_t piece_bytes, const TextProgress& progress) {
+  const size_t parts = threads > 0 ? static_cast<size_t>(threads) : static_cast<size_t>(threads_count());
+  const std::vector<std::string_view> pieces = text_line_pieces(text, parts, piece_bytes);
   std::vector<std::vector<int32_t>> ids(pieces.size());
-  std::vector<std::string> errors(n_threads);
-  const auto work = [&](size_t t) {
-    try {
-      for (size_t p = t; p < pieces.size(); p += n_threads) tokenizer.encode_lines(pieces[p], /*last=*/true, ids[p]);
-    } catch (const std::exception& e) {
-      errors[t] = e.what();
+  parallel_ranges(static_cast<int64_t>(pieces.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      tokenizer.encode_lines(pieces[static_cast<size_t>(p)], /*last=*/true, ids[static_cast<size_t>(p)]);
+      if (progress) progress(pieces[static_cast<size_t>(p)].size());
     }
-  };
-  std::vector<std::thread> pool;
-  for (size_t t = 1; t < std::min(n_threads, pieces.size()); ++t) pool.emplace_back(work, t);
-  work(0);
-  for (std::thread& th : pool) th.join();
-  for (const std::string& e : errors)
-    if (!e.empty()) fail(e);
+  });
   size_t total = 0;
   for (const auto& v : ids) total += v.size();
   std::vector<int32_t> out;
@@ -288,22 +295,31 @@ void word_vocab_limit(Dataset& ds, int64_t vocab_size, int64_t min_count) {
   if (vocab_size < 0 || vocab_size == 1)
     fail("--vocab-size must be 0 (every word) or at least 2 (<unk> and one word), got ", vocab_size);
   if (min_count < 1) fail("--min-count must be at least 1, got ", min_count);
-  const size_t V = ds.vocab.words.size();
-  std::vector<int64_t> counts(V, 0);
+  // With an end-of-document token ("<eod>", the last word) the limits apply to the other words and
+  // "<eod>" stays, again the last word.
+  const int32_t eod = ds.vocab.eod;
+  const size_t V = ds.vocab.words.size() - (eod >= 0 ? 1 : 0);
+  if (eod >= 0) UOE_ASSERT(static_cast<size_t>(eod) == V, "<eod> is not the last word");
+  std::vector<int64_t> counts(V + 1, 0);
   // uoe-prepare's streams are in memory (to_vector copies them once: the words are remapped below).
   std::vector<int32_t> train = ds.train.to_vector(), val = ds.val.to_vector();
   for (int32_t id : train) ++counts[static_cast<size_t>(id)];
   // Ids count down by training frequency (data_from_text), so the words kept are ids [0, keep).
   size_t keep = 1;
   while (keep < V && counts[keep] >= min_count) ++keep;
-  if (vocab_size > 0) keep = std::min(keep, static_cast<size_t>(vocab_size));
+  if (vocab_size > 0) keep = std::min(keep, static_cast<size_t>(vocab_size) - (eod >= 0 ? 1 : 0));  // V in all
   for (size_t id = 2; id < keep; ++id)
     UOE_ASSERT(counts[id] <= counts[id - 1], "word vocabulary not in descending count order at id ", id);
   if (keep == V) return;
   ds.vocab.words.resize(keep);
-  const auto remap = [keep](std::vector<int32_t>& ids) {
+  if (eod >= 0) {
+    ds.vocab.words.emplace_back(kEodWord);
+    ds.vocab.eod = static_cast<int32_t>(keep);
+  }
+  const auto remap = [keep, eod](std::vector<int32_t>& ids) {
     for (int32_t& id : ids)
-      if (static_cast<size_t>(id) >= keep) id = 0;
+      if (eod >= 0 && id == eod) id = static_cast<int32_t>(keep);
+      else if (static_cast<size_t>(id) >= keep) id = 0;
   };
   remap(train);
   remap(val);
@@ -313,7 +329,7 @@ void word_vocab_limit(Dataset& ds, int64_t vocab_size, int64_t min_count) {
 
 std::string tokenizer_blob(const Vocab& vocab) {
   switch (vocab.kind) {
-    case TokenizerKind::byte: return "";
+    case TokenizerKind::byte: return vocab.eod < 0 ? "" : kEodWord;
     case TokenizerKind::word: return vocab_file_text(vocab);
     case TokenizerKind::sentencepiece: return vocab.model;
   }
@@ -322,7 +338,12 @@ std::string tokenizer_blob(const Vocab& vocab) {
 
 Vocab tokenizer_from_blob(const std::string& kind, const std::string& blob, const std::string& source) {
   const TokenizerKind k = tokenizer_kind_parse(kind, ("the tokenizer stored in " + source).c_str());
-  if (k == TokenizerKind::byte) return Vocab{};
+  if (k == TokenizerKind::byte) {
+    Vocab v;
+    if (blob == kEodWord) v.eod = 256;
+    else if (!blob.empty()) fail("the byte-level tokenizer stored in ", source, " is damaged (unknown blob)");
+    return v;
+  }
   if (k == TokenizerKind::word) return vocab_text_parse(blob, "the word vocabulary stored in " + source);
   return sentencepiece_vocab(blob, "stored in " + source);
 }

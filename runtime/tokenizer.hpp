@@ -59,6 +59,10 @@ class Tokenizer {
 
   // Text of a token sequence (samples, debugging). Ids outside [0, V) print as "<?>".
   virtual std::string decode(const int32_t* ids, size_t n) const = 0;
+
+  // An id that encoding never produces and that can mark the end of a document (uoe-prepare --eod):
+  // SentencePiece's </s> (decoded as "<eod>"); -1 for byte and word, which add a token instead.
+  virtual int32_t reserved_eod() const { return -1; }
 };
 
 // The tokenizer a Vocab describes (byte: none needed; word: its words; SentencePiece: its model).
@@ -98,11 +102,21 @@ std::vector<std::string_view> sentencepiece_sample_lines(std::string_view text);
 // the text cannot fill, or smaller than its characters plus the byte pieces).
 Vocab sentencepiece_train(std::string_view text, const SentencePieceTraining& how, const std::string& source);
 
-// tokenizer.encode(text) computed on `threads` threads (0 = every core), the text cut into pieces of
-// about `piece_bytes` ending after a "\n" (a line is never cut): bitwise the same ids for any thread
-// count and piece size.
+// `text` cut into consecutive pieces for `parts` threads: a cut is placed every
+// min(piece_bytes, ceil(size / parts)) bytes and then moved forward to just after the next "\n", so
+// no line is ever cut (a piece ends after a "\n" or at the text's end; no piece is empty). The cuts
+// of 1, 2 or N parts differ, but every tokenizer maps a text line by line (see Lines above), so the
+// pieces' ids, concatenated, are the whole text's: the ids are bitwise the same for any `parts`.
+inline constexpr size_t kTextPieceBytes = size_t{4} << 20;
+std::vector<std::string_view> text_line_pieces(std::string_view text, size_t parts, size_t piece_bytes = kTextPieceBytes);
+
+// tokenizer.encode(text) on the compute threads (runtime/threads.hpp, parallel_ranges): the text
+// cut by text_line_pieces for `threads` parts (0 = threads_count()), the pieces encoded by the pool
+// and their ids concatenated in order: bitwise the same ids for any thread count and piece size.
+// `progress`, when set, is called with each finished piece's bytes (from any thread).
 std::vector<int32_t> tokenizer_encode_parallel(const Tokenizer& tokenizer, std::string_view text, int threads,
-                                               size_t piece_bytes = size_t{4} << 20);
+                                               size_t piece_bytes = kTextPieceBytes,
+                                               const TextProgress& progress = nullptr);
 
 // Word level: keeps the `vocab_size` most frequent entries of ds.vocab (<unk> included) and, among
 // them, the words seen at least `min_count` times in ds.train; every other word's id becomes 0
@@ -112,8 +126,8 @@ std::vector<int32_t> tokenizer_encode_parallel(const Tokenizer& tokenizer, std::
 void word_vocab_limit(Dataset& ds, int64_t vocab_size, int64_t min_count);
 
 // What checkpoints store of a vocabulary (so uoe-sample needs nothing else): its kind's name and
-// bytes: "" for byte level, the vocabulary file text for word (runtime/token_file.hpp), the .model
-// file's bytes for SentencePiece.
+// bytes: "" for byte level ("<eod>" with the end-of-document token), the vocabulary file text for
+// word (runtime/token_file.hpp), the .model file's bytes for SentencePiece.
 std::string tokenizer_blob(const Vocab& vocab);
 // Back from the blob; throws uoe::Error naming `source` for an unknown kind or a damaged blob.
 Vocab tokenizer_from_blob(const std::string& kind, const std::string& blob, const std::string& source);

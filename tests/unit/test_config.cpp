@@ -528,5 +528,17 @@ TEST(ConfigTable, ResumeComparesTheModelShapeOptions) {
             (Keys{"attn-topk", "topk", "capacity-factor", "patch-size", "gate", "aux-loss", "z-loss", "precision"}));
 }
 
+// --eval-windows takes the word "all" (the whole split, as 0) beside a number, on the command line
+// and in a --config file; anything else is refused naming the option.
+TEST(EvalWindows, TakesAllOrANumber) {
+  EXPECT_EQ(parse({"--eval-windows", "all"}).config.eval_windows, 0);
+  EXPECT_EQ(parse({"--eval-windows", "37"}).config.eval_windows, 37);
+  EXPECT_EQ(parse({}).config.eval_windows, Config{}.eval_windows);
+  EXPECT_EQ(config_from_ini("eval-windows = all\n", "t.ini").eval_windows, 0);
+  EXPECT_EQ(config_from_ini("eval-windows = 5\n", "t.ini").eval_windows, 5);
+  for (const char* bad : {"every", "-1", "3x", "", "99999999999"})
+    EXPECT_THAT(error_of([&] { parse({"--eval-windows", bad}); }), HasSubstr("--eval-windows")) << bad;
+}
+
 }  // namespace
 }  // namespace uoe

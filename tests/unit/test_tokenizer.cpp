@@ -12,12 +12,14 @@
 #include <iterator>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "checkpoints/manifest.hpp"
 #include "runtime/config.hpp"
 #include "runtime/data.hpp"
 #include "runtime/error.hpp"
+#include "runtime/threads.hpp"
 #include "runtime/token_file.hpp"
 #include "runtime/tokenizer.hpp"
 #include "tests/common/errors.hpp"
@@ -299,3 +301,99 @@ TEST(TokenizerBlob, RoundTripsThroughAManifest) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// End-of-document token (uoe-prepare --eod; runtime/data.hpp, data_from_spans)
+
+// Spans of the corpus, cut inside lines and documents at arbitrary points, every other one
+// followed by the end-of-document token.
+std::vector<uoe::TextSpan> eod_spans(const std::string& text, std::vector<std::string>& expected_docs) {
+  std::vector<uoe::TextSpan> spans;
+  for (size_t b = 0, i = 0; b < text.size(); ++i) {
+    const size_t e = std::min(text.size(), b + 997 + 131 * (i % 7));
+    spans.push_back({std::string_view(text).substr(b, e - b), i % 2 == 1});
+    b = e;
+  }
+  expected_docs.clear();
+  std::string doc;
+  for (const uoe::TextSpan& s : spans) {
+    doc += s.text;
+    if (s.eod) expected_docs.push_back(std::exchange(doc, ""));
+  }
+  if (!doc.empty()) expected_docs.push_back(doc);
+  return spans;
+}
+
+TEST(EndOfDocument, EveryTokenizerPutsItAfterEachDocumentForAnyThreadCount) {
+  const std::string text = corpus().substr(0, 30000);
+  std::vector<std::string> docs;
+  const std::vector<uoe::TextSpan> spans = eod_spans(text, docs);
+  uoe::Vocab word;
+  word.kind = TokenizerKind::word;
+  const uoe::Vocab bytes;
+  for (const uoe::Vocab* v : {&bytes, static_cast<const uoe::Vocab*>(&word), &model600()}) {
+    const uoe::Vocab& vocab = *v;
+    SCOPED_TRACE(uoe::tokenizer_kind_name(vocab.kind));
+    uoe::threads_set(1);
+    const uoe::Dataset one = uoe::data_from_spans(spans, spans, vocab, "t");
+    ASSERT_GE(one.vocab.eod, 0);
+    EXPECT_EQ(one.vocab.size(), vocab.kind == TokenizerKind::byte ? 257 : one.vocab.size());
+    // The ids: each span's encoding with the result's vocabulary, then eod after a span that has
+    // one; and as many eod ids as documents that end.
+    std::vector<int32_t> want;
+    for (const uoe::TextSpan& s : spans) {
+      const std::vector<int32_t> ids = one.vocab.encode(s.text);
+      want.insert(want.end(), ids.begin(), ids.end());
+      if (s.eod) want.push_back(one.vocab.eod);
+    }
+    EXPECT_EQ(one.train.to_vector(), want);
+    const std::vector<int32_t> got = one.train.to_vector();
+    EXPECT_EQ(std::count(got.begin(), got.end(), one.vocab.eod),
+              std::count_if(spans.begin(), spans.end(), [](const uoe::TextSpan& s) { return s.eod; }));
+    for (int threads : {2, 3}) {
+      uoe::threads_set(threads);
+      const uoe::Dataset n = uoe::data_from_spans(spans, spans, vocab, "t");
+      EXPECT_EQ(n.train.to_vector(), one.train.to_vector()) << threads << " threads";
+      EXPECT_EQ(n.vocab.size(), one.vocab.size());
+    }
+    uoe::threads_set(1);
+    // Decoded as a visible marker.
+    const int32_t ids[] = {one.vocab.eod};
+    EXPECT_TRUE(contains(one.vocab.decode(ids, 1), "<eod>"));
+    // It travels with a checkpoint (byte level too, where V = 257 must come back).
+    const uoe::Vocab back = uoe::tokenizer_from_blob(uoe::tokenizer_kind_name(one.vocab.kind),
+                                                     uoe::tokenizer_blob(one.vocab), "ck");
+    EXPECT_EQ(back.size(), one.vocab.size());
+    EXPECT_EQ(uoe::vocab_hash(back), uoe::vocab_hash(one.vocab));
+    EXPECT_TRUE(contains(back.decode(ids, 1), "<eod>"));
+  }
+  // Byte level with and without it: different vocabularies.
+  uoe::Vocab eod;
+  eod.eod = 256;
+  EXPECT_NE(uoe::vocab_hash(eod), uoe::vocab_hash(uoe::Vocab{}));
+}
+
+TEST(EndOfDocument, WordLimitKeepsItLast) {
+  const std::string text = corpus().substr(0, 30000);
+  std::vector<std::string> docs;
+  const std::vector<uoe::TextSpan> spans = eod_spans(text, docs);
+  uoe::Vocab word;
+  word.kind = TokenizerKind::word;
+  uoe::Dataset ds = uoe::data_from_spans(spans, spans, word, "t");
+  const int32_t eod = ds.vocab.eod;
+  ASSERT_EQ(ds.vocab.words.back(), "<eod>");
+  ASSERT_EQ(static_cast<size_t>(eod), ds.vocab.words.size() - 1);
+  const std::vector<int32_t> before = ds.train.to_vector();
+  uoe::word_vocab_limit(ds, 20, 1);
+  ASSERT_EQ(ds.vocab.size(), 20);
+  EXPECT_EQ(ds.vocab.words.back(), "<eod>");
+  EXPECT_EQ(ds.vocab.eod, 19);
+  const std::vector<int32_t> after = ds.train.to_vector();
+  ASSERT_EQ(after.size(), before.size());
+  for (size_t i = 0; i < before.size(); ++i) {
+    if (before[i] == eod) EXPECT_EQ(after[i], 19) << i;
+    else EXPECT_EQ(after[i], before[i] < 19 ? before[i] : 0) << i;
+  }
+  // The vocabulary file marks it: read back, "<eod>" is the end-of-document word.
+  EXPECT_EQ(uoe::vocab_text_parse(uoe::vocab_file_text(ds.vocab), "v").eod, 19);
+}
