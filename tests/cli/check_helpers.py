@@ -1,5 +1,6 @@
-"""What the tests/cli checks share: fail() (print FAIL, exit 1) and run() (a command's exit code and
-output). A check imports them with
+"""What the tests/cli checks share: fail() (print FAIL, exit 1), run() (a command's exit code and
+output), run_split() (exit code, stdout and stderr apart) and must() (run_split that fails unless the
+command succeeds). A check imports them with
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from check_helpers import fail, run  # noqa: E402
@@ -23,3 +24,17 @@ def run(cmd, expect=0, timeout=600):
     if expect is not None and p.returncode != expect:
         fail(f"exit {p.returncode} (expected {expect}) from: {' '.join(cmd)}\n{out}")
     return p.returncode, out
+
+
+def run_split(cmd, timeout=600):
+    """(exit code, stdout, stderr) of cmd, whatever the exit code."""
+    p = subprocess.run(cmd, capture_output=True, timeout=timeout)
+    return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+
+
+def must(cmd, what):
+    """(stdout, stderr) of cmd; fails, naming `what`, unless it exits 0."""
+    rc, out, err = run_split(cmd)
+    if rc != 0:
+        fail(f"{what}: exit {rc}\n{' '.join(cmd)}\n{out}\n{err}")
+    return out, err

@@ -17,25 +17,11 @@ Checks, against documents this script finds in the text itself, that
 import os
 import shutil
 import struct
-import subprocess
 import sys
 
 
-def run(cmd, timeout=600):
-    p = subprocess.run(cmd, capture_output=True, timeout=timeout)
-    return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
-
-
-def fail(msg):
-    print("FAIL:", msg)
-    sys.exit(1)
-
-
-def must(cmd, what):
-    rc, out, err = run(cmd)
-    if rc != 0:
-        fail(f"{what}: exit {rc}\n{' '.join(cmd)}\n{out}\n{err}")
-    return out, err
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from check_helpers import fail, must, run_split as run  # noqa: E402
 
 
 def read_tok(path):
