@@ -24,6 +24,7 @@
 #include "runtime/gemm.hpp"
 #include "runtime/rng.hpp"
 #include "runtime/sum_squares.hpp"
+#include "small_spec.hpp"
 #include "step_backend_device_like.hpp"
 
 namespace uoe {
@@ -233,23 +234,7 @@ TEST(Bf16, SameWeightsRouteIdenticallyInBothPrecisions) {
   EXPECT_NE(l16, l32);
 }
 
-ModelSpec small_spec() {
-  ModelSpec s;
-  s.layers = 2;
-  s.d = 32;
-  s.heads = 4;
-  s.attn_experts = 4;
-  s.attn_topk = 2;
-  s.experts = 4;
-  s.topk = 2;
-  s.d_ff = 128;
-  s.vocab = 48;
-  s.seq_len = 16;
-  s.capacity_factor = 1.0;
-  s.aux_loss = 0.01;
-  s.z_loss = 1e-3;
-  return model_spec_resolve(s);
-}
+ModelSpec small_spec() { return model_spec_resolve(small_test_spec()); }
 std::vector<int32_t> tokens(int n, int V, uint64_t stream) {
   std::vector<int32_t> v(n);
   for (int i = 0; i < n; ++i) v[i] = static_cast<int32_t>(rng_below(23, stream, static_cast<uint64_t>(i), V));

@@ -16,30 +16,13 @@
 #include "parallel/exchange.hpp"
 #include "runtime/rng.hpp"
 #include "runtime/sum_squares.hpp"
+#include "small_spec.hpp"
 #include "step_backend_device_like.hpp"
 
 namespace uoe {
 namespace {
 
-ModelSpec spec_of(BlockType t, int patch) {
-  ModelSpec s;
-  s.block_type = t;
-  s.layers = 2;
-  s.d = 32;
-  s.heads = 4;
-  s.attn_experts = 4;
-  s.attn_topk = 2;
-  s.experts = 4;
-  s.topk = 2;
-  s.d_ff = 128;
-  s.vocab = 48;
-  s.seq_len = 16;
-  s.patch_size = patch;
-  s.capacity_factor = 1.0;  // drops happen: the capacity path is exercised
-  s.aux_loss = 0.01;
-  s.z_loss = 1e-3;
-  return model_spec_resolve(s);
-}
+ModelSpec spec_of(BlockType t, int patch) { return model_spec_resolve(small_test_spec(t, patch)); }
 
 std::vector<int32_t> tokens(int n, int V, uint64_t stream) {
   std::vector<int32_t> v(n);

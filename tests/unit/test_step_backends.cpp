@@ -23,27 +23,14 @@
 #include "parallel/grad_sync.hpp"
 #include "parallel/exchange.hpp"
 #include "runtime/rng.hpp"
+#include "small_spec.hpp"
 #include "step_backend_device_like.hpp"
 
 namespace uoe {
 namespace {
 
 ModelSpec spec_of(BlockType t, int patch, double z_loss, bool prob_gate) {
-  ModelSpec s;
-  s.block_type = t;
-  s.layers = 2;
-  s.d = 32;
-  s.heads = 4;
-  s.attn_experts = 4;
-  s.attn_topk = 2;
-  s.experts = 4;
-  s.topk = 2;
-  s.d_ff = 128;
-  s.vocab = 48;
-  s.seq_len = 16;
-  s.patch_size = patch;
-  s.capacity_factor = 1.0;  // tight: drops happen, so the capacity path is exercised
-  s.aux_loss = 0.01;
+  ModelSpec s = small_test_spec(t, patch);
   s.z_loss = z_loss;
   s.prob_gate = prob_gate;
   s.renorm = !prob_gate;
