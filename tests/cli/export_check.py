@@ -174,8 +174,12 @@ def main():
     print(text.strip())
     verdicts = [json.loads(ln) for ln in text.splitlines() if ln.startswith("{")]
     if rc != 0 or len(verdicts) != len(exports) or not all(v["ok"] for v in verdicts):
-        fail(f"torch_uoe.py --check-export failed (exit {rc}); torch for {sys.executable} comes from "
-             f"launcher/install-deps (python3-torch)")
+        bad = [v for v in verdicts if not v["ok"]]
+        if bad:  # it ran and compared: the numbers (or a config it refuses) are the failure
+            fail(f"torch_uoe.py --check-export: {len(bad)} of {len(exports)} exports failed: "
+                 + "; ".join(f"{v['check_export']}: {v.get('error') or v.get('max_ratio')}" for v in bad))
+        fail(f"torch_uoe.py --check-export gave {len(verdicts)} verdicts for {len(exports)} exports (exit {rc}); "
+             f"if torch is missing, launcher/install-deps --tests installs python3-torch for {sys.executable}:\n{text}")
     # ... and each check fails once one weight is changed.
     mutated = [j(kind + ".mutated") for kind in sources]
     rc, text = run([sys.executable, torch_uoe, "--check-export", *mutated], expect=None)
