@@ -25,8 +25,8 @@ const Option kOptions[] = {
     {"tokenizer",                &C::tokenizer,              G::data,         R::shape,
      "byte | word | sentencepiece (sentencepiece: prepared token files only, see uoe-prepare)"},
     {"windows-within-documents", &C::windows_within_documents, G::data,       R::free,
-     "draw each training window inside one document (prepared data with --eod; documents shorter "
-     "than --seq-len + 1 tokens are skipped)"},
+     "draw each training window inside one document (data prepared by uoe-prepare with end-of-document "
+     "tokens; documents shorter than --seq-len + 1 tokens are skipped)"},
 
     {"layers",                   &C::layers,                 G::model,        R::shape,
      "transformer blocks L"},
