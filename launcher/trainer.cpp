@@ -228,6 +228,13 @@ void Trainer::describe() const {
   else log_warn("cpu: %s", blas_kernels_summary().c_str());
   log_info("uoe-train: data %s (%s, V=%d, %zu train / %zu val tokens)", data_.source.c_str(),
            tokenizer_kind_name(data_.vocab.kind), V, data_.train.size(), data_.val.size());
+  if (const DocumentWindows* docs = data_.train.documents())  // --windows-within-documents (runtime/data.hpp)
+    log_info("data: training windows kept inside documents: %llu of %llu documents hold a window of %d + 1 tokens, "
+             "%llu windows; %llu shorter documents skipped (%llu tokens, %.2f%% of the training split)",
+             static_cast<unsigned long long>(docs->first.size()), static_cast<unsigned long long>(docs->documents),
+             docs->T, static_cast<unsigned long long>(docs->total()), static_cast<unsigned long long>(docs->skipped),
+             static_cast<unsigned long long>(docs->skipped_tokens),
+             data_.train.empty() ? 0.0 : 100.0 * static_cast<double>(docs->skipped_tokens) / data_.train.size());
   log_info("model: %s blocks, %d layers, d %d, %d heads in %d attention experts (top-%d), %d MLP experts of %d (top-%d), "
            "capacity %g, patch %d, gate %s; %zu parameters on rank 0",
            block_type_name(spec.block_type), spec.layers, spec.d, spec.heads, spec.attn_experts, spec.attn_topk, spec.experts, spec.expert_ff(),

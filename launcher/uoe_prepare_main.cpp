@@ -43,7 +43,9 @@
 // document and is dropped) or --eod-separator STR (so does a line that is exactly STR) put an
 // end-of-document token after every document (runtime/data.hpp, data_from_spans: byte level id 256,
 // V = 257; word level the word "<eod>", the last id; sentencepiece the model's </s>), recorded in
-// the token files' header and index (runtime/token_file.hpp). With --eod, every tokenizer splits by
+// the token files' header and index (runtime/token_file.hpp), and each split's documents file
+// (PREFIX.train.docs: where each document starts, listed in the index) for uoe-train
+// --windows-within-documents. With --eod, every tokenizer splits by
 // text as sentencepiece does (a document cut by the split gets its token in the validation split).
 // Exit codes: 0 success (or --help, --version), 2 bad command line, 1 any other failure (unreadable text, ...).
 #include <boost/program_options.hpp>
@@ -228,7 +230,8 @@ bool parse(int argc, char** argv, PrepareOptions& o) {
                  "Several files are joined in the order given (a directory: every regular file below it, sorted by\n"
                  "path; globs are the shell's). The output is byte-identical for any --threads. --eod puts an\n"
                  "end-of-document token after every document (byte level: V=257; word: the word <eod>;\n"
-                 "sentencepiece: the model's </s>); with it the validation split is cut by text at a line start.\n\n"
+                 "sentencepiece: the model's </s>); with it the validation split is cut by text at a line start,\n"
+                 "and PREFIX.train.docs records where documents start (uoe-train --windows-within-documents).\n\n"
               << desc;
     return false;
   }
@@ -564,7 +567,8 @@ int run(const PrepareOptions& o) {
   }
   const std::vector<std::string> written =
       uoe::token_files_write(ds, o.output, static_cast<uint64_t>(std::llround(o.shard_mb * 1e6)));
-  const size_t shards = written.size() - (kind == uoe::TokenizerKind::byte ? 2 : 3);  // indexes, vocabulary/model
+  // Indexes, vocabulary/model; then the shards and (--eod) documents files.
+  const size_t shards = written.size() - (kind == uoe::TokenizerKind::byte ? 2 : 3);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   const int V = ds.vocab.size();
@@ -573,8 +577,10 @@ int run(const PrepareOptions& o) {
   std::printf("  train: %zu tokens -> %s\n", ds.train.size(), written[0].c_str());
   std::printf("  val:   %zu tokens -> %s%s\n", ds.val.size(), written[1].c_str(),
               o.val_given.empty() ? " (the last --val-fraction of the text)" : "");
-  for (size_t i = written.size() - shards; i < written.size(); ++i)
-    std::printf("  shard: %s (%s)\n", written[i].c_str(), megabytes(written[i]).c_str());
+  for (size_t i = written.size() - shards; i < written.size(); ++i) {
+    const bool docs = written[i].size() > 5 && written[i].compare(written[i].size() - 5, 5, ".docs") == 0;
+    std::printf("  %s: %s (%s)\n", docs ? "documents" : "shard", written[i].c_str(), megabytes(written[i]).c_str());
+  }
   if (kind == uoe::TokenizerKind::word) {
     size_t unknown = 0;
     for (int32_t id : ds.val.to_vector()) unknown += id == 0;

@@ -16,6 +16,7 @@ struct Config {
   std::string val_data;         // validation text; empty = last --val-fraction of --data
   double val_fraction = 0.1;    // share of --data held out for validation, (0, 1)
   std::string tokenizer = "byte";  // byte | word | sentencepiece
+  bool windows_within_documents = false;  // training windows never cross a document boundary
 
   // --- model ---
   int layers = 4;               // L

@@ -37,6 +37,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <string_view>
 #include <unordered_map>
@@ -555,6 +556,22 @@ Dataset dataset_from_token_file(const Config& cfg, TokenizerKind kind) {
   }
   check_split_length(ds.train.size(), cfg.seq_len, train_what);
   check_split_length(ds.val.size(), cfg.seq_len, val_what);
+  if (cfg.windows_within_documents) {
+    // runtime/token_file.hpp, Documents: the starts uoe-prepare --eod records with the index.
+    if (train.documents_path.empty())
+      fail("--windows-within-documents needs the document starts that uoe-prepare --eod records next to a shard index, "
+           "but --data '", cfg.data, "' ",
+           !token_index_detect(cfg.data) ? "is a token file, not an index: give --data PREFIX.train.idx"
+           : h.eod < 0 ? "was prepared without --eod (no documents): prepare it again with --eod file|blank-line or "
+                         "--eod-separator STR"
+                       : "is an index of an older preparation that did not record them: prepare it again");
+    auto docs = std::make_shared<DocumentWindows>(
+        document_windows(prepared_document_starts(train, "--data"), ds.train.size(), cfg.seq_len));
+    if (docs->total() == 0)
+      fail("--windows-within-documents: none of the ", docs->documents, " documents of the ", train_what,
+           " holds --seq-len ", cfg.seq_len, " + 1 tokens (the longest is shorter): lower --seq-len, or drop the option");
+    ds.train.set_documents(std::move(docs));
+  }
   return ds;
 }
 
@@ -566,6 +583,11 @@ Dataset data_load(const Config& cfg) {
   const TokenizerKind kind = tokenizer_parse(cfg.tokenizer);
   const bool builtin = cfg.data.empty();
   if (!builtin && prepared_detect(cfg.data)) return dataset_from_token_file(cfg, kind);
+  if (cfg.windows_within_documents)
+    fail("--windows-within-documents needs prepared data with document boundaries, but --data ",
+         builtin ? std::string("is the built-in corpus") : "'" + cfg.data + "' is text",
+         ": prepare it with uoe-prepare --eod file|blank-line (or --eod-separator STR), then train with --data "
+         "PREFIX.train.idx");
   if (kind == TokenizerKind::sentencepiece)
     fail("--tokenizer sentencepiece reads prepared token files only: prepare the text with uoe-prepare --tokenizer "
          "sentencepiece (it trains or takes the model), then train with --data PREFIX.train.idx --val-data "
@@ -849,12 +871,42 @@ void data_sample_batch(const TokenStream& tokens, int T, int B, uint64_t seed,
          static_cast<int64_t>(T) + 1, ")");
 
   const uint64_t stream = rng_stream("data.window");
-  const uint64_t n_starts = n - static_cast<size_t>(T);  // starts 0 .. n-T-1: the last target is tok[n-1]
+  const DocumentWindows* docs = tokens.documents();
+  if (docs != nullptr && docs->T != T)
+    fail("data_sample_batch: the stream's document windows are of --seq-len ", docs->T, ", not ", T);
+  if (docs != nullptr && docs->total() == 0)
+    fail("data_sample_batch: no document of the training data holds --seq-len ", T, " + 1 tokens");
+  // Starts 0 .. n-T-1: the last target is tok[n-1]; with documents, window u of those inside one.
+  const uint64_t n_starts = docs != nullptr ? docs->total() : n - static_cast<size_t>(T);
   for (int b = 0; b < B; ++b) {
     const uint64_t counter = (step << 32) | (slot << 16) | static_cast<uint64_t>(b);
-    const size_t start = rng_below(seed, stream, counter, n_starts);
+    const uint64_t u = rng_below(seed, stream, counter, n_starts);
+    const size_t start = docs != nullptr ? static_cast<size_t>(docs->start(u)) : static_cast<size_t>(u);
     window_copy(tokens, start, T, inputs + static_cast<size_t>(b) * T, targets + static_cast<size_t>(b) * T);
   }
+}
+
+DocumentWindows document_windows(const std::vector<uint64_t>& starts, uint64_t n, int T) {
+  if (T < 1) fail("document_windows: --seq-len must be at least 1, got ", T);
+  if (starts.empty() || starts[0] != 0) fail("document_windows: the first document must start at token 0");
+  DocumentWindows w;
+  w.T = T;
+  uint64_t windows = 0;
+  for (size_t d = 0; d < starts.size() && starts[d] < n; ++d) {
+    const uint64_t end = d + 1 < starts.size() ? std::min(starts[d + 1], n) : n;
+    if (end <= starts[d]) fail("document_windows: document starts must increase (document ", d, ")");
+    ++w.documents;
+    const uint64_t length = end - starts[d];
+    if (length < static_cast<uint64_t>(T) + 1) {
+      ++w.skipped;
+      w.skipped_tokens += length;
+      continue;
+    }
+    windows += length - static_cast<uint64_t>(T);
+    w.first.push_back(starts[d]);
+    w.ends.push_back(windows);
+  }
+  return w;
 }
 
 int64_t data_val_window_count(size_t n_tokens, int T) {

@@ -130,8 +130,19 @@ std::string data_builtin_corpus();
 // start_b = rng_below(seed, rng_stream("data.window"), (step << 32) | (slot << 16) | b, n - T):
 // the counter layout is collision-free because b < 2^16, slot < 2^16 and step < 2^32 (checked).
 // Requires tokens.size() >= T + 1. inputs, targets: [B, T].
+// A stream with documents (TokenStream::documents, uoe-train --windows-within-documents) draws
+// u = rng_below(seed, same stream, same counter, W) over its W windows that lie inside one document
+// and starts at DocumentWindows::start(u): uniform over those windows, and a stream that is one
+// document draws exactly the windows above. Its T must be this T.
 void data_sample_batch(const TokenStream& tokens, int T, int B, uint64_t seed,
                        uint64_t step, uint64_t slot, int32_t* inputs, int32_t* targets);
+
+// The windows of T inputs that stay inside one document, for a stream of n tokens whose documents
+// start at `starts` (strictly increasing, the first 0; runtime/token_file.hpp, Documents): document
+// d is [starts[d], starts[d+1]) (the last ends at n; starts at or after n are dropped: a training split
+// cut from a longer stream) and holds max(0, length - T) windows. Documents shorter than T + 1 tokens
+// hold none and are counted as skipped.
+DocumentWindows document_windows(const std::vector<uint64_t>& starts, uint64_t n, int T);
 
 // Number of validation windows of T inputs over n tokens: (n - 1) / T (partial tail dropped);
 // 0 when n < T + 1.

@@ -24,6 +24,9 @@ const Option kOptions[] = {
      "share of --data held out for validation, in (0, 1)"},
     {"tokenizer",                &C::tokenizer,              G::data,         R::shape,
      "byte | word | sentencepiece (sentencepiece: prepared token files only, see uoe-prepare)"},
+    {"windows-within-documents", &C::windows_within_documents, G::data,       R::free,
+     "draw each training window inside one document (data prepared by uoe-prepare with end-of-document "
+     "tokens; documents shorter than --seq-len + 1 tokens are skipped)"},
 
     {"layers",                   &C::layers,                 G::model,        R::shape,
      "transformer blocks L"},

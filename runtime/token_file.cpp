@@ -441,6 +441,42 @@ namespace {
 constexpr const char* kIndexMagic = "uoe-token-index";
 constexpr int kIndexVersion = 1;
 constexpr int kIndexVersionEod = 2;  // with the "eod" line
+constexpr int kIndexVersionDocuments = 3;  // with the "eod" and "documents" lines
+constexpr char kDocumentsMagic[8] = {'U', 'O', 'E', 'D', 'O', 'C', '0', '1'};
+constexpr size_t kDocumentsHeaderBytes = 24;
+
+// The documents file of a stream whose documents each end with `eod` (format in token_file.hpp):
+// 0, and the index after every eod token but the last token.
+std::string documents_file_bytes(const TokenStream& ids, int32_t eod, uint64_t& count) {
+  const size_t n = ids.size();
+  std::string out(kDocumentsHeaderBytes, '\0');
+  std::memcpy(out.data(), kDocumentsMagic, sizeof kDocumentsMagic);
+  unsigned char le[8];
+  const auto put = [&](uint64_t v) {
+    store_le<uint64_t>(le, v);
+    out.append(reinterpret_cast<const char*>(le), sizeof le);
+  };
+  count = 0;
+  if (n > 0) {
+    put(0);
+    ++count;
+  }
+  std::vector<int32_t> chunk;
+  constexpr size_t kChunk = size_t{1} << 20;
+  for (size_t i0 = 0; i0 < n; i0 += kChunk) {
+    const size_t m = std::min(kChunk, n - i0);
+    chunk.resize(m);
+    ids.copy(i0, m, chunk.data());
+    for (size_t i = 0; i < m; ++i)
+      if (chunk[i] == eod && i0 + i + 1 < n) {
+        put(i0 + i + 1);
+        ++count;
+      }
+  }
+  store_le<uint64_t>(reinterpret_cast<unsigned char*>(out.data()) + 8, count);
+  store_le<uint64_t>(reinterpret_cast<unsigned char*>(out.data()) + 16, n);
+  return out;
+}
 
 std::string hex16(uint64_t v) {
   char buf[24];
@@ -489,15 +525,26 @@ std::vector<std::string> token_shards_write(const std::string& stem, const Token
       line.header_hash = fnv1a(header.data(), header.size());
       lines.push_back(std::move(line));
     }
+    // With an eod id, the documents file (written before the index, removed with the shards).
+    uint64_t documents = 0, documents_hash = 0;
+    const std::string documents_name = stem_name + ".docs";
+    if (eod >= 0) {
+      const std::string bytes = documents_file_bytes(ids, eod, documents);
+      documents_hash = fnv1a(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
+      const std::string path = dir.empty() ? documents_name : dir + "/" + documents_name;
+      atomic_write_file(path, bytes);
+      shards.push_back(path);
+    }
     std::ostringstream idx;
-    idx << kIndexMagic << ' ' << (eod < 0 ? kIndexVersion : kIndexVersionEod) << '\n'
+    idx << kIndexMagic << ' ' << (eod < 0 ? kIndexVersion : kIndexVersionDocuments) << '\n'
         << "tokenizer " << static_cast<unsigned>(tokenizer) << '\n'
         << "vocab_size " << vocab_size << '\n'
         << "vocab_hash " << hex16(vocab_hash) << '\n'
         << "dtype " << dtype << '\n'
         << "tokens " << n << '\n'
         << "source_bytes " << static_cast<uint64_t>(source_bytes) << '\n';
-    if (eod >= 0) idx << "eod " << eod << '\n';
+    if (eod >= 0) idx << "eod " << eod << '\n' << "documents " << documents << ' ' << hex16(documents_hash) << ' '
+                      << documents_name << '\n';
     idx << "shards " << lines.size() << '\n';
     for (const ShardLine& l : lines)
       idx << "shard " << l.tokens << ' ' << l.file_bytes << ' ' << hex16(l.header_hash) << ' ' << l.name << '\n';
@@ -598,20 +645,30 @@ PreparedSplit prepared_open(const std::string& path, const char* option) {
   if (lines[0].substr(0, std::string_view(kIndexMagic).size()) != kIndexMagic)
     fail(where, ": not a uoe shard index (the first line is not '", kIndexMagic, " 1'); prepare data with uoe-prepare");
   const uint64_t version = number(kIndexMagic);
-  if (version != kIndexVersion && version != kIndexVersionEod)
-    fail(where, ": index version ", version, " is not supported (this build reads versions ", kIndexVersion, " and ",
-         kIndexVersionEod, ")");
+  if (version != kIndexVersion && version != kIndexVersionEod && version != kIndexVersionDocuments)
+    fail(where, ": index version ", version, " is not supported (this build reads versions ", kIndexVersion, " to ",
+         kIndexVersionDocuments, ")");
   const uint64_t tokenizer = number("tokenizer");
   const uint64_t vocab_size = number("vocab_size");
   const uint64_t vhash = number("vocab_hash", 16);
   const uint64_t dtype = number("dtype");
   const uint64_t total = number("tokens");
   out.source_bytes = static_cast<double>(number("source_bytes"));
-  const int64_t eod = version == kIndexVersionEod ? static_cast<int64_t>(number("eod")) : -1;
+  const int64_t eod = version != kIndexVersion ? static_cast<int64_t>(number("eod")) : -1;
   if (eod >= static_cast<int64_t>(vocab_size)) fail(where, ": eod ", eod, " is not below vocab_size ", vocab_size);
+  const std::string dir = fs::path(path).parent_path().string();
+  if (version == kIndexVersionDocuments) {
+    const std::string v = field("documents");
+    std::istringstream in(v);
+    std::string hash_hex, name;
+    if (!(in >> out.documents >> hash_hex) || in.get() != ' ' || !std::getline(in, name) || name.empty() ||
+        name.find('/') != std::string::npos || hash_hex.size() != 16)
+      fail(where, " line ", at, ": expected 'documents COUNT HASH NAME' with a file name in the index's directory");
+    out.documents_hash = std::strtoull(hash_hex.c_str(), nullptr, 16);
+    out.documents_path = dir.empty() ? name : dir + "/" + name;
+  }
   const uint64_t count = number("shards");
   if (count == 0 || count > lines.size()) fail(where, ": ", count, " shards listed, but ", lines.size() - at, " lines follow");
-  const std::string dir = fs::path(path).parent_path().string();
   uint64_t sum = 0;
   for (uint64_t i = 0; i < count; ++i) {
     ShardLine l;
@@ -652,9 +709,37 @@ PreparedSplit prepared_open(const std::string& path, const char* option) {
     fail(where, " line ", at + 1, ": unexpected text after the ", count, " shard lines");
   if (sum != total) fail(where, ": the shards hold ", sum, " tokens but the index says ", total);
   out.header.tokens = total;
+  if (!out.documents_path.empty())
+    out.documents_label = std::string(option) + " documents file '" + out.documents_path + "' (listed in '" + path + "')";
   out.summary = path + " (prepared, " + std::to_string(count) + (count == 1 ? " shard, " : " shards, ") +
                 (dtype == 2 ? "uint16" : "uint32") + ")";
   return out;
+}
+
+std::vector<uint64_t> prepared_document_starts(const PreparedSplit& split, const char* option) {
+  UOE_ASSERT(!split.documents_path.empty(), "a split without a documents file");
+  const std::string& where = split.documents_label;
+  const MappedFile map(split.documents_path, option);
+  const unsigned char* p = map.data();
+  if (map.size() < kDocumentsHeaderBytes || std::memcmp(p, kDocumentsMagic, sizeof kDocumentsMagic) != 0)
+    fail(where, ": not a documents file (no 'UOEDOC01' header)");
+  const uint64_t count = load_le<uint64_t>(p + 8), tokens = load_le<uint64_t>(p + 16);
+  if (count != split.documents || tokens != split.header.tokens)
+    fail(where, ": holds ", count, " documents of ", tokens, " tokens where the index says ", split.documents, " of ",
+         split.header.tokens, " (a file of another preparation?)");
+  if (count > (map.size() - kDocumentsHeaderBytes) / 8 || map.size() != kDocumentsHeaderBytes + count * 8)
+    fail(where, ": ", map.size(), " bytes where ", count, " documents take ", kDocumentsHeaderBytes + count * 8,
+         " (truncated or grown)");
+  if (fnv1a(p, map.size()) != split.documents_hash)
+    fail(where, ": its checksum differs from the index's (a damaged file, or one of another preparation)");
+  std::vector<uint64_t> starts(count);
+  for (uint64_t d = 0; d < count; ++d) {
+    starts[d] = load_le<uint64_t>(p + kDocumentsHeaderBytes + 8 * d);
+    if ((d == 0 && starts[d] != 0) || (d > 0 && starts[d] <= starts[d - 1]) || starts[d] >= tokens)
+      fail(where, ": document ", d, " starts at token ", starts[d],
+           " (starts must increase from 0 and lie below the ", tokens, " tokens)");
+  }
+  return starts;
 }
 
 }  // namespace uoe

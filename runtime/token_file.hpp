@@ -30,14 +30,18 @@
 // token file, readable without its index); more shards are STEM-00000.tok, STEM-00001.tok, ...
 // Index file (text, one field a line, "key value"; names are file names in the index's directory):
 //
-//   uoe-token-index 1                 magic and version (2 when the split has an eod line)
+//   uoe-token-index 1                 magic and version (2 with an eod line; 3 with eod and documents
+//                                     lines, what uoe-prepare --eod writes; versions 1 and 2 still read)
 //   tokenizer 0                       the shards' header fields: tokenizer code, V, vocab_hash
 //   vocab_size 256                    (hex, 16 digits), dtype (bytes per id)
 //   vocab_hash 0000000000000000
 //   dtype 2
 //   tokens 1234567                    total tokens, the sum over the shards
 //   source_bytes 1234567              bytes of the text the split was tokenized from (val_bpb)
-//   eod 256                           only in version 2 (uoe-prepare --eod): the end-of-document id
+//   eod 256                           only in versions 2 and 3 (uoe-prepare --eod): the end-of-document id
+//   documents 812 9a3c...07 corpus.train.docs
+//                                     only in version 3: the document count, FNV-1a 64 (hex) of the
+//                                     documents file (below) and its name
 //   shards 2                          then one line per shard, in stream order:
 //   shard 1000000 2000040 5d1c...e3 corpus.train-00000.tok
 //                                     tokens, file size in bytes, FNV-1a 64 (hex) of its 40 header
@@ -48,6 +52,16 @@
 // error naming the index and the shard. The split's token stream is the shards concatenated in
 // order; training windows are drawn over that stream as over one file (a window may straddle two
 // shards), so a one-shard dataset, or N shards holding one file's tokens, trains bitwise as that file.
+//
+// Documents file (STEM.docs, uoe-prepare --eod, listed in STEM.idx): where the split's documents
+// start, for uoe-train --windows-within-documents (runtime/data.hpp, document_windows). Little-endian:
+//
+//        0    8  magic        "UOEDOC01"
+//        8    8  documents    uint64, D
+//       16    8  tokens       uint64, the split's token count (the index's)
+//       24  D*8  starts       uint64 each, strictly increasing, the first 0, all below tokens: the
+//                             stream index of each document's first token (0, and one after every
+//                             end-of-document token but the split's last token)
 //
 // Vocabulary file (word level; PREFIX.vocab next to PREFIX.train.tok / PREFIX.val.tok): UTF-8 or any
 // bytes, one word per line, id = line number counted from 0 (line 1 is "<unk>", id 0). A backslash
@@ -166,15 +180,16 @@ Vocab vocab_text_parse(std::string_view text, const std::string& source);
 
 // What uoe-prepare writes for a dataset: the train and validation splits as shards and an index
 // each (STEM = PREFIX.train, PREFIX.val; see "Sharded datasets" above) and, word level, PREFIX.vocab,
-// sentencepiece level, PREFIX.model. Returns the index paths, then the vocabulary's or the model's,
-// then every shard's. The writes are
+// sentencepiece level, PREFIX.model; with an eod id, each split's documents file. Returns the index
+// paths, then the vocabulary's or the model's, then every shard's and documents file's. The writes are
 // atomic; when one fails the shards this call wrote are removed again.
 inline constexpr uint64_t kDefaultShardBytes = 1'000'000'000;  // 1 GB of token ids per shard
 std::vector<std::string> token_files_write(const Dataset& ds, const std::string& prefix,
                                            uint64_t shard_bytes = kDefaultShardBytes);
 
-// One split written as shards + index (STEM.idx and STEM.tok or STEM-NNNNN.tok). Returns the index
-// path, then the shards'. `source_bytes`: bytes of the text the ids came from (0 = unknown).
+// One split written as shards + index (STEM.idx and STEM.tok or STEM-NNNNN.tok) and, with an eod
+// id, the documents file STEM.docs (the starts of the documents its eod tokens end). Returns the
+// index path, then the shards', then the documents file's. `source_bytes`: bytes of the text the ids came from (0 = unknown).
 std::vector<std::string> token_shards_write(const std::string& stem, const TokenStream& ids, TokenizerKind tokenizer,
                                             uint32_t vocab_size, uint64_t vocab_hash, uint64_t shard_bytes,
                                             double source_bytes, int32_t eod = -1);
@@ -188,9 +203,19 @@ struct PreparedSplit {
   TokenStream tokens;      // the shards concatenated (views of the mapped files)
   double source_bytes = 0; // from the index (0 = unknown; a byte-level token file: its token count)
   std::string summary;     // for the log: path, dtype, shard count
+  // The documents file the index lists (version 3), its document count and hash; empty: none
+  // (a token file, or an index written before uoe-prepare recorded documents, or without --eod).
+  std::string documents_path;
+  uint64_t documents = 0, documents_hash = 0;
+  std::string documents_label;  // names the documents file and its index in errors
 };
 // Opens `path` (a .tok file or an index, by token_index_detect); errors name `option`, the index and
 // the shard: a missing, truncated or foreign shard, a header disagreeing with the index, a bad line.
 PreparedSplit prepared_open(const std::string& path, const char* option);
+
+// The document starts of an opened split (its documents file, read whole and checked against the
+// index: count, hash, token count, starts increasing from 0 and below the token count); throws
+// uoe::Error naming `option` and the file. Requires split.documents_path (not empty).
+std::vector<uint64_t> prepared_document_starts(const PreparedSplit& split, const char* option);
 
 }  // namespace uoe

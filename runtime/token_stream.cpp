@@ -10,6 +10,13 @@
 
 namespace uoe {
 
+uint64_t DocumentWindows::start(uint64_t w) const {
+  UOE_ASSERT(w < total(), "window ", w, " of ", total());
+  // The document holding window w: the first whose cumulative count exceeds w.
+  const size_t d = static_cast<size_t>(std::upper_bound(ends.begin(), ends.end(), w) - ends.begin());
+  return first[d] + (w - (d == 0 ? 0 : ends[d - 1]));
+}
+
 TokenStream::TokenStream(std::vector<int32_t> ids) {
   if (ids.empty()) return;
   auto owned = std::make_shared<const std::vector<int32_t>>(std::move(ids));
@@ -142,6 +149,7 @@ TokenStream TokenStream::slice(size_t begin, size_t count) const {
 }
 
 void TokenStream::append(const TokenStream& other) {
+  docs_.reset();  // the documents were this stream's alone
   for (const Segment& s : other.segs_) {
     starts_.push_back(size_);
     size_ += s.count;

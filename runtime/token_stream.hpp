@@ -17,6 +17,23 @@
 
 namespace uoe {
 
+// Training windows kept inside documents (uoe-train --windows-within-documents; runtime/data.hpp,
+// data_sample_batch): the documents of a stream that hold a window of T inputs and its T targets
+// (T + 1 tokens, so a document's last token, its end-of-document token, may be the last target),
+// and how many windows each holds. Built by document_windows (runtime/data.hpp); 16 bytes of
+// memory per document that holds a window.
+struct DocumentWindows {
+  int T = 0;
+  std::vector<uint64_t> first;  // stream index of each such document's first token
+  std::vector<uint64_t> ends;   // windows in the documents up to and including this one
+  uint64_t documents = 0;       // documents in the stream, those shorter than T + 1 tokens included
+  uint64_t skipped = 0, skipped_tokens = 0;  // documents shorter than T + 1 tokens, and their tokens
+  uint64_t total() const { return ends.empty() ? 0 : ends.back(); }
+  // The first token of window w, 0 <= w < total(): windows are numbered document by document,
+  // each document's from its first token on.
+  uint64_t start(uint64_t w) const;
+};
+
 class TokenStream {
  public:
   TokenStream() = default;
@@ -50,6 +67,11 @@ class TokenStream {
   // Appends `other`'s segments after this stream's (no copy).
   void append(const TokenStream& other);
 
+  // The stream's documents when training windows are kept inside them (null: windows are drawn
+  // over the whole stream). slice() and append() return or leave a stream without them.
+  const DocumentWindows* documents() const { return docs_.get(); }
+  void set_documents(std::shared_ptr<const DocumentWindows> docs) { docs_ = std::move(docs); }
+
  private:
   struct Segment {
     std::shared_ptr<const void> owner;  // the vector or the memory map
@@ -64,6 +86,7 @@ class TokenStream {
   std::vector<Segment> segs_;
   std::vector<size_t> starts_;  // starts_[i]: stream index of segment i's first id
   size_t size_ = 0;
+  std::shared_ptr<const DocumentWindows> docs_;
 };
 
 }  // namespace uoe

@@ -5,7 +5,8 @@ usage: prepare_eod.py OUTDIR TEXT UOE_PREPARE UOE_SAMPLE TRAIN_CMD...
 
 Checks, against documents this script finds in the text itself, that
 - byte level, --eod blank-line, --eod file and --eod-separator: the ids are each document's bytes followed by 256,
-  V = 257, the header's eod field is 256 + 1 and the index is version 2 with "eod 256"; without
+  V = 257, the header's eod field is 256 + 1, the index is version 3 with "eod 256" and a documents
+  file holding each document's first token (0 and one after every 256); without
   --eod the header field is 0 and V = 256;
 - word level: "<eod>" is the vocabulary's last word, its id follows every document, --vocab-size N
   gives V = N in all; sentencepiece (an existing model): the model's </s> id follows every document;
@@ -78,8 +79,18 @@ def main():
             fail(f"{path}: V={vocab}, eod field {eod1}, {len(ids)} ids; expected V=257, 257 and the "
                  f"{len(want)} ids of the documents each followed by 256")
     idx = open(prefix + ".train.idx").read()
-    if not idx.startswith("uoe-token-index 2\n") or "\neod 256\n" not in idx:
-        fail(f"the index does not record the end-of-document token:\n{idx}")
+    if not idx.startswith("uoe-token-index 3\n") or "\neod 256\ndocuments " not in idx:
+        fail(f"the index does not record the end-of-document token and the documents:\n{idx}")
+    # The documents file: where each document starts (0, then after every 256 but the last token).
+    _, _, ids = read_tok(prefix + ".train.tok")
+    raw = open(prefix + ".train.docs", "rb").read()
+    if raw[:8] != b"UOEDOC01":
+        fail(f"{prefix}.train.docs: no documents file")
+    count, n = struct.unpack_from("<QQ", raw, 8)
+    starts = list(struct.unpack_from("<%dQ" % count, raw, 24))
+    want = [0] + [i + 1 for i, t in enumerate(ids) if t == 256 and i + 1 < len(ids)]
+    if n != len(ids) or starts != want or len(raw) != 24 + 8 * count or f"documents {count} " not in idx:
+        fail(f"{prefix}.train.docs: {count} starts of {n} tokens; expected the {len(want)} starts after each eod")
 
     # Byte level, file rule: each file's bytes, then 256 (nothing between files).
     prefix = os.path.join(out, "byte_file", "ts")
