@@ -117,7 +117,7 @@ void expect_same_as_cpu_backend(const ModelSpec& spec, int micro_batches, int ch
   step.forward_eval(in.data(), tg.data(), 0, &ed);
   EXPECT_EQ(ed.tokens, 0);
   EXPECT_EQ(ed.ce_sum, 0.0);
-  // What crossed: the arenas once each way per state_to_host, routing scores and row tables.
+  // What crossed: the arenas once each way per state_to_host, routing counts and row tables.
   EXPECT_GT(be.bytes(DeviceLikeBackend::Traffic::arena), 0u);
   EXPECT_GT(be.bytes(DeviceLikeBackend::Traffic::metadata), 0u);
 }
