@@ -117,7 +117,7 @@ class CpuBackend {
   void route_backward(const Routing& r, RouteCache&, const RouterSpec& spec, const float* dgate_host, const float* xn,
                       const float* w, float* dxn, float* dw, float* db, float loss_scale);
 
-  void row_tables(CombineTables& t, const SourceRows& src, const Routing& r) {
+  void row_tables(CombineTables& t, const SourceRows& src, const Routing& r, const RouteCache&) {
     t.src = &src;
     t.routing = &r;
   }

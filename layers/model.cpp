@@ -156,6 +156,11 @@ void block_stats_from_routing(BlockStats* bs, const ModelSpec& s, int b, const R
   bs->balance_loss = r.balance_loss;
   bs->z_loss = r.z_loss;
   bs->entropy_sum = 0;
+  if (r.figures_only) {  // decided on the device, which formed these (layers/router.hpp)
+    bs->entropy_sum = routed ? r.entropy_sum : 0;
+    bs->experts_per_token.assign(r.experts_per_token.begin(), r.experts_per_token.end());
+    return;
+  }
   if (routed) {
     for (int p = 0; p < r.P; ++p) {
       const float* pr = r.probs.data() + static_cast<size_t>(p) * r.E;

@@ -65,30 +65,26 @@ void router_forward(Routing& r, const RouterSpec& spec, const float* xn, const f
   router_decide(r, spec, dropless);
 }
 
+void router_decide_rows(float* probs, float* lse, int* choice, float* gate, int P, int E, int k, GateMode mode) {
+  for (int p = 0; p < P; ++p)
+    lse[p] = router_decide_row(probs + static_cast<size_t>(p) * E, choice + static_cast<size_t>(p) * k,
+                               gate + static_cast<size_t>(p) * k, E, k, mode);
+}
+
+void router_chosen(int* chosen, const int* choice, int P, int E, int k) {
+  for (int e = 0; e < E; ++e) chosen[e] = router_chosen_count(choice, P, k, e);
+}
+
 void router_decide(Routing& r, const RouterSpec& spec, bool dropless) {
   const int E = r.E, k = r.k, P = r.P;
   r.lse.resize(P);
-  for (int p = 0; p < P; ++p) r.lse[p] = softmax_row(r.probs.data() + static_cast<size_t>(p) * E, E);
-
   // Expert selection.
   r.choice.resize(static_cast<size_t>(P) * k);
   r.gate.resize(static_cast<size_t>(P) * k);
   r.kept.assign(static_cast<size_t>(P) * k, 1);
+  router_decide_rows(r.probs.data(), r.lse.data(), r.choice.data(), r.gate.data(), P, E, k, gate_mode(spec));
   r.chosen.assign(E, 0);
-  for (int p = 0; p < P; ++p) {
-    const float* pr = r.probs.data() + static_cast<size_t>(p) * E;
-    int* ch = r.choice.data() + static_cast<size_t>(p) * k;
-    topk_row(ch, pr, E, k);
-    float s = 0.0f;
-    for (int j = 0; j < k; ++j) s += pr[ch[j]];
-    for (int j = 0; j < k; ++j) {
-      float w = 1.0f;
-      if (spec.prob) w = pr[ch[j]];
-      else if (spec.renorm) w = static_cast<float>(k) * pr[ch[j]] / s;
-      r.gate[static_cast<size_t>(p) * k + j] = w;
-      r.chosen[ch[j]]++;
-    }
-  }
+  for (int i = 0; i < P * k; ++i) r.chosen[r.choice[i]]++;
 
   // Patch-wise data selection: per expert, the (patch, slot) pairs that chose it.
   std::vector<std::vector<std::pair<int, int>>> cand(E);
@@ -131,16 +127,10 @@ void router_decide(Routing& r, const RouterSpec& spec, bool dropless) {
     return;
   }
   // Balance loss α·E·Σ f_e·P_e (f_e = chosen_e / (P·k), P_e = mean p_e) and z-loss β·mean(lse²).
-  double bal = 0.0;
-  for (int e = 0; e < E; ++e) {
-    double pe = 0.0;
-    for (int p = 0; p < P; ++p) pe += r.probs[static_cast<size_t>(p) * E + e];
-    bal += (static_cast<double>(r.chosen[e]) / (static_cast<double>(P) * k)) * (pe / P);
-  }
-  r.balance_loss = spec.aux_weight * E * bal;
-  double z = 0.0;
-  for (int p = 0; p < P; ++p) z += static_cast<double>(r.lse[p]) * r.lse[p];
-  r.z_loss = spec.z_weight * z / P;
+  double losses[2];
+  router_losses(losses, r.probs.data(), r.lse.data(), r.chosen.data(), P, E, k, spec.aux_weight, spec.z_weight);
+  r.balance_loss = losses[0];
+  r.z_loss = losses[1];
 }
 
 void router_select(Routing& r, const RouterSpec& spec, bool dropless) {
@@ -167,46 +157,38 @@ void router_select(Routing& r, const RouterSpec& spec, bool dropless) {
       router_place_row(r.row_patch.data(), r.row_slot.data(), r.row_offsets.data(), choice, r.kept.data(), k, p, j);
 }
 
+void router_select(uint8_t* kept, int* row_offsets, int* row_patch, int* row_slot, const int* choice,
+                   const float* probs, int P, int E, int k, int capacity) {
+  for (int p = 0; p < P; ++p)
+    for (int j = 0; j < k; ++j) kept[static_cast<size_t>(p) * k + j] = router_keeps(choice, probs, P, E, k, capacity, p, j);
+  row_offsets[0] = 0;
+  for (int e = 0; e < E; ++e) row_offsets[e + 1] = row_offsets[e] + router_kept_before(choice, kept, k, e, P);
+  for (int p = 0; p < P; ++p)
+    for (int j = 0; j < k; ++j) router_place_row(row_patch, row_slot, row_offsets, choice, kept, k, p, j);
+}
+
+void router_backward_logits_rows(float* dlogits, const float* probs, const float* lse, const int* choice,
+                                 const uint8_t* kept, const float* dgate, const int* chosen, int P, int E, int k,
+                                 GateMode mode, double aux_scale, double aux_weight, double z_weight) {
+  const float zscale = static_cast<float>(aux_scale * z_weight * 2.0 / P);
+  std::vector<float> dp(E);
+  for (int p = 0; p < P; ++p) {
+    const size_t pk = static_cast<size_t>(p) * k;
+    router_backward_logits_row(dlogits + static_cast<size_t>(p) * E, dp.data(), probs + static_cast<size_t>(p) * E,
+                               choice + pk, kept + pk, dgate + pk, lse[p], chosen, P, E, k, mode, aux_scale,
+                               aux_weight, zscale);
+  }
+}
+
 void router_backward_logits(float* dlogits, const Routing& r, const RouterSpec& spec, const float* dgate,
                             float aux_scale) {
-  const int P = r.P, E = r.E, k = r.k;
-  std::vector<float> dp(E);
-  // d(balance)/dp[p,e] = α·E·f_e / P  (f_e is a count: no gradient through it)
-  std::vector<float> bal_grad(E);
-  for (int e = 0; e < E; ++e)
-    bal_grad[e] = static_cast<float>(aux_scale * spec.aux_weight * E *
-                                     (static_cast<double>(r.chosen[e]) / (static_cast<double>(P) * k)) / P);
-  const float zscale = static_cast<float>(aux_scale * spec.z_weight * 2.0 / P);
-  for (int p = 0; p < P; ++p) {
-    const float* pr = r.probs.data() + static_cast<size_t>(p) * E;
-    const int* ch = r.choice.data() + static_cast<size_t>(p) * k;
-    for (int e = 0; e < E; ++e) dp[e] = bal_grad[e];
-    if (spec.prob) {
-      // w_j = p_j: dp_j += dw_j
-      for (int j = 0; j < k; ++j) {
-        const size_t pj = static_cast<size_t>(p) * k + j;
-        if (r.kept[pj]) dp[ch[j]] += dgate[pj];
-      }
-    } else if (spec.renorm) {
-      // w_j = k·p_j / S, S = Σ_chosen p:  dp_i += Σ_j dw_j · k · (δ_ij / S − p_j / S²)
-      float s = 0.0f;
-      for (int j = 0; j < k; ++j) s += pr[ch[j]];
-      float dot = 0.0f;  // Σ_j dw_j p_j
-      for (int j = 0; j < k; ++j) {
-        const size_t pj = static_cast<size_t>(p) * k + j;
-        if (r.kept[pj]) dot += dgate[pj] * pr[ch[j]];
-      }
-      for (int j = 0; j < k; ++j) {
-        const size_t pj = static_cast<size_t>(p) * k + j;
-        const float dw = r.kept[pj] ? dgate[pj] : 0.0f;
-        dp[ch[j]] += static_cast<float>(k) * (dw / s - dot / (s * s));
-      }
-    }
-    float* dl = dlogits + static_cast<size_t>(p) * E;
-    softmax_row_backward(dl, pr, dp.data(), E);
-    // z-loss: d(lse²)/dlogits = 2·lse·softmax
-    for (int e = 0; e < E; ++e) dl[e] += zscale * r.lse[p] * pr[e];
-  }
+  router_backward_logits_rows(dlogits, r.probs.data(), r.lse.data(), r.choice.data(), r.kept.data(), dgate,
+                              r.chosen.data(), r.P, r.E, r.k, gate_mode(spec), aux_scale, spec.aux_weight,
+                              spec.z_weight);
+}
+
+void router_gate_grads(float* dgate, const int32_t* slot, const float* rowdot, int i0, int n) {
+  for (int i = i0; i < i0 + n; ++i) router_gate_grad_run(dgate, slot, rowdot, i0, n, i);
 }
 
 void router_bias_grad(float* db, const float* dlogits, int P, int E) {

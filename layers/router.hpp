@@ -43,6 +43,13 @@ struct Routing {
   double balance_loss = 0;       // α-weighted
   double z_loss = 0;             // β-weighted
   int dropped = 0;               // (patch, choice) assignments dropped by capacity
+  // Set by a backend that decides on the device (layers/step.hpp, routing_to_host): probs, lse,
+  // choice, gate and kept are not on the host, and the log figures that read them came down formed
+  // (router_figures, layers/router_select.hpp): Σ_p entropy of p's probabilities, and how many
+  // tokens kept 0..k of their choices [k + 1].
+  bool figures_only = false;
+  double entropy_sum = 0;
+  std::vector<int> experts_per_token;
 };
 
 // The most patches one expert keeps of a micro-batch of `patches` patches routed top-k over

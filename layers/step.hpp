@@ -143,11 +143,13 @@ concept StepBackend = requires(Be& be, typename Be::template Buffer<float>& fbuf
   be.round_bf16(f, size_t{});  // in place, to the nearest bf16 (runtime/bf16.hpp)
   { be.cross_entropy(flag, f, ci, n, n, 1.0f) } -> std::convertible_to<double>;
   be.embedding_backward(f, cf, ibuf, n, n, n);
-  // Routing: decided in fp32 by the rule of layers/router.hpp; dgate is on the host.
+  // Routing: decided in fp32 by the rule of layers/router.hpp; dgate is on the host (a backend that
+  // decides on the device keeps the routing and dgate there, in rc, and fills the host's Routing
+  // with the counts and row tables only: Step::routing asks for the rest, routing_to_host).
   be.route(r, rc, rs, cf, cf, cf, n, n, flag);
   be.route_backward(cr, rc, rs, cf, cf, cf, f, f, f, 1.0f);
   // Rows and the combine.
-  be.row_tables(tab, src, cr);
+  be.row_tables(tab, src, cr, rc);
   be.gather_source_rows(f, cf, tab, n, n, n);
   be.set_rows(rows, offsets, ci, ci, n, n);
   be.combine_prepare(tab, n, n, n, n);
@@ -288,7 +290,12 @@ class Step final : public ModelStep {
   }
 
   void set_backward_hook(std::function<void(int)> hook) override { hook_ = std::move(hook); }
-  const Routing& routing(int b) const override { return blocks_.at(b)->routing; }
+  const Routing& routing(int b) const override {
+    const Block& c = *blocks_.at(b);
+    if constexpr (!Be::kHostMemory)  // the backend kept the decisions: they come down now (not inside a step)
+      if (c.routed) const_cast<Be&>(be_).routing_to_host(const_cast<Routing&>(c.routing), const_cast<Block&>(c).route);
+    return c.routing;
+  }
   const float* probs() override {
     if constexpr (Be::kHostMemory) {
       return logits_.data();
@@ -441,7 +448,7 @@ class Step final : public ModelStep {
     // 2. Source rows: kept patches expanded to tokens, chunk-major, then by global expert.
     source_rows_build(c.src, r, B, T, C);
     const int R = c.src.rows();
-    be_.row_tables(c.tables, c.src, r);
+    be_.row_tables(c.tables, c.src, r, c.route);
     y_home(c).resize(static_cast<size_t>(R) * d);
     const bool travel = c.exchange != nullptr;
 

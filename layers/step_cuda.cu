@@ -97,7 +97,82 @@ __global__ void sum_shares_kernel(double* out, const double* shares, int n) {
   *out = s;
 }
 
+// The decisions (layers/router_select.hpp's bodies; the CPU twins are loops over the same bodies):
+// one thread per patch, per expert, per row run; the figures' sums on one thread (their order).
+__global__ void router_decide_rows_kernel(float* probs, float* lse, int* choice, float* gate, int P, int E, int k,
+                                          GateMode mode) {
+  const int p = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (p >= P) return;
+  lse[p] = router_decide_row(probs + static_cast<int64_t>(p) * E, choice + static_cast<int64_t>(p) * k,
+                             gate + static_cast<int64_t>(p) * k, E, k, mode);
+}
+__global__ void router_chosen_kernel(int* chosen, const int* choice, int P, int E, int k) {
+  const int e = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (e < E) chosen[e] = router_chosen_count(choice, P, k, e);
+}
+__global__ void router_figures_kernel(double* out, int* experts_per_token, const float* probs, const float* lse,
+                                      const int* chosen, const uint8_t* kept, int P, int E, int k, int patch,
+                                      double aux_weight, double z_weight) {
+  router_losses(out, probs, lse, chosen, P, E, k, aux_weight, z_weight);
+  router_figures(out + 2, experts_per_token, probs, kept, P, E, k, patch);
+}
+__global__ void router_backward_logits_kernel(float* dlogits, const float* probs, const float* lse, const int* choice,
+                                              const uint8_t* kept, const float* dgate, const int* chosen, int P, int E,
+                                              int k, GateMode mode, double aux_scale, double aux_weight, float zscale) {
+  const int p = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (p >= P) return;
+  const int64_t pk = static_cast<int64_t>(p) * k;
+  float* dl = dlogits + static_cast<int64_t>(p) * E;
+  router_backward_logits_row(dl, dl, probs + static_cast<int64_t>(p) * E, choice + pk, kept + pk, dgate + pk, lse[p],
+                             chosen, P, E, k, mode, aux_scale, aux_weight, zscale);
+}
+__global__ void router_gate_grads_kernel(float* dgate, const int32_t* slot, const float* rowdot, int i0, int n) {
+  const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i < n) router_gate_grad_run(dgate, slot, rowdot, i0, n, i0 + i);
+}
+__global__ void fill_kernel(float* x, float v, int n) {
+  const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i < n) x[i] = v;
+}
+
 }  // namespace
+
+void router_decide_rows(float* probs, float* lse, int* choice, float* gate, int P, int E, int k, GateMode mode,
+                        cudaStream_t s) {
+  if (P == 0) return;
+  router_decide_rows_kernel<<<grid_for(P), kThreads, 0, s>>>(probs, lse, choice, gate, P, E, k, mode);
+  UOE_CHECK_LAUNCH("router_decide_rows_kernel");
+}
+void router_chosen(int* chosen, const int* choice, int P, int E, int k, cudaStream_t s) {
+  router_chosen_kernel<<<grid_for(E), kThreads, 0, s>>>(chosen, choice, P, E, k);
+  UOE_CHECK_LAUNCH("router_chosen_kernel");
+}
+void router_losses_and_figures(double* out, int* experts_per_token, const float* probs, const float* lse,
+                               const int* chosen, const uint8_t* kept, int P, int E, int k, int patch,
+                               double aux_weight, double z_weight, cudaStream_t s) {
+  router_figures_kernel<<<1, 1, 0, s>>>(out, experts_per_token, probs, lse, chosen, kept, P, E, k, patch, aux_weight,
+                                        z_weight);
+  UOE_CHECK_LAUNCH("router_figures_kernel");
+}
+void router_backward_logits_rows(float* dlogits, const float* probs, const float* lse, const int* choice,
+                                 const uint8_t* kept, const float* dgate, const int* chosen, int P, int E, int k,
+                                 GateMode mode, double aux_scale, double aux_weight, double z_weight, cudaStream_t s) {
+  if (P == 0) return;
+  const float zscale = static_cast<float>(aux_scale * z_weight * 2.0 / P);  // the twin's, on the host
+  router_backward_logits_kernel<<<grid_for(P), kThreads, 0, s>>>(dlogits, probs, lse, choice, kept, dgate, chosen, P,
+                                                                 E, k, mode, aux_scale, aux_weight, zscale);
+  UOE_CHECK_LAUNCH("router_backward_logits_kernel");
+}
+void fill(float* x, float v, int n, cudaStream_t s) {
+  if (n <= 0) return;
+  fill_kernel<<<grid_for(n), kThreads, 0, s>>>(x, v, n);
+  UOE_CHECK_LAUNCH("fill_kernel");
+}
+void router_gate_grads(float* dgate, const int32_t* slot, const float* rowdot, int i0, int n, cudaStream_t s) {
+  if (n <= 0) return;
+  router_gate_grads_kernel<<<grid_for(n), kThreads, 0, s>>>(dgate, slot, rowdot, i0, n);
+  UOE_CHECK_LAUNCH("router_gate_grads_kernel");
+}
 
 void router_patch_means(float* xm, const float* xn, int P, int ps, int d, cudaStream_t s) {
   router_patch_means_kernel<<<grid_for(static_cast<int64_t>(P) * d), kThreads, 0, s>>>(xm, xn, P, ps, d,
@@ -149,20 +224,25 @@ class CudaBackend {
   using Rows = cuda::DeviceExpertRows;
   using MlpCache = cuda::DeviceMlpCache;
   using AttnCache = cuda::DeviceAttnCache;
-  // What routing keeps here: patch means [P, d], scores and their gradients [P, E] (and a host copy).
+  // What routing keeps here: patch means [P, d], scores (then probabilities) and their gradients
+  // [P, E], and the decisions (Routing's arrays of the same names); on_host: the host's Routing
+  // holds a copy (routing_to_host); decided: route() ran on it (an unrouted block's never does).
   struct RouteCache {
-    cuda::DeviceBuffer<float> xm, logits, dlogits, dxm;
-    std::vector<float> dlogits_host;
+    cuda::DeviceBuffer<float> xm, logits, dlogits, dxm, lse, gate;
+    cuda::DeviceBuffer<int> choice, chosen, counts, row_patch, row_slot, experts_per_token;
+    cuda::DeviceBuffer<uint8_t> kept;
+    cuda::DeviceBuffer<double> figures;  // [3] balance, z, entropy sum
+    bool on_host = false, decided = false;
   };
   // A block's rows on the device (token and gate of each source row) and one scatter plan per chunk
   // (sources ascending within a destination: each token's rows in row order).
   struct CombineTables {
     const SourceRows* src = nullptr;
-    Buffer<int32_t> token;
+    Buffer<int32_t> token, slot;  // [R] each row's token and gate slot (p·k + j)
     Buffer<float> gate, rowdot;
-    std::vector<float> gate_host, rowdot_host;
     std::vector<std::unique_ptr<cuda::ScatterPlan>> plan;  // [chunks]
     int B = 0, T = 0, C = 1;
+    int slots = 0;  // P·k: the gate gradients' length
   };
 
   CudaBackend(int device, NcclCommunicator* nccl, cudaStream_t comm_stream, Communicator* grad_world,
@@ -274,13 +354,14 @@ class CudaBackend {
     cuda::scatter_add_rows(dtable, dh, embed_plan, d, 1.0f, nullptr, s());
   }
 
-  // Routing: the scores x̄·W + b formed here (router_forward's parts, layers/router.hpp); only they
-  // come to the host [P, E], which decides — top-k, capacity (ties to the lower patch), gates — with
-  // the CPU router's code, so the decisions are the CPU rule's on these scores.
+  // Routing decided here (router_forward's parts, layers/router.hpp, and the decision kernels over
+  // layers/router_select.hpp's bodies, the CPU rule): the host receives the row counts (and the
+  // chosen counts, experts per token), the row tables its source rows are built from, and three
+  // figures (balance, z-loss, entropy) — no [P, E] array; one host synchronisation per block.
   void route(Routing& r, RouteCache& rc, const RouterSpec& spec, const float* xn, const float* w, const float* b,
              int N, int d, bool dropless) {
     router_begin(r, spec, N, d);
-    const int P = r.P, E = r.E;
+    const int P = r.P, E = r.E, k = r.k;
     const float* x = xn;
     if (r.patch > 1) {
       rc.xm.resize(static_cast<size_t>(P) * d);
@@ -288,26 +369,90 @@ class CudaBackend {
       x = rc.xm.data();
     }
     r.xm.clear();  // kept here, in rc.xm
-    r.probs.resize(static_cast<size_t>(P) * E);
+    rc.logits.resize(static_cast<size_t>(P) * E);
+    rc.lse.resize(P);
+    rc.choice.resize(static_cast<size_t>(P) * k);
+    rc.gate.resize(static_cast<size_t>(P) * k);
+    rc.kept.resize(static_cast<size_t>(P) * k);
+    rc.row_patch.resize(static_cast<size_t>(P) * k);
+    rc.row_slot.resize(static_cast<size_t>(P) * k);
+    rc.chosen.resize(E);
+    rc.counts.resize(E + 1);
+    rc.experts_per_token.resize(k + 1);
+    rc.figures.resize(3);
     if (P > 0) {
-      rc.logits.resize(static_cast<size_t>(P) * E);
       cuda::router_bias_rows(rc.logits.data(), b, P, E, s());
       blas.gemm(false, false, P, E, d, 1.0f, x, d, w, E, 1.0f, rc.logits.data(), E);
-      traffic.down(rc.logits.data(), r.probs.data(), r.probs.size(), s());
-      synchronize();
     }
-    router_decide(r, spec, dropless);
+    const bool limited = !dropless && spec.capacity_factor > 0;
+    r.capacity = limited ? static_cast<int>(expert_capacity(P, k, E, spec.capacity_factor)) : 0;
+    cuda::router_decide_rows(rc.logits.data(), rc.lse.data(), rc.choice.data(), rc.gate.data(), P, E, k,
+                             gate_mode(spec), s());
+    cuda::router_chosen(rc.chosen.data(), rc.choice.data(), P, E, k, s());
+    cuda::router_select(rc.kept.data(), rc.counts.data(), rc.row_patch.data(), rc.row_slot.data(), rc.choice.data(),
+                        rc.logits.data(), P, E, k, r.capacity, s());
+    cuda::router_losses_and_figures(rc.figures.data(), rc.experts_per_token.data(), rc.logits.data(), rc.lse.data(),
+                                    rc.chosen.data(), rc.kept.data(), P, E, k, r.patch, spec.aux_weight,
+                                    spec.z_weight, s());
+    r.row_offsets.resize(E + 1);
+    r.chosen.resize(E);
+    r.experts_per_token.resize(k + 1);
+    double figures[3];
+    traffic.down(rc.counts.data(), r.row_offsets.data(), r.row_offsets.size(), s());
+    traffic.down(rc.chosen.data(), r.chosen.data(), r.chosen.size(), s());
+    traffic.down(rc.experts_per_token.data(), r.experts_per_token.data(), r.experts_per_token.size(), s());
+    traffic.down(rc.figures.data(), figures, 3, s());
+    synchronize();
+    const int rows = r.row_offsets[E];
+    r.row_patch.resize(rows);
+    r.row_slot.resize(rows);
+    traffic.down(rc.row_patch.data(), r.row_patch.data(), rows, s());
+    traffic.down(rc.row_slot.data(), r.row_slot.data(), rows, s());
+    synchronize();
+    r.capacity_kept.resize(E);
+    for (int e = 0; e < E; ++e) r.capacity_kept[e] = r.row_offsets[e + 1] - r.row_offsets[e];
+    r.dropped = P * k - rows;
+    r.balance_loss = figures[0];
+    r.z_loss = figures[1];
+    r.entropy_sum = figures[2];
+    r.figures_only = true;
+    r.probs.clear();  // on the host only when asked for (routing_to_host)
+    r.lse.clear();
+    r.choice.clear();
+    r.gate.clear();
+    r.kept.clear();
+    rc.on_host = false;
+    rc.decided = true;
   }
-  // The scores' gradients formed on the host from the routing there, sent up; the router's GEMMs
-  // and weight gradients stay here.
-  void route_backward(const Routing& r, RouteCache& rc, const RouterSpec& spec, const float* dgate_host,
+  // The rest of the routing to the host, when the host reads it (ModelStep::routing), not in a step.
+  void routing_to_host(Routing& r, RouteCache& rc) {
+    if (rc.on_host) return;
+    const size_t pe = static_cast<size_t>(r.P) * r.E, pk = static_cast<size_t>(r.P) * r.k;
+    r.probs.resize(pe);
+    r.lse.resize(r.P);
+    r.choice.resize(pk);
+    r.gate.resize(pk);
+    r.kept.resize(pk);
+    traffic.down(rc.logits.data(), r.probs.data(), pe, s());
+    traffic.down(rc.lse.data(), r.lse.data(), r.lse.size(), s());
+    traffic.down(rc.choice.data(), r.choice.data(), pk, s());
+    traffic.down(rc.gate.data(), r.gate.data(), pk, s());
+    traffic.down(rc.kept.data(), r.kept.data(), pk, s());
+    synchronize();
+    rc.on_host = true;
+    r.figures_only = false;
+  }
+  // The scores' gradients formed here from the routing here and the gate gradients the combine
+  // backward accumulated here (dgate_; the host's dgate is not used); the router's GEMMs and its
+  // weight gradients too. Nothing crosses, no host synchronisation.
+  void route_backward(const Routing& r, RouteCache& rc, const RouterSpec& spec, const float* /*dgate_host*/,
                       const float* xn, const float* w, float* dxn, float* dw, float* db, float loss_scale) {
     const int P = r.P, E = r.E, d = r.d, ps = r.patch;
     if (P == 0) return;
-    rc.dlogits_host.resize(static_cast<size_t>(P) * E);
-    router_backward_logits(rc.dlogits_host.data(), r, spec, dgate_host, loss_scale);
-    rc.dlogits.resize(rc.dlogits_host.size());
-    traffic.up(rc.dlogits.data(), rc.dlogits_host.data(), rc.dlogits_host.size(), s());
+    rc.dlogits.resize(static_cast<size_t>(P) * E);
+    cuda::router_backward_logits_rows(rc.dlogits.data(), rc.logits.data(), rc.lse.data(), rc.choice.data(),
+                                      rc.kept.data(), dgate_.data(), rc.chosen.data(), P, E, r.k, gate_mode(spec),
+                                      loss_scale, spec.aux_weight, spec.z_weight, s());
     const float* x = ps > 1 ? rc.xm.data() : xn;
     blas.gemm(true, false, d, E, P, 1.0f, x, d, rc.dlogits.data(), E, 1.0f, dw, E);
     cuda::router_bias_grad(db, rc.dlogits.data(), P, E, s());
@@ -318,16 +463,20 @@ class CudaBackend {
       blas.gemm(false, true, P, d, E, 1.0f, rc.dlogits.data(), E, w, E, 0.0f, rc.dxm.data(), d);
       cuda::router_patch_means_backward(dxn, rc.dxm.data(), P, ps, d, s());
     }
-    synchronize();  // rc.dlogits_host is reused by the next block
   }
 
-  void row_tables(CombineTables& t, const SourceRows& src, const Routing& r) {
+  // The rows' tokens and gate slots go up (the host built them); their gates are gathered here from
+  // the routing's (an unrouted block, routing_all_to_one, was not routed here: its gates are 1).
+  void row_tables(CombineTables& t, const SourceRows& src, const Routing& r, const RouteCache& rc) {
     t.src = &src;
+    t.slots = r.P * r.k;
     const int R = src.rows();
-    t.gate_host.resize(R);
-    for (int i = 0; i < R; ++i) t.gate_host[i] = r.gate[src.gate[i]];
     upload(t.token, std::span<const int32_t>(src.token));
-    upload(t.gate, std::span<const float>(t.gate_host));
+    upload(t.slot, std::span<const int32_t>(src.gate));
+    t.gate.resize(R);
+    if (R == 0) return;
+    if (rc.decided) cuda::gather_rows(t.gate.data(), rc.gate.data(), t.slot.data(), R, 1, s());
+    else cuda::fill(t.gate.data(), 1.0f, R, s());
   }
   void gather_source_rows(float* out, const float* xn, const CombineTables& t, int r0, int n, int d) {
     if (n > 0) cuda::gather_rows(out, xn, t.token.data() + r0, n, d, s());
@@ -367,8 +516,14 @@ class CudaBackend {
     if (n > 0)
       cuda::scatter_add_rows(out, y + static_cast<size_t>(r0) * d, *t.plan[ch], d, 1.0f, t.gate.data() + r0, s());
   }
-  void combine_backward(float* dy, float* dgate_host, const float* dh, CombineTables& t, const float* y, int i0,
+  // The gate gradients accumulate here, in dgate_ (one block's backward at a time; zeroed by the
+  // block's first gate call, which starts at row 0), not in the host's dgate: nothing crosses.
+  void combine_backward(float* dy, float* /*dgate_host*/, const float* dh, CombineTables& t, const float* y, int i0,
                         int i1, bool output, bool gate, int d) {
+    if (gate && i0 == 0) {
+      dgate_.resize(std::max(t.slots, 1));
+      dgate_.zero(s());
+    }
     const int n = i1 - i0;
     if (n <= 0) return;
     if (output)
@@ -377,10 +532,7 @@ class CudaBackend {
     if (gate) {
       t.rowdot.resize(n);
       cuda::row_dots(t.rowdot.data(), dh, t.token.data() + i0, y + static_cast<size_t>(i0) * d, n, d, s());
-      t.rowdot_host.resize(n);
-      download(t.rowdot, std::span<float>(t.rowdot_host));
-      synchronize();
-      for (int i = 0; i < n; ++i) dgate_host[t.src->gate[i0 + i]] += t.rowdot_host[i];  // the CPU path's order
+      cuda::router_gate_grads(dgate_.data(), t.slot.data(), t.rowdot.data(), i0, n, s());  // the CPU path's order
     }
   }
   void combine_backward_inputs(float* dxn, const float* dx, const CombineTables& t, int d) {
@@ -562,6 +714,7 @@ class CudaBackend {
   bool host_newer_ = true;     // the host arenas are to be taken at the next use
   bool moments_here_ = false;  // m_, v_, decay_ hold AdamW's state
   Buffer<int32_t> targets_;
+  Buffer<float> dgate_;  // [P, k] the gate gradients of the block in backward
   Buffer<int> all_rows;  // {0, N}: the output bias as one "expert" over every token
   Buffer<double> loss_sum;
   int all_rows_n = -1;

@@ -8,9 +8,10 @@
 // (the all-reduce over communicators on device memory, NCCL: the host GradientSync's buckets, order
 // and collectives, rebased onto the device arena; docs/gpu.md).
 //
-// Routing: the scores x̄·W + b are formed on the GPU and only they [P, E] come to the host, which
-// decides with the CPU router's code (router_decide: top-k, capacity, gates); in backward the gate
-// gradients come down, the scores' gradients go up, and the router's GEMMs run on the GPU.
+// Routing: decided on the GPU — scores x̄·W + b, softmax, top-k, capacity, gates, losses (the CPU
+// router's bodies, layers/router_select.hpp); the host receives the counts per expert, the row
+// tables and three figures, no [P, E] array. In backward the gate gradients and the scores'
+// gradients are formed on the GPU too; nothing of the router crosses.
 //
 // Expert parallelism: with --ep > 1 the routed rows travel GPU to GPU over NCCL (an MpiExchange
 // whose payload communicator is an NcclCommunicator; counts and row metadata over MPI from the
@@ -28,6 +29,7 @@
 
 namespace uoe {
 
+enum class GateMode : int;  // layers/router_select.hpp
 class Communicator;
 class NcclCommunicator;
 
@@ -67,6 +69,21 @@ void router_patch_means_backward(float* dxn, const float* dxm, int P, int ps, in
 // row_slot [≤ P·k] — the same bits as the CPU router. capacity 0: dropless.
 void router_select(uint8_t* kept, int* row_offsets, int* row_patch, int* row_slot, const int* choice,
                    const float* probs, int P, int E, int k, int capacity, cudaStream_t s);
+// The decisions, twins of layers/router_select.hpp's CPU functions of the same names (loops over
+// the same bodies): one thread per patch (decide, backward logits), per expert (chosen), per run of
+// one gate slot's rows (gate gradients); the figures on one thread, in the CPU's summation order.
+// router_losses_and_figures: out [3] = balance, z-loss, entropy sum; experts_per_token [k + 1].
+void router_decide_rows(float* probs, float* lse, int* choice, float* gate, int P, int E, int k, GateMode mode,
+                        cudaStream_t s);
+void router_chosen(int* chosen, const int* choice, int P, int E, int k, cudaStream_t s);
+void router_losses_and_figures(double* out, int* experts_per_token, const float* probs, const float* lse,
+                               const int* chosen, const uint8_t* kept, int P, int E, int k, int patch,
+                               double aux_weight, double z_weight, cudaStream_t s);
+void router_backward_logits_rows(float* dlogits, const float* probs, const float* lse, const int* choice,
+                                 const uint8_t* kept, const float* dgate, const int* chosen, int P, int E, int k,
+                                 GateMode mode, double aux_scale, double aux_weight, double z_weight, cudaStream_t s);
+void router_gate_grads(float* dgate, const int32_t* slot, const float* rowdot, int i0, int n, cudaStream_t s);
+void fill(float* x, float v, int n, cudaStream_t s);  // x[0, n) = v
 // *out (device double) = Σ g² of g [n] (device), deterministic; shares: kSumShares doubles of
 // workspace. Twin of runtime/sum_squares.hpp's grad_sum_squares: the same terms in another order,
 // so equal to a relative 1e-12 (double rounding over ≤ 10⁹ positive terms), not bitwise.

@@ -6,8 +6,8 @@
 // and OpenBLAS sum GEMMs in different orders and nvcc contracts a·b + c into FMAs, so values differ
 // in the last bits after each GEMM. Through 2 layers and back that stays far below 1e-3 relative for
 // the O(1e-3…1) gradients here; atol covers entries that cancel to ~0 (1e-3 of the tensor's largest
-// entry). Routing must be identical: the router decides on the host from the GPU's scores [P, E],
-// and a random model of this size has no near-ties (if this ever fails, print the top-2 probability
+// entry). Routing must be identical: the GPU decides by the CPU router's bodies
+// (layers/router_select.hpp) on scores within rounding of the CPU's, and a random model of this size has no near-ties (if this ever fails, print the top-2 probability
 // gaps of the differing patch before relaxing anything).
 #include <algorithm>
 #include <cmath>
@@ -22,6 +22,7 @@
 #include "layers/model.hpp"
 #include "layers/optimizer.hpp"
 #include "layers/router.hpp"
+#include "layers/router_select.hpp"
 #include "layers/train_step.hpp"
 #include "parallel/communicator.hpp"
 #include "parallel/grad_sync.hpp"
@@ -281,6 +282,105 @@ TEST_F(StepCudaGpu, RouterSelectMatchesItsCpuTwin) {
     slot.resize(r.row_slot.size());
     EXPECT_EQ(patch, r.row_patch);
     EXPECT_EQ(slot, r.row_slot);
+  }
+}
+
+// |got − want| ≤ rtol·|want| + atol, element by element; the first few misses named.
+void expect_near_rel(const std::vector<float>& got, const std::vector<float>& want, double rtol, double atol,
+                     const char* what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  int misses = 0;
+  for (size_t i = 0; i < want.size() && misses < 5; ++i)
+    if (!(std::abs(static_cast<double>(got[i]) - want[i]) <= rtol * std::abs(static_cast<double>(want[i])) + atol)) {
+      ADD_FAILURE() << what << "[" << i << "]: " << got[i] << " vs " << want[i];
+      ++misses;
+    }
+}
+
+// The routing decisions on the device (softmax, top-k, gates, chosen counts, capacity, losses, log
+// figures, the scores' gradients, the gate gradients) against their CPU twins on the same logits,
+// with ties (repeated patches) and drops. Integers and selections: equal. Floats: the same body,
+// but nvcc contracts a·b + c and device logf / log may differ by an ulp, so probabilities, lse and
+// gates within 1e-6 relative, the double figures within 1e-6 relative, the logits' gradients within
+// 1e-5 relative + 1e-7; the gate gradients (plain adds in row order): equal.
+TEST_F(StepCudaGpu, RouterDecisionsMatchTheirCpuTwins) {
+  const int P = 90, E = 8, k = 2, ps = 3;
+  std::vector<float> logits(static_cast<size_t>(P) * E);
+  for (int p = 0; p < P; ++p)
+    for (int e = 0; e < E; ++e) logits[static_cast<size_t>(p) * E + e] = 2.0f * rng_normal(3, p % 7, e);  // ties
+  const int capacity = static_cast<int>(expert_capacity(P, k, E, 1.0));
+  for (GateMode mode : {GateMode::renorm, GateMode::prob}) {
+    std::vector<float> probs = logits, lse(P), gate(static_cast<size_t>(P) * k);
+    std::vector<int> choice(static_cast<size_t>(P) * k), chosen(E), offsets(E + 1), rpatch(P * k, -1), rslot(P * k, -1),
+        ept(k + 1);
+    std::vector<uint8_t> kept(static_cast<size_t>(P) * k);
+    router_decide_rows(probs.data(), lse.data(), choice.data(), gate.data(), P, E, k, mode);
+    router_chosen(chosen.data(), choice.data(), P, E, k);
+    router_select(kept.data(), offsets.data(), rpatch.data(), rslot.data(), choice.data(), probs.data(), P, E, k,
+                  capacity);
+    double fig[3];
+    router_losses(fig, probs.data(), lse.data(), chosen.data(), P, E, k, 0.01, 1e-3);
+    router_figures(fig + 2, ept.data(), probs.data(), kept.data(), P, E, k, ps);
+    EXPECT_LT(offsets[E], P * k);  // something dropped
+    auto probs_d = up(logits);
+    cuda::DeviceBuffer<float> lse_d, gate_d;
+    cuda::DeviceBuffer<int> choice_d, chosen_d, offsets_d, rpatch_d, rslot_d, ept_d;
+    cuda::DeviceBuffer<uint8_t> kept_d;
+    cuda::DeviceBuffer<double> fig_d;
+    lse_d.resize(P);
+    gate_d.resize(gate.size());
+    choice_d.resize(choice.size());
+    chosen_d.resize(E);
+    offsets_d.resize(E + 1);
+    rpatch_d.resize(rpatch.size());
+    rslot_d.resize(rslot.size());
+    ept_d.resize(k + 1);
+    kept_d.resize(kept.size());
+    fig_d.resize(3);
+    cuda::router_decide_rows(probs_d.data(), lse_d.data(), choice_d.data(), gate_d.data(), P, E, k, mode, s());
+    cuda::router_chosen(chosen_d.data(), choice_d.data(), P, E, k, s());
+    cuda::router_select(kept_d.data(), offsets_d.data(), rpatch_d.data(), rslot_d.data(), choice_d.data(),
+                        probs_d.data(), P, E, k, capacity, s());
+    cuda::router_losses_and_figures(fig_d.data(), ept_d.data(), probs_d.data(), lse_d.data(), chosen_d.data(),
+                                    kept_d.data(), P, E, k, ps, 0.01, 1e-3, s());
+    expect_near_rel(down(probs_d), probs, 1e-6, 0.0, "probabilities");
+    expect_near_rel(down(lse_d), lse, 1e-6, 0.0, "lse");
+    expect_near_rel(down(gate_d), gate, 1e-6, 0.0, "gates");
+    EXPECT_EQ(down(choice_d), choice);
+    EXPECT_EQ(down(chosen_d), chosen);
+    EXPECT_EQ(down(kept_d), kept);
+    EXPECT_EQ(down(offsets_d), offsets);
+    std::vector<int> gp = down(rpatch_d), gs = down(rslot_d);
+    gp.resize(offsets[E]);
+    gs.resize(offsets[E]);
+    rpatch.resize(offsets[E]);
+    rslot.resize(offsets[E]);
+    EXPECT_EQ(gp, rpatch);
+    EXPECT_EQ(gs, rslot);
+    EXPECT_EQ(down(ept_d), ept);
+    const std::vector<double> gf = down(fig_d);
+    for (int i = 0; i < 3; ++i) EXPECT_NEAR(gf[i], fig[i], 1e-6 * std::abs(fig[i])) << "figure " << i;
+    // Backward: the gate gradients by row runs (two rows per slot), then the logits' gradients.
+    const int R = 2 * P * k;
+    std::vector<int32_t> slot(R);
+    std::vector<float> rowdot(R), dgate(static_cast<size_t>(P) * k, 0.0f), dlog(logits.size());
+    for (int i = 0; i < R; ++i) {
+      slot[i] = i / 2;
+      rowdot[i] = rng_normal(3, 50, i);
+    }
+    router_gate_grads(dgate.data(), slot.data(), rowdot.data(), 0, R);
+    router_backward_logits_rows(dlog.data(), probs.data(), lse.data(), choice.data(), kept.data(), dgate.data(),
+                                chosen.data(), P, E, k, mode, 0.5, 0.01, 1e-3);
+    auto slot_d = up(slot);
+    auto rowdot_d = up(rowdot);
+    auto dgate_d = up(std::vector<float>(dgate.size(), 0.0f));
+    cuda::DeviceBuffer<float> dlog_d;
+    dlog_d.resize(dlog.size());
+    cuda::router_gate_grads(dgate_d.data(), slot_d.data(), rowdot_d.data(), 0, R, s());
+    EXPECT_EQ(down(dgate_d), dgate);
+    cuda::router_backward_logits_rows(dlog_d.data(), probs_d.data(), lse_d.data(), choice_d.data(), kept_d.data(),
+                                      dgate_d.data(), chosen_d.data(), P, E, k, mode, 0.5, 0.01, 1e-3, s());
+    expect_near_rel(down(dlog_d), dlog, 1e-5, 1e-7, "logits' gradients");
   }
 }
 

@@ -2,8 +2,11 @@
 // and memory discipline of the CUDA backend (layers/step_cuda.cu) — the parameter and gradient
 // arenas (and AdamW's moments) are the backend's own copies, taken from the host once and given
 // back only on request (state_to_host); the update side (all-reduce, Σ g², AdamW) runs on them;
-// routing computes its scores where the block's input and router weights are and brings only the
-// scores [P, E] to the host (and their gradients back); gradients reach the backward hook only at
+// routing is decided where the block's input and router weights are (scores, softmax, top-k,
+// capacity, gates, losses, and in backward the scores' gradients, by the device's bodies,
+// layers/router_select.hpp) and the host receives only the counts, the row tables and the two loss
+// figures (the rest of the routing comes down only when the host asks, ModelStep::routing);
+// the gate gradients stay here too; gradients reach the backward hook only at
 // the end; every chunk's metadata travels in one collective before the rows; and the combine is a
 // residual pass then scatter-adds by chunk instead of the CPU backend's fused per-token pass.
 // Buffers are poisoned with NaN (ids with −1) whenever they are resized, so a step that reads what
@@ -26,6 +29,7 @@
 #include "layers/experts.hpp"
 #include "layers/model.hpp"
 #include "layers/router.hpp"
+#include "layers/router_select.hpp"
 #include "layers/optimizer.hpp"
 #include "layers/step.hpp"
 #include "parallel/grad_sync.hpp"
@@ -56,14 +60,24 @@ class DeviceLikeBackend : public CpuBackend {
    private:
     std::vector<T> v_;
   };
+  // The routing as the device keeps it (Routing's arrays of the same names); on_host: the host's
+  // Routing holds a copy of them (routing_to_host).
   struct RouteCache {
-    Buffer<float> xm, logits, dlogits, dxm;  // [P, d] patch means; [P, E] scores, their gradients; [P, d]
+    Buffer<float> xm, logits, dlogits, dxm;  // [P, d] patch means; [P, E] scores (then probs), their gradients; [P, d]
+    Buffer<float> lse, gate;                 // [P], [P, k]
+    Buffer<int32_t> choice, chosen, counts, row_patch, row_slot;  // [P, k], [E], [E + 1] row offsets, [rows]
+    Buffer<uint8_t> kept;                    // [P, k]
+    Buffer<double> losses;                   // [3] balance, z, entropy sum
+    Buffer<int32_t> experts_per_token;       // [k + 1]
+    bool on_host = false;
+    bool decided = false;  // route() ran on this cache (an unrouted block's never does)
   };
   struct CombineTables {
     const SourceRows* src = nullptr;
-    Buffer<int32_t> token;
+    Buffer<int32_t> token, slot;  // [R] each row's token and gate slot (p·k + j)
     Buffer<float> gate, rowdot;
     int B = 0, T = 0, C = 1;
+    int slots = 0;  // P·k: the gate gradients' length
   };
 
   // One host↔device copy the GPU path would make: what crossed, which way, how many bytes.
@@ -84,6 +98,9 @@ class DeviceLikeBackend : public CpuBackend {
   }
 
   std::string describe() const { return "CPU, device-like"; }
+  // The gate gradients [P, k] the combine backward accumulates here and route_backward reads (the
+  // twin tests set them directly).
+  Buffer<float>& gate_gradients() { return dgate_; }
 
   // The step's own copies: tokens (ints) are metadata, floats (the probabilities of forward_eval) activations.
   template <class T>
@@ -116,12 +133,13 @@ class DeviceLikeBackend : public CpuBackend {
     scatter_add_rows(dtable, dh, tokens.data(), N, d, 1.0f);
   }
 
-  // Routing: the scores x̄·W + b formed here (router_forward's parts, layers/router.hpp), only they
-  // go to the host, which decides (top-k, capacity, gates) as the CPU router does.
+  // Routing decided here (router_forward's parts, layers/router.hpp, and the device's bodies,
+  // layers/router_select.hpp): the host receives the row counts (and chosen counts), the row tables
+  // its source rows are built from, and the two loss figures — no [P, E] array.
   void route(Routing& r, RouteCache& rc, const RouterSpec& spec, const float* xn, const float* w, const float* b, int N,
              int d, bool dropless) {
     router_begin(r, spec, N, d);
-    const int P = r.P, E = r.E;
+    const int P = r.P, E = r.E, k = r.k;
     const float* x = xn;
     if (r.patch > 1) {
       rc.xm.resize(static_cast<size_t>(P) * d);
@@ -132,18 +150,84 @@ class DeviceLikeBackend : public CpuBackend {
     rc.logits.resize(static_cast<size_t>(P) * E);
     router_bias_rows(rc.logits.data(), b, P, E);
     uoe::gemm(false, false, P, E, d, 1.0f, x, d, w, E, 1.0f, rc.logits.data(), E);
-    r.probs.resize(static_cast<size_t>(P) * E);
-    get(std::span<float>(r.probs), rc.logits.data(), Traffic::metadata, "router scores");
-    router_decide(r, spec, dropless);
+    rc.lse.resize(P);
+    rc.choice.resize(static_cast<size_t>(P) * k);
+    rc.gate.resize(static_cast<size_t>(P) * k);
+    rc.kept.resize(static_cast<size_t>(P) * k);
+    rc.chosen.resize(E);
+    rc.counts.resize(E + 1);
+    rc.row_patch.resize(static_cast<size_t>(P) * k);
+    rc.row_slot.resize(static_cast<size_t>(P) * k);
+    rc.losses.resize(3);
+    rc.experts_per_token.resize(k + 1);
+    router_decide_rows(rc.logits.data(), rc.lse.data(), rc.choice.data(), rc.gate.data(), P, E, k, gate_mode(spec));
+    router_chosen(rc.chosen.data(), rc.choice.data(), P, E, k);
+    const bool limited = !dropless && spec.capacity_factor > 0;
+    r.capacity = limited ? static_cast<int>(expert_capacity(P, k, E, spec.capacity_factor)) : 0;
+    router_select(rc.kept.data(), rc.counts.data(), rc.row_patch.data(), rc.row_slot.data(), rc.choice.data(),
+                  rc.logits.data(), P, E, k, r.capacity);
+    router_losses(rc.losses.data(), rc.logits.data(), rc.lse.data(), rc.chosen.data(), P, E, k, spec.aux_weight,
+                  spec.z_weight);
+    router_figures(rc.losses.data() + 2, rc.experts_per_token.data(), rc.logits.data(), rc.kept.data(), P, E, k,
+                   r.patch);
+    // What crosses: counts, then the row tables they size, then the figures.
+    r.row_offsets.resize(E + 1);
+    r.chosen.resize(E);
+    get(std::span<int>(r.row_offsets), rc.counts.data(), Traffic::metadata, "row counts");
+    get(std::span<int>(r.chosen), rc.chosen.data(), Traffic::metadata, "chosen counts");
+    const int rows = r.row_offsets[E];
+    r.row_patch.resize(rows);
+    r.row_slot.resize(rows);
+    get(std::span<int>(r.row_patch), rc.row_patch.data(), Traffic::metadata, "row patches");
+    get(std::span<int>(r.row_slot), rc.row_slot.data(), Traffic::metadata, "row slots");
+    r.experts_per_token.resize(k + 1);
+    get(std::span<int>(r.experts_per_token), rc.experts_per_token.data(), Traffic::metadata, "experts per token");
+    double losses[3];
+    get(std::span<double>(losses, 3), rc.losses.data(), Traffic::loss, "router losses and entropy");
+    r.capacity_kept.resize(E);
+    for (int e = 0; e < E; ++e) r.capacity_kept[e] = r.row_offsets[e + 1] - r.row_offsets[e];
+    r.dropped = P * k - rows;
+    r.balance_loss = losses[0];
+    r.z_loss = losses[1];
+    r.entropy_sum = losses[2];
+    r.figures_only = true;
+    // Not on the host until asked for (routing_to_host).
+    r.probs.clear();
+    r.lse.clear();
+    r.choice.clear();
+    r.gate.clear();
+    r.kept.clear();
+    rc.on_host = false;
+    rc.decided = true;
   }
-  // The scores' gradients are formed on the host (from the routing there) and go up; the router's
-  // GEMMs and its weight gradients stay here.
-  void route_backward(const Routing& r, RouteCache& rc, const RouterSpec& spec, const float* dgate_host,
+  // The rest of the routing (probabilities, log-sum-exps, choices, gates, kept) to the host: only
+  // when the host reads it (ModelStep::routing: tests, the metrics' routing check), not in a step.
+  void routing_to_host(Routing& r, RouteCache& rc) {
+    if (rc.on_host) return;
+    const size_t pe = static_cast<size_t>(r.P) * r.E, pk = static_cast<size_t>(r.P) * r.k;
+    r.probs.resize(pe);
+    r.lse.resize(r.P);
+    r.choice.resize(pk);
+    r.gate.resize(pk);
+    r.kept.resize(pk);
+    get(std::span<float>(r.probs), rc.logits.data(), Traffic::metadata, "routing on request: probabilities");
+    get(std::span<float>(r.lse), rc.lse.data(), Traffic::metadata, "routing on request: log-sum-exps");
+    get(std::span<int>(r.choice), rc.choice.data(), Traffic::metadata, "routing on request: choices");
+    get(std::span<float>(r.gate), rc.gate.data(), Traffic::metadata, "routing on request: gates");
+    get(std::span<uint8_t>(r.kept), rc.kept.data(), Traffic::metadata, "routing on request: kept");
+    rc.on_host = true;
+    r.figures_only = false;
+  }
+  // The scores' gradients formed here from the routing here and the gate gradients the combine
+  // backward accumulated here (dgate_; the host's dgate is not used); the router's GEMMs and its
+  // weight gradients too. Nothing crosses.
+  void route_backward(const Routing& r, RouteCache& rc, const RouterSpec& spec, const float* /*dgate_host*/,
                       const float* xn, const float* w, float* dxn, float* dw, float* db, float loss_scale) {
     const int P = r.P, E = r.E, d = r.d, ps = r.patch;
-    std::vector<float> dlogits(static_cast<size_t>(P) * E);
-    router_backward_logits(dlogits.data(), r, spec, dgate_host, loss_scale);
-    put(rc.dlogits, std::span<const float>(dlogits), Traffic::metadata, "router score gradients");
+    rc.dlogits.resize(static_cast<size_t>(P) * E);
+    router_backward_logits_rows(rc.dlogits.data(), rc.logits.data(), rc.lse.data(), rc.choice.data(), rc.kept.data(),
+                                dgate_.data(), rc.chosen.data(), P, E, r.k, gate_mode(spec), loss_scale,
+                                spec.aux_weight, spec.z_weight);
     const float* x = ps > 1 ? rc.xm.data() : xn;
     uoe::gemm(true, false, d, E, P, 1.0f, x, d, rc.dlogits.data(), E, 1.0f, dw, E);
     router_bias_grad(db, rc.dlogits.data(), P, E);
@@ -155,14 +239,17 @@ class DeviceLikeBackend : public CpuBackend {
       router_patch_means_backward(dxn, rc.dxm.data(), P, ps, d);
     }
   }
-
-  void row_tables(CombineTables& t, const SourceRows& src, const Routing& r) {
+  // The rows' tokens and gate slots go up (the host built them); their gates are gathered here
+  // from the routing's (an unrouted block, routing_all_to_one, was not routed here: its gates are 1).
+  void row_tables(CombineTables& t, const SourceRows& src, const Routing& r, const RouteCache& rc) {
     t.src = &src;
+    t.slots = r.P * r.k;
     const int R = src.rows();
-    std::vector<float> gate(R);
-    for (int i = 0; i < R; ++i) gate[i] = r.gate[src.gate[i]];
     put(t.token, std::span<const int32_t>(src.token), Traffic::metadata, "row tokens");
-    put(t.gate, std::span<const float>(gate), Traffic::metadata, "row gates");
+    put(t.slot, std::span<const int32_t>(src.gate), Traffic::metadata, "row gate slots");
+    t.gate.resize(R);
+    if (rc.decided) uoe::gather_rows(t.gate.data(), rc.gate.data(), t.slot.data(), R, 1);
+    else std::fill(t.gate.data(), t.gate.data() + R, 1.0f);
   }
   void gather_source_rows(float* out, const float* xn, const CombineTables& t, int r0, int n, int d) {
     uoe::gather_rows(out, xn, t.token.data() + r0, n, d);
@@ -191,8 +278,14 @@ class DeviceLikeBackend : public CpuBackend {
       scatter_add_row(out + static_cast<size_t>(t.token.data()[i]) * d, y + static_cast<size_t>(i) * d, d,
                       t.gate.data()[i]);
   }
-  void combine_backward(float* dy, float* dgate_host, const float* dh, CombineTables& t, const float* y, int i0,
+  // The gate gradients accumulate here, in dgate_ (one block's backward at a time; zeroed by the
+  // block's first gate call, which starts at row 0), not in the host's dgate.
+  void combine_backward(float* dy, float* /*dgate_host*/, const float* dh, CombineTables& t, const float* y, int i0,
                         int i1, bool output, bool gate, int d) {
+    if (gate && i0 == 0) {
+      dgate_.resize(t.slots);
+      zero(dgate_);
+    }
     const int n = i1 - i0;
     if (n <= 0) return;
     if (output)
@@ -203,9 +296,7 @@ class DeviceLikeBackend : public CpuBackend {
       for (int i = i0; i < i1; ++i)
         t.rowdot.data()[i - i0] =
             dot_lanes(dh + static_cast<size_t>(t.token.data()[i]) * d, y + static_cast<size_t>(i) * d, d);
-      std::vector<float> host(n);
-      get(std::span<float>(host), t.rowdot.data(), Traffic::metadata, "gate gradients");
-      for (int i = 0; i < n; ++i) dgate_host[t.src->gate[i0 + i]] += host[i];
+      router_gate_grads(dgate_.data(), t.slot.data(), t.rowdot.data(), i0, n);
     }
   }
   void combine_backward_inputs(float* dxn, const float* dx, const CombineTables& t, int d) {
@@ -303,6 +394,7 @@ class DeviceLikeBackend : public CpuBackend {
   const GradientSync* sync_of_ = nullptr;
 
   Buffer<int32_t> targets_;
+  Buffer<float> dgate_;  // [P, k] the block's gate gradients (backward)
 };
 
 }  // namespace uoe

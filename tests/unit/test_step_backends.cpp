@@ -9,7 +9,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstring>
+#include <limits>
 #include <utility>
 #include <string>
 #include <vector>
@@ -115,7 +117,7 @@ void expect_same_as_cpu_backend(const ModelSpec& spec, int micro_batches, int ch
   step.forward_eval(in.data(), tg.data(), 0, &ed);
   EXPECT_EQ(ed.tokens, 0);
   EXPECT_EQ(ed.ce_sum, 0.0);
-  // What crossed: the arenas once each way per state_to_host, routing scores and row tables.
+  // What crossed: the arenas once each way per state_to_host, routing counts and row tables.
   EXPECT_GT(be.bytes(DeviceLikeBackend::Traffic::arena), 0u);
   EXPECT_GT(be.bytes(DeviceLikeBackend::Traffic::metadata), 0u);
 }
@@ -167,7 +169,20 @@ void expect_step_stays_on_device(const ModelSpec& spec, int chunks) {
         << (t.to_device ? "up: " : "down: ") << t.name << ", " << t.bytes << " bytes";
   EXPECT_EQ(be.bytes(T::arena), 0u);
   EXPECT_EQ(be.bytes(T::activations), 0u);
-  EXPECT_EQ(be.bytes(T::loss), 2u * M * sizeof(double));
+  // Per micro-batch: the CE sum, and per routed block its three figures (balance, z-loss, entropy).
+  int routed = 0;
+  for (int b = 0; b < 2 * spec.layers; ++b) routed += spec.block_routed(b) ? 1 : 0;
+  EXPECT_GT(routed, 0);
+  EXPECT_EQ(be.bytes(T::loss), 2u * M * (1 + 3 * routed) * sizeof(double));
+  // Routing crossed as counts and row tables only (routing decided on the device): down, the row
+  // counts [E + 1], chosen counts [E], experts per token [k + 1], each kept row's patch and slot;
+  // up, the tokens, targets, each source row's token and gate slot. Nothing else, no [P, E] array.
+  const std::vector<std::string> allowed = {"step input",   "targets",   "loss",           "router losses and entropy",
+                                            "row counts",   "chosen counts", "experts per token", "row patches",
+                                            "row slots",    "row tokens", "row gate slots"};
+  for (const auto& t : be.transfers)
+    EXPECT_NE(std::find(allowed.begin(), allowed.end(), t.name), allowed.end())
+        << (t.to_device ? "up: " : "down: ") << t.name << ", " << t.bytes << " bytes";
   EXPECT_GT(be.bytes(T::metadata), 0u);
   // The host arenas were not touched by the steps; the snapshot brings the device's state.
   const ParamStore& pr = ref_model.params();
@@ -193,8 +208,8 @@ TEST(StepBackends, TrainingStepMovesNoArenaAcrossTheDeviceBoundary) {
   expect_step_stays_on_device(spec_of(BlockType::moe, 1, 0.0, true), 2);
 }
 
-// Routing on the device path (scores formed where the input and weights are, decided on the host
-// from them) against the CPU router on the same inputs, with capacity ties: patches that are copies
+// Routing on the device path (decided where the input and weights are; only counts, row tables and
+// three figures come down) against the CPU router on the same inputs, with capacity ties: patches that are copies
 // of one another score identically, so experts over capacity keep the lower patches.
 TEST(StepBackends, DeviceRoutingEqualsCpuRoutingWithCapacityTies) {
   for (int patch : {1, 2}) {
@@ -222,17 +237,43 @@ TEST(StepBackends, DeviceRoutingEqualsCpuRoutingWithCapacityTies) {
     cpu.route(rc, cc, rs, xn.data(), w.data(), b.data(), N, d, false);
     dev.route(rd, dc, rs, xn.data(), w.data(), b.data(), N, d, false);
     EXPECT_GT(rc.dropped, 0);  // the capacity rule decided something
+    // What came to the host: the counts, the row tables and the figures, decided on the device.
+    EXPECT_TRUE(rd.probs.empty() && rd.choice.empty() && rd.kept.empty() && rd.gate.empty() && rd.lse.empty());
+    EXPECT_EQ(rd.row_offsets, rc.row_offsets);
+    EXPECT_EQ(rd.chosen, rc.chosen);
+    EXPECT_EQ(rd.capacity_kept, rc.capacity_kept);
+    EXPECT_EQ(rd.row_patch, rc.row_patch);
+    EXPECT_EQ(rd.row_slot, rc.row_slot);
+    EXPECT_EQ(rd.dropped, rc.dropped);
+    EXPECT_EQ(rd.capacity, rc.capacity);
+    EXPECT_EQ(rd.balance_loss, rc.balance_loss);
+    EXPECT_EQ(rd.z_loss, rc.z_loss);
+    // Only those crossed: no [P, E] array, (E + 1) + E + (k + 1) counts, two ints per row, 3 figures.
+    const int rows = rc.row_offsets[E];
+    size_t crossed = 0;
+    for (const auto& t : dev.transfers) {
+      EXPECT_FALSE(t.to_device) << t.name;
+      EXPECT_NE(t.bytes, static_cast<size_t>(P) * E * sizeof(float)) << t.name;
+      crossed += t.bytes;
+    }
+    EXPECT_EQ(crossed, (2 * E + 1 + rs.topk + 1 + 2 * rows) * sizeof(int) + 3 * sizeof(double));
+    // The figures the log line reads, as block_stats_from_routing forms them from the CPU routing.
+    BlockStats want, got;
+    const ModelSpec ms = spec_of(BlockType::uoe, patch, 0.0, false);
+    block_stats_from_routing(&want, ms, 0, rc, N, false, true);
+    block_stats_from_routing(&got, ms, 0, rd, N, false, true);
+    EXPECT_EQ(got.entropy_sum, want.entropy_sum);
+    EXPECT_GT(want.entropy_sum, 0.0);
+    EXPECT_EQ(got.experts_per_token, want.experts_per_token);
+    // The rest, when the host asks for it: the CPU router's, bit for bit.
+    dev.transfers.clear();
+    dev.routing_to_host(rd, dc);
+    EXPECT_GT(dev.transfers.size(), 0u);
     EXPECT_EQ(rd.probs, rc.probs);
     EXPECT_EQ(rd.lse, rc.lse);
     EXPECT_EQ(rd.choice, rc.choice);
     EXPECT_EQ(rd.gate, rc.gate);
     EXPECT_EQ(rd.kept, rc.kept);
-    EXPECT_EQ(rd.row_offsets, rc.row_offsets);
-    EXPECT_EQ(rd.row_patch, rc.row_patch);
-    EXPECT_EQ(rd.row_slot, rc.row_slot);
-    EXPECT_EQ(rd.dropped, rc.dropped);
-    EXPECT_EQ(rd.balance_loss, rc.balance_loss);
-    EXPECT_EQ(rd.z_loss, rc.z_loss);
     // The tie rule itself: among patches with the same score for an expert, a kept one never has a
     // higher index than a dropped one.
     for (int p = 0; p < P; ++p)
@@ -243,17 +284,20 @@ TEST(StepBackends, DeviceRoutingEqualsCpuRoutingWithCapacityTies) {
             if (rd.choice[q * rs.topk + i] != e || rd.probs[p * E + e] != rd.probs[q * E + e]) continue;
             EXPECT_FALSE(!rd.kept[p * rs.topk + j] && rd.kept[q * rs.topk + i]) << "expert " << e << ", patches " << p << ", " << q;
           }
-    // Backward: the same gradients, bit for bit.
+    // Backward: the same gradients, bit for bit, with the gate gradients on the device.
     dgate.resize(static_cast<size_t>(P) * rs.topk);
     for (size_t i = 0; i < dgate.size(); ++i) dgate[i] = rng_normal(5, 0, i);
+    dev.gate_gradients().resize(dgate.size());
+    std::copy(dgate.begin(), dgate.end(), dev.gate_gradients().data());
     std::vector<float> dxc(xn.size(), 0.25f), dxd(dxc), dwc(w.size(), 0.5f), dwd(dwc), dbc(E, -1.0f), dbd(dbc);
+    std::vector<float> no_dgate(dgate.size(), std::numeric_limits<float>::quiet_NaN());  // not read
+    dev.transfers.clear();
     cpu.route_backward(rc, cc, rs, dgate.data(), xn.data(), w.data(), dxc.data(), dwc.data(), dbc.data(), 0.5f);
-    dev.route_backward(rd, dc, rs, dgate.data(), xn.data(), w.data(), dxd.data(), dwd.data(), dbd.data(), 0.5f);
+    dev.route_backward(rd, dc, rs, no_dgate.data(), xn.data(), w.data(), dxd.data(), dwd.data(), dbd.data(), 0.5f);
     EXPECT_EQ(bit_differences(dxd.data(), dxc.data(), dxc.size()), 0u);
     EXPECT_EQ(bit_differences(dwd.data(), dwc.data(), dwc.size()), 0u);
     EXPECT_EQ(bit_differences(dbd.data(), dbc.data(), dbc.size()), 0u);
-    // Only scores and their gradients crossed.
-    for (const auto& t : dev.transfers) EXPECT_EQ(t.bytes, static_cast<size_t>(P) * E * sizeof(float)) << t.name;
+    EXPECT_TRUE(dev.transfers.empty());  // the backward moves nothing
   }
 }
 
