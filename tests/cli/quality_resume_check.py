@@ -3,7 +3,7 @@
 
 usage: quality_resume_check.py OUTDIR BUILD
 
-A small study (dense, uoe and the upcycled row; budget 3; seeds 1, 2; --quick sizes) runs to the end.
+A small study (dense, uoe and the upcycled row; budget 2; seeds 1, 2; --quick sizes) runs to the end.
 Then it is put back in the state an interruption during seed 2's uoe run leaves: that run's CSV gone
 and its metrics half-written, the upcycled run of seed 2 never made, the tables not written (the dense
 run of seed 2 finished, but the upcycled run deletes the checkpoint it starts from, so it is gone as
@@ -49,7 +49,7 @@ def main():
     out, build = sys.argv[1], sys.argv[2]
     shutil.rmtree(out, ignore_errors=True)
     runs = os.path.join(out, "runs")
-    study = [os.path.join(ROOT, "bench", "quality"), "--quick", "--seeds", "2", "--budgets", "3",
+    study = [os.path.join(ROOT, "bench", "quality"), "--quick", "--seeds", "2", "--budgets", "2",
              "--models", "dense,uoe,upcycled", "--build", build, "--out", out]
     run(study, timeout=1500)
     full = val_losses(os.path.join(out, "quality.csv"))
@@ -57,19 +57,19 @@ def main():
         fail(f"the uninterrupted study wrote {len(full)} runs, expected 6: {sorted(full)}")
 
     # The state an interruption during seed 2's uoe run leaves.
-    for name in ("uoe.b3.s2.csv", "upcycled.b3.s2.csv", "upcycled.b3.s2.jsonl", "upcycled.b3.s2.log"):
+    for name in ("uoe.b2.s2.csv", "upcycled.b2.s2.csv", "upcycled.b2.s2.jsonl", "upcycled.b2.s2.log"):
         os.remove(os.path.join(runs, name))
-    half = os.path.join(runs, "uoe.b3.s2.jsonl")
+    half = os.path.join(runs, "uoe.b2.s2.jsonl")
     with open(half, "r+") as f:
         f.truncate(len(f.readline()) // 2)
     for name in ("quality.csv", "summary.csv", "paired.csv", "table.md"):
         os.remove(os.path.join(out, name))
-    if os.path.exists(os.path.join(runs, "dense.b3.s2.ckpt")):
+    if os.path.exists(os.path.join(runs, "dense.b2.s2.ckpt")):
         fail("the dense run's checkpoint outlived the upcycled run that starts from it")
     before = snapshot(runs)
 
     # Another study's command line, or no study: refused, nothing touched.
-    for extra, target, want in ((["--budgets", "4"], out, "budgets [3] in the stored study, [4] now"),
+    for extra, target, want in ((["--budgets", "4"], out, "budgets [2] in the stored study, [4] now"),
                                 ([], os.path.join(out, "nothing-here"), "study.json not found")):
         cmd = study[:-1] + [target, "--resume"]
         if extra:
@@ -86,13 +86,13 @@ def main():
     print(text)
     if "--resume: 3 of 6 runs finished before and are kept; 3 to run" not in text:
         fail("--resume did not keep exactly the 3 finished runs whose work is still needed")
-    if "dense budget 3 seed 2 finished, but its step-1 checkpoint" not in text:
+    if "dense budget 2 seed 2 finished, but its step-1 checkpoint" not in text:
         fail("--resume did not run dense seed 2 again for the upcycled run's missing checkpoint")
     after = snapshot(runs)
-    for name in ("dense.b3.s1.csv", "uoe.b3.s1.csv", "upcycled.b3.s1.csv"):
+    for name in ("dense.b2.s1.csv", "uoe.b2.s1.csv", "upcycled.b2.s1.csv"):
         if after.get(name) != before[name]:
             fail(f"{name}: a finished run was run again or its CSV rewritten")
-    for name in ("dense.b3.s2.csv", "uoe.b3.s2.csv", "upcycled.b3.s2.csv"):
+    for name in ("dense.b2.s2.csv", "uoe.b2.s2.csv", "upcycled.b2.s2.csv"):
         if name not in after or (name in before and after[name][1] == before[name][1]):
             fail(f"{name}: the run was not made again")
     resumed = val_losses(os.path.join(out, "quality.csv"))
