@@ -10,7 +10,8 @@
 // (the project's writer, one rank, atomic commit) into DIR, which must be absent or empty, beside
 // DIR/train.ini: the stored config with the new block type and expert counts, --checkpoint-dir DIR
 // and --resume auto, so `uoe-train --config DIR/train.ini` continues the training. AdamW moments
-// are zero, and the step 0 (a fresh warm-up and schedule), or with --keep-step the source's step.
+// are zero, and the step 0 (a fresh warm-up and schedule) with --data-offset the source's step (the
+// data go on where the source stopped), or with --keep-step the source's step.
 // checkpoints/README.md, "Converting", has the details.
 #include <boost/program_options.hpp>
 
@@ -18,6 +19,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -89,7 +91,8 @@ bool parse(int argc, char** argv, ConvertArgs& a) {
     std::fputs("\nConverts a checkpoint between a dense transformer and the union of experts cut from it\n"
                "(docs/model.md, Experts by equivalent decomposition): the weights are permuted, not retrained.\n"
                "Writes a new checkpoint into DIR with zeroed AdamW moments at step 0 (or the source's, --keep-step)\n"
-               "and DIR/train.ini; `uoe-train --config DIR/train.ini` continues from it.\n\n",
+               "and DIR/train.ini; `uoe-train --config DIR/train.ini` continues from it, on the training windows the\n"
+               "source run would have drawn next (train.ini's --data-offset, or the kept step).\n\n",
                stdout);
     std::cout << desc;
     return false;
@@ -133,9 +136,11 @@ std::string describe(const uoe::ModelSpec& s) {
          " heads, d-ff " + std::to_string(s.d_ff) + ")";
 }
 
-// The converted run's config: the stored one with the new block type and expert counts, writing to
-// and resuming from --out. Throws uoe::Error naming the option when the counts cannot cut the shape.
-uoe::Config converted_config(const uoe::Config& stored, const ConvertArgs& a, std::vector<std::string>& notes) {
+// The converted run's config: the stored one with the new block type and expert counts, the data
+// order continued from `source_step` (the source checkpoint's step), writing to and resuming from
+// --out. Throws uoe::Error naming the option when the counts cannot cut the shape.
+uoe::Config converted_config(const uoe::Config& stored, int64_t source_step, const ConvertArgs& a,
+                             std::vector<std::string>& notes) {
   uoe::Config c = stored;
   c.block_type = a.to;
   if (a.to == "uoe") {
@@ -162,6 +167,15 @@ uoe::Config converted_config(const uoe::Config& stored, const ConvertArgs& a, st
                       "train.ini says --ep 1 (any --ep dividing both counts works)");
       c.ep = 1;
     }
+  }
+  // The data continue where the source stopped: at step 0 (a fresh schedule) the windows of the
+  // source's next steps, through --data-offset; with --keep-step the kept step itself draws them.
+  if (!a.keep_step) {
+    const int64_t offset = stored.data_offset + source_step;
+    if (offset > std::numeric_limits<int>::max())
+      uoe::fail("the checkpoint's step ", source_step, " (+ its --data-offset ", stored.data_offset,
+                ") is too large for --data-offset; use --keep-step");
+    c.data_offset = static_cast<int>(offset);
   }
   c.checkpoint_dir = fs::absolute(a.out).lexically_normal().string();  // train.ini works from any directory
   c.resume = "auto";
@@ -197,7 +211,7 @@ int run(const ConvertArgs& a) {
     uoe::fail(path, " is a moe checkpoint: its experts are independent FFNs, not cut from a dense layer; "
                     "only dense and uoe convert into each other");
   std::vector<std::string> notes;
-  const uoe::Config cfg = converted_config(stored, a, notes);
+  const uoe::Config cfg = converted_config(stored, manifest.step, a, notes);
   const uoe::ModelSpec dst_spec = uoe::model_spec_from_config(cfg, vocab);
   const bool out_existed = uoe::out_dir_check_new(a.out);
 
@@ -256,6 +270,10 @@ int run(const ConvertArgs& a) {
       "uoe-ckpt convert " + path + " --to " + a.to + ": `uoe-train --config " +
           (fs::path(a.out) / "train.ini").string() + "` continues the training");
   std::printf("uoe-ckpt convert: wrote %s\n", committed.c_str());
+  if (cfg.data_offset != stored.data_offset)
+    std::printf("uoe-ckpt convert: data order continued: train.ini says --data-offset %d, so step s draws the "
+                "training windows of the source's step s + %d (the ones the source run would have drawn next)\n",
+                cfg.data_offset, cfg.data_offset);
   if (a.keep_step)
     std::printf("uoe-ckpt convert: step %lld kept: `uoe-train --resume` continues at step %lld of the old schedule "
                 "(--steps %d, --warmup %d); the AdamW moments are reset all the same (zero), so Adam starts without "

@@ -115,7 +115,9 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const TokenS
   for (int m = 0; m < M; ++m) {
     const uint64_t slot = static_cast<uint64_t>(ranks.world_rank) * M + m;
     if (bucketed && m == M - 1) set_hook(reduce_when_done);
-    data_sample_batch(train_tokens, T, B, cfg.seed, static_cast<uint64_t>(step), slot, in.data(), tg.data());
+    // --data-offset: a continued run draws the windows its source would have drawn next.
+    const uint64_t window_step = static_cast<uint64_t>(step) + static_cast<uint64_t>(cfg.data_offset);
+    data_sample_batch(train_tokens, T, B, cfg.seed, window_step, slot, in.data(), tg.data());
     step_runner->forward_backward(in.data(), tg.data(), B, loss_scale, &st);
     if (cfg.metrics_grads)  // only those metrics lines carry it
       sums[at_routing] += static_cast<double>(routing_check_term(slot, step_runner->routing_fingerprint()));

@@ -267,7 +267,8 @@ void config_validate(const Config& c) {
                     &C::d_ff, &C::patch_size, &C::seq_len, &C::batch_size, &C::micro_batches, &C::steps,
                     &C::log_every, &C::ep})
     require_positive(c, v);
-  for (int C::*v : {&C::warmup, &C::eval_every, &C::eval_batches, &C::eval_windows, &C::threads, &C::checkpoint_every, &C::keep_last})
+  for (int C::*v : {&C::warmup, &C::eval_every, &C::eval_batches, &C::eval_windows, &C::threads, &C::checkpoint_every,
+                    &C::keep_last, &C::data_offset})
     require_non_negative(c, v);
   if (!(c.checkpoint_share > 0 && c.checkpoint_share <= 1))
     fail(flag(&C::checkpoint_share), " ", c.checkpoint_share, ": expected a share of one core in (0, 1]");

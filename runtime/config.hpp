@@ -46,6 +46,7 @@ struct Config {
   double weight_decay = 0.1;    // on matrices only
   double clip = 1.0;            // global gradient-norm clip (0 = off)
   uint64_t seed = 1;
+  int data_offset = 0;          // step s draws the training windows of step s + data_offset
 
   // --- evaluation and logging ---
   int eval_every = 250;         // steps between evaluations (0 = only at the end)

@@ -79,6 +79,9 @@ const Option kOptions[] = {
      "global gradient-norm clip (0 = off)"},
     {"seed",                     &C::seed,                   G::training,     R::free,
      "random seed"},
+    {"data-offset",              &C::data_offset,            G::training,     R::free,
+     "step s trains on the windows of step s + N: a run continued from another's step N (uoe-ckpt "
+     "convert writes it) sees the windows that run would have drawn next, not its first ones again"},
 
     {"eval-every",               &C::eval_every,             G::evaluation,   R::free,
      "steps between evaluations (0 = only at the end)"},

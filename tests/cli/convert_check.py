@@ -14,6 +14,10 @@ TRAIN_ARGS describe a tiny model with 4 heads and a d-ff divisible by 4 (no --bl
 - in the equivalence limit (every expert, dropless, sum gates) with --keep-step, the resumed UoE
   run's first loss (step 21) equals the dense run's own step 21, resumed from the same checkpoint,
   to 1e-5 relative: upcycling changes nothing the model computes;
+- the data order goes on (step 0, a fresh schedule): train.ini says --data-offset 20, and with the
+  weights frozen (--lr 1e-30) the converted model's losses at its steps 1..10, in the equivalence
+  limit, are the dense run's at steps 21..30 (resumed from step 20, frozen too) to 1e-5 relative:
+  every training window is the one the dense run draws next, none of its first ones again;
 - UoE (trained 10 steps) → dense → UoE keeps every expert weight and norm bitwise, and the routers
   are a fresh run's initialisation (the same seed), not the trained ones;
 - bad input (not a checkpoint, expert counts that cannot cut the shape, an --out that holds files,
@@ -135,6 +139,29 @@ def main():
         fail("the upcycled model in the equivalence limit does not compute the dense model's loss")
     if not all(math.isfinite(v) for v in ex.values()):
         fail(f"non-finite loss in the equivalence limit: {ex}")
+
+    # The data order goes on at step 0: frozen weights (the lr far below a float's resolution), so
+    # each step's loss is a function of its windows alone; the dense run continues to step 30.
+    _, text = run([ckpt, "convert", dense20, "--to", "uoe", "--out", j("cont"), "--attn-experts", "2",
+                   "--experts", "4", "--attn-topk", "2", "--topk", "4", "--capacity-factor", "0", "--gate", "sum"])
+    if not re.search(r"data order continued: train\.ini says --data-offset 20\b", text):
+        fail(f"convert did not say the data order continues at the source's step 20:\n{text}")
+    ini = {k.strip(): v.strip() for k, v in (ln.split("=", 1) for ln in open(j("cont", "train.ini"))
+                                             if "=" in ln and not ln.startswith("#"))}
+    if ini.get("data-offset") != "20":
+        fail(f"{j('cont', 'train.ini')} has data-offset = {ini.get('data-offset')!r}, expected 20")
+    frozen = ["--lr", "1e-30", "--min-lr", "0", "--warmup", "0"]
+    run([train, "--config", j("cont", "train.ini"), *logs, *frozen, "--steps", "10", "--metrics", j("cont.jsonl")])
+    run([train, *args, *logs, *frozen, "--block-type", "dense", "--steps", "30", "--resume", dense20,
+         "--checkpoint-dir", j("dense_frozen"), "--metrics", j("dense_frozen.jsonl")])
+    co, dn = losses(j("cont.jsonl")), losses(j("dense_frozen.jsonl"))
+    if sorted(co) != list(range(1, 11)) or sorted(dn) != list(range(21, 31)):
+        fail(f"frozen runs logged steps {sorted(co)} and {sorted(dn)}, expected 1..10 and 21..30")
+    worst = max(abs(co[k] - dn[20 + k]) / abs(dn[20 + k]) for k in co)
+    print(f"data order continued: converted steps 1..10 vs dense steps 21..30 (weights frozen), largest relative "
+          f"loss difference {worst:.2e}; converted {[round(co[k], 4) for k in sorted(co)]}")
+    if worst > 1e-5:
+        fail(f"the converted run's windows are not the dense run's next ones: losses {co} vs {dn}")
 
     # UoE trained 10 steps → dense → UoE: experts bitwise, routers a fresh initialisation.
     up10 = j("up", "step_00000010")

@@ -156,6 +156,7 @@ TEST(Config, EachInvalidValueNamesItsOption) {
       {"eval-batches -1", [](Config& c) { c.eval_batches = -1; }, {"--eval-batches"}},
       {"eval-windows -1", [](Config& c) { c.eval_windows = -1; }, {"--eval-windows"}},
       {"threads -1", [](Config& c) { c.threads = -1; }, {"--threads"}},
+      {"data-offset -1", [](Config& c) { c.data_offset = -1; }, {"--data-offset"}},
       {"d % H", [](Config& c) { c.d_model = 130; }, {"--d-model", "--heads"}},
       {"odd head dim", [](Config& c) { c.d_model = 12; }, {"--d-model", "--heads", "even"}},
       {"H % E_a", [](Config& c) { c.d_model = 96, c.heads = 3, c.attn_experts = 2; },
