@@ -8,8 +8,10 @@
 // Shapes: one expert of an MLP block with `rows` routed rows (default 1024: 2048 tokens × top-2 over
 // 4 experts), d = f = 128 (reference config) and 512 (d 512): forward x·W1 and a·W2 (NN),
 // backward-data dy·W2ᵀ (NT), weight gradient xᵀ·dh (TN), and a 512³ square for reference.
-// --precision bf16 times the model's GEMM at that precision (runtime/gemm.hpp, gemm_mixed: on CPUs
-// the emulated path, its rounding copies included); FLOPs counted as the product's 2·M·N·K.
+// --precision bf16 times the model's GEMM at that precision (runtime/gemm.hpp, gemm_mixed, its
+// rounding copies included) on each of its CPU paths in turn, whichever the CPU would choose:
+// emulated (the fp32 OpenBLAS GEMM on rounded inputs) and oneDNN's bf16 matmul, the latter only
+// where this oneDNN has one (otherwise a line says why). FLOPs counted as the product's 2·M·N·K.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -24,6 +26,7 @@
 #include "runtime/cpu_features.hpp"
 #include "runtime/fma_peak.hpp"
 #include "runtime/gemm.hpp"
+#include "runtime/onednn_gemm.hpp"
 
 namespace {
 
@@ -70,8 +73,8 @@ int main(int argc, char** argv) {
   std::printf("# bench-sgemm_shapes: %s\n", uoe::blas_kernels_summary().c_str());
   std::printf("# %s; %s; best of %d\n", uoe::gemm_describe().c_str(), uoe::fma_peak_describe(fma).c_str(), repeats);
   std::printf("# precision %s%s\n", uoe::precision_name(uoe::compute_precision()),
-              uoe::compute_precision() == uoe::Precision::bf16 ? (": " + uoe::gemm_bf16_describe()).c_str() : "");
-  std::printf("%-34s %10s %8s\n", "GEMM (MxNxK)", "GFLOP/s", "of FMA");
+              uoe::compute_precision() == uoe::Precision::bf16 ? (": uoe-train would run " + uoe::gemm_bf16_describe()).c_str()
+                                                                 : "");
   struct Shape {
     const char* what;
     bool ta, tb;
@@ -84,14 +87,35 @@ int main(int argc, char** argv) {
     shapes.push_back({"x^T*dh TN", true, false, d, d, rows});
   }
   shapes.push_back({"square NN", false, false, 512, 512, 512});
-  double sum = 0;
-  for (const Shape& s : shapes) {
-    const double g = best_gflops(s.ta, s.tb, s.M, s.N, s.K, repeats);
-    sum += g;
-    char label[64];
-    std::snprintf(label, sizeof label, "%s %dx%dx%d", s.what, s.M, s.N, s.K);
-    std::printf("%-34s %10.1f %7.1f%%\n", label, g, 100.0 * g / fma.gflops);
+  const auto table = [&](const char* path) {
+    std::printf("%-43s %10s %8s\n", "GEMM (MxNxK)", "GFLOP/s", "of FMA");
+    double sum = 0;
+    for (const Shape& s : shapes) {
+      const double g = best_gflops(s.ta, s.tb, s.M, s.N, s.K, repeats);
+      sum += g;
+      char label[96];
+      std::snprintf(label, sizeof label, "%s%s%s %dx%dx%d", path, *path ? " " : "", s.what, s.M, s.N, s.K);
+      std::printf("%-43s %10.1f %7.1f%%\n", label, g, 100.0 * g / fma.gflops);
+    }
+    std::printf("%-43s %10.1f\n", (std::string(path) + (*path ? " " : "") + "mean").c_str(),
+                sum / static_cast<double>(shapes.size()));
+  };
+  if (uoe::compute_precision() == uoe::Precision::fp32) {
+    table("");
+    return 0;
   }
-  std::printf("%-34s %10.1f\n", "mean", sum / static_cast<double>(shapes.size()));
+  {
+    const uoe::ScopedBf16Gemm emulated(uoe::Bf16GemmForce::emulated);
+    std::printf("# bf16 path emulated: %s\n", uoe::gemm_bf16_describe().c_str());
+    table("emulated");
+  }
+  const std::string why = uoe::onednn_unavailable(uoe::OnednnInput::bf16);
+  if (!why.empty()) {
+    std::printf("# bf16 path onednn: not run, %s\n", why.c_str());
+    return 0;
+  }
+  const uoe::ScopedBf16Gemm onednn(uoe::Bf16GemmForce::onednn);
+  std::printf("# bf16 path onednn: %s\n", uoe::gemm_bf16_describe().c_str());
+  table("onednn");
   return 0;
 }

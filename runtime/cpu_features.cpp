@@ -17,6 +17,8 @@
 #include <utility>
 #include <vector>
 
+#include "runtime/error.hpp"
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #define UOE_X86 1
@@ -303,6 +305,33 @@ bool blas_kernels_as_chosen() {
   const SelectState& st = select_state();
   if (!st.exec_error.empty()) return false;
   return st.decision.action != KernelAction::set_coretype || lower(openblas_get_corename()) == lower(st.decision.coretype);
+}
+
+const char* bf16_gemm_path_name(Bf16GemmPath p) { return p == Bf16GemmPath::onednn ? "onednn" : "emulated"; }
+
+Bf16GemmDecision bf16_gemm_decide(const CpuFeatures& f, const char* user_choice) {
+  Bf16GemmDecision d;
+  const std::string user = user_choice == nullptr ? std::string() : std::string(user_choice);
+  if (!user.empty() && user != "auto") {
+    if (user == "onednn") d.path = Bf16GemmPath::onednn;
+    else if (user != "emulated") fail("UOE_BF16_GEMM='", user, "': expected onednn, emulated or auto");
+    d.forced = true;
+    d.reason = "UOE_BF16_GEMM=" + user + " is the user's";
+    return d;
+  }
+  // oneDNN's bf16 kernels need AVX-512 (F/BW/VL/DQ, its avx512_core) under either; AVX512-BF16
+  // without them does not exist in silicon, and a CPU that reports it anyway fails oneDNN's own
+  // check, which the caller makes.
+  if (f.amx_tile && f.amx_bf16) {
+    d.path = Bf16GemmPath::onednn;
+    d.reason = "this CPU has AMX-BF16";
+  } else if (f.avx512_bf16) {
+    d.path = Bf16GemmPath::onednn;
+    d.reason = "this CPU has AVX512-BF16";
+  } else {
+    d.reason = "this CPU has no bf16 instructions: neither AVX512-BF16 nor AMX-BF16";
+  }
+  return d;
 }
 
 }  // namespace uoe

@@ -72,4 +72,20 @@ std::string blas_kernels_summary();
 // build ignored the OPENBLAS_CORETYPE it was given): every rank checks its own and warns.
 bool blas_kernels_as_chosen();
 
+// How the bf16 GEMMs run on the CPU (runtime/gemm.hpp, gemm_mixed): through oneDNN's bf16 matmul
+// where the CPU has bf16 instructions (AVX512-BF16's dot products or AMX-BF16 tiles), emulated
+// elsewhere (inputs rounded to bf16, the fp32 GEMM). The user's UOE_BF16_GEMM overrides: "onednn"
+// or "emulated" on any CPU (tests force each path), "auto" or unset chooses.
+enum class Bf16GemmPath { emulated, onednn };
+const char* bf16_gemm_path_name(Bf16GemmPath p);  // "emulated" | "onednn"
+struct Bf16GemmDecision {
+  Bf16GemmPath path = Bf16GemmPath::emulated;
+  bool forced = false;  // the user's UOE_BF16_GEMM chose
+  std::string reason;   // why, for the start-up line
+};
+// The pure decision from the features (never from a table of models) and the user's UOE_BF16_GEMM
+// (null or empty: not set). Throws uoe::Error naming UOE_BF16_GEMM for a value it does not know.
+// Whether oneDNN can run a bf16 matmul here is the caller's check (runtime/onednn_gemm.hpp).
+Bf16GemmDecision bf16_gemm_decide(const CpuFeatures& f, const char* user_choice);
+
 }  // namespace uoe

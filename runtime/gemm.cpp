@@ -3,6 +3,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cctype>
 #include <cstdio>
@@ -13,6 +14,8 @@
 
 #include "runtime/bf16.hpp"
 #include "runtime/cpu_features.hpp"
+#include "runtime/error.hpp"
+#include "runtime/onednn_gemm.hpp"
 #include "runtime/profile.hpp"
 #include "runtime/threads.hpp"
 
@@ -187,13 +190,65 @@ void round_copy(std::vector<float>& out, const float* in, int rows, int cols, in
 }
 }  // namespace
 
+namespace {
+std::atomic<Bf16GemmForce> g_force{Bf16GemmForce::none};
+
+// What gemm_bf16_path decided, once per process.
+struct Bf16Choice {
+  Bf16GemmPath path = Bf16GemmPath::emulated;
+  std::string reason;  // for the start-up line
+  std::string error;   // set: every bf16 GEMM throws it
+};
+const Bf16Choice& bf16_choice() {
+  static const Bf16Choice choice = [] {
+    Bf16Choice c;
+    try {
+      const Bf16GemmDecision d = bf16_gemm_decide(cpu_features_detect(), std::getenv("UOE_BF16_GEMM"));
+      c.path = d.path;
+      c.reason = d.reason;
+      if (d.path == Bf16GemmPath::onednn) {
+        const std::string why = onednn_unavailable(OnednnInput::bf16);
+        if (!why.empty() && d.forced) {
+          c.error = "UOE_BF16_GEMM=onednn: " + why;
+        } else if (!why.empty()) {
+          c.path = Bf16GemmPath::emulated;
+          c.reason += ", but " + why;
+        }
+      }
+    } catch (const Error& e) {
+      c.error = e.what();
+    }
+    return c;
+  }();
+  return choice;
+}
+}  // namespace
+
+Bf16GemmPath gemm_bf16_path() {
+  const Bf16Choice& c = bf16_choice();
+  if (!c.error.empty()) throw Error(c.error);
+  return c.path;
+}
+
+ScopedBf16Gemm::ScopedBf16Gemm(Bf16GemmForce f) : saved_(g_force.load(std::memory_order_relaxed)) {
+  g_force.store(f, std::memory_order_relaxed);
+}
+ScopedBf16Gemm::~ScopedBf16Gemm() { g_force.store(saved_, std::memory_order_relaxed); }
+
 void gemm_mixed(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
                 const float* B, int ldb, float beta, float* C, int ldc) {
   if (compute_precision() == Precision::fp32 || M == 0 || N == 0 || K == 0) {
     gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
-  // op(A) is [M, K]: stored [K, M] when transposed; op(B) is [K, N]: stored [N, K] when transposed.
+  const Bf16GemmForce force = g_force.load(std::memory_order_relaxed);
+  if (force == Bf16GemmForce::onednn_f32 || force == Bf16GemmForce::onednn ||
+      (force == Bf16GemmForce::none && gemm_bf16_path() == Bf16GemmPath::onednn)) {
+    onednn_gemm(force == Bf16GemmForce::onednn_f32 ? OnednnInput::f32 : OnednnInput::bf16, trans_a, trans_b, M, N, K,
+                alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  // Emulated: op(A) is [M, K]: stored [K, M] when transposed; op(B) is [K, N]: stored [N, K] when transposed.
   static thread_local std::vector<float> a16, b16;
   const int a_cols = trans_a ? M : K, b_cols = trans_b ? K : N;
   round_copy(a16, A, trans_a ? K : M, a_cols, lda);
@@ -202,12 +257,24 @@ void gemm_mixed(bool trans_a, bool trans_b, int M, int N, int K, float alpha, co
 }
 
 std::string gemm_bf16_describe() {
-  // No bf16 GEMM library is wired in (OpenBLAS 0.3.21 as Debian ships it exports no sbgemm): every
-  // CPU runs the emulated path, the reference numerics for the GPU's bf16 GEMMs, not a speed-up.
-  const bool native = cpu_features_detect().avx512_bf16;
-  return std::string("bf16 GEMMs emulated: inputs rounded to bf16, fp32 OpenBLAS GEMM with fp32 accumulation (") +
-         (native ? "this CPU has avx512_bf16, unused: no bf16 GEMM library is wired in" : "this CPU has no bf16 instructions") +
-         ")";
+  const Bf16GemmForce force = g_force.load(std::memory_order_relaxed);
+  const Bf16GemmPath path = force == Bf16GemmForce::none       ? gemm_bf16_path()
+                            : force == Bf16GemmForce::emulated ? Bf16GemmPath::emulated
+                                                               : Bf16GemmPath::onednn;
+  const std::string reason = force == Bf16GemmForce::none ? bf16_choice().reason : std::string("forced in this process");
+  if (path == Bf16GemmPath::emulated)
+    return "bf16 GEMMs emulated: inputs rounded to bf16, fp32 OpenBLAS GEMM with fp32 accumulation (" + reason + ")";
+  const OnednnInput in = force == Bf16GemmForce::onednn_f32 ? OnednnInput::f32 : OnednnInput::bf16;
+  std::string s = "bf16 GEMMs through " + onednn_describe(in) + " matmul" +
+                  (in == OnednnInput::f32 ? " on bf16-rounded inputs carried as fp32" : " on bf16 inputs") +
+                  ", fp32 accumulation";
+  const int n = threads_count();
+  if (n > 1) {
+    const int period = onednn_row_period(in);
+    s += period > 0 ? ", split over " + std::to_string(n) + " threads at " + std::to_string(period) + "-row tiles"
+                    : ", whole products on one thread (no row split keeps the bits)";
+  }
+  return s + " (" + reason + ")";
 }
 
 double gemm_measure_gflops(int n, int reps) {

@@ -5,6 +5,8 @@
 #pragma once
 #include <string>
 
+#include "runtime/cpu_features.hpp"  // Bf16GemmPath
+
 namespace uoe {
 
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
@@ -12,14 +14,38 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
 
 // The model's GEMMs (experts, the tied head) at the run's compute precision (runtime/bf16.hpp):
 // gemm() itself in fp32; in bf16, A and B rounded to bf16 (copies; the caller's arrays are left
-// alone) and multiplied with fp32 accumulation. On CPUs without bf16 instructions that is the
-// emulated path: the fp32 GEMM on the rounded inputs gives what a bf16-input, fp32-accumulate GEMM
-// gives, up to the order of the sums — with gemm()'s order, so the same bits on any thread count.
+// alone) and multiplied with fp32 accumulation, by one of two paths (gemm_bf16_path):
+//  - oneDNN's bf16 matmul (runtime/onednn_gemm.hpp), where the CPU has bf16 instructions
+//    (AVX512-BF16 or AMX-BF16, from CPUID: runtime/cpu_features.hpp, bf16_gemm_decide);
+//  - emulated elsewhere: the fp32 GEMM on the rounded inputs gives what a bf16-input,
+//    fp32-accumulate GEMM gives, up to the order of the sums — with gemm()'s order.
+// The two differ only in that order; each computes the same bits on any thread count.
 // The router's GEMMs call gemm(): routing is decided in fp32 in both precisions.
 void gemm_mixed(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
                 const float* B, int ldb, float beta, float* C, int ldc);
-// How gemm_mixed runs in bf16 on this CPU, for the start-up log.
+// The path gemm_mixed takes in bf16 in this process: bf16_gemm_decide on this CPU and the user's
+// UOE_BF16_GEMM, then emulated where oneDNN cannot run a bf16 matmul (unless the user forced
+// onednn: then an error). Decided once; throws uoe::Error (naming UOE_BF16_GEMM) for a value it does
+// not know or a forced path that cannot run.
+Bf16GemmPath gemm_bf16_path();
+// How gemm_mixed runs in bf16 in this process, one line for the start-up log (throws as
+// gemm_bf16_path does).
 std::string gemm_bf16_describe();
+// Tests and benches: the bf16 path for a scope, whatever gemm_bf16_path chose (restored after).
+// onednn_f32 is the oneDNN path with the rounded inputs carried as fp32 (runtime/onednn_gemm.hpp):
+// it runs where oneDNN has no bf16 matmul; uoe-train never takes it. A path that cannot run here
+// makes gemm_mixed throw uoe::Error saying why.
+enum class Bf16GemmForce { none, emulated, onednn, onednn_f32 };
+class ScopedBf16Gemm {
+ public:
+  explicit ScopedBf16Gemm(Bf16GemmForce f);
+  ~ScopedBf16Gemm();
+  ScopedBf16Gemm(const ScopedBf16Gemm&) = delete;
+  ScopedBf16Gemm& operator=(const ScopedBf16Gemm&) = delete;
+
+ private:
+  Bf16GemmForce saved_;
+};
 
 // This machine's sgemm rate in GFLOP/s for an n×n×n product with the current thread count: the
 // best of `reps` timed runs after a warm-up, so FLOP/s shares can be quoted against a peak measured

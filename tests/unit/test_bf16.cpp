@@ -7,6 +7,8 @@
 #include <array>
 #include <cfenv>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -20,8 +22,10 @@
 #include "layers/step.hpp"
 #include "parallel/exchange.hpp"
 #include "runtime/bf16.hpp"
+#include "runtime/cpu_features.hpp"
 #include "runtime/error.hpp"
 #include "runtime/gemm.hpp"
+#include "runtime/onednn_gemm.hpp"
 #include "runtime/rng.hpp"
 #include "runtime/sum_squares.hpp"
 #include "small_spec.hpp"
@@ -125,9 +129,10 @@ std::vector<float> normals(size_t n, uint64_t stream) {
   return v;
 }
 
-// gemm_mixed in bf16 is gemm() on the rounded inputs, bit for bit (every transpose, padded leading
+// gemm_mixed's emulated path in bf16 is gemm() on the rounded inputs, bit for bit (every transpose, padded leading
 // dimensions, beta accumulating into C, 1 and 2 threads), and gemm() itself in fp32.
 TEST(Bf16, MixedGemmIsTheFp32GemmOfRoundedInputs) {
+  const ScopedBf16Gemm emulated(Bf16GemmForce::emulated);  // the oneDNN path: OnednnPath* below
   const int threads = gemm_get_threads();
   for (int t : {1, 2}) {
     gemm_set_threads(t);
@@ -197,6 +202,120 @@ TEST(Bf16, MixedGemmIsWithinTheDerivedBoundOfTheExactProduct) {
                model = std::sqrt(K * 2 * (u * u / 6) * prod2 / (static_cast<double>(M) * N * K));
   EXPECT_GT(rms, model / 1.4) << "model " << model;
   EXPECT_LT(rms, model * 1.4) << "model " << model;
+}
+
+// gemm_mixed's oneDNN path (runtime/onednn_gemm.hpp) against its emulated path, through the
+// dispatch (ScopedBf16Gemm). Both round A and B to bf16 the same way, and the product of two bf16
+// numbers (8 significant bits each) is exact in fp32; so they differ only in how the fp32 sums
+// are ordered (and blocked). Any order of the K products' sum, then alpha's product and beta·c's
+// sum, is within γ_{K+2}·(|alpha|·Σ_k|a_k·b_k| + |beta·c|) of the exact value, γ_n = n·u/(1 − n·u),
+// u = 2^-24 (Higham, Accuracy and Stability, §3.1): the two paths within twice that of each other.
+// Rounding to bf16 moves a result by ~2^-8 of Σ|a·b|/sqrt(K), far beyond the bound, so a path that
+// did not round, or rounded or transposed another operand than it should, fails it; so does one
+// that read C when beta = 0 (C starts as NaN there). f32: the oneDNN path with its bf16-rounded
+// inputs carried as fp32, which runs on any CPU; bf16: oneDNN's bf16 matmul, skipped (saying why)
+// where this oneDNN has none. The oneDNN path also computes the same bits on 1 and 2 threads.
+class OnednnPath : public ::testing::TestWithParam<OnednnInput> {};
+
+TEST_P(OnednnPath, MatchesTheEmulatedPathWithinTheSummationOrderBound) {
+  const OnednnInput in = GetParam();
+  const std::string why = onednn_unavailable(in);
+  if (!why.empty()) GTEST_SKIP() << why;
+  ScopedPrecision bf16(Precision::bf16);
+  const Bf16GemmForce force = in == OnednnInput::bf16 ? Bf16GemmForce::onednn : Bf16GemmForce::onednn_f32;
+  const double u = std::ldexp(1.0, -24);
+  const int threads = gemm_get_threads();
+  size_t compared = 0;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (auto [M, N, K] : {std::array<int, 3>{1, 1, 1}, {7, 5, 3}, {33, 17, 129}, {300, 128, 64}, {64, 96, 500}}) {
+        const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 5;
+        const auto A = normals(static_cast<size_t>(ta ? K : M) * lda, 31);
+        const auto B = normals(static_cast<size_t>(tb ? N : K) * ldb, 32);
+        // Σ_k |a_ik·b_kj| of the rounded inputs, in double (exact enough for a bound).
+        std::vector<double> abs_sum(static_cast<size_t>(M) * N, 0.0);
+        for (int i = 0; i < M; ++i)
+          for (int k = 0; k < K; ++k) {
+            const double a = std::fabs(bf16_round(A[ta ? static_cast<size_t>(k) * lda + i : static_cast<size_t>(i) * lda + k]));
+            for (int j = 0; j < N; ++j)
+              abs_sum[static_cast<size_t>(i) * N + j] +=
+                  a * std::fabs(bf16_round(B[tb ? static_cast<size_t>(j) * ldb + k : static_cast<size_t>(k) * ldb + j]));
+          }
+        const double gamma = (K + 2) * u / (1 - (K + 2) * u);
+        for (float beta : {0.0f, 1.0f})
+          for (float alpha : {1.0f, 0.5f})
+            for (int ldc : {N, N + 2}) {
+              SCOPED_TRACE(std::string(ta ? "T" : "N") + (tb ? "T" : "N") + " M " + std::to_string(M) + " N " +
+                           std::to_string(N) + " K " + std::to_string(K) + " alpha " + std::to_string(alpha) +
+                           " beta " + std::to_string(beta) + " ldc " + std::to_string(ldc));
+              auto C0 = normals(static_cast<size_t>(M) * ldc, 33);
+              if (beta == 0.0f) std::fill(C0.begin(), C0.end(), std::numeric_limits<float>::quiet_NaN());
+              auto want = C0;
+              {
+                const ScopedBf16Gemm emulated(Bf16GemmForce::emulated);
+                gemm_mixed(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, want.data(), ldc);
+              }
+              std::vector<float> got[2];
+              for (int t : {1, 2}) {
+                gemm_set_threads(t);
+                got[t - 1] = C0;
+                const ScopedBf16Gemm onednn(force);
+                gemm_mixed(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, got[t - 1].data(), ldc);
+              }
+              gemm_set_threads(threads);
+              EXPECT_EQ(std::memcmp(got[0].data(), got[1].data(), got[0].size() * sizeof(float)), 0) << "1 vs 2 threads";
+              size_t over = 0;
+              for (int i = 0; i < M; ++i)
+                for (int j = 0; j < ldc; ++j) {
+                  const size_t at = static_cast<size_t>(i) * ldc + j;
+                  if (j >= N) {  // the padding is left alone
+                    over += std::memcmp(&got[0][at], &C0[at], sizeof(float)) != 0;
+                    continue;
+                  }
+                  const double scale = std::fabs(alpha) * abs_sum[static_cast<size_t>(i) * N + j] +
+                                       (beta != 0.0f ? std::fabs(beta * C0[at]) : 0.0);
+                  over += !(std::fabs(static_cast<double>(got[0][at]) - want[at]) <= 2 * gamma * scale);
+                  ++compared;
+                }
+              EXPECT_EQ(over, 0u);
+            }
+      }
+  EXPECT_GT(compared, 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Carriers, OnednnPath, ::testing::Values(OnednnInput::f32, OnednnInput::bf16),
+                         [](const ::testing::TestParamInfo<OnednnInput>& info) {
+                           return std::string(info.param == OnednnInput::bf16 ? "bf16" : "f32");
+                         });
+
+// The path this process chose follows from this CPU's features (runtime/cpu_features.hpp's table
+// test has the mapping) and from whether oneDNN runs a bf16 matmul here; the start-up line names it.
+TEST(OnednnPathChoice, FollowsThisCpuAndOnednn) {
+  if (const char* user = std::getenv("UOE_BF16_GEMM")) GTEST_SKIP() << "UOE_BF16_GEMM=" << user << " is set";
+  const CpuFeatures f = cpu_features_detect();
+  const bool has_bf16 = f.avx512_bf16 || (f.amx_tile && f.amx_bf16);
+  const bool runs = onednn_unavailable(OnednnInput::bf16).empty();
+  const Bf16GemmPath path = gemm_bf16_path();
+  EXPECT_EQ(path == Bf16GemmPath::onednn, has_bf16 && runs) << gemm_bf16_describe();
+  const std::string line = gemm_bf16_describe();
+  EXPECT_NE(line.find(path == Bf16GemmPath::onednn ? "oneDNN" : "emulated"), std::string::npos) << line;
+  if (!has_bf16) {
+    EXPECT_NE(line.find("no bf16 instructions"), std::string::npos) << line;
+  } else if (!runs) {
+    EXPECT_NE(line.find("cannot create a bf16 matmul"), std::string::npos) << line;
+  }
+  // A forced oneDNN path where oneDNN has no bf16 matmul fails with oneDNN's reason, not a crash.
+  if (!runs) {
+    ScopedPrecision bf16(Precision::bf16);
+    const ScopedBf16Gemm onednn(Bf16GemmForce::onednn);
+    std::vector<float> A(12, 1.0f), B(12, 1.0f), C(9);
+    try {
+      gemm_mixed(false, false, 3, 3, 4, 1.0f, A.data(), 4, B.data(), 3, 0.0f, C.data(), 3);
+      ADD_FAILURE() << "the forced oneDNN path ran although " << onednn_unavailable(OnednnInput::bf16);
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("bf16 matmul"), std::string::npos) << e.what();
+    }
+  }
 }
 
 // Routing is decided in fp32 in both precisions: the same router weights and input give the same
@@ -320,6 +439,70 @@ TEST(Bf16, GradientsDifferFromFp32ByBf16Resolution) {
   const double rel = std::sqrt(diff / norm);
   EXPECT_GT(rel, std::ldexp(1.0, -14));
   EXPECT_LT(rel, std::ldexp(1.0, -4));
+}
+
+// A short bf16 training run through the oneDNN path against the same run through the emulated
+// path (and fp32): four AdamW steps on one batch. It trains (every loss finite, the last below the
+// first), its losses stay within 1e-3 (relative) of the emulated path's, and its first gradients
+// differ from the emulated path's by less than a quarter of what bf16 itself moves them from fp32:
+// the paths differ only in the order of fp32 sums (a relative ~K·2^-24 per GEMM), which later
+// roundings to bf16 may turn into a changed last bit of a few inputs, while the emulated path's
+// rounding of every input moves the gradients by 2^-14..2^-4 (GradientsDifferFromFp32ByBf16Resolution).
+struct TrainRun {
+  std::vector<double> losses;
+  std::vector<float> first_grads;
+};
+TrainRun train_small(Precision p, Bf16GemmForce force) {
+  ScopedPrecision precision(p);
+  const ScopedBf16Gemm path(force);
+  const ModelSpec spec = small_spec();
+  LocalExchange ex;
+  Model model(spec, 5, &ex);
+  CpuStep step(model);
+  AdamW opt(model.params(), AdamWSpec{});
+  const int B = 4, N = B * spec.seq_len;
+  const auto in = tokens(N, spec.vocab, 2), tg = tokens(N, spec.vocab, 3);
+  TrainRun run;
+  for (int it = 1; it <= 4; ++it) {
+    step.zero_gradients();
+    ForwardStats s;
+    step.forward_backward(in.data(), tg.data(), B, 1.0f, &s);
+    run.losses.push_back(s.ce_sum);
+    if (it == 1) run.first_grads.assign(model.params().grads().data(), model.params().grads().data() + model.params().total());
+    step.optimizer_update(opt, 1e-2, it, 1.0f);
+  }
+  return run;
+}
+double relative_difference(const std::vector<float>& a, const std::vector<float>& b) {
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    diff += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+    norm += static_cast<double>(b[i]) * b[i];
+  }
+  return std::sqrt(diff / norm);
+}
+
+TEST_P(OnednnPath, TrainsLikeTheEmulatedPath) {
+  const OnednnInput in = GetParam();
+  const std::string why = onednn_unavailable(in);
+  if (!why.empty()) GTEST_SKIP() << why;
+  const TrainRun emulated = train_small(Precision::bf16, Bf16GemmForce::emulated);
+  const TrainRun onednn =
+      train_small(Precision::bf16, in == OnednnInput::bf16 ? Bf16GemmForce::onednn : Bf16GemmForce::onednn_f32);
+  const TrainRun fp32 = train_small(Precision::fp32, Bf16GemmForce::none);
+  ASSERT_EQ(onednn.losses.size(), emulated.losses.size());
+  for (size_t i = 0; i < onednn.losses.size(); ++i) {
+    EXPECT_TRUE(std::isfinite(onednn.losses[i])) << "step " << i + 1;
+    EXPECT_LE(std::fabs(onednn.losses[i] - emulated.losses[i]), 1e-3 * std::fabs(emulated.losses[i])) << "step " << i + 1;
+  }
+  EXPECT_LT(onednn.losses.back(), onednn.losses.front());
+  const double order = relative_difference(onednn.first_grads, emulated.first_grads);
+  const double rounding = relative_difference(emulated.first_grads, fp32.first_grads);
+  EXPECT_LT(order, rounding / 4) << "oneDNN vs emulated " << order << ", bf16 vs fp32 " << rounding;
+  std::printf("[ info     ] oneDNN (%s inputs) vs emulated: first gradients %.3g apart (relative), bf16 vs fp32 %.3g; "
+              "losses %.6g → %.6g (emulated %.6g → %.6g)\n",
+              in == OnednnInput::bf16 ? "bf16" : "f32-carried", order, rounding, onednn.losses.front(),
+              onednn.losses.back(), emulated.losses.front(), emulated.losses.back());
 }
 
 // The memory estimate in bf16 (layers/memory.hpp): the fp32 items unchanged (activations stay fp32

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "runtime/cpu_features.hpp"
+#include "runtime/error.hpp"
 #include "runtime/fma_peak.hpp"
 
 namespace uoe {
@@ -129,6 +130,70 @@ TEST(KernelChoice, ReasonsNameTheUsersChoiceAndTheRisk) {
   EXPECT_NE(weaker.reason.find("uoe would choose Cooperlake"), std::string::npos) << weaker.reason;
   const KernelDecision upgrade = blas_kernels_decide(kSapphireRapids, "Prescott", nullptr);
   EXPECT_NE(upgrade.reason.find("Prescott"), std::string::npos) << upgrade.reason;
+}
+
+// The bf16 GEMM path (gemm_mixed in bf16, runtime/gemm.hpp) by table: oneDNN where the CPU has
+// bf16 instructions (AVX512-BF16 or AMX-BF16), emulated elsewhere; the user's UOE_BF16_GEMM forces
+// either on any CPU. Whether oneDNN can run it here is checked after (tests/unit/test_bf16.cpp).
+const CpuFeatures kCooperLake = avx512("GenuineIntel", 6, 85, true);  // AVX512-BF16, no AMX
+const CpuFeatures kAmxWithoutBf16 = [] {  // tile state without the bf16 tile instructions
+  CpuFeatures f = kSkylakeX;
+  f.amx_tile = true;
+  return f;
+}();
+
+struct Bf16Row {
+  const char* name;
+  CpuFeatures cpu;
+  const char* user;  // UOE_BF16_GEMM, or null
+  Bf16GemmPath path;
+  bool forced;
+  const char* reason_has;  // a piece of the reason
+};
+
+const std::vector<Bf16Row>& bf16_rows() {
+  static const std::vector<Bf16Row> r = {
+      {"intel_spr_amx_bf16", kSapphireRapids, nullptr, Bf16GemmPath::onednn, false, "AMX-BF16"},
+      {"intel_cooperlake_avx512_bf16", kCooperLake, nullptr, Bf16GemmPath::onednn, false, "AVX512-BF16"},
+      {"intel_skx_no_bf16", kSkylakeX, nullptr, Bf16GemmPath::emulated, false, "no bf16 instructions"},
+      {"intel_amx_tile_without_bf16", kAmxWithoutBf16, nullptr, Bf16GemmPath::emulated, false, "no bf16 instructions"},
+      {"amd_zen4_avx512_bf16", kZen4, nullptr, Bf16GemmPath::onednn, false, "AVX512-BF16"},
+      {"amd_zen3_avx2", kZen3, nullptr, Bf16GemmPath::emulated, false, "no bf16 instructions"},
+      {"intel_knl_avx512f_only", kKnightsLanding, nullptr, Bf16GemmPath::emulated, false, "no bf16 instructions"},
+      {"old_sse_only", kCore2, nullptr, Bf16GemmPath::emulated, false, "no bf16 instructions"},
+      {"user_auto_is_unset", kZen4, "auto", Bf16GemmPath::onednn, false, "AVX512-BF16"},
+      {"user_empty_is_unset", kZen3, "", Bf16GemmPath::emulated, false, "no bf16 instructions"},
+      {"user_emulated_on_spr", kSapphireRapids, "emulated", Bf16GemmPath::emulated, true, "UOE_BF16_GEMM=emulated"},
+      {"user_onednn_on_zen3", kZen3, "onednn", Bf16GemmPath::onednn, true, "UOE_BF16_GEMM=onednn"},
+  };
+  return r;
+}
+
+void PrintTo(const Bf16Row& r, std::ostream* os) { *os << r.name; }
+
+class Bf16GemmChoice : public ::testing::TestWithParam<Bf16Row> {};
+
+TEST_P(Bf16GemmChoice, MapsFeaturesToPath) {
+  const Bf16Row& r = GetParam();
+  const Bf16GemmDecision d = bf16_gemm_decide(r.cpu, r.user);
+  EXPECT_STREQ(bf16_gemm_path_name(d.path), bf16_gemm_path_name(r.path)) << r.name << ": " << d.reason;
+  EXPECT_EQ(d.forced, r.forced) << r.name << ": " << d.reason;
+  EXPECT_NE(d.reason.find(r.reason_has), std::string::npos) << r.name << ": " << d.reason;
+}
+
+INSTANTIATE_TEST_SUITE_P(Table, Bf16GemmChoice, ::testing::ValuesIn(bf16_rows()),
+                         [](const ::testing::TestParamInfo<Bf16Row>& info) { return std::string(info.param.name); });
+
+TEST(Bf16GemmChoice, RefusesAnUnknownUserChoiceNamingTheVariable) {
+  for (const char* bad : {"fast", "oneDNN", "bf16"}) {
+    try {
+      bf16_gemm_decide(kZen4, bad);
+      ADD_FAILURE() << "UOE_BF16_GEMM=" << bad << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string("UOE_BF16_GEMM='") + bad + "'"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("onednn, emulated or auto"), std::string::npos) << e.what();
+    }
+  }
 }
 
 TEST(CpuFeatures, VectorIsaNeedsAllFourAvx512Subsets) {
