@@ -1,10 +1,11 @@
 """What the tests/cli checks share: fail() (print FAIL, exit 1), run() (a command's exit code and
-output), run_split() (exit code, stdout and stderr apart) and must() (run_split that fails unless the
-command succeeds). A check imports them with
+output), run_split() (exit code, stdout and stderr apart), must() (run_split that fails unless the
+command succeeds) and metrics() (a --metrics file's train losses by step and final val losses). A check imports them with
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from check_helpers import fail, run  # noqa: E402
 """
+import json
 import subprocess
 import sys
 
@@ -38,3 +39,11 @@ def must(cmd, what):
     if rc != 0:
         fail(f"{what}: exit {rc}\n{' '.join(cmd)}\n{out}\n{err}")
     return out, err
+
+
+def metrics(path):
+    """A --metrics file (JSON lines): {step: train_loss} and the final val_loss of each final line."""
+    rows = [json.loads(line) for line in open(path)]
+    train = {r["step"]: r["train_loss"] for r in rows if "train_loss" in r}
+    final = [r["val_loss"] for r in rows if r.get("final")]
+    return train, final

@@ -45,6 +45,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import checkpoint_equal  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from check_helpers import metrics  # noqa: E402
+
 TIMEOUT = 120
 
 # Runs the rest of its arguments under a file-size limit of $UOE_TEST_FSIZE_KB KiB, on every rank
@@ -81,13 +84,6 @@ def tree_hashes(ckpt):
             with open(path, "rb") as f:
                 out[os.path.relpath(path, ckpt)] = hashlib.sha256(f.read()).hexdigest()
     return out
-
-
-def metrics(path):
-    rows = [json.loads(line) for line in open(path)]
-    train = {r["step"]: r["train_loss"] for r in rows if "train_loss" in r}
-    final = [r["val_loss"] for r in rows if r.get("final")]
-    return train, final
 
 
 def expect_clean_failure(name, rc, log, ckpt, before, patterns, before_training=False):

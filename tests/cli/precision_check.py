@@ -24,6 +24,9 @@ import shutil
 import subprocess
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from check_helpers import metrics  # noqa: E402
+
 
 def fail(msg, log=None):
     print("FAIL:", msg)
@@ -38,13 +41,6 @@ def run(cmd, log):
     if rc != 0:
         fail(f"exit {rc} from {' '.join(cmd)}", log)
     return open(log).read()
-
-
-def metrics(path):
-    rows = [json.loads(line) for line in open(path)]
-    train = {r["step"]: r["train_loss"] for r in rows if "train_loss" in r}
-    final = [r["val_loss"] for r in rows if r.get("final")]
-    return train, final
 
 
 def stored_precision(ckpt_tool, step_dir, out):

@@ -15,7 +15,6 @@ TRAIN_CMD is a small uoe-train command with --seq-len T and --micro-batches 2 (t
 - the option changes the windows (the losses differ from the run without it);
 - the option on text, and with a --seq-len no document holds, is refused with exit 2 or 1 naming it.
 """
-import json
 import os
 import re
 import shutil
@@ -23,14 +22,7 @@ import struct
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from check_helpers import fail, must, run_split as run  # noqa: E402
-
-
-def metrics(path):
-    rows = [json.loads(line) for line in open(path)]
-    train = {r["step"]: r["train_loss"] for r in rows if "train_loss" in r}
-    final = [r["val_loss"] for r in rows if r.get("final")]
-    return train, final
+from check_helpers import fail, must, run_split as run, metrics  # noqa: E402
 
 
 def main():

@@ -9,26 +9,18 @@ training command (mpirun ... uoe-train ...); this script appends --checkpoint-di
 for the second leg, --resume auto. Passes when the resumed run's final val_loss and every
 train_loss it logs equal the uninterrupted run's, bitwise.
 """
-import json
 import os
 import shutil
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from check_helpers import fail  # noqa: E402
+from check_helpers import fail, metrics  # noqa: E402
 
 
 def run(cmd, log, env=None):
     with open(log, "w") as out:
         return subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=300, env=env)
-
-
-def metrics(path):
-    rows = [json.loads(line) for line in open(path)]
-    train = {r["step"]: r["train_loss"] for r in rows if "train_loss" in r}
-    final = [r["val_loss"] for r in rows if r.get("final")]
-    return train, final
 
 
 def main():
