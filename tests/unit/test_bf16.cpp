@@ -283,6 +283,11 @@ TEST_P(OnednnPath, MatchesTheEmulatedPathWithinTheSummationOrderBound) {
   EXPECT_GT(compared, 0u);
 }
 
+}  // namespace
+// gtest prints a parameter through PrintTo found next to its type (uoe::OnednnInput).
+void PrintTo(OnednnInput input, std::ostream* os) { *os << (input == OnednnInput::bf16 ? "bf16" : "f32"); }
+namespace {
+
 INSTANTIATE_TEST_SUITE_P(Carriers, OnednnPath, ::testing::Values(OnednnInput::f32, OnednnInput::bf16),
                          [](const ::testing::TestParamInfo<OnednnInput>& info) {
                            return std::string(info.param == OnednnInput::bf16 ? "bf16" : "f32");
