@@ -18,23 +18,10 @@ import filecmp
 import glob
 import os
 import shutil
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from check_helpers import fail  # noqa: E402
-
-
-def run(cmd, timeout=600):
-    p = subprocess.run(cmd, capture_output=True, timeout=timeout)
-    return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
-
-
-def must(cmd, what):
-    rc, out, err = run(cmd)
-    if rc != 0:
-        fail(f"{what}: exit {rc}\n{' '.join(cmd)}\n{out}\n{err}")
-    return out, err
+from check_helpers import fail, must, run_split as run  # noqa: E402
 
 
 def main():
