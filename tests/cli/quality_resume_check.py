@@ -13,7 +13,10 @@ well). `--resume` must
 - give every re-run the val_loss the uninterrupted study had, bitwise (same config, same run);
 - write quality.csv with every run, and tables that pass tests/cli/quality_check.py;
 - refuse, exit 2 and touch nothing, when the command line describes another study (--budgets 4), or
-  when OUTDIR holds no study.
+  when OUTDIR holds no study;
+- with --report: refuse (exit 2, nothing touched) while no budget has every run finished; once the
+  study is complete, train nothing and write its tables into OUTDIR/report (passing quality_check.py,
+  labelled as a report), leaving the runs and OUTDIR's own tables as they were.
 """
 import csv
 import os
@@ -81,6 +84,11 @@ def main():
         if snapshot(runs) != before or os.path.exists(os.path.join(out, "nothing-here", "runs")):
             fail(f"a refused --resume changed the study: {' '.join(cmd)}")
         print(f"refused as expected: {text.strip().splitlines()[-1]}")
+    rc, text = run(study + ["--resume", "--report"], expect=None)
+    if rc != 2 or "--report: no budget has every run finished yet (3 of 6 runs)" not in text:
+        fail(f"--report on a study with no finished budget: exit {rc}, expected 2 naming it:\n{text}")
+    if snapshot(runs) != before or os.path.exists(os.path.join(out, "report")):
+        fail("a refused --report changed the study")
 
     _, text = run(study + ["--resume"], timeout=1500)
     print(text)
@@ -106,6 +114,23 @@ def main():
                                                        "quality_check.py"), out, "2"])
     if rc != 0:
         fail("quality_check.py failed on the resumed study")
+
+    # --report on the finished study: the same tables, into OUTDIR/report, nothing trained or touched.
+    runs_before, table_before = snapshot(runs), open(os.path.join(out, "table.md")).read()
+    _, text = run(study + ["--resume", "--report"], timeout=300)
+    if "--report: all 6 runs finished; nothing is trained" not in text:
+        fail(f"--report on the finished study did not say it trains nothing:\n{text}")
+    if snapshot(runs) != runs_before or open(os.path.join(out, "table.md")).read() != table_before:
+        fail("--report changed the study's runs or its own table.md")
+    report = os.path.join(out, "report")
+    if val_losses(os.path.join(report, "quality.csv")) != full:
+        fail("--report's quality.csv differs from the study's runs")
+    if "--report: all 6 runs finished" not in open(os.path.join(report, "table.md")).read():
+        fail("--report's table.md is not labelled as a report")
+    rc = subprocess.call([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                       "quality_check.py"), report, "2"])
+    if rc != 0:
+        fail("quality_check.py failed on --report's output")
     print("ok")
 
 
