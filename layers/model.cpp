@@ -129,8 +129,16 @@ void source_rows_build(SourceRows& src, const Routing& r, int B, int T, int chun
   source_rows_cells(src.cells.data(), r.row_offsets.data(), r.row_patch.data(), B, E, ps, T);
   int Rs = 0;
   for (int c : src.cells) Rs += c * ps;
-  src.token.resize(Rs);
-  src.gate.resize(Rs);
+  // token and gate keep the capacities they had when they grew row by row (doubling from what they
+  // held: tests/unit/test_memory_items.cpp holds the estimate to them), seg and pos their own.
+  for (std::vector<int32_t>* v : {&src.token, &src.gate}) {
+    if (static_cast<size_t>(Rs) > v->capacity()) {
+      size_t cap = std::max<size_t>(v->capacity(), 1);
+      while (cap < static_cast<size_t>(Rs)) cap *= 2;
+      v->reserve(cap);
+    }
+    v->resize(Rs);
+  }
   src.seg.resize(Rs);
   src.pos.resize(Rs);
   src.first_src.resize(src.cells.size());
