@@ -117,12 +117,21 @@ class CpuBackend {
   void route_backward(const Routing& r, RouteCache&, const RouterSpec& spec, const float* dgate_host, const float* xn,
                       const float* w, float* dxn, float* dw, float* db, float loss_scale);
 
-  void row_tables(CombineTables& t, const SourceRows& src, const Routing& r, const RouteCache&) {
+  // The source rows built here, on the host (source_rows_build), from B sequences of T tokens in C
+  // chunks; `travel`: the rows will travel (the host needs every row's metadata either way).
+  void row_tables(CombineTables& t, SourceRows& src, Routing& r, RouteCache&, int B, int T, int C, bool /*travel*/) {
+    source_rows_build(src, r, B, T, C);
     t.src = &src;
     t.routing = &r;
   }
   void gather_source_rows(float* out, const float* xn, const CombineTables& t, int r0, int n, int d);
   void set_rows(Rows& rows, const std::vector<int>& offsets, const int32_t* seg, const int32_t* pos, int n, int d);
+  // The rows of chunk ch that did not travel: its source rows' table.
+  void set_source_rows(Rows& rows, const CombineTables& t, int ch, int d) {
+    const SourceRows& src = *t.src;
+    const int r0 = src.chunk_begin[ch], n = src.chunk_begin[ch + 1] - r0;
+    set_rows(rows, src.chunk_offsets[ch], src.seg.data() + r0, src.pos.data() + r0, n, d);
+  }
   void combine_prepare(CombineTables& t, int N, int B, int T, int C);
   void combine_chunk(float* out, const float* hin, const float* bias, const float* y, const CombineTables& t, int ch,
                      int d);

@@ -14,6 +14,14 @@ BlockWork block_work_from_routing(const Routing& r, int seq_len, bool attention,
     const int n = r.row_offsets[e + 1] - r.row_offsets[e];
     w.expert_rows += static_cast<double>(n) * ps;
     if (!attention) continue;
+    if (r.row_patch.empty() && !r.sequence_rows.empty()) {  // the tables stayed on the device: the cells
+      const int S = static_cast<int>(r.sequence_rows.size()) / r.E;
+      for (int s = 0; s < S; ++s) {
+        const double len = static_cast<double>(r.sequence_rows[static_cast<size_t>(s) * r.E + e]) * ps;
+        if (len > 0) w.attn_tiles += len * len;
+      }
+      continue;
+    }
     // Rows of an expert are in patch order, so one sequence's rows are contiguous: a segment.
     int seq = -1;
     double len = 0;

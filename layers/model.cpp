@@ -1,6 +1,7 @@
 #include "layers/model.hpp"
 
 #include "layers/expert_kinds.hpp"
+#include "layers/source_rows.hpp"
 
 #include <cmath>
 #include <algorithm>
@@ -94,42 +95,77 @@ RouterSpec block_router_spec(const ModelSpec& s, int b) {
   return r;
 }
 
+void source_rows_cells(int* cells, const int* row_offsets, const int* row_patch, int S, int E, int ps, int T) {
+  for (int s = 0; s < S; ++s)
+    for (int e = 0; e < E; ++e) cells[static_cast<size_t>(s) * E + e] = source_rows_cell(row_offsets, row_patch, ps, T, s, e);
+}
+
+void source_rows_place(int32_t* token, int32_t* gate, int32_t* seg, int32_t* pos, int* first_src, int* first_route,
+                       int* chunk_begin, int* chunk_offsets, const int* cells, const int* row_offsets,
+                       const int* row_patch, const int* row_slot, int rows, int S, int E, int k, int ps, int T,
+                       int C) {
+  source_rows_layout(first_src, first_route, chunk_begin, chunk_offsets, cells, row_offsets, S, E, C, ps);
+  for (int i = 0; i < rows; ++i)
+    source_row_place(token, gate, seg, pos, first_src, first_route, row_offsets, row_patch, row_slot, E, k, ps, T, i);
+}
+
+namespace {
+// The chunks' counts as SourceRows holds them, from the flat [C, E + 1] table.
+void chunk_offsets_from_flat(SourceRows& src, const std::vector<int>& flat, int C, int E) {
+  src.chunk_offsets.resize(C);
+  for (int ch = 0; ch < C; ++ch)
+    src.chunk_offsets[ch].assign(flat.begin() + static_cast<ptrdiff_t>(ch) * (E + 1),
+                                 flat.begin() + static_cast<ptrdiff_t>(ch + 1) * (E + 1));
+}
+}  // namespace
+
 void source_rows_build(SourceRows& src, const Routing& r, int B, int T, int chunks) {
   const ProfileScope profile(Phase::routing);
   // Kept patches expanded to tokens, chunk-major, then by global expert. Chunk c holds sequences
-  // [c·B/C, (c+1)·B/C) (empty when C > B: every rank still takes part).
-  const int E = r.E, C = chunks, ps = r.patch;
-  src.chunk_begin.assign(C + 1, 0);
-  src.chunk_offsets.assign(C, std::vector<int>(E + 1, 0));
-  src.token.clear();
-  src.gate.clear();
-  for (int ch = 0; ch < C; ++ch) {
-    const int tok0 = chunk_first_token(ch, B, T, C), tok1 = chunk_first_token(ch + 1, B, T, C);
-    for (int e = 0; e < E; ++e) {
-      // Rows of expert e are in patch order: binary-search the chunk's patch range.
-      const int* first = r.row_patch.data() + r.row_offsets[e];
-      const int* last = r.row_patch.data() + r.row_offsets[e + 1];
-      const int* lo = std::lower_bound(first, last, tok0 / ps);
-      const int* hi = std::lower_bound(first, last, tok1 / ps);
-      for (const int* it = lo; it != hi; ++it) {
-        const int i = static_cast<int>(it - r.row_patch.data());
-        const int p = *it;
-        for (int t = 0; t < ps; ++t) {
-          src.token.push_back(p * ps + t);
-          src.gate.push_back(p * r.k + r.row_slot[i]);
-        }
-      }
-      src.chunk_offsets[ch][e + 1] = static_cast<int>(src.token.size()) - src.chunk_begin[ch];
+  // [c·B/C, (c+1)·B/C) (empty when C > B: every rank still takes part). The device's bodies
+  // (layers/source_rows.hpp) through their CPU twins: the cells, then the layout and the rows.
+  const int E = r.E, C = chunks, ps = r.patch, rows = r.row_offsets[E];
+  src.cells.resize(static_cast<size_t>(B) * E);
+  source_rows_cells(src.cells.data(), r.row_offsets.data(), r.row_patch.data(), B, E, ps, T);
+  int Rs = 0;
+  for (int c : src.cells) Rs += c * ps;
+  // token and gate keep the capacities they had when they grew row by row (doubling from what they
+  // held: tests/unit/test_memory_items.cpp holds the estimate to them), seg and pos their own.
+  for (std::vector<int32_t>* v : {&src.token, &src.gate}) {
+    if (static_cast<size_t>(Rs) > v->capacity()) {
+      size_t cap = std::max<size_t>(v->capacity(), 1);
+      while (cap < static_cast<size_t>(Rs)) cap *= 2;
+      v->reserve(cap);
     }
-    src.chunk_begin[ch + 1] = static_cast<int>(src.token.size());
+    v->resize(Rs);
   }
-  const int Rs = src.rows();
   src.seg.resize(Rs);
   src.pos.resize(Rs);
-  for (int i = 0; i < Rs; ++i) {
-    src.seg[i] = src.token[i] / T;
-    src.pos[i] = src.token[i] % T;
-  }
+  src.first_src.resize(src.cells.size());
+  src.first_route.resize(src.cells.size());
+  src.chunk_begin.resize(C + 1);
+  std::vector<int> offsets(static_cast<size_t>(C) * (E + 1));
+  source_rows_place(src.token.data(), src.gate.data(), src.seg.data(), src.pos.data(), src.first_src.data(),
+                    src.first_route.data(), src.chunk_begin.data(), offsets.data(), src.cells.data(),
+                    r.row_offsets.data(), r.row_patch.data(), r.row_slot.data(), rows, B, E, r.k, ps, T, C);
+  chunk_offsets_from_flat(src, offsets, C, E);
+}
+
+void source_rows_from_cells(SourceRows& src, const std::vector<int>& row_offsets, int B, int chunks, int ps) {
+  const int E = static_cast<int>(row_offsets.size()) - 1, C = chunks;
+  src.first_src.resize(src.cells.size());
+  src.first_route.resize(src.cells.size());
+  src.chunk_begin.resize(C + 1);
+  std::vector<int> offsets(static_cast<size_t>(C) * (E + 1));
+  source_rows_layout(src.first_src.data(), src.first_route.data(), src.chunk_begin.data(), offsets.data(),
+                     src.cells.data(), row_offsets.data(), B, E, C, ps);
+  chunk_offsets_from_flat(src, offsets, C, E);
+  src.token.clear();
+  src.gate.clear();
+  src.pos.clear();
+  src.seg.resize(src.rows());
+  for (int s = 0; s < B; ++s)
+    for (int e = 0; e < E; ++e) source_rows_cell_segments(src.seg.data(), src.first_src.data(), src.cells.data(), E, ps, s, e);
 }
 
 void source_rows_by_token(const SourceRows& src, int N, std::vector<int>& first, std::vector<int>& rows) {

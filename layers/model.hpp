@@ -104,10 +104,28 @@ struct SourceRows {
   std::vector<int32_t> token;                   // [R_src] token of each source row
   std::vector<int32_t> gate;                    // [R_src] index into Routing::gate (patch·k + slot)
   std::vector<int32_t> seg, pos;                // [R_src] sequence and position of the token
-  int rows() const { return static_cast<int>(token.size()); }
+  // Kept patches per (sequence, expert) [B, E], and each such cell's first source row and routing
+  // row (layers/source_rows.hpp): what the tables are laid out from.
+  std::vector<int> cells, first_src, first_route;
+  int rows() const { return chunk_begin.empty() ? 0 : chunk_begin.back(); }
 };
-// From a micro-batch of B sequences of T tokens, routed as r, cut into `chunks` chunks.
+// From a micro-batch of B sequences of T tokens, routed as r, cut into `chunks` chunks (the bodies
+// of layers/source_rows.hpp, which the device runs too).
 void source_rows_build(SourceRows& src, const Routing& r, int B, int T, int chunks);
+// The host's part when the device built the tables (docs/gpu.md, Routing): from src.cells [B, E]
+// alone, chunk_begin, chunk_offsets, first_src, first_route and seg; token, gate and pos are left
+// empty (they stay on the device).
+void source_rows_from_cells(SourceRows& src, const std::vector<int>& row_offsets, int B, int chunks, int ps);
+// The CPU twins of the device's kernels (cuda::, layers/step_cuda.hpp: the same names and
+// arguments, less the stream), loops over layers/source_rows.hpp's bodies; source_rows_build is
+// made of them. source_rows_cells: cells [S, E] from the routing's row_offsets [E + 1] and
+// row_patch. source_rows_place: from the cells, the layout — first_src, first_route [S, E],
+// chunk_begin [C + 1], chunk_offsets [C, E + 1] — and each source row's token, gate slot, sequence
+// and position [R]; rows = row_offsets[E].
+void source_rows_cells(int* cells, const int* row_offsets, const int* row_patch, int S, int E, int ps, int T);
+void source_rows_place(int32_t* token, int32_t* gate, int32_t* seg, int32_t* pos, int* first_src, int* first_route,
+                       int* chunk_begin, int* chunk_offsets, const int* cells, const int* row_offsets,
+                       const int* row_patch, const int* row_slot, int rows, int S, int E, int k, int ps, int T, int C);
 // First token of chunk ch of a micro-batch of B sequences of T tokens cut into C chunks (chunk ch
 // holds sequences [ch·B/C, (ch+1)·B/C); empty when C > B).
 inline int chunk_first_token(int ch, int B, int T, int C) {

@@ -39,6 +39,9 @@ struct Routing {
   std::vector<int> row_offsets;  // [E + 1]
   std::vector<int> row_patch;    // [rows]
   std::vector<int> row_slot;     // [rows] which of the patch's k choices
+  // Kept patches per (sequence, expert) [S, E], set with figures_only when the row tables stay on
+  // the device (row_patch and row_slot empty until routing_to_host): what the host's figures read.
+  std::vector<int> sequence_rows;
   int capacity = 0;              // C = expert_capacity (0 = unlimited: dropless)
   double balance_loss = 0;       // α-weighted
   double z_loss = 0;             // β-weighted

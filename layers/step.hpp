@@ -116,7 +116,7 @@ concept StepBackend = requires(Be& be, typename Be::template Buffer<float>& fbuf
                                const int32_t* ci, int n, bool flag, ParamStore& ps, Routing& r, const Routing& cr,
                                const RouterSpec& rs, typename Be::RouteCache& rc, typename Be::Rows& rows,
                                const typename Be::Rows& crows, typename Be::MlpCache& mc, typename Be::AttnCache& ac,
-                               typename Be::CombineTables& tab, const SourceRows& src, const std::vector<int>& offsets,
+                               typename Be::CombineTables& tab, SourceRows& src, const std::vector<int>& offsets,
                                std::function<void()> task, typename Be::Ticket ticket, GradientSync& sync,
                                AdamW& opt) {
   { Be::kHostMemory } -> std::convertible_to<bool>;
@@ -145,13 +145,15 @@ concept StepBackend = requires(Be& be, typename Be::template Buffer<float>& fbuf
   be.embedding_backward(f, cf, ibuf, n, n, n);
   // Routing: decided in fp32 by the rule of layers/router.hpp; dgate is on the host (a backend that
   // decides on the device keeps the routing and dgate there, in rc, and fills the host's Routing
-  // with the counts and row tables only: Step::routing asks for the rest, routing_to_host).
+  // with the counts only: Step::routing asks for the rest, routing_to_host; row_tables then lays the
+  // rows out there and fills the host's SourceRows with the counts, layers/model.hpp).
   be.route(r, rc, rs, cf, cf, cf, n, n, flag);
   be.route_backward(cr, rc, rs, cf, cf, cf, f, f, f, 1.0f);
   // Rows and the combine.
-  be.row_tables(tab, src, cr, rc);
+  be.row_tables(tab, src, r, rc, n, n, n, flag);  // builds src (the host's part of it: layers/model.hpp)
   be.gather_source_rows(f, cf, tab, n, n, n);
   be.set_rows(rows, offsets, ci, ci, n, n);
+  be.set_source_rows(rows, tab, n, n);
   be.combine_prepare(tab, n, n, n, n);
   be.combine_chunk(f, cf, cf, cf, tab, n, n);
   be.combine_backward(f, f, cf, tab, cf, n, n, flag, flag, n);
@@ -344,7 +346,7 @@ class Step final : public ModelStep {
     Buf<float> hin, xn, mean, rstd;      // [N, d] residual stream entering the block, normalised; [N], [N]
     typename Be::RouteCache route;       // what the backend keeps of routing for its backward
     Routing routing;
-    SourceRows src;                      // the routed rows, chunk-major (source_rows_build; host)
+    SourceRows src;                      // the routed rows, chunk-major (row_tables; the host's part on a device)
     typename Be::CombineTables tables;   // the rows' tokens and gates, and the combine's order
     Buf<float> x_src;                    // rows travel: [R, d] rows to send, source order
     Buf<float> y;                        // [R, d] expert outputs, source order
@@ -446,9 +448,8 @@ class Step final : public ModelStep {
     else
       routing_all_to_one(r, N, d);
     // 2. Source rows: kept patches expanded to tokens, chunk-major, then by global expert.
-    source_rows_build(c.src, r, B, T, C);
+    be_.row_tables(c.tables, c.src, r, c.route, B, T, C, c.exchange != nullptr);
     const int R = c.src.rows();
-    be_.row_tables(c.tables, c.src, r, c.route);
     y_home(c).resize(static_cast<size_t>(R) * d);
     const bool travel = c.exchange != nullptr;
 
@@ -651,7 +652,7 @@ class Step final : public ModelStep {
   void gather_rows_here(Block& c, int ch, const float* xn) {
     Chunk& k = rows_home(c, ch);
     const int r0 = c.src.chunk_begin[ch], n = c.src.chunk_begin[ch + 1] - r0;
-    be_.set_rows(k.rows, c.src.chunk_offsets[ch], c.src.seg.data() + r0, c.src.pos.data() + r0, n, spec_.d);
+    be_.set_source_rows(k.rows, c.tables, ch, spec_.d);
     be_.gather_source_rows(k.rows.x.data(), xn, c.tables, r0, n, spec_.d);
   }
 

@@ -13,6 +13,7 @@
 #include "layers/optimizer.hpp"
 #include "layers/router.hpp"
 #include "layers/router_select.hpp"
+#include "layers/source_rows.hpp"
 #include "parallel/grad_sync.hpp"
 #include "layers/step_cuda.hpp"
 #include "parallel/stream_scheduler.hpp"
@@ -134,6 +135,33 @@ __global__ void fill_kernel(float* x, float v, int n) {
   const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
   if (i < n) x[i] = v;
 }
+// The source rows (layers/source_rows.hpp's bodies; the CPU twins, layers/model.cpp, are loops over
+// them): one thread per cell, one for the layout (O(S·E)), one per routing row.
+__global__ void source_rows_cells_kernel(int* cells, const int* row_offsets, const int* row_patch, int S, int E, int ps,
+                                         int T) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < static_cast<int64_t>(S) * E)
+    cells[i] = source_rows_cell(row_offsets, row_patch, ps, T, static_cast<int>(i / E), static_cast<int>(i % E));
+}
+__global__ void source_rows_layout_kernel(int* first_src, int* first_route, int* chunk_begin, int* chunk_offsets,
+                                          const int* cells, const int* row_offsets, int S, int E, int C, int ps) {
+  source_rows_layout(first_src, first_route, chunk_begin, chunk_offsets, cells, row_offsets, S, E, C, ps);
+}
+__global__ void source_rows_place_kernel(int32_t* token, int32_t* gate, int32_t* seg, int32_t* pos,
+                                         const int* first_src, const int* first_route, const int* row_offsets,
+                                         const int* row_patch, const int* row_slot, int rows, int E, int k, int ps,
+                                         int T) {
+  const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i < rows)
+    source_row_place(token, gate, seg, pos, first_src, first_route, row_offsets, row_patch, row_slot, E, k, ps, T, i);
+}
+// An unrouted block's row tables (routing_all_to_one): row i is patch i, slot 0.
+__global__ void identity_rows_kernel(int* row_patch, int* row_slot, int n) {
+  const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i >= n) return;
+  row_patch[i] = i;
+  row_slot[i] = 0;
+}
 
 }  // namespace
 
@@ -167,6 +195,30 @@ void fill(float* x, float v, int n, cudaStream_t s) {
   if (n <= 0) return;
   fill_kernel<<<grid_for(n), kThreads, 0, s>>>(x, v, n);
   UOE_CHECK_LAUNCH("fill_kernel");
+}
+void source_rows_cells(int* cells, const int* row_offsets, const int* row_patch, int S, int E, int ps, int T,
+                       cudaStream_t s) {
+  if (S == 0 || E == 0) return;
+  source_rows_cells_kernel<<<grid_for(static_cast<int64_t>(S) * E), kThreads, 0, s>>>(cells, row_offsets, row_patch,
+                                                                                       S, E, ps, T);
+  UOE_CHECK_LAUNCH("source_rows_cells_kernel");
+}
+void source_rows_place(int32_t* token, int32_t* gate, int32_t* seg, int32_t* pos, int* first_src, int* first_route,
+                       int* chunk_begin, int* chunk_offsets, const int* cells, const int* row_offsets,
+                       const int* row_patch, const int* row_slot, int rows, int S, int E, int k, int ps, int T, int C,
+                       cudaStream_t s) {
+  source_rows_layout_kernel<<<1, 1, 0, s>>>(first_src, first_route, chunk_begin, chunk_offsets, cells, row_offsets, S,
+                                            E, C, ps);
+  UOE_CHECK_LAUNCH("source_rows_layout_kernel");
+  if (rows == 0) return;
+  source_rows_place_kernel<<<grid_for(rows), kThreads, 0, s>>>(token, gate, seg, pos, first_src, first_route,
+                                                               row_offsets, row_patch, row_slot, rows, E, k, ps, T);
+  UOE_CHECK_LAUNCH("source_rows_place_kernel");
+}
+void identity_rows(int* row_patch, int* row_slot, int n, cudaStream_t s) {
+  if (n <= 0) return;
+  identity_rows_kernel<<<grid_for(n), kThreads, 0, s>>>(row_patch, row_slot, n);
+  UOE_CHECK_LAUNCH("identity_rows_kernel");
 }
 void router_gate_grads(float* dgate, const int32_t* slot, const float* rowdot, int i0, int n, cudaStream_t s) {
   if (n <= 0) return;
@@ -238,7 +290,8 @@ class CudaBackend {
   // (sources ascending within a destination: each token's rows in row order).
   struct CombineTables {
     const SourceRows* src = nullptr;
-    Buffer<int32_t> token, slot;  // [R] each row's token and gate slot (p·k + j)
+    Buffer<int32_t> token, slot, seg, pos;  // [R] each row's token, gate slot (p·k + j), sequence, position
+    Buffer<int32_t> cells, first_src, first_route, chunk_begin, chunk_offsets;  // the layout (source_rows.hpp)
     Buffer<float> gate, rowdot;
     std::vector<std::unique_ptr<cuda::ScatterPlan>> plan;  // [chunks]
     int B = 0, T = 0, C = 1;
@@ -404,11 +457,9 @@ class CudaBackend {
     traffic.down(rc.figures.data(), figures, 3, s());
     synchronize();
     const int rows = r.row_offsets[E];
-    r.row_patch.resize(rows);
-    r.row_slot.resize(rows);
-    traffic.down(rc.row_patch.data(), r.row_patch.data(), rows, s());
-    traffic.down(rc.row_slot.data(), r.row_slot.data(), rows, s());
-    synchronize();
+    r.row_patch.clear();  // here, in rc (routing_to_host); row_tables lays the rows out here
+    r.row_slot.clear();
+    r.sequence_rows.clear();
     r.capacity_kept.resize(E);
     for (int e = 0; e < E; ++e) r.capacity_kept[e] = r.row_offsets[e + 1] - r.row_offsets[e];
     r.dropped = P * k - rows;
@@ -433,6 +484,10 @@ class CudaBackend {
     r.choice.resize(pk);
     r.gate.resize(pk);
     r.kept.resize(pk);
+    r.row_patch.resize(r.row_offsets[r.E]);
+    r.row_slot.resize(r.row_offsets[r.E]);
+    traffic.down(rc.row_patch.data(), r.row_patch.data(), r.row_patch.size(), s());
+    traffic.down(rc.row_slot.data(), r.row_slot.data(), r.row_slot.size(), s());
     traffic.down(rc.logits.data(), r.probs.data(), pe, s());
     traffic.down(rc.lse.data(), r.lse.data(), r.lse.size(), s());
     traffic.down(rc.choice.data(), r.choice.data(), pk, s());
@@ -465,14 +520,51 @@ class CudaBackend {
     }
   }
 
-  // The rows' tokens and gate slots go up (the host built them); their gates are gathered here from
-  // the routing's (an unrouted block, routing_all_to_one, was not routed here: its gates are 1).
-  void row_tables(CombineTables& t, const SourceRows& src, const Routing& r, const RouteCache& rc) {
+  // The source rows laid out here from the routing's row tables here (cuda::source_rows_*, the
+  // bodies of the CPU's source_rows_build): only the cells [B, E] come down (one host
+  // synchronisation), from which the host forms the chunks' counts and the rows' sequences
+  // (source_rows_from_cells); when the rows travel, their positions too (the exchange's metadata
+  // goes over MPI from the host). An unrouted block (routing_all_to_one, not routed here) sends up
+  // its two row offsets; its tables are formed here. The rows' gates are gathered here from the
+  // routing's (unrouted: 1).
+  void row_tables(CombineTables& t, SourceRows& src, Routing& r, RouteCache& rc, int B, int T, int C, bool travel) {
     t.src = &src;
     t.slots = r.P * r.k;
+    t.T = T;
+    const int E = r.E, k = r.k, ps = r.patch, routed_rows = r.row_offsets[E];
+    if (!rc.decided) {
+      rc.counts.resize(E + 1);
+      traffic.up(rc.counts.data(), r.row_offsets.data(), E + 1, s());
+      rc.row_patch.resize(std::max(routed_rows, 1));
+      rc.row_slot.resize(std::max(routed_rows, 1));
+      cuda::identity_rows(rc.row_patch.data(), rc.row_slot.data(), routed_rows, s());
+    }
+    const size_t ncells = static_cast<size_t>(B) * E;
+    t.cells.resize(std::max<size_t>(ncells, 1));
+    cuda::source_rows_cells(t.cells.data(), rc.counts.data(), rc.row_patch.data(), B, E, ps, T, s());
+    src.cells.resize(ncells);
+    traffic.down(t.cells.data(), src.cells.data(), ncells, s());
+    synchronize();
+    source_rows_from_cells(src, r.row_offsets, B, C, ps);
+    if (rc.decided) r.sequence_rows = src.cells;  // the block's figures read them (layers/flops.cpp)
     const int R = src.rows();
-    upload(t.token, std::span<const int32_t>(src.token));
-    upload(t.slot, std::span<const int32_t>(src.gate));
+    t.first_src.resize(std::max<size_t>(ncells, 1));
+    t.first_route.resize(std::max<size_t>(ncells, 1));
+    t.chunk_begin.resize(C + 1);
+    t.chunk_offsets.resize(static_cast<size_t>(C) * (E + 1));
+    t.token.resize(std::max(R, 1));
+    t.slot.resize(std::max(R, 1));
+    t.seg.resize(std::max(R, 1));
+    t.pos.resize(std::max(R, 1));
+    cuda::source_rows_place(t.token.data(), t.slot.data(), t.seg.data(), t.pos.data(), t.first_src.data(),
+                            t.first_route.data(), t.chunk_begin.data(), t.chunk_offsets.data(), t.cells.data(),
+                            rc.counts.data(), rc.row_patch.data(), rc.row_slot.data(), routed_rows, B, E, k, ps, T, C,
+                            s());
+    if (travel) {
+      src.pos.resize(R);
+      traffic.down(t.pos.data(), src.pos.data(), R, s());
+      synchronize();
+    }
     t.gate.resize(R);
     if (R == 0) return;
     if (rc.decided) cuda::gather_rows(t.gate.data(), rc.gate.data(), t.slot.data(), R, 1, s());
@@ -488,8 +580,26 @@ class CudaBackend {
     rows.offsets = offsets;
     rows.seg.assign(seg, seg + n);
     rows.pos.assign(pos, pos + n);
+    rows.positions = 0;  // the bound is max(pos) + 1 (runtime/cuda/experts.cuh)
     upload(rows.offsets_dev, std::span<const int>(rows.offsets));
     upload(rows.pos_dev, std::span<const int32_t>(rows.pos));
+    rows.x.resize(static_cast<size_t>(n) * d);
+  }
+  // Chunk ch's rows that did not travel: the counts and sequences from the host's part; the
+  // positions copied within the device from the tables (none cross).
+  void set_source_rows(Rows& rows, const CombineTables& t, int ch, int d) {
+    const SourceRows& src = *t.src;
+    const int r0 = src.chunk_begin[ch], n = src.chunk_begin[ch + 1] - r0;
+    rows.n_experts = static_cast<int>(src.chunk_offsets[ch].size()) - 1;
+    rows.offsets = src.chunk_offsets[ch];
+    rows.seg.assign(src.seg.begin() + r0, src.seg.begin() + r0 + n);
+    rows.pos.clear();
+    rows.positions = t.T;
+    upload(rows.offsets_dev, std::span<const int>(rows.offsets));
+    rows.pos_dev.resize(std::max(n, 1));
+    if (n > 0)
+      UOE_CHECK_CUDA(cudaMemcpyAsync(rows.pos_dev.data(), t.pos.data() + r0, static_cast<size_t>(n) * sizeof(int32_t),
+                                     cudaMemcpyDeviceToDevice, s()));
     rows.x.resize(static_cast<size_t>(n) * d);
   }
   void combine_prepare(CombineTables& t, int N, int B, int T, int C) {
@@ -614,17 +724,18 @@ class CudaBackend {
     take_arenas(ps);
     grads_.zero(s());
   }
+  // The arenas (and moments) to the host arenas, where the checkpoint writer and the host's figures
+  // read them: through the pinned snapshot (cuda::StagedDownload, runtime/staged_copy.hpp's slices).
   void to_host(ParamStore& ps, AdamW* opt) {
     if (host_newer_) return;
     if (sched) sched->synchronize();
     const size_t n = ps.total();
-    traffic.down(values_.data(), ps.values().data(), n, s());
-    traffic.down(grads_.data(), ps.grads().data(), n, s());
+    traffic.snapshot(snapshot_, values_.data(), ps.values().data(), n, s());
+    traffic.snapshot(snapshot_, grads_.data(), ps.grads().data(), n, s());
     if (opt && moments_here_) {
-      traffic.down(m_.data(), opt->m().data(), n, s());
-      traffic.down(v_.data(), opt->v().data(), n, s());
+      traffic.snapshot(snapshot_, m_.data(), opt->m().data(), n, s());
+      traffic.snapshot(snapshot_, v_.data(), opt->v().data(), n, s());
     }
-    synchronize();
   }
   void from_host(ParamStore&) {
     host_newer_ = true;
@@ -643,6 +754,11 @@ class CudaBackend {
     template <class T>
     void down(const T* dev, T* host, size_t n, cudaStream_t st) {
       if (n) UOE_CHECK_CUDA(cudaMemcpyAsync(host, dev, n * sizeof(T), cudaMemcpyDeviceToHost, st));
+      down_bytes += n * sizeof(T);
+    }
+    template <class T>
+    void snapshot(cuda::StagedDownload& via, const T* dev, T* host, size_t n, cudaStream_t st) {
+      via.copy(host, dev, n, st);
       down_bytes += n * sizeof(T);
     }
   } traffic;
@@ -708,6 +824,7 @@ class CudaBackend {
  private:
   std::unique_ptr<StreamScheduler> sched;  // null while every expert is on this rank (nothing travels)
   Buffer<float> values_, grads_, m_, v_, decay_, ln_scratch, row_loss, pack_;
+  cuda::StagedDownload snapshot_;  // to_host's pinned slices
   std::unique_ptr<GradientSync> sync_;  // the host's GradientSync over the device arena
   const GradientSync* sync_of_ = nullptr;
   Buffer<double> sum_out, sum_shares;

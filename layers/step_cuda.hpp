@@ -9,8 +9,9 @@
 // and collectives, rebased onto the device arena; docs/gpu.md).
 //
 // Routing: decided on the GPU — scores x̄·W + b, softmax, top-k, capacity, gates, losses (the CPU
-// router's bodies, layers/router_select.hpp); the host receives the counts per expert, the row
-// tables and three figures, no [P, E] array. In backward the gate gradients and the scores'
+// router's bodies, layers/router_select.hpp), and the source rows laid out there too
+// (layers/source_rows.hpp); the host receives the counts per expert, the kept patches per
+// (sequence, expert) and three figures — no [P, E] array, no row table. In backward the gate gradients and the scores'
 // gradients are formed on the GPU too; nothing of the router crosses.
 //
 // Expert parallelism: with --ep > 1 the routed rows travel GPU to GPU over NCCL (an MpiExchange
@@ -84,6 +85,17 @@ void router_backward_logits_rows(float* dlogits, const float* probs, const float
                                  GateMode mode, double aux_scale, double aux_weight, double z_weight, cudaStream_t s);
 void router_gate_grads(float* dgate, const int32_t* slot, const float* rowdot, int i0, int n, cudaStream_t s);
 void fill(float* x, float v, int n, cudaStream_t s);  // x[0, n) = v
+// The source rows laid out on the device (layers/source_rows.hpp's bodies): twins of the CPU's
+// source_rows_cells and source_rows_place (layers/model.hpp, the same names and arguments, less the
+// stream), integer tables equal to theirs. identity_rows: an unrouted block's row tables (row i is
+// patch i, slot 0), n rows.
+void source_rows_cells(int* cells, const int* row_offsets, const int* row_patch, int S, int E, int ps, int T,
+                       cudaStream_t s);
+void source_rows_place(int32_t* token, int32_t* gate, int32_t* seg, int32_t* pos, int* first_src, int* first_route,
+                       int* chunk_begin, int* chunk_offsets, const int* cells, const int* row_offsets,
+                       const int* row_patch, const int* row_slot, int rows, int S, int E, int k, int ps, int T, int C,
+                       cudaStream_t s);
+void identity_rows(int* row_patch, int* row_slot, int n, cudaStream_t s);
 // *out (device double) = Σ g² of g [n] (device), deterministic; shares: kSumShares doubles of
 // workspace. Twin of runtime/sum_squares.hpp's grad_sum_squares: the same terms in another order,
 // so equal to a relative 1e-12 (double rounding over ≤ 10⁹ positive terms), not bitwise.

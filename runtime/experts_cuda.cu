@@ -99,7 +99,7 @@ void attn_build_segments(DeviceAttnCache& c, const DeviceExpertRows& rows, int g
 }
 // The RoPE table (rope_table, computed on the host in double) uploaded when positions outgrow it.
 void attn_ensure_rope(DeviceAttnCache& c, const DeviceExpertRows& rows, int half, cudaStream_t s) {
-  int need = 0;
+  int need = rows.positions;
   for (int32_t p : rows.pos) need = p + 1 > need ? p + 1 : need;
   if (need <= c.rope_positions && half == c.rope_half) return;
   // Grown geometrically: each growth is an upload (and the rare reallocation a device sync).

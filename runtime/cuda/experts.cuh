@@ -22,7 +22,8 @@ struct DeviceExpertRows {
   int n_experts = 0;
   std::vector<int> offsets;      // host [n_experts + 1] row ranges
   std::vector<int32_t> seg;      // host [R] segment ids (attention experts only)
-  std::vector<int32_t> pos;      // host [R] true positions (attention experts only)
+  std::vector<int32_t> pos;      // host [R] true positions (attention experts only; may be empty: pos_dev alone)
+  int positions = 0;             // a bound on the positions when pos is not on the host (0: from pos)
   DeviceBuffer<int> offsets_dev; // device copy of offsets
   DeviceBuffer<float> x;         // [R, d] inputs
   DeviceBuffer<int32_t> pos_dev; // device copy of pos

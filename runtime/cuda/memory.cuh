@@ -5,6 +5,7 @@
 #pragma once
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstring>
 #include <span>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "runtime/cuda/check.cuh"
+#include "runtime/staged_copy.hpp"
 
 namespace uoe::cuda {
 
@@ -214,6 +216,45 @@ class Uploader {
   };
   std::vector<Slot> slots_;
   size_t next_ = 0;
+};
+
+// Device → host copies of large arrays (a checkpoint's snapshot of the arenas and moments,
+// docs/gpu.md, Checkpoints) through two pinned staging buffers of `slice` bytes: a DMA into pinned
+// memory runs at the link's rate and asynchronously, while a copy into pageable memory is staged by
+// the driver and serialises; here each slice's DMA overlaps the host's memcpy of the slice before it
+// (runtime/staged_copy.hpp, whose CPU twin the tests run). Returns when `host` holds every byte;
+// queued on `s` after the work before it.
+class StagedDownload {
+ public:
+  explicit StagedDownload(size_t slice_bytes = size_t{16} << 20) : slice_(slice_bytes) {}
+  StagedDownload(const StagedDownload&) = delete;
+  StagedDownload& operator=(const StagedDownload&) = delete;
+
+  template <class T>
+  void copy(T* host, const T* dev, size_t n, cudaStream_t s) {
+    copy_bytes(host, dev, n * sizeof(T), s);
+  }
+  void copy_bytes(void* host, const void* dev, size_t bytes, cudaStream_t s) {
+    if (bytes == 0) return;
+    for (auto& b : stage_) b.resize(std::min(slice_, bytes));
+    auto* out = static_cast<unsigned char*>(host);
+    const auto* in = static_cast<const unsigned char*>(dev);
+    staged_copy(
+        bytes, slice_,
+        [&](int b, size_t at, size_t n) {
+          UOE_CHECK_CUDA(cudaMemcpyAsync(stage_[b].data(), in + at, n, cudaMemcpyDeviceToHost, s));
+          done_[b].record(s);
+        },
+        [&](int b, size_t at, size_t n) {
+          done_[b].synchronize();
+          std::memcpy(out + at, stage_[b].data(), n);
+        });
+  }
+
+ private:
+  size_t slice_;
+  PinnedBuffer<unsigned char> stage_[2];
+  Event done_[2];
 };
 
 }  // namespace uoe::cuda

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <string>
 #include <tuple>
 #include <memory>
 #include <vector>
@@ -192,6 +193,19 @@ void expect_training_matches(BlockType type, bool replicas = false) {
               (after.to_host - before.to_host) / 2, arena);
   EXPECT_LT(after.to_device - before.to_device, arena / 2) << "bytes to the GPU in two steps";
   EXPECT_LT(after.to_host - before.to_host, arena / 2) << "bytes to the host in two steps";
+  // Metadata only, to the byte bound (one micro-batch a step, every expert here): down, the loss,
+  // per routed block its counts — rows [E + 1], chosen [E], experts per token [k + 1] — three
+  // figures and the source rows' cells [B, E]; per unrouted block its cells [B]; one double per
+  // tensor for Σ g². Up, the tokens and targets, each block's row offsets [E + 1] and an unrouted
+  // block's two. A row table (two ints per kept row) would exceed it.
+  size_t down_max = sizeof(double) * (1 + host.params().count()), up_max = 2 * sizeof(int32_t) * N;
+  for (int b = 0; b < 2 * spec.layers; ++b) {
+    const size_t E = spec.block_experts(b), k = spec.block_topk(b);
+    down_max += spec.block_routed(b) ? sizeof(int) * (3 * E + k + 2 + B * E) + 3 * sizeof(double) : sizeof(int) * B;
+    up_max += sizeof(int) * (E + 1) + (spec.block_routed(b) ? 0 : 2 * sizeof(int));
+  }
+  EXPECT_LE((after.to_host - before.to_host) / 2, down_max) << "bytes to the host per step";
+  EXPECT_LE((after.to_device - before.to_device) / 2, up_max) << "bytes to the GPU per step";
   if (replicas) {  // one collective per bucket (or packed part), on each side
     EXPECT_GT(world_device.reductions, 0);
     EXPECT_EQ(world_device.reductions, world_host.reductions);
@@ -294,6 +308,62 @@ void expect_near_rel(const std::vector<float>& got, const std::vector<float>& wa
     if (!(std::abs(static_cast<double>(got[i]) - want[i]) <= rtol * std::abs(static_cast<double>(want[i])) + atol)) {
       ADD_FAILURE() << what << "[" << i << "]: " << got[i] << " vs " << want[i];
       ++misses;
+    }
+}
+
+// The source rows laid out on the device (cuda::source_rows_cells / _place, layers/source_rows.hpp's
+// bodies) against their CPU twins (layers/model.hpp, held to the definition by
+// tests/unit/test_source_rows.cpp): integer tables, so equal, with patches, capacity drops and more
+// chunks than sequences (an empty chunk).
+TEST_F(StepCudaGpu, SourceRowsMatchTheirCpuTwins) {
+  const int E = 6, k = 2, d = 8, T = 16, B = 3;
+  for (int ps : {1, 2, 4})
+    for (int C : {1, 2, 4}) {
+      SCOPED_TRACE("patch " + std::to_string(ps) + ", chunks " + std::to_string(C));
+      RouterSpec rs;
+      rs.experts = E;
+      rs.topk = k;
+      rs.patch_size = ps;
+      rs.capacity_factor = 1.0;
+      const int N = B * T;
+      std::vector<float> xn(static_cast<size_t>(N) * d), w(static_cast<size_t>(d) * E), b(E, 0.0f);
+      for (size_t i = 0; i < xn.size(); ++i) xn[i] = rng_normal(41, 0, i);
+      for (size_t i = 0; i < w.size(); ++i) w[i] = rng_normal(42, 0, i);
+      Routing r;
+      router_forward(r, rs, xn.data(), w.data(), b.data(), N, d, false);
+      EXPECT_GT(r.dropped, 0);
+      const int rows = r.row_offsets[E];
+      SourceRows want;
+      source_rows_build(want, r, B, T, C);
+      const int R = want.rows();
+      auto offsets_d = up(r.row_offsets);
+      auto patch_d = up(r.row_patch), slot_d = up(r.row_slot);
+      auto cells_d = up(std::vector<int>(static_cast<size_t>(B) * E, -1));
+      cuda::source_rows_cells(cells_d.data(), offsets_d.data(), patch_d.data(), B, E, ps, T, s());
+      EXPECT_EQ(down(cells_d), want.cells);
+      const std::vector<int32_t> poison(std::max(R, 1), -1);
+      auto token_d = up(poison), gate_d = up(poison), seg_d = up(poison), pos_d = up(poison);
+      const std::vector<int> cell_poison(want.cells.size(), -1);
+      auto first_src_d = up(cell_poison), first_route_d = up(cell_poison);
+      auto begin_d = up(std::vector<int>(C + 1, -1));
+      auto chunk_off_d = up(std::vector<int>(static_cast<size_t>(C) * (E + 1), -1));
+      cuda::source_rows_place(token_d.data(), gate_d.data(), seg_d.data(), pos_d.data(), first_src_d.data(),
+                              first_route_d.data(), begin_d.data(), chunk_off_d.data(), cells_d.data(),
+                              offsets_d.data(), patch_d.data(), slot_d.data(), rows, B, E, k, ps, T, C, s());
+      auto first = [R](std::vector<int32_t> v) {
+        v.resize(R);
+        return v;
+      };
+      EXPECT_EQ(first(down(token_d)), want.token);
+      EXPECT_EQ(first(down(gate_d)), want.gate);
+      EXPECT_EQ(first(down(seg_d)), want.seg);
+      EXPECT_EQ(first(down(pos_d)), want.pos);
+      EXPECT_EQ(down(first_src_d), want.first_src);
+      EXPECT_EQ(down(first_route_d), want.first_route);
+      EXPECT_EQ(down(begin_d), want.chunk_begin);
+      std::vector<int> flat;
+      for (const auto& o : want.chunk_offsets) flat.insert(flat.end(), o.begin(), o.end());
+      EXPECT_EQ(down(chunk_off_d), flat);
     }
 }
 

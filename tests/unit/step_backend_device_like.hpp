@@ -4,8 +4,9 @@
 // back only on request (state_to_host); the update side (all-reduce, Σ g², AdamW) runs on them;
 // routing is decided where the block's input and router weights are (scores, softmax, top-k,
 // capacity, gates, losses, and in backward the scores' gradients, by the device's bodies,
-// layers/router_select.hpp) and the host receives only the counts, the row tables and the two loss
-// figures (the rest of the routing comes down only when the host asks, ModelStep::routing);
+// layers/router_select.hpp) and the source rows are laid out here too (layers/source_rows.hpp): the
+// host receives only counts — rows per expert, kept patches per (sequence, expert) — and the
+// figures, no row table (the rest of the routing comes down only when the host asks, ModelStep::routing);
 // the gate gradients stay here too; gradients reach the backward hook only at
 // the end; every chunk's metadata travels in one collective before the rows; and the combine is a
 // residual pass then scatter-adds by chunk instead of the CPU backend's fused per-token pass.
@@ -17,6 +18,7 @@
 // against these CPU kernels — is what the gpu.* tests do on a machine with a GPU.
 #pragma once
 #include <algorithm>
+#include <cstring>
 #include <cstdint>
 #include <functional>
 #include <limits>
@@ -36,6 +38,7 @@
 #include "parallel/scheduler.hpp"
 #include "runtime/gemm.hpp"
 #include "runtime/kernels.hpp"
+#include "runtime/staged_copy.hpp"
 
 namespace uoe {
 
@@ -74,7 +77,8 @@ class DeviceLikeBackend : public CpuBackend {
   };
   struct CombineTables {
     const SourceRows* src = nullptr;
-    Buffer<int32_t> token, slot;  // [R] each row's token and gate slot (p·k + j)
+    Buffer<int32_t> token, slot, seg, pos;  // [R] each row's token, gate slot (p·k + j), sequence, position
+    Buffer<int32_t> cells, first_src, first_route, chunk_begin, chunk_offsets;  // the layout (source_rows.hpp)
     Buffer<float> gate, rowdot;
     int B = 0, T = 0, C = 1;
     int slots = 0;  // P·k: the gate gradients' length
@@ -134,8 +138,8 @@ class DeviceLikeBackend : public CpuBackend {
   }
 
   // Routing decided here (router_forward's parts, layers/router.hpp, and the device's bodies,
-  // layers/router_select.hpp): the host receives the row counts (and chosen counts), the row tables
-  // its source rows are built from, and the two loss figures — no [P, E] array.
+  // layers/router_select.hpp): the host receives the row counts (and chosen counts, experts per
+  // token) and three figures — no [P, E] array, no row table (row_tables lays the rows out here).
   void route(Routing& r, RouteCache& rc, const RouterSpec& spec, const float* xn, const float* w, const float* b, int N,
              int d, bool dropless) {
     router_begin(r, spec, N, d);
@@ -170,16 +174,15 @@ class DeviceLikeBackend : public CpuBackend {
                   spec.z_weight);
     router_figures(rc.losses.data() + 2, rc.experts_per_token.data(), rc.logits.data(), rc.kept.data(), P, E, k,
                    r.patch);
-    // What crosses: counts, then the row tables they size, then the figures.
+    // What crosses: counts and the figures.
     r.row_offsets.resize(E + 1);
     r.chosen.resize(E);
     get(std::span<int>(r.row_offsets), rc.counts.data(), Traffic::metadata, "row counts");
     get(std::span<int>(r.chosen), rc.chosen.data(), Traffic::metadata, "chosen counts");
     const int rows = r.row_offsets[E];
-    r.row_patch.resize(rows);
-    r.row_slot.resize(rows);
-    get(std::span<int>(r.row_patch), rc.row_patch.data(), Traffic::metadata, "row patches");
-    get(std::span<int>(r.row_slot), rc.row_slot.data(), Traffic::metadata, "row slots");
+    r.row_patch.clear();  // here, in rc (routing_to_host)
+    r.row_slot.clear();
+    r.sequence_rows.clear();
     r.experts_per_token.resize(k + 1);
     get(std::span<int>(r.experts_per_token), rc.experts_per_token.data(), Traffic::metadata, "experts per token");
     double losses[3];
@@ -210,6 +213,10 @@ class DeviceLikeBackend : public CpuBackend {
     r.choice.resize(pk);
     r.gate.resize(pk);
     r.kept.resize(pk);
+    r.row_patch.resize(r.row_offsets[r.E]);
+    r.row_slot.resize(r.row_offsets[r.E]);
+    get(std::span<int>(r.row_patch), rc.row_patch.data(), Traffic::metadata, "routing on request: row patches");
+    get(std::span<int>(r.row_slot), rc.row_slot.data(), Traffic::metadata, "routing on request: row slots");
     get(std::span<float>(r.probs), rc.logits.data(), Traffic::metadata, "routing on request: probabilities");
     get(std::span<float>(r.lse), rc.lse.data(), Traffic::metadata, "routing on request: log-sum-exps");
     get(std::span<int>(r.choice), rc.choice.data(), Traffic::metadata, "routing on request: choices");
@@ -239,14 +246,47 @@ class DeviceLikeBackend : public CpuBackend {
       router_patch_means_backward(dxn, rc.dxm.data(), P, ps, d);
     }
   }
-  // The rows' tokens and gate slots go up (the host built them); their gates are gathered here
-  // from the routing's (an unrouted block, routing_all_to_one, was not routed here: its gates are 1).
-  void row_tables(CombineTables& t, const SourceRows& src, const Routing& r, const RouteCache& rc) {
+  // The source rows laid out here from the routing's row tables here (layers/source_rows.hpp, the
+  // bodies of the CPU's source_rows_build): only the cells [B, E] come down, from which the host
+  // forms the chunks' counts and the rows' sequences (source_rows_from_cells); when the rows travel,
+  // their positions too (the exchange's metadata goes over MPI from the host). An unrouted block
+  // (routing_all_to_one, not routed here) sends up its two row offsets; its tables are formed here.
+  // The rows' gates are gathered here from the routing's (unrouted: 1).
+  void row_tables(CombineTables& t, SourceRows& src, Routing& r, RouteCache& rc, int B, int T, int C, bool travel) {
     t.src = &src;
     t.slots = r.P * r.k;
+    const int E = r.E, k = r.k, ps = r.patch, routed_rows = r.row_offsets[E];
+    if (!rc.decided) {
+      put(rc.counts, std::span<const int>(r.row_offsets), Traffic::metadata, "row counts");
+      rc.row_patch.resize(routed_rows);
+      rc.row_slot.resize(routed_rows);
+      for (int i = 0; i < routed_rows; ++i) {
+        rc.row_patch.data()[i] = i;
+        rc.row_slot.data()[i] = 0;
+      }
+    }
+    t.cells.resize(static_cast<size_t>(B) * E);
+    source_rows_cells(t.cells.data(), rc.counts.data(), rc.row_patch.data(), B, E, ps, T);
+    src.cells.resize(static_cast<size_t>(B) * E);
+    get(std::span<int>(src.cells), t.cells.data(), Traffic::metadata, "source row cells");
+    source_rows_from_cells(src, r.row_offsets, B, C, ps);
+    if (rc.decided) r.sequence_rows = src.cells;  // the block's figures read them (layers/flops.cpp)
     const int R = src.rows();
-    put(t.token, std::span<const int32_t>(src.token), Traffic::metadata, "row tokens");
-    put(t.slot, std::span<const int32_t>(src.gate), Traffic::metadata, "row gate slots");
+    t.first_src.resize(static_cast<size_t>(B) * E);
+    t.first_route.resize(static_cast<size_t>(B) * E);
+    t.chunk_begin.resize(C + 1);
+    t.chunk_offsets.resize(static_cast<size_t>(C) * (E + 1));
+    t.token.resize(R);
+    t.slot.resize(R);
+    t.seg.resize(R);
+    t.pos.resize(R);
+    source_rows_place(t.token.data(), t.slot.data(), t.seg.data(), t.pos.data(), t.first_src.data(),
+                      t.first_route.data(), t.chunk_begin.data(), t.chunk_offsets.data(), t.cells.data(),
+                      rc.counts.data(), rc.row_patch.data(), rc.row_slot.data(), routed_rows, B, E, k, ps, T, C);
+    if (travel) {
+      src.pos.resize(R);
+      get(std::span<int32_t>(src.pos), t.pos.data(), Traffic::metadata, "row positions (rows travel)");
+    }
     t.gate.resize(R);
     if (rc.decided) uoe::gather_rows(t.gate.data(), rc.gate.data(), t.slot.data(), R, 1);
     else std::fill(t.gate.data(), t.gate.data() + R, 1.0f);
@@ -261,6 +301,13 @@ class DeviceLikeBackend : public CpuBackend {
     rows.pos.assign(pos, pos + n);
     rows.x.resize_uninit(static_cast<size_t>(n) * d);
     std::fill(rows.x.begin(), rows.x.end(), std::numeric_limits<float>::quiet_NaN());
+  }
+  // Chunk ch's rows that did not travel: the counts and sequences from the host's part, the
+  // positions from the tables here (a copy within the device).
+  void set_source_rows(Rows& rows, const CombineTables& t, int ch, int d) {
+    const SourceRows& src = *t.src;
+    const int r0 = src.chunk_begin[ch], n = src.chunk_begin[ch + 1] - r0;
+    set_rows(rows, src.chunk_offsets[ch], src.seg.data() + r0, t.pos.data() + r0, n, d);
   }
   void combine_prepare(CombineTables& t, int, int B, int T, int C) {
     t.B = B;
@@ -334,14 +381,19 @@ class DeviceLikeBackend : public CpuBackend {
     take_arenas(ps);
     zero(grads_);
   }
+  // Through the snapshot's staging slices (runtime/staged_copy.hpp's schedule, plain memory here;
+  // the CUDA backend's are pinned): `snapshot_slice` bytes each, small by default so that every
+  // arena takes several.
+  size_t snapshot_slice = 1000;
+  size_t snapshot_slices = 0;  // slices drained so far
   void to_host(ParamStore& ps, AdamW* opt) {
     if (host_newer_) return;  // nothing computed here since the host's copy
     const size_t n = ps.total();
-    get(std::span<float>(ps.values().data(), n), values_.data(), Traffic::arena, "parameters");
-    get(std::span<float>(ps.grads().data(), n), grads_.data(), Traffic::arena, "gradients");
+    snapshot(std::span<float>(ps.values().data(), n), values_.data(), "parameters");
+    snapshot(std::span<float>(ps.grads().data(), n), grads_.data(), "gradients");
     if (opt && moments_here_) {
-      get(std::span<float>(opt->m().data(), n), m_.data(), Traffic::arena, "AdamW m");
-      get(std::span<float>(opt->v().data(), n), v_.data(), Traffic::arena, "AdamW v");
+      snapshot(std::span<float>(opt->m().data(), n), m_.data(), "AdamW m");
+      snapshot(std::span<float>(opt->v().data(), n), v_.data(), "AdamW v");
     }
   }
   void from_host(ParamStore&) { host_newer_ = true; moments_here_ = false; }
@@ -358,6 +410,19 @@ class DeviceLikeBackend : public CpuBackend {
   void get(std::span<T> host, const T* dev, Traffic what, const char* name) {
     std::copy(dev, dev + host.size(), host.begin());
     record(false, what, name, host.size_bytes());
+  }
+  void snapshot(std::span<float> host, const float* dev, const char* name) {
+    auto* out = reinterpret_cast<unsigned char*>(host.data());
+    const auto* in = reinterpret_cast<const unsigned char*>(dev);
+    for (auto& b : stage_) b.assign(snapshot_slice, 0xff);  // poisoned: a slice not fetched shows
+    staged_copy(
+        host.size_bytes(), snapshot_slice, [&](int b, size_t at, size_t n) { std::memcpy(stage_[b].data(), in + at, n); },
+        [&](int b, size_t at, size_t n) {
+          std::memcpy(out + at, stage_[b].data(), n);
+          std::fill(stage_[b].begin(), stage_[b].end(), 0xff);
+          ++snapshot_slices;
+        });
+    record(false, Traffic::arena, name, host.size_bytes());
   }
   void take_arenas(ParamStore& ps) {
     if (!host_newer_) return;
@@ -393,6 +458,7 @@ class DeviceLikeBackend : public CpuBackend {
   std::unique_ptr<GradientSync> sync_;
   const GradientSync* sync_of_ = nullptr;
 
+  std::vector<unsigned char> stage_[2];  // the snapshot's staging buffers
   Buffer<int32_t> targets_;
   Buffer<float> dgate_;  // [P, k] the block's gate gradients (backward)
 };
