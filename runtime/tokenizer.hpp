@@ -31,6 +31,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -96,11 +97,26 @@ inline constexpr size_t kSentencePieceSampleBytes = size_t{64} << 20;
 inline constexpr size_t kSentencePieceSamplePieces = 64;
 std::vector<std::string_view> sentencepiece_sample_lines(std::string_view text);
 
+// The same sample of a text read in parts (uoe-prepare streams its input: runtime/text_stream.hpp):
+// `size` bytes, the last "\n" at or before a position and the first at or after one (npos: none),
+// `read(begin, n, out)` its bytes. The sample's bytes are held in `text` (at most about
+// kSentencePieceSampleBytes, more only by the stretches' widening to whole lines), `lines` view them.
+struct TextSample {
+  std::string text;
+  std::vector<std::string_view> lines;
+};
+TextSample sentencepiece_sample(size_t size, const std::function<size_t(size_t)>& rfind_newline,
+                                const std::function<size_t(size_t)>& find_newline,
+                                const std::function<void(size_t, size_t, std::string&)>& read);
+
 // Trains a SentencePiece model on the lines of sentencepiece_sample_lines(text) (settings above) and
 // returns its vocabulary (the model's bytes in Vocab::model). Deterministic for a given text and
 // settings. Throws uoe::Error naming `source` when SentencePiece refuses (e.g. a vocabulary size
 // the text cannot fill, or smaller than its characters plus the byte pieces).
 Vocab sentencepiece_train(std::string_view text, const SentencePieceTraining& how, const std::string& source);
+// The same on given lines (a TextSample's).
+Vocab sentencepiece_train_lines(std::vector<std::string_view> lines, const SentencePieceTraining& how,
+                                const std::string& source);
 
 // `text` cut into consecutive pieces for `parts` threads: a cut is placed every
 // min(piece_bytes, ceil(size / parts)) bytes and then moved forward to just after the next "\n", so
