@@ -457,8 +457,9 @@ void word_count(const uoe::TextSource& text, size_t begin, size_t end, const uoe
       for (int64_t k = gb; k < ge; ++k) {
         size_t bytes = 0;
         for (size_t p = g.groups[static_cast<size_t>(k)].first; p < g.groups[static_cast<size_t>(k)].second; ++p) {
-          for (std::string_view w : uoe::word_tokens(g.parts[p].text)) ++local[static_cast<size_t>(k)][w];
-          tokens[static_cast<size_t>(k)] += uoe::word_tokens(g.parts[p].text).size();
+          const std::vector<std::string_view> words = uoe::word_tokens(g.parts[p].text);
+          for (std::string_view w : words) ++local[static_cast<size_t>(k)][w];
+          tokens[static_cast<size_t>(k)] += words.size();
           bytes += g.parts[p].text.size();
         }
         progress.add(bytes);
@@ -494,15 +495,17 @@ uoe::Vocab word_vocab(const PrepareOptions& o, WordCounts& wc, bool eod) {
 }
 
 // Encodes [begin, end) of `text` block by block on the compute threads; each block's ids, in order,
-// go to `sink`.
+// go to `sink` (a part at a time). The parts' buffers are kept from block to block: memory stays
+// that of one block's ids.
 using Encoder = std::function<void(std::string_view, std::vector<int32_t>&)>;
 void encode_range(const uoe::TextSource& text, size_t begin, size_t end, const uoe::TextStreamOptions& so,
                   uoe::DocumentState& state, int threads, const Encoder& encode, int32_t eod, Progress& progress,
                   const std::function<void(const std::vector<int32_t>&)>& sink) {
-  std::vector<int32_t> ids;
+  std::vector<std::vector<int32_t>> out;
   uoe::text_stream(text, begin, end, so, state, [&](const std::vector<uoe::TextPiece>& pieces) {
     const uoe::TextPieceGroups g = uoe::text_piece_groups(pieces, threads);
-    std::vector<std::vector<int32_t>> out(g.groups.size());
+    if (out.size() < g.groups.size()) out.resize(g.groups.size());
+    for (auto& v : out) v.clear();
     uoe::parallel_ranges(static_cast<int64_t>(g.groups.size()), 1, [&](int64_t gb, int64_t ge) {
       for (int64_t k = gb; k < ge; ++k) {
         size_t bytes = 0;
@@ -514,9 +517,7 @@ void encode_range(const uoe::TextSource& text, size_t begin, size_t end, const u
         progress.add(bytes);
       }
     });
-    ids.clear();
-    for (const auto& v : out) ids.insert(ids.end(), v.begin(), v.end());
-    sink(ids);
+    for (size_t k = 0; k < g.groups.size(); ++k) sink(out[k]);
   });
 }
 

@@ -12,7 +12,6 @@
 #include <memory>
 #include <string>
 #include <string_view>
-#include <utility>
 #include <vector>
 
 #include "runtime/config.hpp"
@@ -104,15 +103,6 @@ std::string data_read_text(const std::string& path, const char* option);
 Dataset data_from_text(const std::string& train_text, const std::string* val_text,
                        double val_fraction, TokenizerKind kind, int seq_len,
                        const std::string& source, const TextProgress& progress = nullptr);
-
-// The word tokenizer's parts (data_load, Word tokenizer above), for uoe-prepare's streaming
-// passes (runtime/text_stream.hpp): whether a byte is a word byte (letters, digits, apostrophes,
-// bytes >= 0x80), a text's word tokens (views into it), and the vocabulary of word counts: "<unk>",
-// then the words by descending count, ties by byte-wise order (`counts` is sorted so, in place:
-// counts[i] is word id i + 1).
-bool word_byte(unsigned char c);
-std::vector<std::string_view> word_tokens(std::string_view text);
-Vocab word_vocab_from_counts(std::vector<std::pair<std::string_view, int64_t>>& counts);
 
 // uoe-prepare --eod: a stretch of text and whether the end-of-document token follows it.
 struct TextSpan {

@@ -35,6 +35,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "runtime/data.hpp"
@@ -140,6 +141,15 @@ std::vector<int32_t> tokenizer_encode_parallel(const Tokenizer& tokenizer, std::
 // so the kept words are a prefix). vocab_size 0 and min_count 1 keep everything (ds unchanged).
 // Throws uoe::Error for vocab_size 1 (only <unk>) or min_count < 1.
 void word_vocab_limit(Dataset& ds, int64_t vocab_size, int64_t min_count);
+
+// The word tokenizer's parts (runtime/data.hpp, data_load: Word tokenizer), for uoe-prepare's
+// streaming passes (runtime/text_stream.hpp): whether a byte is a word byte (letters, digits,
+// apostrophes, bytes >= 0x80), a text's word tokens (views into it), and the vocabulary of word
+// counts: "<unk>", then the words by descending count, ties by byte-wise order (`counts` is sorted
+// so, in place: counts[i] is word id i + 1). Defined in data.cpp, with the tokenizer itself.
+bool word_byte(unsigned char c);
+std::vector<std::string_view> word_tokens(std::string_view text);
+Vocab word_vocab_from_counts(std::vector<std::pair<std::string_view, int64_t>>& counts);
 
 // What checkpoints store of a vocabulary (so uoe-sample needs nothing else): its kind's name and
 // bytes: "" for byte level ("<eod>" with the end-of-document token), the vocabulary file text for
