@@ -11,11 +11,12 @@
 // data/corpus.train.tok, or data/corpus.train-00000.tok, ... when it takes more than one shard; the
 // same for .val) and, word level, data/corpus.vocab, sentencepiece level, data/corpus.model (formats
 // in runtime/token_file.hpp). Byte and word: tokenization and the train/validation split are
-// uoe-train's own (data_from_text), so `uoe-train --data P.train.idx --val-data P.val.idx` trains on
+// uoe-train's own (runtime/data.hpp, data_from_text: its tokenizers, vocabulary order and split by
+// count, applied to the streamed text), so `uoe-train --data P.train.idx --val-data P.val.idx` trains on
 // exactly the token streams that `uoe-train --data corpus.txt` (same --val-data / --val-fraction /
 // --tokenizer) builds from the text, and logs the same losses; it just skips reading and tokenizing
 // the text. --vocab-size / --min-count then keep the most frequent words (runtime/tokenizer.hpp,
-// word_vocab_limit); without them the ids are uoe-train's.
+// word_vocab_limit's rule, applied to the counts); without them the ids are uoe-train's.
 // Sentencepiece (runtime/tokenizer.hpp): without --val-data the split is by text, at the first line
 // start at or after the last --val-fraction of the bytes, so no validation line is seen by the model's
 // training (which reads sentencepiece_sample_lines of the training part) and the validation split's
@@ -30,14 +31,27 @@
 // joining "\n" counts as source bytes); one file is read exactly as before.
 //
 // Threads. Tokenizing runs on --threads compute threads (runtime/threads.hpp; 0 = the CPUs this
-// process may run on, runtime/cpu_affinity.hpp): the text is cut after "\n"s into one piece per
-// thread (pieces of at most 4 MB; runtime/tokenizer.hpp, text_line_pieces), which no tokenizer
-// merges across, so the files written are byte-identical for any thread count. Training a
-// SentencePiece model is the library's own (its num_threads: the same --threads).
+// process may run on, runtime/cpu_affinity.hpp): each block of the text (Memory, below) is cut after
+// "\n"s into one piece per thread (pieces of at most 4 MB; runtime/tokenizer.hpp, text_line_pieces),
+// which no tokenizer merges across, so the files written are byte-identical for any thread count.
+// Training a SentencePiece model is the library's own (its num_threads: the same --threads).
 //
-// Progress. While tokenizing, a line on stderr shows the MB done of the total, MB/s and the time
-// left, redrawn at most 4 times a second, when stderr is a terminal or with --progress; the summary
-// on stdout always says how many MB were tokenized at what rate on how many threads.
+// Memory. The text is streamed, never held whole (runtime/text_stream.hpp): read in blocks of
+// --threads x 4 MB that end at a line end, each block encoded and its ids handed to the shard
+// writers (runtime/token_file.hpp, TokenShardWriter), which write each shard as the ids arrive. Word
+// level reads the training text twice (the vocabulary's counts first; without --val-data and --eod
+// the counts of the validation tokens are taken out again by re-reading the blocks from where the
+// split by token count falls); sentencepiece trains its model on a sample of at most 64 MiB of the
+// training split (runtime/tokenizer.hpp, sentencepiece_sample_lines), read from the files. Peak
+// memory is then a few blocks plus the vocabulary and the SentencePiece trainer's sample, whatever
+// the corpus size (tests/cli/prepare_stream.py checks 20 MB against 200 MB of text); the output is
+// byte-identical to holding the text whole, for any block size. A line longer than a block is held
+// whole for sentencepiece (runtime/text_stream.hpp, Blocks).
+//
+// Progress. While tokenizing, a line on stderr shows the MB done of the total (word level: both
+// passes), MB/s and the time left, redrawn at most 4 times a second, when stderr is a terminal or
+// with --progress; the summary on stdout always says how many MB were tokenized at what rate on how
+// many threads.
 //
 // Documents. --eod file (each input file is a document), --eod blank-line (an empty line ends a
 // document and is dropped) or --eod-separator STR (so does a line that is exactly STR) put an
@@ -57,21 +71,28 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <deque>
+#include <functional>
 #include <exception>
 #include <filesystem>
 #include <iostream>
+#include <memory>
 #include <mutex>
 #include <set>
+#include <sstream>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include "parallel/mpi_version.hpp"
+#include "runtime/atomic_file.hpp"
 #include "runtime/cli.hpp"
 #include "runtime/cpu_affinity.hpp"
 #include "runtime/data.hpp"
 #include "runtime/error.hpp"
+#include "runtime/text_stream.hpp"
 #include "runtime/threads.hpp"
 #include "runtime/token_file.hpp"
 #include "runtime/tokenizer.hpp"
@@ -231,7 +252,9 @@ bool parse(int argc, char** argv, PrepareOptions& o) {
                  "path; globs are the shell's). The output is byte-identical for any --threads. --eod puts an\n"
                  "end-of-document token after every document (byte level: V=257; word: the word <eod>;\n"
                  "sentencepiece: the model's </s>); with it the validation split is cut by text at a line start,\n"
-                 "and PREFIX.train.docs records where documents start (uoe-train --windows-within-documents).\n\n"
+                 "and PREFIX.train.docs records where documents start (uoe-train --windows-within-documents).\n"
+                 "The text is streamed in blocks (memory does not grow with the corpus); a SentencePiece model is\n"
+                 "trained on a sample of at most 64 MiB of the training split (the whole split when smaller).\n\n"
               << desc;
     return false;
   }
@@ -312,86 +335,6 @@ class Progress {
   std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now(), last_ = t0_;
 };
 
-// The texts of `files` joined in order (see Inputs at the top); one file exactly as it is. `ends`,
-// when given, receives where each file's text ends in the result; `join` false (--eod file) puts
-// nothing between files (the end-of-document token separates them).
-std::string read_inputs(const std::vector<std::string>& files, const char* option, std::vector<size_t>* ends = nullptr,
-                        bool join = true) {
-  if (files.size() == 1) {
-    std::string text = uoe::data_read_text(files[0], option);
-    if (ends != nullptr) ends->push_back(text.size());
-    return text;
-  }
-  size_t total = 0;
-  for (const std::string& f : files) {
-    std::error_code ec;
-    const auto n = std::filesystem::file_size(f, ec);
-    if (!ec) total += static_cast<size_t>(n) + 1;
-  }
-  std::string text;
-  text.reserve(total);
-  for (const std::string& f : files) {
-    const std::string t = uoe::data_read_text(f, option);
-    if (join && !text.empty() && text.back() != '\n') text += '\n';
-    text += t;
-    if (ends != nullptr) ends->push_back(text.size());
-  }
-  return text;
-}
-
-// Documents (--eod): [begin, end) byte ranges of `text`, whose files end at `ends`. --eod file:
-// each file; --eod blank-line: within each file, the maximal runs of lines that are not empty (a
-// line that is "\n" or "\r\n" alone ends a document and belongs to none); --eod-separator STR:
-// within each file, the runs of lines between lines that are exactly STR (before "\n" or "\r\n").
-std::vector<std::pair<size_t, size_t>> documents(std::string_view text, const std::vector<size_t>& ends,
-                                                 const std::string& rule, const std::string& separator) {
-  std::vector<std::pair<size_t, size_t>> docs;
-  size_t file_begin = 0;
-  for (const size_t file_end : ends) {
-    if (rule == "file") {
-      docs.emplace_back(file_begin, file_end);
-    } else {
-      size_t doc = std::string_view::npos;  // start of the open document
-      for (size_t i = file_begin; i < file_end;) {
-        size_t e = text.find('\n', i);
-        e = e == std::string_view::npos || e >= file_end ? file_end : e + 1;
-        std::string_view line = text.substr(i, e - i);
-        bool blank = line == "\n" || line == "\r\n";
-        if (rule == "separator") {
-          if (!line.empty() && line.back() == '\n') line.remove_suffix(1);
-          if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-          blank = line == separator;
-        }
-        if (blank && doc != std::string_view::npos) {
-          docs.emplace_back(doc, i);
-          doc = std::string_view::npos;
-        } else if (!blank && doc == std::string_view::npos) {
-          doc = i;
-        }
-        i = e;
-      }
-      if (doc != std::string_view::npos) docs.emplace_back(doc, file_end);
-    }
-    file_begin = file_end;
-  }
-  return docs;
-}
-
-// The documents' parts inside [lo, hi) as spans; a document cut by hi has no end-of-document token
-// in this split (it continues in the next). `count` receives the documents that end inside.
-std::vector<uoe::TextSpan> document_spans(std::string_view text, const std::vector<std::pair<size_t, size_t>>& docs,
-                                          size_t lo, size_t hi, size_t& count) {
-  std::vector<uoe::TextSpan> spans;
-  count = 0;
-  for (const auto& [b, e] : docs) {
-    const size_t begin = std::max(b, lo), end = std::min(e, hi);
-    if (begin >= end) continue;
-    spans.push_back({text.substr(begin, end - begin), e <= hi});
-    count += e <= hi;
-  }
-  return spans;
-}
-
 // How the summary and messages name a list of input files.
 std::string inputs_label(const std::vector<std::string>& files) {
   if (files.empty()) return "";
@@ -407,48 +350,55 @@ std::string megabytes(const std::string& path) {
   return buf;
 }
 
-// Sentencepiece: split the text, train or read the model, encode (see the top of this file).
+// Files written so far, removed again when a later step fails (nothing half-written is left).
+struct Written {
+  std::vector<std::string> paths;
+  bool keep = false;
+  ~Written() {
+    if (keep) return;
+    for (const std::string& p : paths) {
+      std::error_code ec;
+      std::filesystem::remove(p, ec);
+    }
+  }
+};
+
 // The split by text (sentencepiece, and every tokenizer with --eod; see the top of this file): the
 // validation split from the first line start at or after the last --val-fraction of the bytes, or
-// the --val-data text.
+// the --val-data text. Ranges of the --data text, and of the --val-data text when given.
 struct TextSplit {
-  std::string_view train, val;
-  size_t cut = 0;  // where val starts in the --data text (0 when it is --val-data)
+  size_t train_end = 0, val_begin = 0, val_end = 0;  // train: [0, train_end); val: [val_begin, val_end)
   std::string train_label, val_label;
 };
 
-TextSplit split_by_text(const PrepareOptions& o, const std::string& train_text, const std::string* val_text,
+TextSplit split_by_text(const PrepareOptions& o, const uoe::TextSource& train, const uoe::TextSource* val,
                         const std::string& source) {
   TextSplit s;
-  std::string_view& train = s.train;
-  std::string_view& val = s.val;
-  train = train_text;
-  std::string& train_label = s.train_label;
-  std::string& val_label = s.val_label;
-  train_label = source;
-  val_label = inputs_label(o.val_data);
-  if (val_text != nullptr) {
-    val = *val_text;
-  } else {
-    const size_t n = train_text.size();
-    size_t cut = n - static_cast<size_t>(std::llround(static_cast<double>(n) * o.val_fraction));
-    const size_t nl = cut == 0 ? std::string::npos : train_text.find('\n', cut - 1);
-    cut = nl == std::string::npos ? n : nl + 1;
-    if (cut >= n)
-      uoe::fail(source, " has no line start in its last --val-fraction ", o.val_fraction,
-                " of bytes, so no validation split can be cut there: give --val-data, or a larger --val-fraction");
-    train = train.substr(0, cut);
-    val = std::string_view(train_text).substr(cut);
-    train_label = "the training split of " + source;
-    val_label = "the validation split of " + source + " (from byte " + std::to_string(cut) + ")";
-    s.cut = cut;
+  s.train_label = source;
+  s.val_label = inputs_label(o.val_data);
+  const size_t n = train.size();
+  if (val != nullptr) {
+    s.train_end = n;
+    s.val_end = val->size();
+    return s;
   }
+  size_t cut = n - static_cast<size_t>(std::llround(static_cast<double>(n) * o.val_fraction));
+  const size_t nl = cut == 0 ? std::string::npos : train.find_newline(cut - 1, n);
+  cut = nl == std::string::npos ? n : nl + 1;
+  if (cut >= n)
+    uoe::fail(source, " has no line start in its last --val-fraction ", o.val_fraction,
+              " of bytes, so no validation split can be cut there: give --val-data, or a larger --val-fraction");
+  s.train_end = s.val_begin = cut;
+  s.val_end = n;
+  s.train_label = "the training split of " + source;
+  s.val_label = "the validation split of " + source + " (from byte " + std::to_string(cut) + ")";
   return s;
 }
 
-// The SentencePiece model: --tokenizer-model, or one trained on the training split.
-uoe::Vocab sentencepiece_model(const PrepareOptions& o, std::string_view train, const std::string& train_label,
-                               int threads) {
+// The SentencePiece model: --tokenizer-model, or one trained on a sample of the training split
+// (runtime/tokenizer.hpp, sentencepiece_sample_lines: at most 64 MiB, read from the files).
+uoe::Vocab sentencepiece_model(const PrepareOptions& o, const uoe::TextSource& text, size_t train_end,
+                               const std::string& train_label, int threads) {
   uoe::Vocab vocab;
   const auto t0 = std::chrono::steady_clock::now();
   if (!o.tokenizer_model.empty()) {
@@ -458,80 +408,117 @@ uoe::Vocab sentencepiece_model(const PrepareOptions& o, std::string_view train, 
     how.vocab_size = static_cast<int>(std::min<int64_t>(o.vocab_size, INT32_MAX));
     how.model_type = o.model_type;
     how.threads = threads;
-    const size_t sample = train.size() <= uoe::kSentencePieceSampleBytes ? train.size() : uoe::kSentencePieceSampleBytes;
+    const size_t sample = train_end <= uoe::kSentencePieceSampleBytes ? train_end : uoe::kSentencePieceSampleBytes;
     std::printf("uoe-prepare: training a SentencePiece %s model of %d pieces on %.1f MB of %s\n", o.model_type.c_str(),
                 how.vocab_size, static_cast<double>(sample) / 1e6, train_label.c_str());
     std::fflush(stdout);
-    vocab = uoe::sentencepiece_train(train, how, train_label);
+    uoe::TextSample lines = uoe::sentencepiece_sample(
+        train_end, [&text](size_t pos) { return text.rfind_newline(pos); },
+        [&text, train_end](size_t pos) { return text.find_newline(pos, train_end); },
+        [&text](size_t begin, size_t n, std::string& out) { text.read(begin, n, out); });
+    vocab = uoe::sentencepiece_train_lines(std::move(lines.lines), how, train_label);
     std::printf("  model trained in %.1fs\n",
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   return vocab;
 }
 
-uoe::Dataset prepare_sentencepiece(const PrepareOptions& o, const std::string& train_text, const std::string* val_text,
-                                   const std::string& source, int threads, Progress& progress) {
-  const TextSplit split = split_by_text(o, train_text, val_text, source);
-  const std::string_view train = split.train, val = split.val;
-  const std::string &train_label = split.train_label, &val_label = split.val_label;
-  uoe::Dataset ds;
-  ds.source = source;
-  ds.vocab = sentencepiece_model(o, train, train_label, threads);
-  const auto t1 = std::chrono::steady_clock::now();
-  const auto tokenizer = uoe::tokenizer_for(ds.vocab);
-  const uoe::TextProgress on_bytes = [&progress](size_t bytes) { progress.add(bytes); };
-  progress.start();
-  ds.train = uoe::tokenizer_encode_parallel(*tokenizer, train, threads, uoe::kTextPieceBytes, on_bytes);
-  ds.val = uoe::tokenizer_encode_parallel(*tokenizer, val, threads, uoe::kTextPieceBytes, on_bytes);
-  ds.train_bytes = static_cast<double>(train.size());  // the source bytes of each split (val_bpb)
-  ds.val_bytes = static_cast<double>(val.size());
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
-  std::printf("  encoded %.1f MB in %.2fs (%.1f MB/s); %.3f bytes per token in validation (val_bpb = val_loss x "
-              "%.5f / ln 2)\n",
-              static_cast<double>(train.size() + val.size()) / 1e6, secs,
-              secs > 0 ? static_cast<double>(train.size() + val.size()) / 1e6 / secs : 0.0,
-              ds.val.empty() ? 0.0 : static_cast<double>(val.size()) / static_cast<double>(ds.val.size()),
-              val.empty() ? 0.0 : static_cast<double>(ds.val.size()) / static_cast<double>(val.size()));
-  for (const auto& [n, label] : {std::pair{ds.train.size(), &train_label}, std::pair{ds.val.size(), &val_label}})
-    if (n < 2) uoe::fail(*label, " encodes to ", n, " tokens; a split needs at least 2 (one input and its target)");
-  return ds;
+// Word level: the counts of the training split's words, read in a first pass (the vocabulary must
+// be known before the first id is written). Keys view `arena`, which owns each word once.
+struct WordCounts {
+  std::unordered_map<std::string_view, int64_t> counts;
+  std::deque<std::string> arena;
+  struct Block {
+    size_t begin, end;
+    uint64_t tokens;
+  };
+  std::vector<Block> blocks;  // without a rule: each block's bytes and tokens (for the split by count)
+  uint64_t tokens = 0;
+  void add(std::string_view word, int64_t c) {
+    const auto it = counts.find(word);
+    if (it != counts.end()) {
+      it->second += c;
+      return;
+    }
+    arena.emplace_back(word);
+    counts.emplace(arena.back(), c);
+  }
+};
+
+void word_count(const uoe::TextSource& text, size_t begin, size_t end, const uoe::TextStreamOptions& so, int threads,
+                WordCounts& wc, Progress& progress) {
+  uoe::DocumentState state;
+  size_t pos = begin;
+  uoe::text_stream(text, begin, end, so, state, [&](const std::vector<uoe::TextPiece>& pieces) {
+    const uoe::TextPieceGroups g = uoe::text_piece_groups(pieces, threads);
+    std::vector<std::unordered_map<std::string_view, int64_t>> local(g.groups.size());
+    std::vector<uint64_t> tokens(g.groups.size(), 0);
+    uoe::parallel_ranges(static_cast<int64_t>(g.groups.size()), 1, [&](int64_t gb, int64_t ge) {
+      for (int64_t k = gb; k < ge; ++k) {
+        size_t bytes = 0;
+        for (size_t p = g.groups[static_cast<size_t>(k)].first; p < g.groups[static_cast<size_t>(k)].second; ++p) {
+          const std::vector<std::string_view> words = uoe::word_tokens(g.parts[p].text);
+          for (std::string_view w : words) ++local[static_cast<size_t>(k)][w];
+          tokens[static_cast<size_t>(k)] += words.size();
+          bytes += g.parts[p].text.size();
+        }
+        progress.add(bytes);
+      }
+    });
+    uint64_t n = 0, bytes = 0;
+    for (size_t k = 0; k < local.size(); ++k) {
+      for (const auto& [w, c] : local[k]) wc.add(w, c);
+      n += tokens[k];
+    }
+    for (const uoe::TextPiece& p : pieces) bytes += p.text.size();
+    wc.tokens += n;
+    if (so.rule == uoe::DocumentRule::none) wc.blocks.push_back({pos, pos + bytes, n});
+    pos += bytes;
+  });
 }
 
-// --eod: the text split as sentencepiece splits it (split_by_text), each split's documents
-// tokenized with the end-of-document token after each (runtime/data.hpp, data_from_spans).
-uoe::Dataset prepare_documents(const PrepareOptions& o, uoe::TokenizerKind kind, const std::string& train_text,
-                               const std::vector<size_t>& train_ends, const std::string* val_text,
-                               const std::vector<size_t>& val_ends, const std::string& source, int threads,
-                               Progress& progress) {
-  const TextSplit split = split_by_text(o, train_text, val_text, source);
-  uoe::Vocab vocab;
-  vocab.kind = kind;
-  if (kind == uoe::TokenizerKind::sentencepiece) {
-    vocab = sentencepiece_model(o, split.train, split.train_label, threads);
-    if (vocab.sp->reserved_eod() < 0)
-      uoe::fail("--eod needs the SentencePiece model's </s> piece as its end-of-document token, but --tokenizer-model '",
-                o.tokenizer_model, "' has none (trained with eos_id=-1?): train a model here, or drop --eod");
+// The vocabulary of the counts ("<unk>", words by descending count: runtime/data.hpp), limited by
+// --vocab-size / --min-count (runtime/tokenizer.hpp, word_vocab_limit's rule), "<eod>" last with --eod.
+uoe::Vocab word_vocab(const PrepareOptions& o, WordCounts& wc, bool eod) {
+  std::vector<std::pair<std::string_view, int64_t>> sorted(wc.counts.begin(), wc.counts.end());
+  uoe::Vocab vocab = uoe::word_vocab_from_counts(sorted);
+  const size_t V = vocab.words.size();
+  size_t keep = 1;
+  while (keep < V && sorted[keep - 1].second >= o.min_count) ++keep;
+  if (o.vocab_size > 0) keep = std::min(keep, static_cast<size_t>(o.vocab_size) - (eod ? 1 : 0));
+  vocab.words.resize(keep);
+  if (eod) {
+    vocab.eod = static_cast<int32_t>(vocab.words.size());
+    vocab.words.emplace_back(uoe::kEodWord);
   }
-  const auto train_docs = documents(train_text, train_ends, o.eod, o.eod_separator);
-  size_t n_train_docs = 0, n_val_docs = 0;
-  const std::vector<uoe::TextSpan> train = document_spans(train_text, train_docs, 0, split.train.size(), n_train_docs);
-  std::vector<uoe::TextSpan> val;
-  if (val_text != nullptr) {
-    val = document_spans(*val_text, documents(*val_text, val_ends, o.eod, o.eod_separator), 0, val_text->size(),
-                         n_val_docs);
-  } else {
-    val = document_spans(train_text, train_docs, split.cut, train_text.size(), n_val_docs);
-  }
-  progress.start();
-  uoe::Dataset ds = uoe::data_from_spans(train, val, vocab, source, [&progress](size_t b) { progress.add(b); });
-  ds.train_bytes = static_cast<double>(split.train.size());  // blank lines between documents included
-  ds.val_bytes = static_cast<double>(split.val.size());
-  std::printf("  documents (--eod%s %s): %zu end in the training split, %zu in the validation split; "
-              "end-of-document id %d\n", o.eod == "separator" ? "-separator" : "",
-              o.eod == "separator" ? o.eod_separator.c_str() : o.eod.c_str(), n_train_docs, n_val_docs, ds.vocab.eod);
-  for (const auto& [n, label] : {std::pair{ds.train.size(), &split.train_label}, std::pair{ds.val.size(), &split.val_label}})
-    if (n < 2) uoe::fail(*label, " encodes to ", n, " tokens; a split needs at least 2 (one input and its target)");
-  return ds;
+  return vocab;
+}
+
+// Encodes [begin, end) of `text` block by block on the compute threads; each block's ids, in order,
+// go to `sink` (a part at a time). The parts' buffers are kept from block to block: memory stays
+// that of one block's ids.
+using Encoder = std::function<void(std::string_view, std::vector<int32_t>&)>;
+void encode_range(const uoe::TextSource& text, size_t begin, size_t end, const uoe::TextStreamOptions& so,
+                  uoe::DocumentState& state, int threads, const Encoder& encode, int32_t eod, Progress& progress,
+                  const std::function<void(const std::vector<int32_t>&)>& sink) {
+  std::vector<std::vector<int32_t>> out;
+  uoe::text_stream(text, begin, end, so, state, [&](const std::vector<uoe::TextPiece>& pieces) {
+    const uoe::TextPieceGroups g = uoe::text_piece_groups(pieces, threads);
+    if (out.size() < g.groups.size()) out.resize(g.groups.size());
+    for (auto& v : out) v.clear();
+    uoe::parallel_ranges(static_cast<int64_t>(g.groups.size()), 1, [&](int64_t gb, int64_t ge) {
+      for (int64_t k = gb; k < ge; ++k) {
+        size_t bytes = 0;
+        for (size_t p = g.groups[static_cast<size_t>(k)].first; p < g.groups[static_cast<size_t>(k)].second; ++p) {
+          encode(g.parts[p].text, out[static_cast<size_t>(k)]);
+          if (g.parts[p].eod) out[static_cast<size_t>(k)].push_back(eod);
+          bytes += g.parts[p].text.size();
+        }
+        progress.add(bytes);
+      }
+    });
+    for (size_t k = 0; k < g.groups.size(); ++k) sink(out[k]);
+  });
 }
 
 int run(const PrepareOptions& o) {
@@ -540,56 +527,218 @@ int run(const PrepareOptions& o) {
   const int threads = o.threads > 0 ? o.threads : uoe::default_threads();
   uoe::threads_set(threads);
   const bool eod = o.eod != "none";
-  std::vector<size_t> train_ends, val_ends;
-  std::string train_text =
-      o.data.empty() ? uoe::data_builtin_corpus() : read_inputs(o.data, "--data", &train_ends, o.eod != "file");
-  if (o.data.empty()) train_ends.push_back(train_text.size());
-  std::string val_text;
-  if (!o.val_data.empty()) val_text = read_inputs(o.val_data, "--val-data", &val_ends, o.eod != "file");
+  const std::unique_ptr<uoe::TextSource> train_text =
+      o.data.empty() ? std::make_unique<uoe::TextSource>(uoe::data_builtin_corpus(), "the built-in corpus")
+                     : std::make_unique<uoe::TextSource>(o.data, "--data", o.eod != "file");
+  std::unique_ptr<uoe::TextSource> val_text;
+  if (!o.val_data.empty()) val_text = std::make_unique<uoe::TextSource>(o.val_data, "--val-data", o.eod != "file");
   const std::string source = o.data.empty() ? "the built-in corpus" : inputs_label(o.data);
-  Progress progress(static_cast<double>(train_text.size() + val_text.size()), o.progress || ::isatty(2) == 1);
+  const size_t total_bytes = train_text->size() + (val_text ? val_text->size() : 0);
+
+  uoe::TextStreamOptions so;
+  so.tokenizer = kind;
+  so.rule = o.eod == "file"         ? uoe::DocumentRule::file
+            : o.eod == "blank-line" ? uoe::DocumentRule::blank_line
+            : o.eod == "separator"  ? uoe::DocumentRule::separator
+                                    : uoe::DocumentRule::none;
+  so.separator = o.eod_separator;
+  so.block_bytes = uoe::text_block_bytes(threads);
+
+  // The split: by text (sentencepiece, --eod), else as uoe-train splits (runtime/data.hpp): byte
+  // level by bytes, word level by tokens (known after the counting pass).
+  const bool by_text = eod || kind == uoe::TokenizerKind::sentencepiece;
+  TextSplit split;
+  if (by_text) {
+    split = split_by_text(o, *train_text, val_text.get(), source);
+  } else {
+    split.train_label = split.val_label = source;
+    split.train_end = train_text->size();
+    split.val_end = val_text ? val_text->size() : 0;
+    if (!val_text && kind == uoe::TokenizerKind::byte) {
+      const size_t n = train_text->size();
+      split.train_end = split.val_begin = n - static_cast<size_t>(std::llround(static_cast<double>(n) * o.val_fraction));
+      split.val_end = n;
+    }
+  }
+  const uoe::TextSource& val_source = val_text ? *val_text : *train_text;
+  const bool word_by_count = kind == uoe::TokenizerKind::word && !by_text && !val_text;
+
+  // The vocabulary.
+  const int passes = kind == uoe::TokenizerKind::word ? 2 : 1;
+  Progress progress(static_cast<double>(total_bytes) * passes, o.progress || ::isatty(2) == 1);
   progress.start();
-  // seq_len 1: any split of at least 2 tokens is kept; uoe-train checks its own --seq-len on load.
-  uoe::Dataset ds = eod ? prepare_documents(o, kind, train_text, train_ends, o.val_data.empty() ? nullptr : &val_text,
-                                             val_ends, source, threads, progress)
-                    : kind == uoe::TokenizerKind::sentencepiece
-                        ? prepare_sentencepiece(o, train_text, o.val_data.empty() ? nullptr : &val_text, source,
-                                                threads, progress)
-                        : uoe::data_from_text(train_text, o.val_data.empty() ? nullptr : &val_text, o.val_fraction,
-                                              kind, /*seq_len=*/1, source, [&progress](size_t b) { progress.add(b); });
-  const double tokenize_s = progress.finish();
-  if (kind == uoe::TokenizerKind::word) uoe::word_vocab_limit(ds, o.vocab_size, o.min_count);
+  uoe::Vocab vocab;
+  vocab.kind = kind;
+  std::shared_ptr<const uoe::Tokenizer> tokenizer;
+  uint64_t train_tokens_wanted = 0;  // word_by_count: the training split's token count
+  double train_bytes = static_cast<double>(split.train_end), val_bytes = static_cast<double>(split.val_end - split.val_begin);
+  WordCounts wc;
+  if (kind == uoe::TokenizerKind::sentencepiece) {
+    vocab = sentencepiece_model(o, *train_text, split.train_end, split.train_label, threads);
+    if (eod && vocab.sp->reserved_eod() < 0)
+      uoe::fail("--eod needs the SentencePiece model's </s> piece as its end-of-document token, but --tokenizer-model '",
+                o.tokenizer_model, "' has none (trained with eos_id=-1?): train a model here, or drop --eod");
+    if (eod) vocab.eod = vocab.sp->reserved_eod();
+    tokenizer = vocab.sp;
+    progress.start();
+  } else if (kind == uoe::TokenizerKind::byte) {
+    if (eod) vocab.eod = 256;
+  } else {
+    word_count(*train_text, 0, word_by_count ? train_text->size() : split.train_end, so, threads, wc, progress);
+    if (word_by_count) {
+      // The last round(n * f) tokens are validation: take their words out of the counts again
+      // (re-reading the blocks from the one that holds the training split's last token).
+      const uint64_t n = wc.tokens;
+      const auto n_val = static_cast<uint64_t>(std::llround(static_cast<double>(n) * o.val_fraction));
+      train_tokens_wanted = n - n_val;
+      size_t cut = 0;  // where the training split's last token ends
+      uint64_t before = 0;
+      std::string buf;
+      for (const WordCounts::Block& b : wc.blocks) {
+        if (before + b.tokens >= train_tokens_wanted && b.tokens > 0) {
+          train_text->read(b.begin, b.end - b.begin, buf);
+          const std::vector<std::string_view> words = uoe::word_tokens(buf);
+          for (size_t i = 0; i < words.size(); ++i) {
+            const uint64_t t = before + i;
+            if (t + 1 == train_tokens_wanted) cut = b.begin + static_cast<size_t>(words[i].data() + words[i].size() - buf.data());
+            if (t >= train_tokens_wanted) {
+              const auto it = wc.counts.find(words[i]);
+              if (--it->second == 0) wc.counts.erase(it);
+            }
+          }
+        }
+        before += b.tokens;
+      }
+      train_bytes = static_cast<double>(cut);
+      val_bytes = static_cast<double>(train_text->size() - cut);
+    } else if (!by_text) {
+      train_bytes = static_cast<double>(train_text->size());
+    }
+    vocab = word_vocab(o, wc, eod);
+    wc = WordCounts();
+  }
+  if (!tokenizer) tokenizer = uoe::tokenizer_for(vocab);
+  const int V = vocab.size();
+
+  // Encoding and writing: the ids go to the shard writers as each block is encoded.
   const std::filesystem::path parent = std::filesystem::path(o.output).parent_path();
   if (!parent.empty()) {
     std::error_code ec;
     std::filesystem::create_directories(parent, ec);
     if (ec) uoe::fail("--output: cannot create the directory '", parent.string(), "' (", ec.message(), ")");
   }
-  const std::vector<std::string> written =
-      uoe::token_files_write(ds, o.output, static_cast<uint64_t>(std::llround(o.shard_mb * 1e6)));
-  // Indexes, vocabulary/model; then the shards and (--eod) documents files.
+  const uint64_t shard_bytes = static_cast<uint64_t>(std::llround(o.shard_mb * 1e6));
+  const uint64_t hash = uoe::vocab_hash(vocab);
+  uoe::TokenShardWriter train_out(o.output + ".train", kind, static_cast<uint32_t>(V), hash, shard_bytes, vocab.eod);
+  uoe::TokenShardWriter val_out(o.output + ".val", kind, static_cast<uint32_t>(V), hash, shard_bytes, vocab.eod);
+  uint64_t unknown = 0;  // word level: <unk> ids in the validation split
+  const auto to_val = [&](const int32_t* ids, size_t n) {
+    if (kind == uoe::TokenizerKind::word) unknown += static_cast<uint64_t>(std::count(ids, ids + n, 0));
+    val_out.append(ids, n);
+  };
+  Encoder encode;
+  std::unordered_map<std::string_view, int32_t> word_ids;
+  if (kind == uoe::TokenizerKind::byte) {
+    encode = [](std::string_view t, std::vector<int32_t>& out) {
+      for (char c : t) out.push_back(static_cast<unsigned char>(c));
+    };
+  } else if (kind == uoe::TokenizerKind::word) {
+    word_ids.reserve(vocab.words.size());
+    for (size_t i = 1; i < vocab.words.size(); ++i)
+      if (static_cast<int32_t>(i) != vocab.eod) word_ids.emplace(vocab.words[i], static_cast<int32_t>(i));
+    encode = [&word_ids](std::string_view t, std::vector<int32_t>& out) {
+      for (std::string_view w : uoe::word_tokens(t)) {
+        const auto it = word_ids.find(w);
+        out.push_back(it == word_ids.end() ? 0 : it->second);
+      }
+    };
+  } else {
+    encode = [&tokenizer](std::string_view t, std::vector<int32_t>& out) { tokenizer->encode_lines(t, true, out); };
+  }
+  const auto t_encode = std::chrono::steady_clock::now();
+  uoe::DocumentState state;
+  if (word_by_count) {
+    encode_range(*train_text, 0, train_text->size(), so, state, threads, encode, vocab.eod, progress,
+                 [&](const std::vector<int32_t>& ids) {
+                   const size_t to_train = static_cast<size_t>(
+                       std::min<uint64_t>(ids.size(), train_tokens_wanted - train_out.tokens()));
+                   train_out.append(ids.data(), to_train);
+                   to_val(ids.data() + to_train, ids.size() - to_train);
+                 });
+  } else {
+    encode_range(*train_text, 0, split.train_end, so, state, threads, encode, vocab.eod, progress,
+                 [&](const std::vector<int32_t>& ids) { train_out.append(ids.data(), ids.size()); });
+    const uint64_t train_docs = state.ended;
+    if (val_text) state = uoe::DocumentState();
+    state.ended = 0;
+    encode_range(val_source, split.val_begin, split.val_end, so, state, threads, encode, vocab.eod, progress,
+                 [&](const std::vector<int32_t>& ids) { to_val(ids.data(), ids.size()); });
+    if (eod)
+      std::printf("  documents (--eod%s %s): %llu end in the training split, %llu in the validation split; "
+                  "end-of-document id %d\n", o.eod == "separator" ? "-separator" : "",
+                  o.eod == "separator" ? o.eod_separator.c_str() : o.eod.c_str(),
+                  static_cast<unsigned long long>(train_docs), static_cast<unsigned long long>(state.ended), vocab.eod);
+  }
+  const double tokenize_s = progress.finish();
+  const uint64_t n_train = train_out.tokens(), n_val = val_out.tokens();
+  if (kind == uoe::TokenizerKind::sentencepiece && !eod) {
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_encode).count();
+    const double mb = static_cast<double>(total_bytes) / 1e6;
+    std::printf("  encoded %.1f MB in %.2fs (%.1f MB/s); %.3f bytes per token in validation (val_bpb = val_loss x "
+                "%.5f / ln 2)\n", mb, secs, secs > 0 ? mb / secs : 0.0,
+                n_val == 0 ? 0.0 : val_bytes / static_cast<double>(n_val),
+                val_bytes == 0 ? 0.0 : static_cast<double>(n_val) / val_bytes);
+  }
+  if (by_text) {
+    for (const auto& [n, label] : {std::pair{n_train, &split.train_label}, std::pair{n_val, &split.val_label}})
+      if (n < 2) uoe::fail(*label, " encodes to ", n, " tokens; a split needs at least 2 (one input and its target)");
+  } else {
+    std::ostringstream frac;
+    frac << o.val_fraction;
+    const std::string train_what = val_text ? "training data " + source
+                                            : "training split of " + source + " (all but the last --val-fraction " +
+                                                  frac.str() + ")";
+    const std::string val_what = val_text ? "validation data " + source
+                                          : "validation split of " + source + " (the last --val-fraction " + frac.str() + ")";
+    for (const auto& [n, what] : {std::pair{n_train, &train_what}, std::pair{n_val, &val_what}})
+      if (n < 2) uoe::fail(*what, " has ", n, " tokens; --seq-len 1 needs at least 2 (one window of inputs plus the next token)");
+  }
+
+  // The indexes (last: a split is a dataset once its index is in place), then the vocabulary or model.
+  Written done;
+  std::vector<std::string> train_files = train_out.finish(train_bytes);
+  done.paths = train_files;
+  std::vector<std::string> val_files = val_out.finish(val_bytes);
+  done.paths.insert(done.paths.end(), val_files.begin(), val_files.end());
+  std::vector<std::string> written = {train_files[0], val_files[0]};
+  if (kind == uoe::TokenizerKind::word) {
+    uoe::vocab_file_write(o.output + ".vocab", vocab);
+    written.push_back(o.output + ".vocab");
+  } else if (kind == uoe::TokenizerKind::sentencepiece) {
+    uoe::atomic_write_file(o.output + ".model", vocab.model);
+    written.push_back(o.output + ".model");
+  }
+  done.keep = true;
+  written.insert(written.end(), train_files.begin() + 1, train_files.end());
+  written.insert(written.end(), val_files.begin() + 1, val_files.end());
   const size_t shards = written.size() - (kind == uoe::TokenizerKind::byte ? 2 : 3);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
-  const int V = ds.vocab.size();
   std::printf("uoe-prepare: %s, %s-level, V=%d, %s tokens\n", source.c_str(), o.tokenizer.c_str(), V,
               V <= 65536 ? "uint16" : "uint32");
-  std::printf("  train: %zu tokens -> %s\n", ds.train.size(), written[0].c_str());
-  std::printf("  val:   %zu tokens -> %s%s\n", ds.val.size(), written[1].c_str(),
+  std::printf("  train: %llu tokens -> %s\n", static_cast<unsigned long long>(n_train), written[0].c_str());
+  std::printf("  val:   %llu tokens -> %s%s\n", static_cast<unsigned long long>(n_val), written[1].c_str(),
               o.val_given.empty() ? " (the last --val-fraction of the text)" : "");
   for (size_t i = written.size() - shards; i < written.size(); ++i) {
     const bool docs = written[i].size() > 5 && written[i].compare(written[i].size() - 5, 5, ".docs") == 0;
     std::printf("  %s: %s (%s)\n", docs ? "documents" : "shard", written[i].c_str(), megabytes(written[i]).c_str());
   }
-  if (kind == uoe::TokenizerKind::word) {
-    size_t unknown = 0;
-    for (int32_t id : ds.val.to_vector()) unknown += id == 0;
+  if (kind == uoe::TokenizerKind::word)
     std::printf("  vocab: %d words -> %s; %.2f%% of validation tokens are <unk> (not in the training split)\n", V,
-                written[2].c_str(), ds.val.empty() ? 0.0 : 100.0 * static_cast<double>(unknown) / ds.val.size());
-  }
+                written[2].c_str(), n_val == 0 ? 0.0 : 100.0 * static_cast<double>(unknown) / static_cast<double>(n_val));
   if (kind == uoe::TokenizerKind::sentencepiece)
     std::printf("  model: %d pieces -> %s\n", V, written[2].c_str());
-  const double mb = static_cast<double>(train_text.size() + val_text.size()) / 1e6;
+  const double mb = static_cast<double>(total_bytes) / 1e6;
   std::printf("  tokenized %.1f MB in %.2fs (%.1f MB/s) on %d thread%s\n", mb, tokenize_s,
               tokenize_s > 0 ? mb / tokenize_s : 0.0, threads, threads == 1 ? "" : "s");
   std::printf("  done in %.1fs; train with: uoe-train --data %s --val-data %s%s%s\n", secs, written[0].c_str(),

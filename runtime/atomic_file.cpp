@@ -71,6 +71,18 @@ void AtomicFile::write(const void* data, size_t bytes) {
   }
 }
 
+void AtomicFile::write_at(uint64_t offset, const void* data, size_t bytes) {
+  if (fd_ < 0) fail("cannot write ", tmp_, ": already committed or failed");
+  const auto* p = static_cast<const char*>(data);
+  size_t done = 0;
+  while (done < bytes) {
+    const ssize_t n = ::pwrite(fd_, p + done, bytes - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail("cannot write ", tmp_, " (to replace ", path_, "): ", os_reason(errno));
+    done += static_cast<size_t>(n);
+  }
+}
+
 void AtomicFile::commit() {
   if (fd_ < 0) fail("cannot commit ", tmp_, ": already committed or failed");
   const int fd = fd_;

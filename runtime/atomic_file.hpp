@@ -8,6 +8,7 @@
 #include <sys/types.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <string_view>
@@ -30,6 +31,8 @@ class AtomicFile {
   // Appends `bytes` bytes (short writes and EINTR are retried).
   void write(const void* data, size_t bytes);
   void write(std::string_view text) { write(text.data(), text.size()); }
+  // Overwrites `bytes` bytes at `offset` of what was written (a header known only at the end).
+  void write_at(uint64_t offset, const void* data, size_t bytes);
   // fsync, close, rename over the target, fsync the directory. At most once.
   void commit();
 

@@ -179,22 +179,10 @@ Vocab word_vocab_build(const std::vector<std::string_view>& tokens, size_t n_tra
     std::unordered_map<std::string_view, int64_t>().swap(part_counts[p]);
   }
   std::vector<std::pair<std::string_view, int64_t>> sorted(counts.begin(), counts.end());
-  std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) {
-    return a.second != b.second ? a.second > b.second : a.first < b.first;
-  });
-  if (sorted.size() >= static_cast<size_t>(INT32_MAX))
-    fail("word vocabulary has ", sorted.size(), " distinct words; at most ", INT32_MAX - 1,
-         " fit in 32-bit token ids");
-  Vocab vocab;
-  vocab.kind = TokenizerKind::word;
-  vocab.words.reserve(sorted.size() + 1);
-  vocab.words.emplace_back("<unk>");
+  Vocab vocab = word_vocab_from_counts(sorted);
   ids->clear();
   ids->reserve(sorted.size());
-  for (const auto& [word, count] : sorted) {
-    (*ids)[word] = static_cast<int32_t>(vocab.words.size());
-    vocab.words.emplace_back(word);
-  }
+  for (size_t i = 0; i < sorted.size(); ++i) (*ids)[sorted[i].first] = static_cast<int32_t>(i + 1);
   return vocab;
 }
 
@@ -331,6 +319,25 @@ std::string text_file_read(const std::string& path, const char* option) {
 }
 
 }  // namespace
+
+bool word_byte(unsigned char c) { return is_word_byte(c); }
+
+std::vector<std::string_view> word_tokens(std::string_view text) { return word_tokenize(text); }
+
+Vocab word_vocab_from_counts(std::vector<std::pair<std::string_view, int64_t>>& counts) {
+  std::sort(counts.begin(), counts.end(), [](const auto& a, const auto& b) {
+    return a.second != b.second ? a.second > b.second : a.first < b.first;
+  });
+  if (counts.size() >= static_cast<size_t>(INT32_MAX))
+    fail("word vocabulary has ", counts.size(), " distinct words; at most ", INT32_MAX - 1,
+         " fit in 32-bit token ids");
+  Vocab vocab;
+  vocab.kind = TokenizerKind::word;
+  vocab.words.reserve(counts.size() + 1);
+  vocab.words.emplace_back("<unk>");
+  for (const auto& [word, count] : counts) vocab.words.emplace_back(word);
+  return vocab;
+}
 
 std::vector<int32_t> Vocab::encode(std::string_view text) const {
   if (kind == TokenizerKind::sentencepiece) return sp->encode(text);

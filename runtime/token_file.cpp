@@ -445,39 +445,6 @@ constexpr int kIndexVersionDocuments = 3;  // with the "eod" and "documents" lin
 constexpr char kDocumentsMagic[8] = {'U', 'O', 'E', 'D', 'O', 'C', '0', '1'};
 constexpr size_t kDocumentsHeaderBytes = 24;
 
-// The documents file of a stream whose documents each end with `eod` (format in token_file.hpp):
-// 0, and the index after every eod token but the last token.
-std::string documents_file_bytes(const TokenStream& ids, int32_t eod, uint64_t& count) {
-  const size_t n = ids.size();
-  std::string out(kDocumentsHeaderBytes, '\0');
-  std::memcpy(out.data(), kDocumentsMagic, sizeof kDocumentsMagic);
-  unsigned char le[8];
-  const auto put = [&](uint64_t v) {
-    store_le<uint64_t>(le, v);
-    out.append(reinterpret_cast<const char*>(le), sizeof le);
-  };
-  count = 0;
-  if (n > 0) {
-    put(0);
-    ++count;
-  }
-  std::vector<int32_t> chunk;
-  constexpr size_t kChunk = size_t{1} << 20;
-  for (size_t i0 = 0; i0 < n; i0 += kChunk) {
-    const size_t m = std::min(kChunk, n - i0);
-    chunk.resize(m);
-    ids.copy(i0, m, chunk.data());
-    for (size_t i = 0; i < m; ++i)
-      if (chunk[i] == eod && i0 + i + 1 < n) {
-        put(i0 + i + 1);
-        ++count;
-      }
-  }
-  store_le<uint64_t>(reinterpret_cast<unsigned char*>(out.data()) + 8, count);
-  store_le<uint64_t>(reinterpret_cast<unsigned char*>(out.data()) + 16, n);
-  return out;
-}
-
 std::string hex16(uint64_t v) {
   char buf[24];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
@@ -498,68 +465,208 @@ struct ShardLine {
 
 }  // namespace
 
+struct TokenShardWriter::Impl {
+  std::string dir, stem_name;
+  TokenizerKind tokenizer;
+  uint32_t vocab_size;
+  uint64_t vocab_hash, dtype, per_shard;  // bytes per id, ids per shard
+  int32_t eod;
+  std::unique_ptr<AtomicFile> shard;      // the open shard (null: none yet, or just closed)
+  uint64_t in_shard = 0;                  // ids in the open shard
+  std::vector<unsigned char> buf;         // encoded ids not yet written
+  std::vector<ShardLine> lines;           // the closed shards
+  std::vector<std::string> committed;     // files in place (removed again on an error)
+  std::unique_ptr<AtomicFile> docs;       // the documents file (eod >= 0)
+  std::string docs_buf;                   // starts not yet written
+  uint64_t documents = 0;
+  bool start_pending = true;              // the next id starts a document
+  bool finished = false;
+
+  std::string path_of(const std::string& name) const { return dir.empty() ? name : dir + "/" + name; }
+  std::string name_of(size_t i) const { return shard_name(stem_name, i, i == 0 ? 1 : 2); }
+
+  TokenFileHeader header(uint64_t tokens) const {
+    TokenFileHeader h;
+    h.dtype_bytes = static_cast<uint16_t>(dtype);
+    h.tokenizer = tokenizer;
+    h.vocab_size = vocab_size;
+    h.tokens = tokens;
+    h.vocab_hash = vocab_hash;
+    h.eod = eod;
+    return h;
+  }
+  void flush() {
+    if (!buf.empty()) shard->write(buf.data(), buf.size());
+    buf.clear();
+  }
+  void open_shard() {
+    const size_t i = lines.size();
+    if (i == 1) {  // a second shard: the first is shard 00000, not STEM.tok
+      const std::string from = committed[0], to = path_of(shard_name(stem_name, 0, 2));
+      rename_durably(from, to);
+      committed[0] = to;
+      lines[0].name = shard_name(stem_name, 0, 2);
+    }
+    shard = std::make_unique<AtomicFile>(path_of(name_of(i)));
+    const auto h = header_encode(header(0));  // the token count is filled in by close_shard
+    shard->write(h.data(), h.size());
+    in_shard = 0;
+  }
+  void close_shard() {
+    flush();
+    const auto h = header_encode(header(in_shard));
+    shard->write_at(0, h.data(), h.size());
+    shard->commit();
+    committed.push_back(shard->path());
+    ShardLine line;
+    line.name = name_of(lines.size());
+    line.tokens = in_shard;
+    line.file_bytes = kTokenFileHeaderBytes + in_shard * dtype;
+    line.header_hash = fnv1a(h.data(), h.size());
+    lines.push_back(std::move(line));
+    shard.reset();
+  }
+  void put_start(uint64_t start) {
+    unsigned char le[8];
+    store_le<uint64_t>(le, start);
+    docs_buf.append(reinterpret_cast<const char*>(le), sizeof le);
+    ++documents;
+    if (docs_buf.size() >= (size_t{1} << 20)) {
+      docs->write(docs_buf);
+      docs_buf.clear();
+    }
+  }
+};
+
+TokenShardWriter::TokenShardWriter(std::string stem, TokenizerKind tokenizer, uint32_t vocab_size, uint64_t vocab_hash,
+                                   uint64_t shard_bytes, int32_t eod)
+    : impl_(std::make_unique<Impl>()) {
+  if (vocab_size == 0) fail("token file '", stem, ".tok': vocabulary size 0");
+  Impl& w = *impl_;
+  const std::filesystem::path stem_path(stem);
+  w.dir = stem_path.parent_path().string();
+  w.stem_name = stem_path.filename().string();
+  w.tokenizer = tokenizer;
+  w.vocab_size = vocab_size;
+  w.vocab_hash = vocab_hash;
+  w.dtype = vocab_size <= 65536 ? 2 : 4;
+  w.per_shard = std::max<uint64_t>(1, shard_bytes / w.dtype);
+  w.eod = eod;
+  if (eod >= 0) {
+    w.docs = std::make_unique<AtomicFile>(w.path_of(w.stem_name + ".docs"));
+    w.docs->write(std::string(kDocumentsHeaderBytes, '\0'));  // filled in by finish()
+  }
+}
+
+TokenShardWriter::~TokenShardWriter() {
+  if (impl_ == nullptr || impl_->finished) return;
+  // Nothing half-written: the open shard's and documents file's temporaries go with their
+  // AtomicFile; shards already in place are whole, but without their index they are no dataset.
+  for (const std::string& p : impl_->committed) {
+    std::error_code ec;
+    std::filesystem::remove(p, ec);
+  }
+}
+
+void TokenShardWriter::append(const int32_t* ids, size_t n) {
+  Impl& w = *impl_;
+  UOE_ASSERT(!w.finished, "TokenShardWriter::append after finish");
+  constexpr size_t kFlushBytes = size_t{4} << 20;
+  for (size_t i = 0; i < n;) {
+    if (w.shard == nullptr || w.in_shard == w.per_shard) {
+      if (w.shard != nullptr) w.close_shard();
+      w.open_shard();
+    }
+    const size_t m = static_cast<size_t>(std::min<uint64_t>(n - i, w.per_shard - w.in_shard));
+    const size_t at = w.buf.size();
+    w.buf.resize(at + m * w.dtype);
+    unsigned char* out = w.buf.data() + at;
+    for (size_t k = 0; k < m; ++k) {
+      const int32_t id = ids[i + k];
+      if (id < 0 || static_cast<uint32_t>(id) >= w.vocab_size)
+        fail("token file '", w.shard->path(), "': token ", w.in_shard + k, " has id ", id,
+             ", outside the vocabulary [0, ", w.vocab_size, ")");
+      if (w.dtype == 2) store_le<uint16_t>(out + 2 * k, static_cast<uint16_t>(id));
+      else store_le<uint32_t>(out + 4 * k, static_cast<uint32_t>(id));
+      if (w.eod >= 0) {  // documents: 0, and the index after every eod but the last token
+        if (w.start_pending) w.put_start(tokens_ + k);
+        w.start_pending = id == w.eod;
+      }
+    }
+    w.in_shard += m;
+    tokens_ += m;
+    i += m;
+    if (w.buf.size() >= kFlushBytes) w.flush();
+  }
+}
+
+std::vector<std::string> TokenShardWriter::finish(double source_bytes) {
+  Impl& w = *impl_;
+  UOE_ASSERT(!w.finished, "TokenShardWriter::finish twice");
+  if (w.shard == nullptr && w.lines.empty()) w.open_shard();  // no ids: one empty shard
+  if (w.shard != nullptr) w.close_shard();
+  const std::string documents_name = w.stem_name + ".docs";
+  uint64_t documents_hash = 0;
+  if (w.eod >= 0) {
+    w.docs->write(w.docs_buf);
+    std::string().swap(w.docs_buf);
+    unsigned char head[kDocumentsHeaderBytes];
+    std::memcpy(head, kDocumentsMagic, sizeof kDocumentsMagic);
+    store_le<uint64_t>(head + 8, w.documents);
+    store_le<uint64_t>(head + 16, tokens_);
+    w.docs->write_at(0, head, sizeof head);
+    // The checksum covers the file from its header on: read it back (8 bytes a document).
+    std::ifstream in(w.docs->temp_path(), std::ios::binary);
+    uint64_t h = 0xcbf29ce484222325ULL;
+    std::vector<char> chunk(size_t{1} << 20);
+    uint64_t read = 0;
+    while (in.read(chunk.data(), static_cast<std::streamsize>(chunk.size())) || in.gcount() > 0) {
+      for (std::streamsize i = 0; i < in.gcount(); ++i) {
+        h ^= static_cast<unsigned char>(chunk[static_cast<size_t>(i)]);
+        h *= 0x100000001b3ULL;
+      }
+      read += static_cast<uint64_t>(in.gcount());
+    }
+    if (read != kDocumentsHeaderBytes + 8 * w.documents)
+      fail("documents file '", w.docs->temp_path(), "': read back ", read, " bytes of ",
+           kDocumentsHeaderBytes + 8 * w.documents);
+    documents_hash = h;
+    w.docs->commit();
+    w.committed.push_back(w.docs->path());
+  }
+  std::ostringstream idx;
+  idx << kIndexMagic << ' ' << (w.eod < 0 ? kIndexVersion : kIndexVersionDocuments) << '\n'
+      << "tokenizer " << static_cast<unsigned>(w.tokenizer) << '\n'
+      << "vocab_size " << w.vocab_size << '\n'
+      << "vocab_hash " << hex16(w.vocab_hash) << '\n'
+      << "dtype " << w.dtype << '\n'
+      << "tokens " << tokens_ << '\n'
+      << "source_bytes " << static_cast<uint64_t>(source_bytes) << '\n';
+  if (w.eod >= 0) idx << "eod " << w.eod << '\n' << "documents " << w.documents << ' ' << hex16(documents_hash) << ' '
+                      << documents_name << '\n';
+  idx << "shards " << w.lines.size() << '\n';
+  for (const ShardLine& l : w.lines)
+    idx << "shard " << l.tokens << ' ' << l.file_bytes << ' ' << hex16(l.header_hash) << ' ' << l.name << '\n';
+  std::vector<std::string> written = {w.path_of(w.stem_name + ".idx")};
+  atomic_write_file(written[0], idx.str());
+  written.insert(written.end(), w.committed.begin(), w.committed.end());
+  w.finished = true;
+  return written;
+}
+
 std::vector<std::string> token_shards_write(const std::string& stem, const TokenStream& ids, TokenizerKind tokenizer,
                                             uint32_t vocab_size, uint64_t vocab_hash, uint64_t shard_bytes,
                                             double source_bytes, int32_t eod) {
-  namespace fs = std::filesystem;
-  const uint64_t dtype = vocab_size <= 65536 ? 2 : 4;
-  const uint64_t per_shard = std::max<uint64_t>(1, shard_bytes / dtype);  // tokens per shard
-  const size_t n = ids.size();
-  const size_t count = n == 0 ? 1 : static_cast<size_t>((n + per_shard - 1) / per_shard);
-  const fs::path stem_path(stem);
-  const std::string dir = stem_path.parent_path().string();
-  const std::string stem_name = stem_path.filename().string();
-  std::vector<std::string> shards;
-  std::vector<ShardLine> lines;
-  try {
-    for (size_t i = 0; i < count; ++i) {
-      const size_t begin = i * per_shard, m = std::min<size_t>(per_shard, n - begin);
-      ShardLine line;
-      line.name = shard_name(stem_name, i, count);
-      const std::string path = dir.empty() ? line.name : dir + "/" + line.name;
-      const auto header = token_file_write_chunks(path, m, tokenizer, vocab_size, vocab_hash, eod,
-                                                  [&](size_t i0, size_t k, int32_t* out) { ids.copy(begin + i0, k, out); });
-      shards.push_back(path);
-      line.tokens = m;
-      line.file_bytes = kTokenFileHeaderBytes + m * dtype;
-      line.header_hash = fnv1a(header.data(), header.size());
-      lines.push_back(std::move(line));
-    }
-    // With an eod id, the documents file (written before the index, removed with the shards).
-    uint64_t documents = 0, documents_hash = 0;
-    const std::string documents_name = stem_name + ".docs";
-    if (eod >= 0) {
-      const std::string bytes = documents_file_bytes(ids, eod, documents);
-      documents_hash = fnv1a(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
-      const std::string path = dir.empty() ? documents_name : dir + "/" + documents_name;
-      atomic_write_file(path, bytes);
-      shards.push_back(path);
-    }
-    std::ostringstream idx;
-    idx << kIndexMagic << ' ' << (eod < 0 ? kIndexVersion : kIndexVersionDocuments) << '\n'
-        << "tokenizer " << static_cast<unsigned>(tokenizer) << '\n'
-        << "vocab_size " << vocab_size << '\n'
-        << "vocab_hash " << hex16(vocab_hash) << '\n'
-        << "dtype " << dtype << '\n'
-        << "tokens " << n << '\n'
-        << "source_bytes " << static_cast<uint64_t>(source_bytes) << '\n';
-    if (eod >= 0) idx << "eod " << eod << '\n' << "documents " << documents << ' ' << hex16(documents_hash) << ' '
-                      << documents_name << '\n';
-    idx << "shards " << lines.size() << '\n';
-    for (const ShardLine& l : lines)
-      idx << "shard " << l.tokens << ' ' << l.file_bytes << ' ' << hex16(l.header_hash) << ' ' << l.name << '\n';
-    std::vector<std::string> written = {stem + ".idx"};
-    atomic_write_file(written[0], idx.str());
-    written.insert(written.end(), shards.begin(), shards.end());
-    return written;
-  } catch (...) {
-    // Nothing half-written: each shard is whole (atomic), but without its index it is no dataset.
-    for (const std::string& p : shards) {
-      std::error_code ec;
-      fs::remove(p, ec);
-    }
-    throw;
+  TokenShardWriter writer(stem, tokenizer, vocab_size, vocab_hash, shard_bytes, eod);
+  std::vector<int32_t> chunk;
+  constexpr size_t kChunk = size_t{1} << 20;
+  for (size_t i0 = 0; i0 < ids.size(); i0 += kChunk) {
+    const size_t m = std::min(kChunk, ids.size() - i0);
+    chunk.resize(m);
+    ids.copy(i0, m, chunk.data());
+    writer.append(chunk.data(), m);
   }
+  return writer.finish(source_bytes);
 }
 
 std::vector<std::string> token_files_write(const Dataset& ds, const std::string& prefix, uint64_t shard_bytes) {

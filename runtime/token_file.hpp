@@ -187,6 +187,36 @@ inline constexpr uint64_t kDefaultShardBytes = 1'000'000'000;  // 1 GB of token 
 std::vector<std::string> token_files_write(const Dataset& ds, const std::string& prefix,
                                            uint64_t shard_bytes = kDefaultShardBytes);
 
+// One split's shards, index and (with an eod id) documents file, written as the ids arrive (the
+// one writer: token_shards_write and uoe-prepare use it). Memory stays bounded whatever the split's
+// size: ids are buffered up to a few MB, each shard is written under a temporary name, its header
+// (token count) filled in when it closes, then renamed into place (runtime/atomic_file.hpp); a
+// split that ends inside its first shard is STEM.tok, else STEM-00000.tok, ... (shard 0 renamed
+// when the second opens). The documents file's starts are appended as eod ids go by, its header and
+// checksum completed at finish(), the index written last. Destroyed before finish() (an error),
+// it removes every file it wrote; finish() returns them for the caller to remove on a later error.
+class TokenShardWriter {
+ public:
+  TokenShardWriter(std::string stem, TokenizerKind tokenizer, uint32_t vocab_size, uint64_t vocab_hash,
+                   uint64_t shard_bytes, int32_t eod = -1);
+  ~TokenShardWriter();
+  TokenShardWriter(const TokenShardWriter&) = delete;
+  TokenShardWriter& operator=(const TokenShardWriter&) = delete;
+
+  // Appends ids; throws uoe::Error naming the shard for an id outside [0, vocab_size).
+  void append(const int32_t* ids, size_t n);
+  uint64_t tokens() const { return tokens_; }
+  // Closes the last shard, writes the documents file and the index (`source_bytes`: the bytes of
+  // text the ids came from, 0 = unknown). Returns the index path, then the shards', then the
+  // documents file's (token_shards_write's order).
+  std::vector<std::string> finish(double source_bytes);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  uint64_t tokens_ = 0;
+};
+
 // One split written as shards + index (STEM.idx and STEM.tok or STEM-NNNNN.tok) and, with an eod
 // id, the documents file STEM.docs (the starts of the documents its eod tokens end). Returns the
 // index path, then the shards', then the documents file's. `source_bytes`: bytes of the text the ids came from (0 = unknown).

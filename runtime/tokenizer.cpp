@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <string>
 #include <thread>
@@ -198,41 +199,84 @@ Vocab sentencepiece_vocab_read(const std::string& path, const char* option) {
   return sentencepiece_vocab(std::string(reinterpret_cast<const char*>(map.data()), map.size()), "'" + path + "'");
 }
 
+namespace {
+
+// The stretches of sentencepiece_sample_lines, [begin, end) byte ranges of whole lines, of a text of
+// `size` bytes reached through rfind (the last "\n" at or before a position) and find (the first at
+// or after one), each returning npos for none.
+std::vector<std::pair<size_t, size_t>> sample_stretches(size_t size, const std::function<size_t(size_t)>& rfind,
+                                                        const std::function<size_t(size_t)>& find) {
+  std::vector<std::pair<size_t, size_t>> stretches;
+  if (size <= kSentencePieceSampleBytes) {
+    stretches.emplace_back(0, size);
+    return stretches;
+  }
+  const size_t len = kSentencePieceSampleBytes / kSentencePieceSamplePieces;
+  for (size_t i = 0; i < kSentencePieceSamplePieces; ++i) {
+    size_t begin = static_cast<size_t>(static_cast<unsigned __int128>(i) * size / kSentencePieceSamplePieces);
+    const size_t line_start = begin == 0 ? std::string_view::npos : rfind(begin - 1);
+    begin = line_start == std::string_view::npos ? 0 : line_start + 1;
+    if (!stretches.empty()) begin = std::max(begin, stretches.back().second);  // no line twice
+    size_t end = std::min(size, begin + len);
+    const size_t nl = end == 0 ? std::string_view::npos : find(end - 1);
+    end = nl == std::string_view::npos ? size : nl + 1;
+    if (begin < end) stretches.emplace_back(begin, end);
+  }
+  return stretches;
+}
+
+// The non-empty lines of text[begin, end).
+void append_lines(std::string_view text, size_t begin, size_t end, std::vector<std::string_view>& lines) {
+  size_t i = begin;
+  while (i < end) {
+    size_t e = text.find('\n', i);
+    if (e == std::string_view::npos || e > end) e = end;
+    if (e > i) lines.push_back(text.substr(i, e - i));
+    i = e + 1;
+  }
+}
+
+}  // namespace
+
 std::vector<std::string_view> sentencepiece_sample_lines(std::string_view text) {
-  std::vector<std::pair<size_t, size_t>> stretches;  // [begin, end) byte ranges, whole lines
-  if (text.size() <= kSentencePieceSampleBytes) {
-    stretches.emplace_back(0, text.size());
-  } else {
-    const size_t len = kSentencePieceSampleBytes / kSentencePieceSamplePieces;
-    for (size_t i = 0; i < kSentencePieceSamplePieces; ++i) {
-      size_t begin = static_cast<size_t>(static_cast<unsigned __int128>(i) * text.size() / kSentencePieceSamplePieces);
-      const size_t line_start = begin == 0 ? std::string_view::npos : text.rfind('\n', begin - 1);
-      begin = line_start == std::string_view::npos ? 0 : line_start + 1;
-      if (!stretches.empty()) begin = std::max(begin, stretches.back().second);  // no line twice
-      size_t end = std::min(text.size(), begin + len);
-      const size_t nl = end == 0 ? std::string_view::npos : text.find('\n', end - 1);
-      end = nl == std::string_view::npos ? text.size() : nl + 1;
-      if (begin < end) stretches.emplace_back(begin, end);
-    }
-  }
+  const auto stretches = sample_stretches(
+      text.size(), [text](size_t pos) { return text.rfind('\n', pos); },
+      [text](size_t pos) { return text.find('\n', pos); });
   std::vector<std::string_view> lines;
-  for (const auto& [begin, end] : stretches) {
-    size_t i = begin;
-    while (i < end) {
-      size_t e = text.find('\n', i);
-      if (e == std::string_view::npos || e > end) e = end;
-      if (e > i) lines.push_back(text.substr(i, e - i));
-      i = e + 1;
-    }
-  }
+  for (const auto& [begin, end] : stretches) append_lines(text, begin, end, lines);
   return lines;
 }
 
+TextSample sentencepiece_sample(size_t size, const std::function<size_t(size_t)>& rfind_newline,
+                                const std::function<size_t(size_t)>& find_newline,
+                                const std::function<void(size_t, size_t, std::string&)>& read) {
+  const auto stretches = sample_stretches(size, rfind_newline, find_newline);
+  TextSample sample;
+  size_t bytes = 0;
+  for (const auto& [begin, end] : stretches) bytes += end - begin;
+  sample.text.reserve(bytes);
+  std::string part;
+  for (const auto& [begin, end] : stretches) {
+    read(begin, end - begin, part);
+    sample.text += part;
+  }
+  size_t at = 0;
+  for (const auto& [begin, end] : stretches) {
+    append_lines(sample.text, at, at + (end - begin), sample.lines);
+    at += end - begin;
+  }
+  return sample;
+}
+
 Vocab sentencepiece_train(std::string_view text, const SentencePieceTraining& how, const std::string& source) {
+  return sentencepiece_train_lines(sentencepiece_sample_lines(text), how, source);
+}
+
+Vocab sentencepiece_train_lines(std::vector<std::string_view> lines, const SentencePieceTraining& how,
+                                const std::string& source) {
   if (how.model_type != "bpe" && how.model_type != "unigram")
     fail("--model-type must be 'bpe' or 'unigram', got '", how.model_type, "'");
   if (how.vocab_size < 1) fail("--vocab-size must be given (at least 1) to train a SentencePiece model, got ", how.vocab_size);
-  std::vector<std::string_view> lines = sentencepiece_sample_lines(text);
   if (lines.empty()) fail("SentencePiece training on ", source, ": the text holds no non-empty line");
   const int threads = how.threads > 0 ? how.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const std::unordered_map<std::string, std::string> args = {

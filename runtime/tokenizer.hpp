@@ -31,9 +31,11 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "runtime/data.hpp"
@@ -96,11 +98,26 @@ inline constexpr size_t kSentencePieceSampleBytes = size_t{64} << 20;
 inline constexpr size_t kSentencePieceSamplePieces = 64;
 std::vector<std::string_view> sentencepiece_sample_lines(std::string_view text);
 
+// The same sample of a text read in parts (uoe-prepare streams its input: runtime/text_stream.hpp):
+// `size` bytes, the last "\n" at or before a position and the first at or after one (npos: none),
+// `read(begin, n, out)` its bytes. The sample's bytes are held in `text` (at most about
+// kSentencePieceSampleBytes, more only by the stretches' widening to whole lines), `lines` view them.
+struct TextSample {
+  std::string text;
+  std::vector<std::string_view> lines;
+};
+TextSample sentencepiece_sample(size_t size, const std::function<size_t(size_t)>& rfind_newline,
+                                const std::function<size_t(size_t)>& find_newline,
+                                const std::function<void(size_t, size_t, std::string&)>& read);
+
 // Trains a SentencePiece model on the lines of sentencepiece_sample_lines(text) (settings above) and
 // returns its vocabulary (the model's bytes in Vocab::model). Deterministic for a given text and
 // settings. Throws uoe::Error naming `source` when SentencePiece refuses (e.g. a vocabulary size
 // the text cannot fill, or smaller than its characters plus the byte pieces).
 Vocab sentencepiece_train(std::string_view text, const SentencePieceTraining& how, const std::string& source);
+// The same on given lines (a TextSample's).
+Vocab sentencepiece_train_lines(std::vector<std::string_view> lines, const SentencePieceTraining& how,
+                                const std::string& source);
 
 // `text` cut into consecutive pieces for `parts` threads: a cut is placed every
 // min(piece_bytes, ceil(size / parts)) bytes and then moved forward to just after the next "\n", so
@@ -124,6 +141,15 @@ std::vector<int32_t> tokenizer_encode_parallel(const Tokenizer& tokenizer, std::
 // so the kept words are a prefix). vocab_size 0 and min_count 1 keep everything (ds unchanged).
 // Throws uoe::Error for vocab_size 1 (only <unk>) or min_count < 1.
 void word_vocab_limit(Dataset& ds, int64_t vocab_size, int64_t min_count);
+
+// The word tokenizer's parts (runtime/data.hpp, data_load: Word tokenizer), for uoe-prepare's
+// streaming passes (runtime/text_stream.hpp): whether a byte is a word byte (letters, digits,
+// apostrophes, bytes >= 0x80), a text's word tokens (views into it), and the vocabulary of word
+// counts: "<unk>", then the words by descending count, ties by byte-wise order (`counts` is sorted
+// so, in place: counts[i] is word id i + 1). Defined in data.cpp, with the tokenizer itself.
+bool word_byte(unsigned char c);
+std::vector<std::string_view> word_tokens(std::string_view text);
+Vocab word_vocab_from_counts(std::vector<std::pair<std::string_view, int64_t>>& counts);
 
 // What checkpoints store of a vocabulary (so uoe-sample needs nothing else): its kind's name and
 // bytes: "" for byte level ("<eod>" with the end-of-document token), the vocabulary file text for

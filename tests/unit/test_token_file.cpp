@@ -124,6 +124,62 @@ TEST(TokenFile, WriterRefusesIdsOutsideTheVocabulary) {
   EXPECT_FALSE(std::filesystem::exists(dir / "w.tok"));  // nothing half-written is left
 }
 
+// The streaming shard writer: ids appended in chunks of any size give the files one call with the
+// whole stream gives (token_shards_write), shard names follow the count (STEM.tok for one,
+// STEM-00000.tok ... once a second opens), the documents file lists each document's first token,
+// and a writer destroyed before finish() leaves nothing behind.
+TEST(TokenShardWriter, ChunkedAppendsWriteWhatOneStreamWrites) {
+  const TempDir dir;
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 1000; ++i) ids.push_back(i % 17 == 16 ? 256 : (i * 37) % 256);
+  for (const uint64_t shard_bytes : {uint64_t{100000}, uint64_t{2 * 300}, uint64_t{2 * 1000}, uint64_t{2 * 999}}) {
+    const std::vector<std::string> whole = uoe::token_shards_write(
+        dir / "whole", uoe::TokenStream(ids), TokenizerKind::byte, 257, 5, shard_bytes, 1000.0, 256);
+    uoe::TokenShardWriter w(dir / "chunks", TokenizerKind::byte, 257, 5, shard_bytes, 256);
+    for (size_t i = 0, k = 1; i < ids.size(); i += k, k = k * 3 % 101 + 1)
+      w.append(ids.data() + i, std::min(k, ids.size() - i));
+    const std::vector<std::string> chunks = w.finish(1000.0);
+    const size_t shards = static_cast<size_t>((ids.size() * 2 + shard_bytes - 1) / shard_bytes);
+    ASSERT_EQ(whole.size(), shards + 2) << shard_bytes;  // index, shards, documents
+    ASSERT_EQ(chunks.size(), whole.size()) << shard_bytes;
+    for (size_t i = 0; i < whole.size(); ++i) {
+      const std::string name = std::filesystem::path(chunks[i]).filename().string();
+      EXPECT_EQ(name.substr(6), std::filesystem::path(whole[i]).filename().string().substr(5)) << name;
+      std::string expected = read_bytes(whole[i]);
+      // The index names its files: the same but for the stem.
+      for (size_t at; (at = expected.find("whole")) != std::string::npos;) expected.replace(at, 5, "chunks");
+      EXPECT_EQ(read_bytes(chunks[i]), expected) << name;
+    }
+    EXPECT_EQ(std::filesystem::path(chunks[1]).filename().string(), shards == 1 ? "chunks.tok" : "chunks-00000.tok");
+    if (shards == 1) {  // a one-shard split is the token file token_file_write writes
+      uoe::token_file_write(dir / "one.tok", ids.data(), ids.size(), TokenizerKind::byte, 257, 5, 256);
+      EXPECT_EQ(read_bytes(chunks[1]), read_bytes(dir / "one.tok"));
+      std::filesystem::remove(dir / "one.tok");
+    }
+    const uoe::PreparedSplit split = uoe::prepared_open(chunks[0], "--data");
+    EXPECT_EQ(split.tokens.to_vector(), ids);
+    const std::vector<uint64_t> starts = uoe::prepared_document_starts(split, "--data");
+    std::vector<uint64_t> expected = {0};
+    for (size_t i = 0; i + 1 < ids.size(); ++i)
+      if (ids[i] == 256) expected.push_back(i + 1);
+    EXPECT_EQ(starts, expected);
+    for (const auto* files : {&whole, &chunks})
+      for (const std::string& f : *files) std::filesystem::remove(f);
+  }
+}
+
+TEST(TokenShardWriter, AnErrorLeavesNothingBehind) {
+  const TempDir dir;
+  const std::vector<int32_t> ids(700, 7);
+  {
+    uoe::TokenShardWriter w(dir / "half", TokenizerKind::byte, 257, 5, 2 * 100, 256);
+    w.append(ids.data(), ids.size());  // six shards in place, a seventh open
+    const int32_t bad = 300;
+    EXPECT_TRUE(contains(error_message([&] { w.append(&bad, 1); }), "300"));
+  }
+  EXPECT_TRUE(std::filesystem::is_empty(dir.path)) << "files left after an error";
+}
+
 TEST(TokenFile, VocabularyRoundTripWithEscapes) {
   const TempDir dir;
   uoe::Vocab v;
