@@ -1,11 +1,14 @@
 """What the tests/cli checks share: fail() (print FAIL, exit 1), run() (a command's exit code and
 output), run_split() (exit code, stdout and stderr apart), must() (run_split that fails unless the
-command succeeds) and metrics() (a --metrics file's train losses by step and final val losses). A check imports them with
+command succeeds), metrics() (a --metrics file's train losses by step and final val losses) and
+same_outputs() (two uoe-prepare output prefixes wrote the same files, byte for byte). A check imports them with
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from check_helpers import fail, run  # noqa: E402
 """
+import filecmp
 import json
+import os
 import subprocess
 import sys
 
@@ -47,3 +50,19 @@ def metrics(path):
     train = {r["step"]: r["train_loss"] for r in rows if "train_loss" in r}
     final = [r["val_loss"] for r in rows if r.get("final")]
     return train, final
+
+
+def prepared_files(prefix):
+    """The files uoe-prepare wrote for output PREFIX (PREFIX.*), sorted."""
+    d, stem = os.path.split(prefix)
+    return sorted(f for f in os.listdir(d) if f.startswith(stem + "."))
+
+
+def same_outputs(a, b, what):
+    """Fails, naming `what`, unless prefixes a and b (in one folder or two) hold the same files, byte for byte."""
+    fa, fb = prepared_files(a), prepared_files(b)
+    if not fa or fa != fb:
+        fail(f"{what}: {a} wrote {fa}, {b} wrote {fb}")
+    for f in fa:
+        if not filecmp.cmp(os.path.join(os.path.dirname(a), f), os.path.join(os.path.dirname(b), f), shallow=False):
+            fail(f"{what}: {f} differs between {a} and {b}")

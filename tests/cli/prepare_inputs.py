@@ -14,28 +14,13 @@ Checks that
 - a missing file in a list, an empty directory, a file given twice, an empty list and a binary file
   are refused naming the file (and the list's line), leaving no output behind.
 """
-import filecmp
 import os
 import shutil
 import sys
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from check_helpers import fail, must, run_split as run  # noqa: E402
-
-
-def outputs(prefix):
-    d, stem = os.path.split(prefix)
-    return sorted(f for f in os.listdir(d) if f.startswith(stem + "."))
-
-
-def same(a, b, what):
-    fa, fb = outputs(a), outputs(b)
-    if not fa or fa != fb:
-        fail(f"{what}: {a} wrote {fa}, {b} wrote {fb}")
-    for f in fa:
-        if not filecmp.cmp(os.path.join(os.path.dirname(a), f), os.path.join(os.path.dirname(b), f), shallow=False):
-            fail(f"{what}: {f} differs between {a} and {b}")
+from check_helpers import fail, must, run_split as run, same_outputs as same  # noqa: E402
 
 
 def refused(cmd, needles, outdir, what):

@@ -16,7 +16,6 @@ memory: uoe-prepare's peak resident memory (VmHWM, from wait4's ru_maxrss) prepa
   MEMORY_CEILING_MB: it does not grow with the input (it levels off once the allocator has settled;
   holding the text and its ids, as uoe-prepare did, takes about 970 MB for 200 MB of text).
 """
-import filecmp
 import os
 import shutil
 import subprocess
@@ -24,25 +23,11 @@ import sys
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from check_helpers import fail, must  # noqa: E402
+from check_helpers import fail, must, same_outputs as same  # noqa: E402
 
 MEMORY_SLACK_MB = 48
 MEMORY_CEILING_MB = 160  # the 200 MB run: a few blocks, their ids and the buffers (89 MB measured)
 TINY_BLOCK = "7"  # bytes: shorter than most lines
-
-
-def outputs(prefix):
-    d, stem = os.path.split(prefix)
-    return sorted(f for f in os.listdir(d) if f.startswith(stem + "."))
-
-
-def same(a, b, what):
-    fa, fb = outputs(a), outputs(b)
-    if not fa or fa != fb:
-        fail(f"{what}: {a} wrote {fa}, {b} wrote {fb}")
-    for f in fa:
-        if not filecmp.cmp(os.path.join(os.path.dirname(a), f), os.path.join(os.path.dirname(b), f), shallow=False):
-            fail(f"{what}: {f} differs between {a} and {b}")
 
 
 def prepare(cmd, prefix, block, what):
