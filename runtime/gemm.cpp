@@ -15,6 +15,7 @@
 #include "runtime/bf16.hpp"
 #include "runtime/cpu_features.hpp"
 #include "runtime/error.hpp"
+#include "runtime/gemm_avx2.hpp"
 #include "runtime/onednn_gemm.hpp"
 #include "runtime/profile.hpp"
 #include "runtime/threads.hpp"
@@ -49,6 +50,33 @@ const bool g_split = [] {
   return blas_has_small_kernels();
 }();
 
+// uoe's AVX2 kernel (runtime/gemm_avx2.hpp) on CPUs with AVX2 + FMA but no AVX-512, whose OpenBLAS
+// kernels (Haswell) pack both operands and zero C on every call: the model's small products run
+// faster without those copies. Where the CPU has AVX-512, OpenBLAS's SkylakeX/Cooperlake kernels
+// and their small-matrix pieces stay. UOE_GEMM_KERNEL=openblas (or =uoe, where it can run) in the
+// environment overrides the choice (for comparisons). Depends on the CPU and the environment only.
+bool own_kernel() {
+  static const bool own = [] {
+  const char* e = std::getenv("UOE_GEMM_KERNEL");
+  const std::string v = e ? e : "";
+  if (v == "openblas") return false;
+  if (v == "uoe") {
+    if (!gemm_avx2_available()) fail("UOE_GEMM_KERNEL=uoe: this CPU or build has no AVX2 + FMA for uoe's kernel");
+    return true;
+  }
+  if (!v.empty()) fail("UOE_GEMM_KERNEL=", v, ": expected openblas or uoe");
+  return gemm_avx2_available() && cpu_vector_isa(cpu_features_detect()) == VectorIsa::avx2_fma;
+  }();
+  return own;
+}
+// The depth up to which NN and NT products take the own kernel (in one range of depth: six rows of
+// A stay in L1 across every panel of B). Deeper ones and TN products (weight gradients, K = rows)
+// stay OpenBLAS's, which ran them faster (bench/README.md's optimisation log).
+constexpr int kOwnMaxDepth = 256;
+bool own_kernel_takes(bool trans_a, int K) {
+  return !trans_a && K <= kOwnMaxDepth && own_kernel();
+}
+
 // out [K, N] (leading dimension ldo) = in [N, K]ᵀ, in 16 × 16 tiles that stay in L1.
 void transpose(float* __restrict__ out, int ldo, const float* __restrict__ in, int ldi, int N, int K) {
   constexpr int kTile = 16;
@@ -67,6 +95,10 @@ namespace {
 // the product was split over threads.
 void gemm_part(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
                const float* B, int ldb, float beta, float* C, int ldc, int whole_M, int whole_N) {
+  if (own_kernel_takes(trans_a, K)) {
+    gemm_avx2(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
   // NN products and TN products (weight gradients, K = rows) are cut into pieces of at most
   // kSmallGemm multiply-adds: OpenBLAS runs such pieces with its small-matrix kernels (0.3.17+, on
   // AVX-512 cores), which need no packing of A and B and no separate zeroing of C for beta = 0. For
@@ -303,6 +335,7 @@ int gemm_get_threads() { return threads_count(); }
 std::string gemm_describe() {
   std::string s = std::string("OpenBLAS ") + openblas_get_corename();
   s += g_split ? ", small-matrix GEMM pieces" : ", whole GEMMs";
+  if (own_kernel()) s += "; uoe's AVX2 kernel for NN/NT products of depth <= " + std::to_string(kOwnMaxDepth);
   const int n = threads_count();
   if (n == 1) return s + ", single-threaded";
   const int period = row_period();

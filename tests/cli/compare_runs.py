@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Runs two training commands and compares every loss they log, and optionally every gradient.
 
-usage: compare_runs.py OUTDIR RTOL [--grads GRTOL] [--grad-steps N] [--min-lr LR] [--fault-a SPEC]
+usage: compare_runs.py OUTDIR RTOL [--grads GRTOL] [--grad-steps N] [--min-lr LR] [--min-steps N] [--fault-a SPEC]
                       CMD_A... --then CMD_B...
 
 Each command gets `--metrics OUTDIR.{a,b}.jsonl` appended. Passes when both exit 0, log the same
-number of train_loss and val_loss values (at least 3), and every pair agrees within relative
+number of train_loss and val_loss values (at least --min-steps, default 3), and every pair agrees within relative
 RTOL (RTOL 0 demands bitwise equality: the metrics hold 17 significant digits, which round-trip).
 Used for the project's contracts: determinism (A = B), expert-parallel equivalence (P ranks vs
 one rank with P micro-batches) and overlap equivalence (chunked vs serial exchanges).
@@ -26,11 +26,16 @@ one rank with P micro-batches) and overlap equivalence (chunked vs serial exchan
                With --grads, each step's metrics also carry routing_check (StepFigures::routing_check:
                a hash of every micro-batch's routing). From the first step whose routing_check
                differs between A and B — a decision rounding flipped — nothing is compared (neither
-               gradients nor losses nor validation after it); at least 3 steps must remain, so a
-               bug that changes routing from the start still fails.
+               gradients nor losses nor validation after it); at least --min-steps steps must
+               remain, so a bug that changes routing from the start still fails.
 --min-lr LR    fails unless some logged step of A trained at a learning rate of at least LR: AdamW's
                update hardly depends on a gradient's scale, so a comparison of losses during the
                first steps of warm-up cannot see a gradient that is wrong by a factor.
+--min-steps N  the steps (losses, and gradient fingerprints with --grads) that must be compared
+               (default 3). In bf16 the layouts' rounding differences are wider (a weight on either
+               side of a bf16 rounding boundary), and a top-k tie flips between them as early as
+               step 3 with a real kernel's rounding: those comparisons take 2 (step 1's gradients at
+               identical parameters, step 2's after one AdamW update at full learning rate).
 --fault-a SPEC runs A with UOE_FAULT=SPEC (B without): the negative tests, which must fail.
 """
 import json
@@ -76,15 +81,15 @@ def first_routing_difference(path_a, path_b):
     return None
 
 
-def compare_grads(path_a, path_b, gtol, last_step):
+def compare_grads(path_a, path_b, gtol, last_step, min_steps):
     """Returns (failures, steps compared, fingerprints compared, worst relative difference)."""
     a = [j for j in lines(path_a, "grads") if last_step is None or j["step"] <= last_step]
     b = [j for j in lines(path_b, "grads") if last_step is None or j["step"] <= last_step]
     if len(a) != len(b) or not a:
-        return [f"gradient fingerprints of {len(a)} steps from A, {len(b)} from B (need the same, at least 3)"], 0, 0, 0.0
+        return [f"gradient fingerprints of {len(a)} steps from A, {len(b)} from B (need the same, at least {min_steps})"], 0, 0, 0.0
     failures, count, worst = [], 0, 0.0
-    if len(a) < 3:  # still compared below: a bug shows as a mismatch at its first step
-        failures.append(f"gradient fingerprints of only {len(a)} steps to compare (need at least 3)")
+    if len(a) < min_steps:  # still compared below: a bug shows as a mismatch at its first step
+        failures.append(f"gradient fingerprints of only {len(a)} steps to compare (need at least {min_steps})")
     first_differing = None  # (step, the tensors that differ there, of how many): which bug it is
     for ja, jb in zip(a, b):
         step = ja["step"]
@@ -131,8 +136,8 @@ def compare_grads(path_a, path_b, gtol, last_step):
 def main():
     out, rtol = sys.argv[1], float(sys.argv[2])
     args = sys.argv[3:]
-    gtol, grad_steps, min_lr, fault = None, None, None, None
-    while args and args[0] in ("--grads", "--grad-steps", "--min-lr", "--fault-a"):
+    gtol, grad_steps, min_lr, fault, min_steps = None, None, None, None, 3
+    while args and args[0] in ("--grads", "--grad-steps", "--min-lr", "--min-steps", "--fault-a"):
         flag, value, args = args[0], args[1], args[2:]
         if flag == "--grads":
             gtol = float(value)
@@ -140,6 +145,8 @@ def main():
             grad_steps = int(value)
         elif flag == "--min-lr":
             min_lr = float(value)
+        elif flag == "--min-steps":
+            min_steps = int(value)
         else:
             fault = value
     split = args.index("--then")
@@ -159,7 +166,7 @@ def main():
     if gtol is not None:
         flip = first_routing_difference(f"{out}.a.jsonl", f"{out}.b.jsonl")
         last = grad_steps if flip is None else min(flip - 1, grad_steps if grad_steps is not None else flip - 1)
-        grad_failures, steps, count, gworst = compare_grads(f"{out}.a.jsonl", f"{out}.b.jsonl", gtol, last)
+        grad_failures, steps, count, gworst = compare_grads(f"{out}.a.jsonl", f"{out}.b.jsonl", gtol, last, min_steps)
         if len(grad_failures) > 11:  # the first 10, and the differing tensors' list
             failures.append(f"{len(grad_failures) - 1} gradient disagreements, the first 10:")
             grad_failures = grad_failures[:10] + grad_failures[-1:]
@@ -187,8 +194,8 @@ def main():
             if rel > rtol:
                 failures.append(f"{key} #{i}: {x!r} (A) vs {y!r} (B), relative difference {rel:.3g} > {rtol}")
                 break
-    if count < 3:
-        failures.append(f"only {count} losses logged")
+    if count < min_steps:
+        failures.append(f"only {count} losses logged (need at least {min_steps})")
     if failures:
         for f in failures:
             print(f"FAIL: {f}")
