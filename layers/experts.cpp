@@ -120,17 +120,23 @@ inline Vec load_vec(const float* p) {
   return v;
 }
 inline void store_vec(float* p, Vec v) { std::memcpy(p, &v, sizeof v); }
+// x in every lane (one broadcast; `Vec{} + x` would cost an add, which must keep −0 + 0 = +0).
+inline Vec splat(float x) {
+  static_assert(kLanes == 8);
+  return Vec{x, x, x, x, x, x, x, x};
+}
 
-// S[i][j] = alpha · Σ_c a[i][c]·b[j][c] for j ≤ i (q·kᵀ and dO·vᵀ). Entries above the diagonal are
-// left as they were.
+// S[i][j] = alpha · Σ_c a[i][c]·b[j][c] for j ≤ i (q·kᵀ and dO·vᵀ). Entries above the diagonal
+// that the last 16-column block of a 4-row tile covers get unspecified values (the callers
+// overwrite every entry above the diagonal); the rest above it are left as they were.
 void causal_scores(float* S, int ldS, const float* a, int lda, const float* b, int ldb, int L, int dh, float alpha) {
   constexpr int kCols = 2 * kLanes;
   // bᵀ, its columns padded to a whole tile with zeros, so the tiles need no edge code.
   static thread_local std::vector<float> bt;
   const int Lp = (L + kCols - 1) / kCols * kCols;
-  bt.assign(static_cast<size_t>(dh) * Lp, 0.0f);
-  for (int j = 0; j < L; ++j)
-    for (int c = 0; c < dh; ++c) bt[static_cast<size_t>(c) * Lp + j] = b[static_cast<size_t>(j) * ldb + c];
+  bt.resize(static_cast<size_t>(dh) * Lp);
+  transpose(bt.data(), Lp, b, ldb, L, dh);
+  for (int c = 0; c < dh; ++c) std::fill(bt.begin() + static_cast<int64_t>(c) * Lp + L, bt.begin() + static_cast<int64_t>(c + 1) * Lp, 0.0f);
   for (int i0 = 0; i0 < L; i0 += kTileRows) {
     const int nr = std::min(kTileRows, L - i0);
     const float* ar[kTileRows];
@@ -141,17 +147,23 @@ void causal_scores(float* S, int ldS, const float* a, int lda, const float* b, i
         const float* bc = bt.data() + static_cast<size_t>(c) * Lp + j0;
         const Vec b0 = load_vec(bc), b1 = load_vec(bc + kLanes);
         for (int r = 0; r < kTileRows; ++r) {
-          const Vec av = Vec{} + ar[r][c];
+          const Vec av = splat(ar[r][c]);
           acc[r][0] += av * b0;
           acc[r][1] += av * b1;
         }
       }
+      const Vec va = splat(alpha);
       for (int r = 0; r < nr; ++r) {
+        float* out = S + static_cast<size_t>(i0 + r) * ldS + j0;
+        if (j0 + kCols <= L) {  // the whole block lies inside the row: stored as it is
+          store_vec(out, va * acc[r][0]);
+          store_vec(out + kLanes, va * acc[r][1]);
+          continue;
+        }
         float row[kCols];
-        store_vec(row, acc[r][0]);
-        store_vec(row + kLanes, acc[r][1]);
-        const int i = i0 + r, jn = std::min(kCols, i + 1 - j0);
-        for (int jj = 0; jj < jn; ++jj) S[static_cast<size_t>(i) * ldS + j0 + jj] = alpha * row[jj];
+        store_vec(row, va * acc[r][0]);
+        store_vec(row + kLanes, va * acc[r][1]);
+        std::copy(row, row + (L - j0), out);
       }
     }
   }
@@ -167,7 +179,7 @@ void tile_product(float* out, int ldo, int nr, const float* x, int ldx, int c0, 
     Vec xv[NV];
     for (int v = 0; v < NV; ++v) xv[v] = load_vec(xt + v * kLanes);
     for (int r = 0; r < kTileRows; ++r) {
-      const Vec p = Vec{} + coef(r, t);
+      const Vec p = splat(coef(r, t));
       for (int v = 0; v < NV; ++v) acc[r][v] += p * xv[v];
     }
   }

@@ -16,6 +16,7 @@
 #include "runtime/cpu_features.hpp"
 #include "runtime/error.hpp"
 #include "runtime/gemm_avx2.hpp"
+#include "runtime/kernels.hpp"
 #include "runtime/onednn_gemm.hpp"
 #include "runtime/profile.hpp"
 #include "runtime/threads.hpp"
@@ -77,16 +78,6 @@ bool own_kernel_takes(bool trans_a, int K) {
   return !trans_a && K <= kOwnMaxDepth && own_kernel();
 }
 
-// out [K, N] (leading dimension ldo) = in [N, K]ᵀ, in 16 × 16 tiles that stay in L1.
-void transpose(float* __restrict__ out, int ldo, const float* __restrict__ in, int ldi, int N, int K) {
-  constexpr int kTile = 16;
-  for (int n0 = 0; n0 < N; n0 += kTile)
-    for (int k0 = 0; k0 < K; k0 += kTile) {
-      const int n1 = std::min(N, n0 + kTile), k1 = std::min(K, k0 + kTile);
-      for (int k = k0; k < k1; ++k)
-        for (int n = n0; n < n1; ++n) out[static_cast<size_t>(k) * ldo + n] = in[static_cast<size_t>(n) * ldi + k];
-    }
-}
 }  // namespace
 
 namespace {

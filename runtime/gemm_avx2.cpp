@@ -6,6 +6,7 @@
 
 #include "runtime/cpu_features.hpp"
 #include "runtime/error.hpp"
+#include "runtime/kernels.hpp"
 #include "runtime/tensor.hpp"
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -21,7 +22,8 @@ namespace uoe {
 namespace {
 constexpr int kRows = 6;   // rows of C per tile: 6 × 2 accumulators + 2 of B + 1 of A = 15 of 16 registers
 constexpr int kCols = 16;  // columns of C per tile: two 8-float vectors
-constexpr int kDepth = 128;  // depth of one range of k (see gemm_avx2)
+constexpr int kDepth = 128;    // depth of one range of k (see gemm_avx2)
+constexpr int kDepthTn = 256;  // the same for TN products: a panel's range (16 KB) and a tile's (6 KB) in L1
 
 
 // Bp[p][k][c] = op(B)[k][16p + c], zero for columns at or beyond N (the last panel's padding).
@@ -34,18 +36,24 @@ void pack_b(float* __restrict__ Bp, bool trans_b, int N, int K, const float* __r
       for (int k = 0; k < K; ++k) {
         const float* src = B + static_cast<size_t>(k) * ldb + j0;
         float* dst = out + static_cast<size_t>(k) * kCols;
-        std::memcpy(dst, src, sizeof(float) * w);
-        std::fill(dst + w, dst + kCols, 0.0f);
+        if (w == kCols) {  // two vector moves (a memcpy call per 64 bytes cost more than the copy)
+          _mm256_storeu_ps(dst, _mm256_loadu_ps(src));
+          _mm256_storeu_ps(dst + 8, _mm256_loadu_ps(src + 8));
+        } else {
+          for (int c = 0; c < kCols; ++c) dst[c] = c < w ? src[c] : 0.0f;
+        }
       }
     } else {
-      if (w < kCols) std::fill(out, out + static_cast<size_t>(K) * kCols, 0.0f);
-      for (int c = 0; c < w; ++c) {
-        const float* src = B + static_cast<size_t>(j0 + c) * ldb;
-        for (int k = 0; k < K; ++k) out[static_cast<size_t>(k) * kCols + c] = src[k];
-      }
+      transpose(out, kCols, B + static_cast<size_t>(j0) * ldb, ldb, w, K);
+      if (w < kCols)
+        for (int k = 0; k < K; ++k) std::fill(out + static_cast<size_t>(k) * kCols + w, out + (k + 1) * static_cast<size_t>(kCols), 0.0f);
     }
   }
 }
+
+// The rows of the tile that starts with `remaining` rows of C left: 6, but the last 7–9 rows as
+// 3–5 and 4 (a tile of fewer than 4 rows has too few independent sums to hide the FMA latency).
+inline int tile_rows(int remaining) { return remaining >= 10 ? kRows : remaining > kRows ? remaining - 4 : remaining; }
 
 // One tile of C: R rows, `width` ≤ 16 columns, over the depth range [k0, k0 + kb) that A and Bp
 // point at. op(A)'s row r, element k: A[r·lda + k], or transposed A[k·lda + r]. The sums start from
@@ -140,37 +148,60 @@ void gemm_avx2(bool trans_a, bool trans_b, int M, int N, int K, float alpha, con
   pack_b(packed.data(), trans_b, N, K, B, ldb);
   // Depth in ranges of kDepth (partial sums kept in `part` between them), so that six rows of op(A)
   // stay in L1 while every panel of B passes them, and a panel's range stays in L2.
-  const int ranges = std::max(1, (K + kDepth - 1) / kDepth);
+  const int depth = trans_a ? kDepthTn : kDepth;
+  const int ranges = std::max(1, (K + depth - 1) / depth);
   const int ldp = panels * kCols;
   static thread_local FloatBuffer part;  // 64-byte aligned
   if (ranges > 1) part.resize_uninit(static_cast<size_t>(kRows) * ((M + kRows - 1) / kRows) * ldp);
-  static thread_local FloatBuffer apack;
-  if (trans_a) apack.resize_uninit(static_cast<size_t>(kDepth) * kRows);
+  if (trans_a) {
+    // op(A)'s rows are A's columns, lda apart (strided rows of a power-of-two width would evict each
+    // other from L1): each depth range of op(A) is copied once, tile by tile, to [k][tile's rows]
+    // at offset i0·kb; then each panel's range of B stays in L1 while the tiles pass it.
+    static thread_local FloatBuffer apack;
+    apack.resize_uninit(static_cast<size_t>(M) * std::min(K, kDepthTn) + 8);
+    for (int k0 = 0; k0 < std::max(K, 1); k0 += kDepthTn) {
+      const int kb = std::min(kDepthTn, K - k0);
+      const bool first = k0 == 0, last = k0 + kDepthTn >= K;
+      for (int i0 = 0, rows; i0 < M; i0 += rows) {
+        // In address order, so that each 8-float store's extra floats land where a later slot
+        // goes; the buffer has 8 floats of room at its end.
+        rows = tile_rows(M - i0);
+        float* dst = apack.data() + static_cast<size_t>(i0) * kb;
+        const float* src = A + static_cast<size_t>(k0) * lda + i0;
+        if (i0 + 8 <= M) {
+          for (int k = 0; k < kb; ++k)
+            _mm256_storeu_ps(dst + static_cast<size_t>(k) * rows, _mm256_loadu_ps(src + static_cast<size_t>(k) * lda));
+        } else {
+          for (int k = 0; k < kb; ++k)
+            for (int r = 0; r < rows; ++r) dst[static_cast<size_t>(k) * rows + r] = src[static_cast<size_t>(k) * lda + r];
+        }
+      }
+      for (int p = 0; p < panels; ++p) {
+        const float* Bp = packed.data() + (static_cast<size_t>(p) * K + k0) * kCols;
+        const int width = std::min(kCols, N - p * kCols);
+        for (int i0 = 0, rows; i0 < M; i0 += rows) {
+          rows = tile_rows(M - i0);
+          float* Pp = ranges > 1 ? part.data() + static_cast<size_t>(i0) * ldp + p * kCols : nullptr;
+          tiles<true>(rows, kb, apack.data() + static_cast<size_t>(i0) * kb, rows, Bp, Pp, ldp, first, last,
+                      C + static_cast<size_t>(i0) * ldc + p * kCols, ldc, width, alpha, beta);
+        }
+      }
+    }
+    return;
+  }
   for (int k0 = 0; k0 < std::max(K, 1); k0 += kDepth) {
     const int kb = std::min(kDepth, K - k0);
     const bool first = k0 == 0, last = k0 + kDepth >= K;
-    for (int i0 = 0; i0 < M; i0 += kRows) {
-      const int rows = std::min(kRows, M - i0);
+    for (int i0 = 0, rows; i0 < M; i0 += rows) {
+      rows = tile_rows(M - i0);
       const float* Ai = A + static_cast<size_t>(i0) * lda + k0;
-      int ldai = lda;
-      if (trans_a) {  // op(A)'s rows are A's columns, lda apart: copied to [kb][6] (strided rows
-                      // of a power-of-two width would evict each other from L1 across the panels)
-        const float* src = A + i0 + static_cast<size_t>(k0) * lda;
-        for (int k = 0; k < kb; ++k)
-          for (int r = 0; r < rows; ++r) apack[static_cast<size_t>(k) * kRows + r] = src[static_cast<size_t>(k) * lda + r];
-        Ai = apack.data();
-        ldai = kRows;
-      }
       float* Ci = C + static_cast<size_t>(i0) * ldc;
       float* Pi = ranges > 1 ? part.data() + static_cast<size_t>(i0) * ldp : nullptr;
       for (int p = 0; p < panels; ++p) {
         const float* Bp = packed.data() + (static_cast<size_t>(p) * K + k0) * kCols;
         const int width = std::min(kCols, N - p * kCols);
         float* Pp = Pi ? Pi + p * kCols : nullptr;
-        if (trans_a)
-          tiles<true>(rows, kb, Ai, ldai, Bp, Pp, ldp, first, last, Ci + p * kCols, ldc, width, alpha, beta);
-        else
-          tiles<false>(rows, kb, Ai, lda, Bp, Pp, ldp, first, last, Ci + p * kCols, ldc, width, alpha, beta);
+        tiles<false>(rows, kb, Ai, lda, Bp, Pp, ldp, first, last, Ci + p * kCols, ldc, width, alpha, beta);
       }
     }
   }

@@ -3,7 +3,9 @@
 // both operands and zero C for beta = 0 on every call; at the reference configuration's shapes
 // (K and N of 128 or less, a few hundred rows) those copies are ~13% of a training step. Here only B
 // is packed (into 16-column panels, N·K moves, amortised over M rows); A is read in place, six rows
-// (or, transposed, six columns) at a time; C is written once, from registers.
+// at a time (transposed: copied once per depth range, its power-of-two strides would thrash L1);
+// C is written once, from registers. It runs TN products too, but in a training step those were
+// slower here than OpenBLAS's (bench/README.md's optimisation log), so gemm() sends it NN and NT.
 //
 // Rounding: every element of C is one fused multiply-add chain over k in increasing order, from
 // zero, then alpha·sum (+ beta·C): so its bits do not depend on M, on which rows a call gets or on

@@ -4,6 +4,10 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 #include "runtime/threads.hpp"
 
 namespace uoe {
@@ -185,6 +189,45 @@ void attn_causal_backward(float* dqkv, float* ds, const float* d_o, const float*
                               dOh, W3, gd, j, L, dh);
     }
   }
+}
+
+#if defined(__AVX__)
+namespace {
+// out[c][r] = in[r][c] for an 8 × 8 block: rows interleaved in pairs, then quads, then halves.
+inline void transpose8x8(float* out, int ldo, const float* in, int ldi) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(in + static_cast<size_t>(i) * ldi);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(out + static_cast<size_t>(i) * ldo, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(out + static_cast<size_t>(i + 4) * ldo, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
+}  // namespace
+#endif
+
+void transpose(float* out, int ldo, const float* in, int ldi, int rows, int cols) {
+  int r0 = 0;
+#if defined(__AVX__)
+  for (; r0 + 8 <= rows; r0 += 8) {
+    int c0 = 0;
+    for (; c0 + 8 <= cols; c0 += 8)
+      transpose8x8(out + static_cast<size_t>(c0) * ldo + r0, ldo, in + static_cast<size_t>(r0) * ldi + c0, ldi);
+    for (; c0 < cols; ++c0)
+      for (int r = r0; r < r0 + 8; ++r) out[static_cast<size_t>(c0) * ldo + r] = in[static_cast<size_t>(r) * ldi + c0];
+  }
+#endif
+  for (; r0 < rows; ++r0)
+    for (int c = 0; c < cols; ++c) out[static_cast<size_t>(c) * ldo + r0] = in[static_cast<size_t>(r0) * ldi + c];
 }
 
 }  // namespace uoe

@@ -365,6 +365,9 @@ void gelu_backward(float* dx, const float* x, const float* dout, int64_t n);  //
 // out = gelu(x), and x is overwritten with gelu'(x) (the forward keeps the derivative, so backward
 // is one multiply); out and x must not overlap.
 void gelu_forward_keep_grad(float* out, float* x, int64_t n);
+// out[c, r] = in[r, c] for r < rows, c < cols (leading dimensions ldo, ldi; single-threaded): 8 × 8
+// blocks in AVX registers where the build has AVX, the edges one element at a time. Pure moves.
+void transpose(float* out, int ldo, const float* in, int ldi, int rows, int cols);
 // out[i, :] = table[ids[i], :]  (out [N, C], table [rows, C])
 void gather_rows(float* out, const float* table, const int32_t* ids, int N, int C);
 // acc[:] += Σ_i x[i, :], rows in order (bias gradients; x [N, C], acc [C])
