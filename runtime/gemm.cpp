@@ -326,12 +326,13 @@ int gemm_get_threads() { return threads_count(); }
 std::string gemm_describe() {
   std::string s = std::string("OpenBLAS ") + openblas_get_corename();
   s += g_split ? ", small-matrix GEMM pieces" : ", whole GEMMs";
-  if (own_kernel()) s += "; uoe's AVX2 kernel for NN/NT products of depth <= " + std::to_string(kOwnMaxDepth);
+  const std::string own =
+      own_kernel() ? "; uoe's AVX2 kernel for NN/NT products of depth <= " + std::to_string(kOwnMaxDepth) : "";
   const int n = threads_count();
-  if (n == 1) return s + ", single-threaded";
+  if (n == 1) return s + ", single-threaded" + own;
   const int period = row_period();
   return s + ", single-threaded, split over " + std::to_string(n) + " threads" +
-         (period > 0 ? " at " + std::to_string(period) + "-row tiles" : " (never: no row split keeps the bits)");
+         (period > 0 ? " at " + std::to_string(period) + "-row tiles" : " (never: no row split keeps the bits)") + own;
 }
 
 }  // namespace uoe
