@@ -101,6 +101,12 @@ void identity_rows(int* row_patch, int* row_slot, int n, cudaStream_t s);
 // so equal to a relative 1e-12 (double rounding over ≤ 10⁹ positive terms), not bitwise.
 inline constexpr int kSumShares = 64 * 256;
 void grad_sum_squares(double* out, double* shares, const float* g, size_t n, cudaStream_t s);
+// The step's log figures on the device (layers/step_figures.hpp's bodies, one thread each; twins:
+// the CPU functions of the same names): step_figures_add_loss also zeroes the micro-batch's *aux.
+void step_figures_add_loss(double* sums, const double* ce_sum, double tokens, double* aux, cudaStream_t s);
+void step_figures_add_block(double* sums, double* aux, const double* figures, const int* experts_per_token,
+                            const int* chosen, StepFigureBlock blk, cudaStream_t s);
+void step_figures_add_aux(double* sums, const double* aux, cudaStream_t s);
 }  // namespace cuda
 
 }  // namespace uoe
