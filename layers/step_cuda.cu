@@ -101,7 +101,7 @@ __global__ void sum_shares_kernel(double* out, const double* shares, int n) {
 }
 
 // The decisions (layers/router_select.hpp's bodies; the CPU twins are loops over the same bodies):
-// one thread per patch, per expert, per row run; the figures' sums on one thread (their order).
+// one thread per patch, per expert, per row run; the figures' sums as fixed-order reductions.
 __global__ void router_decide_rows_kernel(float* probs, float* lse, int* choice, float* gate, int P, int E, int k,
                                           GateMode mode) {
   const int p = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
@@ -113,11 +113,59 @@ __global__ void router_chosen_kernel(int* chosen, const int* choice, int P, int 
   const int e = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
   if (e < E) chosen[e] = router_chosen_count(choice, P, k, e);
 }
-__global__ void router_figures_kernel(double* out, int* experts_per_token, const float* probs, const float* lse,
-                                      const int* chosen, const uint8_t* kept, int P, int E, int k, int patch,
-                                      double aux_weight, double z_weight) {
-  router_losses(out, probs, lse, chosen, P, E, k, aux_weight, z_weight);
-  router_figures(out + 2, experts_per_token, probs, kept, P, E, k, patch);
+// The losses and figures (router_losses, router_figures: the same terms) as parallel reductions in
+// a fixed order: one block of kFigureThreads threads; thread t sums the terms of patches t, t + T,
+// t + 2T, … in ascending order, then a fixed tree adds the threads' sums (t += t + stride, stride
+// halving) — the same bits every run, O(P·E / T) per thread. Each expert's probability mass for
+// the balance loss is such a reduction, the experts then combined on thread 0 in order. The terms
+// are the CPU's; only the order of the double sums differs from its serial loops, so the figures
+// equal the CPU twin's to double rounding (tests/cuda/test_step_cuda.cpp: 1e-6 relative, which also
+// covers device log against host log). experts_per_token: integer counts (exact in any order).
+constexpr int kFigureThreads = 256;
+constexpr int kMaxFigureK = 64;  // top-k of the counts' shared array
+__device__ double block_sum_fixed(double* shared, double v) {
+  const int t = static_cast<int>(threadIdx.x);
+  shared[t] = v;
+  __syncthreads();
+  for (int stride = kFigureThreads / 2; stride > 0; stride /= 2) {
+    if (t < stride) shared[t] += shared[t + stride];
+    __syncthreads();
+  }
+  const double total = shared[0];
+  __syncthreads();  // shared is reused by the next reduction
+  return total;
+}
+__global__ void __launch_bounds__(kFigureThreads)
+    router_figures_kernel(double* out, int* experts_per_token, const float* probs, const float* lse, const int* chosen,
+                          const uint8_t* kept, int P, int E, int k, int patch, double aux_weight, double z_weight) {
+  __shared__ double shared[kFigureThreads];
+  __shared__ int counts[kMaxFigureK + 1];
+  const int t = static_cast<int>(threadIdx.x);
+  for (int j = t; j <= k; j += kFigureThreads) counts[j] = 0;
+  __syncthreads();
+  double bal = 0.0;
+  for (int e = 0; e < E; ++e) {
+    double pe = 0.0;
+    for (int p = t; p < P; p += kFigureThreads) pe += probs[static_cast<int64_t>(p) * E + e];
+    pe = block_sum_fixed(shared, pe);
+    if (t == 0 && P > 0) bal += (static_cast<double>(chosen[e]) / (static_cast<double>(P) * k)) * (pe / P);
+  }
+  double z = 0.0, h = 0.0;
+  for (int p = t; p < P; p += kFigureThreads) {
+    z += static_cast<double>(lse[p]) * lse[p];
+    h += router_entropy_row(probs + static_cast<int64_t>(p) * E, E);
+    int n = 0;
+    for (int j = 0; j < k; ++j) n += kept[p * k + j];
+    atomicAdd(&counts[n], patch);
+  }
+  z = block_sum_fixed(shared, z);
+  h = block_sum_fixed(shared, h);
+  if (t == 0) {
+    out[0] = P > 0 ? aux_weight * E * bal : 0.0;
+    out[1] = P > 0 ? z_weight * z / P : 0.0;
+    out[2] = h;
+  }
+  for (int j = t; j <= k; j += kFigureThreads) experts_per_token[j] = counts[j];
 }
 __global__ void router_backward_logits_kernel(float* dlogits, const float* probs, const float* lse, const int* choice,
                                               const uint8_t* kept, const float* dgate, const int* chosen, int P, int E,
@@ -180,8 +228,9 @@ void router_chosen(int* chosen, const int* choice, int P, int E, int k, cudaStre
 void router_losses_and_figures(double* out, int* experts_per_token, const float* probs, const float* lse,
                                const int* chosen, const uint8_t* kept, int P, int E, int k, int patch,
                                double aux_weight, double z_weight, cudaStream_t s) {
-  router_figures_kernel<<<1, 1, 0, s>>>(out, experts_per_token, probs, lse, chosen, kept, P, E, k, patch, aux_weight,
-                                        z_weight);
+  UOE_ASSERT(k <= kMaxFigureK, "router figures: top-k ", k, " over ", kMaxFigureK);
+  router_figures_kernel<<<1, kFigureThreads, 0, s>>>(out, experts_per_token, probs, lse, chosen, kept, P, E, k, patch,
+                                                     aux_weight, z_weight);
   UOE_CHECK_LAUNCH("router_figures_kernel");
 }
 void router_backward_logits_rows(float* dlogits, const float* probs, const float* lse, const int* choice,

@@ -72,7 +72,8 @@ void router_select(uint8_t* kept, int* row_offsets, int* row_patch, int* row_slo
                    const float* probs, int P, int E, int k, int capacity, cudaStream_t s);
 // The decisions, twins of layers/router_select.hpp's CPU functions of the same names (loops over
 // the same bodies): one thread per patch (decide, backward logits), per expert (chosen), per run of
-// one gate slot's rows (gate gradients); the figures on one thread, in the CPU's summation order.
+// one gate slot's rows (gate gradients); the figures as parallel reductions in a fixed order (the same
+// bits every run; the CPU twins' serial sums to double rounding).
 // router_losses_and_figures: out [3] = balance, z-loss, entropy sum; experts_per_token [k + 1].
 void router_decide_rows(float* probs, float* lse, int* choice, float* gate, int P, int E, int k, GateMode mode,
                         cudaStream_t s);
