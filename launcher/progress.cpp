@@ -28,13 +28,23 @@ StepWindow::StepWindow(int blocks)
 
 void StepWindow::add(const StepFigures& fig, double seconds, double comm_s, double exposed_s, double comm_cpu_s,
                      double a2a_bytes, double a2a_payload_bytes, double a2a_link_bytes) {
+  // The router's figures of a step whose figures the backend kept (StepFigures::figures_deferred)
+  // arrive with the next log step, in step order, before its own.
+  auto add_router = [this](const StepFigures& f) {
+    for (int b = 0; b < blocks; ++b) load_max[b] = std::max(load_max[b], f.load_max_over_mean[b]);
+    aux += f.aux;
+    for (int b = 0; b < blocks; ++b) entropy[b] += f.router_entropy[b];
+    if (ept.empty()) ept.assign(f.experts_per_token.size(), std::vector<double>(blocks, 0.0));
+    for (size_t jj = 0; jj < ept.size(); ++jj)
+      for (int b = 0; b < blocks; ++b) ept[jj][b] += f.experts_per_token[jj][b];
+  };
+  for (const StepFigures& f : fig.earlier) add_router(f);
+  if (!fig.figures_deferred) add_router(fig);
   for (int b = 0; b < blocks; ++b) {
-    load_max[b] = std::max(load_max[b], fig.load_max_over_mean[b]);
     dropped[b] += fig.dropped[b];
     assignments[b] += fig.assignments[b];
   }
   loss += fig.loss;
-  aux += fig.aux;
   time += seconds;
   flops += fig.flops;
   tokens += fig.tokens;
@@ -44,10 +54,6 @@ void StepWindow::add(const StepFigures& fig, double seconds, double comm_s, doub
   bytes += a2a_bytes;
   payload_bytes += a2a_payload_bytes;
   link_bytes += a2a_link_bytes;
-  for (int b = 0; b < blocks; ++b) entropy[b] += fig.router_entropy[b];
-  if (ept.empty()) ept.assign(fig.experts_per_token.size(), std::vector<double>(blocks, 0.0));
-  for (size_t jj = 0; jj < ept.size(); ++jj)
-    for (int b = 0; b < blocks; ++b) ept[jj][b] += fig.experts_per_token[jj][b];
   ++steps;
 }
 

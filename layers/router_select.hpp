@@ -151,16 +151,17 @@ UOE_HD inline void router_losses(double* out, const float* probs, const float* l
 // The block's log figures from the routing, block_stats_from_routing's arithmetic (layers/model.cpp):
 // *entropy_sum = Σ_p −Σ_e p·ln p (double, p order, experts in order within p) and experts_per_token
 // [k + 1] (tokens by the number of their choices kept: a patch's count, patch times). One thread.
+// One patch's entropy −Σ_e p·ln p (double, experts in order): a term of router_figures' sum.
+UOE_HD inline double router_entropy_row(const float* pr, int E) {
+  double h = 0;
+  for (int e = 0; e < E; ++e)
+    if (pr[e] > 0) h -= static_cast<double>(pr[e]) * log(static_cast<double>(pr[e]));
+  return h;
+}
 UOE_HD inline void router_figures(double* entropy_sum, int* experts_per_token, const float* probs, const uint8_t* kept,
                                   int P, int E, int k, int patch) {
   double sum = 0;
-  for (int p = 0; p < P; ++p) {
-    const float* pr = probs + static_cast<int64_t>(p) * E;
-    double h = 0;
-    for (int e = 0; e < E; ++e)
-      if (pr[e] > 0) h -= static_cast<double>(pr[e]) * log(static_cast<double>(pr[e]));
-    sum += h;
-  }
+  for (int p = 0; p < P; ++p) sum += router_entropy_row(probs + static_cast<int64_t>(p) * E, E);
   *entropy_sum = sum;
   for (int j = 0; j <= k; ++j) experts_per_token[j] = 0;
   for (int p = 0; p < P; ++p) {

@@ -36,6 +36,7 @@
 #include "layers/model.hpp"
 #include "layers/optimizer.hpp"
 #include "layers/router.hpp"
+#include "layers/step_figures.hpp"
 #include "parallel/exchange.hpp"
 #include "runtime/bf16.hpp"
 #include "runtime/error.hpp"
@@ -95,6 +96,23 @@ class ModelStep {
   virtual void zero_gradients() = 0;
   virtual void state_to_host(AdamW* opt) = 0;
   virtual void state_from_host() = 0;
+
+  // The step's log figures where the backend computes them (layers/step_figures.hpp; docs/gpu.md,
+  // Log figures). A backend with its own memory (kHostMemory false) adds each training
+  // micro-batch's loss and routed blocks' figures into slot `slot` (of `slots`, each layout.size()
+  // doubles, zeroed here) until figures_end; the host's ForwardStats then lacks them (ce_sum, and
+  // per routed block the losses, entropy, chosen and experts per token). false: the backend keeps
+  // none, ForwardStats has them all (the CPU backend).
+  virtual bool figures_begin(const StepFigureLayout& /*layout*/, int /*slot*/, int /*slots*/) { return false; }
+  virtual void figures_end() {}
+  // Slot `slot`'s loss (its first figure): one double crosses.
+  virtual double figures_loss(int /*slot*/) { return 0; }
+  // Slots [0, n) into host (n · layout.size() doubles): one copy.
+  virtual void figures_fetch(std::span<double> /*host*/, int /*n*/) {}
+  // train_step's bookkeeping of the figures still in the backend (layers/train_step.cpp): per step
+  // since the last log line, the host's part summed over the ranks; and the steps whose slots were
+  // fetched early, complete.
+  std::vector<std::vector<double>> figures_pending, figures_drained;
 
   Model& model() { return *model_; }
   const Model& model() const { return *model_; }
@@ -250,10 +268,19 @@ class Step final : public ModelStep {
     Model& m = *model_;
     const int N = B * spec_.seq_len, d = spec_.d, V = spec_.vocab, nb = 2 * spec_.layers;
     be_.begin_step(m.params(), /*with_grads=*/true);
+    if constexpr (!Be::kHostMemory) be_.defer_figures = fig_slot_ >= 0;
     forward(inputs, B, /*dropless=*/false, stats);
     // Loss = mean CE: dlogits = (softmax − onehot) · loss_scale / N.
     stats->ce_sum = be_.cross_entropy(/*backward=*/true, logits_.data(), targets, N, V,
                                       loss_scale / static_cast<float>(N));
+    if constexpr (!Be::kHostMemory)
+      if (fig_slot_ >= 0) {  // the micro-batch's loss and router figures stay in the backend
+        be_.figures_add_loss(fig_slot_, static_cast<double>(N));
+        for (int b = 0; b < nb; ++b)
+          if (blocks_[b]->routed)
+            be_.figures_add_block(fig_slot_, blocks_[b]->route, step_figure_block(fig_layout_, b, blocks_[b]->routing.k));
+        be_.figures_add_aux(fig_slot_);
+      }
     // LM head (tied): logits = hf · Wembᵀ.
     const int embed = m.embed_index();
     be_.gemm(true, false, V, d, N, 1.0f, logits_.data(), V, hf_.data(), d, 1.0f, grad(embed), d);
@@ -284,6 +311,7 @@ class Step final : public ModelStep {
       return;
     }
     be_.begin_step(model_->params(), /*with_grads=*/false);
+    if constexpr (!Be::kHostMemory) be_.defer_figures = false;  // evaluation's figures come down
     forward(inputs, B, /*dropless=*/true, stats);
     be_.end_step(model_->params(), /*with_grads=*/false);
     stats->ce_sum = N == 0 ? 0.0  // took part in the exchanges with nothing of its own
@@ -322,6 +350,27 @@ class Step final : public ModelStep {
   void zero_gradients() override { be_.zero_grads(model_->params()); }
   void state_to_host(AdamW* opt) override { be_.to_host(model_->params(), opt); }
   void state_from_host() override { be_.from_host(model_->params()); }
+  bool figures_begin(const StepFigureLayout& layout, int slot, int slots) override {
+    if constexpr (Be::kHostMemory) {
+      return false;
+    } else {
+      fig_layout_ = layout;
+      fig_slot_ = slot;
+      be_.figures_zero(slot, slots, layout.size());
+      return true;
+    }
+  }
+  void figures_end() override {
+    if constexpr (!Be::kHostMemory) be_.defer_figures = false;
+    fig_slot_ = -1;
+  }
+  double figures_loss(int slot) override {
+    if constexpr (Be::kHostMemory) return 0;
+    else return be_.figures_loss(slot);
+  }
+  void figures_fetch(std::span<double> host, int n) override {
+    if constexpr (!Be::kHostMemory) be_.figures_fetch(host, n);
+  }
 
  private:
   template <class T>
@@ -729,6 +778,8 @@ class Step final : public ModelStep {
   std::vector<ChunkMetadata> meta_;              // [chunks] batched metadata
   std::vector<float> probs_host_;
   int probs_rows_ = 0;
+  StepFigureLayout fig_layout_;  // figures_begin .. figures_end: where the backend adds the figures
+  int fig_slot_ = -1;
 };
 
 }  // namespace uoe

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <span>
 #include <string>
@@ -13,6 +14,7 @@
 #include "layers/optimizer.hpp"
 #include "layers/router.hpp"
 #include "layers/router_select.hpp"
+#include "layers/step_figures.hpp"
 #include "layers/source_rows.hpp"
 #include "parallel/grad_sync.hpp"
 #include "layers/step_cuda.hpp"
@@ -99,7 +101,7 @@ __global__ void sum_shares_kernel(double* out, const double* shares, int n) {
 }
 
 // The decisions (layers/router_select.hpp's bodies; the CPU twins are loops over the same bodies):
-// one thread per patch, per expert, per row run; the figures' sums on one thread (their order).
+// one thread per patch, per expert, per row run; the figures' sums as fixed-order reductions.
 __global__ void router_decide_rows_kernel(float* probs, float* lse, int* choice, float* gate, int P, int E, int k,
                                           GateMode mode) {
   const int p = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
@@ -111,11 +113,59 @@ __global__ void router_chosen_kernel(int* chosen, const int* choice, int P, int 
   const int e = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
   if (e < E) chosen[e] = router_chosen_count(choice, P, k, e);
 }
-__global__ void router_figures_kernel(double* out, int* experts_per_token, const float* probs, const float* lse,
-                                      const int* chosen, const uint8_t* kept, int P, int E, int k, int patch,
-                                      double aux_weight, double z_weight) {
-  router_losses(out, probs, lse, chosen, P, E, k, aux_weight, z_weight);
-  router_figures(out + 2, experts_per_token, probs, kept, P, E, k, patch);
+// The losses and figures (router_losses, router_figures: the same terms) as parallel reductions in
+// a fixed order: one block of kFigureThreads threads; thread t sums the terms of patches t, t + T,
+// t + 2T, … in ascending order, then a fixed tree adds the threads' sums (t += t + stride, stride
+// halving) — the same bits every run, O(P·E / T) per thread. Each expert's probability mass for
+// the balance loss is such a reduction, the experts then combined on thread 0 in order. The terms
+// are the CPU's; only the order of the double sums differs from its serial loops, so the figures
+// equal the CPU twin's to double rounding (tests/cuda/test_step_cuda.cpp: 1e-6 relative, which also
+// covers device log against host log). experts_per_token: integer counts (exact in any order).
+constexpr int kFigureThreads = 256;
+constexpr int kMaxFigureK = 64;  // top-k of the counts' shared array
+__device__ double block_sum_fixed(double* shared, double v) {
+  const int t = static_cast<int>(threadIdx.x);
+  shared[t] = v;
+  __syncthreads();
+  for (int stride = kFigureThreads / 2; stride > 0; stride /= 2) {
+    if (t < stride) shared[t] += shared[t + stride];
+    __syncthreads();
+  }
+  const double total = shared[0];
+  __syncthreads();  // shared is reused by the next reduction
+  return total;
+}
+__global__ void __launch_bounds__(kFigureThreads)
+    router_figures_kernel(double* out, int* experts_per_token, const float* probs, const float* lse, const int* chosen,
+                          const uint8_t* kept, int P, int E, int k, int patch, double aux_weight, double z_weight) {
+  __shared__ double shared[kFigureThreads];
+  __shared__ int counts[kMaxFigureK + 1];
+  const int t = static_cast<int>(threadIdx.x);
+  for (int j = t; j <= k; j += kFigureThreads) counts[j] = 0;
+  __syncthreads();
+  double bal = 0.0;
+  for (int e = 0; e < E; ++e) {
+    double pe = 0.0;
+    for (int p = t; p < P; p += kFigureThreads) pe += probs[static_cast<int64_t>(p) * E + e];
+    pe = block_sum_fixed(shared, pe);
+    if (t == 0 && P > 0) bal += (static_cast<double>(chosen[e]) / (static_cast<double>(P) * k)) * (pe / P);
+  }
+  double z = 0.0, h = 0.0;
+  for (int p = t; p < P; p += kFigureThreads) {
+    z += static_cast<double>(lse[p]) * lse[p];
+    h += router_entropy_row(probs + static_cast<int64_t>(p) * E, E);
+    int n = 0;
+    for (int j = 0; j < k; ++j) n += kept[p * k + j];
+    atomicAdd(&counts[n], patch);
+  }
+  z = block_sum_fixed(shared, z);
+  h = block_sum_fixed(shared, h);
+  if (t == 0) {
+    out[0] = P > 0 ? aux_weight * E * bal : 0.0;
+    out[1] = P > 0 ? z_weight * z / P : 0.0;
+    out[2] = h;
+  }
+  for (int j = t; j <= k; j += kFigureThreads) experts_per_token[j] = counts[j];
 }
 __global__ void router_backward_logits_kernel(float* dlogits, const float* probs, const float* lse, const int* choice,
                                               const uint8_t* kept, const float* dgate, const int* chosen, int P, int E,
@@ -178,8 +228,9 @@ void router_chosen(int* chosen, const int* choice, int P, int E, int k, cudaStre
 void router_losses_and_figures(double* out, int* experts_per_token, const float* probs, const float* lse,
                                const int* chosen, const uint8_t* kept, int P, int E, int k, int patch,
                                double aux_weight, double z_weight, cudaStream_t s) {
-  router_figures_kernel<<<1, 1, 0, s>>>(out, experts_per_token, probs, lse, chosen, kept, P, E, k, patch, aux_weight,
-                                        z_weight);
+  UOE_ASSERT(k <= kMaxFigureK, "router figures: top-k ", k, " over ", kMaxFigureK);
+  router_figures_kernel<<<1, kFigureThreads, 0, s>>>(out, experts_per_token, probs, lse, chosen, kept, P, E, k, patch,
+                                                     aux_weight, z_weight);
   UOE_CHECK_LAUNCH("router_figures_kernel");
 }
 void router_backward_logits_rows(float* dlogits, const float* probs, const float* lse, const int* choice,
@@ -257,6 +308,31 @@ void router_select(uint8_t* kept, int* row_offsets, int* row_patch, int* row_slo
   UOE_CHECK_LAUNCH("router_place_rows_kernel");
 }
 // *out (device) = Σ g² of g [n] (device); shares: kSumBlocks · 256 doubles of workspace.
+// The step's log figures (layers/step_figures.hpp's bodies, one thread: a handful of additions).
+__global__ void step_figures_add_loss_kernel(double* sums, const double* ce_sum, double tokens, double* aux) {
+  uoe::step_figures_add_loss(sums, ce_sum, tokens);
+  *aux = 0;
+}
+__global__ void step_figures_add_block_kernel(double* sums, double* aux, const double* figures,
+                                              const int* experts_per_token, const int* chosen, StepFigureBlock blk) {
+  uoe::step_figures_add_block(sums, aux, figures, experts_per_token, chosen, blk);
+}
+__global__ void step_figures_add_aux_kernel(double* sums, const double* aux) { uoe::step_figures_add_aux(sums, aux); }
+
+void step_figures_add_loss(double* sums, const double* ce_sum, double tokens, double* aux, cudaStream_t s) {
+  step_figures_add_loss_kernel<<<1, 1, 0, s>>>(sums, ce_sum, tokens, aux);
+  UOE_CHECK_LAUNCH("step_figures_add_loss_kernel");
+}
+void step_figures_add_block(double* sums, double* aux, const double* figures, const int* experts_per_token,
+                            const int* chosen, StepFigureBlock blk, cudaStream_t s) {
+  step_figures_add_block_kernel<<<1, 1, 0, s>>>(sums, aux, figures, experts_per_token, chosen, blk);
+  UOE_CHECK_LAUNCH("step_figures_add_block_kernel");
+}
+void step_figures_add_aux(double* sums, const double* aux, cudaStream_t s) {
+  step_figures_add_aux_kernel<<<1, 1, 0, s>>>(sums, aux);
+  UOE_CHECK_LAUNCH("step_figures_add_aux_kernel");
+}
+
 void grad_sum_squares(double* out, double* shares, const float* g, size_t n, cudaStream_t s) {
   sum_squares_shares_kernel<<<kSumBlocks, kThreads, 0, s>>>(shares, g, n);
   UOE_CHECK_LAUNCH("sum_squares_shares_kernel");
@@ -397,11 +473,41 @@ class CudaBackend {
                                           s());
     else
       cuda::crossentropy_forward(loss_sum.data(), row_loss.data(), logits, targets_.data(), N, V, s());
+    if (defer_figures) return std::numeric_limits<double>::quiet_NaN();  // stays here (figures_add_loss)
     double sum = 0;
     download(loss_sum, std::span<double>(&sum, 1));
     synchronize();
     return sum;
   }
+  // The step's log figures here (layers/step_figures.hpp; ModelStep::figures_begin): train_step's
+  // vector in slots, added to on the device from the loss and the routing's figures, which stay
+  // here while defer_figures is set (a training pass between figures_begin and figures_end).
+  bool defer_figures = false;
+  void figures_zero(int slot, int slots, size_t size) {
+    figures_.resize(static_cast<size_t>(slots) * size);  // grow-only: the same size every step of a run
+    figure_size_ = size;
+    UOE_CHECK_CUDA(cudaMemsetAsync(slot_of(slot), 0, size * sizeof(double), s()));
+    fig_aux_.resize(1);
+  }
+  void figures_add_loss(int slot, double tokens) {
+    cuda::step_figures_add_loss(slot_of(slot), loss_sum.data(), tokens, fig_aux_.data(), s());
+  }
+  void figures_add_block(int slot, const RouteCache& rc, StepFigureBlock blk) {
+    cuda::step_figures_add_block(slot_of(slot), fig_aux_.data(), rc.figures.data(), rc.experts_per_token.data(),
+                                 rc.chosen.data(), blk, s());
+  }
+  void figures_add_aux(int slot) { cuda::step_figures_add_aux(slot_of(slot), fig_aux_.data(), s()); }
+  double figures_loss(int slot) {
+    double loss = 0;
+    traffic.down(slot_of(slot), &loss, 1, s());
+    synchronize();
+    return loss;
+  }
+  void figures_fetch(std::span<double> host, int n) {
+    traffic.down(figures_.data(), host.data(), static_cast<size_t>(n) * figure_size_, s());
+    synchronize();
+  }
+
   void embedding_backward(float* dtable, const float* dh, const Buffer<int32_t>& tokens, int N, int V, int d) {
     embed_plan.build(tokens.data(), N, V, s());
     cuda::scatter_add_rows(dtable, dh, embed_plan, d, 1.0f, nullptr, s());
@@ -452,9 +558,15 @@ class CudaBackend {
     r.experts_per_token.resize(k + 1);
     double figures[3];
     traffic.down(rc.counts.data(), r.row_offsets.data(), r.row_offsets.size(), s());
-    traffic.down(rc.chosen.data(), r.chosen.data(), r.chosen.size(), s());
-    traffic.down(rc.experts_per_token.data(), r.experts_per_token.data(), r.experts_per_token.size(), s());
-    traffic.down(rc.figures.data(), figures, 3, s());
+    if (defer_figures) {  // they stay here (figures_add_block); poisoned on the host
+      std::fill(r.chosen.begin(), r.chosen.end(), -1);
+      std::fill(r.experts_per_token.begin(), r.experts_per_token.end(), -1);
+      std::fill(figures, figures + 3, std::numeric_limits<double>::quiet_NaN());
+    } else {
+      traffic.down(rc.chosen.data(), r.chosen.data(), r.chosen.size(), s());
+      traffic.down(rc.experts_per_token.data(), r.experts_per_token.data(), r.experts_per_token.size(), s());
+      traffic.down(rc.figures.data(), figures, 3, s());
+    }
     synchronize();
     const int rows = r.row_offsets[E];
     r.row_patch.clear();  // here, in rc (routing_to_host); row_tables lays the rows out here
@@ -834,6 +946,9 @@ class CudaBackend {
   Buffer<float> dgate_;  // [P, k] the gate gradients of the block in backward
   Buffer<int> all_rows;  // {0, N}: the output bias as one "expert" over every token
   Buffer<double> loss_sum;
+  Buffer<double> figures_, fig_aux_;  // [slots, size] the step's figures; [1] a micro-batch's router losses
+  size_t figure_size_ = 0;
+  double* slot_of(int slot) { return figures_.data() + static_cast<size_t>(slot) * figure_size_; }
   int all_rows_n = -1;
   cuda::ScatterPlan embed_plan;
 };

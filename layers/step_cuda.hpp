@@ -72,7 +72,8 @@ void router_select(uint8_t* kept, int* row_offsets, int* row_patch, int* row_slo
                    const float* probs, int P, int E, int k, int capacity, cudaStream_t s);
 // The decisions, twins of layers/router_select.hpp's CPU functions of the same names (loops over
 // the same bodies): one thread per patch (decide, backward logits), per expert (chosen), per run of
-// one gate slot's rows (gate gradients); the figures on one thread, in the CPU's summation order.
+// one gate slot's rows (gate gradients); the figures as parallel reductions in a fixed order (the same
+// bits every run; the CPU twins' serial sums to double rounding).
 // router_losses_and_figures: out [3] = balance, z-loss, entropy sum; experts_per_token [k + 1].
 void router_decide_rows(float* probs, float* lse, int* choice, float* gate, int P, int E, int k, GateMode mode,
                         cudaStream_t s);
@@ -101,6 +102,12 @@ void identity_rows(int* row_patch, int* row_slot, int n, cudaStream_t s);
 // so equal to a relative 1e-12 (double rounding over ≤ 10⁹ positive terms), not bitwise.
 inline constexpr int kSumShares = 64 * 256;
 void grad_sum_squares(double* out, double* shares, const float* g, size_t n, cudaStream_t s);
+// The step's log figures on the device (layers/step_figures.hpp's bodies, one thread each; twins:
+// the CPU functions of the same names): step_figures_add_loss also zeroes the micro-batch's *aux.
+void step_figures_add_loss(double* sums, const double* ce_sum, double tokens, double* aux, cudaStream_t s);
+void step_figures_add_block(double* sums, double* aux, const double* figures, const int* experts_per_token,
+                            const int* chosen, StepFigureBlock blk, cudaStream_t s);
+void step_figures_add_aux(double* sums, const double* aux, cudaStream_t s);
 }  // namespace cuda
 
 }  // namespace uoe

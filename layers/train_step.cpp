@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "layers/cpu_backend.hpp"
+#include "layers/step_figures.hpp"
 #include "parallel/communicator.hpp"
 #include "parallel/grad_sync.hpp"
 #include "parallel/scheduler.hpp"
@@ -61,6 +62,60 @@ uint64_t routing_check_term(uint64_t slot, uint64_t fingerprint) {
   h ^= h >> 29;
   return h >> 38;
 }
+// fig's figures from the step's vector summed over the ranks (micro: the micro-batches of every rank).
+void figures_from_sums(StepFigures& fig, const std::vector<double>& sums, const StepFigureLayout& lay,
+                       const ModelSpec& spec, double micro) {
+  const int blocks = lay.blocks, K = lay.K;
+  const std::vector<int>& experts_of = lay.experts_of;
+  const size_t at_hist = lay.at_hist;
+  fig.loss = sums[0] / micro;
+  fig.aux = sums[1] / micro;
+  fig.flops = sums[2];
+  fig.tokens = static_cast<int64_t>(sums[3]);
+  fig.routing_check = sums[lay.at_routing];
+  fig.dropped.resize(blocks);
+  fig.assignments.resize(blocks);
+  fig.load_max_over_mean.resize(blocks);
+  fig.router_entropy.assign(blocks, 0.0);
+  fig.experts_per_token.assign(K + 1, std::vector<double>(blocks, 0.0));
+  size_t at = lay.at_load;
+  for (int b = 0; b < blocks; ++b) {
+    const double patches = sums[4 + 3 * blocks + b];
+    if (spec.block_routed(b) && patches > 0) fig.router_entropy[b] = sums[4 + 2 * blocks + b] / patches;
+    double tokens_b = 0;
+    for (int j = 0; j <= K; ++j) tokens_b += sums[at_hist + static_cast<size_t>(b) * (K + 1) + j];
+    for (int j = 0; j <= K && tokens_b > 0; ++j)
+      fig.experts_per_token[j][b] = sums[at_hist + static_cast<size_t>(b) * (K + 1) + j] / tokens_b;
+    fig.dropped[b] = static_cast<int64_t>(sums[4 + b]);
+    fig.assignments[b] = static_cast<int64_t>(sums[4 + blocks + b]);
+    const double mx = *std::max_element(sums.begin() + at, sums.begin() + at + experts_of[b]);
+    const double mean = sums[4 + blocks + b] / experts_of[b];
+    fig.load_max_over_mean[b] = mean > 0 ? mx / mean : 0.0;
+    at += experts_of[b];
+  }
+}
+
+// Reads the backend's first n figure slots in one copy and completes the n steps waiting in
+// step.figures_pending (their host part, summed over the ranks in their step) with them: each
+// slot summed over the ranks as its step's vector is (the same collective, so the same sums),
+// added to its host part — each figure is one side's, the other side holds +0.0 there — and moved
+// to step.figures_drained, in step order.
+void figures_drain(ModelStep& step, const StepFigureLayout& lay, const StepRanks& ranks, int n) {
+  const size_t size = lay.size();
+  std::vector<double> slots(static_cast<size_t>(n) * size);
+  step.figures_fetch(slots, n);
+  for (int i = 0; i < n; ++i) {
+    std::vector<double> part(slots.begin() + static_cast<ptrdiff_t>(i * size),
+                             slots.begin() + static_cast<ptrdiff_t>((i + 1) * size));
+    part[0] = 0;  // the loss: the host's, read and summed over the ranks in its step
+    sum_over_ranks(part, ranks, "step figures: all-reduce");
+    std::vector<double>& host = step.figures_pending[i];
+    for (size_t j = 0; j < size; ++j) host[j] += part[j];
+    step.figures_drained.push_back(std::move(host));
+  }
+  step.figures_pending.erase(step.figures_pending.begin(), step.figures_pending.begin() + n);
+}
+
 }  // namespace
 
 StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const TokenStream& train_tokens,
@@ -75,22 +130,20 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const TokenS
   const int T = cfg.seq_len, B = cfg.batch_size, M = cfg.micro_batches;
   const int blocks = 2 * model.spec().layers;
   std::vector<int32_t> in(static_cast<size_t>(B) * T), tg(static_cast<size_t>(B) * T);
-  // Global figures travel in one vector: loss, aux, flops, tokens, then per block dropped,
-  // assignments, router entropy and patches, then per block the tokens processed by 0..K experts
-  // (K the largest top-k), then per block the patches choosing each expert.
+  // Global figures travel in one vector (layers/step_figures.hpp, StepFigureLayout).
   const ModelSpec& spec = model.spec();
-  const int K = std::max(spec.topk, spec.attn_topk);
-  std::vector<int> experts_of(blocks);
-  size_t load_size = 0;
-  for (int b = 0; b < blocks; ++b) {
-    experts_of[b] = spec.block_experts(b);
-    load_size += experts_of[b];
-  }
-  const size_t at_hist = 4 + 4 * static_cast<size_t>(blocks);
-  const size_t at_load = at_hist + static_cast<size_t>(blocks) * (K + 1);
-  // Last: the routing check (StepFigures::routing_check).
-  const size_t at_routing = at_load + load_size;
-  std::vector<double> sums(at_routing + 1, 0.0);
+  const StepFigureLayout lay(spec);
+  const int K = lay.K;
+  const std::vector<int>& experts_of = lay.experts_of;
+  const size_t at_hist = lay.at_hist, at_load = lay.at_load, at_routing = lay.at_routing;
+  std::vector<double> sums(lay.size(), 0.0);
+  // A backend that keeps the loss and the routed blocks' figures where it computes them adds them
+  // there, one slot per step until a log line reads them (figures_drain below; docs/gpu.md, Log figures).
+  const int fig_slots = std::max(1, cfg.log_every);
+  if (step_runner->figures_pending.size() >= static_cast<size_t>(fig_slots))
+    figures_drain(*step_runner, lay, ranks, static_cast<int>(step_runner->figures_pending.size()));
+  const int fig_slot = static_cast<int>(step_runner->figures_pending.size());
+  const bool deferred = step_runner->figures_begin(lay, fig_slot, fig_slots);
   step_runner->zero_gradients();  // where the step keeps them (layers/step.hpp)
   ForwardStats st;
   const float loss_scale = 1.0f / static_cast<float>(M * ranks.world_size);
@@ -121,8 +174,10 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const TokenS
     step_runner->forward_backward(in.data(), tg.data(), B, loss_scale, &st);
     if (cfg.metrics_grads)  // only those metrics lines carry it
       sums[at_routing] += static_cast<double>(routing_check_term(slot, step_runner->routing_fingerprint()));
-    sums[0] += st.ce_sum / static_cast<double>(st.tokens);
-    sums[1] += st.aux_loss;
+    if (!deferred) {  // otherwise in the backend (and an unrouted block's below: the host's)
+      sums[0] += st.ce_sum / static_cast<double>(st.tokens);
+      sums[1] += st.aux_loss;
+    }
     sums[2] += 3.0 * st.flops;
     sums[3] += static_cast<double>(st.tokens);
     size_t at = at_load;
@@ -130,15 +185,20 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const TokenS
       const BlockStats& bs = st.blocks[b];
       sums[4 + b] += bs.dropped;
       sums[4 + blocks + b] += static_cast<double>(bs.patches) * bs.k;
-      sums[4 + 2 * blocks + b] += bs.entropy_sum;
       sums[4 + 3 * blocks + b] += bs.patches;
-      for (size_t j = 0; j < bs.experts_per_token.size() && j <= static_cast<size_t>(K); ++j)
-        sums[at_hist + static_cast<size_t>(b) * (K + 1) + j] += static_cast<double>(bs.experts_per_token[j]);
-      for (int e = 0; e < experts_of[b]; ++e) sums[at + e] += bs.chosen[e];
+      if (!deferred || !spec.block_routed(b)) {
+        sums[4 + 2 * blocks + b] += bs.entropy_sum;
+        for (size_t j = 0; j < bs.experts_per_token.size() && j <= static_cast<size_t>(K); ++j)
+          sums[at_hist + static_cast<size_t>(b) * (K + 1) + j] += static_cast<double>(bs.experts_per_token[j]);
+        for (int e = 0; e < experts_of[b]; ++e) sums[at + e] += bs.chosen[e];
+      }
       at += experts_of[b];
     }
   }
   set_hook(nullptr);
+  step_runner->figures_end();
+  // The loss every step (one double): the skip below and the window's mean loss need it.
+  if (deferred) sums[0] = step_runner->figures_loss(fig_slot);
   double sq;
   StepFigures fig;
   ParamStore& ps = model.params();
@@ -174,34 +234,30 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const TokenS
   sum_over_ranks(sums, ranks, "step figures: all-reduce");
 
   const double micro = static_cast<double>(M) * ranks.world_size;
-  fig.loss = sums[0] / micro;
-  fig.aux = sums[1] / micro;
-  fig.flops = sums[2];
-  fig.tokens = static_cast<int64_t>(sums[3]);
+  figures_from_sums(fig, sums, lay, spec, micro);
   fig.grad_norm = std::sqrt(sq);
-  fig.routing_check = sums[at_routing];
-  fig.dropped.resize(blocks);
-  fig.assignments.resize(blocks);
-  fig.load_max_over_mean.resize(blocks);
-  fig.router_entropy.assign(blocks, 0.0);
-  fig.experts_per_token.assign(K + 1, std::vector<double>(blocks, 0.0));
-  size_t at = at_load;
-  for (int b = 0; b < blocks; ++b) {
-    const double patches = sums[4 + 3 * blocks + b];
-    if (spec.block_routed(b) && patches > 0) fig.router_entropy[b] = sums[4 + 2 * blocks + b] / patches;
-    double tokens_b = 0;
-    for (int j = 0; j <= K; ++j) tokens_b += sums[at_hist + static_cast<size_t>(b) * (K + 1) + j];
-    for (int j = 0; j <= K && tokens_b > 0; ++j)
-      fig.experts_per_token[j][b] = sums[at_hist + static_cast<size_t>(b) * (K + 1) + j] / tokens_b;
-    fig.dropped[b] = static_cast<int64_t>(sums[4 + b]);
-    fig.assignments[b] = static_cast<int64_t>(sums[4 + blocks + b]);
-    const double mx = *std::max_element(sums.begin() + at, sums.begin() + at + experts_of[b]);
-    const double mean = sums[4 + blocks + b] / experts_of[b];
-    fig.load_max_over_mean[b] = mean > 0 ? mx / mean : 0.0;
-    at += experts_of[b];
-  }
   // Every rank sees the same global loss and norm, so every rank skips (or not) together.
-  if (!std::isfinite(fig.loss) || !std::isfinite(fig.grad_norm)) {
+  const bool skip = !std::isfinite(fig.loss) || !std::isfinite(fig.grad_norm);
+  if (deferred && !skip) {
+    // This step's figures wait in its slot; a step that writes a log line reads every waiting
+    // slot in one copy and completes its own figures and the earlier steps' (fig.earlier).
+    step_runner->figures_pending.push_back(sums);
+    fig.figures_deferred = true;
+    if (step % cfg.log_every == 0 || step == cfg.steps) {
+      figures_drain(*step_runner, lay, ranks, static_cast<int>(step_runner->figures_pending.size()));
+      std::vector<std::vector<double>>& done = step_runner->figures_drained;
+      for (size_t i = 0; i + 1 < done.size(); ++i) {
+        fig.earlier.emplace_back();
+        figures_from_sums(fig.earlier.back(), done[i], lay, spec, micro);
+      }
+      const double loss = fig.loss;  // the one the step's skip decision read
+      figures_from_sums(fig, done.back(), lay, spec, micro);
+      fig.loss = loss;
+      fig.figures_deferred = false;
+      done.clear();
+    }
+  }
+  if (skip) {
     fig.skipped = true;
     step_runner->state_to_host(nullptr);  // the gradients where the host can name the bad tensor
     // Name the first tensor backward reached with a non-finite gradient (buckets are in backward

@@ -61,6 +61,13 @@ struct StepFigures {
   // alike report the same value. Written with --metrics-grads, so that a comparison of two layouts
   // (tests/cli/compare_runs.py) can tell a routing decision that rounding flipped from a bug.
   double routing_check = 0;
+  // A backend that keeps the figures where it computes them (ModelStep::figures_begin) reports them
+  // on the steps that write a log line: on the others figures_deferred is set and only the loss,
+  // flops, tokens, drops, assignments and grad_norm are this step's (aux, loads, entropies and
+  // experts per token are zero); a log step's figures are its own and `earlier` holds those of the
+  // steps since the last log line, in step order (the window's means: launcher/progress.hpp).
+  bool figures_deferred = false;
+  std::vector<StepFigures> earlier;
 };
 
 // One training step: each rank runs M micro-batches of random windows (micro-batch m of world

@@ -11,6 +11,7 @@
 // gaps of the differing patch before relaxing anything).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <string>
 #include <tuple>
@@ -367,6 +368,44 @@ TEST_F(StepCudaGpu, SourceRowsMatchTheirCpuTwins) {
     }
 }
 
+// The router's losses and figures as a parallel reduction (one block, each thread a strided set of
+// patches in order, then a fixed tree) on many more patches than threads: within 1e-9 relative of
+// the CPU twins' serial sums (only the order of double additions differs, and device log from
+// host log by an ulp), experts per token exact, and bitwise the same on a second run.
+TEST_F(StepCudaGpu, RouterFiguresReduceInAFixedOrder) {
+  const int P = 5000, E = 16, k = 2, ps = 2;
+  std::vector<float> probs(static_cast<size_t>(P) * E), lse(P), gate(static_cast<size_t>(P) * k);
+  for (size_t i = 0; i < probs.size(); ++i) probs[i] = 3.0f * rng_normal(11, 0, i);
+  std::vector<int> choice(static_cast<size_t>(P) * k), chosen(E), offsets(E + 1), rpatch(P * k), rslot(P * k), ept(k + 1);
+  std::vector<uint8_t> kept(static_cast<size_t>(P) * k);
+  router_decide_rows(probs.data(), lse.data(), choice.data(), gate.data(), P, E, k, GateMode::renorm);
+  router_chosen(chosen.data(), choice.data(), P, E, k);
+  router_select(kept.data(), offsets.data(), rpatch.data(), rslot.data(), choice.data(), probs.data(), P, E, k,
+                static_cast<int>(expert_capacity(P, k, E, 1.0)));
+  double fig[3];
+  router_losses(fig, probs.data(), lse.data(), chosen.data(), P, E, k, 0.01, 1e-3);
+  router_figures(fig + 2, ept.data(), probs.data(), kept.data(), P, E, k, ps);
+  auto probs_d = up(probs);
+  auto lse_d = up(lse);
+  auto chosen_d = up(chosen);
+  auto kept_d = up(kept);
+  cuda::DeviceBuffer<double> fig_d;
+  cuda::DeviceBuffer<int> ept_d;
+  fig_d.resize(3);
+  ept_d.resize(k + 1);
+  std::vector<double> first;
+  for (int run = 0; run < 2; ++run) {
+    cuda::router_losses_and_figures(fig_d.data(), ept_d.data(), probs_d.data(), lse_d.data(), chosen_d.data(),
+                                    kept_d.data(), P, E, k, ps, 0.01, 1e-3, s());
+    const std::vector<double> gf = down(fig_d);
+    for (int i = 0; i < 3; ++i) EXPECT_NEAR(gf[i], fig[i], 1e-9 * std::abs(fig[i])) << "figure " << i;
+    EXPECT_EQ(down(ept_d), ept);
+    if (run == 0) first = gf;
+    else
+      for (int i = 0; i < 3; ++i) EXPECT_EQ(std::memcmp(&gf[i], &first[i], sizeof(double)), 0) << "figure " << i;
+  }
+}
+
 // The routing decisions on the device (softmax, top-k, gates, chosen counts, capacity, losses, log
 // figures, the scores' gradients, the gate gradients) against their CPU twins on the same logits,
 // with ties (repeated patches) and drops. Integers and selections: equal. Floats: the same body,
@@ -430,6 +469,11 @@ TEST_F(StepCudaGpu, RouterDecisionsMatchTheirCpuTwins) {
     EXPECT_EQ(down(ept_d), ept);
     const std::vector<double> gf = down(fig_d);
     for (int i = 0; i < 3; ++i) EXPECT_NEAR(gf[i], fig[i], 1e-6 * std::abs(fig[i])) << "figure " << i;
+    // The figures' reductions have a fixed order: a second run gives the same bits.
+    cuda::router_losses_and_figures(fig_d.data(), ept_d.data(), probs_d.data(), lse_d.data(), chosen_d.data(),
+                                    kept_d.data(), P, E, k, ps, 0.01, 1e-3, s());
+    const std::vector<double> again = down(fig_d);
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(std::memcmp(&again[i], &gf[i], sizeof(double)), 0) << "figure " << i;
     // Backward: the gate gradients by row runs (two rows per slot), then the logits' gradients.
     const int R = 2 * P * k;
     std::vector<int32_t> slot(R);

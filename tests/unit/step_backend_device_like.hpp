@@ -34,6 +34,7 @@
 #include "layers/router_select.hpp"
 #include "layers/optimizer.hpp"
 #include "layers/step.hpp"
+#include "layers/step_figures.hpp"
 #include "parallel/grad_sync.hpp"
 #include "parallel/scheduler.hpp"
 #include "runtime/gemm.hpp"
@@ -85,7 +86,7 @@ class DeviceLikeBackend : public CpuBackend {
   };
 
   // One host↔device copy the GPU path would make: what crossed, which way, how many bytes.
-  enum class Traffic { arena, activations, metadata, loss };
+  enum class Traffic { arena, activations, metadata, loss, figures };
   struct Transfer {
     bool to_device;
     Traffic what;
@@ -128,10 +129,41 @@ class DeviceLikeBackend : public CpuBackend {
 
   double cross_entropy(bool backward, float* logits, const int32_t* targets_host, int N, int V, float grad_scale) {
     put(targets_, std::span<const int32_t>(targets_host, N), Traffic::metadata, "targets");
-    const double sum = backward ? crossentropy_forward_backward(logits, targets_.data(), N, V, grad_scale)
-                                : crossentropy_forward(logits, targets_.data(), N, V);
-    record(false, Traffic::loss, "loss", sizeof(double));
+    loss_sum_.resize(1);
+    loss_sum_.data()[0] = backward ? crossentropy_forward_backward(logits, targets_.data(), N, V, grad_scale)
+                                   : crossentropy_forward(logits, targets_.data(), N, V);
+    if (defer_figures) return std::numeric_limits<double>::quiet_NaN();  // stays here (figures_add_loss)
+    double sum;
+    get(std::span<double>(&sum, 1), loss_sum_.data(), Traffic::loss, "loss");
     return sum;
+  }
+
+  // The step's log figures here (layers/step_figures.hpp; ModelStep::figures_begin): train_step's
+  // vector in slots, added to by the device's bodies from the loss and the routing's figures that
+  // stay here while defer_figures is set (a training pass between figures_begin and figures_end).
+  bool defer_figures = false;
+  void figures_zero(int slot, int slots, size_t size) {
+    if (figures_.size() < static_cast<size_t>(slots) * size) figures_.resize(static_cast<size_t>(slots) * size);
+    figure_size_ = size;
+    std::fill(slot_of(slot), slot_of(slot) + size, 0.0);
+  }
+  void figures_add_loss(int slot, double tokens) {
+    step_figures_add_loss(slot_of(slot), loss_sum_.data(), tokens);
+    aux_.resize(1);
+    aux_.data()[0] = 0;
+  }
+  void figures_add_block(int slot, const RouteCache& rc, StepFigureBlock blk) {
+    step_figures_add_block(slot_of(slot), aux_.data(), rc.losses.data(), rc.experts_per_token.data(), rc.chosen.data(),
+                           blk);
+  }
+  void figures_add_aux(int slot) { step_figures_add_aux(slot_of(slot), aux_.data()); }
+  double figures_loss(int slot) {
+    double loss;
+    get(std::span<double>(&loss, 1), slot_of(slot), Traffic::loss, "loss");
+    return loss;
+  }
+  void figures_fetch(std::span<double> host, int n) {
+    get(host.first(static_cast<size_t>(n) * figure_size_), figures_.data(), Traffic::figures, "step figures");
   }
   void embedding_backward(float* dtable, const float* dh, const Buffer<int32_t>& tokens, int N, int, int d) {
     scatter_add_rows(dtable, dh, tokens.data(), N, d, 1.0f);
@@ -178,15 +210,21 @@ class DeviceLikeBackend : public CpuBackend {
     r.row_offsets.resize(E + 1);
     r.chosen.resize(E);
     get(std::span<int>(r.row_offsets), rc.counts.data(), Traffic::metadata, "row counts");
-    get(std::span<int>(r.chosen), rc.chosen.data(), Traffic::metadata, "chosen counts");
     const int rows = r.row_offsets[E];
     r.row_patch.clear();  // here, in rc (routing_to_host)
     r.row_slot.clear();
     r.sequence_rows.clear();
     r.experts_per_token.resize(k + 1);
-    get(std::span<int>(r.experts_per_token), rc.experts_per_token.data(), Traffic::metadata, "experts per token");
     double losses[3];
-    get(std::span<double>(losses, 3), rc.losses.data(), Traffic::loss, "router losses and entropy");
+    if (defer_figures) {  // they stay here (figures_add_block); poisoned on the host
+      std::fill(r.chosen.begin(), r.chosen.end(), -1);
+      std::fill(r.experts_per_token.begin(), r.experts_per_token.end(), -1);
+      std::fill(losses, losses + 3, std::numeric_limits<double>::quiet_NaN());
+    } else {
+      get(std::span<int>(r.chosen), rc.chosen.data(), Traffic::metadata, "chosen counts");
+      get(std::span<int>(r.experts_per_token), rc.experts_per_token.data(), Traffic::metadata, "experts per token");
+      get(std::span<double>(losses, 3), rc.losses.data(), Traffic::loss, "router losses and entropy");
+    }
     r.capacity_kept.resize(E);
     for (int e = 0; e < E; ++e) r.capacity_kept[e] = r.row_offsets[e + 1] - r.row_offsets[e];
     r.dropped = P * k - rows;
@@ -459,8 +497,12 @@ class DeviceLikeBackend : public CpuBackend {
   const GradientSync* sync_of_ = nullptr;
 
   std::vector<unsigned char> stage_[2];  // the snapshot's staging buffers
+  double* slot_of(int slot) { return figures_.data() + static_cast<size_t>(slot) * figure_size_; }
+
   Buffer<int32_t> targets_;
   Buffer<float> dgate_;  // [P, k] the block's gate gradients (backward)
+  Buffer<double> loss_sum_, aux_, figures_;  // [1] the last Σ CE; [1] a micro-batch's router losses; [slots, size]
+  size_t figure_size_ = 0;
 };
 
 }  // namespace uoe

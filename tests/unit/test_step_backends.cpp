@@ -21,6 +21,7 @@
 #include "checkpoints/checkpoint.hpp"
 #include "layers/cpu_backend.hpp"
 #include "layers/step.hpp"
+#include "layers/step_figures.hpp"
 #include "layers/model.hpp"
 #include "layers/optimizer.hpp"
 #include "layers/train_step.hpp"
@@ -30,6 +31,7 @@
 #include "runtime/config.hpp"
 #include "runtime/rng.hpp"
 #include "runtime/sum_squares.hpp"
+#include "runtime/token_stream.hpp"
 #include "small_spec.hpp"
 #include "step_backend_device_like.hpp"
 
@@ -218,6 +220,126 @@ void expect_step_stays_on_device(const ModelSpec& spec, int chunks) {
 TEST(StepBackends, TrainingStepMovesNoArenaAcrossTheDeviceBoundary) {
   expect_step_stays_on_device(spec_of(BlockType::uoe, 2, 1e-3, false), 1);
   expect_step_stays_on_device(spec_of(BlockType::moe, 1, 0.0, true), 2);
+}
+
+// train_step over the device-like backend keeps the loss and the router's figures where it computed
+// them (ModelStep::figures_begin, layers/step_figures.hpp): a step without a log line moves only the
+// tokens, targets, row counts and cells, and one double (the loss, for the skip check); a log step
+// adds one copy of every waiting step's figures (the steps since the last log line, a slot of
+// StepFigureLayout::size() doubles each). The figures are the CPU backend's bit for bit: each step's
+// own loss, flops, tokens, drops and norm, and on log steps its router figures and (`earlier`) those
+// of the steps since the last log line. A skipped step (non-finite loss) leaves no figures behind.
+void expect_figures_stay_on_device(const std::string& type, int patch, int micro_batches) {
+  Config cfg;
+  cfg.layers = 2;
+  cfg.d_model = 16;
+  cfg.heads = 2;
+  cfg.attn_experts = 2;
+  cfg.attn_topk = 1;
+  cfg.experts = 4;
+  cfg.topk = 2;
+  cfg.d_ff = 32;
+  cfg.seq_len = 8;
+  cfg.patch_size = patch;
+  cfg.batch_size = 2;
+  cfg.micro_batches = micro_batches;
+  cfg.block_type = type;
+  cfg.seed = 3;
+  cfg.steps = 8;
+  cfg.log_every = 3;
+  cfg.warmup = 1;
+  config_validate(cfg);
+  const ModelSpec spec = model_spec_from_config(cfg, 32);
+  const StepFigureLayout lay(spec);
+  const TokenStream data(tokens(4096, spec.vocab, 70));
+  LocalExchange ex_ref, ex_dev;
+  Model ref_model(spec, 5, &ex_ref), host(spec, 5, &ex_dev);
+  CpuStep ref(ref_model);
+  Step<DeviceLikeBackend> step(host);
+  DeviceLikeBackend& be = step.backend();
+  AdamW opt_ref(ref_model.params(), AdamWSpec{}), opt_dev(host.params(), AdamWSpec{});
+  StepRanks ranks_ref, ranks_dev;
+  ranks_ref.step = &ref;
+  ranks_dev.step = &step;
+  auto same = [](const StepFigures& d, const StepFigures& r, bool router, const std::string& what) {
+    auto bits = [](double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; };
+    EXPECT_TRUE(bits(d.loss, r.loss)) << what << ": loss " << d.loss << " vs " << r.loss;
+    EXPECT_TRUE(bits(d.flops, r.flops)) << what;
+    EXPECT_EQ(d.tokens, r.tokens) << what;
+    EXPECT_EQ(d.dropped, r.dropped) << what;
+    EXPECT_EQ(d.assignments, r.assignments) << what;
+    if (!router) return;
+    EXPECT_TRUE(bits(d.aux, r.aux)) << what << ": aux " << d.aux << " vs " << r.aux;
+    EXPECT_GT(r.aux, 0.0) << what;
+    for (size_t b = 0; b < r.router_entropy.size(); ++b) {
+      EXPECT_TRUE(bits(d.router_entropy[b], r.router_entropy[b])) << what << ": entropy, block " << b;
+      EXPECT_TRUE(bits(d.load_max_over_mean[b], r.load_max_over_mean[b])) << what << ": load, block " << b;
+    }
+    ASSERT_EQ(d.experts_per_token.size(), r.experts_per_token.size()) << what;
+    for (size_t j = 0; j < r.experts_per_token.size(); ++j)
+      for (size_t b = 0; b < r.experts_per_token[j].size(); ++b)
+        EXPECT_TRUE(bits(d.experts_per_token[j][b], r.experts_per_token[j][b])) << what << ": experts per token";
+  };
+  using T = DeviceLikeBackend::Traffic;
+  const std::vector<std::string> allowed = {"step input", "targets", "row counts", "source row cells", "loss"};
+  std::vector<StepFigures> window;  // the CPU backend's figures since the last log line
+  int waiting = 0;                  // steps whose figures wait on the device
+  for (int s = 1; s <= cfg.steps; ++s) {
+    const std::string what = "step " + std::to_string(s);
+    ranks_ref.inject_nan = ranks_dev.inject_nan = s == 5;  // skipped: its slot is reused
+    be.transfers.clear();
+    const StepFigures r = train_step(ref_model, opt_ref, cfg, data, s, ranks_ref);
+    const StepFigures d = train_step(host, opt_dev, cfg, data, s, ranks_dev);
+    EXPECT_EQ(d.skipped, r.skipped) << what;
+    EXPECT_EQ(r.skipped, s == 5) << what;
+    EXPECT_TRUE(std::isnan(d.loss) == std::isnan(r.loss)) << what;
+    if (!r.skipped) {
+      EXPECT_EQ(d.grad_norm, r.grad_norm) << what;
+      ++waiting;
+    }
+    const bool log = s % cfg.log_every == 0 || s == cfg.steps;
+    EXPECT_FALSE(r.figures_deferred);
+    EXPECT_TRUE(r.earlier.empty());
+    EXPECT_EQ(d.figures_deferred, !log && !r.skipped) << what;
+    if (!r.skipped) same(d, r, log, what);
+    // What crossed in this step (the first also took the arenas and moments from the host; the
+    // skipped one brought the gradients down to name the non-finite tensor).
+    size_t loss_bytes = 0, figure_copies = 0, figure_bytes = 0;
+    for (const auto& t : be.transfers) {
+      if ((s == 1 || r.skipped) && t.what == T::arena) continue;
+      if (t.what == T::figures) {
+        ++figure_copies;
+        figure_bytes += t.bytes;
+        continue;
+      }
+      if (t.what == T::loss) loss_bytes += t.bytes;
+      EXPECT_NE(std::find(allowed.begin(), allowed.end(), t.name), allowed.end())
+          << what << (t.to_device ? ": up: " : ": down: ") << t.name << ", " << t.bytes << " bytes";
+      EXPECT_TRUE(t.what == T::metadata || t.what == T::loss) << what << ": " << t.name;
+    }
+    EXPECT_EQ(loss_bytes, sizeof(double)) << what << ": the loss, once a step";
+    if (log && !r.skipped) {
+      EXPECT_EQ(figure_copies, 1u) << what;
+      EXPECT_EQ(figure_bytes, static_cast<size_t>(waiting) * lay.size() * sizeof(double)) << what;
+      ASSERT_EQ(d.earlier.size(), window.size()) << what;
+      for (size_t i = 0; i < window.size(); ++i) same(d.earlier[i], window[i], true, what + ", earlier " + std::to_string(i));
+      window.clear();
+      waiting = 0;
+    } else {
+      EXPECT_EQ(figure_copies, 0u) << what << ": figures before a log line";
+      EXPECT_TRUE(d.earlier.empty()) << what;
+      if (!r.skipped) window.push_back(r);
+    }
+  }
+  step.state_to_host(&opt_dev);
+  EXPECT_EQ(bit_differences(host.params().values().data(), ref_model.params().values().data(),
+                            ref_model.params().total()),
+            0u);
+}
+
+TEST(StepBackends, TrainStepReadsTheFiguresOnlyOnLogSteps) {
+  expect_figures_stay_on_device("uoe", 2, 2);
+  expect_figures_stay_on_device("moe", 1, 1);
 }
 
 // Routing on the device path (decided where the input and weights are; only counts, row tables and
