@@ -10,21 +10,17 @@
 
 #include "runtime/gemm.hpp"
 #include "runtime/rng.hpp"
+#include "gemm_inputs.hpp"
 
 namespace uoe {
 namespace {
 
-std::vector<float> ints(size_t n, uint64_t stream) {
-  std::vector<float> v(n);
-  for (size_t i = 0; i < n; ++i) v[i] = static_cast<float>(static_cast<int>(rng_below(23, stream, i, 7)) - 3);
-  return v;
-}
 
 void check(bool ta, bool tb, int M, int N, int K, float beta) {
   const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 5, ldc = N + 2;
-  const auto A = ints(static_cast<size_t>(ta ? K : M) * lda, 1);
-  const auto B = ints(static_cast<size_t>(tb ? N : K) * ldb, 2);
-  auto C = ints(static_cast<size_t>(M) * ldc, 3);
+  const auto A = small_ints(static_cast<size_t>(ta ? K : M) * lda, 1);
+  const auto B = small_ints(static_cast<size_t>(tb ? N : K) * ldb, 2);
+  auto C = small_ints(static_cast<size_t>(M) * ldc, 3);
   std::vector<float> want = C;
   const float alpha = 0.5f;
   for (int i = 0; i < M; ++i)

@@ -14,15 +14,11 @@
 #include "runtime/gemm.hpp"
 #include "runtime/gemm_avx2.hpp"
 #include "runtime/rng.hpp"
+#include "gemm_inputs.hpp"
 
 namespace uoe {
 namespace {
 
-std::vector<float> ints(size_t n, uint64_t stream) {
-  std::vector<float> v(n);
-  for (size_t i = 0; i < n; ++i) v[i] = static_cast<float>(static_cast<int>(rng_below(23, stream, i, 7)) - 3);
-  return v;
-}
 std::vector<float> reals(size_t n, uint64_t stream) {
   std::vector<float> v(n);
   for (size_t i = 0; i < n; ++i)
@@ -42,9 +38,9 @@ struct Product {
     ldc = N + 2;
     const size_t na = static_cast<size_t>(ta ? K : M) * lda, nb = static_cast<size_t>(tb ? N : K) * ldb,
                  nc = static_cast<size_t>(M) * ldc;
-    A = integer ? ints(na, 1) : reals(na, 1);
-    B = integer ? ints(nb, 2) : reals(nb, 2);
-    C = integer ? ints(nc, 3) : reals(nc, 3);
+    A = integer ? small_ints(na, 1) : reals(na, 1);
+    B = integer ? small_ints(nb, 2) : reals(nb, 2);
+    C = integer ? small_ints(nc, 3) : reals(nc, 3);
   }
   float a(int i, int k) const { return ta ? A[static_cast<size_t>(k) * lda + i] : A[static_cast<size_t>(i) * lda + k]; }
   float b(int k, int j) const { return tb ? B[static_cast<size_t>(j) * ldb + k] : B[static_cast<size_t>(k) * ldb + j]; }

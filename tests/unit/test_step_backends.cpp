@@ -222,14 +222,9 @@ TEST(StepBackends, TrainingStepMovesNoArenaAcrossTheDeviceBoundary) {
   expect_step_stays_on_device(spec_of(BlockType::moe, 1, 0.0, true), 2);
 }
 
-// train_step over the device-like backend keeps the loss and the router's figures where it computed
-// them (ModelStep::figures_begin, layers/step_figures.hpp): a step without a log line moves only the
-// tokens, targets, row counts and cells, and one double (the loss, for the skip check); a log step
-// adds one copy of every waiting step's figures (the steps since the last log line, a slot of
-// StepFigureLayout::size() doubles each). The figures are the CPU backend's bit for bit: each step's
-// own loss, flops, tokens, drops and norm, and on log steps its router figures and (`earlier`) those
-// of the steps since the last log line. A skipped step (non-finite loss) leaves no figures behind.
-void expect_figures_stay_on_device(const std::string& type, int patch, int micro_batches) {
+// The small model both tests below train: 2 layers, d 16, 2 attention experts top-1, 4 MLP experts
+// top-2, T 8.
+Config tiny_step_config() {
   Config cfg;
   cfg.layers = 2;
   cfg.d_model = 16;
@@ -240,6 +235,18 @@ void expect_figures_stay_on_device(const std::string& type, int patch, int micro
   cfg.topk = 2;
   cfg.d_ff = 32;
   cfg.seq_len = 8;
+  return cfg;
+}
+
+// train_step over the device-like backend keeps the loss and the router's figures where it computed
+// them (ModelStep::figures_begin, layers/step_figures.hpp): a step without a log line moves only the
+// tokens, targets, row counts and cells, and one double (the loss, for the skip check); a log step
+// adds one copy of every waiting step's figures (the steps since the last log line, a slot of
+// StepFigureLayout::size() doubles each). The figures are the CPU backend's bit for bit: each step's
+// own loss, flops, tokens, drops and norm, and on log steps its router figures and (`earlier`) those
+// of the steps since the last log line. A skipped step (non-finite loss) leaves no figures behind.
+void expect_figures_stay_on_device(const std::string& type, int patch, int micro_batches) {
+  Config cfg = tiny_step_config();
   cfg.patch_size = patch;
   cfg.batch_size = 2;
   cfg.micro_batches = micro_batches;
@@ -443,16 +450,7 @@ TEST(StepBackends, CheckpointFromTheDeviceSnapshotEqualsTheCpuPathsAndResumesBit
   std::string pattern = (fs::temp_directory_path() / "uoe-snapshot-XXXXXX").string();
   ASSERT_NE(mkdtemp(pattern.data()), nullptr);
   const fs::path root = pattern;
-  Config cfg;
-  cfg.layers = 2;
-  cfg.d_model = 16;
-  cfg.heads = 2;
-  cfg.attn_experts = 2;
-  cfg.attn_topk = 1;
-  cfg.experts = 4;
-  cfg.topk = 2;
-  cfg.d_ff = 32;
-  cfg.seq_len = 8;
+  Config cfg = tiny_step_config();
   cfg.patch_size = 2;
   cfg.batch_size = 2;
   cfg.seed = 3;
