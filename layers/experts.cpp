@@ -136,7 +136,8 @@ void causal_scores(float* S, int ldS, const float* a, int lda, const float* b, i
   const int Lp = (L + kCols - 1) / kCols * kCols;
   bt.resize(static_cast<size_t>(dh) * Lp);
   transpose(bt.data(), Lp, b, ldb, L, dh);
-  for (int c = 0; c < dh; ++c) std::fill(bt.begin() + static_cast<int64_t>(c) * Lp + L, bt.begin() + static_cast<int64_t>(c + 1) * Lp, 0.0f);
+  for (int c = 0; c < dh; ++c)
+    std::fill(bt.begin() + static_cast<int64_t>(c) * Lp + L, bt.begin() + static_cast<int64_t>(c + 1) * Lp, 0.0f);
   for (int i0 = 0; i0 < L; i0 += kTileRows) {
     const int nr = std::min(kTileRows, L - i0);
     const float* ar[kTileRows];

@@ -58,15 +58,15 @@ const bool g_split = [] {
 // environment overrides the choice (for comparisons). Depends on the CPU and the environment only.
 bool own_kernel() {
   static const bool own = [] {
-  const char* e = std::getenv("UOE_GEMM_KERNEL");
-  const std::string v = e ? e : "";
-  if (v == "openblas") return false;
-  if (v == "uoe") {
-    if (!gemm_avx2_available()) fail("UOE_GEMM_KERNEL=uoe: this CPU or build has no AVX2 + FMA for uoe's kernel");
-    return true;
-  }
-  if (!v.empty()) fail("UOE_GEMM_KERNEL=", v, ": expected openblas or uoe");
-  return gemm_avx2_available() && cpu_vector_isa(cpu_features_detect()) == VectorIsa::avx2_fma;
+    const char* e = std::getenv("UOE_GEMM_KERNEL");
+    const std::string v = e ? e : "";
+    if (v == "openblas") return false;
+    if (v == "uoe") {
+      if (!gemm_avx2_available()) fail("UOE_GEMM_KERNEL=uoe: this CPU or build has no AVX2 + FMA for uoe's kernel");
+      return true;
+    }
+    if (!v.empty()) fail("UOE_GEMM_KERNEL=", v, ": expected openblas or uoe");
+    return gemm_avx2_available() && cpu_vector_isa(cpu_features_detect()) == VectorIsa::avx2_fma;
   }();
   return own;
 }

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <vector>
 
 #include "runtime/cpu_features.hpp"
 #include "runtime/error.hpp"
@@ -24,7 +23,6 @@ constexpr int kRows = 6;   // rows of C per tile: 6 × 2 accumulators + 2 of B +
 constexpr int kCols = 16;  // columns of C per tile: two 8-float vectors
 constexpr int kDepth = 128;    // depth of one range of k (see gemm_avx2)
 constexpr int kDepthTn = 256;  // the same for TN products: a panel's range (16 KB) and a tile's (6 KB) in L1
-
 
 // Bp[p][k][c] = op(B)[k][16p + c], zero for columns at or beyond N (the last panel's padding).
 void pack_b(float* __restrict__ Bp, bool trans_b, int N, int K, const float* __restrict__ B, int ldb) {
@@ -143,16 +141,16 @@ void gemm_avx2(bool trans_a, bool trans_b, int M, int N, int K, float alpha, con
   if (trans_a && trans_b) fail("gemm_avx2 does not multiply two transposed operands");
   if (M <= 0 || N <= 0) return;
   const int panels = (N + kCols - 1) / kCols;
-  static thread_local std::vector<float> packed;
-  packed.resize(static_cast<size_t>(panels) * std::max(K, 1) * kCols);
+  static thread_local FloatBuffer packed;  // every element written by pack_b, padding included
+  packed.resize_uninit(static_cast<size_t>(panels) * std::max(K, 1) * kCols);
   pack_b(packed.data(), trans_b, N, K, B, ldb);
-  // Depth in ranges of kDepth (partial sums kept in `part` between them), so that six rows of op(A)
-  // stay in L1 while every panel of B passes them, and a panel's range stays in L2.
+  // Depth in ranges (kDepth; kDepthTn for TN), partial sums kept in `part` between them, so that a
+  // tile's rows of op(A) stay in L1 while every panel of B passes them, and a panel's range in L2.
   const int depth = trans_a ? kDepthTn : kDepth;
   const int ranges = std::max(1, (K + depth - 1) / depth);
   const int ldp = panels * kCols;
   static thread_local FloatBuffer part;  // 64-byte aligned
-  if (ranges > 1) part.resize_uninit(static_cast<size_t>(kRows) * ((M + kRows - 1) / kRows) * ldp);
+  if (ranges > 1) part.resize_uninit(static_cast<size_t>(M) * ldp);  // a row of partial sums per row of C
   if (trans_a) {
     // op(A)'s rows are A's columns, lda apart (strided rows of a power-of-two width would evict each
     // other from L1): each depth range of op(A) is copied once, tile by tile, to [k][tile's rows]
