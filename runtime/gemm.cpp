@@ -15,7 +15,7 @@
 #include "runtime/bf16.hpp"
 #include "runtime/cpu_features.hpp"
 #include "runtime/error.hpp"
-#include "runtime/gemm_avx2.hpp"
+#include "runtime/gemm_own.hpp"
 #include "runtime/kernels.hpp"
 #include "runtime/onednn_gemm.hpp"
 #include "runtime/profile.hpp"
@@ -51,43 +51,73 @@ const bool g_split = [] {
   return blas_has_small_kernels();
 }();
 
-// uoe's AVX2 kernel (runtime/gemm_avx2.hpp) on CPUs with AVX2 + FMA but no AVX-512, whose OpenBLAS
-// kernels (Haswell) pack both operands and zero C on every call: the model's small products run
-// faster without those copies. Where the CPU has AVX-512, OpenBLAS's SkylakeX/Cooperlake kernels
-// and their small-matrix pieces stay. UOE_GEMM_KERNEL=openblas (or =uoe, where it can run) in the
-// environment overrides the choice (for comparisons). Depends on the CPU and the environment only.
-bool own_kernel() {
-  static const bool own = [] {
+// uoe's own kernels (runtime/gemm_own.hpp) for the model's small products: OpenBLAS's Haswell
+// kernels (AVX2 CPUs) pack both operands and zero C on every call, and its SkylakeX/Cooperlake ones
+// (AVX-512 CPUs) run products of K = 128 at 52-60% of the FMA peak against 85% for K = 512
+// (bench/README.md's optimisation log). The widest kernel the CPU runs is used; UOE_GEMM_KERNEL=
+// openblas, =uoe (the widest) or =uoe-avx2 in the environment overrides the choice (for
+// comparisons). Depends on the CPU and the environment only.
+struct OwnChoice {
+  bool on = false;
+  OwnGemmIsa isa = OwnGemmIsa::avx2;
+};
+const OwnChoice& own_kernel() {
+  static const OwnChoice own = [] {
     const char* e = std::getenv("UOE_GEMM_KERNEL");
     const std::string v = e ? e : "";
-    if (v == "openblas") return false;
-    if (v == "uoe") {
-      if (!gemm_avx2_available()) fail("UOE_GEMM_KERNEL=uoe: this CPU or build has no AVX2 + FMA for uoe's kernel");
-      return true;
+    const bool wide = gemm_own_available(OwnGemmIsa::avx512), narrow = gemm_own_available(OwnGemmIsa::avx2);
+    if (v == "openblas") return OwnChoice{};
+    if (v == "uoe-avx2") {
+      if (!narrow) fail("UOE_GEMM_KERNEL=uoe-avx2: this CPU or build has no AVX2 + FMA for uoe's kernel");
+      return OwnChoice{true, OwnGemmIsa::avx2};
     }
-    if (!v.empty()) fail("UOE_GEMM_KERNEL=", v, ": expected openblas or uoe");
-    return gemm_avx2_available() && cpu_vector_isa(cpu_features_detect()) == VectorIsa::avx2_fma;
+    if (v == "uoe") {
+      if (!narrow) fail("UOE_GEMM_KERNEL=uoe: this CPU or build has no AVX2 + FMA for uoe's kernel");
+      return OwnChoice{true, wide ? OwnGemmIsa::avx512 : OwnGemmIsa::avx2};
+    }
+    if (!v.empty()) fail("UOE_GEMM_KERNEL=", v, ": expected openblas, uoe or uoe-avx2");
+    if (wide) return OwnChoice{true, OwnGemmIsa::avx512};
+    return OwnChoice{narrow && cpu_vector_isa(cpu_features_detect()) == VectorIsa::avx2_fma, OwnGemmIsa::avx2};
   }();
   return own;
 }
-// The depth up to which NN and NT products take the own kernel (in one range of depth: six rows of
-// A stay in L1 across every panel of B). Deeper ones and TN products (weight gradients, K = rows)
-// stay OpenBLAS's, which ran them faster (bench/README.md's optimisation log).
+// The depth up to which NN and NT products take the own kernel (in one range of depth: a tile's
+// rows of A stay in L1 across every panel of B). Deeper ones and TN products (weight gradients,
+// K = rows) stay OpenBLAS's, which ran them faster (bench/README.md's optimisation log).
 constexpr int kOwnMaxDepth = 256;
 bool own_kernel_takes(bool trans_a, int K) {
-  return !trans_a && K <= kOwnMaxDepth && own_kernel();
+  return !trans_a && K <= kOwnMaxDepth && own_kernel().on;
 }
 
 }  // namespace
 
 namespace {
+// The rows of an NN product's small-matrix pieces (below), at a multiple of the row period; and the
+// depth of a TN product's.
+int piece_rows(int N, int K, int period) {
+  const int rows = static_cast<int>(kSmallGemm / (static_cast<double>(N) * K));
+  return period > 0 ? rows - rows % period : rows;
+}
+int piece_depth(int whole_M, int whole_N) {
+  return static_cast<int>(kSmallGemm / (static_cast<double>(whole_M) * whole_N));
+}
+// Whether gemm_part gives OpenBLAS the whole product (or its thread's part of it) in one call above
+// the small-matrix limit, rather than in small-matrix pieces or to uoe's kernel.
+bool one_large_blas_call(bool trans_a, bool trans_b, int whole_M, int whole_N, int K, int period) {
+  if (own_kernel_takes(trans_a, K) || static_cast<double>(whole_M) * whole_N * K <= kSmallGemm) return false;
+  if (!g_split || trans_b) return true;
+  return (trans_a ? piece_depth(whole_M, whole_N) : piece_rows(whole_N, K, period)) < kMinPiece;
+}
+
 // One part of a product on the calling thread (the BLAS is single-threaded: runtime/threads.hpp).
 // whole_M, whole_N: the whole product's, so that how K is cut into pieces does not depend on how
-// the product was split over threads.
+// the product was split over threads; period: the row period the product is split at (row_period(),
+// or the candidate being probed), so that its row pieces are cut at multiples of it too — every
+// call then starts at a multiple of the period in the whole product, whatever the thread count.
 void gemm_part(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
-               const float* B, int ldb, float beta, float* C, int ldc, int whole_M, int whole_N) {
+               const float* B, int ldb, float beta, float* C, int ldc, int whole_M, int whole_N, int period) {
   if (own_kernel_takes(trans_a, K)) {
-    gemm_avx2(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    gemm_own(own_kernel().isa, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
   // NN products and TN products (weight gradients, K = rows) are cut into pieces of at most
@@ -101,7 +131,7 @@ void gemm_part(bool trans_a, bool trans_b, int M, int N, int K, float alpha, con
   // environment turns this off (for comparisons).
   if (g_split && !trans_b && static_cast<double>(whole_M) * whole_N * K > kSmallGemm) {
     if (!trans_a) {
-      const int rows = static_cast<int>(kSmallGemm / (static_cast<double>(N) * K));
+      const int rows = piece_rows(N, K, period);
       if (rows >= kMinPiece) {
         for (int r0 = 0; r0 < M; r0 += rows)
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, std::min(rows, M - r0), N, K, alpha,
@@ -109,7 +139,7 @@ void gemm_part(bool trans_a, bool trans_b, int M, int N, int K, float alpha, con
         return;
       }
     } else {
-      const int depth = static_cast<int>(kSmallGemm / (static_cast<double>(whole_M) * whole_N));
+      const int depth = piece_depth(whole_M, whole_N);
       if (depth >= kMinPiece) {
         for (int k0 = 0; k0 < K; k0 += depth)
           cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, N, std::min(depth, K - k0), alpha,
@@ -144,11 +174,11 @@ int probe_row_period() {
         whole.assign(static_cast<size_t>(M) * N, 0.0f);
         parts.assign(whole.size(), 0.0f);
         const int lda = ta ? M : K, ldb = tb ? K : N;
-        gemm_part(ta, tb, M, N, K, 1.0f, A.data(), lda, B.data(), ldb, 0.0f, whole.data(), N, M, N);
+        gemm_part(ta, tb, M, N, K, 1.0f, A.data(), lda, B.data(), ldb, 0.0f, whole.data(), N, M, N, period);
         const int cut[] = {0, period, 3 * period, M};
         for (int p = 0; p < 3; ++p)
           gemm_part(ta, tb, cut[p + 1] - cut[p], N, K, 1.0f, ta ? A.data() + cut[p] : A.data() + cut[p] * lda, lda,
-                    B.data(), ldb, 0.0f, parts.data() + static_cast<size_t>(cut[p]) * N, N, M, N);
+                    B.data(), ldb, 0.0f, parts.data() + static_cast<size_t>(cut[p]) * N, N, M, N, period);
         same = std::memcmp(whole.data(), parts.data(), whole.size() * sizeof(float)) == 0;
       }
     if (same) return period;
@@ -171,7 +201,7 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
       for (int j = 0; j < N; ++j) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
     return;
   }
-  if (g_split && trans_b && !trans_a && M >= kMinRowsToTranspose && static_cast<size_t>(N) * K <= kMaxTransposed &&
+  if (g_split && trans_b && !trans_a && !own_kernel_takes(trans_a, K) && M >= kMinRowsToTranspose && static_cast<size_t>(N) * K <= kMaxTransposed &&
       static_cast<double>(M) * N * K > kSmallGemm) {
     // An NT product with a small B (a weight, in backward) becomes an NN one on a transposed copy of
     // B: the copy costs ~N·K moves, the NN pieces save ~10% of 2·M·N·K flops' time from M ≈ 100 on.
@@ -187,18 +217,25 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
   const int threads = threads_inside() ? 1 : threads_count();
   if (threads > 1 && static_cast<double>(M) * N * K >= kMinParallelMacs) {
     const int period = row_period();
-    const int tiles = period > 0 ? (M + period - 1) / period : 0;  // the last one may be short
+    int tiles = period > 0 ? M / period : 0;  // the last tile takes the rows left over
+    // Where the whole product is one BLAS call above OpenBLAS's small-matrix limit, each part must
+    // be too: a part under it would get the small-matrix kernels, which round otherwise. Parts are
+    // whole tiles (none shorter than the period), and such a product is not split where one tile
+    // would fall under the limit.
+    if (g_split && one_large_blas_call(trans_a, trans_b, M, N, K, period) &&
+        static_cast<double>(period) * N * K <= kSmallGemm)
+      tiles = 0;
     if (tiles >= 2) {
       parallel_ranges(tiles, 1, [&](int64_t t0, int64_t t1) {
-        const int64_t m0 = t0 * period, m1 = std::min<int64_t>(M, t1 * period);
+        const int64_t m0 = t0 * period, m1 = t1 == tiles ? M : t1 * period;
         const float* Ap = trans_a ? A + m0 : A + m0 * lda;
         gemm_part(trans_a, trans_b, static_cast<int>(m1 - m0), N, K, alpha, Ap, lda, B, ldb, beta, C + m0 * ldc, ldc,
-                  M, N);
+                  M, N, period);
       });
       return;
     }
   }
-  gemm_part(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, M, N);
+  gemm_part(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, M, N, row_period());
 }
 
 namespace {
@@ -326,8 +363,9 @@ int gemm_get_threads() { return threads_count(); }
 std::string gemm_describe() {
   std::string s = std::string("OpenBLAS ") + openblas_get_corename();
   s += g_split ? ", small-matrix GEMM pieces" : ", whole GEMMs";
-  const std::string own =
-      own_kernel() ? "; uoe's AVX2 kernel for NN/NT products of depth <= " + std::to_string(kOwnMaxDepth) : "";
+  const std::string own = own_kernel().on ? std::string("; uoe's ") + own_gemm_isa_name(own_kernel().isa) +
+                                              " kernel for NN/NT products of depth <= " + std::to_string(kOwnMaxDepth)
+                                        : "";
   const int n = threads_count();
   if (n == 1) return s + ", single-threaded" + own;
   const int period = row_period();

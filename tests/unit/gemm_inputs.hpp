@@ -1,4 +1,4 @@
-// Inputs for the GEMM tests (test_gemm.cpp, test_gemm_avx2.cpp): small integers in [-3, 3], so that
+// Inputs for the GEMM tests (test_gemm.cpp, test_gemm_own.cpp): small integers in [-3, 3], so that
 // products and sums of a few hundred terms are exact in float, whatever the summation order.
 #pragma once
 #include <cstdint>
