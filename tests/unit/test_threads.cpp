@@ -22,6 +22,7 @@
 #include "layers/optimizer.hpp"
 #include "parallel/exchange.hpp"
 #include "runtime/gemm.hpp"
+#include "runtime/kernels.hpp"
 #include "runtime/rng.hpp"
 #include "runtime/threads.hpp"
 
@@ -219,6 +220,57 @@ void expect_thread_count_invariant(const ModelSpec& spec) {
     EXPECT_EQ(bit_differences(many.grads.data(), one.grads.data(), one.grads.size()), 0u) << threads << " threads: gradients";
     EXPECT_EQ(bit_differences(many.values.data(), one.values.data(), one.values.size()), 0u)
         << threads << " threads: parameters after AdamW";
+  }
+}
+
+// layernorm_backward (dx by rows, dweight/dbias by columns, over the threads, in register blocks of
+// columns) gives the bits of layernorm_row_backward applied row after row — the GPU path's body —
+// on any thread count, for widths with and without a partial block.
+TEST(Threads, LayerNormBackwardIsTheRowTwinsBits) {
+  ThreadCount keep;
+  for (int C : {7, 64, 100, 128, 512}) {
+    const int N = 203;
+    const auto x = values(static_cast<size_t>(N) * C, 11), dout = values(static_cast<size_t>(N) * C, 12),
+               w = values(C, 13), dx0 = values(static_cast<size_t>(N) * C, 14), dw0 = values(C, 15),
+               db0 = values(C, 16);
+    std::vector<float> mean(N), rstd(N);
+    for (int i = 0; i < N; ++i) {
+      mean[i] = 0.01f * static_cast<float>(i % 7) - 0.03f;
+      rstd[i] = 0.9f + 0.001f * static_cast<float>(i % 13);
+    }
+    std::vector<float> want_dx = dx0, want_dw = dw0, want_db = db0;
+    for (int i = 0; i < N; ++i)
+      layernorm_row_backward(want_dx.data() + static_cast<size_t>(i) * C, want_dw.data(), want_db.data(),
+                             dout.data() + static_cast<size_t>(i) * C, x.data() + static_cast<size_t>(i) * C, w.data(),
+                             mean[i], rstd[i], C);
+    for (int threads : {1, 2, 3}) {
+      gemm_set_threads(threads);
+      std::vector<float> dx = dx0, dw = dw0, db = db0;
+      layernorm_backward(dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(), mean.data(), rstd.data(),
+                         N, C);
+      EXPECT_EQ(bit_differences(dx.data(), want_dx.data(), dx.size()), 0u) << "dx, C " << C << ", " << threads << " threads";
+      EXPECT_EQ(bit_differences(dw.data(), want_dw.data(), dw.size()), 0u) << "dweight, C " << C << ", " << threads << " threads";
+      EXPECT_EQ(bit_differences(db.data(), want_db.data(), db.size()), 0u) << "dbias, C " << C << ", " << threads << " threads";
+    }
+  }
+}
+
+// sum_rows_into (bias gradients) adds each column's rows in row order, onto what the accumulator
+// held: the naive loop's bits, on any thread count and width.
+TEST(Threads, SumRowsIntoAddsEachColumnsRowsInOrder) {
+  ThreadCount keep;
+  for (int C : {7, 64, 100, 130}) {
+    const int N = 157;
+    const auto x = values(static_cast<size_t>(N) * C, 21), acc0 = values(C, 22);
+    std::vector<float> want = acc0;
+    for (int i = 0; i < N; ++i)
+      for (int c = 0; c < C; ++c) want[c] += x[static_cast<size_t>(i) * C + c];
+    for (int threads : {1, 2, 3}) {
+      gemm_set_threads(threads);
+      std::vector<float> got = acc0;
+      sum_rows_into(got.data(), x.data(), N, C);
+      EXPECT_EQ(bit_differences(got.data(), want.data(), got.size()), 0u) << "C " << C << ", " << threads << " threads";
+    }
   }
 }
 
