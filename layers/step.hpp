@@ -113,6 +113,9 @@ class ModelStep {
   // since the last log line, the host's part summed over the ranks; and the steps whose slots were
   // fetched early, complete.
   std::vector<std::vector<double>> figures_pending, figures_drained;
+  // The slot count the pending steps' slots were laid out with (a changed --log-every drains them
+  // first: the backend's slot buffer may be reallocated for the new count).
+  int figures_slots = 0;
 
   Model& model() { return *model_; }
   const Model& model() const { return *model_; }

@@ -140,10 +140,20 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const TokenS
   // A backend that keeps the loss and the routed blocks' figures where it computes them adds them
   // there, one slot per step until a log line reads them (figures_drain below; docs/gpu.md, Log figures).
   const int fig_slots = std::max(1, cfg.log_every);
-  if (step_runner->figures_pending.size() >= static_cast<size_t>(fig_slots))
+  if (step_runner->figures_pending.size() >= static_cast<size_t>(fig_slots) ||
+      (!step_runner->figures_pending.empty() && step_runner->figures_slots != fig_slots))
     figures_drain(*step_runner, lay, ranks, static_cast<int>(step_runner->figures_pending.size()));
+  step_runner->figures_slots = fig_slots;
   const int fig_slot = static_cast<int>(step_runner->figures_pending.size());
   const bool deferred = step_runner->figures_begin(lay, fig_slot, fig_slots);
+  // figures_end on every way out of the training pass (an exception included), so that a backend
+  // never stays in the deferring state past this step.
+  struct FiguresEnd {
+    ModelStep* step;
+    ~FiguresEnd() {
+      if (step) step->figures_end();
+    }
+  } figures_end{step_runner};
   step_runner->zero_gradients();  // where the step keeps them (layers/step.hpp)
   ForwardStats st;
   const float loss_scale = 1.0f / static_cast<float>(M * ranks.world_size);
@@ -196,6 +206,7 @@ StepFigures train_step(Model& model, AdamW& opt, const Config& cfg, const TokenS
     }
   }
   set_hook(nullptr);
+  figures_end.step = nullptr;
   step_runner->figures_end();
   // The loss every step (one double): the skip below and the window's mean loss need it.
   if (deferred) sums[0] = step_runner->figures_loss(fig_slot);

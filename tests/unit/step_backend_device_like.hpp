@@ -143,6 +143,8 @@ class DeviceLikeBackend : public CpuBackend {
   // stay here while defer_figures is set (a training pass between figures_begin and figures_end).
   bool defer_figures = false;
   void figures_zero(int slot, int slots, size_t size) {
+    // Growing reallocates, as a device buffer does: what the slots held is gone (Buffer::resize
+    // poisons every element).
     if (figures_.size() < static_cast<size_t>(slots) * size) figures_.resize(static_cast<size_t>(slots) * size);
     figure_size_ = size;
     std::fill(slot_of(slot), slot_of(slot) + size, 0.0);
@@ -172,8 +174,10 @@ class DeviceLikeBackend : public CpuBackend {
   // Routing decided here (router_forward's parts, layers/router.hpp, and the device's bodies,
   // layers/router_select.hpp): the host receives the row counts (and chosen counts, experts per
   // token) and three figures — no [P, E] array, no row table (row_tables lays the rows out here).
+  bool fail_in_route = false;  // route() throws (a failure inside a training pass)
   void route(Routing& r, RouteCache& rc, const RouterSpec& spec, const float* xn, const float* w, const float* b, int N,
              int d, bool dropless) {
+    if (fail_in_route) throw Error("DeviceLikeBackend: a failure injected in route()");
     router_begin(r, spec, N, d);
     const int P = r.P, E = r.E, k = r.k;
     const float* x = xn;

@@ -245,7 +245,32 @@ Config tiny_step_config() {
 // StepFigureLayout::size() doubles each). The figures are the CPU backend's bit for bit: each step's
 // own loss, flops, tokens, drops and norm, and on log steps its router figures and (`earlier`) those
 // of the steps since the last log line. A skipped step (non-finite loss) leaves no figures behind.
-void expect_figures_stay_on_device(const std::string& type, int patch, int micro_batches) {
+// One model trained side by side by the CPU backend (ref) and the device-like one (dev), from the
+// same initial parameters on the same data.
+struct FigurePair {
+  Config cfg;
+  ModelSpec spec;
+  StepFigureLayout lay;
+  TokenStream data;
+  LocalExchange ex_ref, ex_dev;
+  Model ref_model, host;
+  CpuStep ref;
+  Step<DeviceLikeBackend> step;
+  DeviceLikeBackend& be;
+  AdamW opt_ref, opt_dev;
+  StepRanks ranks_ref, ranks_dev;
+  explicit FigurePair(const Config& c)
+      : cfg(c), spec(model_spec_from_config(cfg, 32)), lay(spec), data(tokens(4096, spec.vocab, 70)),
+        ref_model(spec, 5, &ex_ref), host(spec, 5, &ex_dev), ref(ref_model), step(host), be(step.backend()),
+        opt_ref(ref_model.params(), AdamWSpec{}), opt_dev(host.params(), AdamWSpec{}) {
+    ranks_ref.step = &ref;
+    ranks_dev.step = &step;
+  }
+  StepFigures train_ref(int s) { return train_step(ref_model, opt_ref, cfg, data, s, ranks_ref); }
+  StepFigures train_dev(int s) { return train_step(host, opt_dev, cfg, data, s, ranks_dev); }
+};
+
+Config figures_config(const std::string& type, int patch, int micro_batches) {
   Config cfg = tiny_step_config();
   cfg.patch_size = patch;
   cfg.batch_size = 2;
@@ -256,47 +281,47 @@ void expect_figures_stay_on_device(const std::string& type, int patch, int micro
   cfg.log_every = 3;
   cfg.warmup = 1;
   config_validate(cfg);
-  const ModelSpec spec = model_spec_from_config(cfg, 32);
-  const StepFigureLayout lay(spec);
-  const TokenStream data(tokens(4096, spec.vocab, 70));
-  LocalExchange ex_ref, ex_dev;
-  Model ref_model(spec, 5, &ex_ref), host(spec, 5, &ex_dev);
-  CpuStep ref(ref_model);
-  Step<DeviceLikeBackend> step(host);
-  DeviceLikeBackend& be = step.backend();
-  AdamW opt_ref(ref_model.params(), AdamWSpec{}), opt_dev(host.params(), AdamWSpec{});
-  StepRanks ranks_ref, ranks_dev;
-  ranks_ref.step = &ref;
-  ranks_dev.step = &step;
-  auto same = [](const StepFigures& d, const StepFigures& r, bool router, const std::string& what) {
-    auto bits = [](double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; };
-    EXPECT_TRUE(bits(d.loss, r.loss)) << what << ": loss " << d.loss << " vs " << r.loss;
-    EXPECT_TRUE(bits(d.flops, r.flops)) << what;
-    EXPECT_EQ(d.tokens, r.tokens) << what;
-    EXPECT_EQ(d.dropped, r.dropped) << what;
-    EXPECT_EQ(d.assignments, r.assignments) << what;
-    if (!router) return;
-    EXPECT_TRUE(bits(d.aux, r.aux)) << what << ": aux " << d.aux << " vs " << r.aux;
-    EXPECT_GT(r.aux, 0.0) << what;
-    for (size_t b = 0; b < r.router_entropy.size(); ++b) {
-      EXPECT_TRUE(bits(d.router_entropy[b], r.router_entropy[b])) << what << ": entropy, block " << b;
-      EXPECT_TRUE(bits(d.load_max_over_mean[b], r.load_max_over_mean[b])) << what << ": load, block " << b;
-    }
-    ASSERT_EQ(d.experts_per_token.size(), r.experts_per_token.size()) << what;
-    for (size_t j = 0; j < r.experts_per_token.size(); ++j)
-      for (size_t b = 0; b < r.experts_per_token[j].size(); ++b)
-        EXPECT_TRUE(bits(d.experts_per_token[j][b], r.experts_per_token[j][b])) << what << ": experts per token";
-  };
+  return cfg;
+}
+
+// The device-like backend's figures d against the CPU backend's r, bit for bit (router: the
+// router's figures too, which a step has only on a log line).
+void same_figures(const StepFigures& d, const StepFigures& r, bool router, const std::string& what) {
+  auto bits = [](double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; };
+  EXPECT_TRUE(bits(d.loss, r.loss)) << what << ": loss " << d.loss << " vs " << r.loss;
+  EXPECT_TRUE(bits(d.flops, r.flops)) << what;
+  EXPECT_EQ(d.tokens, r.tokens) << what;
+  EXPECT_EQ(d.dropped, r.dropped) << what;
+  EXPECT_EQ(d.assignments, r.assignments) << what;
+  if (!router) return;
+  EXPECT_TRUE(bits(d.aux, r.aux)) << what << ": aux " << d.aux << " vs " << r.aux;
+  EXPECT_GT(r.aux, 0.0) << what;
+  for (size_t b = 0; b < r.router_entropy.size(); ++b) {
+    EXPECT_TRUE(bits(d.router_entropy[b], r.router_entropy[b])) << what << ": entropy, block " << b;
+    EXPECT_TRUE(bits(d.load_max_over_mean[b], r.load_max_over_mean[b])) << what << ": load, block " << b;
+  }
+  ASSERT_EQ(d.experts_per_token.size(), r.experts_per_token.size()) << what;
+  for (size_t j = 0; j < r.experts_per_token.size(); ++j)
+    for (size_t b = 0; b < r.experts_per_token[j].size(); ++b)
+      EXPECT_TRUE(bits(d.experts_per_token[j][b], r.experts_per_token[j][b])) << what << ": experts per token";
+}
+
+void expect_figures_stay_on_device(const std::string& type, int patch, int micro_batches) {
+  FigurePair fp(figures_config(type, patch, micro_batches));
+  const Config& cfg = fp.cfg;
+  const StepFigureLayout& lay = fp.lay;
+  DeviceLikeBackend& be = fp.be;
+  auto same = same_figures;
   using T = DeviceLikeBackend::Traffic;
   const std::vector<std::string> allowed = {"step input", "targets", "row counts", "source row cells", "loss"};
   std::vector<StepFigures> window;  // the CPU backend's figures since the last log line
   int waiting = 0;                  // steps whose figures wait on the device
   for (int s = 1; s <= cfg.steps; ++s) {
     const std::string what = "step " + std::to_string(s);
-    ranks_ref.inject_nan = ranks_dev.inject_nan = s == 5;  // skipped: its slot is reused
+    fp.ranks_ref.inject_nan = fp.ranks_dev.inject_nan = s == 5;  // skipped: its slot is reused
     be.transfers.clear();
-    const StepFigures r = train_step(ref_model, opt_ref, cfg, data, s, ranks_ref);
-    const StepFigures d = train_step(host, opt_dev, cfg, data, s, ranks_dev);
+    const StepFigures r = fp.train_ref(s);
+    const StepFigures d = fp.train_dev(s);
     EXPECT_EQ(d.skipped, r.skipped) << what;
     EXPECT_EQ(r.skipped, s == 5) << what;
     EXPECT_TRUE(std::isnan(d.loss) == std::isnan(r.loss)) << what;
@@ -338,15 +363,53 @@ void expect_figures_stay_on_device(const std::string& type, int patch, int micro
       if (!r.skipped) window.push_back(r);
     }
   }
-  step.state_to_host(&opt_dev);
-  EXPECT_EQ(bit_differences(host.params().values().data(), ref_model.params().values().data(),
-                            ref_model.params().total()),
+  fp.step.state_to_host(&fp.opt_dev);
+  EXPECT_EQ(bit_differences(fp.host.params().values().data(), fp.ref_model.params().values().data(),
+                            fp.ref_model.params().total()),
             0u);
 }
 
 TEST(StepBackends, TrainStepReadsTheFiguresOnlyOnLogSteps) {
   expect_figures_stay_on_device("uoe", 2, 2);
   expect_figures_stay_on_device("moe", 1, 1);
+}
+
+// A --log-every that changes while steps' figures wait on the device (a run resumed with another
+// one, in one process here): the waiting slots are read before the slot buffer is laid out for the
+// new count (the device's buffer is reallocated when it grows), and reach the next log line
+// complete, bit for bit the CPU backend's.
+TEST(StepBackends, AChangedLogEveryKeepsTheWaitingStepsFigures) {
+  Config cfg = figures_config("uoe", 1, 1);
+  cfg.log_every = 4;
+  FigurePair fp(cfg);
+  std::vector<StepFigures> window;
+  int logs = 0;
+  for (int s = 1; s <= 5; ++s) {
+    if (s == 3) fp.cfg.log_every = 5;  // steps 1 and 2 wait in slots laid out for 4
+    const StepFigures r = fp.train_ref(s);
+    const StepFigures d = fp.train_dev(s);
+    const std::string what = "step " + std::to_string(s);
+    if (d.figures_deferred) {
+      window.push_back(r);
+      continue;
+    }
+    ++logs;
+    same_figures(d, r, true, what);
+    ASSERT_EQ(d.earlier.size(), window.size()) << what;
+    for (size_t i = 0; i < window.size(); ++i) same_figures(d.earlier[i], window[i], true, what + ", earlier " + std::to_string(i));
+    window.clear();
+  }
+  EXPECT_EQ(logs, 1);  // step 5, with steps 1-4 earlier
+}
+
+// A training pass that fails (an exception out of the backend) leaves the backend out of its
+// deferring state: figures_end runs on every way out of the pass.
+TEST(StepBackends, AFailedTrainingPassEndsTheDeferredFigures) {
+  FigurePair fp(figures_config("uoe", 1, 1));
+  fp.train_dev(1);
+  fp.be.fail_in_route = true;
+  EXPECT_THROW(fp.train_dev(2), Error);
+  EXPECT_FALSE(fp.be.defer_figures);
 }
 
 // Routing on the device path (decided where the input and weights are; only counts, row tables and
