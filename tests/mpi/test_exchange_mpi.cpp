@@ -13,6 +13,7 @@
 #include <numeric>
 #include <span>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -31,7 +32,9 @@
 #include "parallel/scheduler.hpp"
 #include "runtime/bf16.hpp"
 #include "runtime/error.hpp"
+#include "runtime/config.hpp"
 #include "runtime/rng.hpp"
+#include "runtime/token_stream.hpp"
 
 namespace {
 
@@ -623,6 +626,95 @@ TEST(StepBackendsMpi, DataParallelStepReducesGradientsOnTheDeviceBitwise) {
   std::vector<float> root(pd.values().data(), pd.values().data() + pd.total());
   c.broadcast(std::span<float>(root), 0);
   EXPECT_EQ(differ(pd.values().data(), root.data(), pd.total()), 0u) << "parameters against rank 0's";
+}
+
+// train_step on every rank over the device-like backend, expert-parallel across all ranks (each
+// owns E/n experts; rows cross by MPI), the figures of steps without a log line waiting on the
+// device: each log line's figures (its own and the earlier steps', summed over the ranks when the
+// slots are read) are the CPU backend's bit for bit on every rank, and so are the parameters after.
+TEST(StepBackendsMpi, TrainStepsDeferredFiguresMatchTheCpuBackendOnEveryRank) {
+  MpiCommunicator c(MPI_COMM_WORLD);
+  uoe::SelfCommunicator self;
+  const int n = c.size();
+  uoe::Config cfg;
+  cfg.layers = 2;
+  cfg.d_model = 16;
+  cfg.heads = 2 * n;
+  cfg.attn_experts = 2 * n;
+  cfg.attn_topk = 2;
+  cfg.experts = 2 * n;
+  cfg.topk = 2;
+  cfg.d_ff = 32 * n;
+  cfg.seq_len = 8;
+  cfg.batch_size = 2;
+  cfg.micro_batches = 2;
+  cfg.patch_size = 2;
+  cfg.ep = n;
+  cfg.steps = 7;
+  cfg.log_every = 3;
+  cfg.warmup = 1;
+  cfg.seed = 3;
+  uoe::config_validate(cfg);
+  const uoe::ModelSpec spec = uoe::model_spec_from_config(cfg, 32);
+  std::vector<int32_t> ids(4096);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(uoe::rng_below(70, 0, i, spec.vocab));
+  const uoe::TokenStream data(ids);
+  MpiExchange ex_ref(c), ex_dev(c);
+  uoe::Model ref_model(spec, 5, &ex_ref), host(spec, 5, &ex_dev);
+  uoe::CpuStep ref(ref_model);
+  uoe::Step<uoe::DeviceLikeBackend> step(host);
+  uoe::GradientSync sync_ref(uoe::grad_tensors(ref_model.params()), uoe::model_gradient_buckets(ref_model), c, c, self),
+      sync_dev(uoe::grad_tensors(host.params()), uoe::model_gradient_buckets(host), c, c, self);
+  uoe::AdamW opt_ref(ref_model.params(), uoe::AdamWSpec{}), opt_dev(host.params(), uoe::AdamWSpec{});
+  uoe::StepRanks ranks_ref, ranks_dev;
+  for (auto [r, st, sync] : {std::tuple{&ranks_ref, static_cast<uoe::ModelStep*>(&ref), &sync_ref},
+                             std::tuple{&ranks_dev, static_cast<uoe::ModelStep*>(&step), &sync_dev}}) {
+    r->world = &c;
+    r->sync = sync;
+    r->step = st;
+    r->world_rank = c.rank();
+    r->world_size = n;
+  }
+  auto bits = [](double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; };
+  auto same = [&](const uoe::StepFigures& d, const uoe::StepFigures& r, const std::string& what) {
+    EXPECT_TRUE(bits(d.loss, r.loss)) << what << ": loss " << d.loss << " vs " << r.loss;
+    EXPECT_TRUE(bits(d.aux, r.aux)) << what << ": aux " << d.aux << " vs " << r.aux;
+    EXPECT_GT(r.aux, 0.0) << what;
+    EXPECT_EQ(d.tokens, r.tokens) << what;
+    EXPECT_EQ(d.dropped, r.dropped) << what;
+    EXPECT_EQ(d.assignments, r.assignments) << what;
+    for (size_t b = 0; b < r.router_entropy.size(); ++b) {
+      EXPECT_TRUE(bits(d.router_entropy[b], r.router_entropy[b])) << what << ": entropy, block " << b;
+      EXPECT_TRUE(bits(d.load_max_over_mean[b], r.load_max_over_mean[b])) << what << ": load, block " << b;
+    }
+    EXPECT_EQ(d.experts_per_token, r.experts_per_token) << what;
+  };
+  std::vector<uoe::StepFigures> window;
+  int logs = 0;
+  for (int s = 1; s <= cfg.steps; ++s) {
+    const std::string what = "rank " + std::to_string(c.rank()) + ", step " + std::to_string(s);
+    const uoe::StepFigures r = uoe::train_step(ref_model, opt_ref, cfg, data, s, ranks_ref);
+    const uoe::StepFigures d = uoe::train_step(host, opt_dev, cfg, data, s, ranks_dev);
+    EXPECT_TRUE(bits(d.loss, r.loss)) << what;  // every step: the skip check reads it
+    EXPECT_EQ(d.grad_norm, r.grad_norm) << what;
+    const bool log = s % cfg.log_every == 0 || s == cfg.steps;
+    EXPECT_EQ(d.figures_deferred, !log) << what;
+    if (!log) {
+      window.push_back(r);
+      continue;
+    }
+    ++logs;
+    same(d, r, what);
+    ASSERT_EQ(d.earlier.size(), window.size()) << what;
+    for (size_t i = 0; i < window.size(); ++i) same(d.earlier[i], window[i], what + ", earlier " + std::to_string(i));
+    window.clear();
+  }
+  EXPECT_EQ(logs, 3);  // steps 3, 6 and 7
+  step.state_to_host(&opt_dev);
+  size_t bad = 0;
+  for (size_t i = 0; i < ref_model.params().total(); ++i)
+    bad += std::memcmp(host.params().values().data() + i, ref_model.params().values().data() + i, sizeof(float)) != 0;
+  EXPECT_EQ(bad, 0u) << "parameters";
 }
 
 // Recomputation with rows in flight (layers/memory.hpp, Recompute): each mode against --recompute
