@@ -54,8 +54,8 @@ const bool g_split = [] {
 
 // uoe's own kernels (runtime/gemm_own.hpp) for the model's small products: OpenBLAS's Haswell
 // kernels (AVX2 CPUs) pack both operands and zero C on every call, and its SkylakeX/Cooperlake ones
-// (AVX-512 CPUs) run products of K = 128 at 52-60% of the FMA peak against 85% for K = 512
-// (bench/README.md's optimisation log). The widest kernel the CPU runs is used; UOE_GEMM_KERNEL=
+// (AVX-512 CPUs) run products of K = 128 at 47-60% of the FMA peak against 85% for K = 512
+// (bench/README.md, the AVX-512 kernel's section and the optimisation log). The widest kernel the CPU runs is used; UOE_GEMM_KERNEL=
 // openblas, =uoe (the widest) or =uoe-avx2 in the environment overrides the choice (for
 // comparisons). Depends on the CPU and the environment only.
 struct OwnChoice {
