@@ -166,6 +166,7 @@ TEST(GemmOwn, RefusesTwoTransposedOperands) {
 
 // Where this CPU or build lacks a width, calling it is an error, not a crash.
 TEST(GemmOwn, RefusesAWidthTheCpuLacks) {
+  if (widths().size() == 2) GTEST_SKIP() << "this CPU and build run both widths: none to refuse";
   std::vector<float> A(4, 1.0f), B(4, 1.0f), C(4, 0.0f);
   for (OwnGemmIsa isa : {OwnGemmIsa::avx2, OwnGemmIsa::avx512}) {
     if (gemm_own_available(isa)) continue;
