@@ -69,7 +69,8 @@ void CpuBackend::set_rows(Rows& rows, const std::vector<int>& offsets, const int
   rows.offsets = offsets;
   rows.x.resize_uninit(static_cast<size_t>(n) * d);
   rows.seg.assign(seg, seg + n);
-  rows.pos.assign(pos, pos + n);
+  if (pos) rows.pos.assign(pos, pos + n);
+  else rows.pos.clear();
 }
 
 void CpuBackend::combine_prepare(CombineTables& t, int N, int B, int T, int C) {

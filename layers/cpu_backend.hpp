@@ -118,14 +118,20 @@ class CpuBackend {
                       const float* w, float* dxn, float* dw, float* db, float loss_scale);
 
   // The source rows built here, on the host (source_rows_build), from B sequences of T tokens in C
-  // chunks; `travel`: the rows will travel (the host needs every row's metadata either way).
-  void row_tables(CombineTables& t, SourceRows& src, Routing& r, RouteCache&, int B, int T, int C, bool /*travel*/) {
+  // chunks.
+  void row_tables(CombineTables& t, SourceRows& src, Routing& r, RouteCache&, int B, int T, int C) {
     source_rows_build(src, r, B, T, C);
     t.src = &src;
     t.routing = &r;
   }
   void gather_source_rows(float* out, const float* xn, const CombineTables& t, int r0, int n, int d);
   void set_rows(Rows& rows, const std::vector<int>& offsets, const int32_t* seg, const int32_t* pos, int n, int d);
+  // The positions on both sides are the host's tables (they travel with the metadata here).
+  const int32_t* source_positions(const CombineTables& t) const { return t.src->pos.data(); }
+  int32_t* owner_positions(Rows& rows, int n, int /*T*/) {
+    rows.pos.resize(n);
+    return rows.pos.data();
+  }
   // The rows of chunk ch that did not travel: its source rows' table.
   void set_source_rows(Rows& rows, const CombineTables& t, int ch, int d) {
     const SourceRows& src = *t.src;

@@ -171,9 +171,13 @@ concept StepBackend = requires(Be& be, typename Be::template Buffer<float>& fbuf
   be.route(r, rc, rs, cf, cf, cf, n, n, flag);
   be.route_backward(cr, rc, rs, cf, cf, cf, f, f, f, 1.0f);
   // Rows and the combine.
-  be.row_tables(tab, src, r, rc, n, n, n, flag);  // builds src (the host's part of it: layers/model.hpp)
+  be.row_tables(tab, src, r, rc, n, n, n);  // builds src (the host's part of it: layers/model.hpp)
   be.gather_source_rows(f, cf, tab, n, n, n);
-  be.set_rows(rows, offsets, ci, ci, n, n);
+  be.set_rows(rows, offsets, ci, ci, n, n);  // pos may be null: owner_positions then receives them
+  // Where the rows' positions are, source side and owner side (kHostMemory false: the backend's
+  // memory, moved by ExpertExchange::positions_to_owner, never through the host).
+  { be.source_positions(tab) } -> std::convertible_to<const int32_t*>;
+  { be.owner_positions(rows, n, n) } -> std::convertible_to<int32_t*>;
   be.set_source_rows(rows, tab, n, n);
   be.combine_prepare(tab, n, n, n, n);
   be.combine_chunk(f, cf, cf, cf, tab, n, n);
@@ -500,7 +504,7 @@ class Step final : public ModelStep {
     else
       routing_all_to_one(r, N, d);
     // 2. Source rows: kept patches expanded to tokens, chunk-major, then by global expert.
-    be_.row_tables(c.tables, c.src, r, c.route, B, T, C, c.exchange != nullptr);
+    be_.row_tables(c.tables, c.src, r, c.route, B, T, C);
     const int R = c.src.rows();
     y_home(c).resize(static_cast<size_t>(R) * d);
     const bool travel = c.exchange != nullptr;
@@ -517,25 +521,30 @@ class Step final : public ModelStep {
       be_.gather_source_rows(nh.x_src.data(), nh.xn.data(), c.tables, 0, R, d);
       const float* x_src = nh.x_src.data();
       if constexpr (Be::kBatchedMetadata) {
-        // Every chunk's counts and metadata in one collective each, then the rows alone.
+        // Every chunk's counts and sequences in one collective each, then the rows alone. The rows'
+        // positions go with the sequences from the host, or, where the backend has its own memory,
+        // with the rows from there (they never come down).
+        constexpr bool apart = !Be::kHostMemory;
         meta_.resize(C);
         for (int ch = 0; ch < C; ++ch) {
           const int r0 = c.src.chunk_begin[ch];
-          meta_[ch] = {&c.chunk[ch]->plan, &c.src.chunk_offsets[ch], c.src.seg.data() + r0, c.src.pos.data() + r0,
-                       &c.chunk[ch]->owner_meta};
+          meta_[ch] = {&c.chunk[ch]->plan, &c.src.chunk_offsets[ch], c.src.seg.data() + r0,
+                       apart ? nullptr : c.src.pos.data() + r0, &c.chunk[ch]->owner_meta, apart};
         }
         c.exchange->dispatch_metadata_chunks(meta_);
+        const int32_t* pos_src = apart ? be_.source_positions(c.tables) : nullptr;
         for (int ch = 0; ch < C; ++ch) {
           Chunk& k = *c.chunk[ch];
-          be_.set_rows(k.rows, k.owner_meta.offsets, k.owner_meta.seg.data(), k.owner_meta.pos.data(),
-                       k.owner_meta.rows(), d);
-          work_home(c, ch).y_owner.resize(static_cast<size_t>(k.owner_meta.rows()) * d);
-        }
-        for (int ch = 0; ch < C; ++ch) {
-          Chunk& k = *c.chunk[ch];
+          const int n = k.owner_meta.rows();
+          be_.set_rows(k.rows, k.owner_meta.offsets, k.owner_meta.seg.data(),
+                       apart ? nullptr : k.owner_meta.pos.data(), n, d);
+          int32_t* pos_owner = apart ? be_.owner_positions(k.rows, n, T) : nullptr;
+          work_home(c, ch).y_owner.resize(static_cast<size_t>(n) * d);
           const size_t r0 = c.src.chunk_begin[ch];
-          arrived_[ch] =
-              be_.submit([&c, &k, x_src, r0, d] { c.exchange->to_owner(k.plan, x_src + r0 * d, k.rows.x.data(), d); });
+          arrived_[ch] = be_.submit([&c, &k, x_src, pos_src, pos_owner, r0, d] {
+            if (pos_owner) c.exchange->positions_to_owner(k.plan, pos_src + r0, pos_owner);
+            c.exchange->to_owner(k.plan, x_src + r0 * d, k.rows.x.data(), d);
+          });
         }
       } else {
         // Each chunk's counts and metadata travel with its rows (the exchange fills the rows' tables).

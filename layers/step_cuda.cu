@@ -635,11 +635,11 @@ class CudaBackend {
   // The source rows laid out here from the routing's row tables here (cuda::source_rows_*, the
   // bodies of the CPU's source_rows_build): only the cells [B, E] come down (one host
   // synchronisation), from which the host forms the chunks' counts and the rows' sequences
-  // (source_rows_from_cells); when the rows travel, their positions too (the exchange's metadata
-  // goes over MPI from the host). An unrouted block (routing_all_to_one, not routed here) sends up
+  // (source_rows_from_cells); the rows' positions stay here, and travel from here over NCCL when the
+  // rows do (owner_positions). An unrouted block (routing_all_to_one, not routed here) sends up
   // its two row offsets; its tables are formed here. The rows' gates are gathered here from the
   // routing's (unrouted: 1).
-  void row_tables(CombineTables& t, SourceRows& src, Routing& r, RouteCache& rc, int B, int T, int C, bool travel) {
+  void row_tables(CombineTables& t, SourceRows& src, Routing& r, RouteCache& rc, int B, int T, int C) {
     t.src = &src;
     t.slots = r.P * r.k;
     t.T = T;
@@ -672,11 +672,6 @@ class CudaBackend {
                             t.first_route.data(), t.chunk_begin.data(), t.chunk_offsets.data(), t.cells.data(),
                             rc.counts.data(), rc.row_patch.data(), rc.row_slot.data(), routed_rows, B, E, k, ps, T, C,
                             s());
-    if (travel) {
-      src.pos.resize(R);
-      traffic.down(t.pos.data(), src.pos.data(), R, s());
-      synchronize();
-    }
     t.gate.resize(R);
     if (R == 0) return;
     if (rc.decided) cuda::gather_rows(t.gate.data(), rc.gate.data(), t.slot.data(), R, 1, s());
@@ -691,11 +686,22 @@ class CudaBackend {
     rows.n_experts = static_cast<int>(offsets.size()) - 1;
     rows.offsets = offsets;
     rows.seg.assign(seg, seg + n);
-    rows.pos.assign(pos, pos + n);
-    rows.positions = 0;  // the bound is max(pos) + 1 (runtime/cuda/experts.cuh)
     upload(rows.offsets_dev, std::span<const int>(rows.offsets));
-    upload(rows.pos_dev, std::span<const int32_t>(rows.pos));
+    if (pos) {
+      rows.pos.assign(pos, pos + n);
+      rows.positions = 0;  // the bound is max(pos) + 1 (runtime/cuda/experts.cuh)
+      upload(rows.pos_dev, std::span<const int32_t>(rows.pos));
+    }
     rows.x.resize(static_cast<size_t>(n) * d);
+  }
+  // The rows' positions here: the tables' on the source side; on the owner side a device buffer the
+  // exchange fills over NCCL (ExpertExchange::positions_to_owner), bounded by the sequence length.
+  const int32_t* source_positions(const CombineTables& t) const { return t.pos.data(); }
+  int32_t* owner_positions(Rows& rows, int n, int T) {
+    rows.pos.clear();
+    rows.positions = T;
+    rows.pos_dev.resize(std::max(n, 1));
+    return rows.pos_dev.data();
   }
   // Chunk ch's rows that did not travel: the counts and sequences from the host's part; the
   // positions copied within the device from the tables (none cross).

@@ -11,8 +11,15 @@ void ExpertExchange::dispatch_metadata(ExchangePlan&, const std::vector<int>&, c
   fail("this expert exchange cannot dispatch row metadata apart from the rows");
 }
 
+void ExpertExchange::positions_to_owner(ExchangePlan&, const int32_t*, int32_t*) {
+  fail("this expert exchange cannot move row positions apart from the metadata");
+}
+
 void ExpertExchange::dispatch_metadata_chunks(std::span<const ChunkMetadata> chunks) {
-  for (const ChunkMetadata& c : chunks) dispatch_metadata(*c.plan, *c.src_offsets, c.seg_src, c.pos_src, *c.dst);
+  for (const ChunkMetadata& c : chunks) {
+    if (c.positions_apart) fail("this expert exchange cannot dispatch row metadata without the positions");
+    dispatch_metadata(*c.plan, *c.src_offsets, c.seg_src, c.pos_src, *c.dst);
+  }
 }
 
 void LocalExchange::dispatch_metadata(ExchangePlan& plan, const std::vector<int>& src_offsets, const int32_t* seg_src,
@@ -46,6 +53,11 @@ void LocalExchange::to_source(ExchangePlan& plan, const float* owner, float* src
 void LocalExchange::to_owner(ExchangePlan& plan, const float* src, float* owner, int width) {
   const int R = plan.send_rows[0];
   if (R) std::memcpy(owner, src, sizeof(float) * R * width);
+}
+
+void LocalExchange::positions_to_owner(ExchangePlan& plan, const int32_t* src, int32_t* owner) {
+  const int R = plan.send_rows[0];
+  if (R) std::memcpy(owner, src, sizeof(int32_t) * R);
 }
 
 }  // namespace uoe

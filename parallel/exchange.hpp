@@ -37,6 +37,10 @@ struct ChunkMetadata {
   const int32_t* seg_src;
   const int32_t* pos_src;
   ExpertRows* dst;
+  // The positions do not go with the metadata (pos_src unused, dst.pos left empty): the caller
+  // moves them with positions_to_owner, where they live (a GPU's memory). Every chunk of a call,
+  // and every rank of the group, must say the same.
+  bool positions_apart = false;
 };
 
 // Rows narrowed to bf16 for the wire where they are not host memory (a GPU's: the NCCL
@@ -73,6 +77,10 @@ class ExpertExchange {
   virtual void to_source(ExchangePlan& plan, const float* owner, float* src, int width) = 0;
   // Source-order block [R_src, width] → owner order [R_dst, width] (output gradients).
   virtual void to_owner(ExchangePlan& plan, const float* src, float* owner, int width) = 0;
+  // The rows' positions [R_src] → owner order [R_dst], one int32 per row, exactly (never narrowed
+  // as rows are with --precision bf16), over the rows' communicator: for a caller whose positions
+  // live with its rows (ChunkMetadata::positions_apart). The default refuses.
+  virtual void positions_to_owner(ExchangePlan& plan, const int32_t* src, int32_t* owner);
   // Global experts [expert_begin, expert_end) live here, for `experts` global experts.
   virtual void local_experts(int experts, int* begin, int* end) const = 0;
   // True when owner order IS source order and nothing moves (one rank owns every expert): the
@@ -102,6 +110,7 @@ class LocalExchange final : public ExpertExchange {
                          const int32_t* pos_src, ExpertRows& dst) override;
   void to_source(ExchangePlan& plan, const float* owner, float* src, int width) override;
   void to_owner(ExchangePlan& plan, const float* src, float* owner, int width) override;
+  void positions_to_owner(ExchangePlan& plan, const int32_t* src, int32_t* owner) override;
   void local_experts(int experts, int* begin, int* end) const override {
     *begin = 0;
     *end = experts;

@@ -171,6 +171,10 @@ void MpiExchange::dispatch_metadata_chunks(std::span<const ChunkMetadata> chunks
   int e0 = 0, e1 = 0;
   local_experts(E, &e0, &e1);  // same E on every rank, so a throw here is a throw everywhere
   const int El = e1 - e0;
+  // Each row's metadata: its sequence, and its position unless the caller moves those itself.
+  const bool apart = chunks[0].positions_apart;
+  for (const ChunkMetadata& k : chunks) UOE_ASSERT(k.positions_apart == apart);
+  const int w = apart ? 1 : 2;
 
   // 1. Headers: for each owner, [status, then for each chunk the rows for each of its El experts].
   // A bad segment id is found locally, but throwing before this collective would leave the other
@@ -247,19 +251,19 @@ void MpiExchange::dispatch_metadata_chunks(std::span<const ChunkMetadata> chunks
     plan.owner_offsets = dst.offsets;
     src_base_[ch + 1] = src_base_[ch] + off[E];
     dst_base_[ch + 1] = dst_base_[ch] + dst.offsets[El];
-    UOE_ASSERT(2 * std::max(src_base_[ch + 1], dst_base_[ch + 1]) <= INT_MAX, "row metadata exceeds MPI's int offsets");
-    const PeerBlocks src2 = source_layout(plan, 2), own2 = owner_layout(plan, 2);
+    UOE_ASSERT(w * std::max(src_base_[ch + 1], dst_base_[ch + 1]) <= INT_MAX, "row metadata exceeds MPI's int offsets");
+    const PeerBlocks src2 = source_layout(plan, w), own2 = owner_layout(plan, w);
     for (int q = 0; q < n; ++q)
       for (int j = 0; j < El; ++j) {
         const size_t b = q * El + j, at = (static_cast<size_t>(q) * C + ch) * El + j;
-        send_l.offset[at] = src2.offset[b] + static_cast<int>(2 * src_base_[ch]);
+        send_l.offset[at] = src2.offset[b] + static_cast<int>(w * src_base_[ch]);
         send_l.count[at] = src2.count[b];
-        recv_l.offset[at] = own2.offset[b] + static_cast<int>(2 * dst_base_[ch]);
+        recv_l.offset[at] = own2.offset[b] + static_cast<int>(w * dst_base_[ch]);
         recv_l.count[at] = own2.count[b];
       }
     // The rows' metadata (and the headers, on the first chunk); the payload is counted by whoever
     // moves it.
-    plan.bytes_sent = static_cast<double>(remote_rows(plan.send_rows, me)) * 2 * sizeof(int32_t) +
+    plan.bytes_sent = static_cast<double>(remote_rows(plan.send_rows, me)) * w * sizeof(int32_t) +
                       (ch == 0 ? bytes : 0.0);
   }
   // One collective carries every chunk's metadata: its link time follows the larger direction.
@@ -269,14 +273,20 @@ void MpiExchange::dispatch_metadata_chunks(std::span<const ChunkMetadata> chunks
     meta_out += remote_rows(k.plan->send_rows, me);
     meta_in += remote_rows(k.plan->recv_rows, me);
   }
-  link_bytes_ += static_cast<double>(std::max(meta_out, meta_in)) * 2 * sizeof(int32_t) + bytes;
+  link_bytes_ += static_cast<double>(std::max(meta_out, meta_in)) * w * sizeof(int32_t) + bytes;
 
-  // 3. Metadata, (seg, pos) per row, landing in owner order; then seg made unique per source.
-  meta_send_.resize(static_cast<size_t>(src_base_[C]) * 2);
-  meta_recv_.resize(static_cast<size_t>(dst_base_[C]) * 2);
+  // 3. Metadata, (seg, pos) per row (seg alone with the positions apart), landing in owner order;
+  // then seg made unique per source.
+  meta_send_.resize(static_cast<size_t>(src_base_[C]) * w);
+  meta_recv_.resize(static_cast<size_t>(dst_base_[C]) * w);
   for (int ch = 0; ch < C; ++ch) {
-    int32_t* out = meta_send_.data() + 2 * src_base_[ch];
-    for (int64_t i = 0; i < src_base_[ch + 1] - src_base_[ch]; ++i) {
+    int32_t* out = meta_send_.data() + w * src_base_[ch];
+    const int64_t rows = src_base_[ch + 1] - src_base_[ch];
+    if (apart) {
+      std::copy(chunks[ch].seg_src, chunks[ch].seg_src + rows, out);
+      continue;
+    }
+    for (int64_t i = 0; i < rows; ++i) {
       out[2 * i] = chunks[ch].seg_src[i];
       out[2 * i + 1] = chunks[ch].pos_src[i];
     }
@@ -285,18 +295,22 @@ void MpiExchange::dispatch_metadata_chunks(std::span<const ChunkMetadata> chunks
   for (int ch = 0; ch < C; ++ch) {
     const ExchangePlan& plan = *chunks[ch].plan;
     ExpertRows& dst = *chunks[ch].dst;
-    const int32_t* in = meta_recv_.data() + 2 * dst_base_[ch];
+    const int32_t* in = meta_recv_.data() + w * dst_base_[ch];
     const int R_dst = dst.offsets[El];
     dst.seg.resize(R_dst);
-    dst.pos.resize(R_dst);
+    if (apart) dst.pos.clear();
+    else dst.pos.resize(R_dst);
     std::vector<int> next(dst.offsets.begin(), dst.offsets.end() - 1);  // [El] owner order
     for (int s = 0; s < n; ++s)
       for (int j = 0; j < El; ++j) {
         const int r1 = next[j] + plan.recv_blocks[s * El + j];
-        for (int r = next[j]; r < r1; ++r) {
-          dst.seg[r] = in[2 * r] + s * kSegmentsPerRank;
-          dst.pos[r] = in[2 * r + 1];
-        }
+        if (apart)
+          for (int r = next[j]; r < r1; ++r) dst.seg[r] = in[r] + s * kSegmentsPerRank;
+        else
+          for (int r = next[j]; r < r1; ++r) {
+            dst.seg[r] = in[2 * r] + s * kSegmentsPerRank;
+            dst.pos[r] = in[2 * r + 1];
+          }
         next[j] = r1;
       }
   }
@@ -321,6 +335,20 @@ void MpiExchange::to_owner(ExchangePlan& plan, const float* src, float* owner, i
   move_rows(src, R_src * width, source_layout(plan, width), owner, R_dst * width, owner_layout(plan, width),
             static_cast<double>(remote_rows(plan.send_rows, comm_.rank())),
             static_cast<double>(remote_rows(plan.recv_rows, comm_.rank())), width);
+}
+
+// The positions alone, the same way as to_owner's rows, as int32 (never narrowed); counted as
+// metadata (bytes_sent, link_bytes), not as payload.
+void MpiExchange::positions_to_owner(ExchangePlan& plan, const int32_t* src, int32_t* owner) {
+  WatchScope watch("expert exchange (row positions to owners) " + plan.where);
+  const ScopedTimer timer(seconds_);
+  const size_t R_dst = plan.owner_offsets.back(), R_src = total(plan.send_rows);
+  data_.all_to_all_matched<int32_t>(std::span<const int32_t>(src, R_src), source_layout(plan, 1),
+                                    std::span<int32_t>(owner, R_dst), owner_layout(plan, 1));
+  const double out = static_cast<double>(remote_rows(plan.send_rows, comm_.rank()));
+  const double in = static_cast<double>(remote_rows(plan.recv_rows, comm_.rank()));
+  bytes_ += out * sizeof(int32_t);
+  link_bytes_ += std::max(out, in) * sizeof(int32_t);
 }
 
 }  // namespace uoe

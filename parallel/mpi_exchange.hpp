@@ -45,7 +45,7 @@ class MpiExchange final : public ExpertExchange {
 
   // `ep_group` is the expert-parallel group; it must outlive the exchange. Counts and row metadata
   // always travel over it (host data); the rows themselves (dispatch's payload, to_source,
-  // to_owner) over `payload` when given — the same ranks in the same order, e.g. an
+  // to_owner) and positions_to_owner's positions over `payload` when given — the same ranks in the same order, e.g. an
   // NcclCommunicator whose spans are device memory — else over ep_group too.
   explicit MpiExchange(Communicator& ep_group, Communicator* payload = nullptr);
 
@@ -56,6 +56,7 @@ class MpiExchange final : public ExpertExchange {
   void dispatch_metadata_chunks(std::span<const ChunkMetadata> chunks) override;
   void to_source(ExchangePlan& plan, const float* owner, float* src, int width) override;
   void to_owner(ExchangePlan& plan, const float* src, float* owner, int width) override;
+  void positions_to_owner(ExchangePlan& plan, const int32_t* src, int32_t* owner) override;
   // Rows over the payload communicator travel as bf16 in bf16 through `n` (its memory's staging and
   // conversions; must outlive the exchange). Null: fp32 there.
   void set_row_narrowing(RowNarrowing* n) { narrowing_ = n; }
@@ -91,7 +92,7 @@ class MpiExchange final : public ExpertExchange {
   RowNarrowing* narrowing_ = nullptr;               // bf16 staging elsewhere (a payload communicator's)
   // Workspace reused across calls.
   std::vector<int32_t> header_send_, header_recv_;  // [ep, 1 + chunks·E/ep]: status, rows per chunk and local expert
-  std::vector<int32_t> meta_send_, meta_recv_;      // [Σ R_src, 2] / [Σ R_dst, 2]: seg, pos, chunk after chunk
+  std::vector<int32_t> meta_send_, meta_recv_;      // [Σ R_src, w] / [Σ R_dst, w]: seg (and pos), chunk after chunk
   std::vector<int64_t> src_base_, dst_base_;        // [chunks] each chunk's first row in meta_send_ / meta_recv_
 };
 

@@ -692,6 +692,7 @@ TEST(StepBackendsMpi, TrainStepsDeferredFiguresMatchTheCpuBackendOnEveryRank) {
   std::vector<uoe::StepFigures> window;
   int logs = 0;
   for (int s = 1; s <= cfg.steps; ++s) {
+    if (s == 2) step.backend().transfers.clear();  // the first step took the arenas from the host
     const std::string what = "rank " + std::to_string(c.rank()) + ", step " + std::to_string(s);
     const uoe::StepFigures r = uoe::train_step(ref_model, opt_ref, cfg, data, s, ranks_ref);
     const uoe::StepFigures d = uoe::train_step(host, opt_dev, cfg, data, s, ranks_dev);
@@ -710,6 +711,20 @@ TEST(StepBackendsMpi, TrainStepsDeferredFiguresMatchTheCpuBackendOnEveryRank) {
     window.clear();
   }
   EXPECT_EQ(logs, 3);  // steps 3, 6 and 7
+  // With the rows crossing ranks, nothing of a row comes to the host: down, only each step's loss,
+  // the waiting figures on log steps and counts (rows per expert, kept patches per sequence and
+  // expert); the rows' positions travel from the device with the rows (positions_to_owner).
+  using Tr = uoe::DeviceLikeBackend::Traffic;
+  int figure_reads = 0;
+  for (const auto& t : step.backend().transfers) {
+    const std::string at = (t.to_device ? "up: " : "down: ") + t.name;
+    EXPECT_TRUE(t.what == Tr::metadata || t.what == Tr::loss || t.what == Tr::figures) << at;
+    if (!t.to_device && t.what == Tr::metadata) {
+      EXPECT_TRUE(t.name == "row counts" || t.name == "source row cells") << at;
+    }
+    figure_reads += t.what == Tr::figures;
+  }
+  EXPECT_EQ(figure_reads, logs);  // one read of the waiting slots per log line
   step.state_to_host(&opt_dev);
   size_t bad = 0;
   for (size_t i = 0; i < ref_model.params().total(); ++i)
@@ -979,6 +994,55 @@ TEST(ExchangeMpi, ChunkedMetadataMatchesOneDispatchPerChunk) {
   meta[C - 1] = {&got_plan[C - 1], &src[C - 1].offsets, src[C - 1].seg.data(), src[C - 1].pos.data(), &got[C - 1]};
   batched.dispatch_metadata_chunks(meta);
   EXPECT_EQ(got[C - 1].seg, want[C - 1].seg);
+}
+
+// The positions apart from the metadata (ChunkMetadata::positions_apart: where they live with the
+// rows, a GPU's memory): the metadata collective carries the sequences alone (4 bytes a row, not
+// 8), the plans and sequences are those of a whole dispatch, no position comes back with them,
+// and positions_to_owner then moves each chunk's positions to exactly where dispatch put them —
+// as int32, with bf16 rows too (positions past 256 that bf16 would round).
+TEST(ExchangeMpi, PositionsApartTravelExactlyWithTheirRows) {
+  const uoe::ScopedPrecision bf16(uoe::Precision::bf16);
+  MpiCommunicator c(MPI_COMM_WORLD);
+  const int n = c.size(), me = c.rank(), d = 3, El = 2, E = El * n, C = 3;
+  const Traffic kinds[C] = {Traffic::random, Traffic::silent_rank, Traffic::idle_expert};
+  std::vector<SourceRows> src(C);
+  for (int ch = 0; ch < C; ++ch) {
+    src[ch] = make_source_rows(kinds[ch], kinds[ch] == Traffic::silent_rank ? me : me + 5 * (ch + 1), n, E, d);
+    for (size_t i = 0; i < src[ch].pos.size(); ++i) src[ch].pos[i] += 1000 * (me + 1) + 257 * static_cast<int>(i);
+  }
+  MpiExchange whole(c), apart(c);
+  std::vector<uoe::ExchangePlan> want_plan(C), got_plan(C);
+  std::vector<uoe::ExpertRows> want(C), got(C);
+  std::vector<uoe::ChunkMetadata> meta(C);
+  for (int ch = 0; ch < C; ++ch) {
+    whole.dispatch(want_plan[ch], src[ch].offsets, src[ch].x.data(), src[ch].seg.data(), src[ch].pos.data(), d,
+                   want[ch]);
+    meta[ch] = {&got_plan[ch], &src[ch].offsets, src[ch].seg.data(), nullptr, &got[ch], true};
+  }
+  apart.dispatch_metadata_chunks(meta);
+  const double metadata_bytes = apart.bytes_sent();
+  double remote_out = 0;
+  int moved = 0;
+  for (int ch = 0; ch < C; ++ch) {
+    SCOPED_TRACE("chunk " + std::to_string(ch));
+    EXPECT_EQ(got_plan[ch].send_blocks, want_plan[ch].send_blocks);
+    EXPECT_EQ(got_plan[ch].recv_blocks, want_plan[ch].recv_blocks);
+    EXPECT_EQ(got_plan[ch].owner_offsets, want_plan[ch].owner_offsets);
+    EXPECT_EQ(got[ch].offsets, want[ch].offsets);
+    EXPECT_EQ(got[ch].seg, want[ch].seg);
+    EXPECT_TRUE(got[ch].pos.empty());
+    std::vector<int32_t> pos(got[ch].rows(), -1);
+    apart.positions_to_owner(got_plan[ch], src[ch].pos.data(), pos.data());
+    EXPECT_EQ(pos, want[ch].pos);
+    for (int q = 0; q < n; ++q)
+      if (q != me) remote_out += got_plan[ch].send_rows[q];
+    moved += static_cast<int>(pos.size());
+  }
+  EXPECT_GT(all_gather(c, std::vector<int>{moved})[0][0], 0);
+  EXPECT_EQ(metadata_bytes, remote_out * 4.0 + (n - 1) * (1 + C * El) * 4.0);
+  EXPECT_EQ(apart.bytes_sent() - metadata_bytes, remote_out * 4.0);  // the positions: metadata, not payload
+  EXPECT_EQ(apart.payload_bytes_sent(), 0.0);
 }
 
 

@@ -290,11 +290,11 @@ class DeviceLikeBackend : public CpuBackend {
   }
   // The source rows laid out here from the routing's row tables here (layers/source_rows.hpp, the
   // bodies of the CPU's source_rows_build): only the cells [B, E] come down, from which the host
-  // forms the chunks' counts and the rows' sequences (source_rows_from_cells); when the rows travel,
-  // their positions too (the exchange's metadata goes over MPI from the host). An unrouted block
+  // forms the chunks' counts and the rows' sequences (source_rows_from_cells); the rows' positions
+  // stay here, and travel from here when the rows do (owner_positions). An unrouted block
   // (routing_all_to_one, not routed here) sends up its two row offsets; its tables are formed here.
   // The rows' gates are gathered here from the routing's (unrouted: 1).
-  void row_tables(CombineTables& t, SourceRows& src, Routing& r, RouteCache& rc, int B, int T, int C, bool travel) {
+  void row_tables(CombineTables& t, SourceRows& src, Routing& r, RouteCache& rc, int B, int T, int C) {
     t.src = &src;
     t.slots = r.P * r.k;
     const int E = r.E, k = r.k, ps = r.patch, routed_rows = r.row_offsets[E];
@@ -325,10 +325,6 @@ class DeviceLikeBackend : public CpuBackend {
     source_rows_place(t.token.data(), t.slot.data(), t.seg.data(), t.pos.data(), t.first_src.data(),
                       t.first_route.data(), t.chunk_begin.data(), t.chunk_offsets.data(), t.cells.data(),
                       rc.counts.data(), rc.row_patch.data(), rc.row_slot.data(), routed_rows, B, E, k, ps, T, C);
-    if (travel) {
-      src.pos.resize(R);
-      get(std::span<int32_t>(src.pos), t.pos.data(), Traffic::metadata, "row positions (rows travel)");
-    }
     t.gate.resize(R);
     if (rc.decided) uoe::gather_rows(t.gate.data(), rc.gate.data(), t.slot.data(), R, 1);
     else std::fill(t.gate.data(), t.gate.data() + R, 1.0f);
@@ -340,9 +336,17 @@ class DeviceLikeBackend : public CpuBackend {
     rows.n_experts = static_cast<int>(offsets.size()) - 1;
     rows.offsets = offsets;
     rows.seg.assign(seg, seg + n);
-    rows.pos.assign(pos, pos + n);
+    if (pos) rows.pos.assign(pos, pos + n);
+    else rows.pos.assign(n, -1);  // owner_positions: the exchange fills them
     rows.x.resize_uninit(static_cast<size_t>(n) * d);
     std::fill(rows.x.begin(), rows.x.end(), std::numeric_limits<float>::quiet_NaN());
+  }
+  // The rows' positions as the device keeps them (rows.pos stands for device memory here): the
+  // tables' on the source side; the owner's, filled by ExpertExchange::positions_to_owner.
+  const int32_t* source_positions(const CombineTables& t) const { return t.pos.data(); }
+  int32_t* owner_positions(Rows& rows, int n, int /*T*/) {
+    rows.pos.assign(n, -1);
+    return rows.pos.data();
   }
   // Chunk ch's rows that did not travel: the counts and sequences from the host's part, the
   // positions from the tables here (a copy within the device).
