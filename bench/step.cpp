@@ -5,7 +5,13 @@
 // GEMM; per phase the median over the timed steps). One process: the exchange is local (no MPI), so
 // its time is the routed rows' gathering only.
 //
-//   build/bin/bench-step [--csv FILE] [--threads N] [--repeats R] [uoe-train model options…]
+//   build/bin/bench-step [--csv FILE] [--threads N] [--repeats R] [--ab KNOB] [uoe-train model options…]
+//
+// --ab KNOB: an A/B comparison inside one process, where a VM's speed drifting over minutes hits
+// both sides alike: the timed steps alternate between the knob off (A) and on (B) in the order
+// A B B A A B …, and each side's median step, the B/A speed ratio of the medians and the spread of
+// the per-pair ratios are printed (instead of the breakdown). Knobs: expert-rows (layers/experts.hpp,
+// experts_set_row_parts).
 //
 // With no model options it runs two configurations: the reference config of the trainer issue
 // (4 layers, d 128) and the same model at d 512 (heads 8, d_ff 2048). Reported: min and median
@@ -21,6 +27,7 @@
 
 #include "bench/bench_config.hpp"
 #include "layers/cpu_backend.hpp"
+#include "layers/experts.hpp"
 #include "layers/router.hpp"
 #include "layers/train_step.hpp"
 #include "parallel/exchange.hpp"
@@ -39,10 +46,23 @@ struct Row {
   std::string name;
   double tokens_per_s, step_min_ms, step_median_ms, gflops, share;
   uoe::PhaseSeconds phases;  // median seconds of each phase over the timed steps
+  std::vector<double> a_times, b_times;  // --ab: each side's timed steps, in pair order
 };
 
+// The runtime switches --ab can compare: set(false) is A, set(true) is B.
+struct AbKnob {
+  const char* name;
+  void (*set)(bool);
+};
+const AbKnob kAbKnobs[] = {{"expert-rows", uoe::experts_set_row_parts}};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
 Row bench_config(const std::string& name, const uoe::Config& cfg, const uoe::TokenStream& tokens, int repeats,
-                 double peak) {
+                 double peak, const AbKnob* ab = nullptr) {
   uoe::LocalExchange exchange;
   uoe::Model model(uoe::model_spec_from_config(cfg, 256), cfg.seed, &exchange);
   uoe::AdamWSpec aspec;
@@ -54,12 +74,18 @@ Row bench_config(const std::string& name, const uoe::Config& cfg, const uoe::Tok
   std::vector<std::vector<double>> phase_times(uoe::kPhases);
   double flops = 0;
   int64_t tok = 0;
+  Row r;
   for (int s = 1; s <= 3 + repeats; ++s) {
+    // --ab: A B B A A B … over the whole run (warm-up included); timed from step 5, so that every
+    // timed pair (5-6, 7-8, …) holds one step of each side.
+    const bool b_side = ((s - 1) / 2 + (s - 1)) % 2 == 1;
+    if (ab) ab->set(b_side);
     const auto t0 = std::chrono::steady_clock::now();
     uoe::profile_start();
     const uoe::StepFigures fig = uoe::train_step(model, opt, cfg, tokens, s, ranks);
     const uoe::PhaseSeconds ph = uoe::profile_stop();
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (ab && s > 4) (b_side ? r.b_times : r.a_times).push_back(dt);
     if (s > 3) {
       times.push_back(dt);
       for (int p = 0; p < uoe::kPhases; ++p) phase_times[p].push_back(ph.seconds[p]);
@@ -74,7 +100,7 @@ Row bench_config(const std::string& name, const uoe::Config& cfg, const uoe::Tok
     std::sort(phase_times[p].begin(), phase_times[p].end());
     phases.seconds[p] = phase_times[p][phase_times[p].size() / 2];
   }
-  Row r;
+  if (ab) ab->set(true);
   r.name = name;
   r.step_min_ms = times.front() * 1e3;
   r.step_median_ms = med * 1e3;
@@ -132,9 +158,16 @@ int main(int argc, char** argv) {
   try {
     std::string csv;
     int repeats = 20, threads = 0;
+    const AbKnob* ab = nullptr;
     std::vector<const char*> rest = {argv[0]};
     for (int i = 1; i < argc; ++i) {
       if (!std::strcmp(argv[i], "--csv") && i + 1 < argc) csv = argv[++i];
+      else if (!std::strcmp(argv[i], "--ab") && i + 1 < argc) {
+        const std::string k = argv[++i];
+        for (const AbKnob& knob : kAbKnobs)
+          if (k == knob.name) ab = &knob;
+        if (!ab) uoe::fail("bench-step: --ab ", k, ": unknown knob (expert-rows)");
+      }
       else if (!std::strcmp(argv[i], "--repeats") && i + 1 < argc) repeats = std::max(1, std::atoi(argv[++i]));
       else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
       else rest.push_back(argv[i]);
@@ -175,6 +208,22 @@ int main(int argc, char** argv) {
                 nthreads, peak, uoe::fma_peak_describe(fma).c_str(), sgemm_peak, 100.0 * sgemm_peak / peak);
     std::printf("%-16s %6s %5s %12s %12s %12s %10s %8s\n", "config", "d", "B·T", "tokens/s", "step min ms",
                 "step med ms", "GFLOP/s", "of FMA");
+    if (ab) {
+      std::printf("# --ab %s: timed steps alternate A (off) and B (on), A B B A …; medians of each side\n", ab->name);
+      std::printf("%-16s %12s %12s %10s %22s %6s\n", "config", "A med ms", "B med ms", "B/A speed", "per-pair B/A min-max",
+                  "pairs");
+      for (const auto& [name, cfg] : configs) {
+        const Row r = bench_config(name, cfg, tokens, std::max(repeats, 3), peak, ab);
+        const size_t pairs = std::min(r.a_times.size(), r.b_times.size());
+        std::vector<double> ratio;
+        for (size_t k = 0; k < pairs; ++k) ratio.push_back(r.a_times[k] / r.b_times[k]);
+        std::sort(ratio.begin(), ratio.end());
+        const double a = median(r.a_times), b = median(r.b_times);
+        std::printf("%-16s %12.2f %12.2f %9.3fx %10.3f - %-9.3f %6zu\n", r.name.c_str(), a * 1e3, b * 1e3, a / b,
+                    ratio.front(), ratio.back(), pairs);
+      }
+      return 0;
+    }
     std::vector<Row> rows;
     for (const auto& [name, cfg] : configs) {
       const Row r = bench_config(name, cfg, tokens, repeats, peak);

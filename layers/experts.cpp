@@ -1,6 +1,7 @@
 #include "layers/experts.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -11,15 +12,46 @@
 #include "runtime/threads.hpp"
 
 namespace uoe {
+namespace {
+std::atomic<bool> g_row_parts{true};
+// fn(e, r0, r1) over every expert's rows: where `by_rows`, in one parallel region — each expert's
+// rows cut into one part per compute thread (at multiples of 12, the own kernel's tile height on
+// AVX-512, twice AVX2's), each thread running its part of every expert in expert order — else once
+// per expert with all its rows on the calling thread, whose GEMMs and row kernels split themselves.
+// fn must give a row the same bits whichever part it falls in (gemm_rows_independent products and
+// row kernels): the two ways then compute the same bits.
+template <class Fn>
+void for_expert_rows(const ExpertRows& rows, bool by_rows, Fn&& fn) {
+  if (!by_rows || !experts_row_parts()) {
+    for (int e = 0; e < rows.n_experts; ++e)
+      if (rows.offsets[e + 1] > rows.offsets[e]) fn(e, rows.offsets[e], rows.offsets[e + 1]);
+    return;
+  }
+  constexpr int64_t kGranule = 12;
+  const int64_t parts = threads_inside() ? 1 : threads_count();
+  parallel_ranges(parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int e = 0; e < rows.n_experts; ++e) {
+      const int64_t r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
+      auto cut = [&](int64_t p) { return p >= parts ? n : n * p / parts / kGranule * kGranule; };
+      if (cut(p1) > cut(p0)) fn(e, static_cast<int>(r0 + cut(p0)), static_cast<int>(r0 + cut(p1)));
+    }
+  });
+}
+}  // namespace
+
+void experts_set_row_parts(bool on) { g_row_parts.store(on, std::memory_order_relaxed); }
+bool experts_row_parts() { return g_row_parts.load(std::memory_order_relaxed); }
 
 void mlp_experts_forward(float* y, MlpExpertCache& cache, const ExpertRows& rows, const float* W1,
                          const float* b1, const float* W2, int d, int f) {
   const int R = rows.rows();
   cache.g.resize_uninit(static_cast<size_t>(R) * f);
   cache.a.resize_uninit(static_cast<size_t>(R) * f);
-  for (int e = 0; e < rows.n_experts; ++e) {
-    const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
-    if (n == 0) continue;
+  // Each row's h = b1 + x·W1, a = GELU(h) (h becomes GELU'(h)), y = a·W2: per thread's rows when
+  // both products allow it (the row's h and a stay in that core's cache between the passes).
+  const bool by_rows = gemm_rows_independent(false, false, d) && gemm_rows_independent(false, false, f);
+  for_expert_rows(rows, by_rows, [&](int e, int r0, int r1) {
+    const int n = r1 - r0;
     float* h = cache.g.data() + static_cast<size_t>(r0) * f;
     const float* bias = b1 + static_cast<size_t>(e) * f;
     parallel_ranges(n, 64, [=](int64_t i0, int64_t i1) {
@@ -31,16 +63,16 @@ void mlp_experts_forward(float* y, MlpExpertCache& cache, const ExpertRows& rows
     gelu_forward_keep_grad(a, h, static_cast<int64_t>(n) * f);  // h becomes GELU'(h)
     gemm_mixed(false, false, n, d, f, 1.0f, a, f, W2 + static_cast<size_t>(e) * f * d, d, 0.0f,
          y + static_cast<size_t>(r0) * d, d);
-  }
+  });
 }
 
 void mlp_experts_backward_data(float* dx, const float* dy, MlpExpertCache& cache, const ExpertRows& rows,
                                const float* W1, const float* W2, int d, int f) {
   FloatBuffer& dh = cache.dh;
   dh.resize_uninit(static_cast<size_t>(rows.rows()) * f);
-  for (int e = 0; e < rows.n_experts; ++e) {
-    const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
-    if (n == 0) continue;
+  const bool by_rows = gemm_rows_independent(false, true, d) && gemm_rows_independent(false, true, f);
+  for_expert_rows(rows, by_rows, [&](int e, int r0, int r1) {
+    const int n = r1 - r0;
     const float* dye = dy + static_cast<size_t>(r0) * d;
     const float* g = cache.g.data() + static_cast<size_t>(r0) * f;
     float* dhe = dh.data() + static_cast<size_t>(r0) * f;
@@ -51,7 +83,7 @@ void mlp_experts_backward_data(float* dx, const float* dy, MlpExpertCache& cache
     });
     gemm_mixed(false, true, n, d, f, 1.0f, dhe, f, W1 + static_cast<size_t>(e) * d * f, f, 0.0f,
          dx + static_cast<size_t>(r0) * d, d);
-  }
+  });
 }
 
 void mlp_experts_backward_weights(float* dW1, float* db1, float* dW2, const float* dy, const MlpExpertCache& cache,
@@ -230,11 +262,12 @@ void upper_transposed_times(float* out, int ldo, const float* P, int ldp, const 
   }
 }
 
-// RoPE (or its inverse) on the q and k heads of every row of a [R, 3·g·dh] block.
-void attn_apply_rope(float* qkv, const AttnExpertCache& c, const ExpertRows& rows, int g, int dh, bool inverse) {
+// RoPE (or its inverse) on the q and k heads of rows [first, last) of a [R, 3·g·dh] block.
+void attn_apply_rope(float* qkv, const AttnExpertCache& c, const ExpertRows& rows, int g, int dh, bool inverse,
+                     int first, int last) {
   const int half = dh / 2, W3 = 3 * g * dh;
-  parallel_ranges(rows.rows(), 64, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
+  parallel_ranges(last - first, 64, [&](int64_t i0, int64_t i1) {
+    for (int64_t r = first + i0; r < first + i1; ++r) {
       float* row = qkv + r * W3;
       const float* ct = c.rope_cos.data() + static_cast<size_t>(rows.pos[r]) * half;
       const float* st = c.rope_sin.data() + static_cast<size_t>(rows.pos[r]) * half;
@@ -254,15 +287,14 @@ void attn_experts_forward(float* y, AttnExpertCache& c, const ExpertRows& rows, 
   attn_build_segments(c, rows, g);
   c.att.resize_uninit(static_cast<size_t>(c.att_offset.back()));
 
-  for (int e = 0; e < rows.n_experts; ++e) {
-    const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
-    if (n == 0) continue;
-    gemm_mixed(false, false, n, W3, d, 1.0f, rows.x.data() + static_cast<size_t>(r0) * d, d,
-         Wqkv + static_cast<size_t>(e) * d * W3, W3, 0.0f, c.qkv.data() + static_cast<size_t>(r0) * W3, W3);
-  }
-  // RoPE on q and k heads at true positions.
+  // q, k, v = x·Wqkv, then RoPE on the q and k heads at true positions: per thread's rows where
+  // the product allows it (for_expert_rows).
   attn_ensure_rope(c, rows, dh / 2);
-  attn_apply_rope(c.qkv.data(), c, rows, g, dh, false);
+  for_expert_rows(rows, gemm_rows_independent(false, false, d), [&](int e, int r0, int r1) {
+    gemm_mixed(false, false, r1 - r0, W3, d, 1.0f, rows.x.data() + static_cast<size_t>(r0) * d, d,
+               Wqkv + static_cast<size_t>(e) * d * W3, W3, 0.0f, c.qkv.data() + static_cast<size_t>(r0) * W3, W3);
+    attn_apply_rope(c.qkv.data(), c, rows, g, dh, false, r0, r1);
+  });
   // Causal attention per segment and head: S = q·kᵀ/√dh (row i sees j ≤ i), P = softmax, o = P·v.
   // Segments are disjoint sets of rows with their own score tiles: split over threads freely.
   const int nseg = static_cast<int>(c.seg_begin.size()) - 1;
@@ -285,12 +317,10 @@ void attn_experts_forward(float* y, AttnExpertCache& c, const ExpertRows& rows, 
     }
   }
   });
-  for (int e = 0; e < rows.n_experts; ++e) {
-    const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
-    if (n == 0) continue;
-    gemm_mixed(false, false, n, d, gd, 1.0f, c.o.data() + static_cast<size_t>(r0) * gd, gd,
-         Wo + static_cast<size_t>(e) * gd * d, d, 0.0f, y + static_cast<size_t>(r0) * d, d);
-  }
+  for_expert_rows(rows, gemm_rows_independent(false, false, gd), [&](int e, int r0, int r1) {
+    gemm_mixed(false, false, r1 - r0, d, gd, 1.0f, c.o.data() + static_cast<size_t>(r0) * gd, gd,
+               Wo + static_cast<size_t>(e) * gd * d, d, 0.0f, y + static_cast<size_t>(r0) * d, d);
+  });
 }
 
 void attn_experts_backward_data(float* dx, const float* dy, AttnExpertCache& c, const ExpertRows& rows,
@@ -302,13 +332,10 @@ void attn_experts_backward_data(float* dx, const float* dy, AttnExpertCache& c, 
   FloatBuffer& dqkv = c.d_qkv;
   dO.resize_uninit(static_cast<size_t>(R) * gd);
   dqkv.resize_uninit(static_cast<size_t>(R) * W3);
-  for (int e = 0; e < rows.n_experts; ++e) {
-    const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
-    if (n == 0) continue;
-    const float* dye = dy + static_cast<size_t>(r0) * d;
-    gemm_mixed(false, true, n, gd, d, 1.0f, dye, d, Wo + static_cast<size_t>(e) * gd * d, d, 0.0f,
-         dO.data() + static_cast<size_t>(r0) * gd, gd);
-  }
+  for_expert_rows(rows, gemm_rows_independent(false, true, d), [&](int e, int r0, int r1) {
+    gemm_mixed(false, true, r1 - r0, gd, d, 1.0f, dy + static_cast<size_t>(r0) * d, d,
+               Wo + static_cast<size_t>(e) * gd * d, d, 0.0f, dO.data() + static_cast<size_t>(r0) * gd, gd);
+  });
   const int nseg = static_cast<int>(c.seg_begin.size()) - 1;
   // Segments split over threads as in forward; each thread its own dP tile.
   parallel_ranges(nseg, 1, [&](int64_t s0, int64_t s1) {
@@ -341,15 +368,13 @@ void attn_experts_backward_data(float* dx, const float* dy, AttnExpertCache& c, 
     }
   }
   });
-  // Undo RoPE on dq and dk (the rotation is orthogonal: backward = inverse rotation).
-  attn_apply_rope(dqkv.data(), c, rows, g, dh, true);
-  for (int e = 0; e < rows.n_experts; ++e) {
-    const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
-    if (n == 0) continue;
-    const float* dq = dqkv.data() + static_cast<size_t>(r0) * W3;
-    gemm_mixed(false, true, n, d, W3, 1.0f, dq, W3, Wqkv + static_cast<size_t>(e) * d * W3, W3, 0.0f,
-         dx + static_cast<size_t>(r0) * d, d);
-  }
+  // Undo RoPE on dq and dk (the rotation is orthogonal: backward = inverse rotation), then
+  // dx = dqkv·Wqkvᵀ.
+  for_expert_rows(rows, gemm_rows_independent(false, true, W3), [&](int e, int r0, int r1) {
+    attn_apply_rope(dqkv.data(), c, rows, g, dh, true, r0, r1);
+    gemm_mixed(false, true, r1 - r0, d, W3, 1.0f, dqkv.data() + static_cast<size_t>(r0) * W3, W3,
+               Wqkv + static_cast<size_t>(e) * d * W3, W3, 0.0f, dx + static_cast<size_t>(r0) * d, d);
+  });
 }
 
 void attn_experts_backward_weights(float* dWqkv, float* dWo, const float* dy, const AttnExpertCache& c,

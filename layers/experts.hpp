@@ -12,6 +12,14 @@
 
 namespace uoe {
 
+// Where every product of a chain allows it (runtime/gemm.hpp, gemm_rows_independent), the experts
+// run the chain — products and row kernels — on each compute thread's share of every expert's rows,
+// in one parallel region, rather than splitting each product and kernel over the threads in turn:
+// the same bits, fewer thread rendezvous, and a row's intermediates stay in the cache of the core
+// that made them. On by default; off for comparisons (bench-step --ab expert-rows).
+void experts_set_row_parts(bool on);
+bool experts_row_parts();
+
 // ---- UoME: expert e computes y = GELU(x·W1_e + b1_e)·W2_e (a partial sum of the dense FFN) ----
 struct MlpExpertCache {
   FloatBuffer g;  // [R, f] GELU'(h) of the pre-activation h (forward writes h here, then its derivative)

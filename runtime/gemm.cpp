@@ -329,6 +329,10 @@ void gemm_mixed(bool trans_a, bool trans_b, int M, int N, int K, float alpha, co
   gemm(trans_a, trans_b, M, N, K, alpha, a16.data(), a_cols, b16.data(), b_cols, beta, C, ldc);
 }
 
+bool gemm_rows_independent(bool trans_a, bool trans_b, int K) {
+  return compute_precision() == Precision::fp32 && own_kernel_takes(trans_a, K) && !(trans_a && trans_b);
+}
+
 std::string gemm_bf16_describe() {
   const Bf16GemmForce force = g_force.load(std::memory_order_relaxed);
   const Bf16GemmPath path = force == Bf16GemmForce::none       ? gemm_bf16_path()

@@ -23,6 +23,12 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
 // The router's GEMMs call gemm(): routing is decided in fp32 in both precisions.
 void gemm_mixed(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
                 const float* B, int ldb, float beta, float* C, int ldc);
+// True when gemm_mixed's products op(A)·op(B) of depth K give each row of C the same bits whatever
+// rows they are computed with — uoe's own kernel in fp32 (runtime/gemm_own.hpp: every element one
+// chain of FMAs over k). A caller may then cut such products by rows anywhere: e.g. run a chain of
+// products and row kernels on each thread's rows in one parallel region (layers/experts.cpp).
+// Elsewhere only gemm() may cut a product (at the BLAS kernels' row period, with its own rules).
+bool gemm_rows_independent(bool trans_a, bool trans_b, int K);
 // The path gemm_mixed takes in bf16 in this process: bf16_gemm_decide on this CPU and the user's
 // UOE_BF16_GEMM, then emulated where oneDNN cannot run a bf16 matmul (unless the user forced
 // onednn: then an error). Decided once; throws uoe::Error (naming UOE_BF16_GEMM) for a value it does
