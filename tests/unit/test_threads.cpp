@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "layers/cpu_backend.hpp"
+#include "layers/experts.hpp"
 #include "layers/model.hpp"
 #include "layers/optimizer.hpp"
 #include "parallel/exchange.hpp"
@@ -278,6 +279,27 @@ TEST(Threads, UoeStepsGiveTheSameBitsOnAnyThreadCount) { expect_thread_count_inv
 TEST(Threads, UoePatchStepsGiveTheSameBitsOnAnyThreadCount) { expect_thread_count_invariant(spec_of(BlockType::uoe, 4)); }
 TEST(Threads, DenseStepsGiveTheSameBitsOnAnyThreadCount) { expect_thread_count_invariant(spec_of(BlockType::dense, 1)); }
 TEST(Threads, MoeStepsGiveTheSameBitsOnAnyThreadCount) { expect_thread_count_invariant(spec_of(BlockType::moe, 1)); }
+
+// The experts' chains on each thread's rows (experts_set_row_parts, on by default) against each
+// product and row kernel split over the threads in turn: the same bits on 2 and 3 threads.
+TEST(Threads, ExpertRowPartsGiveTheBitsOfProductsSplitOneByOne) {
+  ThreadCount keep;
+  struct Restore {
+    ~Restore() { experts_set_row_parts(true); }
+  } restore;
+  const ModelSpec spec = spec_of(BlockType::uoe, 1);
+  if (!gemm_rows_independent(false, false, spec.d))
+    GTEST_SKIP() << "this CPU runs the experts' products in OpenBLAS: no row parts to compare";
+  for (int threads : {2, 3}) {
+    experts_set_row_parts(false);
+    const StepResult split = train(spec, threads);
+    experts_set_row_parts(true);
+    const StepResult parts = train(spec, threads);
+    EXPECT_EQ(parts.ce, split.ce) << threads << " threads: losses";
+    EXPECT_EQ(bit_differences(parts.grads.data(), split.grads.data(), split.grads.size()), 0u) << threads << " threads";
+    EXPECT_EQ(bit_differences(parts.values.data(), split.values.data(), split.values.size()), 0u) << threads << " threads";
+  }
+}
 
 }  // namespace
 }  // namespace uoe
