@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include "runtime/bf16.hpp"
 #include "runtime/gemm.hpp"
 #include "runtime/kernels.hpp"
 #include "runtime/profile.hpp"
@@ -36,6 +37,28 @@ void for_expert_rows(const ExpertRows& rows, bool by_rows, Fn&& fn) {
       if (cut(p1) > cut(p0)) fn(e, static_cast<int>(r0 + cut(p0)), static_cast<int>(r0 + cut(p1)));
     }
   });
+}
+
+// The weight gradients of every expert in one parallel region, where it may be (fp32, several
+// threads, row parts on): fn(part, parts, e, r0, r1) for each expert with rows, on every thread,
+// each thread with its own `part`; fn computes that part of each of its products by
+// gemm_part_of(part + j, …) for the product's index j (the parts' rotation per expert and
+// product evens out gemm()'s uneven cuts: a 128-row weight gradient cuts 72 + 56). Else one call
+// per expert with part 0 of 1, where gemm_part_of computes each product whole, split as gemm()
+// splits it. Returns whether the parts ran (the caller's row sums then follow per expert).
+template <class Fn>
+bool for_expert_weight_parts(const ExpertRows& rows, Fn&& fn) {
+  const int parts = threads_inside() ? 1 : threads_count();
+  if (parts > 1 && experts_row_parts() && compute_precision() == Precision::fp32) {
+    parallel_ranges(parts, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t)
+        for (int e = 0; e < rows.n_experts; ++e)
+          if (rows.offsets[e + 1] > rows.offsets[e])
+            fn(static_cast<int>(t + e) % parts, parts, e, rows.offsets[e], rows.offsets[e + 1]);
+    });
+    return true;
+  }
+  return false;
 }
 }  // namespace
 
@@ -88,6 +111,21 @@ void mlp_experts_backward_data(float* dx, const float* dy, MlpExpertCache& cache
 
 void mlp_experts_backward_weights(float* dW1, float* db1, float* dW2, const float* dy, const MlpExpertCache& cache,
                                   const ExpertRows& rows, int d, int f) {
+  // dW2 += aᵀ·dy ; dW1 += xᵀ·dh, each thread its parts; then db1 += Σ dh per expert.
+  const bool in_parts = for_expert_weight_parts(rows, [&](int part, int parts, int e, int r0, int r1) {
+    const int n = r1 - r0;
+    gemm_part_of(part, parts, true, false, f, d, n, 1.0f, cache.a.data() + static_cast<size_t>(r0) * f, f,
+                 dy + static_cast<size_t>(r0) * d, d, 1.0f, dW2 + static_cast<size_t>(e) * f * d, d);
+    gemm_part_of((part + 1) % parts, parts, true, false, d, f, n, 1.0f, rows.x.data() + static_cast<size_t>(r0) * d,
+                 d, cache.dh.data() + static_cast<size_t>(r0) * f, f, 1.0f, dW1 + static_cast<size_t>(e) * d * f, f);
+  });
+  if (in_parts) {
+    for (int e = 0; e < rows.n_experts; ++e) {
+      const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
+      if (n > 0) sum_rows_into(db1 + static_cast<size_t>(e) * f, cache.dh.data() + static_cast<size_t>(r0) * f, n, f);
+    }
+    return;
+  }
   for (int e = 0; e < rows.n_experts; ++e) {
     const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
     if (n == 0) continue;
@@ -381,6 +419,16 @@ void attn_experts_backward_weights(float* dWqkv, float* dWo, const float* dy, co
                                    const ExpertRows& rows, int d, int g, int dh) {
   const ProfileScope profile(Phase::attention);
   const int gd = g * dh, W3 = 3 * gd;
+  // dWo += oᵀ·dy ; dWqkv += xᵀ·dqkv, each thread its parts.
+  const bool in_parts = for_expert_weight_parts(rows, [&](int part, int parts, int e, int r0, int r1) {
+    const int n = r1 - r0;
+    gemm_part_of(part, parts, true, false, gd, d, n, 1.0f, c.o.data() + static_cast<size_t>(r0) * gd, gd,
+                 dy + static_cast<size_t>(r0) * d, d, 1.0f, dWo + static_cast<size_t>(e) * gd * d, d);
+    gemm_part_of((part + 1) % parts, parts, true, false, d, W3, n, 1.0f, rows.x.data() + static_cast<size_t>(r0) * d,
+                 d, c.d_qkv.data() + static_cast<size_t>(r0) * W3, W3, 1.0f,
+                 dWqkv + static_cast<size_t>(e) * d * W3, W3);
+  });
+  if (in_parts) return;
   for (int e = 0; e < rows.n_experts; ++e) {
     const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
     if (n == 0) continue;

@@ -192,63 +192,106 @@ int row_period() {
 }
 }  // namespace
 
+namespace {
+// Whether gemm() multiplies an NT product as an NN one on a transposed copy of B: a small B (a
+// weight, in backward), where the copy's ~N·K moves cost less than the NN pieces save (~10% of
+// 2·M·N·K flops' time from M ≈ 100 on).
+bool nt_through_transpose(bool trans_a, bool trans_b, int M, int N, int K) {
+  return g_split && trans_b && !trans_a && !own_kernel_takes(trans_a, K) && M >= kMinRowsToTranspose &&
+         static_cast<size_t>(N) * K <= kMaxTransposed && static_cast<double>(M) * N * K > kSmallGemm;
+}
+const float* transposed_copy(const float* B, int ldb, int N, int K) {
+  static thread_local std::vector<float> bt;
+  bt.resize(static_cast<size_t>(N) * K);
+  transpose(bt.data(), N, B, ldb, N, K);
+  return bt.data();
+}
+
+// How gemm() cuts a product over `threads` threads. Large products are split by rows of C, at
+// multiples of the kernels' row period: a part is C's rows [m0, m1) = op(A)'s rows times op(B),
+// computed as the whole product computes them, so the split never changes a result
+// (tests/unit/test_threads.cpp). parts = 1: the product stays whole.
+struct RowSplit {
+  int parts = 1, period = 0, tiles = 0, M = 0;
+  // Part p's rows begin here (cut(parts) = M). One part per thread, as even in rows as whole tiles
+  // allow: part p ends at the tile boundary nearest (p + 1)/parts of M (the last at M). Even tile
+  // counts per part left a 128-row weight gradient (d 128) at 48 + 80 rows of 24-row tiles; this
+  // cuts it 72 + 56. Each step of the rounded cut is at least one tile (tiles ≥ parts), so no part
+  // is empty.
+  int64_t cut(int64_t p) const {
+    if (p <= 0) return 0;
+    if (p >= parts) return M;
+    const int64_t t = std::llround(static_cast<double>(M) * static_cast<double>(p) / (static_cast<double>(parts) * period));
+    return std::clamp<int64_t>(t, p, tiles - (parts - p)) * period;
+  }
+};
+RowSplit row_split(bool trans_a, bool trans_b, int M, int N, int K, int threads) {
+  RowSplit s;
+  s.M = M;
+  s.period = row_period();
+  if (threads <= 1 || static_cast<double>(M) * N * K < kMinParallelMacs) return s;
+  s.tiles = s.period > 0 ? M / s.period : 0;  // the last tile takes the rows left over
+  // Where the whole product is one BLAS call above OpenBLAS's small-matrix limit, each part must
+  // be too: a part under it would get the small-matrix kernels, which round otherwise. Parts are
+  // whole tiles (none shorter than the period), and such a product is not split where one tile
+  // would fall under the limit.
+  if (g_split && one_large_blas_call(trans_a, trans_b, M, N, K, s.period) &&
+      static_cast<double>(s.period) * N * K <= kSmallGemm)
+    s.tiles = 0;
+  if (s.tiles >= 2) s.parts = std::min(threads, s.tiles);
+  return s;
+}
+void gemm_rows_of(const RowSplit& s, int64_t p, bool trans_a, bool trans_b, int N, int K, float alpha,
+                  const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc) {
+  const int64_t m0 = s.cut(p), m1 = s.cut(p + 1);
+  if (m1 <= m0) return;
+  const float* Ap = trans_a ? A + m0 : A + m0 * lda;
+  gemm_part(trans_a, trans_b, static_cast<int>(m1 - m0), N, K, alpha, Ap, lda, B, ldb, beta, C + m0 * ldc, ldc,
+            s.M, N, s.period);
+}
+// K = 0: BLAS leaves C untouched only when beta = 1; the beta scaling made explicit.
+void scale_c(int M, int N, float beta, float* C, int ldc) {
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+}
+}  // namespace
+
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
           const float* B, int ldb, float beta, float* C, int ldc) {
   const ProfileScope profile(Phase::gemm);
   if (M == 0 || N == 0) return;
   if (K == 0) {
-    // BLAS leaves C untouched for K = 0 only when beta = 1; make the beta scaling explicit.
-    for (int i = 0; i < M; ++i)
-      for (int j = 0; j < N; ++j) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+    scale_c(M, N, beta, C, ldc);
     return;
   }
-  if (g_split && trans_b && !trans_a && !own_kernel_takes(trans_a, K) && M >= kMinRowsToTranspose && static_cast<size_t>(N) * K <= kMaxTransposed &&
-      static_cast<double>(M) * N * K > kSmallGemm) {
-    // An NT product with a small B (a weight, in backward) becomes an NN one on a transposed copy of
-    // B: the copy costs ~N·K moves, the NN pieces save ~10% of 2·M·N·K flops' time from M ≈ 100 on.
-    static thread_local std::vector<float> bt;
-    bt.resize(static_cast<size_t>(N) * K);
-    transpose(bt.data(), N, B, ldb, N, K);
-    gemm(false, false, M, N, K, alpha, A, lda, bt.data(), N, beta, C, ldc);
+  if (nt_through_transpose(trans_a, trans_b, M, N, K)) {
+    gemm(false, false, M, N, K, alpha, A, lda, transposed_copy(B, ldb, N, K), N, beta, C, ldc);
     return;
   }
-  // Large products are split over the compute threads by rows of C, at multiples of the kernels'
-  // row period: a part is C's rows [m0, m1) = op(A)'s rows times op(B), computed as the whole
-  // product computes them, so the split never changes a result (tests/unit/test_threads.cpp).
-  const int threads = threads_inside() ? 1 : threads_count();
-  if (threads > 1 && static_cast<double>(M) * N * K >= kMinParallelMacs) {
-    const int period = row_period();
-    int tiles = period > 0 ? M / period : 0;  // the last tile takes the rows left over
-    // Where the whole product is one BLAS call above OpenBLAS's small-matrix limit, each part must
-    // be too: a part under it would get the small-matrix kernels, which round otherwise. Parts are
-    // whole tiles (none shorter than the period), and such a product is not split where one tile
-    // would fall under the limit.
-    if (g_split && one_large_blas_call(trans_a, trans_b, M, N, K, period) &&
-        static_cast<double>(period) * N * K <= kSmallGemm)
-      tiles = 0;
-    if (tiles >= 2) {
-      // One part per thread, as even in rows as whole tiles allow: part p ends at the tile boundary
-      // nearest (p + 1)/parts of M (the last at M). Even tile counts per part left a 128-row weight
-      // gradient (d 128) at 48 + 80 rows of 24-row tiles; this cuts it 72 + 56. Each step of the
-      // rounded cut is at least one tile (tiles ≥ parts), so no part is empty.
-      const int parts = std::min(threads, tiles);
-      auto cut = [&](int64_t p) -> int64_t {
-        if (p >= parts) return M;
-        const int64_t t = std::llround(static_cast<double>(M) * static_cast<double>(p) / (static_cast<double>(parts) * period));
-        return std::clamp<int64_t>(t, p, tiles - (parts - p)) * period;
-      };
-      parallel_ranges(parts, 1, [&](int64_t p0, int64_t p1) {
-        for (int64_t p = p0; p < p1; ++p) {
-          const int64_t m0 = cut(p), m1 = cut(p + 1);
-          const float* Ap = trans_a ? A + m0 : A + m0 * lda;
-          gemm_part(trans_a, trans_b, static_cast<int>(m1 - m0), N, K, alpha, Ap, lda, B, ldb, beta, C + m0 * ldc,
-                    ldc, M, N, period);
-        }
-      });
-      return;
-    }
+  const RowSplit s = row_split(trans_a, trans_b, M, N, K, threads_inside() ? 1 : threads_count());
+  if (s.parts > 1) {
+    parallel_ranges(s.parts, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) gemm_rows_of(s, p, trans_a, trans_b, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    });
+    return;
   }
-  gemm_part(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, M, N, row_period());
+  gemm_part(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, M, N, s.period);
+}
+
+void gemm_part_of(int part, int parts, bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
+                  int lda, const float* B, int ldb, float beta, float* C, int ldc) {
+  const ProfileScope profile(Phase::gemm);
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    if (part == 0) scale_c(M, N, beta, C, ldc);
+    return;
+  }
+  if (nt_through_transpose(trans_a, trans_b, M, N, K)) {
+    gemm_part_of(part, parts, false, false, M, N, K, alpha, A, lda, transposed_copy(B, ldb, N, K), N, beta, C, ldc);
+    return;
+  }
+  const RowSplit s = row_split(trans_a, trans_b, M, N, K, parts);
+  if (part < s.parts) gemm_rows_of(s, part, trans_a, trans_b, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 namespace {

@@ -11,6 +11,12 @@ namespace uoe {
 
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
           const float* B, int ldb, float beta, float* C, int ldc);
+// Part `part` (0 ≤ part < parts) of that product as gemm() cuts it over `parts` threads, on the
+// calling thread, with gemm()'s bits: a product gemm() keeps whole is part 0's, and a part it does
+// not make is nothing. Lets a caller run the parts of several products in one parallel region
+// (each thread a different part of each, so that uneven cuts even out: layers/experts.cpp).
+void gemm_part_of(int part, int parts, bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
+                  int lda, const float* B, int ldb, float beta, float* C, int ldc);
 
 // The model's GEMMs (experts, the tied head) at the run's compute precision (runtime/bf16.hpp):
 // gemm() itself in fp32; in bf16, A and B rounded to bf16 (copies; the caller's arrays are left

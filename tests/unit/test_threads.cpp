@@ -125,6 +125,43 @@ size_t bit_differences(const float* a, const float* b, size_t n) {
   return bad;
 }
 
+// gemm_part_of: the parts of a product, computed one after another on one thread in any order,
+// give gemm()'s bits — products it splits, and products it keeps whole (small, or a transposed NT
+// copy's), every transpose but TT, beta 0 and not, for 1 to 3 parts.
+TEST(Threads, GemmPartsOfAProductGiveTheWholeProductsBits) {
+  ThreadCount keep;
+  gemm_set_threads(1);
+  struct Shape { int M, N, K; };
+  for (const Shape sh : {Shape{700, 96, 80}, Shape{128, 128, 1500}, Shape{128, 64, 300}, Shape{16, 64, 40},
+                         Shape{33, 65, 700}, Shape{300, 128, 512}})
+    for (int t = 0; t < 3; ++t)
+      for (float beta : {0.0f, 0.5f}) {
+        const bool ta = t == 1, tb = t == 2;
+        const int lda = ta ? sh.M : sh.K, ldb = tb ? sh.K : sh.N;
+        const auto A = values(static_cast<size_t>(sh.M) * sh.K, 1), B = values(static_cast<size_t>(sh.K) * sh.N, 2),
+                   C0 = values(static_cast<size_t>(sh.M) * sh.N, 3);
+        std::vector<float> want = C0;
+        gemm(ta, tb, sh.M, sh.N, sh.K, 0.75f, A.data(), lda, B.data(), ldb, beta, want.data(), sh.N);
+        for (int parts = 1; parts <= 3; ++parts) {
+          // C between two guard blocks of 64 rows, which no part may touch.
+          const size_t guard = static_cast<size_t>(64) * sh.N, n = C0.size();
+          std::vector<float> buf(guard, -7.0f);
+          buf.insert(buf.end(), C0.begin(), C0.end());
+          buf.insert(buf.end(), guard, -7.0f);
+          for (int p = parts - 1; p >= 0; --p)
+            gemm_part_of(p, parts, ta, tb, sh.M, sh.N, sh.K, 0.75f, A.data(), lda, B.data(), ldb, beta,
+                         buf.data() + guard, sh.N);
+          const std::string what = std::string(ta ? "T" : "N") + (tb ? "T" : "N") + " M " + std::to_string(sh.M) +
+                                   " N " + std::to_string(sh.N) + " K " + std::to_string(sh.K) + " beta " +
+                                   std::to_string(beta) + ", " + std::to_string(parts) + " parts";
+          EXPECT_EQ(bit_differences(buf.data() + guard, want.data(), n), 0u) << what;
+          size_t touched = 0;
+          for (size_t i = 0; i < guard; ++i) touched += (buf[i] != -7.0f) + (buf[guard + n + i] != -7.0f);
+          EXPECT_EQ(touched, 0u) << what << ": elements outside C written";
+        }
+      }
+}
+
 // Products large enough to split (≥ 2^19 multiply-adds), by rows (M large) and by columns (M
 // small, N large), every transpose, beta 0 and not: 2 and 3 threads give one thread's bits.
 TEST(Threads, GemmSplitsGiveTheSameBits) {
