@@ -9,6 +9,7 @@
 #include "runtime/gemm.hpp"
 #include "runtime/kernels.hpp"
 #include "runtime/profile.hpp"
+#include "runtime/threads.hpp"
 
 namespace uoe {
 
@@ -65,10 +66,13 @@ void router_forward(Routing& r, const RouterSpec& spec, const float* xn, const f
   router_decide(r, spec, dropless);
 }
 
+// Row by row over the compute threads (each patch's decision is its own: the same bits on any count).
 void router_decide_rows(float* probs, float* lse, int* choice, float* gate, int P, int E, int k, GateMode mode) {
-  for (int p = 0; p < P; ++p)
-    lse[p] = router_decide_row(probs + static_cast<size_t>(p) * E, choice + static_cast<size_t>(p) * k,
-                               gate + static_cast<size_t>(p) * k, E, k, mode);
+  parallel_ranges(P, 256, [=](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p)
+      lse[p] = router_decide_row(probs + static_cast<size_t>(p) * E, choice + static_cast<size_t>(p) * k,
+                                 gate + static_cast<size_t>(p) * k, E, k, mode);
+  });
 }
 
 void router_chosen(int* chosen, const int* choice, int P, int E, int k) {
@@ -171,13 +175,15 @@ void router_backward_logits_rows(float* dlogits, const float* probs, const float
                                  const uint8_t* kept, const float* dgate, const int* chosen, int P, int E, int k,
                                  GateMode mode, double aux_scale, double aux_weight, double z_weight) {
   const float zscale = static_cast<float>(aux_scale * z_weight * 2.0 / P);
-  std::vector<float> dp(E);
-  for (int p = 0; p < P; ++p) {
-    const size_t pk = static_cast<size_t>(p) * k;
-    router_backward_logits_row(dlogits + static_cast<size_t>(p) * E, dp.data(), probs + static_cast<size_t>(p) * E,
-                               choice + pk, kept + pk, dgate + pk, lse[p], chosen, P, E, k, mode, aux_scale,
-                               aux_weight, zscale);
-  }
+  parallel_ranges(P, 256, [=](int64_t p0, int64_t p1) {
+    std::vector<float> dp(E);
+    for (int64_t p = p0; p < p1; ++p) {
+      const size_t pk = static_cast<size_t>(p) * k;
+      router_backward_logits_row(dlogits + static_cast<size_t>(p) * E, dp.data(), probs + static_cast<size_t>(p) * E,
+                                 choice + pk, kept + pk, dgate + pk, lse[p], chosen, static_cast<int>(P), E, k, mode,
+                                 aux_scale, aux_weight, zscale);
+    }
+  });
 }
 
 void router_backward_logits(float* dlogits, const Routing& r, const RouterSpec& spec, const float* dgate,
