@@ -28,6 +28,9 @@
 #include "bench/bench_config.hpp"
 #include "layers/cpu_backend.hpp"
 #include "layers/experts.hpp"
+#include "layers/params.hpp"
+#include "parallel/communicator.hpp"
+#include "parallel/grad_sync.hpp"
 #include "layers/router.hpp"
 #include "layers/train_step.hpp"
 #include "parallel/exchange.hpp"
@@ -68,8 +71,13 @@ Row bench_config(const std::string& name, const uoe::Config& cfg, const uoe::Tok
   uoe::AdamWSpec aspec;
   uoe::AdamW opt(model.params(), aspec);
   uoe::CpuStep step(model);
+  // A gradient sync over one rank, as uoe-train has (Σ g² per tensor, in its buckets' order).
+  uoe::SelfCommunicator self;
+  uoe::GradientSync sync(uoe::grad_tensors(model.params()), uoe::model_gradient_buckets(model), self, self, self);
   uoe::StepRanks ranks;
   ranks.step = &step;
+  ranks.world = &self;
+  ranks.sync = &sync;
   std::vector<double> times;
   std::vector<std::vector<double>> phase_times(uoe::kPhases);
   double flops = 0;

@@ -8,6 +8,7 @@
 #include "runtime/profile.hpp"
 #include "runtime/rng.hpp"
 #include "runtime/sum_squares.hpp"
+#include "runtime/threads.hpp"
 
 namespace uoe {
 
@@ -100,20 +101,34 @@ void GradientSync::all_reduce() {
   for (size_t i = 0; i < buckets_.size(); ++i) reduce_bucket(i);
 }
 
+// Host memory: each tensor's Σ g² (grad_sum_squares, one pass in its own order) on the compute
+// threads — contiguous runs of tensors of about equal size, one per thread — then added in the
+// buckets' order as below: the same bits on any thread count.
 double GradientSync::global_sum_squares() {
-  return global_sum_squares([](const float* g, size_t n) { return grad_sum_squares(g, n); });
+  std::vector<double> sums(tensors_.size(), 0.0);
+  size_t total = 0;
+  for (const GradTensor& t : tensors_) total += t.grad.size();
+  const int64_t parts = threads_inside() ? 1 : threads_count();
+  parallel_ranges(parts, 1, [&](int64_t p0, int64_t p1) {
+    size_t at = 0;  // where tensor i starts, in elements
+    for (size_t i = 0; i < tensors_.size(); at += tensors_[i].grad.size(), ++i) {
+      const int64_t owner = std::min<int64_t>(parts - 1, static_cast<int64_t>(static_cast<double>(at) * parts / std::max<size_t>(total, 1)));
+      if (owner >= p0 && owner < p1) sums[i] = grad_sum_squares(tensors_[i].grad.data(), tensors_[i].grad.size());
+    }
+  });
+  return add_sum_squares([&](int i) { return sums[i]; });
 }
 
 double GradientSync::global_sum_squares(const std::function<double(const float*, size_t)>& sum_squares) {
+  return add_sum_squares([&](int i) { return sum_squares(tensors_[i].grad.data(), tensors_[i].grad.size()); });
+}
+
+double GradientSync::add_sum_squares(const std::function<double(int)>& tensor_sum) {
   const ProfileScope profile(Phase::exchange);
   double replicated = 0, expert = 0;
   for (const Bucket& b : buckets_) {
-    for (int i : b.replicated) {
-      replicated += sum_squares(tensors_[i].grad.data(), tensors_[i].grad.size());
-    }
-    for (int i : b.sharded) {
-      expert += sum_squares(tensors_[i].grad.data(), tensors_[i].grad.size());
-    }
+    for (int i : b.replicated) replicated += tensor_sum(i);
+    for (int i : b.sharded) expert += tensor_sum(i);
   }
   if (ep_.size() > 1) ep_.all_reduce_sum(std::span<double>(&expert, 1));
   return replicated + expert;

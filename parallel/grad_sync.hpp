@@ -85,6 +85,9 @@ class GradientSync {
                        GradientMemory memory) const;
 
  private:
+  // Σ over the buckets of tensor_sum(i) (each tensor's Σ g²), replicated then expert per bucket,
+  // the expert part summed over the ep group.
+  double add_sum_squares(const std::function<double(int)>& tensor_sum);
   struct Bucket {
     std::vector<int> replicated, sharded;
     std::vector<int> all;  // both, in index order (reduced together when ep = 1)

@@ -21,6 +21,10 @@
 #include "layers/experts.hpp"
 #include "layers/model.hpp"
 #include "layers/optimizer.hpp"
+#include "layers/params.hpp"
+#include "layers/train_step.hpp"
+#include "parallel/communicator.hpp"
+#include "parallel/grad_sync.hpp"
 #include "parallel/exchange.hpp"
 #include "runtime/gemm.hpp"
 #include "runtime/kernels.hpp"
@@ -316,6 +320,26 @@ TEST(Threads, UoeStepsGiveTheSameBitsOnAnyThreadCount) { expect_thread_count_inv
 TEST(Threads, UoePatchStepsGiveTheSameBitsOnAnyThreadCount) { expect_thread_count_invariant(spec_of(BlockType::uoe, 4)); }
 TEST(Threads, DenseStepsGiveTheSameBitsOnAnyThreadCount) { expect_thread_count_invariant(spec_of(BlockType::dense, 1)); }
 TEST(Threads, MoeStepsGiveTheSameBitsOnAnyThreadCount) { expect_thread_count_invariant(spec_of(BlockType::moe, 1)); }
+
+// GradientSync's Σ g² with each tensor's sum formed on the compute threads: the bits of the sums
+// formed one tensor after another, on 1, 2 and 3 threads (tensors of very different sizes).
+TEST(Threads, GradientSumOfSquaresOverThreadsIsTheSerialSumsBits) {
+  ThreadCount keep;
+  LocalExchange ex;
+  Model model(spec_of(BlockType::uoe, 1), 5, &ex);
+  ParamStore& ps = model.params();
+  for (size_t i = 0; i < ps.total(); ++i)
+    ps.grads().data()[i] = static_cast<float>(rng_below(4, 0, i, 2001)) * 1e-3f - 1.0f;
+  SelfCommunicator self;
+  GradientSync sync(grad_tensors(ps), model_gradient_buckets(model), self, self, self);
+  const double serial = sync.global_sum_squares([](const float* g, size_t n) { return grad_sum_squares(g, n); });
+  EXPECT_GT(serial, 0.0);
+  for (int threads : {1, 2, 3}) {
+    gemm_set_threads(threads);
+    const double parallel = sync.global_sum_squares();
+    EXPECT_EQ(std::memcmp(&parallel, &serial, sizeof serial), 0) << threads << " threads: " << parallel << " vs " << serial;
+  }
+}
 
 // The experts' chains on each thread's rows (experts_set_row_parts, on by default) against each
 // product and row kernel split over the threads in turn: the same bits on 2 and 3 threads.
