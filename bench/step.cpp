@@ -65,7 +65,7 @@ double median(std::vector<double> v) {
 }
 
 Row bench_config(const std::string& name, const uoe::Config& cfg, const uoe::TokenStream& tokens, int repeats,
-                 double peak, const AbKnob* ab = nullptr) {
+                 const AbKnob* ab = nullptr) {
   uoe::LocalExchange exchange;
   uoe::Model model(uoe::model_spec_from_config(cfg, 256), cfg.seed, &exchange);
   uoe::AdamWSpec aspec;
@@ -114,7 +114,6 @@ Row bench_config(const std::string& name, const uoe::Config& cfg, const uoe::Tok
   r.step_median_ms = med * 1e3;
   r.tokens_per_s = tok / med;
   r.gflops = flops / med * 1e-9;
-  r.share = r.gflops / peak;
   r.phases = phases;
   return r;
 }
@@ -222,7 +221,7 @@ int main(int argc, char** argv) {
       std::printf("%-16s %12s %12s %10s %22s %6s\n", "config", "A med ms", "B med ms", "B/A speed", "per-pair B/A min-max",
                   "pairs");
       for (const auto& [name, cfg] : configs) {
-        const Row r = bench_config(name, cfg, tokens, std::max(repeats, 3), 1.0, ab);
+        const Row r = bench_config(name, cfg, tokens, std::max(repeats, 3), ab);
         const size_t pairs = std::min(r.a_times.size(), r.b_times.size());
         std::vector<double> ratio;
         for (size_t k = 0; k < pairs; ++k) ratio.push_back(r.a_times[k] / r.b_times[k]);
@@ -235,7 +234,7 @@ int main(int argc, char** argv) {
     }
     std::vector<Row> rows;
     for (const auto& [name, cfg] : configs) {
-      rows.push_back(bench_config(name, cfg, tokens, repeats, 1.0));
+      rows.push_back(bench_config(name, cfg, tokens, repeats));
       probes.push_back(uoe::fma_peak_measure(uoe::cpu_features_detect(), nthreads));
     }
     const uoe::FmaPeak fma = best_probe();

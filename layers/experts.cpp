@@ -39,15 +39,14 @@ void for_expert_rows(const ExpertRows& rows, bool by_rows, Fn&& fn) {
   });
 }
 
-// The weight gradients of every expert in one parallel region, where it may be (fp32, several
-// threads, row parts on): fn(part, parts, e, r0, r1) for each expert with rows, on every thread,
-// each thread with its own `part`; fn computes that part of each of its products by
-// gemm_part_of(part + j, …) for the product's index j (the parts' rotation per expert and
-// product evens out gemm()'s uneven cuts: a 128-row weight gradient cuts 72 + 56). Else one call
-// per expert with part 0 of 1, where gemm_part_of computes each product whole, split as gemm()
-// splits it. Returns whether the parts ran (the caller's row sums then follow per expert).
+// The weight gradients of every expert: fn(part, parts, e, r0, r1) for each expert with rows. In one
+// parallel region where it may be (fp32, several threads, row parts on): every thread calls fn for
+// every expert with its own `part` of `parts`, rotated per expert, and fn computes that part of
+// each product (weight_product) — the rotation evens out gemm()'s uneven cuts (a 128-row weight
+// gradient cuts 72 + 56). Else one call per expert on the calling thread with parts = 0: each
+// product whole through gemm_mixed, split over the threads by gemm() itself.
 template <class Fn>
-bool for_expert_weight_parts(const ExpertRows& rows, Fn&& fn) {
+void for_expert_weight_parts(const ExpertRows& rows, Fn&& fn) {
   const int parts = threads_inside() ? 1 : threads_count();
   if (parts > 1 && experts_row_parts() && compute_precision() == Precision::fp32) {
     parallel_ranges(parts, 1, [&](int64_t t0, int64_t t1) {
@@ -56,9 +55,18 @@ bool for_expert_weight_parts(const ExpertRows& rows, Fn&& fn) {
           if (rows.offsets[e + 1] > rows.offsets[e])
             fn(static_cast<int>(t + e) % parts, parts, e, rows.offsets[e], rows.offsets[e + 1]);
     });
-    return true;
+    return;
   }
-  return false;
+  for (int e = 0; e < rows.n_experts; ++e)
+    if (rows.offsets[e + 1] > rows.offsets[e]) fn(0, 0, e, rows.offsets[e], rows.offsets[e + 1]);
+}
+
+// One weight-gradient product C += Aᵀ·B ([M, K]ᵀ·[K, N]) for for_expert_weight_parts' fn: part
+// `part` of `parts` as gemm() cuts it, or (parts = 0) the whole product through gemm_mixed.
+void weight_product(int part, int parts, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
+                    float* C, int ldc) {
+  if (parts > 0) gemm_part_of(part % parts, parts, true, false, M, N, K, 1.0f, A, lda, B, ldb, 1.0f, C, ldc);
+  else gemm_mixed(true, false, M, N, K, 1.0f, A, lda, B, ldb, 1.0f, C, ldc);
 }
 }  // namespace
 
@@ -111,32 +119,17 @@ void mlp_experts_backward_data(float* dx, const float* dy, MlpExpertCache& cache
 
 void mlp_experts_backward_weights(float* dW1, float* db1, float* dW2, const float* dy, const MlpExpertCache& cache,
                                   const ExpertRows& rows, int d, int f) {
-  // dW2 += aᵀ·dy ; dW1 += xᵀ·dh, each thread its parts; then db1 += Σ dh per expert.
-  const bool in_parts = for_expert_weight_parts(rows, [&](int part, int parts, int e, int r0, int r1) {
+  // dW2 += aᵀ·dy ; dW1 += xᵀ·dh (each thread its parts, or whole); then db1 += Σ dh per expert.
+  for_expert_weight_parts(rows, [&](int part, int parts, int e, int r0, int r1) {
     const int n = r1 - r0;
-    gemm_part_of(part, parts, true, false, f, d, n, 1.0f, cache.a.data() + static_cast<size_t>(r0) * f, f,
-                 dy + static_cast<size_t>(r0) * d, d, 1.0f, dW2 + static_cast<size_t>(e) * f * d, d);
-    gemm_part_of((part + 1) % parts, parts, true, false, d, f, n, 1.0f, rows.x.data() + static_cast<size_t>(r0) * d,
-                 d, cache.dh.data() + static_cast<size_t>(r0) * f, f, 1.0f, dW1 + static_cast<size_t>(e) * d * f, f);
+    weight_product(part, parts, f, d, n, cache.a.data() + static_cast<size_t>(r0) * f, f,
+                   dy + static_cast<size_t>(r0) * d, d, dW2 + static_cast<size_t>(e) * f * d, d);
+    weight_product(part + 1, parts, d, f, n, rows.x.data() + static_cast<size_t>(r0) * d, d,
+                   cache.dh.data() + static_cast<size_t>(r0) * f, f, dW1 + static_cast<size_t>(e) * d * f, f);
   });
-  if (in_parts) {
-    for (int e = 0; e < rows.n_experts; ++e) {
-      const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
-      if (n > 0) sum_rows_into(db1 + static_cast<size_t>(e) * f, cache.dh.data() + static_cast<size_t>(r0) * f, n, f);
-    }
-    return;
-  }
   for (int e = 0; e < rows.n_experts; ++e) {
     const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
-    if (n == 0) continue;
-    const float* dye = dy + static_cast<size_t>(r0) * d;
-    const float* a = cache.a.data() + static_cast<size_t>(r0) * f;
-    const float* dhe = cache.dh.data() + static_cast<size_t>(r0) * f;
-    // dW2 += aᵀ·dy ; db1 += Σ dh ; dW1 += xᵀ·dh
-    gemm_mixed(true, false, f, d, n, 1.0f, a, f, dye, d, 1.0f, dW2 + static_cast<size_t>(e) * f * d, d);
-    sum_rows_into(db1 + static_cast<size_t>(e) * f, dhe, n, f);
-    gemm_mixed(true, false, d, f, n, 1.0f, rows.x.data() + static_cast<size_t>(r0) * d, d, dhe, f, 1.0f,
-         dW1 + static_cast<size_t>(e) * d * f, f);
+    if (n > 0) sum_rows_into(db1 + static_cast<size_t>(e) * f, cache.dh.data() + static_cast<size_t>(r0) * f, n, f);
   }
 }
 
@@ -419,25 +412,14 @@ void attn_experts_backward_weights(float* dWqkv, float* dWo, const float* dy, co
                                    const ExpertRows& rows, int d, int g, int dh) {
   const ProfileScope profile(Phase::attention);
   const int gd = g * dh, W3 = 3 * gd;
-  // dWo += oᵀ·dy ; dWqkv += xᵀ·dqkv, each thread its parts.
-  const bool in_parts = for_expert_weight_parts(rows, [&](int part, int parts, int e, int r0, int r1) {
+  // dWo += oᵀ·dy ; dWqkv += xᵀ·dqkv (each thread its parts, or whole).
+  for_expert_weight_parts(rows, [&](int part, int parts, int e, int r0, int r1) {
     const int n = r1 - r0;
-    gemm_part_of(part, parts, true, false, gd, d, n, 1.0f, c.o.data() + static_cast<size_t>(r0) * gd, gd,
-                 dy + static_cast<size_t>(r0) * d, d, 1.0f, dWo + static_cast<size_t>(e) * gd * d, d);
-    gemm_part_of((part + 1) % parts, parts, true, false, d, W3, n, 1.0f, rows.x.data() + static_cast<size_t>(r0) * d,
-                 d, c.d_qkv.data() + static_cast<size_t>(r0) * W3, W3, 1.0f,
-                 dWqkv + static_cast<size_t>(e) * d * W3, W3);
+    weight_product(part, parts, gd, d, n, c.o.data() + static_cast<size_t>(r0) * gd, gd,
+                   dy + static_cast<size_t>(r0) * d, d, dWo + static_cast<size_t>(e) * gd * d, d);
+    weight_product(part + 1, parts, d, W3, n, rows.x.data() + static_cast<size_t>(r0) * d, d,
+                   c.d_qkv.data() + static_cast<size_t>(r0) * W3, W3, dWqkv + static_cast<size_t>(e) * d * W3, W3);
   });
-  if (in_parts) return;
-  for (int e = 0; e < rows.n_experts; ++e) {
-    const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
-    if (n == 0) continue;
-    // dWo += oᵀ·dy ; dWqkv += xᵀ·dqkv
-    gemm_mixed(true, false, gd, d, n, 1.0f, c.o.data() + static_cast<size_t>(r0) * gd, gd, dy + static_cast<size_t>(r0) * d,
-         d, 1.0f, dWo + static_cast<size_t>(e) * gd * d, d);
-    gemm_mixed(true, false, d, W3, n, 1.0f, rows.x.data() + static_cast<size_t>(r0) * d, d,
-         c.d_qkv.data() + static_cast<size_t>(r0) * W3, W3, 1.0f, dWqkv + static_cast<size_t>(e) * d * W3, W3);
-  }
 }
 
 void attn_experts_backward(float* dx, float* dWqkv, float* dWo, const float* dy, AttnExpertCache& c,
