@@ -82,13 +82,20 @@ const OwnChoice& own_kernel() {
   }();
   return own;
 }
-// The depth up to which NN and NT products take the own kernel (in one range of depth: a tile's
-// rows of A stay in L1 across every panel of B). Deeper ones and TN products (weight gradients,
-// K = rows) stay OpenBLAS's, which ran them faster (bench/README.md's optimisation log).
-constexpr int kOwnMaxDepth = 256;
-bool own_kernel_takes(bool trans_a, int K) {
-  return !trans_a && K <= kOwnMaxDepth && own_kernel().on;
+// The depth up to which NN and NT products take the own kernel: 512 for its AVX-512 width (the
+// products of d 512 — NN 1.0-1.07×, NT 1.13-1.25× OpenBLAS Cooperlake's rate on 2 threads, +3.5-4.3%
+// on the d 512 step), 256 for the AVX2 width (measured against OpenBLAS Haswell on a Zen 3; deeper
+// ones were not). TN products (weight gradients, K = rows) and deeper ones stay OpenBLAS's, which
+// ran them as fast or faster (bench/README.md's optimisation log). gemm_set_own_deep(false) holds
+// the AVX-512 width to 256 too (bench-step --ab own-deep). Depends on the CPU, the environment and
+// that switch only — never on M or the thread count — so a product's bits do not either.
+constexpr int kOwnMaxDepthAvx2 = 256, kOwnMaxDepthAvx512 = 512;
+std::atomic<bool> g_own_deep{true};
+int own_max_depth() {
+  return own_kernel().isa == OwnGemmIsa::avx512 && g_own_deep.load(std::memory_order_relaxed) ? kOwnMaxDepthAvx512
+                                                                                                : kOwnMaxDepthAvx2;
 }
+bool own_kernel_takes(bool trans_a, int K) { return !trans_a && own_kernel().on && K <= own_max_depth(); }
 
 }  // namespace
 
@@ -158,14 +165,16 @@ void gemm_part(bool trans_a, bool trans_b, int M, int N, int K, float alpha, con
 // split at multiples of the tile height get the same bits as the whole product, and split
 // elsewhere they do not (OpenBLAS's Haswell/Zen sgemm: multiples of 24 rows). Columns split at no
 // multiple tried keep the bits there. The period is found once, by trying: the smallest candidate
-// whose splits give the whole product's bits for every transpose and two depths (through
-// gemm_part, so the piece logic above is part of what is tried), or 0 — products stay whole.
+// whose splits give the whole product's bits for every transpose and three depths (through
+// gemm_part, so the piece logic above is part of what is tried), or 0 — products stay whole. The
+// deepest is beyond what uoe's kernel takes at any width, so OpenBLAS's NN/NT kernels are tried
+// too (uoe's own kernel keeps the bits at any split).
 int probe_row_period() {
   std::vector<float> A, B, whole, parts;
   for (int period : {4, 8, 16, 24, 32, 48, 64, 96, 128}) {
     bool same = true;
     const int M = 5 * period + period / 2 + 3, N = 64;
-    for (int K : {80, 300})
+    for (int K : {80, 300, kOwnMaxDepthAvx512 + 44})
       for (int t = 0; t < 4 && same; ++t) {
         const bool ta = t & 1, tb = t & 2;
         A.resize(static_cast<size_t>(M) * K);
@@ -420,11 +429,13 @@ void gemm_set_threads(int n) {
 }
 int gemm_get_threads() { return threads_count(); }
 
+void gemm_set_own_deep(bool on) { g_own_deep.store(on, std::memory_order_relaxed); }
+
 std::string gemm_describe() {
   std::string s = std::string("OpenBLAS ") + openblas_get_corename();
   s += g_split ? ", small-matrix GEMM pieces" : ", whole GEMMs";
   const std::string own = own_kernel().on ? std::string("; uoe's ") + own_gemm_isa_name(own_kernel().isa) +
-                                              " kernel for NN/NT products of depth <= " + std::to_string(kOwnMaxDepth)
+                                              " kernel for NN/NT products of depth <= " + std::to_string(own_max_depth())
                                         : "";
   const int n = threads_count();
   if (n == 1) return s + ", single-threaded" + own;

@@ -71,5 +71,9 @@ int gemm_get_threads();
 // "OpenBLAS Cooperlake, small-matrix GEMM pieces": the library's core and how gemm() calls it (for
 // the start-up log).
 std::string gemm_describe();
+// Whether uoe's AVX-512 kernel takes NN/NT products of depth 257-512 (on, the default) or leaves
+// them to OpenBLAS as the AVX2 width does (off): the A/B switch of bench-step --ab own-deep. Set it
+// between steps only.
+void gemm_set_own_deep(bool on);
 
 }  // namespace uoe

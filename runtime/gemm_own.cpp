@@ -30,6 +30,7 @@ namespace {
 struct Avx2 {
   using V = __m256;
   static constexpr int kLanes = 8, kRows = 6;
+  static constexpr int kDepth = 128;  // depth of one range of k for NN/NT products (see gemm_own)
   static V zero() { return _mm256_setzero_ps(); }
   static V set1(float x) { return _mm256_set1_ps(x); }
   static V load(const float* p) { return _mm256_load_ps(p); }
@@ -44,6 +45,9 @@ struct Avx2 {
 struct Avx512 {
   using V = __m512;
   static constexpr int kLanes = 16, kRows = 12;
+  // One range up to depth 512: at d 512 (NN/NT 1024 × 512 × 512 on 2 threads) the partial sums'
+  // trips through memory between ranges of 128 cost 6-9% (bench/README.md, the deep products).
+  static constexpr int kDepth = 512;
   static V zero() { return _mm512_setzero_ps(); }
   static V set1(float x) { return _mm512_set1_ps(x); }
   static V load(const float* p) { return _mm512_load_ps(p); }
@@ -56,8 +60,11 @@ struct Avx512 {
 };
 #endif
 
-constexpr int kDepth = 128;    // depth of one range of k (see gemm_own)
-constexpr int kDepthTn = 256;  // the same for TN products: a panel's range and a tile's in L1
+constexpr int kDepthTn = 256;  // depth of one range of k for TN products: a panel's range and a tile's in L1
+// The packed B a row tile passes in one go, per range of depth: panels are taken in blocks of at
+// most this many bytes, so a block stays in L2 while every row tile passes it (N = 2048 at depth
+// 512 would otherwise stream 4 MB of panels per tile from L3).
+constexpr size_t kPanelBlockBytes = size_t{512} << 10;
 
 template <class S>
 struct Kernel {
@@ -178,9 +185,10 @@ struct Kernel {
     static thread_local FloatBuffer packed;  // every element written by pack_b, padding included
     packed.resize_uninit(static_cast<size_t>(panels) * std::max(K, 1) * kCols);
     pack_b(packed.data(), trans_b, N, K, B, ldb);
-    // Depth in ranges (kDepth; kDepthTn for TN), partial sums kept in `part` between them, so that a
-    // tile's rows of op(A) stay in L1 while every panel of B passes them, and a panel's range in L2.
-    const int depth = trans_a ? kDepthTn : kDepth;
+    // Depth in ranges (S::kDepth; kDepthTn for TN), partial sums kept in `part` between them, so
+    // that a tile's rows of op(A) stay in L1 (or L2) while a block of B's panels passes them, and the
+    // block's range in L2.
+    const int depth = trans_a ? kDepthTn : S::kDepth;
     const int ranges = std::max(1, (K + depth - 1) / depth);
     const int ldp = panels * kCols;
     static thread_local FloatBuffer part;  // 64-byte aligned
@@ -221,19 +229,23 @@ struct Kernel {
       }
       return;
     }
-    for (int k0 = 0; k0 < std::max(K, 1); k0 += kDepth) {
-      const int kb = std::min(kDepth, K - k0);
-      const bool first = k0 == 0, last = k0 + kDepth >= K;
-      for (int i0 = 0, rows; i0 < M; i0 += rows) {
-        rows = tile_rows(M - i0);
-        const float* Ai = A + static_cast<size_t>(i0) * lda + k0;
-        float* Ci = C + static_cast<size_t>(i0) * ldc;
-        float* Pi = ranges > 1 ? part.data() + static_cast<size_t>(i0) * ldp : nullptr;
-        for (int p = 0; p < panels; ++p) {
-          const float* Bp = packed.data() + (static_cast<size_t>(p) * K + k0) * kCols;
-          const int width = std::min(kCols, N - p * kCols);
-          float* Pp = Pi ? Pi + p * kCols : nullptr;
-          tiles<false>(rows, kb, Ai, lda, Bp, Pp, ldp, first, last, Ci + p * kCols, ldc, width, alpha, beta);
+    for (int k0 = 0; k0 < std::max(K, 1); k0 += S::kDepth) {
+      const int kb = std::min(S::kDepth, K - k0);
+      const bool first = k0 == 0, last = k0 + S::kDepth >= K;
+      const int block = std::max<int>(1, static_cast<int>(kPanelBlockBytes / (sizeof(float) * kCols * std::max(kb, 1))));
+      for (int p0 = 0; p0 < panels; p0 += block) {
+        const int p1 = std::min(panels, p0 + block);
+        for (int i0 = 0, rows; i0 < M; i0 += rows) {
+          rows = tile_rows(M - i0);
+          const float* Ai = A + static_cast<size_t>(i0) * lda + k0;
+          float* Ci = C + static_cast<size_t>(i0) * ldc;
+          float* Pi = ranges > 1 ? part.data() + static_cast<size_t>(i0) * ldp : nullptr;
+          for (int p = p0; p < p1; ++p) {
+            const float* Bp = packed.data() + (static_cast<size_t>(p) * K + k0) * kCols;
+            const int width = std::min(kCols, N - p * kCols);
+            float* Pp = Pi ? Pi + p * kCols : nullptr;
+            tiles<false>(rows, kb, Ai, lda, Bp, Pp, ldp, first, last, Ci + p * kCols, ldc, width, alpha, beta);
+          }
         }
       }
     }

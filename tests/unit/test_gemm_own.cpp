@@ -7,8 +7,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "runtime/error.hpp"
@@ -127,6 +129,7 @@ TEST(GemmOwn, ExactOnIntegersForEveryTransposeEdgeAndDepth) {
             check_exact(isa, ta, tb, M, N, K, 0.5f, 0.75f);
           }
       check_exact(isa, ta, tb, 300, 128, 128, 1.0f, 1.0f);  // a model-sized product
+      check_exact(isa, ta, tb, 40, 600, 520, 1.0f, 0.0f);   // several blocks of panels, two depth ranges
     }
 }
 
@@ -136,11 +139,14 @@ TEST(GemmOwn, EveryElementIsOneFmaChainWhateverTheRowsOrDepthRanges) {
   for (bool ta : {false, true})
     for (bool tb : {false, true}) {
       if (ta && tb) continue;
-      for (int K : {1, 32, 128, 257, 700})  // one depth range, two, six
+      for (int K : {1, 32, 128, 257, 700})  // one depth range or several (128 / 512 / 256 deep)
         for (float beta : {0.0f, 1.0f, 0.3f}) {
           check_rounding(isa, ta, tb, 29, 37, K, 1.0f, beta);
           check_rounding(isa, ta, tb, 29, 37, K, 0.7f, beta);
         }
+      // Wider than one block of B's panels per depth range (256 columns at depth 512 in the
+      // AVX-512 width), with an edge panel, over two depth ranges of different widths.
+      check_rounding(isa, ta, tb, 29, 300, 600, 0.7f, 0.3f);
     }
 }
 
@@ -175,8 +181,9 @@ TEST(GemmOwn, RefusesAWidthTheCpuLacks) {
   }
 }
 
-// On a CPU with AVX2 + FMA, gemm() sends NN and NT products of depth ≤ 256 to the widest kernel
-// (unless UOE_GEMM_KERNEL says otherwise): its bits are that kernel's, on any thread count.
+// On a CPU with AVX2 + FMA, gemm() sends NN and NT products of depth ≤ 256 (≤ 512 in the AVX-512
+// width) to the widest kernel (unless UOE_GEMM_KERNEL says otherwise): its bits are that kernel's,
+// on any thread count, up to the depth the start-up line names.
 TEST(GemmOwn, GemmUsesItWhereTheStartUpLineSaysSo) {
   REQUIRE_OWN();
   OwnGemmIsa used = OwnGemmIsa::avx2;
@@ -187,16 +194,26 @@ TEST(GemmOwn, GemmUsesItWhereTheStartUpLineSaysSo) {
       found = true;
     }
   if (!found) GTEST_SKIP() << "gemm() does not use uoe's kernels here: " << gemm_describe();
-  const int M = 300, N = 130, K = 128;
-  const std::vector<float> A = reals(static_cast<size_t>(M) * K, 6), B = reals(static_cast<size_t>(N) * K, 7);
-  std::vector<float> own(static_cast<size_t>(M) * N), viagemm(own.size());
-  gemm_own(used, false, true, M, N, K, 1.0f, A.data(), K, B.data(), K, 0.0f, own.data(), N);
+  const std::string line = gemm_describe(), key = "kernel for NN/NT products of depth <= ";
+  const size_t at = line.find(key);
+  ASSERT_NE(at, std::string::npos) << line;
+  const int depth = std::atoi(line.c_str() + at + key.size());
+  EXPECT_EQ(depth, used == OwnGemmIsa::avx512 ? 512 : 256) << line;
   const int threads = gemm_get_threads();
-  for (int t : {1, 2, 3}) {
-    gemm_set_threads(t);
-    gemm(false, true, M, N, K, 1.0f, A.data(), K, B.data(), K, 0.0f, viagemm.data(), N);
-    EXPECT_EQ(std::memcmp(own.data(), viagemm.data(), own.size() * sizeof(float)), 0) << t << " threads";
-  }
+  for (int K : {128, depth})
+    for (bool tb : {false, true}) {
+      const int M = 300, N = 130;
+      const std::vector<float> A = reals(static_cast<size_t>(M) * K, 6), B = reals(static_cast<size_t>(N) * K, 7);
+      const int ldb = tb ? K : N;
+      std::vector<float> own(static_cast<size_t>(M) * N), viagemm(own.size());
+      gemm_own(used, false, tb, M, N, K, 1.0f, A.data(), K, B.data(), ldb, 0.0f, own.data(), N);
+      for (int t : {1, 2, 3}) {
+        gemm_set_threads(t);
+        gemm(false, tb, M, N, K, 1.0f, A.data(), K, B.data(), ldb, 0.0f, viagemm.data(), N);
+        EXPECT_EQ(std::memcmp(own.data(), viagemm.data(), own.size() * sizeof(float)), 0)
+            << (tb ? "NT" : "NN") << " K " << K << ", " << t << " threads";
+      }
+    }
   gemm_set_threads(threads);
 }
 
