@@ -4,6 +4,7 @@
 //
 //   build/bin/bench-sgemm_shapes [--threads N] [--repeats R] [--rows N] [--precision fp32|bf16]
 //   OPENBLAS_CORETYPE=Haswell build/bin/bench-sgemm_shapes    # another core's kernels (the user's choice)
+//   build/bin/bench-sgemm_shapes --deep-ab [--threads N] ...  # d 512's NN/NT products: OpenBLAS vs uoe's kernel
 //
 // Shapes: one expert of an MLP block with `rows` routed rows (default 1024: 2048 tokens × top-2 over
 // 4 experts), d = f = 128 (reference config) and 512 (d 512): forward x·W1 and a·W2 (NN),
@@ -12,6 +13,9 @@
 // rounding copies included) on each of its CPU paths in turn, whichever the CPU would choose:
 // emulated (the fp32 OpenBLAS GEMM on rounded inputs) and oneDNN's bf16 matmul, the latter only
 // where this oneDNN has one (otherwise a line says why). FLOPs counted as the product's 2·M·N·K.
+// --deep-ab: the NN/NT products of depth 257-512 a d 512 model issues (and two deeper or wider
+// ones), each timed with gemm_set_own_deep off (OpenBLAS) and on (uoe's AVX-512 kernel) in turn,
+// three times each, best of R per turn: the two sides in one process, a VM's drift on both.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -50,10 +54,12 @@ double best_gflops(bool ta, bool tb, int M, int N, int K, int repeats) {
 int main(int argc, char** argv) {
   uoe::blas_kernels_select();
   int threads = 1, repeats = 30, rows = 1024;
+  bool deep_ab = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::max(1, std::atoi(argv[++i]));
     else if (!std::strcmp(argv[i], "--repeats") && i + 1 < argc) repeats = std::max(1, std::atoi(argv[++i]));
     else if (!std::strcmp(argv[i], "--rows") && i + 1 < argc) rows = std::max(1, std::atoi(argv[++i]));
+    else if (!std::strcmp(argv[i], "--deep-ab")) deep_ab = true;
     else if (!std::strcmp(argv[i], "--precision") && i + 1 < argc) {
       try {
         uoe::compute_precision_set(uoe::precision_parse(argv[++i]));
@@ -63,7 +69,7 @@ int main(int argc, char** argv) {
       }
     } else {
       std::fprintf(stderr,
-                   "bench-sgemm_shapes: unknown argument '%s' (--threads N, --repeats R, --rows N, --precision P)\n",
+                   "bench-sgemm_shapes: unknown argument '%s' (--threads N, --repeats R, --rows N, --precision P, --deep-ab)\n",
                    argv[i]);
       return 2;
     }
@@ -80,6 +86,30 @@ int main(int argc, char** argv) {
     bool ta, tb;
     int M, N, K;
   };
+  if (deep_ab) {
+    if (uoe::gemm_describe().find("AVX-512 kernel") == std::string::npos) {
+      std::printf("# --deep-ab: uoe's AVX-512 kernel does not run here (%s): nothing to compare\n",
+                  uoe::gemm_describe().c_str());
+      return 0;
+    }
+    const Shape deep[] = {{"x*W1 NN", false, false, rows, 512, 512},       {"dy*W2^T NT", false, true, rows, 512, 512},
+                          {"x*Wqkv NN", false, false, rows, 384, 512},     {"dqkv*Wqkv^T NT", false, true, rows, 512, 384},
+                          {"do*Wo^T NT", false, true, rows, 128, 512},     {"logits NT", false, true, 2 * rows, 256, 512},
+                          {"x*W1 NN wide", false, false, rows, 2048, 512}, {"dh*W1^T NT deep", false, true, rows, 512, 2048}};
+    std::printf("%-36s %12s %12s %8s\n", "GEMM (MxNxK)", "OpenBLAS", "uoe kernel", "ratio");
+    for (const Shape& s : deep) {
+      double g[2] = {0, 0};
+      for (int turn = 0; turn < 6; ++turn) {
+        uoe::gemm_set_own_deep(turn % 2 == 1);
+        g[turn % 2] = std::max(g[turn % 2], best_gflops(s.ta, s.tb, s.M, s.N, s.K, repeats));
+      }
+      uoe::gemm_set_own_deep(true);
+      char label[96];
+      std::snprintf(label, sizeof label, "%s %dx%dx%d", s.what, s.M, s.N, s.K);
+      std::printf("%-36s %12.1f %12.1f %7.3fx%s\n", label, g[0], g[1], g[1] / g[0], s.K > 512 ? "  (deeper than 512: OpenBLAS either way)" : "");
+    }
+    return 0;
+  }
   std::vector<Shape> shapes;
   for (int d : {128, 512}) {
     shapes.push_back({"x*W1 NN", false, false, rows, d, d});

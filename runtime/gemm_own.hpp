@@ -5,7 +5,9 @@
 // configuration's shapes (K and N of 128 or less, a few hundred rows) those copies and edges cost
 // 10-40% of the products' time. Here only B is packed (into panels of one tile's width, N·K moves,
 // amortised over M rows); A is read in place a tile's rows at a time (transposed: copied once per
-// depth range, its power-of-two strides would thrash L1); C is written once, from registers.
+// depth range, its power-of-two strides would thrash L1); C is written once, from registers. The
+// AVX-512 width runs NN/NT products in one depth range up to 512 (d 512's products: no partial sums
+// through memory) and passes B's panels in blocks that fit L2.
 //
 // Rounding: every element of C is one fused multiply-add chain over k in increasing order, from
 // zero, then alpha·sum (+ beta·C by one more FMA): so its bits do not depend on M, on which rows a
