@@ -136,6 +136,10 @@ template <class V>
 double vector_bytes(const V& v) {
   return static_cast<double>(sizeof(typename V::value_type) * v.capacity());
 }
+template <class T>
+double vector_bytes(const Buffer<T>& b) {  // at its largest size (runtime/tensor.hpp: headroom is never touched)
+  return static_cast<double>(sizeof(T) * b.high_water());
+}
 }  // namespace
 
 double CpuBackend::bytes_of(const Rows& r) {

@@ -40,6 +40,7 @@ class CpuBackend {
     const T* data() const { return b_.data(); }
     size_t size() const { return b_.size(); }
     size_t capacity() const { return b_.capacity(); }
+    size_t high_water() const { return b_.high_water(); }
 
    private:
     uoe::Buffer<T> b_;
@@ -58,10 +59,10 @@ class CpuBackend {
   };
 
   // The bytes a buffer, a chunk's rows, an expert cache, a block's row tables hold (their
-  // allocations): Step::held_bytes.
+  // allocations; a host buffer's at its largest size, its untouched headroom aside): Step::held_bytes.
   template <class T>
   static double bytes_of(const Buffer<T>& b) {
-    return static_cast<double>(sizeof(T) * b.capacity());
+    return static_cast<double>(sizeof(T) * b.high_water());
   }
   static double bytes_of(const Rows& r);
   static double bytes_of(const MlpCache& c);

@@ -265,7 +265,7 @@ class Step final : public ModelStep {
     if (scratch_) h.scratch = block(*scratch_);
     h.step = be.bytes_of(tokens_) + be.bytes_of(h_) + be.bytes_of(hf_) + be.bytes_of(fmean_) + be.bytes_of(frstd_) +
              be.bytes_of(logits_) + be.bytes_of(dhf_) + be.bytes_of(dh_) + be.bytes_of(dy_) + be.bytes_of(dx_) +
-             be.bytes_of(dxn_) + 4.0 * dgate_.capacity();
+             be.bytes_of(dxn_) + 4.0 * dgate_.high_water();
     return h;
   }
 
