@@ -15,7 +15,6 @@
 namespace uoe {
 namespace {
 std::atomic<bool> g_row_parts{true};
-std::atomic<bool> g_fused_gelu{true};
 // fn(e, r0, r1) over every expert's rows: where `by_rows`, in one parallel region — each expert's
 // rows cut into one part per compute thread (at multiples of 12, the own kernel's tile height on
 // AVX-512, twice AVX2's), each thread running its part of every expert in expert order — else once
@@ -73,8 +72,6 @@ void weight_product(int part, int parts, int M, int N, int K, const float* A, in
 
 void experts_set_row_parts(bool on) { g_row_parts.store(on, std::memory_order_relaxed); }
 bool experts_row_parts() { return g_row_parts.load(std::memory_order_relaxed); }
-void experts_set_fused_gelu(bool on) { g_fused_gelu.store(on, std::memory_order_relaxed); }
-bool experts_fused_gelu() { return g_fused_gelu.load(std::memory_order_relaxed); }
 
 void mlp_experts_forward(float* y, MlpExpertCache& cache, const ExpertRows& rows, const float* W1,
                          const float* b1, const float* W2, int d, int f) {
@@ -83,24 +80,18 @@ void mlp_experts_forward(float* y, MlpExpertCache& cache, const ExpertRows& rows
   cache.a.resize_uninit(static_cast<size_t>(R) * f);
   // Each row's h = b1 + x·W1, a = GELU(h) (h becomes GELU'(h)), y = a·W2: per thread's rows when
   // both products allow it (the row's h and a stay in that core's cache between the passes).
-  // There, the bias and GELU ride in the first product's epilogue (gemm_bias_gelu: the same bits
-  // as the three passes — bias rows, x·W1 with beta = 1, GELU — that the other path runs).
   const bool by_rows = gemm_rows_independent(false, false, d) && gemm_rows_independent(false, false, f);
   for_expert_rows(rows, by_rows, [&](int e, int r0, int r1) {
     const int n = r1 - r0;
     float* h = cache.g.data() + static_cast<size_t>(r0) * f;
-    float* a = cache.a.data() + static_cast<size_t>(r0) * f;
     const float* bias = b1 + static_cast<size_t>(e) * f;
-    const float* x = rows.x.data() + static_cast<size_t>(r0) * d;
-    if (by_rows && experts_fused_gelu()) {
-      gemm_bias_gelu(false, n, f, d, x, d, W1 + static_cast<size_t>(e) * d * f, f, bias, a, h, f);
-    } else {
-      parallel_ranges(n, 64, [=](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) std::copy(bias, bias + f, h + i * f);
-      });
-      gemm_mixed(false, false, n, f, d, 1.0f, x, d, W1 + static_cast<size_t>(e) * d * f, f, 1.0f, h, f);
-      gelu_forward_keep_grad(a, h, static_cast<int64_t>(n) * f);  // h becomes GELU'(h)
-    }
+    parallel_ranges(n, 64, [=](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) std::copy(bias, bias + f, h + i * f);
+    });
+    gemm_mixed(false, false, n, f, d, 1.0f, rows.x.data() + static_cast<size_t>(r0) * d, d,
+         W1 + static_cast<size_t>(e) * d * f, f, 1.0f, h, f);
+    float* a = cache.a.data() + static_cast<size_t>(r0) * f;
+    gelu_forward_keep_grad(a, h, static_cast<int64_t>(n) * f);  // h becomes GELU'(h)
     gemm_mixed(false, false, n, d, f, 1.0f, a, f, W2 + static_cast<size_t>(e) * f * d, d, 0.0f,
          y + static_cast<size_t>(r0) * d, d);
   });

@@ -19,11 +19,6 @@ namespace uoe {
 // that made them. On by default; off for comparisons (bench-step --ab expert-rows).
 void experts_set_row_parts(bool on);
 bool experts_row_parts();
-// There, the MLP experts' bias and GELU run in the epilogue of x·W1 (runtime/gemm.hpp,
-// gemm_bias_gelu) instead of a bias pass before it and a GELU pass after it: the same bits. On by
-// default; off for comparisons (bench-step --ab fused-gelu).
-void experts_set_fused_gelu(bool on);
-bool experts_fused_gelu();
 
 // ---- UoME: expert e computes y = GELU(x·W1_e + b1_e)·W2_e (a partial sum of the dense FFN) ----
 struct MlpExpertCache {

@@ -385,13 +385,6 @@ bool gemm_rows_independent(bool trans_a, bool trans_b, int K) {
   return compute_precision() == Precision::fp32 && own_kernel_takes(trans_a, K) && !(trans_a && trans_b);
 }
 
-void gemm_bias_gelu(bool trans_b, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
-                    const float* bias, float* act, float* grad, int ld) {
-  if (!gemm_rows_independent(false, trans_b, K))
-    fail("gemm_bias_gelu: uoe's kernel does not take this product here (", gemm_describe(), ")");
-  gemm_own_bias_gelu(own_kernel().isa, trans_b, M, N, K, A, lda, B, ldb, bias, act, grad, ld);
-}
-
 std::string gemm_bf16_describe() {
   const Bf16GemmForce force = g_force.load(std::memory_order_relaxed);
   const Bf16GemmPath path = force == Bf16GemmForce::none       ? gemm_bf16_path()

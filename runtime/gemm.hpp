@@ -35,12 +35,6 @@ void gemm_mixed(bool trans_a, bool trans_b, int M, int N, int K, float alpha, co
 // products and row kernels on each thread's rows in one parallel region (layers/experts.cpp).
 // Elsewhere only gemm() may cut a product (at the BLAS kernels' row period, with its own rules).
 bool gemm_rows_independent(bool trans_a, bool trans_b, int K);
-// h = bias + A·op(B) (A [M, K], op(B) [K, N]; the bits of gemm() with beta = 1 over a C holding
-// the bias in every row), then act = GELU(h) and grad = GELU'(h) ([M, N], rows ld apart), with the
-// bias and GELU in uoe's kernel's epilogue: no pass over h. Only where gemm_rows_independent(false,
-// trans_b, K) (fp32, uoe's kernel takes the product); single-threaded (callers split rows).
-void gemm_bias_gelu(bool trans_b, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
-                    const float* bias, float* act, float* grad, int ld);
 // The path gemm_mixed takes in bf16 in this process: bf16_gemm_decide on this CPU and the user's
 // UOE_BF16_GEMM, then emulated where oneDNN cannot run a bf16 matmul (unless the user forced
 // onednn: then an error). Decided once; throws uoe::Error (naming UOE_BF16_GEMM) for a value it does

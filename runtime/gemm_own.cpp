@@ -66,16 +66,6 @@ constexpr int kDepthTn = 256;  // depth of one range of k for TN products: a pan
 // 512 would otherwise stream 4 MB of panels per tile from L3).
 constexpr size_t kPanelBlockBytes = size_t{512} << 10;
 
-// The bias + GELU epilogue (gemm_own_bias_gelu): where set, a tile's last range writes
-// act = GELU(h), grad = GELU'(h) of h = bias + alpha·sum instead of C (pointers at the tile's first
-// row and column; rows ld apart).
-struct Epilogue {
-  const float* bias;
-  float* act;
-  float* grad;
-  int ld;
-};
-
 template <class S>
 struct Kernel {
   using V = typename S::V;
@@ -125,7 +115,7 @@ struct Kernel {
   template <int R, bool TA>
   static void tile(int kb, const float* __restrict__ A, int lda, const float* __restrict__ Bp,
                    float* __restrict__ part, int ldp, bool first, bool last, float* __restrict__ C, int ldc,
-                   int width, float alpha, float beta, const Epilogue* ep) {
+                   int width, float alpha, float beta) {
     constexpr int L = S::kLanes;
     V lo[R], hi[R];
 #pragma GCC unroll 12
@@ -156,22 +146,6 @@ struct Kernel {
     }
     if (!last) return;
     const V va = S::set1(alpha), vb = S::set1(beta);
-    if (ep) {
-      // h = fma(1, bias, alpha·sum): the bits of this kernel with beta = 1 over a C that holds
-      // the bias; then GELU and GELU' of each h by kernels.hpp's element body, as
-      // gelu_forward_keep_grad computes them.
-      alignas(64) float b[kCols] = {}, h[kCols];
-      std::memcpy(b, ep->bias, sizeof(float) * width);
-      const V one = S::set1(1.0f), b0 = S::load(b), b1 = S::load(b + L);
-      for (int r = 0; r < R; ++r) {
-        S::store(h, S::fmadd(one, b0, S::mul(va, S::load(acc[r]))));
-        S::store(h + L, S::fmadd(one, b1, S::mul(va, S::load(acc[r] + L))));
-        float* act = ep->act + static_cast<size_t>(r) * ep->ld;
-        float* grad = ep->grad + static_cast<size_t>(r) * ep->ld;
-        for (int c = 0; c < width; ++c) gelu_with_grad(h[c], act + c, grad + c);
-      }
-      return;
-    }
     for (int r = 0; r < R; ++r) {
       float* c = C + static_cast<size_t>(r) * ldc;
       float pad[kCols];
@@ -194,18 +168,18 @@ struct Kernel {
   // tile<rows, TA> for rows = 1 … kRows.
   template <bool TA, int R = kRows>
   static void tiles(int rows, int kb, const float* A, int lda, const float* Bp, float* part, int ldp, bool first,
-                    bool last, float* C, int ldc, int width, float alpha, float beta, const Epilogue* ep = nullptr) {
+                    bool last, float* C, int ldc, int width, float alpha, float beta) {
     if constexpr (R > 1) {
       if (rows < R) {
-        tiles<TA, R - 1>(rows, kb, A, lda, Bp, part, ldp, first, last, C, ldc, width, alpha, beta, ep);
+        tiles<TA, R - 1>(rows, kb, A, lda, Bp, part, ldp, first, last, C, ldc, width, alpha, beta);
         return;
       }
     }
-    tile<R, TA>(kb, A, lda, Bp, part, ldp, first, last, C, ldc, width, alpha, beta, ep);
+    tile<R, TA>(kb, A, lda, Bp, part, ldp, first, last, C, ldc, width, alpha, beta);
   }
 
   static void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
-                   const float* B, int ldb, float beta, float* C, int ldc, const Epilogue* ep = nullptr) {
+                   const float* B, int ldb, float beta, float* C, int ldc) {
     constexpr int L = S::kLanes;
     const int panels = (N + kCols - 1) / kCols;
     static thread_local FloatBuffer packed;  // every element written by pack_b, padding included
@@ -270,13 +244,7 @@ struct Kernel {
             const float* Bp = packed.data() + (static_cast<size_t>(p) * K + k0) * kCols;
             const int width = std::min(kCols, N - p * kCols);
             float* Pp = Pi ? Pi + p * kCols : nullptr;
-            if (ep && last) {
-              const size_t at = static_cast<size_t>(i0) * ep->ld + p * kCols;
-              const Epilogue here{ep->bias + p * kCols, ep->act + at, ep->grad + at, ep->ld};
-              tiles<false>(rows, kb, Ai, lda, Bp, Pp, ldp, first, last, nullptr, 0, width, alpha, 0.0f, &here);
-            } else {
-              tiles<false>(rows, kb, Ai, lda, Bp, Pp, ldp, first, last, Ci + p * kCols, ldc, width, alpha, beta);
-            }
+            tiles<false>(rows, kb, Ai, lda, Bp, Pp, ldp, first, last, Ci + p * kCols, ldc, width, alpha, beta);
           }
         }
       }
@@ -285,26 +253,6 @@ struct Kernel {
 };
 }  // namespace
 #endif
-
-void gemm_own_bias_gelu(OwnGemmIsa isa, bool trans_b, int M, int N, int K, const float* A, int lda, const float* B,
-                        int ldb, const float* bias, float* act, float* grad, int ld) {
-  if (!gemm_own_available(isa))
-    fail("uoe's ", own_gemm_isa_name(isa), " GEMM kernel called where this CPU or build lacks ",
-         isa == OwnGemmIsa::avx512 ? "AVX-512 F" : "AVX2 + FMA");
-  if (M <= 0 || N <= 0) return;
-#if UOE_GEMM_AVX2
-  const Epilogue ep{bias, act, grad, ld};
-#if UOE_GEMM_AVX512
-  if (isa == OwnGemmIsa::avx512) {
-    Kernel<Avx512>::gemm(false, trans_b, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, nullptr, 0, &ep);
-    return;
-  }
-#endif
-  Kernel<Avx2>::gemm(false, trans_b, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, nullptr, 0, &ep);
-#else
-  (void)trans_b, (void)K, (void)A, (void)lda, (void)B, (void)ldb, (void)bias, (void)act, (void)grad, (void)ld;
-#endif
-}
 
 const char* own_gemm_isa_name(OwnGemmIsa isa) { return isa == OwnGemmIsa::avx512 ? "AVX-512" : "AVX2"; }
 

@@ -33,12 +33,4 @@ bool gemm_own_available(OwnGemmIsa isa);
 void gemm_own(OwnGemmIsa isa, bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
               const float* B, int ldb, float beta, float* C, int ldc);
 
-// The MLP's first product with its bias and GELU in the epilogue (no pass over the pre-activation):
-// h = bias[j] + Σ_k A[i][k]·op(B)[k][j] — the bits gemm_own gives with alpha = 1, beta = 1 over a C
-// holding the bias in every row — then act = GELU(h), grad = GELU'(h) (runtime/kernels.hpp's
-// gelu_with_grad, the body gelu_forward_keep_grad runs). A [M, K] not transposed; act and grad
-// [M, N], rows ld apart. Single-threaded; throws uoe::Error where gemm_own_available(isa) is false.
-void gemm_own_bias_gelu(OwnGemmIsa isa, bool trans_b, int M, int N, int K, const float* A, int lda, const float* B,
-                        int ldb, const float* bias, float* act, float* grad, int ld);
-
 }  // namespace uoe
