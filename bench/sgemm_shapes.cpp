@@ -87,9 +87,9 @@ int main(int argc, char** argv) {
     int M, N, K;
   };
   if (deep_ab) {
-    if (uoe::gemm_describe().find("AVX-512 kernel") == std::string::npos) {
-      std::printf("# --deep-ab: uoe's AVX-512 kernel does not run here (%s): nothing to compare\n",
-                  uoe::gemm_describe().c_str());
+    if (!uoe::gemm_rows_independent(false, false, 512)) {  // uoe's kernel takes no depth-512 product here
+      std::printf("# --deep-ab: at precision %s with %s, uoe's kernel takes no fp32 product of depth 512: nothing to "
+                  "compare\n", uoe::precision_name(uoe::compute_precision()), uoe::gemm_describe().c_str());
       return 0;
     }
     const Shape deep[] = {{"x*W1 NN", false, false, rows, 512, 512},       {"dy*W2^T NT", false, true, rows, 512, 512},

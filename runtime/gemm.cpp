@@ -83,8 +83,8 @@ const OwnChoice& own_kernel() {
   return own;
 }
 // The depth up to which NN and NT products take the own kernel: 512 for its AVX-512 width (the
-// products of d 512 — NN 1.0-1.07×, NT 1.13-1.25× OpenBLAS Cooperlake's rate on 2 threads, +3.5-4.3%
-// on the d 512 step), 256 for the AVX2 width (measured against OpenBLAS Haswell on a Zen 3; deeper
+// products of d 512 — NN 1.03-1.05×, NT 1.14-1.24× OpenBLAS Cooperlake's rate on 2 threads, the d 512
+// step +4.3-4.7% on 2 threads, +2.5% on 1), 256 for the AVX2 width (measured against OpenBLAS Haswell on a Zen 3; deeper
 // ones were not). TN products (weight gradients, K = rows) and deeper ones stay OpenBLAS's, which
 // ran them as fast or faster (bench/README.md's optimisation log). gemm_set_own_deep(false) holds
 // the AVX-512 width to 256 too (bench-step --ab own-deep). Depends on the CPU, the environment and
