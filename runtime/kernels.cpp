@@ -232,23 +232,22 @@ void attn_causal_backward(float* dqkv, float* ds, const float* d_o, const float*
 
 #if defined(__AVX__)
 namespace {
-// out[c][r] = in[r][c] for an 8 × 8 block: rows interleaved in pairs, then quads, then halves.
+// out[c][r] = in[r][c] for an 8 × 8 block. Each register is loaded as two 4-float halves, row i's
+// and row i + 4's (the same 4 columns): the insert of the upper half issues with the load, not on
+// the shuffle port, which the 4 × 4 transposes inside the halves (pairs, then quads) then have to
+// themselves — 16 shuffles per block instead of 24 with a cross-half stage.
 inline void transpose8x8(float* out, int ldo, const float* in, int ldi) {
-  __m256 r[8], t[8];
-  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(in + static_cast<size_t>(i) * ldi);
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 8; i += 4) {
-    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-  }
-  for (int i = 0; i < 4; ++i) {
-    _mm256_storeu_ps(out + static_cast<size_t>(i) * ldo, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
-    _mm256_storeu_ps(out + static_cast<size_t>(i + 4) * ldo, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  for (int c0 = 0; c0 < 8; c0 += 4) {  // columns c0 … c0 + 3 of the block → rows c0 … c0 + 3 of out
+    __m256 r[4];
+    for (int i = 0; i < 4; ++i)
+      r[i] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(in + static_cast<size_t>(i) * ldi + c0)),
+                                  _mm_loadu_ps(in + static_cast<size_t>(i + 4) * ldi + c0), 1);
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    _mm256_storeu_ps(out + static_cast<size_t>(c0) * ldo, _mm256_shuffle_ps(t0, t2, 0x44));
+    _mm256_storeu_ps(out + static_cast<size_t>(c0 + 1) * ldo, _mm256_shuffle_ps(t0, t2, 0xEE));
+    _mm256_storeu_ps(out + static_cast<size_t>(c0 + 2) * ldo, _mm256_shuffle_ps(t1, t3, 0x44));
+    _mm256_storeu_ps(out + static_cast<size_t>(c0 + 3) * ldo, _mm256_shuffle_ps(t1, t3, 0xEE));
   }
 }
 }  // namespace

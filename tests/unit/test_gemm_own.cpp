@@ -11,6 +11,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "runtime/error.hpp"
@@ -130,6 +131,11 @@ TEST(GemmOwn, ExactOnIntegersForEveryTransposeEdgeAndDepth) {
           }
       check_exact(isa, ta, tb, 300, 128, 128, 1.0f, 1.0f);  // a model-sized product
       check_exact(isa, ta, tb, 40, 600, 520, 1.0f, 0.0f);   // several blocks of panels, two depth ranges
+      // Narrow products (N ≤ 8, M ≥ a tile's width: computed as their transpose), every tile edge of Cᵀ.
+      for (int M : {32, 33, 45, 64, 77})
+        for (int N : {1, 4, 7, 8, 9})
+          for (int K : {1, 128, 300}) check_exact(isa, ta, tb, M, N, K, 0.5f, 0.75f);
+      check_exact(isa, ta, tb, 1024, 4, 128, 1.0f, 1.0f);  // a router's scores (or, TN, its weight gradient's shape)
     }
 }
 
@@ -147,19 +153,27 @@ TEST(GemmOwn, EveryElementIsOneFmaChainWhateverTheRowsOrDepthRanges) {
       // Wider than one block of B's panels per depth range (256 columns at depth 512 in the
       // AVX-512 width), with an edge panel, over two depth ranges of different widths.
       check_rounding(isa, ta, tb, 29, 300, 600, 0.7f, 0.3f);
+      // Narrow products, computed as their transpose: the same chains. Cut into rows 0-1, 1-8, 8-21
+      // and 21-M, the last part narrow again (M - 21 ≥ 32) and the others not: both ways, one result.
+      for (int N : {1, 4, 8})
+        for (int K : {1, 128, 700})
+          for (float beta : {0.0f, 1.0f, 0.3f}) check_rounding(isa, ta, tb, 100, N, K, 0.7f, beta);
+      check_rounding(isa, ta, tb, 1024, 4, 128, 1.0f, 1.0f);
     }
 }
 
 TEST(GemmOwn, BetaZeroNeverReadsC) {
   REQUIRE_OWN();
-  const int M = 23, N = 37, K = 140;
-  const std::vector<float> A = reals(static_cast<size_t>(M) * K, 4), B = reals(static_cast<size_t>(K) * N, 5);
-  for (OwnGemmIsa isa : widths()) {
-    std::vector<float> C(static_cast<size_t>(M) * N, std::numeric_limits<float>::quiet_NaN());
-    gemm_own(isa, false, false, M, N, K, 1.0f, A.data(), K, B.data(), N, 0.0f, C.data(), N);
-    size_t nans = 0;
-    for (float v : C) nans += std::isnan(v);
-    EXPECT_EQ(nans, 0u) << own_gemm_isa_name(isa);
+  for (const auto& [M, N] : {std::pair{23, 37}, std::pair{100, 4}}) {  // a tile of C; a narrow product
+    const int K = 140;
+    const std::vector<float> A = reals(static_cast<size_t>(M) * K, 4), B = reals(static_cast<size_t>(K) * N, 5);
+    for (OwnGemmIsa isa : widths()) {
+      std::vector<float> C(static_cast<size_t>(M) * N, std::numeric_limits<float>::quiet_NaN());
+      gemm_own(isa, false, false, M, N, K, 1.0f, A.data(), K, B.data(), N, 0.0f, C.data(), N);
+      size_t nans = 0;
+      for (float v : C) nans += std::isnan(v);
+      EXPECT_EQ(nans, 0u) << own_gemm_isa_name(isa) << " M " << M << " N " << N;
+    }
   }
 }
 
