@@ -10,7 +10,7 @@ namespace uoe {
 namespace {
 
 TEST(Transpose, MovesEveryElementAndWritesNothingElse) {
-  for (int rows : {1, 7, 8, 9, 16, 23, 64})
+  for (int rows : {1, 7, 8, 9, 16, 23, 40, 45, 64, 70})
     for (int cols : {1, 5, 8, 13, 32, 40}) {
       const int ldi = cols + 3, ldo = rows + 5;
       std::vector<float> in(static_cast<size_t>(rows) * ldi), out(static_cast<size_t>(cols) * ldo, -1.0f);
