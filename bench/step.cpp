@@ -13,7 +13,8 @@
 // the per-pair ratios are printed (instead of the breakdown). Knobs: expert-rows (layers/experts.hpp,
 // experts_set_row_parts), own-deep (runtime/gemm.hpp, gemm_set_own_deep: NN/NT products of depth
 // 257-512 in uoe's AVX-512 kernel), own-narrow (gemm_set_own_narrow: products at most 8 wide, a
-// router's, as their transpose in uoe's kernel).
+// router's, as their transpose in uoe's kernel), whole-weights (layers/experts.hpp,
+// experts_set_whole_weights: the experts' weight gradients as whole products per thread).
 //
 // With no model options it runs two configurations: the reference config of the trainer issue
 // (4 layers, d 128) and the same model at d 512 (heads 8, d_ff 2048). Reported: min and median
@@ -61,7 +62,8 @@ struct AbKnob {
 };
 const AbKnob kAbKnobs[] = {{"expert-rows", uoe::experts_set_row_parts},
                            {"own-deep", uoe::gemm_set_own_deep},
-                           {"own-narrow", uoe::gemm_set_own_narrow}};
+                           {"own-narrow", uoe::gemm_set_own_narrow},
+                           {"whole-weights", uoe::experts_set_whole_weights}};
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -177,7 +179,7 @@ int main(int argc, char** argv) {
         const std::string k = argv[++i];
         for (const AbKnob& knob : kAbKnobs)
           if (k == knob.name) ab = &knob;
-        if (!ab) uoe::fail("bench-step: --ab ", k, ": unknown knob (expert-rows, own-deep, own-narrow)");
+        if (!ab) uoe::fail("bench-step: --ab ", k, ": unknown knob (expert-rows, own-deep, own-narrow, whole-weights)");
       }
       else if (!std::strcmp(argv[i], "--repeats") && i + 1 < argc) repeats = std::max(1, std::atoi(argv[++i]));
       else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);

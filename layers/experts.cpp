@@ -15,6 +15,7 @@
 namespace uoe {
 namespace {
 std::atomic<bool> g_row_parts{true};
+std::atomic<bool> g_whole_weights{true};
 // fn(e, r0, r1) over every expert's rows: where `by_rows`, in one parallel region — each expert's
 // rows cut into one part per compute thread (at multiples of 12, the own kernel's tile height on
 // AVX-512, twice AVX2's), each thread running its part of every expert in expert order — else once
@@ -39,38 +40,74 @@ void for_expert_rows(const ExpertRows& rows, bool by_rows, Fn&& fn) {
   });
 }
 
-// The weight gradients of every expert: fn(part, parts, e, r0, r1) for each expert with rows. In one
-// parallel region where it may be (fp32, several threads, row parts on): every thread calls fn for
-// every expert with its own `part` of `parts`, rotated per expert, and fn computes that part of
-// each product (weight_product) — the rotation evens out gemm()'s uneven cuts (a 128-row weight
-// gradient cuts 72 + 56). Else one call per expert on the calling thread with parts = 0: each
-// product whole through gemm_mixed, split over the threads by gemm() itself.
+// The weight gradients of every expert, two products each: fn(part, parts, e, r0, r1, q) computes
+// part `part` of `parts` of expert e's product q (0 or 1) (weight_product). Where it may run in one
+// parallel region (fp32, several threads, row parts on):
+//  - whole products (experts_set_whole_weights, on by default), when there are at least two per
+//    thread: each product goes whole (parts = 1) to one thread, the longest first to the thread
+//    with the least work so far (work = rows × the product's size; ties to the lower thread, so
+//    the assignment depends on the routing only). A whole product packs its operands once, where
+//    row parts had each thread pack all of B (d 512: OpenBLAS's packing copies were ~5% of a 2-thread
+//    step's samples);
+//  - else row parts: every thread calls fn for every product with its own part, rotated per expert
+//    and product, which evens out gemm()'s uneven cuts (a 128-row weight gradient cuts 72 + 56).
+// Else (one thread, bf16) one call per product on the calling thread with parts = 0: the whole
+// product through gemm_mixed, split over the threads by gemm() itself. Every way gives each
+// element the bits of the whole product (gemm_part_of's contract).
 template <class Fn>
-void for_expert_weight_parts(const ExpertRows& rows, Fn&& fn) {
+void for_expert_weight_parts(const ExpertRows& rows, const int64_t (&size)[2], Fn&& fn) {
   const int parts = threads_inside() ? 1 : threads_count();
   if (parts > 1 && experts_row_parts() && compute_precision() == Precision::fp32) {
+    struct Product {
+      int e, q;
+    };
+    std::vector<Product> products;
+    for (int e = 0; e < rows.n_experts; ++e)
+      if (rows.offsets[e + 1] > rows.offsets[e])
+        for (int q = 0; q < 2; ++q) products.push_back({e, q});
+    if (g_whole_weights.load(std::memory_order_relaxed) && products.size() >= 2 * static_cast<size_t>(parts)) {
+      const auto work = [&](const Product& p) { return size[p.q] * (rows.offsets[p.e + 1] - rows.offsets[p.e]); };
+      std::stable_sort(products.begin(), products.end(),
+                       [&](const Product& a, const Product& b) { return work(a) > work(b); });
+      std::vector<int64_t> load(static_cast<size_t>(parts), 0);
+      std::vector<int> owner(products.size());
+      for (size_t i = 0; i < products.size(); ++i) {
+        const int t = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+        owner[i] = t;
+        load[static_cast<size_t>(t)] += work(products[i]);
+      }
+      parallel_ranges(parts, 1, [&](int64_t t0, int64_t t1) {
+        for (size_t i = 0; i < products.size(); ++i)
+          if (owner[i] >= t0 && owner[i] < t1) {
+            const Product& p = products[i];
+            fn(0, 1, p.e, rows.offsets[p.e], rows.offsets[p.e + 1], p.q);
+          }
+      });
+      return;
+    }
     parallel_ranges(parts, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t)
-        for (int e = 0; e < rows.n_experts; ++e)
-          if (rows.offsets[e + 1] > rows.offsets[e])
-            fn(static_cast<int>(t + e) % parts, parts, e, rows.offsets[e], rows.offsets[e + 1]);
+        for (const Product& p : products)
+          fn(static_cast<int>(t + p.e + p.q) % parts, parts, p.e, rows.offsets[p.e], rows.offsets[p.e + 1], p.q);
     });
     return;
   }
   for (int e = 0; e < rows.n_experts; ++e)
-    if (rows.offsets[e + 1] > rows.offsets[e]) fn(0, 0, e, rows.offsets[e], rows.offsets[e + 1]);
+    if (rows.offsets[e + 1] > rows.offsets[e])
+      for (int q = 0; q < 2; ++q) fn(0, 0, e, rows.offsets[e], rows.offsets[e + 1], q);
 }
 
 // One weight-gradient product C += Aᵀ·B ([M, K]ᵀ·[K, N]) for for_expert_weight_parts' fn: part
 // `part` of `parts` as gemm() cuts it, or (parts = 0) the whole product through gemm_mixed.
 void weight_product(int part, int parts, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
                     float* C, int ldc) {
-  if (parts > 0) gemm_part_of(part % parts, parts, true, false, M, N, K, 1.0f, A, lda, B, ldb, 1.0f, C, ldc);
+  if (parts > 0) gemm_part_of(part, parts, true, false, M, N, K, 1.0f, A, lda, B, ldb, 1.0f, C, ldc);
   else gemm_mixed(true, false, M, N, K, 1.0f, A, lda, B, ldb, 1.0f, C, ldc);
 }
 }  // namespace
 
 void experts_set_row_parts(bool on) { g_row_parts.store(on, std::memory_order_relaxed); }
+void experts_set_whole_weights(bool on) { g_whole_weights.store(on, std::memory_order_relaxed); }
 bool experts_row_parts() { return g_row_parts.load(std::memory_order_relaxed); }
 
 void mlp_experts_forward(float* y, MlpExpertCache& cache, const ExpertRows& rows, const float* W1,
@@ -120,12 +157,15 @@ void mlp_experts_backward_data(float* dx, const float* dy, MlpExpertCache& cache
 void mlp_experts_backward_weights(float* dW1, float* db1, float* dW2, const float* dy, const MlpExpertCache& cache,
                                   const ExpertRows& rows, int d, int f) {
   // dW2 += aᵀ·dy ; dW1 += xᵀ·dh (each thread its parts, or whole); then db1 += Σ dh per expert.
-  for_expert_weight_parts(rows, [&](int part, int parts, int e, int r0, int r1) {
+  const int64_t size[2] = {static_cast<int64_t>(f) * d, static_cast<int64_t>(d) * f};
+  for_expert_weight_parts(rows, size, [&](int part, int parts, int e, int r0, int r1, int q) {
     const int n = r1 - r0;
-    weight_product(part, parts, f, d, n, cache.a.data() + static_cast<size_t>(r0) * f, f,
-                   dy + static_cast<size_t>(r0) * d, d, dW2 + static_cast<size_t>(e) * f * d, d);
-    weight_product(part + 1, parts, d, f, n, rows.x.data() + static_cast<size_t>(r0) * d, d,
-                   cache.dh.data() + static_cast<size_t>(r0) * f, f, dW1 + static_cast<size_t>(e) * d * f, f);
+    if (q == 0)
+      weight_product(part, parts, f, d, n, cache.a.data() + static_cast<size_t>(r0) * f, f,
+                     dy + static_cast<size_t>(r0) * d, d, dW2 + static_cast<size_t>(e) * f * d, d);
+    else
+      weight_product(part, parts, d, f, n, rows.x.data() + static_cast<size_t>(r0) * d, d,
+                     cache.dh.data() + static_cast<size_t>(r0) * f, f, dW1 + static_cast<size_t>(e) * d * f, f);
   });
   for (int e = 0; e < rows.n_experts; ++e) {
     const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
@@ -421,12 +461,15 @@ void attn_experts_backward_weights(float* dWqkv, float* dWo, const float* dy, co
   const ProfileScope profile(Phase::attention);
   const int gd = g * dh, W3 = 3 * gd;
   // dWo += oᵀ·dy ; dWqkv += xᵀ·dqkv (each thread its parts, or whole).
-  for_expert_weight_parts(rows, [&](int part, int parts, int e, int r0, int r1) {
+  const int64_t size[2] = {static_cast<int64_t>(gd) * d, static_cast<int64_t>(d) * W3};
+  for_expert_weight_parts(rows, size, [&](int part, int parts, int e, int r0, int r1, int q) {
     const int n = r1 - r0;
-    weight_product(part, parts, gd, d, n, c.o.data() + static_cast<size_t>(r0) * gd, gd,
-                   dy + static_cast<size_t>(r0) * d, d, dWo + static_cast<size_t>(e) * gd * d, d);
-    weight_product(part + 1, parts, d, W3, n, rows.x.data() + static_cast<size_t>(r0) * d, d,
-                   c.d_qkv.data() + static_cast<size_t>(r0) * W3, W3, dWqkv + static_cast<size_t>(e) * d * W3, W3);
+    if (q == 0)
+      weight_product(part, parts, gd, d, n, c.o.data() + static_cast<size_t>(r0) * gd, gd,
+                     dy + static_cast<size_t>(r0) * d, d, dWo + static_cast<size_t>(e) * gd * d, d);
+    else
+      weight_product(part, parts, d, W3, n, rows.x.data() + static_cast<size_t>(r0) * d, d,
+                     c.d_qkv.data() + static_cast<size_t>(r0) * W3, W3, dWqkv + static_cast<size_t>(e) * d * W3, W3);
   });
 }
 

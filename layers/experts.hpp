@@ -19,6 +19,10 @@ namespace uoe {
 // that made them. On by default; off for comparisons (bench-step --ab expert-rows).
 void experts_set_row_parts(bool on);
 bool experts_row_parts();
+// Whether the experts' weight gradients go to the threads as whole products (on, the default) or
+// as every thread's row part of each product (off); the same bits either way (layers/experts.cpp,
+// for_expert_weight_parts). The A/B switch of bench-step --ab whole-weights; set it between steps.
+void experts_set_whole_weights(bool on);
 
 // ---- UoME: expert e computes y = GELU(x·W1_e + b1_e)·W2_e (a partial sum of the dense FFN) ----
 struct MlpExpertCache {

@@ -362,5 +362,25 @@ TEST(Threads, ExpertRowPartsGiveTheBitsOfProductsSplitOneByOne) {
   }
 }
 
+// The experts' weight gradients as whole products, each on one thread (experts_set_whole_weights,
+// on by default), against every thread's row part of each product: the same bits on 2 and 3
+// threads, and on 5, where the smaller model's products are too few to go whole (row parts).
+TEST(Threads, WholeWeightProductsGiveTheBitsOfRowParts) {
+  ThreadCount keep;
+  struct Restore {
+    ~Restore() { experts_set_whole_weights(true); }
+  } restore;
+  const ModelSpec spec = spec_of(BlockType::uoe, 1);
+  for (int threads : {2, 3, 5}) {
+    experts_set_whole_weights(false);
+    const StepResult parts = train(spec, threads);
+    experts_set_whole_weights(true);
+    const StepResult whole = train(spec, threads);
+    EXPECT_EQ(whole.ce, parts.ce) << threads << " threads: losses";
+    EXPECT_EQ(bit_differences(whole.grads.data(), parts.grads.data(), parts.grads.size()), 0u) << threads << " threads";
+    EXPECT_EQ(bit_differences(whole.values.data(), parts.values.data(), parts.values.size()), 0u) << threads << " threads";
+  }
+}
+
 }  // namespace
 }  // namespace uoe
