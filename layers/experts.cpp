@@ -16,12 +16,18 @@ namespace uoe {
 namespace {
 std::atomic<bool> g_row_parts{true};
 std::atomic<bool> g_whole_weights{true};
-// fn(e, r0, r1) over every expert's rows: where `by_rows`, in one parallel region — each expert's
-// rows cut into one part per compute thread (at multiples of 12, the own kernel's tile height on
-// AVX-512, twice AVX2's), each thread running its part of every expert in expert order — else once
-// per expert with all its rows on the calling thread, whose GEMMs and row kernels split themselves.
-// fn must give a row the same bits whichever part it falls in (gemm_rows_independent products and
-// row kernels): the two ways then compute the same bits.
+std::atomic<bool> g_balanced{true};
+// fn(e, r0, r1) over every expert's rows: where `by_rows`, in one parallel region, else once per
+// expert with all its rows on the calling thread, whose GEMMs and row kernels split themselves. In
+// the region (experts_set_balanced, on by default) each thread takes one contiguous run of the
+// experts' rows taken together, cut at about total·p/parts rows (at a multiple of 12 — the own
+// kernel's tile height on AVX-512, twice AVX2's — from the start of the expert it falls in): the
+// threads get the same number of rows within a tile, most experts go whole to one thread (their
+// weights packed once, their products taller), and expert order is kept on each thread. Off: every
+// expert's rows cut into one part per thread, the last thread taking each expert's remainder (a
+// 640-row expert split 312 + 328 on 2 threads, the same thread longer in every expert). fn must give
+// a row the same bits whichever part it falls in (gemm_rows_independent products and row kernels):
+// every way then computes the same bits.
 template <class Fn>
 void for_expert_rows(const ExpertRows& rows, bool by_rows, Fn&& fn) {
   if (!by_rows || !experts_row_parts()) {
@@ -31,10 +37,17 @@ void for_expert_rows(const ExpertRows& rows, bool by_rows, Fn&& fn) {
   }
   constexpr int64_t kGranule = 12;
   const int64_t parts = threads_inside() ? 1 : threads_count();
+  const bool balanced = g_balanced.load(std::memory_order_relaxed);
+  const int64_t first = rows.offsets[0], total = rows.offsets[rows.n_experts] - first;
   parallel_ranges(parts, 1, [&](int64_t p0, int64_t p1) {
     for (int e = 0; e < rows.n_experts; ++e) {
       const int64_t r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
-      auto cut = [&](int64_t p) { return p >= parts ? n : n * p / parts / kGranule * kGranule; };
+      auto cut = [&](int64_t p) -> int64_t {
+        if (p >= parts) return n;
+        if (!balanced) return n * p / parts / kGranule * kGranule;
+        const int64_t at = first + total * p / parts - r0;  // thread p's first row, from this expert's start
+        return at <= 0 ? 0 : at >= n ? n : at / kGranule * kGranule;
+      };
       if (cut(p1) > cut(p0)) fn(e, static_cast<int>(r0 + cut(p0)), static_cast<int>(r0 + cut(p1)));
     }
   });
@@ -97,6 +110,38 @@ void for_expert_weight_parts(const ExpertRows& rows, const int64_t (&size)[2], F
       for (int q = 0; q < 2; ++q) fn(0, 0, e, rows.offsets[e], rows.offsets[e + 1], q);
 }
 
+// fn(s0, s1) over the segments [0, nseg) of an attention cache in one parallel region, each thread
+// a contiguous run of segments: of about equal Σ L² (the score tiles' size: the causal core's work
+// grows with it) where experts_set_balanced (on by default), of equal count otherwise. Segments are
+// disjoint: the bits do not depend on the cut.
+template <class Fn>
+void for_segments(const AttnExpertCache& c, Fn&& fn) {
+  const int nseg = static_cast<int>(c.seg_begin.size()) - 1;
+  if (!g_balanced.load(std::memory_order_relaxed)) {
+    parallel_ranges(nseg, 1, fn);
+    return;
+  }
+  const int64_t parts = std::min<int64_t>(threads_inside() ? 1 : threads_count(), nseg);
+  if (parts <= 1) {
+    if (nseg > 0) fn(0, nseg);
+    return;
+  }
+  std::vector<int64_t> prefix(static_cast<size_t>(nseg) + 1, 0);  // Σ L² of segments [0, s)
+  for (int s = 0; s < nseg; ++s) {
+    const int64_t L = c.seg_begin[s + 1] - c.seg_begin[s];
+    prefix[s + 1] = prefix[s] + L * L;
+  }
+  // Thread p starts at the first segment whose prefix reaches p/parts of the whole.
+  const auto start = [&](int64_t p) -> int64_t {
+    if (p >= parts) return nseg;
+    return std::lower_bound(prefix.begin(), prefix.end(), prefix[nseg] * p / parts) - prefix.begin();
+  };
+  parallel_ranges(parts, 1, [&](int64_t p0, int64_t p1) {
+    const int64_t s0 = std::min<int64_t>(start(p0), nseg), s1 = std::min<int64_t>(start(p1), nseg);
+    if (s1 > s0) fn(s0, s1);
+  });
+}
+
 // One weight-gradient product C += Aᵀ·B ([M, K]ᵀ·[K, N]) for for_expert_weight_parts' fn: part
 // `part` of `parts` as gemm() cuts it, or (parts = 0) the whole product through gemm_mixed.
 void weight_product(int part, int parts, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
@@ -108,6 +153,7 @@ void weight_product(int part, int parts, int M, int N, int K, const float* A, in
 
 void experts_set_row_parts(bool on) { g_row_parts.store(on, std::memory_order_relaxed); }
 void experts_set_whole_weights(bool on) { g_whole_weights.store(on, std::memory_order_relaxed); }
+void experts_set_balanced(bool on) { g_balanced.store(on, std::memory_order_relaxed); }
 bool experts_row_parts() { return g_row_parts.load(std::memory_order_relaxed); }
 
 void mlp_experts_forward(float* y, MlpExpertCache& cache, const ExpertRows& rows, const float* W1,
@@ -376,8 +422,7 @@ void attn_experts_forward(float* y, AttnExpertCache& c, const ExpertRows& rows, 
   });
   // Causal attention per segment and head: S = q·kᵀ/√dh (row i sees j ≤ i), P = softmax, o = P·v.
   // Segments are disjoint sets of rows with their own score tiles: split over threads freely.
-  const int nseg = static_cast<int>(c.seg_begin.size()) - 1;
-  parallel_ranges(nseg, 1, [&](int64_t s0, int64_t s1) {
+  for_segments(c, [&](int64_t s0, int64_t s1) {
   for (int s = static_cast<int>(s0); s < s1; ++s) {
     const int r0 = c.seg_begin[s], L = c.seg_begin[s + 1] - r0;
     for (int h = 0; h < g; ++h) {
@@ -415,9 +460,8 @@ void attn_experts_backward_data(float* dx, const float* dy, AttnExpertCache& c, 
     gemm_mixed(false, true, r1 - r0, gd, d, 1.0f, dy + static_cast<size_t>(r0) * d, d,
                Wo + static_cast<size_t>(e) * gd * d, d, 0.0f, dO.data() + static_cast<size_t>(r0) * gd, gd);
   });
-  const int nseg = static_cast<int>(c.seg_begin.size()) - 1;
   // Segments split over threads as in forward; each thread its own dP tile.
-  parallel_ranges(nseg, 1, [&](int64_t s0, int64_t s1) {
+  for_segments(c, [&](int64_t s0, int64_t s1) {
   static thread_local std::vector<float> dP;
   for (int s = static_cast<int>(s0); s < s1; ++s) {
     const int r0 = c.seg_begin[s], L = c.seg_begin[s + 1] - r0;

@@ -23,6 +23,11 @@ bool experts_row_parts();
 // as every thread's row part of each product (off); the same bits either way (layers/experts.cpp,
 // for_expert_weight_parts). The A/B switch of bench-step --ab whole-weights; set it between steps.
 void experts_set_whole_weights(bool on);
+// Whether the threads' shares of the experts' rows and of the attention segments are balanced (on,
+// the default: contiguous runs of the experts' rows taken together; segments by Σ L²) or cut per
+// expert and by segment count (off); the same bits either way (layers/experts.cpp). The A/B switch
+// of bench-step --ab balanced; set it between steps.
+void experts_set_balanced(bool on);
 
 // ---- UoME: expert e computes y = GELU(x·W1_e + b1_e)·W2_e (a partial sum of the dense FFN) ----
 struct MlpExpertCache {

@@ -382,5 +382,25 @@ TEST(Threads, WholeWeightProductsGiveTheBitsOfRowParts) {
   }
 }
 
+// The threads' balanced shares (experts_set_balanced, on by default: contiguous runs of the
+// experts' rows taken together, attention segments by Σ L²) against the per-expert, per-count
+// cuts: the same bits on 2, 3 and 4 threads.
+TEST(Threads, BalancedSharesGiveTheBitsOfEvenCuts) {
+  ThreadCount keep;
+  struct Restore {
+    ~Restore() { experts_set_balanced(true); }
+  } restore;
+  const ModelSpec spec = spec_of(BlockType::uoe, 1);
+  for (int threads : {2, 3, 4}) {
+    experts_set_balanced(false);
+    const StepResult even = train(spec, threads);
+    experts_set_balanced(true);
+    const StepResult balanced = train(spec, threads);
+    EXPECT_EQ(balanced.ce, even.ce) << threads << " threads: losses";
+    EXPECT_EQ(bit_differences(balanced.grads.data(), even.grads.data(), even.grads.size()), 0u) << threads << " threads";
+    EXPECT_EQ(bit_differences(balanced.values.data(), even.values.data(), even.values.size()), 0u) << threads << " threads";
+  }
+}
+
 }  // namespace
 }  // namespace uoe
