@@ -1,7 +1,9 @@
 // The compute threads of one process (docs/architecture.md, Threads). `--threads N` sizes this
 // pool; the BLAS always runs single-threaded on whichever pool thread calls it, and work is split
 // here: a large GEMM by rows (or columns) of C, the attention core by segments, the row kernels by
-// rows, the experts' chains of products by each thread's rows of every expert (layers/experts.cpp). One pool and no nested one, so N threads never become N × BLAS threads, and a split never
+// rows, the experts' chains of products by contiguous runs of their rows and their weight gradients
+// by whole products (layers/experts.cpp). One pool and no nested one, so N threads never become N ×
+// BLAS threads, and a split never
 // changes any result: every caller gives each item its own arithmetic (a row of C, a segment, a
 // token), never a sum across parts, so a run computes the same bits on 1 thread as on N.
 //
