@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <limits>
 #include <numeric>
 
 #include "layers/router_select.hpp"
@@ -102,21 +104,33 @@ void router_decide(Routing& r, const RouterSpec& spec, bool dropless) {
   r.row_offsets.assign(E + 1, 0);
   r.row_patch.clear();
   r.row_slot.clear();
+  std::vector<float> p_scratch;  // a candidate list's scores, in patch order
   for (int e = 0; e < E; ++e) {
     auto& c = cand[e];
     if (limited && static_cast<int>(c.size()) > r.capacity) {
       // Highest p first; ties → lower patch index (c is in patch order and a patch appears once per
       // expert, so this is a strict total order and the C kept are those a stable sort by p would
-      // keep). Only the partition matters: nth_element, then the kept back in patch order.
-      std::nth_element(c.begin(), c.begin() + r.capacity, c.end(), [&](const auto& a, const auto& bb) {
-        const float pa = r.probs[static_cast<size_t>(a.first) * E + e];
-        const float pb = r.probs[static_cast<size_t>(bb.first) * E + e];
-        return pa > pb || (pa == pb && a.first < bb.first);
-      });
-      for (size_t i = r.capacity; i < c.size(); ++i) r.kept[static_cast<size_t>(c[i].first) * k + c[i].second] = 0;
+      // keep). Only the partition matters: the C-th highest score t (nth_element on the scores
+      // alone), then one pass in patch order keeping every score above t and the first C − (their
+      // count) equal to t — the kept come out in patch order, with no sort.
+      p_scratch.resize(c.size());
+      for (size_t i = 0; i < c.size(); ++i) p_scratch[i] = r.probs[static_cast<size_t>(c[i].first) * E + e];
+      std::vector<float> top(p_scratch.begin(), p_scratch.end());
+      float t = std::numeric_limits<float>::infinity();  // capacity 0 (never for P > 0): nothing kept
+      if (r.capacity > 0) {
+        std::nth_element(top.begin(), top.begin() + (r.capacity - 1), top.end(), std::greater<float>());
+        t = top[static_cast<size_t>(r.capacity - 1)];
+      }
+      int ties = r.capacity;
+      for (float v : p_scratch) ties -= v > t;
+      size_t w = 0;
+      for (size_t i = 0; i < c.size(); ++i) {
+        const float v = p_scratch[i];
+        if (v > t || (v == t && ties-- > 0)) c[w++] = c[i];
+        else r.kept[static_cast<size_t>(c[i].first) * k + c[i].second] = 0;
+      }
       r.dropped += static_cast<int>(c.size()) - r.capacity;
-      c.resize(r.capacity);
-      std::sort(c.begin(), c.end());
+      c.resize(w);
     }
     r.capacity_kept[e] = static_cast<int>(c.size());
     for (const auto& [p, j] : c) {
