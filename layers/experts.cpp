@@ -54,7 +54,7 @@ void for_expert_rows(const ExpertRows& rows, bool by_rows, Fn&& fn) {
 }
 
 // The weight gradients of every expert, two products each: fn(part, parts, e, r0, r1, q) computes
-// part `part` of `parts` of expert e's product q (0 or 1) (weight_product). Where it may run in one
+// part `part` of `parts` of expert e's product q (0 or 1) (expert_weight_gradients). Where it may run in one
 // parallel region (fp32, several threads, row parts on):
 //  - whole products (experts_set_whole_weights, on by default), when there are at least two per
 //    thread: each product goes whole (parts = 1) to one thread, the longest first to the thread
@@ -142,12 +142,28 @@ void for_segments(const AttnExpertCache& c, Fn&& fn) {
   });
 }
 
-// One weight-gradient product C += Aᵀ·B ([M, K]ᵀ·[K, N]) for for_expert_weight_parts' fn: part
-// `part` of `parts` as gemm() cuts it, or (parts = 0) the whole product through gemm_mixed.
-void weight_product(int part, int parts, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
-                    float* C, int ldc) {
-  if (parts > 0) gemm_part_of(part, parts, true, false, M, N, K, 1.0f, A, lda, B, ldb, 1.0f, C, ldc);
-  else gemm_mixed(true, false, M, N, K, 1.0f, A, lda, B, ldb, 1.0f, C, ldc);
+// One of an expert kind's two weight gradients: every expert e's C_e [M, N] (experts one after
+// another in C) += A_eᵀ·B_e, A_e and B_e expert e's rows of A [rows, M] and B [rows, N].
+struct WeightProduct {
+  int M, N;
+  const float* A;
+  const float* B;
+  float* C;
+};
+
+// Both products for every expert with rows, through for_expert_weight_parts: each call computes
+// part `part` of `parts` of a product as gemm() cuts it, or (parts = 0) the whole product through
+// gemm_mixed.
+void expert_weight_gradients(const ExpertRows& rows, const WeightProduct (&w)[2]) {
+  const int64_t size[2] = {static_cast<int64_t>(w[0].M) * w[0].N, static_cast<int64_t>(w[1].M) * w[1].N};
+  for_expert_weight_parts(rows, size, [&](int part, int parts, int e, int r0, int r1, int q) {
+    const WeightProduct& p = w[q];
+    const float* A = p.A + static_cast<size_t>(r0) * p.M;
+    const float* B = p.B + static_cast<size_t>(r0) * p.N;
+    float* C = p.C + static_cast<size_t>(e) * p.M * p.N;
+    if (parts > 0) gemm_part_of(part, parts, true, false, p.M, p.N, r1 - r0, 1.0f, A, p.M, B, p.N, 1.0f, C, p.N);
+    else gemm_mixed(true, false, p.M, p.N, r1 - r0, 1.0f, A, p.M, B, p.N, 1.0f, C, p.N);
+  });
 }
 }  // namespace
 
@@ -202,17 +218,8 @@ void mlp_experts_backward_data(float* dx, const float* dy, MlpExpertCache& cache
 
 void mlp_experts_backward_weights(float* dW1, float* db1, float* dW2, const float* dy, const MlpExpertCache& cache,
                                   const ExpertRows& rows, int d, int f) {
-  // dW2 += aᵀ·dy ; dW1 += xᵀ·dh (each thread its parts, or whole); then db1 += Σ dh per expert.
-  const int64_t size[2] = {static_cast<int64_t>(f) * d, static_cast<int64_t>(d) * f};
-  for_expert_weight_parts(rows, size, [&](int part, int parts, int e, int r0, int r1, int q) {
-    const int n = r1 - r0;
-    if (q == 0)
-      weight_product(part, parts, f, d, n, cache.a.data() + static_cast<size_t>(r0) * f, f,
-                     dy + static_cast<size_t>(r0) * d, d, dW2 + static_cast<size_t>(e) * f * d, d);
-    else
-      weight_product(part, parts, d, f, n, rows.x.data() + static_cast<size_t>(r0) * d, d,
-                     cache.dh.data() + static_cast<size_t>(r0) * f, f, dW1 + static_cast<size_t>(e) * d * f, f);
-  });
+  // dW2 += aᵀ·dy ; dW1 += xᵀ·dh; then db1 += Σ dh per expert.
+  expert_weight_gradients(rows, {{f, d, cache.a.data(), dy, dW2}, {d, f, rows.x.data(), cache.dh.data(), dW1}});
   for (int e = 0; e < rows.n_experts; ++e) {
     const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
     if (n > 0) sum_rows_into(db1 + static_cast<size_t>(e) * f, cache.dh.data() + static_cast<size_t>(r0) * f, n, f);
@@ -504,17 +511,8 @@ void attn_experts_backward_weights(float* dWqkv, float* dWo, const float* dy, co
                                    const ExpertRows& rows, int d, int g, int dh) {
   const ProfileScope profile(Phase::attention);
   const int gd = g * dh, W3 = 3 * gd;
-  // dWo += oᵀ·dy ; dWqkv += xᵀ·dqkv (each thread its parts, or whole).
-  const int64_t size[2] = {static_cast<int64_t>(gd) * d, static_cast<int64_t>(d) * W3};
-  for_expert_weight_parts(rows, size, [&](int part, int parts, int e, int r0, int r1, int q) {
-    const int n = r1 - r0;
-    if (q == 0)
-      weight_product(part, parts, gd, d, n, c.o.data() + static_cast<size_t>(r0) * gd, gd,
-                     dy + static_cast<size_t>(r0) * d, d, dWo + static_cast<size_t>(e) * gd * d, d);
-    else
-      weight_product(part, parts, d, W3, n, rows.x.data() + static_cast<size_t>(r0) * d, d,
-                     c.d_qkv.data() + static_cast<size_t>(r0) * W3, W3, dWqkv + static_cast<size_t>(e) * d * W3, W3);
-  });
+  // dWo += oᵀ·dy ; dWqkv += xᵀ·dqkv.
+  expert_weight_gradients(rows, {{gd, d, c.o.data(), dy, dWo}, {d, W3, rows.x.data(), c.d_qkv.data(), dWqkv}});
 }
 
 void attn_experts_backward(float* dx, float* dWqkv, float* dWo, const float* dy, AttnExpertCache& c,

@@ -4,11 +4,13 @@
 // used: GEMMs split by rows or columns, and whole training steps (every kernel that splits, the
 // attention segments, the combine) on 1, 2 and 3 threads, gradients and losses bit for bit.
 #include <gtest/gtest.h>
+
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
 
 #include <atomic>
+#include <initializer_list>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -341,66 +343,46 @@ TEST(Threads, GradientSumOfSquaresOverThreadsIsTheSerialSumsBits) {
   }
 }
 
-// The experts' chains on each thread's rows (experts_set_row_parts, on by default) against each
-// product and row kernel split over the threads in turn: the same bits on 2 and 3 threads.
+// A switch of the experts' work split (layers/experts.hpp; on by default) off, then on, on each
+// thread count: the same losses, gradients and weights after three steps, bit for bit. The switch
+// is left on.
+void expect_switch_keeps_bits(void (*set)(bool), std::initializer_list<int> thread_counts) {
+  ThreadCount keep;
+  struct Restore {
+    void (*set)(bool);
+    ~Restore() { set(true); }
+  } restore{set};
+  const ModelSpec spec = spec_of(BlockType::uoe, 1);
+  for (int threads : thread_counts) {
+    set(false);
+    const StepResult off = train(spec, threads);
+    set(true);
+    const StepResult on = train(spec, threads);
+    EXPECT_EQ(on.ce, off.ce) << threads << " threads: losses";
+    EXPECT_EQ(bit_differences(on.grads.data(), off.grads.data(), off.grads.size()), 0u) << threads << " threads";
+    EXPECT_EQ(bit_differences(on.values.data(), off.values.data(), off.values.size()), 0u) << threads << " threads";
+  }
+}
+
+// The experts' chains on each thread's rows (experts_set_row_parts) against each product and row
+// kernel split over the threads in turn: the same bits on 2 and 3 threads.
 TEST(Threads, ExpertRowPartsGiveTheBitsOfProductsSplitOneByOne) {
-  ThreadCount keep;
-  struct Restore {
-    ~Restore() { experts_set_row_parts(true); }
-  } restore;
-  const ModelSpec spec = spec_of(BlockType::uoe, 1);
-  if (!gemm_rows_independent(false, false, spec.d))
+  if (!gemm_rows_independent(false, false, spec_of(BlockType::uoe, 1).d))
     GTEST_SKIP() << "this CPU runs the experts' products in OpenBLAS: no row parts to compare";
-  for (int threads : {2, 3}) {
-    experts_set_row_parts(false);
-    const StepResult split = train(spec, threads);
-    experts_set_row_parts(true);
-    const StepResult parts = train(spec, threads);
-    EXPECT_EQ(parts.ce, split.ce) << threads << " threads: losses";
-    EXPECT_EQ(bit_differences(parts.grads.data(), split.grads.data(), split.grads.size()), 0u) << threads << " threads";
-    EXPECT_EQ(bit_differences(parts.values.data(), split.values.data(), split.values.size()), 0u) << threads << " threads";
-  }
+  expect_switch_keeps_bits(experts_set_row_parts, {2, 3});
 }
 
-// The experts' weight gradients as whole products, each on one thread (experts_set_whole_weights,
-// on by default), against every thread's row part of each product: the same bits on 2 and 3
-// threads, and on 5, where the smaller model's products are too few to go whole (row parts).
+// The experts' weight gradients as whole products, each on one thread (experts_set_whole_weights),
+// against every thread's row part of each product: the same bits on 2 and 3 threads, and on 5,
+// where the smaller model's products are too few to go whole (row parts).
 TEST(Threads, WholeWeightProductsGiveTheBitsOfRowParts) {
-  ThreadCount keep;
-  struct Restore {
-    ~Restore() { experts_set_whole_weights(true); }
-  } restore;
-  const ModelSpec spec = spec_of(BlockType::uoe, 1);
-  for (int threads : {2, 3, 5}) {
-    experts_set_whole_weights(false);
-    const StepResult parts = train(spec, threads);
-    experts_set_whole_weights(true);
-    const StepResult whole = train(spec, threads);
-    EXPECT_EQ(whole.ce, parts.ce) << threads << " threads: losses";
-    EXPECT_EQ(bit_differences(whole.grads.data(), parts.grads.data(), parts.grads.size()), 0u) << threads << " threads";
-    EXPECT_EQ(bit_differences(whole.values.data(), parts.values.data(), parts.values.size()), 0u) << threads << " threads";
-  }
+  expect_switch_keeps_bits(experts_set_whole_weights, {2, 3, 5});
 }
 
-// The threads' balanced shares (experts_set_balanced, on by default: contiguous runs of the
-// experts' rows taken together, attention segments by Σ L²) against the per-expert, per-count
-// cuts: the same bits on 2, 3 and 4 threads.
-TEST(Threads, BalancedSharesGiveTheBitsOfEvenCuts) {
-  ThreadCount keep;
-  struct Restore {
-    ~Restore() { experts_set_balanced(true); }
-  } restore;
-  const ModelSpec spec = spec_of(BlockType::uoe, 1);
-  for (int threads : {2, 3, 4}) {
-    experts_set_balanced(false);
-    const StepResult even = train(spec, threads);
-    experts_set_balanced(true);
-    const StepResult balanced = train(spec, threads);
-    EXPECT_EQ(balanced.ce, even.ce) << threads << " threads: losses";
-    EXPECT_EQ(bit_differences(balanced.grads.data(), even.grads.data(), even.grads.size()), 0u) << threads << " threads";
-    EXPECT_EQ(bit_differences(balanced.values.data(), even.values.data(), even.values.size()), 0u) << threads << " threads";
-  }
-}
+// The threads' balanced shares (experts_set_balanced: contiguous runs of the experts' rows taken
+// together, attention segments by Σ L²) against the per-expert, per-count cuts: the same bits on 2,
+// 3 and 4 threads.
+TEST(Threads, BalancedSharesGiveTheBitsOfEvenCuts) { expect_switch_keeps_bits(experts_set_balanced, {2, 3, 4}); }
 
 }  // namespace
 }  // namespace uoe
