@@ -5,7 +5,6 @@
 //   build/bin/bench-sgemm_shapes [--threads N] [--repeats R] [--rows N] [--precision fp32|bf16]
 //   OPENBLAS_CORETYPE=Haswell build/bin/bench-sgemm_shapes    # another core's kernels (the user's choice)
 //   build/bin/bench-sgemm_shapes --deep-ab [--threads N] ...  # d 512's NN/NT products: OpenBLAS vs uoe's kernel
-//   build/bin/bench-sgemm_shapes --narrow-ab [--threads N] ...  # router products: padded vs transposed
 //
 // Shapes: one expert of an MLP block with `rows` routed rows (default 1024: 2048 tokens × top-2 over
 // 4 experts), d = f = 128 (reference config) and 512 (d 512): forward x·W1 and a·W2 (NN),
@@ -17,9 +16,6 @@
 // --deep-ab: the NN/NT products of depth 257-512 a d 512 model issues (and two deeper or wider
 // ones), each timed with gemm_set_own_deep off (OpenBLAS) and on (uoe's AVX-512 kernel) in turn,
 // three times each, best of R per turn: the two sides in one process, a VM's drift on both.
-// --narrow-ab: a router's score products (`rows` tokens × 4 or 8 experts, depth 128 and 512) in
-// uoe's kernel, padded to a tile's width (gemm_set_own_narrow off) and as their transpose (on), in
-// turn as --deep-ab; the same bits either way.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -59,13 +55,12 @@ double best_gflops(bool ta, bool tb, int M, int N, int K, int repeats) {
 int main(int argc, char** argv) {
   uoe::blas_kernels_select();
   int threads = 1, repeats = 30, rows = 1024;
-  bool deep_ab = false, narrow_ab = false;
+  bool deep_ab = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::max(1, std::atoi(argv[++i]));
     else if (!std::strcmp(argv[i], "--repeats") && i + 1 < argc) repeats = std::max(1, std::atoi(argv[++i]));
     else if (!std::strcmp(argv[i], "--rows") && i + 1 < argc) rows = std::max(1, std::atoi(argv[++i]));
     else if (!std::strcmp(argv[i], "--deep-ab")) deep_ab = true;
-    else if (!std::strcmp(argv[i], "--narrow-ab")) narrow_ab = true;
     else if (!std::strcmp(argv[i], "--precision") && i + 1 < argc) {
       try {
         uoe::compute_precision_set(uoe::precision_parse(argv[++i]));
@@ -75,7 +70,7 @@ int main(int argc, char** argv) {
       }
     } else {
       std::fprintf(stderr,
-                   "bench-sgemm_shapes: unknown argument '%s' (--threads N, --repeats R, --rows N, --precision P, --deep-ab, --narrow-ab)\n",
+                   "bench-sgemm_shapes: unknown argument '%s' (--threads N, --repeats R, --rows N, --precision P, --deep-ab)\n",
                    argv[i]);
       return 2;
     }
@@ -109,17 +104,6 @@ int main(int argc, char** argv) {
       std::printf("%-36s %12.1f %12.1f %7.3fx%s\n", label, g[0], g[1], g[1] / g[0], note(s));
     }
   };
-  if (narrow_ab) {
-    if (!uoe::gemm_rows_independent(false, false, 128)) {
-      std::printf("# --narrow-ab: at precision %s with %s, uoe's kernel takes no fp32 product: nothing to compare\n",
-                  uoe::precision_name(uoe::compute_precision()), uoe::gemm_describe().c_str());
-      return 0;
-    }
-    const Shape narrow[] = {{"scores NN", false, false, rows, 4, 128},    {"scores NN", false, false, rows, 8, 128},
-                            {"scores NN", false, false, rows, 4, 512},    {"scores NN", false, false, rows, 8, 512}};
-    ab(narrow, std::size(narrow), uoe::gemm_set_own_narrow, "padded", "transposed", [](const Shape&) { return ""; });
-    return 0;
-  }
   if (deep_ab) {
     if (!uoe::gemm_rows_independent(false, false, 512)) {  // uoe's kernel takes no depth-512 product here
       std::printf("# --deep-ab: at precision %s with %s, uoe's kernel takes no fp32 product of depth 512: nothing to "

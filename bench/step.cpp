@@ -12,8 +12,7 @@
 // A B B A A B …, and each side's median step, the B/A speed ratio of the medians and the spread of
 // the per-pair ratios are printed (instead of the breakdown). Knobs: expert-rows (layers/experts.hpp,
 // experts_set_row_parts), own-deep (runtime/gemm.hpp, gemm_set_own_deep: NN/NT products of depth
-// 257-512 in uoe's AVX-512 kernel), own-narrow (gemm_set_own_narrow: products at most 8 wide, a
-// router's, as their transpose in uoe's kernel), whole-weights (layers/experts.hpp,
+// 257-512 in uoe's AVX-512 kernel), whole-weights (layers/experts.hpp,
 // experts_set_whole_weights: the experts' weight gradients as whole products per thread), balanced
 // (experts_set_balanced: the threads' shares of the experts' rows and attention segments).
 //
@@ -63,7 +62,6 @@ struct AbKnob {
 };
 const AbKnob kAbKnobs[] = {{"expert-rows", uoe::experts_set_row_parts},
                            {"own-deep", uoe::gemm_set_own_deep},
-                           {"own-narrow", uoe::gemm_set_own_narrow},
                            {"whole-weights", uoe::experts_set_whole_weights},
                            {"balanced", uoe::experts_set_balanced}};
 
@@ -181,7 +179,7 @@ int main(int argc, char** argv) {
         const std::string k = argv[++i];
         for (const AbKnob& knob : kAbKnobs)
           if (k == knob.name) ab = &knob;
-        if (!ab) uoe::fail("bench-step: --ab ", k, ": unknown knob (expert-rows, own-deep, own-narrow, whole-weights, balanced)");
+        if (!ab) uoe::fail("bench-step: --ab ", k, ": unknown knob (expert-rows, own-deep, whole-weights, balanced)");
       }
       else if (!std::strcmp(argv[i], "--repeats") && i + 1 < argc) repeats = std::max(1, std::atoi(argv[++i]));
       else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);

@@ -430,7 +430,6 @@ void gemm_set_threads(int n) {
 int gemm_get_threads() { return threads_count(); }
 
 void gemm_set_own_deep(bool on) { g_own_deep.store(on, std::memory_order_relaxed); }
-void gemm_set_own_narrow(bool on) { gemm_own_set_narrow(on); }
 
 std::string gemm_describe() {
   std::string s = std::string("OpenBLAS ") + openblas_get_corename();

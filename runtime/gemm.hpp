@@ -75,10 +75,5 @@ std::string gemm_describe();
 // them to OpenBLAS as the AVX2 width does (off): the A/B switch of bench-step --ab own-deep. Set it
 // between steps only.
 void gemm_set_own_deep(bool on);
-// Whether uoe's kernel computes products at most 8 columns wide (a router's scores) as their
-// transpose (on, the default) or pads them to a tile's width (off): the A/B switch of bench-step
-// --ab own-narrow. The bits are the same either way (runtime/gemm_own.hpp). Set it between steps
-// only.
-void gemm_set_own_narrow(bool on);
 
 }  // namespace uoe

@@ -1,7 +1,6 @@
 #include "runtime/gemm_own.hpp"
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 
 #include "runtime/cpu_features.hpp"
@@ -22,12 +21,6 @@
 #endif
 
 namespace uoe {
-
-namespace {
-std::atomic<bool> g_narrow{true};
-}  // namespace
-void gemm_own_set_narrow(bool on) { g_narrow.store(on, std::memory_order_relaxed); }
-bool gemm_own_narrow() { return g_narrow.load(std::memory_order_relaxed); }
 
 #if UOE_GEMM_AVX2
 namespace {
@@ -72,9 +65,6 @@ constexpr int kDepthTn = 256;  // depth of one range of k for TN products: a pan
 // most this many bytes, so a block stays in L2 while every row tile passes it (N = 2048 at depth
 // 512 would otherwise stream 4 MB of panels per tile from L3).
 constexpr size_t kPanelBlockBytes = size_t{512} << 10;
-// Products at most this many columns wide are computed as their transpose (Kernel::narrow).
-constexpr int kNarrowCols = 8;
-constexpr size_t kNarrowPackBytes = size_t{128} << 10;  // op(A)'s rows packed at a time there
 
 template <class S>
 struct Kernel {
@@ -188,34 +178,9 @@ struct Kernel {
     tile<R, TA>(kb, A, lda, Bp, part, ldp, first, last, C, ldc, width, alpha, beta);
   }
 
-  // A narrow product (N ≤ kNarrowCols: a router's scores, its weight gradient) computed as its
-  // transpose, Cᵀ = op(B)ᵀ·op(A)ᵀ, so that the long side runs along the tile's columns: a tile of C
-  // would pad N to kCols columns (a 4-wide C used 4 of every 32 multiply-adds). Cᵀ's element (j, i)
-  // is C's (i, j) with the factors of each multiply-add swapped (exact) in the same k order, and
-  // the same epilogue: the same bits. C is moved through a transposed copy (in for beta ≠ 0, out).
-  static void narrow(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
-                     const float* B, int ldb, float beta, float* C, int ldc) {
-    static thread_local FloatBuffer ct;  // Cᵀ [N, M]
-    ct.resize_uninit(static_cast<size_t>(N) * M);
-    if (beta != 0.0f) transpose(ct.data(), M, C, ldc, M, N);
-    // op(A) in blocks of rows, each packed (transposed) once as the product's B: a block's packing
-    // stays in L2 (the whole of a 1024 × 512 op(A) packed at once ran 0.78× the padded tiles).
-    const int block = std::max(kCols, static_cast<int>(kNarrowPackBytes / (sizeof(float) * std::max(K, 1))) / kCols * kCols);
-    for (int i0 = 0; i0 < M; i0 += block) {
-      const int mb = std::min(block, M - i0);
-      const float* Ai = trans_a ? A + i0 : A + static_cast<size_t>(i0) * lda;
-      gemm(!trans_b, !trans_a, N, mb, K, alpha, B, ldb, Ai, lda, beta, ct.data() + i0, M);
-    }
-    transpose(C, ldc, ct.data(), M, N, M);
-  }
-
   static void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
                    const float* B, int ldb, float beta, float* C, int ldc) {
     constexpr int L = S::kLanes;
-    if (N <= kNarrowCols && M >= kCols && !(trans_a && trans_b) && gemm_own_narrow()) {
-      narrow(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-      return;
-    }
     const int panels = (N + kCols - 1) / kCols;
     static thread_local FloatBuffer packed;  // every element written by pack_b, padding included
     packed.resize_uninit(static_cast<size_t>(panels) * std::max(K, 1) * kCols);

@@ -7,9 +7,7 @@
 // amortised over M rows); A is read in place a tile's rows at a time (transposed: copied once per
 // depth range, its power-of-two strides would thrash L1); C is written once, from registers. The
 // AVX-512 width runs NN/NT products in one depth range up to 512 (d 512's products: no partial sums
-// through memory) and passes B's panels in blocks that fit L2. A product at most 8 columns wide
-// (a router's scores and weight gradient: N = experts) is computed as its transpose, its long side
-// along the tiles' columns, instead of padding N to a tile's width.
+// through memory) and passes B's panels in blocks that fit L2.
 //
 // Rounding: every element of C is one fused multiply-add chain over k in increasing order, from
 // zero, then alpha·sum (+ beta·C by one more FMA): so its bits do not depend on M, on which rows a
@@ -32,10 +30,6 @@ bool gemm_own_available(OwnGemmIsa isa);
 // C[M,N] = alpha · op(A)[M,K] · op(B)[K,N] + beta · C (row-major, leading dimensions in elements);
 // beta = 0 never reads C. Any shape but op(A) and op(B) both transposed. Single-threaded; throws
 // uoe::Error where gemm_own_available(isa) is false.
-// Whether narrow products are computed as their transpose (on, the default): gemm_set_own_narrow.
-void gemm_own_set_narrow(bool on);
-bool gemm_own_narrow();
-
 void gemm_own(OwnGemmIsa isa, bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
               const float* B, int ldb, float beta, float* C, int ldc);
 

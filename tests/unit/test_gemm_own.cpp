@@ -131,7 +131,7 @@ TEST(GemmOwn, ExactOnIntegersForEveryTransposeEdgeAndDepth) {
           }
       check_exact(isa, ta, tb, 300, 128, 128, 1.0f, 1.0f);  // a model-sized product
       check_exact(isa, ta, tb, 40, 600, 520, 1.0f, 0.0f);   // several blocks of panels, two depth ranges
-      // Narrow products (N ≤ 8, M ≥ a tile's width: computed as their transpose), every tile edge of Cᵀ.
+      // Narrow products (N ≤ 8: a router's, padded to a tile's width) over many row tiles.
       for (int M : {32, 33, 45, 64, 77})
         for (int N : {1, 4, 7, 8, 9})
           for (int K : {1, 128, 300}) check_exact(isa, ta, tb, M, N, K, 0.5f, 0.75f);
@@ -153,8 +153,7 @@ TEST(GemmOwn, EveryElementIsOneFmaChainWhateverTheRowsOrDepthRanges) {
       // Wider than one block of B's panels per depth range (256 columns at depth 512 in the
       // AVX-512 width), with an edge panel, over two depth ranges of different widths.
       check_rounding(isa, ta, tb, 29, 300, 600, 0.7f, 0.3f);
-      // Narrow products, computed as their transpose: the same chains. Cut into rows 0-1, 1-8, 8-21
-      // and 21-M, the last part narrow again (M - 21 ≥ 32) and the others not: both ways, one result.
+      // Narrow products (a router's) over many row tiles, cut into rows 0-1, 1-8, 8-21 and 21-M.
       for (int N : {1, 4, 8})
         for (int K : {1, 128, 700})
           for (float beta : {0.0f, 1.0f, 0.3f}) check_rounding(isa, ta, tb, 100, N, K, 0.7f, beta);
@@ -164,7 +163,7 @@ TEST(GemmOwn, EveryElementIsOneFmaChainWhateverTheRowsOrDepthRanges) {
 
 TEST(GemmOwn, BetaZeroNeverReadsC) {
   REQUIRE_OWN();
-  for (const auto& [M, N] : {std::pair{23, 37}, std::pair{100, 4}}) {  // a tile of C; a narrow product
+  for (const auto& [M, N] : {std::pair{23, 37}, std::pair{100, 4}}) {  // a wide and a narrow product
     const int K = 140;
     const std::vector<float> A = reals(static_cast<size_t>(M) * K, 4), B = reals(static_cast<size_t>(K) * N, 5);
     for (OwnGemmIsa isa : widths()) {
