@@ -22,7 +22,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
-#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
@@ -87,23 +86,6 @@ int main(int argc, char** argv) {
     bool ta, tb;
     int M, N, K;
   };
-  // Each shape timed with `set` off and on in turn, three turns each, best of R per turn.
-  const auto ab = [&](const Shape* list, size_t n, void (*set)(bool), const char* off, const char* on,
-                      const char* (*note)(const Shape&)) {
-    std::printf("%-36s %12s %12s %8s\n", "GEMM (MxNxK)", off, on, "ratio");
-    for (size_t i = 0; i < n; ++i) {
-      const Shape& s = list[i];
-      double g[2] = {0, 0};
-      for (int turn = 0; turn < 6; ++turn) {
-        set(turn % 2 == 1);
-        g[turn % 2] = std::max(g[turn % 2], best_gflops(s.ta, s.tb, s.M, s.N, s.K, repeats));
-      }
-      set(true);
-      char label[96];
-      std::snprintf(label, sizeof label, "%s %dx%dx%d", s.what, s.M, s.N, s.K);
-      std::printf("%-36s %12.1f %12.1f %7.3fx%s\n", label, g[0], g[1], g[1] / g[0], note(s));
-    }
-  };
   if (deep_ab) {
     if (!uoe::gemm_rows_independent(false, false, 512)) {  // uoe's kernel takes no depth-512 product here
       std::printf("# --deep-ab: at precision %s with %s, uoe's kernel takes no fp32 product of depth 512: nothing to "
@@ -114,9 +96,19 @@ int main(int argc, char** argv) {
                           {"x*Wqkv NN", false, false, rows, 384, 512},     {"dqkv*Wqkv^T NT", false, true, rows, 512, 384},
                           {"do*Wo^T NT", false, true, rows, 128, 512},     {"logits NT", false, true, 2 * rows, 256, 512},
                           {"x*W1 NN wide", false, false, rows, 2048, 512}, {"dh*W1^T NT deep", false, true, rows, 512, 2048}};
-    ab(deep, std::size(deep), uoe::gemm_set_own_deep, "OpenBLAS", "uoe kernel", [](const Shape& s) {
-      return s.K > 512 ? "  (deeper than 512: OpenBLAS either way)" : "";
-    });
+    std::printf("%-36s %12s %12s %8s\n", "GEMM (MxNxK)", "OpenBLAS", "uoe kernel", "ratio");
+    for (const Shape& s : deep) {  // off and on in turn, three turns each, best of R per turn
+      double g[2] = {0, 0};
+      for (int turn = 0; turn < 6; ++turn) {
+        uoe::gemm_set_own_deep(turn % 2 == 1);
+        g[turn % 2] = std::max(g[turn % 2], best_gflops(s.ta, s.tb, s.M, s.N, s.K, repeats));
+      }
+      uoe::gemm_set_own_deep(true);
+      char label[96];
+      std::snprintf(label, sizeof label, "%s %dx%dx%d", s.what, s.M, s.N, s.K);
+      std::printf("%-36s %12.1f %12.1f %7.3fx%s\n", label, g[0], g[1], g[1] / g[0],
+                  s.K > 512 ? "  (deeper than 512: OpenBLAS either way)" : "");
+    }
     return 0;
   }
   std::vector<Shape> shapes;

@@ -53,63 +53,6 @@ void for_expert_rows(const ExpertRows& rows, bool by_rows, Fn&& fn) {
   });
 }
 
-// The weight gradients of every expert, two products each: fn(part, parts, e, r0, r1, q) computes
-// part `part` of `parts` of expert e's product q (0 or 1) (expert_weight_gradients). Where it may run in one
-// parallel region (fp32, several threads, row parts on):
-//  - whole products (experts_set_whole_weights, on by default), when there are at least two per
-//    thread: each product goes whole (parts = 1) to one thread, the longest first to the thread
-//    with the least work so far (work = rows × the product's size; ties to the lower thread, so
-//    the assignment depends on the routing only). A whole product packs its operands once, where
-//    row parts had each thread pack all of B (d 512: OpenBLAS's packing copies were ~5% of a 2-thread
-//    step's samples);
-//  - else row parts: every thread calls fn for every product with its own part, rotated per expert
-//    and product, which evens out gemm()'s uneven cuts (a 128-row weight gradient cuts 72 + 56).
-// Else (one thread, bf16) one call per product on the calling thread with parts = 0: the whole
-// product through gemm_mixed, split over the threads by gemm() itself. Every way gives each
-// element the bits of the whole product (gemm_part_of's contract).
-template <class Fn>
-void for_expert_weight_parts(const ExpertRows& rows, const int64_t (&size)[2], Fn&& fn) {
-  const int parts = threads_inside() ? 1 : threads_count();
-  if (parts > 1 && experts_row_parts() && compute_precision() == Precision::fp32) {
-    struct Product {
-      int e, q;
-    };
-    std::vector<Product> products;
-    for (int e = 0; e < rows.n_experts; ++e)
-      if (rows.offsets[e + 1] > rows.offsets[e])
-        for (int q = 0; q < 2; ++q) products.push_back({e, q});
-    if (g_whole_weights.load(std::memory_order_relaxed) && products.size() >= 2 * static_cast<size_t>(parts)) {
-      const auto work = [&](const Product& p) { return size[p.q] * (rows.offsets[p.e + 1] - rows.offsets[p.e]); };
-      std::stable_sort(products.begin(), products.end(),
-                       [&](const Product& a, const Product& b) { return work(a) > work(b); });
-      std::vector<int64_t> load(static_cast<size_t>(parts), 0);
-      std::vector<int> owner(products.size());
-      for (size_t i = 0; i < products.size(); ++i) {
-        const int t = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
-        owner[i] = t;
-        load[static_cast<size_t>(t)] += work(products[i]);
-      }
-      parallel_ranges(parts, 1, [&](int64_t t0, int64_t t1) {
-        for (size_t i = 0; i < products.size(); ++i)
-          if (owner[i] >= t0 && owner[i] < t1) {
-            const Product& p = products[i];
-            fn(0, 1, p.e, rows.offsets[p.e], rows.offsets[p.e + 1], p.q);
-          }
-      });
-      return;
-    }
-    parallel_ranges(parts, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t)
-        for (const Product& p : products)
-          fn(static_cast<int>(t + p.e + p.q) % parts, parts, p.e, rows.offsets[p.e], rows.offsets[p.e + 1], p.q);
-    });
-    return;
-  }
-  for (int e = 0; e < rows.n_experts; ++e)
-    if (rows.offsets[e + 1] > rows.offsets[e])
-      for (int q = 0; q < 2; ++q) fn(0, 0, e, rows.offsets[e], rows.offsets[e + 1], q);
-}
-
 // fn(s0, s1) over the segments [0, nseg) of an attention cache in one parallel region, each thread
 // a contiguous run of segments: of about equal Σ L² (the score tiles' size: the causal core's work
 // grows with it) where experts_set_balanced (on by default), of equal count otherwise. Segments are
@@ -137,7 +80,7 @@ void for_segments(const AttnExpertCache& c, Fn&& fn) {
     return std::lower_bound(prefix.begin(), prefix.end(), prefix[nseg] * p / parts) - prefix.begin();
   };
   parallel_ranges(parts, 1, [&](int64_t p0, int64_t p1) {
-    const int64_t s0 = std::min<int64_t>(start(p0), nseg), s1 = std::min<int64_t>(start(p1), nseg);
+    const int64_t s0 = start(p0), s1 = start(p1);
     if (s1 > s0) fn(s0, s1);
   });
 }
@@ -151,18 +94,64 @@ struct WeightProduct {
   float* C;
 };
 
-// Both products for every expert with rows, through for_expert_weight_parts: each call computes
-// part `part` of `parts` of a product as gemm() cuts it, or (parts = 0) the whole product through
-// gemm_mixed.
+// Both weight gradients of every expert with rows. Where they may run in one parallel region
+// (fp32, several threads, row parts on):
+//  - whole products (experts_set_whole_weights, on by default), when there are at least two per
+//    thread: each product goes whole to one thread, the longest first to the thread with the least
+//    work so far (work = rows × M·N; ties to the lower thread, so the assignment depends on the
+//    routing only). A whole product packs its operands once, where row parts had each thread pack
+//    all of B (d 512: OpenBLAS's packing copies were ~5% of a 2-thread step's samples);
+//  - else row parts: every thread computes its own part of every product as gemm() cuts it
+//    (gemm_part_of), rotated per expert and product, which evens out gemm()'s uneven cuts (a 128-row
+//    weight gradient cuts 72 + 56).
+// Else (one thread, bf16) each product whole through gemm_mixed on the calling thread, split over
+// the threads by gemm() itself. Every way gives each element the bits of the whole product
+// (gemm_part_of's contract).
 void expert_weight_gradients(const ExpertRows& rows, const WeightProduct (&w)[2]) {
-  const int64_t size[2] = {static_cast<int64_t>(w[0].M) * w[0].N, static_cast<int64_t>(w[1].M) * w[1].N};
-  for_expert_weight_parts(rows, size, [&](int part, int parts, int e, int r0, int r1, int q) {
+  // Part `part` of `parts` of expert e's product q; parts = 0: the whole product via gemm_mixed.
+  const auto product = [&](int part, int parts, int e, int q) {
     const WeightProduct& p = w[q];
+    const int r0 = rows.offsets[e], n = rows.offsets[e + 1] - r0;
     const float* A = p.A + static_cast<size_t>(r0) * p.M;
     const float* B = p.B + static_cast<size_t>(r0) * p.N;
     float* C = p.C + static_cast<size_t>(e) * p.M * p.N;
-    if (parts > 0) gemm_part_of(part, parts, true, false, p.M, p.N, r1 - r0, 1.0f, A, p.M, B, p.N, 1.0f, C, p.N);
-    else gemm_mixed(true, false, p.M, p.N, r1 - r0, 1.0f, A, p.M, B, p.N, 1.0f, C, p.N);
+    if (parts > 0) gemm_part_of(part, parts, true, false, p.M, p.N, n, 1.0f, A, p.M, B, p.N, 1.0f, C, p.N);
+    else gemm_mixed(true, false, p.M, p.N, n, 1.0f, A, p.M, B, p.N, 1.0f, C, p.N);
+  };
+  struct Product {
+    int e, q;
+  };
+  std::vector<Product> products;
+  for (int e = 0; e < rows.n_experts; ++e)
+    if (rows.offsets[e + 1] > rows.offsets[e])
+      for (int q = 0; q < 2; ++q) products.push_back({e, q});
+  const int parts = threads_inside() ? 1 : threads_count();
+  if (parts <= 1 || !experts_row_parts() || compute_precision() != Precision::fp32) {
+    for (const Product& p : products) product(0, 0, p.e, p.q);
+    return;
+  }
+  if (g_whole_weights.load(std::memory_order_relaxed) && products.size() >= 2 * static_cast<size_t>(parts)) {
+    const auto work = [&](const Product& p) {
+      return static_cast<int64_t>(w[p.q].M) * w[p.q].N * (rows.offsets[p.e + 1] - rows.offsets[p.e]);
+    };
+    std::stable_sort(products.begin(), products.end(),
+                     [&](const Product& a, const Product& b) { return work(a) > work(b); });
+    std::vector<int64_t> load(static_cast<size_t>(parts), 0);
+    std::vector<int> owner(products.size());
+    for (size_t i = 0; i < products.size(); ++i) {
+      const int t = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+      owner[i] = t;
+      load[static_cast<size_t>(t)] += work(products[i]);
+    }
+    parallel_ranges(parts, 1, [&](int64_t t0, int64_t t1) {
+      for (size_t i = 0; i < products.size(); ++i)
+        if (owner[i] >= t0 && owner[i] < t1) product(0, 1, products[i].e, products[i].q);
+    });
+    return;
+  }
+  parallel_ranges(parts, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      for (const Product& p : products) product(static_cast<int>(t + p.e + p.q) % parts, parts, p.e, p.q);
   });
 }
 }  // namespace

@@ -21,7 +21,7 @@ void experts_set_row_parts(bool on);
 bool experts_row_parts();
 // Whether the experts' weight gradients go to the threads as whole products (on, the default) or
 // as every thread's row part of each product (off); the same bits either way (layers/experts.cpp,
-// for_expert_weight_parts). The A/B switch of bench-step --ab whole-weights; set it between steps.
+// expert_weight_gradients). The A/B switch of bench-step --ab whole-weights; set it between steps.
 void experts_set_whole_weights(bool on);
 // Whether the threads' shares of the experts' rows and of the attention segments are balanced (on,
 // the default: contiguous runs of the experts' rows taken together; segments by Σ L²) or cut per

@@ -104,7 +104,7 @@ void router_decide(Routing& r, const RouterSpec& spec, bool dropless) {
   r.row_offsets.assign(E + 1, 0);
   r.row_patch.clear();
   r.row_slot.clear();
-  std::vector<float> p_scratch;  // a candidate list's scores, in patch order
+  std::vector<float> p_scratch, top;  // a candidate list's scores, in patch order; a copy to partition
   for (int e = 0; e < E; ++e) {
     auto& c = cand[e];
     if (limited && static_cast<int>(c.size()) > r.capacity) {
@@ -115,7 +115,7 @@ void router_decide(Routing& r, const RouterSpec& spec, bool dropless) {
       // count) equal to t — the kept come out in patch order, with no sort.
       p_scratch.resize(c.size());
       for (size_t i = 0; i < c.size(); ++i) p_scratch[i] = r.probs[static_cast<size_t>(c[i].first) * E + e];
-      std::vector<float> top(p_scratch.begin(), p_scratch.end());
+      top.assign(p_scratch.begin(), p_scratch.end());
       float t = std::numeric_limits<float>::infinity();  // capacity 0 (never for P > 0): nothing kept
       if (r.capacity > 0) {
         std::nth_element(top.begin(), top.begin() + (r.capacity - 1), top.end(), std::greater<float>());
