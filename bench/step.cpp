@@ -14,7 +14,8 @@
 // experts_set_row_parts), own-deep (runtime/gemm.hpp, gemm_set_own_deep: NN/NT products of depth
 // 257-512 in uoe's AVX-512 kernel), whole-weights (layers/experts.hpp,
 // experts_set_whole_weights: the experts' weight gradients as whole products per thread), balanced
-// (experts_set_balanced: the threads' shares of the experts' rows and attention segments).
+// (experts_set_balanced: the threads' shares of the experts' rows and attention segments), touch-tn
+// (runtime/gemm.hpp, gemm_set_touch_tn: the TN products' A read in address order before the product).
 //
 // With no model options it runs two configurations: the reference config of the trainer issue
 // (4 layers, d 128) and the same model at d 512 (heads 8, d_ff 2048). Reported: min and median
@@ -63,7 +64,8 @@ struct AbKnob {
 const AbKnob kAbKnobs[] = {{"expert-rows", uoe::experts_set_row_parts},
                            {"own-deep", uoe::gemm_set_own_deep},
                            {"whole-weights", uoe::experts_set_whole_weights},
-                           {"balanced", uoe::experts_set_balanced}};
+                           {"balanced", uoe::experts_set_balanced},
+                           {"touch-tn", uoe::gemm_set_touch_tn}};
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -179,7 +181,7 @@ int main(int argc, char** argv) {
         const std::string k = argv[++i];
         for (const AbKnob& knob : kAbKnobs)
           if (k == knob.name) ab = &knob;
-        if (!ab) uoe::fail("bench-step: --ab ", k, ": unknown knob (expert-rows, own-deep, whole-weights, balanced)");
+        if (!ab) uoe::fail("bench-step: --ab ", k, ": unknown knob (expert-rows, own-deep, whole-weights, balanced, touch-tn)");
       }
       else if (!std::strcmp(argv[i], "--repeats") && i + 1 < argc) repeats = std::max(1, std::atoi(argv[++i]));
       else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);

@@ -91,6 +91,7 @@ const OwnChoice& own_kernel() {
 // that switch only — never on M or the thread count — so a product's bits do not either.
 constexpr int kOwnMaxDepthAvx2 = 256, kOwnMaxDepthAvx512 = 512;
 std::atomic<bool> g_own_deep{true};
+std::atomic<bool> g_touch_tn{true};  // gemm_set_touch_tn
 int own_max_depth() {
   return own_kernel().isa == OwnGemmIsa::avx512 && g_own_deep.load(std::memory_order_relaxed) ? kOwnMaxDepthAvx512
                                                                                                 : kOwnMaxDepthAvx2;
@@ -128,6 +129,11 @@ void gemm_part(bool trans_a, bool trans_b, int M, int N, int K, float alpha, con
     gemm_own(own_kernel().isa, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
+  // TN products (weight gradients: A the layer's input rows, saved by the forward long before) read
+  // A in a transposed order the hardware's prefetchers do not follow, from memory in the step: A's
+  // rows read once in address order first cost less than the misses they save (bench/README.md,
+  // "Cold operands"). Not for the router's products a vector or less wide.
+  if (trans_a && N >= 16 && g_touch_tn.load(std::memory_order_relaxed)) touch_lines(A, K, M, lda);
   // NN products and TN products (weight gradients, K = rows) are cut into pieces of at most
   // kSmallGemm multiply-adds: OpenBLAS runs such pieces with its small-matrix kernels (0.3.17+, on
   // AVX-512 cores), which need no packing of A and B and no separate zeroing of C for beta = 0. For
@@ -429,6 +435,7 @@ void gemm_set_threads(int n) {
 }
 int gemm_get_threads() { return threads_count(); }
 
+void gemm_set_touch_tn(bool on) { g_touch_tn.store(on, std::memory_order_relaxed); }
 void gemm_set_own_deep(bool on) { g_own_deep.store(on, std::memory_order_relaxed); }
 
 std::string gemm_describe() {

@@ -75,5 +75,11 @@ std::string gemm_describe();
 // them to OpenBLAS as the AVX2 width does (off): the A/B switch of bench-step --ab own-deep. Set it
 // between steps only.
 void gemm_set_own_deep(bool on);
+// Whether TN products (weight gradients) read A once in address order before OpenBLAS multiplies
+// (on, the default): A is a layer's input, saved by the forward pass and by then in memory, and the
+// kernel's transposed order of reads misses where a pass in order streams (bench/README.md, "Cold
+// operands"). The same bits either way; the A/B switch of bench-step --ab touch-tn. Set it between
+// steps only.
+void gemm_set_touch_tn(bool on);
 
 }  // namespace uoe

@@ -368,6 +368,10 @@ void gelu_forward_keep_grad(float* out, float* x, int64_t n);
 // out[c, r] = in[r, c] for r < rows, c < cols (leading dimensions ldo, ldi; single-threaded): 8 × 8
 // blocks in AVX registers where the build has AVX, the edges one element at a time. Pure moves.
 void transpose(float* out, int ldo, const float* in, int ldi, int rows, int cols);
+// Reads one float of every 64-byte line of x[r, c] for r < rows, c < cols (leading dimension ld),
+// row by row and discards them: brings an operand into cache in address order, which the
+// hardware's prefetchers follow, ahead of a kernel whose own order of reads they do not.
+void touch_lines(const float* x, int rows, int cols, int ld);
 // out[i, :] = table[ids[i], :]  (out [N, C], table [rows, C])
 void gather_rows(float* out, const float* table, const int32_t* ids, int N, int C);
 // acc[:] += Σ_i x[i, :], rows in order (bias gradients; x [N, C], acc [C])

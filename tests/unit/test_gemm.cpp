@@ -3,7 +3,8 @@
 // thread on a core with OpenBLAS's small-matrix kernels, the larger NN products are cut into row
 // pieces, TN products into K pieces (beta on the first only), and NT products with a weight-sized B
 // run as NN on a transposed copy. Inputs are small integers and alpha, beta powers of two or
-// sums of them, so every order of summation gives the exact result: equality is required.
+// sums of them, so every order of summation gives the exact result: equality is required. TN
+// products with and without A read ahead (gemm_set_touch_tn).
 #include <gtest/gtest.h>
 
 #include <vector>
@@ -44,17 +45,24 @@ void check(bool ta, bool tb, int M, int N, int K, float beta) {
 
 TEST(Gemm, MatchesNaiveProductAcrossPiecesAndTransposes) {
   const int threads = gemm_get_threads();
-  for (int t : {1, 2}) {
-    gemm_set_threads(t);
-    for (float beta : {0.0f, 0.75f})
-      for (bool ta : {false, true})
-        for (bool tb : {false, true}) {
-          check(ta, tb, 7, 5, 3, beta);        // tiny
-          check(ta, tb, 300, 128, 128, beta);  // NN: row pieces of 61; NT: transposed B
-          check(ta, tb, 128, 96, 500, beta);   // TN: K pieces of 81
-          check(ta, tb, 1030, 130, 33, beta);  // ragged pieces
-        }
+  // TN products read A once before the product where gemm_set_touch_tn is on (the default): the
+  // same result either way, and (in the sanitizer pass) no read outside A's padded rows.
+  for (bool touch : {true, false}) {
+    gemm_set_touch_tn(touch);
+    for (int t : {1, 2}) {
+      gemm_set_threads(t);
+      for (float beta : {0.0f, 0.75f})
+        for (bool ta : {false, true})
+          for (bool tb : {false, true}) {
+            check(ta, tb, 7, 5, 3, beta);        // tiny
+            check(ta, tb, 300, 128, 128, beta);  // NN: row pieces of 61; NT: transposed B
+            check(ta, tb, 128, 96, 500, beta);   // TN: K pieces of 81
+            check(ta, tb, 1030, 130, 33, beta);  // ragged pieces
+            check(ta, tb, 37, 21, 70, beta);     // TN: a width not a multiple of 16 (A's last line)
+          }
+    }
   }
+  gemm_set_touch_tn(true);
   gemm_set_threads(threads);
 }
 
