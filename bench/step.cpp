@@ -5,7 +5,7 @@
 // GEMM; per phase the median over the timed steps). One process: the exchange is local (no MPI), so
 // its time is the routed rows' gathering only.
 //
-//   build/bin/bench-step [--csv FILE] [--threads N] [--repeats R] [--ab KNOB] [uoe-train model options…]
+//   build/bin/bench-step [--csv FILE] [--threads N] [--repeats R] [--ab KNOB] [--gemm-kinds] [uoe-train model options…]
 //
 // --ab KNOB: an A/B comparison inside one process, where a VM's speed drifting over minutes hits
 // both sides alike: the timed steps alternate between the knob off (A) and on (B) in the order
@@ -17,11 +17,16 @@
 // (experts_set_balanced: the threads' shares of the experts' rows and attention segments), touch-tn
 // (runtime/gemm.hpp, gemm_set_touch_tn: the TN products' A read in address order before the product).
 //
+// --gemm-kinds: after the timed steps, R more steps timing every product by kind (NN, NT, TN, narrow)
+// and R more running each product a second time at once on the same operands (runtime/gemm.hpp,
+// gemm_observe): the products' rate in the step against their rate with the operands in cache.
+//
 // With no model options it runs two configurations: the reference config of the trainer issue
 // (4 layers, d 128) and the same model at d 512 (heads 8, d_ff 2048). Reported: min and median
 // step time over R timed steps after 3 warm-up steps; FLOPs are those the step executed (routed
 // rows and attended segments, backward = 2× forward), so dropped tokens are not counted.
 #include <algorithm>
+#include <array>
 #include <optional>
 #include <chrono>
 #include <cstdio>
@@ -54,6 +59,9 @@ struct Row {
   double tokens_per_s, step_min_ms, step_median_ms, gflops, share;
   uoe::PhaseSeconds phases;  // median seconds of each phase over the timed steps
   std::vector<double> a_times, b_times;  // --ab: each side's timed steps, in pair order
+  // --gemm-kinds: the products by kind over `kind_steps` more steps, in step (pass 1) and replayed hot (pass 2)
+  std::array<uoe::GemmKindTimes, uoe::kGemmKinds> in_step{}, hot{};
+  int kind_steps = 0;
 };
 
 // The runtime switches --ab can compare: set(false) is A, set(true) is B.
@@ -73,7 +81,7 @@ double median(std::vector<double> v) {
 }
 
 Row bench_config(const std::string& name, const uoe::Config& cfg, const uoe::TokenStream& tokens, int repeats,
-                 const AbKnob* ab = nullptr) {
+                 const AbKnob* ab = nullptr, bool gemm_kinds = false) {
   uoe::LocalExchange exchange;
   uoe::Model model(uoe::model_spec_from_config(cfg, 256), cfg.seed, &exchange);
   uoe::AdamWSpec aspec;
@@ -117,6 +125,16 @@ Row bench_config(const std::string& name, const uoe::Config& cfg, const uoe::Tok
     phases.seconds[p] = phase_times[p][phase_times[p].size() / 2];
   }
   if (ab) ab->set(true);
+  if (gemm_kinds) {  // after the timed steps: `repeats` steps observed, then `repeats` with replays
+    int s = 4 + repeats;
+    for (const bool replay : {false, true}) {
+      uoe::gemm_observe(true, replay);
+      for (int i = 0; i < repeats; ++i, ++s) uoe::train_step(model, opt, cfg, tokens, s, ranks);
+      (replay ? r.hot : r.in_step) = uoe::gemm_observed();
+      uoe::gemm_observe(false, false);
+    }
+    r.kind_steps = repeats;
+  }
   r.name = name;
   r.step_min_ms = times.front() * 1e3;
   r.step_median_ms = med * 1e3;
@@ -173,6 +191,7 @@ int main(int argc, char** argv) {
   try {
     std::string csv;
     int repeats = 20, threads = 0;
+    bool gemm_kinds = false;
     const AbKnob* ab = nullptr;
     std::vector<const char*> rest = {argv[0]};
     for (int i = 1; i < argc; ++i) {
@@ -183,6 +202,7 @@ int main(int argc, char** argv) {
           if (k == knob.name) ab = &knob;
         if (!ab) uoe::fail("bench-step: --ab ", k, ": unknown knob (expert-rows, own-deep, whole-weights, balanced, touch-tn)");
       }
+      else if (!std::strcmp(argv[i], "--gemm-kinds")) gemm_kinds = true;
       else if (!std::strcmp(argv[i], "--repeats") && i + 1 < argc) repeats = std::max(1, std::atoi(argv[++i]));
       else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
       else rest.push_back(argv[i]);
@@ -242,7 +262,7 @@ int main(int argc, char** argv) {
     }
     std::vector<Row> rows;
     for (const auto& [name, cfg] : configs) {
-      rows.push_back(bench_config(name, cfg, tokens, repeats));
+      rows.push_back(bench_config(name, cfg, tokens, repeats, nullptr, gemm_kinds));
       probes.push_back(uoe::fma_peak_measure(uoe::cpu_features_detect(), nthreads));
     }
     const uoe::FmaPeak fma = best_probe();
@@ -275,6 +295,25 @@ int main(int argc, char** argv) {
         std::printf(" %8.2f (%4.1f%%)", s * 1e3, 100.0 * s / sum);
       }
       std::printf(" %9.2f %12.2f\n", sum * 1e3, r.step_median_ms);
+    }
+    if (gemm_kinds) {
+      std::printf("\n# the products by kind (--gemm-kinds), per step over %d more steps: each thread's part as it "
+                  "reached a kernel; ms are summed over the threads, GFLOP/s are per thread (of the FMA peak's %.1f); "
+                  "hot: each part run again at once on its operands, then in cache (%d further steps)\n",
+                  repeats, peak / nthreads, repeats);
+      std::printf("%-16s %-7s %10s %11s %11s %12s %11s %12s %12s\n", "config", "kind", "calls", "GFLOP", "in-step ms",
+                  "GFLOP/s", "hot ms", "GFLOP/s hot", "in-step/hot");
+      for (const Row& r : rows) {
+        const double n = r.kind_steps;
+        for (int k = 0; k < uoe::kGemmKinds; ++k) {
+          const uoe::GemmKindTimes &a = r.in_step[k], &h = r.hot[k];
+          if (a.calls == 0 || h.calls == 0) continue;
+          const double rate = a.flops / a.seconds * 1e-9, hot_rate = h.flops / h.hot_seconds * 1e-9;
+          std::printf("%-16s %-7s %10.1f %11.3f %11.2f %12.1f %11.2f %12.1f %11.2fx\n", r.name.c_str(),
+                      uoe::gemm_kind_name(static_cast<uoe::GemmKind>(k)), a.calls / n, a.flops / n * 1e-9,
+                      a.seconds / n * 1e3, rate, h.hot_seconds / n * 1e3, hot_rate, hot_rate / rate);
+        }
+      }
     }
     if (rest.size() == 1) {
       // The MLP block of each default config: 2048 tokens × top-2 over 4 experts of f = d_ff / 4

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,7 @@
 #include "runtime/kernels.hpp"
 #include "runtime/onednn_gemm.hpp"
 #include "runtime/profile.hpp"
+#include "runtime/tensor.hpp"
 #include "runtime/threads.hpp"
 
 namespace uoe {
@@ -123,8 +125,8 @@ bool one_large_blas_call(bool trans_a, bool trans_b, int whole_M, int whole_N, i
 // the product was split over threads; period: the row period the product is split at (row_period(),
 // or the candidate being probed), so that its row pieces are cut at multiples of it too — every
 // call then starts at a multiple of the period in the whole product, whatever the thread count.
-void gemm_part(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
-               const float* B, int ldb, float beta, float* C, int ldc, int whole_M, int whole_N, int period) {
+void gemm_part_run(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+                   const float* B, int ldb, float beta, float* C, int ldc, int whole_M, int whole_N, int period) {
   if (own_kernel_takes(trans_a, K)) {
     gemm_own(own_kernel().isa, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
@@ -165,6 +167,44 @@ void gemm_part(bool trans_a, bool trans_b, int M, int N, int K, float alpha, con
   }
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
               M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+// gemm_observe: 0 off, 1 timing the parts, 2 timing them and their replays.
+std::atomic<int> g_observe{0};
+std::mutex g_observed_mu;
+std::array<GemmKindTimes, kGemmKinds> g_observed;
+
+GemmKind kind_of(bool trans_a, bool trans_b, int M, int N) {
+  if (std::min(M, N) <= kNarrowProduct) return GemmKind::narrow;
+  return trans_a ? GemmKind::tn : trans_b ? GemmKind::nt : GemmKind::nn;
+}
+
+void gemm_part(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+               const float* B, int ldb, float beta, float* C, int ldc, int whole_M, int whole_N, int period) {
+  const int observe = g_observe.load(std::memory_order_relaxed);
+  if (observe == 0) {
+    gemm_part_run(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, whole_M, whole_N, period);
+    return;
+  }
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  gemm_part_run(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, whole_M, whole_N, period);
+  const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
+  double hot = 0;
+  if (observe == 2) {  // the same part at once, its operands now in cache, into a scratch C
+    static thread_local FloatBuffer scratch;
+    scratch.resize_uninit(static_cast<size_t>(M) * ldc);
+    const auto t1 = clock::now();
+    gemm_part_run(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, 0.0f, scratch.data(), ldc, whole_M, whole_N,
+                  period);
+    hot = std::chrono::duration<double>(clock::now() - t1).count();
+  }
+  const std::lock_guard<std::mutex> lock(g_observed_mu);
+  GemmKindTimes& t = g_observed[static_cast<int>(kind_of(trans_a, trans_b, M, N))];
+  ++t.calls;
+  t.flops += 2.0 * M * N * static_cast<double>(K);
+  t.seconds += seconds;
+  t.hot_seconds += hot;
 }
 
 // The BLAS kernels compute C in tiles of rows, with other code for a last, shorter tile; so C's rows
@@ -434,6 +474,27 @@ void gemm_set_threads(int n) {
   if (n > 0) threads_set(n);
 }
 int gemm_get_threads() { return threads_count(); }
+
+void gemm_observe(bool on, bool replay) {
+  {
+    const std::lock_guard<std::mutex> lock(g_observed_mu);
+    if (on) g_observed = {};
+  }
+  g_observe.store(on ? (replay ? 2 : 1) : 0, std::memory_order_relaxed);
+}
+std::array<GemmKindTimes, kGemmKinds> gemm_observed() {
+  const std::lock_guard<std::mutex> lock(g_observed_mu);
+  return g_observed;
+}
+const char* gemm_kind_name(GemmKind k) {
+  switch (k) {
+    case GemmKind::nn: return "NN";
+    case GemmKind::nt: return "NT";
+    case GemmKind::tn: return "TN";
+    case GemmKind::narrow: break;
+  }
+  return "narrow";
+}
 
 void gemm_set_touch_tn(bool on) { g_touch_tn.store(on, std::memory_order_relaxed); }
 void gemm_set_own_deep(bool on) { g_own_deep.store(on, std::memory_order_relaxed); }

@@ -3,6 +3,8 @@
 // Large products run split over the compute threads (runtime/threads.hpp) by rows or columns of C,
 // each part a single-threaded BLAS call: the same bits for any thread count.
 #pragma once
+#include <array>
+#include <cstdint>
 #include <string>
 
 #include "runtime/cpu_features.hpp"  // Bf16GemmPath
@@ -81,5 +83,22 @@ void gemm_set_own_deep(bool on);
 // operands"). The same bits either way; the A/B switch of bench-step --ab touch-tn. Set it between
 // steps only.
 void gemm_set_touch_tn(bool on);
+
+// A diagnostic (bench-step --gemm-kinds): while on, every part of a product that reaches a kernel
+// (each thread's rows of a split product, as the BLAS or uoe's kernel gets it) is timed and counted
+// by kind; with replay, each part then runs a second time at once, on the same operands, into a
+// scratch C, timed apart: the same product with its operands in cache. In-step time against hot
+// time is what the step loses to operands fetched from memory. Replays double the GEMM work, so
+// the step's own timings mean nothing while they run. Set it between steps only.
+enum class GemmKind { nn, nt, tn, narrow };  // narrow: M or N at most kNarrowProduct (the routers')
+inline constexpr int kGemmKinds = 4;
+inline constexpr int kNarrowProduct = 8;
+struct GemmKindTimes {
+  int64_t calls = 0;
+  double flops = 0, seconds = 0, hot_seconds = 0;  // seconds summed over the threads
+};
+void gemm_observe(bool on, bool replay);  // on: from zero
+std::array<GemmKindTimes, kGemmKinds> gemm_observed();
+const char* gemm_kind_name(GemmKind k);
 
 }  // namespace uoe
