@@ -230,11 +230,11 @@ int probe_row_period() {
         whole.assign(static_cast<size_t>(M) * N, 0.0f);
         parts.assign(whole.size(), 0.0f);
         const int lda = ta ? M : K, ldb = tb ? K : N;
-        gemm_part(ta, tb, M, N, K, 1.0f, A.data(), lda, B.data(), ldb, 0.0f, whole.data(), N, M, N, period);
+        gemm_part_run(ta, tb, M, N, K, 1.0f, A.data(), lda, B.data(), ldb, 0.0f, whole.data(), N, M, N, period);
         const int cut[] = {0, period, 3 * period, M};
         for (int p = 0; p < 3; ++p)
-          gemm_part(ta, tb, cut[p + 1] - cut[p], N, K, 1.0f, ta ? A.data() + cut[p] : A.data() + cut[p] * lda, lda,
-                    B.data(), ldb, 0.0f, parts.data() + static_cast<size_t>(cut[p]) * N, N, M, N, period);
+          gemm_part_run(ta, tb, cut[p + 1] - cut[p], N, K, 1.0f, ta ? A.data() + cut[p] : A.data() + cut[p] * lda, lda,
+                        B.data(), ldb, 0.0f, parts.data() + static_cast<size_t>(cut[p]) * N, N, M, N, period);
         same = std::memcmp(whole.data(), parts.data(), whole.size() * sizeof(float)) == 0;
       }
     if (same) return period;

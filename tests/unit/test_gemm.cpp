@@ -7,6 +7,7 @@
 // products with and without A read ahead (gemm_set_touch_tn).
 #include <gtest/gtest.h>
 
+#include <string>
 #include <vector>
 
 #include "runtime/gemm.hpp"
@@ -63,6 +64,41 @@ TEST(Gemm, MatchesNaiveProductAcrossPiecesAndTransposes) {
     }
   }
   gemm_set_touch_tn(true);
+  gemm_set_threads(threads);
+}
+
+// bench-step --gemm-kinds: observed products keep their exact results (the replay writes a scratch
+// C), and each part is counted once under its kind with its multiply-adds.
+TEST(Gemm, ObservedProductsAreCountedByKindAndKeepTheirResults) {
+  const int threads = gemm_get_threads();
+  gemm_set_threads(1);
+  for (bool replay : {false, true}) {
+    gemm_observe(true, replay);
+    check(false, false, 300, 128, 128, 0.0f);
+    check(false, true, 300, 128, 128, 0.75f);
+    check(true, false, 128, 96, 500, 0.0f);
+    check(false, false, 64, 4, 128, 0.0f);  // a router's product: narrow
+    const auto seen = gemm_observed();
+    gemm_observe(false, false);
+    const double nn = 2.0 * 300 * 128 * 128, tn = 2.0 * 128 * 96 * 500, narrow = 2.0 * 64 * 4 * 128;
+    // (The NT product reaches the kernel as NN on a transposed copy where uoe's kernel is off.)
+    const GemmKindTimes &sn = seen[static_cast<int>(GemmKind::nn)], &st = seen[static_cast<int>(GemmKind::nt)];
+    EXPECT_EQ(sn.calls + st.calls, 2);
+    EXPECT_EQ(sn.flops + st.flops, 2 * nn);
+    EXPECT_EQ(sn.calls, gemm_describe().find("uoe's") != std::string::npos ? 1 : 2) << gemm_describe();
+    EXPECT_EQ(seen[static_cast<int>(GemmKind::tn)].calls, 1);
+    EXPECT_EQ(seen[static_cast<int>(GemmKind::tn)].flops, tn);
+    EXPECT_EQ(seen[static_cast<int>(GemmKind::narrow)].calls, 1);
+    EXPECT_EQ(seen[static_cast<int>(GemmKind::narrow)].flops, narrow);
+    for (const GemmKindTimes& t : seen) {
+      if (t.calls == 0) continue;
+      EXPECT_GT(t.seconds, 0.0);
+      EXPECT_EQ(t.hot_seconds > 0.0, replay);
+    }
+  }
+  const int64_t before = gemm_observed()[static_cast<int>(GemmKind::nn)].calls;
+  check(false, false, 300, 128, 128, 0.0f);  // off again: nothing more counted
+  EXPECT_EQ(gemm_observed()[static_cast<int>(GemmKind::nn)].calls, before);
   gemm_set_threads(threads);
 }
 
