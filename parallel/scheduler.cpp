@@ -38,9 +38,10 @@ CommScheduler::Ticket CommScheduler::submit(std::function<void()> fn) {
         failure_ = std::current_exception();
         failed_at_ = t;
       }
+      const double cpu = thread_cpu_seconds() - c0;  // read inside the wall interval: cpu ≤ dt
       const double dt = since(t0);
       busy_ += dt;
-      cpu_ += thread_cpu_seconds() - c0;
+      cpu_ += cpu;
       exposed_ += dt;  // the caller waited for all of it
     }
     completed_ = t;
@@ -80,7 +81,8 @@ void CommScheduler::run_worker() {
     } catch (...) {
       err = std::current_exception();
     }
-    const double dt = since(t0), cpu = thread_cpu_seconds() - c0;
+    const double cpu = thread_cpu_seconds() - c0;  // read inside the wall interval: cpu ≤ dt
+    const double dt = since(t0);
     {
       std::lock_guard<std::mutex> lock(mu_);
       busy_ += dt;
