@@ -3,9 +3,9 @@
 // here: a large GEMM by rows (or columns) of C, the attention core by segments, the row kernels by
 // rows, the experts' chains of products by contiguous runs of their rows and their weight gradients
 // by whole products (layers/experts.cpp). One pool and no nested one, so N threads never become N ×
-// BLAS threads, and a split never
-// changes any result: every caller gives each item its own arithmetic (a row of C, a segment, a
-// token), never a sum across parts, so a run computes the same bits on 1 thread as on N.
+// BLAS threads, and a split never changes any result: every caller gives each item its own
+// arithmetic (a row of C, a segment, a token), never a sum across parts, so a run computes the same
+// bits on 1 thread as on N.
 //
 // OpenMP (GCC's libgomp) underneath, confined to threads.cpp: its threads spin briefly between
 // regions and then sleep, so the many short regions of a step start in a few microseconds.
