@@ -43,6 +43,7 @@
 #include "layers/router.hpp"
 #include "layers/train_step.hpp"
 #include "parallel/exchange.hpp"
+#include "runtime/bf16.hpp"
 #include "runtime/config.hpp"
 #include "runtime/cpu_affinity.hpp"
 #include "runtime/cpu_features.hpp"
@@ -227,6 +228,7 @@ int main(int argc, char** argv) {
     if (rest.size() > 1) {
       const std::optional<uoe::Config> custom = uoe::bench::model_config(rest);
       if (!custom) return 0;
+      if (custom->device != "cpu") uoe::fail("bench-step: --device ", custom->device, ": bench-step times the CPU step only");
       configs.push_back({"custom", *custom});
     } else {
       configs.push_back({"reference d128", base});  // the Config defaults are the reference config
@@ -243,7 +245,10 @@ int main(int argc, char** argv) {
                                                       uoe::TokenizerKind::byte, data_cfg.seq_len, "built-in corpus")
                                       .train;
 
+    // --precision: the process's compute precision, as uoe-train's make_step sets it.
+    uoe::compute_precision_set(uoe::precision_parse(configs.front().second.precision));
     std::printf("# bench-step: %s\n", uoe::blas_kernels_summary().c_str());
+    if (uoe::compute_precision() == uoe::Precision::bf16) std::printf("# precision bf16: %s\n", uoe::gemm_bf16_describe().c_str());
     if (ab) {
       std::printf("# --ab %s: timed steps alternate A (off) and B (on), A B B A …; medians of each side\n", ab->name);
       std::printf("%-16s %12s %12s %10s %22s %6s\n", "config", "A med ms", "B med ms", "B/A speed", "per-pair B/A min-max",
@@ -273,6 +278,9 @@ int main(int argc, char** argv) {
                 "each configuration: %s), sgemm peak %.1f GFLOP/s (best of 512/1024/2048 cubed, %.0f%% of the FMA peak)\n",
                 nthreads, peak, uoe::fma_peak_describe(fma).c_str(), probes.size(), all.c_str(), sgemm_peak,
                 100.0 * sgemm_peak / peak);
+    if (uoe::compute_precision() == uoe::Precision::bf16)
+      std::printf("# bf16: the GEMMs run on the CPU's bf16 units or emulated (line above); \"of FMA\" is still "
+                  "the share of the fp32 FMA peak, which bf16 units can pass\n");
     std::printf("%-16s %6s %5s %12s %12s %12s %10s %8s\n", "config", "d", "B·T", "tokens/s", "step min ms",
                 "step med ms", "GFLOP/s", "of FMA");
     for (size_t i = 0; i < rows.size(); ++i) {

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <string>
 
+#include "runtime/bf16.hpp"
 #include "runtime/log.hpp"
 
 namespace uoe {
@@ -86,6 +87,8 @@ void log_step_line(int step, int steps, double lr, const StepWindow& w, const Wi
   // The FMA peak is the host CPU's: on the GPU path the model FLOP/s are shown as they are.
   char rate[40];
   if (on_gpu) std::snprintf(rate, sizeof rate, "%.2f model TFLOP/s", w.flops / w.time * 1e-12);
+  else if (compute_precision() == Precision::bf16)  // the GEMMs on bf16 units or emulated: see the start-up line
+    std::snprintf(rate, sizeof rate, "%4.1f%% of fp32 FMA peak", 100.0 * share);
   else std::snprintf(rate, sizeof rate, "%4.1f%% of FMA peak", 100.0 * share);
   log_info("step %6d/%d | loss %.4f | lr %.3e | %8.0f tok/s | %s | load max/mean %.2f | "
            "dropped %4.1f%% | comm %4.1f%% of step, %3.0f%% hidden | ETA %s",

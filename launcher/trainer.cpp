@@ -245,12 +245,19 @@ void Trainer::describe() const {
     log_info("precision bf16: %s; expert rows exchanged as bf16, gradients reduced in fp32",
              device_parse(cfg.device) == Device::cuda ? "cuBLAS GEMMs on bf16 inputs, fp32 accumulation"
                                                       : gemm_bf16_describe().c_str());
+  // In bf16 on a CPU with bf16 units (oneDNN's path) the GEMMs run on them, not on the fp32 FMAs the
+  // probe measures: the share is still quoted against the fp32 peak, and says so.
+  const bool bf16_units = !on_gpu_ && precision_parse(cfg.precision) == Precision::bf16 &&
+                          gemm_bf16_path() == Bf16GemmPath::onednn;
   log_info("FMA peak %.1f GFLOP/s per rank: %s%s; utilisation = model FLOP/s per rank against it (sgemm reaches "
-           "%.0f%% of the probe's rate)", peak, fma_peak_describe(fma_).c_str(),
+           "%.0f%% of the probe's rate)%s", peak, fma_peak_describe(fma_).c_str(),
            node_threads > cores ? (", × " + std::to_string(cores) + " cores / " + std::to_string(node_threads) +
                                    " threads on this node").c_str()
                                 : "",
-           100.0 * sgemm_peak / fma_.gflops);
+           100.0 * sgemm_peak / fma_.gflops,
+           bf16_units ? "; in bf16 the GEMMs run on the CPU's bf16 units, whose peak this fp32 probe does not "
+                        "measure: the share is of the fp32 peak and can pass 100%"
+                      : "");
   if (on_gpu_)
     log_info("device: rank 0 computes on %s; parameters, gradients and AdamW stay on the GPU, the gradient "
              "all-reduce goes through the host (docs/gpu.md)", step_->describe().c_str());

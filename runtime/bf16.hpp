@@ -55,11 +55,17 @@ class ScopedPrecision {
   Precision saved_;
 };
 
-// Host loops over the bodies above. bf16_round_inplace splits over the compute threads
-// (element-wise: the same bits on any thread count); pack and unpack run on the calling thread (the
-// expert exchange calls them on the communication thread, beside the compute threads' work).
+// Host loops over the bodies above, in AVX-512 or AVX2 registers where the build has them (the same
+// integer arithmetic lane by lane: the same bits as the scalar bodies, NaNs, infinities and
+// subnormals included — not the CPU's own bf16 conversion, which reads subnormals as zero).
+// bf16_round_inplace splits over the compute threads (element-wise: the same bits on any thread
+// count); the others run on the calling thread (the expert exchange calls pack and unpack on the
+// communication thread, beside the compute threads' work; the GEMMs' input copies call the row
+// forms inside their own thread split).
 void bf16_round_inplace(float* x, size_t n);
 void bf16_pack(uint16_t* out, const float* in, size_t n);
 void bf16_unpack(float* out, const uint16_t* in, size_t n);
+// out[i] = bf16_round(in[i]) for i < n (out may equal in).
+void bf16_round_copy(float* out, const float* in, size_t n);
 
 }  // namespace uoe

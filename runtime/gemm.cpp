@@ -355,8 +355,7 @@ void round_copy(std::vector<float>& out, const float* in, int rows, int cols, in
   out.resize(static_cast<size_t>(rows) * cols);
   float* o = out.data();
   parallel_ranges(rows, std::max(1, (1 << 14) / std::max(cols, 1)), [=](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r)
-      for (int c = 0; c < cols; ++c) o[r * cols + c] = bf16_round(in[r * ld + c]);
+    for (int64_t r = r0; r < r1; ++r) bf16_round_copy(o + r * cols, in + r * ld, static_cast<size_t>(cols));
   });
 }
 }  // namespace

@@ -19,14 +19,16 @@
 #include "runtime/bf16.hpp"
 #include "runtime/cpu_features.hpp"
 #include "runtime/error.hpp"
+#include "runtime/kernels.hpp"
 #include "runtime/profile.hpp"
+#include "runtime/tensor.hpp"
 #include "runtime/threads.hpp"
 
 namespace uoe {
 namespace {
 constexpr double kMinParallelMacs = 1 << 19;  // as gemm(): smaller products stay whole
 constexpr size_t kMaxCached = 4096;           // primitives; the cache starts over beyond (see Cache)
-constexpr int kTile = 16;                     // rows of a transposed operand rounded together
+constexpr int kTile = 16;                     // rows per thread at least
 
 const char* type_name(OnednnInput in) { return in == OnednnInput::bf16 ? "bf16" : "f32"; }
 dnnl::memory::data_type data_type(OnednnInput in) {
@@ -142,38 +144,40 @@ void run(OnednnInput in, int M, int N, int K, float alpha, const void* A, const 
   }
 }
 
-// The bf16-rounded input in `in`'s carrier: the bf16 bits, or the same number as an fp32.
-template <class T>
-T carry(float x);
-template <>
-uint16_t carry<uint16_t>(float x) {
-  return bf16_from_float(x);
-}
-template <>
-float carry<float>(float x) {
-  return bf16_round(x);
-}
+// A row of the bf16-rounded input in `in`'s carrier: the bf16 bits, or the same numbers as fp32.
+void round_row(uint16_t* out, const float* in, size_t n) { bf16_pack(out, in, n); }
+void round_row(float* out, const float* in, size_t n) { bf16_round_copy(out, in, n); }
 
-// out [rows, cols] dense = the rounded op(in): `in` is [rows, cols] with leading dimension ld, or
-// stored transposed ([cols, rows], ld) when `trans` — then read kTile rows' worth of each stored
-// row at a time, so that reads stay contiguous. Element-wise: the same bits on any thread count.
+// out [rows_out, cols_out] dense = the rounded op(in) in its top-left [rows, cols], zeros around
+// it: `in` is [rows, cols] with leading dimension ld, or stored transposed ([cols, rows], ld) when
+// `trans` — then each thread's rows are first transposed into an fp32 buffer (runtime/kernels.hpp,
+// in registers) and rounded from there, so that every read and write runs along rows.
+// Element-wise: the same bits on any thread count.
 template <class T>
-void round_pack(std::vector<T>& out, const float* in, int ld, bool trans, int rows, int cols) {
-  out.resize(static_cast<size_t>(rows) * cols);
+void round_pack(std::vector<T>& out, const float* in, int ld, bool trans, int rows, int cols, int rows_out,
+                int cols_out) {
+  out.resize(static_cast<size_t>(rows_out) * cols_out);
   T* o = out.data();
   const int64_t grain = std::max<int64_t>(kTile, (1 << 14) / std::max(cols, 1));
   parallel_ranges(rows, grain, [=](int64_t r0, int64_t r1) {
     if (!trans) {
+      for (int64_t r = r0; r < r1; ++r) round_row(o + r * cols_out, in + r * ld, static_cast<size_t>(cols));
+    } else {
+      static thread_local FloatBuffer t;  // this thread's rows of op(in), unrounded
+      const int n = static_cast<int>(r1 - r0);
+      t.resize_uninit(static_cast<size_t>(n) * cols);
+      transpose(t.data(), cols, in + r0, ld, cols, n);
       for (int64_t r = r0; r < r1; ++r)
-        for (int c = 0; c < cols; ++c) o[r * cols + c] = carry<T>(in[r * ld + c]);
-      return;
+        round_row(o + r * cols_out, t.data() + (r - r0) * cols, static_cast<size_t>(cols));
     }
-    for (int64_t t0 = r0; t0 < r1; t0 += kTile) {
-      const int64_t t1 = std::min<int64_t>(r1, t0 + kTile);
-      for (int c = 0; c < cols; ++c)
-        for (int64_t r = t0; r < t1; ++r) o[r * cols + c] = carry<T>(in[static_cast<int64_t>(c) * ld + r]);
-    }
+    if (cols_out > cols)
+      for (int64_t r = r0; r < r1; ++r) std::fill(o + r * cols_out + cols, o + (r + 1) * cols_out, T{});
   });
+  std::fill(o + static_cast<size_t>(rows) * cols_out, o + static_cast<size_t>(rows_out) * cols_out, T{});
+}
+template <class T>
+void round_pack(std::vector<T>& out, const float* in, int ld, bool trans, int rows, int cols) {
+  round_pack(out, in, ld, trans, rows, cols, rows, cols);
 }
 
 // As gemm()'s probe (runtime/gemm.cpp): the smallest candidate period whose row splits give the
@@ -210,13 +214,27 @@ int probe_row_period(OnednnInput in) {
   return 0;
 }
 
+// The rows of C that a primitive computes come in multiples of a quantum (the row period, at
+// least kRowQuantum rows: 32 at periods up to 32), and the depth in multiples of kDepthQuantum
+// (zeros beyond K in both rounded copies: each adds an exact zero to every sum): an expert's rows
+// change from step to step, and a primitive created for every new row count cost ~1-2 ms each,
+// ~100 a step at d 512 — more than the products. With the quanta a run meets a few dozen shapes
+// per product kind, each created once.
+constexpr int kRowQuantum = 32;
+constexpr int kDepthQuantum = 32;
+
 template <class T>
 void gemm_with(OnednnInput in, bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
                const float* B, int ldb, float beta, float* C, int ldc) {
   static thread_local std::vector<T> a, b;
   static thread_local std::vector<float> c_dense;
-  round_pack(a, A, lda, trans_a, M, K);
-  round_pack(b, B, ldb, trans_b, K, N);
+  // Rows can be cut (and a cut's rows padded) only where the row period says cuts keep the bits.
+  const int period = onednn_row_period(in);
+  const int quantum = period > 0 ? period * std::max(1, kRowQuantum / period) : 0;
+  const int Kp = (K + kDepthQuantum - 1) / kDepthQuantum * kDepthQuantum;
+  // A's copy has a quantum of zero rows past M: the last cut's padded rows read them.
+  round_pack(a, A, lda, trans_a, M, K, M + quantum, Kp);
+  round_pack(b, B, ldb, trans_b, K, N, Kp, N);
   // oneDNN gets a dense C: a padded one goes through a copy (the model's never is).
   float* c = C;
   if (ldc != N) {
@@ -227,16 +245,30 @@ void gemm_with(OnednnInput in, bool trans_a, bool trans_b, int M, int N, int K, 
   }
   const T* ap = a.data();
   const T* bp = b.data();
+  // Rows [m0, m1) of C: whole quanta straight into C, the rest as one quantum through a scratch C
+  // whose padded rows are dropped.
+  auto rows = [&](int64_t m0, int64_t m1) {
+    if (quantum == 0) {
+      run(in, static_cast<int>(m1 - m0), N, Kp, alpha, ap + m0 * Kp, bp, beta, c + m0 * N);
+      return;
+    }
+    const int64_t whole = (m1 - m0) / quantum * quantum, rest = m1 - m0 - whole;
+    if (whole > 0) run(in, static_cast<int>(whole), N, Kp, alpha, ap + m0 * Kp, bp, beta, c + m0 * N);
+    if (rest == 0) return;
+    static thread_local std::vector<float> tail;
+    tail.resize(static_cast<size_t>(quantum) * N);
+    float* out = c + (m0 + whole) * N;
+    if (beta != 0.0f) std::copy(out, out + rest * N, tail.data());
+    run(in, quantum, N, Kp, alpha, ap + (m0 + whole) * Kp, bp, beta, tail.data());
+    std::copy(tail.data(), tail.data() + rest * N, out);
+  };
   const int threads = threads_inside() ? 1 : threads_count();
-  const int period = threads > 1 && static_cast<double>(M) * N * K >= kMinParallelMacs ? onednn_row_period(in) : 0;
-  const int tiles = period > 0 ? (M + period - 1) / period : 0;
+  const int tiles = period > 0 && threads > 1 && static_cast<double>(M) * N * K >= kMinParallelMacs
+                        ? (M + period - 1) / period : 0;
   if (tiles >= 2) {
-    parallel_ranges(tiles, 1, [&](int64_t t0, int64_t t1) {
-      const int64_t m0 = t0 * period, m1 = std::min<int64_t>(M, t1 * period);
-      run(in, static_cast<int>(m1 - m0), N, K, alpha, ap + m0 * K, bp, beta, c + m0 * N);
-    });
+    parallel_ranges(tiles, 1, [&](int64_t t0, int64_t t1) { rows(t0 * period, std::min<int64_t>(M, t1 * period)); });
   } else {
-    run(in, M, N, K, alpha, ap, bp, beta, c);
+    rows(0, M);
   }
   if (ldc != N)
     for (int i = 0; i < M; ++i) std::copy(c + static_cast<size_t>(i) * N, c + static_cast<size_t>(i) * N + N, C + static_cast<size_t>(i) * ldc);

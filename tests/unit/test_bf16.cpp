@@ -107,6 +107,56 @@ TEST(Bf16, PackAndUnpackAreTheRoundingBody) {
   }
 }
 
+// The loops over many floats (runtime/bf16.cpp) run the rounding in vector registers where the
+// build has AVX2 or AVX-512: every lane must give the scalar body's bits for every kind of float —
+// subnormals (which the CPU's own bf16 conversion reads as zero), NaNs whose payload lies only in
+// the low 16 bits, infinities, FLT_MAX, ties — at every position in a vector and in the tail.
+TEST(Bf16, VectorLoopsGiveTheScalarBodysBitsForEveryKindOfFloat) {
+  std::vector<uint32_t> patterns = {0x00000000u, 0x80000000u, 0x00000001u, 0x807fffffu, 0x00008000u, 0x00018000u,
+                                    0x3f808000u, 0x3f818000u, 0x3f808001u, 0x7f7fffffu, 0xff7fffffu, 0x7f7f8000u,
+                                    0x7f800000u, 0xff800000u, 0x7f800001u, 0xff800001u, 0x7fc00000u, 0x7fffffffu,
+                                    0xffffffffu, 0x7f80ffffu};
+  // Then random bit patterns: every exponent, 0 (subnormal) and 255 (inf/NaN) included.
+  for (uint64_t i = 0; patterns.size() < 4099; ++i) patterns.push_back(static_cast<uint32_t>(rng_bits(7, 8, i)));
+  std::vector<float> x(patterns.size());
+  for (size_t i = 0; i < x.size(); ++i) x[i] = from_bits(patterns[i]);
+  size_t subnormal = 0, nan = 0;
+  for (float v : x) {
+    subnormal += std::fpclassify(v) == FP_SUBNORMAL;
+    nan += std::isnan(v);
+  }
+  ASSERT_GT(subnormal, 2u);
+  ASSERT_GT(nan, 2u);
+  // Every start and length modulo a vector: the vector body and the scalar tail both see each value.
+  for (size_t start : {size_t{0}, size_t{1}, size_t{7}, size_t{15}})
+    for (size_t n : {size_t{0}, size_t{5}, size_t{16}, size_t{33}, x.size() - start}) {
+      SCOPED_TRACE("start " + std::to_string(start) + " n " + std::to_string(n));
+      std::vector<uint16_t> packed(n, 0xabcd);
+      std::vector<float> rounded(n), back(n), inplace(x.begin() + start, x.begin() + start + n);
+      bf16_pack(packed.data(), x.data() + start, n);
+      bf16_round_copy(rounded.data(), x.data() + start, n);
+      bf16_round_inplace(inplace.data(), n);
+      bf16_unpack(back.data(), packed.data(), n);
+      size_t bad = 0;
+      for (size_t i = 0; i < n; ++i) {
+        const float v = x[start + i];
+        bad += packed[i] != bf16_from_float(v);
+        bad += bits(rounded[i]) != bits(bf16_round(v));
+        bad += bits(inplace[i]) != bits(bf16_round(v));
+        bad += bits(back[i]) != bits(bf16_to_float(packed[i]));
+      }
+      EXPECT_EQ(bad, 0u);
+    }
+  // Unpacking every bf16 bit pattern: the upper half of the fp32.
+  std::vector<uint16_t> all(65536);
+  for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<uint16_t>(i);
+  std::vector<float> wide(all.size());
+  bf16_unpack(wide.data(), all.data(), all.size());
+  size_t bad = 0;
+  for (size_t i = 0; i < all.size(); ++i) bad += bits(wide[i]) != (static_cast<uint32_t>(i) << 16);
+  EXPECT_EQ(bad, 0u);
+}
+
 TEST(Bf16, PrecisionParsesItsNamesAndRefusesOthers) {
   for (Precision p : {Precision::fp32, Precision::bf16}) EXPECT_EQ(precision_parse(precision_name(p)), p);
   try {
