@@ -86,8 +86,13 @@ class Cache {
     if (it != map_.end()) return it->second;
     if (map_.size() >= kMaxCached) map_.clear();
     auto p = std::make_shared<Primitive>(create(in, M, N, K, alpha, beta));
+    ++created_;
     map_.emplace(key, p);
     return p;
+  }
+  int64_t created() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return created_;
   }
 
  private:
@@ -115,6 +120,7 @@ class Cache {
     }
   }
 
+  int64_t created_ = 0;
   std::mutex mutex_;
   std::map<std::tuple<int, int, int, int, uint32_t, uint32_t>, std::shared_ptr<const Primitive>> map_;
 };
@@ -299,6 +305,8 @@ std::string onednn_describe(OnednnInput in) {
   if (!onednn_unavailable(in).empty()) return version();
   return version() + " " + cache().get(in, 1024, 128, 128, 1.0f, 0.0f)->pd.impl_info_str();
 }
+
+int64_t onednn_primitives_created() { return cache().created(); }
 
 int onednn_row_period(OnednnInput in) {
   if (!onednn_unavailable(in).empty()) return 0;

@@ -8,8 +8,11 @@
 // for the creation of its primitive, so its kernel plan never depends on --threads); large products
 // are split over the compute threads by rows of C at a row period found by trying, as gemm() does
 // (runtime/gemm.cpp), so a run computes the same bits on 1 thread as on N (docs/architecture.md,
-// Contracts: Determinism). Primitives are cached by shape (creating one costs far more than a small
-// product).
+// Contracts: Determinism). Primitives are cached by shape (creating one costs ~1-2 ms, more than a
+// whole expert product): the rows a primitive computes come in multiples of a row quantum (whole
+// row periods, 32 rows or more; a part's last rows padded up to one quantum through a scratch C) and
+// the depth is padded with zeros to a multiple of 32, so that the step's changing row counts map
+// onto a few dozen shapes per product kind.
 //
 // OnednnInput::f32 carries the same bf16-rounded inputs as fp32 through oneDNN's f32 matmul: each
 // product of two bf16 numbers is exact in fp32 (8 + 8 significant bits), so it computes what the bf16
@@ -17,6 +20,7 @@
 // transposes, alpha/beta, row splits and caching on CPUs whose oneDNN has no bf16 matmul (oneDNN 2.6
 // needs AVX-512 for bf16); uoe-train never selects it.
 #pragma once
+#include <cstdint>
 #include <string>
 
 namespace uoe {
@@ -36,5 +40,7 @@ void onednn_gemm(OnednnInput in, bool trans_a, bool trans_b, int M, int N, int K
 // The row period at which onednn_gemm splits C over threads (0: products stay whole), found by
 // trying once per type.
 int onednn_row_period(OnednnInput in);
+// Primitives created so far in this process (tests: row counts map onto few shapes).
+int64_t onednn_primitives_created();
 
 }  // namespace uoe

@@ -333,6 +333,64 @@ TEST_P(OnednnPath, MatchesTheEmulatedPathWithinTheSummationOrderBound) {
   EXPECT_GT(compared, 0u);
 }
 
+// An expert's row count changes every step: the oneDNN path must not create a primitive for each
+// (runtime/onednn_gemm.hpp: rows in multiples of a quantum, depth padded to 32). 96 row counts and 96
+// depths (the weight gradients' depth is a row count) on one thread, each product checked against
+// the emulated path within the summation-order bound's spirit (relative 1e-5 of Σ|a·b|: the same
+// rounded inputs, fp32 sums in another order), and the primitives created counted.
+TEST_P(OnednnPath, ChangingRowCountsAndDepthsMeetFewShapes) {
+  const OnednnInput in = GetParam();
+  const std::string why = onednn_unavailable(in);
+  if (!why.empty()) GTEST_SKIP() << why;
+  const int period = onednn_row_period(in);
+  if (period == 0) GTEST_SKIP() << "no row split keeps this oneDNN's bits: products stay whole, one shape per row count";
+  ScopedPrecision bf16(Precision::bf16);
+  const Bf16GemmForce force = in == OnednnInput::bf16 ? Bf16GemmForce::onednn : Bf16GemmForce::onednn_f32;
+  const int threads = gemm_get_threads();
+  gemm_set_threads(1);
+  const int N = 48, D = 40;
+  const auto A = normals(static_cast<size_t>(400) * D, 41), B = normals(static_cast<size_t>(400) * N, 42);
+  // Warm: the first product of each kind creates its shapes.
+  std::vector<float> C(static_cast<size_t>(400) * N), want(C.size());
+  auto both = [&](bool ta, int M, int K, int lda, int ldb) {  // C = op(A)·B, onednn against emulated
+    {
+      const ScopedBf16Gemm emulated(Bf16GemmForce::emulated);
+      gemm_mixed(ta, false, M, N, K, 1.0f, A.data(), lda, B.data(), ldb, 0.0f, want.data(), N);
+    }
+    const ScopedBf16Gemm onednn(force);
+    gemm_mixed(ta, false, M, N, K, 1.0f, A.data(), lda, B.data(), ldb, 0.0f, C.data(), N);
+    double worst = 0;
+    for (int i = 0; i < M; ++i)
+      for (int j = 0; j < N; ++j) {
+        double scale = 0;
+        for (int k = 0; k < K; ++k)
+          scale += std::fabs(bf16_round(A[ta ? static_cast<size_t>(k) * lda + i : static_cast<size_t>(i) * lda + k]) *
+                             bf16_round(B[static_cast<size_t>(k) * ldb + j]));
+        const size_t at = static_cast<size_t>(i) * N + j;
+        worst = std::max(worst, std::fabs(static_cast<double>(C[at]) - want[at]) / std::max(scale, 1e-30));
+      }
+    return worst;
+  };
+  both(false, 300, D, D, N);
+  both(true, D, 300, D, N);
+  const int64_t before = onednn_primitives_created();
+  double worst = 0;
+  for (int n = 300; n < 396; ++n) {
+    worst = std::max(worst, both(false, n, D, D, N));  // forward: rows = M
+    worst = std::max(worst, both(true, D, n, D, N));   // weight gradient: rows = depth
+  }
+  const int64_t created = onednn_primitives_created() - before;
+  gemm_set_threads(threads);
+  const int quantum = period * std::max(1, 32 / period);
+  // Rows: whole quanta (a new count each time n passes a multiple) and one quantum for the rest;
+  // depths: one per 32. Without the quanta: 192.
+  const int64_t bound = 96 / quantum + 2 + 96 / 32 + 2;
+  std::printf("[ info     ] 96 row counts and 96 depths: %lld primitives created (bound %lld; quantum %d rows)\n",
+              static_cast<long long>(created), static_cast<long long>(bound), quantum);
+  EXPECT_LE(created, bound);
+  EXPECT_LT(worst, 1e-5);
+}
+
 }  // namespace
 // gtest prints a parameter through PrintTo found next to its type (uoe::OnednnInput).
 void PrintTo(OnednnInput input, std::ostream* os) { *os << (input == OnednnInput::bf16 ? "bf16" : "f32"); }
