@@ -51,6 +51,7 @@ window draws against values computed by the C++ code, and exits. --info prints o
 (torch version, CPU capability, BLAS, oneDNN, OpenMP, compile support) and exits.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -210,6 +211,10 @@ def build_model_class(torch):
                 raise ValueError(f"patch size {self.ps} does not divide seq_len {a.seq_len}")
             self.aux_w, self.z_w = a.aux_loss, a.z_loss
             self.T = a.seq_len
+            # --precision bf16 runs the forward under autocast (main): the parts uoe keeps in fp32 in
+            # bf16 — the routers (scores, softmax, top-k, capacity) and attention's scores and
+            # softmax·V — leave it here (docs/architecture.md, Precision).
+            self.mixed = getattr(a, "precision", "fp32") == "bf16"
             self.p = {}  # uoe name -> Parameter, in uoe's order
             d, L, gd = self.d, self.L, self.g * self.dh
             std_w, std_out = 0.02, 0.02 / math.sqrt(2.0 * L)
@@ -263,7 +268,15 @@ def build_model_class(torch):
             return name == "embed" or name.endswith((".weight", ".wqkv", ".wo", ".w1", ".w2"))
 
         # -- routing (docs/model.md, Routing, Gates, Capacity, Patches) --
+        def fp32(self):
+            """A scope outside autocast where uoe computes in fp32 in bf16 too (nothing without --precision bf16)."""
+            return torch.autocast("cpu", enabled=False) if self.mixed else contextlib.nullcontext()
+
         def route(self, xn, Wr, br, E, k, aux):
+            with self.fp32():
+                return self.route_fp32(xn.float(), Wr, br, E, k, aux)
+
+        def route_fp32(self, xn, Wr, br, E, k, aux):
             """xn [N, d], the block's normalised input. Returns, per expert, (token indices it keeps,
             ascending; their gate weights). A patch is ps consecutive rows of one sequence: the router
             scores the patch's mean row, every token of the patch follows that choice and that gate, and
@@ -317,9 +330,11 @@ def build_model_class(torch):
             return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
 
         def attention(self, q, k, v, mask):  # [Bt, g, L, dh] each; mask [L, L] True = masked
-            s = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.dh))
-            s = s.masked_fill(mask, float("-inf"))
-            return torch.matmul(torch.softmax(s, dim=-1), v)
+            with self.fp32():
+                q, k, v = q.float(), k.float(), v.float()
+                s = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.dh))
+                s = s.masked_fill(mask, float("-inf"))
+                return torch.matmul(torch.softmax(s, dim=-1), v)
 
         def attn_block(self, l, h, B, aux):
             p, N, T, d, g, dh = f"layers.{l}.attn.", h.shape[0], self.T, self.d, self.g, self.dh
@@ -368,7 +383,7 @@ def build_model_class(torch):
                     continue
                 ys.append((o[r0:r0 + n] @ Wo[a]) * gt.unsqueeze(1))
                 r0 += n
-            comb = torch.zeros(N, d).index_add(0, torch.cat(idxs), torch.cat(ys))
+            comb = torch.zeros(N, d).index_add(0, torch.cat(idxs), torch.cat(ys).float())
             return h + self.p[p + "bo"] + comb
 
         def mlp_block(self, l, h, aux):
@@ -385,7 +400,7 @@ def build_model_class(torch):
                 y = F.gelu(torch.addmm(b1[e], xn.index_select(0, idx), W1[e])) @ W2[e]
                 ys.append(y * gt.unsqueeze(1))
                 idxs.append(idx)
-            comb = torch.zeros(N, d).index_add(0, torch.cat(idxs), torch.cat(ys))
+            comb = torch.zeros(N, d).index_add(0, torch.cat(idxs), torch.cat(ys).float())
             return h + self.p[p + "b2"] + comb
 
         def forward(self, inputs, targets):
@@ -675,6 +690,9 @@ def parse_args(argv):
     ap.add_argument("--blas-threads", type=int, default=0,
                     help="MKL / OpenBLAS threads if not --threads (set before torch loads; 0 = --threads)")
     ap.add_argument("--compile", action="store_true", help="torch.compile(dynamic=True) the model")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="bf16: the forward under torch.autocast('cpu', torch.bfloat16), PyTorch's mixed precision "
+                         "(matmuls on bf16 inputs, fp32 parameters and optimizer)")
     ap.add_argument("--metrics", default="", help="JSON lines, one per step")
     ap.add_argument("--ranks", type=int, default=1,
                     help="data-parallel processes (torch.distributed gloo, DistributedDataParallel): rank r draws "
@@ -798,8 +816,9 @@ def main(argv):
         t0 = time.perf_counter()
         inp, tgt = sample_batch(train, T, B, a.seed, step, slot=rank)
         inp, tgt = torch.from_numpy(inp), torch.from_numpy(tgt)
-        ce, aux = net(inp, tgt)
-        (ce + aux).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            ce, aux = net(inp, tgt)
+        (ce.float() + aux.float()).backward()
         if dist is not None:  # the logged loss: the mean over ranks, as uoe-train's
             figures = torch.tensor([ce.item(), float(aux.detach())], dtype=torch.float64)
             dist.all_reduce(figures)
@@ -835,7 +854,7 @@ def main(argv):
     summary = {"final": True, "block_type": a.block_type, "steps": len(times), "last_step": a.steps,
                "train_loss": last, "step_s_min": st[0] if st else None, "step_s_median": med,
                "tokens_per_s": B * T * world / med if st else None, "ranks": world, "threads": a.threads,
-               "blas_threads": blas, "compile": a.compile, "torch": torch.__version__,
+               "blas_threads": blas, "compile": a.compile, "precision": a.precision, "torch": torch.__version__,
                "matmul_gflops": mm_gflops, "params": sum(p.numel() for p in params),
                "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
     print(json.dumps(summary))
