@@ -76,16 +76,19 @@ struct Primitive {
 // thread may still run one that another thread's start-over dropped.
 class Cache {
  public:
-  std::shared_ptr<const Primitive> get(OnednnInput in, int M, int N, int K, float alpha, float beta) {
+  // b_trans: B is held transposed, [N, K] row-major (oneDNN's "ba" weights: the layout of a linear
+  // layer's weight, which its kernels reorder as they do a plain B — the same bits here).
+  std::shared_ptr<const Primitive> get(OnednnInput in, int M, int N, int K, float alpha, float beta,
+                                       bool b_trans = false) {
     uint32_t a = 0, b = 0;
     std::memcpy(&a, &alpha, sizeof a);
     std::memcpy(&b, &beta, sizeof b);
-    const auto key = std::make_tuple(static_cast<int>(in), M, N, K, a, b);
+    const auto key = std::make_tuple(static_cast<int>(in) * 2 + b_trans, M, N, K, a, b);
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = map_.find(key);
     if (it != map_.end()) return it->second;
     if (map_.size() >= kMaxCached) map_.clear();
-    auto p = std::make_shared<Primitive>(create(in, M, N, K, alpha, beta));
+    auto p = std::make_shared<Primitive>(create(in, M, N, K, alpha, beta, b_trans));
     ++created_;
     map_.emplace(key, p);
     return p;
@@ -96,9 +99,9 @@ class Cache {
   }
 
  private:
-  static Primitive create(OnednnInput in, int M, int N, int K, float alpha, float beta) {
+  static Primitive create(OnednnInput in, int M, int N, int K, float alpha, float beta, bool b_trans) {
     using tag = dnnl::memory::format_tag;
-    const dnnl::memory::desc a({M, K}, data_type(in), tag::ab), b({K, N}, data_type(in), tag::ab),
+    const dnnl::memory::desc a({M, K}, data_type(in), tag::ab), b({K, N}, data_type(in), b_trans ? tag::ba : tag::ab),
         c({M, N}, dnnl::memory::data_type::f32, tag::ab);
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // a buffer per calling thread (run())
@@ -129,9 +132,11 @@ Cache& cache() {
   return c;
 }
 
-// C[M,N] (dense) = alpha·A[M,K]·B[K,N] + beta·C, A and B dense in `in`'s type, on the calling thread.
-void run(OnednnInput in, int M, int N, int K, float alpha, const void* A, const void* B, float beta, float* C) {
-  const std::shared_ptr<const Primitive> p = cache().get(in, M, N, K, alpha, beta);
+// C[M,N] (dense) = alpha·A[M,K]·B[K,N] + beta·C, A and B dense in `in`'s type (B as [N, K] when
+// b_trans), on the calling thread.
+void run(OnednnInput in, int M, int N, int K, float alpha, const void* A, const void* B, float beta, float* C,
+         bool b_trans = false) {
+  const std::shared_ptr<const Primitive> p = cache().get(in, M, N, K, alpha, beta, b_trans);
   static thread_local std::unique_ptr<dnnl::stream> stream;
   static thread_local std::vector<unsigned char> scratch;
   if (!stream) stream = std::make_unique<dnnl::stream>(cpu_engine());
@@ -240,7 +245,9 @@ void gemm_with(OnednnInput in, bool trans_a, bool trans_b, int M, int N, int K, 
   const int Kp = (K + kDepthQuantum - 1) / kDepthQuantum * kDepthQuantum;
   // A's copy has a quantum of zero rows past M: the last cut's padded rows read them.
   round_pack(a, A, lda, trans_a, M, K, M + quantum, Kp);
-  round_pack(b, B, ldb, trans_b, K, N, Kp, N);
+  // A transposed B is rounded as it is stored, [N, K], and handed over as such (no transpose).
+  if (trans_b) round_pack(b, B, ldb, false, N, K, N, Kp);
+  else round_pack(b, B, ldb, false, K, N, Kp, N);
   // oneDNN gets a dense C: a padded one goes through a copy (the model's never is).
   float* c = C;
   if (ldc != N) {
@@ -255,17 +262,17 @@ void gemm_with(OnednnInput in, bool trans_a, bool trans_b, int M, int N, int K, 
   // whose padded rows are dropped.
   auto rows = [&](int64_t m0, int64_t m1) {
     if (quantum == 0) {
-      run(in, static_cast<int>(m1 - m0), N, Kp, alpha, ap + m0 * Kp, bp, beta, c + m0 * N);
+      run(in, static_cast<int>(m1 - m0), N, Kp, alpha, ap + m0 * Kp, bp, beta, c + m0 * N, trans_b);
       return;
     }
     const int64_t whole = (m1 - m0) / quantum * quantum, rest = m1 - m0 - whole;
-    if (whole > 0) run(in, static_cast<int>(whole), N, Kp, alpha, ap + m0 * Kp, bp, beta, c + m0 * N);
+    if (whole > 0) run(in, static_cast<int>(whole), N, Kp, alpha, ap + m0 * Kp, bp, beta, c + m0 * N, trans_b);
     if (rest == 0) return;
     static thread_local std::vector<float> tail;
     tail.resize(static_cast<size_t>(quantum) * N);
     float* out = c + (m0 + whole) * N;
     if (beta != 0.0f) std::copy(out, out + rest * N, tail.data());
-    run(in, quantum, N, Kp, alpha, ap + (m0 + whole) * Kp, bp, beta, tail.data());
+    run(in, quantum, N, Kp, alpha, ap + (m0 + whole) * Kp, bp, beta, tail.data(), trans_b);
     std::copy(tail.data(), tail.data() + rest * N, out);
   };
   const int threads = threads_inside() ? 1 : threads_count();

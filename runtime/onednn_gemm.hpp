@@ -1,8 +1,10 @@
 // bf16 GEMMs through oneDNN's matmul (Debian's libdnnl-dev): gemm_mixed's oneDNN path
-// (runtime/gemm.hpp). The inputs are rounded to bf16 into packed copies that are always the plain
-// row-major product A[M,K]·B[K,N] (a transposed operand is transposed while it is rounded), so
-// oneDNN sees one layout only, its best-supported one; C is accumulated in fp32 (beta through a
-// sum post-op, alpha through an output scale).
+// (runtime/gemm.hpp). The inputs are rounded to bf16 into packed copies: A always row-major [M, K]
+// (a transposed A is transposed while it is rounded), B row-major [K, N] or, when transposed, as
+// it is stored, [N, K] — oneDNN's "ba" weights, a linear layer's layout, which its kernels reorder
+// as they do a plain B (on an AMX Xeon the same bits as a plain B, and faster than transposing it);
+// C is accumulated in fp32
+// (beta through a sum post-op, alpha through an output scale).
 //
 // Threads: each oneDNN call runs on one thread (its OpenMP thread count held to 1 for the call, and
 // for the creation of its primitive, so its kernel plan never depends on --threads); large products
