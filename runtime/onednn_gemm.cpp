@@ -77,18 +77,20 @@ struct Primitive {
 class Cache {
  public:
   // b_trans: B is held transposed, [N, K] row-major (oneDNN's "ba" weights: the layout of a linear
-  // layer's weight, which its kernels reorder as they do a plain B — the same bits here).
+  // layer's weight, which its kernels reorder as they do a plain B — the same bits here). lda > 0: A
+  // is held transposed, A[i, k] at A[k·lda + i] (a strided "ba" source: other bits than a plain A
+  // for deep products, and its own row period).
   std::shared_ptr<const Primitive> get(OnednnInput in, int M, int N, int K, float alpha, float beta,
-                                       bool b_trans = false) {
+                                       bool b_trans = false, int lda = 0) {
     uint32_t a = 0, b = 0;
     std::memcpy(&a, &alpha, sizeof a);
     std::memcpy(&b, &beta, sizeof b);
-    const auto key = std::make_tuple(static_cast<int>(in) * 2 + b_trans, M, N, K, a, b);
+    const auto key = std::make_tuple(static_cast<int>(in) * 2 + b_trans, M, N, K, lda, a, b);
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = map_.find(key);
     if (it != map_.end()) return it->second;
     if (map_.size() >= kMaxCached) map_.clear();
-    auto p = std::make_shared<Primitive>(create(in, M, N, K, alpha, beta, b_trans));
+    auto p = std::make_shared<Primitive>(create(in, M, N, K, alpha, beta, b_trans, lda));
     ++created_;
     map_.emplace(key, p);
     return p;
@@ -99,9 +101,11 @@ class Cache {
   }
 
  private:
-  static Primitive create(OnednnInput in, int M, int N, int K, float alpha, float beta, bool b_trans) {
+  static Primitive create(OnednnInput in, int M, int N, int K, float alpha, float beta, bool b_trans, int lda) {
     using tag = dnnl::memory::format_tag;
-    const dnnl::memory::desc a({M, K}, data_type(in), tag::ab), b({K, N}, data_type(in), b_trans ? tag::ba : tag::ab),
+    const dnnl::memory::desc a = lda > 0 ? dnnl::memory::desc({M, K}, data_type(in), dnnl::memory::dims{1, lda})
+                                         : dnnl::memory::desc({M, K}, data_type(in), tag::ab);
+    const dnnl::memory::desc b({K, N}, data_type(in), b_trans ? tag::ba : tag::ab),
         c({M, N}, dnnl::memory::data_type::f32, tag::ab);
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // a buffer per calling thread (run())
@@ -125,7 +129,7 @@ class Cache {
 
   int64_t created_ = 0;
   std::mutex mutex_;
-  std::map<std::tuple<int, int, int, int, uint32_t, uint32_t>, std::shared_ptr<const Primitive>> map_;
+  std::map<std::tuple<int, int, int, int, int, uint32_t, uint32_t>, std::shared_ptr<const Primitive>> map_;
 };
 Cache& cache() {
   static Cache c;
@@ -133,10 +137,10 @@ Cache& cache() {
 }
 
 // C[M,N] (dense) = alpha·A[M,K]·B[K,N] + beta·C, A and B dense in `in`'s type (B as [N, K] when
-// b_trans), on the calling thread.
+// b_trans; A as columns lda apart when lda > 0), on the calling thread.
 void run(OnednnInput in, int M, int N, int K, float alpha, const void* A, const void* B, float beta, float* C,
-         bool b_trans = false) {
-  const std::shared_ptr<const Primitive> p = cache().get(in, M, N, K, alpha, beta, b_trans);
+         bool b_trans = false, int lda = 0) {
+  const std::shared_ptr<const Primitive> p = cache().get(in, M, N, K, alpha, beta, b_trans, lda);
   static thread_local std::unique_ptr<dnnl::stream> stream;
   static thread_local std::vector<unsigned char> scratch;
   if (!stream) stream = std::make_unique<dnnl::stream>(cpu_engine());
@@ -159,65 +163,56 @@ void run(OnednnInput in, int M, int N, int K, float alpha, const void* A, const 
 void round_row(uint16_t* out, const float* in, size_t n) { bf16_pack(out, in, n); }
 void round_row(float* out, const float* in, size_t n) { bf16_round_copy(out, in, n); }
 
-// out [rows_out, cols_out] dense = the rounded op(in) in its top-left [rows, cols], zeros around
-// it: `in` is [rows, cols] with leading dimension ld, or stored transposed ([cols, rows], ld) when
-// `trans` — then each thread's rows are first transposed into an fp32 buffer (runtime/kernels.hpp,
-// in registers) and rounded from there, so that every read and write runs along rows.
-// Element-wise: the same bits on any thread count.
+// out [rows_out, cols_out] dense = the rounded in [rows, cols] (leading dimension ld) in its top-left
+// corner, zeros around it. Element-wise: the same bits on any thread count. A transposed operand is
+// rounded as it is stored and handed to oneDNN as such (gemm_with): nothing is transposed.
 template <class T>
-void round_pack(std::vector<T>& out, const float* in, int ld, bool trans, int rows, int cols, int rows_out,
-                int cols_out) {
+void round_pack(std::vector<T>& out, const float* in, int ld, int rows, int cols, int rows_out, int cols_out) {
   out.resize(static_cast<size_t>(rows_out) * cols_out);
   T* o = out.data();
   const int64_t grain = std::max<int64_t>(kTile, (1 << 14) / std::max(cols, 1));
   parallel_ranges(rows, grain, [=](int64_t r0, int64_t r1) {
-    if (!trans) {
-      for (int64_t r = r0; r < r1; ++r) round_row(o + r * cols_out, in + r * ld, static_cast<size_t>(cols));
-    } else {
-      static thread_local FloatBuffer t;  // this thread's rows of op(in), unrounded
-      const int n = static_cast<int>(r1 - r0);
-      t.resize_uninit(static_cast<size_t>(n) * cols);
-      transpose(t.data(), cols, in + r0, ld, cols, n);
-      for (int64_t r = r0; r < r1; ++r)
-        round_row(o + r * cols_out, t.data() + (r - r0) * cols, static_cast<size_t>(cols));
+    for (int64_t r = r0; r < r1; ++r) {
+      round_row(o + r * cols_out, in + r * ld, static_cast<size_t>(cols));
+      std::fill(o + r * cols_out + cols, o + (r + 1) * cols_out, T{});
     }
-    if (cols_out > cols)
-      for (int64_t r = r0; r < r1; ++r) std::fill(o + r * cols_out + cols, o + (r + 1) * cols_out, T{});
   });
   std::fill(o + static_cast<size_t>(rows) * cols_out, o + static_cast<size_t>(rows_out) * cols_out, T{});
 }
-template <class T>
-void round_pack(std::vector<T>& out, const float* in, int ld, bool trans, int rows, int cols) {
-  round_pack(out, in, ld, trans, rows, cols, rows, cols);
-}
 
 // As gemm()'s probe (runtime/gemm.cpp): the smallest candidate period whose row splits give the
-// whole product's bits, at two depths and with beta 0 and 1, or 0 (products stay whole).
+// whole product's bits, at three depths (the last deeper than oneDNN's blocks of depth) and with beta
+// 0 and 1, or 0 (products stay whole). a_trans: with A held transposed, as gemm_with hands a
+// transposed A over (its parts are column ranges of the stored copy).
 template <class T>
-int probe_row_period(OnednnInput in) {
+int probe_row_period(OnednnInput in, bool a_trans) {
   std::vector<float> A, B, C0, whole, parts;
   std::vector<T> a, b;
   for (int period : {4, 8, 16, 24, 32, 48, 64, 96, 128}) {
     bool same = true;
     const int M = 5 * period + period / 2 + 3, N = 64;
-    for (int K : {80, 300})
+    for (int K : {96, 320, 1056})
       for (float beta : {0.0f, 1.0f}) {
         if (!same) break;
+        // A as op(A) is read: [M, K] plain, or stored [K, M] when a_trans.
         A.resize(static_cast<size_t>(M) * K);
         B.resize(static_cast<size_t>(K) * N);
         C0.resize(static_cast<size_t>(M) * N);
         for (size_t i = 0; i < A.size(); ++i) A[i] = static_cast<float>((i * 2654435761u) % 1999) * 1e-3f - 1.0f;
         for (size_t i = 0; i < B.size(); ++i) B[i] = static_cast<float>((i * 40503u) % 1997) * 1e-3f - 1.0f;
         for (size_t i = 0; i < C0.size(); ++i) C0[i] = static_cast<float>((i * 7919u) % 1993) * 1e-3f - 1.0f;
-        round_pack(a, A.data(), K, false, M, K);
-        round_pack(b, B.data(), N, false, K, N);
+        if (a_trans) round_pack(a, A.data(), M, K, M, K, M);
+        else round_pack(a, A.data(), K, M, K, M, K);
+        round_pack(b, B.data(), N, K, N, K, N);
         whole = C0;
         parts = C0;
-        run(in, M, N, K, 1.0f, a.data(), b.data(), beta, whole.data());
+        const int lda = a_trans ? M : 0;
+        auto at = [&](int m) { return a.data() + (a_trans ? static_cast<size_t>(m) : static_cast<size_t>(m) * K); };
+        run(in, M, N, K, 1.0f, at(0), b.data(), beta, whole.data(), false, lda);
         const int cut[] = {0, period, 3 * period, M};
         for (int p = 0; p < 3; ++p)
-          run(in, cut[p + 1] - cut[p], N, K, 1.0f, a.data() + static_cast<size_t>(cut[p]) * K, b.data(), beta,
-              parts.data() + static_cast<size_t>(cut[p]) * N);
+          run(in, cut[p + 1] - cut[p], N, K, 1.0f, at(cut[p]), b.data(), beta,
+              parts.data() + static_cast<size_t>(cut[p]) * N, false, lda);
         same = std::memcmp(whole.data(), parts.data(), whole.size() * sizeof(float)) == 0;
       }
     if (same) return period;
@@ -240,14 +235,18 @@ void gemm_with(OnednnInput in, bool trans_a, bool trans_b, int M, int N, int K, 
   static thread_local std::vector<T> a, b;
   static thread_local std::vector<float> c_dense;
   // Rows can be cut (and a cut's rows padded) only where the row period says cuts keep the bits.
-  const int period = onednn_row_period(in);
+  const int period = onednn_row_period(in, trans_a);
   const int quantum = period > 0 ? period * std::max(1, kRowQuantum / period) : 0;
   const int Kp = (K + kDepthQuantum - 1) / kDepthQuantum * kDepthQuantum;
-  // A's copy has a quantum of zero rows past M: the last cut's padded rows read them.
-  round_pack(a, A, lda, trans_a, M, K, M + quantum, Kp);
-  // A transposed B is rounded as it is stored, [N, K], and handed over as such (no transpose).
-  if (trans_b) round_pack(b, B, ldb, false, N, K, N, Kp);
-  else round_pack(b, B, ldb, false, K, N, Kp, N);
+  // Both operands rounded as they are stored, each padded with zeros to the quantised depth; A's
+  // copy has a quantum of zero rows of op(A) past M, which the last cut's padded rows read. A
+  // transposed A is [Kp, M + quantum] (op(A)'s rows are its columns, lda_p apart), a transposed B
+  // [N, Kp] (oneDNN's "ba" weights).
+  const int lda_p = trans_a ? M + quantum : 0;
+  if (trans_a) round_pack(a, A, lda, K, M, Kp, M + quantum);
+  else round_pack(a, A, lda, M, K, M + quantum, Kp);
+  if (trans_b) round_pack(b, B, ldb, N, K, N, Kp);
+  else round_pack(b, B, ldb, K, N, Kp, N);
   // oneDNN gets a dense C: a padded one goes through a copy (the model's never is).
   float* c = C;
   if (ldc != N) {
@@ -256,23 +255,25 @@ void gemm_with(OnednnInput in, bool trans_a, bool trans_b, int M, int N, int K, 
     if (beta != 0.0f)
       for (int i = 0; i < M; ++i) std::copy(C + static_cast<size_t>(i) * ldc, C + static_cast<size_t>(i) * ldc + N, c + static_cast<size_t>(i) * N);
   }
+  // Pointers, not the thread_local copies themselves: the worker threads below have their own.
   const T* ap = a.data();
   const T* bp = b.data();
+  auto a_row = [&](int64_t m) { return ap + (trans_a ? m : m * Kp); };  // op(A)'s row m
   // Rows [m0, m1) of C: whole quanta straight into C, the rest as one quantum through a scratch C
   // whose padded rows are dropped.
   auto rows = [&](int64_t m0, int64_t m1) {
     if (quantum == 0) {
-      run(in, static_cast<int>(m1 - m0), N, Kp, alpha, ap + m0 * Kp, bp, beta, c + m0 * N, trans_b);
+      run(in, static_cast<int>(m1 - m0), N, Kp, alpha, a_row(m0), bp, beta, c + m0 * N, trans_b, lda_p);
       return;
     }
     const int64_t whole = (m1 - m0) / quantum * quantum, rest = m1 - m0 - whole;
-    if (whole > 0) run(in, static_cast<int>(whole), N, Kp, alpha, ap + m0 * Kp, bp, beta, c + m0 * N, trans_b);
+    if (whole > 0) run(in, static_cast<int>(whole), N, Kp, alpha, a_row(m0), bp, beta, c + m0 * N, trans_b, lda_p);
     if (rest == 0) return;
     static thread_local std::vector<float> tail;
     tail.resize(static_cast<size_t>(quantum) * N);
     float* out = c + (m0 + whole) * N;
     if (beta != 0.0f) std::copy(out, out + rest * N, tail.data());
-    run(in, quantum, N, Kp, alpha, ap + (m0 + whole) * Kp, bp, beta, tail.data(), trans_b);
+    run(in, quantum, N, Kp, alpha, a_row(m0 + whole), bp, beta, tail.data(), trans_b, lda_p);
     std::copy(tail.data(), tail.data() + rest * N, out);
   };
   const int threads = threads_inside() ? 1 : threads_count();
@@ -315,14 +316,16 @@ std::string onednn_describe(OnednnInput in) {
 
 int64_t onednn_primitives_created() { return cache().created(); }
 
-int onednn_row_period(OnednnInput in) {
+int onednn_row_period(OnednnInput in, bool a_trans) {
   if (!onednn_unavailable(in).empty()) return 0;
   if (in == OnednnInput::bf16) {
-    static const int period = probe_row_period<uint16_t>(OnednnInput::bf16);
-    return period;
+    static const int plain = probe_row_period<uint16_t>(OnednnInput::bf16, false);
+    static const int transposed = probe_row_period<uint16_t>(OnednnInput::bf16, true);
+    return a_trans ? transposed : plain;
   }
-  static const int period = probe_row_period<float>(OnednnInput::f32);
-  return period;
+  static const int plain = probe_row_period<float>(OnednnInput::f32, false);
+  static const int transposed = probe_row_period<float>(OnednnInput::f32, true);
+  return a_trans ? transposed : plain;
 }
 
 void onednn_gemm(OnednnInput in, bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,

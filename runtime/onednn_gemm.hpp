@@ -1,9 +1,10 @@
 // bf16 GEMMs through oneDNN's matmul (Debian's libdnnl-dev): gemm_mixed's oneDNN path
-// (runtime/gemm.hpp). The inputs are rounded to bf16 into packed copies: A always row-major [M, K]
-// (a transposed A is transposed while it is rounded), B row-major [K, N] or, when transposed, as
-// it is stored, [N, K] — oneDNN's "ba" weights, a linear layer's layout, which its kernels reorder
-// as they do a plain B (on an AMX Xeon the same bits as a plain B, and faster than transposing it);
-// C is accumulated in fp32
+// (runtime/gemm.hpp). The inputs are rounded to bf16 into packed copies as they are stored, and
+// oneDNN is told the layout: a transposed B as [N, K] (its "ba" weights, a linear layer's layout,
+// which its kernels reorder as they do a plain B: on an AMX Xeon the same bits), a transposed A as
+// a strided source (the weight gradients' saved activations; other bits than a plain A for deep
+// products, so it has its own row period) — nothing is transposed on the way (a transpose cost the
+// weight gradients a third of their rate). C is accumulated in fp32
 // (beta through a sum post-op, alpha through an output scale).
 //
 // Threads: each oneDNN call runs on one thread (its OpenMP thread count held to 1 for the call, and
@@ -39,9 +40,10 @@ std::string onednn_describe(OnednnInput in);
 // arguments, M, N, K > 0). Throws uoe::Error when oneDNN refuses the type or a shape.
 void onednn_gemm(OnednnInput in, bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
                  int lda, const float* B, int ldb, float beta, float* C, int ldc);
-// The row period at which onednn_gemm splits C over threads (0: products stay whole), found by
-// trying once per type.
-int onednn_row_period(OnednnInput in);
+// The row period at which onednn_gemm splits C over threads and cuts its rows into quanta (0:
+// products stay whole), found by trying once per type and layout of A (a_trans: A held transposed,
+// as onednn_gemm hands a transposed A over).
+int onednn_row_period(OnednnInput in, bool a_trans = false);
 // Primitives created so far in this process (tests: row counts map onto few shapes).
 int64_t onednn_primitives_created();
 
