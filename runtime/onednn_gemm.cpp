@@ -19,9 +19,7 @@
 #include "runtime/bf16.hpp"
 #include "runtime/cpu_features.hpp"
 #include "runtime/error.hpp"
-#include "runtime/kernels.hpp"
 #include "runtime/profile.hpp"
-#include "runtime/tensor.hpp"
 #include "runtime/threads.hpp"
 
 namespace uoe {
