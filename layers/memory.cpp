@@ -264,8 +264,8 @@ MemoryEstimate memory_estimate(const ModelSpec& spec, const MemoryRun& run, int6
     const double rows_w = static_cast<double>(est.rows_per_block) * width;
     const double a = std::max(static_cast<double>(N) * V, rows_w);
     const double b = std::max({static_cast<double>(V) * d, static_cast<double>(N) * d, rows_w});
-    add("bf16 GEMM input copies", kFloat * (a + b), "the largest A and B operand, rounded to bf16: fp32 copies (emulated), or bf16 copies and a "
-        "transposed operand's fp32 staging (oneDNN)");
+    add("bf16 GEMM input copies", kFloat * (a + b), "the largest A and B operand, rounded to bf16: fp32 copies (emulated), or bf16 copies "
+        "padded to the row and depth quanta (oneDNN)");
     if (ep > 1)
       add("bf16 exchange staging", 2 * 2.0 * static_cast<double>(est.rows_per_block) * d,
           "rows as bf16, a send and a receive buffer");

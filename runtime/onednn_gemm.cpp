@@ -258,13 +258,9 @@ void gemm_with(OnednnInput in, bool trans_a, bool trans_b, int M, int N, int K, 
   const T* bp = b.data();
   auto a_row = [&](int64_t m) { return ap + (trans_a ? m : m * Kp); };  // op(A)'s row m
   // Rows [m0, m1) of C: whole quanta straight into C, the rest as one quantum through a scratch C
-  // whose padded rows are dropped.
+  // whose padded rows are dropped (no quantum: all of them straight into C).
   auto rows = [&](int64_t m0, int64_t m1) {
-    if (quantum == 0) {
-      run(in, static_cast<int>(m1 - m0), N, Kp, alpha, a_row(m0), bp, beta, c + m0 * N, trans_b, lda_p);
-      return;
-    }
-    const int64_t whole = (m1 - m0) / quantum * quantum, rest = m1 - m0 - whole;
+    const int64_t whole = quantum > 0 ? (m1 - m0) / quantum * quantum : m1 - m0, rest = m1 - m0 - whole;
     if (whole > 0) run(in, static_cast<int>(whole), N, Kp, alpha, a_row(m0), bp, beta, c + m0 * N, trans_b, lda_p);
     if (rest == 0) return;
     static thread_local std::vector<float> tail;
